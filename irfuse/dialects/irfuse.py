@@ -1,0 +1,499 @@
+"""The `irfuse` dialect: the operations that matter for LLM inference.
+
+Every op here has a reference implementation in `irfuse.ops` (same name, same
+semantics, see NUMERICS.md). Producers that can end with a quantization carry an
+optional `quant` property (a `#irfuse.quant<...>` scheme) with its scale operand
+(`quant_scale`: the static scale, the per-token upper bound, or the nvfp4 global
+scale) and its scale result (`scale_out`: dynamic and nvfp4 block scales), so that
+"fuse a quant into its producer" is one generic rewrite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import (
+    BFloat16Type,
+    Float8E4M3FNType,
+    Float16Type,
+    Float32Type,
+    FloatAttr,
+    IntAttr,
+    IntegerType,
+    Signedness,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+)
+from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, SSAValue
+from xdsl.irdl import (
+    AttrSizedOperandSegments,
+    AttrSizedResultSegments,
+    IRDLOperation,
+    ParsePropInAttrDict,
+    irdl_attr_definition,
+    irdl_op_definition,
+    operand_def,
+    opt_operand_def,
+    opt_prop_def,
+    opt_result_def,
+    prop_def,
+    result_def,
+)
+from xdsl.parser import AttrParser
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import VerifyException
+
+FP8 = Float8E4M3FNType()
+FLOAT_TYPES = (BFloat16Type, Float16Type, Float32Type)
+UI8 = IntegerType(8, Signedness.UNSIGNED)
+DYNAMIC = -(2**63)
+
+QUANT_KINDS = ("static", "per_token", "per_tensor", "per_group", "nvfp4")
+GROUP_SIZES = (64, 128)
+NVFP4_BLOCK = 16
+
+
+@irdl_attr_definition
+class QuantAttr(ParametrizedAttribute):
+    """A quantization scheme: `#irfuse.quant<static>`, `<per_token>`, `<per_tensor>`,
+    `<per_group 128>` (options `col` for column-major scales, `ue8m0` for power-of-two
+    scales), `<nvfp4>`."""
+
+    name = "irfuse.quant"
+
+    kind: StringAttr
+    group: IntAttr
+    column_major: IntAttr
+    ue8m0: IntAttr
+
+    def __init__(
+        self, kind: str, group: int = 0, column_major: bool = False, ue8m0: bool = False
+    ) -> None:
+        super().__init__(
+            StringAttr(kind), IntAttr(group), IntAttr(int(column_major)), IntAttr(int(ue8m0))
+        )
+
+    @property
+    def scheme(self) -> str:
+        return self.kind.data
+
+    def verify(self) -> None:
+        kind = self.kind.data
+        if kind not in QUANT_KINDS:
+            raise VerifyException(f"unknown quant scheme '{kind}', expected one of {QUANT_KINDS}")
+        if kind == "per_group":
+            if self.group.data not in GROUP_SIZES:
+                raise VerifyException(f"per_group quant needs group 64 or 128, got {self.group.data}")
+        elif self.group.data or self.column_major.data or self.ue8m0.data:
+            raise VerifyException(f"'{kind}' quant takes no group, col or ue8m0 option")
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> list[Attribute]:
+        with parser.in_angle_brackets():
+            kind = parser.parse_identifier()
+            group = column_major = ue8m0 = 0
+            if kind == "per_group":
+                group = parser.parse_integer(allow_boolean=False, allow_negative=False)
+                while (flag := parser.parse_optional_identifier()) is not None:
+                    if flag == "col":
+                        column_major = 1
+                    elif flag == "ue8m0":
+                        ue8m0 = 1
+                    else:
+                        parser.raise_error(f"unknown per_group option '{flag}' (col, ue8m0)")
+        return [StringAttr(kind), IntAttr(group), IntAttr(column_major), IntAttr(ue8m0)]
+
+    def print_parameters(self, printer: Printer) -> None:
+        text = self.kind.data
+        if text == "per_group":
+            text += f" {self.group.data}"
+            text += " col" if self.column_major.data else ""
+            text += " ue8m0" if self.ue8m0.data else ""
+        printer.print_string(f"<{text}>")
+
+
+def _tensor(value: SSAValue | None, what: str) -> TensorType:
+    assert value is not None
+    if not isinstance(value.type, TensorType):
+        raise VerifyException(f"{what} must be a tensor, got {value.type}")
+    return value.type
+
+
+def _check_float(t: TensorType, what: str) -> None:
+    if not isinstance(t.element_type, FLOAT_TYPES):
+        raise VerifyException(f"{what} must be bf16, f16 or f32, got {t.element_type}")
+
+
+def _dim(t: TensorType, i: int) -> int:
+    return t.get_shape()[i]
+
+
+def _same_dim(a: int, b: int) -> bool:
+    return a == DYNAMIC or b == DYNAMIC or a == b
+
+
+def verify_output_quant(
+    quant: QuantAttr | None,
+    out: TensorType,
+    in_scale: SSAValue | None,
+    scale_out: SSAValue | None,
+    source_dtype: Attribute,
+) -> None:
+    """Check the result type and scale operands/results of a (possibly absent) quant."""
+    if quant is None:
+        if in_scale is not None or scale_out is not None:
+            raise VerifyException("quant_scale / scale_out given without a quant scheme")
+        if out.element_type != source_dtype:
+            raise VerifyException(
+                f"output element type {out.element_type} != input element type {source_dtype}"
+            )
+        return
+    kind = quant.scheme
+    wants_in = {"static": True, "nvfp4": True, "per_token": None}.get(kind, False)
+    if wants_in is True and in_scale is None:
+        raise VerifyException(f"'{kind}' quant needs a scale operand")
+    if wants_in is False and in_scale is not None:
+        raise VerifyException(f"'{kind}' quant takes no scale operand")
+    if in_scale is not None:
+        scale_t = _tensor(in_scale, "quant scale")
+        if scale_t.element_type != Float32Type() or scale_t.get_shape() not in ((1,), ()):
+            raise VerifyException(f"quant scale must be tensor<1xf32>, got {scale_t}")
+    if (kind == "static") != (scale_out is None):
+        raise VerifyException(
+            "static quant returns no scale" if kind == "static" else f"'{kind}' quant returns a scale"
+        )
+    shape = out.get_shape()
+    if kind == "nvfp4":
+        if out.element_type != UI8:
+            raise VerifyException(f"nvfp4 output must be ui8 (two e2m1 per byte), got {out.element_type}")
+        if len(shape) != 2:
+            raise VerifyException(f"nvfp4 quant needs a 2-D output, got rank {len(shape)}")
+        return
+    if out.element_type != FP8:
+        raise VerifyException(f"fp8 quant output must be f8E4M3FN, got {out.element_type}")
+    if kind == "per_group" and shape[-1] != DYNAMIC and shape[-1] % quant.group.data:
+        raise VerifyException(
+            f"hidden size {shape[-1]} is not a multiple of the group size {quant.group.data}"
+        )
+
+
+class _QuantProducer(IRDLOperation):
+    """Shared accessors of the ops with an optional output quant."""
+
+    def output_quant(self) -> QuantAttr | None:
+        quant = self.properties.get("quant")
+        assert quant is None or isinstance(quant, QuantAttr)
+        return quant
+
+
+_SEGMENTS = (
+    ParsePropInAttrDict(),
+    AttrSizedOperandSegments(as_property=True),
+    AttrSizedResultSegments(as_property=True),
+)
+
+
+@irdl_op_definition
+class QuantOp(_QuantProducer):
+    """Standalone quantization of `x` with `quant`; `quant_scale` is the static scale,
+    the per-token upper bound or the nvfp4 global scale."""
+
+    name = "irfuse.quant"
+    x = operand_def(TensorType)
+    quant_scale = opt_operand_def(TensorType)
+    quant = prop_def(QuantAttr)
+    out = result_def(TensorType)
+    scale_out = opt_result_def(TensorType)
+    irdl_options = _SEGMENTS
+    assembly_format = (
+        "$x (`scale` $quant_scale^)? attr-dict `:` type($x) (`,` type($quant_scale)^)?"
+        " `->` type($out) (`,` type($scale_out)^)?"
+    )
+
+    def verify_(self) -> None:
+        x = _tensor(self.x, "x")
+        _check_float(x, "quant input")
+        out = _tensor(self.out, "out")
+        verify_output_quant(self.quant, out, self.quant_scale, self.scale_out, x.element_type)
+
+
+def _verify_norm(x: TensorType, w: TensorType, gemma: bool) -> None:
+    _check_float(x, "norm input")
+    if w.get_num_dims() != 1 or not _same_dim(_dim(w, 0), _dim(x, -1)):
+        raise VerifyException(f"weight must be 1-D of the hidden size, got {w} for input {x}")
+    if w.element_type != x.element_type and not (gemma and w.element_type == Float32Type()):
+        raise VerifyException(
+            f"weight dtype {w.element_type} != input dtype {x.element_type}"
+        )
+
+
+@irdl_op_definition
+class RmsNormOp(_QuantProducer):
+    """`y = (x * rsqrt(mean(x^2) + eps)).to(dtype) * w` over the last dim, optionally quantized.
+
+    `fp32_weight_mul`: multiply by the weight in fp32 and cast after (the form of
+    F.rms_norm's decomposition); `gemma`: multiply by `1 + w` in fp32 (implies it).
+    """
+
+    name = "irfuse.rms_norm"
+    x = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    quant_scale = opt_operand_def(TensorType)
+    eps = prop_def(FloatAttr)
+    gemma = opt_prop_def(UnitAttr)
+    fp32_weight_mul = opt_prop_def(UnitAttr)
+    quant = opt_prop_def(QuantAttr)
+    y = result_def(TensorType)
+    scale_out = opt_result_def(TensorType)
+    irdl_options = _SEGMENTS
+    assembly_format = (
+        "$x `,` $weight (`scale` $quant_scale^)? attr-dict `:` type($x) `,` type($weight)"
+        " (`,` type($quant_scale)^)? `->` type($y) (`,` type($scale_out)^)?"
+    )
+
+    def verify_(self) -> None:
+        x = _tensor(self.x, "x")
+        _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
+        verify_output_quant(
+            self.quant, _tensor(self.y, "y"), self.quant_scale, self.scale_out, x.element_type
+        )
+
+
+@irdl_op_definition
+class FusedAddRmsNormOp(_QuantProducer):
+    """`s = x + residual` (fp32); `residual_out = s` in the model dtype; `y = rms_norm(s)`."""
+
+    name = "irfuse.fused_add_rms_norm"
+    x = operand_def(TensorType)
+    residual = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    quant_scale = opt_operand_def(TensorType)
+    eps = prop_def(FloatAttr)
+    gemma = opt_prop_def(UnitAttr)
+    fp32_weight_mul = opt_prop_def(UnitAttr)
+    quant = opt_prop_def(QuantAttr)
+    y = result_def(TensorType)
+    residual_out = result_def(TensorType)
+    scale_out = opt_result_def(TensorType)
+    irdl_options = _SEGMENTS
+    assembly_format = (
+        "$x `,` $residual `,` $weight (`scale` $quant_scale^)? attr-dict `:` type($x) `,`"
+        " type($residual) `,` type($weight) (`,` type($quant_scale)^)? `->` type($y) `,`"
+        " type($residual_out) (`,` type($scale_out)^)?"
+    )
+
+    def verify_(self) -> None:
+        x = _tensor(self.x, "x")
+        residual = _tensor(self.residual, "residual")
+        if residual.element_type != x.element_type or residual.get_shape() != x.get_shape():
+            raise VerifyException(f"residual {residual} must match the input {x}")
+        _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
+        if _tensor(self.residual_out, "residual_out") != x:
+            raise VerifyException("residual_out must have the input's type")
+        verify_output_quant(
+            self.quant, _tensor(self.y, "y"), self.quant_scale, self.scale_out, x.element_type
+        )
+
+
+CAUSAL_KINDS = ("none", "top_left", "bottom_right")
+ATTENTION_LAYOUTS = ("bhsd", "bs_hd")
+
+
+@irdl_op_definition
+class AttentionOp(_QuantProducer):
+    """`softmax(q k^T * scale + mask) v` with GQA; `layout = "bs_hd"` writes the output as
+    `[B, Sq, Hq*Dv]` (the transpose + reshape before the output projection)."""
+
+    name = "irfuse.attention"
+    q = operand_def(TensorType)
+    k = operand_def(TensorType)
+    v = operand_def(TensorType)
+    mask = opt_operand_def(TensorType)
+    quant_scale = opt_operand_def(TensorType)
+    scale = prop_def(FloatAttr)
+    causal = prop_def(StringAttr)
+    layout = prop_def(StringAttr)
+    quant = opt_prop_def(QuantAttr)
+    out = result_def(TensorType)
+    lse = opt_result_def(TensorType)
+    scale_out = opt_result_def(TensorType)
+    irdl_options = _SEGMENTS
+    assembly_format = (
+        "$q `,` $k `,` $v (`mask` $mask^)? (`scale` $quant_scale^)? attr-dict `:` type($q) `,`"
+        " type($k) `,` type($v) (`,` type($mask)^)? (`,` type($quant_scale)^)? `->` type($out)"
+        " (`,` `lse` type($lse)^)? (`,` type($scale_out)^)?"
+    )
+
+    def verify_(self) -> None:
+        q, k, v = (_tensor(x, n) for x, n in ((self.q, "q"), (self.k, "k"), (self.v, "v")))
+        for t, n in ((q, "q"), (k, "k"), (v, "v")):
+            _check_float(t, n)
+            if t.get_num_dims() != 4:
+                raise VerifyException(f"{n} must be 4-D [B, H, S, D], got {t}")
+        if k.element_type != q.element_type or v.element_type != q.element_type:
+            raise VerifyException("q, k and v must have the same element type")
+        hq, hkv = _dim(q, 1), _dim(k, 1)
+        if DYNAMIC not in (hq, hkv) and hq % hkv:
+            raise VerifyException(f"query heads {hq} not a multiple of kv heads {hkv}")
+        if not _same_dim(_dim(q, 3), _dim(k, 3)):
+            raise VerifyException(f"q head dim {_dim(q, 3)} != k head dim {_dim(k, 3)}")
+        if self.causal.data not in CAUSAL_KINDS:
+            raise VerifyException(f"causal must be one of {CAUSAL_KINDS}")
+        if self.mask is not None and self.causal.data != "none":
+            raise VerifyException("an explicit mask and a causal mask cannot be combined")
+        if self.layout.data not in ATTENTION_LAYOUTS:
+            raise VerifyException(f"layout must be one of {ATTENTION_LAYOUTS}")
+        verify_output_quant(
+            self.quant, _tensor(self.out, "out"), self.quant_scale, self.scale_out,
+            q.element_type,
+        )
+
+
+@irdl_op_definition
+class MlaAttentionOp(_QuantProducer):
+    """DeepSeek-style multi-head latent attention (NUMERICS.md), output `[T, N*Dv]`."""
+
+    name = "irfuse.mla_attention"
+    q = operand_def(TensorType)
+    kv_c = operand_def(TensorType)
+    k_pe = operand_def(TensorType)
+    w_uk = operand_def(TensorType)
+    w_uv = operand_def(TensorType)
+    quant_scale = opt_operand_def(TensorType)
+    scale = prop_def(FloatAttr)
+    causal = opt_prop_def(UnitAttr)
+    quant = opt_prop_def(QuantAttr)
+    out = result_def(TensorType)
+    scale_out = opt_result_def(TensorType)
+    irdl_options = _SEGMENTS
+    assembly_format = (
+        "$q `,` $kv_c `,` $k_pe `,` $w_uk `,` $w_uv (`scale` $quant_scale^)? attr-dict `:`"
+        " type($q) `,` type($kv_c) `,` type($k_pe) `,` type($w_uk) `,` type($w_uv)"
+        " (`,` type($quant_scale)^)? `->` type($out) (`,` type($scale_out)^)?"
+    )
+
+    def verify_(self) -> None:
+        q, kv_c, k_pe = _tensor(self.q, "q"), _tensor(self.kv_c, "kv_c"), _tensor(self.k_pe, "k_pe")
+        w_uk, w_uv = _tensor(self.w_uk, "w_uk"), _tensor(self.w_uv, "w_uv")
+        for t, n, rank in ((q, "q", 3), (kv_c, "kv_c", 2), (k_pe, "k_pe", 3), (w_uk, "w_uk", 3),
+                           (w_uv, "w_uv", 3)):
+            _check_float(t, n)
+            if t.get_num_dims() != rank:
+                raise VerifyException(f"{n} must have rank {rank}, got {t}")
+        if not _same_dim(_dim(w_uk, 2), _dim(kv_c, 1)) or not _same_dim(_dim(w_uv, 1), _dim(kv_c, 1)):
+            raise VerifyException("w_uk / w_uv latent dim must match kv_c's last dim")
+        if not _same_dim(_dim(q, 2), _dim(w_uk, 1) + _dim(k_pe, 2)):
+            raise VerifyException("q head dim must be nope dim + rope dim")
+        verify_output_quant(
+            self.quant, _tensor(self.out, "out"), self.quant_scale, self.scale_out, q.element_type
+        )
+
+
+@irdl_op_definition
+class MergeAttnStatesOp(_QuantProducer):
+    """Merge two partial attention results by their log-sum-exp (NUMERICS.md)."""
+
+    name = "irfuse.merge_attn_states"
+    p_out = operand_def(TensorType)
+    p_lse = operand_def(TensorType)
+    s_out = operand_def(TensorType)
+    s_lse = operand_def(TensorType)
+    quant_scale = opt_operand_def(TensorType)
+    quant = opt_prop_def(QuantAttr)
+    out = result_def(TensorType)
+    lse = result_def(TensorType)
+    scale_out = opt_result_def(TensorType)
+    irdl_options = _SEGMENTS
+    assembly_format = (
+        "$p_out `,` $p_lse `,` $s_out `,` $s_lse (`scale` $quant_scale^)? attr-dict `:`"
+        " type($p_out) `,` type($p_lse) `,` type($s_out) `,` type($s_lse)"
+        " (`,` type($quant_scale)^)? `->` type($out) `,` type($lse) (`,` type($scale_out)^)?"
+    )
+
+    def verify_(self) -> None:
+        p_out, s_out = _tensor(self.p_out, "p_out"), _tensor(self.s_out, "s_out")
+        p_lse, s_lse = _tensor(self.p_lse, "p_lse"), _tensor(self.s_lse, "s_lse")
+        _check_float(p_out, "p_out")
+        if p_out != s_out or p_out.get_num_dims() != 3:
+            raise VerifyException("p_out and s_out must be the same [T, H, D] type")
+        if p_lse != s_lse or p_lse.get_num_dims() != 2 or p_lse.element_type != Float32Type():
+            raise VerifyException("p_lse and s_lse must be the same [H, T] f32 type")
+        verify_output_quant(
+            self.quant, _tensor(self.out, "out"), self.quant_scale, self.scale_out,
+            p_out.element_type,
+        )
+
+
+@irdl_op_definition
+class AllReduceOp(IRDLOperation):
+    """Sum over the ranks of `group` (fp32 accumulation). Has effects: never `Pure`."""
+
+    name = "irfuse.all_reduce"
+    x = operand_def(TensorType)
+    group = prop_def(StringAttr)
+    y = result_def(TensorType)
+    irdl_options = (ParsePropInAttrDict(),)
+    assembly_format = "$x attr-dict `:` type($x) `->` type($y)"
+
+    def verify_(self) -> None:
+        if self.x.type != self.y.type:
+            raise VerifyException("all_reduce result must have the input's type")
+
+
+@irdl_op_definition
+class AllReduceRmsNormOp(_QuantProducer):
+    """all_reduce(x) (+ residual) then rms_norm, optionally quantized, in one kernel."""
+
+    name = "irfuse.all_reduce_rms_norm"
+    x = operand_def(TensorType)
+    residual = opt_operand_def(TensorType)
+    weight = operand_def(TensorType)
+    quant_scale = opt_operand_def(TensorType)
+    group = prop_def(StringAttr)
+    eps = prop_def(FloatAttr)
+    gemma = opt_prop_def(UnitAttr)
+    quant = opt_prop_def(QuantAttr)
+    y = result_def(TensorType)
+    residual_out = opt_result_def(TensorType)
+    scale_out = opt_result_def(TensorType)
+    irdl_options = _SEGMENTS
+    assembly_format = (
+        "$x (`residual` $residual^)? `,` $weight (`scale` $quant_scale^)? attr-dict `:`"
+        " type($x) (`,` type($residual)^)? `,` type($weight) (`,` type($quant_scale)^)?"
+        " `->` type($y) (`,` type($residual_out)^)? (`,` type($scale_out)^)?"
+    )
+
+    def verify_(self) -> None:
+        x = _tensor(self.x, "x")
+        _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
+        if (self.residual is None) != (self.residual_out is None):
+            raise VerifyException("residual and residual_out go together")
+        verify_output_quant(
+            self.quant, _tensor(self.y, "y"), self.quant_scale, self.scale_out, x.element_type
+        )
+
+
+QUANT_PRODUCERS: Sequence[type[_QuantProducer]] = (
+    RmsNormOp,
+    FusedAddRmsNormOp,
+    AttentionOp,
+    MlaAttentionOp,
+    MergeAttnStatesOp,
+    AllReduceRmsNormOp,
+)
+
+Irfuse = Dialect(
+    "irfuse",
+    [
+        QuantOp,
+        RmsNormOp,
+        FusedAddRmsNormOp,
+        AttentionOp,
+        MlaAttentionOp,
+        MergeAttnStatesOp,
+        AllReduceOp,
+        AllReduceRmsNormOp,
+    ],
+    [QuantAttr],
+)

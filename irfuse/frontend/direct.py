@@ -1,0 +1,238 @@
+"""FX calls that map one-to-one onto irfuse ops (TOOLCHAIN.md lists the forms).
+
+Each importer looks at one FX node and either returns a `DirectImport` (the nodes the
+op stands for, its FX inputs, the FX node of each result, and a builder) or None, in
+which case the node is imported as a generic `aten.call`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from xdsl.dialects.builtin import Float64Type, FloatAttr, StringAttr, UnitAttr
+from xdsl.ir import Attribute, Operation, SSAValue
+
+from irfuse.dialects.irfuse import (
+    AllReduceOp,
+    AttentionOp,
+    FusedAddRmsNormOp,
+    QuantAttr,
+    QuantOp,
+    RmsNormOp,
+)
+from irfuse.frontend.types import value_types
+
+
+@dataclass
+class DirectImport:
+    nodes: list[fx.Node]
+    inputs: list[fx.Node]
+    results: list[fx.Node | None]
+    build: Callable[[Sequence[SSAValue]], Operation]
+
+
+def f64(value: float) -> FloatAttr:
+    return FloatAttr(float(value), Float64Type())
+
+
+def _getitems(node: fx.Node) -> dict[int, fx.Node]:
+    """Users of a tuple-valued node, by index; {-1: user} if used otherwise."""
+    found: dict[int, fx.Node] = {}
+    for user in node.users:
+        if user.target is operator.getitem and isinstance(user.args[1], int):
+            found[user.args[1]] = user
+        else:
+            found[-1] = user
+    return found
+
+
+def _types(node: fx.Node) -> list[Attribute]:
+    return value_types(node.meta.get("val"))
+
+
+def _tensor_val(node: object) -> torch.Tensor | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def _fused_rms_norm(node: fx.Node) -> DirectImport | None:
+    x, shape, weight, eps = (list(node.args) + [None, None])[:4]
+    items = _getitems(node)
+    x_val = _tensor_val(x)
+    if x_val is None or not isinstance(weight, fx.Node) or set(items) != {0}:
+        return None
+    if len(shape) != 1 or eps is None:  # normalising over several dims, or eps from dtype
+        return None
+    y = items[0]
+    return DirectImport(
+        [node, y], [x, weight], [y],
+        lambda ops: RmsNormOp.build(
+            operands=[*ops, []], result_types=[_types(y)[0], []], properties={"eps": f64(eps)}
+        ),
+    )
+
+
+def _sdpa(
+    q_k_v_mask: Callable[[fx.Node], tuple[tuple, fx.Node | None, float, bool, float | None]],
+) -> Callable[[fx.Node], DirectImport | None]:
+    """Importer for one SDPA variant, given how to read (q, k, v), mask, dropout,
+    is_causal and scale from its node."""
+
+    def importer(node: fx.Node) -> DirectImport | None:
+        (q, k, v), mask, dropout, is_causal, scale = q_k_v_mask(node)
+        items = _getitems(node)
+        q_val = _tensor_val(q)
+        if q_val is None or dropout != 0.0 or set(items) != {0}:
+            return None  # lse or extra outputs in use: leave the call as it is
+        out = items[0]
+        inputs = [q, k, v] + ([mask] if mask is not None else [])
+        scale = scale if scale is not None else 1.0 / math.sqrt(q_val.shape[-1])
+        props = {
+            "scale": f64(scale),
+            "causal": StringAttr("top_left" if is_causal else "none"),
+            "layout": StringAttr("bhsd"),
+        }
+        return DirectImport(
+            [node, out], inputs, [out],
+            lambda ops: AttentionOp.build(
+                operands=[*ops[:3], ops[3:], []], result_types=[_types(out)[0], [], []],
+                properties=props,
+            ),
+        )
+
+    return importer
+
+
+def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _sdpa_cpu(node: fx.Node):
+    return (
+        node.args[:3], node.kwargs.get("attn_mask"), _arg(node, 3, "dropout_p", 0.0),
+        _arg(node, 4, "is_causal", False), node.kwargs.get("scale"),
+    )
+
+
+def _sdpa_with_bias(node: fx.Node):  # cudnn, efficient: (q, k, v, attn_bias, compute_lse, ...)
+    return (
+        node.args[:3], _arg(node, 3, "attn_bias", None), _arg(node, 5, "dropout_p", 0.0),
+        _arg(node, 6, "is_causal", False), node.kwargs.get("scale"),
+    )
+
+
+def _sdpa_flash(node: fx.Node):
+    return (
+        node.args[:3], None, _arg(node, 3, "dropout_p", 0.0), _arg(node, 4, "is_causal", False),
+        node.kwargs.get("scale"),
+    )
+
+
+def _all_reduce(node: fx.Node) -> DirectImport | None:
+    x, reduce_op, group = node.args[:3]
+    users = list(node.users)
+    wait = torch.ops._c10d_functional.wait_tensor.default
+    if reduce_op != "sum" or len(users) != 1 or users[0].target is not wait:
+        return None
+    if not isinstance(x, fx.Node) or _tensor_val(x) is None:
+        return None
+    done = users[0]
+    return DirectImport(
+        [node, done], [x], [done],
+        lambda ops: AllReduceOp.build(
+            operands=list(ops), result_types=_types(done), properties={"group": StringAttr(group)}
+        ),
+    )
+
+
+def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | None]:
+    def importer(node: fx.Node) -> DirectImport | None:
+        n_in = 3 if fused_add else 2
+        tensors, eps = node.args[:n_in], _arg(node, n_in, "eps", None)
+        gemma = bool(_arg(node, n_in + 1, "gemma", False))
+        props: dict[str, Attribute] = {"eps": f64(eps)}
+        if gemma:
+            props["gemma"] = UnitAttr()
+        if not fused_add:
+            return DirectImport(
+                [node], list(tensors), [node],
+                lambda ops: RmsNormOp.build(
+                    operands=[*ops, []], result_types=[_types(node)[0], []], properties=props
+                ),
+            )
+        items = _getitems(node)
+        if -1 in items:
+            return None
+        results = [items.get(0), items.get(1)]
+        return DirectImport(
+            [node, *(r for r in results if r is not None)], list(tensors), results,
+            lambda ops: FusedAddRmsNormOp.build(
+                operands=[*ops, []], result_types=[*_types(node), []], properties=props
+            ),
+        )
+
+    return importer
+
+
+def _irfuse_quant(kind: str) -> Callable[[fx.Node], DirectImport | None]:
+    def importer(node: fx.Node) -> DirectImport | None:
+        x = node.args[0]
+        scale = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], fx.Node) else None
+        if kind == "per_token":
+            scale = _arg(node, 1, "scale_ub", None)
+        if kind == "per_group":
+            quant = QuantAttr(
+                kind, int(_arg(node, 1, "group_size", 128)),
+                bool(_arg(node, 2, "column_major", False)), bool(_arg(node, 3, "ue8m0", False)),
+            )
+        else:
+            quant = QuantAttr(kind)
+        inputs = [x] + ([scale] if isinstance(scale, fx.Node) else [])
+        tuple_out = isinstance(node.meta.get("val"), (tuple, list))
+        items = _getitems(node) if tuple_out else {0: node}
+        if -1 in items:
+            return None
+        results = [items.get(i) for i in range(len(_types(node)))]
+        return DirectImport(
+            [node, *(r for r in results if r is not None and r is not node)], inputs, results,
+            lambda ops: QuantOp.build(
+                operands=[ops[0], ops[1:]],
+                result_types=[_types(node)[0], _types(node)[1:]],
+                properties={"quant": quant},
+            ),
+        )
+
+    return importer
+
+
+def _build_table() -> dict[object, Callable[[fx.Node], DirectImport | None]]:
+    aten = torch.ops.aten
+    table: dict[object, Callable[[fx.Node], DirectImport | None]] = {
+        aten._fused_rms_norm.default: _fused_rms_norm,
+        aten._scaled_dot_product_flash_attention_for_cpu.default: _sdpa(_sdpa_cpu),
+        aten._scaled_dot_product_cudnn_attention.default: _sdpa(_sdpa_with_bias),
+        aten._scaled_dot_product_efficient_attention.default: _sdpa(_sdpa_with_bias),
+        aten._scaled_dot_product_flash_attention.default: _sdpa(_sdpa_flash),
+        torch.ops._c10d_functional.all_reduce.default: _all_reduce,
+    }
+    import irfuse.ops  # noqa: F401  (registers torch.ops.irfuse.*)
+
+    irfuse_ops = torch.ops.irfuse
+    table[irfuse_ops.rms_norm.default] = _irfuse_norm(fused_add=False)
+    table[irfuse_ops.fused_add_rms_norm.default] = _irfuse_norm(fused_add=True)
+    table[irfuse_ops.static_fp8_quant.default] = _irfuse_quant("static")
+    table[irfuse_ops.per_token_fp8_quant.default] = _irfuse_quant("per_token")
+    table[irfuse_ops.per_tensor_fp8_quant.default] = _irfuse_quant("per_tensor")
+    table[irfuse_ops.per_group_fp8_quant.default] = _irfuse_quant("per_group")
+    table[irfuse_ops.nvfp4_quant.default] = _irfuse_quant("nvfp4")
+    return table
+
+
+DIRECT_IMPORTERS = _build_table()

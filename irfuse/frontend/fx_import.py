@@ -1,0 +1,183 @@
+"""FX graph (post-grad ATen, functional) -> xDSL module.
+
+One `func.func @graph` per FX graph. Placeholders become block arguments, known ops
+become irfuse ops (see `direct.py`), every other node becomes an `aten.call` that
+remembers its target and constant arguments. Each imported op keeps an `Origin`: the
+FX nodes it stands for, so that the exporter can hand unchanged ops back as the very
+same nodes.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch.utils import _pytree as pytree
+from xdsl.builder import Builder
+from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr
+from xdsl.dialects.func import FuncOp, ReturnOp
+from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.rewriter import InsertPoint
+
+from irfuse.dialects.aten import CallOp
+from irfuse.frontend.direct import DIRECT_IMPORTERS, DirectImport
+from irfuse.frontend.types import constant_attr, value_types
+
+
+class UnsupportedGraph(Exception):
+    """The graph uses a construct the importer does not model; irfuse leaves it alone."""
+
+
+@dataclass
+class Origin:
+    """The FX side of an imported op."""
+
+    nodes: list[fx.Node]
+    """Every FX node the op stands for (erased together when the op is erased)."""
+    inputs: list[fx.Node]
+    """The FX node behind each operand, in operand order."""
+    results: list[fx.Node | None]
+    """The FX node that holds each result (None when nothing reads it)."""
+
+
+@dataclass
+class ImportedGraph:
+    module: ModuleOp
+    func: FuncOp
+    graph: fx.Graph
+    origins: dict[Operation, Origin] = field(default_factory=dict)
+    values: dict[fx.Node, SSAValue] = field(default_factory=dict)
+
+
+def target_name(target: object) -> str:
+    """`aten.add.Tensor`-style name of an FX call target."""
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{target._opname}.{target._overloadname}"
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        return f"higher_order.{target.name()}"
+    if isinstance(target, str):
+        return target
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}"
+
+
+def import_graph(graph: fx.Graph) -> ImportedGraph:
+    """Build the xDSL module of `graph` (which it does not modify)."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    arg_types = [_single_type(n) for n in placeholders]
+    block = Block(arg_types=arg_types)
+    func = FuncOp("graph", (arg_types, []), Region(block))
+    imported = ImportedGraph(ModuleOp([func]), func, graph)
+    for node, arg in zip(placeholders, block.args, strict=True):
+        arg.name_hint = _hint(node.name)
+        imported.values[node] = arg
+    builder = Builder(InsertPoint.at_end(block))
+    tuple_ops: dict[fx.Node, Operation] = {}
+
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            continue
+        if node.op == "output":
+            _import_output(imported, builder, node)
+            continue
+        if node.op == "call_function" and node.target is operator.getitem:
+            source, index = node.args
+            if source in tuple_ops:
+                op = tuple_ops[source]
+                origin = imported.origins[op]
+                if not isinstance(index, int) or index >= len(op.results):
+                    raise UnsupportedGraph(f"getitem {index} of {source.name}")
+                if origin.results[index] is None:
+                    origin.results[index] = node
+                    origin.nodes.append(node)
+                    op.results[index].name_hint = _hint(node.name)
+                    imported.values[node] = op.results[index]
+                    continue
+        if node in imported.values:  # consumed by a direct import (e.g. wait_tensor)
+            continue
+        op = _import_direct(imported, builder, node) or _import_generic(imported, builder, node)
+        if len(op.results) == 1 and not isinstance(node.meta.get("val"), (tuple, list)):
+            imported.values[node] = op.results[0]
+            op.results[0].name_hint = _hint(node.name)
+        else:
+            tuple_ops[node] = op
+    return imported
+
+
+def _single_type(node: fx.Node):
+    types = value_types(node.meta.get("val"))
+    if len(types) != 1:
+        raise UnsupportedGraph(f"placeholder {node.name} is not a single value")
+    return types[0]
+
+
+def _hint(name: str) -> str:
+    return name if name[:1].isalpha() or name[:1] == "_" else f"v{name}"
+
+
+def _operand(imported: ImportedGraph, node: fx.Node) -> SSAValue:
+    value = imported.values.get(node)
+    if value is None:
+        raise UnsupportedGraph(f"{node.name} is used as a whole but produces several values")
+    return value
+
+
+def _import_generic(imported: ImportedGraph, builder: Builder, node: fx.Node) -> Operation:
+    if node.op == "get_attr":
+        target, args, kwargs = f"get_attr.{node.target}", (), {}
+    elif node.op == "call_function":
+        target, args, kwargs = target_name(node.target), node.args, node.kwargs
+    else:
+        raise UnsupportedGraph(f"FX node kind '{node.op}' ({node.name})")
+    inputs: list[fx.Node] = []
+    refs: dict[int, int] = {}
+    for leaf in pytree.tree_leaves((args, kwargs)):
+        if isinstance(leaf, fx.Node):
+            refs.setdefault(id(leaf), len(inputs))
+            if refs[id(leaf)] == len(inputs):
+                inputs.append(leaf)
+    op = CallOp.create(
+        operands=[_operand(imported, n) for n in inputs],
+        result_types=value_types(node.meta.get("val")),
+        properties={
+            "target": StringAttr(target),
+            "args": ArrayAttr([constant_attr(a, refs) for a in args]),
+            "kwargs": DictionaryAttr({k: constant_attr(v, refs) for k, v in kwargs.items()}),
+        },
+    )
+    builder.insert(op)
+    imported.origins[op] = Origin([node], inputs, [node] * len(op.results))
+    if len(op.results) != 1 or isinstance(node.meta.get("val"), (tuple, list)):
+        imported.origins[op].results = [None] * len(op.results)
+    return op
+
+
+def _import_direct(
+    imported: ImportedGraph, builder: Builder, node: fx.Node
+) -> Operation | None:
+    importer = DIRECT_IMPORTERS.get(node.target) if node.op == "call_function" else None
+    if importer is None:
+        return None
+    found: DirectImport | None = importer(node)
+    if found is None or any(n not in imported.values for n in found.inputs):
+        return None
+    op = found.build([_operand(imported, n) for n in found.inputs])
+    builder.insert(op)
+    imported.origins[op] = Origin(found.nodes, found.inputs, found.results)
+    for result, fx_node in zip(op.results, found.results, strict=True):
+        if fx_node is not None:
+            imported.values[fx_node] = result
+            result.name_hint = _hint(fx_node.name)
+    return op
+
+
+def _import_output(imported: ImportedGraph, builder: Builder, node: fx.Node) -> None:
+    outputs = [leaf for leaf in pytree.tree_leaves(node.args) if isinstance(leaf, fx.Node)]
+    values = [_operand(imported, n) for n in outputs]
+    ret = ReturnOp(*values)
+    builder.insert(ret)
+    imported.origins[ret] = Origin([node], outputs, [])
+    imported.func.function_type = imported.func.function_type.from_lists(
+        imported.func.function_type.inputs.data, [v.type for v in values]
+    )

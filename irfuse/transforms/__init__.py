@@ -1,0 +1,41 @@
+"""irfuse passes: one per file; `PASSES` maps each name to a lazy factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from xdsl.passes import ModulePass
+
+
+def _raise_rms_norm() -> type[ModulePass]:
+    from irfuse.transforms.raise_rms_norm import RaiseRmsNorm
+
+    return RaiseRmsNorm
+
+
+def _raise_fp8_quant() -> type[ModulePass]:
+    from irfuse.transforms.raise_fp8_quant import RaiseFp8Quant
+
+    return RaiseFp8Quant
+
+
+def _fuse_add_rms_norm() -> type[ModulePass]:
+    from irfuse.transforms.fuse_add_rms_norm import FuseAddRmsNorm
+
+    return FuseAddRmsNorm
+
+
+def _fuse_rms_norm_quant() -> type[ModulePass]:
+    from irfuse.transforms.fuse_quant import FuseRmsNormQuant
+
+    return FuseRmsNormQuant
+
+
+PASSES: dict[str, Callable[[], type[ModulePass]]] = {
+    "raise-rms-norm": _raise_rms_norm,
+    "raise-fp8-quant": _raise_fp8_quant,
+    "fuse-add-rms-norm": _fuse_add_rms_norm,
+    "fuse-rms-norm-quant": _fuse_rms_norm_quant,
+}
+
+DEFAULT_PIPELINE = ("raise-rms-norm", "raise-fp8-quant", "fuse-add-rms-norm", "fuse-rms-norm-quant")

@@ -1,0 +1,75 @@
+"""fuse-add-rms-norm: fold a residual add into the RMSNorm that reads it.
+
+Matches `h = aten.add.Tensor(a, b)` (alpha 1, no broadcasting) feeding
+`irfuse.rms_norm(h, w)` without an output quant. Guards: `a`, `b` and `h` have one type;
+the norm has no quant yet; the fused op can be placed where `a`, `b`, `w` are defined
+and before every other reader of `h`. Replacement: `irfuse.fused_add_rms_norm(a, b, w)`
+whose `residual_out` replaces `h` everywhere else. NUMERICS.md: the variance uses the
+unrounded fp32 sum (the serving stacks' semantics; the unfused graph rounds the sum to
+the model dtype first, a difference below one ulp of the model dtype).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import (
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
+from xdsl.rewriter import InsertPoint
+
+from irfuse.dialects.irfuse import FusedAddRmsNormOp, RmsNormOp
+from irfuse.transforms import report
+from irfuse.transforms.match import call, const_arg, fused_insertion_point, tensor_arg
+
+NAME = "fuse-add-rms-norm"
+
+
+class FuseAddRmsNormPattern(RewritePattern):
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: RmsNormOp, rewriter: PatternRewriter) -> None:
+        add = call(op.x, "aten.add.Tensor")
+        if add is None or op.quant is not None:
+            return
+        a, b = tensor_arg(add, 0), tensor_arg(add, 1)
+        if a is None or b is None:
+            return
+        if const_arg(add, 2, "alpha") not in (None, 1):
+            report.rejected(NAME, add, "add with alpha != 1")
+            return
+        if not (a.type == b.type == op.x.type):
+            report.rejected(NAME, add, f"add of {a.type} and {b.type} broadcasts or casts")
+            return
+        before = fused_insertion_point([add, op], [a, b, op.weight])
+        if before is None:
+            report.rejected(NAME, add, "no place for the fused op: the sum is read in between")
+            return
+        props = {k: v for k, v in op.properties.items() if k != "operandSegmentSizes"}
+        props.pop("resultSegmentSizes", None)
+        new = FusedAddRmsNormOp.build(
+            operands=[a, b, op.weight, []],
+            result_types=[op.y.type, add.results[0].type, []],
+            properties=props,
+        )
+        rewriter.insert(new, InsertPoint.before(before))
+        new.y.name_hint = op.y.name_hint
+        new.residual_out.name_hint = add.results[0].name_hint
+        rewriter.replace_all_uses_with(op.y, new.y)
+        rewriter.replace_all_uses_with(add.results[0], new.residual_out)
+        rewriter.erase(op)
+        rewriter.erase(add)
+        report.fused(NAME)
+
+
+@dataclass(frozen=True)
+class FuseAddRmsNorm(ModulePass):
+    name = NAME
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        PatternRewriteWalker(FuseAddRmsNormPattern(), apply_recursively=False).rewrite_module(op)

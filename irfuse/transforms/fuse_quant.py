@@ -1,0 +1,111 @@
+"""fuse-rms-norm-quant: move a quantization into the epilogue of the op that produces
+its input.
+
+Matches `irfuse.quant(y)` where `y` is the first result of a quant producer (here
+`irfuse.rms_norm` and `irfuse.fused_add_rms_norm`) that has no output quant yet.
+Guards: the scheme has a fused kernel for that producer (`EPILOGUES`); `y` has no other
+reader (the unquantized value would be lost); the fused op can be placed where the
+scale is defined and before every reader of the producer's other results.
+Replacement: the producer with `quant` set, the quant's scale operand and scale result;
+its first result now has the quantized type. The same pattern serves every producer in
+`irfuse.dialects.irfuse.QUANT_PRODUCERS` once a kernel exists for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation
+from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import (
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
+from xdsl.rewriter import InsertPoint
+
+from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, RmsNormOp, _QuantProducer
+from irfuse.transforms import report
+from irfuse.transforms.match import fused_insertion_point
+
+NORM_EPILOGUES: dict[str, frozenset[str]] = {
+    RmsNormOp.name: frozenset({"static"}),
+    FusedAddRmsNormOp.name: frozenset({"static"}),
+}
+
+
+@dataclass
+class FuseQuantIntoProducer(RewritePattern):
+    pass_name: str
+    epilogues: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: QuantOp, rewriter: PatternRewriter) -> None:
+        producer = op.x.owner
+        if not isinstance(producer, _QuantProducer) or producer.name not in self.epilogues:
+            return
+        if op.x is not producer.results[0] or producer.output_quant() is not None:
+            return
+        scheme = op.quant.scheme
+        if scheme not in self.epilogues[producer.name]:
+            report.rejected(
+                self.pass_name, op, f"no fused kernel for {producer.name} + {scheme} quant yet"
+            )
+            return
+        if not op.x.has_one_use():
+            report.rejected(
+                self.pass_name, op, f"%{op.x.name_hint} is also read unquantized elsewhere"
+            )
+            return
+        scales = [op.quant_scale] if op.quant_scale is not None else []
+        before = fused_insertion_point([producer, op], [*producer.operands, *scales])
+        if before is None:
+            report.rejected(self.pass_name, op, "no place for the fused op")
+            return
+        new = _with_quant(producer, op)
+        rewriter.insert(new, InsertPoint.before(before))
+        old_results = [op.out, *producer.results[1:], *([op.scale_out] if op.scale_out else [])]
+        for old, result in zip(old_results, new.results, strict=True):
+            result.name_hint = old.name_hint
+            rewriter.replace_all_uses_with(old, result)
+        rewriter.erase(op)
+        rewriter.erase(producer)
+        report.fused(self.pass_name)
+
+
+def _with_quant(producer: _QuantProducer, quant: QuantOp) -> Operation:
+    """A copy of `producer` that ends with `quant`'s scheme."""
+    defs = type(producer).get_irdl_definition()
+    props = {k: v for k, v in producer.properties.items() if not k.endswith("SegmentSizes")}
+    props["quant"] = quant.quant
+    scale_in = [quant.quant_scale] if quant.quant_scale is not None else []
+    operands = [
+        scale_in if name == "quant_scale" else _optional(getattr(producer, name))
+        for name, _ in defs.operands
+    ]
+    result_types: list[object] = []
+    for name, _ in defs.results:
+        value = getattr(producer, name)
+        if name == "scale_out":
+            result_types.append([quant.scale_out.type] if quant.scale_out is not None else [])
+        elif value is producer.results[0]:
+            result_types.append(quant.out.type)
+        else:
+            result_types.append(_optional(value and value.type))
+    return type(producer).build(operands=operands, result_types=result_types, properties=props)
+
+
+def _optional(value: object) -> object:
+    return [] if value is None else value
+
+
+@dataclass(frozen=True)
+class FuseRmsNormQuant(ModulePass):
+    name = "fuse-rms-norm-quant"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        pattern = FuseQuantIntoProducer(self.name, NORM_EPILOGUES)
+        PatternRewriteWalker(pattern, apply_recursively=False).rewrite_module(op)

@@ -1,0 +1,147 @@
+"""raise-fp8-quant: recognise static per-tensor fp8 quantization written in PyTorch.
+
+Matches (`s` a one-element fp32 scale tensor):
+
+    q = clamp(x_f32 / s, -448, 448).to(float8_e4m3fn)
+    q = clamp(x_f32 * reciprocal(s) [* 1.0], -448, 448).to(float8_e4m3fn)
+
+with `clamp` as `aten.clamp` or `clamp_min` + `clamp_max` in either order (Inductor's
+form), `x_f32` being `x` cast to fp32 or `x` itself (type promotion against the fp32
+scale). Guards: the bounds are exactly -448 and 448; the scale is a one-element fp32
+tensor; intermediates have no other user. Replacement: `irfuse.quant` with
+`#irfuse.quant<static>` (computes `x * (1/s)`, NUMERICS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import Float8E4M3FNType, ModuleOp
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import (
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
+
+from irfuse.dialects.aten import CallOp
+from irfuse.dialects.irfuse import QuantAttr, QuantOp
+from irfuse.transforms import report
+from irfuse.transforms.match import (
+    CASTS,
+    F32,
+    MUL,
+    call,
+    cast_of,
+    const_arg,
+    element_type,
+    mul_operands,
+    position,
+    tensor_arg,
+    users,
+)
+
+NAME = "raise-fp8-quant"
+FP8_MAX = 448.0
+
+
+def _match_clamp(value: SSAValue) -> tuple[SSAValue, list[Operation], tuple[float, float]] | None:
+    """(input, clamp ops, (lo, hi)) for `aten.clamp` or a clamp_min/clamp_max pair."""
+    op = call(value, "aten.clamp.default")
+    if op is not None and (x := tensor_arg(op, 0)) is not None:
+        return x, [op], (const_arg(op, 1, "min"), const_arg(op, 2, "max"))  # type: ignore[return-value]
+    outer = call(value, "aten.clamp_min.default", "aten.clamp_max.default")
+    inner = call(tensor_arg(outer, 0), "aten.clamp_min.default", "aten.clamp_max.default") if (
+        outer is not None
+    ) else None
+    if outer is None or inner is None or inner.target == outer.target:
+        return None
+    bounds = {op.target.data: const_arg(op, 1) for op in (outer, inner)}
+    x = tensor_arg(inner, 0)
+    if x is None:
+        return None
+    lo, hi = bounds["aten.clamp_min.default"], bounds["aten.clamp_max.default"]
+    return x, [inner, outer], (lo, hi)  # type: ignore[return-value]
+
+
+def _match_scaling(value: SSAValue) -> tuple[SSAValue, SSAValue, list[Operation]] | None:
+    """(x, scale, ops) for `x / s` or `x * reciprocal(s)` (optionally `* 1.0`)."""
+    div = call(value, "aten.div.Tensor")
+    if div is not None:
+        x, scale = tensor_arg(div, 0), tensor_arg(div, 1)
+        return (x, scale, [div]) if x is not None and scale is not None else None
+    pair = mul_operands(value)
+    if pair is None:
+        return None
+    for x, inv in (pair, pair[::-1]):
+        ops: list[Operation] = [value.owner]  # type: ignore[list-item]
+        one = call(inv, MUL)
+        if one is not None and const_arg(one, 1) == 1 and tensor_arg(one, 1) is None:
+            ops.append(one)
+            inv = tensor_arg(one, 0)
+        recip = call(inv, "aten.reciprocal.default")
+        if recip is not None and (scale := tensor_arg(recip, 0)) is not None:
+            return x, scale, ops + [recip]
+    return None
+
+
+class RaiseFp8QuantPattern(RewritePattern):
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
+        if op.target.data not in CASTS or len(op.results) != 1:
+            return
+        cast = cast_of(op.results[0])
+        if cast is None or cast[1] != Float8E4M3FNType():
+            return
+        clamp = _match_clamp(cast[0])
+        scaling = _match_scaling(clamp[0]) if clamp is not None else None
+        if clamp is None or scaling is None:
+            return
+        x, scale, scale_ops = scaling
+        reason = _guard(x, scale, clamp[2], [scale_ops[0], *clamp[1]])
+        if reason:
+            report.rejected(NAME, op, reason)
+            return
+        source = x
+        x_cast = cast_of(x)
+        if x_cast is not None and x_cast[1] == F32 and x.uses.get_length() == 1:
+            source = x_cast[0]
+        new = QuantOp.build(
+            operands=[source, [scale]],
+            result_types=[op.results[0].type, []],
+            properties={"quant": QuantAttr("static")},
+        )
+        rewriter.replace(op, new)
+        dead_ops = [*clamp[1], *scale_ops] + ([x.owner] if source is not x else [])
+        for dead in sorted(dead_ops, key=position, reverse=True):
+            if all(not r.uses for r in dead.results):
+                rewriter.erase(dead)
+        report.fused(NAME)
+
+
+def _guard(
+    x: SSAValue, scale: SSAValue, bounds: tuple[float, float], main: list[Operation]
+) -> str | None:
+    if bounds != (-FP8_MAX, FP8_MAX):
+        return f"clamp bounds {bounds} are not the fp8 range (-448, 448)"
+    shape = scale.type.get_shape() if hasattr(scale.type, "get_shape") else None
+    if element_type(scale) != F32 or shape not in ((1,), ()):
+        return f"scale {scale.type} is not a one-element float32 tensor"
+    if element_type(x) is None:
+        return f"input {x.type} is not a tensor"
+    for op in main[:-1]:  # the scale's reciprocal may be shared; the main path may not
+        for result in op.results:
+            if any(user not in main for user in users(result)):
+                return f"intermediate %{result.name_hint} has a user outside the quant"
+    return None
+
+
+@dataclass(frozen=True)
+class RaiseFp8Quant(ModulePass):
+    name = NAME
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        PatternRewriteWalker(RaiseFp8QuantPattern(), apply_recursively=False).rewrite_module(op)

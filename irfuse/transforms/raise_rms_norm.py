@@ -1,0 +1,203 @@
+"""raise-rms-norm: recognise RMSNorm written in plain PyTorch.
+
+Matches, for any eps and hidden size (`xf` is `x` cast to fp32, or `x` if fp32):
+
+    n = xf * rsqrt(mean(xf ** 2, [-1], keepdim=True) + eps)    (mul in either order)
+    y = n.to(dt) * w              -- HF LlamaRMSNorm (w * n.to(dt) too)
+    y = (n * w).to(dt)            -- F.rms_norm's decomposition        -> fp32_weight_mul
+    y = (n * (w.float() + 1)).to(dt)  -- Gemma                        -> gemma
+
+in both the AOT form (`_to_copy`, `add.Tensor`) and Inductor's post-grad form
+(`convert_element_type`, `add.Scalar`).
+
+Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
+size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
+outside the chain. Replacement: one `irfuse.rms_norm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import Float64Type, FloatAttr, ModuleOp, UnitAttr
+from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import (
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
+
+from irfuse.dialects.aten import CallOp
+from irfuse.dialects.irfuse import RmsNormOp
+from irfuse.frontend.types import torch_dtype
+from irfuse.transforms import report
+from irfuse.transforms.match import (
+    F32,
+    call,
+    cast_of,
+    const_arg,
+    element_type,
+    int_list_arg,
+    mul_operands,
+    position,
+    rank,
+    tensor_arg,
+    users,
+)
+
+NAME = "raise-rms-norm"
+
+
+def dtype_name(attr: Attribute | None) -> str:
+    dtype = torch_dtype(attr) if attr is not None else None
+    return str(dtype).removeprefix("torch.") if dtype is not None else str(attr)
+
+
+@dataclass
+class _Norm:
+    """The normalised fp32 value `n` and what it was computed from."""
+
+    x: SSAValue
+    xf: SSAValue
+    eps: float
+    chain: list[Operation]
+
+
+def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
+    """Walk up from rsqrt and one step down to `n`; a str is a guard failure."""
+    add = call(rsqrt.inputs[0], "aten.add.Scalar", "aten.add.Tensor")
+    if add is None or (mean_value := tensor_arg(add, 0)) is None:
+        return None
+    eps = const_arg(add, 1)
+    mean = call(mean_value, "aten.mean.dim")
+    if not isinstance(eps, float) or mean is None:
+        return None
+    pow_op = call(tensor_arg(mean, 0), "aten.pow.Tensor_Scalar")
+    if pow_op is None or const_arg(pow_op, 1) != 2 or (xf := tensor_arg(pow_op, 0)) is None:
+        return None
+    if rsqrt.results[0].uses.get_length() != 1:
+        return None
+    n_op = users(rsqrt.results[0])[0]
+    operands = mul_operands(n_op.results[0]) if n_op.results else None
+    if operands is None or set(operands) != {xf, rsqrt.results[0]}:
+        return None
+    dims = int_list_arg(mean, 1)
+    if dims not in ([-1], [rank(xf) - 1]) or const_arg(mean, 2, "keepdim") is not True:
+        return f"mean over dims {dims} (keepdim {const_arg(mean, 2, 'keepdim')}), not the last"
+    if element_type(xf) != F32:
+        return f"normalised in {dtype_name(element_type(xf))}, not float32"
+    cast = cast_of(xf)
+    x = cast[0] if cast is not None and cast[1] == F32 else xf
+    chain = [pow_op, mean, add, rsqrt, n_op] + ([xf.owner] if x is not xf else [])
+    return _Norm(x, xf, float(eps), chain)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Weighted:
+    """How `n` meets the weight: `ops` run from `n` to the result `y` (the last op);
+    `helpers` compute Gemma's `1 + w` and may be shared with other norms."""
+
+    weight: SSAValue
+    form: str  # plain | fp32 | gemma
+    ops: list[Operation]
+    helpers: list[Operation]
+
+
+def _sole_user(value: SSAValue) -> Operation | None:
+    return users(value)[0] if value.uses.get_length() == 1 and users(value)[0].results else None
+
+
+def _match_weight(n: SSAValue, dt: Attribute | None) -> _Weighted | None:
+    if (user := _sole_user(n)) is None:
+        return None
+    after = user.results[0]
+    cast = cast_of(after)
+    if cast is not None and dt != F32:  # y = n.to(dt) * w
+        mul = _sole_user(after)
+        pair = mul_operands(mul.results[0]) if mul is not None else None
+        if cast[1] != dt or pair is None:
+            return None
+        return _Weighted(pair[1] if pair[0] is after else pair[0], "plain", [user, mul], [])
+    pair = mul_operands(after)
+    if pair is None:
+        return None
+    other = pair[1] if pair[0] is n else pair[0]
+    ops = [user]
+    if dt != F32:  # y = (n * w).to(dt)
+        down = _sole_user(after)
+        if down is None or (cast := cast_of(down.results[0])) is None or cast[1] != dt:
+            return None
+        ops.append(down)
+    gemma = call(other, "aten.add.Tensor", "aten.add.Scalar")
+    if gemma is not None and const_arg(gemma, 1) == 1 and (wf := tensor_arg(gemma, 0)) is not None:
+        w_cast = cast_of(wf)
+        weight = w_cast[0] if w_cast is not None and w_cast[1] == F32 else wf
+        return _Weighted(weight, "gemma", ops, [gemma] + ([wf.owner] if weight is not wf else []))
+    return _Weighted(other, "plain" if dt == F32 else "fp32", ops, [])
+
+
+class RaiseRmsNormPattern(RewritePattern):
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
+        if op.target.data != "aten.rsqrt.default":
+            return
+        norm = _match_normalised(op)
+        if norm is None:
+            return
+        if isinstance(norm, str):
+            report.rejected(NAME, op, norm)
+            return
+        dt = element_type(norm.x)
+        weighted = _match_weight(norm.chain[4].results[0], dt)
+        if weighted is None:
+            report.rejected(NAME, op, "no weight multiply after the normalisation")
+            return
+        root = weighted.ops[-1]
+        reason = _guard(norm, weighted, dt, root.results[0])
+        if reason:
+            report.rejected(NAME, root, reason)
+            return
+        props: dict[str, Attribute] = {"eps": FloatAttr(norm.eps, Float64Type())}
+        if weighted.form == "fp32":
+            props["fp32_weight_mul"] = UnitAttr()
+        if weighted.form == "gemma":
+            props["gemma"] = UnitAttr()
+        new = RmsNormOp.build(
+            operands=[norm.x, weighted.weight, []],
+            result_types=[root.results[0].type, []],
+            properties=props,
+        )
+        rewriter.replace(root, new)
+        dead_ops = norm.chain + weighted.ops[:-1] + weighted.helpers
+        for dead in sorted(dead_ops, key=position, reverse=True):
+            if all(not r.uses for r in dead.results):
+                rewriter.erase(dead)
+        report.fused(NAME)
+
+
+def _guard(norm: _Norm, weighted: _Weighted, dt: Attribute | None, y: SSAValue) -> str | None:
+    w_dt = element_type(weighted.weight)
+    if rank(weighted.weight) != 1:
+        return f"weight has rank {rank(weighted.weight)}, expected 1"
+    if w_dt != dt and not (weighted.form == "gemma" and w_dt == F32):
+        return f"weight dtype {dtype_name(w_dt)} != input dtype {dtype_name(dt)}"
+    if element_type(y) != dt or y.type.get_shape() != norm.x.type.get_shape():
+        return f"result type {y.type} differs from the input {norm.x.type}"
+    inner = norm.chain + weighted.ops
+    for op in inner[:-1]:
+        for result in op.results:
+            if any(user not in inner for user in users(result)):
+                return f"intermediate %{result.name_hint} has a user outside the norm"
+    return None
+
+
+@dataclass(frozen=True)
+class RaiseRmsNorm(ModulePass):
+    name = NAME
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        PatternRewriteWalker(RaiseRmsNormPattern(), apply_recursively=False).rewrite_module(op)
+

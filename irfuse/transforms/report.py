@@ -1,0 +1,86 @@
+"""What fused and what was refused, and why: filled by the patterns while a pass runs.
+
+Patterns call `fused(...)` and `rejected(...)`; outside `collect()` (e.g. in
+irfuse-opt) these are no-ops. Rejections are recorded once per (pass, location, reason)
+since the greedy driver may visit an op several times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from xdsl.ir import Operation
+
+
+@dataclass
+class FusionReport:
+    fused: Counter[str] = field(default_factory=Counter)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    kernels: list[str] = field(default_factory=list)
+
+    def merge(self, other: FusionReport) -> None:
+        self.fused.update(other.fused)
+        for item in other.rejected:
+            if item not in self.rejected:
+                self.rejected.append(item)
+        self.notes.extend(other.notes)
+        self.kernels.extend(other.kernels)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "fused": dict(self.fused),
+            "rejected": list(self.rejected),
+            "notes": list(self.notes),
+            "kernels": list(self.kernels),
+        }
+
+    def __str__(self) -> str:
+        lines = ["irfuse fusion report"]
+        lines += [f"  fused    {name}: {count}" for name, count in sorted(self.fused.items())]
+        if not self.fused:
+            lines.append("  fused    nothing")
+        lines += [f"  rejected {r['pass']} at {r['at']}: {r['reason']}" for r in self.rejected]
+        lines += [f"  note     {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+_CURRENT: contextvars.ContextVar[FusionReport | None] = contextvars.ContextVar(
+    "irfuse_report", default=None
+)
+
+
+@contextlib.contextmanager
+def collect(report: FusionReport) -> Iterator[FusionReport]:
+    token = _CURRENT.set(report)
+    try:
+        yield report
+    finally:
+        _CURRENT.reset(token)
+
+
+def location(op: Operation) -> str:
+    """A readable place for an op: its first result's name, else its op name."""
+    for result in op.results:
+        if result.name_hint:
+            return f"%{result.name_hint}"
+    return op.name
+
+
+def fused(pass_name: str) -> None:
+    report = _CURRENT.get()
+    if report is not None:
+        report.fused[pass_name] += 1
+
+
+def rejected(pass_name: str, op: Operation, reason: str) -> None:
+    report = _CURRENT.get()
+    if report is None:
+        return
+    item = {"pass": pass_name, "at": location(op), "reason": reason}
+    if item not in report.rejected:
+        report.rejected.append(item)
