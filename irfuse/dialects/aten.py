@@ -68,7 +68,7 @@ class CallOp(IRDLOperation):
 
     def verify_(self) -> None:
         refs = _refs(self.args) + _refs(self.kwargs)
-        if sorted(refs) != list(range(len(self.inputs))):
+        if sorted(set(refs)) != list(range(len(self.inputs))):
             raise VerifyException(
                 f"{self.target.data}: arguments reference operands {sorted(refs)}, "
                 f"but the call has {len(self.inputs)} operands"

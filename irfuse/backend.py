@@ -1,0 +1,63 @@
+"""`torch.compile(model, backend="irfuse", options={...})`.
+
+Inductor compiles the graph with irfuse's pass installed as its post-grad custom pass
+(`options={"inner": "eager"}` runs the same pass on the AOT graph and executes it
+eagerly). Options: `passes` (names or a comma-separated string; default: the whole
+pipeline), `dump_dir` (or `IRFUSE_DUMP_DIR`), `inner`; any other key is an Inductor
+config option. `mode` works as for Inductor ("reduce-overhead" = CUDA graphs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+from irfuse.pipeline import Options, transform_graph
+
+
+class IrfuseGraphPass(CustomGraphPass):
+    """Inductor post-grad custom pass; `uuid` keys Inductor's FX graph cache, so a cache
+    entry made with another irfuse version or other options is never reused."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def __call__(self, graph: fx.Graph) -> None:
+        transform_graph(graph, self.options)
+
+    def uuid(self) -> str:
+        return self.options.cache_key()
+
+
+def irfuse_backend(
+    gm: fx.GraphModule,
+    example_inputs: Sequence[Any],
+    mode: str | None = None,
+    options: dict[str, object] | None = None,
+) -> Callable[..., Any]:
+    opts = Options.from_dict(options)
+    if opts.inner == "eager":
+        return _eager(gm, example_inputs, opts)
+    from torch._inductor import list_mode_options
+    from torch._inductor.compile_fx import compile_fx
+
+    patches: dict[str, object] = {**(list_mode_options(mode) if mode else {}), **opts.inductor}
+    patches["post_grad_custom_pre_pass"] = IrfuseGraphPass(opts)
+    return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def _eager(gm: fx.GraphModule, example_inputs: Sequence[Any], opts: Options) -> Callable[..., Any]:
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def forward_compiler(graph_module: fx.GraphModule, _: Sequence[Any]) -> Callable[..., Any]:
+        transform_graph(graph_module.graph, opts)
+        graph_module.recompile()
+        return make_boxed_func(graph_module.forward)
+
+    with torch.no_grad():
+        return aot_autograd(fw_compiler=forward_compiler)(gm, example_inputs)

@@ -1,0 +1,34 @@
+"""IR dumps: per graph, the imported IR, the IR after each pass that changed it, the
+generated Triton sources and report.json (the same content as `irfuse.explain`)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+from xdsl.dialects.builtin import ModuleOp
+
+from irfuse.transforms.report import FusionReport
+
+_GRAPH_IDS = itertools.count()
+
+
+class GraphDump:
+    """Writes the files of one graph under `<dump_dir>/graph_<n>/`."""
+
+    def __init__(self, dump_dir: str) -> None:
+        self.path = Path(dump_dir) / f"graph_{os.getpid()}_{next(_GRAPH_IDS)}"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._step = 0
+
+    def module(self, label: str, module: ModuleOp) -> None:
+        (self.path / f"{self._step:02d}-{label}.mlir").write_text(f"{module}\n")
+        self._step += 1
+
+    def source(self, name: str, text: str) -> None:
+        (self.path / f"{name}.py").write_text(text)
+
+    def report(self, report: FusionReport) -> None:
+        (self.path / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -1,0 +1,51 @@
+"""Compile-once cache of generated Triton kernels.
+
+A kernel's source is written to `<cache>/<name>_<key>.py`, where the key hashes the
+source, the Triton version and irfuse's version, and imported from there (Triton reads
+a kernel's source from its file). Set `IRFUSE_CACHE_DIR` to move the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import triton
+
+from irfuse.version import __version__
+
+_LOADED: dict[str, Any] = {}
+
+
+def cache_dir() -> Path:
+    default = Path.home() / ".cache" / "irfuse" / "kernels"
+    path = Path(os.environ.get("IRFUSE_CACHE_DIR", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def kernel_key(source: str) -> str:
+    text = f"{source}\0triton {triton.__version__}\0irfuse {__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def load_kernel(name: str, source: str) -> Any:
+    """The `@triton.jit` function `name` defined by `source` (written and imported once)."""
+    key = kernel_key(source)
+    if key in _LOADED:
+        return _LOADED[key]
+    path = cache_dir() / f"{name}_{key}.py"
+    if not path.exists() or path.read_text() != source:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            f.write(source)
+        os.replace(f.name, path)  # atomic: concurrent compiles never see half a file
+    spec = importlib.util.spec_from_file_location(f"irfuse_kernels.{name}_{key}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _LOADED[key] = getattr(module, name)
+    return _LOADED[key]

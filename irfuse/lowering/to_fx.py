@@ -1,0 +1,119 @@
+"""xDSL module -> the FX graph it was imported from, edited in place.
+
+Ops that still carry their `Origin` are the original FX nodes: they stay, with their
+inputs re-pointed where a pass replaced a value. Ops without an origin (the fused ops)
+become calls of runtime ops, each placed right after the latest node it reads. Nodes of
+ops that a pass erased are removed. Nothing is touched unless every new op lowers.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensorMode
+from xdsl.dialects.builtin import TensorType
+from xdsl.ir import Operation
+
+from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, RmsNormOp
+from irfuse.frontend.fx_import import ImportedGraph
+from irfuse.kernels.norm import MAX_COLS
+from irfuse.lowering.runtime import kernel_norm
+from irfuse.lowering.to_triton import KernelSpec, NoKernel, spec_for
+
+
+@dataclass
+class Lowered:
+    op: Operation
+    spec: KernelSpec
+
+
+def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
+    """The kernel of every op a pass created; NoKernel if one has none."""
+    plan = []
+    for op in imported.func.body.ops:
+        if op in imported.origins:
+            continue
+        spec = spec_for(op)
+        hidden = op.operands[0].type
+        if isinstance(hidden, TensorType) and hidden.get_shape()[-1] > MAX_COLS:
+            raise NoKernel(f"hidden size {hidden.get_shape()[-1]} > {MAX_COLS}")
+        plan.append(Lowered(op, spec))
+    return plan
+
+
+def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
+    graph = imported.graph
+    rank = {node: i for i, node in enumerate(graph.nodes)}
+    last_placeholder = max((n for n in graph.nodes if n.op == "placeholder"), key=rank.get,
+                           default=None)
+    value_node = {v: n for n, v in imported.values.items() if n.op == "placeholder"}
+    specs = {lowered.op: lowered.spec for lowered in plan}
+    tail: dict[fx.Node, fx.Node] = {}
+    survivors: set[Operation] = set()
+
+    for op in imported.func.body.ops:
+        origin = imported.origins.get(op)
+        inputs = [value_node[v] for v in op.operands]
+        if origin is not None:
+            survivors.add(op)
+            for old, new in zip(origin.inputs, inputs, strict=True):
+                if old is not new:
+                    for node in origin.nodes:
+                        node.replace_input_with(old, new)
+            for result, node in zip(op.results, origin.results, strict=True):
+                if node is not None:
+                    value_node[result] = node
+            continue
+        anchor = max([*inputs, last_placeholder], key=lambda n: rank[n])
+        while anchor in tail:
+            anchor = tail[anchor]
+        nodes = _lower(graph, anchor, op, specs[op], inputs)
+        for node in nodes:
+            rank[node] = rank[anchor] + 0.5
+        tail[anchor] = nodes[-1]
+        for result, node in zip(op.results, _result_nodes(op, nodes), strict=True):
+            value_node[result] = node
+
+    dead = {n for op, o in imported.origins.items() if op not in survivors for n in o.nodes}
+    for node in sorted(dead, key=rank.get, reverse=True):
+        graph.erase_node(node)
+    graph.lint()
+
+
+def _result_nodes(op: Operation, nodes: list[fx.Node]) -> list[fx.Node]:
+    """FX node of each IR result: out, then residual_out for the fused add."""
+    return nodes[1:]
+
+
+def _lower(
+    graph: fx.Graph, anchor: fx.Node, op: Operation, spec: KernelSpec, inputs: list[fx.Node]
+) -> list[fx.Node]:
+    """Insert `kernel_norm(...)` and its getitems after `anchor`."""
+    if isinstance(op, QuantOp):
+        x, residual, weight, scale, eps = inputs[0], None, None, inputs[1], 0.0
+    elif isinstance(op, RmsNormOp):
+        x, residual, weight = inputs[0], None, inputs[1]
+        scale, eps = (inputs[2] if len(inputs) > 2 else None), op.eps.value.data
+    else:
+        assert isinstance(op, FusedAddRmsNormOp)
+        x, residual, weight = inputs[:3]
+        scale, eps = (inputs[3] if len(inputs) > 3 else None), op.eps.value.data
+    args = (x, residual, weight, scale, float(eps), spec.producer, spec.weight_mode, spec.quant)
+    fake_args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in args]
+    tensors = [a for a in fake_args if isinstance(a, torch.Tensor)]
+    with detect_fake_mode(tensors) or FakeTensorMode(allow_non_fake_inputs=True):
+        fake = kernel_norm(*fake_args)
+    with graph.inserting_after(anchor):
+        call = graph.call_function(torch.ops.irfuse.kernel_norm.default, args)
+    call.meta["val"] = fake
+    nodes = [call]
+    for i in range(len(op.results)):
+        with graph.inserting_after(nodes[-1]):
+            item = graph.call_function(operator.getitem, (call, i))
+        item.meta["val"] = fake[i]
+        nodes.append(item)
+    return nodes

@@ -1,0 +1,79 @@
+"""irfuse op -> KernelSpec -> Triton source text.
+
+A KernelSpec names a producer body from irfuse/kernels and an epilogue per quant
+scheme; `kernel_source` composes them into a readable module whose docstring names
+the ops it fuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.ir import Operation
+
+from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, RmsNormOp
+from irfuse.kernels import norm, quant
+
+PRODUCERS = ("quant", "rms_norm", "fused_add_rms_norm")
+
+
+class NoKernel(Exception):
+    """The op has no generated kernel (it runs as its reference op)."""
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    producer: str  # one of PRODUCERS
+    weight_mode: str = "none"  # plain | fp32 | gemma | none (no norm)
+    quant: str = "none"  # none | static
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.quant == "none" else f"_{self.quant}_fp8"
+        mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
+        return f"irfuse_{self.producer}{mode}{suffix}"
+
+    def describe(self) -> str:
+        parts = {
+            "quant": [],
+            "rms_norm": ["rms_norm"],
+            "fused_add_rms_norm": ["add", "rms_norm"],
+        }[self.producer]
+        if self.weight_mode in ("fp32", "gemma"):
+            parts[-1] += f" ({self.weight_mode} weight)"
+        if self.quant != "none":
+            parts.append(f"{self.quant} fp8 quant")
+        return " + ".join(parts)
+
+
+def spec_for(op: Operation) -> KernelSpec:
+    """The kernel an irfuse op lowers to; NoKernel if it has none yet."""
+    if isinstance(op, QuantOp):
+        if op.quant.scheme != "static":
+            raise NoKernel(f"no kernel for a standalone {op.quant.scheme} quant yet")
+        return KernelSpec("quant", quant="static")
+    if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)):
+        quant_attr = op.output_quant()
+        scheme = "none" if quant_attr is None else quant_attr.scheme
+        if scheme not in quant.EPILOGUES:
+            raise NoKernel(f"no kernel for {op.name} + {scheme} quant yet")
+        mode = "gemma" if op.gemma else "fp32" if op.fp32_weight_mul else "plain"
+        producer = "rms_norm" if isinstance(op, RmsNormOp) else "fused_add_rms_norm"
+        return KernelSpec(producer, mode, scheme)
+    raise NoKernel(f"no kernel for {op.name} yet")
+
+
+def kernel_source(spec: KernelSpec) -> str:
+    body = norm.SIGNATURE.format(name=spec.name)
+    if spec.producer == "fused_add_rms_norm":
+        body += norm.ADD_RESIDUAL
+    if spec.producer != "quant":
+        body += norm.RMS_NORM + norm.WEIGHT[spec.weight_mode]
+    body += quant.EPILOGUES[spec.quant]
+    helpers = norm.ROUND_TO + (quant.ROUND_TO_E4M3 if spec.quant != "none" else "")
+    return (
+        f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
+        'One program per row; see irfuse/kernels for the pieces."""\n\n'
+        "import triton\nimport triton.language as tl\n"
+        f"{helpers}\n{body}"
+    )

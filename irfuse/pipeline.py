@@ -1,0 +1,129 @@
+"""The irfuse graph pass: FX -> IR -> passes -> kernels -> FX, with options and dumps."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.fx as fx
+from xdsl.utils.exceptions import DiagnosticException
+
+from irfuse.dialects import make_context
+from irfuse.dump import GraphDump
+from irfuse.frontend.fx_import import UnsupportedGraph, import_graph
+from irfuse.transforms import DEFAULT_PIPELINE, PASSES
+from irfuse.transforms.report import FusionReport, collect
+from irfuse.version import __version__
+
+INNER_COMPILERS = ("inductor", "eager")
+
+
+@dataclass(frozen=True)
+class Options:
+    """irfuse's options; any other key of `torch.compile(options=...)` goes to Inductor."""
+
+    passes: tuple[str, ...] = DEFAULT_PIPELINE
+    dump_dir: str | None = None
+    inner: str = "inductor"
+    inductor: dict[str, object] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def from_dict(cls, options: dict[str, object] | None) -> Options:
+        options = dict(options or {})
+        passes = options.pop("passes", DEFAULT_PIPELINE)
+        if isinstance(passes, str):
+            passes = tuple(p for p in passes.split(",") if p)
+        unknown = [p for p in passes if p not in PASSES]  # type: ignore[union-attr]
+        if unknown:
+            raise ValueError(f"irfuse: unknown pass(es) {unknown}; known: {sorted(PASSES)}")
+        inner = options.pop("inner", "inductor")
+        if inner not in INNER_COMPILERS:
+            raise ValueError(f"irfuse: inner must be one of {INNER_COMPILERS}, got {inner!r}")
+        dump_dir = options.pop("dump_dir", None) or os.environ.get("IRFUSE_DUMP_DIR") or None
+        return cls(tuple(passes), dump_dir, str(inner), options)  # type: ignore[arg-type]
+
+    def cache_key(self) -> str:
+        """Changes whenever irfuse's version or an option that affects codegen does."""
+        fields = {k: v for k, v in asdict(self).items() if k != "dump_dir"}
+        text = json.dumps({"irfuse": __version__, **fields}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+_REPORT_SINKS: list[list[FusionReport]] = []
+
+
+@contextlib.contextmanager
+def capture_reports() -> Iterator[list[FusionReport]]:
+    """Collect the report of every graph irfuse transforms inside the block."""
+    sink: list[FusionReport] = []
+    _REPORT_SINKS.append(sink)
+    try:
+        yield sink
+    finally:
+        _REPORT_SINKS.remove(sink)
+
+
+def transform_graph(graph: fx.Graph, options: Options) -> FusionReport:
+    """Run irfuse's passes on `graph` in place; unchanged if nothing fuses or lowers."""
+    report = FusionReport()
+    for sink in _REPORT_SINKS:
+        sink.append(report)
+    dump = GraphDump(options.dump_dir) if options.dump_dir else None
+    try:
+        _transform(graph, options, report, dump)
+    finally:
+        if dump is not None:
+            dump.report(report)
+    return report
+
+
+def _transform(
+    graph: fx.Graph, options: Options, report: FusionReport, dump: GraphDump | None
+) -> None:
+    from irfuse.lowering.runtime import INTERPRET
+    from irfuse.lowering.to_fx import export_to_fx, plan_lowering
+    from irfuse.lowering.to_triton import NoKernel, kernel_source
+
+    try:
+        imported = import_graph(graph)
+        imported.module.verify()
+    except (UnsupportedGraph, DiagnosticException) as error:
+        report.notes.append(f"graph left to the inner compiler: {error}")
+        return
+    module = imported.module
+    if dump is not None:
+        dump.module("imported", module)
+    ctx = make_context()
+    with collect(report):
+        for name in options.passes:
+            before = sum(report.fused.values())
+            PASSES[name]()().apply(ctx, module)
+            module.verify()
+            if dump is not None and sum(report.fused.values()) != before:
+                dump.module(f"after-{name}", module)
+    try:
+        plan = plan_lowering(imported)
+    except NoKernel as error:
+        report.notes.append(f"graph left unchanged: {error}")
+        return
+    if not plan:
+        return
+    devices = {
+        n.meta["val"].device.type for n in graph.nodes
+        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
+    }
+    if devices - {"cuda"} and not INTERPRET:
+        report.notes.append(
+            "graph left unchanged: irfuse kernels need CUDA tensors (TRITON_INTERPRET=1 on CPU)"
+        )
+        return
+    for lowered in plan:
+        report.kernels.append(lowered.spec.name)
+        if dump is not None:
+            dump.source(lowered.spec.name, kernel_source(lowered.spec))
+    export_to_fx(imported, plan)

@@ -1,0 +1,224 @@
+"""torch.compile(backend="irfuse") end to end: results, reports, options, dumps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from functorch.compile import aot_function, make_boxed_func
+
+import irfuse
+from irfuse.backend import IrfuseGraphPass
+from irfuse.pipeline import Options, capture_reports, transform_graph
+from tests import models
+from tests.helpers import assert_close, assert_fp8_close
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BF16 = torch.bfloat16
+
+
+def _norm_inputs(t: int = 4, h: int = 64, dtype=BF16):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(t, h, generator=g).to(dtype).to(DEVICE)
+    r = torch.randn(t, h, generator=g).to(dtype).to(DEVICE)
+    w = (1 + 0.1 * torch.randn(h, generator=g)).to(dtype).to(DEVICE)
+    return x, r, w, torch.tensor([0.05], device=DEVICE)
+
+
+def test_add_rms_norm_quant_fuses_and_matches_eager():
+    x, r, w, s = _norm_inputs()
+    compiled = torch.compile(models.add_rms_norm_quant, backend="irfuse",
+                             options={"inner": "eager"})
+    with capture_reports() as reports:
+        q, h = compiled(x, r, w, s)
+    q_ref, h_ref = models.add_rms_norm_quant(x, r, w, s)
+    assert reports[0].fused["fuse-rms-norm-quant"] == 1
+    assert reports[0].fused["fuse-add-rms-norm"] == 1
+    assert reports[0].kernels == ["irfuse_fused_add_rms_norm_fp32w_static_fp8"]
+    torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
+    assert_fp8_close(q, q_ref, s)
+
+
+@pytest.mark.parametrize("fn,kernel", [
+    (models.hf_norm_quant, "irfuse_rms_norm_static_fp8"),
+    (models.gemma_norm_quant, "irfuse_rms_norm_gemmaw_static_fp8"),
+])
+@pytest.mark.parametrize("eps", [1e-5, 1e-6, 1e-12])
+def test_model_idioms_fuse(fn, kernel, eps):
+    x, _, w, s = _norm_inputs(t=3, h=96)
+    report = irfuse.explain(fn, x, w, s, eps)
+    assert report.fused["fuse-rms-norm-quant"] == 1, str(report)
+    assert report.kernels == [kernel]
+    torch._dynamo.reset()
+    q = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x, w, s, eps)
+    assert_fp8_close(q, fn(x, w, s, eps), s)
+
+
+def test_weight_dtype_mismatch_is_refused_with_its_reason():
+    x, _, w, s = _norm_inputs()
+    w32 = w.float()
+    report = irfuse.explain(models.hf_norm_quant, x, w32, s)
+    assert {"pass": "raise-rms-norm", "reason": "weight dtype float32 != input dtype bfloat16"} \
+        .items() <= report.rejected[0].items(), str(report)
+    assert "fuse-rms-norm-quant" not in report.fused
+    torch._dynamo.reset()
+    q = torch.compile(models.hf_norm_quant, backend="irfuse", options={"inner": "eager"})(
+        x, w32, s)
+    assert torch.equal(q.view(torch.uint8), models.hf_norm_quant(x, w32, s).view(torch.uint8))
+
+
+def test_norm_read_unquantized_elsewhere_is_not_fused_into_the_quant():
+    def fn(x, w, s):
+        y = models.hf_rms_norm(x, w)
+        return models.static_quant(y, s), y * 2
+
+    x, _, w, s = _norm_inputs()
+    report = irfuse.explain(fn, x, w, s)
+    assert any("also read unquantized" in r["reason"] for r in report.rejected), str(report)
+    torch._dynamo.reset()
+    q, y2 = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x, w, s)
+    q_ref, y2_ref = fn(x, w, s)
+    assert_close(y2, y2_ref)
+    assert_fp8_close(q, q_ref, s)
+
+
+def test_clamp_to_other_bounds_is_not_an_fp8_quant():
+    def fn(x, w, s):
+        return (models.hf_rms_norm(x, w).float() / s).clamp(-240, 240).to(models.FP8)
+
+    x, _, w, s = _norm_inputs()
+    report = irfuse.explain(fn, x, w, s)
+    assert any("clamp bounds" in r["reason"] for r in report.rejected), str(report)
+
+
+def test_unfusable_graph_keeps_its_original_nodes():
+    def fn(x, y):
+        return torch.sin(x) @ y
+
+    seen = []
+
+    def compiler(gm, _):
+        before = list(gm.graph.nodes)
+        report = transform_graph(gm.graph, Options())
+        seen.append((before, list(gm.graph.nodes), report))
+        return make_boxed_func(gm.forward)
+
+    aot_function(fn, compiler)(torch.randn(3, 3), torch.randn(3, 3))
+    before, after, report = seen[0]
+    assert before == after and all(a is b for a, b in zip(before, after, strict=True))
+    assert not report.fused
+
+
+def test_dynamic_token_counts_share_one_compile():
+    x, r, w, s = _norm_inputs(t=4)
+    compiled = torch.compile(models.add_rms_norm_quant, backend="irfuse",
+                             options={"inner": "eager"}, dynamic=True)
+    with capture_reports() as reports:
+        for t in (4, 7, 9, 130):  # 1 would specialise (dynamo special-cases 0 and 1)
+            xt, rt = x.new_ones(t, 64) * 0.5, torch.randn(t, 64).to(BF16).to(DEVICE)
+            q, h = compiled(xt, rt, w, s)
+            q_ref, h_ref = models.add_rms_norm_quant(xt, rt, w, s)
+            assert_fp8_close(q, q_ref, s)
+    assert len(reports) == 1 and reports[0].fused["fuse-rms-norm-quant"] == 1
+
+
+def test_decoder_block_matches_eager():
+    torch.manual_seed(0)
+    block = models.DecoderBlock().to(DEVICE)
+    x = torch.randn(2, 8, 64, device=DEVICE)
+    with torch.no_grad():
+        expected = block(x, x)
+        report = irfuse.explain(block, x, x)
+        torch._dynamo.reset()
+        out = torch.compile(block, backend="irfuse", options={"inner": "eager"})(x, x)
+    assert report.fused["fuse-rms-norm-quant"] == 2, str(report)
+    assert report.fused["fuse-add-rms-norm"] == 2, str(report)
+    torch.testing.assert_close(out[1], expected[1], atol=0, rtol=0)
+    torch.testing.assert_close(out[0], expected[0], atol=0.1, rtol=0.1)
+
+
+def test_dump_dir_has_ir_kernels_and_report(tmp_path):
+    x, r, w, s = _norm_inputs()
+    torch.compile(models.add_rms_norm_quant, backend="irfuse",
+                  options={"inner": "eager", "dump_dir": str(tmp_path)})(x, r, w, s)
+    (graph_dir,) = tmp_path.iterdir()
+    names = sorted(p.name for p in graph_dir.iterdir())
+    assert names == [
+        "00-imported.mlir", "01-after-raise-rms-norm.mlir", "02-after-raise-fp8-quant.mlir",
+        "03-after-fuse-add-rms-norm.mlir", "04-after-fuse-rms-norm-quant.mlir",
+        "irfuse_fused_add_rms_norm_fp32w_static_fp8.py", "report.json",
+    ]
+    report = json.loads((graph_dir / "report.json").read_text())
+    assert report["fused"]["fuse-rms-norm-quant"] == 1
+    assert "irfuse.fused_add_rms_norm" in (graph_dir / "04-after-fuse-rms-norm-quant.mlir").read_text()
+
+
+def test_dump_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRFUSE_DUMP_DIR", str(tmp_path))
+    assert Options.from_dict({}).dump_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"passes": "raise-rms-norm,fuse-everything"}, "unknown pass"),
+    ({"inner": "tvm"}, "inner must be one of"),
+])
+def test_bad_options_are_refused(options, match):
+    with pytest.raises(ValueError, match=match):
+        Options.from_dict(options)
+
+
+def test_pass_selection():
+    x, r, w, s = _norm_inputs()
+    report = irfuse.explain(models.add_rms_norm_quant, x, r, w, s,
+                            passes="raise-rms-norm,raise-fp8-quant,fuse-rms-norm-quant")
+    assert "fuse-add-rms-norm" not in report.fused
+    assert report.kernels == ["irfuse_rms_norm_fp32w_static_fp8"]
+
+
+def test_cache_key_covers_version_and_options(monkeypatch):
+    default = IrfuseGraphPass(Options.from_dict({})).uuid()
+    assert IrfuseGraphPass(Options.from_dict({"passes": "raise-rms-norm"})).uuid() != default
+    assert IrfuseGraphPass(Options.from_dict({"inner": "eager"})).uuid() != default
+    monkeypatch.setattr("irfuse.pipeline.__version__", "999")
+    assert IrfuseGraphPass(Options.from_dict({})).uuid() != default
+
+
+def test_backend_is_discoverable_without_import():
+    import subprocess
+    import sys
+
+    code = "import torch; print('irfuse' in torch._dynamo.list_backends())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+@pytest.mark.slow
+def test_inductor_path_fuses_and_matches_eager():
+    """Inductor's post-grad graph (convert_element_type, clamp_min/clamp_max forms)."""
+    x, r, w, s = _norm_inputs()
+    compiled = torch.compile(models.add_rms_norm_quant, backend="irfuse")
+    with capture_reports() as reports:
+        q, h = compiled(x, r, w, s)
+    q_ref, h_ref = models.add_rms_norm_quant(x, r, w, s)
+    assert reports[0].fused["fuse-rms-norm-quant"] == 1, str(reports[0])
+    torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
+    assert_fp8_close(q, q_ref, s)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_gpu_inductor_dynamic_and_cuda_graphs(mode):
+    x, r, w, s = _norm_inputs(t=16, h=4096)
+    compiled = torch.compile(models.add_rms_norm_quant, backend="irfuse", mode=mode,
+                             dynamic=True)
+    with capture_reports() as reports:
+        for t in (16, 33, 1, 257, 33):
+            xt = torch.randn(t, 4096, device=DEVICE, dtype=BF16)
+            rt = torch.randn(t, 4096, device=DEVICE, dtype=BF16)
+            q, h = compiled(xt, rt, w, s)
+            q_ref, h_ref = models.add_rms_norm_quant(xt, rt, w, s)
+            torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
+            assert_fp8_close(q, q_ref, s)
+    assert sum(r.fused["fuse-rms-norm-quant"] for r in reports) >= 1
+    assert len(reports) <= 2

@@ -1,0 +1,134 @@
+"""Generated norm/quant kernels against the unfused reference ops (irfuse.ops).
+
+On CPU these run the real generated Triton source through the interpreter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import irfuse.ops as ref
+from irfuse.lowering.runtime import kernel_norm
+from irfuse.lowering.to_triton import KernelSpec, kernel_source
+from tests.helpers import assert_close, assert_fp8_close
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(t: int, h: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(t, h, generator=g).to(dtype).to(DEVICE)
+    residual = torch.randn(t, h, generator=g).to(dtype).to(DEVICE)
+    weight = (1 + 0.1 * torch.randn(h, generator=g)).to(dtype).to(DEVICE)
+    scale = torch.tensor([0.02], device=DEVICE)
+    return x, residual, weight, scale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("t,h", [(1, 64), (5, 96), (3, 257)])
+def test_rms_norm_matches_reference(dtype, t, h):
+    x, _, w, _ = _inputs(t, h, dtype)
+    out, _ = kernel_norm(x, None, w, None, 1e-6, "rms_norm", "plain", "none")
+    assert_close(out, ref.rms_norm(x, w, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("eps", [1e-5, 1e-6, 1e-12])
+def test_fused_add_rms_norm_static_fp8_matches_reference(dtype, eps):
+    x, residual, w, scale = _inputs(7, 128, dtype)
+    q, residual_out = kernel_norm(x, residual, w, scale, eps, "fused_add_rms_norm", "plain",
+                                  "static")
+    y_ref, residual_ref = ref.fused_add_rms_norm(x, residual, w, eps)
+    torch.testing.assert_close(residual_out, residual_ref, atol=0, rtol=0)
+    assert_fp8_close(q, ref.static_fp8_quant(y_ref, scale), scale)
+
+
+def test_fp32_weight_mode_matches_the_decomposed_f_rms_norm():
+    x, _, w, scale = _inputs(4, 64, torch.bfloat16)
+    xf = x.float()
+    expected = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * w).to(x.dtype)
+    out, _ = kernel_norm(x, None, w, None, 1e-6, "rms_norm", "fp32", "none")
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    assert_close(out, ref.rms_norm(x, w, 1e-6))  # within bf16 of NUMERICS' rounding
+
+
+def test_gemma_weight_matches_reference():
+    x, _, w, _ = _inputs(3, 64, torch.bfloat16)
+    w32 = w.float()
+    out, _ = kernel_norm(x, None, w32, None, 1e-6, "rms_norm", "gemma", "none")
+    assert_close(out, ref.rms_norm(x, w32, 1e-6, True))
+
+
+def test_standalone_static_quant_is_bit_exact():
+    x, _, _, scale = _inputs(4, 64, torch.float32)
+    x = x * 20  # cover the whole fp8 range, subnormals included
+    q, _ = kernel_norm(x, None, None, scale, 0.0, "quant", "none", "static")
+    expected = ref.static_fp8_quant(x, scale)
+    assert torch.equal(q.view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_zero_scale_saturates_like_the_unfused_expression():
+    """A zero scale cannot be checked without a host sync: nonzero values saturate to
+    +-448 and zeros become NaN, exactly as PyTorch's `clamp(x / 0)` does."""
+    x = torch.tensor([[0.0, 1.0, -2.0, 3.0]], device=DEVICE)
+    zero = torch.zeros(1, device=DEVICE)
+    q, _ = kernel_norm(x, None, None, zero, 0.0, "quant", "none", "static")
+    expected = ref.static_fp8_quant(x, zero)
+    assert q.float()[0, 1:].tolist() == expected.float()[0, 1:].tolist() == [448, -448, 448]
+    if DEVICE == "cuda":  # the interpreter's fp8 cast does not keep NaN (TOOLCHAIN.md)
+        assert q.float()[0, 0].isnan() and expected.float()[0, 0].isnan()
+
+
+def test_non_contiguous_input_is_handled():
+    x, _, w, _ = _inputs(4, 128, torch.float16)
+    strided = x[:, ::2]
+    out, _ = kernel_norm(strided, None, w[:64], None, 1e-6, "rms_norm", "plain", "none")
+    assert_close(out, ref.rms_norm(strided.contiguous(), w[:64].contiguous(), 1e-6))
+
+
+def test_empty_input():
+    x = torch.empty(0, 64, dtype=torch.float16, device=DEVICE)
+    w = torch.ones(64, dtype=torch.float16, device=DEVICE)
+    out, _ = kernel_norm(x, None, w, None, 1e-6, "rms_norm", "plain", "none")
+    assert out.shape == (0, 64)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (dict(weight=torch.ones(64, dtype=torch.float32)), "weight dtype"),
+        (dict(weight=torch.ones(32, dtype=torch.float16)), "weight must have shape"),
+        (dict(scale=torch.ones(2)), "scale must be a one-element float32"),
+        (dict(scale=torch.ones(1, dtype=torch.float16)), "scale must be a one-element float32"),
+        (dict(residual=torch.ones(4, 32, dtype=torch.float16)), "residual"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(args, match):
+    call = dict(
+        x=torch.ones(4, 64, dtype=torch.float16), residual=torch.ones(4, 64, dtype=torch.float16),
+        weight=torch.ones(64, dtype=torch.float16), scale=torch.ones(1),
+    )
+    call.update(args)
+    call = {k: v.to(DEVICE) for k, v in call.items()}
+    with pytest.raises((ValueError, TypeError), match=match):
+        kernel_norm(call["x"], call["residual"], call["weight"], call["scale"], 1e-6,
+                    "fused_add_rms_norm", "plain", "static")
+
+
+def test_generated_source_names_what_it_fuses():
+    source = kernel_source(KernelSpec("fused_add_rms_norm", "plain", "static"))
+    assert "Fuses: add + rms_norm + static fp8 quant." in source
+    assert "def irfuse_fused_add_rms_norm_static_fp8(" in source
+    compile(source, "<kernel>", "exec")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t,h", [(1, 4096), (257, 2880), (1024, 8192)])
+def test_gpu_fused_add_rms_norm_static_fp8(dtype, t, h):
+    x, residual, w, scale = _inputs(t, h, dtype)
+    q, residual_out = kernel_norm(x, residual, w, scale, 1e-6, "fused_add_rms_norm", "plain",
+                                  "static")
+    y_ref, residual_ref = ref.fused_add_rms_norm(x, residual, w, 1e-6)
+    torch.testing.assert_close(residual_out, residual_ref, atol=0, rtol=0)
+    assert_fp8_close(q, ref.static_fp8_quant(y_ref, scale), scale)
