@@ -3,16 +3,25 @@ generated Triton sources and report.json (the same content as `irfuse.explain`).
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 from pathlib import Path
 
 from xdsl.dialects.builtin import ModuleOp
+from xdsl.printer import Printer
 
 from irfuse.transforms.report import FusionReport
 
 _GRAPH_IDS = itertools.count()
+
+
+def ir_text(module: ModuleOp) -> str:
+    """The module in xDSL's custom syntax (what irfuse-opt parses)."""
+    stream = io.StringIO()
+    Printer(stream=stream).print_op(module)
+    return stream.getvalue() + "\n"
 
 
 class GraphDump:
@@ -24,7 +33,7 @@ class GraphDump:
         self._step = 0
 
     def module(self, label: str, module: ModuleOp) -> None:
-        (self.path / f"{self._step:02d}-{label}.mlir").write_text(f"{module}\n")
+        (self.path / f"{self._step:02d}-{label}.mlir").write_text(ir_text(module))
         self._step += 1
 
     def source(self, name: str, text: str) -> None:

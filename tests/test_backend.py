@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -152,6 +153,11 @@ def test_dump_dir_has_ir_kernels_and_report(tmp_path):
     report = json.loads((graph_dir / "report.json").read_text())
     assert report["fused"]["fuse-rms-norm-quant"] == 1
     assert "irfuse.fused_add_rms_norm" in (graph_dir / "04-after-fuse-rms-norm-quant.mlir").read_text()
+    replay = subprocess.run(
+        ["irfuse-opt", str(graph_dir / "00-imported.mlir"), "-p", ",".join(Options().passes)],
+        capture_output=True, text=True, check=True,
+    )
+    assert replay.stdout.strip() == (graph_dir / "04-after-fuse-rms-norm-quant.mlir").read_text().strip()
 
 
 def test_dump_dir_from_environment(tmp_path, monkeypatch):
@@ -185,7 +191,6 @@ def test_cache_key_covers_version_and_options(monkeypatch):
 
 
 def test_backend_is_discoverable_without_import():
-    import subprocess
     import sys
 
     code = "import torch; print('irfuse' in torch._dynamo.list_backends())"

@@ -1,0 +1,41 @@
+// RUN: irfuse-opt %s --split-input-file -p raise-fp8-quant | filecheck %s
+
+// Inductor's form: divide, clamp_min + clamp_max, convert.
+func.func @divide_form(%y: tensor<?x64xbf16>, %s: tensor<1xf32>) -> tensor<?x64xf8E4M3FN> {
+  %yf = aten.call "prims.convert_element_type.default"(%y) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<?x64xbf16>) -> tensor<?x64xf32>
+  %d = aten.call "aten.div.Tensor"(%yf, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xf32>, tensor<1xf32>) -> tensor<?x64xf32>
+  %lo = aten.call "aten.clamp_min.default"(%d) {args = [#aten.ref<0>, -448 : i64], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x64xf32>
+  %hi = aten.call "aten.clamp_max.default"(%lo) {args = [#aten.ref<0>, 448 : i64], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x64xf32>
+  %q = aten.call "prims.convert_element_type.default"(%hi) {args = [#aten.ref<0>, f8E4M3FN], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x64xf8E4M3FN>
+  func.return %q : tensor<?x64xf8E4M3FN>
+}
+// CHECK-LABEL: func.func @divide_form
+// CHECK-NEXT:    %{{.*}} = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<?x64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>
+// CHECK-NEXT:    func.return
+
+// -----
+
+// Multiply by the reciprocal (times 1.0), aten.clamp with float bounds.
+func.func @reciprocal_form(%y: tensor<4x64xf32>, %s: tensor<1xf32>) -> tensor<4x64xf8E4M3FN> {
+  %inv = aten.call "aten.reciprocal.default"(%s) {args = [#aten.ref<0>], kwargs = {}} : (tensor<1xf32>) -> tensor<1xf32>
+  %inv1 = aten.call "aten.mul.Tensor"(%inv) {args = [#aten.ref<0>, 1.000000e+00 : f64], kwargs = {}} : (tensor<1xf32>) -> tensor<1xf32>
+  %m = aten.call "aten.mul.Tensor"(%y, %inv1) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x64xf32>, tensor<1xf32>) -> tensor<4x64xf32>
+  %c = aten.call "aten.clamp.default"(%m) {args = [#aten.ref<0>, -4.480000e+02 : f64, 4.480000e+02 : f64], kwargs = {}} : (tensor<4x64xf32>) -> tensor<4x64xf32>
+  %q = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<4x64xf32>) -> tensor<4x64xf8E4M3FN>
+  func.return %q : tensor<4x64xf8E4M3FN>
+}
+// CHECK-LABEL: func.func @reciprocal_form
+// CHECK-NEXT:    %{{.*}} = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<4x64xf32>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>
+// CHECK-NEXT:    func.return
+
+// -----
+
+// A per-row scale is not a static per-tensor quant.
+func.func @per_row_scale(%y: tensor<4x64xf32>, %s: tensor<4x1xf32>) -> tensor<4x64xf8E4M3FN> {
+  %d = aten.call "aten.div.Tensor"(%y, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x64xf32>, tensor<4x1xf32>) -> tensor<4x64xf32>
+  %c = aten.call "aten.clamp.default"(%d) {args = [#aten.ref<0>, -448 : i64, 448 : i64], kwargs = {}} : (tensor<4x64xf32>) -> tensor<4x64xf32>
+  %q = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<4x64xf32>) -> tensor<4x64xf8E4M3FN>
+  func.return %q : tensor<4x64xf8E4M3FN>
+}
+// CHECK-LABEL: func.func @per_row_scale
+// CHECK-NOT:     irfuse.quant

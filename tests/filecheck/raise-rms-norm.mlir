@@ -1,0 +1,53 @@
+// RUN: irfuse-opt %s --split-input-file -p raise-rms-norm | filecheck %s
+
+// F.rms_norm as Inductor's post-grad graph has it: weight multiplied in fp32.
+func.func @inductor_form(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> tensor<?x64xbf16> {
+  %xf = aten.call "prims.convert_element_type.default"(%x) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<?x64xbf16>) -> tensor<?x64xf32>
+  %p = aten.call "aten.pow.Tensor_Scalar"(%xf) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x64xf32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [1 : i64], true], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x1xf32>
+  %e = aten.call "aten.add.Scalar"(%m) {args = [#aten.ref<0>, 9.9999999747524271e-07 : f64], kwargs = {}} : (tensor<?x1xf32>) -> tensor<?x1xf32>
+  %r = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<?x1xf32>) -> tensor<?x1xf32>
+  %n = aten.call "aten.mul.Tensor"(%xf, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xf32>, tensor<?x1xf32>) -> tensor<?x64xf32>
+  %nw = aten.call "aten.mul.Tensor"(%n, %w) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xf32>, tensor<64xbf16>) -> tensor<?x64xf32>
+  %y = aten.call "prims.convert_element_type.default"(%nw) {args = [#aten.ref<0>, bf16], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x64xbf16>
+  func.return %y : tensor<?x64xbf16>
+}
+// CHECK-LABEL: func.func @inductor_form
+// CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w {eps = 9.9999999747524271e-07 : f64, fp32_weight_mul} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+// CHECK-NEXT:    func.return
+
+// -----
+
+// HF LlamaRMSNorm (AOT form): cast back first, weight on the left, eps 1e-5.
+func.func @hf_form(%x: tensor<8x96xf16>, %w: tensor<96xf16>) -> tensor<8x96xf16> {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<8x96xf16>) -> tensor<8x96xf32>
+  %p = aten.call "aten.pow.Tensor_Scalar"(%xf) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x96xf32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x1xf32>
+  %e = aten.call "aten.add.Tensor"(%m) {args = [#aten.ref<0>, 1.0e-05 : f64], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %r = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %n = aten.call "aten.mul.Tensor"(%xf, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<8x96xf32>, tensor<8x1xf32>) -> tensor<8x96xf32>
+  %nb = aten.call "aten._to_copy.default"(%n) {args = [#aten.ref<0>], kwargs = {dtype = f16}} : (tensor<8x96xf32>) -> tensor<8x96xf16>
+  %y = aten.call "aten.mul.Tensor"(%w, %nb) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<96xf16>, tensor<8x96xf16>) -> tensor<8x96xf16>
+  func.return %y : tensor<8x96xf16>
+}
+// CHECK-LABEL: func.func @hf_form
+// CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w {eps = 1.000000e-05 : f64} : tensor<8x96xf16>, tensor<96xf16> -> tensor<8x96xf16>
+// CHECK-NEXT:    func.return
+
+// -----
+
+// An fp32 weight on a bf16 input promotes the result to fp32: not an rms_norm of the input dtype.
+func.func @weight_dtype_mismatch(%x: tensor<8x96xbf16>, %w: tensor<96xf32>) -> tensor<8x96xf32> {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<8x96xbf16>) -> tensor<8x96xf32>
+  %p = aten.call "aten.pow.Tensor_Scalar"(%xf) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x96xf32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x1xf32>
+  %e = aten.call "aten.add.Tensor"(%m) {args = [#aten.ref<0>, 1.0e-05 : f64], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %r = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %n = aten.call "aten.mul.Tensor"(%xf, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<8x96xf32>, tensor<8x1xf32>) -> tensor<8x96xf32>
+  %nb = aten.call "aten._to_copy.default"(%n) {args = [#aten.ref<0>], kwargs = {dtype = bf16}} : (tensor<8x96xf32>) -> tensor<8x96xbf16>
+  %y = aten.call "aten.mul.Tensor"(%w, %nb) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<96xf32>, tensor<8x96xbf16>) -> tensor<8x96xf32>
+  func.return %y : tensor<8x96xf32>
+}
+// CHECK-LABEL: func.func @weight_dtype_mismatch
+// CHECK-NOT:     irfuse.rms_norm
+// CHECK:         aten.call "aten.rsqrt.default"
