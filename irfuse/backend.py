@@ -40,6 +40,10 @@ def irfuse_backend(
     options: dict[str, object] | None = None,
 ) -> Callable[..., Any]:
     opts = Options.from_dict(options)
+    # Registers the runtime ops: a graph served from Inductor's cache calls them without
+    # the pass having run in this process.
+    import irfuse.lowering.runtime  # noqa: F401
+
     if opts.inner == "eager":
         return _eager(gm, example_inputs, opts)
     from torch._inductor import list_mode_options

@@ -8,8 +8,11 @@ Matches (`s` a one-element fp32 scale tensor):
 with `clamp` as `aten.clamp` or `clamp_min` + `clamp_max` in either order (Inductor's
 form), `x_f32` being `x` cast to fp32 or `x` itself (type promotion against the fp32
 scale). Guards: the bounds are exactly -448 and 448; the scale is a one-element fp32
-tensor; intermediates have no other user. Replacement: `irfuse.quant` with
-`#irfuse.quant<static>` (computes `x * (1/s)`, NUMERICS.md).
+tensor; intermediates have no other user; unless `standalone=true`, `x` comes from
+an irfuse op that can take the quant as its epilogue (elsewhere Inductor already fuses
+the quant into the kernel that produces `x`, which beats a separate quant kernel).
+Replacement: `irfuse.quant` with `#irfuse.quant<static>` (computes `x * (1/s)`,
+NUMERICS.md).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from xdsl.pattern_rewriter import (
 )
 
 from irfuse.dialects.aten import CallOp
-from irfuse.dialects.irfuse import QuantAttr, QuantOp
+from irfuse.dialects.irfuse import QuantAttr, QuantOp, _QuantProducer
 from irfuse.transforms import report
 from irfuse.transforms.match import (
     CASTS,
@@ -88,7 +91,10 @@ def _match_scaling(value: SSAValue) -> tuple[SSAValue, SSAValue, list[Operation]
     return None
 
 
+@dataclass
 class RaiseFp8QuantPattern(RewritePattern):
+    standalone: bool = False
+
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
         if op.target.data not in CASTS or len(op.results) != 1:
@@ -109,6 +115,9 @@ class RaiseFp8QuantPattern(RewritePattern):
         x_cast = cast_of(x)
         if x_cast is not None and x_cast[1] == F32 and x.uses.get_length() == 1:
             source = x_cast[0]
+        if not self.standalone and not isinstance(source.owner, _QuantProducer):
+            report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
+            return
         new = QuantOp.build(
             operands=[source, [scale]],
             result_types=[op.results[0].type, []],
@@ -141,7 +150,11 @@ def _guard(
 
 @dataclass(frozen=True)
 class RaiseFp8Quant(ModulePass):
+    """`standalone`: also raise quants whose input no irfuse op produces."""
+
     name = NAME
+    standalone: bool = False
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        PatternRewriteWalker(RaiseFp8QuantPattern(), apply_recursively=False).rewrite_module(op)
+        pattern = RaiseFp8QuantPattern(self.standalone)
+        PatternRewriteWalker(pattern, apply_recursively=False).rewrite_module(op)

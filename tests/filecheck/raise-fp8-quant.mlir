@@ -1,4 +1,8 @@
-// RUN: irfuse-opt %s --split-input-file -p raise-fp8-quant | filecheck %s
+// RUN: irfuse-opt %s --split-input-file -p 'raise-fp8-quant{standalone=true}' | filecheck %s
+// RUN: irfuse-opt %s --split-input-file -p raise-fp8-quant | filecheck %s --check-prefix=DEFAULT
+
+// By default a quant is raised only where a producer can take it as its epilogue.
+// DEFAULT-NOT: irfuse.quant
 
 // Inductor's form: divide, clamp_min + clamp_max, convert.
 func.func @divide_form(%y: tensor<?x64xbf16>, %s: tensor<1xf32>) -> tensor<?x64xf8E4M3FN> {

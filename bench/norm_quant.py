@@ -1,0 +1,85 @@
+"""add + rms_norm + static fp8 quant: irfuse vs eager vs Inductor (bf16, ANCHORS.md).
+
+    python bench/norm_quant.py [--hidden 4096 7168 8192] [--tokens 1 16 256 4096 16384]
+
+GB/s counts bytes moved: x, residual read; residual_out, q written; the weight once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import append_results, compare  # noqa: E402
+
+from irfuse.lowering.runtime import kernel_norm  # noqa: E402
+
+
+def add_rms_norm_quant(x, residual, weight, scale):
+    h = x + residual
+    y = F.rms_norm(h, (h.shape[-1],), weight, 1e-6)
+    return (y.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn), h
+
+
+def bench_one(hidden: int, tokens: int, inductor, irfuse, rounds: int) -> dict[str, float]:
+    torch._dynamo.reset()
+    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
+    r = torch.randn_like(x)
+    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
+    s = torch.tensor([0.05], device="cuda")
+    q_ref, h_ref = add_rms_norm_quant(x, r, w, s)
+    q, h = irfuse(x, r, w, s)
+    assert torch.equal(h, h_ref)
+    torch.testing.assert_close(q.float() * s, q_ref.float() * s, atol=0.1, rtol=0.1)
+    return compare({
+        "eager": lambda: add_rms_norm_quant(x, r, w, s),
+        "inductor": lambda: inductor(x, r, w, s),
+        "irfuse": lambda: irfuse(x, r, w, s),
+        "kernel": lambda: kernel_norm(x, r, w, s, 1e-6, "fused_add_rms_norm", "fp32", "static"),
+    }, rounds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hidden", type=int, nargs="+", default=[4096])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256, 4096, 16384])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    inductor = torch.compile(add_rms_norm_quant, dynamic=False)
+    irfuse = torch.compile(add_rms_norm_quant, backend="irfuse", dynamic=False)
+    rows, raw = [], []
+    for hidden in args.hidden:
+        for tokens in args.tokens:
+            times = bench_one(hidden, tokens, inductor, irfuse, args.rounds)
+            moved = tokens * hidden * (2 + 2 + 2 + 1) + hidden * 2
+            gbs = {k: moved / (t * 1e-6) / 1e9 for k, t in times.items()}
+            raw.append({"hidden": hidden, "tokens": tokens, "us": times, "GB/s": gbs})
+            rows.append([
+                str(hidden), str(tokens), f"{times['eager']:.2f}", f"{times['inductor']:.2f}",
+                f"{times['irfuse']:.2f}", f"{times['kernel']:.2f}", f"{gbs['irfuse']:.0f}",
+                f"{times['inductor'] / times['irfuse']:.3f}x",
+            ])
+            print(rows[-1], flush=True)
+    text = append_results(
+        "add + rms_norm + static fp8 quant (bf16), us, median of alternating rounds",
+        ["hidden", "T", "eager", "Inductor", "irfuse", "irfuse kernel alone", "irfuse GB/s",
+         "irfuse vs Inductor"],
+        rows,
+        notes="irfuse = torch.compile(backend='irfuse'); 'kernel alone' = the generated kernel "
+              "called directly. All timed under CUDA graphs.",
+        raw=raw, json_path=args.json,
+    )
+    print(text)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+    main()
