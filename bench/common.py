@@ -34,12 +34,20 @@ def compare(candidates: dict[str, Callable[[], object]], rounds: int = 5) -> dic
 
 
 def environment() -> str:
-    return (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
-            f"Triton {triton.__version__}, {datetime.date.today().isoformat()}")
+    return (
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+        f"Triton {triton.__version__}, {datetime.date.today().isoformat()}"
+    )
 
 
-def append_results(title: str, header: list[str], rows: list[list[str]], notes: str = "",
-                   raw: object = None, json_path: Path | None = None) -> str:
+def append_results(
+    title: str,
+    header: list[str],
+    rows: list[list[str]],
+    notes: str = "",
+    raw: object = None,
+    json_path: Path | None = None,
+) -> str:
     lines = [f"## {title}", "", f"{environment()}", ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))

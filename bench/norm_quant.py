@@ -37,12 +37,15 @@ def bench_one(hidden: int, tokens: int, inductor, irfuse, rounds: int) -> dict[s
     q, h = irfuse(x, r, w, s)
     assert torch.equal(h, h_ref)
     torch.testing.assert_close(q.float() * s, q_ref.float() * s, atol=0.1, rtol=0.1)
-    return compare({
-        "eager": lambda: add_rms_norm_quant(x, r, w, s),
-        "inductor": lambda: inductor(x, r, w, s),
-        "irfuse": lambda: irfuse(x, r, w, s),
-        "kernel": lambda: kernel_norm(x, r, w, s, 1e-6, "fused_add_rms_norm", "fp32", "static"),
-    }, rounds)
+    return compare(
+        {
+            "eager": lambda: add_rms_norm_quant(x, r, w, s),
+            "inductor": lambda: inductor(x, r, w, s),
+            "irfuse": lambda: irfuse(x, r, w, s),
+            "kernel": lambda: kernel_norm(x, r, w, s, 1e-6, "fused_add_rms_norm/fp32/model/static"),
+        },
+        rounds,
+    )
 
 
 def main() -> None:
@@ -62,20 +65,36 @@ def main() -> None:
             moved = tokens * hidden * (2 + 2 + 2 + 1) + hidden * 2
             gbs = {k: moved / (t * 1e-6) / 1e9 for k, t in times.items()}
             raw.append({"hidden": hidden, "tokens": tokens, "us": times, "GB/s": gbs})
-            rows.append([
-                str(hidden), str(tokens), f"{times['eager']:.2f}", f"{times['inductor']:.2f}",
-                f"{times['irfuse']:.2f}", f"{times['kernel']:.2f}", f"{gbs['irfuse']:.0f}",
-                f"{times['inductor'] / times['irfuse']:.3f}x",
-            ])
+            rows.append(
+                [
+                    str(hidden),
+                    str(tokens),
+                    f"{times['eager']:.2f}",
+                    f"{times['inductor']:.2f}",
+                    f"{times['irfuse']:.2f}",
+                    f"{times['kernel']:.2f}",
+                    f"{gbs['irfuse']:.0f}",
+                    f"{times['inductor'] / times['irfuse']:.3f}x",
+                ]
+            )
             print(rows[-1], flush=True)
     text = append_results(
         "add + rms_norm + static fp8 quant (bf16), us, median of alternating rounds",
-        ["hidden", "T", "eager", "Inductor", "irfuse", "irfuse kernel alone", "irfuse GB/s",
-         "irfuse vs Inductor"],
+        [
+            "hidden",
+            "T",
+            "eager",
+            "Inductor",
+            "irfuse",
+            "irfuse kernel alone",
+            "irfuse GB/s",
+            "irfuse vs Inductor",
+        ],
         rows,
         notes="irfuse = torch.compile(backend='irfuse'); 'kernel alone' = the generated kernel "
-              "called directly. All timed under CUDA graphs.",
-        raw=raw, json_path=args.json,
+        "called directly. All timed under CUDA graphs.",
+        raw=raw,
+        json_path=args.json,
     )
     print(text)
 

@@ -67,10 +67,13 @@ def main() -> int:
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     hidden, ffn, heads, tokens = (4096, 11008, 32, 512) if cuda else (64, 128, 4, 16)
     block = DecoderBlock(hidden, ffn, heads).to(device, dtype).eval()
+    block.act_scale = block.act_scale.float()  # quant scales stay fp32
     x = torch.randn(1, tokens, hidden, device=device, dtype=dtype)
     options = {} if cuda else {"inner": "eager"}  # Inductor on CPU compiles C++: slow
-    print(f"irfuse {irfuse.__version__} demo on {torch.cuda.get_device_name() if cuda else 'CPU'}"
-          f": decoder block, hidden {hidden}, {tokens} tokens, {dtype}")
+    print(
+        f"irfuse {irfuse.__version__} demo on {torch.cuda.get_device_name() if cuda else 'CPU'}"
+        f": decoder block, hidden {hidden}, {tokens} tokens, {dtype}"
+    )
     with torch.no_grad():
         expected = block(x, x)
         compiled = torch.compile(block, backend="irfuse", options=options)
@@ -78,7 +81,8 @@ def main() -> int:
             out = compiled(x, x)
         for report in reports:
             print(report)
-        errors = [(a.float() - b.float()).abs().max().item() for a, b in zip(out, expected)]
+        pairs = zip(out, expected, strict=True)
+        errors = [(a.float() - b.float()).abs().max().item() for a, b in pairs]
         print(f"max |irfuse - eager|: output {errors[0]:.3g}, residual {errors[1]:.3g}")
         if cuda:
             import triton.testing
@@ -87,8 +91,10 @@ def main() -> int:
             inductor(x, x)
             t_irfuse = triton.testing.do_bench_cudagraph(lambda: compiled(x, x))
             t_inductor = triton.testing.do_bench_cudagraph(lambda: inductor(x, x))
-            print(f"time: irfuse {t_irfuse * 1e3:.1f} us, Inductor {t_inductor * 1e3:.1f} us "
-                  f"({t_inductor / t_irfuse:.3f}x)")
+            print(
+                f"time: irfuse {t_irfuse * 1e3:.1f} us, Inductor {t_inductor * 1e3:.1f} us "
+                f"({t_inductor / t_irfuse:.3f}x)"
+            )
     fused = sum(r.fused.get("fuse-rms-norm-quant", 0) for r in reports)
     return 0 if fused and max(errors) < 0.5 else 1
 

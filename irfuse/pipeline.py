@@ -114,7 +114,8 @@ def _transform(
     if not plan:
         return
     devices = {
-        n.meta["val"].device.type for n in graph.nodes
+        n.meta["val"].device.type
+        for n in graph.nodes
         if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
     }
     if devices - {"cuda"} and not INTERPRET:

@@ -11,8 +11,6 @@ FP8 = torch.float8_e4m3fn
 __all__ = ["DecoderBlock", "static_quant"]
 
 
-
-
 def add_rms_norm_quant(x, residual, weight, scale, eps: float = 1e-6):
     """F.rms_norm on a residual sum, then static fp8 quant (divide form)."""
     h = x + residual

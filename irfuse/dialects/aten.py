@@ -62,9 +62,7 @@ class CallOp(IRDLOperation):
     kwargs = prop_def(DictionaryAttr)
     outputs = var_result_def()
     irdl_options = (ParsePropInAttrDict(),)
-    assembly_format = (
-        "$target `(` $inputs `)` attr-dict `:` functional-type($inputs, $outputs)"
-    )
+    assembly_format = "$target `(` $inputs `)` attr-dict `:` functional-type($inputs, $outputs)"
 
     def verify_(self) -> None:
         refs = _refs(self.args) + _refs(self.kwargs)

@@ -84,7 +84,9 @@ class QuantAttr(ParametrizedAttribute):
             raise VerifyException(f"unknown quant scheme '{kind}', expected one of {QUANT_KINDS}")
         if kind == "per_group":
             if self.group.data not in GROUP_SIZES:
-                raise VerifyException(f"per_group quant needs group 64 or 128, got {self.group.data}")
+                raise VerifyException(
+                    f"per_group quant needs group 64 or 128, got {self.group.data}"
+                )
         elif self.group.data or self.column_major.data or self.ue8m0.data:
             raise VerifyException(f"'{kind}' quant takes no group, col or ue8m0 option")
 
@@ -144,9 +146,10 @@ def verify_output_quant(
     if quant is None:
         if in_scale is not None or scale_out is not None:
             raise VerifyException("quant_scale / scale_out given without a quant scheme")
-        if out.element_type != source_dtype:
+        if out.element_type not in (source_dtype, Float32Type()):
             raise VerifyException(
-                f"output element type {out.element_type} != input element type {source_dtype}"
+                f"output element type {out.element_type} is neither the input's "
+                f"({source_dtype}) nor f32"
             )
         return
     kind = quant.scheme
@@ -161,12 +164,16 @@ def verify_output_quant(
             raise VerifyException(f"quant scale must be tensor<1xf32>, got {scale_t}")
     if (kind == "static") != (scale_out is None):
         raise VerifyException(
-            "static quant returns no scale" if kind == "static" else f"'{kind}' quant returns a scale"
+            "static quant returns no scale"
+            if kind == "static"
+            else f"'{kind}' quant returns a scale"
         )
     shape = out.get_shape()
     if kind == "nvfp4":
         if out.element_type != UI8:
-            raise VerifyException(f"nvfp4 output must be ui8 (two e2m1 per byte), got {out.element_type}")
+            raise VerifyException(
+                f"nvfp4 output must be ui8 (two e2m1 per byte), got {out.element_type}"
+            )
         if len(shape) != 2:
             raise VerifyException(f"nvfp4 quant needs a 2-D output, got rank {len(shape)}")
         return
@@ -223,9 +230,7 @@ def _verify_norm(x: TensorType, w: TensorType, gemma: bool) -> None:
     if w.get_num_dims() != 1 or not _same_dim(_dim(w, 0), _dim(x, -1)):
         raise VerifyException(f"weight must be 1-D of the hidden size, got {w} for input {x}")
     if w.element_type != x.element_type and not (gemma and w.element_type == Float32Type()):
-        raise VerifyException(
-            f"weight dtype {w.element_type} != input dtype {x.element_type}"
-        )
+        raise VerifyException(f"weight dtype {w.element_type} != input dtype {x.element_type}")
 
 
 @irdl_op_definition
@@ -234,6 +239,8 @@ class RmsNormOp(_QuantProducer):
 
     `fp32_weight_mul`: multiply by the weight in fp32 and cast after (the form of
     F.rms_norm's decomposition); `gemma`: multiply by `1 + w` in fp32 (implies it).
+    A f32 result type means the result is not rounded to the input dtype (Inductor
+    drops that round trip when an fp32 consumer follows).
     """
 
     name = "irfuse.rms_norm"
@@ -345,7 +352,10 @@ class AttentionOp(_QuantProducer):
         if self.layout.data not in ATTENTION_LAYOUTS:
             raise VerifyException(f"layout must be one of {ATTENTION_LAYOUTS}")
         verify_output_quant(
-            self.quant, _tensor(self.out, "out"), self.quant_scale, self.scale_out,
+            self.quant,
+            _tensor(self.out, "out"),
+            self.quant_scale,
+            self.scale_out,
             q.element_type,
         )
 
@@ -376,12 +386,19 @@ class MlaAttentionOp(_QuantProducer):
     def verify_(self) -> None:
         q, kv_c, k_pe = _tensor(self.q, "q"), _tensor(self.kv_c, "kv_c"), _tensor(self.k_pe, "k_pe")
         w_uk, w_uv = _tensor(self.w_uk, "w_uk"), _tensor(self.w_uv, "w_uv")
-        for t, n, rank in ((q, "q", 3), (kv_c, "kv_c", 2), (k_pe, "k_pe", 3), (w_uk, "w_uk", 3),
-                           (w_uv, "w_uv", 3)):
+        for t, n, rank in (
+            (q, "q", 3),
+            (kv_c, "kv_c", 2),
+            (k_pe, "k_pe", 3),
+            (w_uk, "w_uk", 3),
+            (w_uv, "w_uv", 3),
+        ):
             _check_float(t, n)
             if t.get_num_dims() != rank:
                 raise VerifyException(f"{n} must have rank {rank}, got {t}")
-        if not _same_dim(_dim(w_uk, 2), _dim(kv_c, 1)) or not _same_dim(_dim(w_uv, 1), _dim(kv_c, 1)):
+        if not _same_dim(_dim(w_uk, 2), _dim(kv_c, 1)) or not _same_dim(
+            _dim(w_uv, 1), _dim(kv_c, 1)
+        ):
             raise VerifyException("w_uk / w_uv latent dim must match kv_c's last dim")
         if not _same_dim(_dim(q, 2), _dim(w_uk, 1) + _dim(k_pe, 2)):
             raise VerifyException("q head dim must be nope dim + rope dim")
@@ -420,7 +437,10 @@ class MergeAttnStatesOp(_QuantProducer):
         if p_lse != s_lse or p_lse.get_num_dims() != 2 or p_lse.element_type != Float32Type():
             raise VerifyException("p_lse and s_lse must be the same [H, T] f32 type")
         verify_output_quant(
-            self.quant, _tensor(self.out, "out"), self.quant_scale, self.scale_out,
+            self.quant,
+            _tensor(self.out, "out"),
+            self.quant_scale,
+            self.scale_out,
             p_out.element_type,
         )
 

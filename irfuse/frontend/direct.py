@@ -70,7 +70,9 @@ def _fused_rms_norm(node: fx.Node) -> DirectImport | None:
         return None
     y = items[0]
     return DirectImport(
-        [node, y], [x, weight], [y],
+        [node, y],
+        [x, weight],
+        [y],
         lambda ops: RmsNormOp.build(
             operands=[*ops, []], result_types=[_types(y)[0], []], properties={"eps": f64(eps)}
         ),
@@ -98,9 +100,12 @@ def _sdpa(
             "layout": StringAttr("bhsd"),
         }
         return DirectImport(
-            [node, out], inputs, [out],
+            [node, out],
+            inputs,
+            [out],
             lambda ops: AttentionOp.build(
-                operands=[*ops[:3], ops[3:], []], result_types=[_types(out)[0], [], []],
+                operands=[*ops[:3], ops[3:], []],
+                result_types=[_types(out)[0], [], []],
                 properties=props,
             ),
         )
@@ -116,21 +121,30 @@ def _arg(node: fx.Node, index: int, name: str, default: object) -> object:
 
 def _sdpa_cpu(node: fx.Node):
     return (
-        node.args[:3], node.kwargs.get("attn_mask"), _arg(node, 3, "dropout_p", 0.0),
-        _arg(node, 4, "is_causal", False), node.kwargs.get("scale"),
+        node.args[:3],
+        node.kwargs.get("attn_mask"),
+        _arg(node, 3, "dropout_p", 0.0),
+        _arg(node, 4, "is_causal", False),
+        node.kwargs.get("scale"),
     )
 
 
 def _sdpa_with_bias(node: fx.Node):  # cudnn, efficient: (q, k, v, attn_bias, compute_lse, ...)
     return (
-        node.args[:3], _arg(node, 3, "attn_bias", None), _arg(node, 5, "dropout_p", 0.0),
-        _arg(node, 6, "is_causal", False), node.kwargs.get("scale"),
+        node.args[:3],
+        _arg(node, 3, "attn_bias", None),
+        _arg(node, 5, "dropout_p", 0.0),
+        _arg(node, 6, "is_causal", False),
+        node.kwargs.get("scale"),
     )
 
 
 def _sdpa_flash(node: fx.Node):
     return (
-        node.args[:3], None, _arg(node, 3, "dropout_p", 0.0), _arg(node, 4, "is_causal", False),
+        node.args[:3],
+        None,
+        _arg(node, 3, "dropout_p", 0.0),
+        _arg(node, 4, "is_causal", False),
         node.kwargs.get("scale"),
     )
 
@@ -145,7 +159,9 @@ def _all_reduce(node: fx.Node) -> DirectImport | None:
         return None
     done = users[0]
     return DirectImport(
-        [node, done], [x], [done],
+        [node, done],
+        [x],
+        [done],
         lambda ops: AllReduceOp.build(
             operands=list(ops), result_types=_types(done), properties={"group": StringAttr(group)}
         ),
@@ -162,7 +178,9 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | None]:
             props["gemma"] = UnitAttr()
         if not fused_add:
             return DirectImport(
-                [node], list(tensors), [node],
+                [node],
+                list(tensors),
+                [node],
                 lambda ops: RmsNormOp.build(
                     operands=[*ops, []], result_types=[_types(node)[0], []], properties=props
                 ),
@@ -172,7 +190,9 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | None]:
             return None
         results = [items.get(0), items.get(1)]
         return DirectImport(
-            [node, *(r for r in results if r is not None)], list(tensors), results,
+            [node, *(r for r in results if r is not None)],
+            list(tensors),
+            results,
             lambda ops: FusedAddRmsNormOp.build(
                 operands=[*ops, []], result_types=[*_types(node), []], properties=props
             ),
@@ -189,8 +209,10 @@ def _irfuse_quant(kind: str) -> Callable[[fx.Node], DirectImport | None]:
             scale = _arg(node, 1, "scale_ub", None)
         if kind == "per_group":
             quant = QuantAttr(
-                kind, int(_arg(node, 1, "group_size", 128)),
-                bool(_arg(node, 2, "column_major", False)), bool(_arg(node, 3, "ue8m0", False)),
+                kind,
+                int(_arg(node, 1, "group_size", 128)),
+                bool(_arg(node, 2, "column_major", False)),
+                bool(_arg(node, 3, "ue8m0", False)),
             )
         else:
             quant = QuantAttr(kind)
@@ -201,7 +223,9 @@ def _irfuse_quant(kind: str) -> Callable[[fx.Node], DirectImport | None]:
             return None
         results = [items.get(i) for i in range(len(_types(node)))]
         return DirectImport(
-            [node, *(r for r in results if r is not None and r is not node)], inputs, results,
+            [node, *(r for r in results if r is not None and r is not node)],
+            inputs,
+            results,
             lambda ops: QuantOp.build(
                 operands=[ops[0], ops[1:]],
                 result_types=[_types(node)[0], _types(node)[1:]],

@@ -153,9 +153,7 @@ def _import_generic(imported: ImportedGraph, builder: Builder, node: fx.Node) ->
     return op
 
 
-def _import_direct(
-    imported: ImportedGraph, builder: Builder, node: fx.Node
-) -> Operation | None:
+def _import_direct(imported: ImportedGraph, builder: Builder, node: fx.Node) -> Operation | None:
     importer = DIRECT_IMPORTERS.get(node.target) if node.op == "call_function" else None
     if importer is None:
         return None

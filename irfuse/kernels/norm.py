@@ -5,7 +5,7 @@ the model dtype), normalises, applies the weight, and leaves `v` rounded to the 
 dtype for the epilogue (so a fused quant sees exactly what the unfused pair would).
 """
 
-SIGNATURE = '''
+SIGNATURE = """
 @triton.jit
 def {name}(
     x_ptr, residual_ptr, weight_ptr, scale_ptr, out_ptr, residual_out_ptr,
@@ -17,9 +17,9 @@ def {name}(
     mask = cols < n_cols
     model_dtype = x_ptr.dtype.element_ty
     v = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
-'''
+"""
 
-ADD_RESIDUAL = '''
+ADD_RESIDUAL = """
     # residual add: the sum in fp32; residual_out in the model dtype
     v += tl.load(residual_ptr + row * residual_row_stride + cols, mask=mask, other=0.0).to(
         tl.float32
@@ -29,33 +29,35 @@ ADD_RESIDUAL = '''
         round_to(v, model_dtype, INTERPRET).to(model_dtype),
         mask=mask,
     )
-'''
+"""
 
-RMS_NORM = '''
-    # rms_norm over the row (variance on the fp32 value)
+RMS_NORM = """
+    # rms_norm over the row (variance on the fp32 value); the result rounds to norm_dtype
+    norm_dtype = {norm_dtype}
     rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + eps)
     w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-'''
+"""
 
 WEIGHT = {
     # y = (v * rstd).to(dt) * w, the product rounded to dt as torch does
-    "plain": "    v = round_to(round_to(v * rstd, model_dtype, INTERPRET) * w, model_dtype, INTERPRET)\n",
+    "plain": "    v = round_to(v * rstd, model_dtype, INTERPRET)\n"
+    "    v = round_to(v * w, norm_dtype, INTERPRET)\n",
     # y = (v * rstd * w).to(dt)  (F.rms_norm's decomposition)
-    "fp32": "    v = round_to(v * rstd * w, model_dtype, INTERPRET)\n",
+    "fp32": "    v = round_to(v * rstd * w, norm_dtype, INTERPRET)\n",
     # Gemma: y = (v * rstd * (1 + w)).to(dt)
-    "gemma": "    v = round_to(v * rstd * (1.0 + w), model_dtype, INTERPRET)\n",
+    "gemma": "    v = round_to(v * rstd * (1.0 + w), norm_dtype, INTERPRET)\n",
 }
 
 # fp32 -> dtype -> fp32 with round-to-nearest-even. The interpreter truncates on the
 # fp32 -> bf16 cast (TOOLCHAIN.md), so there the rounding is done on the bits first.
-ROUND_TO = '''
+ROUND_TO = """
 @triton.jit
 def round_to(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
     if INTERPRET and dtype == tl.bfloat16:
         bits = v.to(tl.uint32, bitcast=True)
         v = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
     return v.to(dtype).to(tl.float32)
-'''
+"""
 
 # One row per program holds the whole row in registers: beyond this, it would spill.
 MAX_COLS = 65536

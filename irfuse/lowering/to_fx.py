@@ -48,8 +48,9 @@ def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
 def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
     graph = imported.graph
     rank = {node: i for i, node in enumerate(graph.nodes)}
-    last_placeholder = max((n for n in graph.nodes if n.op == "placeholder"), key=rank.get,
-                           default=None)
+    last_placeholder = max(
+        (n for n in graph.nodes if n.op == "placeholder"), key=rank.get, default=None
+    )
     value_node = {v: n for n, v in imported.values.items() if n.op == "placeholder"}
     specs = {lowered.op: lowered.spec for lowered in plan}
     tail: dict[fx.Node, fx.Node] = {}
@@ -102,7 +103,7 @@ def _lower(
         assert isinstance(op, FusedAddRmsNormOp)
         x, residual, weight = inputs[:3]
         scale, eps = (inputs[3] if len(inputs) > 3 else None), op.eps.value.data
-    args = (x, residual, weight, scale, float(eps), spec.producer, spec.weight_mode, spec.quant)
+    args = (x, residual, weight, scale, float(eps), spec.encode())
     fake_args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in args]
     tensors = [a for a in fake_args if isinstance(a, torch.Tensor)]
     with detect_fake_mode(tensors) or FakeTensorMode(allow_non_fake_inputs=True):

@@ -107,9 +107,7 @@ def _defined_before(value: SSAValue, index: int) -> bool:
     return not isinstance(owner, Operation) or position(owner) < index
 
 
-def fused_insertion_point(
-    replaced: list[Operation], operands: list[SSAValue]
-) -> Operation | None:
+def fused_insertion_point(replaced: list[Operation], operands: list[SSAValue]) -> Operation | None:
     """An op among `replaced` before which their fused replacement can go: all `operands`
     are defined earlier and every outside user of a replaced result comes later."""
     outside_users = [

@@ -57,9 +57,11 @@ def _match_clamp(value: SSAValue) -> tuple[SSAValue, list[Operation], tuple[floa
     if op is not None and (x := tensor_arg(op, 0)) is not None:
         return x, [op], (const_arg(op, 1, "min"), const_arg(op, 2, "max"))  # type: ignore[return-value]
     outer = call(value, "aten.clamp_min.default", "aten.clamp_max.default")
-    inner = call(tensor_arg(outer, 0), "aten.clamp_min.default", "aten.clamp_max.default") if (
-        outer is not None
-    ) else None
+    inner = (
+        call(tensor_arg(outer, 0), "aten.clamp_min.default", "aten.clamp_max.default")
+        if (outer is not None)
+        else None
+    )
     if outer is None or inner is None or inner.target == outer.target:
         return None
     bounds = {op.target.data: const_arg(op, 1) for op in (outer, inner)}

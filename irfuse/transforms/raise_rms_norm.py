@@ -5,6 +5,8 @@ Matches, for any eps and hidden size (`xf` is `x` cast to fp32, or `x` if fp32):
     n = xf * rsqrt(mean(xf ** 2, [-1], keepdim=True) + eps)    (mul in either order)
     y = n.to(dt) * w              -- HF LlamaRMSNorm (w * n.to(dt) too)
     y = (n * w).to(dt)            -- F.rms_norm's decomposition        -> fp32_weight_mul
+    y = n * w  [.to(float32)]     -- the same, Inductor having dropped the round trip
+                                     through dt before an fp32 consumer -> f32 result
     y = (n * (w.float() + 1)).to(dt)  -- Gemma                        -> gemma
 
 in both the AOT form (`_to_copy`, `add.Tensor`) and Inductor's post-grad form
@@ -126,11 +128,11 @@ def _match_weight(n: SSAValue, dt: Attribute | None) -> _Weighted | None:
         return None
     other = pair[1] if pair[0] is n else pair[0]
     ops = [user]
-    if dt != F32:  # y = (n * w).to(dt)
+    if dt != F32:  # y = (n * w).to(dt), or left in fp32 (a no-op cast or none at all)
         down = _sole_user(after)
-        if down is None or (cast := cast_of(down.results[0])) is None or cast[1] != dt:
-            return None
-        ops.append(down)
+        cast = cast_of(down.results[0]) if down is not None else None
+        if cast is not None and cast[1] in (dt, F32):
+            ops.append(down)
     gemma = call(other, "aten.add.Tensor", "aten.add.Scalar")
     if gemma is not None and const_arg(gemma, 1) == 1 and (wf := tensor_arg(gemma, 0)) is not None:
         w_cast = cast_of(wf)
@@ -184,7 +186,8 @@ def _guard(norm: _Norm, weighted: _Weighted, dt: Attribute | None, y: SSAValue) 
         return f"weight has rank {rank(weighted.weight)}, expected 1"
     if w_dt != dt and not (weighted.form == "gemma" and w_dt == F32):
         return f"weight dtype {dtype_name(w_dt)} != input dtype {dtype_name(dt)}"
-    if element_type(y) != dt or y.type.get_shape() != norm.x.type.get_shape():
+    unrounded = weighted.form != "plain" and element_type(y) == F32
+    if (element_type(y) != dt and not unrounded) or y.type.get_shape() != norm.x.type.get_shape():
         return f"result type {y.type} differs from the input {norm.x.type}"
     inner = norm.chain + weighted.ops
     for op in inner[:-1]:
@@ -200,4 +203,3 @@ class RaiseRmsNorm(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         PatternRewriteWalker(RaiseRmsNormPattern(), apply_recursively=False).rewrite_module(op)
-

@@ -51,3 +51,22 @@ func.func @weight_dtype_mismatch(%x: tensor<8x96xbf16>, %w: tensor<96xf32>) -> t
 // CHECK-LABEL: func.func @weight_dtype_mismatch
 // CHECK-NOT:     irfuse.rms_norm
 // CHECK:         aten.call "aten.rsqrt.default"
+
+// -----
+
+// Inductor on CUDA folds the round trip through bf16 before the quant's fp32 cast: the
+// norm result stays fp32 (unrounded), and so does the raised op's result.
+func.func @inductor_cuda_unrounded(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> tensor<?x64xf32> {
+  %xf = aten.call "prims.convert_element_type.default"(%x) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<?x64xbf16>) -> tensor<?x64xf32>
+  %p = aten.call "aten.pow.Tensor_Scalar"(%xf) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x64xf32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [1 : i64], true], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x1xf32>
+  %e = aten.call "aten.add.Scalar"(%m) {args = [#aten.ref<0>, 1.0e-06 : f64], kwargs = {}} : (tensor<?x1xf32>) -> tensor<?x1xf32>
+  %r = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<?x1xf32>) -> tensor<?x1xf32>
+  %n = aten.call "aten.mul.Tensor"(%xf, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xf32>, tensor<?x1xf32>) -> tensor<?x64xf32>
+  %nw = aten.call "aten.mul.Tensor"(%n, %w) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xf32>, tensor<64xbf16>) -> tensor<?x64xf32>
+  %y = aten.call "prims.convert_element_type.default"(%nw) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x64xf32>
+  func.return %y : tensor<?x64xf32>
+}
+// CHECK-LABEL: func.func @inductor_cuda_unrounded
+// CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64, fp32_weight_mul} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xf32>
+// CHECK-NEXT:    func.return
