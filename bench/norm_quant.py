@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare  # noqa: E402
@@ -48,13 +49,47 @@ def bench_one(hidden: int, tokens: int, inductor, irfuse, rounds: int) -> dict[s
     )
 
 
+def sweep_warps(hidden: int, tokens_list: list[int], rounds: int) -> None:
+    """Time the generated kernel alone at each num_warps (how launch_config was chosen)."""
+    for tokens in tokens_list:
+        times = _sweep_one(hidden, tokens, rounds)
+        print(
+            f"sweep hidden {hidden} T {tokens}: "
+            + ", ".join(f"{k} {v:.2f}us" for k, v in times.items()),
+            flush=True,
+        )
+
+
+def _sweep_one(hidden: int, tokens: int, rounds: int) -> dict[str, float]:
+    from irfuse.lowering.runtime import INTERPRET, compiled_kernel, decode
+
+    kernel = compiled_kernel(decode("fused_add_rms_norm/fp32/model/static"))
+    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
+    r, res_out = torch.randn_like(x), torch.empty_like(x)
+    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
+    s = torch.tensor([0.05], device="cuda")
+    out = torch.empty(x.shape, device="cuda", dtype=torch.float8_e4m3fn)
+    args = (x, r, w, s, out, res_out, hidden, hidden, hidden, hidden, hidden, 1e-6)
+    block = triton.next_power_of_2(hidden)
+
+    def launch(warps: int):
+        return lambda: kernel[(tokens,)](*args, BLOCK=block, INTERPRET=INTERPRET, num_warps=warps)
+
+    return compare({f"{w} warps": launch(w) for w in (2, 4, 8, 16, 32)}, rounds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hidden", type=int, nargs="+", default=[4096])
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256, 4096, 16384])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--sweep", action="store_true", help="only sweep num_warps")
     args = parser.parse_args()
+    if args.sweep:
+        for hidden in args.hidden:
+            sweep_warps(hidden, args.tokens, args.rounds)
+        return
 
     inductor = torch.compile(add_rms_norm_quant, dynamic=False)
     irfuse = torch.compile(add_rms_norm_quant, backend="irfuse", dynamic=False)
