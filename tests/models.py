@@ -36,3 +36,9 @@ def gemma_norm_quant(x, weight, scale, eps: float = 1e-6):
     v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
     y = (v * (1.0 + weight.float())).type_as(x)
     return static_quant(y, scale)
+
+
+def add_hf_norm_quant(x, residual, weight, scale):
+    """Residual add, HF norm, static quant: decomposed the same way on CPU and CUDA."""
+    h = x + residual
+    return static_quant(hf_rms_norm(h, weight), scale), h

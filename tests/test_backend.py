@@ -152,7 +152,7 @@ def test_decoder_block_matches_eager():
 def test_dump_dir_has_ir_kernels_and_report(tmp_path):
     x, r, w, s = _norm_inputs()
     torch.compile(
-        models.add_rms_norm_quant,
+        models.add_hf_norm_quant,
         backend="irfuse",
         options={"inner": "eager", "dump_dir": str(tmp_path)},
     )(x, r, w, s)
@@ -164,7 +164,7 @@ def test_dump_dir_has_ir_kernels_and_report(tmp_path):
         "02-after-raise-fp8-quant.mlir",
         "03-after-fuse-add-rms-norm.mlir",
         "04-after-fuse-rms-norm-quant.mlir",
-        "irfuse_fused_add_rms_norm_fp32w_static_fp8.py",
+        "irfuse_fused_add_rms_norm_static_fp8.py",
         "report.json",
     ]
     report = json.loads((graph_dir / "report.json").read_text())
@@ -204,7 +204,7 @@ def test_bad_options_are_refused(options, match):
 def test_pass_selection():
     x, r, w, s = _norm_inputs()
     report = irfuse.explain(
-        models.add_rms_norm_quant,
+        models.add_hf_norm_quant,
         x,
         r,
         w,
@@ -212,7 +212,7 @@ def test_pass_selection():
         passes="raise-rms-norm,raise-fp8-quant,fuse-rms-norm-quant",
     )
     assert "fuse-add-rms-norm" not in report.fused
-    assert report.kernels == ["irfuse_rms_norm_fp32w_static_fp8"]
+    assert report.kernels == ["irfuse_rms_norm_static_fp8"]
 
 
 def test_cache_key_covers_version_and_options(monkeypatch):
