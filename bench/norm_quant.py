@@ -28,16 +28,24 @@ def add_rms_norm_quant(x, residual, weight, scale):
     return (y.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn), h
 
 
+def check_fp8(q: torch.Tensor, q_ref: torch.Tensor) -> None:
+    """Equal up to one e4m3 step (rounding ties of the fp32 reduction order), rarely."""
+    a, b = q.float(), q_ref.float()
+    step = torch.exp2(torch.floor(torch.log2(b.abs().clamp(min=2**-6))) - 3)
+    assert bool(((a - b).abs() <= step).all()), "irfuse and Inductor differ by > 1 fp8 step"
+    assert (a != b).float().mean().item() < 1e-3, "too many fp8 values differ"
+
+
 def bench_one(hidden: int, tokens: int, inductor, irfuse, rounds: int) -> dict[str, float]:
     torch._dynamo.reset()
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r = torch.randn_like(x)
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
     s = torch.tensor([0.05], device="cuda")
-    q_ref, h_ref = add_rms_norm_quant(x, r, w, s)
+    q_ref, h_ref = inductor(x, r, w, s)
     q, h = irfuse(x, r, w, s)
     assert torch.equal(h, h_ref)
-    torch.testing.assert_close(q.float() * s, q_ref.float() * s, atol=0.1, rtol=0.1)
+    check_fp8(q, q_ref)
     return compare(
         {
             "eager": lambda: add_rms_norm_quant(x, r, w, s),
