@@ -31,11 +31,14 @@ ADD_RESIDUAL = """
     )
 """
 
+PRELOAD_WEIGHT = """
+    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)  # loaded early
+"""
+
 RMS_NORM = """
     # rms_norm over the row (variance on the fp32 value); the result rounds to norm_dtype
     norm_dtype = {norm_dtype}
     rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + eps)
-    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
 """
 
 WEIGHT = {

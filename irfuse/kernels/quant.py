@@ -1,7 +1,9 @@
 """Triton source for quantization epilogues.
 
-An epilogue takes `v` (fp32, already rounded to the producer's output dtype, one row
-per program: `row`, `cols`, `mask`) and stores it to `out_ptr`. Exactly NUMERICS.md.
+An epilogue is a pair: a preload, emitted with the kernel's first loads so that its
+latency overlaps theirs (it matters for a handful of rows), and a store, which takes `v`
+(fp32, already rounded to the producer's output dtype, one row per program: `row`,
+`cols`, `mask`) to `out_ptr`. Exactly NUMERICS.md.
 """
 
 # Rounds fp32 onto the e4m3 grid (RNE) so that the interpreter's fp32->fp8 cast, which
@@ -25,13 +27,16 @@ EPILOGUE_NONE = """
     tl.store(out_ptr + row * out_row_stride + cols, v.to(out_ptr.dtype.element_ty), mask=mask)
 """
 
+PRELOAD_STATIC_FP8 = """
+    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))  # static fp8 scale, loaded early
+"""
+
 EPILOGUE_STATIC_FP8 = """
     # epilogue: static per-tensor fp8, q = fp8(clamp(v * (1 / scale), -448, 448))
-    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))
     q = tl.clamp(v * inv_scale, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
     if INTERPRET:
         q = round_to_e4m3(q)
     tl.store(out_ptr + row * out_row_stride + cols, q.to(tl.float8e4nv), mask=mask)
 """
 
-EPILOGUES = {"none": EPILOGUE_NONE, "static": EPILOGUE_STATIC_FP8}
+EPILOGUES = {"none": ("", EPILOGUE_NONE), "static": (PRELOAD_STATIC_FP8, EPILOGUE_STATIC_FP8)}

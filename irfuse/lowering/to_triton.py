@@ -87,13 +87,17 @@ def spec_for(op: Operation) -> KernelSpec:
 
 
 def kernel_source(spec: KernelSpec) -> str:
+    preload, store = quant_pieces.EPILOGUES[spec.quant]
     body = norm.SIGNATURE.format(name=spec.name)
+    if spec.producer != "quant":
+        body += norm.PRELOAD_WEIGHT
+    body += preload
     if spec.producer == "fused_add_rms_norm":
         body += norm.ADD_RESIDUAL
     if spec.producer != "quant":
         norm_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
         body += norm.RMS_NORM.format(norm_dtype=norm_dtype) + norm.WEIGHT[spec.weight_mode]
-    body += quant_pieces.EPILOGUES[spec.quant]
+    body += store
     helpers = norm.ROUND_TO + (quant_pieces.ROUND_TO_E4M3 if spec.quant != "none" else "")
     return (
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
