@@ -18,10 +18,10 @@ from torch.utils import _pytree as pytree
 from xdsl.builder import Builder
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr
 from xdsl.dialects.func import FuncOp, ReturnOp
-from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.rewriter import InsertPoint
 
-from irfuse.dialects.aten import CallOp
+from irfuse.dialects.aten import CallOp, ValueType
 from irfuse.frontend.direct import DIRECT_IMPORTERS, DirectImport
 from irfuse.frontend.types import constant_attr, value_types
 
@@ -105,11 +105,9 @@ def import_graph(graph: fx.Graph) -> ImportedGraph:
     return imported
 
 
-def _single_type(node: fx.Node):
+def _single_type(node: fx.Node) -> Attribute:
     types = value_types(node.meta.get("val"))
-    if len(types) != 1:
-        raise UnsupportedGraph(f"placeholder {node.name} is not a single value")
-    return types[0]
+    return types[0] if len(types) == 1 else ValueType()
 
 
 def _hint(name: str) -> str:

@@ -1,5 +1,6 @@
 // RUN: irfuse-opt %s | irfuse-opt | filecheck %s
 // RUN: irfuse-opt %s --print-op-generic | irfuse-opt | filecheck %s
+// RUN: xdsl-opt %s | filecheck %s
 
 func.func @ops(%x: tensor<?x4096xbf16>, %r: tensor<?x4096xbf16>, %w: tensor<4096xbf16>, %s: tensor<1xf32>,
                %q: tensor<2x8x16x64xf16>, %k: tensor<2x2x16x64xf16>, %v: tensor<2x2x16x64xf16>) {

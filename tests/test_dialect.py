@@ -1,0 +1,73 @@
+"""irfuse dialect: verifiers reject malformed ops with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+from xdsl.parser import Parser
+from xdsl.utils.exceptions import VerifyException
+
+from irfuse.dialects import make_context
+
+
+def _verify(body: str, args: str) -> None:
+    text = f"func.func @f({args}) {{\n{body}\n  func.return\n}}"
+    Parser(make_context(), text).parse_module().verify()
+
+
+X = "%x: tensor<4x64xbf16>, %w: tensor<64xbf16>, %s: tensor<1xf32>"
+
+
+def test_valid_ops_verify():
+    _verify(
+        "  %y = irfuse.rms_norm %x, %w scale %s {eps = 1.0e-06 : f64, "
+        "quant = #irfuse.quant<static>} : tensor<4x64xbf16>, tensor<64xbf16>, tensor<1xf32> "
+        "-> tensor<4x64xf8E4M3FN>",
+        X,
+    )
+
+
+@pytest.mark.parametrize(
+    "body,args,match",
+    [
+        (
+            "  %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<4x64xbf16>, "
+            "tensor<64xf32> -> tensor<4x64xbf16>",
+            "%x: tensor<4x64xbf16>, %w: tensor<64xf32>",
+            "weight dtype f32 != input dtype bf16",
+        ),
+        (
+            "  %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<4x64xbf16>, "
+            "tensor<32xbf16> -> tensor<4x64xbf16>",
+            "%x: tensor<4x64xbf16>, %w: tensor<32xbf16>",
+            "weight must be 1-D of the hidden size",
+        ),
+        (
+            "  %q = irfuse.quant %x {quant = #irfuse.quant<static>} : tensor<4x64xbf16> "
+            "-> tensor<4x64xf8E4M3FN>",
+            X,
+            "'static' quant needs a scale operand",
+        ),
+        (
+            "  %q, %qs = irfuse.quant %x {quant = #irfuse.quant<per_group 128>} : "
+            "tensor<4x64xbf16> -> tensor<4x64xf8E4M3FN>, tensor<4x1xf32>",
+            X,
+            "not a multiple of the group size 128",
+        ),
+        (
+            "  %q, %qs = irfuse.quant %x {quant = #irfuse.quant<per_group 96>} : "
+            "tensor<4x64xbf16> -> tensor<4x64xf8E4M3FN>, tensor<4x1xf32>",
+            X,
+            "group 64 or 128",
+        ),
+        (
+            '  %o = irfuse.attention %q, %k, %k {scale = 1.0 : f64, causal = "none", '
+            'layout = "bhsd"} : tensor<1x6x8x64xf16>, tensor<1x4x8x64xf16>, '
+            "tensor<1x4x8x64xf16> -> tensor<1x6x8x64xf16>",
+            "%q: tensor<1x6x8x64xf16>, %k: tensor<1x4x8x64xf16>",
+            "query heads 6 not a multiple of kv heads 4",
+        ),
+    ],
+)
+def test_verifier_errors(body, args, match):
+    with pytest.raises(VerifyException, match=match):
+        _verify(body, args)

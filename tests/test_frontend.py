@@ -1,0 +1,109 @@
+"""FX -> IR import: direct mappings, the generic op, dynamic dims, unchanged export."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from functorch.compile import aot_function, make_boxed_func
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import irfuse.ops
+from irfuse.dialects.irfuse import AllReduceOp, AttentionOp, FusedAddRmsNormOp, QuantOp
+from irfuse.dump import ir_text
+from irfuse.frontend.fx_import import import_graph
+from irfuse.pipeline import Options, transform_graph
+
+
+def _aot_graphs(fn, *args):
+    graphs = []
+
+    def compiler(gm, _):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    aot_function(fn, compiler)(*args)
+    return graphs
+
+
+def _ops(imported, kind):
+    return [op for op in imported.func.body.ops if isinstance(op, kind)]
+
+
+def test_sdpa_imports_as_attention_and_comes_back_unchanged():
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3)
+
+    q = torch.randn(1, 2, 8, 16)
+    (gm,) = _aot_graphs(fn, q, q, q)
+    imported = import_graph(gm.graph)
+    imported.module.verify()
+    (attention,) = _ops(imported, AttentionOp)
+    assert attention.causal.data == "top_left"
+    assert attention.scale.value.data == 0.3
+    nodes = list(gm.graph.nodes)
+    report = transform_graph(gm.graph, Options())
+    assert not report.fused and all(a is b for a, b in zip(nodes, gm.graph.nodes, strict=True))
+
+
+def test_sdpa_with_used_lse_or_dropout_stays_generic():
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+
+    q = torch.randn(1, 2, 8, 16)
+    (gm,) = _aot_graphs(fn, q, q, q)
+    assert not _ops(import_graph(gm.graph), AttentionOp)
+
+
+def test_irfuse_custom_ops_import_directly():
+    def fn(x, r, w, s):
+        y, h = irfuse.ops.fused_add_rms_norm(x, r, w, 1e-6)
+        return irfuse.ops.static_fp8_quant(y, s), h
+
+    x = torch.randn(4, 64)
+    (gm,) = _aot_graphs(fn, x, x, torch.ones(64), torch.ones(1))
+    imported = import_graph(gm.graph)
+    imported.module.verify()
+    assert len(_ops(imported, FusedAddRmsNormOp)) == 1
+    (quant,) = _ops(imported, QuantOp)
+    assert quant.quant.scheme == "static"
+
+
+def test_irfuse_custom_ops_fuse_and_match_the_reference():
+    def fn(x, r, w, s):
+        y, h = irfuse.ops.fused_add_rms_norm(x, r, w, 1e-6)
+        return irfuse.ops.static_fp8_quant(y, s), h
+
+    x, r = torch.randn(4, 64), torch.randn(4, 64)
+    w, s = torch.rand(64) + 0.5, torch.tensor([0.02])
+    compiled = torch.compile(fn, backend="irfuse", options={"inner": "eager"})
+    q, h = compiled(x, r, w, s)
+    q_ref, h_ref = fn(x, r, w, s)
+    assert torch.equal(h, h_ref)
+    torch.testing.assert_close(q.float() * s, q_ref.float() * s, atol=0.1, rtol=0.1)
+
+
+def test_all_reduce_and_wait_import_as_one_op():
+    def fn(x):
+        y = torch.ops._c10d_functional.all_reduce(x, "sum", "tp")
+        return torch.ops._c10d_functional.wait_tensor(y) * 2
+
+    gm = make_fx(fn, tracing_mode="fake")(torch.randn(4, 8))
+    imported = import_graph(gm.graph)
+    (op,) = _ops(imported, AllReduceOp)
+    assert op.group.data == "tp"
+    assert "irfuse.all_reduce" in ir_text(imported.module)
+
+
+def test_generic_ops_keep_target_and_constants_and_dynamic_dims(tmp_path):
+    def fn(x):
+        return torch.clamp(x.sum(-1, keepdim=True), min=-2.5) + 1
+
+    compiled = torch.compile(
+        fn, backend="irfuse", dynamic=True, options={"inner": "eager", "dump_dir": str(tmp_path)}
+    )
+    compiled(torch.randn(5, 8))
+    (imported,) = tmp_path.glob("*/00-imported.mlir")
+    text = imported.read_text()
+    assert "tensor<?x?xf32>" in text and "%arg0: i64" in text, text  # SymInt inputs
+    assert '"aten.sum.dim_IntList"' in text and "[-1 : i64], true" in text
+    assert "-2.500000e+00 : f64" in text
