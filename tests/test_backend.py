@@ -264,3 +264,16 @@ def test_gpu_inductor_dynamic_and_cuda_graphs(mode):
             assert_fp8_close(q, q_ref, s)
     assert sum(r.fused["fuse-rms-norm-quant"] for r in reports) >= 1
     assert len(reports) <= 2
+
+
+def test_norm_intermediate_read_elsewhere_is_refused():
+    def fn(x, w, s):
+        v = x.float()
+        rstd = torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+        n = v * rstd
+        return models.static_quant(w * n.to(x.dtype), s), rstd
+
+    x, _, w, s = _norm_inputs()
+    report = irfuse.explain(fn, x, w, s)
+    assert any("user outside the norm" in r["reason"] for r in report.rejected), str(report)
+    assert not report.kernels

@@ -88,11 +88,13 @@ def users(value: SSAValue) -> list[Operation]:
     return [use.operation for use in value.uses]
 
 
-def chain_is_private(values: list[SSAValue], allowed: set[Operation]) -> SSAValue | None:
-    """The first value in `values` read by an op outside `allowed` (None if all private)."""
-    for value in values:
-        if any(user not in allowed for user in users(value)):
-            return value
+def escaping_intermediate(chain: list[Operation]) -> SSAValue | None:
+    """The first result of `chain[:-1]` read outside `chain` (None if all are private):
+    such a value is still needed once the chain is replaced by one op."""
+    for op in chain[:-1]:
+        for result in op.results:
+            if any(user not in chain for user in users(result)):
+                return result
     return None
 
 

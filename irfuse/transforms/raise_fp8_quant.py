@@ -41,10 +41,10 @@ from irfuse.transforms.match import (
     cast_of,
     const_arg,
     element_type,
+    escaping_intermediate,
     mul_operands,
     position,
     tensor_arg,
-    users,
 )
 
 NAME = "raise-fp8-quant"
@@ -143,10 +143,9 @@ def _guard(
         return f"scale {scale.type} is not a one-element float32 tensor"
     if element_type(x) is None:
         return f"input {x.type} is not a tensor"
-    for op in main[:-1]:  # the scale's reciprocal may be shared; the main path may not
-        for result in op.results:
-            if any(user not in main for user in users(result)):
-                return f"intermediate %{result.name_hint} has a user outside the quant"
+    # the scale's reciprocal may be shared; the main path may not
+    if (escaping := escaping_intermediate(main)) is not None:
+        return f"intermediate %{escaping.name_hint} has a user outside the quant"
     return None
 
 

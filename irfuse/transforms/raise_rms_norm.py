@@ -42,6 +42,7 @@ from irfuse.transforms.match import (
     cast_of,
     const_arg,
     element_type,
+    escaping_intermediate,
     int_list_arg,
     mul_operands,
     position,
@@ -189,11 +190,8 @@ def _guard(norm: _Norm, weighted: _Weighted, dt: Attribute | None, y: SSAValue) 
     unrounded = weighted.form != "plain" and element_type(y) == F32
     if (element_type(y) != dt and not unrounded) or y.type.get_shape() != norm.x.type.get_shape():
         return f"result type {y.type} differs from the input {norm.x.type}"
-    inner = norm.chain + weighted.ops
-    for op in inner[:-1]:
-        for result in op.results:
-            if any(user not in inner for user in users(result)):
-                return f"intermediate %{result.name_hint} has a user outside the norm"
+    if (escaping := escaping_intermediate(norm.chain + weighted.ops)) is not None:
+        return f"intermediate %{escaping.name_hint} has a user outside the norm"
     return None
 
 
