@@ -81,12 +81,13 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
     pow_op = call(tensor_arg(mean, 0), "aten.pow.Tensor_Scalar")
     if pow_op is None or const_arg(pow_op, 1) != 2 or (xf := tensor_arg(pow_op, 0)) is None:
         return None
-    if rsqrt.results[0].uses.get_length() != 1:
+    readers = users(rsqrt.results[0])
+    n_ops = [op for op in readers if op.results and _is_mul_of(op, xf, rsqrt.results[0])]
+    if not n_ops:
         return None
-    n_op = users(rsqrt.results[0])[0]
-    operands = mul_operands(n_op.results[0]) if n_op.results else None
-    if operands is None or set(operands) != {xf, rsqrt.results[0]}:
-        return None
+    n_op = n_ops[0]
+    if len(readers) != 1:
+        return f"intermediate %{rsqrt.results[0].name_hint} has a user outside the norm"
     dims = int_list_arg(mean, 1)
     if dims not in ([-1], [rank(xf) - 1]) or const_arg(mean, 2, "keepdim") is not True:
         return f"mean over dims {dims} (keepdim {const_arg(mean, 2, 'keepdim')}), not the last"
@@ -96,6 +97,11 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
     x = cast[0] if cast is not None and cast[1] == F32 else xf
     chain = [pow_op, mean, add, rsqrt, n_op] + ([xf.owner] if x is not xf else [])
     return _Norm(x, xf, float(eps), chain)  # type: ignore[arg-type]
+
+
+def _is_mul_of(op: Operation, a: SSAValue, b: SSAValue) -> bool:
+    operands = mul_operands(op.results[0])
+    return operands is not None and set(operands) == {a, b}
 
 
 @dataclass
