@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.fx as fx
+from xdsl.passes import PassPipeline
 from xdsl.utils.exceptions import DiagnosticException
 
 from irfuse.dialects import make_context
@@ -27,7 +28,7 @@ INNER_COMPILERS = ("inductor", "eager")
 class Options:
     """irfuse's options; any other key of `torch.compile(options=...)` goes to Inductor."""
 
-    passes: tuple[str, ...] = DEFAULT_PIPELINE
+    passes: str = ",".join(DEFAULT_PIPELINE)  # an xdsl pass pipeline: "a,b{opt=value}"
     dump_dir: str | None = None
     inner: str = "inductor"
     inductor: dict[str, object] = field(default_factory=dict, hash=False)
@@ -36,16 +37,17 @@ class Options:
     def from_dict(cls, options: dict[str, object] | None) -> Options:
         options = dict(options or {})
         passes = options.pop("passes", DEFAULT_PIPELINE)
-        if isinstance(passes, str):
-            passes = tuple(p for p in passes.split(",") if p)
-        unknown = [p for p in passes if p not in PASSES]  # type: ignore[union-attr]
-        if unknown:
-            raise ValueError(f"irfuse: unknown pass(es) {unknown}; known: {sorted(PASSES)}")
+        if not isinstance(passes, str):
+            passes = ",".join(passes)  # type: ignore[arg-type]
+        try:
+            PassPipeline.parse_spec(PASSES, passes)
+        except ValueError as error:
+            raise ValueError(f"irfuse: {error}; known passes: {sorted(PASSES)}") from None
         inner = options.pop("inner", "inductor")
         if inner not in INNER_COMPILERS:
             raise ValueError(f"irfuse: inner must be one of {INNER_COMPILERS}, got {inner!r}")
         dump_dir = options.pop("dump_dir", None) or os.environ.get("IRFUSE_DUMP_DIR") or None
-        return cls(tuple(passes), dump_dir, str(inner), options)  # type: ignore[arg-type]
+        return cls(passes, dump_dir, str(inner), options)
 
     def cache_key(self) -> str:
         """Changes whenever irfuse's version or an option that affects codegen does."""
@@ -100,12 +102,12 @@ def _transform(
         dump.module("imported", module)
     ctx = make_context()
     with collect(report):
-        for name in options.passes:
+        for module_pass in PassPipeline.parse_spec(PASSES, options.passes).passes:
             before = sum(report.fused.values())
-            PASSES[name]()().apply(ctx, module)
+            module_pass.apply(ctx, module)
             module.verify()
             if dump is not None and sum(report.fused.values()) != before:
-                dump.module(f"after-{name}", module)
+                dump.module(f"after-{module_pass.name}", module)
     try:
         plan = plan_lowering(imported)
     except NoKernel as error:
