@@ -142,14 +142,15 @@ def verify_output_quant(
     scale_out: SSAValue | None,
     source_dtype: Attribute,
 ) -> None:
-    """Check the result type and scale operands/results of a (possibly absent) quant."""
+    """Check the result type and scale operands/results of a (possibly absent) quant;
+    `source_dtype` is the element type of the value before quantization."""
     if quant is None:
         if in_scale is not None or scale_out is not None:
             raise VerifyException("quant_scale / scale_out given without a quant scheme")
-        if out.element_type not in (source_dtype, Float32Type()):
+        if out.element_type != source_dtype:
             raise VerifyException(
-                f"output element type {out.element_type} is neither the input's "
-                f"({source_dtype}) nor f32"
+                f"output element type {out.element_type} != {source_dtype} (the input's, "
+                "or f32 for an `unrounded` norm)"
             )
         return
     kind = quant.scheme
@@ -239,8 +240,9 @@ class RmsNormOp(_QuantProducer):
 
     `fp32_weight_mul`: multiply by the weight in fp32 and cast after (the form of
     F.rms_norm's decomposition); `gemma`: multiply by `1 + w` in fp32 (implies it).
-    A f32 result type means the result is not rounded to the input dtype (Inductor
-    drops that round trip when an fp32 consumer follows).
+    `unrounded`: the normalised value is not rounded to the input dtype: the result
+    (or what the output quant reads) is f32 (Inductor drops that round trip when an fp32
+    consumer follows).
     """
 
     name = "irfuse.rms_norm"
@@ -250,6 +252,7 @@ class RmsNormOp(_QuantProducer):
     eps = prop_def(FloatAttr)
     gemma = opt_prop_def(UnitAttr)
     fp32_weight_mul = opt_prop_def(UnitAttr)
+    unrounded = opt_prop_def(UnitAttr)
     quant = opt_prop_def(QuantAttr)
     y = result_def(TensorType)
     scale_out = opt_result_def(TensorType)
@@ -263,7 +266,11 @@ class RmsNormOp(_QuantProducer):
         x = _tensor(self.x, "x")
         _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
         verify_output_quant(
-            self.quant, _tensor(self.y, "y"), self.quant_scale, self.scale_out, x.element_type
+            self.quant,
+            _tensor(self.y, "y"),
+            self.quant_scale,
+            self.scale_out,
+            Float32Type() if self.unrounded else x.element_type,
         )
 
 
@@ -279,6 +286,7 @@ class FusedAddRmsNormOp(_QuantProducer):
     eps = prop_def(FloatAttr)
     gemma = opt_prop_def(UnitAttr)
     fp32_weight_mul = opt_prop_def(UnitAttr)
+    unrounded = opt_prop_def(UnitAttr)
     quant = opt_prop_def(QuantAttr)
     y = result_def(TensorType)
     residual_out = result_def(TensorType)
@@ -299,7 +307,11 @@ class FusedAddRmsNormOp(_QuantProducer):
         if _tensor(self.residual_out, "residual_out") != x:
             raise VerifyException("residual_out must have the input's type")
         verify_output_quant(
-            self.quant, _tensor(self.y, "y"), self.quant_scale, self.scale_out, x.element_type
+            self.quant,
+            _tensor(self.y, "y"),
+            self.quant_scale,
+            self.scale_out,
+            Float32Type() if self.unrounded else x.element_type,
         )
 
 

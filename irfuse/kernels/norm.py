@@ -8,9 +8,10 @@ dtype for the epilogue (so a fused quant sees exactly what the unfused pair woul
 SIGNATURE = """
 @triton.jit
 def {name}(
-    x_ptr, residual_ptr, weight_ptr, scale_ptr, out_ptr, residual_out_ptr,
-    n_cols, x_row_stride, residual_row_stride, out_row_stride, residual_out_row_stride, eps,
-    BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
+    x_ptr, residual_ptr, weight_ptr, scale_ptr, out_ptr, residual_out_ptr, scale_out_ptr,
+    n_cols, x_row_stride, residual_row_stride, out_row_stride, residual_out_row_stride,
+    scale_out_row_stride, scale_out_col_stride, eps,
+    BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)

@@ -1,9 +1,11 @@
-"""Triton source for quantization epilogues.
+"""Triton source for quantization epilogues (exactly NUMERICS.md).
 
 An epilogue is a pair: a preload, emitted with the kernel's first loads so that its
 latency overlaps theirs (it matters for a handful of rows), and a store, which takes `v`
-(fp32, already rounded to the producer's output dtype, one row per program: `row`,
-`cols`, `mask`) to `out_ptr`. Exactly NUMERICS.md.
+(fp32, already rounded to the producer's output dtype; one row per program: `row`,
+`cols`, `mask`, masked lanes hold 0) to `out_ptr`, and its scales to `scale_out_ptr`
+(at `row * scale_out_row_stride + i * scale_out_col_stride`; nvfp4 uses the swizzled
+layout). Divisions are `div_rn` (correctly rounded), as the reference divides.
 """
 
 # Rounds fp32 onto the e4m3 grid (RNE) so that the interpreter's fp32->fp8 cast, which
@@ -20,23 +22,131 @@ def round_to_e4m3(v):
     subnormal = ((absolute + 16384.0) - 16384.0).to(tl.uint32, bitcast=True)
     rounded = tl.where(absolute >= 0.015625, normal, subnormal)
     return tl.where(v != v, v, (rounded | sign).to(tl.float32, bitcast=True))  # keep NaN
-"""
 
-EPILOGUE_NONE = """
-    # epilogue: store in the output dtype
-    tl.store(out_ptr + row * out_row_stride + cols, v.to(out_ptr.dtype.element_ty), mask=mask)
-"""
 
-PRELOAD_STATIC_FP8 = """
-    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))  # static fp8 scale, loaded early
-"""
-
-EPILOGUE_STATIC_FP8 = """
-    # epilogue: static per-tensor fp8, q = fp8(clamp(v * (1 / scale), -448, 448))
-    q = tl.clamp(v * inv_scale, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
+@triton.jit
+def to_fp8(v, INTERPRET: tl.constexpr):
+    q = tl.clamp(v, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
     if INTERPRET:
         q = round_to_e4m3(q)
-    tl.store(out_ptr + row * out_row_stride + cols, q.to(tl.float8e4nv), mask=mask)
+    return q.to(tl.float8e4nv)
 """
 
-EPILOGUES = {"none": ("", EPILOGUE_NONE), "static": (PRELOAD_STATIC_FP8, EPILOGUE_STATIC_FP8)}
+# 2^ceil(log2(s)) for positive normal s, on the bits (exact, unlike log2/exp2).
+CEIL_POW2 = """
+@triton.jit
+def ceil_pow2(s):
+    bits = s.to(tl.uint32, bitcast=True)
+    exponent = bits & 0x7F800000
+    return tl.where((bits & 0x7FFFFF) != 0, exponent + 0x800000, exponent).to(
+        tl.float32, bitcast=True
+    )
+"""
+
+STORE = "    tl.store(out_ptr + row * out_row_stride + cols, {value}, mask=mask)\n"
+
+NONE = (
+    "",
+    "\n    # epilogue: store in the output dtype\n"
+    + STORE.format(value="v.to(out_ptr.dtype.element_ty)"),
+)
+
+STATIC = (
+    "    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))  # static fp8 scale, loaded early\n",
+    "\n    # epilogue: static per-tensor fp8, q = fp8(clamp(v * (1 / scale), -448, 448))\n"
+    + STORE.format(value="to_fp8(v * inv_scale, INTERPRET)"),
+)
+
+PER_TOKEN = (
+    """    if HAS_SCALE:
+        scale_ub = tl.load(scale_ptr)  # per-token scale upper bound, loaded early
+""",
+    """
+    # epilogue: dynamic per-token fp8, s = max(min(amax, ub) / 448, 1 / (448 * 512))
+    amax = tl.max(tl.abs(v), axis=0)
+    if HAS_SCALE:
+        amax = tl.minimum(amax, scale_ub)
+    s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
+    tl.store(scale_out_ptr + row * scale_out_row_stride, s)
+"""
+    + STORE.format(value="to_fp8(tl.math.div_rn(v, s), INTERPRET)"),
+)
+
+PER_GROUP = (
+    "",
+    """
+    # epilogue: per-group fp8, groups of {group}: s = {scale_formula}
+    groups = tl.reshape(v, (BLOCK // {group}, {group}))
+    s = tl.math.div_rn(tl.maximum(tl.max(tl.abs(groups), axis=1), 1e-10), 448.0)
+{ue8m0}    q = tl.reshape(to_fp8(tl.math.div_rn(groups, s[:, None]), INTERPRET), (BLOCK,))
+    g = tl.arange(0, BLOCK // {group})
+    g_ptr = scale_out_ptr + row * scale_out_row_stride + g * scale_out_col_stride
+    tl.store(g_ptr, s, mask=g < n_cols // {group})
+"""
+    + STORE.format(value="q"),
+)
+
+NVFP4 = (
+    "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale, loaded early\n",
+    """
+    # epilogue: nvfp4, blocks of 16: SF = e4m3(global_scale * amax / 6),
+    # q = e2m1(v * global_scale / SF) rounded to nearest even, two per byte (even: low)
+    blocks = tl.reshape(v, (BLOCK // 16, 16))
+    amax = tl.max(tl.abs(blocks), axis=1)
+    sf = to_fp8(tl.math.div_rn(global_scale * amax, 6.0), INTERPRET)
+    sf_value = sf.to(tl.float32)
+    safe = tl.where(sf_value != 0, sf_value, 1.0)
+    inv = tl.where(sf_value != 0, tl.math.div_rn(global_scale, safe), 0.0)
+    e = blocks * inv[:, None]
+    a = tl.abs(e)
+    code = ((a > 0.25).to(tl.uint8) + (a >= 0.75).to(tl.uint8) + (a > 1.25).to(tl.uint8)
+            + (a >= 1.75).to(tl.uint8) + (a > 2.5).to(tl.uint8) + (a >= 3.5).to(tl.uint8)
+            + (a > 5.0).to(tl.uint8))
+    code = code | ((e.to(tl.uint32, bitcast=True) >> 31).to(tl.uint8) << 3)
+    even, odd = tl.split(tl.reshape(code, (BLOCK // 2, 2)))
+    pairs = tl.arange(0, BLOCK // 2)
+    tl.store(out_ptr + row * out_row_stride + pairs, even | (odd << 4), mask=pairs < n_cols // 2)
+    # block scales, swizzled 128x4: byte of (row, k) at ((row >> 7) * ceil(n / 64) + (k >> 2))
+    # * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4 + (k & 3)
+    k = tl.arange(0, BLOCK // 16)
+    tile = (row >> 7) * ((n_cols + 63) // 64) + (k >> 2)
+    offset = tile * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4 + (k & 3)
+    tl.store(scale_out_ptr + offset, sf.to(tl.uint8, bitcast=True), mask=k < n_cols // 16)
+""",
+)
+
+UE8M0 = "    s = ceil_pow2(s)  # ue8m0: power-of-two scales\n"
+
+
+def epilogue(scheme: str) -> tuple[str, str, str]:
+    """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax."""
+    kind, *options = scheme.split()
+    fp8_helpers = ROUND_TO_E4M3
+    if kind == "none":
+        return "", *NONE
+    if kind == "static":
+        return fp8_helpers, *STATIC
+    if kind == "per_token":
+        return fp8_helpers, *PER_TOKEN
+    if kind == "nvfp4":
+        return fp8_helpers, *NVFP4
+    if kind == "per_group":
+        group, ue8m0 = int(options[0]), "ue8m0" in options
+        formula = "2^ceil(log2(max(amax, 1e-10) / 448))" if ue8m0 else "max(amax, 1e-10) / 448"
+        store = PER_GROUP[1].format(
+            group=group, scale_formula=formula, ue8m0=UE8M0 if ue8m0 else ""
+        )
+        return fp8_helpers + (CEIL_POW2 if ue8m0 else ""), PER_GROUP[0], store
+    raise ValueError(f"no epilogue for quant scheme {scheme!r}")
+
+
+def parse_scheme(scheme: str) -> tuple[str, int, bool, bool]:
+    """(kind, group, column_major, ue8m0) of a scheme string; ValueError if malformed."""
+    kind, *options = scheme.split()
+    if kind in ("none", "static", "per_token", "nvfp4") and not options:
+        return kind, 0, False, False
+    if kind == "per_group" and options and options[0] in ("64", "128"):
+        flags = set(options[1:])
+        if flags <= {"col", "ue8m0"}:
+            return kind, int(options[0]), "col" in flags, "ue8m0" in flags
+    raise ValueError(f"unknown quant scheme {scheme!r}")

@@ -1,10 +1,10 @@
 """Runtime ops that launch the generated kernels (what exported graphs call).
 
-`torch.ops.irfuse.kernel_norm` covers the RMSNorm family and standalone static quant:
-its `kernel` argument (an encoded KernelSpec: producer, weight mode, norm output dtype,
-quant scheme) selects the kernel, generated and compiled once per process (see
-kernel_cache). Per call it checks only shapes, dtypes and
-devices (no host sync) and launches one kernel, so it runs inside CUDA graphs.
+`torch.ops.irfuse.kernel_norm` covers the RMSNorm family and the standalone quant
+kernels: its `kernel` argument (an encoded KernelSpec: producer, weight mode, norm output
+dtype, quant scheme) selects the kernel, generated and compiled once per process (see
+kernel_cache). Per call it checks only shapes, dtypes and devices (no host sync) and
+launches one kernel, so it runs inside CUDA graphs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import triton
 
 from irfuse.kernels.norm import MAX_COLS
+from irfuse.kernels.quant import parse_scheme
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.to_triton import KernelSpec, kernel_source
 
@@ -34,12 +35,6 @@ def decode(kernel: str) -> KernelSpec:
     return KernelSpec.decode(kernel)
 
 
-def out_dtype(spec: KernelSpec, x: torch.Tensor) -> torch.dtype:
-    if spec.quant == "static":
-        return FP8
-    return torch.float32 if spec.norm_out == "fp32" else x.dtype
-
-
 def launch_config(n_rows: int, n_cols: int) -> tuple[int, int]:
     """(BLOCK, num_warps) for rows of `n_cols` elements, chosen by measurement on H200
     (bench/norm_quant.py --sweep): 16 warps from 4096 columns, 32 for few rows of 8192+."""
@@ -47,6 +42,37 @@ def launch_config(n_rows: int, n_cols: int) -> tuple[int, int]:
     if block >= 8192 and n_rows < 1024:
         return block, 32
     return block, max(4, min(16, block // 256))
+
+
+def _round_up(a: Any, b: int) -> Any:
+    return (a + b - 1) // b * b
+
+
+def allocate_outputs(
+    spec: KernelSpec, x: torch.Tensor, has_residual: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, residual_out, scales) for `x` (works on fake tensors, symbolic sizes too)."""
+    kind, group, column_major, _ = parse_scheme(spec.quant)
+    rows, n = x.shape[:-1], x.shape[-1]
+    residual_out = x.new_empty(x.shape) if has_residual else x.new_empty(0)
+    if kind == "none":
+        dtype = torch.float32 if spec.norm_out == "fp32" else x.dtype
+        return x.new_empty(x.shape, dtype=dtype), residual_out, x.new_empty(0)
+    if kind == "nvfp4":
+        m = x.shape[0]
+        out = x.new_empty((m, n // 2), dtype=torch.uint8)
+        shape = (_round_up(m, 128), _round_up(n // 16, 4) // 4)
+        return out, residual_out, x.new_zeros(shape, dtype=torch.int32)
+    out = x.new_empty(x.shape, dtype=FP8)
+    if kind == "static":
+        scales = x.new_empty(0)
+    elif kind == "per_token":
+        scales = x.new_empty((*rows, 1), dtype=torch.float32)
+    elif column_major:
+        scales = x.new_empty((n // group, x.shape[0]), dtype=torch.float32).t()
+    else:
+        scales = x.new_empty((*rows, n // group), dtype=torch.float32)
+    return out, residual_out, scales
 
 
 def _check(
@@ -57,10 +83,16 @@ def _check(
     scale: torch.Tensor | None,
 ) -> None:
     what = f"irfuse.kernel_norm ({spec.describe()})"
+    kind, group, column_major, _ = parse_scheme(spec.quant)
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or x.dim() == 0:
         raise TypeError(f"{what}: x must be a bf16/fp16/fp32 tensor, got {x.dtype} {x.shape}")
     if x.shape[-1] > MAX_COLS:
         raise ValueError(f"{what}: hidden size {x.shape[-1]} > {MAX_COLS} is not supported")
+    if (kind == "nvfp4" or column_major) and x.dim() != 2:
+        raise ValueError(f"{what}: x must be 2-D, got shape {list(x.shape)}")
+    block = 16 if kind == "nvfp4" else group
+    if block and x.shape[-1] % block:
+        raise ValueError(f"{what}: hidden size {x.shape[-1]} is not a multiple of {block}")
     if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
         raise ValueError(
             f"{what}: residual {residual.dtype} {list(residual.shape)} must "
@@ -72,9 +104,9 @@ def _check(
         fp32_ok = spec.weight_mode == "gemma" and weight.dtype == torch.float32
         if weight.dtype != x.dtype and not fp32_ok:
             raise TypeError(f"{what}: weight dtype {weight.dtype} != input dtype {x.dtype}")
-    if spec.quant == "static" and (
-        scale is None or scale.dtype != torch.float32 or scale.numel() != 1
-    ):
+    if kind in ("static", "nvfp4") and scale is None:
+        raise ValueError(f"{what}: needs its scale")
+    if scale is not None and (scale.dtype != torch.float32 or scale.numel() != 1):
         raise ValueError(f"{what}: scale must be a one-element float32 tensor")
     for name, t in (("residual", residual), ("weight", weight), ("scale", scale)):
         if t is not None and t.device != x.device:
@@ -85,6 +117,12 @@ def _check(
         )
 
 
+def _rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """`t` as [rows, n_cols] with unit column stride (copies only when it must)."""
+    t2 = t.reshape(-1, n_cols)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
 @torch.library.custom_op("irfuse::kernel_norm", mutates_args=())
 def kernel_norm(
     x: torch.Tensor,
@@ -93,48 +131,36 @@ def kernel_norm(
     scale: torch.Tensor | None,
     eps: float,
     kernel: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the generated (add +) rms_norm (+ static fp8 quant) kernel `kernel`; returns
-    (out, residual_out), residual_out empty without a residual."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the generated (add +) (rms_norm +) quant kernel `kernel`. `scale` is the static
+    scale, the per-token upper bound or the nvfp4 global scale. Returns (out,
+    residual_out, scales); residual_out and scales are empty when the kernel has none."""
     spec = decode(kernel)
     _check(spec, x, residual, weight, scale)
+    out, residual_out, scales = allocate_outputs(spec, x, residual is not None)
     n_cols = x.shape[-1]
-    x2 = x.reshape(-1, n_cols)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    out = torch.empty(x2.shape, dtype=out_dtype(spec, x), device=x.device)
-    residual2 = residual_out = None
-    if residual is not None:
-        residual2 = residual.reshape(-1, n_cols)
-        if residual2.stride(-1) != 1:
-            residual2 = residual2.contiguous()
-        residual_out = torch.empty_like(x2)
+    x2 = _rows(x, n_cols)
+    residual2 = _rows(residual, n_cols) if residual is not None else x2
+    out2 = out.view(-1, out.shape[-1])
+    residual_out2 = residual_out.view(-1, n_cols) if residual is not None else out2
+    if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
+        scales2 = scales.view(torch.uint8)
+    else:
+        scales2 = scales.view(-1, scales.shape[-1]) if scales.dim() > 1 else scales
     if x2.shape[0] and n_cols:
         block, num_warps = launch_config(x2.shape[0], n_cols)
         compiled_kernel(spec)[(x2.shape[0],)](
-            x2,
-            residual2 if residual2 is not None else x2,
-            weight if weight is not None else x2,
-            scale if scale is not None else x2,
-            out,
-            residual_out if residual_out is not None else out,
-            n_cols,
-            x2.stride(0),
-            residual2.stride(0) if residual2 is not None else 0,
-            out.stride(0),
-            residual_out.stride(0) if residual_out is not None else 0,
-            eps,
-            BLOCK=block,
-            INTERPRET=INTERPRET,
+            x2, residual2, weight if weight is not None else x2,
+            scale if scale is not None else x2, out2, residual_out2, scales2,
+            n_cols, x2.stride(0), residual2.stride(0), out2.stride(0), residual_out2.stride(0),
+            scales2.stride(0) if scales2.dim() > 1 else 1,
+            scales2.stride(1) if scales2.dim() > 1 else 0,
+            eps, BLOCK=block, HAS_SCALE=scale is not None, INTERPRET=INTERPRET,
             num_warps=num_warps,
-        )
-    if residual_out is None:
-        return out.view(x.shape), x.new_empty(0)
-    return out.view(x.shape), residual_out.view(x.shape)
+        )  # fmt: skip
+    return out, residual_out, scales
 
 
 @kernel_norm.register_fake
 def _(x, residual, weight, scale, eps, kernel):
-    spec = decode(kernel)  # validates the spec at trace time
-    out = x.new_empty(x.shape, dtype=out_dtype(spec, x))
-    return out, (x.new_empty(x.shape) if residual is not None else x.new_empty(0))
+    return allocate_outputs(decode(kernel), x, residual is not None)

@@ -9,6 +9,7 @@ ops that a pass erased are removed. Nothing is touched unless every new op lower
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ import torch.fx as fx
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from xdsl.dialects.builtin import TensorType
-from xdsl.ir import Operation
+from xdsl.ir import Operation, SSAValue
 
 from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, RmsNormOp
 from irfuse.frontend.fx_import import ImportedGraph
@@ -72,11 +73,11 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
         anchor = max([*inputs, last_placeholder], key=lambda n: rank[n])
         while anchor in tail:
             anchor = tail[anchor]
-        nodes = _lower(graph, anchor, op, specs[op], inputs)
+        nodes = _lower(graph, anchor, op, specs[op], lambda v: value_node.get(v))
         for node in nodes:
             rank[node] = rank[anchor] + 0.5
         tail[anchor] = nodes[-1]
-        for result, node in zip(op.results, _result_nodes(op, nodes), strict=True):
+        for result, node in zip(op.results, nodes[1:], strict=True):
             value_node[result] = node
 
     dead = {n for op, o in imported.origins.items() if op not in survivors for n in o.nodes}
@@ -85,25 +86,23 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
     graph.lint()
 
 
-def _result_nodes(op: Operation, nodes: list[fx.Node]) -> list[fx.Node]:
-    """FX node of each IR result: out, then residual_out for the fused add."""
-    return nodes[1:]
-
-
 def _lower(
-    graph: fx.Graph, anchor: fx.Node, op: Operation, spec: KernelSpec, inputs: list[fx.Node]
+    graph: fx.Graph,
+    anchor: fx.Node,
+    op: Operation,
+    spec: KernelSpec,
+    node_of: Callable[[SSAValue | None], fx.Node | None],
 ) -> list[fx.Node]:
-    """Insert `kernel_norm(...)` and its getitems after `anchor`."""
-    if isinstance(op, QuantOp):
-        x, residual, weight, scale, eps = inputs[0], None, None, inputs[1], 0.0
-    elif isinstance(op, RmsNormOp):
-        x, residual, weight = inputs[0], None, inputs[1]
-        scale, eps = (inputs[2] if len(inputs) > 2 else None), op.eps.value.data
-    else:
-        assert isinstance(op, FusedAddRmsNormOp)
-        x, residual, weight = inputs[:3]
-        scale, eps = (inputs[3] if len(inputs) > 3 else None), op.eps.value.data
-    args = (x, residual, weight, scale, float(eps), spec.encode())
+    """Insert `kernel_norm(...)` after `anchor` and a getitem for each IR result; returns
+    the FX node of each result."""
+    residual = op.residual if isinstance(op, FusedAddRmsNormOp) else None
+    weight = op.weight if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)) else None
+    eps = op.eps.value.data if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)) else 0.0
+    assert isinstance(op, (QuantOp, RmsNormOp, FusedAddRmsNormOp))
+    args = (
+        node_of(op.x), node_of(residual), node_of(weight), node_of(op.quant_scale),
+        float(eps), spec.encode(),
+    )  # fmt: skip
     fake_args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in args]
     tensors = [a for a in fake_args if isinstance(a, torch.Tensor)]
     with detect_fake_mode(tensors) or FakeTensorMode(allow_non_fake_inputs=True):
@@ -111,8 +110,10 @@ def _lower(
     with graph.inserting_after(anchor):
         call = graph.call_function(torch.ops.irfuse.kernel_norm.default, args)
     call.meta["val"] = fake
+    # kernel_norm returns (out, residual_out, scales); the IR op has the ones it uses
+    indices = [0] + [1] * (residual is not None) + [2] * (op.scale_out is not None)
     nodes = [call]
-    for i in range(len(op.results)):
+    for i in indices:
         with graph.inserting_after(nodes[-1]):
             item = graph.call_function(operator.getitem, (call, i))
         item.meta["val"] = fake[i]

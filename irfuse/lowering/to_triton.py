@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xdsl.dialects.builtin import Float32Type
 from xdsl.ir import Operation
 
-from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, RmsNormOp
+from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantAttr, QuantOp, RmsNormOp
 from irfuse.kernels import norm
 from irfuse.kernels import quant as quant_pieces
+from irfuse.kernels.quant import parse_scheme
 
 PRODUCERS = ("quant", "rms_norm", "fused_add_rms_norm")
-F32 = Float32Type()
 
 
 class NoKernel(Exception):
@@ -28,12 +27,14 @@ class NoKernel(Exception):
 class KernelSpec:
     producer: str  # one of PRODUCERS
     weight_mode: str = "none"  # plain | fp32 | gemma | none (no norm)
-    quant: str = "none"  # none | static
+    quant: str = "none"  # none, or a scheme in #irfuse.quant syntax ("per_group 128 ue8m0")
     norm_out: str = "model"  # model: the norm rounds to the input dtype | fp32: it does not
 
     @property
     def name(self) -> str:
-        suffix = "" if self.quant == "none" else f"_{self.quant}_fp8"
+        kind, group, _, ue8m0 = parse_scheme(self.quant)
+        suffix = {"none": "", "nvfp4": "_nvfp4"}.get(kind, f"_{kind}{group or ''}_fp8")
+        suffix = suffix.replace("_fp8", "_ue8m0_fp8") if ue8m0 else suffix
         mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
         out = "_f32out" if self.norm_out == "fp32" else ""
         return f"irfuse_{self.producer}{mode}{out}{suffix}"
@@ -44,16 +45,23 @@ class KernelSpec:
 
     @staticmethod
     def decode(text: str) -> KernelSpec:
-        producer, weight_mode, norm_out, quant = text.split("/")
-        spec = KernelSpec(producer, weight_mode, quant, norm_out)
-        if (
-            producer not in PRODUCERS
-            or quant not in quant_pieces.EPILOGUES
-            or norm_out not in ("model", "fp32")
-            or weight_mode not in (*norm.WEIGHT, "none")
-        ):
-            raise ValueError(f"unknown irfuse kernel spec {text!r}")
-        return spec
+        parts = text.split("/")
+        if len(parts) == 4:
+            producer, weight_mode, norm_out, quant = parts
+            try:
+                parse_scheme(quant)
+                known_scheme = True
+            except ValueError:
+                known_scheme = False
+            if (
+                known_scheme
+                and quant.split()[0] in LOWERED_SCHEMES
+                and producer in PRODUCERS
+                and norm_out in ("model", "fp32")
+                and weight_mode in ((*norm.WEIGHT,) if producer != "quant" else ("none",))
+            ):
+                return KernelSpec(producer, weight_mode, quant, norm_out)
+        raise ValueError(f"unknown irfuse kernel spec {text!r}")
 
     def describe(self) -> str:
         parts = {
@@ -63,31 +71,45 @@ class KernelSpec:
         }[self.producer]
         if self.weight_mode in ("fp32", "gemma"):
             parts[-1] += f" ({self.weight_mode} weight)"
-        if self.quant != "none":
+        if self.quant == "nvfp4":
+            parts.append("nvfp4 quant")
+        elif self.quant != "none":
             parts.append(f"{self.quant} fp8 quant")
         return " + ".join(parts)
+
+
+# Every scheme but the dynamic per-tensor one, which needs a grid-wide amax first.
+LOWERED_SCHEMES = ("none", "static", "per_token", "per_group", "nvfp4")
+
+
+def scheme_text(quant: QuantAttr) -> str:
+    """`#irfuse.quant<per_group 128 col>` -> "per_group 128 col"."""
+    if quant.scheme != "per_group":
+        return quant.scheme
+    flags = " col" * quant.column_major.data + " ue8m0" * quant.ue8m0.data
+    return f"per_group {quant.group.data}{flags}"
 
 
 def spec_for(op: Operation) -> KernelSpec:
     """The kernel an irfuse op lowers to; NoKernel if it has none yet."""
     if isinstance(op, QuantOp):
-        if op.quant.scheme != "static":
-            raise NoKernel(f"no kernel for a standalone {op.quant.scheme} quant yet")
-        return KernelSpec("quant", quant="static")
+        scheme = scheme_text(op.quant)
+        if op.quant.scheme not in LOWERED_SCHEMES:
+            raise NoKernel(f"no kernel for a standalone {scheme} quant yet")
+        return KernelSpec("quant", quant=scheme)
     if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)):
         quant_attr = op.output_quant()
-        scheme = "none" if quant_attr is None else quant_attr.scheme
-        if scheme not in quant_pieces.EPILOGUES:
+        scheme = "none" if quant_attr is None else scheme_text(quant_attr)
+        if scheme.split()[0] not in LOWERED_SCHEMES:
             raise NoKernel(f"no kernel for {op.name} + {scheme} quant yet")
         mode = "gemma" if op.gemma else "fp32" if op.fp32_weight_mul else "plain"
         producer = "rms_norm" if isinstance(op, RmsNormOp) else "fused_add_rms_norm"
-        unrounded = op.y.type.element_type == F32 and op.x.type.element_type != F32
-        return KernelSpec(producer, mode, scheme, "fp32" if unrounded else "model")
+        return KernelSpec(producer, mode, scheme, "fp32" if op.unrounded else "model")
     raise NoKernel(f"no kernel for {op.name} yet")
 
 
 def kernel_source(spec: KernelSpec) -> str:
-    preload, store = quant_pieces.EPILOGUES[spec.quant]
+    helpers, preload, store = quant_pieces.epilogue(spec.quant)
     body = norm.SIGNATURE.format(name=spec.name)
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
@@ -98,10 +120,9 @@ def kernel_source(spec: KernelSpec) -> str:
         norm_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
         body += norm.RMS_NORM.format(norm_dtype=norm_dtype) + norm.WEIGHT[spec.weight_mode]
     body += store
-    helpers = norm.ROUND_TO + (quant_pieces.ROUND_TO_E4M3 if spec.quant != "none" else "")
     return (
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
         'One program per row; see irfuse/kernels for the pieces."""\n\n'
         "import triton\nimport triton.language as tl\n"
-        f"{helpers}\n{body}"
+        f"{norm.ROUND_TO}{helpers}\n{body}"
     )

@@ -174,6 +174,8 @@ class RaiseRmsNormPattern(RewritePattern):
             props["fp32_weight_mul"] = UnitAttr()
         if weighted.form == "gemma":
             props["gemma"] = UnitAttr()
+        if element_type(root.results[0]) != dt:
+            props["unrounded"] = UnitAttr()
         new = RmsNormOp.build(
             operands=[norm.x, weighted.weight, []],
             result_types=[root.results[0].type, []],

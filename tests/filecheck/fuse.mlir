@@ -24,12 +24,34 @@ func.func @norm_read_twice(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>, %s: tenso
 
 // -----
 
-// No kernel for a per-token epilogue yet: refused, IR unchanged.
+// A per-token epilogue: the scale becomes a result of the norm.
 func.func @per_token(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> (tensor<?x64xf8E4M3FN>, tensor<?x1xf32>) {
   %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
   %q, %qs = irfuse.quant %y {quant = #irfuse.quant<per_token>} : tensor<?x64xbf16> -> tensor<?x64xf8E4M3FN>, tensor<?x1xf32>
   func.return %q, %qs : tensor<?x64xf8E4M3FN>, tensor<?x1xf32>
 }
 // CHECK-LABEL: func.func @per_token
+// CHECK-NEXT:    %q, %qs = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64, quant = #irfuse.quant<per_token>} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xf8E4M3FN>, tensor<?x1xf32>
+
+// -----
+
+// No kernel for a dynamic per-tensor epilogue yet: refused, IR unchanged.
+func.func @per_tensor(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> (tensor<?x64xf8E4M3FN>, tensor<1xf32>) {
+  %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %q, %qs = irfuse.quant %y {quant = #irfuse.quant<per_tensor>} : tensor<?x64xbf16> -> tensor<?x64xf8E4M3FN>, tensor<1xf32>
+  func.return %q, %qs : tensor<?x64xf8E4M3FN>, tensor<1xf32>
+}
+// CHECK-LABEL: func.func @per_tensor
 // CHECK-NEXT:    irfuse.rms_norm
-// CHECK-NEXT:    irfuse.quant %y {quant = #irfuse.quant<per_token>}
+// CHECK-NEXT:    irfuse.quant %y {quant = #irfuse.quant<per_tensor>}
+
+// -----
+
+// nvfp4 epilogue of a fused add: out, residual_out, block scales.
+func.func @add_nvfp4(%x: tensor<256x64xbf16>, %r: tensor<256x64xbf16>, %w: tensor<64xbf16>, %gs: tensor<1xf32>) -> (tensor<256x32xui8>, tensor<256x1xi32>, tensor<256x64xbf16>) {
+  %y, %h = irfuse.fused_add_rms_norm %x, %r, %w {eps = 1.0e-06 : f64} : tensor<256x64xbf16>, tensor<256x64xbf16>, tensor<64xbf16> -> tensor<256x64xbf16>, tensor<256x64xbf16>
+  %q, %sf = irfuse.quant %y scale %gs {quant = #irfuse.quant<nvfp4>} : tensor<256x64xbf16>, tensor<1xf32> -> tensor<256x32xui8>, tensor<256x1xi32>
+  func.return %q, %sf, %h : tensor<256x32xui8>, tensor<256x1xi32>, tensor<256x64xbf16>
+}
+// CHECK-LABEL: func.func @add_nvfp4
+// CHECK-NEXT:    %q, %h, %sf = irfuse.fused_add_rms_norm %x, %r, %w scale %gs {eps = 1.000000e-06 : f64, quant = #irfuse.quant<nvfp4>} : tensor<256x64xbf16>, tensor<256x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<256x32xui8>, tensor<256x64xbf16>, tensor<256x1xi32>

@@ -68,5 +68,5 @@ func.func @inductor_cuda_unrounded(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>) -
   func.return %y : tensor<?x64xf32>
 }
 // CHECK-LABEL: func.func @inductor_cuda_unrounded
-// CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64, fp32_weight_mul} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xf32>
+// CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64, fp32_weight_mul, unrounded} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xf32>
 // CHECK-NEXT:    func.return

@@ -8,6 +8,7 @@ func.func @f(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w: tensor<64xbf16>, 
 // CHECK:      Fuses: add + rms_norm + static fp8 quant.
 // CHECK:      def round_to(
 // CHECK:      def round_to_e4m3(
+// CHECK:      def to_fp8(
 // CHECK:      @triton.jit
 // CHECK-NEXT: def irfuse_fused_add_rms_norm_static_fp8(
 // CHECK:      # residual add

@@ -1,0 +1,175 @@
+"""Every quant scheme as a standalone kernel and as the epilogue of every norm producer,
+against the unfused reference ops (irfuse.ops) on the same inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import irfuse.ops as ref
+from irfuse.lowering.runtime import kernel_norm
+from irfuse.ops.quant import unswizzle_block_scales
+from tests.helpers import FP8_TOL
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NVFP4_TOL = 3e-1
+SCHEMES = [
+    "static", "per_token", "per_token ub", "per_group 128", "per_group 64 col",
+    "per_group 128 ue8m0", "per_group 64 col ue8m0", "nvfp4",
+]  # fmt: skip
+PRODUCERS = [
+    ("quant", "none"), ("rms_norm", "plain"), ("rms_norm", "fp32"), ("rms_norm", "gemma"),
+    ("fused_add_rms_norm", "plain"),
+]  # fmt: skip
+
+
+def _inputs(t: int, h: int, dtype: torch.dtype, gemma: bool = False):
+    g = torch.Generator().manual_seed(t * 1000 + h)
+    x = (3 * torch.randn(t, h, generator=g)).to(dtype).to(DEVICE)
+    residual = torch.randn(t, h, generator=g).to(dtype).to(DEVICE)
+    w = 1 + 0.2 * torch.randn(h, generator=g)
+    w = (w.float() if gemma else w.to(dtype)).to(DEVICE)
+    return x, residual, w
+
+
+def _reference_producer(producer, mode, x, residual, w, eps):
+    """The unfused producer output (what the quant reads) and residual_out."""
+    if producer == "quant":
+        return x, None
+    if producer == "fused_add_rms_norm":
+        return ref.fused_add_rms_norm(x, residual, w, eps)
+    if mode == "fp32":  # F.rms_norm's decomposed form: weight multiplied in fp32
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w).to(x.dtype), None
+    return ref.rms_norm(x, w, eps, mode == "gemma"), None
+
+
+def _reference_quant(scheme: str, y: torch.Tensor, scale: torch.Tensor | None):
+    kind, *flags = scheme.split()
+    if kind == "static":
+        return ref.static_fp8_quant(y, scale), None
+    if kind == "per_token":
+        return ref.per_token_fp8_quant(y, scale)
+    if kind == "per_group":
+        return ref.per_group_fp8_quant(y, int(flags[0]), "col" in flags, "ue8m0" in flags)
+    return ref.nvfp4_quant(y, scale)
+
+
+def _dequant(scheme: str, q, scales, scale, t: int, h: int) -> torch.Tensor:
+    kind, *flags = scheme.split()
+    if kind == "static":
+        return ref.dequant_fp8(q, scale)
+    if kind == "per_token":
+        return ref.dequant_fp8(q, scales)
+    if kind == "per_group":
+        return ref.dequant_fp8_per_group(q, scales, int(flags[0]))
+    return ref.nvfp4_dequant(q, scales, scale, t, h)
+
+
+def _scale_input(scheme: str, y: torch.Tensor) -> torch.Tensor | None:
+    if scheme == "static":
+        return torch.tensor([0.03], device=DEVICE)
+    if scheme == "per_token ub":
+        return torch.tensor([2.0], device=DEVICE)  # clips the rows with a larger amax
+    if scheme == "nvfp4":
+        return (448 * 6 / y.float().abs().amax()).reshape(1).to(DEVICE)
+    return None
+
+
+def _run(producer, mode, scheme, t, h, dtype, eps=1e-6):
+    x, residual, w = _inputs(t, h, dtype, gemma=mode == "gemma")
+    y_ref, residual_ref = _reference_producer(producer, mode, x, residual, w, eps)
+    scale = _scale_input(scheme, y_ref)
+    kernel_scheme = scheme.replace(" ub", "")
+    q, residual_out, scales = kernel_norm(
+        x, residual if producer == "fused_add_rms_norm" else None,
+        w if producer != "quant" else None, scale, eps,
+        f"{producer}/{mode}/model/{kernel_scheme}",
+    )  # fmt: skip
+    q_ref, scales_ref = _reference_quant(kernel_scheme, y_ref, scale)
+    if residual_ref is not None:
+        assert torch.equal(residual_out, residual_ref)
+    assert q.shape == q_ref.shape and q.dtype == q_ref.dtype
+    if scales_ref is not None:
+        assert scales.shape == scales_ref.shape and scales.stride() == scales_ref.stride()
+    got = _dequant(kernel_scheme, q, scales, scale, t, h)
+    expected = _dequant(kernel_scheme, q_ref, scales_ref, scale, t, h)
+    tol = NVFP4_TOL if scheme == "nvfp4" else FP8_TOL
+    # relative to the quantization step of each row's range (values near zero quantize
+    # coarsely in the block formats)
+    span = expected.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
+    torch.testing.assert_close(got / span, expected / span, atol=tol, rtol=tol)
+    return q, scales, q_ref, scales_ref
+
+
+@pytest.mark.parametrize("producer,mode", PRODUCERS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_epilogue_matches_unfused_reference(producer, mode, scheme):
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    q, scales, q_ref, scales_ref = _run(producer, mode, scheme, 5, 128, dtype)
+    if scales_ref is not None and scheme != "nvfp4":
+        torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_standalone_quant_is_bit_exact(scheme):
+    """Same input, same formulas: the kernel reproduces the reference bytes."""
+    q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 7, 256, torch.float32)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+    if scales_ref is not None:
+        assert torch.equal(scales, scales_ref)
+
+
+def test_nvfp4_swizzled_layout_byte_by_byte():
+    """Each block scale sits at NUMERICS.md's offset; the padding is zero."""
+    t, h = 130, 80  # rows past one 128-row tile, 5 blocks (padded to 8)
+    x, _, _ = _inputs(t, h, torch.float32)
+    gs = torch.tensor([2.5], device=DEVICE)
+    q, _, block_scales = kernel_norm(x, None, None, gs, 0.0, "quant/none/model/nvfp4")
+    raw = block_scales.view(torch.uint8).reshape(-1).cpu()
+    blocks = x.reshape(t, h // 16, 16).abs().amax(-1)
+    expected_sf = ref.static_fp8_quant(
+        (gs * blocks / 6).float(), torch.ones(1, device=DEVICE)
+    ).view(torch.uint8).cpu()  # e4m3(gs * amax / 6)  # fmt: skip
+    n_tiles = -(-h // 64)
+    seen = torch.zeros_like(raw, dtype=torch.bool)
+    for r in range(t):
+        for k in range(h // 16):
+            offset = ((r >> 7) * n_tiles + (k >> 2)) * 512 + (r & 31) * 16 + ((r >> 5) & 3) * 4
+            offset += k & 3
+            assert raw[offset] == expected_sf[r, k], (r, k)
+            seen[offset] = True
+    assert not raw[~seen].any()
+    assert torch.equal(unswizzle_block_scales(block_scales, t, h).view(torch.uint8).cpu(),
+                       expected_sf)  # fmt: skip
+
+
+@pytest.mark.parametrize("t,h", [(1, 64), (257, 192), (3, 2880)])
+def test_odd_sizes(t, h):
+    for scheme in ("per_token", "per_group 64", "nvfp4"):
+        _run("fused_add_rms_norm", "plain", scheme, t, h, torch.float16)
+
+
+@pytest.mark.parametrize(
+    "kernel,x_shape,match",
+    [
+        ("quant/none/model/per_group 128", (4, 192), "not a multiple of 128"),
+        ("quant/none/model/nvfp4", (4, 40), "not a multiple of 16"),
+        ("quant/none/model/nvfp4", (2, 4, 64), "must be 2-D"),
+        ("quant/none/model/per_group 64 col", (2, 4, 64), "must be 2-D"),
+    ],
+)
+def test_bad_shapes_are_refused(kernel, x_shape, match):
+    x = torch.randn(x_shape, device=DEVICE)
+    with pytest.raises(ValueError, match=match):
+        kernel_norm(x, None, None, torch.ones(1, device=DEVICE), 0.0, kernel)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("t,h", [(1, 4096), (257, 2880), (1031, 7168)])
+def test_gpu_fused_add_epilogues(dtype, scheme, t, h):
+    if "128" in scheme and h % 128:
+        pytest.skip("hidden size not a multiple of the group")
+    _run("fused_add_rms_norm", "plain", scheme, t, h, dtype)
