@@ -1,0 +1,167 @@
+"""Every quant scheme, fused after add + rms_norm and standalone: irfuse vs eager vs
+Inductor compiling the same PyTorch expression (bf16 in, ANCHORS.md).
+
+    python bench/quant_schemes.py [--hidden 4096 7168 8192] [--tokens 1 16 256 4096 16384]
+
+irfuse = torch.compile of the model written with torch.ops.irfuse.* (imported and fused
+by irfuse's passes; the graph then calls the generated kernel). GB/s counts the bytes
+the fused op must move: inputs read once, outputs and scales written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import append_results, compare  # noqa: E402
+
+import irfuse.ops as ref  # noqa: E402
+from irfuse.ops.quant import e2m1_codes, swizzle_block_scales  # noqa: E402
+
+FP8 = torch.float8_e4m3fn
+SCHEMES = ("per_token", "per_group 128", "per_group 128 col ue8m0", "nvfp4", "static")
+
+
+def norm(x, residual, weight):
+    """add + RMSNorm as model code writes it (HF style), eps 1e-6."""
+    h = x + residual
+    v = h.float()
+    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return weight * v.to(h.dtype), h
+
+
+def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
+    """The scheme in plain PyTorch (NUMERICS.md), for eager and Inductor."""
+    kind, *flags = scheme.split()
+    yf = y.float()
+    if kind == "static":
+        return (yf / scale).clamp(-448, 448).to(FP8), scale
+    if kind == "per_token":
+        s = (yf.abs().amax(-1, keepdim=True) / 448).clamp(min=1 / (448 * 512))
+        return (yf / s).clamp(-448, 448).to(FP8), s
+    if kind == "per_group":
+        t, k = y.shape
+        g = yf.view(t, k // 128, 128)
+        s = g.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448
+        if "ue8m0" in flags:
+            s = torch.exp2(torch.ceil(torch.log2(s)))
+        q = (g / s).clamp(-448, 448).to(FP8).view(t, k)
+        s = s.view(t, k // 128)
+        return q, (s.t().contiguous().t() if "col" in flags else s)
+    m, n = y.shape
+    blocks = yf.view(m, n // 16, 16)
+    sf = (scale * blocks.abs().amax(-1, keepdim=True) / 6).clamp(-448, 448).to(FP8)
+    sf_f = sf.float()
+    inv = torch.where(sf_f != 0, scale / sf_f, torch.zeros_like(sf_f))
+    codes = e2m1_codes(blocks * inv).view(m, n)
+    return codes[:, 0::2] | (codes[:, 1::2] << 4), swizzle_block_scales(sf.view(m, n // 16))
+
+
+def quant_irfuse(scheme: str, y: torch.Tensor, scale: torch.Tensor):
+    kind, *flags = scheme.split()
+    if kind == "static":
+        return ref.static_fp8_quant(y, scale), scale
+    if kind == "per_token":
+        return ref.per_token_fp8_quant(y)
+    if kind == "per_group":
+        return ref.per_group_fp8_quant(y, 128, "col" in flags, "ue8m0" in flags)
+    return ref.nvfp4_quant(y, scale)
+
+
+def fused_torch(scheme, x, residual, weight, scale):
+    y, h = norm(x, residual, weight)
+    return (*quant_torch(scheme, y, scale), h)
+
+
+def fused_irfuse(scheme, x, residual, weight, scale):
+    y, h = ref.fused_add_rms_norm(x, residual, weight, 1e-6)
+    return (*quant_irfuse(scheme, y, scale), h)
+
+
+def out_bytes(scheme: str, t: int, k: int) -> int:
+    kind = scheme.split()[0]
+    if kind == "nvfp4":
+        return t * k // 2 + t * k // 16
+    scales = {"static": 0, "per_token": t * 4}.get(kind, t * k // 128 * 4)
+    return t * k + scales
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hidden", type=int, nargs="+", default=[4096])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256, 4096, 16384])
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
+    parser.add_argument("--standalone", action="store_true", help="quant alone, no norm")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch._dynamo.config.cache_size_limit = 256
+    rows, raw = [], []
+    for scheme in args.schemes:
+        for hidden in args.hidden:
+            for tokens in args.tokens:
+                times = bench_one(scheme, hidden, tokens, args.standalone, args.rounds)
+                moved = (
+                    out_bytes(scheme, tokens, hidden)
+                    + tokens * hidden * 2
+                    + (0 if args.standalone else tokens * hidden * 4 + hidden * 2)
+                )
+                gbs = moved / (times["irfuse"] * 1e-6) / 1e9
+                raw.append({"scheme": scheme, "hidden": hidden, "tokens": tokens, "us": times})
+                rows.append([
+                    scheme, str(hidden), str(tokens), f"{times['eager']:.2f}",
+                    f"{times['inductor']:.2f}", f"{times['irfuse']:.2f}", f"{gbs:.0f}",
+                    f"{times['inductor'] / times['irfuse']:.3f}x",
+                ])  # fmt: skip
+                print(rows[-1], flush=True)
+    what = "quant alone" if args.standalone else "add + rms_norm + quant"
+    text = append_results(
+        f"{what}, every scheme (bf16 in), us, median of alternating rounds",
+        ["scheme", "hidden", "T", "eager", "Inductor", "irfuse", "irfuse GB/s",
+         "irfuse vs Inductor"],
+        rows,
+        notes="Inductor compiles the same computation written in plain PyTorch; irfuse "
+              "compiles the model written with torch.ops.irfuse.* (fused by its passes).",
+        raw=raw, json_path=args.json,
+    )  # fmt: skip
+    print(text)
+
+
+def bench_one(scheme: str, hidden: int, tokens: int, standalone: bool, rounds: int):
+    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
+    r = torch.randn_like(x)
+    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
+    s = torch.tensor([0.05 if scheme == "static" else 100.0], device="cuda")
+    if standalone:
+        torch_fn = lambda: quant_torch(scheme, x, s)  # noqa: E731
+        irfuse_fn = lambda: quant_irfuse(scheme, x, s)  # noqa: E731
+    else:
+        torch_fn = lambda: fused_torch(scheme, x, r, w, s)  # noqa: E731
+        irfuse_fn = lambda: fused_irfuse(scheme, x, r, w, s)  # noqa: E731
+    inductor = torch.compile(torch_fn)
+    compiled = torch.compile(irfuse_fn, backend="irfuse")
+    check(scheme, compiled(), irfuse_fn())
+    return compare({"eager": torch_fn, "inductor": inductor, "irfuse": compiled}, rounds)
+
+
+def check(scheme: str, got, expected) -> None:
+    """The compiled irfuse output matches the reference ops (one fp8/fp4 step at most)."""
+    q, q_ref = got[0], expected[0]
+    if scheme == "nvfp4":
+        m, n = q.shape[0], q.shape[1] * 2
+        gs = torch.tensor([100.0], device=q.device)
+        a, b = (ref.nvfp4_dequant(out[0], out[1], gs, m, n) for out in (got, expected))
+        span = b.abs().amax(-1, keepdim=True).clamp(min=1e-6)
+        torch.testing.assert_close(a / span, b / span, atol=0.3, rtol=0.3)
+        return
+    a, b = q.float(), q_ref.float()
+    step = torch.exp2(torch.floor(torch.log2(b.abs().clamp(min=2**-6))) - 3)
+    assert bool(((a - b).abs() <= step).all()), f"{scheme}: more than one fp8 step apart"
+
+
+if __name__ == "__main__":
+    main()
