@@ -19,6 +19,12 @@ def _raise_fp8_quant() -> type[ModulePass]:
     return RaiseFp8Quant
 
 
+def _raise_dynamic_fp8_quant() -> type[ModulePass]:
+    from irfuse.transforms.raise_dynamic_fp8_quant import RaiseDynamicFp8Quant
+
+    return RaiseDynamicFp8Quant
+
+
 def _fuse_add_rms_norm() -> type[ModulePass]:
     from irfuse.transforms.fuse_add_rms_norm import FuseAddRmsNorm
 
@@ -34,8 +40,15 @@ def _fuse_rms_norm_quant() -> type[ModulePass]:
 PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "raise-rms-norm": _raise_rms_norm,
     "raise-fp8-quant": _raise_fp8_quant,
+    "raise-dynamic-fp8-quant": _raise_dynamic_fp8_quant,
     "fuse-add-rms-norm": _fuse_add_rms_norm,
     "fuse-rms-norm-quant": _fuse_rms_norm_quant,
 }
 
-DEFAULT_PIPELINE = ("raise-rms-norm", "raise-fp8-quant", "fuse-add-rms-norm", "fuse-rms-norm-quant")
+DEFAULT_PIPELINE = (
+    "raise-rms-norm",
+    "raise-fp8-quant",
+    "raise-dynamic-fp8-quant",
+    "fuse-add-rms-norm",
+    "fuse-rms-norm-quant",
+)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from xdsl.dialects.builtin import ArrayAttr, Float32Type, TensorType
+from dataclasses import dataclass
+
+from xdsl.dialects.builtin import ArrayAttr, Float32Type, NoneAttr, TensorType
 from xdsl.ir import Attribute, Operation, SSAValue
 
 from irfuse.dialects.aten import CallOp, RefAttr
@@ -122,4 +124,70 @@ def fused_insertion_point(replaced: list[Operation], operands: list[SSAValue]) -
             first_use is None or first_use > index
         ):
             return candidate
+    return None
+
+
+CLAMP = "aten.clamp.default"
+CLAMP_MIN = "aten.clamp_min.default"
+CLAMP_MAX = "aten.clamp_max.default"
+_CLAMP_BOUNDS = {CLAMP: ("min", "max"), CLAMP_MIN: ("min",), CLAMP_MAX: ("max",)}
+
+
+def shape(value: SSAValue) -> tuple[int, ...] | None:
+    """The shape of a tensor value (dynamic dims are DYNAMIC), None if not a tensor."""
+    return tuple(value.type.get_shape()) if isinstance(value.type, TensorType) else None
+
+
+def clamp_bounds(op: CallOp) -> tuple[float | None, float | None] | None:
+    """`(lo, hi)` of `aten.clamp` / `clamp_min` / `clamp_max` (None: that side is open),
+    or None if a bound is not a constant number (a tensor, a symbol)."""
+    bounds: dict[str, float | None] = {"min": None, "max": None}
+    for index, name in enumerate(_CLAMP_BOUNDS[op.target.data], start=1):
+        attr = op.arg(index)
+        if attr is None:
+            attr = op.kwargs.data.get(name)
+        if attr is None or isinstance(attr, NoneAttr):
+            continue
+        value = scalar(attr)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        bounds[name] = float(value)
+    return bounds["min"], bounds["max"]
+
+
+@dataclass
+class Clamp:
+    """`x` clamped to `[lo, hi]` (None: that side is open) by `ops`, innermost first."""
+
+    x: SSAValue
+    lo: float | None
+    hi: float | None
+    ops: list[Operation]
+
+
+def constant_clamp(value: SSAValue | None) -> Clamp | None:
+    """`aten.clamp(x, lo, hi)` with constant bounds (either may be absent), or `clamp_min`
+    / `clamp_max` alone or as a pair in either order (Inductor's form)."""
+    outer = call(value, CLAMP, CLAMP_MIN, CLAMP_MAX)
+    if outer is None:
+        return None
+    ops = [outer]
+    pair = {CLAMP_MIN: CLAMP_MAX, CLAMP_MAX: CLAMP_MIN}.get(outer.target.data)
+    if pair is not None and (inner := call(tensor_arg(outer, 0), pair)) is not None:
+        ops.insert(0, inner)
+    x = tensor_arg(ops[0], 0)
+    bounds = [clamp_bounds(op) for op in ops]
+    if x is None or None in bounds:
+        return None
+    lo = next((b[0] for b in bounds if b[0] is not None), None)  # type: ignore[index]
+    hi = next((b[1] for b in bounds if b[1] is not None), None)  # type: ignore[index]
+    return Clamp(x, lo, hi, list(ops))
+
+
+def escaping_value(ops: list[Operation], allowed: list[SSAValue]) -> SSAValue | None:
+    """The first result of `ops`, other than the `allowed` ones, read outside `ops`."""
+    for op in ops:
+        for result in op.results:
+            if result not in allowed and any(user not in ops for user in users(result)):
+                return result
     return None

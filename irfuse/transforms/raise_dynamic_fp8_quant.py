@@ -1,0 +1,526 @@
+"""raise-dynamic-fp8-quant: recognise dynamic fp8 quantization written in PyTorch.
+
+Matches, for any hidden size (`xf` is `x` [T, K] cast to fp32, or `x` itself if fp32):
+
+    per token:   a = amax(|xf|, -1, keepdim=True)
+                 a = min(a, ub)                                  (optional upper bound)
+                 s = max(a / 448, 1/(448*512))
+                 q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [T, 1]
+
+    per group:   xg = xf.view(T, K/G, G)                          (G = 64 or 128)
+                 s = max(amax(|xg|, -1, keepdim=True), 1e-10) / 448
+                 s = exp2(ceil(log2(s)))                          (optional: ue8m0)
+                 q = clamp(xg / s, -448, 448).to(float8_e4m3fn).view(T, K)
+                                                            -> q, s.squeeze(-1) [T, K/G]
+
+in the AOT and Inductor post-grad forms: casts as `_to_copy` or `convert_element_type`;
+clamps as `aten.clamp` or `clamp_min` / `clamp_max` (a pair in either order for +-448);
+`a / 448` as a division or a multiplication by 1/448 (within one fp32 ulp); `max(., c)`
+also as `maximum` with a constant `aten.full` (Inductor's folding of a tensor constant);
+`min(a, ub)` as `minimum`, `clamp(max=ub)` or `clamp_max` with a tensor; the group view
+as `view`, `reshape` or `_unsafe_view` (`unflatten`), before or after the fp32 cast.
+
+Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the two
+formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
+one-element fp32 tensor; the amax is over the last dim with keepdim, of the very tensor
+that is divided; the input is 2-D bf16/fp16/fp32, the scale fp32; the group view splits
+the last dim into groups of 64 or 128 that divide K; per group, the fp8 result is only
+read through the view back to [T, K] and the scales only as [T, K/G] (squeeze or view);
+no intermediate has a user outside the pattern but q and the scales. Unless
+`standalone=true`, `x` must come from an irfuse op that can take the quant as its
+epilogue (elsewhere Inductor already fuses the quant into its producer's kernel).
+A chain that reaches an amax but fails a guard is reported with its reason.
+
+Replacement: `irfuse.quant` with `#irfuse.quant<per_token>` (`quant_scale` = ub) or
+`#irfuse.quant<per_group G>` (`ue8m0`), reading the un-cast, un-viewed `x`; its results
+replace q and the scales (NUMERICS.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects.builtin import ArrayAttr, Float8E4M3FNType, ModuleOp, TensorType
+from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import (
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
+from xdsl.rewriter import InsertPoint
+
+from irfuse.dialects.aten import CallOp
+from irfuse.dialects.irfuse import (
+    DYNAMIC,
+    FLOAT_TYPES,
+    GROUP_SIZES,
+    QuantAttr,
+    QuantOp,
+    _QuantProducer,
+)
+from irfuse.frontend.types import scalar, torch_dtype
+from irfuse.transforms import report
+from irfuse.transforms.match import (
+    CASTS,
+    CLAMP,
+    CLAMP_MAX,
+    CLAMP_MIN,
+    F32,
+    call,
+    cast_of,
+    clamp_bounds,
+    const_arg,
+    constant_clamp,
+    element_type,
+    escaping_value,
+    fused_insertion_point,
+    int_list_arg,
+    position,
+    rank,
+    shape,
+    tensor_arg,
+    users,
+)
+
+NAME = "raise-dynamic-fp8-quant"
+FP8_MAX = 448.0
+TOKEN_FLOOR = 1.0 / (FP8_MAX * 512.0)
+GROUP_FLOOR = 1e-10
+REL_TOL = 1e-6
+RECIP_ULP = float(np.spacing(np.float32(1.0 / FP8_MAX)))
+
+AMAX = "aten.amax.default"
+ABS = "aten.abs.default"
+DIV = "aten.div.Tensor"
+VIEWS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default")
+SQUEEZE_DIM, SQUEEZE_DIMS = "aten.squeeze.dim", "aten.squeeze.dims"
+UPPER_BOUNDS = ("aten.minimum.default", "aten.clamp.Tensor", "aten.clamp_max.Tensor")
+SCALINGS = ("aten.div.Tensor", "aten.div.Scalar", "aten.mul.Tensor", "aten.mul.Scalar")
+FLOORS = (CLAMP, CLAMP_MIN, CLAMP_MAX, "aten.maximum.default")
+POW2 = ("aten.log2.default", "aten.ceil.default", "aten.exp2.default")
+SCALE_OPS = UPPER_BOUNDS + SCALINGS + FLOORS + POW2
+
+TOKEN_FORMULA = "per-token max(amax / 448, 1/(448*512))"
+GROUP_FORMULA = "per-group max(amax, 1e-10) / 448"
+
+
+# ---- the scale formula: amax -> steps -> s ------------------------------------------
+
+
+@dataclass
+class _Step:
+    """One op of the scale formula. `kind`: bound | div | floor | log2 | ceil | exp2."""
+
+    kind: str
+    op: CallOp
+    text: str
+    value: float = 0.0
+    """The divisor (div: 448, or 1/448 written as a multiply) or the lower bound (floor)."""
+    bound: SSAValue | None = None
+    """The upper-bound tensor `ub` (bound)."""
+    helper: Operation | None = None
+    """The `aten.full` holding a floor constant (may be shared: erased only if dead)."""
+
+
+def _path_to_amax(value: SSAValue, depth: int = 0) -> list[CallOp] | None:
+    """The ops from an `aten.amax` to `value` (amax first) through scale-formula ops."""
+    op = call(value, AMAX, *SCALE_OPS)
+    if op is None or depth > 8:
+        return None
+    if op.target.data == AMAX:
+        return [op]
+    for operand in op.inputs:
+        if (path := _path_to_amax(operand, depth + 1)) is not None:
+            return path + [op]
+    return None
+
+
+def _upper_bound(op: CallOp, prev: SSAValue) -> SSAValue | None:
+    """`ub` of `minimum(prev, ub)`, `clamp(prev, None, ub)` or `clamp_max(prev, ub)`."""
+    target = op.target.data
+    if target == "aten.minimum.default":
+        a, b = tensor_arg(op, 0), tensor_arg(op, 1)
+        return b if a is prev else a if b is prev else None
+    if tensor_arg(op, 0) is not prev:
+        return None
+    if target == "aten.clamp_max.Tensor":
+        return tensor_arg(op, 1)
+    no_min = tensor_arg(op, 1) is None and const_arg(op, 1) is None
+    return tensor_arg(op, 2) if no_min else None
+
+
+def _scaling(op: CallOp, prev: SSAValue) -> _Step | str:
+    """`prev / c` or `prev * c` with a constant `c`."""
+    c = const_arg(op, 1)
+    if tensor_arg(op, 0) is not prev or not isinstance(c, (int, float)) or isinstance(c, bool):
+        return f"scale formula has {op.target.data} by a tensor"
+    if op.target.data.startswith("aten.div"):
+        return _Step("div", op, f"/ {c:g}", value=float(c))
+    return _Step("div", op, f"* {c:g}", value=1.0 / float(c) if c else math.inf)
+
+
+def _floor(op: CallOp, prev: SSAValue) -> _Step | str:
+    """`max(prev, c)` as a clamp from below or a maximum with a constant `aten.full`."""
+    if op.target.data != "aten.maximum.default":
+        bounds = clamp_bounds(op)
+        if tensor_arg(op, 0) is not prev or bounds is None:
+            return f"scale is clamped by a tensor ({op.target.data})"
+        lo, hi = bounds
+        if hi is not None or lo is None:
+            return f"scale is clamped to [{lo}, {hi}], not only from below"
+        return _Step("floor", op, f"max({lo:g})", value=lo)
+    a, b = tensor_arg(op, 0), tensor_arg(op, 1)
+    other = b if a is prev else a
+    full = call(other, "aten.full.default")
+    c = const_arg(full, 1) if full is not None else None
+    if not isinstance(c, (int, float)) or isinstance(c, bool):
+        name = other.name_hint if other is not None else "?"
+        return f"lower bound %{name} of the scale is a tensor whose value is not in the graph"
+    return _Step("floor", op, f"max({c:g})", value=float(c), helper=full)
+
+
+def _parse_step(op: CallOp, prev: SSAValue) -> _Step | str:
+    """What `op` does to `prev` (the value on the amax side), or why it is not a step."""
+    target = op.target.data
+    if target in POW2:
+        kind = target.split(".")[1]
+        return _Step(kind, op, kind)
+    if target in UPPER_BOUNDS and (ub := _upper_bound(op, prev)) is not None:
+        return _Step("bound", op, f"min(%{ub.name_hint})", bound=ub)
+    if target in SCALINGS:
+        return _scaling(op, prev)
+    if target in FLOORS:
+        return _floor(op, prev)
+    return f"scale formula has {target}"
+
+
+def _parse_formula(path: list[CallOp]) -> list[_Step] | str:
+    steps: list[_Step] = []
+    for prev_op, op in zip(path, path[1:], strict=False):
+        step = _parse_step(op, prev_op.results[0])
+        if isinstance(step, str):
+            return step
+        steps.append(step)
+    return steps
+
+
+def _scheme(steps: list[_Step]) -> str:
+    """per_token | per_group | per_group_ue8m0 | a reason."""
+    kinds = [s.kind for s in steps]
+    if kinds in (["div", "floor"], ["bound", "div", "floor"]):
+        return "per_token"
+    if kinds == ["floor", "div"]:
+        return "per_group"
+    if kinds == ["floor", "div", "log2", "ceil", "exp2"]:
+        return "per_group_ue8m0"
+    chain = " -> ".join(["amax", *(s.text for s in steps)])
+    return f"scale formula {chain} is neither {TOKEN_FORMULA} nor {GROUP_FORMULA}"
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=0.0)
+
+
+def _check_constants(steps: list[_Step], scheme: str) -> str | None:
+    floor, floor_text = (
+        (TOKEN_FLOOR, "1/(448*512)") if scheme == "per_token" else (GROUP_FLOOR, "1e-10")
+    )
+    for step in steps:
+        if step.kind == "div" and not _divides_by_fp8_max(step):
+            return f"scale divides amax by {step.value:g}, not by the fp8 max 448"
+        if step.kind == "floor" and not _close(step.value, floor):
+            return f"lower clamp {step.value:g} of the scale is not {floor_text}"
+        if step.kind == "bound" and not _one_element_f32(step.bound):
+            return f"upper bound {step.bound.type} is not a one-element float32 tensor"  # type: ignore[union-attr]
+    return None
+
+
+def _divides_by_fp8_max(step: _Step) -> bool:
+    if step.op.target.data.startswith("aten.div"):
+        return step.value == FP8_MAX
+    factor = const_arg(step.op, 1)
+    return abs(float(factor) - 1.0 / FP8_MAX) <= RECIP_ULP  # type: ignore[arg-type]
+
+
+def _one_element_f32(value: SSAValue | None) -> bool:
+    return value is not None and element_type(value) == F32 and shape(value) in ((1,), ())
+
+
+# ---- the quantized tensor: x -> (cast, view) -> xs -----------------------------------
+
+
+def _strip_f32_cast(value: SSAValue, inside: list[Operation]) -> tuple[SSAValue, list[Operation]]:
+    """`value`'s bf16/fp16 source if `value` is its cast to fp32 read only by `inside`."""
+    cast = cast_of(value)
+    if cast is None or cast[1] != F32 or not isinstance(element_type(cast[0]), FLOAT_TYPES):
+        return value, []
+    if any(user not in inside for user in users(value)):
+        return value, []
+    return cast[0], [value.owner]  # type: ignore[list-item]
+
+
+def _same_dim(a: int, b: int) -> bool:
+    return a == b or DYNAMIC in (a, b)
+
+
+@dataclass
+class _Grouped:
+    """`xs` = `x` [T, K] viewed as [T, K/G, G] (and cast to fp32) by `ops`."""
+
+    x: SSAValue
+    group: int
+    ops: list[Operation]
+
+
+def _group_view(value: SSAValue) -> _Grouped | str:
+    """`value` as `view(x, [T, K/G, G])` with G 64 or 128 dividing K."""
+    view = call(value, *VIEWS)
+    x = tensor_arg(view, 0) if view is not None else None
+    if view is None or x is None or rank(x) != 2:
+        return f"grouped input %{value.name_hint} is not a view of a 2-D [T, K] tensor"
+    (t, k), (t_view, groups, group) = shape(x), shape(value)  # type: ignore[misc]
+    if group == DYNAMIC:  # a symbolic K can leave the type's last dim `?`: read the view
+        group = _last_view_size(view)
+    if group is None:
+        return "group size is not static"
+    if group not in GROUP_SIZES:
+        return f"group size {group} is not 64 or 128"
+    if k != DYNAMIC and k % group:
+        return f"hidden size {k} is not a multiple of the group size {group}"
+    if not _same_dim(t, t_view) or (DYNAMIC not in (k, groups) and groups * group != k):
+        return f"view {list(shape(x))} -> {list(shape(value))} does not split the last dim"  # type: ignore[arg-type]
+    return _Grouped(x, group, [view])
+
+
+def _last_view_size(view: CallOp) -> int | None:
+    """The constant last size in `view(x, [..., G])`, if it is one."""
+    sizes = view.arg(1)
+    last = sizes.data[-1] if isinstance(sizes, ArrayAttr) and sizes.data else None
+    value = scalar(last)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _group_input(xs: SSAValue, inside: list[Operation]) -> _Grouped | str:
+    """`xs` as cast(view(x)), view(cast(x)) or view(x)."""
+    value, cast = _strip_f32_cast(xs, inside)
+    grouped = _group_view(value)
+    if isinstance(grouped, str):
+        return grouped
+    if not cast:  # view(cast(x)): the cast is read by the view
+        grouped.x, cast = _strip_f32_cast(grouped.x, grouped.ops)
+    grouped.ops += cast
+    return grouped
+
+
+# ---- the outputs per group -------------------------------------------------------------
+
+
+def _q_view(q: SSAValue, x: SSAValue) -> CallOp | str:
+    """The only reader of the grouped fp8 result: its view back to x's shape."""
+    readers = users(q)
+    view = readers[0] if len(readers) == 1 else None
+    if (
+        not isinstance(view, CallOp)
+        or view.target.data not in VIEWS
+        or shape(view.results[0]) != shape(x)
+    ):
+        return f"fp8 result %{q.name_hint} is read in its grouped shape {list(shape(q))}"  # type: ignore[arg-type]
+    return view
+
+
+def _squeezes(s: SSAValue, pattern: list[Operation]) -> list[CallOp] | str:
+    """The readers of the scales s [T, K/G, 1] outside the pattern, all squeezing to
+    [T, K/G] (squeeze(-1) or a view)."""
+    found: list[CallOp] = []
+    for user in users(s):
+        if user in pattern:
+            continue
+        if not isinstance(user, CallOp) or not _squeezes_last(user, s):
+            what = user.target.data if isinstance(user, CallOp) else user.name
+            return f"scales %{s.name_hint} are read in shape {list(shape(s))} by {what}"  # type: ignore[arg-type]
+        found.append(user)
+    return found
+
+
+def _squeezes_last(op: CallOp, s: SSAValue) -> bool:
+    """`op` turns `s` [T, K/G, 1] into [T, K/G]: squeeze(-1), squeeze([-1]) or a view."""
+    if len(op.results) != 1 or tensor_arg(op, 0) is not s:
+        return False
+    if shape(op.results[0]) != shape(s)[:-1]:  # type: ignore[index]
+        return False
+    dims = {SQUEEZE_DIM: [const_arg(op, 1)], SQUEEZE_DIMS: int_list_arg(op, 1)}
+    return op.target.data in VIEWS or dims.get(op.target.data) in ([-1], [rank(s) - 1])
+
+
+# ---- the whole pattern ----------------------------------------------------------------
+
+
+@dataclass
+class _Match:
+    source: SSAValue
+    ub: SSAValue | None
+    quant: QuantAttr
+    q: SSAValue
+    """Replaced by the quant's `out`."""
+    scales: list[SSAValue]
+    """Replaced by the quant's `scale_out`."""
+    scale_type: Attribute
+    ops: list[Operation]
+    """The pattern: erased."""
+    dead_if_unused: list[Operation] = field(default_factory=list)
+    """The peeled cast / view of the input and constant helpers: erased when unused."""
+
+
+def _match(q: SSAValue, xs: SSAValue, s: SSAValue, main: list[Operation]) -> _Match | str:
+    """`q = fp8(clamp(xs / s))` (the ops `main`), `s` computed from an amax: the whole
+    pattern, or why it is refused."""
+    match = _match_scheme(q, xs, s, main)
+    if isinstance(match, _Match):
+        escaping = escaping_value(match.ops, [match.q, *match.scales])
+        if escaping is not None:
+            return f"intermediate %{escaping.name_hint} has a user outside the quant"
+    return match
+
+
+def _match_scheme(q: SSAValue, xs: SSAValue, s: SSAValue, main: list[Operation]) -> _Match | str:
+    path = _path_to_amax(s)
+    assert path is not None
+    steps = _parse_formula(path)
+    if isinstance(steps, str):
+        return steps
+    scheme = _scheme(steps)
+    if scheme not in ("per_token", "per_group", "per_group_ue8m0"):
+        return scheme
+    reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme)
+    if reason:
+        return reason
+    ops = list(dict.fromkeys([*main, path[0].inputs[0].owner, *path]))  # + abs
+    helpers = [step.helper for step in steps if step.helper is not None]
+    if scheme == "per_token":
+        source, cast = _strip_f32_cast(xs, ops)
+        ub = next((step.bound for step in steps if step.bound is not None), None)
+        return _Match(source, ub, QuantAttr("per_token"), q, [s], s.type, ops, cast + helpers)
+    return _match_per_group(q, xs, s, ops, helpers, ue8m0=scheme == "per_group_ue8m0")
+
+
+def _match_per_group(
+    q: SSAValue,
+    xs: SSAValue,
+    s: SSAValue,
+    ops: list[Operation],
+    helpers: list[Operation],
+    ue8m0: bool,
+) -> _Match | str:
+    """The grouped input behind `xs`, the view of `q` back to [T, K], the squeezes of `s`."""
+    grouped = _group_input(xs, ops)
+    if isinstance(grouped, str):
+        return grouped
+    q_view = _q_view(q, grouped.x)
+    if isinstance(q_view, str):
+        return q_view
+    squeezes = _squeezes(s, ops)
+    if isinstance(squeezes, str):
+        return squeezes
+    return _Match(
+        source=grouped.x,
+        ub=None,
+        quant=QuantAttr("per_group", grouped.group, ue8m0=ue8m0),
+        q=q_view.results[0],
+        scales=[squeeze.results[0] for squeeze in squeezes],
+        scale_type=TensorType(F32, shape(s)[:-1]),  # type: ignore[index]
+        ops=[*ops, q_view, *squeezes],
+        dead_if_unused=grouped.ops + helpers,
+    )
+
+
+def _check_amax(amax: CallOp, xs: SSAValue, scheme: str) -> str | None:
+    abs_op = call(tensor_arg(amax, 0), ABS)
+    if abs_op is None or tensor_arg(abs_op, 0) is not xs:
+        return "the amax is not taken of |x| for the x that is quantized"
+    dims, keepdim = int_list_arg(amax, 1), const_arg(amax, 2, "keepdim")
+    if dims not in ([-1], [rank(xs) - 1]) or keepdim is not True:
+        return f"amax over dims {dims} (keepdim {keepdim}), not the last with keepdim"
+    if element_type(xs) != F32 or element_type(amax.results[0]) != F32:
+        return f"quantized in {_dtype(xs)}, not float32"
+    if scheme == "per_token" and rank(xs) != 2:
+        return f"{TOKEN_FORMULA} scale over a rank-{rank(xs)} tensor, not a 2-D [T, K] one"
+    if scheme != "per_token" and rank(xs) != 3:
+        return f"{GROUP_FORMULA} scale over a rank-{rank(xs)} tensor, not a [T, K/G, G] view"
+    return None
+
+
+def _dtype(value: SSAValue) -> str:
+    attr = element_type(value)
+    dtype = torch_dtype(attr) if attr is not None else None
+    return str(dtype).removeprefix("torch.") if dtype is not None else str(attr)
+
+
+@dataclass
+class RaiseDynamicFp8QuantPattern(RewritePattern):
+    standalone: bool = False
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
+        if op.target.data not in CASTS or len(op.results) != 1:
+            return
+        cast = cast_of(op.results[0])
+        clamp = constant_clamp(cast[0]) if cast and cast[1] == Float8E4M3FNType() else None
+        div = call(clamp.x, DIV) if clamp is not None else None
+        if clamp is None or div is None:
+            return
+        xs, s = tensor_arg(div, 0), tensor_arg(div, 1)
+        if xs is None or s is None or _path_to_amax(s) is None:
+            return  # not a dynamic fp8 quant (a static scale is raise-fp8-quant's)
+        if (clamp.lo, clamp.hi) != (-FP8_MAX, FP8_MAX):
+            bounds = f"({clamp.lo}, {clamp.hi})"
+            report.rejected(NAME, op, f"clamp bounds {bounds} are not the fp8 range (-448, 448)")
+            return
+        match = _match(op.results[0], xs, s, [div, *clamp.ops, op])
+        if isinstance(match, str):
+            report.rejected(NAME, op, match)
+            return
+        if not self.standalone and not isinstance(match.source.owner, _QuantProducer):
+            report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
+            return
+        operands = [match.source, *([match.ub] if match.ub is not None else [])]
+        before = fused_insertion_point(match.ops, operands)
+        if before is None:
+            report.rejected(NAME, op, "no place for the fused op")
+            return
+        _rewrite(match, before, rewriter)
+        report.fused(NAME)
+
+
+def _rewrite(match: _Match, before: Operation, rewriter: PatternRewriter) -> None:
+    new = QuantOp.build(
+        operands=[match.source, [match.ub] if match.ub is not None else []],
+        result_types=[match.q.type, [match.scale_type]],
+        properties={"quant": match.quant},
+    )
+    rewriter.insert(new, InsertPoint.before(before))
+    assert new.scale_out is not None
+    new.out.name_hint = match.q.name_hint
+    new.scale_out.name_hint = match.scales[0].name_hint if match.scales else None
+    rewriter.replace_all_uses_with(match.q, new.out)
+    for scale in match.scales:
+        rewriter.replace_all_uses_with(scale, new.scale_out)
+    for dead in sorted(dict.fromkeys(match.ops + match.dead_if_unused), key=position)[::-1]:
+        if all(not result.uses for result in dead.results):
+            rewriter.erase(dead)
+
+
+@dataclass(frozen=True)
+class RaiseDynamicFp8Quant(ModulePass):
+    """`standalone`: also raise quants whose input no irfuse op produces."""
+
+    name = NAME
+    standalone: bool = False
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        pattern = RaiseDynamicFp8QuantPattern(self.standalone)
+        PatternRewriteWalker(pattern, apply_recursively=False).rewrite_module(op)

@@ -1,0 +1,405 @@
+"""raise-dynamic-fp8-quant on the graphs of dynamic fp8 quant written in PyTorch.
+
+The graphs come from the AOT path (what `inner="eager"` sees) and from Inductor's
+post-grad pass (captured, then compilation is stopped: no C++ build). The pass runs on
+the imported IR; the last test goes through torch.compile and only compares with eager
+(the kernels themselves are tested with the kernels).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+from functorch.compile import aot_function, make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
+from torch._inductor import config as inductor_config
+from torch._inductor.custom_graph_pass import CustomGraphPass
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.func import ReturnOp
+
+import irfuse.ops
+from irfuse.dialects import make_context
+from irfuse.dialects.aten import CallOp
+from irfuse.dialects.irfuse import QuantOp, RmsNormOp
+from irfuse.frontend.fx_import import import_graph
+from irfuse.pipeline import capture_reports
+from irfuse.transforms import DEFAULT_PIPELINE, PASSES
+from irfuse.transforms.raise_dynamic_fp8_quant import NAME, RaiseDynamicFp8Quant
+from irfuse.transforms.report import FusionReport, collect
+from tests import models
+from tests.helpers import assert_fp8_close
+
+FP8 = torch.float8_e4m3fn
+BF16 = torch.bfloat16
+
+
+# ---- the idioms, written the way model code writes them ------------------------------
+
+
+def per_token_quant(x):
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    s = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    q = (xf / s).clamp(-448.0, 448.0).to(FP8)
+    return q, s
+
+
+def per_token_quant_ub(x, scale_ub):
+    """Upper bound with torch.minimum, `* (1/448)`, clamp_min."""
+    xf = x.float()
+    amax = torch.minimum(xf.abs().amax(dim=-1, keepdim=True), scale_ub)
+    s = (amax * (1.0 / 448.0)).clamp_min(1.0 / (448.0 * 512.0))
+    q = (xf / s).clamp(-448.0, 448.0).to(FP8)
+    return q, s
+
+
+def per_token_quant_clamp_ub(x, scale_ub):
+    """Upper bound with clamp(max=tensor), torch.clamp(..., min=)."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True).clamp(max=scale_ub)
+    s = torch.clamp(amax / 448.0, min=1.0 / (448.0 * 512.0))
+    q = torch.clamp(xf / s, min=-448.0, max=448.0).to(FP8)
+    return q, s
+
+
+def per_group_quant(x, group=128):
+    t, k = x.shape
+    xg = x.float().view(t, k // group, group)
+    amax = xg.abs().amax(dim=-1, keepdim=True)
+    s = amax.clamp(min=1e-10) / 448.0
+    q = (xg / s).clamp(-448.0, 448.0).to(FP8).view(t, k)
+    return q, s.squeeze(-1)
+
+
+def per_group_quant_ue8m0(x, group=128):
+    t, k = x.shape
+    xg = x.float().reshape(t, k // group, group)
+    amax = xg.abs().amax(dim=-1, keepdim=True)
+    s = amax.clamp(min=1e-10) / 448.0
+    s = torch.exp2(torch.ceil(torch.log2(s)))
+    q = (xg / s).clamp(-448.0, 448.0).to(FP8).reshape(t, k)
+    return q, s.squeeze(-1)
+
+
+def per_group_quant_unflatten(x, group=64):
+    t, k = x.shape
+    xg = x.unflatten(-1, (k // group, group)).float()
+    amax = xg.abs().amax(dim=-1, keepdim=True)
+    s = amax.clamp(min=1e-10) / 448.0
+    q = (xg / s).clamp(-448.0, 448.0).to(FP8).view(t, k)
+    return q, s.squeeze(-1)
+
+
+# ---- capturing graphs and running the pass -------------------------------------------
+
+
+def _aot_graph(fn, *args) -> fx.Graph:
+    graphs: list[fx.Graph] = []
+
+    def compiler(gm, _):
+        graphs.append(gm.graph)
+        return make_boxed_func(gm.forward)
+
+    aot_function(fn, compiler)(*args)
+    return graphs[0]
+
+
+def _dynamic_aot_graph(fn, x) -> fx.Graph:
+    """The AOT graph with both dims of `x` symbolic."""
+    graphs: list[fx.Graph] = []
+
+    def compiler(gm, _):
+        graphs.append(gm.graph)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.mark_dynamic(x, 0)
+    torch._dynamo.mark_dynamic(x, 1)
+    torch.compile(fn, backend=aot_autograd(fw_compiler=compiler))(x)
+    return graphs[0]
+
+
+class _Captured(Exception):
+    pass
+
+
+class _Capture(CustomGraphPass):
+    def __init__(self) -> None:
+        self.graphs: list[fx.Graph] = []
+
+    def __call__(self, graph: fx.Graph) -> None:
+        self.graphs.append(graph)
+        raise _Captured  # stop before Inductor generates code
+
+    def uuid(self) -> None:
+        return None
+
+
+def _inductor_graph(fn, *args) -> fx.Graph:
+    capture = _Capture()
+    with inductor_config.patch(post_grad_custom_pre_pass=capture, fx_graph_cache=False):
+        with pytest.raises(Exception, match="_Captured"):
+            torch.compile(fn, backend="inductor")(*args)
+    return capture.graphs[0]
+
+
+def _run(graph: fx.Graph, *passes) -> tuple[ModuleOp, FusionReport]:
+    """Import `graph` and apply `passes` (default: the pass under test, standalone)."""
+    module = import_graph(graph).module
+    report = FusionReport()
+    with collect(report):
+        for p in passes or (RaiseDynamicFp8Quant(standalone=True),):
+            p.apply(make_context(), module)
+            module.verify()
+    return module, report
+
+
+def _quants(module: ModuleOp) -> list[QuantOp]:
+    return [op for op in module.walk() if isinstance(op, QuantOp)]
+
+
+def _targets(module: ModuleOp) -> set[str]:
+    return {op.target.data for op in module.walk() if isinstance(op, CallOp)}
+
+
+def _returned(module: ModuleOp) -> list:
+    return [list(op.operands) for op in module.walk() if isinstance(op, ReturnOp)][0]
+
+
+def _inputs(t=4, k=256, dtype=BF16):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(t, k, generator=g) * 3).to(dtype)
+    x[1] = 0  # an all-zero row: the lower clamp of the scale matters
+    return x, torch.tensor([2.0])
+
+
+def _reasons(report: FusionReport) -> list[str]:
+    return [r["reason"] for r in report.rejected if r["pass"] == NAME]
+
+
+# ---- what is raised -------------------------------------------------------------------
+
+CAPTURES = {"aot": _aot_graph, "inductor": _inductor_graph}
+
+
+def _check_raised(module, report, scheme: str, with_ub: bool) -> QuantOp:
+    assert report.fused[NAME] == 1, str(report)
+    (quant,) = _quants(module)
+    assert str(quant.quant) == scheme
+    func_args = list(module.walk())[1].body.block.args
+    assert quant.x is func_args[0]  # the un-cast, un-viewed input
+    assert (quant.quant_scale is func_args[1]) if with_ub else quant.quant_scale is None
+    assert _returned(module) == [quant.out, quant.scale_out]
+    assert not _targets(module) & {"aten.amax.default", "aten.abs.default", "aten.div.Tensor"}
+    return quant
+
+
+@pytest.mark.parametrize("form", ["aot", "inductor"])
+@pytest.mark.parametrize(
+    "fn", [per_token_quant, per_token_quant_ub, per_token_quant_clamp_ub], ids=lambda f: f.__name__
+)
+def test_per_token_forms_are_raised(form, fn):
+    x, ub = _inputs(t=4, k=200)
+    args = (x, ub) if fn is not per_token_quant else (x,)
+    module, report = _run(CAPTURES[form](fn, *args))
+    quant = _check_raised(module, report, "#irfuse.quant<per_token>", with_ub=len(args) == 2)
+    assert quant.scale_out.type.get_shape() == (4, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_per_token_any_input_dtype(dtype):
+    x, _ = _inputs(t=3, k=96, dtype=dtype)
+    module, report = _run(_aot_graph(per_token_quant, x))
+    _check_raised(module, report, "#irfuse.quant<per_token>", with_ub=False)
+
+
+def test_fp32_cast_read_elsewhere_is_the_quant_input():
+    def fn(x):
+        xf = x.float()
+        s = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+        return (xf / s).clamp(-448.0, 448.0).to(FP8), s, xf * 2
+
+    x, _ = _inputs()
+    module, report = _run(_aot_graph(fn, x))
+    (quant,) = _quants(module)
+    assert report.fused[NAME] == 1 and str(quant.x.type) == "tensor<4x256xf32>"
+    cast = quant.x.owner
+    assert isinstance(cast, CallOp) and cast.target.data == "aten._to_copy.default"
+
+
+@pytest.mark.parametrize("form", ["aot", "inductor"])
+@pytest.mark.parametrize(
+    "fn,scheme",
+    [
+        (per_group_quant, "#irfuse.quant<per_group 128>"),
+        (per_group_quant_ue8m0, "#irfuse.quant<per_group 128 ue8m0>"),
+        (per_group_quant_unflatten, "#irfuse.quant<per_group 64>"),
+    ],
+    ids=["view", "reshape-ue8m0", "unflatten-64"],
+)
+def test_per_group_forms_are_raised(form, fn, scheme):
+    x, _ = _inputs(t=4, k=512)
+    module, report = _run(CAPTURES[form](fn, x))
+    quant = _check_raised(module, report, scheme, with_ub=False)
+    assert quant.out.type.get_shape() == (4, 512)
+    assert quant.scale_out.type.get_shape() == (4, 512 // quant.quant.group.data)
+    assert not _targets(module) & {"aten.view.default", "aten.reshape.default"}
+
+
+@pytest.mark.parametrize("fn", [per_token_quant, per_group_quant], ids=lambda f: f.__name__)
+def test_symbolic_sizes_are_raised(fn):
+    x, _ = _inputs(t=5, k=256)
+    module, report = _run(_dynamic_aot_graph(fn, x))
+    (quant,) = _quants(module)
+    assert report.fused[NAME] == 1 and quant.out.type.get_shape() == (-(2**63), -(2**63))
+
+
+def test_reference_ops_compute_the_matched_chains():
+    """The replacement's semantics (irfuse.ops) are the PyTorch chains', bit for bit."""
+    x, ub = _inputs(t=4, k=256)
+    for got, want in [
+        (irfuse.ops.per_token_fp8_quant(x), per_token_quant(x)),
+        (irfuse.ops.per_token_fp8_quant(x, ub), per_token_quant_clamp_ub(x, ub)),
+        (irfuse.ops.per_group_fp8_quant(x, 128), per_group_quant(x)),
+        (irfuse.ops.per_group_fp8_quant(x, 128, False, True), per_group_quant_ue8m0(x)),
+        (irfuse.ops.per_group_fp8_quant(x, 64), per_group_quant_unflatten(x)),
+    ]:
+        assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8))
+        assert torch.equal(got[1], want[1])
+
+
+# ---- what is refused, and why ---------------------------------------------------------
+
+
+def _lower_clamp_1e5(x):
+    xf = x.float()
+    s = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp(min=1e-5)
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _group_floor_1e6(x):
+    xg = x.float().view(4, 2, 128)
+    s = xg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6) / 448.0
+    return (xg / s).clamp(-448.0, 448.0).to(FP8).view(4, 256), s.squeeze(-1)
+
+
+def _amax_returned(x):
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    s = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s, amax
+
+
+def _divides_by_240(x):
+    xf = x.float()
+    s = (xf.abs().amax(dim=-1, keepdim=True) / 240.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _clamps_to_240(x):
+    xf = x.float()
+    s = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-240.0, 240.0).to(FP8), s
+
+
+def _grouped_scales_returned(x):
+    xg = x.float().view(4, 2, 128)
+    s = xg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+    return (xg / s).clamp(-448.0, 448.0).to(FP8).view(4, 256), s
+
+
+def _tensor_constant_floor(x):
+    xf = x.float()
+    s = torch.maximum(
+        xf.abs().amax(dim=-1, keepdim=True) / 448.0, torch.tensor(1.0 / (448.0 * 512.0))
+    )
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _per_token_3d(x):
+    return per_token_quant(x.view(2, 2, 256))
+
+
+@pytest.mark.parametrize(
+    "fn,k,reason",
+    [
+        (lambda x: per_group_quant(x, 96), 192, "group size 96 is not 64 or 128"),
+        (_lower_clamp_1e5, 256, "lower clamp 1e-05 of the scale is not 1/(448*512)"),
+        (_group_floor_1e6, 256, "lower clamp 1e-06 of the scale is not 1e-10"),
+        (_amax_returned, 256, "intermediate %amax has a user outside the quant"),
+        (_divides_by_240, 256, "scale divides amax by 240, not by the fp8 max 448"),
+        (_clamps_to_240, 256, "clamp bounds (-240.0, 240.0) are not the fp8 range (-448, 448)"),
+        (_grouped_scales_returned, 256, "scales %div are read in shape [4, 2, 1] by func.return"),
+        (
+            _tensor_constant_floor,
+            256,
+            "lower bound %lift_fresh_copy of the scale is a tensor whose value is not in the graph",
+        ),
+        (_per_token_3d, 256, "scale over a rank-3 tensor, not a 2-D [T, K] one"),
+    ],
+    ids=[
+        "group-96",
+        "token-floor",
+        "group-floor",
+        "amax-escapes",
+        "div-240",
+        "clamp-240",
+        "grouped-scales",
+        "tensor-constant-floor",
+        "rank-3",
+    ],
+)
+def test_refused_with_reason_and_left_unchanged(fn, k, reason):
+    x, _ = _inputs(t=4, k=k)
+    graph = _aot_graph(fn, x)
+    before = str(import_graph(graph).module)
+    module, report = _run(graph)
+    assert str(module) == before
+    assert NAME not in report.fused
+    assert len(_reasons(report)) == 1 and _reasons(report)[0].endswith(reason), str(report)
+
+
+# ---- only where a producer can take it, unless standalone -----------------------------
+
+
+def test_default_leaves_a_quant_of_a_plain_input_to_the_inner_compiler():
+    x, _ = _inputs()
+    module, report = _run(_aot_graph(per_token_quant, x), RaiseDynamicFp8Quant())
+    assert not _quants(module) and NAME not in report.fused
+    assert _reasons(report) == ["no producer to fuse into: left to the inner compiler"]
+
+
+def test_default_raises_the_quant_of_an_rms_norm():
+    def fn(x, w):
+        return per_token_quant(models.hf_rms_norm(x, w))
+
+    x, _ = _inputs(k=64)
+    passes = [PASSES[name]()() for name in ("raise-rms-norm", "raise-fp8-quant", NAME)]
+    module, report = _run(_aot_graph(fn, x, torch.ones(64, dtype=BF16)), *passes)
+    (quant,) = _quants(module)
+    assert report.fused[NAME] == 1 and isinstance(quant.x.owner, RmsNormOp), str(report)
+
+
+def test_registered_after_the_static_quant_pass():
+    assert PASSES[NAME]() is RaiseDynamicFp8Quant
+    assert DEFAULT_PIPELINE.index(NAME) == DEFAULT_PIPELINE.index("raise-fp8-quant") + 1
+
+
+# ---- through torch.compile -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", [per_token_quant_ub, per_group_quant_ue8m0], ids=["token", "group"])
+def test_compiled_with_the_pass_option_matches_eager(fn):
+    """The `passes` option takes `{standalone=true}`; whether the raised quant runs as an
+    irfuse kernel or the graph is left unchanged, the results are eager's."""
+    x, ub = _inputs()
+    args = (x, ub) if fn is per_token_quant_ub else (x,)
+    passes = f"raise-rms-norm,raise-fp8-quant,{NAME}{{standalone=true}}"
+    compiled = torch.compile(fn, backend="irfuse", options={"inner": "eager", "passes": passes})
+    with capture_reports() as reports:
+        q, s = compiled(*args)
+    assert reports[0].fused[NAME] == 1, str(reports[0])
+    q_ref, s_ref = fn(*args)
+    torch.testing.assert_close(s, s_ref, atol=1e-5, rtol=1e-5)
+    per_element = s_ref.repeat_interleave(x.shape[-1] // s_ref.shape[-1], dim=-1)
+    assert_fp8_close(q, q_ref, per_element)
