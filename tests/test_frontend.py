@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from functorch.compile import aot_function, make_boxed_func
 from torch.fx.experimental.proxy_tensor import make_fx
 
+import irfuse
 import irfuse.ops
 from irfuse.dialects.irfuse import AllReduceOp, AttentionOp, FusedAddRmsNormOp, QuantOp
 from irfuse.dump import ir_text
@@ -107,3 +108,18 @@ def test_generic_ops_keep_target_and_constants_and_dynamic_dims(tmp_path):
     assert "tensor<?x?xf32>" in text and "%arg0: i64" in text, text  # SymInt inputs
     assert '"aten.sum.dim_IntList"' in text and "[-1 : i64], true" in text
     assert "-2.500000e+00 : f64" in text
+
+
+def test_irfuse_custom_op_calls_run_the_generated_kernel():
+    """A model that calls irfuse.ops directly gets the kernels, not the reference."""
+
+    def fn(x):
+        return irfuse.ops.per_token_fp8_quant(x)
+
+    x = torch.randn(4, 128)
+    report = irfuse.explain(fn, x)
+    assert report.kernels == ["irfuse_quant_per_token_fp8"], str(report)
+    torch._dynamo.reset()
+    q, s = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x)
+    q_ref, s_ref = fn(x)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(s, s_ref)

@@ -33,17 +33,30 @@ class Lowered:
 
 
 def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
-    """The kernel of every op a pass created; NoKernel if one has none."""
+    """The kernel of every op a pass created (NoKernel if one has none), and of every
+    `torch.ops.irfuse.*` call that has one (those calls run the reference otherwise)."""
     plan = []
     for op in imported.func.body.ops:
-        if op in imported.origins:
-            continue
-        spec = spec_for(op)
+        origin = imported.origins.get(op)
+        if origin is not None:
+            if not _calls_irfuse_op(origin.nodes[0]):
+                continue
+            try:
+                spec = spec_for(op)
+            except NoKernel:
+                continue
+        else:
+            spec = spec_for(op)
         hidden = op.operands[0].type
         if isinstance(hidden, TensorType) and hidden.get_shape()[-1] > MAX_COLS:
             raise NoKernel(f"hidden size {hidden.get_shape()[-1]} > {MAX_COLS}")
         plan.append(Lowered(op, spec))
     return plan
+
+
+def _calls_irfuse_op(node: fx.Node) -> bool:
+    target = node.target
+    return isinstance(target, torch._ops.OpOverload) and target.namespace == "irfuse"
 
 
 def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
@@ -60,7 +73,7 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
     for op in imported.func.body.ops:
         origin = imported.origins.get(op)
         inputs = [value_node[v] for v in op.operands]
-        if origin is not None:
+        if origin is not None and op not in specs:
             survivors.add(op)
             for old, new in zip(origin.inputs, inputs, strict=True):
                 if old is not new:
