@@ -160,4 +160,4 @@ def test_unrounded_norm_output_quantizes_the_fp32_value():
 def test_unknown_kernel_spec_is_refused():
     x, _, w, _ = _inputs(2, 64, torch.float16)
     with pytest.raises(ValueError, match="unknown irfuse kernel spec"):
-        kernel_norm(x, None, w, None, 1e-6, "rms_norm/plain/model/per_tensor")
+        kernel_norm(x, None, w, None, 1e-6, "rms_norm/plain/model/per_block 32")

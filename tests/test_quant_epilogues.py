@@ -14,7 +14,7 @@ from tests.helpers import FP8_TOL
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NVFP4_TOL = 3e-1
 SCHEMES = [
-    "static", "per_token", "per_token ub", "per_group 128", "per_group 64 col",
+    "static", "per_token", "per_token ub", "per_tensor", "per_group 128", "per_group 64 col",
     "per_group 128 ue8m0", "per_group 64 col ue8m0", "nvfp4",
 ]  # fmt: skip
 PRODUCERS = [
@@ -50,6 +50,8 @@ def _reference_quant(scheme: str, y: torch.Tensor, scale: torch.Tensor | None):
         return ref.static_fp8_quant(y, scale), None
     if kind == "per_token":
         return ref.per_token_fp8_quant(y, scale)
+    if kind == "per_tensor":
+        return ref.per_tensor_fp8_quant(y)
     if kind == "per_group":
         return ref.per_group_fp8_quant(y, int(flags[0]), "col" in flags, "ue8m0" in flags)
     return ref.nvfp4_quant(y, scale)
@@ -59,7 +61,7 @@ def _dequant(scheme: str, q, scales, scale, t: int, h: int) -> torch.Tensor:
     kind, *flags = scheme.split()
     if kind == "static":
         return ref.dequant_fp8(q, scale)
-    if kind == "per_token":
+    if kind in ("per_token", "per_tensor"):
         return ref.dequant_fp8(q, scales)
     if kind == "per_group":
         return ref.dequant_fp8_per_group(q, scales, int(flags[0]))

@@ -117,13 +117,44 @@ NVFP4 = (
 
 UE8M0 = "    s = ceil_pow2(s)  # ue8m0: power-of-two scales\n"
 
+# Dynamic per-tensor fp8 runs in two kernels: the scale needs the amax of the whole
+# tensor before any value can be quantized.
+AMAX = (
+    "",
+    """
+    # epilogue: phase 1 of a dynamic per-tensor quant: the grid-wide amax (scale_out_ptr
+    # starts at 0){keep}
+    tl.atomic_max(scale_out_ptr, tl.max(tl.abs(v), axis=0))
+""",
+)
+AMAX_KEEP = (
+    ", and the value itself for phase 2",
+    STORE.format(value="v.to(out_ptr.dtype.element_ty)"),
+)
 
-def epilogue(scheme: str) -> tuple[str, str, str]:
-    """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax."""
+PER_TENSOR = (
+    "    amax = tl.load(scale_ptr)  # from phase 1, loaded early\n",
+    """
+    # epilogue: phase 2 of a dynamic per-tensor fp8, s = max(amax / 448, 1 / (448 * 512))
+    s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
+    tl.store(scale_out_ptr, s, mask=row == 0)
+"""
+    + STORE.format(value="to_fp8(tl.math.div_rn(v, s), INTERPRET)"),
+)
+
+
+def epilogue(scheme: str, keeps_value: bool = True) -> tuple[str, str, str]:
+    """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax, or for
+    `amax` (phase 1 of per_tensor, storing the value too when `keeps_value`)."""
     kind, *options = scheme.split()
     fp8_helpers = ROUND_TO_E4M3
     if kind == "none":
         return "", *NONE
+    if kind == "amax":
+        note, store = AMAX_KEEP if keeps_value else ("", "")
+        return "", AMAX[0], AMAX[1].format(keep=note) + store
+    if kind == "per_tensor":
+        return fp8_helpers, *PER_TENSOR
     if kind == "static":
         return fp8_helpers, *STATIC
     if kind == "per_token":
@@ -143,7 +174,7 @@ def epilogue(scheme: str) -> tuple[str, str, str]:
 def parse_scheme(scheme: str) -> tuple[str, int, bool, bool]:
     """(kind, group, column_major, ue8m0) of a scheme string; ValueError if malformed."""
     kind, *options = scheme.split()
-    if kind in ("none", "static", "per_token", "nvfp4") and not options:
+    if kind in ("none", "static", "per_token", "per_tensor", "nvfp4", "amax") and not options:
         return kind, 0, False, False
     if kind == "per_group" and options and options[0] in ("64", "128"):
         flags = set(options[1:])

@@ -56,8 +56,7 @@ def allocate_outputs(
     rows, n = x.shape[:-1], x.shape[-1]
     residual_out = x.new_empty(x.shape) if has_residual else x.new_empty(0)
     if kind == "none":
-        dtype = torch.float32 if spec.norm_out == "fp32" else x.dtype
-        return x.new_empty(x.shape, dtype=dtype), residual_out, x.new_empty(0)
+        return x.new_empty(x.shape, dtype=_value_dtype(spec, x)), residual_out, x.new_empty(0)
     if kind == "nvfp4":
         m = x.shape[0]
         out = x.new_empty((m, n // 2), dtype=torch.uint8)
@@ -66,6 +65,8 @@ def allocate_outputs(
     out = x.new_empty(x.shape, dtype=FP8)
     if kind == "static":
         scales = x.new_empty(0)
+    elif kind == "per_tensor":
+        scales = x.new_empty(1, dtype=torch.float32)
     elif kind == "per_token":
         scales = x.new_empty((*rows, 1), dtype=torch.float32)
     elif column_major:
@@ -140,25 +141,58 @@ def kernel_norm(
     out, residual_out, scales = allocate_outputs(spec, x, residual is not None)
     n_cols = x.shape[-1]
     x2 = _rows(x, n_cols)
-    residual2 = _rows(residual, n_cols) if residual is not None else x2
+    if not x2.shape[0] or not n_cols:
+        return out, residual_out, scales.zero_() if scales.numel() == 1 else scales
+    residual2 = _rows(residual, n_cols) if residual is not None else None
+    residual_out2 = residual_out.view(-1, n_cols) if residual is not None else None
     out2 = out.view(-1, out.shape[-1])
-    residual_out2 = residual_out.view(-1, n_cols) if residual is not None else out2
+    if spec.quant == "per_tensor":  # two kernels: the grid-wide amax, then the quant
+        amax = x.new_zeros(1, dtype=torch.float32)
+        phase1 = KernelSpec(spec.producer, spec.weight_mode, "amax", spec.norm_out)
+        if spec.producer == "quant":
+            value = x2
+        else:
+            value = torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
+        _launch(phase1, x2, residual2, weight, None, value, residual_out2, amax, eps)
+        phase2 = KernelSpec("quant", "none", "per_tensor")
+        _launch(phase2, value, None, None, amax, out2, None, scales, eps)
+        return out, residual_out, scales
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
         scales2 = scales.view(torch.uint8)
     else:
         scales2 = scales.view(-1, scales.shape[-1]) if scales.dim() > 1 else scales
-    if x2.shape[0] and n_cols:
-        block, num_warps = launch_config(x2.shape[0], n_cols)
-        compiled_kernel(spec)[(x2.shape[0],)](
-            x2, residual2, weight if weight is not None else x2,
-            scale if scale is not None else x2, out2, residual_out2, scales2,
-            n_cols, x2.stride(0), residual2.stride(0), out2.stride(0), residual_out2.stride(0),
-            scales2.stride(0) if scales2.dim() > 1 else 1,
-            scales2.stride(1) if scales2.dim() > 1 else 0,
-            eps, BLOCK=block, HAS_SCALE=scale is not None, INTERPRET=INTERPRET,
-            num_warps=num_warps,
-        )  # fmt: skip
+    _launch(spec, x2, residual2, weight, scale, out2, residual_out2, scales2, eps)
     return out, residual_out, scales
+
+
+def _value_dtype(spec: KernelSpec, x: torch.Tensor) -> torch.dtype:
+    return torch.float32 if spec.norm_out == "fp32" else x.dtype
+
+
+def _launch(
+    spec: KernelSpec,
+    x2: torch.Tensor,
+    residual2: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    out2: torch.Tensor,
+    residual_out2: torch.Tensor | None,
+    scales2: torch.Tensor,
+    eps: float,
+) -> None:
+    """One launch of `spec`'s kernel over the rows of `x2`; absent tensors are passed as
+    `x2` (their pointers are never read: the kernel source has no use for them)."""
+    n_rows, n_cols = x2.shape
+    block, num_warps = launch_config(n_rows, n_cols)
+    two_d = scales2.dim() > 1
+    compiled_kernel(spec)[(n_rows,)](
+        x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
+        x2 if scale is None else scale, out2, out2 if residual_out2 is None else residual_out2,
+        scales2, n_cols, x2.stride(0), 0 if residual2 is None else residual2.stride(0),
+        out2.stride(0), 0 if residual_out2 is None else residual_out2.stride(0),
+        scales2.stride(0) if two_d else 1, scales2.stride(1) if two_d else 0,
+        eps, BLOCK=block, HAS_SCALE=scale is not None, INTERPRET=INTERPRET, num_warps=num_warps,
+    )  # fmt: skip
 
 
 @kernel_norm.register_fake

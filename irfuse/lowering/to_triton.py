@@ -33,7 +33,8 @@ class KernelSpec:
     @property
     def name(self) -> str:
         kind, group, _, ue8m0 = parse_scheme(self.quant)
-        suffix = {"none": "", "nvfp4": "_nvfp4"}.get(kind, f"_{kind}{group or ''}_fp8")
+        special = {"none": "", "nvfp4": "_nvfp4", "amax": "_amax"}
+        suffix = special.get(kind, f"_{kind}{group or ''}_fp8")
         suffix = suffix.replace("_fp8", "_ue8m0_fp8") if ue8m0 else suffix
         mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
         out = "_f32out" if self.norm_out == "fp32" else ""
@@ -73,13 +74,15 @@ class KernelSpec:
             parts[-1] += f" ({self.weight_mode} weight)"
         if self.quant == "nvfp4":
             parts.append("nvfp4 quant")
+        elif self.quant == "amax":
+            parts.append("amax (phase 1 of a per_tensor fp8 quant)")
         elif self.quant != "none":
             parts.append(f"{self.quant} fp8 quant")
         return " + ".join(parts)
 
 
-# Every scheme but the dynamic per-tensor one, which needs a grid-wide amax first.
-LOWERED_SCHEMES = ("none", "static", "per_token", "per_group", "nvfp4")
+# per_tensor runs as two kernels, `amax` (internal) then `per_tensor` (runtime.py).
+LOWERED_SCHEMES = ("none", "static", "per_token", "per_tensor", "per_group", "nvfp4", "amax")
 
 
 def scheme_text(quant: QuantAttr) -> str:
@@ -109,7 +112,7 @@ def spec_for(op: Operation) -> KernelSpec:
 
 
 def kernel_source(spec: KernelSpec) -> str:
-    helpers, preload, store = quant_pieces.epilogue(spec.quant)
+    helpers, preload, store = quant_pieces.epilogue(spec.quant, spec.producer != "quant")
     body = norm.SIGNATURE.format(name=spec.name)
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT

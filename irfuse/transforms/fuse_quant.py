@@ -31,8 +31,7 @@ from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, RmsNormOp, _Quant
 from irfuse.transforms import report
 from irfuse.transforms.match import fused_insertion_point
 
-# Every scheme but the dynamic per-tensor one (its scale needs a grid-wide amax first).
-_NORM_SCHEMES = frozenset({"static", "per_token", "per_group", "nvfp4"})
+_NORM_SCHEMES = frozenset({"static", "per_token", "per_tensor", "per_group", "nvfp4"})
 NORM_EPILOGUES: dict[str, frozenset[str]] = {
     RmsNormOp.name: _NORM_SCHEMES,
     FusedAddRmsNormOp.name: _NORM_SCHEMES,
