@@ -23,7 +23,7 @@ import irfuse.ops as ref  # noqa: E402
 from irfuse.ops.quant import e2m1_codes, swizzle_block_scales  # noqa: E402
 
 FP8 = torch.float8_e4m3fn
-SCHEMES = ("per_token", "per_group 128", "per_group 128 col ue8m0", "nvfp4", "static")
+SCHEMES = ("per_token", "per_group 128", "per_group 128 col ue8m0", "nvfp4", "static", "per_tensor")
 
 
 def norm(x, residual, weight):
@@ -42,6 +42,9 @@ def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
         return (yf / scale).clamp(-448, 448).to(FP8), scale
     if kind == "per_token":
         s = (yf.abs().amax(-1, keepdim=True) / 448).clamp(min=1 / (448 * 512))
+        return (yf / s).clamp(-448, 448).to(FP8), s
+    if kind == "per_tensor":
+        s = (yf.abs().amax() / 448).clamp(min=1 / (448 * 512)).reshape(1)
         return (yf / s).clamp(-448, 448).to(FP8), s
     if kind == "per_group":
         t, k = y.shape
@@ -67,6 +70,8 @@ def quant_irfuse(scheme: str, y: torch.Tensor, scale: torch.Tensor):
         return ref.static_fp8_quant(y, scale), scale
     if kind == "per_token":
         return ref.per_token_fp8_quant(y)
+    if kind == "per_tensor":
+        return ref.per_tensor_fp8_quant(y)
     if kind == "per_group":
         return ref.per_group_fp8_quant(y, 128, "col" in flags, "ue8m0" in flags)
     return ref.nvfp4_quant(y, scale)
@@ -86,7 +91,7 @@ def out_bytes(scheme: str, t: int, k: int) -> int:
     kind = scheme.split()[0]
     if kind == "nvfp4":
         return t * k // 2 + t * k // 16
-    scales = {"static": 0, "per_token": t * 4}.get(kind, t * k // 128 * 4)
+    scales = {"static": 0, "per_tensor": 4, "per_token": t * 4}.get(kind, t * k // 128 * 4)
     return t * k + scales
 
 
