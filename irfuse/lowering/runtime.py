@@ -35,10 +35,17 @@ def decode(kernel: str) -> KernelSpec:
     return KernelSpec.decode(kernel)
 
 
-def launch_config(n_rows: int, n_cols: int) -> tuple[int, int]:
+def launch_config(n_rows: int, n_cols: int, scheme: str = "none") -> tuple[int, int]:
     """(BLOCK, num_warps) for rows of `n_cols` elements, chosen by measurement on H200
-    (bench/norm_quant.py --sweep): 16 warps from 4096 columns, 32 for few rows of 8192+."""
+    (bench/RESULTS.md): without a second reduction, 16 warps from 4096 columns (32 for few
+    rows of 8192+); an epilogue with its own amax reduction runs best with fewer warps
+    (4096 columns: 4 for per-token, 8 for per-group; 16 cost ~30%)."""
     block = triton.next_power_of_2(n_cols)
+    kind = scheme.split()[0]
+    if kind in ("per_token", "nvfp4", "amax"):
+        return block, max(4, min(16, block // 1024))
+    if kind == "per_group":
+        return block, max(4, min(16, block // 512))
     if block >= 8192 and n_rows < 1024:
         return block, 32
     return block, max(4, min(16, block // 256))
@@ -183,7 +190,7 @@ def _launch(
     """One launch of `spec`'s kernel over the rows of `x2`; absent tensors are passed as
     `x2` (their pointers are never read: the kernel source has no use for them)."""
     n_rows, n_cols = x2.shape
-    block, num_warps = launch_config(n_rows, n_cols)
+    block, num_warps = launch_config(n_rows, n_cols, spec.quant)
     two_d = scales2.dim() > 1
     compiled_kernel(spec)[(n_rows,)](
         x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
