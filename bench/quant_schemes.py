@@ -147,8 +147,9 @@ def bench_one(scheme: str, hidden: int, tokens: int, standalone: bool, rounds: i
     else:
         torch_fn = lambda: fused_torch(scheme, x, r, w, s)  # noqa: E731
         irfuse_fn = lambda: fused_irfuse(scheme, x, r, w, s)  # noqa: E731
-    inductor = torch.compile(torch_fn)
-    compiled = torch.compile(irfuse_fn, backend="irfuse")
+    torch._dynamo.reset()  # static shapes for every size: no automatic-dynamic recompiles
+    inductor = torch.compile(torch_fn, dynamic=False)
+    compiled = torch.compile(irfuse_fn, backend="irfuse", dynamic=False)
     check(scheme, compiled(), irfuse_fn())
     return compare({"eager": torch_fn, "inductor": inductor, "irfuse": compiled}, rounds)
 
