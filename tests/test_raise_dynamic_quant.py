@@ -18,6 +18,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import ReturnOp
 
+import irfuse
 import irfuse.ops
 from irfuse.dialects import make_context
 from irfuse.dialects.aten import CallOp
@@ -403,3 +404,39 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
     torch.testing.assert_close(s, s_ref, atol=1e-5, rtol=1e-5)
     per_element = s_ref.repeat_interleave(x.shape[-1] // s_ref.shape[-1], dim=-1)
     assert_fp8_close(q, q_ref, per_element)
+
+
+@pytest.mark.parametrize(
+    "quant,kernel",
+    [
+        (per_token_quant, "irfuse_fused_add_rms_norm_per_token_fp8"),
+        (per_group_quant, "irfuse_fused_add_rms_norm_per_group128_fp8"),
+        (per_group_quant_ue8m0, "irfuse_fused_add_rms_norm_per_group128_ue8m0_fp8"),
+    ],
+)
+def test_model_norm_then_dynamic_quant_fuses_end_to_end(quant, kernel):
+    """Residual add + HF RMSNorm + a dynamic quant idiom: one fused kernel, eager's result."""
+
+    def block(x, residual, weight):
+        h = x + residual
+        return (*quant(models.hf_rms_norm(h, weight)), h)
+
+    x, _ = _inputs(k=256)
+    residual = torch.randn(4, 256).to(BF16)
+    weight = torch.rand(256).to(BF16) + 0.5
+    report = irfuse.explain(block, x, residual, weight)
+    assert report.fused["fuse-rms-norm-quant"] == 1 and report.kernels == [kernel], str(report)
+    torch._dynamo.reset()
+    q, s, h = torch.compile(block, backend="irfuse", options={"inner": "eager"})(
+        x, residual, weight
+    )
+    q_ref, s_ref, h_ref = block(x, residual, weight)
+    assert torch.equal(h, h_ref)
+    groups = s.shape[-1]  # 1 for per-token
+
+    def dequant(qq, ss):
+        return (qq.float().view(4, groups, -1) * ss.unsqueeze(-1)).reshape(4, 256)
+
+    got, expected = dequant(q, s), dequant(q_ref, s_ref)
+    span = expected.abs().amax(-1, keepdim=True)
+    torch.testing.assert_close(got / span, expected / span, atol=0.1, rtol=0.1)
