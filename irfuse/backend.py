@@ -42,6 +42,7 @@ def irfuse_backend(
     opts = Options.from_dict(options)
     # Registers the runtime ops: a graph served from Inductor's cache calls them without
     # the pass having run in this process.
+    import irfuse.lowering.attention  # noqa: F401
     import irfuse.lowering.runtime  # noqa: F401
 
     if opts.inner == "eager":

@@ -17,11 +17,12 @@ from xdsl.utils.exceptions import DiagnosticException
 from irfuse.dialects import make_context
 from irfuse.dump import GraphDump
 from irfuse.frontend.fx_import import UnsupportedGraph, import_graph
-from irfuse.transforms import DEFAULT_PIPELINE, PASSES
+from irfuse.transforms import DEFAULT_PIPELINE, PASSES, policy
 from irfuse.transforms.report import FusionReport, collect
 from irfuse.version import __version__
 
 INNER_COMPILERS = ("inductor", "eager")
+ATTENTION_MODES = ("auto", "irfuse", "sdpa")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Options:
     passes: str = ",".join(DEFAULT_PIPELINE)  # an xdsl pass pipeline: "a,b{opt=value}"
     dump_dir: str | None = None
     inner: str = "inductor"
+    attention: str = "auto"  # auto (measured on the GPU) | irfuse | sdpa
     inductor: dict[str, object] = field(default_factory=dict, hash=False)
 
     @classmethod
@@ -46,8 +48,13 @@ class Options:
         inner = options.pop("inner", "inductor")
         if inner not in INNER_COMPILERS:
             raise ValueError(f"irfuse: inner must be one of {INNER_COMPILERS}, got {inner!r}")
+        attention = options.pop("attention", "auto")
+        if attention not in ATTENTION_MODES:
+            raise ValueError(
+                f"irfuse: attention must be one of {ATTENTION_MODES}, got {attention!r}"
+            )
         dump_dir = options.pop("dump_dir", None) or os.environ.get("IRFUSE_DUMP_DIR") or None
-        return cls(passes, dump_dir, str(inner), options)
+        return cls(passes, dump_dir, str(inner), str(attention), options)
 
     def cache_key(self) -> str:
         """Changes whenever irfuse's version or an option that affects codegen does."""
@@ -89,7 +96,7 @@ def _transform(
 ) -> None:
     from irfuse.lowering.runtime import INTERPRET
     from irfuse.lowering.to_fx import export_to_fx, plan_lowering
-    from irfuse.lowering.to_triton import NoKernel, kernel_source
+    from irfuse.lowering.to_triton import NoKernel
 
     try:
         imported = import_graph(graph)
@@ -100,8 +107,10 @@ def _transform(
     module = imported.module
     if dump is not None:
         dump.module("imported", module)
+    from irfuse.lowering.autotune import attention_chooser
+
     ctx = make_context()
-    with collect(report):
+    with collect(report), policy.install(attention_chooser(options.attention)):
         for module_pass in PassPipeline.parse_spec(PASSES, options.passes).passes:
             before = sum(report.fused.values())
             module_pass.apply(ctx, module)
@@ -128,5 +137,5 @@ def _transform(
     for lowered in plan:
         report.kernels.append(lowered.spec.name)
         if dump is not None:
-            dump.source(lowered.spec.name, kernel_source(lowered.spec))
+            dump.source(lowered.spec.name, lowered.spec.source())
     export_to_fx(imported, plan)

@@ -16,20 +16,20 @@ import torch
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
-from xdsl.dialects.builtin import TensorType
 from xdsl.ir import Operation, SSAValue
 
-from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, RmsNormOp
+import irfuse.lowering.attention  # noqa: F401  (registers torch.ops.irfuse.kernel_attention)
+import irfuse.lowering.runtime  # noqa: F401  (registers torch.ops.irfuse.kernel_norm)
+from irfuse.dialects.irfuse import AttentionOp, FusedAddRmsNormOp, QuantOp, RmsNormOp
 from irfuse.frontend.fx_import import ImportedGraph
 from irfuse.kernels.norm import MAX_COLS
-from irfuse.lowering.runtime import kernel_norm
-from irfuse.lowering.to_triton import KernelSpec, NoKernel, spec_for
+from irfuse.lowering.to_triton import AttentionKernel, KernelSpec, NoKernel, spec_for
 
 
 @dataclass
 class Lowered:
     op: Operation
-    spec: KernelSpec
+    spec: KernelSpec | AttentionKernel
 
 
 def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
@@ -48,7 +48,7 @@ def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
         else:
             spec = spec_for(op)
         hidden = op.operands[0].type
-        if isinstance(hidden, TensorType) and hidden.get_shape()[-1] > MAX_COLS:
+        if isinstance(spec, KernelSpec) and hidden.get_shape()[-1] > MAX_COLS:
             raise NoKernel(f"hidden size {hidden.get_shape()[-1]} > {MAX_COLS}")
         plan.append(Lowered(op, spec))
     return plan
@@ -103,6 +103,48 @@ def _lower(
     graph: fx.Graph,
     anchor: fx.Node,
     op: Operation,
+    spec: KernelSpec | AttentionKernel,
+    node_of: Callable[[SSAValue | None], fx.Node | None],
+) -> list[fx.Node]:
+    """Insert the runtime call of `op` after `anchor` and a getitem per IR result;
+    returns [call, node of each result]."""
+    if isinstance(op, AttentionOp):
+        assert isinstance(spec, AttentionKernel)
+        args = (
+            node_of(op.q), node_of(op.k), node_of(op.v), node_of(op.quant_scale),
+            op.scale.value.data, op.causal.data, op.layout.data, op.lse is not None,
+            spec.epilogue,
+        )  # fmt: skip
+        return _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args,
+                     [0] + [1] * (op.lse is not None))  # fmt: skip
+    assert isinstance(spec, KernelSpec)
+    return _lower_norm(graph, anchor, op, spec, node_of)
+
+
+def _call(
+    graph: fx.Graph, anchor: fx.Node, target: object, args: tuple, indices: list[int]
+) -> list[fx.Node]:
+    """`target(*args)` after `anchor` (with its fake value) and getitems `indices`."""
+    fake_args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in args]
+    tensors = [a for a in fake_args if isinstance(a, torch.Tensor)]
+    with detect_fake_mode(tensors) or FakeTensorMode(allow_non_fake_inputs=True):
+        fake = target(*fake_args)
+    with graph.inserting_after(anchor):
+        call = graph.call_function(target, args)
+    call.meta["val"] = fake
+    nodes = [call]
+    for i in indices:
+        with graph.inserting_after(nodes[-1]):
+            item = graph.call_function(operator.getitem, (call, i))
+        item.meta["val"] = fake[i]
+        nodes.append(item)
+    return nodes
+
+
+def _lower_norm(
+    graph: fx.Graph,
+    anchor: fx.Node,
+    op: Operation,
     spec: KernelSpec,
     node_of: Callable[[SSAValue | None], fx.Node | None],
 ) -> list[fx.Node]:
@@ -116,19 +158,6 @@ def _lower(
         node_of(op.x), node_of(residual), node_of(weight), node_of(op.quant_scale),
         float(eps), spec.encode(),
     )  # fmt: skip
-    fake_args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in args]
-    tensors = [a for a in fake_args if isinstance(a, torch.Tensor)]
-    with detect_fake_mode(tensors) or FakeTensorMode(allow_non_fake_inputs=True):
-        fake = kernel_norm(*fake_args)
-    with graph.inserting_after(anchor):
-        call = graph.call_function(torch.ops.irfuse.kernel_norm.default, args)
-    call.meta["val"] = fake
     # kernel_norm returns (out, residual_out, scales); the IR op has the ones it uses
     indices = [0] + [1] * (residual is not None) + [2] * (op.scale_out is not None)
-    nodes = [call]
-    for i in indices:
-        with graph.inserting_after(nodes[-1]):
-            item = graph.call_function(operator.getitem, (call, i))
-        item.meta["val"] = fake[i]
-        nodes.append(item)
-    return nodes
+    return _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 from xdsl.ir import Operation
 
-from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantAttr, QuantOp, RmsNormOp
+from irfuse.dialects.irfuse import (
+    AttentionOp,
+    FusedAddRmsNormOp,
+    QuantAttr,
+    QuantOp,
+    RmsNormOp,
+)
 from irfuse.kernels import norm
 from irfuse.kernels import quant as quant_pieces
 from irfuse.kernels.quant import parse_scheme
@@ -39,6 +45,9 @@ class KernelSpec:
         mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
         out = "_f32out" if self.norm_out == "fp32" else ""
         return f"irfuse_{self.producer}{mode}{out}{suffix}"
+
+    def source(self) -> str:
+        return kernel_source(self)
 
     def encode(self) -> str:
         """The string a runtime call carries (see `decode`)."""
@@ -93,8 +102,32 @@ def scheme_text(quant: QuantAttr) -> str:
     return f"per_group {quant.group.data}{flags}"
 
 
-def spec_for(op: Operation) -> KernelSpec:
+@dataclass(frozen=True)
+class AttentionKernel:
+    """The generated attention forward with an epilogue (none or static)."""
+
+    epilogue: str
+
+    @property
+    def name(self) -> str:
+        from irfuse.lowering.attention import kernel_name
+
+        return kernel_name(self.epilogue)
+
+    def source(self) -> str:
+        from irfuse.lowering.attention import attention_source
+
+        return attention_source(self.epilogue)
+
+
+def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
     """The kernel an irfuse op lowers to; NoKernel if it has none yet."""
+    if isinstance(op, AttentionOp):
+        quant_attr = op.output_quant()
+        epilogue = "none" if quant_attr is None else quant_attr.scheme
+        if epilogue not in ("none", "static") or op.mask is not None:
+            raise NoKernel(f"no attention kernel for a mask or a {epilogue} epilogue yet")
+        return AttentionKernel(epilogue)
     if isinstance(op, QuantOp):
         scheme = scheme_text(op.quant)
         if op.quant.scheme not in LOWERED_SCHEMES:

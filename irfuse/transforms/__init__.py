@@ -37,7 +37,14 @@ def _fuse_rms_norm_quant() -> type[ModulePass]:
     return FuseRmsNormQuant
 
 
+def _fuse_attention_quant() -> type[ModulePass]:
+    from irfuse.transforms.fuse_attention_quant import FuseAttentionQuant
+
+    return FuseAttentionQuant
+
+
 PASSES: dict[str, Callable[[], type[ModulePass]]] = {
+    "fuse-attention-quant": _fuse_attention_quant,
     "raise-rms-norm": _raise_rms_norm,
     "raise-fp8-quant": _raise_fp8_quant,
     "raise-dynamic-fp8-quant": _raise_dynamic_fp8_quant,
@@ -46,6 +53,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
 }
 
 DEFAULT_PIPELINE = (
+    "fuse-attention-quant",  # first: it reads the quant in its aten form
     "raise-rms-norm",
     "raise-fp8-quant",
     "raise-dynamic-fp8-quant",

@@ -94,44 +94,69 @@ def _match_scaling(value: SSAValue) -> tuple[SSAValue, SSAValue, list[Operation]
 
 
 @dataclass
+class StaticQuantMatch:
+    """A static fp8 quant chain ending at `root` (the cast to fp8): it quantizes `source`
+    with `scale`; `dead_ops` are the chain's other ops (erased once unused)."""
+
+    root: CallOp
+    source: SSAValue
+    scale: SSAValue
+    dead_ops: list[Operation]
+
+
+def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
+    """The static quant ending at `op`, a guard failure's reason, or None (no quant)."""
+    if op.target.data not in CASTS or len(op.results) != 1:
+        return None
+    cast = cast_of(op.results[0])
+    if cast is None or cast[1] != Float8E4M3FNType():
+        return None
+    clamp = _match_clamp(cast[0])
+    scaling = _match_scaling(clamp[0]) if clamp is not None else None
+    if clamp is None or scaling is None:
+        return None
+    x, scale, scale_ops = scaling
+    if isinstance(scale.type, TensorType) and scale.type.get_shape() not in ((1,), ()):
+        return None  # a per-row or per-group scale: raise-dynamic-fp8-quant's business
+    reason = _guard(x, scale, clamp[2], [scale_ops[0], *clamp[1]])
+    if reason:
+        return reason
+    source = x
+    x_cast = cast_of(x)
+    if x_cast is not None and x_cast[1] == F32 and x.uses.get_length() == 1:
+        source = x_cast[0]
+    dead_ops = [*clamp[1], *scale_ops] + ([x.owner] if source is not x else [])
+    return StaticQuantMatch(op, source, scale, dead_ops)  # type: ignore[arg-type]
+
+
+def erase_dead(rewriter: PatternRewriter, ops: list[Operation]) -> None:
+    """Erase those of `ops` nothing reads any more, users first."""
+    for dead in sorted(ops, key=position, reverse=True):
+        if all(not r.uses for r in dead.results):
+            rewriter.erase(dead)
+
+
+@dataclass
 class RaiseFp8QuantPattern(RewritePattern):
     standalone: bool = False
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
-        if op.target.data not in CASTS or len(op.results) != 1:
+        found = match_static_quant(op)
+        if isinstance(found, str):
+            report.rejected(NAME, op, found)
+        if not isinstance(found, StaticQuantMatch):
             return
-        cast = cast_of(op.results[0])
-        if cast is None or cast[1] != Float8E4M3FNType():
-            return
-        clamp = _match_clamp(cast[0])
-        scaling = _match_scaling(clamp[0]) if clamp is not None else None
-        if clamp is None or scaling is None:
-            return
-        x, scale, scale_ops = scaling
-        if isinstance(scale.type, TensorType) and scale.type.get_shape() not in ((1,), ()):
-            return  # a per-row or per-group scale: raise-dynamic-fp8-quant's business
-        reason = _guard(x, scale, clamp[2], [scale_ops[0], *clamp[1]])
-        if reason:
-            report.rejected(NAME, op, reason)
-            return
-        source = x
-        x_cast = cast_of(x)
-        if x_cast is not None and x_cast[1] == F32 and x.uses.get_length() == 1:
-            source = x_cast[0]
-        if not self.standalone and not isinstance(source.owner, _QuantProducer):
+        if not self.standalone and not isinstance(found.source.owner, _QuantProducer):
             report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
             return
         new = QuantOp.build(
-            operands=[source, [scale]],
+            operands=[found.source, [found.scale]],
             result_types=[op.results[0].type, []],
             properties={"quant": QuantAttr("static")},
         )
         rewriter.replace(op, new)
-        dead_ops = [*clamp[1], *scale_ops] + ([x.owner] if source is not x else [])
-        for dead in sorted(dead_ops, key=position, reverse=True):
-            if all(not r.uses for r in dead.results):
-                rewriter.erase(dead)
+        erase_dead(rewriter, found.dead_ops)
         report.fused(NAME)
 
 

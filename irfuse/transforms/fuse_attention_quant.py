@@ -1,0 +1,150 @@
+"""fuse-attention-quant: quantize the attention output inside the attention kernel.
+
+Matches (the usual layout change before the output projection, then a static fp8 quant
+in any form raise-fp8-quant accepts):
+
+    o = irfuse.attention(q, k, v)                  # layout bhsd, no lse, no mask
+    t = o.transpose(1, 2)  (or permute [0, 2, 1, 3]) [.clone(contiguous)]
+    y = t.view / reshape / _unsafe_view([B, Sq, Hq*Dv])
+    q8 = clamp(y / s, -448, 448).to(float8_e4m3fn)
+
+Guards: every intermediate has this chain as its only reader; no explicit mask; head
+dims 16-256, powers of two; and the chooser (`attention` option: measured on the GPU in
+`auto`) prefers the fused kernel. Replacement: `irfuse.attention` with layout `bs_hd`
+and `#irfuse.quant<static>`, writing the fp8 `[B, Sq, Hq*Dv]` tensor directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import (
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
+from xdsl.rewriter import InsertPoint
+
+from irfuse.dialects.aten import CallOp
+from irfuse.dialects.irfuse import DYNAMIC, AttentionOp, QuantAttr
+from irfuse.frontend.types import torch_dtype
+from irfuse.transforms import policy, report
+from irfuse.transforms.match import (
+    call,
+    const_arg,
+    fused_insertion_point,
+    int_list_arg,
+    tensor_arg,
+)
+from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, erase_dead, match_static_quant
+
+NAME = "fuse-attention-quant"
+VIEWS = ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
+HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+def _layout_chain(y: SSAValue) -> tuple[AttentionOp, list[Operation]] | None:
+    """The attention whose [B, H, S, D] output `y` is, moved to [B, S, H*D]."""
+    view = call(y, *VIEWS)
+    if view is None or (moved := tensor_arg(view, 0)) is None:
+        return None
+    chain: list[Operation] = [view]
+    clone = call(moved, "aten.clone.default")
+    if clone is not None:
+        chain.append(clone)
+        moved = tensor_arg(clone, 0)
+    transpose = call(moved, "aten.transpose.int", "aten.permute.default")
+    if transpose is None or (source := tensor_arg(transpose, 0)) is None:
+        return None
+    if transpose.target.data == "aten.transpose.int":
+        swapped = {const_arg(transpose, 1), const_arg(transpose, 2)}
+        ok = all(isinstance(d, int) for d in swapped) and {d % 4 for d in swapped} == {1, 2}
+    else:
+        ok = int_list_arg(transpose, 1) == [0, 2, 1, 3]
+    attention = source.owner
+    if not ok or not isinstance(attention, AttentionOp):
+        return None
+    return attention, [*chain, transpose]
+
+
+@dataclass
+class FuseAttentionQuantPattern(RewritePattern):
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
+        found = match_static_quant(op)
+        if not isinstance(found, StaticQuantMatch):
+            return
+        layout = _layout_chain(found.source)
+        if layout is None:
+            return
+        attention, chain = layout
+        reason = _guard(attention, chain, found)
+        if reason is None:
+            fuse, reason = policy.choose("attention+static_fp8", _signature(attention))
+            if fuse:
+                reason = None
+        if reason is not None:
+            report.rejected(NAME, op, reason)
+            return
+        replaced = [attention, *chain, op]
+        before = fused_insertion_point(replaced, [*attention.operands, found.scale])
+        if before is None:
+            report.rejected(NAME, op, "no place for the fused op")
+            return
+        props = {
+            "scale": attention.scale, "causal": attention.causal,
+            "layout": StringAttr("bs_hd"), "quant": QuantAttr("static"),
+        }  # fmt: skip
+        new = AttentionOp.build(
+            operands=[attention.q, attention.k, attention.v, [], [found.scale]],
+            result_types=[op.results[0].type, [], []],
+            properties=props,
+        )
+        rewriter.insert(new, InsertPoint.before(before))
+        new.out.name_hint = op.results[0].name_hint
+        rewriter.replace_all_uses_with(op.results[0], new.out)
+        rewriter.erase(op)
+        erase_dead(rewriter, [*found.dead_ops, *chain, attention])
+        report.fused(NAME)
+
+
+def _guard(attention: AttentionOp, chain: list[Operation], found: StaticQuantMatch) -> str | None:
+    if attention.mask is not None:
+        return "explicit attention masks are not supported by the fused kernel yet"
+    if attention.lse is not None or attention.output_quant() is not None:
+        return "the attention already has an lse output or an epilogue"
+    for value in [attention.out, *(o.results[0] for o in chain)]:
+        if not value.has_one_use():
+            return f"%{value.name_hint} is also read elsewhere"
+    dims = (attention.q.type.get_shape()[-1], attention.v.type.get_shape()[-1])
+    if any(d not in HEAD_DIMS for d in dims):
+        return f"head dims {dims} are not powers of two in 16..256"
+    b, h, s, dv = attention.out.type.get_shape()
+    if found.source.type.get_shape() != (b, s, h * dv if DYNAMIC not in (h, dv) else DYNAMIC):
+        return f"the output is reshaped to {found.source.type}, not [B, Sq, Hq*Dv]"
+    return None
+
+
+def _signature(attention: AttentionOp) -> dict[str, object]:
+    b, hq, sq, d = attention.q.type.get_shape()
+    _, hkv, skv, dv = attention.v.type.get_shape()
+    dtype = torch_dtype(attention.q.type.element_type)
+    return {
+        "batch": b, "heads_q": hq, "heads_kv": hkv, "seq_q": sq, "seq_kv": skv,
+        "head_dim": d, "head_dim_v": dv, "dtype": str(dtype).removeprefix("torch."),
+        "causal": attention.causal.data, "scale": attention.scale.value.data,
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FuseAttentionQuant(ModulePass):
+    name = NAME
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        pattern = FuseAttentionQuantPattern()
+        PatternRewriteWalker(pattern, apply_recursively=False).rewrite_module(op)

@@ -1,0 +1,91 @@
+"""Attention + output quant: the fusion pass, the `attention` option, end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import irfuse
+import irfuse.ops as ref
+from irfuse.pipeline import Options
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # interpreter: no bf16 dot
+FP8 = torch.float8_e4m3fn
+
+
+class AttentionBlock(torch.nn.Module):
+    """Llama-style attention core: SDPA, back to [B, S, H*D], fp8 quant for o_proj."""
+
+    def __init__(self, causal: bool = True) -> None:
+        super().__init__()
+        self.causal = causal
+        self.register_buffer("act_scale", torch.tensor([0.02]))
+
+    def forward(self, q, k, v):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        o = o.transpose(1, 2).reshape(b, s, h * d)
+        return (o.float() / self.act_scale).clamp(-448, 448).to(FP8)
+
+
+def _inputs(b=2, h=2, s=9, d=32):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(b, h, s, d, generator=g).to(DTYPE).to(DEVICE) for _ in range(3)]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_quant_fuses_and_matches_eager(causal):
+    block = AttentionBlock(causal).to(DEVICE)
+    q, k, v = _inputs()
+    report = irfuse.explain(block, q, k, v, attention="irfuse")
+    assert report.fused["fuse-attention-quant"] == 1, str(report)
+    assert report.kernels == ["irfuse_attention_static_fp8"]
+    torch._dynamo.reset()
+    out = torch.compile(block, backend="irfuse", options={"inner": "eager", "attention": "irfuse"})(
+        q, k, v
+    )
+    expected = block(q, k, v)
+    s = block.act_scale
+    torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
+
+
+def test_attention_sdpa_option_keeps_the_graph():
+    block = AttentionBlock().to(DEVICE)
+    report = irfuse.explain(block, *_inputs(), attention="sdpa")
+    assert "fuse-attention-quant" not in report.fused
+    assert any("attention=sdpa" in r["reason"] for r in report.rejected), str(report)
+
+
+def test_attention_read_elsewhere_is_not_fused():
+    def fn(q, k, v, scale):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, h * d)
+        return (o.float() / scale).clamp(-448, 448).to(FP8), o.sum()
+
+    report = irfuse.explain(fn, *_inputs(), torch.ones(1, device=DEVICE), attention="irfuse")
+    assert any("also read elsewhere" in r["reason"] for r in report.rejected), str(report)
+
+
+def test_bad_attention_option():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        Options.from_dict({"attention": "fast"})
+
+
+def test_reference_matches_sdpa_for_the_block():
+    """The unfused reference the kernel is held to is SDPA's semantics."""
+    q, k, v = (t.float() for t in _inputs())
+    out, _ = ref.attention(q, k, v, None, None, "top_left", False)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.cuda
+def test_gpu_auto_measures_and_reports_its_choice():
+    block = AttentionBlock().to(DEVICE)
+    q, k, v = (t.to(torch.bfloat16) for t in _inputs(b=4, h=8, s=512, d=64))
+    report = irfuse.explain(block, q, k, v)
+    fused = report.fused.get("fuse-attention-quant", 0) == 1
+    chose_sdpa = any("attention=auto measured" in r["reason"] for r in report.rejected)
+    assert fused or chose_sdpa, str(report)
