@@ -1,0 +1,107 @@
+"""Attention + static fp8 output quant: cuDNN SDPA vs irfuse's Triton attention, bf16.
+
+    python bench/attention.py [--rounds 5]
+
+Candidates, timed in one process under CUDA graphs, alternating over rounds (medians):
+SDPA alone (cuDNN by default on H100/H200), irfuse's kernel alone (bf16 out), the block
+(SDPA -> [B,S,H*D] -> fp8 quant) compiled by Inductor, by irfuse with attention=irfuse
+(fused kernel) and by irfuse with attention=auto (its measured choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import append_results, compare  # noqa: E402
+
+from irfuse.lowering.attention import kernel_attention  # noqa: E402
+from irfuse.pipeline import capture_reports  # noqa: E402
+
+SHAPES = [  # (B, Hq, Hkv, Sq, Skv, D, causal)
+    (4, 32, 32, 4096, 4096, 128, True),
+    (4, 32, 32, 4096, 4096, 128, False),
+    (1, 32, 32, 16384, 16384, 128, True),
+    (8, 16, 16, 1024, 1024, 64, True),
+    (4, 32, 32, 4096, 4096, 64, False),
+    (32, 32, 8, 1, 4096, 128, False),  # decode
+]
+
+
+def block(q, k, v, scale, causal: bool):
+    b, h, s, d = q.shape
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=h != k.shape[1])
+    o = o.transpose(1, 2).reshape(b, s, h * d)
+    return (o.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+
+
+def bench_shape(shape, rounds: int) -> tuple[dict[str, float], str]:
+    b, hq, hkv, sq, skv, d, causal = shape
+    torch._dynamo.reset()
+    q = torch.randn(b, hq, sq, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, hkv, skv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    s = torch.tensor([0.02], device="cuda")
+    mode = "top_left" if causal else "none"
+    inductor = torch.compile(block, dynamic=False)
+    fused = torch.compile(block, backend="irfuse", dynamic=False,
+                          options={"attention": "irfuse"})  # fmt: skip
+    with capture_reports() as reports:
+        auto = torch.compile(block, backend="irfuse", dynamic=False)
+        auto(q, k, v, s, causal)
+    choice = "fused" if any(r.fused.get("fuse-attention-quant") for r in reports) else "sdpa"
+    expected = block(q, k, v, s, causal).float() * s
+    got = fused(q, k, v, s, causal).float() * s
+    torch.testing.assert_close(got, expected, atol=0.1, rtol=0.1)
+    times = compare({
+        "sdpa": lambda: F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, enable_gqa=hq != hkv),
+        "irfuse_kernel": lambda: kernel_attention(
+            q, k, v, None, d**-0.5, mode, "bhsd", False, "none"),
+        "inductor_block": lambda: inductor(q, k, v, s, causal),
+        "irfuse_fused_block": lambda: fused(q, k, v, s, causal),
+        "irfuse_auto_block": lambda: auto(q, k, v, s, causal),
+    }, rounds)  # fmt: skip
+    return times, choice
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows, raw = [], []
+    for shape in SHAPES:
+        b, hq, hkv, sq, skv, d, causal = shape
+        times, choice = bench_shape(shape, args.rounds)
+        flops = 4 * b * hq * sq * skv * d / (2 if causal else 1)
+        tflops = {k: flops / (t * 1e-6) / 1e12 for k, t in times.items()}
+        raw.append({"shape": shape, "us": times, "TFLOP/s": tflops, "auto": choice})
+        name = f"B{b} H{hq}/{hkv} S{sq}x{skv} D{d}{' causal' if causal else ''}"
+        rows.append([
+            name, f"{times['sdpa']:.1f} ({tflops['sdpa']:.0f})",
+            f"{times['irfuse_kernel']:.1f} ({tflops['irfuse_kernel']:.0f})",
+            f"{times['sdpa'] / times['irfuse_kernel']:.3f}x",
+            f"{times['inductor_block']:.1f}", f"{times['irfuse_fused_block']:.1f}",
+            f"{times['irfuse_auto_block']:.1f} ({choice})",
+            f"{times['inductor_block'] / times['irfuse_auto_block']:.3f}x",
+        ])  # fmt: skip
+        print(rows[-1], flush=True)
+    text = append_results(
+        "attention (+ static fp8 of the [B,S,H*D] output), bf16, us (TFLOP/s)",
+        ["shape", "SDPA (cuDNN)", "irfuse kernel", "kernel vs SDPA", "SDPA+quant (Inductor)",
+         "irfuse fused", "irfuse auto (choice)", "auto vs Inductor"],
+        rows,
+        notes="decode rows count flops the same way (Sq = 1).",
+        raw=raw, json_path=args.json,
+    )  # fmt: skip
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
