@@ -23,7 +23,7 @@ from common import append_results, compare  # noqa: E402
 from irfuse.lowering.attention import kernel_attention  # noqa: E402
 from irfuse.pipeline import capture_reports  # noqa: E402
 
-SHAPES = [  # (B, Hq, Hkv, Sq, Skv, D, causal)
+SHAPES = [  # (B, Hq, Hkv, Sq, Skv, D, causal); --only I selects one
     (4, 32, 32, 4096, 4096, 128, True),
     (4, 32, 32, 4096, 4096, 128, False),
     (1, 32, 32, 16384, 16384, 128, True),
@@ -74,9 +74,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", type=int, nargs="+", default=None, help="indices of SHAPES")
     args = parser.parse_args()
     rows, raw = [], []
-    for shape in SHAPES:
+    for shape in [SHAPES[i] for i in args.only] if args.only else SHAPES:
         b, hq, hkv, sq, skv, d, causal = shape
         times, choice = bench_shape(shape, args.rounds)
         flops = 4 * b * hq * sq * skv * d / (2 if causal else 1)

@@ -15,6 +15,7 @@ import torch
 from irfuse.lowering.runtime import INTERPRET
 
 _DECISIONS: dict[tuple, tuple[bool, str]] = {}
+MARGIN = 0.97  # timings of +-3% are noise between rounds (ANCHORS.md)
 
 
 def attention_chooser(mode: str) -> Callable[[str, dict[str, object]], tuple[bool, str]]:
@@ -66,11 +67,13 @@ def _measure(sig: dict[str, object]) -> tuple[bool, str]:
     def quant() -> object:
         return kernel_norm(layout_out, None, None, scale, 0.0, "quant/none/model/static")
 
-    times = {}
+    times: dict[str, float] = {}
     for _ in range(3):  # alternate the candidates; keep each one's best
         for name, fn in (("fused", fused), ("sdpa", sdpa), ("quant", quant)):
-            t = triton.testing.do_bench(fn, warmup=5, rep=20)
+            # under CUDA graphs, as the compiled model runs: no launch overhead counted
+            t = triton.testing.do_bench_cudagraph(fn, rep=20)
             times[name] = min(times.get(name, t), t)
     ours, theirs = times["fused"] * 1e3, (times["sdpa"] + times["quant"]) * 1e3
     why = f"attention=auto measured fused {ours:.1f} us vs SDPA + quant {theirs:.1f} us"
-    return ours < theirs, why
+    # fuse only on a clear win: a user never gets slower attention by switching to irfuse
+    return ours < MARGIN * theirs, why
