@@ -21,7 +21,10 @@ from irfuse.pipeline import Options, transform_graph
 
 class IrfuseGraphPass(CustomGraphPass):
     """Inductor post-grad custom pass; `uuid` keys Inductor's FX graph cache, so a cache
-    entry made with another irfuse version or other options is never reused."""
+    entry made with another irfuse version or other options is never reused. With
+    `attention="auto"` on a GPU the pass's result depends on timings taken while it runs,
+    which no key made before it can cover: then the uuid is None, which makes Inductor
+    bypass its cache (a cached graph would replay an earlier process's choice)."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -29,7 +32,9 @@ class IrfuseGraphPass(CustomGraphPass):
     def __call__(self, graph: fx.Graph) -> None:
         transform_graph(graph, self.options)
 
-    def uuid(self) -> str:
+    def uuid(self) -> str | None:
+        if self.options.attention == "auto" and torch.cuda.is_available():
+            return None
         return self.options.cache_key()
 
 

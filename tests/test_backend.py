@@ -277,3 +277,9 @@ def test_norm_intermediate_read_elsewhere_is_refused():
     report = irfuse.explain(fn, x, w, s)
     assert any("user outside the norm" in r["reason"] for r in report.rejected), str(report)
     assert not report.kernels
+
+
+def test_measured_choices_bypass_the_inductor_cache(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert IrfuseGraphPass(Options.from_dict({})).uuid() is None
+    assert IrfuseGraphPass(Options.from_dict({"attention": "sdpa"})).uuid() is not None
