@@ -116,7 +116,7 @@ def test_irfuse_custom_op_calls_run_the_generated_kernel():
     def fn(x):
         return irfuse.ops.per_token_fp8_quant(x)
 
-    x = torch.randn(4, 128)
+    x = torch.randn(4, 128, device="cuda" if torch.cuda.is_available() else "cpu")
     report = irfuse.explain(fn, x)
     assert report.kernels == ["irfuse_quant_per_token_fp8"], str(report)
     torch._dynamo.reset()

@@ -8,7 +8,7 @@ import torch
 
 import irfuse.ops as ref
 from irfuse.lowering.runtime import kernel_norm
-from irfuse.ops.quant import unswizzle_block_scales
+from irfuse.ops.quant import div_const, unswizzle_block_scales
 from tests.helpers import FP8_TOL
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -130,9 +130,10 @@ def test_nvfp4_swizzled_layout_byte_by_byte():
     q, _, block_scales = kernel_norm(x, None, None, gs, 0.0, "quant/none/model/nvfp4")
     raw = block_scales.view(torch.uint8).reshape(-1).cpu()
     blocks = x.reshape(t, h // 16, 16).abs().amax(-1)
+    # e4m3(gs * amax / 6), dividing correctly rounded (CUDA turns `/ 6` into `* (1/6)`)
     expected_sf = ref.static_fp8_quant(
-        (gs * blocks / 6).float(), torch.ones(1, device=DEVICE)
-    ).view(torch.uint8).cpu()  # e4m3(gs * amax / 6)  # fmt: skip
+        div_const(gs * blocks, 6.0), torch.ones(1, device=DEVICE)
+    ).view(torch.uint8).cpu()  # fmt: skip
     n_tiles = -(-h // 64)
     seen = torch.zeros_like(raw, dtype=torch.bool)
     for r in range(t):

@@ -421,9 +421,10 @@ def test_model_norm_then_dynamic_quant_fuses_end_to_end(quant, kernel):
         h = x + residual
         return (*quant(models.hf_rms_norm(h, weight)), h)
 
-    x, _ = _inputs(k=256)
-    residual = torch.randn(4, 256).to(BF16)
-    weight = torch.rand(256).to(BF16) + 0.5
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+    x = _inputs(k=256)[0].to(device)
+    residual = torch.randn(4, 256).to(BF16).to(device)
+    weight = (torch.rand(256).to(BF16) + 0.5).to(device)
     report = irfuse.explain(block, x, residual, weight)
     assert report.fused["fuse-rms-norm-quant"] == 1 and report.kernels == [kernel], str(report)
     torch._dynamo.reset()
