@@ -186,7 +186,7 @@ def verify_output_quant(
         )
 
 
-class _QuantProducer(IRDLOperation):
+class QuantProducer(IRDLOperation):
     """Shared accessors of the ops with an optional output quant."""
 
     def output_quant(self) -> QuantAttr | None:
@@ -203,7 +203,7 @@ _SEGMENTS = (
 
 
 @irdl_op_definition
-class QuantOp(_QuantProducer):
+class QuantOp(QuantProducer):
     """Standalone quantization of `x` with `quant`; `quant_scale` is the static scale,
     the per-token upper bound or the nvfp4 global scale."""
 
@@ -235,7 +235,7 @@ def _verify_norm(x: TensorType, w: TensorType, gemma: bool) -> None:
 
 
 @irdl_op_definition
-class RmsNormOp(_QuantProducer):
+class RmsNormOp(QuantProducer):
     """`y = (x * rsqrt(mean(x^2) + eps)).to(dtype) * w` over the last dim, optionally quantized.
 
     `fp32_weight_mul`: multiply by the weight in fp32 and cast after (the form of
@@ -275,7 +275,7 @@ class RmsNormOp(_QuantProducer):
 
 
 @irdl_op_definition
-class FusedAddRmsNormOp(_QuantProducer):
+class FusedAddRmsNormOp(QuantProducer):
     """`s = x + residual` (fp32); `residual_out = s` in the model dtype; `y = rms_norm(s)`."""
 
     name = "irfuse.fused_add_rms_norm"
@@ -320,7 +320,7 @@ ATTENTION_LAYOUTS = ("bhsd", "bs_hd")
 
 
 @irdl_op_definition
-class AttentionOp(_QuantProducer):
+class AttentionOp(QuantProducer):
     """`softmax(q k^T * scale + mask) v` with GQA; `layout = "bs_hd"` writes the output as
     `[B, Sq, Hq*Dv]` (the transpose + reshape before the output projection)."""
 
@@ -373,7 +373,7 @@ class AttentionOp(_QuantProducer):
 
 
 @irdl_op_definition
-class MlaAttentionOp(_QuantProducer):
+class MlaAttentionOp(QuantProducer):
     """DeepSeek-style multi-head latent attention (NUMERICS.md), output `[T, N*Dv]`."""
 
     name = "irfuse.mla_attention"
@@ -420,7 +420,7 @@ class MlaAttentionOp(_QuantProducer):
 
 
 @irdl_op_definition
-class MergeAttnStatesOp(_QuantProducer):
+class MergeAttnStatesOp(QuantProducer):
     """Merge two partial attention results by their log-sum-exp (NUMERICS.md)."""
 
     name = "irfuse.merge_attn_states"
@@ -474,7 +474,7 @@ class AllReduceOp(IRDLOperation):
 
 
 @irdl_op_definition
-class AllReduceRmsNormOp(_QuantProducer):
+class AllReduceRmsNormOp(QuantProducer):
     """all_reduce(x) (+ residual) then rms_norm, optionally quantized, in one kernel."""
 
     name = "irfuse.all_reduce_rms_norm"
@@ -506,7 +506,7 @@ class AllReduceRmsNormOp(_QuantProducer):
         )
 
 
-QUANT_PRODUCERS: Sequence[type[_QuantProducer]] = (
+QUANT_PRODUCERS: Sequence[type[QuantProducer]] = (
     RmsNormOp,
     FusedAddRmsNormOp,
     AttentionOp,

@@ -9,7 +9,7 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.utils.target import Target
 
-from irfuse.dialects.irfuse import QuantOp, _QuantProducer
+from irfuse.dialects.irfuse import QuantOp, QuantProducer
 from irfuse.lowering.to_triton import NoKernel, kernel_source, spec_for
 from irfuse.transforms.report import location
 
@@ -21,7 +21,7 @@ class TritonTarget(Target):
     def emit(self, ctx: Context, module: ModuleOp, output: IO[str]) -> None:
         emitted: set[str] = set()
         for op in module.walk():
-            if not isinstance(op, (QuantOp, _QuantProducer)):
+            if not isinstance(op, (QuantOp, QuantProducer)):
                 continue
             try:
                 spec = spec_for(op)

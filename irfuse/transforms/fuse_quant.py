@@ -27,7 +27,7 @@ from xdsl.pattern_rewriter import (
 )
 from xdsl.rewriter import InsertPoint
 
-from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, RmsNormOp, _QuantProducer
+from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, QuantProducer, RmsNormOp
 from irfuse.transforms import report
 from irfuse.transforms.match import fused_insertion_point
 
@@ -48,7 +48,7 @@ class FuseQuantIntoProducer(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: QuantOp, rewriter: PatternRewriter) -> None:
         producer = op.x.owner
-        if not isinstance(producer, _QuantProducer) or producer.name not in self.epilogues:
+        if not isinstance(producer, QuantProducer) or producer.name not in self.epilogues:
             return
         if op.x is not producer.results[0] or producer.output_quant() is not None:
             return
@@ -79,7 +79,7 @@ class FuseQuantIntoProducer(RewritePattern):
         report.fused(self.pass_name)
 
 
-def _with_quant(producer: _QuantProducer, quant: QuantOp) -> Operation:
+def _with_quant(producer: QuantProducer, quant: QuantOp) -> Operation:
     """A copy of `producer` that ends with `quant`'s scheme."""
     defs = type(producer).get_irdl_definition()
     props = {k: v for k, v in producer.properties.items() if not k.endswith("SegmentSizes")}

@@ -67,12 +67,6 @@ def cast_of(value: SSAValue | None) -> tuple[SSAValue, Attribute] | None:
     return src, op.kwargs.data["dtype"]
 
 
-def strip_cast_to(value: SSAValue, dtype: Attribute) -> SSAValue:
-    """`value`'s source if `value` is a cast to `dtype`, else `value` itself."""
-    cast = cast_of(value)
-    return cast[0] if cast is not None and cast[1] == dtype else value
-
-
 def mul_operands(value: SSAValue | None) -> tuple[SSAValue, SSAValue] | None:
     """The two tensor operands of `aten.mul.Tensor` producing `value`."""
     op = call(value, MUL)
@@ -80,10 +74,6 @@ def mul_operands(value: SSAValue | None) -> tuple[SSAValue, SSAValue] | None:
         return None
     a, b = tensor_arg(op, 0), tensor_arg(op, 1)
     return (a, b) if a is not None and b is not None else None
-
-
-def single_use(value: SSAValue) -> bool:
-    return value.has_one_use()
 
 
 def users(value: SSAValue) -> list[Operation]:

@@ -61,7 +61,7 @@ from irfuse.dialects.irfuse import (
     GROUP_SIZES,
     QuantAttr,
     QuantOp,
-    _QuantProducer,
+    QuantProducer,
 )
 from irfuse.frontend.types import scalar, torch_dtype
 from irfuse.transforms import report
@@ -484,7 +484,7 @@ class RaiseDynamicFp8QuantPattern(RewritePattern):
         if isinstance(match, str):
             report.rejected(NAME, op, match)
             return
-        if not self.standalone and not isinstance(match.source.owner, _QuantProducer):
+        if not self.standalone and not isinstance(match.source.owner, QuantProducer):
             report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
             return
         operands = [match.source, *([match.ub] if match.ub is not None else [])]

@@ -31,7 +31,7 @@ from xdsl.pattern_rewriter import (
 )
 
 from irfuse.dialects.aten import CallOp
-from irfuse.dialects.irfuse import QuantAttr, QuantOp, _QuantProducer
+from irfuse.dialects.irfuse import QuantAttr, QuantOp, QuantProducer
 from irfuse.transforms import report
 from irfuse.transforms.match import (
     CASTS,
@@ -147,7 +147,7 @@ class RaiseFp8QuantPattern(RewritePattern):
             report.rejected(NAME, op, found)
         if not isinstance(found, StaticQuantMatch):
             return
-        if not self.standalone and not isinstance(found.source.owner, _QuantProducer):
+        if not self.standalone and not isinstance(found.source.owner, QuantProducer):
             report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
             return
         new = QuantOp.build(
