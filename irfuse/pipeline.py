@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.fx as fx
 from xdsl.passes import PassPipeline
-from xdsl.utils.exceptions import DiagnosticException
+from xdsl.utils.exceptions import DiagnosticException, VerifyException
 
 from irfuse.dialects import make_context
 from irfuse.dump import GraphDump
@@ -113,8 +113,13 @@ def _transform(
     with collect(report), policy.install(attention_chooser(options.attention)):
         for module_pass in PassPipeline.parse_spec(PASSES, options.passes).passes:
             before = sum(report.fused.values())
-            module_pass.apply(ctx, module)
-            module.verify()
+            try:
+                module_pass.apply(ctx, module)
+                module.verify()
+            except (DiagnosticException, VerifyException) as error:  # a pass bug: no harm done
+                last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+                report.notes.append(f"graph left unchanged: {module_pass.name} failed: {last_line}")
+                return
             if dump is not None and sum(report.fused.values()) != before:
                 dump.module(f"after-{module_pass.name}", module)
     try:

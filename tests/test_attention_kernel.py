@@ -56,6 +56,7 @@ def test_fully_masked_rows_are_zero_with_minus_inf_lse():
     [
         (((1, 3, 4, 16), (1, 2, 4, 16), (1, 2, 4, 16)), "heads"),
         (((1, 2, 4, 24), (1, 2, 4, 24), (1, 2, 4, 24)), "head dims"),
+        (((2, 2, 4, 16), (1, 2, 4, 16), (1, 2, 4, 16)), "batch sizes"),
     ],
 )
 def test_bad_inputs(shapes, match):

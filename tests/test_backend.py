@@ -283,3 +283,21 @@ def test_measured_choices_bypass_the_inductor_cache(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert IrfuseGraphPass(Options.from_dict({})).uuid() is None
     assert IrfuseGraphPass(Options.from_dict({"attention": "sdpa"})).uuid() is not None
+
+
+@pytest.mark.parametrize(
+    "args,reason",
+    [
+        ("f64", "input dtype float64 is not bf16, fp16 or fp32"),
+        ("short_weight", "weight has 1 elements, the hidden size is 64"),
+    ],
+)
+def test_norms_the_kernels_cannot_run_are_refused(args, reason):
+    x, _, w, s = _norm_inputs()
+    if args == "f64":
+        x, w = x.double(), w.double()
+    else:
+        w = w[:1]
+    report = irfuse.explain(models.hf_norm_quant, x, w, s)
+    assert any(r["reason"] == reason for r in report.rejected), str(report)
+    assert not report.kernels

@@ -123,3 +123,20 @@ def test_irfuse_custom_op_calls_run_the_generated_kernel():
     q, s = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x)
     q_ref, s_ref = fn(x)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(s, s_ref)
+
+
+def test_several_new_kernels_after_one_anchor_keep_the_graph_valid():
+    """New nodes are ordered between their anchor and the next original node."""
+
+    def fn(x, w):
+        a = irfuse.ops.rms_norm(x, w, 1e-6)
+        b = irfuse.ops.rms_norm(x, w, 1e-5)
+        c = irfuse.ops.rms_norm(x, w, 1e-4)
+        y, h = irfuse.ops.fused_add_rms_norm(c, x + 1, w, 1e-6)
+        return a + b + y, h
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w = torch.randn(4, 64, device=device), torch.rand(64, device=device) + 0.5
+    out = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x, w)
+    for got, want in zip(out, fn(x, w), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

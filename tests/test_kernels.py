@@ -161,3 +161,16 @@ def test_unknown_kernel_spec_is_refused():
     x, _, w, _ = _inputs(2, 64, torch.float16)
     with pytest.raises(ValueError, match="unknown irfuse kernel spec"):
         kernel_norm(x, None, w, None, 1e-6, "rms_norm/plain/model/per_block 32")
+
+
+def test_strided_weight_is_read_correctly():
+    x, _, w, _ = _inputs(3, 64, torch.float32)
+    w2 = torch.stack([w, w], dim=1).reshape(-1)[::2]  # a view with stride 2
+    out, _, _ = kernel_norm(x, None, w2, None, 1e-6, "rms_norm/plain/model/none")
+    assert_close(out, ref.rms_norm(x, w, 1e-6))
+
+
+def test_empty_per_tensor_quant_has_the_reference_scale():
+    x = torch.empty(0, 64, device=DEVICE)
+    q, _, s = kernel_norm(x, None, None, None, 0.0, "quant/none/model/per_tensor")
+    assert q.shape == (0, 64) and torch.equal(s, ref.per_tensor_fp8_quant(x)[1])

@@ -340,7 +340,8 @@ class AttentionOp(QuantProducer):
     irdl_options = _SEGMENTS
     assembly_format = (
         "$q `,` $k `,` $v (`mask` $mask^)? (`scale` $quant_scale^)? attr-dict `:` type($q) `,`"
-        " type($k) `,` type($v) (`,` type($mask)^)? (`,` type($quant_scale)^)? `->` type($out)"
+        " type($k) `,` type($v) (`mask` type($mask)^)? (`scale` type($quant_scale)^)?"
+        " `->` type($out)"
         " (`,` `lse` type($lse)^)? (`,` type($scale_out)^)?"
     )
 
@@ -412,7 +413,8 @@ class MlaAttentionOp(QuantProducer):
             _dim(w_uv, 1), _dim(kv_c, 1)
         ):
             raise VerifyException("w_uk / w_uv latent dim must match kv_c's last dim")
-        if not _same_dim(_dim(q, 2), _dim(w_uk, 1) + _dim(k_pe, 2)):
+        nope_rope = (_dim(w_uk, 1), _dim(k_pe, 2))
+        if DYNAMIC not in nope_rope and not _same_dim(_dim(q, 2), sum(nope_rope)):
             raise VerifyException("q head dim must be nope dim + rope dim")
         verify_output_quant(
             self.quant, _tensor(self.out, "out"), self.quant_scale, self.scale_out, q.element_type
@@ -492,8 +494,8 @@ class AllReduceRmsNormOp(QuantProducer):
     irdl_options = _SEGMENTS
     assembly_format = (
         "$x (`residual` $residual^)? `,` $weight (`scale` $quant_scale^)? attr-dict `:`"
-        " type($x) (`,` type($residual)^)? `,` type($weight) (`,` type($quant_scale)^)?"
-        " `->` type($y) (`,` type($residual_out)^)? (`,` type($scale_out)^)?"
+        " type($x) (`residual` type($residual)^)? `,` type($weight) (`,` type($quant_scale)^)?"
+        " `->` type($y) (`residual` type($residual_out)^)? (`,` type($scale_out)^)?"
     )
 
     def verify_(self) -> None:

@@ -68,13 +68,18 @@ def _fused_rms_norm(node: fx.Node) -> DirectImport | None:
         return None
     if len(shape) != 1 or eps is None:  # normalising over several dims, or eps from dtype
         return None
+    w_val = _tensor_val(weight)
+    if w_val is None or w_val.dtype != x_val.dtype:  # promotes: not an rms_norm of x's dtype
+        return None
     y = items[0]
+    # ATen computes (x * rstd * w) in fp32 and casts once: the fp32 weight multiply
+    props = {"eps": f64(eps), "fp32_weight_mul": UnitAttr()}
     return DirectImport(
         [node, y],
         [x, weight],
         [y],
         lambda ops: RmsNormOp.build(
-            operands=[*ops, []], result_types=[_types(y)[0], []], properties={"eps": f64(eps)}
+            operands=[*ops, []], result_types=[_types(y)[0], []], properties=props
         ),
     )
 
@@ -93,6 +98,8 @@ def _sdpa(
             return None  # lse or extra outputs in use: leave the call as it is
         out = items[0]
         inputs = [q, k, v] + ([mask] if mask is not None else [])
+        if scale is None and not isinstance(q_val.shape[-1], int):
+            return None  # a symbolic head dim: the default scale is not a constant
         scale = scale if scale is not None else 1.0 / math.sqrt(q_val.shape[-1])
         props = {
             "scale": f64(scale),

@@ -69,6 +69,8 @@ def _check(q, k, v, scale, causal, layout, epilogue) -> None:
             raise TypeError(f"{what}: {name} must be a 4-D bf16/fp16/fp32 tensor")
         if t.dtype != q.dtype or t.device != q.device:
             raise TypeError(f"{what}: q, k, v must share dtype and device")
+    if not q.shape[0] == k.shape[0] == v.shape[0]:
+        raise ValueError(f"{what}: batch sizes {q.shape[0]} / {k.shape[0]} / {v.shape[0]} differ")
     if q.shape[1] % k.shape[1] or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
         raise ValueError(f"{what}: heads {q.shape[1]} / {k.shape[1]} / {v.shape[1]} mismatch")
     if q.shape[-1] != k.shape[-1] or q.shape[-1] not in HEAD_DIMS or v.shape[-1] not in HEAD_DIMS:

@@ -8,6 +8,7 @@ ops that a pass erased are removed. Nothing is touched unless every new op lower
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,9 +48,11 @@ def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
                 continue
         else:
             spec = spec_for(op)
-        hidden = op.operands[0].type
-        if isinstance(spec, KernelSpec) and hidden.get_shape()[-1] > MAX_COLS:
-            raise NoKernel(f"hidden size {hidden.get_shape()[-1]} > {MAX_COLS}")
+        shape = op.operands[0].type.get_shape()
+        if isinstance(spec, KernelSpec) and (not shape or shape[-1] > MAX_COLS):
+            if origin is not None:  # a direct irfuse call: it keeps running the reference
+                continue
+            raise NoKernel(f"no kernel for the shape {list(shape)} (hidden size <= {MAX_COLS})")
         plan.append(Lowered(op, spec))
     return plan
 
@@ -87,8 +90,10 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
         while anchor in tail:
             anchor = tail[anchor]
         nodes = _lower(graph, anchor, op, specs[op], lambda v: value_node.get(v))
-        for node in nodes:
-            rank[node] = rank[anchor] + 0.5
+        # ranks strictly between the anchor and the next original node (an integer)
+        low, high = rank[anchor], math.floor(rank[anchor]) + 1
+        for i, node in enumerate(nodes, start=1):
+            rank[node] = low + (high - low) * i / (len(nodes) + 1)
         tail[anchor] = nodes[-1]
         for result, node in zip(op.results, nodes[1:], strict=True):
             value_node[result] = node
@@ -149,7 +154,7 @@ def _lower_norm(
     node_of: Callable[[SSAValue | None], fx.Node | None],
 ) -> list[fx.Node]:
     """Insert `kernel_norm(...)` after `anchor` and a getitem for each IR result; returns
-    the FX node of each result."""
+    [call, node of each result]."""
     residual = op.residual if isinstance(op, FusedAddRmsNormOp) else None
     weight = op.weight if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)) else None
     eps = op.eps.value.data if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)) else 0.0

@@ -9,8 +9,8 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.utils.target import Target
 
-from irfuse.dialects.irfuse import QuantOp, QuantProducer
-from irfuse.lowering.to_triton import NoKernel, kernel_source, spec_for
+from irfuse.dialects.irfuse import QuantProducer
+from irfuse.lowering.to_triton import NoKernel, spec_for
 from irfuse.transforms.report import location
 
 
@@ -21,7 +21,7 @@ class TritonTarget(Target):
     def emit(self, ctx: Context, module: ModuleOp, output: IO[str]) -> None:
         emitted: set[str] = set()
         for op in module.walk():
-            if not isinstance(op, (QuantOp, QuantProducer)):
+            if not isinstance(op, QuantProducer):
                 continue
             try:
                 spec = spec_for(op)
@@ -31,4 +31,4 @@ class TritonTarget(Target):
             output.write(f"# {location(op)} = {op.name} -> kernel {spec.name}\n")
             if spec.name not in emitted:
                 emitted.add(spec.name)
-                output.write(kernel_source(spec) + "\n")
+                output.write(spec.source() + "\n")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Operation
+from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     PatternRewriter,
@@ -38,6 +38,18 @@ NORM_EPILOGUES: dict[str, frozenset[str]] = {
     RmsNormOp.name: _NORM_SCHEMES,
     FusedAddRmsNormOp.name: _NORM_SCHEMES,
 }
+
+
+def can_take_epilogue(value: SSAValue, scheme: str) -> bool:
+    """Whether `value` is the first result of a norm that can end with `scheme` (what the
+    raise passes ask before raising a quant that only a fusion would make pay)."""
+    owner = value.owner
+    return (
+        isinstance(owner, QuantProducer)
+        and scheme in NORM_EPILOGUES.get(owner.name, ())
+        and value is owner.results[0]
+        and owner.output_quant() is None
+    )
 
 
 @dataclass

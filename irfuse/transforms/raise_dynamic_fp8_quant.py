@@ -61,10 +61,10 @@ from irfuse.dialects.irfuse import (
     GROUP_SIZES,
     QuantAttr,
     QuantOp,
-    QuantProducer,
 )
 from irfuse.frontend.types import scalar, torch_dtype
 from irfuse.transforms import report
+from irfuse.transforms.fuse_quant import can_take_epilogue
 from irfuse.transforms.match import (
     CASTS,
     CLAMP,
@@ -484,7 +484,7 @@ class RaiseDynamicFp8QuantPattern(RewritePattern):
         if isinstance(match, str):
             report.rejected(NAME, op, match)
             return
-        if not self.standalone and not isinstance(match.source.owner, QuantProducer):
+        if not self.standalone and not can_take_epilogue(match.source, match.quant.scheme):
             report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
             return
         operands = [match.source, *([match.ub] if match.ub is not None else [])]

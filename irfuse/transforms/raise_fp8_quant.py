@@ -31,8 +31,9 @@ from xdsl.pattern_rewriter import (
 )
 
 from irfuse.dialects.aten import CallOp
-from irfuse.dialects.irfuse import QuantAttr, QuantOp, QuantProducer
+from irfuse.dialects.irfuse import FLOAT_TYPES, QuantAttr, QuantOp
 from irfuse.transforms import report
+from irfuse.transforms.fuse_quant import can_take_epilogue
 from irfuse.transforms.match import (
     CASTS,
     F32,
@@ -125,6 +126,8 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
     x_cast = cast_of(x)
     if x_cast is not None and x_cast[1] == F32 and x.uses.get_length() == 1:
         source = x_cast[0]
+    if not isinstance(element_type(source), FLOAT_TYPES):
+        return f"input {source.type} is not bf16, fp16 or fp32"
     dead_ops = [*clamp[1], *scale_ops] + ([x.owner] if source is not x else [])
     return StaticQuantMatch(op, source, scale, dead_ops)  # type: ignore[arg-type]
 
@@ -147,7 +150,7 @@ class RaiseFp8QuantPattern(RewritePattern):
             report.rejected(NAME, op, found)
         if not isinstance(found, StaticQuantMatch):
             return
-        if not self.standalone and not isinstance(found.source.owner, QuantProducer):
+        if not self.standalone and not can_take_epilogue(found.source, "static"):
             report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
             return
         new = QuantOp.build(

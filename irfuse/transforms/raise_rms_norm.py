@@ -33,7 +33,7 @@ from xdsl.pattern_rewriter import (
 )
 
 from irfuse.dialects.aten import CallOp
-from irfuse.dialects.irfuse import RmsNormOp
+from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, RmsNormOp
 from irfuse.frontend.types import torch_dtype
 from irfuse.transforms import report
 from irfuse.transforms.match import (
@@ -191,8 +191,13 @@ class RaiseRmsNormPattern(RewritePattern):
 
 def _guard(norm: _Norm, weighted: _Weighted, dt: Attribute | None, y: SSAValue) -> str | None:
     w_dt = element_type(weighted.weight)
+    if not isinstance(dt, FLOAT_TYPES):
+        return f"input dtype {dtype_name(dt)} is not bf16, fp16 or fp32"
     if rank(weighted.weight) != 1:
         return f"weight has rank {rank(weighted.weight)}, expected 1"
+    hidden, w_size = norm.x.type.get_shape()[-1], weighted.weight.type.get_shape()[0]
+    if DYNAMIC not in (hidden, w_size) and hidden != w_size:
+        return f"weight has {w_size} elements, the hidden size is {hidden}"
     if w_dt != dt and not (weighted.form == "gemma" and w_dt == F32):
         return f"weight dtype {dtype_name(w_dt)} != input dtype {dtype_name(dt)}"
     unrounded = weighted.form != "plain" and element_type(y) == F32

@@ -14,7 +14,7 @@ func.func @attention_quant(%q: tensor<2x4x16x64xbf16>, %k: tensor<2x2x16x64xbf16
   func.return %q8 : tensor<2x16x256xf8E4M3FN>
 }
 // CHECK-LABEL: func.func @attention_quant
-// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %v scale %s {scale = 1.250000e-01 : f64, causal = "top_left", layout = "bs_hd", quant = #irfuse.quant<static>} : tensor<2x4x16x64xbf16>, tensor<2x2x16x64xbf16>, tensor<2x2x16x64xbf16>, tensor<1xf32> -> tensor<2x16x256xf8E4M3FN>
+// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %v scale %s {scale = 1.250000e-01 : f64, causal = "top_left", layout = "bs_hd", quant = #irfuse.quant<static>} : tensor<2x4x16x64xbf16>, tensor<2x2x16x64xbf16>, tensor<2x2x16x64xbf16> scale tensor<1xf32> -> tensor<2x16x256xf8E4M3FN>
 // CHECK-NEXT:    func.return %q8
 
 // -----
