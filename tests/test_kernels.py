@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import irfuse.ops as ref
+from irfuse.lowering.kernel_spec import KernelSpec, kernel_source
 from irfuse.lowering.runtime import kernel_norm
-from irfuse.lowering.to_triton import KernelSpec, kernel_source
 from tests.helpers import assert_close, assert_fp8_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,7 +9,22 @@ the raise passes can read constants such as eps or clamp bounds.
 
 from __future__ import annotations
 
-from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, IntAttr, StringAttr
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    BFloat16Type,
+    DictionaryAttr,
+    Float8E4M3FNType,
+    Float8E5M2Type,
+    Float16Type,
+    Float32Type,
+    Float64Type,
+    FloatAttr,
+    IntAttr,
+    IntegerAttr,
+    IntegerType,
+    Signedness,
+    StringAttr,
+)
 from xdsl.ir import Attribute, Dialect, ParametrizedAttribute, TypeAttribute
 from xdsl.irdl import (
     IRDLOperation,
@@ -85,6 +100,37 @@ def _refs(attr: Attribute) -> list[int]:
     if isinstance(attr, DictionaryAttr):
         return [i for a in attr.data.values() for i in _refs(a)]
     return []
+
+
+DTYPE_NAMES: dict[Attribute, str] = {
+    BFloat16Type(): "bfloat16",
+    Float16Type(): "float16",
+    Float32Type(): "float32",
+    Float64Type(): "float64",
+    Float8E4M3FNType(): "float8_e4m3fn",
+    Float8E5M2Type(): "float8_e5m2",
+    IntegerType(64): "int64",
+    IntegerType(32): "int32",
+    IntegerType(16): "int16",
+    IntegerType(8): "int8",
+    IntegerType(8, Signedness.UNSIGNED): "uint8",
+    IntegerType(1): "bool",
+}
+
+
+def dtype_name(attr: Attribute | None) -> str:
+    """torch's name of an element type (`bf16` -> "bfloat16"), for messages."""
+    return DTYPE_NAMES.get(attr, str(attr)) if attr is not None else "none"
+
+
+def scalar(attr: Attribute | None) -> float | int | bool | None:
+    """The Python value of a constant argument attribute (None if not a plain scalar)."""
+    if isinstance(attr, IntegerAttr):
+        value = attr.value.data
+        return bool(value) if attr.type == IntegerType(1) else value
+    if isinstance(attr, FloatAttr):
+        return attr.value.data
+    return None
 
 
 Aten = Dialect("aten", [CallOp], [RefAttr, ValueType])

@@ -10,8 +10,6 @@ scale) and its scale result (`scale_out`: dynamic and nvfp4 block scales), so th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from xdsl.dialects.builtin import (
     BFloat16Type,
     Float8E4M3FNType,
@@ -51,7 +49,6 @@ DYNAMIC = -(2**63)
 
 QUANT_KINDS = ("static", "per_token", "per_tensor", "per_group", "nvfp4")
 GROUP_SIZES = (64, 128)
-NVFP4_BLOCK = 16
 
 
 @irdl_attr_definition
@@ -226,6 +223,13 @@ class QuantOp(QuantProducer):
         verify_output_quant(self.quant, out, self.quant_scale, self.scale_out, x.element_type)
 
 
+def _verify_unrounded(op: IRDLOperation) -> None:
+    if op.properties.get("unrounded") and not (
+        op.properties.get("fp32_weight_mul") or op.properties.get("gemma")
+    ):
+        raise VerifyException("unrounded needs fp32_weight_mul or gemma (the plain form rounds)")
+
+
 def _verify_norm(x: TensorType, w: TensorType, gemma: bool) -> None:
     _check_float(x, "norm input")
     if w.get_num_dims() != 1 or not _same_dim(_dim(w, 0), _dim(x, -1)):
@@ -265,6 +269,7 @@ class RmsNormOp(QuantProducer):
     def verify_(self) -> None:
         x = _tensor(self.x, "x")
         _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
+        _verify_unrounded(self)
         verify_output_quant(
             self.quant,
             _tensor(self.y, "y"),
@@ -304,6 +309,7 @@ class FusedAddRmsNormOp(QuantProducer):
         if residual.element_type != x.element_type or residual.get_shape() != x.get_shape():
             raise VerifyException(f"residual {residual} must match the input {x}")
         _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
+        _verify_unrounded(self)
         if _tensor(self.residual_out, "residual_out") != x:
             raise VerifyException("residual_out must have the input's type")
         verify_output_quant(
@@ -507,15 +513,6 @@ class AllReduceRmsNormOp(QuantProducer):
             self.quant, _tensor(self.y, "y"), self.quant_scale, self.scale_out, x.element_type
         )
 
-
-QUANT_PRODUCERS: Sequence[type[QuantProducer]] = (
-    RmsNormOp,
-    FusedAddRmsNormOp,
-    AttentionOp,
-    MlaAttentionOp,
-    MergeAttnStatesOp,
-    AllReduceRmsNormOp,
-)
 
 Irfuse = Dialect(
     "irfuse",

@@ -104,13 +104,3 @@ def constant_attr(value: Any, refs: dict[int, int]) -> Attribute:
     if isinstance(value, dict):
         return DictionaryAttr({str(k): constant_attr(v, refs) for k, v in value.items()})
     return StringAttr(str(value))
-
-
-def scalar(attr: Attribute | None) -> float | int | bool | None:
-    """The Python value of a constant argument attribute (None if not a plain scalar)."""
-    if isinstance(attr, IntegerAttr):
-        value = attr.value.data
-        return bool(value) if attr.type == IntegerType(1) else value
-    if isinstance(attr, FloatAttr):
-        return attr.value.data
-    return None

@@ -19,7 +19,7 @@ import triton
 from irfuse.kernels.norm import MAX_COLS
 from irfuse.kernels.quant import parse_scheme
 from irfuse.lowering.kernel_cache import load_kernel
-from irfuse.lowering.to_triton import KernelSpec, kernel_source
+from irfuse.lowering.kernel_spec import KernelSpec, kernel_source
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 FP8 = torch.float8_e4m3fn

@@ -24,7 +24,8 @@ import irfuse.lowering.runtime  # noqa: F401  (registers torch.ops.irfuse.kernel
 from irfuse.dialects.irfuse import AttentionOp, FusedAddRmsNormOp, QuantOp, RmsNormOp
 from irfuse.frontend.fx_import import ImportedGraph
 from irfuse.kernels.norm import MAX_COLS
-from irfuse.lowering.to_triton import AttentionKernel, KernelSpec, NoKernel, spec_for
+from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
+from irfuse.lowering.to_triton import NoKernel, spec_for
 
 
 @dataclass

@@ -30,9 +30,8 @@ from xdsl.pattern_rewriter import (
 )
 from xdsl.rewriter import InsertPoint
 
-from irfuse.dialects.aten import CallOp
+from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import DYNAMIC, AttentionOp, QuantAttr
-from irfuse.frontend.types import torch_dtype
 from irfuse.transforms import policy, report
 from irfuse.transforms.match import (
     call,
@@ -133,10 +132,10 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: StaticQuantMat
 def _signature(attention: AttentionOp) -> dict[str, object]:
     b, hq, sq, d = attention.q.type.get_shape()
     _, hkv, skv, dv = attention.v.type.get_shape()
-    dtype = torch_dtype(attention.q.type.element_type)
+    dtype = dtype_name(attention.q.type.element_type)
     return {
         "batch": b, "heads_q": hq, "heads_kv": hkv, "seq_q": sq, "seq_kv": skv,
-        "head_dim": d, "head_dim_v": dv, "dtype": str(dtype).removeprefix("torch."),
+        "head_dim": d, "head_dim_v": dv, "dtype": dtype,
         "causal": attention.causal.data, "scale": attention.scale.value.data,
     }  # fmt: skip
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from xdsl.dialects.builtin import ArrayAttr, Float32Type, NoneAttr, TensorType
 from xdsl.ir import Attribute, Operation, SSAValue
 
-from irfuse.dialects.aten import CallOp, RefAttr
-from irfuse.frontend.types import scalar
+from irfuse.dialects.aten import CallOp, RefAttr, scalar
 
 CASTS = ("prims.convert_element_type.default", "aten._to_copy.default")
 MUL = "aten.mul.Tensor"

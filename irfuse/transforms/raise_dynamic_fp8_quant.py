@@ -54,7 +54,7 @@ from xdsl.pattern_rewriter import (
 )
 from xdsl.rewriter import InsertPoint
 
-from irfuse.dialects.aten import CallOp
+from irfuse.dialects.aten import CallOp, dtype_name, scalar
 from irfuse.dialects.irfuse import (
     DYNAMIC,
     FLOAT_TYPES,
@@ -62,7 +62,6 @@ from irfuse.dialects.irfuse import (
     QuantAttr,
     QuantOp,
 )
-from irfuse.frontend.types import scalar, torch_dtype
 from irfuse.transforms import report
 from irfuse.transforms.fuse_quant import can_take_epilogue
 from irfuse.transforms.match import (
@@ -455,9 +454,7 @@ def _check_amax(amax: CallOp, xs: SSAValue, scheme: str) -> str | None:
 
 
 def _dtype(value: SSAValue) -> str:
-    attr = element_type(value)
-    dtype = torch_dtype(attr) if attr is not None else None
-    return str(dtype).removeprefix("torch.") if dtype is not None else str(attr)
+    return dtype_name(element_type(value))
 
 
 @dataclass

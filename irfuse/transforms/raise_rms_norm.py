@@ -32,9 +32,8 @@ from xdsl.pattern_rewriter import (
     op_type_rewrite_pattern,
 )
 
-from irfuse.dialects.aten import CallOp
+from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, RmsNormOp
-from irfuse.frontend.types import torch_dtype
 from irfuse.transforms import report
 from irfuse.transforms.match import (
     F32,
@@ -52,11 +51,6 @@ from irfuse.transforms.match import (
 )
 
 NAME = "raise-rms-norm"
-
-
-def dtype_name(attr: Attribute | None) -> str:
-    dtype = torch_dtype(attr) if attr is not None else None
-    return str(dtype).removeprefix("torch.") if dtype is not None else str(attr)
 
 
 @dataclass

@@ -1,0 +1,120 @@
+"""Kernel specifications and the Triton source they generate (no IR here: the runtime
+ops use this module, and only to_triton.py maps irfuse ops onto specs).
+
+A KernelSpec names a producer body from irfuse/kernels and an epilogue per quant
+scheme; `kernel_source` composes them into a readable module whose docstring names
+the ops it fuses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from irfuse.kernels import norm
+from irfuse.kernels import quant as quant_pieces
+from irfuse.kernels.quant import parse_scheme
+
+PRODUCERS = ("quant", "rms_norm", "fused_add_rms_norm")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    producer: str  # one of PRODUCERS
+    weight_mode: str = "none"  # plain | fp32 | gemma | none (no norm)
+    quant: str = "none"  # none, or a scheme in #irfuse.quant syntax ("per_group 128 ue8m0")
+    norm_out: str = "model"  # model: the norm rounds to the input dtype | fp32: it does not
+
+    @property
+    def name(self) -> str:
+        kind, group, _, ue8m0 = parse_scheme(self.quant)
+        special = {"none": "", "nvfp4": "_nvfp4", "amax": "_amax"}
+        suffix = special.get(kind, f"_{kind}{group or ''}_fp8")
+        suffix = suffix.replace("_fp8", "_ue8m0_fp8") if ue8m0 else suffix
+        mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
+        out = "_f32out" if self.norm_out == "fp32" else ""
+        return f"irfuse_{self.producer}{mode}{out}{suffix}"
+
+    def source(self) -> str:
+        return kernel_source(self)
+
+    def encode(self) -> str:
+        """The string a runtime call carries (see `decode`)."""
+        return f"{self.producer}/{self.weight_mode}/{self.norm_out}/{self.quant}"
+
+    @staticmethod
+    def decode(text: str) -> KernelSpec:
+        parts = text.split("/")
+        if len(parts) == 4:
+            producer, weight_mode, norm_out, quant = parts
+            try:
+                parse_scheme(quant)
+                known_scheme = True
+            except ValueError:
+                known_scheme = False
+            if (
+                known_scheme
+                and quant.split()[0] in LOWERED_SCHEMES
+                and producer in PRODUCERS
+                and norm_out in ("model", "fp32")
+                and weight_mode in ((*norm.WEIGHT,) if producer != "quant" else ("none",))
+            ):
+                return KernelSpec(producer, weight_mode, quant, norm_out)
+        raise ValueError(f"unknown irfuse kernel spec {text!r}")
+
+    def describe(self) -> str:
+        parts = {
+            "quant": [],
+            "rms_norm": ["rms_norm"],
+            "fused_add_rms_norm": ["add", "rms_norm"],
+        }[self.producer]
+        if self.weight_mode in ("fp32", "gemma"):
+            parts[-1] += f" ({self.weight_mode} weight)"
+        if self.quant == "nvfp4":
+            parts.append("nvfp4 quant")
+        elif self.quant == "amax":
+            parts.append("amax (phase 1 of a per_tensor fp8 quant)")
+        elif self.quant != "none":
+            parts.append(f"{self.quant} fp8 quant")
+        return " + ".join(parts)
+
+
+# per_tensor runs as two kernels, `amax` (internal) then `per_tensor` (runtime.py).
+LOWERED_SCHEMES = ("none", "static", "per_token", "per_tensor", "per_group", "nvfp4", "amax")
+
+
+@dataclass(frozen=True)
+class AttentionKernel:
+    """The generated attention forward with an epilogue (none or static)."""
+
+    epilogue: str
+
+    @property
+    def name(self) -> str:
+        from irfuse.lowering.attention import kernel_name
+
+        return kernel_name(self.epilogue)
+
+    def source(self) -> str:
+        from irfuse.lowering.attention import attention_source
+
+        return attention_source(self.epilogue)
+
+
+def kernel_source(spec: KernelSpec) -> str:
+    helpers, preload, store = quant_pieces.epilogue(spec.quant, spec.producer != "quant")
+    body = norm.SIGNATURE.format(name=spec.name)
+    if spec.producer != "quant":
+        body += norm.PRELOAD_WEIGHT
+    body += preload
+    if spec.producer == "fused_add_rms_norm":
+        body += norm.ADD_RESIDUAL
+    if spec.producer != "quant":
+        norm_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
+        body += norm.RMS_NORM.format(norm_dtype=norm_dtype) + norm.WEIGHT[spec.weight_mode]
+    body += store
+    return (
+        f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
+        'One program per row; see irfuse/kernels for the pieces."""\n\n'
+        "import triton\nimport triton.language as tl\n"
+        f"{norm.ROUND_TO}{helpers}\n{body}"
+    )
