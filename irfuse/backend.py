@@ -2,9 +2,10 @@
 
 Inductor compiles the graph with irfuse's pass installed as its post-grad custom pass
 (`options={"inner": "eager"}` runs the same pass on the AOT graph and executes it
-eagerly). Options: `passes` (names or a comma-separated string; default: the whole
-pipeline), `dump_dir` (or `IRFUSE_DUMP_DIR`), `inner`; any other key is an Inductor
-config option. `mode` works as for Inductor ("reduce-overhead" = CUDA graphs).
+eagerly). Options: `passes` (an xdsl pipeline, "a,b{opt=v}", or a list of names;
+default: the whole pipeline), `dump_dir` (or `IRFUSE_DUMP_DIR`), `inner`, `attention`
+(auto | irfuse | sdpa); any other key is an Inductor config option. `mode` works as for
+Inductor ("reduce-overhead" = CUDA graphs).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def ir_text(module: ModuleOp) -> str:
 
 
 class GraphDump:
-    """Writes the files of one graph under `<dump_dir>/graph_<n>/`."""
+    """Writes the files of one graph under `<dump_dir>/graph_<pid>_<n>/`."""
 
     def __init__(self, dump_dir: str) -> None:
         self.path = Path(dump_dir) / f"graph_{os.getpid()}_{next(_GRAPH_IDS)}"

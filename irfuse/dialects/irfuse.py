@@ -128,7 +128,7 @@ def _dim(t: TensorType, i: int) -> int:
     return t.get_shape()[i]
 
 
-def _same_dim(a: int, b: int) -> bool:
+def same_dim(a: int, b: int) -> bool:
     return a == DYNAMIC or b == DYNAMIC or a == b
 
 
@@ -232,7 +232,7 @@ def _verify_unrounded(op: IRDLOperation) -> None:
 
 def _verify_norm(x: TensorType, w: TensorType, gemma: bool) -> None:
     _check_float(x, "norm input")
-    if w.get_num_dims() != 1 or not _same_dim(_dim(w, 0), _dim(x, -1)):
+    if w.get_num_dims() != 1 or not same_dim(_dim(w, 0), _dim(x, -1)):
         raise VerifyException(f"weight must be 1-D of the hidden size, got {w} for input {x}")
     if w.element_type != x.element_type and not (gemma and w.element_type == Float32Type()):
         raise VerifyException(f"weight dtype {w.element_type} != input dtype {x.element_type}")
@@ -362,7 +362,7 @@ class AttentionOp(QuantProducer):
         hq, hkv = _dim(q, 1), _dim(k, 1)
         if DYNAMIC not in (hq, hkv) and hq % hkv:
             raise VerifyException(f"query heads {hq} not a multiple of kv heads {hkv}")
-        if not _same_dim(_dim(q, 3), _dim(k, 3)):
+        if not same_dim(_dim(q, 3), _dim(k, 3)):
             raise VerifyException(f"q head dim {_dim(q, 3)} != k head dim {_dim(k, 3)}")
         if self.causal.data not in CAUSAL_KINDS:
             raise VerifyException(f"causal must be one of {CAUSAL_KINDS}")
@@ -415,12 +415,10 @@ class MlaAttentionOp(QuantProducer):
             _check_float(t, n)
             if t.get_num_dims() != rank:
                 raise VerifyException(f"{n} must have rank {rank}, got {t}")
-        if not _same_dim(_dim(w_uk, 2), _dim(kv_c, 1)) or not _same_dim(
-            _dim(w_uv, 1), _dim(kv_c, 1)
-        ):
+        if not same_dim(_dim(w_uk, 2), _dim(kv_c, 1)) or not same_dim(_dim(w_uv, 1), _dim(kv_c, 1)):
             raise VerifyException("w_uk / w_uv latent dim must match kv_c's last dim")
         nope_rope = (_dim(w_uk, 1), _dim(k_pe, 2))
-        if DYNAMIC not in nope_rope and not _same_dim(_dim(q, 2), sum(nope_rope)):
+        if DYNAMIC not in nope_rope and not same_dim(_dim(q, 2), sum(nope_rope)):
             raise VerifyException("q head dim must be nope dim + rope dim")
         verify_output_quant(
             self.quant, _tensor(self.out, "out"), self.quant_scale, self.scale_out, q.element_type

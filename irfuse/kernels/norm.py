@@ -1,8 +1,9 @@
 """Triton source for the RMSNorm family: one row of `n_cols` per program.
 
 The body loads the row as fp32 `v`, optionally adds the residual (storing the sum in
-the model dtype), normalises, applies the weight, and leaves `v` rounded to the model
-dtype for the epilogue (so a fused quant sees exactly what the unfused pair would).
+the model dtype), normalises, applies the weight, and leaves `v` rounded to the norm's
+output dtype (the model dtype, or fp32 for an `unrounded` norm) for the epilogue, so a
+fused quant sees exactly what the unfused pair would.
 """
 
 SIGNATURE = """

@@ -12,7 +12,11 @@ from collections.abc import Callable
 
 import torch
 
+from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import INTERPRET
+
+DYNAMIC = -(2**63)  # a dynamic dim in the signature (the dialect's `?`)
+STATIC_QUANT = KernelSpec("quant", quant="static").encode()
 
 _DECISIONS: dict[tuple, tuple[bool, str]] = {}
 MARGIN = 0.97  # timings of +-3% are noise between rounds (ANCHORS.md)
@@ -26,7 +30,7 @@ def attention_chooser(mode: str) -> Callable[[str, dict[str, object]], tuple[boo
             return False, "attention=sdpa keeps the graph's SDPA + quant"
         if not torch.cuda.is_available():
             return INTERPRET, "attention=auto off the GPU: fused only under the interpreter"
-        if any(not isinstance(v, (int, float, str)) or v == -(2**63) for v in signature.values()):
+        if any(not isinstance(v, (int, float, str)) or v == DYNAMIC for v in signature.values()):
             return False, "attention=auto does not measure dynamic shapes: SDPA kept"
         key = (kind, *sorted(signature.items()))
         if key not in _DECISIONS:
@@ -65,7 +69,7 @@ def _measure(sig: dict[str, object]) -> tuple[bool, str]:
         )
 
     def quant() -> object:
-        return kernel_norm(layout_out, None, None, scale, 0.0, "quant/none/model/static")
+        return kernel_norm(layout_out, None, None, scale, 0.0, STATIC_QUANT)
 
     times: dict[str, float] = {}
     for _ in range(3):  # alternate the candidates; keep each one's best

@@ -34,16 +34,17 @@ from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import DYNAMIC, AttentionOp, QuantAttr
 from irfuse.transforms import policy, report
 from irfuse.transforms.match import (
+    VIEWS,
     call,
     const_arg,
+    erase_dead,
     fused_insertion_point,
     int_list_arg,
     tensor_arg,
 )
-from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, erase_dead, match_static_quant
+from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
 
 NAME = "fuse-attention-quant"
-VIEWS = ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
 HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
@@ -82,18 +83,16 @@ class FuseAttentionQuantPattern(RewritePattern):
         if layout is None:
             return
         attention, chain = layout
-        reason = _guard(attention, chain, found)
-        if reason is None:
-            fuse, reason = policy.choose("attention+static_fp8", _signature(attention))
-            if fuse:
-                reason = None
-        if reason is not None:
-            report.rejected(NAME, op, reason)
-            return
         replaced = [attention, *chain, op]
         before = fused_insertion_point(replaced, [*attention.operands, found.scale])
-        if before is None:
-            report.rejected(NAME, op, "no place for the fused op")
+        reason = _guard(attention, chain, found)
+        if reason is None and before is None:
+            reason = "no place for the fused op"
+        if reason is None:  # last: under attention=auto this times both candidates
+            fuse, reason = policy.choose("attention+static_fp8", _signature(attention))
+            reason = None if fuse else reason
+        if reason is not None or before is None:
+            report.rejected(NAME, op, reason or "no place for the fused op")
             return
         props = {
             "scale": attention.scale, "causal": attention.causal,

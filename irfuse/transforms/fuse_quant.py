@@ -3,7 +3,7 @@ its input.
 
 Matches `irfuse.quant(y)` where `y` is the first result of a quant producer (here
 `irfuse.rms_norm` and `irfuse.fused_add_rms_norm`) that has no output quant yet.
-Guards: the scheme has a fused kernel for that producer (`EPILOGUES`); `y` has no other
+Guards: the scheme has a fused kernel for that producer (`NORM_EPILOGUES`); `y` has no other
 reader (the unquantized value would be lost); the fused op can be placed where the
 scale is defined and before every reader of the producer's other results.
 Replacement: the producer with `quant` set, the quant's scale operand and scale result;

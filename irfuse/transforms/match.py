@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 from xdsl.dialects.builtin import ArrayAttr, Float32Type, NoneAttr, TensorType
 from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.pattern_rewriter import PatternRewriter
 
 from irfuse.dialects.aten import CallOp, RefAttr, scalar
 
 CASTS = ("prims.convert_element_type.default", "aten._to_copy.default")
+VIEWS = ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
 MUL = "aten.mul.Tensor"
 F32 = Float32Type()
 
@@ -180,3 +182,10 @@ def escaping_value(ops: list[Operation], allowed: list[SSAValue]) -> SSAValue | 
             if result not in allowed and any(user not in ops for user in users(result)):
                 return result
     return None
+
+
+def erase_dead(rewriter: PatternRewriter, ops: list[Operation]) -> None:
+    """Erase those of `ops` nothing reads any more, users first."""
+    for dead in sorted(dict.fromkeys(ops), key=position, reverse=True):
+        if all(not result.uses for result in dead.results):
+            rewriter.erase(dead)

@@ -61,6 +61,7 @@ from irfuse.dialects.irfuse import (
     GROUP_SIZES,
     QuantAttr,
     QuantOp,
+    same_dim,
 )
 from irfuse.transforms import report
 from irfuse.transforms.fuse_quant import can_take_epilogue
@@ -70,16 +71,17 @@ from irfuse.transforms.match import (
     CLAMP_MAX,
     CLAMP_MIN,
     F32,
+    VIEWS,
     call,
     cast_of,
     clamp_bounds,
     const_arg,
     constant_clamp,
     element_type,
+    erase_dead,
     escaping_value,
     fused_insertion_point,
     int_list_arg,
-    position,
     rank,
     shape,
     tensor_arg,
@@ -96,7 +98,6 @@ RECIP_ULP = float(np.spacing(np.float32(1.0 / FP8_MAX)))
 AMAX = "aten.amax.default"
 ABS = "aten.abs.default"
 DIV = "aten.div.Tensor"
-VIEWS = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default")
 SQUEEZE_DIM, SQUEEZE_DIMS = "aten.squeeze.dim", "aten.squeeze.dims"
 UPPER_BOUNDS = ("aten.minimum.default", "aten.clamp.Tensor", "aten.clamp_max.Tensor")
 SCALINGS = ("aten.div.Tensor", "aten.div.Scalar", "aten.mul.Tensor", "aten.mul.Scalar")
@@ -263,10 +264,6 @@ def _strip_f32_cast(value: SSAValue, inside: list[Operation]) -> tuple[SSAValue,
     return cast[0], [value.owner]  # type: ignore[list-item]
 
 
-def _same_dim(a: int, b: int) -> bool:
-    return a == b or DYNAMIC in (a, b)
-
-
 @dataclass
 class _Grouped:
     """`xs` = `x` [T, K] viewed as [T, K/G, G] (and cast to fp32) by `ops`."""
@@ -291,7 +288,7 @@ def _group_view(value: SSAValue) -> _Grouped | str:
         return f"group size {group} is not 64 or 128"
     if k != DYNAMIC and k % group:
         return f"hidden size {k} is not a multiple of the group size {group}"
-    if not _same_dim(t, t_view) or (DYNAMIC not in (k, groups) and groups * group != k):
+    if not same_dim(t, t_view) or (DYNAMIC not in (k, groups) and groups * group != k):
         return f"view {list(shape(x))} -> {list(shape(value))} does not split the last dim"  # type: ignore[arg-type]
     return _Grouped(x, group, [view])
 
@@ -506,9 +503,7 @@ def _rewrite(match: _Match, before: Operation, rewriter: PatternRewriter) -> Non
     rewriter.replace_all_uses_with(match.q, new.out)
     for scale in match.scales:
         rewriter.replace_all_uses_with(scale, new.scale_out)
-    for dead in sorted(dict.fromkeys(match.ops + match.dead_if_unused), key=position)[::-1]:
-        if all(not result.uses for result in dead.results):
-            rewriter.erase(dead)
+    erase_dead(rewriter, match.ops + match.dead_if_unused)
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,9 @@ from irfuse.transforms.match import (
     cast_of,
     const_arg,
     element_type,
+    erase_dead,
     escaping_intermediate,
     mul_operands,
-    position,
     tensor_arg,
 )
 
@@ -130,13 +130,6 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
         return f"input {source.type} is not bf16, fp16 or fp32"
     dead_ops = [*clamp[1], *scale_ops] + ([x.owner] if source is not x else [])
     return StaticQuantMatch(op, source, scale, dead_ops)  # type: ignore[arg-type]
-
-
-def erase_dead(rewriter: PatternRewriter, ops: list[Operation]) -> None:
-    """Erase those of `ops` nothing reads any more, users first."""
-    for dead in sorted(ops, key=position, reverse=True):
-        if all(not r.uses for r in dead.results):
-            rewriter.erase(dead)
 
 
 @dataclass

@@ -41,10 +41,10 @@ from irfuse.transforms.match import (
     cast_of,
     const_arg,
     element_type,
+    erase_dead,
     escaping_intermediate,
     int_list_arg,
     mul_operands,
-    position,
     rank,
     tensor_arg,
     users,
@@ -177,9 +177,7 @@ class RaiseRmsNormPattern(RewritePattern):
         )
         rewriter.replace(root, new)
         dead_ops = norm.chain + weighted.ops[:-1] + weighted.helpers
-        for dead in sorted(dead_ops, key=position, reverse=True):
-            if all(not r.uses for r in dead.results):
-                rewriter.erase(dead)
+        erase_dead(rewriter, dead_ops)
         report.fused(NAME)
 
 
