@@ -8,6 +8,8 @@ latency overlaps theirs (it matters for a handful of rows), and a store, which t
 layout). Divisions are `div_rn` (correctly rounded), as the reference divides.
 """
 
+import functools
+
 # Rounds fp32 onto the e4m3 grid (RNE) so that the interpreter's fp32->fp8 cast, which
 # is wrong for subnormals and mantissa carries (TOOLCHAIN.md), sees exact values. On the
 # GPU the hardware cast already is RNE and the helper is compiled out.
@@ -171,6 +173,7 @@ def epilogue(scheme: str, keeps_value: bool = True) -> tuple[str, str, str]:
     raise ValueError(f"no epilogue for quant scheme {scheme!r}")
 
 
+@functools.cache
 def parse_scheme(scheme: str) -> tuple[str, int, bool, bool]:
     """(kind, group, column_major, ue8m0) of a scheme string; ValueError if malformed."""
     kind, *options = scheme.split()

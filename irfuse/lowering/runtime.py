@@ -36,6 +36,18 @@ def decode(kernel: str) -> KernelSpec:
     return KernelSpec.decode(kernel)
 
 
+@functools.cache
+def _label(spec: KernelSpec) -> str:
+    return f"irfuse.kernel_norm ({spec.describe()})"
+
+
+@functools.cache
+def _per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
+    """The two kernels of a dynamic per-tensor quant: producer + amax, then the quant."""
+    amax = KernelSpec(spec.producer, spec.weight_mode, "amax", spec.norm_out)
+    return amax, KernelSpec("quant", "none", "per_tensor")
+
+
 def launch_config(n_rows: int, n_cols: int, scheme: str = "none") -> tuple[int, int]:
     """(BLOCK, num_warps) for rows of `n_cols` elements, chosen by measurement on H200
     (bench/RESULTS.md): 16 warps from 4096 columns (32 for few rows of 8192+), except that
@@ -91,7 +103,7 @@ def _check(
     weight: torch.Tensor | None,
     scale: torch.Tensor | None,
 ) -> None:
-    what = f"irfuse.kernel_norm ({spec.describe()})"
+    what = _label(spec)
     kind, group, column_major, _ = parse_scheme(spec.quant)
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or x.dim() == 0:
         raise TypeError(f"{what}: x must be a bf16/fp16/fp32 tensor, got {x.dtype} {x.shape}")
@@ -161,13 +173,12 @@ def kernel_norm(
     out2 = out.view(-1, out.shape[-1])
     if spec.quant == "per_tensor":  # two kernels: the grid-wide amax, then the quant
         amax = x.new_zeros(1, dtype=torch.float32)
-        phase1 = KernelSpec(spec.producer, spec.weight_mode, "amax", spec.norm_out)
+        phase1, phase2 = _per_tensor_phases(spec)
         if spec.producer == "quant":
             value = x2
         else:
             value = torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
         _launch(phase1, x2, residual2, weight, None, value, residual_out2, amax, eps)
-        phase2 = KernelSpec("quant", "none", "per_tensor")
         _launch(phase2, value, None, None, amax, out2, None, scales, eps)
         return out, residual_out, scales
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
