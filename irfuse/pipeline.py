@@ -9,7 +9,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-import torch
 import torch.fx as fx
 from xdsl.passes import PassPipeline
 from xdsl.utils.exceptions import DiagnosticException, VerifyException
@@ -94,7 +93,6 @@ def transform_graph(graph: fx.Graph, options: Options) -> FusionReport:
 def _transform(
     graph: fx.Graph, options: Options, report: FusionReport, dump: GraphDump | None
 ) -> None:
-    from irfuse.lowering.runtime import INTERPRET
     from irfuse.lowering.to_fx import export_to_fx, plan_lowering
     from irfuse.lowering.to_triton import NoKernel
 
@@ -128,16 +126,6 @@ def _transform(
         report.notes.append(f"graph left unchanged: {error}")
         return
     if not plan:
-        return
-    devices = {
-        n.meta["val"].device.type
-        for n in graph.nodes
-        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
-    }
-    if devices - {"cuda"} and not INTERPRET:
-        report.notes.append(
-            "graph left unchanged: irfuse kernels need CUDA tensors (TRITON_INTERPRET=1 on CPU)"
-        )
         return
     for lowered in plan:
         report.kernels.append(lowered.spec.name)

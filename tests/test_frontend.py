@@ -140,3 +140,17 @@ def test_several_new_kernels_after_one_anchor_keep_the_graph_valid():
     out = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x, w)
     for got, want in zip(out, fn(x, w), strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_operands_on_several_devices_are_not_lowered():
+    """A CPU scalar scale beside GPU activations works in eager; the kernel would not."""
+    from tests import models
+
+    x, w, s = torch.randn(4, 64), torch.rand(64) + 0.5, torch.tensor([0.1])
+    (gm,) = _aot_graphs(models.hf_norm_quant, x, w, s)
+    scale_node = [n for n in gm.graph.nodes if n.op == "placeholder"][2]
+    scale_node.meta["val"] = scale_node.meta["val"].to("meta")  # as if on another device
+    nodes = list(gm.graph.nodes)
+    report = transform_graph(gm.graph, Options())
+    assert any("several devices" in note for note in report.notes), str(report)
+    assert list(gm.graph.nodes) == nodes and not report.kernels

@@ -20,11 +20,11 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from xdsl.ir import Operation, SSAValue
 
 import irfuse.lowering.attention  # noqa: F401  (registers torch.ops.irfuse.kernel_attention)
-import irfuse.lowering.runtime  # noqa: F401  (registers torch.ops.irfuse.kernel_norm)
 from irfuse.dialects.irfuse import AttentionOp, FusedAddRmsNormOp, QuantOp, RmsNormOp
 from irfuse.frontend.fx_import import ImportedGraph
 from irfuse.kernels.norm import MAX_COLS
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
+from irfuse.lowering.runtime import INTERPRET  # (and registers torch.ops.irfuse.kernel_norm)
 from irfuse.lowering.to_triton import NoKernel, spec_for
 
 
@@ -38,6 +38,7 @@ def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
     """The kernel of every op a pass created (NoKernel if one has none), and of every
     `torch.ops.irfuse.*` call that has one (those calls run the reference otherwise)."""
     plan = []
+    node_of = {value: node for node, value in imported.values.items()}
     for op in imported.func.body.ops:
         origin = imported.origins.get(op)
         if origin is not None:
@@ -50,12 +51,26 @@ def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
         else:
             spec = spec_for(op)
         shape = op.operands[0].type.get_shape()
-        if isinstance(spec, KernelSpec) and (not shape or shape[-1] > MAX_COLS):
+        problem = _device_problem(op, node_of)
+        if problem is None and isinstance(spec, KernelSpec) and (not shape or shape[-1] > MAX_COLS):
+            problem = f"no kernel for the shape {list(shape)} (hidden size <= {MAX_COLS})"
+        if problem is not None:
             if origin is not None:  # a direct irfuse call: it keeps running the reference
                 continue
-            raise NoKernel(f"no kernel for the shape {list(shape)} (hidden size <= {MAX_COLS})")
+            raise NoKernel(problem)
         plan.append(Lowered(op, spec))
     return plan
+
+
+def _device_problem(op: Operation, node_of: dict[SSAValue, fx.Node]) -> str | None:
+    """Why the op's kernel cannot take its operands' devices (None if it can)."""
+    vals = [node_of[v].meta.get("val") for v in op.operands if v in node_of]
+    devices = {v.device for v in vals if isinstance(v, torch.Tensor)}
+    if len(devices) > 1:
+        return f"operands on several devices {sorted(map(str, devices))}"
+    if any(d.type != "cuda" for d in devices) and not INTERPRET:
+        return "irfuse kernels need CUDA tensors (TRITON_INTERPRET=1 runs them on CPU)"
+    return None
 
 
 def _calls_irfuse_op(node: fx.Node) -> bool:
