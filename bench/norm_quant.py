@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare  # noqa: E402
 
 from irfuse.lowering.runtime import kernel_norm  # noqa: E402
+
+ADD_NORM_STATIC = "fused_add_rms_norm/fp32/model/static"
 
 
 def add_rms_norm_quant(x, residual, weight, scale):
@@ -57,7 +58,7 @@ def bench_one(hidden: int, tokens: int, inductor, irfuse, rounds: int) -> dict[s
             "eager": lambda: add_rms_norm_quant(x, r, w, s),
             "inductor": lambda: inductor(x, r, w, s),
             "irfuse": lambda: irfuse(x, r, w, s),
-            "kernel": lambda: kernel_norm(x, r, w, s, 1e-6, "fused_add_rms_norm/fp32/model/static"),
+            "kernel": lambda: kernel_norm(x, r, w, s, 1e-6, ADD_NORM_STATIC),
         },
         rounds,
     )
@@ -75,19 +76,18 @@ def sweep_warps(hidden: int, tokens_list: list[int], rounds: int) -> None:
 
 
 def _sweep_one(hidden: int, tokens: int, rounds: int) -> dict[str, float]:
-    from irfuse.lowering.runtime import INTERPRET, compiled_kernel, decode
+    from irfuse.lowering.runtime import _launch, decode
 
-    kernel = compiled_kernel(decode("fused_add_rms_norm/fp32/model/static"))
+    spec = decode("fused_add_rms_norm/fp32/model/static")
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r, res_out = torch.randn_like(x), torch.empty_like(x)
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
     s = torch.tensor([0.05], device="cuda")
     out = torch.empty(x.shape, device="cuda", dtype=torch.float8_e4m3fn)
-    args = (x, r, w, s, out, res_out, hidden, hidden, hidden, hidden, hidden, 1e-6)
-    block = triton.next_power_of_2(hidden)
+    no_scales = torch.empty(0, device="cuda")
 
     def launch(warps: int):
-        return lambda: kernel[(tokens,)](*args, BLOCK=block, INTERPRET=INTERPRET, num_warps=warps)
+        return lambda: _launch(spec, x, r, w, s, out, res_out, no_scales, None, 1e-6, warps)
 
     return compare({f"{w} warps": launch(w) for w in (2, 4, 8, 16, 32)}, rounds)
 

@@ -78,14 +78,15 @@ def test_weight_dtype_mismatch_is_refused_with_its_reason():
     assert torch.equal(q.view(torch.uint8), models.hf_norm_quant(x, w32, s).view(torch.uint8))
 
 
-def test_norm_read_unquantized_elsewhere_is_not_fused_into_the_quant():
+def test_norm_read_unquantized_elsewhere_keeps_the_value_in_the_fused_kernel():
     def fn(x, w, s):
         y = models.hf_rms_norm(x, w)
         return models.static_quant(y, s), y * 2
 
     x, _, w, s = _norm_inputs()
     report = irfuse.explain(fn, x, w, s)
-    assert any("also read unquantized" in r["reason"] for r in report.rejected), str(report)
+    assert report.fused["fuse-rms-norm-quant"] == 1, str(report)
+    assert report.kernels == ["irfuse_rms_norm_static_fp8_keep"]
     torch._dynamo.reset()
     q, y2 = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x, w, s)
     q_ref, y2_ref = fn(x, w, s)

@@ -28,7 +28,7 @@ def _inputs(t: int, h: int, dtype: torch.dtype, seed: int = 0):
 @pytest.mark.parametrize("t,h", [(1, 64), (5, 96), (3, 257)])
 def test_rms_norm_matches_reference(dtype, t, h):
     x, _, w, _ = _inputs(t, h, dtype)
-    out, _, _ = kernel_norm(x, None, w, None, 1e-6, "rms_norm/plain/model/none")
+    out, *_ = kernel_norm(x, None, w, None, 1e-6, "rms_norm/plain/model/none")
     assert_close(out, ref.rms_norm(x, w, 1e-6))
 
 
@@ -36,7 +36,7 @@ def test_rms_norm_matches_reference(dtype, t, h):
 @pytest.mark.parametrize("eps", [1e-5, 1e-6, 1e-12])
 def test_fused_add_rms_norm_static_fp8_matches_reference(dtype, eps):
     x, residual, w, scale = _inputs(7, 128, dtype)
-    q, residual_out, _ = kernel_norm(
+    q, residual_out, *_ = kernel_norm(
         x, residual, w, scale, eps, "fused_add_rms_norm/plain/model/static"
     )
     y_ref, residual_ref = ref.fused_add_rms_norm(x, residual, w, eps)
@@ -48,7 +48,7 @@ def test_fp32_weight_mode_matches_the_decomposed_f_rms_norm():
     x, _, w, scale = _inputs(4, 64, torch.bfloat16)
     xf = x.float()
     expected = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * w).to(x.dtype)
-    out, _, _ = kernel_norm(x, None, w, None, 1e-6, "rms_norm/fp32/model/none")
+    out, *_ = kernel_norm(x, None, w, None, 1e-6, "rms_norm/fp32/model/none")
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
     assert_close(out, ref.rms_norm(x, w, 1e-6))  # within bf16 of NUMERICS' rounding
 
@@ -56,14 +56,14 @@ def test_fp32_weight_mode_matches_the_decomposed_f_rms_norm():
 def test_gemma_weight_matches_reference():
     x, _, w, _ = _inputs(3, 64, torch.bfloat16)
     w32 = w.float()
-    out, _, _ = kernel_norm(x, None, w32, None, 1e-6, "rms_norm/gemma/model/none")
+    out, *_ = kernel_norm(x, None, w32, None, 1e-6, "rms_norm/gemma/model/none")
     assert_close(out, ref.rms_norm(x, w32, 1e-6, True))
 
 
 def test_standalone_static_quant_is_bit_exact():
     x, _, _, scale = _inputs(4, 64, torch.float32)
     x = x * 20  # cover the whole fp8 range, subnormals included
-    q, _, _ = kernel_norm(x, None, None, scale, 0.0, "quant/none/model/static")
+    q, *_ = kernel_norm(x, None, None, scale, 0.0, "quant/none/model/static")
     expected = ref.static_fp8_quant(x, scale)
     assert torch.equal(q.view(torch.uint8), expected.view(torch.uint8))
 
@@ -73,7 +73,7 @@ def test_zero_scale_saturates_like_the_unfused_expression():
     +-448 and zeros become NaN, exactly as PyTorch's `clamp(x / 0)` does."""
     x = torch.tensor([[0.0, 1.0, -2.0, 3.0]], device=DEVICE)
     zero = torch.zeros(1, device=DEVICE)
-    q, _, _ = kernel_norm(x, None, None, zero, 0.0, "quant/none/model/static")
+    q, *_ = kernel_norm(x, None, None, zero, 0.0, "quant/none/model/static")
     expected = ref.static_fp8_quant(x, zero)
     assert q.float()[0, 1:].tolist() == expected.float()[0, 1:].tolist() == [448, -448, 448]
     if DEVICE == "cuda":  # the interpreter's fp8 cast does not keep NaN (TOOLCHAIN.md)
@@ -83,14 +83,14 @@ def test_zero_scale_saturates_like_the_unfused_expression():
 def test_non_contiguous_input_is_handled():
     x, _, w, _ = _inputs(4, 128, torch.float16)
     strided = x[:, ::2]
-    out, _, _ = kernel_norm(strided, None, w[:64], None, 1e-6, "rms_norm/plain/model/none")
+    out, *_ = kernel_norm(strided, None, w[:64], None, 1e-6, "rms_norm/plain/model/none")
     assert_close(out, ref.rms_norm(strided.contiguous(), w[:64].contiguous(), 1e-6))
 
 
 def test_empty_input():
     x = torch.empty(0, 64, dtype=torch.float16, device=DEVICE)
     w = torch.ones(64, dtype=torch.float16, device=DEVICE)
-    out, _, _ = kernel_norm(x, None, w, None, 1e-6, "rms_norm/plain/model/none")
+    out, *_ = kernel_norm(x, None, w, None, 1e-6, "rms_norm/plain/model/none")
     assert out.shape == (0, 64)
 
 
@@ -136,7 +136,7 @@ def test_generated_source_names_what_it_fuses():
 @pytest.mark.parametrize("t,h", [(1, 4096), (257, 2880), (1024, 8192)])
 def test_gpu_fused_add_rms_norm_static_fp8(dtype, t, h):
     x, residual, w, scale = _inputs(t, h, dtype)
-    q, residual_out, _ = kernel_norm(
+    q, residual_out, *_ = kernel_norm(
         x, residual, w, scale, 1e-6, "fused_add_rms_norm/plain/model/static"
     )
     y_ref, residual_ref = ref.fused_add_rms_norm(x, residual, w, 1e-6)
@@ -150,9 +150,9 @@ def test_unrounded_norm_output_quantizes_the_fp32_value():
     x, _, w, scale = _inputs(5, 128, torch.bfloat16)
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * w.float()
-    q, _, _ = kernel_norm(x, None, w, scale, 1e-6, "rms_norm/fp32/fp32/static")
+    q, *_ = kernel_norm(x, None, w, scale, 1e-6, "rms_norm/fp32/fp32/static")
     assert_fp8_close(q, ref.static_fp8_quant(y, scale), scale)
-    out, _, _ = kernel_norm(x, None, w, None, 1e-6, "rms_norm/fp32/fp32/none")
+    out, *_ = kernel_norm(x, None, w, None, 1e-6, "rms_norm/fp32/fp32/none")
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, y, atol=1e-5, rtol=1e-5)
 
@@ -166,11 +166,11 @@ def test_unknown_kernel_spec_is_refused():
 def test_strided_weight_is_read_correctly():
     x, _, w, _ = _inputs(3, 64, torch.float32)
     w2 = torch.stack([w, w], dim=1).reshape(-1)[::2]  # a view with stride 2
-    out, _, _ = kernel_norm(x, None, w2, None, 1e-6, "rms_norm/plain/model/none")
+    out, *_ = kernel_norm(x, None, w2, None, 1e-6, "rms_norm/plain/model/none")
     assert_close(out, ref.rms_norm(x, w, 1e-6))
 
 
 def test_empty_per_tensor_quant_has_the_reference_scale():
     x = torch.empty(0, 64, device=DEVICE)
-    q, _, s = kernel_norm(x, None, None, None, 0.0, "quant/none/model/per_tensor")
+    q, _, s, _ = kernel_norm(x, None, None, None, 0.0, "quant/none/model/per_tensor")
     assert q.shape == (0, 64) and torch.equal(s, ref.per_tensor_fp8_quant(x)[1])

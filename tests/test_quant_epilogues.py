@@ -83,7 +83,7 @@ def _run(producer, mode, scheme, t, h, dtype, eps=1e-6):
     y_ref, residual_ref = _reference_producer(producer, mode, x, residual, w, eps)
     scale = _scale_input(scheme, y_ref)
     kernel_scheme = scheme.replace(" ub", "")
-    q, residual_out, scales = kernel_norm(
+    q, residual_out, scales, _ = kernel_norm(
         x, residual if producer == "fused_add_rms_norm" else None,
         w if producer != "quant" else None, scale, eps,
         f"{producer}/{mode}/model/{kernel_scheme}",
@@ -127,7 +127,7 @@ def test_nvfp4_swizzled_layout_byte_by_byte():
     t, h = 130, 80  # rows past one 128-row tile, 5 blocks (padded to 8)
     x, _, _ = _inputs(t, h, torch.float32)
     gs = torch.tensor([2.5], device=DEVICE)
-    q, _, block_scales = kernel_norm(x, None, None, gs, 0.0, "quant/none/model/nvfp4")
+    q, _, block_scales, _ = kernel_norm(x, None, None, gs, 0.0, "quant/none/model/nvfp4")
     raw = block_scales.view(torch.uint8).reshape(-1).cpu()
     blocks = x.reshape(t, h // 16, 16).abs().amax(-1)
     # e4m3(gs * amax / 6), dividing correctly rounded (CUDA turns `/ 6` into `* (1/6)`)
@@ -176,3 +176,24 @@ def test_gpu_fused_add_epilogues(dtype, scheme, t, h):
     if "128" in scheme and h % 128:
         pytest.skip("hidden size not a multiple of the group")
     _run("fused_add_rms_norm", "plain", scheme, t, h, dtype)
+
+
+@pytest.mark.parametrize("producer,mode", [("rms_norm", "plain"), ("fused_add_rms_norm", "fp32")])
+@pytest.mark.parametrize("scheme", ["static", "per_token", "per_group 64", "nvfp4", "per_tensor"])
+def test_kept_value_is_the_unquantized_norm(producer, mode, scheme):
+    """`keep_value`: the kernel also writes what the quant read (for its other readers)."""
+    x, residual, w = _inputs(5, 128, torch.float16)
+    y_ref, _ = _reference_producer(producer, mode, x, residual, w, 1e-6)
+    scale = _scale_input(scheme, y_ref)
+    q, _, scales, value = kernel_norm(
+        x, residual if producer == "fused_add_rms_norm" else None, w, scale, 1e-6,
+        f"{producer}/{mode}/model/{scheme}/keep_value",
+    )  # fmt: skip
+    assert value.dtype == y_ref.dtype
+    torch.testing.assert_close(value, y_ref, atol=1e-3, rtol=1e-3)
+    q_ref, scales_ref = _reference_quant(scheme, value, scale)  # quantizing the kept value
+    got = _dequant(scheme, q, scales, scale, 5, 128)
+    expected = _dequant(scheme, q_ref, scales_ref, scale, 5, 128)
+    span = expected.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
+    tol = NVFP4_TOL if scheme == "nvfp4" else FP8_TOL
+    torch.testing.assert_close(got / span, expected / span, atol=tol, rtol=tol)

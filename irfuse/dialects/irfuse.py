@@ -223,6 +223,16 @@ class QuantOp(QuantProducer):
         verify_output_quant(self.quant, out, self.quant_scale, self.scale_out, x.element_type)
 
 
+def _verify_value(declared: SSAValue | None, op: IRDLOperation, x: TensorType) -> None:
+    if declared is None:
+        return
+    if op.properties.get("quant") is None:
+        raise VerifyException("a `value` result needs an output quant")
+    expected = Float32Type() if op.properties.get("unrounded") else x.element_type
+    if not isinstance(declared.type, TensorType) or declared.type.element_type != expected:
+        raise VerifyException(f"`value` must be a tensor of {expected}")
+
+
 def _verify_unrounded(op: IRDLOperation) -> None:
     if op.properties.get("unrounded") and not (
         op.properties.get("fp32_weight_mul") or op.properties.get("gemma")
@@ -246,7 +256,8 @@ class RmsNormOp(QuantProducer):
     F.rms_norm's decomposition); `gemma`: multiply by `1 + w` in fp32 (implies it).
     `unrounded`: the normalised value is not rounded to the input dtype: the result
     (or what the output quant reads) is f32 (Inductor drops that round trip when an fp32
-    consumer follows).
+    consumer follows). `value`: with a quant, the kernel also writes the unquantized
+    value (for readers that need it: one kernel instead of two passes over memory).
     """
 
     name = "irfuse.rms_norm"
@@ -260,16 +271,19 @@ class RmsNormOp(QuantProducer):
     quant = opt_prop_def(QuantAttr)
     y = result_def(TensorType)
     scale_out = opt_result_def(TensorType)
+    value = opt_result_def(TensorType)
     irdl_options = _SEGMENTS
     assembly_format = (
         "$x `,` $weight (`scale` $quant_scale^)? attr-dict `:` type($x) `,` type($weight)"
         " (`,` type($quant_scale)^)? `->` type($y) (`,` type($scale_out)^)?"
+        " (`value` type($value)^)?"
     )
 
     def verify_(self) -> None:
         x = _tensor(self.x, "x")
         _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
         _verify_unrounded(self)
+        _verify_value(self.value, self, x)
         verify_output_quant(
             self.quant,
             _tensor(self.y, "y"),
@@ -296,11 +310,12 @@ class FusedAddRmsNormOp(QuantProducer):
     y = result_def(TensorType)
     residual_out = result_def(TensorType)
     scale_out = opt_result_def(TensorType)
+    value = opt_result_def(TensorType)
     irdl_options = _SEGMENTS
     assembly_format = (
         "$x `,` $residual `,` $weight (`scale` $quant_scale^)? attr-dict `:` type($x) `,`"
         " type($residual) `,` type($weight) (`,` type($quant_scale)^)? `->` type($y) `,`"
-        " type($residual_out) (`,` type($scale_out)^)?"
+        " type($residual_out) (`,` type($scale_out)^)? (`value` type($value)^)?"
     )
 
     def verify_(self) -> None:
@@ -310,6 +325,7 @@ class FusedAddRmsNormOp(QuantProducer):
             raise VerifyException(f"residual {residual} must match the input {x}")
         _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
         _verify_unrounded(self)
+        _verify_value(self.value, self, x)
         if _tensor(self.residual_out, "residual_out") != x:
             raise VerifyException("residual_out must have the input's type")
         verify_output_quant(

@@ -79,7 +79,7 @@ def _fused_rms_norm(node: fx.Node) -> DirectImport | None:
         [x, weight],
         [y],
         lambda ops: RmsNormOp.build(
-            operands=[*ops, []], result_types=[_types(y)[0], []], properties=props
+            operands=[*ops, []], result_types=[_types(y)[0], [], []], properties=props
         ),
     )
 
@@ -189,7 +189,7 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | None]:
                 list(tensors),
                 [node],
                 lambda ops: RmsNormOp.build(
-                    operands=[*ops, []], result_types=[_types(node)[0], []], properties=props
+                    operands=[*ops, []], result_types=[_types(node)[0], [], []], properties=props
                 ),
             )
         items = _getitems(node)
@@ -201,7 +201,7 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | None]:
             list(tensors),
             results,
             lambda ops: FusedAddRmsNormOp.build(
-                operands=[*ops, []], result_types=[*_types(node), []], properties=props
+                operands=[*ops, []], result_types=[*_types(node), [], []], properties=props
             ),
         )
 

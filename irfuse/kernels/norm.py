@@ -10,8 +10,8 @@ SIGNATURE = """
 @triton.jit
 def {name}(
     x_ptr, residual_ptr, weight_ptr, scale_ptr, out_ptr, residual_out_ptr, scale_out_ptr,
-    n_cols, x_row_stride, residual_row_stride, out_row_stride, residual_out_row_stride,
-    scale_out_row_stride, scale_out_col_stride, eps,
+    value_ptr, n_cols, x_row_stride, residual_row_stride, out_row_stride,
+    residual_out_row_stride, scale_out_row_stride, scale_out_col_stride, value_row_stride, eps,
     BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -41,6 +41,12 @@ RMS_NORM = """
     # rms_norm over the row (variance on the fp32 value); the result rounds to norm_dtype
     norm_dtype = {norm_dtype}
     rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + eps)
+"""
+
+STORE_VALUE = """
+    # the unquantized value too, for readers that need it (one pass instead of two)
+    tl.store(value_ptr + row * value_row_stride + cols, v.to(value_ptr.dtype.element_ty),
+             mask=mask)
 """
 
 WEIGHT = {

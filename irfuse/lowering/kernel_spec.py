@@ -23,6 +23,7 @@ class KernelSpec:
     weight_mode: str = "none"  # plain | fp32 | gemma | none (no norm)
     quant: str = "none"  # none, or a scheme in #irfuse.quant syntax ("per_group 128 ue8m0")
     norm_out: str = "model"  # model: the norm rounds to the input dtype | fp32: it does not
+    keep_value: bool = False  # with a quant: also store the unquantized value
 
     @property
     def name(self) -> str:
@@ -32,20 +33,23 @@ class KernelSpec:
         suffix = suffix.replace("_fp8", "_ue8m0_fp8") if ue8m0 else suffix
         mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
         out = "_f32out" if self.norm_out == "fp32" else ""
-        return f"irfuse_{self.producer}{mode}{out}{suffix}"
+        keep = "_keep" if self.keep_value else ""
+        return f"irfuse_{self.producer}{mode}{out}{suffix}{keep}"
 
     def source(self) -> str:
         return kernel_source(self)
 
     def encode(self) -> str:
         """The string a runtime call carries (see `decode`)."""
-        return f"{self.producer}/{self.weight_mode}/{self.norm_out}/{self.quant}"
+        keep = "/keep_value" if self.keep_value else ""
+        return f"{self.producer}/{self.weight_mode}/{self.norm_out}/{self.quant}{keep}"
 
     @staticmethod
     def decode(text: str) -> KernelSpec:
         parts = text.split("/")
-        if len(parts) == 4:
-            producer, weight_mode, norm_out, quant = parts
+        keep_value = parts[4:] == ["keep_value"]
+        if len(parts) == 4 or keep_value:
+            producer, weight_mode, norm_out, quant = parts[:4]
             try:
                 parse_scheme(quant)
                 known_scheme = True
@@ -57,8 +61,9 @@ class KernelSpec:
                 and producer in PRODUCERS
                 and norm_out in ("model", "fp32")
                 and weight_mode in ((*norm.WEIGHT,) if producer != "quant" else ("none",))
+                and not (keep_value and (producer == "quant" or quant in ("none", "amax")))
             ):
-                return KernelSpec(producer, weight_mode, quant, norm_out)
+                return KernelSpec(producer, weight_mode, quant, norm_out, keep_value)
         raise ValueError(f"unknown irfuse kernel spec {text!r}")
 
     def describe(self) -> str:
@@ -75,7 +80,8 @@ class KernelSpec:
             parts.append("amax (phase 1 of a per_tensor fp8 quant)")
         elif self.quant != "none":
             parts.append(f"{self.quant} fp8 quant")
-        return " + ".join(parts)
+        text = " + ".join(parts)
+        return text + " (the unquantized value kept too)" if self.keep_value else text
 
 
 # per_tensor runs as two kernels, `amax` (internal) then `per_tensor` (runtime.py).
@@ -111,6 +117,8 @@ def kernel_source(spec: KernelSpec) -> str:
     if spec.producer != "quant":
         norm_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
         body += norm.RMS_NORM.format(norm_dtype=norm_dtype) + norm.WEIGHT[spec.weight_mode]
+    if spec.keep_value:
+        body += norm.STORE_VALUE
     body += store
     return (
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'

@@ -70,8 +70,15 @@ def _round_up(a: Any, b: int) -> Any:
 
 def allocate_outputs(
     spec: KernelSpec, x: torch.Tensor, has_residual: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, residual_out, scales, value) for `x` (fake tensors and symbolic sizes too)."""
+    value = x.new_empty(x.shape, dtype=_value_dtype(spec, x)) if spec.keep_value else x.new_empty(0)
+    return (*_allocate(spec, x, has_residual), value)
+
+
+def _allocate(
+    spec: KernelSpec, x: torch.Tensor, has_residual: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, residual_out, scales) for `x` (works on fake tensors, symbolic sizes too)."""
     kind, group, column_major, _ = parse_scheme(spec.quant)
     rows, n = x.shape[:-1], x.shape[-1]
     residual_out = x.new_empty(x.shape) if has_residual else x.new_empty(0)
@@ -152,19 +159,17 @@ def kernel_norm(
     scale: torch.Tensor | None,
     eps: float,
     kernel: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the generated (add +) (rms_norm +) quant kernel `kernel`. `scale` is the static
     scale, the per-token upper bound or the nvfp4 global scale. Returns (out,
-    residual_out, scales); residual_out and scales are empty when the kernel has none."""
+    residual_out, scales, value); the last three are empty when the kernel has none."""
     spec = decode(kernel)
     _check(spec, x, residual, weight, scale)
-    out, residual_out, scales = allocate_outputs(spec, x, residual is not None)
+    out, residual_out, scales, value = allocate_outputs(spec, x, residual is not None)
     if x.numel() == 0:  # the reference's scale of an empty tensor: the lower bound
-        return (
-            out,
-            residual_out,
-            scales.fill_(FP8_MIN_SCALE) if spec.quant == "per_tensor" else scales,
-        )
+        if spec.quant == "per_tensor":
+            scales.fill_(FP8_MIN_SCALE)
+        return out, residual_out, scales, value
     n_cols = x.shape[-1]
     x2 = _rows(x, n_cols)
     weight = weight.contiguous() if weight is not None else None  # the kernel reads w[cols]
@@ -175,18 +180,21 @@ def kernel_norm(
         amax = x.new_zeros(1, dtype=torch.float32)
         phase1, phase2 = _per_tensor_phases(spec)
         if spec.producer == "quant":
-            value = x2
+            normed = x2
+        elif spec.keep_value:
+            normed = value.view(-1, n_cols)
         else:
-            value = torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
-        _launch(phase1, x2, residual2, weight, None, value, residual_out2, amax, eps)
-        _launch(phase2, value, None, None, amax, out2, None, scales, eps)
-        return out, residual_out, scales
+            normed = torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
+        _launch(phase1, x2, residual2, weight, None, normed, residual_out2, amax, None, eps)
+        _launch(phase2, normed, None, None, amax, out2, None, scales, None, eps)
+        return out, residual_out, scales, value
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
         scales2 = scales.view(torch.uint8)
     else:
         scales2 = scales.view(-1, scales.shape[-1]) if scales.dim() > 1 else scales
-    _launch(spec, x2, residual2, weight, scale, out2, residual_out2, scales2, eps)
-    return out, residual_out, scales
+    value2 = value.view(-1, n_cols) if spec.keep_value else None
+    _launch(spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps)
+    return out, residual_out, scales, value
 
 
 def _value_dtype(spec: KernelSpec, x: torch.Tensor) -> torch.dtype:
@@ -202,20 +210,26 @@ def _launch(
     out2: torch.Tensor,
     residual_out2: torch.Tensor | None,
     scales2: torch.Tensor,
+    value2: torch.Tensor | None,
     eps: float,
+    num_warps: int | None = None,
 ) -> None:
     """One launch of `spec`'s kernel over the rows of `x2`; absent tensors are passed as
-    `x2` (their pointers are never read: the kernel source has no use for them)."""
+    `x2` (their pointers are never read: the kernel source has no use for them).
+    `num_warps` overrides launch_config (for the benchmark's sweep)."""
     n_rows, n_cols = x2.shape
-    block, num_warps = launch_config(n_rows, n_cols, spec.quant)
+    block, chosen_warps = launch_config(n_rows, n_cols, spec.quant)
+    num_warps = num_warps or chosen_warps
     two_d = scales2.dim() > 1
     compiled_kernel(spec)[(n_rows,)](
         x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
         x2 if scale is None else scale, out2, out2 if residual_out2 is None else residual_out2,
-        scales2, n_cols, x2.stride(0), 0 if residual2 is None else residual2.stride(0),
-        out2.stride(0), 0 if residual_out2 is None else residual_out2.stride(0),
+        scales2, out2 if value2 is None else value2, n_cols, x2.stride(0),
+        0 if residual2 is None else residual2.stride(0), out2.stride(0),
+        0 if residual_out2 is None else residual_out2.stride(0),
         scales2.stride(0) if two_d else 1, scales2.stride(1) if two_d else 0,
-        eps, BLOCK=block, HAS_SCALE=scale is not None, INTERPRET=INTERPRET, num_warps=num_warps,
+        0 if value2 is None else value2.stride(0), eps,
+        BLOCK=block, HAS_SCALE=scale is not None, INTERPRET=INTERPRET, num_warps=num_warps,
     )  # fmt: skip
 
 

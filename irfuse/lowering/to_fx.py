@@ -179,6 +179,8 @@ def _lower_norm(
         node_of(op.x), node_of(residual), node_of(weight), node_of(op.quant_scale),
         float(eps), spec.encode(),
     )  # fmt: skip
-    # kernel_norm returns (out, residual_out, scales); the IR op has the ones it uses
+    # kernel_norm returns (out, residual_out, scales, value); the IR op has those it uses
+    value = getattr(op, "value", None)  # QuantOp has none
     indices = [0] + [1] * (residual is not None) + [2] * (op.scale_out is not None)
+    indices += [3] * (value is not None)
     return _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)

@@ -42,5 +42,6 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
         scheme = "none" if quant_attr is None else scheme_text(quant_attr)
         mode = "gemma" if op.gemma else "fp32" if op.fp32_weight_mul else "plain"
         producer = "rms_norm" if isinstance(op, RmsNormOp) else "fused_add_rms_norm"
-        return KernelSpec(producer, mode, scheme, "fp32" if op.unrounded else "model")
+        norm_out = "fp32" if op.unrounded else "model"
+        return KernelSpec(producer, mode, scheme, norm_out, keep_value=op.value is not None)
     raise NoKernel(f"no kernel for {op.name} yet")

@@ -54,7 +54,7 @@ class FuseAddRmsNormPattern(RewritePattern):
         props.pop("resultSegmentSizes", None)
         new = FusedAddRmsNormOp.build(
             operands=[a, b, op.weight, []],
-            result_types=[op.y.type, add.results[0].type, []],
+            result_types=[op.y.type, add.results[0].type, [], []],
             properties=props,
         )
         rewriter.insert(new, InsertPoint.before(before))

@@ -3,12 +3,13 @@ its input.
 
 Matches `irfuse.quant(y)` where `y` is the first result of a quant producer (here
 `irfuse.rms_norm` and `irfuse.fused_add_rms_norm`) that has no output quant yet.
-Guards: the scheme has a fused kernel for that producer (`NORM_EPILOGUES`); `y` has no other
-reader (the unquantized value would be lost); the fused op can be placed where the
-scale is defined and before every reader of the producer's other results.
-Replacement: the producer with `quant` set, the quant's scale operand and scale result;
-its first result now has the quantized type. The same pattern serves every producer in
-`irfuse.dialects.irfuse.QUANT_PRODUCERS` once a kernel exists for it.
+Guards: the scheme has a fused kernel for that producer (`NORM_EPILOGUES`); the fused op
+can be placed where the scale is defined and before every reader of the producer's
+other results. If `y` is also read unquantized, the norm kernel writes it too (the
+`value` result: one pass over memory instead of a second kernel reading it back).
+Replacement: the producer with `quant` set, the quant's scale operand and scale result
+(and `value`); its first result now has the quantized type. The same pattern serves any
+QuantProducer once a kernel exists for it.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class FuseQuantIntoProducer(RewritePattern):
                 self.pass_name, op, f"no fused kernel for {producer.name} + {scheme} quant yet"
             )
             return
-        if not op.x.has_one_use():
+        keep_value = not op.x.has_one_use()
+        if keep_value and not isinstance(producer, (RmsNormOp, FusedAddRmsNormOp)):
             report.rejected(
                 self.pass_name, op, f"%{op.x.name_hint} is also read unquantized elsewhere"
             )
@@ -80,10 +82,13 @@ class FuseQuantIntoProducer(RewritePattern):
         if before is None:
             report.rejected(self.pass_name, op, "no place for the fused op")
             return
-        new = _with_quant(producer, op)
+        new = _with_quant(producer, op, keep_value)
         rewriter.insert(new, InsertPoint.before(before))
+        if keep_value:  # the other readers of the unquantized value read the kept copy
+            new.value.name_hint = op.x.name_hint
+            rewriter.replace_uses_with_if(op.x, new.value, lambda use: use.operation is not op)
         old_results = [op.out, *producer.results[1:], *([op.scale_out] if op.scale_out else [])]
-        for old, result in zip(old_results, new.results, strict=True):
+        for old, result in zip(old_results, new.results, strict=False):
             result.name_hint = old.name_hint
             rewriter.replace_all_uses_with(old, result)
         rewriter.erase(op)
@@ -91,8 +96,9 @@ class FuseQuantIntoProducer(RewritePattern):
         report.fused(self.pass_name)
 
 
-def _with_quant(producer: QuantProducer, quant: QuantOp) -> Operation:
-    """A copy of `producer` that ends with `quant`'s scheme."""
+def _with_quant(producer: QuantProducer, quant: QuantOp, keep_value: bool = False) -> Operation:
+    """A copy of `producer` that ends with `quant`'s scheme (and, with `keep_value`, also
+    returns the unquantized value)."""
     defs = type(producer).get_irdl_definition()
     props = {k: v for k, v in producer.properties.items() if not k.endswith("SegmentSizes")}
     props["quant"] = quant.quant
@@ -106,6 +112,8 @@ def _with_quant(producer: QuantProducer, quant: QuantOp) -> Operation:
         value = getattr(producer, name)
         if name == "scale_out":
             result_types.append([quant.scale_out.type] if quant.scale_out is not None else [])
+        elif name == "value":
+            result_types.append([quant.x.type] if keep_value else [])
         elif value is producer.results[0]:
             result_types.append(quant.out.type)
         else:

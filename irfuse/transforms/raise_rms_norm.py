@@ -172,7 +172,7 @@ class RaiseRmsNormPattern(RewritePattern):
             props["unrounded"] = UnitAttr()
         new = RmsNormOp.build(
             operands=[norm.x, weighted.weight, []],
-            result_types=[root.results[0].type, []],
+            result_types=[root.results[0].type, [], []],
             properties=props,
         )
         rewriter.replace(root, new)

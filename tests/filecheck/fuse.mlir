@@ -12,15 +12,15 @@ func.func @add_norm_quant(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w: tens
 
 // -----
 
-// The normalised value is also returned unquantized: the quant stays separate.
+// The normalised value is also returned unquantized: the fused kernel keeps it too.
 func.func @norm_read_twice(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>, %s: tensor<1xf32>) -> (tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>) {
   %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
   %q = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<?x64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>
   func.return %q, %y : tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
 }
 // CHECK-LABEL: func.func @norm_read_twice
-// CHECK-NEXT:    irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64} :
-// CHECK-NEXT:    irfuse.quant %y scale %s
+// CHECK-NEXT:    %q, %y = irfuse.rms_norm %x, %w scale %s {eps = 1.000000e-06 : f64, quant = #irfuse.quant<static>} : tensor<?x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN> value tensor<?x64xbf16>
+// CHECK-NEXT:    func.return %q, %y
 
 // -----
 
