@@ -89,3 +89,22 @@ def test_gpu_auto_measures_and_reports_its_choice():
     fused = report.fused.get("fuse-attention-quant", 0) == 1
     chose_sdpa = any("attention=auto measured" in r["reason"] for r in report.rejected)
     assert fused or chose_sdpa, str(report)
+
+
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_irfuse_attention_calls_run_the_generated_kernel(return_lse):
+    def fn(q, k, v):
+        out, lse = ref.attention(q, k, v, None, None, "bottom_right", return_lse)
+        return (out, lse) if return_lse else out
+
+    q, k, v = _inputs()
+    report = irfuse.explain(fn, q, k, v)
+    assert report.kernels == ["irfuse_attention"], str(report)
+    torch._dynamo.reset()
+    got = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(q, k, v)
+    expected = fn(q, k, v)
+    if not return_lse:
+        got, expected = (got, None), (expected, None)
+    torch.testing.assert_close(got[0], expected[0], atol=2e-3, rtol=2e-2)
+    if return_lse:
+        torch.testing.assert_close(got[1], expected[1], atol=1e-3, rtol=1e-3)

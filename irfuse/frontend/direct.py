@@ -208,6 +208,36 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | None]:
     return importer
 
 
+def _irfuse_attention(node: fx.Node) -> DirectImport | None:
+    """`irfuse.attention(q, k, v, attn_mask, scale, causal, return_lse)` -> (out, lse)."""
+    q, k, v = node.args[:3]
+    mask = _arg(node, 3, "attn_mask", None)
+    scale = _arg(node, 4, "scale", None)
+    causal = _arg(node, 5, "causal", "none")
+    return_lse = bool(_arg(node, 6, "return_lse", False))
+    items = _getitems(node)
+    q_val = _tensor_val(q)
+    if q_val is None or -1 in items or (1 in items and not return_lse):
+        return None
+    if scale is None and not isinstance(q_val.shape[-1], int):
+        return None
+    scale = scale if scale is not None else 1.0 / math.sqrt(q_val.shape[-1])
+    out, lse = items.get(0), items.get(1) if return_lse else None
+    types = _types(node)
+    inputs = [q, k, v] + ([mask] if isinstance(mask, fx.Node) else [])
+    props = {"scale": f64(scale), "causal": StringAttr(causal), "layout": StringAttr("bhsd")}
+    return DirectImport(
+        [node, *(n for n in (out, lse) if n is not None)],
+        inputs,
+        [out] + ([lse] if return_lse else []),
+        lambda ops: AttentionOp.build(
+            operands=[*ops[:3], ops[3:], []],
+            result_types=[types[0], types[1:2] if return_lse else [], []],
+            properties=props,
+        ),
+    )
+
+
 def _irfuse_quant(kind: str) -> Callable[[fx.Node], DirectImport | None]:
     def importer(node: fx.Node) -> DirectImport | None:
         x = node.args[0]
@@ -256,6 +286,7 @@ def _build_table() -> dict[object, Callable[[fx.Node], DirectImport | None]]:
     import irfuse.ops  # noqa: F401  (registers torch.ops.irfuse.*)
 
     irfuse_ops = torch.ops.irfuse
+    table[irfuse_ops.attention.default] = _irfuse_attention
     table[irfuse_ops.rms_norm.default] = _irfuse_norm(fused_add=False)
     table[irfuse_ops.fused_add_rms_norm.default] = _irfuse_norm(fused_add=True)
     table[irfuse_ops.static_fp8_quant.default] = _irfuse_quant("static")
