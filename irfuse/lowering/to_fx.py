@@ -12,6 +12,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
@@ -21,11 +22,13 @@ from xdsl.ir import Operation, SSAValue
 
 import irfuse.lowering.attention  # noqa: F401  (registers torch.ops.irfuse.kernel_attention)
 from irfuse.dialects.irfuse import AttentionOp, FusedAddRmsNormOp, QuantOp, RmsNormOp
-from irfuse.frontend.fx_import import ImportedGraph
 from irfuse.kernels.norm import MAX_COLS
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 from irfuse.lowering.runtime import INTERPRET  # (and registers torch.ops.irfuse.kernel_norm)
 from irfuse.lowering.to_triton import NoKernel, spec_for
+
+if TYPE_CHECKING:  # the importer's record of the FX side; lowering does not import it
+    from irfuse.frontend.fx_import import ImportedGraph
 
 
 @dataclass
