@@ -108,3 +108,27 @@ def test_irfuse_attention_calls_run_the_generated_kernel(return_lse):
     torch.testing.assert_close(got[0], expected[0], atol=2e-3, rtol=2e-2)
     if return_lse:
         torch.testing.assert_close(got[1], expected[1], atol=1e-3, rtol=1e-3)
+
+
+def test_repeated_kv_is_read_unrepeated(tmp_path):
+    """HF's repeat_kv before SDPA: the fused kernel reads the Hkv heads (GQA) directly."""
+
+    def repeat_kv(h, n):
+        b, kv, s, d = h.shape
+        return h[:, :, None, :, :].expand(b, kv, n, s, d).reshape(b, kv * n, s, d)
+
+    def fn(q, k, v, scale):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, repeat_kv(k, 2), repeat_kv(v, 2), is_causal=True)
+        o = o.transpose(1, 2).contiguous().view(b, s, h * d)
+        return (o.float() / scale).clamp(-448, 448).to(FP8)
+
+    q = _inputs(h=4)[0]
+    k, v = _inputs(h=2)[1:]
+    scale = torch.tensor([0.02], device=DEVICE)
+    options = {"inner": "eager", "attention": "irfuse", "dump_dir": str(tmp_path)}
+    out = torch.compile(fn, backend="irfuse", options=options)(q, k, v, scale)
+    (fused,) = tmp_path.glob("*/*after-fuse-attention-quant.mlir")
+    assert "aten.expand" not in fused.read_text()  # the repeat is gone from the graph
+    expected = fn(q, k, v, scale)
+    torch.testing.assert_close(out.float() * scale, expected.float() * scale, atol=0.1, rtol=0.1)

@@ -11,7 +11,9 @@ in any form raise-fp8-quant accepts):
 Guards: every intermediate has this chain as its only reader; no explicit mask; head
 dims 16-256, powers of two; and the chooser (`attention` option: measured on the GPU in
 `auto`) prefers the fused kernel. Replacement: `irfuse.attention` with layout `bs_hd`
-and `#irfuse.quant<static>`, writing the fp8 `[B, Sq, Hq*Dv]` tensor directly.
+and `#irfuse.quant<static>`, writing the fp8 `[B, Sq, Hq*Dv]` tensor directly. K and V
+repeated for GQA in model code (`x[:, :, None].expand(B, Hkv, n, S, D).reshape(B,
+Hkv*n, S, D)`, HF's `repeat_kv`) are read unrepeated: the kernel maps heads itself.
 """
 
 from __future__ import annotations
@@ -72,6 +74,49 @@ def _layout_chain(y: SSAValue) -> tuple[AttentionOp, list[Operation]] | None:
     return attention, [*chain, transpose]
 
 
+def _unrepeated(value: SSAValue) -> tuple[SSAValue, int] | None:
+    """(kv, n) if `value` is `kv` [B, Hkv, S, D] repeated n times per head (repeat_kv)."""
+    view = call(value, *VIEWS)
+    expanded = tensor_arg(view, 0) if view is not None else None
+    clone = call(expanded, "aten.clone.default")
+    if clone is not None:
+        expanded = tensor_arg(clone, 0)
+    expand = call(expanded, "aten.expand.default")
+    unsqueeze = call(tensor_arg(expand, 0), "aten.unsqueeze.default") if expand else None
+    if unsqueeze is None or const_arg(unsqueeze, 1) != 2:
+        return None
+    source = tensor_arg(unsqueeze, 0)
+    sizes = int_list_arg(expand, 1)
+    if source is None or sizes is None or len(sizes) != 5:
+        return None
+    b, hkv, s, d = source.type.get_shape()
+    if sizes[:2] != [b, hkv] or sizes[3:] != [s, d] or sizes[2] < 1:
+        return None
+    return source, sizes[2]
+
+
+def _repeat_ops(value: SSAValue) -> list[Operation]:
+    """The ops of a repeat_kv chain ending at `value` (empty if it is none)."""
+    ops: list[Operation] = []
+    while isinstance(value.owner, CallOp) and value.owner.target.data in (
+        *VIEWS,
+        "aten.clone.default",
+        "aten.expand.default",
+        "aten.unsqueeze.default",
+    ):
+        ops.append(value.owner)
+        value = value.owner.inputs[0]
+    return ops
+
+
+def _kv_operands(attention: AttentionOp) -> tuple[SSAValue, SSAValue]:
+    """K and V as the kernel should read them: unrepeated when both were repeated alike."""
+    k, v = _unrepeated(attention.k), _unrepeated(attention.v)
+    if k is not None and v is not None and k[1] == v[1]:
+        return k[0], v[0]
+    return attention.k, attention.v
+
+
 @dataclass
 class FuseAttentionQuantPattern(RewritePattern):
     @op_type_rewrite_pattern
@@ -98,8 +143,9 @@ class FuseAttentionQuantPattern(RewritePattern):
             "scale": attention.scale, "causal": attention.causal,
             "layout": StringAttr("bs_hd"), "quant": QuantAttr("static"),
         }  # fmt: skip
+        k, v = _kv_operands(attention)
         new = AttentionOp.build(
-            operands=[attention.q, attention.k, attention.v, [], [found.scale]],
+            operands=[attention.q, k, v, [], [found.scale]],
             result_types=[op.results[0].type, [], []],
             properties=props,
         )
@@ -107,7 +153,8 @@ class FuseAttentionQuantPattern(RewritePattern):
         new.out.name_hint = op.results[0].name_hint
         rewriter.replace_all_uses_with(op.results[0], new.out)
         rewriter.erase(op)
-        erase_dead(rewriter, [*found.dead_ops, *chain, attention])
+        repeats = [op for kv in (attention.k, attention.v) for op in _repeat_ops(kv)]
+        erase_dead(rewriter, [*found.dead_ops, *chain, attention, *repeats])
         report.fused(NAME)
 
 
