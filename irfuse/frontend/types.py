@@ -7,40 +7,23 @@ from typing import Any
 import torch
 from xdsl.dialects.builtin import (
     ArrayAttr,
-    BFloat16Type,
     BoolAttr,
     DictionaryAttr,
-    Float8E4M3FNType,
-    Float8E5M2Type,
-    Float16Type,
-    Float32Type,
     Float64Type,
     FloatAttr,
     IntegerAttr,
     IntegerType,
     NoneAttr,
-    Signedness,
     StringAttr,
     TensorType,
 )
 from xdsl.ir import Attribute
 
-from irfuse.dialects.aten import RefAttr, ValueType
+from irfuse.dialects.aten import DTYPE_NAMES, RefAttr, ValueType
 from irfuse.dialects.irfuse import DYNAMIC
 
 _DTYPES: dict[torch.dtype, Attribute] = {
-    torch.bfloat16: BFloat16Type(),
-    torch.float16: Float16Type(),
-    torch.float32: Float32Type(),
-    torch.float64: Float64Type(),
-    torch.float8_e4m3fn: Float8E4M3FNType(),
-    torch.float8_e5m2: Float8E5M2Type(),
-    torch.int64: IntegerType(64),
-    torch.int32: IntegerType(32),
-    torch.int16: IntegerType(16),
-    torch.int8: IntegerType(8),
-    torch.uint8: IntegerType(8, Signedness.UNSIGNED),
-    torch.bool: IntegerType(1),
+    getattr(torch, name): attr for attr, name in DTYPE_NAMES.items()
 }
 _TORCH_DTYPES = {v: k for k, v in _DTYPES.items()}
 
