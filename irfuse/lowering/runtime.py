@@ -20,10 +20,10 @@ from irfuse.kernels.norm import MAX_COLS
 from irfuse.kernels.quant import parse_scheme
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.kernel_spec import KernelSpec, kernel_source
+from irfuse.ops.quant import FP8_MIN_SCALE, alloc_group_scales, nvfp4_scale_shape
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 FP8 = torch.float8_e4m3fn
-FP8_MIN_SCALE = 1.0 / (448.0 * 512.0)
 
 
 @functools.cache
@@ -64,10 +64,6 @@ def launch_config(n_rows: int, n_cols: int, scheme: str = "none") -> tuple[int, 
     return block, max(4, min(16, block // 256))
 
 
-def _round_up(a: Any, b: int) -> Any:
-    return (a + b - 1) // b * b
-
-
 def allocate_outputs(
     spec: KernelSpec, x: torch.Tensor, has_residual: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,8 +83,8 @@ def _allocate(
     if kind == "nvfp4":
         m = x.shape[0]
         out = x.new_empty((m, n // 2), dtype=torch.uint8)
-        shape = (_round_up(m, 128), _round_up(n // 16, 4) // 4)
-        return out, residual_out, x.new_zeros(shape, dtype=torch.int32)
+        scales = x.new_zeros(nvfp4_scale_shape(m, n), dtype=torch.int32)
+        return out, residual_out, scales
     out = x.new_empty(x.shape, dtype=FP8)
     if kind == "static":
         scales = x.new_empty(0)
@@ -96,10 +92,8 @@ def _allocate(
         scales = x.new_empty(1, dtype=torch.float32)
     elif kind == "per_token":
         scales = x.new_empty((*rows, 1), dtype=torch.float32)
-    elif column_major:
-        scales = x.new_empty((n // group, x.shape[0]), dtype=torch.float32).t()
     else:
-        scales = x.new_empty((*rows, n // group), dtype=torch.float32)
+        scales = alloc_group_scales(x, group, column_major)
     return out, residual_out, scales
 
 

@@ -134,7 +134,7 @@ def _check_per_group(x: torch.Tensor, group_size: int, column_major: bool) -> No
         )
 
 
-def _alloc_group_scales(x: torch.Tensor, group_size: int, column_major: bool) -> torch.Tensor:
+def alloc_group_scales(x: torch.Tensor, group_size: int, column_major: bool) -> torch.Tensor:
     ng = x.shape[-1] // group_size
     if column_major:
         return x.new_empty((ng, x.shape[0]), dtype=torch.float32).t()
@@ -158,7 +158,7 @@ def per_group_fp8_quant(
     if ue8m0:
         s = torch.exp2(torch.ceil(torch.log2(s)))
     q = fp8_cast(g / s).reshape(x.shape)
-    scales = _alloc_group_scales(x, group_size, column_major)
+    scales = alloc_group_scales(x, group_size, column_major)
     scales.copy_(s.squeeze(-1))
     return q, scales
 
@@ -169,7 +169,7 @@ def _(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_per_group(x, group_size, column_major)
     q = x.new_empty(x.shape, dtype=FP8_DTYPE)
-    return q, _alloc_group_scales(x, group_size, column_major)
+    return q, alloc_group_scales(x, group_size, column_major)
 
 
 # ---------------------------------------------------------------------------------------
