@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import torch
 
+import irfuse.ops as ref
+
 TOLERANCES = {
     torch.float32: (1e-5, 1e-5),
     torch.float16: (1e-3, 1e-3),
     torch.bfloat16: (1e-3, 1.6e-2),
 }
 FP8_TOL = 1e-1
+NVFP4_TOL = 3e-1
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -24,3 +27,35 @@ def assert_fp8_close(q: torch.Tensor, expected: torch.Tensor, scale: torch.Tenso
     torch.testing.assert_close(
         q.float() * scale, expected.float() * scale, atol=FP8_TOL, rtol=FP8_TOL
     )
+
+
+def reference_quant(scheme: str, y: torch.Tensor, scale: torch.Tensor | None):
+    kind, *flags = scheme.split()
+    if kind == "static":
+        return ref.static_fp8_quant(y, scale), None
+    if kind == "per_token":
+        return ref.per_token_fp8_quant(y, scale)
+    if kind == "per_tensor":
+        return ref.per_tensor_fp8_quant(y)
+    if kind == "per_group":
+        return ref.per_group_fp8_quant(y, int(flags[0]), "col" in flags, "ue8m0" in flags)
+    return ref.nvfp4_quant(y, scale)
+
+
+def dequant(scheme: str, q, scales, scale, t: int, h: int) -> torch.Tensor:
+    kind, *flags = scheme.split()
+    if kind == "static":
+        return ref.dequant_fp8(q, scale)
+    if kind in ("per_token", "per_tensor"):
+        return ref.dequant_fp8(q, scales)
+    if kind == "per_group":
+        return ref.dequant_fp8_per_group(q, scales, int(flags[0]))
+    return ref.nvfp4_dequant(q, scales, scale, t, h)
+
+
+def assert_quant_close(scheme: str, got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Dequantized values at NUMERICS.md's tolerance, relative to each row's range (values
+    near zero quantize coarsely in the block formats)."""
+    tol = NVFP4_TOL if scheme == "nvfp4" else FP8_TOL
+    span = expected.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
+    torch.testing.assert_close(got / span, expected / span, atol=tol, rtol=tol)

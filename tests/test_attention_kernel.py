@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import irfuse.lowering.attention as kernels
 import irfuse.ops as ref
+from irfuse.kernels.attention import uses_decode
 from irfuse.lowering.attention import attention_source, kernel_attention
+from tests.helpers import assert_fp8_close, assert_quant_close, dequant, reference_quant
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # the interpreter's tl.dot is wrong on bf16: CPU runs fp16/fp32 (TOOLCHAIN.md)
@@ -20,33 +23,81 @@ def _qkv(b, hq, hkv, sq, skv, d, dtype, seed=0):
     return make(hq, sq), make(hkv, skv), make(hkv, skv)
 
 
+@pytest.fixture(params=["pointer", "tma"])
+def loads(request, monkeypatch):
+    """Run the prefill kernel with pointer loads and with TMA descriptors (both run in
+    the interpreter; on the GPU the runtime picks TMA whenever the strides allow)."""
+    monkeypatch.setattr(kernels, "tma_ok", lambda *t: request.param == "tma")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", ["none", "top_left", "bottom_right"])
-@pytest.mark.parametrize("hq,hkv,sq,skv", [(2, 2, 7, 7), (4, 1, 5, 19), (2, 2, 19, 5)])
-def test_attention_matches_reference(dtype, causal, hq, hkv, sq, skv):
-    q, k, v = _qkv(1, hq, hkv, sq, skv, 32, dtype)
-    out, lse = kernel_attention(q, k, v, None, 0.2, causal, "bhsd", True, "none")
+@pytest.mark.parametrize(
+    "hq,hkv,sq,skv",
+    [(2, 2, 7, 7), (4, 1, 5, 19), (2, 2, 19, 5), (2, 2, 67, 45), (2, 1, 70, 33), (1, 1, 33, 90)],
+)
+def test_attention_matches_reference(dtype, causal, hq, hkv, sq, skv, loads):
+    if loads == "tma" and uses_decode(sq, hq, hkv):
+        pytest.skip("the decode path has no TMA variant")
+    q, k, v = _qkv(1, hq, hkv, sq, skv, 16, dtype)
+    out, lse, _ = kernel_attention(q, k, v, None, 0.2, causal, "bhsd", True, "none")
     out_ref, lse_ref = ref.attention(q, k, v, None, 0.2, causal, True)
     tol = TOL[dtype]
     torch.testing.assert_close(out, out_ref, atol=tol, rtol=tol)
     torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
 
 
-def test_bs_hd_layout_and_static_fp8_epilogue():
+def _layout_reference(q, k, v, causal):
+    out, _ = ref.attention(q, k, v, None, 0.25, causal, False)
+    b, h, sq, dv = out.shape
+    return out.transpose(1, 2).reshape(b * sq, h * dv)
+
+
+@pytest.mark.parametrize("scheme", ["static", "per_token", "nvfp4"])
+@pytest.mark.parametrize("hq,hkv,sq,skv", [(4, 2, 3, 37), (2, 2, 70, 33)])  # decode, prefill
+def test_epilogues_match_unfused_quant(scheme, hq, hkv, sq, skv, loads):
+    if scheme == "per_token" and not uses_decode(sq, hq, hkv):
+        pytest.skip("per-token needs the decode kernel (tested to refuse below)")
+    q, k, v = _qkv(2, hq, hkv, sq, skv, 32, torch.float16)
+    layout = _layout_reference(q, k, v, "bottom_right")
+    scale = {"static": torch.tensor([0.01]), "per_token": None,
+             "nvfp4": (448 * 6 / layout.float().abs().amax()).reshape(1)}[scheme]  # fmt: skip
+    scale = scale.to(DEVICE) if scale is not None else None
+    got, _, scales = kernel_attention(q, k, v, scale, 0.25, "bottom_right", "bs_hd", False, scheme)
+    q_ref, scales_ref = reference_quant(scheme, layout, scale)
+    rows, n = layout.shape
+    if scheme != "nvfp4":
+        assert got.shape == (2, sq, hq * 32)
+        got = got.reshape(rows, n)
+    if scheme == "per_token":
+        assert scales.shape == (2, sq, 1)
+        scales = scales.reshape(rows, 1)
+    assert got.dtype == q_ref.dtype and got.shape == q_ref.shape
+    assert_quant_close(scheme, dequant(scheme, got, scales, scale, rows, n),
+                       dequant(scheme, q_ref, scales_ref, scale, rows, n))  # fmt: skip
+
+
+def test_bhsd_layout_and_static_epilogue():
     q, k, v = _qkv(2, 2, 2, 9, 9, 16, torch.float16)
     scale = torch.tensor([0.01], device=DEVICE)
-    out, _ = kernel_attention(q, k, v, None, 0.25, "top_left", "bs_hd", False, "none")
+    out, _, _ = kernel_attention(q, k, v, None, 0.25, "top_left", "bhsd", False, "none")
     ref_out, _ = ref.attention(q, k, v, None, 0.25, "top_left", False)
-    layout = ref_out.transpose(1, 2).reshape(2, 9, 32)
-    torch.testing.assert_close(out, layout, atol=2e-3, rtol=2e-3)
-    q8, _ = kernel_attention(q, k, v, scale, 0.25, "top_left", "bs_hd", False, "static")
-    expected = ref.static_fp8_quant(layout, scale)
-    torch.testing.assert_close(q8.float() * scale, expected.float() * scale, atol=0.1, rtol=0.1)
+    torch.testing.assert_close(out, ref_out, atol=2e-3, rtol=2e-3)
+    q8, _, _ = kernel_attention(q, k, v, scale, 0.25, "top_left", "bhsd", False, "static")
+    assert q8.shape == ref_out.shape
+    assert_fp8_close(q8, ref.static_fp8_quant(ref_out, scale), scale)
+
+
+def test_per_token_refuses_the_prefill_kernel():
+    q, k, v = _qkv(1, 2, 2, 70, 70, 16, torch.float16)
+    with pytest.raises(ValueError, match="per-token scale spans all heads"):
+        kernel_attention(q, k, v, None, 0.25, "none", "bs_hd", False, "per_token")
 
 
 def test_fully_masked_rows_are_zero_with_minus_inf_lse():
     q, k, v = _qkv(1, 1, 1, 6, 3, 16, torch.float32)  # bottom-right: queries 0-2 see nothing
-    out, lse = kernel_attention(q, k, v, None, 0.25, "bottom_right", "bhsd", True, "none")
+    out, lse, _ = kernel_attention(q, k, v, None, 0.25, "bottom_right", "bhsd", True, "none")
     assert torch.all(out[0, 0, :3] == 0) and torch.all(lse[0, 0, :3] == float("-inf"))
     assert not out.isnan().any()
 
@@ -65,8 +116,10 @@ def test_bad_inputs(shapes, match):
         kernel_attention(q, k, v, None, 1.0, "none", "bhsd", False, "none")
 
 
-def test_source_names_what_it_fuses():
+def test_sources_name_what_they_fuse():
     assert "Fuses: attention + static fp8 quant." in attention_source("static")
+    assert "Fuses: merge of split-KV attention states + nvfp4 quant." in attention_source("nvfp4")
+    assert "TMA loads" in attention_source("none")
 
 
 @pytest.mark.cuda
@@ -74,9 +127,9 @@ def test_source_names_what_it_fuses():
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("causal", ["none", "top_left", "bottom_right"])
 @pytest.mark.parametrize("hq,hkv,sq,skv", [(8, 8, 257, 257), (8, 1, 1, 1031), (8, 2, 7, 1031)])
-def test_gpu_attention(dtype, d, causal, hq, hkv, sq, skv):
+def test_gpu_attention(dtype, d, causal, hq, hkv, sq, skv, loads):
     q, k, v = _qkv(2, hq, hkv, sq, skv, d, dtype)
-    out, lse = kernel_attention(q, k, v, None, d**-0.5, causal, "bhsd", True, "none")
+    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, causal, "bhsd", True, "none")
     out_ref, lse_ref = ref.attention(q, k, v, None, d**-0.5, causal, True)
     torch.testing.assert_close(out, out_ref, atol=2e-2, rtol=1.6e-2)
     finite = lse_ref.isfinite()

@@ -9,10 +9,9 @@ import torch
 import irfuse.ops as ref
 from irfuse.lowering.runtime import kernel_norm
 from irfuse.ops.quant import div_const, unswizzle_block_scales
-from tests.helpers import FP8_TOL
+from tests.helpers import assert_quant_close, dequant, reference_quant
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-NVFP4_TOL = 3e-1
 SCHEMES = [
     "static", "per_token", "per_token ub", "per_tensor", "per_group 128", "per_group 64 col",
     "per_group 128 ue8m0", "per_group 64 col ue8m0", "nvfp4",
@@ -44,30 +43,6 @@ def _reference_producer(producer, mode, x, residual, w, eps):
     return ref.rms_norm(x, w, eps, mode == "gemma"), None
 
 
-def _reference_quant(scheme: str, y: torch.Tensor, scale: torch.Tensor | None):
-    kind, *flags = scheme.split()
-    if kind == "static":
-        return ref.static_fp8_quant(y, scale), None
-    if kind == "per_token":
-        return ref.per_token_fp8_quant(y, scale)
-    if kind == "per_tensor":
-        return ref.per_tensor_fp8_quant(y)
-    if kind == "per_group":
-        return ref.per_group_fp8_quant(y, int(flags[0]), "col" in flags, "ue8m0" in flags)
-    return ref.nvfp4_quant(y, scale)
-
-
-def _dequant(scheme: str, q, scales, scale, t: int, h: int) -> torch.Tensor:
-    kind, *flags = scheme.split()
-    if kind == "static":
-        return ref.dequant_fp8(q, scale)
-    if kind in ("per_token", "per_tensor"):
-        return ref.dequant_fp8(q, scales)
-    if kind == "per_group":
-        return ref.dequant_fp8_per_group(q, scales, int(flags[0]))
-    return ref.nvfp4_dequant(q, scales, scale, t, h)
-
-
 def _scale_input(scheme: str, y: torch.Tensor) -> torch.Tensor | None:
     if scheme == "static":
         return torch.tensor([0.03], device=DEVICE)
@@ -88,19 +63,15 @@ def _run(producer, mode, scheme, t, h, dtype, eps=1e-6):
         w if producer != "quant" else None, scale, eps,
         f"{producer}/{mode}/model/{kernel_scheme}",
     )  # fmt: skip
-    q_ref, scales_ref = _reference_quant(kernel_scheme, y_ref, scale)
+    q_ref, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
     if residual_ref is not None:
         assert torch.equal(residual_out, residual_ref)
     assert q.shape == q_ref.shape and q.dtype == q_ref.dtype
     if scales_ref is not None:
         assert scales.shape == scales_ref.shape and scales.stride() == scales_ref.stride()
-    got = _dequant(kernel_scheme, q, scales, scale, t, h)
-    expected = _dequant(kernel_scheme, q_ref, scales_ref, scale, t, h)
-    tol = NVFP4_TOL if scheme == "nvfp4" else FP8_TOL
-    # relative to the quantization step of each row's range (values near zero quantize
-    # coarsely in the block formats)
-    span = expected.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
-    torch.testing.assert_close(got / span, expected / span, atol=tol, rtol=tol)
+    got = dequant(kernel_scheme, q, scales, scale, t, h)
+    expected = dequant(kernel_scheme, q_ref, scales_ref, scale, t, h)
+    assert_quant_close(kernel_scheme, got, expected)
     return q, scales, q_ref, scales_ref
 
 
@@ -191,9 +162,7 @@ def test_kept_value_is_the_unquantized_norm(producer, mode, scheme):
     )  # fmt: skip
     assert value.dtype == y_ref.dtype
     torch.testing.assert_close(value, y_ref, atol=1e-3, rtol=1e-3)
-    q_ref, scales_ref = _reference_quant(scheme, value, scale)  # quantizing the kept value
-    got = _dequant(scheme, q, scales, scale, 5, 128)
-    expected = _dequant(scheme, q_ref, scales_ref, scale, 5, 128)
-    span = expected.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
-    tol = NVFP4_TOL if scheme == "nvfp4" else FP8_TOL
-    torch.testing.assert_close(got / span, expected / span, atol=tol, rtol=tol)
+    q_ref, scales_ref = reference_quant(scheme, value, scale)  # quantizing the kept value
+    got = dequant(scheme, q, scales, scale, 5, 128)
+    expected = dequant(scheme, q_ref, scales_ref, scale, 5, 128)
+    assert_quant_close(scheme, got, expected)

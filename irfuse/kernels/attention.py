@@ -1,26 +1,51 @@
-"""Triton source for the attention forward (flash attention, online softmax in fp32).
+"""Triton source for attention: a prefill flash-attention forward and a split-KV decode.
 
-One program computes BLOCK_M query rows of one (batch, query head) against all the keys
-it may see, in BLOCK_N tiles; GQA maps query head h to kv head h // GROUP. Causal masks:
-0 none, 1 top-left (PyTorch's is_causal), 2 bottom-right (query i sees keys
-j <= i + Skv - Sq). The output tile is written through strides, so the same kernel writes
-[B, H, S, Dv] or the [B, S, H*Dv] layout the output projection reads; the epilogue may
-quantize it (static fp8, elementwise). Fully masked rows give 0 and lse -inf.
+Prefill: one program computes BLOCK_M query rows of one (batch, query head) against the
+keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). GQA maps query head
+h to kv head h // GROUP. Causal masks: 0 none, 1 top-left (PyTorch's is_causal), 2
+bottom-right (query i sees keys j <= i + Skv - Sq). The key loop runs in two stages:
+tiles every row sees in full (no mask arithmetic, unmasked loads), then the diagonal and
+ragged-edge tiles (masked). Loads go through TMA descriptors when the strides allow it
+(`tma` sources), else through pointers. The output tile is written through strides
+([B, H, S, Dv] or the [B, S, H*Dv] layout the output projection reads), optionally
+quantized: static fp8 (elementwise) or nvfp4 (blocks of 16 along a head's Dv).
+
+Decode (few query rows against a long KV): `split_kv` programs each take one kv head
+(all GROUP * Sq query rows that read it, so K/V are read once) and one slice of the
+keys, writing a normalised partial output and its lse; `combine` takes one token row
+[Hq * Dv] per program, merges the slices and ends with any row epilogue of
+irfuse/kernels/quant.py (none, static, per-token, per-group, nvfp4).
+Fully masked rows give 0 and lse -inf in both.
 """
 
-SIGNATURE = """
+# Epilogues: both kernels take static and nvfp4; per_token needs a whole token row (all
+# heads), which only the decode path's combine holds.
+EPILOGUES = ("none", "static", "per_token", "nvfp4")
+DECODE_ONLY = ("per_token",)
+# The split-KV decode serves up to this many query rows per kv head (Hq/Hkv * Sq).
+DECODE_MAX_ROWS = 64
+
+
+def uses_decode(seq_q: int, heads_q: int, heads_kv: int) -> bool:
+    """Whether the split-KV decode kernels serve this shape (the prefill one otherwise)."""
+    return heads_q // heads_kv * seq_q <= DECODE_MAX_ROWS
+
+
+PREFILL_SIGNATURE = """
 @triton.jit
 def {name}(
-    q_ptr, k_ptr, v_ptr, scale_ptr, out_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, scale_ptr, out_ptr, lse_ptr, scale_out_ptr,
     sm_scale, seq_q, seq_kv, group,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
-    n_heads,
+    n_heads, out_rows_per_batch,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_LSE: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     start_m = tl.program_id(0)
+    if CAUSAL != 0:  # the longest rows first: they would otherwise finish last
+        start_m = tl.num_programs(0) - 1 - start_m
     batch_head = tl.program_id(1).to(tl.int64)
     batch = batch_head // n_heads
     head = batch_head % n_heads
@@ -30,49 +55,98 @@ def {name}(
     offs_d = tl.arange(0, HEAD_DIM)
     offs_dv = tl.arange(0, HEAD_DIM_V)
     row_ok = offs_m < seq_q
-"""
-
-BODY = """
-    q_tile = q_ptr + batch * stride_qb + head * stride_qh
-    q = tl.load(q_tile + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None],
-                other=0.0)
+    q_base = q_ptr + batch * stride_qb + head * stride_qh
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
+"""
+
+Q_LOAD = {
+    "pointer": """
+    q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None],
+                other=0.0)
+""",
+    "tma": """
+    # TMA descriptors over this (batch, head)'s rows: rows past the end read as zero
+    q_desc = tl.make_tensor_descriptor(q_base, shape=[seq_q, HEAD_DIM], strides=[stride_qs, 1],
+                                       block_shape=[BLOCK_M, HEAD_DIM])
+    k_desc = tl.make_tensor_descriptor(k_base, shape=[seq_kv, HEAD_DIM],
+                                       strides=[stride_ks, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    v_desc = tl.make_tensor_descriptor(v_base, shape=[seq_kv, HEAD_DIM_V],
+                                       strides=[stride_vs, 1], block_shape=[BLOCK_N, HEAD_DIM_V])
+    q = q_desc.load([start_m * BLOCK_M, 0])
+""",
+}
+
+PREFILL_SETUP = """
     if INTERPRET:  # the interpreter's tl.dot is wrong on bf16 (TOOLCHAIN.md)
         q = q.to(tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
-    # keys this block may see: key j <= query i + offset under a causal mask
+    # key j is visible to query i when j <= i + offset (causal) and j < seq_kv
     offset = 0
     if CAUSAL == 2:
         offset = seq_kv - seq_q
-    hi = seq_kv
-    if CAUSAL != 0:
-        hi = tl.minimum(seq_kv, (start_m + 1) * BLOCK_M + offset)
+    full_end = seq_kv // BLOCK_N * BLOCK_N  # tiles without a ragged edge
+    end = seq_kv
+    if CAUSAL != 0:  # tiles every row of the block sees in full, then the diagonal ones
+        full_end = tl.minimum(full_end, tl.maximum(start_m * BLOCK_M + offset + 1, 0)
+                              // BLOCK_N * BLOCK_N)
+        end = tl.minimum(seq_kv, (start_m + 1) * BLOCK_M + offset)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_V], tl.float32)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
+"""
+
+KV_LOAD = {
+    ("pointer", False): """
+        k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None])
+        v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :])
+""",
+    ("pointer", True): """
         col_ok = cols < seq_kv
         k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=col_ok[None, :],
                     other=0.0)
         v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :], mask=col_ok[:, None],
                     other=0.0)
-        if INTERPRET:
+""",
+    ("tma", False): """
+        k = tl.trans(k_desc.load([start_n, 0]))
+        v = v_desc.load([start_n, 0])
+""",
+    ("tma", True): """
+        k = tl.trans(k_desc.load([start_n, 0]))  # zero past seq_kv
+        v = v_desc.load([start_n, 0])
+""",
+}
+
+KEY_LOOP = """
+    # {stage}
+    for start_n in range({start}, {stop}, BLOCK_N):
+        cols = start_n + offs_n
+{loads}        if INTERPRET:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         qk = tl.dot(q, k, out_dtype=tl.float32) * qk_scale
-        visible = col_ok[None, :]
+{softmax}        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
+        m_i = m_new
+"""
+
+FULL_SOFTMAX = """        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+"""
+
+MASKED_SOFTMAX = """        visible = cols[None, :] < seq_kv
         if CAUSAL != 0:
             visible = visible & (cols[None, :] <= offs_m[:, None] + offset)
         qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
         p = tl.exp2(qk - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
-        m_i = m_new
+"""
+
+PREFILL_FINISH = """
     seen = l_i > 0
     acc = acc / tl.where(seen, l_i, 1.0)[:, None]
     if HAS_LSE:
@@ -83,19 +157,143 @@ BODY = """
     out_ptrs = out_tile + offs_m[:, None] * stride_os + offs_dv[None, :]
 """
 
-PRELOAD = {
+PREFILL_PRELOAD = {
     "none": "",
     "static": "    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))  # static fp8 scale\n",
+    "nvfp4": "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale\n",
 }
 
-EPILOGUE = {
+PREFILL_EPILOGUE = {
     "none": """
     # epilogue: store in the output dtype
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 """,
     "static": """
-    # epilogue: static per-tensor fp8 of the [B, S, H*Dv] output, q = fp8(clamp(o / scale))
+    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale))
     o = round_to(acc, q_ptr.dtype.element_ty, INTERPRET)  # what the unfused quant would read
     tl.store(out_ptrs, to_fp8(o * inv_scale, INTERPRET), mask=row_ok[:, None])
 """,
+    "nvfp4": """
+    # epilogue: nvfp4 of the [B*Sq, Hq*Dv] output (blocks of 16 never straddle heads):
+    # packed e2m1 pairs at byte h*Dv/2 + d/2 of the token's row, block scales swizzled
+    o = round_to(acc, q_ptr.dtype.element_ty, INTERPRET)  # what the unfused quant would read
+    packed, sf = nvfp4_blocks(tl.reshape(o, (BLOCK_M * (HEAD_DIM_V // 16), 16)), global_scale,
+                              INTERPRET)
+    pairs = tl.arange(0, HEAD_DIM_V // 2)
+    out_rows = batch * out_rows_per_batch + offs_m
+    byte_ptrs = out_tile + offs_m[:, None] * stride_os + pairs[None, :]
+    tl.store(byte_ptrs, tl.reshape(packed, (BLOCK_M, HEAD_DIM_V // 2)), mask=row_ok[:, None])
+    k = head * (HEAD_DIM_V // 16) + tl.arange(0, HEAD_DIM_V // 16)
+    sf_offsets = nvfp4_scale_offset(out_rows[:, None], k[None, :], n_heads * HEAD_DIM_V)
+    tl.store(scale_out_ptr + sf_offsets, tl.reshape(sf, (BLOCK_M, HEAD_DIM_V // 16)),
+             mask=row_ok[:, None])
+""",
 }
+
+SPLIT_KV = """
+@triton.jit
+def {name}(
+    q_ptr, k_ptr, v_ptr, part_ptr, part_lse_ptr,
+    sm_scale, seq_q, seq_kv, group, split_len, num_splits,
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs, n_kv_heads,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    # rows r < group * seq_q: query head kv_head * group + r // seq_q, token r % seq_q
+    split = tl.program_id(0)
+    batch_kv = tl.program_id(1).to(tl.int64)
+    batch = batch_kv // n_kv_heads
+    kv_head = batch_kv % n_kv_heads
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < group * seq_q
+    q_head = kv_head * group + rows // seq_q
+    token = rows % seq_q
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_dv = tl.arange(0, HEAD_DIM_V)
+    q_rows = q_ptr + batch * stride_qb + q_head * stride_qh + token * stride_qs
+    q = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
+    if INTERPRET:  # the interpreter's tl.dot is wrong on bf16 (TOOLCHAIN.md)
+        q = q.to(tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
+    offset = 0
+    if CAUSAL == 2:
+        offset = seq_kv - seq_q
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_kv)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_V], tl.float32)
+    for start_n in range(start, end, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < end
+        k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=col_ok[None, :],
+                    other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :], mask=col_ok[:, None],
+                    other=0.0)
+        if INTERPRET:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        qk = tl.dot(q, k, out_dtype=tl.float32) * qk_scale
+        visible = col_ok[None, :]
+        if CAUSAL != 0:
+            visible = visible & (cols[None, :] <= token[:, None] + offset)
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
+        m_i = m_new
+    # partial [B, Hq, Sq, splits, Dv], normalised, and its lse (base 2; -inf if empty)
+    seen = l_i > 0
+    slot = ((batch * n_kv_heads * group + q_head) * seq_q + token) * num_splits + split
+    tl.store(part_ptr + slot[:, None] * HEAD_DIM_V + offs_dv[None, :],
+             acc / tl.where(seen, l_i, 1.0)[:, None], mask=row_ok[:, None])
+    tl.store(part_lse_ptr + slot, tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)),
+                                           float("-inf")), mask=row_ok)
+"""
+
+COMBINE = """
+@triton.jit
+def {name}(
+    part_ptr, part_lse_ptr, lse_ptr, scale_ptr, out_ptr, scale_out_ptr,
+    n_heads, seq_q, num_splits, n_cols, out_row_stride, scale_out_row_stride,
+    scale_out_col_stride,
+    HEAD_DIM_V: tl.constexpr, BLOCK: tl.constexpr, MODEL_DTYPE: tl.constexpr,
+    HAS_LSE: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    # one token row: column c is head c // Dv, element c % Dv
+    row = tl.program_id(0).to(tl.int64)
+    batch = row // seq_q
+    token = row % seq_q
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    head = cols // HEAD_DIM_V
+    slot = ((batch * n_heads + head) * seq_q + token) * num_splits
+{preload}    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for split in range(num_splits):  # merge the slices' softmax states (base 2)
+        lse = tl.load(part_lse_ptr + slot + split, mask=mask, other=float("-inf"))
+        part = tl.load(part_ptr + (slot + split) * HEAD_DIM_V + cols % HEAD_DIM_V, mask=mask,
+                       other=0.0)
+        m_new = tl.maximum(m, lse)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - m_safe)
+        weight = tl.exp2(lse - m_safe)
+        acc = acc * alpha + weight * part
+        total = total * alpha + weight
+        m = m_new
+    seen = total > 0
+    v = round_to(acc / tl.where(seen, total, 1.0), MODEL_DTYPE, INTERPRET)
+    if HAS_LSE:
+        lse = tl.where(seen, (m + tl.log2(tl.where(seen, total, 1.0))) * 0.6931471805599453,
+                       float("-inf"))
+        first = mask & (cols % HEAD_DIM_V == 0)
+        tl.store(lse_ptr + (batch * n_heads + head) * seq_q + token, lse, mask=first)
+"""

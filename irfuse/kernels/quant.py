@@ -88,12 +88,12 @@ PER_GROUP = (
     + STORE.format(value="q"),
 )
 
-NVFP4 = (
-    "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale, loaded early\n",
-    """
-    # epilogue: nvfp4, blocks of 16: SF = e4m3(global_scale * amax / 6),
-    # q = e2m1(v * global_scale / SF) rounded to nearest even, two per byte (even: low)
-    blocks = tl.reshape(v, (BLOCK // 16, 16))
+# nvfp4 of blocks [R, 16] (fp32): SF = e4m3(global_scale * amax / 6), q = e2m1(v *
+# global_scale / SF) rounded to nearest even, two per byte (even element: low nibble).
+# Returns the packed bytes [R, 8] and the scale bytes [R]. Shape-generic callers reshape.
+NVFP4_HELPERS = """
+@triton.jit
+def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
     amax = tl.max(tl.abs(blocks), axis=1)
     sf = to_fp8(tl.math.div_rn(global_scale * amax, 6.0), INTERPRET)
     sf_value = sf.to(tl.float32)
@@ -105,15 +105,27 @@ NVFP4 = (
             + (a >= 1.75).to(tl.uint8) + (a > 2.5).to(tl.uint8) + (a >= 3.5).to(tl.uint8)
             + (a > 5.0).to(tl.uint8))
     code = code | ((e.to(tl.uint32, bitcast=True) >> 31).to(tl.uint8) << 3)
-    even, odd = tl.split(tl.reshape(code, (BLOCK // 2, 2)))
-    pairs = tl.arange(0, BLOCK // 2)
-    tl.store(out_ptr + row * out_row_stride + pairs, even | (odd << 4), mask=pairs < n_cols // 2)
-    # block scales, swizzled 128x4: byte of (row, k) at ((row >> 7) * ceil(n / 64) + (k >> 2))
-    # * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4 + (k & 3)
-    k = tl.arange(0, BLOCK // 16)
+    even, odd = tl.split(tl.reshape(code, (code.shape[0], 8, 2)))
+    return even | (odd << 4), sf.to(tl.uint8, bitcast=True)
+
+
+@triton.jit
+def nvfp4_scale_offset(row, k, n_cols):
+    # the byte of block scale (row, k) in the swizzled 128x4 layout (NUMERICS.md)
     tile = (row >> 7) * ((n_cols + 63) // 64) + (k >> 2)
-    offset = tile * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4 + (k & 3)
-    tl.store(scale_out_ptr + offset, sf.to(tl.uint8, bitcast=True), mask=k < n_cols // 16)
+    return tile * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4 + (k & 3)
+"""
+
+NVFP4 = (
+    "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale, loaded early\n",
+    """
+    # epilogue: nvfp4, blocks of 16 (nvfp4_blocks), block scales swizzled 128x4
+    packed, sf = nvfp4_blocks(tl.reshape(v, (BLOCK // 16, 16)), global_scale, INTERPRET)
+    pairs = tl.arange(0, BLOCK // 2)
+    tl.store(out_ptr + row * out_row_stride + pairs, tl.reshape(packed, (BLOCK // 2,)),
+             mask=pairs < n_cols // 2)
+    k = tl.arange(0, BLOCK // 16)
+    tl.store(scale_out_ptr + nvfp4_scale_offset(row, k, n_cols), sf, mask=k < n_cols // 16)
 """,
 )
 
@@ -162,7 +174,7 @@ def epilogue(scheme: str, keeps_value: bool = True) -> tuple[str, str, str]:
     if kind == "per_token":
         return fp8_helpers, *PER_TOKEN
     if kind == "nvfp4":
-        return fp8_helpers, *NVFP4
+        return fp8_helpers + NVFP4_HELPERS, *NVFP4
     if kind == "per_group":
         group, ue8m0 = int(options[0]), "ue8m0" in options
         formula = "2^ceil(log2(max(amax, 1e-10) / 448))" if ue8m0 else "max(amax, 1e-10) / 448"

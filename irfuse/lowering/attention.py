@@ -1,8 +1,10 @@
-"""irfuse.attention -> generated Triton attention kernel, and its runtime op.
+"""irfuse.attention -> generated Triton attention kernels, and their runtime op.
 
-`torch.ops.irfuse.kernel_attention` launches the flash-attention forward of
-irfuse/kernels/attention.py with an epilogue (none or static fp8), writing the
-[B, H, Sq, Dv] or [B, Sq, H*Dv] layout. Checks shapes, dtypes and devices only.
+`torch.ops.irfuse.kernel_attention` runs the prefill flash-attention forward, or, for a
+few query rows per kv head (decode), the split-KV kernel and its combine, of
+irfuse/kernels/attention.py, ending with an epilogue (a quant scheme, see EPILOGUES) and
+writing [B, Hq, Sq, Dv] or [B, Sq, Hq*Dv]. Per call it checks shapes, dtypes and devices
+only (no host sync), so it runs inside CUDA graphs.
 """
 
 from __future__ import annotations
@@ -12,45 +14,100 @@ from typing import Any
 
 import torch
 import triton
+import triton.language as tl
 
 from irfuse.kernels import attention as pieces
-from irfuse.kernels.norm import ROUND_TO
-from irfuse.kernels.quant import ROUND_TO_E4M3
+from irfuse.kernels import quant as quant_pieces
+from irfuse.kernels.attention import DECODE_MAX_ROWS, DECODE_ONLY, EPILOGUES, uses_decode
+from irfuse.kernels.norm import MAX_COLS, ROUND_TO
 from irfuse.lowering.kernel_cache import load_kernel
-from irfuse.lowering.runtime import FP8, INTERPRET
+from irfuse.lowering.runtime import FP8, INTERPRET, launch_config
+from irfuse.ops.quant import nvfp4_scale_shape
 
-EPILOGUES = tuple(pieces.EPILOGUE)
 CAUSAL = {"none": 0, "top_left": 1, "bottom_right": 2}
 HEAD_DIMS = (16, 32, 64, 128, 256)
+_SUFFIX = {"none": "", "static": "_static_fp8", "per_token": "_per_token_fp8", "nvfp4": "_nvfp4"}
+_FUSES = {"none": "", "static": " + static fp8 quant", "per_token": " + per_token fp8 quant",
+          "nvfp4": " + nvfp4 quant"}  # fmt: skip
 
 
 def kernel_name(epilogue: str) -> str:
-    return "irfuse_attention" + ("" if epilogue == "none" else f"_{epilogue}_fp8")
+    """The name of an attention with `epilogue` (its kernels' sources, in dumps)."""
+    return "irfuse_attention" + _SUFFIX[epilogue]
 
 
-def attention_source(epilogue: str) -> str:
-    if epilogue not in EPILOGUES:
-        raise ValueError(f"no attention epilogue {epilogue!r} (have {EPILOGUES})")
-    fuses = "attention" + ("" if epilogue == "none" else f" + {epilogue} fp8 quant")
-    body = (
-        pieces.SIGNATURE.format(name=kernel_name(epilogue))
-        + pieces.PRELOAD[epilogue] + pieces.BODY + pieces.EPILOGUE[epilogue]
-    )  # fmt: skip
+def _module(name: str, fuses: str, how: str, helpers: str, body: str) -> str:
     return (
-        f'"""irfuse generated kernel {kernel_name(epilogue)}.\n\nFuses: {fuses}.\n'
-        'Flash-attention forward; see irfuse/kernels/attention.py."""\n\n'
-        "import triton\nimport triton.language as tl\n"
-        f"{ROUND_TO}{ROUND_TO_E4M3}\n{body}"
+        f'"""irfuse generated kernel {name}.\n\nFuses: {fuses}.\n{how}; see '
+        'irfuse/kernels/attention.py."""\n\nimport triton\nimport triton.language as tl\n'
+        f"{ROUND_TO}{helpers}\n{body}"
     )
 
 
+def prefill_name(epilogue: str, loads: str) -> str:
+    return "irfuse_attention" + ("_tma" if loads == "tma" else "") + _SUFFIX[epilogue]
+
+
+def prefill_source(epilogue: str, loads: str = "pointer") -> str:
+    """The prefill kernel; `loads`: "pointer" or "tma" (descriptors built in the kernel)."""
+    if epilogue not in EPILOGUES or epilogue in DECODE_ONLY:
+        raise ValueError(f"no prefill attention epilogue {epilogue!r}")
+    stages = [("tiles every row sees in full: no masks", "0", "full_end", False),
+              ("diagonal and ragged-edge tiles: masked", "full_end", "end", True)]  # fmt: skip
+    loops = "".join(
+        pieces.KEY_LOOP.format(
+            stage=stage, start=start, stop=stop, loads=pieces.KV_LOAD[(loads, masked)],
+            softmax=pieces.MASKED_SOFTMAX if masked else pieces.FULL_SOFTMAX,
+        )
+        for stage, start, stop, masked in stages
+    )  # fmt: skip
+    body = (
+        pieces.PREFILL_SIGNATURE.format(name=prefill_name(epilogue, loads))
+        + pieces.PREFILL_PRELOAD[epilogue] + pieces.Q_LOAD[loads] + pieces.PREFILL_SETUP
+        + loops + pieces.PREFILL_FINISH + pieces.PREFILL_EPILOGUE[epilogue]
+    )  # fmt: skip
+    helpers = "" if epilogue == "none" else quant_pieces.epilogue(epilogue)[0]
+    how = "Flash-attention forward" + (", TMA loads" if loads == "tma" else "")
+    return _module(prefill_name(epilogue, loads), "attention" + _FUSES[epilogue], how,
+                   helpers, body)  # fmt: skip
+
+
+SPLIT_KV_NAME = "irfuse_attention_split_kv"
+
+
+def split_kv_source() -> str:
+    return _module(SPLIT_KV_NAME, "attention (one slice of the keys; `combine` merges)",
+                   "Split-KV decode", "", pieces.SPLIT_KV.format(name=SPLIT_KV_NAME))  # fmt: skip
+
+
+def combine_name(epilogue: str) -> str:
+    return "irfuse_attention_combine" + _SUFFIX[epilogue]
+
+
+def combine_source(epilogue: str) -> str:
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"no attention epilogue {epilogue!r}")
+    helpers, preload, store = quant_pieces.epilogue(epilogue)
+    body = pieces.COMBINE.format(name=combine_name(epilogue), preload=preload) + store
+    fuses = "merge of split-KV attention states" + _FUSES[epilogue]
+    return _module(combine_name(epilogue), fuses, "One token row per program", helpers, body)
+
+
 @functools.cache
-def compiled_attention(epilogue: str) -> Any:
-    return load_kernel(kernel_name(epilogue), attention_source(epilogue))
+def _compiled(name: str, source: str) -> Any:
+    return load_kernel(name, source)
 
 
-def attention_config(head_dim: int, seq_q: int, seq_kv: int) -> dict[str, int]:
-    """Tiles and warps (TOOLCHAIN.md's best seen on H200; small for the interpreter)."""
+def attention_source(epilogue: str) -> str:
+    """The source of every kernel an attention with `epilogue` may run (for dumps)."""
+    parts = [combine_source(epilogue), split_kv_source()]
+    if epilogue not in DECODE_ONLY:
+        parts = [prefill_source(epilogue, loads) for loads in ("pointer", "tma")] + parts
+    return "\n\n".join(parts)
+
+
+def prefill_config(head_dim: int) -> dict[str, int]:
+    """Tiles, warps and stages by head dim (measured on H200; small for the interpreter)."""
     if INTERPRET:
         return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
     if head_dim <= 64:
@@ -58,6 +115,43 @@ def attention_config(head_dim: int, seq_q: int, seq_kv: int) -> dict[str, int]:
     if head_dim <= 128:
         return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
     return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, int]:
+    """Slices of the keys for the decode: enough programs to fill the GPU twice over,
+    slices of at least 256 keys (small for the interpreter, so tests see several)."""
+    if INTERPRET:
+        block_n, programs, min_len = 16, 4 * batch_kv, 16
+        config = {"BLOCK_N": block_n, "num_warps": 1, "num_stages": 1}
+    else:
+        block_n, programs, min_len = 64, 2 * _sm_count(device), 256
+        config = {"BLOCK_N": block_n, "num_warps": 4, "num_stages": 3}
+    splits = max(1, min(triton.cdiv(programs, batch_kv), triton.cdiv(seq_kv, min_len)))
+    split_len = triton.cdiv(triton.cdiv(seq_kv, splits), block_n) * block_n
+    return {**config, "splits": triton.cdiv(seq_kv, split_len), "split_len": split_len}
+
+
+@functools.cache
+def _set_tma_allocator() -> None:
+    """Descriptors built in a kernel need global scratch memory (TOOLCHAIN.md)."""
+    triton.set_allocator(
+        lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda")
+    )
+
+
+def tma_ok(*tensors: torch.Tensor) -> bool:
+    """TMA needs 16-byte aligned bases and row/batch/head strides (and a GPU)."""
+    if INTERPRET:
+        return False
+    return all(
+        t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:3])
+        for t in tensors
+    )
 
 
 def _check(q, k, v, scale, causal, layout, epilogue) -> None:
@@ -75,19 +169,39 @@ def _check(q, k, v, scale, causal, layout, epilogue) -> None:
         raise ValueError(f"{what}: heads {q.shape[1]} / {k.shape[1]} / {v.shape[1]} mismatch")
     if q.shape[-1] != k.shape[-1] or q.shape[-1] not in HEAD_DIMS or v.shape[-1] not in HEAD_DIMS:
         raise ValueError(f"{what}: head dims must be equal for q, k and in {HEAD_DIMS}")
-    if epilogue == "static" and (scale is None or scale.numel() != 1 or
-                                 scale.dtype != torch.float32):  # fmt: skip
-        raise ValueError(f"{what}: static fp8 needs a one-element float32 scale")
+    if epilogue in ("static", "nvfp4") and scale is None:
+        raise ValueError(f"{what}: needs its scale")
+    if scale is not None and (scale.numel() != 1 or scale.dtype != torch.float32):
+        raise ValueError(f"{what}: the scale must be a one-element float32 tensor")
+    if epilogue in ("per_token", "nvfp4") and layout != "bs_hd":
+        raise ValueError(f"{what}: quantizes [B, Sq, Hq*Dv] rows: needs layout bs_hd")
+    if epilogue in DECODE_ONLY and not uses_decode(q.shape[2], q.shape[1], k.shape[1]):
+        raise ValueError(
+            f"{what}: a per-token scale spans all heads of a token, which only the decode "
+            f"kernel holds (Hq/Hkv * Sq <= {DECODE_MAX_ROWS})"
+        )
+    if epilogue != "none" and q.shape[1] * v.shape[-1] > MAX_COLS:
+        raise ValueError(f"{what}: rows of Hq*Dv > {MAX_COLS} are not supported")
     if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(f"{what}: runs on CUDA tensors (CPU needs TRITON_INTERPRET=1)")
 
 
-def _allocate(q: torch.Tensor, v: torch.Tensor, layout: str, epilogue: str, return_lse: bool):
+def _allocate(q, v, layout: str, epilogue: str, return_lse: bool):
+    """(out, lse, scales). bhsd is stored as [B, Sq, Hq, Dv] (rows the decode combine
+    writes whole) and returned transposed; nvfp4 returns the 2-D [B*Sq, Hq*Dv/2]."""
     b, h, sq, dv = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
-    dtype = FP8 if epilogue == "static" else q.dtype
-    shape = (b, h, sq, dv) if layout == "bhsd" else (b, sq, h * dv)
     lse = q.new_empty((b, h, sq), dtype=torch.float32) if return_lse else q.new_empty(0)
-    return q.new_empty(shape, dtype=dtype), lse
+    scales = q.new_empty(0)
+    if epilogue == "nvfp4":
+        out = q.new_empty((b * sq, h * dv // 2), dtype=torch.uint8)
+        scales = q.new_zeros(nvfp4_scale_shape(b * sq, h * dv), dtype=torch.int32)
+        return out, lse, scales
+    dtype = q.dtype if epilogue == "none" else FP8
+    if epilogue == "per_token":
+        scales = q.new_empty((b, sq, 1), dtype=torch.float32)
+    if layout == "bs_hd":
+        return q.new_empty((b, sq, h * dv), dtype=dtype), lse, scales
+    return q.new_empty((b, sq, h, dv), dtype=dtype).transpose(1, 2), lse, scales
 
 
 @torch.library.custom_op("irfuse::kernel_attention", mutates_args=())
@@ -101,29 +215,75 @@ def kernel_attention(
     layout: str,
     return_lse: bool,
     epilogue: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of q [B,Hq,Sq,D] against k, v [B,Hkv,Skv,D(v)]; returns (out, lse)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention of q [B,Hq,Sq,D] against k, v [B,Hkv,Skv,D(v)] ending with `epilogue`;
+    `scale`: the static scale, per-token upper bound or nvfp4 global scale. Returns
+    (out, lse, scales); lse and scales are empty when not asked for / not produced."""
     _check(q, k, v, scale, causal, layout, epilogue)
-    out, lse = _allocate(q, v, layout, epilogue, return_lse)
+    out, lse, scales = _allocate(q, v, layout, epilogue, return_lse)
+    if out.numel() == 0:
+        return out, lse, scales
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
+        _decode(q, k, v, scale, sm_scale, causal, epilogue, out, lse, scales)
+    else:
+        _prefill(q, k, v, scale, sm_scale, causal, layout, epilogue, out, lse, scales)
+    return out, lse, scales
+
+
+def _prefill(q, k, v, scale, sm_scale, causal, layout, epilogue, out, lse, scales) -> None:
     b, h, sq, d = q.shape
     seq_kv, dv = k.shape[2], v.shape[-1]
-    if out.numel() == 0:
-        return out, lse
-    if layout == "bhsd":
+    if epilogue == "nvfp4":  # bytes: token row stride Hq*Dv/2, head h at h*Dv/2
+        o_strides = (sq * h * dv // 2, dv // 2, h * dv // 2)
+    elif layout == "bhsd":
         o_strides = out.stride()[:3]
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
-    config = attention_config(d, sq, seq_kv)
+    loads = "tma" if tma_ok(q, k, v) else "pointer"
+    if loads == "tma" and not INTERPRET:
+        _set_tma_allocator()
+    kernel = _compiled(prefill_name(epilogue, loads), prefill_source(epilogue, loads))
+    config = prefill_config(d)
     grid = (triton.cdiv(sq, config["BLOCK_M"]), b * h)
-    compiled_attention(epilogue)[grid](
-        q, k, v, scale if scale is not None else q, out, lse if return_lse else out,
+    kernel[grid](
+        q, k, v, scale if scale is not None else q, out, lse if lse.numel() else out,
+        scales.view(torch.uint8) if scales.numel() else out,
         sm_scale, sq, seq_kv, h // k.shape[1],
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o_strides, h,
-        HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], HAS_LSE=return_lse,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o_strides, h, sq,
+        HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], HAS_LSE=lse.numel() > 0,
         INTERPRET=INTERPRET, **config,
     )  # fmt: skip
-    return out, lse
+
+
+def _decode(q, k, v, scale, sm_scale, causal, epilogue, out, lse, scales) -> None:
+    b, h, sq, d = q.shape
+    hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
+    group = h // hkv
+    config = split_config(b * hkv, seq_kv, q.device)
+    splits, split_len = config.pop("splits"), config.pop("split_len")
+    part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
+    part_lse = q.new_empty((b, h, sq, splits), dtype=torch.float32)
+    block_m = max(16, triton.next_power_of_2(group * sq))
+    _compiled(SPLIT_KV_NAME, split_kv_source())[(splits, b * hkv)](
+        q, k, v, part, part_lse, sm_scale, sq, seq_kv, group, split_len, splits,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], hkv,
+        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_M=block_m, CAUSAL=CAUSAL[causal],
+        INTERPRET=INTERPRET, **config,
+    )  # fmt: skip
+    n_cols = h * dv
+    block, num_warps = launch_config(b * sq, n_cols, epilogue)
+    scales2 = scales.view(torch.uint8) if epilogue == "nvfp4" else scales
+    _compiled(combine_name(epilogue), combine_source(epilogue))[(b * sq,)](
+        part, part_lse, lse if lse.numel() else part, scale if scale is not None else part,
+        out, scales2 if scales2.numel() else part, h, sq, splits, n_cols,
+        n_cols // 2 if epilogue == "nvfp4" else n_cols, 1, 0,
+        HEAD_DIM_V=dv, BLOCK=block, MODEL_DTYPE=_TL_DTYPES[q.dtype], HAS_LSE=lse.numel() > 0,
+        HAS_SCALE=scale is not None, INTERPRET=INTERPRET, num_warps=1 if INTERPRET else num_warps,
+    )  # fmt: skip
+
+
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
 @kernel_attention.register_fake

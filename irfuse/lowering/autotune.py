@@ -16,7 +16,6 @@ from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import INTERPRET
 
 DYNAMIC = -(2**63)  # a dynamic dim in the signature (the dialect's `?`)
-STATIC_QUANT = KernelSpec("quant", quant="static").encode()
 
 _DECISIONS: dict[tuple, tuple[bool, str]] = {}
 MARGIN = 0.97  # timings of +-3% are noise between rounds (ANCHORS.md)
@@ -34,14 +33,15 @@ def attention_chooser(mode: str) -> Callable[[str, dict[str, object]], tuple[boo
             return False, "attention=auto does not measure dynamic shapes: SDPA kept"
         key = (kind, *sorted(signature.items()))
         if key not in _DECISIONS:
-            _DECISIONS[key] = _measure(signature)
+            _DECISIONS[key] = _measure(kind.split("+")[1], signature)
         return _DECISIONS[key]
 
     return choose
 
 
-def _measure(sig: dict[str, object]) -> tuple[bool, str]:
-    """Time the fused kernel against SDPA + a quant pass over its [B, S, H*D] output."""
+def _measure(scheme: str, sig: dict[str, object]) -> tuple[bool, str]:
+    """Time the fused kernel against SDPA + a `scheme` quant pass over its [B*S, H*D]
+    output (irfuse's standalone quant kernel stands in for the graph's quant)."""
     import torch.nn.functional as F
     import triton.testing
 
@@ -57,11 +57,12 @@ def _measure(sig: dict[str, object]) -> tuple[bool, str]:
     q = torch.randn(b, hq, sq, d, device="cuda", dtype=dtype)
     k = torch.randn(b, hkv, skv, d, device="cuda", dtype=dtype)
     v = torch.randn(b, hkv, skv, dv, device="cuda", dtype=dtype)
-    scale = torch.ones(1, device="cuda")
-    layout_out = torch.empty(b, sq, hq * dv, device="cuda", dtype=dtype)
+    scale = torch.ones(1, device="cuda") if scheme in ("static", "nvfp4") else None
+    layout_out = torch.empty(b * sq, hq * dv, device="cuda", dtype=dtype)
+    quant_kernel = KernelSpec("quant", quant=scheme).encode()
 
     def fused() -> object:
-        return kernel_attention(q, k, v, scale, sm_scale, causal, "bs_hd", False, "static")
+        return kernel_attention(q, k, v, scale, sm_scale, causal, "bs_hd", False, scheme)
 
     def sdpa() -> object:
         return F.scaled_dot_product_attention(
@@ -69,7 +70,7 @@ def _measure(sig: dict[str, object]) -> tuple[bool, str]:
         )
 
     def quant() -> object:
-        return kernel_norm(layout_out, None, None, scale, 0.0, STATIC_QUANT)
+        return kernel_norm(layout_out, None, None, scale, 0.0, quant_kernel)
 
     times: dict[str, float] = {}
     for _ in range(3):  # alternate the candidates; keep each one's best

@@ -139,10 +139,27 @@ def _lower(
             op.scale.value.data, op.causal.data, op.layout.data, op.lse is not None,
             spec.epilogue,
         )  # fmt: skip
-        return _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args,
-                     [0] + [1] * (op.lse is not None))  # fmt: skip
+        indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
+        nodes = _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args, indices)
+        return [
+            nodes[0],
+            *(_flattened(graph, n, r) for n, r in zip(nodes[1:], op.results, strict=True)),
+        ]
     assert isinstance(spec, KernelSpec)
     return _lower_norm(graph, anchor, op, spec, node_of)
+
+
+def _flattened(graph: fx.Graph, node: fx.Node, result: SSAValue) -> fx.Node:
+    """`node` as the IR result's rank: the kernel returns [B, Sq, X] where the fused quant
+    read [B*Sq, X] (a per-token or nvfp4 quant takes 2-D rows)."""
+    rank = len(result.type.get_shape())  # type: ignore[attr-defined]
+    if node.meta["val"].dim() == rank:
+        return node
+    assert node.meta["val"].dim() == 3 and rank == 2
+    with graph.inserting_after(node):
+        flat = graph.call_function(torch.ops.aten.flatten.using_ints, (node, 0, 1))
+    flat.meta["val"] = node.meta["val"].flatten(0, 1)
+    return flat
 
 
 def _call(

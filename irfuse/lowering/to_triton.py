@@ -12,7 +12,7 @@ from irfuse.dialects.irfuse import (
     QuantOp,
     RmsNormOp,
 )
-from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
+from irfuse.lowering.kernel_spec import ATTENTION_EPILOGUES, AttentionKernel, KernelSpec
 
 
 class NoKernel(Exception):
@@ -31,8 +31,8 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
     """The kernel an irfuse op lowers to; NoKernel if it has none yet."""
     if isinstance(op, AttentionOp):
         quant_attr = op.output_quant()
-        epilogue = "none" if quant_attr is None else quant_attr.scheme
-        if epilogue not in ("none", "static") or op.mask is not None:
+        epilogue = "none" if quant_attr is None else scheme_text(quant_attr)
+        if epilogue not in ATTENTION_EPILOGUES or op.mask is not None:
             raise NoKernel(f"no attention kernel for a mask or a {epilogue} epilogue yet")
         return AttentionKernel(epilogue)
     if isinstance(op, QuantOp):  # every scheme has a standalone kernel

@@ -1,19 +1,23 @@
 """fuse-attention-quant: quantize the attention output inside the attention kernel.
 
-Matches (the usual layout change before the output projection, then a static fp8 quant
-in any form raise-fp8-quant accepts):
+Matches (the usual layout change before the output projection, then a quant):
 
     o = irfuse.attention(q, k, v)                  # layout bhsd, no lse, no mask
     t = o.transpose(1, 2)  (or permute [0, 2, 1, 3]) [.clone(contiguous)]
-    y = t.view / reshape / _unsafe_view([B, Sq, Hq*Dv])
-    q8 = clamp(y / s, -448, 448).to(float8_e4m3fn)
+    y = t.view / reshape / _unsafe_view([B, Sq, Hq*Dv])  [.view([B*Sq, Hq*Dv])]
+    q8 = a quant of y: static fp8 in any form raise-fp8-quant accepts, dynamic per-token
+         fp8 in any form raise-dynamic-fp8-quant accepts, or an `irfuse.quant` (static,
+         per_token, nvfp4; from a direct torch.ops.irfuse.* call)
 
 Guards: every intermediate has this chain as its only reader; no explicit mask; head
-dims 16-256, powers of two; and the chooser (`attention` option: measured on the GPU in
-`auto`) prefers the fused kernel. Replacement: `irfuse.attention` with layout `bs_hd`
-and `#irfuse.quant<static>`, writing the fp8 `[B, Sq, Hq*Dv]` tensor directly. K and V
-repeated for GQA in model code (`x[:, :, None].expand(B, Hkv, n, S, D).reshape(B,
-Hkv*n, S, D)`, HF's `repeat_kv`) are read unrepeated: the kernel maps heads itself.
+dims 16-256, powers of two; per-token: static shapes on the decode kernel's side
+(Hq/Hkv * Sq <= 64: its scale spans all heads of a token, which only the decode kernel
+holds); nvfp4 and per-token quantize the 2-D [B*Sq, Hq*Dv] view; and the chooser
+(`attention` option: measured on the GPU in `auto`) prefers the fused kernel.
+Replacement: `irfuse.attention` with layout `bs_hd` and the quant's scheme, writing the
+quantized [B, Sq, Hq*Dv] (or its 2-D view) and scales directly. K and V repeated for GQA
+in model code (`x[:, :, None].expand(B, Hkv, n, S, D).reshape(B, Hkv*n, S, D)`, HF's
+`repeat_kv`) are read unrepeated: the kernel maps heads itself.
 """
 
 from __future__ import annotations
@@ -22,18 +26,14 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp, StringAttr
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.passes import ModulePass
-from xdsl.pattern_rewriter import (
-    PatternRewriter,
-    PatternRewriteWalker,
-    RewritePattern,
-    op_type_rewrite_pattern,
-)
+from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern
 from xdsl.rewriter import InsertPoint
 
 from irfuse.dialects.aten import CallOp, dtype_name
-from irfuse.dialects.irfuse import DYNAMIC, AttentionOp, QuantAttr
+from irfuse.dialects.irfuse import DYNAMIC, AttentionOp, QuantAttr, QuantOp
+from irfuse.kernels.attention import DECODE_MAX_ROWS, DECODE_ONLY, EPILOGUES, uses_decode
 from irfuse.transforms import policy, report
 from irfuse.transforms.match import (
     VIEWS,
@@ -44,18 +44,61 @@ from irfuse.transforms.match import (
     int_list_arg,
     tensor_arg,
 )
+from irfuse.transforms.raise_dynamic_fp8_quant import match_dynamic_quant
 from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
 
 NAME = "fuse-attention-quant"
 HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
-def _layout_chain(y: SSAValue) -> tuple[AttentionOp, list[Operation]] | None:
-    """The attention whose [B, H, S, D] output `y` is, moved to [B, S, H*D]."""
-    view = call(y, *VIEWS)
-    if view is None or (moved := tensor_arg(view, 0)) is None:
+@dataclass
+class _Quant:
+    """A quant of `source`, whatever form it was written in."""
+
+    root: Operation
+    source: SSAValue
+    quant: QuantAttr
+    scale_in: SSAValue | None
+    out: SSAValue
+    """Replaced by the fused op's `out`."""
+    scales: list[SSAValue]
+    """Replaced by the fused op's `scale_out`."""
+    scale_type: Attribute | None
+    dead_ops: list[Operation]
+    """Erased once unused (the root is erased by the rewrite)."""
+
+
+def _quant_at(op: Operation) -> _Quant | str | None:
+    """The quant that ends at `op`, why it cannot be fused, or None if it ends none."""
+    if isinstance(op, QuantOp):
+        scales = [op.scale_out] if op.scale_out is not None else []
+        scale_type = op.scale_out.type if op.scale_out is not None else None
+        return _Quant(op, op.x, op.quant, op.quant_scale, op.out, scales, scale_type, [])
+    if not isinstance(op, CallOp):
         return None
-    chain: list[Operation] = [view]
+    static = match_static_quant(op)
+    if isinstance(static, StaticQuantMatch):
+        return _Quant(op, static.source, QuantAttr("static"), static.scale, op.results[0], [],
+                      None, static.dead_ops)  # fmt: skip
+    dynamic = match_dynamic_quant(op)
+    if dynamic is None or isinstance(dynamic, str):
+        return static if isinstance(static, str) else dynamic
+    dead = [o for o in dynamic.ops if o is not op] + dynamic.dead_if_unused
+    return _Quant(op, dynamic.source, dynamic.quant, dynamic.ub, dynamic.q, dynamic.scales,
+                  dynamic.scale_type, dead)  # fmt: skip
+
+
+def _layout_chain(y: SSAValue) -> tuple[AttentionOp, list[Operation]] | None:
+    """The attention whose [B, H, S, D] output `y` is, moved to [B, S, H*D] (or its 2-D
+    view [B*S, H*D])."""
+    views: list[Operation] = []
+    moved: SSAValue | None = y
+    while len(views) < 2 and (view := call(moved, *VIEWS)) is not None:
+        views.append(view)
+        moved = tensor_arg(view, 0)
+    if not views or moved is None:
+        return None
+    chain = views
     clone = call(moved, "aten.clone.default")
     if clone is not None:
         chain.append(clone)
@@ -119,46 +162,50 @@ def _kv_operands(attention: AttentionOp) -> tuple[SSAValue, SSAValue]:
 
 @dataclass
 class FuseAttentionQuantPattern(RewritePattern):
-    @op_type_rewrite_pattern
-    def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
-        found = match_static_quant(op)
-        if not isinstance(found, StaticQuantMatch):
-            return
-        layout = _layout_chain(found.source)
-        if layout is None:
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
+        found = _quant_at(op)
+        if not isinstance(found, _Quant) or (layout := _layout_chain(found.source)) is None:
             return
         attention, chain = layout
-        replaced = [attention, *chain, op]
-        before = fused_insertion_point(replaced, [*attention.operands, found.scale])
+        scales = [found.scale_in] if found.scale_in is not None else []
+        before = fused_insertion_point([attention, *chain, op], [*attention.operands, *scales])
         reason = _guard(attention, chain, found)
         if reason is None and before is None:
             reason = "no place for the fused op"
         if reason is None:  # last: under attention=auto this times both candidates
-            fuse, reason = policy.choose("attention+static_fp8", _signature(attention))
+            kind = f"attention+{found.quant.scheme}"
+            fuse, reason = policy.choose(kind, _signature(attention))
             reason = None if fuse else reason
         if reason is not None or before is None:
             report.rejected(NAME, op, reason or "no place for the fused op")
             return
         props = {
             "scale": attention.scale, "causal": attention.causal,
-            "layout": StringAttr("bs_hd"), "quant": QuantAttr("static"),
+            "layout": StringAttr("bs_hd"), "quant": found.quant,
         }  # fmt: skip
         k, v = _kv_operands(attention)
         new = AttentionOp.build(
-            operands=[attention.q, k, v, [], [found.scale]],
-            result_types=[op.results[0].type, [], []],
+            operands=[attention.q, k, v, [], scales],
+            result_types=[found.out.type, [], [found.scale_type] if found.scales else []],
             properties=props,
         )
         rewriter.insert(new, InsertPoint.before(before))
-        new.out.name_hint = op.results[0].name_hint
-        rewriter.replace_all_uses_with(op.results[0], new.out)
+        new.out.name_hint = found.out.name_hint
+        rewriter.replace_all_uses_with(found.out, new.out)
+        for scale in found.scales:
+            assert new.scale_out is not None
+            new.scale_out.name_hint = scale.name_hint
+            rewriter.replace_all_uses_with(scale, new.scale_out)
         rewriter.erase(op)
         repeats = [op for kv in (attention.k, attention.v) for op in _repeat_ops(kv)]
         erase_dead(rewriter, [*found.dead_ops, *chain, attention, *repeats])
         report.fused(NAME)
 
 
-def _guard(attention: AttentionOp, chain: list[Operation], found: StaticQuantMatch) -> str | None:
+def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str | None:
+    scheme = found.quant.scheme
+    if scheme not in EPILOGUES:
+        return f"no attention kernel ends with a {scheme} quant (have {EPILOGUES[1:]})"
     if attention.mask is not None:
         return "explicit attention masks are not supported by the fused kernel yet"
     if attention.lse is not None or attention.output_quant() is not None:
@@ -170,8 +217,20 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: StaticQuantMat
     if any(d not in HEAD_DIMS for d in dims):
         return f"head dims {dims} are not powers of two in 16..256"
     b, h, s, dv = attention.out.type.get_shape()
-    if found.source.type.get_shape() != (b, s, h * dv if DYNAMIC not in (h, dv) else DYNAMIC):
+    hd = h * dv if DYNAMIC not in (h, dv) else DYNAMIC
+    rows = b * s if DYNAMIC not in (b, s) else DYNAMIC
+    shape = found.source.type.get_shape()
+    if shape not in ((b, s, hd), (rows, hd)):
         return f"the output is reshaped to {found.source.type}, not [B, Sq, Hq*Dv]"
+    if scheme in ("per_token", "nvfp4") and len(shape) != 2:
+        return f"a {scheme} quant of the 3-D output (the kernel quantizes [B*Sq, Hq*Dv] rows)"
+    if scheme in DECODE_ONLY:
+        hkv = attention.k.type.get_shape()[1]
+        if DYNAMIC in (h, hkv, s) or not uses_decode(s, h, hkv):
+            return (
+                f"a {scheme} scale spans all heads of a token: only the decode kernel "
+                f"(Hq/Hkv * Sq <= {DECODE_MAX_ROWS}, static shapes) fuses it"
+            )
     return None
 
 

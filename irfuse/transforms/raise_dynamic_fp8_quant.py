@@ -357,7 +357,7 @@ def _squeezes_last(op: CallOp, s: SSAValue) -> bool:
 
 
 @dataclass
-class _Match:
+class DynamicQuantMatch:
     source: SSAValue
     ub: SSAValue | None
     quant: QuantAttr
@@ -372,18 +372,22 @@ class _Match:
     """The peeled cast / view of the input and constant helpers: erased when unused."""
 
 
-def _match(q: SSAValue, xs: SSAValue, s: SSAValue, main: list[Operation]) -> _Match | str:
+def _match(
+    q: SSAValue, xs: SSAValue, s: SSAValue, main: list[Operation]
+) -> DynamicQuantMatch | str:
     """`q = fp8(clamp(xs / s))` (the ops `main`), `s` computed from an amax: the whole
     pattern, or why it is refused."""
     match = _match_scheme(q, xs, s, main)
-    if isinstance(match, _Match):
+    if isinstance(match, DynamicQuantMatch):
         escaping = escaping_value(match.ops, [match.q, *match.scales])
         if escaping is not None:
             return f"intermediate %{escaping.name_hint} has a user outside the quant"
     return match
 
 
-def _match_scheme(q: SSAValue, xs: SSAValue, s: SSAValue, main: list[Operation]) -> _Match | str:
+def _match_scheme(
+    q: SSAValue, xs: SSAValue, s: SSAValue, main: list[Operation]
+) -> DynamicQuantMatch | str:
     path = _path_to_amax(s)
     assert path is not None
     steps = _parse_formula(path)
@@ -400,7 +404,9 @@ def _match_scheme(q: SSAValue, xs: SSAValue, s: SSAValue, main: list[Operation])
     if scheme == "per_token":
         source, cast = _strip_f32_cast(xs, ops)
         ub = next((step.bound for step in steps if step.bound is not None), None)
-        return _Match(source, ub, QuantAttr("per_token"), q, [s], s.type, ops, cast + helpers)
+        return DynamicQuantMatch(
+            source, ub, QuantAttr("per_token"), q, [s], s.type, ops, cast + helpers
+        )
     return _match_per_group(q, xs, s, ops, helpers, ue8m0=scheme == "per_group_ue8m0")
 
 
@@ -411,7 +417,7 @@ def _match_per_group(
     ops: list[Operation],
     helpers: list[Operation],
     ue8m0: bool,
-) -> _Match | str:
+) -> DynamicQuantMatch | str:
     """The grouped input behind `xs`, the view of `q` back to [T, K], the squeezes of `s`."""
     grouped = _group_input(xs, ops)
     if isinstance(grouped, str):
@@ -422,7 +428,7 @@ def _match_per_group(
     squeezes = _squeezes(s, ops)
     if isinstance(squeezes, str):
         return squeezes
-    return _Match(
+    return DynamicQuantMatch(
         source=grouped.x,
         ub=None,
         quant=QuantAttr("per_group", grouped.group, ue8m0=ue8m0),
@@ -454,27 +460,33 @@ def _dtype(value: SSAValue) -> str:
     return dtype_name(element_type(value))
 
 
+def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
+    """The dynamic fp8 quant whose final cast is `op`, why it is refused, or None when
+    `op` ends no dynamic quant (a static scale is raise-fp8-quant's)."""
+    if op.target.data not in CASTS or len(op.results) != 1:
+        return None
+    cast = cast_of(op.results[0])
+    clamp = constant_clamp(cast[0]) if cast and cast[1] == Float8E4M3FNType() else None
+    div = call(clamp.x, DIV) if clamp is not None else None
+    if clamp is None or div is None:
+        return None
+    xs, s = tensor_arg(div, 0), tensor_arg(div, 1)
+    if xs is None or s is None or _path_to_amax(s) is None:
+        return None
+    if (clamp.lo, clamp.hi) != (-FP8_MAX, FP8_MAX):
+        return f"clamp bounds ({clamp.lo}, {clamp.hi}) are not the fp8 range (-448, 448)"
+    return _match(op.results[0], xs, s, [div, *clamp.ops, op])
+
+
 @dataclass
 class RaiseDynamicFp8QuantPattern(RewritePattern):
     standalone: bool = False
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
-        if op.target.data not in CASTS or len(op.results) != 1:
+        match = match_dynamic_quant(op)
+        if match is None:
             return
-        cast = cast_of(op.results[0])
-        clamp = constant_clamp(cast[0]) if cast and cast[1] == Float8E4M3FNType() else None
-        div = call(clamp.x, DIV) if clamp is not None else None
-        if clamp is None or div is None:
-            return
-        xs, s = tensor_arg(div, 0), tensor_arg(div, 1)
-        if xs is None or s is None or _path_to_amax(s) is None:
-            return  # not a dynamic fp8 quant (a static scale is raise-fp8-quant's)
-        if (clamp.lo, clamp.hi) != (-FP8_MAX, FP8_MAX):
-            bounds = f"({clamp.lo}, {clamp.hi})"
-            report.rejected(NAME, op, f"clamp bounds {bounds} are not the fp8 range (-448, 448)")
-            return
-        match = _match(op.results[0], xs, s, [div, *clamp.ops, op])
         if isinstance(match, str):
             report.rejected(NAME, op, match)
             return
@@ -490,7 +502,7 @@ class RaiseDynamicFp8QuantPattern(RewritePattern):
         report.fused(NAME)
 
 
-def _rewrite(match: _Match, before: Operation, rewriter: PatternRewriter) -> None:
+def _rewrite(match: DynamicQuantMatch, before: Operation, rewriter: PatternRewriter) -> None:
     new = QuantOp.build(
         operands=[match.source, [match.ub] if match.ub is not None else []],
         result_types=[match.q.type, [match.scale_type]],
