@@ -31,6 +31,12 @@ SHAPES = [  # (B, Hq, Hkv, Sq, Skv, D, causal); --only I selects one
     (4, 32, 32, 4096, 4096, 64, False),
     (32, 32, 8, 1, 4096, 128, False),  # decode
 ]
+DECODE_SHAPES = [  # --per-token
+    (32, 32, 8, 1, 4096, 128, False),
+    (8, 32, 8, 1, 16384, 128, False),
+    (64, 32, 8, 1, 1024, 128, False),
+    (32, 32, 8, 4, 4096, 128, False),  # 4 query tokens (speculative decode)
+]
 
 
 def block(q, k, v, scale, causal: bool):
@@ -40,7 +46,16 @@ def block(q, k, v, scale, causal: bool):
     return (o.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
 
 
-def bench_shape(shape, rounds: int) -> tuple[dict[str, float], str]:
+def per_token_block(q, k, v, scale, causal: bool):
+    """The decode form: the [B*S, H*D] rows quantized per token (scale unused)."""
+    b, h, s, d = q.shape
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=h != k.shape[1])
+    xf = o.transpose(1, 2).reshape(b * s, h * d).float()
+    s8 = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s8).clamp(-448, 448).to(torch.float8_e4m3fn), s8
+
+
+def bench_shape(shape, rounds: int, block=block) -> tuple[dict[str, float], str]:
     b, hq, hkv, sq, skv, d, causal = shape
     torch._dynamo.reset()
     q = torch.randn(b, hq, sq, d, device="cuda", dtype=torch.bfloat16)
@@ -55,9 +70,13 @@ def bench_shape(shape, rounds: int) -> tuple[dict[str, float], str]:
         auto = torch.compile(block, backend="irfuse", dynamic=False)
         auto(q, k, v, s, causal)
     choice = "fused" if any(r.fused.get("fuse-attention-quant") for r in reports) else "sdpa"
-    expected = block(q, k, v, s, causal).float() * s
-    got = fused(q, k, v, s, causal).float() * s
-    torch.testing.assert_close(got, expected, atol=0.1, rtol=0.1)
+    expected, got = block(q, k, v, s, causal), fused(q, k, v, s, causal)
+    if block is per_token_block:
+        expected, got = expected[0].float() * expected[1], got[0].float() * got[1]
+    else:
+        expected, got = expected.float() * s, got.float() * s
+    span = expected.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
+    torch.testing.assert_close(got / span, expected / span, atol=0.1, rtol=0.1)
     times = compare({
         "sdpa": lambda: F.scaled_dot_product_attention(
             q, k, v, is_causal=causal, enable_gqa=hq != hkv),
@@ -75,11 +94,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--only", type=int, nargs="+", default=None, help="indices of SHAPES")
+    parser.add_argument("--per-token", action="store_true", help="decode + per-token fp8")
     args = parser.parse_args()
     rows, raw = [], []
-    for shape in [SHAPES[i] for i in args.only] if args.only else SHAPES:
+    shapes = [SHAPES[i] for i in args.only] if args.only else SHAPES
+    if args.per_token:
+        shapes = DECODE_SHAPES
+    for shape in shapes:
         b, hq, hkv, sq, skv, d, causal = shape
-        times, choice = bench_shape(shape, args.rounds)
+        times, choice = bench_shape(
+            shape, args.rounds, per_token_block if args.per_token else block
+        )
         flops = 4 * b * hq * sq * skv * d / (2 if causal else 1)
         tflops = {k: flops / (t * 1e-6) / 1e12 for k, t in times.items()}
         raw.append({"shape": shape, "us": times, "TFLOP/s": tflops, "auto": choice})
@@ -93,8 +118,13 @@ def main() -> None:
             f"{times['inductor_block'] / times['irfuse_auto_block']:.3f}x",
         ])  # fmt: skip
         print(rows[-1], flush=True)
+    what = (
+        "per-token fp8 of the [B*S,H*D] rows"
+        if args.per_token
+        else "static fp8 of the [B,S,H*D] output"
+    )
     text = append_results(
-        "attention (+ static fp8 of the [B,S,H*D] output), bf16, us (TFLOP/s)",
+        f"attention (+ {what}), bf16, us (TFLOP/s)",
         ["shape", "SDPA (cuDNN)", "irfuse kernel", "kernel vs SDPA", "SDPA+quant (Inductor)",
          "irfuse fused", "irfuse auto (choice)", "auto vs Inductor"],
         rows,

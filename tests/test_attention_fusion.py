@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import irfuse
 import irfuse.ops as ref
 from irfuse.pipeline import Options
+from tests.helpers import assert_quant_close, dequant
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # interpreter: no bf16 dot
@@ -132,3 +133,60 @@ def test_repeated_kv_is_read_unrepeated(tmp_path):
     assert "aten.expand" not in fused.read_text()  # the repeat is gone from the graph
     expected = fn(q, k, v, scale)
     torch.testing.assert_close(out.float() * scale, expected.float() * scale, atol=0.1, rtol=0.1)
+
+
+def decode_per_token(q, k, v):
+    """Decode step: attention of one token, then the per-token fp8 quant o_proj reads."""
+    b, h, s, d = q.shape
+    o = F.scaled_dot_product_attention(q, k, v)
+    xf = o.transpose(1, 2).reshape(b * s, h * d).float()
+    scale = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / scale).clamp(-448, 448).to(FP8), scale
+
+
+def _decode_inputs(s=1, h=4, kv_len=37):
+    q = _inputs(h=h, s=s)[0]
+    k, v = _inputs(h=h, s=kv_len)[1:]
+    return q, k, v
+
+
+def test_decode_per_token_quant_fuses_and_matches_eager():
+    q, k, v = _decode_inputs()
+    report = irfuse.explain(decode_per_token, q, k, v, attention="irfuse")
+    assert report.fused["fuse-attention-quant"] == 1, str(report)
+    assert report.kernels == ["irfuse_attention_per_token_fp8"]
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    (q8, s8) = torch.compile(decode_per_token, backend="irfuse", options=options)(q, k, v)
+    q_ref, s_ref = decode_per_token(q, k, v)
+    assert q8.shape == q_ref.shape and s8.shape == s_ref.shape
+    torch.testing.assert_close(s8, s_ref, atol=1e-3, rtol=1.6e-2)
+    assert_quant_close("per_token", q8.float() * s8, q_ref.float() * s_ref)
+
+
+def test_prefill_per_token_quant_is_refused_with_its_reason():
+    q, k, v = _decode_inputs(s=40, h=2, kv_len=40)  # 40 rows per kv head: still decode
+    q = torch.cat([q, q], dim=2)  # 80 query rows per kv head: the prefill kernel
+    k, v = (torch.cat([t, t], dim=2) for t in (k, v))
+    report = irfuse.explain(decode_per_token, q, k, v, attention="irfuse")
+    assert "fuse-attention-quant" not in report.fused
+    assert any("only the decode kernel" in r["reason"] for r in report.rejected), str(report)
+
+
+def test_direct_nvfp4_quant_of_the_attention_output_fuses():
+    def fn(q, k, v, global_scale):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return ref.nvfp4_quant(o.transpose(1, 2).reshape(b * s, h * d), global_scale)
+
+    q, k, v = _inputs(s=40)
+    gs = torch.tensor([30.0], device=DEVICE)
+    report = irfuse.explain(fn, q, k, v, gs, attention="irfuse")
+    assert report.fused["fuse-attention-quant"] == 1, str(report)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    packed, block_scales = torch.compile(fn, backend="irfuse", options=options)(q, k, v, gs)
+    packed_ref, scales_ref = fn(q, k, v, gs)
+    rows, n = packed.shape[0], packed.shape[1] * 2
+    assert_quant_close("nvfp4", dequant("nvfp4", packed, block_scales, gs, rows, n),
+                       dequant("nvfp4", packed_ref, scales_ref, gs, rows, n))  # fmt: skip

@@ -26,8 +26,9 @@ def _qkv(b, hq, hkv, sq, skv, d, dtype, seed=0):
 @pytest.fixture(params=["pointer", "tma"])
 def loads(request, monkeypatch):
     """Run the prefill kernel with pointer loads and with TMA descriptors (both run in
-    the interpreter; on the GPU the runtime picks TMA whenever the strides allow)."""
-    monkeypatch.setattr(kernels, "tma_ok", lambda *t: request.param == "tma")
+    the interpreter; the runtime picks by head dim, TMA when the strides allow)."""
+    chosen = kernels.prefill_config
+    monkeypatch.setattr(kernels, "prefill_config", lambda d: {**chosen(d), "loads": request.param})
     return request.param
 
 
@@ -134,3 +135,13 @@ def test_gpu_attention(dtype, d, causal, hq, hkv, sq, skv, loads):
     torch.testing.assert_close(out, out_ref, atol=2e-2, rtol=1.6e-2)
     finite = lse_ref.isfinite()
     torch.testing.assert_close(lse[finite], lse_ref[finite], atol=1e-3, rtol=1e-3)
+
+
+def test_unaligned_strides_fall_back_to_pointer_loads():
+    q, k, v = _qkv(1, 2, 2, 70, 70, 16, torch.float16)
+    assert kernels.tma_ok(q, k, v)
+    k_odd = torch.randn(1, 2, 70, 17, device=DEVICE).to(torch.float16)[..., :16]  # row: 34 B
+    assert not kernels.tma_ok(q, k_odd, v)
+    out, _, _ = kernel_attention(q, k_odd, v, None, 0.25, "none", "bhsd", False, "none")
+    expected, _ = ref.attention(q, k_odd, v, None, 0.25, "none", False)
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)

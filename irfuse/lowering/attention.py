@@ -106,15 +106,16 @@ def attention_source(epilogue: str) -> str:
     return "\n\n".join(parts)
 
 
-def prefill_config(head_dim: int) -> dict[str, int]:
-    """Tiles, warps and stages by head dim (measured on H200; small for the interpreter)."""
+def prefill_config(head_dim: int) -> dict[str, int | str]:
+    """Tiles, warps, stages and loads by head dim: the best of a sweep on H200 (bench/
+    RESULTS.md; TMA helps only 128-wide tiles); small for the interpreter."""
     if INTERPRET:
-        return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "loads": "pointer"}
     if head_dim <= 64:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "loads": "pointer"}
     if head_dim <= 128:
-        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
-    return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
+        return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "loads": "tma"}
+    return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2, "loads": "pointer"}
 
 
 @functools.cache
@@ -123,17 +124,19 @@ def _sm_count(device: torch.device) -> int:
 
 
 def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, int]:
-    """Slices of the keys for the decode: enough programs to fill the GPU twice over,
-    slices of at least 256 keys (small for the interpreter, so tests see several)."""
+    """Slices of the keys for the decode: about one program per SM, slices of at least
+    256 keys, 3 stages for long slices (the best of a sweep on H200, bench/RESULTS.md);
+    small for the interpreter, so that tests see several slices."""
     if INTERPRET:
         block_n, programs, min_len = 16, 4 * batch_kv, 16
-        config = {"BLOCK_N": block_n, "num_warps": 1, "num_stages": 1}
     else:
-        block_n, programs, min_len = 64, 2 * _sm_count(device), 256
-        config = {"BLOCK_N": block_n, "num_warps": 4, "num_stages": 3}
+        block_n, programs, min_len = 64, _sm_count(device), 256
     splits = max(1, min(triton.cdiv(programs, batch_kv), triton.cdiv(seq_kv, min_len)))
     split_len = triton.cdiv(triton.cdiv(seq_kv, splits), block_n) * block_n
-    return {**config, "splits": triton.cdiv(seq_kv, split_len), "split_len": split_len}
+    config = {"BLOCK_N": block_n, "splits": triton.cdiv(seq_kv, split_len), "split_len": split_len}
+    if INTERPRET:
+        return {**config, "num_warps": 1, "num_stages": 1}
+    return {**config, "num_warps": 4, "num_stages": 3 if split_len > 1024 else 2}
 
 
 @functools.cache
@@ -145,9 +148,7 @@ def _set_tma_allocator() -> None:
 
 
 def tma_ok(*tensors: torch.Tensor) -> bool:
-    """TMA needs 16-byte aligned bases and row/batch/head strides (and a GPU)."""
-    if INTERPRET:
-        return False
+    """TMA needs 16-byte aligned bases and row/batch/head strides."""
     return all(
         t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:3])
         for t in tensors
@@ -240,11 +241,11 @@ def _prefill(q, k, v, scale, sm_scale, causal, layout, epilogue, out, lse, scale
         o_strides = out.stride()[:3]
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
-    loads = "tma" if tma_ok(q, k, v) else "pointer"
+    config = prefill_config(d)
+    loads = "tma" if config.pop("loads") == "tma" and tma_ok(q, k, v) else "pointer"
     if loads == "tma" and not INTERPRET:
         _set_tma_allocator()
     kernel = _compiled(prefill_name(epilogue, loads), prefill_source(epilogue, loads))
-    config = prefill_config(d)
     grid = (triton.cdiv(sq, config["BLOCK_M"]), b * h)
     kernel[grid](
         q, k, v, scale if scale is not None else q, out, lse if lse.numel() else out,
