@@ -217,11 +217,15 @@ def test_pass_selection():
 
 
 def test_cache_key_covers_version_and_options(monkeypatch):
-    default = IrfuseGraphPass(Options.from_dict({})).uuid()
-    assert IrfuseGraphPass(Options.from_dict({"passes": "raise-rms-norm"})).uuid() != default
-    assert IrfuseGraphPass(Options.from_dict({"inner": "eager"})).uuid() != default
+    base = {"attention": "irfuse"}  # attention=auto on a GPU opts out of the cache (None)
+    default = IrfuseGraphPass(Options.from_dict(base)).uuid()
+    assert default is not None
+    assert (
+        IrfuseGraphPass(Options.from_dict({**base, "passes": "raise-rms-norm"})).uuid() != default
+    )
+    assert IrfuseGraphPass(Options.from_dict({**base, "inner": "eager"})).uuid() != default
     monkeypatch.setattr("irfuse.pipeline.__version__", "999")
-    assert IrfuseGraphPass(Options.from_dict({})).uuid() != default
+    assert IrfuseGraphPass(Options.from_dict(base)).uuid() != default
 
 
 def test_backend_is_discoverable_without_import():

@@ -166,3 +166,19 @@ def test_kept_value_is_the_unquantized_norm(producer, mode, scheme):
     got = dequant(scheme, q, scales, scale, 5, 128)
     expected = dequant(scheme, q_ref, scales_ref, scale, 5, 128)
     assert_quant_close(scheme, got, expected)
+
+
+def test_nvfp4_codes_round_like_the_reference_at_every_threshold():
+    """Blocks whose amax is 6 with global scale 1 quantize at scale 1: every e2m1 rounding
+    threshold (ties to even), its neighbours and saturation, byte for byte."""
+    edges = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]
+    values = [0.0, 1e-30, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.9, 6.0]
+    values += [e + d for e in edges for d in (-1e-4, 0.0, 1e-4)]
+    blocks = [[6.0, *values[i : i + 15]] for i in range(0, len(values), 15)]
+    row = torch.tensor([v for b in blocks for v in b + [0.0] * (16 - len(b))])
+    x = torch.stack([row, -row]).to(DEVICE)
+    x = torch.cat([x, torch.zeros(2, -x.shape[1] % 64, device=DEVICE)], dim=1)
+    scale = torch.ones(1, device=DEVICE)
+    q, _, scales, _ = kernel_norm(x, None, None, scale, 0.0, "quant/none/model/nvfp4")
+    q_ref, scales_ref = ref.nvfp4_quant(x, scale)
+    assert torch.equal(q, q_ref) and torch.equal(scales, scales_ref)

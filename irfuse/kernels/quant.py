@@ -100,13 +100,17 @@ def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
     safe = tl.where(sf_value != 0, sf_value, 1.0)
     inv = tl.where(sf_value != 0, tl.math.div_rn(global_scale, safe), 0.0)
     e = blocks * inv[:, None]
+    # e2m1 magnitude code (RNE, saturating at 6, NaN -> 0) on the fp32 bits: below 1,
+    # multiples of 0.5 (codes 0-2); from 1, one mantissa bit, code = 2 * exponent + bit + 2
     a = tl.abs(e)
-    code = ((a > 0.25).to(tl.uint8) + (a >= 0.75).to(tl.uint8) + (a > 1.25).to(tl.uint8)
-            + (a >= 1.75).to(tl.uint8) + (a > 2.5).to(tl.uint8) + (a >= 3.5).to(tl.uint8)
-            + (a > 5.0).to(tl.uint8))
-    code = code | ((e.to(tl.uint32, bitcast=True) >> 31).to(tl.uint8) << 3)
-    even, odd = tl.split(tl.reshape(code, (code.shape[0], 8, 2)))
-    return even | (odd << 4), sf.to(tl.uint8, bitcast=True)
+    a = tl.where(a < 6.0, a, tl.where(a != a, 0.0, 6.0))
+    halves = ((a * 2.0 + 8388608.0) - 8388608.0).to(tl.int32)  # RNE by the fp32 add
+    bits = a.to(tl.int32, bitcast=True)
+    one_bit = (bits + 0x1FFFFF + ((bits >> 22) & 1)) >> 22  # biased exponent * 2 + bit
+    code = tl.where(a < 1.0, halves, one_bit - 252)
+    code = code | ((e.to(tl.int32, bitcast=True) >> 28) & 8)  # the sign in bit 3
+    pairs = tl.reshape(code, (code.shape[0], 8, 2)) << (tl.arange(0, 2) * 4)[None, None, :]
+    return tl.sum(pairs, axis=2).to(tl.uint8), sf.to(tl.uint8, bitcast=True)
 
 
 @triton.jit
