@@ -77,20 +77,25 @@ Q_LOAD = {
 """,
 }
 
-PREFILL_SETUP = """
+# After q is loaded: scores in base 2; key j is visible to query i when j <= i + offset
+# (causal) and j < kv_end.
+SCORES_SETUP = """
     if INTERPRET:  # the interpreter's tl.dot is wrong on bf16 (TOOLCHAIN.md)
         q = q.to(tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
-    # key j is visible to query i when j <= i + offset (causal) and j < seq_kv
     offset = 0
     if CAUSAL == 2:
         offset = seq_kv - seq_q
-    full_end = seq_kv // BLOCK_N * BLOCK_N  # tiles without a ragged edge
+"""
+
+PREFILL_SETUP = """    full_end = seq_kv // BLOCK_N * BLOCK_N  # tiles without a ragged edge
     end = seq_kv
     if CAUSAL != 0:  # tiles every row of the block sees in full, then the diagonal ones
         full_end = tl.minimum(full_end, tl.maximum(start_m * BLOCK_M + offset + 1, 0)
                               // BLOCK_N * BLOCK_N)
         end = tl.minimum(seq_kv, (start_m + 1) * BLOCK_M + offset)
+    query_pos = offs_m  # what the causal mask compares keys with
+    kv_end = seq_kv
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_V], tl.float32)
@@ -102,7 +107,7 @@ KV_LOAD = {
         v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :])
 """,
     ("pointer", True): """
-        col_ok = cols < seq_kv
+        col_ok = cols < kv_end
         k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=col_ok[None, :],
                     other=0.0)
         v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :], mask=col_ok[:, None],
@@ -136,9 +141,9 @@ FULL_SOFTMAX = """        m_new = tl.maximum(m_i, tl.max(qk, 1))
         alpha = tl.exp2(m_i - m_new)
 """
 
-MASKED_SOFTMAX = """        visible = cols[None, :] < seq_kv
+MASKED_SOFTMAX = """        visible = cols[None, :] < kv_end
         if CAUSAL != 0:
-            visible = visible & (cols[None, :] <= offs_m[:, None] + offset)
+            visible = visible & (cols[None, :] <= query_pos[:, None] + offset)
         qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
@@ -190,7 +195,7 @@ PREFILL_EPILOGUE = {
 """,
 }
 
-SPLIT_KV = """
+SPLIT_KV_HEAD = """
 @triton.jit
 def {name}(
     q_ptr, k_ptr, v_ptr, part_ptr, part_lse_ptr,
@@ -216,39 +221,18 @@ def {name}(
     q = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
-    if INTERPRET:  # the interpreter's tl.dot is wrong on bf16 (TOOLCHAIN.md)
-        q = q.to(tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
-    offset = 0
-    if CAUSAL == 2:
-        offset = seq_kv - seq_q
+"""
+
+SPLIT_KV_KEYS = """
     start = split * split_len
-    end = tl.minimum(start + split_len, seq_kv)
+    query_pos = token  # what the causal mask compares keys with
+    kv_end = tl.minimum(start + split_len, seq_kv)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_V], tl.float32)
-    for start_n in range(start, end, BLOCK_N):
-        cols = start_n + offs_n
-        col_ok = cols < end
-        k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=col_ok[None, :],
-                    other=0.0)
-        v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :], mask=col_ok[:, None],
-                    other=0.0)
-        if INTERPRET:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        qk = tl.dot(q, k, out_dtype=tl.float32) * qk_scale
-        visible = col_ok[None, :]
-        if CAUSAL != 0:
-            visible = visible & (cols[None, :] <= token[:, None] + offset)
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(qk - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
-        m_i = m_new
+"""
+
+SPLIT_KV_STORE = """
     # partial [B, Hq, Sq, splits, Dv], normalised, and its lse (base 2; -inf if empty)
     seen = l_i > 0
     slot = ((batch * n_kv_heads * group + q_head) * seq_q + token) * num_splits + split

@@ -48,22 +48,25 @@ def prefill_name(epilogue: str, loads: str) -> str:
     return "irfuse_attention" + ("_tma" if loads == "tma" else "") + _SUFFIX[epilogue]
 
 
+def _key_loop(stage: str, start: str, stop: str, loads: str, masked: bool) -> str:
+    return pieces.KEY_LOOP.format(
+        stage=stage, start=start, stop=stop, loads=pieces.KV_LOAD[(loads, masked)],
+        softmax=pieces.MASKED_SOFTMAX if masked else pieces.FULL_SOFTMAX,
+    )  # fmt: skip
+
+
 def prefill_source(epilogue: str, loads: str = "pointer") -> str:
     """The prefill kernel; `loads`: "pointer" or "tma" (descriptors built in the kernel)."""
     if epilogue not in EPILOGUES or epilogue in DECODE_ONLY:
         raise ValueError(f"no prefill attention epilogue {epilogue!r}")
     stages = [("tiles every row sees in full: no masks", "0", "full_end", False),
               ("diagonal and ragged-edge tiles: masked", "full_end", "end", True)]  # fmt: skip
-    loops = "".join(
-        pieces.KEY_LOOP.format(
-            stage=stage, start=start, stop=stop, loads=pieces.KV_LOAD[(loads, masked)],
-            softmax=pieces.MASKED_SOFTMAX if masked else pieces.FULL_SOFTMAX,
-        )
-        for stage, start, stop, masked in stages
-    )  # fmt: skip
+    loops = "".join(_key_loop(stage, start, stop, loads, masked)
+                    for stage, start, stop, masked in stages)  # fmt: skip
     body = (
         pieces.PREFILL_SIGNATURE.format(name=prefill_name(epilogue, loads))
-        + pieces.PREFILL_PRELOAD[epilogue] + pieces.Q_LOAD[loads] + pieces.PREFILL_SETUP
+        + pieces.PREFILL_PRELOAD[epilogue] + pieces.Q_LOAD[loads] + pieces.SCORES_SETUP
+        + pieces.PREFILL_SETUP
         + loops + pieces.PREFILL_FINISH + pieces.PREFILL_EPILOGUE[epilogue]
     )  # fmt: skip
     helpers = "" if epilogue == "none" else quant_pieces.epilogue(epilogue)[0]
@@ -76,8 +79,15 @@ SPLIT_KV_NAME = "irfuse_attention_split_kv"
 
 
 def split_kv_source() -> str:
+    body = (
+        pieces.SPLIT_KV_HEAD.format(name=SPLIT_KV_NAME)
+        + pieces.SCORES_SETUP
+        + pieces.SPLIT_KV_KEYS
+        + _key_loop("this slice's keys: masked", "start", "kv_end", "pointer", True)
+        + pieces.SPLIT_KV_STORE
+    )
     return _module(SPLIT_KV_NAME, "attention (one slice of the keys; `combine` merges)",
-                   "Split-KV decode", "", pieces.SPLIT_KV.format(name=SPLIT_KV_NAME))  # fmt: skip
+                   "Split-KV decode", "", body)  # fmt: skip
 
 
 def combine_name(epilogue: str) -> str:
