@@ -52,9 +52,12 @@ def launch_config(n_rows: int, n_cols: int, scheme: str = "none") -> tuple[int, 
     """(BLOCK, num_warps) for rows of `n_cols` elements, chosen by measurement on H200
     (bench/RESULTS.md): 16 warps from 4096 columns (32 for few rows of 8192+), except that
     from 1024 rows an epilogue with its own amax reduction runs best with fewer (4096
-    columns: 4 for per-token, 8 for per-group; 16 cost ~30% there, but win at few rows)."""
+    columns: 4 for per-token, 8 for per-group; 16 cost ~30% there, but win at few rows;
+    per-token rows padded to a power of two, as 7168 is, run best with 16)."""
     block = triton.next_power_of_2(n_cols)
     kind = scheme.split()[0]
+    if n_rows >= 1024 and kind == "per_token" and block != n_cols and block >= 8192:
+        return block, 16
     if n_rows >= 1024 and kind in ("per_token", "nvfp4", "amax"):
         return block, max(4, min(16, block // 1024))
     if n_rows >= 1024 and kind == "per_group":
