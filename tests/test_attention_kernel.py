@@ -145,3 +145,10 @@ def test_unaligned_strides_fall_back_to_pointer_loads():
     out, _, _ = kernel_attention(q, k_odd, v, None, 0.25, "none", "bhsd", False, "none")
     expected, _ = ref.attention(q, k_odd, v, None, 0.25, "none", False)
     torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("sq", [1, 70])  # decode, prefill
+def test_no_keys_gives_zeros_and_minus_inf_lse(sq):
+    q, k, v = _qkv(1, 2, 2, sq, 0, 16, torch.float16)
+    out, lse, _ = kernel_attention(q, k, v, None, 0.25, "none", "bhsd", True, "none")
+    assert torch.all(out == 0) and torch.all(lse == float("-inf"))

@@ -142,8 +142,9 @@ def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, 
     else:
         block_n, programs, min_len = 64, _sm_count(device), 256
     splits = max(1, min(triton.cdiv(programs, batch_kv), triton.cdiv(seq_kv, min_len)))
-    split_len = triton.cdiv(triton.cdiv(seq_kv, splits), block_n) * block_n
-    config = {"BLOCK_N": block_n, "splits": triton.cdiv(seq_kv, split_len), "split_len": split_len}
+    split_len = max(1, triton.cdiv(triton.cdiv(seq_kv, splits), block_n)) * block_n
+    splits = max(1, triton.cdiv(seq_kv, split_len))  # no keys: one empty slice
+    config = {"BLOCK_N": block_n, "splits": splits, "split_len": split_len}
     if INTERPRET:
         return {**config, "num_warps": 1, "num_stages": 1}
     return {**config, "num_warps": 4, "num_stages": 3 if split_len > 1024 else 2}
@@ -252,7 +253,9 @@ def _prefill(q, k, v, scale, sm_scale, causal, layout, epilogue, out, lse, scale
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
     config = prefill_config(d)
-    loads = "tma" if config.pop("loads") == "tma" and tma_ok(q, k, v) else "pointer"
+    # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
+    wants_tma = config.pop("loads") == "tma" and seq_kv > 0
+    loads = "tma" if wants_tma and tma_ok(q, k, v) else "pointer"
     if loads == "tma" and not INTERPRET:
         _set_tma_allocator()
     kernel = _compiled(prefill_name(epilogue, loads), prefill_source(epilogue, loads))

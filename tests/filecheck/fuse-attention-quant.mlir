@@ -32,3 +32,34 @@ func.func @head_dim_80(%q: tensor<1x2x8x80xbf16>, %s: tensor<1xf32>) -> tensor<1
 // CHECK-LABEL: func.func @head_dim_80
 // CHECK:         irfuse.attention {{.*}} layout = "bhsd"
 // CHECK:         aten.call "aten.transpose.int"
+
+// -----
+
+// Decode (one token, 4 query heads per kv head): a per-token quant of the [B*S, H*D] rows
+// goes into the decode kernel's combine, which holds a token's whole row.
+func.func @decode_per_token(%q: tensor<2x8x1x64xbf16>, %k: tensor<2x2x512x64xbf16>) -> (tensor<2x512xf8E4M3FN>, tensor<2x1xf32>) {
+  %o = irfuse.attention %q, %k, %k {scale = 0.125 : f64, causal = "none", layout = "bhsd"} : tensor<2x8x1x64xbf16>, tensor<2x2x512x64xbf16>, tensor<2x2x512x64xbf16> -> tensor<2x8x1x64xbf16>
+  %t = aten.call "aten.transpose.int"(%o) {args = [#aten.ref<0>, 1 : i64, 2 : i64], kwargs = {}} : (tensor<2x8x1x64xbf16>) -> tensor<2x1x8x64xbf16>
+  %y = aten.call "aten.view.default"(%t) {args = [#aten.ref<0>, [2 : i64, 1 : i64, 512 : i64]], kwargs = {}} : (tensor<2x1x8x64xbf16>) -> tensor<2x1x512xbf16>
+  %rows = aten.call "aten.view.default"(%y) {args = [#aten.ref<0>, [2 : i64, 512 : i64]], kwargs = {}} : (tensor<2x1x512xbf16>) -> tensor<2x512xbf16>
+  %q8, %s8 = irfuse.quant %rows {quant = #irfuse.quant<per_token>} : tensor<2x512xbf16> -> tensor<2x512xf8E4M3FN>, tensor<2x1xf32>
+  func.return %q8, %s8 : tensor<2x512xf8E4M3FN>, tensor<2x1xf32>
+}
+// CHECK-LABEL: func.func @decode_per_token
+// CHECK-NEXT:    %q8, %s8 = irfuse.attention %q, %k, %k {scale = 1.250000e-01 : f64, causal = "none", layout = "bs_hd", quant = #irfuse.quant<per_token>} : tensor<2x8x1x64xbf16>, tensor<2x2x512x64xbf16>, tensor<2x2x512x64xbf16> -> tensor<2x512xf8E4M3FN>, tensor<2x1xf32>
+// CHECK-NEXT:    func.return %q8, %s8
+
+// -----
+
+// Prefill (128 query rows per kv head): a per-token scale spans all heads of a token,
+// which the prefill kernel (one head per program) does not hold: unchanged.
+func.func @prefill_per_token(%q: tensor<1x2x128x64xbf16>) -> (tensor<128x128xf8E4M3FN>, tensor<128x1xf32>) {
+  %o = irfuse.attention %q, %q, %q {scale = 0.125 : f64, causal = "top_left", layout = "bhsd"} : tensor<1x2x128x64xbf16>, tensor<1x2x128x64xbf16>, tensor<1x2x128x64xbf16> -> tensor<1x2x128x64xbf16>
+  %t = aten.call "aten.transpose.int"(%o) {args = [#aten.ref<0>, 1 : i64, 2 : i64], kwargs = {}} : (tensor<1x2x128x64xbf16>) -> tensor<1x128x2x64xbf16>
+  %rows = aten.call "aten.reshape.default"(%t) {args = [#aten.ref<0>, [128 : i64, 128 : i64]], kwargs = {}} : (tensor<1x128x2x64xbf16>) -> tensor<128x128xbf16>
+  %q8, %s8 = irfuse.quant %rows {quant = #irfuse.quant<per_token>} : tensor<128x128xbf16> -> tensor<128x128xf8E4M3FN>, tensor<128x1xf32>
+  func.return %q8, %s8 : tensor<128x128xf8E4M3FN>, tensor<128x1xf32>
+}
+// CHECK-LABEL: func.func @prefill_per_token
+// CHECK:         irfuse.attention {{.*}} layout = "bhsd"
+// CHECK:         irfuse.quant %rows
