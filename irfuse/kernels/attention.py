@@ -130,21 +130,22 @@ KEY_LOOP = """
 {loads}        if INTERPRET:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        qk = tl.dot(q, k, out_dtype=tl.float32) * qk_scale
+        qk = tl.dot(q, k, out_dtype=tl.float32)
 {softmax}        l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
         m_i = m_new
 """
 
-FULL_SOFTMAX = """        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
+# the scale is applied inside exp2's argument (one fused multiply-add per score)
+FULL_SOFTMAX = """        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
 """
 
 MASKED_SOFTMAX = """        visible = cols[None, :] < kv_end
         if CAUSAL != 0:
             visible = visible & (cols[None, :] <= query_pos[:, None] + offset)
-        qk = tl.where(visible, qk, float("-inf"))
+        qk = tl.where(visible, qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
         p = tl.exp2(qk - m_safe[:, None])
