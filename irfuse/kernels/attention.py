@@ -22,6 +22,8 @@ Fully masked rows give 0 and lse -inf in both.
 # heads), which only the decode path's combine holds.
 EPILOGUES = ("none", "static", "per_token", "nvfp4")
 DECODE_ONLY = ("per_token",)
+# Head dims the kernels take (tl.arange needs powers of two).
+HEAD_DIMS = (16, 32, 64, 128, 256)
 # The split-KV decode serves up to this many query rows per kv head (Hq/Hkv * Sq).
 DECODE_MAX_ROWS = 64
 

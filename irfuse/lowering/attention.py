@@ -18,14 +18,20 @@ import triton.language as tl
 
 from irfuse.kernels import attention as pieces
 from irfuse.kernels import quant as quant_pieces
-from irfuse.kernels.attention import DECODE_MAX_ROWS, DECODE_ONLY, EPILOGUES, uses_decode
+from irfuse.kernels.attention import (
+    DECODE_MAX_ROWS,
+    DECODE_ONLY,
+    EPILOGUES,
+    HEAD_DIMS,
+    uses_decode,
+)
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.runtime import FP8, INTERPRET, launch_config
 from irfuse.ops.quant import nvfp4_scale_shape
 
 CAUSAL = {"none": 0, "top_left": 1, "bottom_right": 2}
-HEAD_DIMS = (16, 32, 64, 128, 256)
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 _SUFFIX = {"none": "", "static": "_static_fp8", "per_token": "_per_token_fp8", "nvfp4": "_nvfp4"}
 _FUSES = {"none": "", "static": " + static fp8 quant", "per_token": " + per_token fp8 quant",
           "nvfp4": " + nvfp4 quant"}  # fmt: skip
@@ -103,9 +109,20 @@ def combine_source(epilogue: str) -> str:
     return _module(combine_name(epilogue), fuses, "One token row per program", helpers, body)
 
 
+# Generated and compiled once per process: the runtime op only looks kernels up.
 @functools.cache
-def _compiled(name: str, source: str) -> Any:
-    return load_kernel(name, source)
+def prefill_kernel(epilogue: str, loads: str) -> Any:
+    return load_kernel(prefill_name(epilogue, loads), prefill_source(epilogue, loads))
+
+
+@functools.cache
+def split_kv_kernel() -> Any:
+    return load_kernel(SPLIT_KV_NAME, split_kv_source())
+
+
+@functools.cache
+def combine_kernel(epilogue: str) -> Any:
+    return load_kernel(combine_name(epilogue), combine_source(epilogue))
 
 
 def attention_source(epilogue: str) -> str:
@@ -258,9 +275,8 @@ def _prefill(q, k, v, scale, sm_scale, causal, layout, epilogue, out, lse, scale
     loads = "tma" if wants_tma and tma_ok(q, k, v) else "pointer"
     if loads == "tma" and not INTERPRET:
         _set_tma_allocator()
-    kernel = _compiled(prefill_name(epilogue, loads), prefill_source(epilogue, loads))
     grid = (triton.cdiv(sq, config["BLOCK_M"]), b * h)
-    kernel[grid](
+    prefill_kernel(epilogue, loads)[grid](
         q, k, v, scale if scale is not None else q, out, lse if lse.numel() else out,
         scales.view(torch.uint8) if scales.numel() else out,
         sm_scale, sq, seq_kv, h // k.shape[1],
@@ -279,7 +295,7 @@ def _decode(q, k, v, scale, sm_scale, causal, epilogue, out, lse, scales) -> Non
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_lse = q.new_empty((b, h, sq, splits), dtype=torch.float32)
     block_m = max(16, triton.next_power_of_2(group * sq))
-    _compiled(SPLIT_KV_NAME, split_kv_source())[(splits, b * hkv)](
+    split_kv_kernel()[(splits, b * hkv)](
         q, k, v, part, part_lse, sm_scale, sq, seq_kv, group, split_len, splits,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], hkv,
         HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_M=block_m, CAUSAL=CAUSAL[causal],
@@ -288,16 +304,13 @@ def _decode(q, k, v, scale, sm_scale, causal, epilogue, out, lse, scales) -> Non
     n_cols = h * dv
     block, num_warps = launch_config(b * sq, n_cols, epilogue)
     scales2 = scales.view(torch.uint8) if epilogue == "nvfp4" else scales
-    _compiled(combine_name(epilogue), combine_source(epilogue))[(b * sq,)](
+    combine_kernel(epilogue)[(b * sq,)](
         part, part_lse, lse if lse.numel() else part, scale if scale is not None else part,
         out, scales2 if scales2.numel() else part, h, sq, splits, n_cols,
         n_cols // 2 if epilogue == "nvfp4" else n_cols, 1, 0,
         HEAD_DIM_V=dv, BLOCK=block, MODEL_DTYPE=_TL_DTYPES[q.dtype], HAS_LSE=lse.numel() > 0,
         HAS_SCALE=scale is not None, INTERPRET=INTERPRET, num_warps=1 if INTERPRET else num_warps,
     )  # fmt: skip
-
-
-_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
 @kernel_attention.register_fake

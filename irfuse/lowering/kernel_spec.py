@@ -12,10 +12,7 @@ from dataclasses import dataclass
 
 from irfuse.kernels import norm
 from irfuse.kernels import quant as quant_pieces
-from irfuse.kernels.attention import EPILOGUES as ATTENTION_EPILOGUES
 from irfuse.kernels.quant import parse_scheme
-
-__all__ = ["ATTENTION_EPILOGUES", "AttentionKernel", "KernelSpec", "kernel_source"]
 
 PRODUCERS = ("quant", "rms_norm", "fused_add_rms_norm")
 
@@ -94,7 +91,7 @@ LOWERED_SCHEMES = ("none", "static", "per_token", "per_tensor", "per_group", "nv
 @dataclass(frozen=True)
 class AttentionKernel:
     """The generated attention kernels (prefill; split-KV decode + combine) with an
-    epilogue (one of ATTENTION_EPILOGUES)."""
+    epilogue (one of irfuse.kernels.attention.EPILOGUES)."""
 
     epilogue: str
 

@@ -12,7 +12,8 @@ from irfuse.dialects.irfuse import (
     QuantOp,
     RmsNormOp,
 )
-from irfuse.lowering.kernel_spec import ATTENTION_EPILOGUES, AttentionKernel, KernelSpec
+from irfuse.kernels.attention import EPILOGUES as ATTENTION_EPILOGUES
+from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 
 
 class NoKernel(Exception):

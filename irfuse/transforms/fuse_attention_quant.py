@@ -33,7 +33,13 @@ from xdsl.rewriter import InsertPoint
 
 from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import DYNAMIC, AttentionOp, QuantAttr, QuantOp
-from irfuse.kernels.attention import DECODE_MAX_ROWS, DECODE_ONLY, EPILOGUES, uses_decode
+from irfuse.kernels.attention import (
+    DECODE_MAX_ROWS,
+    DECODE_ONLY,
+    EPILOGUES,
+    HEAD_DIMS,
+    uses_decode,
+)
 from irfuse.transforms import policy, report
 from irfuse.transforms.match import (
     VIEWS,
@@ -48,14 +54,12 @@ from irfuse.transforms.raise_dynamic_fp8_quant import match_dynamic_quant
 from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
 
 NAME = "fuse-attention-quant"
-HEAD_DIMS = (16, 32, 64, 128, 256)
 
 
 @dataclass
 class _Quant:
     """A quant of `source`, whatever form it was written in."""
 
-    root: Operation
     source: SSAValue
     quant: QuantAttr
     scale_in: SSAValue | None
@@ -65,7 +69,7 @@ class _Quant:
     """Replaced by the fused op's `scale_out`."""
     scale_type: Attribute | None
     dead_ops: list[Operation]
-    """Erased once unused (the root is erased by the rewrite)."""
+    """Erased once unused (the quant's last op is erased by the rewrite)."""
 
 
 def _quant_at(op: Operation) -> _Quant | str | None:
@@ -73,18 +77,18 @@ def _quant_at(op: Operation) -> _Quant | str | None:
     if isinstance(op, QuantOp):
         scales = [op.scale_out] if op.scale_out is not None else []
         scale_type = op.scale_out.type if op.scale_out is not None else None
-        return _Quant(op, op.x, op.quant, op.quant_scale, op.out, scales, scale_type, [])
+        return _Quant(op.x, op.quant, op.quant_scale, op.out, scales, scale_type, [])
     if not isinstance(op, CallOp):
         return None
     static = match_static_quant(op)
     if isinstance(static, StaticQuantMatch):
-        return _Quant(op, static.source, QuantAttr("static"), static.scale, op.results[0], [],
+        return _Quant(static.source, QuantAttr("static"), static.scale, op.results[0], [],
                       None, static.dead_ops)  # fmt: skip
     dynamic = match_dynamic_quant(op)
     if dynamic is None or isinstance(dynamic, str):
         return static if isinstance(static, str) else dynamic
     dead = [o for o in dynamic.ops if o is not op] + dynamic.dead_if_unused
-    return _Quant(op, dynamic.source, dynamic.quant, dynamic.ub, dynamic.q, dynamic.scales,
+    return _Quant(dynamic.source, dynamic.quant, dynamic.ub, dynamic.q, dynamic.scales,
                   dynamic.scale_type, dead)  # fmt: skip
 
 
