@@ -76,7 +76,7 @@ def sweep_warps(hidden: int, tokens_list: list[int], rounds: int) -> None:
 
 
 def _sweep_one(hidden: int, tokens: int, rounds: int) -> dict[str, float]:
-    from irfuse.lowering.runtime import _launch, decode
+    from irfuse.lowering.runtime import _launch, decode, launch_config
 
     spec = decode("fused_add_rms_norm/fp32/model/static")
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
@@ -86,8 +86,11 @@ def _sweep_one(hidden: int, tokens: int, rounds: int) -> dict[str, float]:
     out = torch.empty(x.shape, device="cuda", dtype=torch.float8_e4m3fn)
     no_scales = torch.empty(0, device="cuda")
 
+    block = launch_config(tokens, hidden)[0]
+
     def launch(warps: int):
-        return lambda: _launch(spec, x, r, w, s, out, res_out, no_scales, None, 1e-6, warps)
+        config = (block, warps)
+        return lambda: _launch(spec, x, r, w, s, out, res_out, no_scales, None, 1e-6, config)
 
     return compare({f"{w} warps": launch(w) for w in (2, 4, 8, 16, 32)}, rounds)
 

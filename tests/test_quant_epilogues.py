@@ -3,10 +3,15 @@ against the unfused reference ops (irfuse.ops) on the same inputs."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+import irfuse.kernels.quant as quant_pieces
 import irfuse.ops as ref
+from irfuse.lowering import runtime
+from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.runtime import kernel_norm
 from irfuse.ops.quant import div_const, unswizzle_block_scales
 from tests.helpers import assert_quant_close, dequant, reference_quant
@@ -88,6 +93,23 @@ def test_epilogue_matches_unfused_reference(producer, mode, scheme):
 def test_standalone_quant_is_bit_exact(scheme):
     """Same input, same formulas: the kernel reproduces the reference bytes."""
     q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 7, 256, torch.float32)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+    if scales_ref is not None:
+        assert torch.equal(scales, scales_ref)
+
+
+@pytest.mark.parametrize(
+    "scheme", ["static", "per_group 64", "per_group 128 col", "per_group 64 ue8m0", "nvfp4"]
+)
+def test_row_tiles_are_bit_exact(monkeypatch, scheme):
+    """Standalone kernels split few rows into tiles: with tiles of 128 columns, a row of
+    320 (384 for groups of 128) spans three, the last one ragged where the width allows,
+    and still reproduces the reference bytes."""
+    tiles = ((math.inf, 128, 4),)
+    monkeypatch.setattr(runtime, "ROW_TILES", dict.fromkeys(quant_pieces.TILEABLE, tiles))
+    h = 384 if "128" in scheme else 320
+    assert runtime.launch_config(3, h, scheme, row_tiles=True) == (128, 4)
+    q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 3, h, torch.float32)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
     if scales_ref is not None:
         assert torch.equal(scales, scales_ref)
@@ -182,3 +204,40 @@ def test_nvfp4_codes_round_like_the_reference_at_every_threshold():
     q, _, scales, _ = kernel_norm(x, None, None, scale, 0.0, "quant/none/model/nvfp4")
     q_ref, scales_ref = ref.nvfp4_quant(x, scale)
     assert torch.equal(q, q_ref) and torch.equal(scales, scales_ref)
+
+
+DIV_BY_KERNEL = """
+import triton
+import triton.language as tl
+{helper}
+
+@triton.jit
+def divide(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    b = tl.load(b_ptr + cols)
+    tl.store(out_ptr + cols, div_by(tl.load(a_ptr + cols), b, tl.math.div_rn(1.0, b)))
+"""
+
+
+def test_div_by_is_correctly_rounded_division():
+    """The quant epilogues divide through `div_by` (reciprocal + fma correction): it must
+    equal IEEE division bit for bit wherever the quotient is normal, specials included."""
+    g = torch.Generator().manual_seed(0)
+    n = 4096
+    a = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g))
+    b = torch.rand(n, generator=g) * torch.exp2(torch.randint(-20, 20, (n,), generator=g)) + 1e-9
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 3.0, -5.0])
+    a[: len(special)] = special
+    b[len(special) : 2 * len(special)] = torch.tensor([float("inf")] * len(special))
+    a[len(special) : 2 * len(special)] = special
+    divide = load_kernel("divide", DIV_BY_KERNEL.format(helper=quant_pieces.DIV_BY))
+    out = torch.empty(n, device=DEVICE)
+    divide[(1,)](a.to(DEVICE), b.to(DEVICE), out, BLOCK=n)
+    expected = a / b
+    compared = expected.abs() >= torch.finfo(torch.float32).tiny  # normal quotients
+    compared |= (expected == 0) | ~expected.isfinite()
+    got, expected = out.cpu()[compared], expected[compared]
+    assert compared.sum() > n * 0.9
+    assert torch.equal(got.isnan(), expected.isnan())
+    finite = ~expected.isnan()
+    assert torch.equal(got[finite].view(torch.int32), expected[finite].view(torch.int32))

@@ -258,7 +258,8 @@ def {name}(
     row = tl.program_id(0).to(tl.int64)
     batch = row // seq_q
     token = row % seq_q
-    cols = tl.arange(0, BLOCK)
+    col_start = 0  # the whole row
+    cols = col_start + tl.arange(0, BLOCK)
     mask = cols < n_cols
     head = cols // HEAD_DIM_V
     slot = ((batch * n_heads + head) * seq_q + token) * num_splits

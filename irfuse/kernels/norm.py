@@ -1,4 +1,5 @@
-"""Triton source for the RMSNorm family: one row of `n_cols` per program.
+"""Triton source for the RMSNorm family: one row of `n_cols` per program (standalone
+quants with no row-wide reduction take one tile of a row per program instead).
 
 The body loads the row as fp32 `v`, optionally adds the residual (storing the sum in
 the model dtype), normalises, applies the weight, and leaves `v` rounded to the norm's
@@ -15,11 +16,16 @@ def {name}(
     BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
+{columns}    cols = col_start + tl.arange(0, BLOCK)
     mask = cols < n_cols
     model_dtype = x_ptr.dtype.element_ty
     v = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
 """
+
+WHOLE_ROW = "    col_start = 0  # the whole row\n"
+# Without a row-wide reduction a row splits into tiles, so that a few rows still fill the
+# GPU (one program per row leaves most SMs idle below ~100 rows).
+ROW_TILE = "    col_start = tl.program_id(1) * BLOCK  # one tile of the row\n"
 
 ADD_RESIDUAL = """
     # residual add: the sum in fp32; residual_out in the model dtype

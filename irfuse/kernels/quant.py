@@ -2,10 +2,12 @@
 
 An epilogue is a pair: a preload, emitted with the kernel's first loads so that its
 latency overlaps theirs (it matters for a handful of rows), and a store, which takes `v`
-(fp32, already rounded to the producer's output dtype; one row per program: `row`,
-`cols`, `mask`, masked lanes hold 0) to `out_ptr`, and its scales to `scale_out_ptr`
-(at `row * scale_out_row_stride + i * scale_out_col_stride`; nvfp4 uses the swizzled
-layout). Divisions are `div_rn` (correctly rounded), as the reference divides.
+(fp32, already rounded to the producer's output dtype; a row or a tile of one per
+program: `row`, `cols` = `col_start` + arange(BLOCK), `mask`, masked lanes hold 0) to
+`out_ptr`, and its scales to `scale_out_ptr` (at `row * scale_out_row_stride + i *
+scale_out_col_stride`; nvfp4 uses the swizzled layout). Divisions are correctly rounded,
+as the reference divides: by a scale shared by a row or a group, through `div_by` (one
+product and two fmas per element, not a division).
 """
 
 import functools
@@ -32,6 +34,20 @@ def to_fp8(v, INTERPRET: tl.constexpr):
     if INTERPRET:
         q = round_to_e4m3(q)
     return q.to(tl.float8e4nv)
+"""
+
+# a / b correctly rounded, from inv_b = div_rn(1, b): q = a * inv_b is within one ulp of
+# a / b, the remainder a - q * b is exact in an fma, and one fma correction step rounds it
+# correctly (Markstein's theorem; quotients in the subnormal range, which could differ,
+# quantize to zero in fp8 anyway). Zero, infinite and NaN products keep q, which then
+# already is the quotient (the sign of zero included). The finiteness test is a compare:
+# `q - q == 0` would let ptxas contract a * inv_b - q into an fma (the product's error).
+DIV_BY = """
+@triton.jit
+def div_by(a, b, inv_b):
+    q = a * inv_b
+    corrected = tl.fma(tl.fma(-q, b, a), inv_b, q)
+    return tl.where((q != 0) & (tl.abs(q) < float("inf")), corrected, q)
 """
 
 # 2^ceil(log2(s)) for positive normal s, on the bits (exact, unlike log2/exp2).
@@ -71,7 +87,7 @@ PER_TOKEN = (
     s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
     tl.store(scale_out_ptr + row * scale_out_row_stride, s)
 """
-    + STORE.format(value="to_fp8(tl.math.div_rn(v, s), INTERPRET)"),
+    + STORE.format(value="to_fp8(div_by(v, s, tl.math.div_rn(1.0, s)), INTERPRET)"),
 )
 
 PER_GROUP = (
@@ -80,8 +96,9 @@ PER_GROUP = (
     # epilogue: per-group fp8, groups of {group}: s = {scale_formula}
     groups = tl.reshape(v, (BLOCK // {group}, {group}))
     s = tl.math.div_rn(tl.maximum(tl.max(tl.abs(groups), axis=1), 1e-10), 448.0)
-{ue8m0}    q = tl.reshape(to_fp8(tl.math.div_rn(groups, s[:, None]), INTERPRET), (BLOCK,))
-    g = tl.arange(0, BLOCK // {group})
+{ue8m0}    inv_s = tl.math.div_rn(1.0, s)
+    q = tl.reshape(to_fp8(div_by(groups, s[:, None], inv_s[:, None]), INTERPRET), (BLOCK,))
+    g = col_start // {group} + tl.arange(0, BLOCK // {group})
     g_ptr = scale_out_ptr + row * scale_out_row_stride + g * scale_out_col_stride
     tl.store(g_ptr, s, mask=g < n_cols // {group})
 """
@@ -125,10 +142,10 @@ NVFP4 = (
     """
     # epilogue: nvfp4, blocks of 16 (nvfp4_blocks), block scales swizzled 128x4
     packed, sf = nvfp4_blocks(tl.reshape(v, (BLOCK // 16, 16)), global_scale, INTERPRET)
-    pairs = tl.arange(0, BLOCK // 2)
+    pairs = col_start // 2 + tl.arange(0, BLOCK // 2)
     tl.store(out_ptr + row * out_row_stride + pairs, tl.reshape(packed, (BLOCK // 2,)),
              mask=pairs < n_cols // 2)
-    k = tl.arange(0, BLOCK // 16)
+    k = col_start // 16 + tl.arange(0, BLOCK // 16)
     tl.store(scale_out_ptr + nvfp4_scale_offset(row, k, n_cols), sf, mask=k < n_cols // 16)
 """,
 )
@@ -157,15 +174,19 @@ PER_TENSOR = (
     s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
     tl.store(scale_out_ptr, s, mask=row == 0)
 """
-    + STORE.format(value="to_fp8(tl.math.div_rn(v, s), INTERPRET)"),
+    + STORE.format(value="to_fp8(div_by(v, s, tl.math.div_rn(1.0, s)), INTERPRET)"),
 )
+
+
+# Schemes whose standalone kernel may split a row into tiles (no row-wide reduction).
+TILEABLE = ("static", "per_group", "nvfp4")
 
 
 def epilogue(scheme: str, keeps_value: bool = True) -> tuple[str, str, str]:
     """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax, or for
     `amax` (phase 1 of per_tensor, storing the value too when `keeps_value`)."""
     kind, *options = scheme.split()
-    fp8_helpers = ROUND_TO_E4M3
+    fp8_helpers = ROUND_TO_E4M3 + DIV_BY
     if kind == "none":
         return "", *NONE
     if kind == "amax":

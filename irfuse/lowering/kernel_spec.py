@@ -36,6 +36,11 @@ class KernelSpec:
         keep = "_keep" if self.keep_value else ""
         return f"irfuse_{self.producer}{mode}{out}{suffix}{keep}"
 
+    @property
+    def row_tiles(self) -> bool:
+        """Whether a row may split into tiles over programs (grid: rows x tiles)."""
+        return self.producer == "quant" and self.quant.split()[0] in quant_pieces.TILEABLE
+
     def source(self) -> str:
         return kernel_source(self)
 
@@ -109,7 +114,8 @@ class AttentionKernel:
 
 def kernel_source(spec: KernelSpec) -> str:
     helpers, preload, store = quant_pieces.epilogue(spec.quant, spec.producer != "quant")
-    body = norm.SIGNATURE.format(name=spec.name)
+    columns = norm.ROW_TILE if spec.row_tiles else norm.WHOLE_ROW
+    body = norm.SIGNATURE.format(name=spec.name, columns=columns)
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload
@@ -123,7 +129,8 @@ def kernel_source(spec: KernelSpec) -> str:
     body += store
     return (
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
-        'One program per row; see irfuse/kernels for the pieces."""\n\n'
+        f"{'A tile of a row' if spec.row_tiles else 'One row'} per program; "
+        'see irfuse/kernels for the pieces."""\n\n'
         "import triton\nimport triton.language as tl\n"
         f"{norm.ROUND_TO}{helpers}\n{body}"
     )

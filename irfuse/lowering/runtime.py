@@ -10,6 +10,7 @@ launches its kernel (two for a dynamic per-tensor quant), so it runs inside CUDA
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Any
 
@@ -48,14 +49,20 @@ def _per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
     return amax, KernelSpec("quant", "none", "per_tensor")
 
 
-def launch_config(n_rows: int, n_cols: int, scheme: str = "none") -> tuple[int, int]:
+def launch_config(
+    n_rows: int, n_cols: int, scheme: str = "none", row_tiles: bool = False
+) -> tuple[int, int]:
     """(BLOCK, num_warps) for rows of `n_cols` elements, chosen by measurement on H200
     (bench/RESULTS.md): 16 warps from 4096 columns (32 for few rows of 8192+), except that
     from 1024 rows an epilogue with its own amax reduction runs best with fewer (4096
     columns: 4 for per-token, 8 for per-group; 16 cost ~30% there, but win at few rows;
-    per-token rows padded to a power of two, as 7168 is, run best with 16)."""
+    per-token rows padded to a power of two, as 7168 is, run best with 16). Kernels that
+    tile rows (`row_tiles`) take their tile from ROW_TILES."""
     block = triton.next_power_of_2(n_cols)
     kind = scheme.split()[0]
+    if row_tiles:
+        _, tile, num_warps = next(t for t in ROW_TILES[kind] if n_rows < t[0])
+        return (tile, num_warps) if block >= tile else (block, max(1, min(num_warps, block // 128)))
     if n_rows >= 1024 and kind == "per_token" and block != n_cols and block >= 8192:
         return block, 16
     if n_rows >= 1024 and kind in ("per_token", "nvfp4", "amax"):
@@ -65,6 +72,17 @@ def launch_config(n_rows: int, n_cols: int, scheme: str = "none") -> tuple[int, 
     if block >= 8192 and n_rows < 1024:
         return block, 32
     return block, max(4, min(16, block // 256))
+
+
+# Row tiles of the standalone static / per-group / nvfp4 kernels: (below this many rows,
+# tile columns, num_warps), first match. Measured on H200 at hidden 4096 and 7168 from 1 to
+# 16384 rows (bench/RESULTS.md): tiles fill the GPU at few rows and avoid the padding of
+# 7168 to 8192 lanes; per-group and nvfp4 run best with 2 warps per 1024 columns.
+ROW_TILES = {
+    "static": ((64, 1024, 8), (1024, 2048, 8), (math.inf, 2048, 4)),
+    "per_group": ((64, 1024, 8), (math.inf, 1024, 2)),
+    "nvfp4": ((64, 1024, 4), (math.inf, 1024, 2)),
+}
 
 
 def allocate_outputs(
@@ -209,16 +227,15 @@ def _launch(
     scales2: torch.Tensor,
     value2: torch.Tensor | None,
     eps: float,
-    num_warps: int | None = None,
+    config: tuple[int, int] | None = None,
 ) -> None:
-    """One launch of `spec`'s kernel over the rows of `x2`; absent tensors are passed as
-    `x2` (their pointers are never read: the kernel source has no use for them).
-    `num_warps` overrides launch_config (for the benchmark's sweep)."""
+    """One launch of `spec`'s kernel over the rows of `x2` (and their tiles); absent
+    tensors are passed as `x2` (their pointers are never read: the kernel source has no
+    use for them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps)."""
     n_rows, n_cols = x2.shape
-    block, chosen_warps = launch_config(n_rows, n_cols, spec.quant)
-    num_warps = num_warps or chosen_warps
+    block, num_warps = config or launch_config(n_rows, n_cols, spec.quant, spec.row_tiles)
     two_d = scales2.dim() > 1
-    compiled_kernel(spec)[(n_rows,)](
+    compiled_kernel(spec)[(n_rows, triton.cdiv(n_cols, block))](
         x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
         x2 if scale is None else scale, out2, out2 if residual_out2 is None else residual_out2,
         scales2, out2 if value2 is None else value2, n_cols, x2.stride(0),
