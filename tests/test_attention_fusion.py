@@ -190,3 +190,38 @@ def test_direct_nvfp4_quant_of_the_attention_output_fuses():
     rows, n = packed.shape[0], packed.shape[1] * 2
     assert_quant_close("nvfp4", dequant("nvfp4", packed, block_scales, gs, rows, n),
                        dequant("nvfp4", packed_ref, scales_ref, gs, rows, n))  # fmt: skip
+
+
+class MaskedAttentionBlock(torch.nn.Module):
+    """Attention with a padding mask (as HF passes to SDPA), then the o_proj fp8 quant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("act_scale", torch.tensor([0.02]))
+
+    def forward(self, q, k, v, mask):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        o = o.transpose(1, 2).reshape(b, s, h * d)
+        return (o.float() / self.act_scale).clamp(-448, 448).to(FP8)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, DTYPE])
+def test_attention_with_explicit_mask_fuses_and_matches_eager(mask_dtype):
+    block = MaskedAttentionBlock().to(DEVICE)
+    q, k, v = _inputs()
+    keep = torch.ones(2, 1, 9, 9, dtype=torch.bool)
+    keep[0, :, :, 6:] = False  # the first sequence is padded after 6 keys
+    if mask_dtype == torch.bool:
+        mask = keep
+    else:
+        mask = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(DTYPE).min).to(DTYPE)
+    mask = mask.to(DEVICE)
+    report = irfuse.explain(block, q, k, v, mask, attention="irfuse")
+    assert report.fused["fuse-attention-quant"] == 1, str(report)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    out = torch.compile(block, backend="irfuse", options=options)(q, k, v, mask)
+    expected = block(q, k, v, mask)
+    s = block.act_scale
+    torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)

@@ -152,3 +152,70 @@ def test_no_keys_gives_zeros_and_minus_inf_lse(sq):
     q, k, v = _qkv(1, 2, 2, sq, 0, 16, torch.float16)
     out, lse, _ = kernel_attention(q, k, v, None, 0.25, "none", "bhsd", True, "none")
     assert torch.all(out == 0) and torch.all(lse == float("-inf"))
+
+
+def _mask(kind: str, shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
+    """A bool (True = keep) or additive mask; additive uses -inf and bf16's dtype-min
+    bias, and one query row is masked everywhere (0 / -inf with bool and -inf; the mean
+    of v with a finite bias, as in the reference)."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(shape, generator=g) > 0.3
+    keep[..., 0, :] = False
+    if kind == "bool":
+        return keep.to(DEVICE)
+    bias = torch.randn(shape, generator=g)
+    low = float("-inf") if kind == "additive -inf" else torch.finfo(torch.bfloat16).min
+    return torch.where(keep, bias, low).to(DEVICE)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive min"])
+@pytest.mark.parametrize(
+    "hq,hkv,sq,skv,mask_shape",
+    [
+        (2, 2, 37, 45, (2, 2, 37, 45)),  # prefill, a full mask
+        (4, 2, 33, 21, (2, 1, 33, 21)),  # prefill, broadcast over heads
+        (2, 1, 19, 40, (19, 40)),  # prefill, one mask for every batch and head
+        (4, 2, 3, 37, (2, 1, 1, 37)),  # decode, a padding mask over the keys
+    ],
+)
+def test_explicit_masks_match_reference(kind, hq, hkv, sq, skv, mask_shape, loads):
+    if loads == "tma" and uses_decode(sq, hq, hkv):
+        pytest.skip("the decode path has no TMA variant")
+    q, k, v = _qkv(2, hq, hkv, sq, skv, 16, torch.float16)
+    mask = _mask(kind, mask_shape)
+    out, lse, _ = kernel_attention(q, k, v, None, 0.3, "none", "bhsd", True, "none", mask)
+    out_ref, lse_ref = ref.attention(q, k, v, mask, 0.3, "none", True)
+    if kind == "additive min":  # query 0 sees only dtype-min biases: softmax averages v
+        mean_v = v.float().mean(dim=2).repeat_interleave(hq // hkv, dim=1)
+        torch.testing.assert_close(out_ref[:, :, 0].float(), mean_v, atol=1e-3, rtol=1e-3)
+        # its lse, -3.4e38, is past fp32 in base 2: the kernel clamps it (at -2.4e38)
+        huge = lse_ref < -1e38
+        assert bool(huge[..., 0].all()) and bool((lse[huge] < -2e38).all())
+        lse, lse_ref = lse[~huge], lse_ref[~huge]
+    torch.testing.assert_close(out, out_ref, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+
+
+def test_explicit_mask_with_an_epilogue():
+    q, k, v = _qkv(2, 2, 2, 40, 40, 32, torch.float16)
+    mask = _mask("bool", (2, 1, 40, 40))
+    scale = torch.tensor([0.01], device=DEVICE)
+    got, _, _ = kernel_attention(q, k, v, scale, 0.25, "none", "bs_hd", False, "static", mask)
+    out, _ = ref.attention(q, k, v, mask, 0.25, "none", False)
+    layout = out.transpose(1, 2).reshape(2 * 40, 2 * 32)
+    q_ref, _ = reference_quant("static", layout, scale)
+    assert_fp8_close(got.reshape(2 * 40, 2 * 32), q_ref, scale)
+
+
+@pytest.mark.parametrize(
+    "mask,causal,match",
+    [
+        (torch.ones(3, 5, dtype=torch.bool), "none", "does not broadcast"),
+        (torch.ones(5, 7, dtype=torch.int32), "none", "bool or bf16"),
+        (torch.ones(5, 7, dtype=torch.bool), "top_left", "cannot be combined"),
+    ],
+)
+def test_bad_masks_are_refused(mask, causal, match):
+    q, k, v = _qkv(1, 2, 2, 5, 7, 16, torch.float16)
+    with pytest.raises((ValueError, TypeError), match=match):
+        kernel_attention(q, k, v, None, 0.3, causal, "bhsd", False, "none", mask.to(DEVICE))

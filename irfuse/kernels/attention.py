@@ -3,18 +3,20 @@
 Prefill: one program computes BLOCK_M query rows of one (batch, query head) against the
 keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). GQA maps query head
 h to kv head h // GROUP. Causal masks: 0 none, 1 top-left (PyTorch's is_causal), 2
-bottom-right (query i sees keys j <= i + Skv - Sq). The key loop runs in two stages:
-tiles every row sees in full (no mask arithmetic, unmasked loads), then the diagonal and
-ragged-edge tiles (masked). Loads go through TMA descriptors when the strides allow it
+bottom-right (query i sees keys j <= i + Skv - Sq). An explicit mask (MASK 1: bool,
+True = keep; 2: additive float), read through strides (0 where it broadcasts), applies
+to every tile. The key loop runs in two stages: tiles every row sees in full (no mask
+arithmetic, unmasked loads), then the diagonal and ragged-edge tiles (masked; with an
+explicit mask, every tile). Loads go through TMA descriptors when the strides allow it
 (`tma` sources), else through pointers. The output tile is written through strides
 ([B, H, S, Dv] or the [B, S, H*Dv] layout the output projection reads), optionally
 quantized: static fp8 (elementwise) or nvfp4 (blocks of 16 along a head's Dv).
 
 Decode (few query rows against a long KV): `split_kv` programs each take one kv head
 (all GROUP * Sq query rows that read it, so K/V are read once) and one slice of the
-keys, writing a normalised partial output and its lse; `combine` takes one token row
-[Hq * Dv] per program, merges the slices and ends with any row epilogue of
-irfuse/kernels/quant.py (none, static, per-token, per-group, nvfp4).
+keys, writing a normalised partial output and its softmax state (max and sum);
+`combine` takes one token row [Hq * Dv] per program, merges the slices and ends with
+any row epilogue of irfuse/kernels/quant.py (none, static, per-token, per-group, nvfp4).
 Fully masked rows give 0 and lse -inf in both.
 """
 
@@ -36,13 +38,13 @@ def uses_decode(seq_q: int, heads_q: int, heads_kv: int) -> bool:
 PREFILL_SIGNATURE = """
 @triton.jit
 def {name}(
-    q_ptr, k_ptr, v_ptr, scale_ptr, out_ptr, lse_ptr, scale_out_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, scale_ptr, out_ptr, lse_ptr, scale_out_ptr,
     sm_scale, seq_q, seq_kv, group,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-    stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
-    n_heads, out_rows_per_batch,
+    stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk,
+    stride_ob, stride_oh, stride_os, n_heads, out_rows_per_batch,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_LSE: tl.constexpr,
+    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, HAS_LSE: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     start_m = tl.program_id(0)
@@ -58,6 +60,7 @@ def {name}(
     offs_dv = tl.arange(0, HEAD_DIM_V)
     row_ok = offs_m < seq_q
     q_base = q_ptr + batch * stride_qb + head * stride_qh
+    mask_rows = mask_ptr + batch * stride_mb + head * stride_mh + offs_m * stride_mq
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
 """
@@ -96,6 +99,8 @@ PREFILL_SETUP = """    full_end = seq_kv // BLOCK_N * BLOCK_N  # tiles without a
         full_end = tl.minimum(full_end, tl.maximum(start_m * BLOCK_M + offset + 1, 0)
                               // BLOCK_N * BLOCK_N)
         end = tl.minimum(seq_kv, (start_m + 1) * BLOCK_M + offset)
+    if MASK != 0:  # every tile reads the explicit mask
+        full_end = 0
     query_pos = offs_m  # what the causal mask compares keys with
     kv_end = seq_kv
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -147,7 +152,18 @@ FULL_SOFTMAX = """        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
 MASKED_SOFTMAX = """        visible = cols[None, :] < kv_end
         if CAUSAL != 0:
             visible = visible & (cols[None, :] <= query_pos[:, None] + offset)
-        qk = tl.where(visible, qk * qk_scale, float("-inf"))
+        qk = qk * qk_scale
+        if MASK != 0:  # the explicit mask's tile
+            tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mk,
+                           mask=row_ok[:, None] & visible, other=0)
+            if MASK == 1:
+                visible = visible & (tile != 0)
+            else:  # additive, in base 2 like the scores; finite biases stay finite (a row
+                # masked everywhere by a dtype-min bias then averages, as in the reference)
+                bias = tile.to(tl.float32)
+                qk += tl.where(bias == float("-inf"), bias,
+                               tl.maximum(bias * 1.4426950408889634, -3.4028234663852886e38))
+        qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
         p = tl.exp2(qk - m_safe[:, None])
@@ -201,12 +217,12 @@ PREFILL_EPILOGUE = {
 SPLIT_KV_HEAD = """
 @triton.jit
 def {name}(
-    q_ptr, k_ptr, v_ptr, part_ptr, part_lse_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, part_ptr, part_state_ptr,
     sm_scale, seq_q, seq_kv, group, split_len, num_splits,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-    stride_vb, stride_vh, stride_vs, n_kv_heads,
+    stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, n_kv_heads,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     # rows r < group * seq_q: query head kv_head * group + r // seq_q, token r % seq_q
     split = tl.program_id(0)
@@ -222,6 +238,7 @@ def {name}(
     offs_dv = tl.arange(0, HEAD_DIM_V)
     q_rows = q_ptr + batch * stride_qb + q_head * stride_qh + token * stride_qs
     q = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    mask_rows = mask_ptr + batch * stride_mb + q_head * stride_mh + token * stride_mq
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
 """
@@ -236,19 +253,20 @@ SPLIT_KV_KEYS = """
 """
 
 SPLIT_KV_STORE = """
-    # partial [B, Hq, Sq, splits, Dv], normalised, and its lse (base 2; -inf if empty)
+    # partial [B, Hq, Sq, splits, Dv], normalised, and its softmax state [..., 2]: the max
+    # (base 2; -inf if empty) and the sum, apart (m + log2(l) loses l next to a huge |m|)
     seen = l_i > 0
     slot = ((batch * n_kv_heads * group + q_head) * seq_q + token) * num_splits + split
     tl.store(part_ptr + slot[:, None] * HEAD_DIM_V + offs_dv[None, :],
              acc / tl.where(seen, l_i, 1.0)[:, None], mask=row_ok[:, None])
-    tl.store(part_lse_ptr + slot, tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)),
-                                           float("-inf")), mask=row_ok)
+    tl.store(part_state_ptr + slot * 2, m_i, mask=row_ok)
+    tl.store(part_state_ptr + slot * 2 + 1, l_i, mask=row_ok)
 """
 
 COMBINE = """
 @triton.jit
 def {name}(
-    part_ptr, part_lse_ptr, lse_ptr, scale_ptr, out_ptr, scale_out_ptr,
+    part_ptr, part_state_ptr, lse_ptr, scale_ptr, out_ptr, scale_out_ptr,
     n_heads, seq_q, num_splits, n_cols, out_row_stride, scale_out_row_stride,
     scale_out_col_stride,
     HEAD_DIM_V: tl.constexpr, BLOCK: tl.constexpr, MODEL_DTYPE: tl.constexpr,
@@ -267,13 +285,14 @@ def {name}(
     total = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK], tl.float32)
     for split in range(num_splits):  # merge the slices' softmax states (base 2)
-        lse = tl.load(part_lse_ptr + slot + split, mask=mask, other=float("-inf"))
+        m_split = tl.load(part_state_ptr + (slot + split) * 2, mask=mask, other=float("-inf"))
+        l_split = tl.load(part_state_ptr + (slot + split) * 2 + 1, mask=mask, other=0.0)
         part = tl.load(part_ptr + (slot + split) * HEAD_DIM_V + cols % HEAD_DIM_V, mask=mask,
                        other=0.0)
-        m_new = tl.maximum(m, lse)
+        m_new = tl.maximum(m, m_split)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m - m_safe)
-        weight = tl.exp2(lse - m_safe)
+        weight = l_split * tl.exp2(m_split - m_safe)
         acc = acc * alpha + weight * part
         total = total * alpha + weight
         m = m_new

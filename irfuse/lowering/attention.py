@@ -183,7 +183,7 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _check(q, k, v, scale, causal, layout, epilogue) -> None:
+def _check(q, k, v, scale, causal, layout, epilogue, mask) -> None:
     what = f"irfuse.kernel_attention ({epilogue})"
     if epilogue not in EPILOGUES or causal not in CAUSAL or layout not in ("bhsd", "bs_hd"):
         raise ValueError(f"{what}: unknown epilogue, causal kind or layout")
@@ -211,8 +211,39 @@ def _check(q, k, v, scale, causal, layout, epilogue) -> None:
         )
     if epilogue != "none" and q.shape[1] * v.shape[-1] > MAX_COLS:
         raise ValueError(f"{what}: rows of Hq*Dv > {MAX_COLS} are not supported")
+    if mask is not None:
+        _check_mask(what, mask, q, k, causal)
     if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(f"{what}: runs on CUDA tensors (CPU needs TRITON_INTERPRET=1)")
+
+
+def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, causal: str):
+    if causal != "none":
+        raise ValueError(f"{what}: an explicit mask and causal={causal!r} cannot be combined")
+    if mask.dtype not in (torch.bool, torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"{what}: the mask must be bool or bf16/fp16/fp32, got {mask.dtype}")
+    if mask.device != q.device:
+        raise ValueError(f"{what}: the mask is on {mask.device}, q on {q.device}")
+    target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if mask.dim() > 4 or any(
+        m not in (1, t) for m, t in zip(reversed(mask.shape), reversed(target), strict=False)
+    ):
+        raise ValueError(
+            f"{what}: a mask of shape {list(mask.shape)} does not broadcast to [B, Hq, Sq, "
+            f"Skv] = {list(target)}"
+        )
+
+
+def _mask_args(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor):
+    """(tensor, its 4 strides over [B, Hq, Sq, Skv] (0 where it broadcasts), MASK kind)."""
+    if mask is None:
+        return q, (0, 0, 0, 0), 0
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if mask.dtype == torch.bool:
+        return mask.view(torch.uint8), mask.stride(), 1
+    return mask, mask.stride(), 2
 
 
 def _allocate(q, v, layout: str, epilogue: str, return_lse: bool):
@@ -244,23 +275,27 @@ def kernel_attention(
     layout: str,
     return_lse: bool,
     epilogue: str,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention of q [B,Hq,Sq,D] against k, v [B,Hkv,Skv,D(v)] ending with `epilogue`;
-    `scale`: the static scale, per-token upper bound or nvfp4 global scale. Returns
-    (out, lse, scales); lse and scales are empty when not asked for / not produced."""
-    _check(q, k, v, scale, causal, layout, epilogue)
+    `scale`: the static scale, per-token upper bound or nvfp4 global scale; `mask`: an
+    explicit mask (bool, True = keep, or additive float) broadcastable to [B,Hq,Sq,Skv].
+    Returns (out, lse, scales); lse and scales are empty when not asked for / not
+    produced."""
+    _check(q, k, v, scale, causal, layout, epilogue, mask)
     out, lse, scales = _allocate(q, v, layout, epilogue, return_lse)
     if out.numel() == 0:
         return out, lse, scales
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    masking = _mask_args(mask, q, k)
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
-        _decode(q, k, v, scale, sm_scale, causal, epilogue, out, lse, scales)
+        _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scales)
     else:
-        _prefill(q, k, v, scale, sm_scale, causal, layout, epilogue, out, lse, scales)
+        _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, lse, scales)
     return out, lse, scales
 
 
-def _prefill(q, k, v, scale, sm_scale, causal, layout, epilogue, out, lse, scales) -> None:
+def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, lse, scales):
     b, h, sq, d = q.shape
     seq_kv, dv = k.shape[2], v.shape[-1]
     if epilogue == "nvfp4":  # bytes: token row stride Hq*Dv/2, head h at h*Dv/2
@@ -276,36 +311,38 @@ def _prefill(q, k, v, scale, sm_scale, causal, layout, epilogue, out, lse, scale
     if loads == "tma" and not INTERPRET:
         _set_tma_allocator()
     grid = (triton.cdiv(sq, config["BLOCK_M"]), b * h)
+    mask, mask_strides, mask_kind = masking
     prefill_kernel(epilogue, loads)[grid](
-        q, k, v, scale if scale is not None else q, out, lse if lse.numel() else out,
+        q, k, v, mask, scale if scale is not None else q, out, lse if lse.numel() else out,
         scales.view(torch.uint8) if scales.numel() else out,
         sm_scale, sq, seq_kv, h // k.shape[1],
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o_strides, h, sq,
-        HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], HAS_LSE=lse.numel() > 0,
-        INTERPRET=INTERPRET, **config,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, *o_strides, h, sq,
+        HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind,
+        HAS_LSE=lse.numel() > 0, INTERPRET=INTERPRET, **config,
     )  # fmt: skip
 
 
-def _decode(q, k, v, scale, sm_scale, causal, epilogue, out, lse, scales) -> None:
+def _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scales) -> None:
     b, h, sq, d = q.shape
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
     config = split_config(b * hkv, seq_kv, q.device)
     splits, split_len = config.pop("splits"), config.pop("split_len")
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
-    part_lse = q.new_empty((b, h, sq, splits), dtype=torch.float32)
+    part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
     block_m = max(16, triton.next_power_of_2(group * sq))
+    mask, mask_strides, mask_kind = masking
     split_kv_kernel()[(splits, b * hkv)](
-        q, k, v, part, part_lse, sm_scale, sq, seq_kv, group, split_len, splits,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], hkv,
-        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_M=block_m, CAUSAL=CAUSAL[causal],
+        q, k, v, mask, part, part_state, sm_scale, sq, seq_kv, group, split_len, splits,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, hkv,
+        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_M=block_m, CAUSAL=CAUSAL[causal], MASK=mask_kind,
         INTERPRET=INTERPRET, **config,
     )  # fmt: skip
     n_cols = h * dv
     block, num_warps = launch_config(b * sq, n_cols, epilogue)
     scales2 = scales.view(torch.uint8) if epilogue == "nvfp4" else scales
     combine_kernel(epilogue)[(b * sq,)](
-        part, part_lse, lse if lse.numel() else part, scale if scale is not None else part,
+        part, part_state, lse if lse.numel() else part, scale if scale is not None else part,
         out, scales2 if scales2.numel() else part, h, sq, splits, n_cols,
         n_cols // 2 if epilogue == "nvfp4" else n_cols, 1, 0,
         HEAD_DIM_V=dv, BLOCK=block, MODEL_DTYPE=_TL_DTYPES[q.dtype], HAS_LSE=lse.numel() > 0,
@@ -314,6 +351,6 @@ def _decode(q, k, v, scale, sm_scale, causal, epilogue, out, lse, scales) -> Non
 
 
 @kernel_attention.register_fake
-def _(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue):
-    _check(q, k, v, scale, causal, layout, epilogue)
+def _(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, mask=None):
+    _check(q, k, v, scale, causal, layout, epilogue, mask)
     return _allocate(q, v, layout, epilogue, return_lse)

@@ -29,7 +29,7 @@ def attention_chooser(mode: str) -> Callable[[str, dict[str, object]], tuple[boo
             return False, "attention=sdpa keeps the graph's SDPA + quant"
         if not torch.cuda.is_available():
             return INTERPRET, "attention=auto off the GPU: fused only under the interpreter"
-        if any(not isinstance(v, (int, float, str)) or v == DYNAMIC for v in signature.values()):
+        if any(_dynamic(v) for v in signature.values()):
             return False, "attention=auto does not measure dynamic shapes: SDPA kept"
         key = (kind, *sorted(signature.items()))
         if key not in _DECISIONS:
@@ -37,6 +37,26 @@ def attention_chooser(mode: str) -> Callable[[str, dict[str, object]], tuple[boo
         return _DECISIONS[key]
 
     return choose
+
+
+def _dynamic(value: object) -> bool:
+    """A dynamic dim, or a shape string with one ("bool 1x?x8x8")."""
+    if isinstance(value, str):
+        return "?" in value
+    return not isinstance(value, (int, float)) or value == DYNAMIC
+
+
+def _example_mask(text: str) -> torch.Tensor | None:
+    """A mask like the signature's ("none", or "<dtype> <d0>x<d1>..."): keep-all bool or a
+    zero bias (the kernels' time does not depend on its values)."""
+    if text == "none":
+        return None
+    dtype_name, dims = text.split()
+    shape = [int(d) for d in dims.split("x")]
+    dtype = getattr(torch, dtype_name)
+    if dtype == torch.bool:
+        return torch.ones(shape, dtype=dtype, device="cuda")
+    return torch.zeros(shape, dtype=dtype, device="cuda")
 
 
 def _measure(scheme: str, sig: dict[str, object]) -> tuple[bool, str]:
@@ -58,15 +78,22 @@ def _measure(scheme: str, sig: dict[str, object]) -> tuple[bool, str]:
     k = torch.randn(b, hkv, skv, d, device="cuda", dtype=dtype)
     v = torch.randn(b, hkv, skv, dv, device="cuda", dtype=dtype)
     scale = torch.ones(1, device="cuda") if scheme in ("static", "nvfp4") else None
+    mask = _example_mask(str(sig.get("mask", "none")))
     layout_out = torch.empty(b * sq, hq * dv, device="cuda", dtype=dtype)
     quant_kernel = KernelSpec("quant", quant=scheme).encode()
 
     def fused() -> object:
-        return kernel_attention(q, k, v, scale, sm_scale, causal, "bs_hd", False, scheme)
+        return kernel_attention(q, k, v, scale, sm_scale, causal, "bs_hd", False, scheme, mask)
 
     def sdpa() -> object:
         return F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal == "top_left", scale=sm_scale, enable_gqa=hq != hkv
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal == "top_left",
+            scale=sm_scale,
+            enable_gqa=hq != hkv,
         )
 
     def quant() -> object:

@@ -137,7 +137,7 @@ def _lower(
         args = (
             node_of(op.q), node_of(op.k), node_of(op.v), node_of(op.quant_scale),
             op.scale.value.data, op.causal.data, op.layout.data, op.lse is not None,
-            spec.epilogue,
+            spec.epilogue, node_of(op.mask),
         )  # fmt: skip
         indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
         nodes = _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args, indices)

@@ -33,8 +33,8 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
     if isinstance(op, AttentionOp):
         quant_attr = op.output_quant()
         epilogue = "none" if quant_attr is None else scheme_text(quant_attr)
-        if epilogue not in ATTENTION_EPILOGUES or op.mask is not None:
-            raise NoKernel(f"no attention kernel for a mask or a {epilogue} epilogue yet")
+        if epilogue not in ATTENTION_EPILOGUES:
+            raise NoKernel(f"no attention kernel for a {epilogue} epilogue yet")
         return AttentionKernel(epilogue)
     if isinstance(op, QuantOp):  # every scheme has a standalone kernel
         return KernelSpec("quant", quant=scheme_text(op.quant))

@@ -35,13 +35,17 @@ def causal_keep(sq: int, skv: int, kind: str, device: torch.device) -> torch.Ten
 def _softmax_v(
     scores: torch.Tensor, keep: torch.Tensor | None, vf: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(scores) @ vf in fp32 with fully masked rows giving 0 and lse -inf."""
+    """softmax(scores) @ vf in fp32 with fully masked rows giving 0 and lse -inf. The max
+    is subtracted before the sum is taken, so that a row whose every score carries the
+    same huge finite bias (a dtype-min mask) averages v, as softmax does."""
     if keep is not None:
         scores = scores.masked_fill(~keep, _NEG_INF)
-    lse = torch.logsumexp(scores, dim=-1)
-    safe = torch.where(lse == _NEG_INF, torch.zeros_like(lse), lse)
-    p = torch.exp(scores - safe.unsqueeze(-1))
-    return p @ vf, lse
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(row_max == _NEG_INF, torch.zeros_like(row_max), row_max)
+    p = torch.exp(scores - row_max)
+    total = p.sum(dim=-1, keepdim=True)
+    out = (p @ vf) / torch.where(total > 0, total, torch.ones_like(total))
+    return out, (row_max + torch.log(total)).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,14 +2,14 @@
 
 Matches (the usual layout change before the output projection, then a quant):
 
-    o = irfuse.attention(q, k, v)                  # layout bhsd, no lse, no mask
+    o = irfuse.attention(q, k, v [mask m])         # layout bhsd, no lse
     t = o.transpose(1, 2)  (or permute [0, 2, 1, 3]) [.clone(contiguous)]
     y = t.view / reshape / _unsafe_view([B, Sq, Hq*Dv])  [.view([B*Sq, Hq*Dv])]
     q8 = a quant of y: static fp8 in any form raise-fp8-quant accepts, dynamic per-token
          fp8 in any form raise-dynamic-fp8-quant accepts, or an `irfuse.quant` (static,
          per_token, nvfp4; from a direct torch.ops.irfuse.* call)
 
-Guards: every intermediate has this chain as its only reader; no explicit mask; head
+Guards: every intermediate has this chain as its only reader; head
 dims 16-256, powers of two; per-token: static shapes on the decode kernel's side
 (Hq/Hkv * Sq <= 64: its scale spans all heads of a token, which only the decode kernel
 holds); nvfp4 and per-token quantize the 2-D [B*Sq, Hq*Dv] view; and the chooser
@@ -189,7 +189,7 @@ class FuseAttentionQuantPattern(RewritePattern):
         }  # fmt: skip
         k, v = _kv_operands(attention)
         new = AttentionOp.build(
-            operands=[attention.q, k, v, [], scales],
+            operands=[attention.q, k, v, [attention.mask] if attention.mask else [], scales],
             result_types=[found.out.type, [], [found.scale_type] if found.scales else []],
             properties=props,
         )
@@ -210,8 +210,6 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
     scheme = found.quant.scheme
     if scheme not in EPILOGUES:
         return f"no attention kernel ends with a {scheme} quant (have {EPILOGUES[1:]})"
-    if attention.mask is not None:
-        return "explicit attention masks are not supported by the fused kernel yet"
     if attention.lse is not None or attention.output_quant() is not None:
         return "the attention already has an lse output or an epilogue"
     for value in [attention.out, *(o.results[0] for o in chain)]:
@@ -246,7 +244,17 @@ def _signature(attention: AttentionOp) -> dict[str, object]:
         "batch": b, "heads_q": hq, "heads_kv": hkv, "seq_q": sq, "seq_kv": skv,
         "head_dim": d, "head_dim_v": dv, "dtype": dtype,
         "causal": attention.causal.data, "scale": attention.scale.value.data,
+        "mask": _mask_signature(attention),
     }  # fmt: skip
+
+
+def _mask_signature(attention: AttentionOp) -> str:
+    """ "none", or the explicit mask's dtype and shape ("bool 1x1x128x128")."""
+    if attention.mask is None:
+        return "none"
+    mask_type = attention.mask.type
+    dims = "x".join(str(d) if d != DYNAMIC else "?" for d in mask_type.get_shape())
+    return f"{dtype_name(mask_type.element_type)} {dims}"
 
 
 @dataclass(frozen=True)

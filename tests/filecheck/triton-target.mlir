@@ -14,6 +14,7 @@ func.func @attention(%a: tensor<1x2x8x64xf16>, %s: tensor<1xf32>) -> tensor<1x8x
 // CHECK:      def round_to(
 // CHECK:      def round_to_e4m3(
 // CHECK:      def to_fp8(
+// CHECK:      def div_by(
 // CHECK:      @triton.jit
 // CHECK-NEXT: def irfuse_fused_add_rms_norm_static_fp8(
 // CHECK:      # residual add
