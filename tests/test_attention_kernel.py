@@ -28,7 +28,11 @@ def loads(request, monkeypatch):
     """Run the prefill kernel with pointer loads and with TMA descriptors (both run in
     the interpreter; the runtime picks by head dim, TMA when the strides allow)."""
     chosen = kernels.prefill_config
-    monkeypatch.setattr(kernels, "prefill_config", lambda d: {**chosen(d), "loads": request.param})
+    monkeypatch.setattr(
+        kernels,
+        "prefill_config",
+        lambda d, masked=False: {**chosen(d, masked), "loads": request.param},
+    )
     return request.param
 
 
@@ -219,3 +223,22 @@ def test_bad_masks_are_refused(mask, causal, match):
     q, k, v = _qkv(1, 2, 2, 5, 7, 16, torch.float16)
     with pytest.raises((ValueError, TypeError), match=match):
         kernel_attention(q, k, v, None, 0.3, causal, "bhsd", False, "none", mask.to(DEVICE))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16, torch.float32])
+def test_gpu_explicit_masks_every_head_dim(d, mask_dtype):
+    """The production tiles with a mask tile in every pipeline stage (shared memory)."""
+    q, k, v = _qkv(2, 4, 2, 257, 300, d, torch.bfloat16)
+    keep = _mask("bool", (2, 1, 257, 300))
+    mask = (
+        keep
+        if mask_dtype == torch.bool
+        else torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, float("-inf")).to(mask_dtype)
+    )
+    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
+    out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
+    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+    torch.testing.assert_close(lse, lse_ref, atol=1e-2, rtol=1e-2)

@@ -133,13 +133,17 @@ def attention_source(epilogue: str) -> str:
     return "\n\n".join(parts)
 
 
-def prefill_config(head_dim: int) -> dict[str, int | str]:
+def prefill_config(head_dim: int, masked: bool = False) -> dict[str, int | str]:
     """Tiles, warps, stages and loads by head dim: the best of a sweep on H200 (bench/
-    RESULTS.md; TMA helps only 128-wide tiles); small for the interpreter."""
+    RESULTS.md; TMA helps only 128-wide tiles); small for the interpreter. An explicit
+    mask's tiles are pipelined too: at head dim 128 they need narrower key tiles and two
+    stages to fit in shared memory (up to 4 bytes per mask element)."""
     if INTERPRET:
         return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "loads": "pointer"}
     if head_dim <= 64:
         return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "loads": "pointer"}
+    if head_dim <= 128 and masked:
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "loads": "tma"}
     if head_dim <= 128:
         return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "loads": "tma"}
     return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2, "loads": "pointer"}
@@ -304,14 +308,14 @@ def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, l
         o_strides = out.stride()[:3]
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
-    config = prefill_config(d)
+    mask, mask_strides, mask_kind = masking
+    config = prefill_config(d, masked=mask_kind != 0)
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
     wants_tma = config.pop("loads") == "tma" and seq_kv > 0
     loads = "tma" if wants_tma and tma_ok(q, k, v) else "pointer"
     if loads == "tma" and not INTERPRET:
         _set_tma_allocator()
     grid = (triton.cdiv(sq, config["BLOCK_M"]), b * h)
-    mask, mask_strides, mask_kind = masking
     prefill_kernel(epilogue, loads)[grid](
         q, k, v, mask, scale if scale is not None else q, out, lse if lse.numel() else out,
         scales.view(torch.uint8) if scales.numel() else out,
