@@ -225,3 +225,20 @@ def test_attention_with_explicit_mask_fuses_and_matches_eager(mask_dtype):
     expected = block(q, k, v, mask)
     s = block.act_scale
     torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("d,kernels", [(64, ["irfuse_attention"]), (80, [])])
+def test_direct_masked_attention_runs_the_kernel_where_it_can(d, kernels):
+    """A direct irfuse.ops.attention call with a mask runs the generated kernel; head dim
+    80 has none and keeps the reference op (no compile error)."""
+
+    def f(q, k, v, mask):
+        return ref.attention(q, k, v, mask, None, "none", False)[0]
+
+    q = torch.randn(1, 2, 8, d).to(DTYPE).to(DEVICE)
+    mask = torch.ones(8, 8, dtype=torch.bool, device=DEVICE)
+    mask[0, 5:] = False
+    assert irfuse.explain(f, q, q, q, mask).kernels == kernels
+    torch._dynamo.reset()
+    out = torch.compile(f, backend="irfuse", options={"inner": "eager"})(q, q, q, mask)
+    torch.testing.assert_close(out, f(q, q, q, mask), atol=2e-2, rtol=2e-2)

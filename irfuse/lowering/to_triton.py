@@ -13,6 +13,7 @@ from irfuse.dialects.irfuse import (
     RmsNormOp,
 )
 from irfuse.kernels.attention import EPILOGUES as ATTENTION_EPILOGUES
+from irfuse.kernels.attention import HEAD_DIMS
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 
 
@@ -35,6 +36,9 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
         epilogue = "none" if quant_attr is None else scheme_text(quant_attr)
         if epilogue not in ATTENTION_EPILOGUES:
             raise NoKernel(f"no attention kernel for a {epilogue} epilogue yet")
+        dims = (op.q.type.get_shape()[-1], op.v.type.get_shape()[-1])
+        if any(d not in HEAD_DIMS for d in dims):
+            raise NoKernel(f"no attention kernel for head dims {dims} (have {HEAD_DIMS})")
         return AttentionKernel(epilogue)
     if isinstance(op, QuantOp):  # every scheme has a standalone kernel
         return KernelSpec("quant", quant=scheme_text(op.quant))
