@@ -179,6 +179,7 @@ def _mask(kind: str, shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
         (2, 2, 37, 45, (2, 2, 37, 45)),  # prefill, a full mask
         (4, 2, 33, 21, (2, 1, 33, 21)),  # prefill, broadcast over heads
         (2, 1, 19, 40, (19, 40)),  # prefill, one mask for every batch and head
+        (4, 2, 70, 40, (2, 1, 1, 40)),  # prefill, a padding mask (keys only)
         (4, 2, 3, 37, (2, 1, 1, 37)),  # decode, a padding mask over the keys
     ],
 )
@@ -229,10 +230,13 @@ def test_bad_masks_are_refused(mask, causal, match):
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16, torch.float32])
-def test_gpu_explicit_masks_every_head_dim(d, mask_dtype):
-    """The production tiles with a mask tile in every pipeline stage (shared memory)."""
+@pytest.mark.parametrize("mask_shape", [(2, 1, 257, 300), (2, 1, 1, 300)])
+def test_gpu_explicit_masks_every_head_dim(d, mask_dtype, mask_shape):
+    """The production tiles with a mask tile in every pipeline stage (shared memory), and
+    the padding-mask path (keys only)."""
     q, k, v = _qkv(2, 4, 2, 257, 300, d, torch.bfloat16)
-    keep = _mask("bool", (2, 1, 257, 300))
+    keep = torch.rand(mask_shape, generator=torch.Generator().manual_seed(d)) > 0.3
+    keep = keep.to(DEVICE)
     mask = (
         keep
         if mask_dtype == torch.bool

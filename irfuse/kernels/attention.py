@@ -5,10 +5,11 @@ keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). GQA maps que
 h to kv head h // GROUP. Causal masks: 0 none, 1 top-left (PyTorch's is_causal), 2
 bottom-right (query i sees keys j <= i + Skv - Sq). An explicit mask (MASK 1: bool,
 True = keep; 2: additive float), read through strides (0 where it broadcasts), applies
-to every tile. The key loop runs in two stages: tiles every row sees in full (no mask
-arithmetic, unmasked loads), then the diagonal and ragged-edge tiles (masked; with an
-explicit mask, every tile). Loads go through TMA descriptors when the strides allow it
-(`tma` sources), else through pointers. The output tile is written through strides
+to every tile; a mask that varies only with batch and key (KEY_MASK: a padding mask) is
+read as one row of keys per tile. The key loop runs in two stages: tiles every row sees
+in full (no mask arithmetic, unmasked loads), then the diagonal and ragged-edge tiles
+(masked; with an explicit mask, every tile). Loads go through TMA descriptors when the
+strides allow it (`tma` sources), else through pointers. The output tile is written through strides
 ([B, H, S, Dv] or the [B, S, H*Dv] layout the output projection reads), optionally
 quantized: static fp8 (elementwise) or nvfp4 (blocks of 16 along a head's Dv).
 
@@ -44,8 +45,8 @@ def {name}(
     stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk,
     stride_ob, stride_oh, stride_os, n_heads, out_rows_per_batch,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, HAS_LSE: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
+    HAS_LSE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     if CAUSAL != 0:  # the longest rows first: they would otherwise finish last
@@ -154,8 +155,13 @@ MASKED_SOFTMAX = """        visible = cols[None, :] < kv_end
             visible = visible & (cols[None, :] <= query_pos[:, None] + offset)
         qk = qk * qk_scale
         if MASK != 0:  # the explicit mask's tile
-            tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mk,
-                           mask=row_ok[:, None] & visible, other=0)
+            if KEY_MASK:  # a padding mask: one row of keys, the same for every query
+                keys = tl.load(mask_ptr + batch * stride_mb + cols * stride_mk,
+                               mask=cols < kv_end, other=0)
+                tile = tl.expand_dims(keys, 0)
+            else:
+                tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mk,
+                               mask=row_ok[:, None] & visible, other=0)
             if MASK == 1:
                 visible = visible & (tile != 0)
             else:  # additive, in base 2 like the scores; finite biases stay finite (a row
@@ -222,7 +228,8 @@ def {name}(
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, n_kv_heads,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     # rows r < group * seq_q: query head kv_head * group + r // seq_q, token r % seq_q
     split = tl.program_id(0)

@@ -239,15 +239,17 @@ def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
 
 
 def _mask_args(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor):
-    """(tensor, its 4 strides over [B, Hq, Sq, Skv] (0 where it broadcasts), MASK kind)."""
+    """(tensor, its 4 strides over [B, Hq, Sq, Skv] (0 where it broadcasts), MASK kind,
+    KEY_MASK: whether it varies with batch and key only)."""
     if mask is None:
-        return q, (0, 0, 0, 0), 0
+        return q, (0, 0, 0, 0), 0, False
     while mask.dim() < 4:
         mask = mask.unsqueeze(0)
     mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    key_mask = mask.stride(1) == 0 and mask.stride(2) == 0
     if mask.dtype == torch.bool:
-        return mask.view(torch.uint8), mask.stride(), 1
-    return mask, mask.stride(), 2
+        return mask.view(torch.uint8), mask.stride(), 1, key_mask
+    return mask, mask.stride(), 2, key_mask
 
 
 def _allocate(q, v, layout: str, epilogue: str, return_lse: bool):
@@ -308,8 +310,8 @@ def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, l
         o_strides = out.stride()[:3]
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
-    mask, mask_strides, mask_kind = masking
-    config = prefill_config(d, masked=mask_kind != 0)
+    mask, mask_strides, mask_kind, key_mask = masking
+    config = prefill_config(d, masked=mask_kind != 0 and not key_mask)
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
     wants_tma = config.pop("loads") == "tma" and seq_kv > 0
     loads = "tma" if wants_tma and tma_ok(q, k, v) else "pointer"
@@ -321,7 +323,7 @@ def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, l
         scales.view(torch.uint8) if scales.numel() else out,
         sm_scale, sq, seq_kv, h // k.shape[1],
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, *o_strides, h, sq,
-        HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind,
+        HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask,
         HAS_LSE=lse.numel() > 0, INTERPRET=INTERPRET, **config,
     )  # fmt: skip
 
@@ -335,12 +337,12 @@ def _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scale
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
     block_m = max(16, triton.next_power_of_2(group * sq))
-    mask, mask_strides, mask_kind = masking
+    mask, mask_strides, mask_kind, key_mask = masking
     split_kv_kernel()[(splits, b * hkv)](
         q, k, v, mask, part, part_state, sm_scale, sq, seq_kv, group, split_len, splits,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, hkv,
         HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_M=block_m, CAUSAL=CAUSAL[causal], MASK=mask_kind,
-        INTERPRET=INTERPRET, **config,
+        KEY_MASK=key_mask, INTERPRET=INTERPRET, **config,
     )  # fmt: skip
     n_cols = h * dv
     block, num_warps = launch_config(b * sq, n_cols, epilogue)
