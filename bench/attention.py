@@ -1,6 +1,6 @@
 """Attention + static fp8 output quant: cuDNN SDPA vs irfuse's Triton attention, bf16.
 
-    python bench/attention.py [--rounds 5]
+    python bench/attention.py [--rounds 5] [--only I ...] [--per-token] [--padding-mask]
 
 Candidates, timed in one process under CUDA graphs, alternating over rounds (medians):
 SDPA alone (cuDNN by default on H100/H200), irfuse's kernel alone (bf16 out), the block
@@ -37,40 +37,60 @@ DECODE_SHAPES = [  # --per-token
     (64, 32, 8, 1, 1024, 128, False),
     (32, 32, 8, 4, 4096, 128, False),  # 4 query tokens (speculative decode)
 ]
+MASKED_SHAPES = [  # --padding-mask: a bool [B, 1, 1, Skv] mask, no causal
+    (4, 32, 32, 4096, 4096, 128, False),
+    (8, 16, 16, 1024, 1024, 64, False),
+    (4, 32, 32, 4096, 4096, 64, False),
+    (32, 32, 8, 1, 4096, 128, False),
+]
 
 
-def block(q, k, v, scale, causal: bool):
+def padding_mask(b: int, skv: int) -> torch.Tensor:
+    """Every other sequence padded: its last 10% of keys masked."""
+    keep = torch.ones(b, 1, 1, skv, dtype=torch.bool, device="cuda")
+    keep[1::2, ..., skv * 9 // 10 :] = False
+    return keep
+
+
+def block(q, k, v, scale, causal: bool, mask=None):
     b, h, s, d = q.shape
-    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=h != k.shape[1])
+    o = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=h != k.shape[1]
+    )
     o = o.transpose(1, 2).reshape(b, s, h * d)
     return (o.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
 
 
-def per_token_block(q, k, v, scale, causal: bool):
+def per_token_block(q, k, v, scale, causal: bool, mask=None):
     """The decode form: the [B*S, H*D] rows quantized per token (scale unused)."""
     b, h, s, d = q.shape
-    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=h != k.shape[1])
+    o = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=h != k.shape[1]
+    )
     xf = o.transpose(1, 2).reshape(b * s, h * d).float()
     s8 = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
     return (xf / s8).clamp(-448, 448).to(torch.float8_e4m3fn), s8
 
 
-def bench_shape(shape, rounds: int, block=block) -> tuple[dict[str, float], str]:
+def bench_shape(
+    shape, rounds: int, block=block, masked: bool = False
+) -> tuple[dict[str, float], str]:
     b, hq, hkv, sq, skv, d, causal = shape
     torch._dynamo.reset()
     q = torch.randn(b, hq, sq, d, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(b, hkv, skv, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     s = torch.tensor([0.02], device="cuda")
+    mask = padding_mask(b, skv) if masked else None
     mode = "top_left" if causal else "none"
     inductor = torch.compile(block, dynamic=False)
     fused = torch.compile(block, backend="irfuse", dynamic=False,
                           options={"attention": "irfuse"})  # fmt: skip
     with capture_reports() as reports:
         auto = torch.compile(block, backend="irfuse", dynamic=False)
-        auto(q, k, v, s, causal)
+        auto(q, k, v, s, causal, mask)
     choice = "fused" if any(r.fused.get("fuse-attention-quant") for r in reports) else "sdpa"
-    expected, got = block(q, k, v, s, causal), fused(q, k, v, s, causal)
+    expected, got = block(q, k, v, s, causal, mask), fused(q, k, v, s, causal, mask)
     if block is per_token_block:
         expected, got = expected[0].float() * expected[1], got[0].float() * got[1]
     else:
@@ -79,12 +99,12 @@ def bench_shape(shape, rounds: int, block=block) -> tuple[dict[str, float], str]
     torch.testing.assert_close(got / span, expected / span, atol=0.1, rtol=0.1)
     times = compare({
         "sdpa": lambda: F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, enable_gqa=hq != hkv),
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=hq != hkv),
         "irfuse_kernel": lambda: kernel_attention(
-            q, k, v, None, d**-0.5, mode, "bhsd", False, "none"),
-        "inductor_block": lambda: inductor(q, k, v, s, causal),
-        "irfuse_fused_block": lambda: fused(q, k, v, s, causal),
-        "irfuse_auto_block": lambda: auto(q, k, v, s, causal),
+            q, k, v, None, d**-0.5, mode, "bhsd", False, "none", mask),
+        "inductor_block": lambda: inductor(q, k, v, s, causal, mask),
+        "irfuse_fused_block": lambda: fused(q, k, v, s, causal, mask),
+        "irfuse_auto_block": lambda: auto(q, k, v, s, causal, mask),
     }, rounds)  # fmt: skip
     return times, choice
 
@@ -95,15 +115,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--only", type=int, nargs="+", default=None, help="indices of SHAPES")
     parser.add_argument("--per-token", action="store_true", help="decode + per-token fp8")
+    parser.add_argument("--padding-mask", action="store_true", help="a bool padding mask")
     args = parser.parse_args()
     rows, raw = [], []
     shapes = [SHAPES[i] for i in args.only] if args.only else SHAPES
     if args.per_token:
         shapes = DECODE_SHAPES
+    if args.padding_mask:
+        shapes = MASKED_SHAPES
     for shape in shapes:
         b, hq, hkv, sq, skv, d, causal = shape
         times, choice = bench_shape(
-            shape, args.rounds, per_token_block if args.per_token else block
+            shape, args.rounds, per_token_block if args.per_token else block, args.padding_mask
         )
         flops = 4 * b * hq * sq * skv * d / (2 if causal else 1)
         tflops = {k: flops / (t * 1e-6) / 1e12 for k, t in times.items()}
@@ -123,10 +146,13 @@ def main() -> None:
         if args.per_token
         else "static fp8 of the [B,S,H*D] output"
     )
+    if args.padding_mask:
+        what += "; a bool padding mask [B,1,1,Skv], SDPA runs its masked backend"
     text = append_results(
         f"attention (+ {what}), bf16, us (TFLOP/s)",
-        ["shape", "SDPA (cuDNN)", "irfuse kernel", "kernel vs SDPA", "SDPA+quant (Inductor)",
-         "irfuse fused", "irfuse auto (choice)", "auto vs Inductor"],
+        ["shape", "SDPA" if args.padding_mask else "SDPA (cuDNN)", "irfuse kernel",
+         "kernel vs SDPA", "SDPA+quant (Inductor)", "irfuse fused", "irfuse auto (choice)",
+         "auto vs Inductor"],
         rows,
         notes="decode rows count flops the same way (Sq = 1).",
         raw=raw, json_path=args.json,
