@@ -115,6 +115,21 @@ def test_row_tiles_are_bit_exact(monkeypatch, scheme):
         assert torch.equal(scales, scales_ref)
 
 
+@pytest.mark.parametrize("producer,mode", [("quant", "none"), ("rms_norm", "plain")])
+def test_per_tensor_of_one_row_runs_the_per_token_kernel(monkeypatch, producer, mode):
+    """One row: the per-token kernel computes the per-tensor scale (same formula), in one
+    launch; bytes as the reference."""
+    launched = []
+    launch = runtime._launch
+    monkeypatch.setattr(
+        runtime, "_launch", lambda spec, *a, **k: (launched.append(spec), launch(spec, *a, **k))
+    )
+    q, scales, q_ref, scales_ref = _run(producer, mode, "per_tensor", 1, 256, torch.float32)
+    assert [spec.quant for spec in launched] == ["per_token"]
+    assert scales.shape == (1,) and torch.equal(scales, scales_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
 def test_nvfp4_swizzled_layout_byte_by_byte():
     """Each block scale sits at NUMERICS.md's offset; the padding is zero."""
     t, h = 130, 80  # rows past one 128-row tile, 5 blocks (padded to 8)

@@ -43,6 +43,13 @@ def _label(spec: KernelSpec) -> str:
 
 
 @functools.cache
+def _one_row_per_tensor(spec: KernelSpec) -> KernelSpec:
+    """A per-tensor quant of a single row: its per-token scale is the same formula over
+    the same values, so the per-token kernel computes it in one pass."""
+    return KernelSpec(spec.producer, spec.weight_mode, "per_token", spec.norm_out, spec.keep_value)
+
+
+@functools.cache
 def _per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
     """The two kernels of a dynamic per-tensor quant: producer + amax, then the quant."""
     amax = KernelSpec(spec.producer, spec.weight_mode, "amax", spec.norm_out)
@@ -191,6 +198,8 @@ def kernel_norm(
     residual2 = _rows(residual, n_cols) if residual is not None else None
     residual_out2 = residual_out.view(-1, n_cols) if residual is not None else None
     out2 = out.view(-1, out.shape[-1])
+    if spec.quant == "per_tensor" and x2.shape[0] == 1:
+        spec = _one_row_per_tensor(spec)  # one launch instead of a memset and two
     if spec.quant == "per_tensor":  # two kernels: the grid-wide amax, then the quant
         amax = x.new_zeros(1, dtype=torch.float32)
         phase1, phase2 = _per_tensor_phases(spec)
