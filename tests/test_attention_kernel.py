@@ -156,6 +156,8 @@ def test_no_keys_gives_zeros_and_minus_inf_lse(sq):
     q, k, v = _qkv(1, 2, 2, sq, 0, 16, torch.float16)
     out, lse, _ = kernel_attention(q, k, v, None, 0.25, "none", "bhsd", True, "none")
     assert torch.all(out == 0) and torch.all(lse == float("-inf"))
+    out_ref, lse_ref = ref.attention(q, k, v, None, 0.25, "none", True)
+    assert torch.equal(out, out_ref) and torch.equal(lse, lse_ref)
 
 
 def _mask(kind: str, shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:

@@ -61,7 +61,7 @@ def {name}(
     offs_dv = tl.arange(0, HEAD_DIM_V)
     row_ok = offs_m < seq_q
     q_base = q_ptr + batch * stride_qb + head * stride_qh
-    mask_rows = mask_ptr + batch * stride_mb + head * stride_mh + offs_m * stride_mq
+    mask_rows = mask_ptr + batch * stride_mb + head * stride_mh + offs_m.to(tl.int64) * stride_mq
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
 """
@@ -156,11 +156,11 @@ MASKED_SOFTMAX = """        visible = cols[None, :] < kv_end
         qk = qk * qk_scale
         if MASK != 0:  # the explicit mask's tile
             if KEY_MASK:  # a padding mask: one row of keys, the same for every query
-                keys = tl.load(mask_ptr + batch * stride_mb + cols * stride_mk,
+                keys = tl.load(mask_ptr + batch * stride_mb + cols.to(tl.int64) * stride_mk,
                                mask=cols < kv_end, other=0)
                 tile = tl.expand_dims(keys, 0)
             else:
-                tile = tl.load(mask_rows[:, None] + cols[None, :] * stride_mk,
+                tile = tl.load(mask_rows[:, None] + cols.to(tl.int64)[None, :] * stride_mk,
                                mask=row_ok[:, None] & visible, other=0)
             if MASK == 1:
                 visible = visible & (tile != 0)
@@ -245,7 +245,8 @@ def {name}(
     offs_dv = tl.arange(0, HEAD_DIM_V)
     q_rows = q_ptr + batch * stride_qb + q_head * stride_qh + token * stride_qs
     q = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    mask_rows = mask_ptr + batch * stride_mb + q_head * stride_mh + token * stride_mq
+    mask_rows = (mask_ptr + batch * stride_mb + q_head.to(tl.int64) * stride_mh
+                 + token.to(tl.int64) * stride_mq)
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
 """

@@ -51,8 +51,8 @@ def _example_mask(text: str) -> torch.Tensor | None:
     zero bias (the kernels' time does not depend on its values)."""
     if text == "none":
         return None
-    dtype_name, dims = text.split()
-    shape = [int(d) for d in dims.split("x")]
+    dtype_name, _, dims = text.partition(" ")
+    shape = [int(d) for d in dims.split("x") if d]  # "" for a 0-d mask
     dtype = getattr(torch, dtype_name)
     if dtype == torch.bool:
         return torch.ones(shape, dtype=dtype, device="cuda")

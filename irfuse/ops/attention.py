@@ -40,6 +40,10 @@ def _softmax_v(
     same huge finite bias (a dtype-min mask) averages v, as softmax does."""
     if keep is not None:
         scores = scores.masked_fill(~keep, _NEG_INF)
+    if scores.shape[-1] == 0:  # no keys: every row is fully masked
+        return scores.new_zeros((*scores.shape[:-1], vf.shape[-1])), scores.new_full(
+            scores.shape[:-1], _NEG_INF
+        )
     row_max = scores.amax(dim=-1, keepdim=True)
     row_max = torch.where(row_max == _NEG_INF, torch.zeros_like(row_max), row_max)
     p = torch.exp(scores - row_max)
