@@ -28,7 +28,7 @@ from irfuse.kernels.attention import (
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.runtime import FP8, INTERPRET, launch_config
-from irfuse.ops._checks import ne
+from irfuse.ops._checks import broadcasts_to
 from irfuse.ops.quant import nvfp4_scale_shape
 
 CAUSAL = {"none": 0, "top_left": 1, "bottom_right": 2}
@@ -230,9 +230,7 @@ def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     if mask.device != q.device:
         raise ValueError(f"{what}: the mask is on {mask.device}, q on {q.device}")
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    if mask.dim() > 4 or any(
-        ne(m, 1) and ne(m, t) for m, t in zip(reversed(mask.shape), reversed(target), strict=False)
-    ):
+    if not broadcasts_to(mask.shape, target):
         raise ValueError(
             f"{what}: a mask of shape {list(mask.shape)} does not broadcast to [B, Hq, Sq, "
             f"Skv] = {list(target)}"

@@ -29,6 +29,13 @@ def ne(a: object, b: object) -> bool:
     return known_true(a != b)
 
 
+def broadcasts_to(shape: Sequence[object], target: Sequence[object]) -> bool:
+    """Whether `shape` broadcasts to `target`; symbolic sizes fail only when known to differ."""
+    return len(shape) <= len(target) and not any(
+        ne(m, 1) and ne(m, t) for m, t in zip(reversed(shape), reversed(target), strict=False)
+    )
+
+
 def fmt_shape(t: torch.Tensor) -> str:
     """Shape of `t` as a short string, e.g. ``[4, 8]``."""
     return "[" + ", ".join(str(s) for s in t.shape) + "]"

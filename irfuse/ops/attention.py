@@ -8,13 +8,13 @@ import torch
 
 from ._checks import (
     FLOAT_DTYPES,
+    broadcasts_to,
     check_dim,
     check_same_shape,
     check_scalar_scale,
     check_tensor,
     fmt_shape,
     known_true,
-    ne,
 )
 from .quant import fp8_cast
 
@@ -81,11 +81,7 @@ def _check_attention(q, k, v, attn_mask, causal) -> None:
             op, "attn_mask", attn_mask, dtypes=(torch.bool, *FLOAT_DTYPES), device=q.device
         )
         target = (q.shape[0], hq, q.shape[2], k.shape[2])
-        ok = attn_mask.dim() <= 4 and not any(
-            ne(m, 1) and ne(m, t)
-            for m, t in zip(reversed(attn_mask.shape), reversed(target), strict=False)
-        )
-        if not ok:
+        if not broadcasts_to(attn_mask.shape, target):
             raise ValueError(
                 f"irfuse.{op}: attn_mask of shape {fmt_shape(attn_mask)} does not broadcast "
                 f"to [B, Hq, Sq, Skv] = {list(target)}"
