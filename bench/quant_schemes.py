@@ -2,6 +2,7 @@
 Inductor compiling the same PyTorch expression (bf16 in, ANCHORS.md).
 
     python bench/quant_schemes.py [--hidden 4096 7168 8192] [--tokens 1 16 256 4096 16384]
+        [--schemes per_token ...] [--standalone | --no-residual]
 
 irfuse = torch.compile of the model written with torch.ops.irfuse.* (imported and fused
 by irfuse's passes; the graph then calls the generated kernel). GB/s counts the bytes
@@ -78,11 +79,18 @@ def quant_irfuse(scheme: str, y: torch.Tensor, scale: torch.Tensor):
 
 
 def fused_torch(scheme, x, residual, weight, scale):
+    """add + rms_norm + quant; without a residual, rms_norm + quant."""
+    if residual is None:
+        v = x.float()
+        y = weight * (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+        return quant_torch(scheme, y, scale)
     y, h = norm(x, residual, weight)
     return (*quant_torch(scheme, y, scale), h)
 
 
 def fused_irfuse(scheme, x, residual, weight, scale):
+    if residual is None:
+        return quant_irfuse(scheme, ref.rms_norm(x, weight, 1e-6), scale)
     y, h = ref.fused_add_rms_norm(x, residual, weight, 1e-6)
     return (*quant_irfuse(scheme, y, scale), h)
 
@@ -101,6 +109,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256, 4096, 16384])
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     parser.add_argument("--standalone", action="store_true", help="quant alone, no norm")
+    parser.add_argument("--no-residual", action="store_true", help="rms_norm + quant, no add")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -109,12 +118,14 @@ def main() -> None:
     for scheme in args.schemes:
         for hidden in args.hidden:
             for tokens in args.tokens:
-                times = bench_one(scheme, hidden, tokens, args.standalone, args.rounds)
-                moved = (
-                    out_bytes(scheme, tokens, hidden)
-                    + tokens * hidden * 2
-                    + (0 if args.standalone else tokens * hidden * 4 + hidden * 2)
+                times = bench_one(
+                    scheme, hidden, tokens, args.standalone, args.no_residual, args.rounds
                 )
+                # x read, output written; a norm also reads its weight, an add the
+                # residual, writing the sum
+                moved = out_bytes(scheme, tokens, hidden) + tokens * hidden * 2
+                if not args.standalone:
+                    moved += hidden * 2 + (0 if args.no_residual else tokens * hidden * 4)
                 gbs = moved / (times["irfuse"] * 1e-6) / 1e9
                 raw.append({"scheme": scheme, "hidden": hidden, "tokens": tokens, "us": times})
                 rows.append([
@@ -124,6 +135,7 @@ def main() -> None:
                 ])  # fmt: skip
                 print(rows[-1], flush=True)
     what = "quant alone" if args.standalone else "add + rms_norm + quant"
+    what = "rms_norm + quant" if args.no_residual and not args.standalone else what
     text = append_results(
         f"{what}, every scheme (bf16 in), us, median of alternating rounds",
         ["scheme", "hidden", "T", "eager", "Inductor", "irfuse", "irfuse GB/s",
@@ -136,9 +148,11 @@ def main() -> None:
     print(text)
 
 
-def bench_one(scheme: str, hidden: int, tokens: int, standalone: bool, rounds: int):
+def bench_one(
+    scheme: str, hidden: int, tokens: int, standalone: bool, no_residual: bool, rounds: int
+):
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    r = torch.randn_like(x)
+    r = None if no_residual else torch.randn_like(x)
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
     s = torch.tensor([0.05 if scheme == "static" else 100.0], device="cuda")
     if standalone:

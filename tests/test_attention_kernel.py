@@ -31,7 +31,7 @@ def loads(request, monkeypatch):
     monkeypatch.setattr(
         kernels,
         "prefill_config",
-        lambda d, masked=False: {**chosen(d, masked), "loads": request.param},
+        lambda d, sq, masked=False: {**chosen(d, sq, masked), "loads": request.param},
     )
     return request.param
 

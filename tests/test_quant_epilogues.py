@@ -99,7 +99,8 @@ def test_standalone_quant_is_bit_exact(scheme):
 
 
 @pytest.mark.parametrize(
-    "scheme", ["static", "per_group 64", "per_group 128 col", "per_group 64 ue8m0", "nvfp4"]
+    "scheme",
+    ["static", "per_tensor", "per_group 64", "per_group 128 col", "per_group 64 ue8m0", "nvfp4"],
 )
 def test_row_tiles_are_bit_exact(monkeypatch, scheme):
     """Standalone kernels split few rows into tiles: with tiles of 128 columns, a row of
@@ -113,6 +114,17 @@ def test_row_tiles_are_bit_exact(monkeypatch, scheme):
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
     if scales_ref is not None:
         assert torch.equal(scales, scales_ref)
+
+
+@pytest.mark.parametrize("producer,mode", [p for p in PRODUCERS if p[1] != "fp32"])
+def test_per_tensor_over_many_rows(producer, mode):
+    """More rows than phase 1's amax slots, and enough that phase 2 takes whole rows, last
+    first (a plain norm recomputed from x): the scale is still the whole tensor's."""
+    x, _, _ = _inputs(97, 64, torch.float32)
+    assert x.shape[0] > quant_pieces.AMAX_SLOTS
+    assert runtime.launch_config(97, 64, "per_tensor", row_tiles=True)[0] == 64
+    _, scales, _, scales_ref = _run(producer, mode, "per_tensor", 97, 64, torch.float32)
+    torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("producer,mode", [("quant", "none"), ("rms_norm", "plain")])

@@ -8,8 +8,9 @@ True = keep; 2: additive float), read through strides (0 where it broadcasts), a
 to every tile; a mask that varies only with batch and key (KEY_MASK: a padding mask) is
 read as one row of keys per tile. The key loop runs in two stages: tiles every row sees
 in full (no mask arithmetic, unmasked loads), then the diagonal and ragged-edge tiles
-(masked; with an explicit mask, every tile). Loads go through TMA descriptors when the
-strides allow it (`tma` sources), else through pointers. The output tile is written through strides
+(masked; with an explicit mask, every tile). Loads go through TMA descriptors built on
+the host when the strides allow it (`tma` sources), else through pointers. The output
+tile is written through strides
 ([B, H, S, Dv] or the [B, S, H*Dv] layout the output projection reads), optionally
 quantized: static fp8 (elementwise) or nvfp4 (blocks of 16 along a head's Dv).
 
@@ -60,32 +61,31 @@ def {name}(
     offs_d = tl.arange(0, HEAD_DIM)
     offs_dv = tl.arange(0, HEAD_DIM_V)
     row_ok = offs_m < seq_q
-    q_base = q_ptr + batch * stride_qb + head * stride_qh
     mask_rows = mask_ptr + batch * stride_mb + head * stride_mh + offs_m.to(tl.int64) * stride_mq
-    k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
-    v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
 """
 
 Q_LOAD = {
     "pointer": """
+    q_base = q_ptr + batch * stride_qb + head * stride_qh
+    k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
     q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None],
                 other=0.0)
 """,
     "tma": """
-    # TMA descriptors over this (batch, head)'s rows: rows past the end read as zero
-    q_desc = tl.make_tensor_descriptor(q_base, shape=[seq_q, HEAD_DIM], strides=[stride_qs, 1],
-                                       block_shape=[BLOCK_M, HEAD_DIM])
-    k_desc = tl.make_tensor_descriptor(k_base, shape=[seq_kv, HEAD_DIM],
-                                       strides=[stride_ks, 1], block_shape=[BLOCK_N, HEAD_DIM])
-    v_desc = tl.make_tensor_descriptor(v_base, shape=[seq_kv, HEAD_DIM_V],
-                                       strides=[stride_vs, 1], block_shape=[BLOCK_N, HEAD_DIM_V])
-    q = q_desc.load([start_m * BLOCK_M, 0])
+    # q_ptr, k_ptr, v_ptr are TMA descriptors built on the host over [B, H, S, D] (blocks
+    # [1, 1, rows, D]): rows past a sequence's end read as zero
+    q_desc, k_desc, v_desc = q_ptr, k_ptr, v_ptr
+    batch32, kv_head32 = batch.to(tl.int32), kv_head.to(tl.int32)
+    q = q_desc.load([batch32, head.to(tl.int32), start_m * BLOCK_M, 0]).reshape(BLOCK_M,
+                                                                                HEAD_DIM)
 """,
 }
 
 # After q is loaded: scores in base 2; key j is visible to query i when j <= i + offset
 # (causal) and j < kv_end.
 SCORES_SETUP = """
+    model_dtype = q.dtype  # what a quant epilogue rounds the output to first
     if INTERPRET:  # the interpreter's tl.dot is wrong on bf16 (TOOLCHAIN.md)
         q = q.to(tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
@@ -122,14 +122,11 @@ KV_LOAD = {
                     other=0.0)
 """,
     ("tma", False): """
-        k = tl.trans(k_desc.load([start_n, 0]))
-        v = v_desc.load([start_n, 0])
-""",
-    ("tma", True): """
-        k = tl.trans(k_desc.load([start_n, 0]))  # zero past seq_kv
-        v = v_desc.load([start_n, 0])
+        k = tl.trans(k_desc.load([batch32, kv_head32, start_n, 0]).reshape(BLOCK_N, HEAD_DIM))
+        v = v_desc.load([batch32, kv_head32, start_n, 0]).reshape(BLOCK_N, HEAD_DIM_V)
 """,
 }
+KV_LOAD["tma", True] = KV_LOAD["tma", False]  # zero past seq_kv
 
 KEY_LOOP = """
     # {stage}
@@ -200,13 +197,13 @@ PREFILL_EPILOGUE = {
 """,
     "static": """
     # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale))
-    o = round_to(acc, q_ptr.dtype.element_ty, INTERPRET)  # what the unfused quant would read
+    o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
     tl.store(out_ptrs, to_fp8(o * inv_scale, INTERPRET), mask=row_ok[:, None])
 """,
     "nvfp4": """
     # epilogue: nvfp4 of the [B*Sq, Hq*Dv] output (blocks of 16 never straddle heads):
     # packed e2m1 pairs at byte h*Dv/2 + d/2 of the token's row, block scales swizzled
-    o = round_to(acc, q_ptr.dtype.element_ty, INTERPRET)  # what the unfused quant would read
+    o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
     packed, sf = nvfp4_blocks(tl.reshape(o, (BLOCK_M * (HEAD_DIM_V // 16), 16)), global_scale,
                               INTERPRET)
     pairs = tl.arange(0, HEAD_DIM_V // 2)

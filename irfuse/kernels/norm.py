@@ -15,13 +15,18 @@ def {name}(
     residual_out_row_stride, scale_out_row_stride, scale_out_col_stride, value_row_stride, eps,
     BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-{columns}    cols = col_start + tl.arange(0, BLOCK)
+{rows}{columns}    cols = col_start + tl.arange(0, BLOCK)
     mask = cols < n_cols
     model_dtype = x_ptr.dtype.element_ty
     v = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
 """
 
+ROWS_IN_ORDER = "    row = tl.program_id(0).to(tl.int64)\n"
+# Phase 2 of a per-tensor quant re-reads what phase 1 just read: the rows phase 1 read
+# last are the ones still in L2, so they go first.
+ROWS_LAST_FIRST = (
+    "    row = (tl.num_programs(0) - 1 - tl.program_id(0)).to(tl.int64)  # last rows first\n"
+)
 WHOLE_ROW = "    col_start = 0  # the whole row\n"
 # Without a row-wide reduction a row splits into tiles, so that a few rows still fill the
 # GPU (one program per row leaves most SMs idle below ~100 rows).

@@ -66,7 +66,7 @@ class KernelSpec:
                 and producer in PRODUCERS
                 and norm_out in ("model", "fp32")
                 and weight_mode in ((*norm.WEIGHT,) if producer != "quant" else ("none",))
-                and not (keep_value and (producer == "quant" or quant in ("none", "amax")))
+                and not (keep_value and (producer == "quant" or quant == "none"))
             ):
                 return KernelSpec(producer, weight_mode, quant, norm_out, keep_value)
         raise ValueError(f"unknown irfuse kernel spec {text!r}")
@@ -113,9 +113,10 @@ class AttentionKernel:
 
 
 def kernel_source(spec: KernelSpec) -> str:
-    helpers, preload, store = quant_pieces.epilogue(spec.quant, spec.producer != "quant")
+    helpers, preload, store = quant_pieces.epilogue(spec.quant)
     columns = norm.ROW_TILE if spec.row_tiles else norm.WHOLE_ROW
-    body = norm.SIGNATURE.format(name=spec.name, columns=columns)
+    rows = norm.ROWS_LAST_FIRST if spec.quant == "per_tensor" else norm.ROWS_IN_ORDER
+    body = norm.SIGNATURE.format(name=spec.name, rows=rows, columns=columns)
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload

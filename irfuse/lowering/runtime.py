@@ -18,7 +18,7 @@ import torch
 import triton
 
 from irfuse.kernels.norm import MAX_COLS
-from irfuse.kernels.quant import parse_scheme
+from irfuse.kernels.quant import AMAX_SLOTS, parse_scheme
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.kernel_spec import KernelSpec, kernel_source
 from irfuse.ops.quant import FP8_MIN_SCALE, alloc_group_scales, nvfp4_scale_shape
@@ -51,9 +51,16 @@ def _one_row_per_tensor(spec: KernelSpec) -> KernelSpec:
 
 @functools.cache
 def _per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
-    """The two kernels of a dynamic per-tensor quant: producer + amax, then the quant."""
-    amax = KernelSpec(spec.producer, spec.weight_mode, "amax", spec.norm_out)
-    return amax, KernelSpec("quant", "none", "per_tensor")
+    """The two kernels of a dynamic per-tensor quant: producer + amax, then the quant.
+    A plain norm is recomputed in phase 2 (x read twice, nothing else stored: 5 bytes per
+    element instead of 7 for a stored bf16 value); after a residual add phase 2 reads the
+    stored value (the norm needs the unrounded sum, which only x and the residual give
+    back: as much traffic, and the add twice)."""
+    if spec.producer == "fused_add_rms_norm":
+        amax = KernelSpec(spec.producer, spec.weight_mode, "amax", spec.norm_out, True)
+        return amax, KernelSpec("quant", "none", "per_tensor")
+    amax = KernelSpec(spec.producer, spec.weight_mode, "amax", spec.norm_out, spec.keep_value)
+    return amax, KernelSpec(spec.producer, spec.weight_mode, "per_tensor", spec.norm_out)
 
 
 def launch_config(
@@ -81,12 +88,16 @@ def launch_config(
     return block, max(4, min(16, block // 256))
 
 
-# Row tiles of the standalone static / per-group / nvfp4 kernels: (below this many rows,
-# tile columns, num_warps), first match. Measured on H200 at hidden 4096 and 7168 from 1 to
-# 16384 rows (bench/RESULTS.md): tiles fill the GPU at few rows and avoid the padding of
-# 7168 to 8192 lanes; per-group and nvfp4 run best with 2 warps per 1024 columns.
+# Row tiles of the standalone static / per-tensor / per-group / nvfp4 kernels: (below this
+# many rows, tile columns, num_warps), first match. Measured on H200 at hidden 4096 and
+# 7168 from 1 to 16384 rows (bench/RESULTS.md): tiles fill the GPU at few rows and avoid
+# the padding of 7168 to 8192 lanes; per-group and nvfp4 run best with 2 warps per 1024
+# columns.
 ROW_TILES = {
     "static": ((64, 1024, 8), (1024, 2048, 8), (math.inf, 2048, 4)),
+    # phase 2 (a static quant by phase 1's scale): whole rows from 64, which re-read what
+    # phase 1 left in L2 (rows last first; tiles would go column by column)
+    "per_tensor": ((64, 1024, 8), (1024, MAX_COLS, 16), (math.inf, MAX_COLS, 4)),
     "per_group": ((64, 1024, 8), (math.inf, 1024, 2)),
     "nvfp4": ((64, 1024, 4), (math.inf, 1024, 2)),
 }
@@ -201,16 +212,21 @@ def kernel_norm(
     if spec.quant == "per_tensor" and x2.shape[0] == 1:
         spec = _one_row_per_tensor(spec)  # one launch instead of a memset and two
     if spec.quant == "per_tensor":  # two kernels: the grid-wide amax, then the quant
-        amax = x.new_zeros(1, dtype=torch.float32)
+        amax = x.new_zeros(AMAX_SLOTS, dtype=torch.float32)
         phase1, phase2 = _per_tensor_phases(spec)
-        if spec.producer == "quant":
-            normed = x2
-        elif spec.keep_value:
-            normed = value.view(-1, n_cols)
-        else:
-            normed = torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
-        _launch(phase1, x2, residual2, weight, None, normed, residual_out2, amax, None, eps)
-        _launch(phase2, normed, None, None, amax, out2, None, scales, None, eps)
+        normed = None
+        if phase1.keep_value:  # the kept value, or what phase 2 quantizes
+            normed = (
+                value.view(-1, n_cols)
+                if spec.keep_value
+                else torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
+            )
+        _launch(phase1, x2, residual2, weight, None, out2, residual_out2, amax, normed, eps)
+        if phase2.producer == "quant":
+            _launch(phase2, x2 if normed is None else normed, None, None, amax, out2, None,
+                    scales, None, eps)  # fmt: skip
+        else:  # the norm again, from x
+            _launch(phase2, x2, None, weight, amax, out2, None, scales, None, eps)
         return out, residual_out, scales, value
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
         scales2 = scales.view(torch.uint8)

@@ -32,9 +32,7 @@ from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, QuantProducer, Rm
 from irfuse.transforms import report
 from irfuse.transforms.match import fused_insertion_point
 
-# Not per_tensor: its grid-wide amax makes the fused form two kernels, measured slower
-# than Inductor's (bench/RESULTS.md); the standalone per_tensor kernel is still used.
-_NORM_SCHEMES = frozenset({"static", "per_token", "per_group", "nvfp4"})
+_NORM_SCHEMES = frozenset({"static", "per_token", "per_tensor", "per_group", "nvfp4"})
 NORM_EPILOGUES: dict[str, frozenset[str]] = {
     RmsNormOp.name: _NORM_SCHEMES,
     FusedAddRmsNormOp.name: _NORM_SCHEMES,
