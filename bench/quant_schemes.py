@@ -2,7 +2,7 @@
 Inductor compiling the same PyTorch expression (bf16 in, ANCHORS.md).
 
     python bench/quant_schemes.py [--hidden 4096 7168 8192] [--tokens 1 16 256 4096 16384]
-        [--schemes per_token ...] [--standalone | --no-residual]
+        [--schemes per_token ...] [--standalone | --no-residual] [--keep-value]
 
 irfuse = torch.compile of the model written with torch.ops.irfuse.* (imported and fused
 by irfuse's passes; the graph then calls the generated kernel). GB/s counts the bytes
@@ -78,21 +78,23 @@ def quant_irfuse(scheme: str, y: torch.Tensor, scale: torch.Tensor):
     return ref.nvfp4_quant(y, scale)
 
 
-def fused_torch(scheme, x, residual, weight, scale):
-    """add + rms_norm + quant; without a residual, rms_norm + quant."""
+def fused_torch(scheme, x, residual, weight, scale, keep_value=False):
+    """add + rms_norm + quant; without a residual, rms_norm + quant; `keep_value`: the
+    normalised value is an output too (read unquantized elsewhere)."""
     if residual is None:
         v = x.float()
         y = weight * (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
-        return quant_torch(scheme, y, scale)
+        return (*quant_torch(scheme, y, scale), *([y] if keep_value else []))
     y, h = norm(x, residual, weight)
-    return (*quant_torch(scheme, y, scale), h)
+    return (*quant_torch(scheme, y, scale), h, *([y] if keep_value else []))
 
 
-def fused_irfuse(scheme, x, residual, weight, scale):
+def fused_irfuse(scheme, x, residual, weight, scale, keep_value=False):
     if residual is None:
-        return quant_irfuse(scheme, ref.rms_norm(x, weight, 1e-6), scale)
+        y = ref.rms_norm(x, weight, 1e-6)
+        return (*quant_irfuse(scheme, y, scale), *([y] if keep_value else []))
     y, h = ref.fused_add_rms_norm(x, residual, weight, 1e-6)
-    return (*quant_irfuse(scheme, y, scale), h)
+    return (*quant_irfuse(scheme, y, scale), h, *([y] if keep_value else []))
 
 
 def out_bytes(scheme: str, t: int, k: int) -> int:
@@ -110,6 +112,9 @@ def main() -> None:
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     parser.add_argument("--standalone", action="store_true", help="quant alone, no norm")
     parser.add_argument("--no-residual", action="store_true", help="rms_norm + quant, no add")
+    parser.add_argument(
+        "--keep-value", action="store_true", help="the normalised value is an output too"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -119,13 +124,15 @@ def main() -> None:
         for hidden in args.hidden:
             for tokens in args.tokens:
                 times = bench_one(
-                    scheme, hidden, tokens, args.standalone, args.no_residual, args.rounds
-                )
+                    scheme, hidden, tokens, args.standalone, args.no_residual,
+                    args.keep_value, args.rounds,
+                )  # fmt: skip
                 # x read, output written; a norm also reads its weight, an add the
                 # residual, writing the sum
                 moved = out_bytes(scheme, tokens, hidden) + tokens * hidden * 2
                 if not args.standalone:
                     moved += hidden * 2 + (0 if args.no_residual else tokens * hidden * 4)
+                    moved += tokens * hidden * 2 if args.keep_value else 0
                 gbs = moved / (times["irfuse"] * 1e-6) / 1e9
                 raw.append({"scheme": scheme, "hidden": hidden, "tokens": tokens, "us": times})
                 rows.append([
@@ -136,6 +143,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     what = "quant alone" if args.standalone else "add + rms_norm + quant"
     what = "rms_norm + quant" if args.no_residual and not args.standalone else what
+    what += " (the normalised value kept as an output too)" if args.keep_value else ""
     text = append_results(
         f"{what}, every scheme (bf16 in), us, median of alternating rounds",
         ["scheme", "hidden", "T", "eager", "Inductor", "irfuse", "irfuse GB/s",
@@ -149,7 +157,13 @@ def main() -> None:
 
 
 def bench_one(
-    scheme: str, hidden: int, tokens: int, standalone: bool, no_residual: bool, rounds: int
+    scheme: str,
+    hidden: int,
+    tokens: int,
+    standalone: bool,
+    no_residual: bool,
+    keep_value: bool,
+    rounds: int,
 ):
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r = None if no_residual else torch.randn_like(x)
@@ -159,12 +173,15 @@ def bench_one(
         torch_fn = lambda: quant_torch(scheme, x, s)  # noqa: E731
         irfuse_fn = lambda: quant_irfuse(scheme, x, s)  # noqa: E731
     else:
-        torch_fn = lambda: fused_torch(scheme, x, r, w, s)  # noqa: E731
-        irfuse_fn = lambda: fused_irfuse(scheme, x, r, w, s)  # noqa: E731
+        torch_fn = lambda: fused_torch(scheme, x, r, w, s, keep_value)  # noqa: E731
+        irfuse_fn = lambda: fused_irfuse(scheme, x, r, w, s, keep_value)  # noqa: E731
     torch._dynamo.reset()  # static shapes for every size: no automatic-dynamic recompiles
     inductor = torch.compile(torch_fn, dynamic=False)
     compiled = torch.compile(irfuse_fn, backend="irfuse", dynamic=False)
-    check(scheme, compiled(), irfuse_fn())
+    got, expected = compiled(), irfuse_fn()
+    check(scheme, got, expected)
+    if keep_value:
+        torch.testing.assert_close(got[-1], expected[-1])
     return compare({"eager": torch_fn, "inductor": inductor, "irfuse": compiled}, rounds)
 
 
