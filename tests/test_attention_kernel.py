@@ -151,6 +151,16 @@ def test_unaligned_strides_fall_back_to_pointer_loads():
     torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
 
 
+def test_broadcast_heads_fall_back_to_pointer_loads(loads):
+    """K/V heads expanded from one (stride 0) have no TMA descriptor: pointer loads."""
+    q, k, v = _qkv(1, 2, 2, 70, 70, 16, torch.float16)
+    k1, v1 = k[:, :1].expand(1, 2, 70, 16), v[:, :1].expand(1, 2, 70, 16)
+    assert not kernels.tma_ok(q, k1, v1)
+    out, _, _ = kernel_attention(q, k1, v1, None, 0.25, "none", "bhsd", False, "none")
+    expected, _ = ref.attention(q, k1, v1, None, 0.25, "none", False)
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
+
+
 @pytest.mark.parametrize("sq", [1, 70])  # decode, prefill
 def test_no_keys_gives_zeros_and_minus_inf_lse(sq):
     q, k, v = _qkv(1, 2, 2, sq, 0, 16, torch.float16)

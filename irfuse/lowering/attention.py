@@ -184,9 +184,11 @@ def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, 
 
 @functools.cache
 def tma_ok(*tensors: torch.Tensor) -> bool:
-    """TMA needs 16-byte aligned bases and row/batch/head strides."""
+    """TMA needs 16-byte aligned bases and row/batch/head strides; a broadcast (stride 0,
+    e.g. heads expanded for GQA) has no descriptor."""
     return all(
-        t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:3])
+        t.data_ptr() % 16 == 0
+        and all(s * t.element_size() % 16 == 0 and s > 0 for s in t.stride()[:3])
         for t in tensors
     )
 
