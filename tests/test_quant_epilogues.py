@@ -116,6 +116,20 @@ def test_row_tiles_are_bit_exact(monkeypatch, scheme):
         assert torch.equal(scales, scales_ref)
 
 
+@pytest.mark.parametrize("scheme", ["per_token", "per_token ub"])
+def test_persistent_per_token_is_bit_exact(monkeypatch, scheme):
+    """Many padded rows run persistent programs that loop over rows (8 programs under the
+    interpreter for 37 rows: uneven loops); the bytes and scales are the reference's."""
+    monkeypatch.setattr(runtime, "PERSISTENT_MIN_ROWS", 16)
+    monkeypatch.setattr(runtime, "PERSISTENT_MIN_BLOCK", 64)
+    spec = runtime.decode("quant/none/model/per_token")
+    assert runtime.runs_persistent(spec, 37, 100) and not runtime.runs_persistent(spec, 37, 128)
+    assert not runtime.runs_persistent(spec, 15, 100)
+    q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 37, 100, torch.float32)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+    assert torch.equal(scales, scales_ref)
+
+
 @pytest.mark.parametrize("producer,mode", [p for p in PRODUCERS if p[1] != "fp32"])
 def test_per_tensor_over_many_rows(producer, mode):
     """More rows than phase 1's amax slots, and enough that phase 2 takes whole rows, last

@@ -28,7 +28,7 @@ from irfuse.kernels.attention import (
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
 from irfuse.lowering.kernel_cache import load_kernel
-from irfuse.lowering.runtime import FP8, INTERPRET, launch_config
+from irfuse.lowering.runtime import FP8, INTERPRET, launch_config, sm_count
 from irfuse.ops._checks import broadcasts_to
 from irfuse.ops.quant import nvfp4_scale_shape
 
@@ -160,11 +160,6 @@ def prefill_config(head_dim: int, seq_q: int, masked: bool = False) -> dict[str,
 SHORT_SEQ = 2048
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, int]:
     """Slices of the keys for the decode: about one program per SM, slices of at least
     256 keys, 3 stages for long slices (the best of a sweep on H200, bench/RESULTS.md);
@@ -172,7 +167,7 @@ def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, 
     if INTERPRET:
         block_n, programs, min_len = 16, 4 * batch_kv, 16
     else:
-        block_n, programs, min_len = 64, _sm_count(device), 256
+        block_n, programs, min_len = 64, sm_count(device), 256
     splits = max(1, min(triton.cdiv(programs, batch_kv), triton.cdiv(seq_kv, min_len)))
     split_len = max(1, triton.cdiv(triton.cdiv(seq_kv, splits), block_n)) * block_n
     splits = max(1, triton.cdiv(seq_kv, split_len))  # no keys: one empty slice

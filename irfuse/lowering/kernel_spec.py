@@ -8,6 +8,7 @@ the ops it fuses.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 from irfuse.kernels import norm
@@ -24,6 +25,7 @@ class KernelSpec:
     quant: str = "none"  # none, or a scheme in #irfuse.quant syntax ("per_group 128 ue8m0")
     norm_out: str = "model"  # model: the norm rounds to the input dtype | fp32: it does not
     keep_value: bool = False  # with a quant: also store the unquantized value
+    persistent: bool = False  # programs loop over rows (a launch-time choice, not encoded)
 
     @property
     def name(self) -> str:
@@ -34,12 +36,14 @@ class KernelSpec:
         mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
         out = "_f32out" if self.norm_out == "fp32" else ""
         keep = "_keep" if self.keep_value else ""
-        return f"irfuse_{self.producer}{mode}{out}{suffix}{keep}"
+        persistent = "_persistent" if self.persistent else ""
+        return f"irfuse_{self.producer}{mode}{out}{suffix}{keep}{persistent}"
 
     @property
     def row_tiles(self) -> bool:
         """Whether a row may split into tiles over programs (grid: rows x tiles)."""
-        return self.producer == "quant" and self.quant.split()[0] in quant_pieces.TILEABLE
+        tileable = self.quant.split()[0] in quant_pieces.TILEABLE
+        return self.producer == "quant" and tileable and not self.persistent
 
     def source(self) -> str:
         return kernel_source(self)
@@ -86,7 +90,8 @@ class KernelSpec:
         elif self.quant != "none":
             parts.append(f"{self.quant} fp8 quant")
         text = " + ".join(parts)
-        return text + " (the unquantized value kept too)" if self.keep_value else text
+        text += " (the unquantized value kept too)" if self.keep_value else ""
+        return text + " (persistent programs over rows)" if self.persistent else text
 
 
 # per_tensor runs as two kernels, `amax` (internal) then `per_tensor` (runtime.py).
@@ -115,8 +120,7 @@ class AttentionKernel:
 def kernel_source(spec: KernelSpec) -> str:
     helpers, preload, store = quant_pieces.epilogue(spec.quant)
     columns = norm.ROW_TILE if spec.row_tiles else norm.WHOLE_ROW
-    rows = norm.ROWS_LAST_FIRST if spec.quant == "per_tensor" else norm.ROWS_IN_ORDER
-    body = norm.SIGNATURE.format(name=spec.name, rows=rows, columns=columns)
+    body = columns + norm.LOAD_ROW
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload
@@ -128,10 +132,16 @@ def kernel_source(spec: KernelSpec) -> str:
     if spec.keep_value:
         body += norm.STORE_VALUE
     body += store
+    if spec.persistent:
+        body = norm.ROWS_PERSISTENT + textwrap.indent(body, "    ")
+        how = "Persistent programs, one row per loop step"
+    else:
+        rows = norm.ROWS_LAST_FIRST if spec.quant == "per_tensor" else norm.ROWS_IN_ORDER
+        body = rows + body
+        how = "A tile of a row per program" if spec.row_tiles else "One row per program"
     return (
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
-        f"{'A tile of a row' if spec.row_tiles else 'One row'} per program; "
-        'see irfuse/kernels for the pieces."""\n\n'
+        f'{how}; see irfuse/kernels for the pieces."""\n\n'
         "import triton\nimport triton.language as tl\n"
-        f"{norm.ROUND_TO}{helpers}\n{body}"
+        f"{norm.ROUND_TO}{helpers}\n{norm.SIGNATURE.format(name=spec.name)}{body}"
     )

@@ -9,6 +9,7 @@ launches its kernel (two for a dynamic per-tensor quant), so it runs inside CUDA
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -101,6 +102,41 @@ ROW_TILES = {
     "per_group": ((64, 1024, 8), (math.inf, 1024, 2)),
     "nvfp4": ((64, 1024, 4), (math.inf, 1024, 2)),
 }
+
+
+# Standalone per-token rows padded to 8192+ lanes (hidden 7168): from 4096 rows, a few
+# persistent programs per SM loop over rows with the next rows' loads in flight: 1.33x /
+# 1.45x Inductor at 4096 / 16384 rows against 1.21x / 1.26x for one program per row (H200,
+# bench/RESULTS.md; 4 warps, 4 programs per SM, 3 stages: the best of a sweep of 2-8
+# warps, 2-8 programs, 3-5 stages). Fewer rows, and rows that fill their lanes (4096,
+# 8192), run as fast or faster one per program.
+PERSISTENT_MIN_ROWS = 4096
+PERSISTENT_MIN_BLOCK = 8192
+PERSISTENT_PROGRAMS_PER_SM, PERSISTENT_WARPS = 4, 4
+
+
+def runs_persistent(spec: KernelSpec, n_rows: int, n_cols: int) -> bool:
+    """Whether `spec` over [n_rows, n_cols] runs its persistent variant."""
+    block = triton.next_power_of_2(n_cols)
+    return (
+        spec.producer == "quant"
+        and spec.quant.split()[0] == "per_token"
+        and n_rows >= PERSISTENT_MIN_ROWS
+        and PERSISTENT_MIN_BLOCK <= block != n_cols
+    )
+
+
+@functools.cache
+def _persistent(spec: KernelSpec) -> KernelSpec:
+    return dataclasses.replace(spec, persistent=True)
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """SMs of `device`; under the interpreter, 2 (so that tests see programs loop)."""
+    if INTERPRET:
+        return 2
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def allocate_outputs(
@@ -233,6 +269,8 @@ def kernel_norm(
     else:
         scales2 = scales.view(-1, scales.shape[-1]) if scales.dim() > 1 else scales
     value2 = value.view(-1, n_cols) if spec.keep_value else None
+    if runs_persistent(spec, x2.shape[0], n_cols):
+        spec = _persistent(spec)
     _launch(spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps)
     return out, residual_out, scales, value
 
@@ -259,11 +297,15 @@ def _launch(
     use for them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps)."""
     n_rows, n_cols = x2.shape
     block, num_warps = config or launch_config(n_rows, n_cols, spec.quant, spec.row_tiles)
+    grid = (n_rows, triton.cdiv(n_cols, block))
+    if spec.persistent:
+        programs = PERSISTENT_PROGRAMS_PER_SM * sm_count(x2.device)
+        grid, num_warps = (min(n_rows, programs),), config[1] if config else PERSISTENT_WARPS
     two_d = scales2.dim() > 1
-    compiled_kernel(spec)[(n_rows, triton.cdiv(n_cols, block))](
+    compiled_kernel(spec)[grid](
         x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
         x2 if scale is None else scale, out2, out2 if residual_out2 is None else residual_out2,
-        scales2, out2 if value2 is None else value2, n_cols, x2.stride(0),
+        scales2, out2 if value2 is None else value2, n_rows, n_cols, x2.stride(0),
         0 if residual2 is None else residual2.stride(0), out2.stride(0),
         0 if residual_out2 is None else residual_out2.stride(0),
         scales2.stride(0) if two_d else 1, scales2.stride(1) if two_d else 0,
