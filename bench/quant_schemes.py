@@ -110,14 +110,17 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[4096])
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256, 4096, 16384])
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
-    parser.add_argument("--standalone", action="store_true", help="quant alone, no norm")
-    parser.add_argument("--no-residual", action="store_true", help="rms_norm + quant, no add")
+    producer = parser.add_mutually_exclusive_group()
+    producer.add_argument("--standalone", action="store_true", help="quant alone, no norm")
+    producer.add_argument("--no-residual", action="store_true", help="rms_norm + quant, no add")
     parser.add_argument(
         "--keep-value", action="store_true", help="the normalised value is an output too"
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.keep_value and args.standalone:
+        parser.error("--keep-value needs a norm (not --standalone)")
     torch._dynamo.config.cache_size_limit = 256
     rows, raw = [], []
     for scheme in args.schemes:

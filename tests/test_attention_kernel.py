@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -26,7 +29,8 @@ def _qkv(b, hq, hkv, sq, skv, d, dtype, seed=0):
 @pytest.fixture(params=["pointer", "tma"])
 def loads(request, monkeypatch):
     """Run the prefill kernel with pointer loads and with TMA descriptors (both run in
-    the interpreter; the runtime picks by head dim, TMA when the strides allow)."""
+    the interpreter; the runtime picks by head dim and query length, TMA when the strides
+    allow)."""
     chosen = kernels.prefill_config
     monkeypatch.setattr(
         kernels,
@@ -149,6 +153,29 @@ def test_unaligned_strides_fall_back_to_pointer_loads():
     out, _, _ = kernel_attention(q, k_odd, v, None, 0.25, "none", "bhsd", False, "none")
     expected, _ = ref.attention(q, k_odd, v, None, 0.25, "none", False)
     torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
+
+
+def test_model_layout_inputs(loads):
+    """q, k, v as models pass them: [B, S, H, D] transposed to [B, H, S, D] (the head
+    stride below the sequence stride), GQA, a ragged last tile; TMA and pointers agree
+    with the reference."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 37, h, 16, generator=g).to(torch.float16).to(DEVICE)
+               .transpose(1, 2) for h in (4, 2, 2))  # fmt: skip
+    assert kernels.tma_ok(q, k, v)
+    out, _, _ = kernel_attention(q, k, v, None, 0.25, "top_left", "bhsd", False, "none")
+    expected, _ = ref.attention(q, k, v, None, 0.25, "top_left", False)
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
+
+
+def test_tma_check_keeps_no_tensor_alive():
+    """tma_ok runs per call: it must not cache (a cache would hold every q/k/v)."""
+    q = torch.randn(1, 1, 16, 16, device=DEVICE)
+    ref_q = weakref.ref(q)
+    assert kernels.tma_ok(q)
+    del q
+    gc.collect()
+    assert ref_q() is None
 
 
 def test_broadcast_heads_fall_back_to_pointer_loads(loads):

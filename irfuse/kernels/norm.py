@@ -8,8 +8,9 @@ output dtype (the model dtype, or fp32 for an `unrounded` norm) for the epilogue
 fused quant sees exactly what the unfused pair would.
 """
 
+# n_rows only bounds the persistent loop: not specialised (no recompiles for one row).
 SIGNATURE = """
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def {name}(
     x_ptr, residual_ptr, weight_ptr, scale_ptr, out_ptr, residual_out_ptr, scale_out_ptr,
     value_ptr, n_rows, n_cols, x_row_stride, residual_row_stride, out_row_stride,

@@ -3,7 +3,8 @@
 An epilogue is a pair: a preload, emitted with the kernel's first loads so that its
 latency overlaps theirs (it matters for a handful of rows), and a store, which takes `v`
 (fp32, already rounded to the producer's output dtype; a row or a tile of one per
-program: `row`, `cols` = `col_start` + arange(BLOCK), `mask`, masked lanes hold 0) to
+program, or per loop step of a persistent program: `row`, `cols` = `col_start` +
+arange(BLOCK), `mask`, masked lanes hold 0) to
 `out_ptr`, and its scales to `scale_out_ptr` (at `row * scale_out_row_stride + i *
 scale_out_col_stride`; nvfp4 uses the swizzled layout). Divisions are correctly rounded,
 as the reference divides: by a scale shared by a row or a group, through `div_by` (one
@@ -154,15 +155,16 @@ UE8M0 = "    s = ceil_pow2(s)  # ue8m0: power-of-two scales\n"
 
 # Dynamic per-tensor fp8 runs in two kernels: the scale needs the amax of the whole
 # tensor before any value can be quantized. Phase 1 only reduces (a kernel that keeps the
-# value stores it through STORE_VALUE); phase 2 quantizes, recomputing its producer.
+# value stores it through STORE_VALUE); phase 2 quantizes, recomputing a plain norm or
+# reading the value phase 1 stored (runtime._per_tensor_phases).
 # Phase 1's rows spread their atomic max over AMAX_SLOTS words (one atomic per row on a
 # single word serialised: 3 us of 9 at 4096 x 4096 on H200); phase 2 reduces the slots.
 AMAX_SLOTS = 32
 AMAX = (
     "",
     f"""
-    # epilogue: phase 1 of a dynamic per-tensor quant: the grid-wide amax, over AMAX_SLOTS
-    # slots (scale_out_ptr starts at 0)
+    # epilogue: phase 1 of a dynamic per-tensor quant: the grid-wide amax, over
+    # {AMAX_SLOTS} slots (scale_out_ptr starts at 0)
     tl.atomic_max(scale_out_ptr + row % {AMAX_SLOTS}, tl.max(tl.abs(v), axis=0))
 """,
 )

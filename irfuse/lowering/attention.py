@@ -144,7 +144,7 @@ def prefill_config(head_dim: int, seq_q: int, masked: bool = False) -> dict[str,
     tiles and two stages to fit in shared memory (up to 4 bytes per mask element)."""
     if INTERPRET:
         return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "loads": "pointer"}
-    if head_dim <= 64 and seq_q <= SHORT_SEQ:
+    if head_dim == 64 and seq_q <= SHORT_SEQ:
         return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "loads": "tma"}
     if head_dim <= 64:
         return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "loads": "pointer"}
@@ -177,7 +177,6 @@ def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, 
     return {**config, "num_warps": 4, "num_stages": 3 if split_len > 1024 else 2}
 
 
-@functools.cache
 def tma_ok(*tensors: torch.Tensor) -> bool:
     """TMA needs 16-byte aligned bases and row/batch/head strides; a broadcast (stride 0,
     e.g. heads expanded for GQA) has no descriptor."""

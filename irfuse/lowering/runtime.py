@@ -53,6 +53,8 @@ def _one_row_per_tensor(spec: KernelSpec) -> KernelSpec:
 @functools.cache
 def _per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
     """The two kernels of a dynamic per-tensor quant: producer + amax, then the quant.
+    (fuse-rms-norm-quant does not fuse per_tensor, measured slower than Inductor; a norm
+    with a per-tensor epilogue comes from IR that asks for it, e.g. through irfuse-opt.)
     A plain norm is recomputed in phase 2 (x read twice, nothing else stored: 5 bytes per
     element instead of 7 for a stored bf16 value); after a residual add phase 2 reads the
     stored value (the norm needs the unrounded sum, which only x and the residual give
@@ -292,9 +294,10 @@ def _launch(
     eps: float,
     config: tuple[int, int] | None = None,
 ) -> None:
-    """One launch of `spec`'s kernel over the rows of `x2` (and their tiles); absent
-    tensors are passed as `x2` (their pointers are never read: the kernel source has no
-    use for them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps)."""
+    """One launch of `spec`'s kernel over the rows of `x2` (and their tiles; a persistent
+    spec: a 1-D grid of a few programs per SM, each looping over rows); absent tensors are
+    passed as `x2` (their pointers are never read: the kernel source has no use for
+    them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps)."""
     n_rows, n_cols = x2.shape
     block, num_warps = config or launch_config(n_rows, n_cols, spec.quant, spec.row_tiles)
     grid = (n_rows, triton.cdiv(n_cols, block))
