@@ -168,6 +168,18 @@ def test_model_layout_inputs(loads):
     torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
 
 
+def test_wide_offsets(loads, monkeypatch):
+    """Sequences whose row offsets pass 2^31 elements take 64-bit offsets (forced here by a
+    lower threshold): same results."""
+    assert kernels.wide_offsets((131072, 16384)) and not kernels.wide_offsets((4096, 128))
+    monkeypatch.setattr(kernels, "INT32_OFFSETS", 1)
+    q, k, v = _qkv(1, 2, 1, 37, 45, 16, torch.float16)
+    out, _, _ = kernel_attention(q, k, v, None, 0.25, "bottom_right", "bs_hd", False, "none")
+    expected, _ = ref.attention(q, k, v, None, 0.25, "bottom_right", False)
+    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(1, 37, 32), atol=2e-3,
+                               rtol=2e-3)  # fmt: skip
+
+
 def test_tma_check_keeps_no_tensor_alive():
     """tma_ok runs per call: it must not cache (a cache would hold every q/k/v)."""
     q = torch.randn(1, 1, 16, 16, device=DEVICE)

@@ -47,7 +47,7 @@ def {name}(
     stride_ob, stride_oh, stride_os, n_heads, out_rows_per_batch,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
-    HAS_LSE: tl.constexpr, INTERPRET: tl.constexpr,
+    HAS_LSE: tl.constexpr, WIDE_OFFSETS: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     if CAUSAL != 0:  # the longest rows first: they would otherwise finish last
@@ -58,6 +58,9 @@ def {name}(
     kv_head = head // group
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
+    if WIDE_OFFSETS:  # row * stride reaches 2^31 elements in one (batch, head): 64-bit
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_dv = tl.arange(0, HEAD_DIM_V)
     row_ok = offs_m < seq_q

@@ -187,6 +187,16 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
     )
 
 
+# Row offsets (row * its stride) in the prefill kernel are 32-bit below this.
+INT32_OFFSETS = 2**31
+
+
+def wide_offsets(*rows_and_strides: tuple[int, int]) -> bool:
+    """Whether some (rows, row stride) reaches INT32_OFFSETS elements, counting a tile's
+    rows past the end and a head dim (the kernel then computes offsets in 64 bits)."""
+    return any((rows + 256) * stride >= INT32_OFFSETS for rows, stride in rows_and_strides)
+
+
 def _check(q, k, v, scale, causal, layout, epilogue, mask) -> None:
     what = f"irfuse.kernel_attention ({epilogue})"
     if epilogue not in EPILOGUES or causal not in CAUSAL or layout not in ("bhsd", "bs_hd"):
@@ -326,6 +336,8 @@ def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, l
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, *o_strides, h, sq,
         HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask,
         HAS_LSE=lse.numel() > 0, INTERPRET=INTERPRET, **config,
+        WIDE_OFFSETS=wide_offsets((sq, q.stride(2)), (sq, o_strides[2]), (seq_kv, k.stride(2)),
+                                  (seq_kv, v.stride(2))),
     )  # fmt: skip
 
 
