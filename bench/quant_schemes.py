@@ -27,12 +27,11 @@ FP8 = torch.float8_e4m3fn
 SCHEMES = ("per_token", "per_group 128", "per_group 128 col ue8m0", "nvfp4", "static", "per_tensor")
 
 
-def norm(x, residual, weight):
-    """add + RMSNorm as model code writes it (HF style), eps 1e-6."""
-    h = x + residual
+def rms_norm_torch(h, weight):
+    """RMSNorm as model code writes it (HF style), eps 1e-6."""
     v = h.float()
     v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
-    return weight * v.to(h.dtype), h
+    return weight * v.to(h.dtype)
 
 
 def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
@@ -82,19 +81,20 @@ def fused_torch(scheme, x, residual, weight, scale, keep_value=False):
     """add + rms_norm + quant; without a residual, rms_norm + quant; `keep_value`: the
     normalised value is an output too (read unquantized elsewhere)."""
     if residual is None:
-        v = x.float()
-        y = weight * (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
-        return (*quant_torch(scheme, y, scale), *([y] if keep_value else []))
-    y, h = norm(x, residual, weight)
-    return (*quant_torch(scheme, y, scale), h, *([y] if keep_value else []))
+        y, residual_out = rms_norm_torch(x, weight), ()
+    else:
+        h = x + residual
+        y, residual_out = rms_norm_torch(h, weight), (h,)
+    return (*quant_torch(scheme, y, scale), *residual_out, *((y,) if keep_value else ()))
 
 
 def fused_irfuse(scheme, x, residual, weight, scale, keep_value=False):
     if residual is None:
-        y = ref.rms_norm(x, weight, 1e-6)
-        return (*quant_irfuse(scheme, y, scale), *([y] if keep_value else []))
-    y, h = ref.fused_add_rms_norm(x, residual, weight, 1e-6)
-    return (*quant_irfuse(scheme, y, scale), h, *([y] if keep_value else []))
+        y, residual_out = ref.rms_norm(x, weight, 1e-6), ()
+    else:
+        y, h = ref.fused_add_rms_norm(x, residual, weight, 1e-6)
+        residual_out = (h,)
+    return (*quant_irfuse(scheme, y, scale), *residual_out, *((y,) if keep_value else ()))
 
 
 def out_bytes(scheme: str, t: int, k: int) -> int:

@@ -47,7 +47,7 @@ def _label(spec: KernelSpec) -> str:
 def _one_row_per_tensor(spec: KernelSpec) -> KernelSpec:
     """A per-tensor quant of a single row: its per-token scale is the same formula over
     the same values, so the per-token kernel computes it in one pass."""
-    return KernelSpec(spec.producer, spec.weight_mode, "per_token", spec.norm_out, spec.keep_value)
+    return dataclasses.replace(spec, quant="per_token")
 
 
 @functools.cache
@@ -60,10 +60,9 @@ def _per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
     stored value (the norm needs the unrounded sum, which only x and the residual give
     back: as much traffic, and the add twice)."""
     if spec.producer == "fused_add_rms_norm":
-        amax = KernelSpec(spec.producer, spec.weight_mode, "amax", spec.norm_out, True)
+        amax = dataclasses.replace(spec, quant="amax", keep_value=True)
         return amax, KernelSpec("quant", "none", "per_tensor")
-    amax = KernelSpec(spec.producer, spec.weight_mode, "amax", spec.norm_out, spec.keep_value)
-    return amax, KernelSpec(spec.producer, spec.weight_mode, "per_tensor", spec.norm_out)
+    return dataclasses.replace(spec, quant="amax"), dataclasses.replace(spec, keep_value=False)
 
 
 def launch_config(
