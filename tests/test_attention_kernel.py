@@ -12,6 +12,7 @@ import irfuse.lowering.attention as kernels
 import irfuse.ops as ref
 from irfuse.kernels.attention import uses_decode
 from irfuse.lowering.attention import attention_source, kernel_attention
+from irfuse.ops.quant import nvfp4_scale_shape
 from tests.helpers import assert_fp8_close, assert_quant_close, dequant, reference_quant
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -85,6 +86,20 @@ def test_epilogues_match_unfused_quant(scheme, hq, hkv, sq, skv, loads):
     assert got.dtype == q_ref.dtype and got.shape == q_ref.shape
     assert_quant_close(scheme, dequant(scheme, got, scales, scale, rows, n),
                        dequant(scheme, q_ref, scales_ref, scale, rows, n))  # fmt: skip
+
+
+def test_nvfp4_epilogue_writes_every_scale_of_an_unpadded_output(monkeypatch):
+    """[B*Sq, Hq*Dv] = [128, 64]: no padding, so the scale buffer starts as garbage (it is
+    not zero-filled) and the kernel must write every byte."""
+    garbage = lambda m, n, like: like.new_full(nvfp4_scale_shape(m, n), -1, dtype=torch.int32)  # noqa: E731
+    monkeypatch.setattr(kernels, "alloc_nvfp4_scales", garbage)
+    q, k, v = _qkv(2, 2, 2, 64, 64, 32, torch.float16)
+    layout = _layout_reference(q, k, v, "top_left")
+    scale = (448 * 6 / layout.float().abs().amax()).reshape(1).to(DEVICE)
+    got, _, scales = kernel_attention(q, k, v, scale, 0.25, "top_left", "bs_hd", False, "nvfp4")
+    q_ref, scales_ref = reference_quant("nvfp4", layout, scale)
+    assert_quant_close("nvfp4", dequant("nvfp4", got, scales, scale, 128, 64),
+                       dequant("nvfp4", q_ref, scales_ref, scale, 128, 64))  # fmt: skip
 
 
 def test_bhsd_layout_and_static_epilogue():

@@ -13,7 +13,12 @@ import irfuse.ops as ref
 from irfuse.lowering import runtime
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.runtime import kernel_norm
-from irfuse.ops.quant import div_const, unswizzle_block_scales
+from irfuse.ops.quant import (
+    alloc_nvfp4_scales,
+    div_const,
+    nvfp4_scale_shape,
+    unswizzle_block_scales,
+)
 from tests.helpers import assert_quant_close, dequant, reference_quant
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -105,11 +110,13 @@ def test_standalone_quant_is_bit_exact(scheme):
 def test_row_tiles_are_bit_exact(monkeypatch, scheme):
     """Standalone kernels split few rows into tiles: with tiles of 128 columns, a row of
     320 (384 for groups of 128) spans three, the last one ragged where the width allows,
-    and still reproduces the reference bytes."""
+    and still reproduces the reference bytes. nvfp4 halves a tile that leaves a ragged
+    last one: a row of 336 runs six tiles of 64, the last one 16 wide."""
     tiles = ((math.inf, 128, 4),)
     monkeypatch.setattr(runtime, "ROW_TILES", dict.fromkeys(quant_pieces.TILEABLE, tiles))
-    h = 384 if "128" in scheme else 320
-    assert runtime.launch_config(3, h, scheme, row_tiles=True) == (128, 4)
+    h = {"nvfp4": 336}.get(scheme, 384 if "128" in scheme else 320)
+    tile = 64 if scheme == "nvfp4" else 128
+    assert runtime.launch_config(3, h, scheme, row_tiles=True) == (tile, 4)
     q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 3, h, torch.float32)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
     if scales_ref is not None:
@@ -245,6 +252,46 @@ def test_nvfp4_codes_round_like_the_reference_at_every_threshold():
     q, _, scales, _ = kernel_norm(x, None, None, scale, 0.0, "quant/none/model/nvfp4")
     q_ref, scales_ref = ref.nvfp4_quant(x, scale)
     assert torch.equal(q, q_ref) and torch.equal(scales, scales_ref)
+
+
+def test_nvfp4_block_scales_match_the_reference_across_magnitudes():
+    """Block scales e4m3(global_scale * amax / 6) (the / 6 is a product and an fma
+    correction in the kernel) equal the reference's byte for byte, from amaxes that
+    underflow e4m3 to ones that saturate it, and the codes follow."""
+    g = torch.Generator().manual_seed(1)
+    amax = torch.rand(1024, generator=g) * torch.exp2(torch.randint(-30, 20, (1024,), generator=g))
+    blocks = torch.rand(1024, 16, generator=g) * amax[:, None]
+    blocks[:, 0] = amax
+    x = (blocks * torch.where(torch.rand(1024, 16, generator=g) < 0.5, -1.0, 1.0)).view(16, 1024)
+    for global_scale in (1.0, 448.0 * 6.0 / 3.0, 1e-3):
+        scale = torch.tensor([global_scale], device=DEVICE)
+        q, _, scales, _ = kernel_norm(x.to(DEVICE), None, None, scale, 0.0,
+                                      "quant/none/model/nvfp4")  # fmt: skip
+        q_ref, scales_ref = ref.nvfp4_quant(x.to(DEVICE), scale)
+        assert torch.equal(scales, scales_ref), global_scale
+        assert torch.equal(q, q_ref), global_scale
+
+
+def test_nvfp4_scales_of_unpadded_shapes_are_all_written(monkeypatch):
+    """Without padding (rows a multiple of 128, blocks a multiple of 4 per row) the scale
+    buffer is not zero-filled first, so the kernel must write every byte: here it starts
+    as 0xFF garbage."""
+    garbage = lambda m, n, like: like.new_full(nvfp4_scale_shape(m, n), -1, dtype=torch.int32)  # noqa: E731
+    monkeypatch.setattr(runtime, "alloc_nvfp4_scales", garbage)
+    x = torch.randn(128, 64, device=DEVICE)
+    scale = torch.tensor([100.0], device=DEVICE)
+    q, _, scales, _ = kernel_norm(x, None, None, scale, 0.0, "quant/none/model/nvfp4")
+    q_ref, scales_ref = ref.nvfp4_quant(x, scale)
+    assert torch.equal(scales, scales_ref) and torch.equal(q, q_ref)
+
+
+@pytest.mark.parametrize("m,n,zeroed", [(128, 64, False), (256, 128, False), (1, 64, True),
+                                        (128, 32, True)])  # fmt: skip
+def test_nvfp4_scale_buffer_is_zeroed_only_where_it_pads(m, n, zeroed):
+    scales = alloc_nvfp4_scales(m, n, torch.empty(0, device=DEVICE))
+    assert scales.shape == nvfp4_scale_shape(m, n)
+    if zeroed:
+        assert not scales.any()
 
 
 DIV_BY_KERNEL = """

@@ -29,26 +29,29 @@ def round_to_e4m3(v):
     return tl.where(v != v, v, (rounded | sign).to(tl.float32, bitcast=True))  # keep NaN
 
 
+# fp8(clamp(v, -448, 448)): on the GPU Triton's cast is cvt.rn.satfinite, which already
+# saturates to +-448 (infinities included) and keeps NaN, so only the interpreter clamps.
 @triton.jit
 def to_fp8(v, INTERPRET: tl.constexpr):
-    q = tl.clamp(v, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
     if INTERPRET:
-        q = round_to_e4m3(q)
-    return q.to(tl.float8e4nv)
+        v = round_to_e4m3(tl.clamp(v, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL))
+    return v.to(tl.float8e4nv)
 """
 
 # a / b correctly rounded, from inv_b = div_rn(1, b): q = a * inv_b is within one ulp of
-# a / b, the remainder a - q * b is exact in an fma, and one fma correction step rounds it
-# correctly (Markstein's theorem; quotients in the subnormal range, which could differ,
-# quantize to zero in fp8 anyway). Zero, infinite and NaN products keep q, which then
-# already is the quotient (the sign of zero included). The finiteness test is a compare:
-# `q - q == 0` would let ptxas contract a * inv_b - q into an fma (the product's error).
+# a / b, the remainder is exact in an fma, and one fma correction step rounds it correctly
+# (Markstein's theorem; quotients in the subnormal range, which could differ, quantize to
+# zero in fp8 anyway). The correction is q - (q * b - a) * inv_b, the minus carried by
+# inv_b: a zero a then keeps its sign (q + (a - q * b) * inv_b gives +0 for a = -0, and a
+# negated fma is folded back into that form by the compiler). An infinite or NaN a makes
+# the correction NaN where q already is the quotient: one NaN test per element, not a
+# range test of q (twice the instructions).
 DIV_BY = """
 @triton.jit
 def div_by(a, b, inv_b):
     q = a * inv_b
-    corrected = tl.fma(tl.fma(-q, b, a), inv_b, q)
-    return tl.where((q != 0) & (tl.abs(q) < float("inf")), corrected, q)
+    corrected = tl.fma(tl.fma(q, b, -a), -inv_b, q)
+    return tl.where(corrected == corrected, corrected, q)
 """
 
 # 2^ceil(log2(s)) for positive normal s, on the bits (exact, unlike log2/exp2).
@@ -113,7 +116,8 @@ NVFP4_HELPERS = """
 @triton.jit
 def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
     amax = tl.max(tl.abs(blocks), axis=1)
-    sf = to_fp8(tl.math.div_rn(global_scale * amax, 6.0), INTERPRET)
+    # / 6 correctly rounded by div_by (0.16666667 = RN(1/6)): no division per block
+    sf = to_fp8(div_by(global_scale * amax, 6.0, 0.16666666666666666), INTERPRET)
     sf_value = sf.to(tl.float32)
     safe = tl.where(sf_value != 0, sf_value, 1.0)
     inv = tl.where(sf_value != 0, tl.math.div_rn(global_scale, safe), 0.0)
@@ -122,7 +126,8 @@ def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
     # multiples of 0.5 (codes 0-2); from 1, one mantissa bit, code = 2 * exponent + bit + 2
     a = tl.abs(e)
     a = tl.where(a < 6.0, a, tl.where(a != a, 0.0, 6.0))
-    halves = ((a * 2.0 + 8388608.0) - 8388608.0).to(tl.int32)  # RNE by the fp32 add
+    # RNE by the fp32 add: 2a + 2^23 holds round(2a) in its low mantissa bits (no F2I)
+    halves = (a * 2.0 + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
     bits = a.to(tl.int32, bitcast=True)
     one_bit = (bits + 0x1FFFFF + ((bits >> 22) & 1)) >> 22  # biased exponent * 2 + bit
     code = tl.where(a < 1.0, halves, one_bit - 252)

@@ -30,7 +30,7 @@ from irfuse.kernels.norm import MAX_COLS, ROUND_TO
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.runtime import FP8, INTERPRET, launch_config, sm_count
 from irfuse.ops._checks import broadcasts_to
-from irfuse.ops.quant import nvfp4_scale_shape
+from irfuse.ops.quant import alloc_nvfp4_scales
 
 CAUSAL = {"none": 0, "top_left": 1, "bottom_right": 2}
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
@@ -268,7 +268,7 @@ def _allocate(q, v, layout: str, epilogue: str, return_lse: bool):
     scales = q.new_empty(0)
     if epilogue == "nvfp4":
         out = q.new_empty((b * sq, h * dv // 2), dtype=torch.uint8)
-        scales = q.new_zeros(nvfp4_scale_shape(b * sq, h * dv), dtype=torch.int32)
+        scales = alloc_nvfp4_scales(b * sq, h * dv, q)
         return out, lse, scales
     dtype = q.dtype if epilogue == "none" else FP8
     if epilogue == "per_token":

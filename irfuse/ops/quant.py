@@ -191,6 +191,18 @@ def nvfp4_scale_shape(m, n) -> tuple:
     return (_round_up(m, 128), _round_up(n // NVFP4_BLOCK, 4) // 4)
 
 
+def alloc_nvfp4_scales(m: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """The swizzled block-scale tensor a kernel fills for an [m, n] input: zero-filled
+    only where the layout pads (rows to 128, blocks to 4 per row); without padding the
+    kernel writes every byte, and a memset would cost a launch (~1.5 us on H200, 7% of a
+    4096 x 4096 quant)."""
+    shape = nvfp4_scale_shape(m, n)
+    symbolic = not (isinstance(m, int) and isinstance(n, int))  # fake tensors: no guard
+    if symbolic or m % 128 or (n // NVFP4_BLOCK) % 4:
+        return like.new_zeros(shape, dtype=torch.int32)
+    return like.new_empty(shape, dtype=torch.int32)
+
+
 def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
     """Round fp32 values to e2m1 nibbles (RNE, saturate at 6, sign in bit 3) as uint8."""
     a = v.abs()
