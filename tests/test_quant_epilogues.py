@@ -307,7 +307,8 @@ def divide(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr):
 """
 
 
-def test_div_by_is_correctly_rounded_division():
+@pytest.mark.parametrize("form", ["DIV_BY", "DIV_BY_BOUNDED"])
+def test_div_by_is_correctly_rounded_division(form):
     """The quant epilogues divide through `div_by` (reciprocal + fma correction): it must
     equal IEEE division bit for bit wherever the quotient is normal, specials included."""
     g = torch.Generator().manual_seed(0)
@@ -318,7 +319,9 @@ def test_div_by_is_correctly_rounded_division():
     a[: len(special)] = special
     b[len(special) : 2 * len(special)] = torch.tensor([float("inf")] * len(special))
     a[len(special) : 2 * len(special)] = special
-    divide = load_kernel("divide", DIV_BY_KERNEL.format(helper=quant_pieces.DIV_BY))
+    b[2 * len(special) : 3 * len(special)] = 0.0  # a / 0: +-inf, NaN for 0 / 0
+    a[2 * len(special) : 3 * len(special)] = special
+    divide = load_kernel("divide", DIV_BY_KERNEL.format(helper=getattr(quant_pieces, form)))
     out = torch.empty(n, device=DEVICE)
     divide[(1,)](a.to(DEVICE), b.to(DEVICE), out, BLOCK=n)
     expected = a / b

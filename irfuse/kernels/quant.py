@@ -43,15 +43,28 @@ def to_fp8(v, INTERPRET: tl.constexpr):
 # (Markstein's theorem; quotients in the subnormal range, which could differ, quantize to
 # zero in fp8 anyway). The correction is q - (q * b - a) * inv_b, the minus carried by
 # inv_b: a zero a then keeps its sign (q + (a - q * b) * inv_b gives +0 for a = -0, and a
-# negated fma is folded back into that form by the compiler). An infinite or NaN a makes
-# the correction NaN where q already is the quotient: one NaN test per element, not a
-# range test of q (twice the instructions).
+# negated fma is folded back into that form by the compiler). Where the correction does
+# not hold (an infinite or NaN a, a zero or infinite b) q already is the quotient.
+# Two forms, both bit for bit the same, which compile differently (H200, bench/RESULTS.md):
+# - DIV_BY tests the correction for NaN (fused norm + quant kernels, attention: 4-6%
+#   faster there than testing q's range, which takes twice the instructions);
+# - DIV_BY_BOUNDED tests a against a bound set once per scale, so the test comes first
+#   and the compiler predicates the correction instead of selecting (standalone quants:
+#   per-token 11%, per-group 16% faster; 4-5% slower in the fused kernels).
 DIV_BY = """
 @triton.jit
 def div_by(a, b, inv_b):
     q = a * inv_b
     corrected = tl.fma(tl.fma(q, b, -a), -inv_b, q)
     return tl.where(corrected == corrected, corrected, q)
+"""
+DIV_BY_BOUNDED = """
+@triton.jit
+def div_by(a, b, inv_b):
+    q = a * inv_b
+    corrected = tl.fma(tl.fma(q, b, -a), -inv_b, q)
+    bound = tl.where(tl.abs(b) < float("inf"), tl.where(b != 0, float("inf"), -1.0), -1.0)
+    return tl.where(tl.abs(a) < bound, corrected, q)
 """
 
 # 2^ceil(log2(s)) for positive normal s, on the bits (exact, unlike log2/exp2).
@@ -189,11 +202,12 @@ PER_TENSOR = (
 TILEABLE = ("static", "per_group", "nvfp4", "per_tensor")
 
 
-def epilogue(scheme: str) -> tuple[str, str, str]:
+def epilogue(scheme: str, standalone: bool = False) -> tuple[str, str, str]:
     """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax, or for
-    `amax` (phase 1 of per_tensor)."""
+    `amax` (phase 1 of per_tensor); `standalone`: the quant is the whole kernel (it then
+    divides through DIV_BY_BOUNDED)."""
     kind, *options = scheme.split()
-    fp8_helpers = ROUND_TO_E4M3 + DIV_BY
+    fp8_helpers = ROUND_TO_E4M3 + (DIV_BY_BOUNDED if standalone else DIV_BY)
     if kind == "none":
         return "", *NONE
     if kind == "amax":

@@ -118,7 +118,7 @@ class AttentionKernel:
 
 
 def kernel_source(spec: KernelSpec) -> str:
-    helpers, preload, store = quant_pieces.epilogue(spec.quant)
+    helpers, preload, store = quant_pieces.epilogue(spec.quant, spec.producer == "quant")
     columns = norm.ROW_TILE if spec.row_tiles else norm.WHOLE_ROW
     body = columns + norm.LOAD_ROW
     if spec.producer != "quant":
