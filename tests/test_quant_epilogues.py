@@ -110,17 +110,23 @@ def test_standalone_quant_is_bit_exact(scheme):
 def test_row_tiles_are_bit_exact(monkeypatch, scheme):
     """Standalone kernels split few rows into tiles: with tiles of 128 columns, a row of
     320 (384 for groups of 128) spans three, the last one ragged where the width allows,
-    and still reproduces the reference bytes. nvfp4 halves a tile that leaves a ragged
-    last one: a row of 336 runs six tiles of 64, the last one 16 wide."""
+    and still reproduces the reference bytes."""
     tiles = ((math.inf, 128, 4),)
     monkeypatch.setattr(runtime, "ROW_TILES", dict.fromkeys(quant_pieces.TILEABLE, tiles))
-    h = {"nvfp4": 336}.get(scheme, 384 if "128" in scheme else 320)
-    tile = 64 if scheme == "nvfp4" else 128
-    assert runtime.launch_config(3, h, scheme, row_tiles=True) == (tile, 4)
+    h = 384 if "128" in scheme else 320
+    assert runtime.launch_config(3, h, scheme, row_tiles=True) == (128, 4)
     q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 3, h, torch.float32)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
     if scales_ref is not None:
         assert torch.equal(scales, scales_ref)
+
+
+def test_nvfp4_tiles_over_many_rows_divide_the_row():
+    """Many rows run 2048-column nvfp4 tiles where they divide the row, 1024 otherwise
+    (a ragged 2048 tile measured slower on H200)."""
+    assert runtime.launch_config(4096, 4096, "nvfp4", row_tiles=True) == (2048, 2)
+    assert runtime.launch_config(4096, 7168, "nvfp4", row_tiles=True) == (1024, 2)
+    assert runtime.launch_config(16, 4096, "nvfp4", row_tiles=True) == (1024, 4)
 
 
 @pytest.mark.parametrize("scheme", ["per_token", "per_token ub"])

@@ -78,7 +78,7 @@ def launch_config(
     kind = scheme.split()[0]
     if row_tiles:
         _, tile, num_warps = next(t for t in ROW_TILES[kind] if n_rows < t[0])
-        if kind == "nvfp4" and n_cols % tile:  # a ragged last tile: half tiles (measured)
+        if kind == "nvfp4" and tile > 1024 and n_cols % tile:  # 1024 beats ragged 2048
             tile //= 2
         return (tile, num_warps) if block >= tile else (block, max(1, min(num_warps, block // 128)))
     if n_rows >= 1024 and kind == "per_token" and block != n_cols and block >= 8192:
