@@ -313,7 +313,7 @@ def divide(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr):
 """
 
 
-@pytest.mark.parametrize("form", ["DIV_BY", "DIV_BY_BOUNDED"])
+@pytest.mark.parametrize("form", ["DIV_BY", "DIV_BY_BOUNDED", "DIV_BY_RANGED"])
 def test_div_by_is_correctly_rounded_division(form):
     """The quant epilogues divide through `div_by` (reciprocal + fma correction): it must
     equal IEEE division bit for bit wherever the quotient is normal, specials included."""

@@ -45,12 +45,15 @@ def to_fp8(v, INTERPRET: tl.constexpr):
 # inv_b: a zero a then keeps its sign (q + (a - q * b) * inv_b gives +0 for a = -0, and a
 # negated fma is folded back into that form by the compiler). Where the correction does
 # not hold (an infinite or NaN a, a zero or infinite b) q already is the quotient.
-# Two forms, both bit for bit the same, which compile differently (H200, bench/RESULTS.md):
-# - DIV_BY tests the correction for NaN (fused norm + quant kernels, attention: 4-6%
-#   faster there than testing q's range, which takes twice the instructions);
+# Three forms, bit for bit the same, which compile differently; each kernel takes the one
+# that ran fastest in an A/B on H200 (bench/RESULTS.md, fifth session):
+# - DIV_BY tests the correction for NaN (fused norm + per-token: 5.7% faster than
+#   DIV_BY_RANGED; the default, attention included);
 # - DIV_BY_BOUNDED tests a against a bound set once per scale, so the test comes first
 #   and the compiler predicates the correction instead of selecting (standalone quants:
-#   per-token 11%, per-group 16% faster; 4-5% slower in the fused kernels).
+#   per-token 11%, per-group 16% faster than DIV_BY_RANGED; 4-5% slower fused);
+# - DIV_BY_RANGED tests q's range (twice DIV_BY's instructions, yet fused norm +
+#   per-group runs 1.5-5% faster with it than with either other form).
 DIV_BY = """
 @triton.jit
 def div_by(a, b, inv_b):
@@ -65,6 +68,13 @@ def div_by(a, b, inv_b):
     corrected = tl.fma(tl.fma(q, b, -a), -inv_b, q)
     bound = tl.where(tl.abs(b) < float("inf"), tl.where(b != 0, float("inf"), -1.0), -1.0)
     return tl.where(tl.abs(a) < bound, corrected, q)
+"""
+DIV_BY_RANGED = """
+@triton.jit
+def div_by(a, b, inv_b):
+    q = a * inv_b
+    corrected = tl.fma(tl.fma(-q, b, a), inv_b, q)
+    return tl.where((q != 0) & (tl.abs(q) < float("inf")), corrected, q)
 """
 
 # 2^ceil(log2(s)) for positive normal s, on the bits (exact, unlike log2/exp2).
@@ -204,10 +214,14 @@ TILEABLE = ("static", "per_group", "nvfp4", "per_tensor")
 
 def epilogue(scheme: str, standalone: bool = False) -> tuple[str, str, str]:
     """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax, or for
-    `amax` (phase 1 of per_tensor); `standalone`: the quant is the whole kernel (it then
-    divides through DIV_BY_BOUNDED)."""
+    `amax` (phase 1 of per_tensor); `standalone`: the quant is the whole kernel (the
+    form of div_by depends on it, see DIV_BY)."""
     kind, *options = scheme.split()
-    fp8_helpers = ROUND_TO_E4M3 + (DIV_BY_BOUNDED if standalone else DIV_BY)
+    if standalone:
+        division = DIV_BY_BOUNDED
+    else:
+        division = DIV_BY_RANGED if kind == "per_group" else DIV_BY
+    fp8_helpers = ROUND_TO_E4M3 + division
     if kind == "none":
         return "", *NONE
     if kind == "amax":
