@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import irfuse.ops as ref
+from irfuse.ops.quant import nvfp4_scale_shape
 
 TOLERANCES = {
     torch.float32: (1e-5, 1e-5),
@@ -13,6 +14,11 @@ TOLERANCES = {
 }
 FP8_TOL = 1e-1
 NVFP4_TOL = 3e-1
+
+
+def garbage_nvfp4_scales(m: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """An nvfp4 scale buffer of 0xFF bytes (stands in for an uninitialized one)."""
+    return like.new_full(nvfp4_scale_shape(m, n), -1, dtype=torch.int32)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:

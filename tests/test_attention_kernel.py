@@ -12,8 +12,13 @@ import irfuse.lowering.attention as kernels
 import irfuse.ops as ref
 from irfuse.kernels.attention import uses_decode
 from irfuse.lowering.attention import attention_source, kernel_attention
-from irfuse.ops.quant import nvfp4_scale_shape
-from tests.helpers import assert_fp8_close, assert_quant_close, dequant, reference_quant
+from tests.helpers import (
+    assert_fp8_close,
+    assert_quant_close,
+    dequant,
+    garbage_nvfp4_scales,
+    reference_quant,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # the interpreter's tl.dot is wrong on bf16: CPU runs fp16/fp32 (TOOLCHAIN.md)
@@ -91,8 +96,7 @@ def test_epilogues_match_unfused_quant(scheme, hq, hkv, sq, skv, loads):
 def test_nvfp4_epilogue_writes_every_scale_of_an_unpadded_output(monkeypatch):
     """[B*Sq, Hq*Dv] = [128, 64]: no padding, so the scale buffer starts as garbage (it is
     not zero-filled) and the kernel must write every byte."""
-    garbage = lambda m, n, like: like.new_full(nvfp4_scale_shape(m, n), -1, dtype=torch.int32)  # noqa: E731
-    monkeypatch.setattr(kernels, "alloc_nvfp4_scales", garbage)
+    monkeypatch.setattr(kernels, "alloc_nvfp4_scales", garbage_nvfp4_scales)
     q, k, v = _qkv(2, 2, 2, 64, 64, 32, torch.float16)
     layout = _layout_reference(q, k, v, "top_left")
     scale = (448 * 6 / layout.float().abs().amax()).reshape(1).to(DEVICE)

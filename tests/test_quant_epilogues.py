@@ -19,7 +19,7 @@ from irfuse.ops.quant import (
     nvfp4_scale_shape,
     unswizzle_block_scales,
 )
-from tests.helpers import assert_quant_close, dequant, reference_quant
+from tests.helpers import assert_quant_close, dequant, garbage_nvfp4_scales, reference_quant
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = [
@@ -282,8 +282,7 @@ def test_nvfp4_scales_of_unpadded_shapes_are_all_written(monkeypatch):
     """Without padding (rows a multiple of 128, blocks a multiple of 4 per row) the scale
     buffer is not zero-filled first, so the kernel must write every byte: here it starts
     as 0xFF garbage."""
-    garbage = lambda m, n, like: like.new_full(nvfp4_scale_shape(m, n), -1, dtype=torch.int32)  # noqa: E731
-    monkeypatch.setattr(runtime, "alloc_nvfp4_scales", garbage)
+    monkeypatch.setattr(runtime, "alloc_nvfp4_scales", garbage_nvfp4_scales)
     x = torch.randn(128, 64, device=DEVICE)
     scale = torch.tensor([100.0], device=DEVICE)
     q, _, scales, _ = kernel_norm(x, None, None, scale, 0.0, "quant/none/model/nvfp4")
