@@ -29,7 +29,7 @@ from irfuse.kernels.attention import (
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.runtime import FP8, INTERPRET, launch_config, sm_count
-from irfuse.ops._checks import broadcasts_to
+from irfuse.ops._checks import FLOAT_DTYPES, broadcasts_to
 from irfuse.ops.quant import alloc_nvfp4_scales
 
 CAUSAL = {"none": 0, "top_left": 1, "bottom_right": 2}
@@ -202,7 +202,7 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask) -> None:
     if epilogue not in EPILOGUES or causal not in CAUSAL or layout not in ("bhsd", "bs_hd"):
         raise ValueError(f"{what}: unknown epilogue, causal kind or layout")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4 or t.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        if t.dim() != 4 or t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{what}: {name} must be a 4-D bf16/fp16/fp32 tensor")
         if t.dtype != q.dtype or t.device != q.device:
             raise TypeError(f"{what}: q, k, v must share dtype and device")
@@ -234,7 +234,7 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask) -> None:
 def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, causal: str):
     if causal != "none":
         raise ValueError(f"{what}: an explicit mask and causal={causal!r} cannot be combined")
-    if mask.dtype not in (torch.bool, torch.bfloat16, torch.float16, torch.float32):
+    if mask.dtype not in (torch.bool, *FLOAT_DTYPES):
         raise TypeError(f"{what}: the mask must be bool or bf16/fp16/fp32, got {mask.dtype}")
     if mask.device != q.device:
         raise ValueError(f"{what}: the mask is on {mask.device}, q on {q.device}")
