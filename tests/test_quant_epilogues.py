@@ -260,6 +260,35 @@ def test_nvfp4_codes_round_like_the_reference_at_every_threshold():
     assert torch.equal(q, q_ref) and torch.equal(scales, scales_ref)
 
 
+E2M1_KERNEL = """
+import triton
+import triton.language as tl
+{helpers}
+
+@triton.jit
+def codes(e_ptr, out_ptr, BLOCK: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    tl.store(out_ptr + cols, e2m1_code(tl.load(e_ptr + cols)) & 15)
+"""
+
+
+def test_e2m1_code_matches_the_reference_one_ulp_around_every_threshold():
+    """The e2m1 code (arithmetic on the fp32 value, no compares) against the reference's
+    compares: every grid point and threshold, one ulp either side, both signs, zeros,
+    subnormals, saturation, infinities and NaN, plus random values."""
+    points = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 7.0]
+    exact = torch.tensor(points)
+    around = [exact, exact.nextafter(torch.tensor(0.0)), exact.nextafter(torch.tensor(9.0))]
+    specials = torch.tensor([0.0, 1e-45, 1e-38, 5.99, 6.01, 1e30, float("inf"), float("nan")])
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([*around, specials, 8 * torch.rand(1024 - 3 * 15 - 8, generator=g)])
+    e = torch.cat([values, -values])
+    codes = load_kernel("codes", E2M1_KERNEL.format(helpers=quant_pieces.epilogue("nvfp4")[0]))
+    out = torch.empty(e.numel(), dtype=torch.int32, device=DEVICE)
+    codes[(1,)](e.to(DEVICE), out, BLOCK=e.numel())
+    assert torch.equal(out.cpu(), ref.quant.e2m1_codes(e).to(torch.int32))
+
+
 def test_nvfp4_block_scales_match_the_reference_across_magnitudes():
     """Block scales e4m3(global_scale * amax / 6) (the / 6 is a product and an fma
     correction in the kernel) equal the reference's byte for byte, from amaxes that

@@ -135,7 +135,22 @@ PER_GROUP = (
 # nvfp4 of blocks [R, 16] (fp32): SF = e4m3(global_scale * amax / 6), q = e2m1(v *
 # global_scale / SF) rounded to nearest even, two per byte (even element: low nibble).
 # Returns the packed bytes [R, 8] and the scale bytes [R]. Shape-generic callers reshape.
+# The kernels are bound by these instructions, not by memory (standalone: 1.5x faster
+# with a trivial code, bench/RESULTS.md): each one saved per element counts.
 NVFP4_HELPERS = """
+@triton.jit
+def e2m1_code(e):
+    # |e| rounded onto {0, .5, 1, 1.5, 2, 3, 4, 6} (RNE, saturating at 6, NaN -> 0) as its
+    # index 0-7 in the low byte, the sign in bit 3 (bits from 8 up are left over: the
+    # packing drops them). The index is piecewise linear and concave in |e|: min(2a,
+    # a + 2, a / 2 + 4), each line rounded to an integer by adding 2^23 in one operation
+    # (ties to the even index: the even grid point), whose low byte then holds it.
+    a = tl.minimum(tl.abs(e), 6.0, propagate_nan=tl.PropagateNan.ALL)  # inf -> 6, NaN kept
+    index = tl.minimum(tl.minimum(a * 2.0 + 8388608.0, a + 8388610.0), a * 0.5 + 8388612.0)
+    index = tl.maximum(index, 8388608.0)  # NaN (the only value left below 2^23) -> 0
+    return index.to(tl.int32, bitcast=True) | ((e.to(tl.int32, bitcast=True) >> 28) & 8)
+
+
 @triton.jit
 def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
     amax = tl.max(tl.abs(blocks), axis=1)
@@ -144,17 +159,8 @@ def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
     sf_value = sf.to(tl.float32)
     safe = tl.where(sf_value != 0, sf_value, 1.0)
     inv = tl.where(sf_value != 0, tl.math.div_rn(global_scale, safe), 0.0)
-    e = blocks * inv[:, None]
-    # e2m1 magnitude code (RNE, saturating at 6, NaN -> 0) on the fp32 bits: below 1,
-    # multiples of 0.5 (codes 0-2); from 1, one mantissa bit, code = 2 * exponent + bit + 2
-    a = tl.abs(e)
-    a = tl.where(a < 6.0, a, tl.where(a != a, 0.0, 6.0))
-    # RNE by the fp32 add: 2a + 2^23 holds round(2a) in its low mantissa bits (no F2I)
-    halves = (a * 2.0 + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
-    bits = a.to(tl.int32, bitcast=True)
-    one_bit = (bits + 0x1FFFFF + ((bits >> 22) & 1)) >> 22  # biased exponent * 2 + bit
-    code = tl.where(a < 1.0, halves, one_bit - 252)
-    code = code | ((e.to(tl.int32, bitcast=True) >> 28) & 8)  # the sign in bit 3
+    code = e2m1_code(blocks * inv[:, None])
+    # byte = even + (odd << 4), truncated: the codes' bits from 8 (even) and 4 (odd) drop
     pairs = tl.reshape(code, (code.shape[0], 8, 2)) << (tl.arange(0, 2) * 4)[None, None, :]
     return tl.sum(pairs, axis=2).to(tl.uint8), sf.to(tl.uint8, bitcast=True)
 
@@ -171,9 +177,10 @@ NVFP4 = (
     """
     # epilogue: nvfp4, blocks of 16 (nvfp4_blocks), block scales swizzled 128x4
     packed, sf = nvfp4_blocks(tl.reshape(v, (BLOCK // 16, 16)), global_scale, INTERPRET)
-    pairs = col_start // 2 + tl.arange(0, BLOCK // 2)
-    tl.store(out_ptr + row * out_row_stride + pairs, tl.reshape(packed, (BLOCK // 2,)),
-             mask=pairs < n_cols // 2)
+    # stored as [BLOCK // 8, 4]: the 4 bytes a thread packs go out without a shuffle
+    quads = col_start // 2 + tl.arange(0, BLOCK // 8)[:, None] * 4 + tl.arange(0, 4)[None, :]
+    tl.store(out_ptr + row * out_row_stride + quads, tl.reshape(packed, (BLOCK // 8, 4)),
+             mask=quads < n_cols // 2)
     k = col_start // 16 + tl.arange(0, BLOCK // 16)
     tl.store(scale_out_ptr + nvfp4_scale_offset(row, k, n_cols), sf, mask=k < n_cols // 16)
 """,
