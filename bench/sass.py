@@ -56,7 +56,7 @@ def sass(kernel: str, block: int, warps: int, dtype: str) -> str:
     divisible = {
         (names.index(name),): [["tt.divisibility", 16]]
         for name, kind in sig.items()
-        if kind not in ("constexpr", "fp32") and name != "n_rows"
+        if kind not in ("constexpr", "fp32")
     }
     compiled = triton.compile(
         ASTSource(fn, sig, constants, attrs=divisible),

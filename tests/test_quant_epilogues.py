@@ -130,15 +130,21 @@ def test_nvfp4_tiles_over_many_rows_divide_the_row():
 
 
 @pytest.mark.parametrize("scheme", ["per_token", "per_token ub"])
-def test_persistent_per_token_is_bit_exact(monkeypatch, scheme):
-    """Many padded rows run persistent programs that loop over rows (8 programs under the
-    interpreter for 37 rows: uneven loops); the bytes and scales are the reference's."""
-    monkeypatch.setattr(runtime, "PERSISTENT_MIN_ROWS", 16)
-    monkeypatch.setattr(runtime, "PERSISTENT_MIN_BLOCK", 64)
+def test_two_pass_per_token_is_bit_exact(monkeypatch, scheme):
+    """Many padded rows run the two-pass kernel (the amax over the row's quarters, then
+    the quant re-reading them); the bytes and scales are the reference's."""
+    monkeypatch.setattr(runtime, "TWO_PASS_MIN_ROWS", 16)
+    monkeypatch.setattr(runtime, "TWO_PASS_MIN_BLOCK", 64)
     spec = runtime.decode("quant/none/model/per_token")
-    assert runtime.runs_persistent(spec, 37, 100) and not runtime.runs_persistent(spec, 37, 128)
-    assert not runtime.runs_persistent(spec, 15, 100)
+    assert runtime.runs_two_pass(spec, 37, 100) and not runtime.runs_two_pass(spec, 37, 128)
+    assert not runtime.runs_two_pass(spec, 15, 100)
+    launched = []
+    real = runtime._launch
+    monkeypatch.setattr(
+        runtime, "_launch", lambda spec, *a, **k: (launched.append(spec), real(spec, *a, **k))
+    )
     q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 37, 100, torch.float32)
+    assert [s.two_pass for s in launched] == [True]
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
     assert torch.equal(scales, scales_ref)
 

@@ -1,6 +1,6 @@
 """Triton source for the RMSNorm family: one row of `n_cols` per program (standalone
-quants with no row-wide reduction take one tile of a row per program instead; a
-persistent variant loops over rows, see ROWS_PERSISTENT).
+quants with no row-wide reduction take one tile of a row per program instead; standalone
+per-token over wide rows has a body of its own, quant.PER_TOKEN_TWO_PASS).
 
 The body loads the row as fp32 `v`, optionally adds the residual (storing the sum in
 the model dtype), normalises, applies the weight, and leaves `v` rounded to the norm's
@@ -8,12 +8,11 @@ output dtype (the model dtype, or fp32 for an `unrounded` norm) for the epilogue
 fused quant sees exactly what the unfused pair would.
 """
 
-# n_rows only bounds the persistent loop: not specialised (no recompiles for one row).
 SIGNATURE = """
-@triton.jit(do_not_specialize=["n_rows"])
+@triton.jit
 def {name}(
     x_ptr, residual_ptr, weight_ptr, scale_ptr, out_ptr, residual_out_ptr, scale_out_ptr,
-    value_ptr, n_rows, n_cols, x_row_stride, residual_row_stride, out_row_stride,
+    value_ptr, n_cols, x_row_stride, residual_row_stride, out_row_stride,
     residual_out_row_stride, scale_out_row_stride, scale_out_col_stride, value_row_stride, eps,
     BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
@@ -32,14 +31,6 @@ ROWS_IN_ORDER = "    row = tl.program_id(0).to(tl.int64)\n"
 ROWS_LAST_FIRST = (
     "    row = (tl.num_programs(0) - 1 - tl.program_id(0)).to(tl.int64)  # last rows first\n"
 )
-# A few programs per SM, each looping over rows, the body indented under this: the loop
-# pipelines the next rows' loads under this row's reduction and stores, which one short
-# program per row cannot (its loads wait for it to start).
-ROWS_PERSISTENT = """
-    # persistent: rows program_id, + num_programs, ...; the next rows' loads run ahead
-    for program_row in tl.range(tl.program_id(0), n_rows, tl.num_programs(0), num_stages=3):
-        row = tl.cast(program_row, tl.int64)
-"""
 WHOLE_ROW = "    col_start = 0  # the whole row\n"
 # Without a row-wide reduction a row splits into tiles, so that a few rows still fill the
 # GPU (one program per row leaves most SMs idle below ~100 rows).

@@ -3,8 +3,7 @@
 An epilogue is a pair: a preload, emitted with the kernel's first loads so that its
 latency overlaps theirs (it matters for a handful of rows), and a store, which takes `v`
 (fp32, already rounded to the producer's output dtype; a row or a tile of one per
-program, or per loop step of a persistent program: `row`, `cols` = `col_start` +
-arange(BLOCK), `mask`, masked lanes hold 0) to
+program: `row`, `cols` = `col_start` + arange(BLOCK), `mask`, masked lanes hold 0) to
 `out_ptr`, and its scales to `scale_out_ptr` (at `row * scale_out_row_stride + i *
 scale_out_col_stride`; nvfp4 uses the swizzled layout). Divisions are correctly rounded,
 as the reference divides: by a scale shared by a row or a group, through `div_by` (one
@@ -102,19 +101,59 @@ STATIC = (
     + STORE.format(value="to_fp8(v * inv_scale, INTERPRET)"),
 )
 
-PER_TOKEN = (
-    """    if HAS_SCALE:
+PER_TOKEN_PRELOAD = """    if HAS_SCALE:
         scale_ub = tl.load(scale_ptr)  # per-token scale upper bound, loaded early
-""",
-    """
-    # epilogue: dynamic per-token fp8, s = max(min(amax, ub) / 448, 1 / (448 * 512))
-    amax = tl.max(tl.abs(v), axis=0)
-    if HAS_SCALE:
+"""
+# from the row's amax: the scale, stored
+PER_TOKEN_SCALE = """    if HAS_SCALE:
         amax = tl.minimum(amax, scale_ub)
     s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
     tl.store(scale_out_ptr + row * scale_out_row_stride, s)
 """
-    + STORE.format(value="to_fp8(div_by(v, s, tl.math.div_rn(1.0, s)), INTERPRET)"),
+PER_TOKEN_QUANT = "to_fp8(div_by(v, s, inv_s), INTERPRET)"
+
+PER_TOKEN = (
+    PER_TOKEN_PRELOAD,
+    """
+    # epilogue: dynamic per-token fp8, s = max(min(amax, ub) / 448, 1 / (448 * 512))
+    amax = tl.max(tl.abs(v), axis=0)
+"""
+    + PER_TOKEN_SCALE
+    + "    inv_s = tl.math.div_rn(1.0, s)\n"
+    + STORE.format(value=PER_TOKEN_QUANT),
+)
+
+# Standalone per-token over rows padded to 8192+ lanes (hidden 7168), a whole kernel body:
+# two passes over the row's quarters, the amax, then the quant, which reads the row again
+# from L2 (the first pass's loads ask to keep it there). Holding the row in registers
+# instead costs occupancy at that width (runtime.runs_two_pass).
+PER_TOKEN_TWO_PASS = (
+    """    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_row_stride
+"""
+    + PER_TOKEN_PRELOAD
+    + """    # pass 1: the amax, the four quarters' loads in flight together
+    abs_max = tl.zeros([BLOCK // 4], tl.float32)
+    for quarter in tl.static_range(4):
+        cols = quarter * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+        v = tl.load(x_row + cols, mask=cols < n_cols, other=0.0, eviction_policy="evict_last")
+        abs_max = tl.maximum(abs_max, tl.abs(v.to(tl.float32)))
+
+    # dynamic per-token fp8, s = max(min(amax, ub) / 448, 1 / (448 * 512))
+    amax = tl.max(abs_max, axis=0)
+"""
+    + PER_TOKEN_SCALE
+    + """    inv_s = tl.math.div_rn(1.0, s)
+
+    # pass 2: the quant of each quarter, read again (from L2)
+    for quarter in tl.static_range(4):
+        cols = quarter * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+        mask = cols < n_cols
+        v = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(
+            tl.float32
+        )
+    """
+    + STORE.format(value=PER_TOKEN_QUANT)
 )
 
 PER_GROUP = (

@@ -8,7 +8,6 @@ the ops it fuses.
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass
 
 from irfuse.kernels import norm
@@ -25,7 +24,7 @@ class KernelSpec:
     quant: str = "none"  # none, or a scheme in #irfuse.quant syntax ("per_group 128 ue8m0")
     norm_out: str = "model"  # model: the norm rounds to the input dtype | fp32: it does not
     keep_value: bool = False  # with a quant: also store the unquantized value
-    persistent: bool = False  # programs loop over rows (a launch-time choice, not encoded)
+    two_pass: bool = False  # per-token over wide rows (a launch-time choice, not encoded)
 
     @property
     def name(self) -> str:
@@ -36,14 +35,14 @@ class KernelSpec:
         mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
         out = "_f32out" if self.norm_out == "fp32" else ""
         keep = "_keep" if self.keep_value else ""
-        persistent = "_persistent" if self.persistent else ""
-        return f"irfuse_{self.producer}{mode}{out}{suffix}{keep}{persistent}"
+        two_pass = "_two_pass" if self.two_pass else ""
+        return f"irfuse_{self.producer}{mode}{out}{suffix}{keep}{two_pass}"
 
     @property
     def row_tiles(self) -> bool:
         """Whether a row may split into tiles over programs (grid: rows x tiles)."""
         tileable = self.quant.split()[0] in quant_pieces.TILEABLE
-        return self.producer == "quant" and tileable and not self.persistent
+        return self.producer == "quant" and tileable
 
     def source(self) -> str:
         return kernel_source(self)
@@ -91,7 +90,7 @@ class KernelSpec:
             parts.append(f"{self.quant} fp8 quant")
         text = " + ".join(parts)
         text += " (the unquantized value kept too)" if self.keep_value else ""
-        return text + " (persistent programs over rows)" if self.persistent else text
+        return text + " (two passes over each row)" if self.two_pass else text
 
 
 # per_tensor runs as two kernels, `amax` (internal) then `per_tensor` (runtime.py).
@@ -132,13 +131,14 @@ def kernel_source(spec: KernelSpec) -> str:
     if spec.keep_value:
         body += norm.STORE_VALUE
     body += store
-    if spec.persistent:
-        body = norm.ROWS_PERSISTENT + textwrap.indent(body, "    ")
-        how = "Persistent programs, one row per loop step"
-    else:
-        rows = norm.ROWS_LAST_FIRST if spec.quant == "per_tensor" else norm.ROWS_IN_ORDER
-        body = rows + body
-        how = "A tile of a row per program" if spec.row_tiles else "One row per program"
+    rows = norm.ROWS_LAST_FIRST if spec.quant == "per_tensor" else norm.ROWS_IN_ORDER
+    body = rows + body
+    how = "A tile of a row per program" if spec.row_tiles else "One row per program"
+    if spec.two_pass:
+        if (spec.producer, spec.quant) != ("quant", "per_token"):
+            raise ValueError(f"no two-pass kernel for {spec.describe()}")
+        body = quant_pieces.PER_TOKEN_TWO_PASS
+        how = "One row per program, in two passes over its quarters"
     return (
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
         f'{how}; see irfuse/kernels for the pieces."""\n\n'

@@ -108,38 +108,37 @@ ROW_TILES = {
 }
 
 
-# Standalone per-token rows padded to 8192+ lanes (hidden 7168): from 4096 rows, a few
-# persistent programs per SM loop over rows with the next rows' loads in flight: 1.33x /
-# 1.45x Inductor at 4096 / 16384 rows against 1.21x / 1.26x for one program per row (H200,
-# bench/RESULTS.md; 4 warps, 4 programs per SM, 3 stages: the best of a sweep of 2-8
-# warps, 2-8 programs, 3-5 stages). Fewer rows, and rows that fill their lanes (4096,
-# 8192), run as fast or faster one per program.
-PERSISTENT_MIN_ROWS = 4096
-PERSISTENT_MIN_BLOCK = 8192
-PERSISTENT_PROGRAMS_PER_SM, PERSISTENT_WARPS = 4, 4
+# Standalone per-token rows padded to 8192+ lanes (hidden 7168), from 4096 rows: one
+# program of 8 warps per row, in two passes over the row's quarters (the amax, then the
+# quant re-reading the row from L2; quant.PER_TOKEN_TWO_PASS). H200, kernel alone, same
+# run (bench/RESULTS.md, sixth session): 7168 x 4096 / 16384 rows 23.9 / 89.7 us against
+# 26.4 / 94.5 us for the fifth session's form, persistent programs holding a row in
+# registers (1.05x-1.11x). Rows that fill their lanes run faster in one pass (8192: two
+# passes 0.95x; 4096: 0.98x).
+TWO_PASS_MIN_ROWS = 4096
+TWO_PASS_MIN_BLOCK = 8192
+TWO_PASS_WARPS = 8
 
 
-def runs_persistent(spec: KernelSpec, n_rows: int, n_cols: int) -> bool:
-    """Whether `spec` over [n_rows, n_cols] runs its persistent variant."""
+def runs_two_pass(spec: KernelSpec, n_rows: int, n_cols: int) -> bool:
+    """Whether `spec` over [n_rows, n_cols] runs its two-pass variant."""
     block = triton.next_power_of_2(n_cols)
     return (
         spec.producer == "quant"
-        and spec.quant.split()[0] == "per_token"
-        and n_rows >= PERSISTENT_MIN_ROWS
-        and PERSISTENT_MIN_BLOCK <= block != n_cols
+        and spec.quant == "per_token"
+        and n_rows >= TWO_PASS_MIN_ROWS
+        and TWO_PASS_MIN_BLOCK <= block != n_cols
     )
 
 
 @functools.cache
-def _persistent(spec: KernelSpec) -> KernelSpec:
-    return dataclasses.replace(spec, persistent=True)
+def _two_pass(spec: KernelSpec) -> KernelSpec:
+    return dataclasses.replace(spec, two_pass=True)
 
 
 @functools.cache
 def sm_count(device: torch.device) -> int:
-    """SMs of `device`; under the interpreter, 2 (so that tests see programs loop)."""
-    if INTERPRET:
-        return 2
+    """SMs of `device` (a CUDA device)."""
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
@@ -273,8 +272,8 @@ def kernel_norm(
     else:
         scales2 = scales.view(-1, scales.shape[-1]) if scales.dim() > 1 else scales
     value2 = value.view(-1, n_cols) if spec.keep_value else None
-    if runs_persistent(spec, x2.shape[0], n_cols):
-        spec = _persistent(spec)
+    if runs_two_pass(spec, x2.shape[0], n_cols):
+        spec = _two_pass(spec)
     _launch(spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps)
     return out, residual_out, scales, value
 
@@ -296,21 +295,19 @@ def _launch(
     eps: float,
     config: tuple[int, int] | None = None,
 ) -> None:
-    """One launch of `spec`'s kernel over the rows of `x2` (and their tiles; a persistent
-    spec: a 1-D grid of a few programs per SM, each looping over rows); absent tensors are
-    passed as `x2` (their pointers are never read: the kernel source has no use for
-    them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps)."""
+    """One launch of `spec`'s kernel over the rows of `x2` (and their tiles); absent
+    tensors are passed as `x2` (their pointers are never read: the kernel source has no
+    use for them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps)."""
     n_rows, n_cols = x2.shape
     block, num_warps = config or launch_config(n_rows, n_cols, spec.quant, spec.row_tiles)
+    if spec.two_pass and not config:
+        num_warps = TWO_PASS_WARPS
     grid = (n_rows, triton.cdiv(n_cols, block))
-    if spec.persistent:
-        programs = PERSISTENT_PROGRAMS_PER_SM * sm_count(x2.device)
-        grid, num_warps = (min(n_rows, programs),), config[1] if config else PERSISTENT_WARPS
     two_d = scales2.dim() > 1
     compiled_kernel(spec)[grid](
         x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
         x2 if scale is None else scale, out2, out2 if residual_out2 is None else residual_out2,
-        scales2, out2 if value2 is None else value2, n_rows, n_cols, x2.stride(0),
+        scales2, out2 if value2 is None else value2, n_cols, x2.stride(0),
         0 if residual2 is None else residual2.stride(0), out2.stride(0),
         0 if residual_out2 is None else residual_out2.stride(0),
         scales2.stride(0) if two_d else 1, scales2.stride(1) if two_d else 0,
