@@ -108,14 +108,14 @@ ROW_TILES = {
 }
 
 
-# Standalone per-token rows padded to 8192+ lanes (hidden 7168), from 4096 rows: one
+# Standalone per-token rows padded to 8192+ lanes (hidden 5120, 7168), from 256 rows: one
 # program of 8 warps per row, in two passes over the row's quarters (the amax, then the
-# quant re-reading the row from L2; quant.PER_TOKEN_TWO_PASS). H200, kernel alone, same
-# run (bench/RESULTS.md, sixth session): 7168 x 4096 / 16384 rows 23.9 / 89.7 us against
-# 26.4 / 94.5 us for the fifth session's form, persistent programs holding a row in
-# registers (1.05x-1.11x). Rows that fill their lanes run faster in one pass (8192: two
-# passes 0.95x; 4096: 0.98x).
-TWO_PASS_MIN_ROWS = 4096
+# quant re-reading the row from L2; quant.PER_TOKEN_TWO_PASS). H200, kernel alone
+# (bench/RESULTS.md, sixth session), x the one-pass kernel: 7168 x 256 / 1024 / 2048 /
+# 4096 rows 1.05x / 1.17x / 1.35x / 1.38x, 5120 alike; 1.05x-1.11x the fifth session's
+# persistent programs at 4096 / 16384 rows. Rows that fill their lanes, or a smaller
+# padded block (2880 in 4096: 0.73x-0.99x), run faster in one pass.
+TWO_PASS_MIN_ROWS = 256
 TWO_PASS_MIN_BLOCK = 8192
 TWO_PASS_WARPS = 8
 
