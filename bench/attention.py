@@ -1,6 +1,7 @@
 """Attention + static fp8 output quant: cuDNN SDPA vs irfuse's Triton attention, bf16.
 
     python bench/attention.py [--rounds 5] [--only I ...] [--per-token] [--padding-mask]
+        [--causal-mask]
 
 Candidates, timed in one process under CUDA graphs, alternating over rounds (medians):
 SDPA alone (cuDNN by default on H100/H200), irfuse's kernel alone (bf16 out), the block
@@ -45,6 +46,21 @@ MASKED_SHAPES = [  # --padding-mask: a bool [B, 1, 1, Skv] mask, no causal
 ]
 
 
+CAUSAL_MASK_SHAPES = [  # --causal-mask: a bool [B, 1, S, S] causal + padding mask
+    (4, 32, 32, 4096, 4096, 128, False),
+    (8, 16, 16, 1024, 1024, 64, False),
+    (4, 32, 32, 4096, 4096, 64, False),
+]
+
+
+def causal_padded_mask(b: int, s: int) -> torch.Tensor:
+    """What a model passes for a right-padded batch: causal, and every other sequence's
+    last 10% of keys masked (every query still sees key 0)."""
+    keep = torch.ones(s, s, dtype=torch.bool, device="cuda").tril().expand(b, 1, s, s).clone()
+    keep[1::2, ..., s * 9 // 10 :] = False
+    return keep
+
+
 def padding_mask(b: int, skv: int) -> torch.Tensor:
     """Every other sequence padded: its last 10% of keys masked."""
     keep = torch.ones(b, 1, 1, skv, dtype=torch.bool, device="cuda")
@@ -73,7 +89,7 @@ def per_token_block(q, k, v, scale, causal: bool, mask=None):
 
 
 def bench_shape(
-    shape, rounds: int, block=block, masked: bool = False
+    shape, rounds: int, block=block, masked: str | None = None
 ) -> tuple[dict[str, float], str]:
     b, hq, hkv, sq, skv, d, causal = shape
     torch._dynamo.reset()
@@ -81,7 +97,8 @@ def bench_shape(
     k = torch.randn(b, hkv, skv, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     s = torch.tensor([0.02], device="cuda")
-    mask = padding_mask(b, skv) if masked else None
+    mask = {None: lambda: None, "padding": lambda: padding_mask(b, skv),
+            "causal": lambda: causal_padded_mask(b, sq)}[masked]()  # fmt: skip
     mode = "top_left" if causal else "none"
     inductor = torch.compile(block, dynamic=False)
     fused = torch.compile(block, backend="irfuse", dynamic=False,
@@ -116,19 +133,21 @@ def main() -> None:
     parser.add_argument("--only", type=int, nargs="+", default=None, help="indices of SHAPES")
     parser.add_argument("--per-token", action="store_true", help="decode + per-token fp8")
     parser.add_argument("--padding-mask", action="store_true", help="a bool padding mask")
+    parser.add_argument("--causal-mask", action="store_true", help="a bool causal 4-D mask")
     args = parser.parse_args()
     rows, raw = [], []
     shapes = [SHAPES[i] for i in args.only] if args.only else SHAPES
     if args.per_token:
         shapes = DECODE_SHAPES
-    if args.padding_mask:
-        shapes = MASKED_SHAPES
+    masked = "padding" if args.padding_mask else "causal" if args.causal_mask else None
+    if masked:
+        shapes = MASKED_SHAPES if masked == "padding" else CAUSAL_MASK_SHAPES
     for shape in shapes:
         b, hq, hkv, sq, skv, d, causal = shape
         times, choice = bench_shape(
-            shape, args.rounds, per_token_block if args.per_token else block, args.padding_mask
+            shape, args.rounds, per_token_block if args.per_token else block, masked
         )
-        flops = 4 * b * hq * sq * skv * d / (2 if causal else 1)
+        flops = 4 * b * hq * sq * skv * d / (2 if causal or masked == "causal" else 1)
         tflops = {k: flops / (t * 1e-6) / 1e12 for k, t in times.items()}
         raw.append({"shape": shape, "us": times, "TFLOP/s": tflops, "auto": choice})
         name = f"B{b} H{hq}/{hkv} S{sq}x{skv} D{d}{' causal' if causal else ''}"
@@ -146,11 +165,13 @@ def main() -> None:
         if args.per_token
         else "static fp8 of the [B,S,H*D] output"
     )
-    if args.padding_mask:
+    if masked == "padding":
         what += "; a bool padding mask [B,1,1,Skv], SDPA runs its masked backend"
+    if masked == "causal":
+        what += "; a bool causal + padding mask [B,1,S,S] (flops counted causal)"
     text = append_results(
         f"attention (+ {what}), bf16, us (TFLOP/s)",
-        ["shape", "SDPA" if args.padding_mask else "SDPA (cuDNN)", "irfuse kernel",
+        ["shape", "SDPA" if masked else "SDPA (cuDNN)", "irfuse kernel",
          "kernel vs SDPA", "SDPA+quant (Inductor)", "irfuse fused", "irfuse auto (choice)",
          "auto vs Inductor"],
         rows,

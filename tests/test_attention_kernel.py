@@ -271,6 +271,54 @@ def test_explicit_masks_match_reference(kind, hq, hkv, sq, skv, mask_shape, load
     torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
 
 
+def _causal_padded_keep(sq: int, skv: int) -> torch.Tensor:
+    """[2, 1, sq, skv] bool: causal (bottom-right); batch 1 with its first 20 keys padded
+    away; batch 0's last rows without key 24 (a hole in a run of full tiles)."""
+    keep = torch.ones(2, 1, sq, skv, dtype=torch.bool).tril(diagonal=skv - sq)
+    keep[1, :, :, :20] = False
+    keep[0, :, 48:, 24] = False
+    return keep
+
+
+def test_mask_tiles_skip_hidden_keys_and_leave_full_tiles_unmasked():
+    """The mask summary per block of 16 query rows, in 16-key tiles: (first tile seen,
+    full run start, full run end, last tile seen + 1); a block that sees nothing visits
+    nothing; with no full tile the run is empty at the end; of equal runs the first."""
+    q, k, _ = _qkv(2, 2, 2, 64, 64, 16, torch.float16)
+    keep = _causal_padded_keep(64, 64)
+    expected = torch.tensor(
+        [[(0, 1, 1, 1), (0, 0, 1, 2), (0, 0, 2, 3), (0, 0, 1, 4)],
+         [(0, 0, 0, 0), (1, 2, 2, 2), (1, 3, 3, 3), (1, 2, 3, 4)]], dtype=torch.int32,
+    )  # fmt: skip
+    additive = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    nonzero_bias = additive.clone()
+    nonzero_bias[0, :, 16, 3] = 0.5  # batch 0, block 1: tile 0 is no longer full
+    expected_bias = expected.clone()
+    expected_bias[0, 1] = torch.tensor((0, 2, 2, 2))
+    config = {"BLOCK_M": 16, "BLOCK_N": 16}
+    for mask, want in ((keep, expected), (additive, expected), (nonzero_bias, expected_bias)):
+        masking = kernels._mask_args(mask.to(DEVICE), q, k)
+        tiles, heads = kernels._mask_tiles(masking, 2, 2, 64, 64, config)
+        assert heads == 1  # the same for every head: summarised once
+        assert torch.equal(tiles.view(2, 4, 4).cpu(), want)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive -inf"])
+@pytest.mark.parametrize("sq,skv", [(64, 64), (60, 70)])
+def test_structured_masks_skip_tiles_and_match_reference(kind, sq, skv, loads):
+    """Causal-with-padding masks (full, mixed, hidden and ragged tiles, a block of rows
+    that sees nothing): the kernel skips and unmasks tiles by the summary, same results."""
+    q, k, v = _qkv(2, 2, 1, sq, skv, 16, torch.float16)  # 2 x 60+ rows per kv head: prefill
+    assert not uses_decode(sq, 2, 1)
+    keep = _causal_padded_keep(sq, skv)
+    mask = keep if kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    mask = mask.to(DEVICE)
+    out, lse, _ = kernel_attention(q, k, v, None, 0.3, "none", "bhsd", True, "none", mask)
+    out_ref, lse_ref = ref.attention(q, k, v, mask, 0.3, "none", True)
+    torch.testing.assert_close(out, out_ref, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+
+
 def test_explicit_mask_with_an_epilogue():
     q, k, v = _qkv(2, 2, 2, 40, 40, 32, torch.float16)
     mask = _mask("bool", (2, 1, 40, 40))
@@ -312,6 +360,28 @@ def test_gpu_explicit_masks_every_head_dim(d, mask_dtype, mask_shape):
         if mask_dtype == torch.bool
         else torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, float("-inf")).to(mask_dtype)
     )
+    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
+    out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
+    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+    torch.testing.assert_close(lse, lse_ref, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16])
+@pytest.mark.parametrize("seq", [1031, 2048])
+def test_gpu_structured_masks_with_production_tiles(d, mask_dtype, seq):
+    """A causal + padding mask ([B, 1, S, S], a model's padded batch): hidden tiles
+    skipped, full tiles unmasked, mixed ones masked, with the production tiles."""
+    q, k, v = _qkv(2, 4, 2, seq, seq, d, torch.bfloat16)
+    keep = torch.ones(seq, seq, dtype=torch.bool).tril().expand(2, 1, seq, seq).clone()
+    keep[1, ..., seq * 9 // 10 :] = False
+    keep[0, :, seq // 2 :, 100:140] = False  # a hole in the full tiles of later rows
+    keep = keep.to(DEVICE)
+    mask = keep if mask_dtype == torch.bool else (
+        torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, float("-inf")).to(mask_dtype)
+    )  # fmt: skip
     out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
     out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
     torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])

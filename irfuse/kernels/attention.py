@@ -40,10 +40,10 @@ def uses_decode(seq_q: int, heads_q: int, heads_kv: int) -> bool:
 PREFILL_SIGNATURE = """
 @triton.jit
 def {name}(
-    q_ptr, k_ptr, v_ptr, mask_ptr, scale_ptr, out_ptr, lse_ptr, scale_out_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, mask_tiles_ptr, scale_ptr, out_ptr, lse_ptr, scale_out_ptr,
     sm_scale, seq_q, seq_kv, group,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-    stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk,
+    stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, mask_heads,
     stride_ob, stride_oh, stride_os, n_heads, out_rows_per_batch,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
@@ -97,14 +97,24 @@ SCORES_SETUP = """
         offset = seq_kv - seq_q
 """
 
-PREFILL_SETUP = """    full_end = seq_kv // BLOCK_N * BLOCK_N  # tiles without a ragged edge
+# Keys [start, end) are visited: [full_start, full_end) in full tiles with no mask, the
+# rest in masked tiles (diagonal, ragged edge, an explicit mask's mixed tiles).
+PREFILL_SETUP = """    start = 0
+    full_start = 0
+    full_end = seq_kv // BLOCK_N * BLOCK_N  # tiles without a ragged edge
     end = seq_kv
     if CAUSAL != 0:  # tiles every row of the block sees in full, then the diagonal ones
         full_end = tl.minimum(full_end, tl.maximum(start_m * BLOCK_M + offset + 1, 0)
                               // BLOCK_N * BLOCK_N)
         end = tl.minimum(seq_kv, (start_m + 1) * BLOCK_M + offset)
-    if MASK != 0:  # every tile reads the explicit mask
-        full_end = 0
+    if MASK != 0:  # the mask's tile ranges for this block (mask_tiles): no row sees keys
+        # outside [start, end), every row sees [full_start, full_end) in full
+        tiles = mask_tiles_ptr + ((batch * mask_heads + head % mask_heads)
+                                  * tl.num_programs(0) + start_m) * 4
+        start = tl.load(tiles) * BLOCK_N
+        full_start = tl.load(tiles + 1) * BLOCK_N
+        full_end = tl.load(tiles + 2) * BLOCK_N
+        end = tl.minimum(tl.load(tiles + 3) * BLOCK_N, seq_kv)
     query_pos = offs_m  # what the causal mask compares keys with
     kv_end = seq_kv
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -133,8 +143,7 @@ KV_LOAD["tma", True] = KV_LOAD["tma", False]  # zero past seq_kv
 
 KEY_LOOP = """
     # {stage}
-    for start_n in range({start}, {stop}, BLOCK_N):
-        cols = start_n + offs_n
+{header}        cols = start_n + offs_n
 {loads}        if INTERPRET:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -142,6 +151,14 @@ KEY_LOOP = """
 {softmax}        l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
         m_i = m_new
+"""
+
+# Key-loop headers: a stage over one range; the masked stage over [start, full_start)
+# then [full_end, end), around the full tiles.
+KEY_RANGE = "    for start_n in range({start}, {stop}, BLOCK_N):\n"
+MASKED_KEY_RANGES = """    gap = full_end - full_start
+    for tile_n in range(start, end - gap, BLOCK_N):
+        start_n = tl.where(tile_n < full_start, tile_n, tile_n + gap)
 """
 
 # the scale is applied inside exp2's argument (one fused multiply-add per score)
@@ -219,6 +236,63 @@ PREFILL_EPILOGUE = {
              mask=row_ok[:, None])
 """,
 }
+
+# An explicit mask's tile summary, for the prefill kernel's key ranges: one program per
+# block of BLOCK_M query rows and (batch, mask head) scans the key tiles and stores, in
+# tiles, [start, end): the tiles some row sees, and [full_start, full_end): the longest
+# run of tiles every row sees in full (bool True, or an additive 0) and without a ragged
+# edge. Tiles outside [start, end) are skipped (they add exactly nothing), the full run
+# is computed without the mask. Rows past seq_q see everything and nothing.
+MASK_TILES = """
+@triton.jit
+def {name}(
+    mask_ptr, tiles_ptr, seq_q, seq_kv, mask_heads,
+    stride_mb, stride_mh, stride_mq, stride_mk,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+):
+    start_m = tl.program_id(0)
+    batch_head = tl.program_id(1).to(tl.int64)
+    batch = batch_head // mask_heads
+    head = batch_head % mask_heads
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < seq_q
+    rows = mask_ptr + batch * stride_mb + head * stride_mh + offs_m.to(tl.int64) * stride_mq
+    n_tiles = tl.cdiv(seq_kv, BLOCK_N)
+    start = n_tiles
+    end = 0
+    run_start = 0
+    full_start = 0
+    full_end = 0
+    for tile in range(0, n_tiles):
+        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < seq_kv
+        inside = row_ok[:, None] & col_ok[None, :]
+        values = tl.load(rows[:, None] + cols.to(tl.int64)[None, :] * stride_mk, mask=inside,
+                         other=0)
+        if MASK == 1:  # bool, True = keep
+            seen = values != 0
+            whole = seen
+        else:  # additive: -inf hides a key, 0 leaves its score as it is
+            seen = values.to(tl.float32) != float("-inf")
+            whole = values.to(tl.float32) == 0
+        some = tl.max((seen & inside).to(tl.int32)) != 0
+        every = tl.min(((whole | ~row_ok[:, None]) & col_ok[None, :]).to(tl.int32)) != 0
+        start = tl.where(some, tl.minimum(start, tile), start)
+        end = tl.where(some, tile + 1, end)
+        run_start = tl.where(every, run_start, tile + 1)
+        longer = every & (tile + 1 - run_start > full_end - full_start)
+        full_start = tl.where(longer, run_start, full_start)
+        full_end = tl.where(longer, tile + 1, full_end)
+    start = tl.where(end > 0, start, 0)  # no key seen: nothing to visit
+    no_run = full_end == full_start
+    full_start = tl.where(no_run, end, full_start)  # no full tile: all masked
+    full_end = tl.where(no_run, end, full_end)
+    summary = tiles_ptr + (batch_head * tl.num_programs(0) + start_m) * 4
+    tl.store(summary, start)
+    tl.store(summary + 1, full_start)
+    tl.store(summary + 2, full_end)
+    tl.store(summary + 3, end)
+"""
 
 SPLIT_KV_HEAD = """
 @triton.jit

@@ -56,9 +56,9 @@ def prefill_name(epilogue: str, loads: str) -> str:
     return "irfuse_attention" + ("_tma" if loads == "tma" else "") + _SUFFIX[epilogue]
 
 
-def _key_loop(stage: str, start: str, stop: str, loads: str, masked: bool) -> str:
+def _key_loop(stage: str, header: str, loads: str, masked: bool) -> str:
     return pieces.KEY_LOOP.format(
-        stage=stage, start=start, stop=stop, loads=pieces.KV_LOAD[(loads, masked)],
+        stage=stage, header=header, loads=pieces.KV_LOAD[(loads, masked)],
         softmax=pieces.MASKED_SOFTMAX if masked else pieces.FULL_SOFTMAX,
     )  # fmt: skip
 
@@ -67,10 +67,12 @@ def prefill_source(epilogue: str, loads: str = "pointer") -> str:
     """The prefill kernel; `loads`: "pointer" or "tma" (descriptors built on the host)."""
     if epilogue not in EPILOGUES or epilogue in DECODE_ONLY:
         raise ValueError(f"no prefill attention epilogue {epilogue!r}")
-    stages = [("tiles every row sees in full: no masks", "0", "full_end", False),
-              ("diagonal and ragged-edge tiles: masked", "full_end", "end", True)]  # fmt: skip
-    loops = "".join(_key_loop(stage, start, stop, loads, masked)
-                    for stage, start, stop, masked in stages)  # fmt: skip
+    full = pieces.KEY_RANGE.format(start="full_start", stop="full_end")
+    stages = [("tiles every row sees in full: no masks", full, False),
+              ("diagonal, ragged-edge and mixed mask tiles: masked", pieces.MASKED_KEY_RANGES,
+               True)]  # fmt: skip
+    loops = "".join(_key_loop(stage, header, loads, masked)
+                    for stage, header, masked in stages)  # fmt: skip
     body = (
         pieces.PREFILL_SIGNATURE.format(name=prefill_name(epilogue, loads))
         + pieces.PREFILL_PRELOAD[epilogue] + pieces.Q_LOAD[loads] + pieces.SCORES_SETUP
@@ -83,6 +85,15 @@ def prefill_source(epilogue: str, loads: str = "pointer") -> str:
                    helpers, body)  # fmt: skip
 
 
+MASK_TILES_NAME = "irfuse_attention_mask_tiles"
+
+
+def mask_tiles_source() -> str:
+    return _module(MASK_TILES_NAME, "nothing (an explicit mask's key-tile ranges per query block)",
+                   "One block of query rows per program",
+                   "", pieces.MASK_TILES.format(name=MASK_TILES_NAME))  # fmt: skip
+
+
 SPLIT_KV_NAME = "irfuse_attention_split_kv"
 
 
@@ -91,7 +102,12 @@ def split_kv_source() -> str:
         pieces.SPLIT_KV_HEAD.format(name=SPLIT_KV_NAME)
         + pieces.SCORES_SETUP
         + pieces.SPLIT_KV_KEYS
-        + _key_loop("this slice's keys: masked", "start", "kv_end", "pointer", True)
+        + _key_loop(
+            "this slice's keys: masked",
+            pieces.KEY_RANGE.format(start="start", stop="kv_end"),
+            "pointer",
+            True,
+        )
         + pieces.SPLIT_KV_STORE
     )
     return _module(SPLIT_KV_NAME, "attention (one slice of the keys; `combine` merges)",
@@ -118,6 +134,11 @@ def prefill_kernel(epilogue: str, loads: str) -> Any:
 
 
 @functools.cache
+def mask_tiles_kernel() -> Any:
+    return load_kernel(MASK_TILES_NAME, mask_tiles_source())
+
+
+@functools.cache
 def split_kv_kernel() -> Any:
     return load_kernel(SPLIT_KV_NAME, split_kv_source())
 
@@ -131,7 +152,8 @@ def attention_source(epilogue: str) -> str:
     """The source of every kernel an attention with `epilogue` may run (for dumps)."""
     parts = [combine_source(epilogue), split_kv_source()]
     if epilogue not in DECODE_ONLY:
-        parts = [prefill_source(epilogue, loads) for loads in ("pointer", "tma")] + parts
+        prefills = [prefill_source(epilogue, loads) for loads in ("pointer", "tma")]
+        parts = [*prefills, mask_tiles_source(), *parts]
     return "\n\n".join(parts)
 
 
@@ -329,16 +351,35 @@ def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, l
         qkv = tuple(TensorDescriptor.from_tensor(t, [1, 1, n, t.shape[-1]])
                     for t, n in zip(qkv, rows, strict=True))  # fmt: skip
     grid = (triton.cdiv(sq, config["BLOCK_M"]), b * h)
+    tiles, mask_heads = _mask_tiles(masking, b, h, sq, seq_kv, config)
     prefill_kernel(epilogue, loads)[grid](
-        *qkv, mask, scale if scale is not None else q, out, lse if lse.numel() else out,
+        *qkv, mask, tiles, scale if scale is not None else q, out, lse if lse.numel() else out,
         scales.view(torch.uint8) if scales.numel() else out,
         sm_scale, sq, seq_kv, h // k.shape[1],
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, *o_strides, h, sq,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, mask_heads,
+        *o_strides, h, sq,
         HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask,
         HAS_LSE=lse.numel() > 0, INTERPRET=INTERPRET, **config,
         WIDE_OFFSETS=wide_offsets((sq, q.stride(2)), (sq, o_strides[2]), (seq_kv, k.stride(2)),
                                   (seq_kv, v.stride(2))),
     )  # fmt: skip
+
+
+def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> tuple:
+    """(tile ranges, mask heads) of an explicit mask for the prefill kernel's blocks
+    (mask_tiles: one pass over the mask, a small part of the attention's time); a mask the
+    same for every head is summarised once. Without a mask: a placeholder."""
+    mask, strides, kind, _ = masking
+    if kind == 0:
+        return mask, 1
+    mask_heads = h if strides[1] else 1
+    blocks = triton.cdiv(sq, config["BLOCK_M"])
+    tiles = torch.empty(b * mask_heads * blocks * 4, dtype=torch.int32, device=mask.device)
+    mask_tiles_kernel()[(blocks, b * mask_heads)](
+        mask, tiles, sq, seq_kv, mask_heads, *strides, BLOCK_M=config["BLOCK_M"],
+        BLOCK_N=config["BLOCK_N"], MASK=kind, num_warps=1 if INTERPRET else 4,
+    )  # fmt: skip
+    return tiles, mask_heads
 
 
 def _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scales) -> None:
