@@ -295,15 +295,22 @@ def test_mask_tiles_skip_hidden_keys_and_leave_full_tiles_unmasked():
     nonzero_bias[0, :, 16, 3] = 0.5  # batch 0, block 1: tile 0 is no longer full
     expected_bias = expected.clone()
     expected_bias[0, 1] = torch.tensor((0, 2, 2, 2))
+    # PyTorch's bias for cuDNN (-65536): rows that see no key weigh all of them, so the
+    # blocks that hold such rows (batch 1, blocks 0 and 1) visit every tile
+    cudnn_bias = torch.zeros(keep.shape).masked_fill(~keep, -65536.0)
+    expected_cudnn = expected.clone()
+    expected_cudnn[1, :2] = torch.tensor((0, 4, 4, 4))
     config = {"BLOCK_M": 16, "BLOCK_N": 16}
-    for mask, want in ((keep, expected), (additive, expected), (nonzero_bias, expected_bias)):
+    cases = ((keep, expected), (additive, expected), (nonzero_bias, expected_bias),
+             (cudnn_bias, expected_cudnn))  # fmt: skip
+    for mask, want in cases:
         masking = kernels._mask_args(mask.to(DEVICE), q, k)
         tiles, heads = kernels._mask_tiles(masking, 2, 2, 64, 64, config)
         assert heads == 1  # the same for every head: summarised once
         assert torch.equal(tiles.view(2, 4, 4).cpu(), want)
 
 
-@pytest.mark.parametrize("kind", ["bool", "additive -inf"])
+@pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive -65536"])
 @pytest.mark.parametrize("sq,skv", [(64, 64), (60, 70)])
 def test_structured_masks_skip_tiles_and_match_reference(kind, sq, skv, loads):
     """Causal-with-padding masks (full, mixed, hidden and ragged tiles, a block of rows
@@ -311,7 +318,8 @@ def test_structured_masks_skip_tiles_and_match_reference(kind, sq, skv, loads):
     q, k, v = _qkv(2, 2, 1, sq, skv, 16, torch.float16)  # 2 x 60+ rows per kv head: prefill
     assert not uses_decode(sq, 2, 1)
     keep = _causal_padded_keep(sq, skv)
-    mask = keep if kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    hidden = float("-inf") if kind == "additive -inf" else -65536.0
+    mask = keep if kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, hidden)
     mask = mask.to(DEVICE)
     out, lse, _ = kernel_attention(q, k, v, None, 0.3, "none", "bhsd", True, "none", mask)
     out_ref, lse_ref = ref.attention(q, k, v, mask, 0.3, "none", True)
@@ -369,9 +377,12 @@ def test_gpu_explicit_masks_every_head_dim(d, mask_dtype, mask_shape):
 @pytest.mark.cuda
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
 @pytest.mark.parametrize("d", [64, 128, 256])
-@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16])
+@pytest.mark.parametrize(
+    "mask_dtype,hidden",
+    [(torch.bool, None), (torch.bfloat16, -65536.0), (torch.bfloat16, float("-inf"))],
+)
 @pytest.mark.parametrize("seq", [1031, 2048])
-def test_gpu_structured_masks_with_production_tiles(d, mask_dtype, seq):
+def test_gpu_structured_masks_with_production_tiles(d, mask_dtype, hidden, seq):
     """A causal + padding mask ([B, 1, S, S], a model's padded batch): hidden tiles
     skipped, full tiles unmasked, mixed ones masked, with the production tiles."""
     q, k, v = _qkv(2, 4, 2, seq, seq, d, torch.bfloat16)
@@ -380,7 +391,7 @@ def test_gpu_structured_masks_with_production_tiles(d, mask_dtype, seq):
     keep[0, :, seq // 2 :, 100:140] = False  # a hole in the full tiles of later rows
     keep = keep.to(DEVICE)
     mask = keep if mask_dtype == torch.bool else (
-        torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, float("-inf")).to(mask_dtype)
+        torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, hidden).to(mask_dtype)
     )  # fmt: skip
     out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
     out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)

@@ -241,11 +241,18 @@ PREFILL_EPILOGUE = {
 # block of BLOCK_M query rows and (batch, mask head) scans the key tiles and stores, in
 # tiles, [start, end): the tiles some row sees, and [full_start, full_end): the longest
 # run of tiles every row sees in full (bool True, or an additive 0) and without a ragged
-# edge. Tiles outside [start, end) are skipped (they add exactly nothing), the full run
-# is computed without the mask. Rows past seq_q see everything and nothing.
-MASK_TILES = """
+# edge. The full run is computed without the mask, tiles outside [start, end) are not
+# visited. Rows past seq_q see everything and nothing.
+# Hidden keys: bool False; additive -inf, and biases at or below HIDDEN_BIAS (what PyTorch
+# turns a bool mask into for cuDNN, -65536, or a dtype's min). Next to a key of bias at
+# least ANCHOR_BIAS, 2^14 above, such a key's weight is below 2^-23000 of it (scaled
+# logits apart by less than ~16000): 0 in fp32, so skipping it changes nothing. A block
+# with a row that has finite hidden keys and no such anchor visits every tile (that row
+# weighs all its keys by their scores, as the reference does).
+HIDDEN_BIAS, ANCHOR_BIAS = -32768.0, -16384.0
+MASK_TILES = f"""
 @triton.jit
-def {name}(
+def {{name}}(
     mask_ptr, tiles_ptr, seq_q, seq_kv, mask_heads,
     stride_mb, stride_mh, stride_mq, stride_mk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
@@ -263,7 +270,9 @@ def {name}(
     run_start = 0
     full_start = 0
     full_end = 0
-    for tile in range(0, n_tiles):
+    anchored = tl.zeros([BLOCK_M], tl.int32)  # rows with a key of bias >= ANCHOR_BIAS
+    finite_hidden = tl.zeros([BLOCK_M], tl.int32)  # rows with a finite hidden bias
+    for tile in tl.range(0, n_tiles, num_stages=4):  # the next tiles' loads in flight
         cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < seq_kv
         inside = row_ok[:, None] & col_ok[None, :]
@@ -272,9 +281,14 @@ def {name}(
         if MASK == 1:  # bool, True = keep
             seen = values != 0
             whole = seen
-        else:  # additive: -inf hides a key, 0 leaves its score as it is
-            seen = values.to(tl.float32) != float("-inf")
-            whole = values.to(tl.float32) == 0
+        else:  # additive: 0 leaves a score as it is
+            bias = values.to(tl.float32)
+            seen = bias > {HIDDEN_BIAS}
+            whole = bias == 0
+            anchor = (bias >= {ANCHOR_BIAS}) & inside
+            anchored = tl.maximum(anchored, tl.max(anchor.to(tl.int32), axis=1))
+            finite = (bias <= {HIDDEN_BIAS}) & (bias > float("-inf")) & inside
+            finite_hidden = tl.maximum(finite_hidden, tl.max(finite.to(tl.int32), axis=1))
         some = tl.max((seen & inside).to(tl.int32)) != 0
         every = tl.min(((whole | ~row_ok[:, None]) & col_ok[None, :]).to(tl.int32)) != 0
         start = tl.where(some, tl.minimum(start, tile), start)
@@ -284,6 +298,9 @@ def {name}(
         full_start = tl.where(longer, run_start, full_start)
         full_end = tl.where(longer, tile + 1, full_end)
     start = tl.where(end > 0, start, 0)  # no key seen: nothing to visit
+    unanchored = tl.max(((finite_hidden != 0) & (anchored == 0)).to(tl.int32)) != 0
+    start = tl.where(unanchored, 0, start)  # a row that weighs every key: visit them all
+    end = tl.where(unanchored, n_tiles, end)
     no_run = full_end == full_start
     full_start = tl.where(no_run, end, full_start)  # no full tile: all masked
     full_end = tl.where(no_run, end, full_end)
