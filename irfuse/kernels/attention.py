@@ -143,7 +143,8 @@ KV_LOAD["tma", True] = KV_LOAD["tma", False]  # zero past seq_kv
 
 KEY_LOOP = """
     # {stage}
-{header}        cols = start_n + offs_n
+    for start_n in range({start}, {stop}, BLOCK_N):
+        cols = start_n + offs_n
 {loads}        if INTERPRET:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -151,14 +152,6 @@ KEY_LOOP = """
 {softmax}        l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
         m_i = m_new
-"""
-
-# Key-loop headers: a stage over one range; the masked stage over [start, full_start)
-# then [full_end, end), around the full tiles.
-KEY_RANGE = "    for start_n in range({start}, {stop}, BLOCK_N):\n"
-MASKED_KEY_RANGES = """    gap = full_end - full_start
-    for tile_n in range(start, end - gap, BLOCK_N):
-        start_n = tl.where(tile_n < full_start, tile_n, tile_n + gap)
 """
 
 # the scale is applied inside exp2's argument (one fused multiply-add per score)

@@ -10,6 +10,7 @@ only (no host sync), so it runs inside CUDA graphs.
 from __future__ import annotations
 
 import functools
+import textwrap
 from typing import Any
 
 import torch
@@ -56,9 +57,9 @@ def prefill_name(epilogue: str, loads: str) -> str:
     return "irfuse_attention" + ("_tma" if loads == "tma" else "") + _SUFFIX[epilogue]
 
 
-def _key_loop(stage: str, header: str, loads: str, masked: bool) -> str:
+def _key_loop(stage: str, start: str, stop: str, loads: str, masked: bool) -> str:
     return pieces.KEY_LOOP.format(
-        stage=stage, header=header, loads=pieces.KV_LOAD[(loads, masked)],
+        stage=stage, start=start, stop=stop, loads=pieces.KV_LOAD[(loads, masked)],
         softmax=pieces.MASKED_SOFTMAX if masked else pieces.FULL_SOFTMAX,
     )  # fmt: skip
 
@@ -67,12 +68,16 @@ def prefill_source(epilogue: str, loads: str = "pointer") -> str:
     """The prefill kernel; `loads`: "pointer" or "tma" (descriptors built on the host)."""
     if epilogue not in EPILOGUES or epilogue in DECODE_ONLY:
         raise ValueError(f"no prefill attention epilogue {epilogue!r}")
-    full = pieces.KEY_RANGE.format(start="full_start", stop="full_end")
-    stages = [("tiles every row sees in full: no masks", full, False),
-              ("diagonal, ragged-edge and mixed mask tiles: masked", pieces.MASKED_KEY_RANGES,
-               True)]  # fmt: skip
-    loops = "".join(_key_loop(stage, header, loads, masked)
-                    for stage, header, masked in stages)  # fmt: skip
+    # an explicit mask's mixed tiles before its full run: compiled out without a mask
+    before = _key_loop("mixed mask tiles before the full ones: masked", "start",
+                       "full_start", loads, True)  # fmt: skip
+    loops = (
+        "\n    if MASK != 0:" + textwrap.indent(before, "    ")
+        + _key_loop("tiles every row sees in full: no masks", "full_start", "full_end",
+                    loads, False)
+        + _key_loop("diagonal, ragged-edge and mixed mask tiles: masked", "full_end", "end",
+                    loads, True)
+    )  # fmt: skip
     body = (
         pieces.PREFILL_SIGNATURE.format(name=prefill_name(epilogue, loads))
         + pieces.PREFILL_PRELOAD[epilogue] + pieces.Q_LOAD[loads] + pieces.SCORES_SETUP
@@ -102,12 +107,7 @@ def split_kv_source() -> str:
         pieces.SPLIT_KV_HEAD.format(name=SPLIT_KV_NAME)
         + pieces.SCORES_SETUP
         + pieces.SPLIT_KV_KEYS
-        + _key_loop(
-            "this slice's keys: masked",
-            pieces.KEY_RANGE.format(start="start", stop="kv_end"),
-            "pointer",
-            True,
-        )
+        + _key_loop("this slice's keys: masked", "start", "kv_end", "pointer", True)
         + pieces.SPLIT_KV_STORE
     )
     return _module(SPLIT_KV_NAME, "attention (one slice of the keys; `combine` merges)",
