@@ -41,7 +41,7 @@ def loads(request, monkeypatch):
     monkeypatch.setattr(
         kernels,
         "prefill_config",
-        lambda d, sq, masked=False: {**chosen(d, sq, masked), "loads": request.param},
+        lambda d, sq, mask_bytes=0: {**chosen(d, sq, mask_bytes), "loads": request.param},
     )
     return request.param
 

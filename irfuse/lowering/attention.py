@@ -157,21 +157,23 @@ def attention_source(epilogue: str) -> str:
     return "\n\n".join(parts)
 
 
-def prefill_config(head_dim: int, seq_q: int, masked: bool = False) -> dict[str, int | str]:
+def prefill_config(head_dim: int, seq_q: int, mask_bytes: int = 0) -> dict[str, int | str]:
     """Tiles, warps, stages and loads by head dim and query length: the best of sweeps on
     H200 (bench/RESULTS.md); small for the interpreter. TMA loads (descriptors built on the
     host) win at head dim 128 and for head dim 64 with 64-row tiles, which short sequences
     want (twice the programs); long head-dim-64 sequences run 128-row tiles on pointers.
-    An explicit mask's tiles are pipelined too: at head dim 128 they need narrower key
-    tiles and two stages to fit in shared memory (up to 4 bytes per mask element)."""
+    A mask with a query dimension (`mask_bytes` per element) has its tiles pipelined too:
+    at head dim 128 they need narrower key tiles to fit in shared memory, and two stages
+    for 4-byte masks (three for 1- and 2-byte ones: 1.26x faster on a causal mask)."""
     if INTERPRET:
         return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "loads": "pointer"}
     if head_dim == 64 and seq_q <= SHORT_SEQ:
         return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "loads": "tma"}
     if head_dim <= 64:
         return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "loads": "pointer"}
-    if head_dim <= 128 and masked:
-        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "loads": "tma"}
+    if head_dim <= 128 and mask_bytes:
+        stages = 3 if mask_bytes <= 2 else 2
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": stages, "loads": "tma"}
     if head_dim <= 128:
         return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "loads": "tma"}
     return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2, "loads": "pointer"}
@@ -341,7 +343,7 @@ def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, l
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
     mask, mask_strides, mask_kind, key_mask = masking
-    config = prefill_config(d, sq, masked=mask_kind != 0 and not key_mask)
+    config = prefill_config(d, sq, 0 if mask_kind == 0 or key_mask else mask.element_size())
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
     wants_tma = config.pop("loads") == "tma" and seq_kv > 0
     loads = "tma" if wants_tma and tma_ok(q, k, v) else "pointer"
