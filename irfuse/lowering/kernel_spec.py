@@ -41,8 +41,7 @@ class KernelSpec:
     @property
     def row_tiles(self) -> bool:
         """Whether a row may split into tiles over programs (grid: rows x tiles)."""
-        tileable = self.quant.split()[0] in quant_pieces.TILEABLE
-        return self.producer == "quant" and tileable
+        return self.producer == "quant" and self.quant.split()[0] in quant_pieces.TILEABLE
 
     def source(self) -> str:
         return kernel_source(self)
@@ -117,9 +116,29 @@ class AttentionKernel:
 
 
 def kernel_source(spec: KernelSpec) -> str:
-    helpers, preload, store = quant_pieces.epilogue(spec.quant, spec.producer == "quant")
+    helpers, _, _ = quant_pieces.epilogue(spec.quant, spec.producer == "quant")
+    if spec.two_pass:
+        if (spec.producer, spec.quant) != ("quant", "per_token"):
+            raise ValueError(f"no two-pass kernel for {spec.describe()}")
+        body = quant_pieces.PER_TOKEN_TWO_PASS
+        how = "One row per program, in two passes over its quarters"
+    else:
+        body = _row_body(spec)
+        how = "A tile of a row per program" if spec.row_tiles else "One row per program"
+    return (
+        f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
+        f'{how}; see irfuse/kernels for the pieces."""\n\n'
+        "import triton\nimport triton.language as tl\n"
+        f"{norm.ROUND_TO}{helpers}\n{norm.SIGNATURE.format(name=spec.name)}{body}"
+    )
+
+
+def _row_body(spec: KernelSpec) -> str:
+    """The body of a row (or row tile) per program: producer, then the quant epilogue."""
+    _, preload, store = quant_pieces.epilogue(spec.quant, spec.producer == "quant")
+    rows = norm.ROWS_LAST_FIRST if spec.quant == "per_tensor" else norm.ROWS_IN_ORDER
     columns = norm.ROW_TILE if spec.row_tiles else norm.WHOLE_ROW
-    body = columns + norm.LOAD_ROW
+    body = rows + columns + norm.LOAD_ROW
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload
@@ -130,18 +149,4 @@ def kernel_source(spec: KernelSpec) -> str:
         body += norm.RMS_NORM.format(norm_dtype=norm_dtype) + norm.WEIGHT[spec.weight_mode]
     if spec.keep_value:
         body += norm.STORE_VALUE
-    body += store
-    rows = norm.ROWS_LAST_FIRST if spec.quant == "per_tensor" else norm.ROWS_IN_ORDER
-    body = rows + body
-    how = "A tile of a row per program" if spec.row_tiles else "One row per program"
-    if spec.two_pass:
-        if (spec.producer, spec.quant) != ("quant", "per_token"):
-            raise ValueError(f"no two-pass kernel for {spec.describe()}")
-        body = quant_pieces.PER_TOKEN_TWO_PASS
-        how = "One row per program, in two passes over its quarters"
-    return (
-        f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
-        f'{how}; see irfuse/kernels for the pieces."""\n\n'
-        "import triton\nimport triton.language as tl\n"
-        f"{norm.ROUND_TO}{helpers}\n{norm.SIGNATURE.format(name=spec.name)}{body}"
-    )
+    return body + store
