@@ -10,7 +10,13 @@ import torch
 
 import irfuse.lowering.attention as kernels
 import irfuse.ops as ref
-from irfuse.kernels.attention import uses_decode
+from irfuse.kernels.attention import (
+    ANCHOR_BIAS,
+    FLAG_CHUNK,
+    HIDDEN_BIAS,
+    ROW_BITS_CHUNK,
+    uses_decode,
+)
 from irfuse.lowering.attention import attention_source, kernel_attention
 from tests.helpers import (
     assert_fp8_close,
@@ -310,6 +316,63 @@ def test_mask_tiles_skip_hidden_keys_and_leave_full_tiles_unmasked():
         assert torch.equal(tiles.view(2, 4, 4).cpu(), want)
 
 
+def _summary_model(mask: torch.Tensor, block_m: int, block_n: int) -> list[tuple]:
+    """The documented mask summary of one [Sq, Skv] mask, tile by tile in Python."""
+    additive = mask.dtype != torch.bool
+    seen = mask > HIDDEN_BIAS if additive else mask
+    whole = mask == 0 if additive else mask
+    skv = mask.shape[1]
+    n_tiles = -(-skv // block_n)
+    summary = []
+    for lo in range(0, mask.shape[0], block_m):
+        rows = slice(lo, lo + block_m)
+        tile = lambda t, m, rows=rows: m[rows, t * block_n : (t + 1) * block_n]  # noqa: E731
+        seen_at = [t for t in range(n_tiles) if tile(t, seen).any()]
+        start, end = (seen_at[0], seen_at[-1] + 1) if seen_at else (0, 0)
+        full_start = full_end = run = 0
+        for t in range(n_tiles):
+            run = run + 1 if tile(t, whole).all() and (t + 1) * block_n <= skv else 0
+            if run > full_end - full_start:  # the first of equal runs stays
+                full_start, full_end = t + 1 - run, t + 1
+        if additive:
+            anchored = (mask[rows] >= ANCHOR_BIAS).any(dim=1)
+            finite_hidden = ((mask[rows] <= HIDDEN_BIAS) & (mask[rows] > float("-inf"))).any(1)
+            if (finite_hidden & ~anchored).any():
+                start, end = 0, n_tiles
+        if full_start == full_end:
+            full_start = full_end = end
+        summary.append((start, full_start, full_end, end))
+    return summary
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_mask_summary_scans_past_a_chunk_of_tiles(kind):
+    """300 key tiles (more than the scan's chunks of flags and row bits): the longest full
+    run crosses the chunk boundary; a row of finite hidden biases with no anchor sends its
+    block to every tile; a NaN bias breaks a run. Against a Python model of the summary."""
+    block, n_tiles = 16, 300
+    assert n_tiles > FLAG_CHUNK and n_tiles > ROW_BITS_CHUNK
+    keep = torch.ones(48, n_tiles * block - 5, dtype=torch.bool)  # a ragged last tile
+    keep[:, : 5 * block] = False  # tiles 0-4 hidden
+    keep[3, 10 * block] = keep[7, 100 * block + 7] = keep[12, 290 * block] = False
+    keep[33:48, 140 * block :] = False  # the third block sees nothing from tile 140
+    mask = keep
+    if kind == "additive":
+        mask = torch.zeros(keep.shape).masked_fill(~keep, -65536.0)
+        mask[17, :] = -65536.0  # the second block: a row with no anchor
+        mask[40, 50 * block + 3] = float("nan")  # not a full key: the reference gives NaN
+    q, k, _ = _qkv(1, 1, 1, 48, mask.shape[1], 16, torch.float16)
+    masking = kernels._mask_args(mask.to(DEVICE), q, k)
+    tiles, _ = kernels._mask_tiles(
+        masking, 1, 1, 48, mask.shape[1], {"BLOCK_M": block, "BLOCK_N": block}
+    )
+    expected = _summary_model(mask, block, block)
+    assert expected[0] == (5, 101, 290, 300)  # the longest run crosses tile 256
+    assert expected[1] == ((0, 300, 300, 300) if kind == "additive" else (5, 5, 299, 300))
+    assert expected[2] == ((5, 51, 140, 300) if kind == "additive" else (5, 5, 140, 300))
+    assert tiles.view(3, 4).cpu().tolist() == [list(t) for t in expected]
+
+
 @pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive -65536"])
 @pytest.mark.parametrize("sq,skv", [(64, 64), (60, 70)])
 def test_structured_masks_skip_tiles_and_match_reference(kind, sq, skv, loads):
@@ -379,9 +442,14 @@ def test_gpu_explicit_masks_every_head_dim(d, mask_dtype, mask_shape):
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize(
     "mask_dtype,hidden",
-    [(torch.bool, None), (torch.bfloat16, -65536.0), (torch.bfloat16, float("-inf"))],
+    [
+        (torch.bool, None),
+        (torch.bfloat16, -65536.0),
+        (torch.bfloat16, float("-inf")),
+        (torch.float32, -65536.0),
+    ],
 )
-@pytest.mark.parametrize("seq", [1031, 2048])
+@pytest.mark.parametrize("seq", [1031, 2048, 2053])  # 2053: head dim 64's long-sequence tiles
 def test_gpu_structured_masks_with_production_tiles(d, mask_dtype, hidden, seq):
     """A causal + padding mask ([B, 1, S, S], a model's padded batch): hidden tiles
     skipped, full tiles unmasked, mixed ones masked, with the production tiles."""

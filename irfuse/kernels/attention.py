@@ -50,7 +50,8 @@ def {name}(
     HAS_LSE: tl.constexpr, WIDE_OFFSETS: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     start_m = tl.program_id(0)
-    if CAUSAL != 0:  # the longest rows first: they would otherwise finish last
+    if CAUSAL != 0 or MASK != 0:  # the longest rows first (causal ones, and what a 4-D
+        # mask usually is: causal, with padding), which would otherwise finish last
         start_m = tl.num_programs(0) - 1 - start_m
     batch_head = tl.program_id(1).to(tl.int64)
     batch = batch_head // n_heads
@@ -230,70 +231,127 @@ PREFILL_EPILOGUE = {
 """,
 }
 
-# An explicit mask's tile summary, for the prefill kernel's key ranges: one program per
-# block of BLOCK_M query rows and (batch, mask head) scans the key tiles and stores, in
-# tiles, [start, end): the tiles some row sees, and [full_start, full_end): the longest
-# run of tiles every row sees in full (bool True, or an additive 0) and without a ragged
-# edge. The full run is computed without the mask, tiles outside [start, end) are not
-# visited. Rows past seq_q see everything and nothing.
+# An explicit mask's tile summary, for the prefill kernel's key ranges, per block of
+# BLOCK_M query rows and (batch, mask head), in tiles: [start, end), the tiles some row
+# sees, and [full_start, full_end), the longest run of tiles every row sees in full (bool
+# True, or an additive 0) and without a ragged edge (the first of equal runs). The full
+# run is computed without the mask, tiles outside [start, end) are not visited. Rows past
+# seq_q see everything and nothing.
 # Hidden keys: bool False; additive -inf, and biases at or below HIDDEN_BIAS (what PyTorch
 # turns a bool mask into for cuDNN, -65536, or a dtype's min). Next to a key of bias at
 # least ANCHOR_BIAS, 2^14 above, such a key's weight is below 2^-23000 of it (scaled
 # logits apart by less than ~16000): 0 in fp32, so skipping it changes nothing. A block
 # with a row that has finite hidden keys and no such anchor visits every tile (that row
 # weighs all its keys by their scores, as the reference does).
+# Two kernels: MASK_TILE_FLAGS reads each (block, key tile) of the mask in a program of
+# its own (the whole mask in parallel; one program per block scanning its tiles in turn
+# was latency-bound) and stores a flag byte per tile (and, for an additive mask, per row:
+# whether it has an anchor, a finite hidden key); MASK_TILES scans a block's flags.
 HIDDEN_BIAS, ANCHOR_BIAS = -32768.0, -16384.0
-MASK_TILES = f"""
+TILE_SEEN, TILE_NOT_FULL = 1, 2  # the flag bits
+ROW_ANCHORED, ROW_FINITE_HIDDEN = 1, 2  # the row bits
+MASK_TILE_FLAGS = f"""
+@triton.jit
+def maximum_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
 @triton.jit
 def {{name}}(
-    mask_ptr, tiles_ptr, seq_q, seq_kv, mask_heads,
+    mask_ptr, flags_ptr, row_bits_ptr, seq_q, seq_kv, mask_heads,
     stride_mb, stride_mh, stride_mq, stride_mk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    batch_head = tl.program_id(1).to(tl.int64)
+    tile = tl.program_id(0)
+    start_m = tl.program_id(1)
+    batch_head = tl.program_id(2).to(tl.int64)
     batch = batch_head // mask_heads
     head = batch_head % mask_heads
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_q
+    cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < seq_kv
+    inside = row_ok[:, None] & col_ok[None, :]
     rows = mask_ptr + batch * stride_mb + head * stride_mh + offs_m.to(tl.int64) * stride_mq
-    n_tiles = tl.cdiv(seq_kv, BLOCK_N)
+    ptrs = rows[:, None] + cols.to(tl.int64)[None, :] * stride_mk
+    # reductions over the tile rather than per-key flags: the kernel is bound by its
+    # instructions per key, not by reading the mask
+    if MASK == 1:  # bool (bytes 0 / 1), True = keep
+        keep = tl.load(ptrs, mask=inside, other=0)
+        some = tl.max(keep) != 0
+        full = tl.min(tl.where(row_ok[:, None], keep, 1)) != 0
+    else:  # additive: 0 leaves a score as it is
+        bias = tl.load(ptrs, mask=inside, other=float("-inf")).to(tl.float32)
+        row_max = tl.max(bias, axis=1)  # NaN biases count as hidden, as in the reference
+        some = tl.max(row_max) > {HIDDEN_BIAS}
+        # |bias| of 0 everywhere: a NaN bias (kept by the reduction) is not full
+        largest = tl.reduce(tl.where(row_ok[:, None], tl.abs(bias), 0.0), None, maximum_nan)
+        full = largest == 0
+        anchored = row_max >= {ANCHOR_BIAS}
+        finite = tl.min(tl.where(bias > float("-inf"), bias, float("inf")), axis=1) <= {HIDDEN_BIAS}
+        # [batch_head, tile, row]: a block's rows of one tile are contiguous
+        bits = anchored.to(tl.int32) * {ROW_ANCHORED} + finite.to(tl.int32) * {ROW_FINITE_HIDDEN}
+        tl.store(row_bits_ptr + (batch_head * tl.num_programs(0) + tile) * seq_q + offs_m,
+                 bits.to(tl.int8), mask=row_ok)
+    full = full & ((tile + 1) * BLOCK_N <= seq_kv)  # no ragged edge
+    flag = some.to(tl.int32) * {TILE_SEEN} + (~full).to(tl.int32) * {TILE_NOT_FULL}
+    tl.store(flags_ptr + (batch_head * tl.num_programs(1) + start_m) * tl.num_programs(0) + tile,
+             flag.to(tl.int8))
+"""
+
+# Chunks of tiles MASK_TILES scans at once: the flags, and the row bits [BLOCK_M, chunk].
+FLAG_CHUNK, ROW_BITS_CHUNK = 256, 32
+MASK_TILES = f"""
+@triton.jit
+def maximum(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def {{name}}(
+    flags_ptr, row_bits_ptr, tiles_ptr, seq_q, n_tiles,
+    BLOCK_M: tl.constexpr, MASK: tl.constexpr,
+):
+    start_m = tl.program_id(0)
+    batch_head = tl.program_id(1).to(tl.int64)
+    flags = flags_ptr + (batch_head * tl.num_programs(0) + start_m) * n_tiles
     start = n_tiles
     end = 0
-    run_start = 0
     full_start = 0
     full_end = 0
-    anchored = tl.zeros([BLOCK_M], tl.int32)  # rows with a key of bias >= ANCHOR_BIAS
-    finite_hidden = tl.zeros([BLOCK_M], tl.int32)  # rows with a finite hidden bias
-    for tile in tl.range(0, n_tiles, num_stages=4):  # the next tiles' loads in flight
-        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols < seq_kv
-        inside = row_ok[:, None] & col_ok[None, :]
-        values = tl.load(rows[:, None] + cols.to(tl.int64)[None, :] * stride_mk, mask=inside,
-                         other=0)
-        if MASK == 1:  # bool, True = keep
-            seen = values != 0
-            whole = seen
-        else:  # additive: 0 leaves a score as it is
-            bias = values.to(tl.float32)
-            seen = bias > {HIDDEN_BIAS}
-            whole = bias == 0
-            anchor = (bias >= {ANCHOR_BIAS}) & inside
-            anchored = tl.maximum(anchored, tl.max(anchor.to(tl.int32), axis=1))
-            finite = (bias <= {HIDDEN_BIAS}) & (bias > float("-inf")) & inside
-            finite_hidden = tl.maximum(finite_hidden, tl.max(finite.to(tl.int32), axis=1))
-        some = tl.max((seen & inside).to(tl.int32)) != 0
-        every = tl.min(((whole | ~row_ok[:, None]) & col_ok[None, :]).to(tl.int32)) != 0
-        start = tl.where(some, tl.minimum(start, tile), start)
-        end = tl.where(some, tile + 1, end)
-        run_start = tl.where(every, run_start, tile + 1)
-        longer = every & (tile + 1 - run_start > full_end - full_start)
-        full_start = tl.where(longer, run_start, full_start)
-        full_end = tl.where(longer, tile + 1, full_end)
+    run_start = 0  # the first tile of the run of full tiles that the last tile ended
+    for first in range(0, n_tiles, {FLAG_CHUNK}):
+        tiles = first + tl.arange(0, {FLAG_CHUNK})
+        flag = tl.load(flags + tiles, mask=tiles < n_tiles, other={TILE_NOT_FULL})
+        seen = (flag & {TILE_SEEN}) != 0
+        start = tl.minimum(start, tl.min(tl.where(seen, tiles, n_tiles)))
+        end = tl.maximum(end, tl.max(tl.where(seen, tiles + 1, 0)))
+        # each tile's run of full tiles starts after the last tile that is not full
+        after_break = tl.where((flag & {TILE_NOT_FULL}) != 0, tiles + 1, 0)
+        runs = tl.maximum(tl.associative_scan(after_break, 0, maximum), run_start)
+        lengths = tiles + 1 - runs  # 0 where a tile is not full
+        longest = tl.max(lengths)
+        longer = longest > full_end - full_start  # the first of equal runs stays
+        run_end = tl.min(tl.where(lengths == longest, tiles + 1, n_tiles + 1))
+        full_start = tl.where(longer, run_end - longest, full_start)
+        full_end = tl.where(longer, run_end, full_end)
+        run_start = tl.max(runs)
     start = tl.where(end > 0, start, 0)  # no key seen: nothing to visit
-    unanchored = tl.max(((finite_hidden != 0) & (anchored == 0)).to(tl.int32)) != 0
-    start = tl.where(unanchored, 0, start)  # a row that weighs every key: visit them all
-    end = tl.where(unanchored, n_tiles, end)
+    if MASK == 2:  # a row with finite hidden keys and no anchor: visit every tile
+        offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < seq_q
+        anchored = tl.zeros([BLOCK_M], tl.int32)
+        finite = tl.zeros([BLOCK_M], tl.int32)
+        for first in range(0, n_tiles, {ROW_BITS_CHUNK}):
+            tiles = first + tl.arange(0, {ROW_BITS_CHUNK})
+            ptrs = row_bits_ptr + (batch_head * n_tiles + tiles[None, :]) * seq_q + offs_m[:, None]
+            bits = tl.load(ptrs, mask=row_ok[:, None] & (tiles < n_tiles)[None, :], other=0)
+            anchored = tl.maximum(anchored, tl.max(bits & {ROW_ANCHORED}, axis=1))
+            finite = tl.maximum(finite, tl.max(bits & {ROW_FINITE_HIDDEN}, axis=1))
+        unanchored = (anchored == 0) & (finite != 0)
+        if tl.max(unanchored.to(tl.int32)) != 0:
+            start = 0
+            end = n_tiles
     no_run = full_end == full_start
     full_start = tl.where(no_run, end, full_start)  # no full tile: all masked
     full_end = tl.where(no_run, end, full_end)
