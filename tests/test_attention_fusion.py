@@ -227,6 +227,44 @@ def test_attention_with_explicit_mask_fuses_and_matches_eager(mask_dtype):
     torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
 
 
+class MaskedAttentions(torch.nn.Module):
+    """Attention + quant chains: two on one mask, as a model's layers share it, and one
+    on another mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = MaskedAttentionBlock()
+
+    def forward(self, q, k, v, mask, other_mask):
+        return (self.block(q, k, v, mask), self.block(q * 0.5, k, v, mask),
+                self.block(q, k, v, other_mask))  # fmt: skip
+
+
+def test_attentions_sharing_a_mask_share_its_summary(monkeypatch):
+    """A mask's tile summary is computed once for the attentions that share it (to_fx;
+    each gets its own copy of the mask from PyTorch, `where(mask, 0, -inf)`), another
+    mask has its own; all match eager."""
+    import irfuse.lowering.attention as kernels
+
+    model = MaskedAttentions().to(DEVICE)
+    q, k, v = _inputs(s=70)  # 70 query rows per kv head: the prefill kernel
+    keep = torch.ones(70, 70, dtype=torch.bool).tril().expand(2, 1, 70, 70).clone()
+    keep[1, :, :, 60:] = False
+    other_keep = keep.clone()
+    other_keep[0, :, :, 50:] = False
+    mask, other_mask = keep.to(DEVICE), other_keep.to(DEVICE)
+    summaries = []
+    real = kernels._mask_tiles
+    monkeypatch.setattr(kernels, "_mask_tiles", lambda *a: summaries.append(1) or real(*a))
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    outs = torch.compile(model, backend="irfuse", options=options)(q, k, v, mask, other_mask)
+    assert len(summaries) == 2
+    s = model.block.act_scale
+    for out, expected in zip(outs, model(q, k, v, mask, other_mask), strict=True):
+        torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
+
+
 @pytest.mark.parametrize("d,kernels", [(64, ["irfuse_attention"]), (80, [])])
 def test_direct_masked_attention_runs_the_kernel_where_it_can(d, kernels):
     """A direct irfuse.ops.attention call with a mask runs the generated kernel; head dim

@@ -373,6 +373,25 @@ def test_mask_summary_scans_past_a_chunk_of_tiles(kind):
     assert tiles.view(3, 4).cpu().tolist() == [list(t) for t in expected]
 
 
+def test_a_precomputed_mask_summary_is_used_and_checked():
+    """kernel_attention takes the summary kernel_attention_mask_summary made for its shapes
+    (same results as computing it itself), and refuses one made for other shapes or one
+    without its mask; the decode path needs none."""
+    q, k, v = _qkv(2, 2, 1, 64, 64, 16, torch.float16)
+    mask = _causal_padded_keep(64, 64).to(DEVICE)
+    summary = torch.ops.irfuse.kernel_attention_mask_summary(q, k, mask)
+    args = (q, k, v, None, 0.3, "none", "bhsd", True, "none", mask)
+    for got, want in zip(kernel_attention(*args, summary), kernel_attention(*args), strict=True):
+        assert torch.equal(got, want)
+    other = torch.ops.irfuse.kernel_attention_mask_summary(q[:, :, :40], k, mask[:, :, :40])
+    with pytest.raises(ValueError, match="not kernel_attention_mask_summary's"):
+        kernel_attention(*args, other)
+    with pytest.raises(ValueError, match="without its mask"):
+        kernel_attention(*args[:-1], None, summary)
+    decode_q = q[:, :, :1]
+    assert torch.ops.irfuse.kernel_attention_mask_summary(decode_q, k, mask[:, :, :1]).numel() == 0
+
+
 @pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive -65536"])
 @pytest.mark.parametrize("sq,skv", [(64, 64), (60, 70)])
 def test_structured_masks_skip_tiles_and_match_reference(kind, sq, skv, loads):

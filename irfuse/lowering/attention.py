@@ -237,7 +237,7 @@ def wide_offsets(*rows_and_strides: tuple[int, int]) -> bool:
     return any((rows + 256) * stride >= INT32_OFFSETS for rows, stride in rows_and_strides)
 
 
-def _check(q, k, v, scale, causal, layout, epilogue, mask) -> None:
+def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None) -> None:
     what = f"irfuse.kernel_attention ({epilogue})"
     if epilogue not in EPILOGUES or causal not in CAUSAL or layout not in ("bhsd", "bs_hd"):
         raise ValueError(f"{what}: unknown epilogue, causal kind or layout")
@@ -267,6 +267,8 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask) -> None:
         raise ValueError(f"{what}: rows of Hq*Dv > {MAX_COLS} are not supported")
     if mask is not None:
         _check_mask(what, mask, q, k, causal)
+    if mask_summary is not None:
+        _check_summary(what, mask_summary, mask, q, k)
     if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(f"{what}: runs on CUDA tensors (CPU needs TRITON_INTERPRET=1)")
 
@@ -283,6 +285,20 @@ def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         raise ValueError(
             f"{what}: a mask of shape {list(mask.shape)} does not broadcast to [B, Hq, Sq, "
             f"Skv] = {list(target)}"
+        )
+
+
+def _check_summary(what: str, summary: torch.Tensor, mask, q, k) -> None:
+    if mask is None:
+        raise ValueError(f"{what}: a mask summary without its mask")
+    if uses_decode(q.shape[2], q.shape[1], k.shape[1]) or 0 in q.shape:
+        return  # the decode kernel reads the mask itself
+    expected = _summary_size(q, k, _mask_args(mask, q, k))
+    if summary.dtype != torch.int32 or summary.numel() != expected or summary.device != q.device:
+        raise ValueError(
+            f"{what}: the mask summary ({summary.numel()} {summary.dtype} on {summary.device}) "
+            f"is not kernel_attention_mask_summary's for these shapes ({expected} int32 on "
+            f"{q.device})"
         )
 
 
@@ -330,13 +346,15 @@ def kernel_attention(
     return_lse: bool,
     epilogue: str,
     mask: torch.Tensor | None = None,
+    mask_summary: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention of q [B,Hq,Sq,D] against k, v [B,Hkv,Skv,D(v)] ending with `epilogue`;
     `scale`: the static scale, per-token upper bound or nvfp4 global scale; `mask`: an
-    explicit mask (bool, True = keep, or additive float) broadcastable to [B,Hq,Sq,Skv].
-    Returns (out, lse, scales); lse and scales are empty when not asked for / not
-    produced."""
-    _check(q, k, v, scale, causal, layout, epilogue, mask)
+    explicit mask (bool, True = keep, or additive float) broadcastable to [B,Hq,Sq,Skv];
+    `mask_summary`: its kernel_attention_mask_summary for these shapes (computed here if
+    absent). Returns (out, lse, scales); lse and scales are empty when not asked for /
+    not produced."""
+    _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary)
     out, lse, scales = _allocate(q, v, layout, epilogue, return_lse)
     if out.numel() == 0:
         return out, lse, scales
@@ -345,11 +363,51 @@ def kernel_attention(
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
         _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scales)
     else:
-        _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, lse, scales)
+        _prefill(q, k, v, masking, mask_summary, scale, sm_scale, causal, layout, epilogue, out,
+                 lse, scales)  # fmt: skip
     return out, lse, scales
 
 
-def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, lse, scales):
+@torch.library.custom_op("irfuse::kernel_attention_mask_summary", mutates_args=())
+def kernel_attention_mask_summary(
+    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The tile summary of `mask` that kernel_attention's prefill reads for q's and k's
+    shapes (int32; empty where the decode kernel runs, which reads the mask as it is):
+    computed once for every attention of those shapes that shares the mask (to_fx)."""
+    _check_mask("irfuse.kernel_attention_mask_summary", mask, q, k, "none")
+    if uses_decode(q.shape[2], q.shape[1], k.shape[1]) or 0 in q.shape:
+        return q.new_empty(0, dtype=torch.int32)
+    masking = _mask_args(mask, q, k)
+    config = prefill_config(q.shape[-1], q.shape[2], _mask_bytes(masking))
+    b, h, sq, _ = q.shape
+    return _mask_tiles(masking, b, h, sq, k.shape[2], config)[0]
+
+
+@kernel_attention_mask_summary.register_fake
+def _(q, k, mask):
+    if uses_decode(q.shape[2], q.shape[1], k.shape[1]) or 0 in q.shape:
+        return q.new_empty(0, dtype=torch.int32)
+    return q.new_empty(_summary_size(q, k, _mask_args(mask, q, k)), dtype=torch.int32)
+
+
+def _mask_bytes(masking) -> int:
+    """What prefill_config is told of a mask: the bytes per element of one with a query
+    dimension, 0 for none or a padding mask (read one row of keys per tile)."""
+    mask, _, kind, key_mask = masking
+    return 0 if kind == 0 or key_mask else mask.element_size()
+
+
+def _summary_size(q: torch.Tensor, k: torch.Tensor, masking) -> int:
+    """Entries of the mask summary: 4 per (batch, mask head, block of query rows)."""
+    config = prefill_config(q.shape[-1], q.shape[2], _mask_bytes(masking))
+    mask_heads = q.shape[1] if masking[1][1] else 1
+    return q.shape[0] * mask_heads * triton.cdiv(q.shape[2], config["BLOCK_M"]) * 4
+
+
+def _prefill(
+    q, k, v, masking, mask_summary, scale, sm_scale, causal, layout, epilogue, out, lse, scales
+):
     b, h, sq, d = q.shape
     seq_kv, dv = k.shape[2], v.shape[-1]
     if epilogue == "nvfp4":  # bytes: token row stride Hq*Dv/2, head h at h*Dv/2
@@ -359,7 +417,7 @@ def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, l
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
     mask, mask_strides, mask_kind, key_mask = masking
-    config = prefill_config(d, sq, 0 if mask_kind == 0 or key_mask else mask.element_size())
+    config = prefill_config(d, sq, _mask_bytes(masking))
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
     wants_tma = config.pop("loads") == "tma" and seq_kv > 0
     loads = "tma" if wants_tma and tma_ok(q, k, v) else "pointer"
@@ -369,7 +427,10 @@ def _prefill(q, k, v, masking, scale, sm_scale, causal, layout, epilogue, out, l
         qkv = tuple(TensorDescriptor.from_tensor(t, [1, 1, n, t.shape[-1]])
                     for t, n in zip(qkv, rows, strict=True))  # fmt: skip
     grid = (triton.cdiv(sq, config["BLOCK_M"]), b * h)
-    tiles, mask_heads = _mask_tiles(masking, b, h, sq, seq_kv, config)
+    if mask_summary is None:
+        tiles, mask_heads = _mask_tiles(masking, b, h, sq, seq_kv, config)
+    else:
+        tiles, mask_heads = mask_summary, h if mask_strides[1] else 1
     prefill_kernel(epilogue, loads)[grid](
         *qkv, mask, tiles, scale if scale is not None else q, out, lse if lse.numel() else out,
         scales.view(torch.uint8) if scales.numel() else out,
@@ -441,6 +502,7 @@ def _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scale
 
 
 @kernel_attention.register_fake
-def _(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, mask=None):
-    _check(q, k, v, scale, causal, layout, epilogue, mask)
+def _(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, mask=None,
+      mask_summary=None):  # fmt: skip
+    _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary)
     return _allocate(q, v, layout, epilogue, return_lse)

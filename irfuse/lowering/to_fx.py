@@ -91,6 +91,23 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
     specs = {lowered.op: lowered.spec for lowered in plan}
     tail: dict[fx.Node, fx.Node] = {}
     survivors: set[Operation] = set()
+    summaries: dict[tuple, fx.Node] = {}  # mask summaries, shared by the attentions
+
+    def anchor_after(inputs: list[fx.Node]) -> fx.Node:
+        """Where new nodes reading `inputs` go: after the latest of them and of what was
+        inserted there before."""
+        anchor = max([*inputs, last_placeholder], key=lambda n: rank[n])
+        while anchor in tail:
+            anchor = tail[anchor]
+        return anchor
+
+    def placed(anchor: fx.Node, nodes: list[fx.Node]) -> list[fx.Node]:
+        # ranks strictly between the anchor and the next original node (an integer)
+        low, high = rank[anchor], math.floor(rank[anchor]) + 1
+        for i, node in enumerate(nodes, start=1):
+            rank[node] = low + (high - low) * i / (len(nodes) + 1)
+        tail[anchor] = nodes[-1]
+        return nodes
 
     for op in imported.func.body.ops:
         origin = imported.origins.get(op)
@@ -105,15 +122,17 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
                 if node is not None:
                     value_node[result] = node
             continue
-        anchor = max([*inputs, last_placeholder], key=lambda n: rank[n])
-        while anchor in tail:
-            anchor = tail[anchor]
-        nodes = _lower(graph, anchor, op, specs[op], lambda v: value_node.get(v))
-        # ranks strictly between the anchor and the next original node (an integer)
-        low, high = rank[anchor], math.floor(rank[anchor]) + 1
-        for i, node in enumerate(nodes, start=1):
-            rank[node] = low + (high - low) * i / (len(nodes) + 1)
-        tail[anchor] = nodes[-1]
+        summary = None
+        if isinstance(op, AttentionOp) and op.mask is not None:
+            q, k, mask = (value_node[v] for v in (op.q, op.k, op.mask))
+            key = _summary_key(q, k, mask)
+            if key is not None and key not in summaries:
+                anchor = anchor_after([q, k, mask])
+                summaries[key] = placed(anchor, _call(graph, anchor, SUMMARY, (q, k, mask), []))[0]
+            summary = summaries.get(key)
+            inputs += [summary] if summary is not None else []
+        anchor = anchor_after(inputs)
+        nodes = placed(anchor, _lower(graph, anchor, op, specs[op], value_node.get, summary))
         for result, node in zip(op.results, nodes[1:], strict=True):
             value_node[result] = node
 
@@ -123,12 +142,46 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
     graph.lint()
 
 
+# An explicit mask's tile summary, computed once for the attentions that share the mask
+# and their shapes (a model's layers): mask_summary of kernel_attention.
+SUMMARY = torch.ops.irfuse.kernel_attention_mask_summary.default
+
+
+def _summary_key(q: fx.Node, k: fx.Node, mask: fx.Node) -> tuple | None:
+    """What an attention's mask summary depends on: the mask and the shapes (its tiles
+    follow q's; static shapes only: symbolic ones keep a summary per call)."""
+    shapes = (q.meta["val"].shape, k.meta["val"].shape)
+    if not all(isinstance(d, int) for shape in shapes for d in shape):
+        return None
+    return (_structure(mask), *shapes)
+
+
+def _structure(value: object, depth: int = 4) -> object:
+    """A node as the computation that makes it, `depth` calls deep (then the node
+    itself): equal for the copies of one mask that each attention gets (PyTorch turns a
+    bool mask into `where(mask, 0, -inf)` per SDPA call). Seeded random ops are
+    themselves."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_structure(v, depth) for v in value)
+    if not isinstance(value, fx.Node):
+        return value
+    target = value.target
+    random = isinstance(target, torch._ops.OpOverload) and (
+        torch.Tag.nondeterministic_seeded in target.tags
+    )
+    if value.op != "call_function" or depth == 0 or random:
+        return value
+    kwargs = tuple(sorted((k, _structure(v, depth - 1)) for k, v in value.kwargs.items()))
+    return (target, _structure(value.args, depth - 1), kwargs)
+
+
 def _lower(
     graph: fx.Graph,
     anchor: fx.Node,
     op: Operation,
     spec: KernelSpec | AttentionKernel,
     node_of: Callable[[SSAValue | None], fx.Node | None],
+    mask_summary: fx.Node | None = None,
 ) -> list[fx.Node]:
     """Insert the runtime call of `op` after `anchor` and a getitem per IR result;
     returns [call, node of each result]."""
@@ -137,7 +190,7 @@ def _lower(
         args = (
             node_of(op.q), node_of(op.k), node_of(op.v), node_of(op.quant_scale),
             op.scale.value.data, op.causal.data, op.layout.data, op.lse is not None,
-            spec.epilogue, node_of(op.mask),
+            spec.epilogue, node_of(op.mask), mask_summary,
         )  # fmt: skip
         indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
         nodes = _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args, indices)
