@@ -182,11 +182,10 @@ def prefill_config(head_dim: int, seq_q: int, mask_bytes: int = 0) -> dict[str, 
     if head_dim == 64 and seq_q <= SHORT_SEQ:
         return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "loads": "tma"}
     if head_dim <= 64:
-        config = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, loads="pointer")
-        if mask_bytes:  # 128 registers keep two programs per SM: the mask's loops would
-            # take 174, one program (1.24x faster on a causal + padding mask, no spills)
-            config["maxnreg"] = 128
-        return config
+        # capped at 128 registers: two programs per SM, where a mask's loops or an
+        # epilogue would take more (174 with a causal 4-D mask: 1.24x faster, no spills)
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3,
+                "loads": "pointer", "maxnreg": 128}  # fmt: skip
     if head_dim <= 128 and mask_bytes:
         stages = 3 if mask_bytes <= 2 else 2
         return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": stages, "loads": "tma"}
