@@ -383,7 +383,8 @@ def test_a_precomputed_mask_summary_is_used_and_checked():
     args = (q, k, v, None, 0.3, "none", "bhsd", True, "none", mask)
     for got, want in zip(kernel_attention(*args, summary), kernel_attention(*args), strict=True):
         assert torch.equal(got, want)
-    other = torch.ops.irfuse.kernel_attention_mask_summary(q[:, :, :40], k, mask[:, :, :40])
+    per_head = mask.expand(2, 2, 64, 64).contiguous()  # a summary per head: twice the size
+    other = torch.ops.irfuse.kernel_attention_mask_summary(q, k, per_head)
     with pytest.raises(ValueError, match="not kernel_attention_mask_summary's"):
         kernel_attention(*args, other)
     with pytest.raises(ValueError, match="without its mask"):
