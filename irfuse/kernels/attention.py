@@ -4,15 +4,16 @@ Prefill: one program computes BLOCK_M query rows of one (batch, query head) agai
 keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). GQA maps query head
 h to kv head h // GROUP. Causal masks: 0 none, 1 top-left (PyTorch's is_causal), 2
 bottom-right (query i sees keys j <= i + Skv - Sq). An explicit mask (MASK 1: bool,
-True = keep; 2: additive float), read through strides (0 where it broadcasts), applies
-to every tile; a mask that varies only with batch and key (KEY_MASK: a padding mask) is
-read as one row of keys per tile. The key loop runs in two stages: tiles every row sees
-in full (no mask arithmetic, unmasked loads), then the diagonal and ragged-edge tiles
-(masked; with an explicit mask, every tile). Loads go through TMA descriptors built on
+True = keep; 2: additive float) is read through strides (0 where it broadcasts); a mask
+that varies only with batch and key (KEY_MASK: a padding mask) as one row of keys per
+tile. The key loop visits the tiles every row sees in full with no mask arithmetic and
+unmasked loads, and the others (diagonal, ragged edge, an explicit mask's mixed tiles)
+masked; an explicit mask's tile ranges per block come from its summary (MASK_TILE_FLAGS,
+MASK_TILES), and tiles no row sees are skipped. Loads go through TMA descriptors built on
 the host when the strides allow it (`tma` sources), else through pointers. The output
-tile is written through strides
-([B, H, S, Dv] or the [B, S, H*Dv] layout the output projection reads), optionally
-quantized: static fp8 (elementwise) or nvfp4 (blocks of 16 along a head's Dv).
+tile is written through strides ([B, H, S, Dv] or the [B, S, H*Dv] layout the output
+projection reads), optionally quantized: static fp8 (elementwise) or nvfp4 (blocks of 16
+along a head's Dv).
 
 Decode (few query rows against a long KV): `split_kv` programs each take one kv head
 (all GROUP * Sq query rows that read it, so K/V are read once) and one slice of the
