@@ -373,6 +373,29 @@ def test_mask_summary_scans_past_a_chunk_of_tiles(kind):
     assert tiles.view(3, 4).cpu().tolist() == [list(t) for t in expected]
 
 
+@pytest.mark.parametrize("hidden", [-65536.0, -3.0])
+@pytest.mark.parametrize("sq", [64, 1])  # the prefill and the decode kernels
+def test_a_bool_mask_with_a_hidden_bias_is_the_where_it_stands_for(hidden, sq):
+    """mask_hidden: a bool mask whose hidden keys take a bias gives what the additive
+    mask where(mask, 0, bias) gives, bit for bit (summary included), rows that see
+    nothing averaging as the reference does."""
+    q, k, v = _qkv(2, 2, 1, sq, 64, 16, torch.float16)
+    keep = _causal_padded_keep(64, 64)[:, :, 64 - sq :].to(DEVICE)
+    where = torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, hidden)
+    args = (q, k, v, None, 0.3, "none", "bhsd", True, "none")
+    got = kernel_attention(*args, keep, None, hidden)
+    want = kernel_attention(*args, where)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    out_ref, lse_ref = ref.attention(q, k, v, where, 0.3, "none", True)
+    torch.testing.assert_close(got[0], out_ref, atol=2e-3, rtol=2e-3)
+    if sq > 1:
+        summary = torch.ops.irfuse.kernel_attention_mask_summary(q, k, keep, hidden)
+        assert torch.equal(summary, torch.ops.irfuse.kernel_attention_mask_summary(q, k, where))
+    with pytest.raises(ValueError, match="biases a bool mask"):
+        kernel_attention(*args, where, None, hidden)
+
+
 def test_a_precomputed_mask_summary_is_used_and_checked():
     """kernel_attention takes the summary kernel_attention_mask_summary made for its shapes
     (same results as computing it itself), and refuses one made for other shapes or one

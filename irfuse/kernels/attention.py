@@ -4,7 +4,9 @@ Prefill: one program computes BLOCK_M query rows of one (batch, query head) agai
 keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). GQA maps query head
 h to kv head h // GROUP. Causal masks: 0 none, 1 top-left (PyTorch's is_causal), 2
 bottom-right (query i sees keys j <= i + Skv - Sq). An explicit mask (MASK 1: bool,
-True = keep; 2: additive float) is read through strides (0 where it broadcasts); a mask
+True = keep; 2: additive float; 3: bool whose hidden keys take the bias `mask_hidden`,
+what PyTorch's `where(mask, 0, bias)` makes of a bool mask, read without materialising
+it) is read through strides (0 where it broadcasts); a mask
 that varies only with batch and key (KEY_MASK: a padding mask) as one row of keys per
 tile. The key loop visits the tiles every row sees in full with no mask arithmetic and
 unmasked loads, and the others (diagonal, ragged edge, an explicit mask's mixed tiles)
@@ -42,7 +44,7 @@ PREFILL_SIGNATURE = """
 @triton.jit
 def {name}(
     q_ptr, k_ptr, v_ptr, mask_ptr, mask_tiles_ptr, scale_ptr, out_ptr, lse_ptr, scale_out_ptr,
-    sm_scale, seq_q, seq_kv, group,
+    sm_scale, mask_hidden, seq_q, seq_kv, group,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, mask_heads,
     stride_ob, stride_oh, stride_os, n_heads, out_rows_per_batch,
@@ -178,7 +180,10 @@ MASKED_SOFTMAX = """        visible = cols[None, :] < kv_end
                 visible = visible & (tile != 0)
             else:  # additive, in base 2 like the scores; finite biases stay finite (a row
                 # masked everywhere by a dtype-min bias then averages, as in the reference)
-                bias = tile.to(tl.float32)
+                if MASK == 3:  # bool, its hidden keys biased by mask_hidden
+                    bias = tl.where(tile != 0, 0.0, mask_hidden)
+                else:
+                    bias = tile.to(tl.float32)
                 qk += tl.where(bias == float("-inf"), bias,
                                tl.maximum(bias * 1.4426950408889634, -3.4028234663852886e38))
         qk = tl.where(visible, qk, float("-inf"))
@@ -259,7 +264,7 @@ def maximum_nan(a, b):
 
 @triton.jit
 def {{name}}(
-    mask_ptr, flags_ptr, row_bits_ptr, seq_q, seq_kv, mask_heads,
+    mask_ptr, flags_ptr, row_bits_ptr, mask_hidden, seq_q, seq_kv, mask_heads,
     stride_mb, stride_mh, stride_mq, stride_mk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
 ):
@@ -282,7 +287,11 @@ def {{name}}(
         some = tl.max(keep) != 0
         full = tl.min(tl.where(row_ok[:, None], keep, 1)) != 0
     else:  # additive: 0 leaves a score as it is
-        bias = tl.load(ptrs, mask=inside, other=float("-inf")).to(tl.float32)
+        if MASK == 3:  # bool, its hidden keys biased by mask_hidden
+            keep = tl.load(ptrs, mask=inside, other=0)
+            bias = tl.where(inside, tl.where(keep != 0, 0.0, mask_hidden), float("-inf"))
+        else:
+            bias = tl.load(ptrs, mask=inside, other=float("-inf")).to(tl.float32)
         row_max = tl.max(bias, axis=1)  # NaN biases count as hidden, as in the reference
         some = tl.max(row_max) > {HIDDEN_BIAS}
         # |bias| of 0 everywhere: a NaN bias (kept by the reduction) is not full
@@ -338,7 +347,7 @@ def {{name}}(
         full_end = tl.where(longer, run_end, full_end)
         run_start = tl.max(runs)
     start = tl.where(end > 0, start, 0)  # no key seen: nothing to visit
-    if MASK == 2:  # a row with finite hidden keys and no anchor: visit every tile
+    if MASK >= 2:  # a row with finite hidden keys and no anchor: visit every tile
         offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < seq_q
         anchored = tl.zeros([BLOCK_M], tl.int32)
@@ -367,7 +376,7 @@ SPLIT_KV_HEAD = """
 @triton.jit
 def {name}(
     q_ptr, k_ptr, v_ptr, mask_ptr, part_ptr, part_state_ptr,
-    sm_scale, seq_q, seq_kv, group, split_len, num_splits,
+    sm_scale, mask_hidden, seq_q, seq_kv, group, split_len, num_splits,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, n_kv_heads,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,

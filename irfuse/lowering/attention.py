@@ -236,7 +236,8 @@ def wide_offsets(*rows_and_strides: tuple[int, int]) -> bool:
     return any((rows + 256) * stride >= INT32_OFFSETS for rows, stride in rows_and_strides)
 
 
-def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None) -> None:
+def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
+           mask_hidden=None) -> None:  # fmt: skip
     what = f"irfuse.kernel_attention ({epilogue})"
     if epilogue not in EPILOGUES or causal not in CAUSAL or layout not in ("bhsd", "bs_hd"):
         raise ValueError(f"{what}: unknown epilogue, causal kind or layout")
@@ -265,20 +266,25 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None) ->
     if epilogue != "none" and q.shape[1] * v.shape[-1] > MAX_COLS:
         raise ValueError(f"{what}: rows of Hq*Dv > {MAX_COLS} are not supported")
     if mask is not None:
-        _check_mask(what, mask, q, k, causal)
+        _check_mask(what, mask, q, k, causal, mask_hidden)
+    elif mask_hidden is not None:
+        raise ValueError(f"{what}: mask_hidden without a mask")
     if mask_summary is not None:
         _check_summary(what, mask_summary, mask, q, k)
     if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(f"{what}: runs on CUDA tensors (CPU needs TRITON_INTERPRET=1)")
 
 
-def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, causal: str):
+def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, causal: str,
+                hidden: float | None = None):  # fmt: skip
     if causal != "none":
         raise ValueError(f"{what}: an explicit mask and causal={causal!r} cannot be combined")
     if mask.dtype not in (torch.bool, *FLOAT_DTYPES):
         raise TypeError(f"{what}: the mask must be bool or bf16/fp16/fp32, got {mask.dtype}")
     if mask.device != q.device:
         raise ValueError(f"{what}: the mask is on {mask.device}, q on {q.device}")
+    if hidden is not None and mask.dtype != torch.bool:
+        raise ValueError(f"{what}: mask_hidden biases a bool mask's keys, got a {mask.dtype} mask")
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     if not broadcasts_to(mask.shape, target):
         raise ValueError(
@@ -301,18 +307,22 @@ def _check_summary(what: str, summary: torch.Tensor, mask, q, k) -> None:
         )
 
 
-def _mask_args(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor):
+def _mask_args(
+    mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, hidden: float | None = None
+):
     """(tensor, its 4 strides over [B, Hq, Sq, Skv] (0 where it broadcasts), MASK kind,
-    KEY_MASK: whether it varies with batch and key only)."""
+    KEY_MASK: whether it varies with batch and key only, the bias of a bool mask's hidden
+    keys (MASK 3; -inf is a plain bool mask))."""
     if mask is None:
-        return q, (0, 0, 0, 0), 0, False
+        return q, (0, 0, 0, 0), 0, False, 0.0
     while mask.dim() < 4:
         mask = mask.unsqueeze(0)
     mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     key_mask = mask.stride(1) == 0 and mask.stride(2) == 0
     if mask.dtype == torch.bool:
-        return mask.view(torch.uint8), mask.stride(), 1, key_mask
-    return mask, mask.stride(), 2, key_mask
+        biased = hidden is not None and hidden != float("-inf")
+        return mask.view(torch.uint8), mask.stride(), 3 if biased else 1, key_mask, hidden or 0.0
+    return mask, mask.stride(), 2, key_mask, 0.0
 
 
 def _allocate(q, v, layout: str, epilogue: str, return_lse: bool):
@@ -346,19 +356,21 @@ def kernel_attention(
     epilogue: str,
     mask: torch.Tensor | None = None,
     mask_summary: torch.Tensor | None = None,
+    mask_hidden: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention of q [B,Hq,Sq,D] against k, v [B,Hkv,Skv,D(v)] ending with `epilogue`;
     `scale`: the static scale, per-token upper bound or nvfp4 global scale; `mask`: an
     explicit mask (bool, True = keep, or additive float) broadcastable to [B,Hq,Sq,Skv];
     `mask_summary`: its kernel_attention_mask_summary for these shapes (computed here if
-    absent). Returns (out, lse, scales); lse and scales are empty when not asked for /
-    not produced."""
-    _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary)
+    absent); `mask_hidden`: with a bool mask, the additive bias its hidden keys take
+    (the mask means where(mask, 0, mask_hidden); None: hidden). Returns (out, lse,
+    scales); lse and scales are empty when not asked for / not produced."""
+    _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary, mask_hidden)
     out, lse, scales = _allocate(q, v, layout, epilogue, return_lse)
     if out.numel() == 0:
         return out, lse, scales
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    masking = _mask_args(mask, q, k)
+    masking = _mask_args(mask, q, k, mask_hidden)
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
         _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scales)
     else:
@@ -369,22 +381,24 @@ def kernel_attention(
 
 @torch.library.custom_op("irfuse::kernel_attention_mask_summary", mutates_args=())
 def kernel_attention_mask_summary(
-    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, mask_hidden: float | None = None
 ) -> torch.Tensor:
-    """The tile summary of `mask` that kernel_attention's prefill reads for q's and k's
-    shapes (int32; empty where the decode kernel runs, which reads the mask as it is):
-    computed once for every attention of those shapes that shares the mask (to_fx)."""
-    _check_mask("irfuse.kernel_attention_mask_summary", mask, q, k, "none")
+    """The tile summary of `mask` (and `mask_hidden`, as kernel_attention takes them) that
+    kernel_attention's prefill reads for q's and k's shapes (int32; empty where the decode
+    kernel runs, which reads the mask as it is): computed once for every attention of
+    those shapes that shares the mask (to_fx)."""
+    what = "irfuse.kernel_attention_mask_summary"
+    _check_mask(what, mask, q, k, "none", mask_hidden)
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]) or 0 in q.shape:
         return q.new_empty(0, dtype=torch.int32)
-    masking = _mask_args(mask, q, k)
+    masking = _mask_args(mask, q, k, mask_hidden)
     config = prefill_config(q.shape[-1], q.shape[2], _mask_bytes(masking))
     b, h, sq, _ = q.shape
     return _mask_tiles(masking, b, h, sq, k.shape[2], config)[0]
 
 
 @kernel_attention_mask_summary.register_fake
-def _(q, k, mask):
+def _(q, k, mask, mask_hidden=None):
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]) or 0 in q.shape:
         return q.new_empty(0, dtype=torch.int32)
     return q.new_empty(_summary_size(q, k, _mask_args(mask, q, k)), dtype=torch.int32)
@@ -393,7 +407,7 @@ def _(q, k, mask):
 def _mask_bytes(masking) -> int:
     """What prefill_config is told of a mask: the bytes per element of one with a query
     dimension, 0 for none or a padding mask (read one row of keys per tile)."""
-    mask, _, kind, key_mask = masking
+    mask, _, kind, key_mask, _ = masking
     return 0 if kind == 0 or key_mask else mask.element_size()
 
 
@@ -415,7 +429,7 @@ def _prefill(
         o_strides = out.stride()[:3]
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
-    mask, mask_strides, mask_kind, key_mask = masking
+    mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     config = prefill_config(d, sq, _mask_bytes(masking))
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
     wants_tma = config.pop("loads") == "tma" and seq_kv > 0
@@ -433,7 +447,7 @@ def _prefill(
     prefill_kernel(epilogue, loads)[grid](
         *qkv, mask, tiles, scale if scale is not None else q, out, lse if lse.numel() else out,
         scales.view(torch.uint8) if scales.numel() else out,
-        sm_scale, sq, seq_kv, h // k.shape[1],
+        sm_scale, mask_hidden, sq, seq_kv, h // k.shape[1],
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, mask_heads,
         *o_strides, h, sq,
         HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask,
@@ -448,7 +462,7 @@ def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> 
     flags per (block, key tile), one pass over the mask, then each block's scan of them
     (a small part of the attention's time); a mask the same for every head is summarised
     once. Without a mask: a placeholder."""
-    mask, strides, kind, _ = masking
+    mask, strides, kind, _, hidden = masking
     if kind == 0:
         return mask, 1
     mask_heads = h if strides[1] else 1
@@ -456,13 +470,13 @@ def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> 
     n_tiles = triton.cdiv(seq_kv, config["BLOCK_N"])
     flags = torch.empty(b * mask_heads * blocks * n_tiles, dtype=torch.int8, device=mask.device)
     row_bits = flags  # an additive mask's, per (batch, mask head, tile, row)
-    if kind == 2:
+    if kind >= 2:
         row_bits = torch.empty(b * mask_heads * n_tiles * sq, dtype=torch.int8, device=mask.device)
     num_warps = 1 if INTERPRET else 4
     if n_tiles:
         mask_tile_flags_kernel()[(n_tiles, blocks, b * mask_heads)](
-            mask, flags, row_bits, sq, seq_kv, mask_heads, *strides, BLOCK_M=config["BLOCK_M"],
-            BLOCK_N=config["BLOCK_N"], MASK=kind, num_warps=num_warps,
+            mask, flags, row_bits, hidden, sq, seq_kv, mask_heads, *strides,
+            BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], MASK=kind, num_warps=num_warps,
         )  # fmt: skip
     tiles = torch.empty(b * mask_heads * blocks * 4, dtype=torch.int32, device=mask.device)
     mask_tiles_kernel()[(blocks, b * mask_heads)](
@@ -481,10 +495,10 @@ def _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scale
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
     block_m = max(16, triton.next_power_of_2(group * sq))
-    mask, mask_strides, mask_kind, key_mask = masking
+    mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     split_kv_kernel()[(splits, b * hkv)](
-        q, k, v, mask, part, part_state, sm_scale, sq, seq_kv, group, split_len, splits,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, hkv,
+        q, k, v, mask, part, part_state, sm_scale, mask_hidden, sq, seq_kv, group, split_len,
+        splits, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, hkv,
         HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_M=block_m, CAUSAL=CAUSAL[causal], MASK=mask_kind,
         KEY_MASK=key_mask, INTERPRET=INTERPRET, **config,
     )  # fmt: skip
@@ -502,6 +516,6 @@ def _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scale
 
 @kernel_attention.register_fake
 def _(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, mask=None,
-      mask_summary=None):  # fmt: skip
-    _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary)
+      mask_summary=None, mask_hidden=None):  # fmt: skip
+    _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary, mask_hidden)
     return _allocate(q, v, layout, epilogue, return_lse)

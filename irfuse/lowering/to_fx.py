@@ -122,17 +122,21 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
                 if node is not None:
                     value_node[result] = node
             continue
-        summary = None
+        summary, mask_args = None, ()
         if isinstance(op, AttentionOp) and op.mask is not None:
-            q, k, mask = (value_node[v] for v in (op.q, op.k, op.mask))
-            key = _summary_key(q, k, mask)
+            q, k = value_node[op.q], value_node[op.k]
+            mask_args = _kernel_mask(value_node[op.mask])
+            inputs.append(mask_args[0])
+            key = _summary_key(q, k, mask_args)
             if key is not None and key not in summaries:
-                anchor = anchor_after([q, k, mask])
-                summaries[key] = placed(anchor, _call(graph, anchor, SUMMARY, (q, k, mask), []))[0]
+                anchor = anchor_after([q, k, mask_args[0]])
+                call = _call(graph, anchor, SUMMARY, (q, k, *mask_args), [])
+                summaries[key] = placed(anchor, call)[0]
             summary = summaries.get(key)
             inputs += [summary] if summary is not None else []
         anchor = anchor_after(inputs)
-        nodes = placed(anchor, _lower(graph, anchor, op, specs[op], value_node.get, summary))
+        lowered = _lower(graph, anchor, op, specs[op], value_node.get, summary, mask_args)
+        nodes = placed(anchor, lowered)
         for result, node in zip(op.results, nodes[1:], strict=True):
             value_node[result] = node
 
@@ -147,13 +151,45 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
 SUMMARY = torch.ops.irfuse.kernel_attention_mask_summary.default
 
 
-def _summary_key(q: fx.Node, k: fx.Node, mask: fx.Node) -> tuple | None:
+def _summary_key(q: fx.Node, k: fx.Node, mask_args: tuple) -> tuple | None:
     """What an attention's mask summary depends on: the mask and the shapes (its tiles
     follow q's; static shapes only: symbolic ones keep a summary per call)."""
     shapes = (q.meta["val"].shape, k.meta["val"].shape)
     if not all(isinstance(d, int) for shape in shapes for d in shape):
         return None
-    return (_structure(mask), *shapes)
+    return (_structure(mask_args), *shapes)
+
+
+_WHERE = torch.ops.aten.where.self
+_CONSTANTS = {torch.ops.aten.full.default: 1, torch.ops.aten.scalar_tensor.default: 0}
+
+
+def _kernel_mask(mask: fx.Node) -> tuple:
+    """The mask arguments of kernel_attention: (mask,), or (bool mask, hidden bias) for
+    PyTorch's `where(mask, 0, bias)` of a bool mask into an additive one (which each SDPA
+    call makes, and which the kernels then read as 1 byte per key instead of 2-4, with no
+    pass to materialise it: Inductor drops the where once nothing else reads it)."""
+    if mask.op != "call_function" or mask.target != _WHERE or len(mask.args) != 3:
+        return (mask,)
+    cond, *values = mask.args
+    constants = [_constant(v) for v in values]
+    if not isinstance(cond, fx.Node) or None in constants or constants[0] != 0:
+        return (mask,)
+    cond_val, val = cond.meta.get("val"), mask.meta.get("val")
+    if cond_val is None or cond_val.dtype != torch.bool or cond_val.shape != val.shape:
+        return (mask,)
+    hidden = torch.tensor(constants[1], dtype=val.dtype).item()  # as the bias holds it
+    return (cond, float(hidden))
+
+
+def _constant(value: object) -> float | None:
+    """The value of a 0-d constant node (full / scalar_tensor), else None."""
+    if not isinstance(value, fx.Node) or value.target not in _CONSTANTS:
+        return None
+    if value.target == torch.ops.aten.full.default and value.args[0] not in ((), []):
+        return None
+    scalar = value.args[_CONSTANTS[value.target]]
+    return float(scalar) if isinstance(scalar, (int, float)) else None
 
 
 def _structure(value: object, depth: int = 4) -> object:
@@ -182,15 +218,17 @@ def _lower(
     spec: KernelSpec | AttentionKernel,
     node_of: Callable[[SSAValue | None], fx.Node | None],
     mask_summary: fx.Node | None = None,
+    mask_args: tuple = (),
 ) -> list[fx.Node]:
     """Insert the runtime call of `op` after `anchor` and a getitem per IR result;
-    returns [call, node of each result]."""
+    returns [call, node of each result]. An attention's mask is `mask_args` (mask[,
+    hidden bias]), with its shared summary `mask_summary`."""
     if isinstance(op, AttentionOp):
         assert isinstance(spec, AttentionKernel)
         args = (
             node_of(op.q), node_of(op.k), node_of(op.v), node_of(op.quant_scale),
             op.scale.value.data, op.causal.data, op.layout.data, op.lse is not None,
-            spec.epilogue, node_of(op.mask), mask_summary,
+            spec.epilogue, *(mask_args[:1] or (None,)), mask_summary, *mask_args[1:],
         )  # fmt: skip
         indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
         nodes = _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args, indices)
