@@ -176,7 +176,9 @@ def _kernel_mask(mask: fx.Node) -> tuple:
     if not isinstance(cond, fx.Node) or None in constants or constants[0] != 0:
         return (mask,)
     cond_val, val = cond.meta.get("val"), mask.meta.get("val")
-    if cond_val is None or cond_val.dtype != torch.bool or cond_val.shape != val.shape:
+    if not isinstance(cond_val, torch.Tensor) or not isinstance(val, torch.Tensor):
+        return (mask,)
+    if cond_val.dtype != torch.bool or cond_val.shape != val.shape:
         return (mask,)
     hidden = torch.tensor(constants[1], dtype=val.dtype).item()  # as the bias holds it
     return (cond, float(hidden))
