@@ -282,3 +282,24 @@ def test_direct_masked_attention_runs_the_kernel_where_it_can(d, kernels):
     torch._dynamo.reset()
     out = torch.compile(f, backend="irfuse", options={"inner": "eager"})(q, q, q, mask)
     torch.testing.assert_close(out, f(q, q, q, mask), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "keep,hidden,dtype,expected",
+    [(0.0, -65536.0, torch.bfloat16, -65536.0), (0.0, -65536.0, torch.float16, float("-inf")),
+     (0.0, float("-inf"), torch.float32, float("-inf")), (0.5, -65536.0, torch.bfloat16, None)],
+)  # fmt: skip
+def test_a_where_of_a_bool_mask_lowers_to_the_bool_mask_and_its_bias(keep, hidden, dtype, expected):
+    """`where(mask, 0, bias)` is passed as (mask, bias as the dtype holds it: -65536 is -inf
+    in fp16); a where that also moves kept keys is passed as it is."""
+    from irfuse.lowering.to_fx import _kernel_mask
+
+    graph = torch.fx.Graph()
+    mask = graph.placeholder("mask")
+    mask.meta["val"] = torch.ones(2, 1, 4, 4, dtype=torch.bool)
+    full = torch.ops.aten.full.default
+    kept = graph.call_function(full, ((), keep), {"dtype": dtype})
+    hid = graph.call_function(full, ((), hidden), {"dtype": dtype})
+    where = graph.call_function(torch.ops.aten.where.self, (mask, kept, hid))
+    where.meta["val"] = torch.zeros(2, 1, 4, 4, dtype=dtype)
+    assert _kernel_mask(where) == ((where,) if expected is None else (mask, expected))
