@@ -293,11 +293,22 @@ def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         )
 
 
+def _reads_summary(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether the kernel for these shapes reads a mask summary: the prefill does, the
+    decode kernel reads the mask itself (and an empty q runs nothing)."""
+    return not uses_decode(q.shape[2], q.shape[1], k.shape[1]) and 0 not in q.shape
+
+
+def _mask_heads(strides: tuple, h: int) -> int:
+    """Heads a mask summary covers: all of them if the mask varies by head, else one."""
+    return h if strides[1] else 1
+
+
 def _check_summary(what: str, summary: torch.Tensor, mask, q, k) -> None:
     if mask is None:
         raise ValueError(f"{what}: a mask summary without its mask")
-    if uses_decode(q.shape[2], q.shape[1], k.shape[1]) or 0 in q.shape:
-        return  # the decode kernel reads the mask itself
+    if not _reads_summary(q, k):
+        return
     expected = _summary_size(q, k, _mask_args(mask, q, k))
     if summary.dtype != torch.int32 or summary.numel() != expected or summary.device != q.device:
         raise ValueError(
@@ -389,7 +400,7 @@ def kernel_attention_mask_summary(
     those shapes that shares the mask (to_fx)."""
     what = "irfuse.kernel_attention_mask_summary"
     _check_mask(what, mask, q, k, "none", mask_hidden)
-    if uses_decode(q.shape[2], q.shape[1], k.shape[1]) or 0 in q.shape:
+    if not _reads_summary(q, k):
         return q.new_empty(0, dtype=torch.int32)
     masking = _mask_args(mask, q, k, mask_hidden)
     config = prefill_config(q.shape[-1], q.shape[2], _mask_bytes(masking))
@@ -399,7 +410,7 @@ def kernel_attention_mask_summary(
 
 @kernel_attention_mask_summary.register_fake
 def _(q, k, mask, mask_hidden=None):
-    if uses_decode(q.shape[2], q.shape[1], k.shape[1]) or 0 in q.shape:
+    if not _reads_summary(q, k):
         return q.new_empty(0, dtype=torch.int32)
     return q.new_empty(_summary_size(q, k, _mask_args(mask, q, k)), dtype=torch.int32)
 
@@ -414,7 +425,7 @@ def _mask_bytes(masking) -> int:
 def _summary_size(q: torch.Tensor, k: torch.Tensor, masking) -> int:
     """Entries of the mask summary: 4 per (batch, mask head, block of query rows)."""
     config = prefill_config(q.shape[-1], q.shape[2], _mask_bytes(masking))
-    mask_heads = q.shape[1] if masking[1][1] else 1
+    mask_heads = _mask_heads(masking[1], q.shape[1])
     return q.shape[0] * mask_heads * triton.cdiv(q.shape[2], config["BLOCK_M"]) * 4
 
 
@@ -443,7 +454,7 @@ def _prefill(
     if mask_summary is None:
         tiles, mask_heads = _mask_tiles(masking, b, h, sq, seq_kv, config)
     else:
-        tiles, mask_heads = mask_summary, h if mask_strides[1] else 1
+        tiles, mask_heads = mask_summary, _mask_heads(mask_strides, h)
     prefill_kernel(epilogue, loads)[grid](
         *qkv, mask, tiles, scale if scale is not None else q, out, lse if lse.numel() else out,
         scales.view(torch.uint8) if scales.numel() else out,
@@ -465,7 +476,7 @@ def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> 
     mask, strides, kind, _, hidden = masking
     if kind == 0:
         return mask, 1
-    mask_heads = h if strides[1] else 1
+    mask_heads = _mask_heads(strides, h)
     blocks = triton.cdiv(sq, config["BLOCK_M"])
     n_tiles = triton.cdiv(seq_kv, config["BLOCK_N"])
     flags = torch.empty(b * mask_heads * blocks * n_tiles, dtype=torch.int8, device=mask.device)

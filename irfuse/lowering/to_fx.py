@@ -122,20 +122,21 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
                 if node is not None:
                     value_node[result] = node
             continue
-        summary, mask_args = None, ()
+        summary, mask, hidden = None, None, None
         if isinstance(op, AttentionOp) and op.mask is not None:
             q, k = value_node[op.q], value_node[op.k]
-            mask_args = _kernel_mask(value_node[op.mask])
-            inputs.append(mask_args[0])
-            key = _summary_key(q, k, mask_args)
+            mask, *bias = _kernel_mask(value_node[op.mask])
+            hidden = bias[0] if bias else None
+            inputs.append(mask)
+            key = _summary_key(q, k, mask, hidden)
             if key is not None and key not in summaries:
-                anchor = anchor_after([q, k, mask_args[0]])
-                call = _call(graph, anchor, SUMMARY, (q, k, *mask_args), [])
+                anchor = anchor_after([q, k, mask])
+                call = _call(graph, anchor, SUMMARY, (q, k, mask, hidden), [])
                 summaries[key] = placed(anchor, call)[0]
             summary = summaries.get(key)
             inputs += [summary] if summary is not None else []
         anchor = anchor_after(inputs)
-        lowered = _lower(graph, anchor, op, specs[op], value_node.get, summary, mask_args)
+        lowered = _lower(graph, anchor, op, specs[op], value_node.get, (mask, summary, hidden))
         nodes = placed(anchor, lowered)
         for result, node in zip(op.results, nodes[1:], strict=True):
             value_node[result] = node
@@ -151,13 +152,13 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
 SUMMARY = torch.ops.irfuse.kernel_attention_mask_summary.default
 
 
-def _summary_key(q: fx.Node, k: fx.Node, mask_args: tuple) -> tuple | None:
+def _summary_key(q: fx.Node, k: fx.Node, mask: fx.Node, hidden: float | None) -> tuple | None:
     """What an attention's mask summary depends on: the mask and the shapes (its tiles
     follow q's; static shapes only: symbolic ones keep a summary per call)."""
     shapes = (q.meta["val"].shape, k.meta["val"].shape)
     if not all(isinstance(d, int) for shape in shapes for d in shape):
         return None
-    return (_structure(mask_args), *shapes)
+    return (_structure(mask), hidden, *shapes)
 
 
 _WHERE = torch.ops.aten.where.self
@@ -219,18 +220,17 @@ def _lower(
     op: Operation,
     spec: KernelSpec | AttentionKernel,
     node_of: Callable[[SSAValue | None], fx.Node | None],
-    mask_summary: fx.Node | None = None,
-    mask_args: tuple = (),
+    mask_args: tuple = (None, None, None),
 ) -> list[fx.Node]:
     """Insert the runtime call of `op` after `anchor` and a getitem per IR result;
-    returns [call, node of each result]. An attention's mask is `mask_args` (mask[,
-    hidden bias]), with its shared summary `mask_summary`."""
+    returns [call, node of each result]. An attention's `mask_args` are kernel_attention's
+    (mask, its shared summary, the bias of a bool mask's hidden keys)."""
     if isinstance(op, AttentionOp):
         assert isinstance(spec, AttentionKernel)
         args = (
             node_of(op.q), node_of(op.k), node_of(op.v), node_of(op.quant_scale),
             op.scale.value.data, op.causal.data, op.layout.data, op.lse is not None,
-            spec.epilogue, *(mask_args[:1] or (None,)), mask_summary, *mask_args[1:],
+            spec.epilogue, *mask_args,
         )  # fmt: skip
         indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
         nodes = _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args, indices)
