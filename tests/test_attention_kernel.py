@@ -170,6 +170,54 @@ def test_gpu_attention(dtype, d, causal, hq, hkv, sq, skv, loads):
     torch.testing.assert_close(lse[finite], lse_ref[finite], atol=1e-3, rtol=1e-3)
 
 
+def test_heads_per_sweep_rule():
+    """Uneven blocks (causal, masked) interleave as many heads as keep their keys and values
+    in SWEEP_KV_BYTES (GQA heads share theirs), at least one, at most all; even ones go one
+    head at a time."""
+
+    def qkv(b, hq, hkv, s, d):
+        return (torch.empty(b, hq, s, d, dtype=torch.bfloat16, device="meta"),
+                *[torch.empty(b, hkv, s, d, dtype=torch.bfloat16, device="meta")] * 2)  # fmt: skip
+
+    budget = kernels.SWEEP_KV_BYTES
+    assert kernels.heads_per_sweep(*qkv(8, 16, 16, 1024, 64), False) == 1
+    assert kernels.heads_per_sweep(*qkv(8, 16, 16, 1024, 64), True) == budget // (1024 * 256)
+    assert kernels.heads_per_sweep(*qkv(8, 16, 4, 4096, 64), True) == 4 * budget // (4096 * 256)
+    assert kernels.heads_per_sweep(*qkv(1, 2, 2, 64, 64), True) == 2
+    assert kernels.heads_per_sweep(*qkv(1, 32, 32, 1 << 20, 128), True) == 1
+
+
+def _forced_sweeps(monkeypatch, heads: int) -> None:
+    monkeypatch.setattr(kernels, "heads_per_sweep", lambda q, k, v, uneven: heads)
+
+
+@pytest.mark.parametrize("heads", [2, 4])  # 6 (batch, head)s: sweeps of 2, and 4 then 2
+@pytest.mark.parametrize("masking", ["top_left", "bottom_right", "mask"])
+def test_sweeps_over_heads_visit_every_block_once(heads, masking, monkeypatch):
+    """Programs ordered in sweeps over several heads (a ragged last sweep, a ragged last
+    block, GQA, a mask's summary indexed by block) compute what the reference does."""
+    _forced_sweeps(monkeypatch, heads)
+    q, k, v = _qkv(2, 3, 1, 60, 65, 16, torch.float16)  # 4 blocks of 16 rows on the CPU
+    mask = _causal_padded_keep(60, 65).to(DEVICE) if masking == "mask" else None
+    causal = "none" if mask is not None else masking
+    out, lse, _ = kernel_attention(q, k, v, None, 0.3, causal, "bhsd", True, "none", mask)
+    out_ref, lse_ref = ref.attention(q, k, v, mask, 0.3, causal, True)
+    torch.testing.assert_close(out, out_ref, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_gpu_sweeps_over_heads_with_production_tiles(d, heads, monkeypatch):
+    _forced_sweeps(monkeypatch, heads)
+    q, k, v = _qkv(2, 5, 5, 1031, 1031, d, torch.bfloat16)
+    out, _, _ = kernel_attention(q, k, v, None, d**-0.5, "top_left", "bhsd", False, "none")
+    out_ref, _ = ref.attention(q, k, v, None, d**-0.5, "top_left", False)
+    torch.testing.assert_close(out, out_ref, atol=2e-2, rtol=1.6e-2)
+
+
 def test_unaligned_strides_fall_back_to_pointer_loads():
     q, k, v = _qkv(1, 2, 2, 70, 70, 16, torch.float16)
     assert kernels.tma_ok(q, k, v)

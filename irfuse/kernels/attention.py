@@ -1,7 +1,9 @@
 """Triton source for attention: a prefill flash-attention forward and a split-KV decode.
 
 Prefill: one program computes BLOCK_M query rows of one (batch, query head) against the
-keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). GQA maps query head
+keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). Programs run in sweeps
+over `heads_per_sweep` heads, block by block across them (causal and masked blocks last
+first, the longest), so long blocks do not finish last. GQA maps query head
 h to kv head h // GROUP. Causal masks: 0 none, 1 top-left (PyTorch's is_causal), 2
 bottom-right (query i sees keys j <= i + Skv - Sq). An explicit mask (MASK 1: bool,
 True = keep; 2: additive float; 3: bool whose hidden keys take the bias `mask_hidden`,
@@ -44,7 +46,7 @@ PREFILL_SIGNATURE = """
 @triton.jit
 def {name}(
     q_ptr, k_ptr, v_ptr, mask_ptr, mask_tiles_ptr, scale_ptr, out_ptr, lse_ptr, scale_out_ptr,
-    sm_scale, mask_hidden, seq_q, seq_kv, group,
+    sm_scale, mask_hidden, seq_q, seq_kv, group, heads_per_sweep,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, mask_heads,
     stride_ob, stride_oh, stride_os, n_heads, out_rows_per_batch,
@@ -52,11 +54,19 @@ def {name}(
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
     HAS_LSE: tl.constexpr, WIDE_OFFSETS: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    if CAUSAL != 0 or MASK != 0:  # the longest rows first (causal ones, and what a 4-D
-        # mask usually is: causal, with padding), which would otherwise finish last
-        start_m = tl.num_programs(0) - 1 - start_m
-    batch_head = tl.program_id(1).to(tl.int64)
+    # Programs go in sweeps over `heads_per_sweep` (batch, head)s, block by block, each
+    # block of all of a sweep's heads together; a sweep's keys and values stay in L2.
+    # Causal blocks (and what a 4-D mask usually is, causal with padding) grow with their
+    # index: they run last first, so the longest, started first, no longer finish last.
+    n_blocks = tl.cdiv(seq_q, BLOCK_M)
+    program = tl.program_id(0)
+    sweep_start = program // (heads_per_sweep * n_blocks) * heads_per_sweep
+    sweep_heads = tl.minimum(heads_per_sweep, tl.num_programs(0) // n_blocks - sweep_start)
+    in_sweep = program - sweep_start * n_blocks
+    start_m = in_sweep // sweep_heads
+    if CAUSAL != 0 or MASK != 0:
+        start_m = n_blocks - 1 - start_m
+    batch_head = (sweep_start + in_sweep % sweep_heads).to(tl.int64)
     batch = batch_head // n_heads
     head = batch_head % n_heads
     kv_head = head // group
@@ -114,7 +124,7 @@ PREFILL_SETUP = """    start = 0
     if MASK != 0:  # the mask's tile ranges for this block (mask_tiles): no row sees keys
         # outside [start, end), every row sees [full_start, full_end) in full
         tiles = mask_tiles_ptr + ((batch * mask_heads + head % mask_heads)
-                                  * tl.num_programs(0) + start_m) * 4
+                                  * n_blocks + start_m) * 4
         start = tl.load(tiles) * BLOCK_N
         full_start = tl.load(tiles + 1) * BLOCK_N
         full_end = tl.load(tiles + 2) * BLOCK_N

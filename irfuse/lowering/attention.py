@@ -450,7 +450,7 @@ def _prefill(
         rows = (config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_N"])
         qkv = tuple(TensorDescriptor.from_tensor(t, [1, 1, n, t.shape[-1]])
                     for t, n in zip(qkv, rows, strict=True))  # fmt: skip
-    grid = (triton.cdiv(sq, config["BLOCK_M"]), b * h)
+    grid = (triton.cdiv(sq, config["BLOCK_M"]) * b * h,)
     if mask_summary is None:
         tiles, mask_heads = _mask_tiles(masking, b, h, sq, seq_kv, config)
     else:
@@ -459,6 +459,7 @@ def _prefill(
         *qkv, mask, tiles, scale if scale is not None else q, out, lse if lse.numel() else out,
         scales.view(torch.uint8) if scales.numel() else out,
         sm_scale, mask_hidden, sq, seq_kv, h // k.shape[1],
+        heads_per_sweep(q, k, v, causal != "none" or mask_kind != 0),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, mask_heads,
         *o_strides, h, sq,
         HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask,
@@ -466,6 +467,22 @@ def _prefill(
         WIDE_OFFSETS=wide_offsets((sq, q.stride(2)), (sq, o_strides[2]), (seq_kv, k.stride(2)),
                                   (seq_kv, v.stride(2))),
     )  # fmt: skip
+
+
+# The keys and values a sweep of prefill programs keeps in L2 (50 MB on H100 and H200).
+SWEEP_KV_BYTES = 16 << 20
+
+
+def heads_per_sweep(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uneven: bool) -> int:
+    """How many (batch, query head)s the prefill kernel interleaves, its blocks last first.
+    Blocks of uneven length (causal, masked) across as many heads as keep their keys and
+    values in L2 (SWEEP_KV_BYTES), so the longest start first; even ones one head at a
+    time."""
+    if not uneven:
+        return 1
+    group = q.shape[1] // k.shape[1]  # query heads per kv head share its keys and values
+    kv_bytes = k.shape[2] * (k.shape[3] + v.shape[3]) * k.element_size()
+    return max(1, min(q.shape[0] * q.shape[1], SWEEP_KV_BYTES * group // max(kv_bytes, 1)))
 
 
 def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> tuple:
