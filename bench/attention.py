@@ -31,6 +31,7 @@ SHAPES = [  # (B, Hq, Hkv, Sq, Skv, D, causal); --only I selects one
     (8, 16, 16, 1024, 1024, 64, True),
     (4, 32, 32, 4096, 4096, 64, False),
     (32, 32, 8, 1, 4096, 128, False),  # decode
+    (4, 32, 8, 1024, 1024, 128, True),  # beyond the shapes: a short GQA prefill
 ]
 DECODE_SHAPES = [  # --per-token
     (32, 32, 8, 1, 4096, 128, False),

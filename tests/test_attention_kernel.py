@@ -170,28 +170,35 @@ def test_gpu_attention(dtype, d, causal, hq, hkv, sq, skv, loads):
     torch.testing.assert_close(lse[finite], lse_ref[finite], atol=1e-3, rtol=1e-3)
 
 
-def test_heads_per_sweep_rule():
-    """Uneven blocks (causal, masked) interleave as many heads as keep their keys and values
-    in SWEEP_KV_BYTES (GQA heads share theirs), at least one, at most all; even ones go one
-    head at a time."""
+def test_heads_per_sweep_rule(monkeypatch):
+    """Uneven blocks (causal, masked) of small head dims launched in a few waves interleave
+    as many heads as keep their keys and values in SWEEP_KV_BYTES (GQA heads share
+    theirs), at least one, at most all; even ones, larger head dims and launches of many
+    waves go one head at a time."""
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    monkeypatch.setattr(kernels, "sm_count", lambda device: 100)
 
-    def qkv(b, hq, hkv, s, d):
-        return (torch.empty(b, hq, s, d, dtype=torch.bfloat16, device="meta"),
-                *[torch.empty(b, hkv, s, d, dtype=torch.bfloat16, device="meta")] * 2)  # fmt: skip
+    def sweep(b, hq, hkv, s, d, uneven=True, programs=1000, per_sm=1):
+        q = torch.empty(b, hq, s, d, dtype=torch.bfloat16, device="meta")
+        kv = torch.empty(b, hkv, s, d, dtype=torch.bfloat16, device="meta")
+        return kernels.heads_per_sweep(q, kv, kv, uneven, programs, per_sm)
 
-    budget = kernels.SWEEP_KV_BYTES
-    assert kernels.heads_per_sweep(*qkv(8, 16, 16, 1024, 64), False) == 1
-    assert kernels.heads_per_sweep(*qkv(8, 16, 16, 1024, 64), True) == budget // (1024 * 256)
-    assert kernels.heads_per_sweep(*qkv(8, 16, 4, 4096, 64), True) == 4 * budget // (4096 * 256)
-    assert kernels.heads_per_sweep(*qkv(1, 2, 2, 64, 64), True) == 2
-    assert kernels.heads_per_sweep(*qkv(1, 32, 32, 1 << 20, 128), True) == 1
+    budget, max_waves = kernels.SWEEP_KV_BYTES, kernels.SWEEP_MAX_WAVES
+    assert sweep(8, 16, 16, 1024, 64, uneven=False) == 1
+    assert sweep(8, 16, 16, 1024, 64) == budget // (1024 * 256)
+    assert sweep(8, 16, 4, 4096, 64) == 4 * budget // (4096 * 256)
+    assert sweep(1, 2, 2, 64, 64) == 2
+    assert sweep(1, 32, 32, 1 << 20, 64) == 1
+    assert sweep(8, 16, 16, 1024, 128) == 1  # past SWEEP_MAX_HEAD_DIM
+    assert sweep(8, 16, 16, 1024, 64, programs=max_waves * 100 * 4, per_sm=4) > 1
+    assert sweep(8, 16, 16, 1024, 64, programs=max_waves * 100 * 4 + 1, per_sm=4) == 1
 
 
 def _forced_sweeps(monkeypatch, heads: int) -> None:
-    monkeypatch.setattr(kernels, "heads_per_sweep", lambda q, k, v, uneven: heads)
+    monkeypatch.setattr(kernels, "heads_per_sweep", lambda *args: heads)
 
 
-@pytest.mark.parametrize("heads", [2, 4])  # 6 (batch, head)s: sweeps of 2, and 4 then 2
+@pytest.mark.parametrize("heads", [1, 2, 4])  # 6 (batch, head)s: none; 2; 4 then 2
 @pytest.mark.parametrize("masking", ["top_left", "bottom_right", "mask"])
 def test_sweeps_over_heads_visit_every_block_once(heads, masking, monkeypatch):
     """Programs ordered in sweeps over several heads (a ragged last sweep, a ragged last

@@ -1,9 +1,10 @@
 """Triton source for attention: a prefill flash-attention forward and a split-KV decode.
 
 Prefill: one program computes BLOCK_M query rows of one (batch, query head) against the
-keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). Programs run in sweeps
-over `heads_per_sweep` heads, block by block across them (causal and masked blocks last
-first, the longest), so long blocks do not finish last. GQA maps query head
+keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). Causal and masked
+blocks run last first (the longest); launches of few waves of them run in sweeps over
+`heads_per_sweep` heads, block by block across them, so that long blocks do not finish
+last. GQA maps query head
 h to kv head h // GROUP. Causal masks: 0 none, 1 top-left (PyTorch's is_causal), 2
 bottom-right (query i sees keys j <= i + Skv - Sq). An explicit mask (MASK 1: bool,
 True = keep; 2: additive float; 3: bool whose hidden keys take the bias `mask_hidden`,
@@ -52,21 +53,26 @@ def {name}(
     stride_ob, stride_oh, stride_os, n_heads, out_rows_per_batch,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
-    HAS_LSE: tl.constexpr, WIDE_OFFSETS: tl.constexpr, INTERPRET: tl.constexpr,
+    HAS_LSE: tl.constexpr, WIDE_OFFSETS: tl.constexpr, SWEEPS: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
-    # Programs go in sweeps over `heads_per_sweep` (batch, head)s, block by block, each
-    # block of all of a sweep's heads together; a sweep's keys and values stay in L2.
-    # Causal blocks (and what a 4-D mask usually is, causal with padding) grow with their
-    # index: they run last first, so the longest, started first, no longer finish last.
-    n_blocks = tl.cdiv(seq_q, BLOCK_M)
-    program = tl.program_id(0)
-    sweep_start = program // (heads_per_sweep * n_blocks) * heads_per_sweep
-    sweep_heads = tl.minimum(heads_per_sweep, tl.num_programs(0) // n_blocks - sweep_start)
-    in_sweep = program - sweep_start * n_blocks
-    start_m = in_sweep // sweep_heads
-    if CAUSAL != 0 or MASK != 0:
+    if SWEEPS:  # a grid of programs in sweeps over `heads_per_sweep` (batch, head)s, block
+        # by block, each block of all of a sweep's heads together (their keys and values
+        # stay in L2)
+        n_blocks = tl.cdiv(seq_q, BLOCK_M)
+        program = tl.program_id(0)
+        sweep_start = program // (heads_per_sweep * n_blocks) * heads_per_sweep
+        sweep_heads = tl.minimum(heads_per_sweep, tl.num_programs(0) // n_blocks - sweep_start)
+        in_sweep = program - sweep_start * n_blocks
+        start_m = in_sweep // sweep_heads
+        batch_head = (sweep_start + in_sweep % sweep_heads).to(tl.int64)
+    else:  # a grid of (blocks, heads): one head's blocks at a time
+        n_blocks = tl.num_programs(0)
+        start_m = tl.program_id(0)
+        batch_head = tl.program_id(1).to(tl.int64)
+    if CAUSAL != 0 or MASK != 0:  # causal blocks (and what a 4-D mask usually is, causal
+        # with padding) grow with their index: the longest first, or they finish last
         start_m = n_blocks - 1 - start_m
-    batch_head = (sweep_start + in_sweep % sweep_heads).to(tl.int64)
     batch = batch_head // n_heads
     head = batch_head % n_heads
     kv_head = head // group

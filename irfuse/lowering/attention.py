@@ -173,30 +173,43 @@ def prefill_config(head_dim: int, seq_q: int, mask_bytes: int = 0) -> dict[str, 
     """Tiles, warps, stages and loads by head dim and query length: the best of sweeps on
     H200 (bench/RESULTS.md); small for the interpreter. TMA loads (descriptors built on the
     host) win at head dim 128 and for head dim 64 with 64-row tiles, which short sequences
-    want (twice the programs); long head-dim-64 sequences run 128-row tiles on pointers.
+    want (twice the programs), as do unmasked head-dim-128 ones up to 1024 rows; long
+    head-dim-64 sequences run 128-row tiles on pointers.
     A mask with a query dimension (`mask_bytes` per element) has its tiles pipelined too:
     at head dim 128 they need narrower key tiles to fit in shared memory, and two stages
-    for 4-byte masks (three for 1- and 2-byte ones: 1.26x faster on a causal mask)."""
+    for 4-byte masks (three for 1- and 2-byte ones: 1.26x faster on a causal mask).
+    `per_sm`: how many programs fit on an SM (by shared memory, registers)."""
     if INTERPRET:
-        return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "loads": "pointer"}
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1,
+                "loads": "pointer", "per_sm": 1}  # fmt: skip
     if head_dim == 64 and seq_q <= SHORT_SEQ:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "loads": "tma"}
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "loads": "tma",
+                "per_sm": 4}  # fmt: skip
     if head_dim <= 64:
         # capped at 128 registers: two programs per SM, where a mask's loops or an
         # epilogue would take more (174 with a causal 4-D mask: 1.24x faster, no spills)
         return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3,
-                "loads": "pointer", "maxnreg": 128}  # fmt: skip
+                "loads": "pointer", "maxnreg": 128, "per_sm": 2}  # fmt: skip
+    if head_dim == 128 and seq_q <= SHORT_SEQ_D128 and not mask_bytes:
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "loads": "tma",
+                "per_sm": 2}  # fmt: skip
     if head_dim <= 128 and mask_bytes:
         stages = 3 if mask_bytes <= 2 else 2
-        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": stages, "loads": "tma"}
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": stages,
+                "loads": "tma", "per_sm": 1}  # fmt: skip
     if head_dim <= 128:
-        return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "loads": "tma"}
-    return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2, "loads": "pointer"}
+        return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3,
+                "loads": "tma", "per_sm": 1}  # fmt: skip
+    return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2, "loads": "pointer",
+            "per_sm": 1}  # fmt: skip
 
 
 # Query length up to which head-dim-64 prefill runs 64-row tiles (measured: 1024 rows
 # 0.92x cuDNN against 0.84x with 128-row tiles; 4096 rows 0.90x against 0.96x).
 SHORT_SEQ = 2048
+# The same for head dim 128 without a mask (causal: 512 rows 0.76x against 0.65x, 1024
+# rows 0.89x against 0.80x; 2048 rows 0.84x against 0.86x).
+SHORT_SEQ_D128 = 1024
 
 
 def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, int]:
@@ -450,7 +463,10 @@ def _prefill(
         rows = (config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_N"])
         qkv = tuple(TensorDescriptor.from_tensor(t, [1, 1, n, t.shape[-1]])
                     for t, n in zip(qkv, rows, strict=True))  # fmt: skip
-    grid = (triton.cdiv(sq, config["BLOCK_M"]) * b * h,)
+    n_blocks = triton.cdiv(sq, config["BLOCK_M"])
+    uneven = causal != "none" or (mask_kind != 0 and not key_mask)
+    sweep = heads_per_sweep(q, k, v, uneven, n_blocks * b * h, config.pop("per_sm"))
+    grid = (n_blocks * b * h,) if sweep > 1 else (n_blocks, b * h)
     if mask_summary is None:
         tiles, mask_heads = _mask_tiles(masking, b, h, sq, seq_kv, config)
     else:
@@ -459,11 +475,11 @@ def _prefill(
         *qkv, mask, tiles, scale if scale is not None else q, out, lse if lse.numel() else out,
         scales.view(torch.uint8) if scales.numel() else out,
         sm_scale, mask_hidden, sq, seq_kv, h // k.shape[1],
-        heads_per_sweep(q, k, v, causal != "none" or mask_kind != 0),
+        sweep,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, mask_heads,
         *o_strides, h, sq,
         HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask,
-        HAS_LSE=lse.numel() > 0, INTERPRET=INTERPRET, **config,
+        HAS_LSE=lse.numel() > 0, SWEEPS=sweep > 1, INTERPRET=INTERPRET, **config,
         WIDE_OFFSETS=wide_offsets((sq, q.stride(2)), (sq, o_strides[2]), (seq_kv, k.stride(2)),
                                   (seq_kv, v.stride(2))),
     )  # fmt: skip
@@ -471,14 +487,24 @@ def _prefill(
 
 # The keys and values a sweep of prefill programs keeps in L2 (50 MB on H100 and H200).
 SWEEP_KV_BYTES = 16 << 20
+# Launches of up to this many waves sweep, at head dims up to SWEEP_MAX_HEAD_DIM (H200,
+# causal, head dim 64: 3.9 waves 1.03x faster, 15.5 waves 1.02x-1.03x; head dim 128: 7.8
+# waves 1.01x-1.02x, 15.5 waves 0.94x-0.97x, 31 waves 0.95x with the static epilogue).
+SWEEP_MAX_WAVES = 16
+SWEEP_MAX_HEAD_DIM = 64
 
 
-def heads_per_sweep(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uneven: bool) -> int:
-    """How many (batch, query head)s the prefill kernel interleaves, its blocks last first.
-    Blocks of uneven length (causal, masked) across as many heads as keep their keys and
-    values in L2 (SWEEP_KV_BYTES), so the longest start first; even ones one head at a
-    time."""
-    if not uneven:
+def heads_per_sweep(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uneven: bool, programs: int, per_sm: int
+) -> int:
+    """How many (batch, query head)s the prefill kernel interleaves, block by block.
+    Blocks of uneven length (causal, a mask with a query dimension) of small head dims,
+    when the `programs` (`per_sm` of them fit on an SM) are a few waves, whose last would
+    otherwise hold the longest blocks: across as many heads as keep their keys and values
+    in L2
+    (SWEEP_KV_BYTES), so the longest start first. Otherwise one head at a time."""
+    waves = 0 if INTERPRET else programs / (per_sm * sm_count(q.device))
+    if not uneven or waves > SWEEP_MAX_WAVES or q.shape[-1] > SWEEP_MAX_HEAD_DIM:
         return 1
     group = q.shape[1] // k.shape[1]  # query heads per kv head share its keys and values
     kv_bytes = k.shape[2] * (k.shape[3] + v.shape[3]) * k.element_size()
