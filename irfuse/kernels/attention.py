@@ -4,16 +4,15 @@ Prefill: one program computes BLOCK_M query rows of one (batch, query head) agai
 keys it may see, in BLOCK_N tiles, online softmax in fp32 (base 2). Causal and masked
 blocks run last first (the longest); launches of few waves of them run in sweeps over
 `heads_per_sweep` heads, block by block across them, so that long blocks do not finish
-last. GQA maps query head
-h to kv head h // GROUP. Causal masks: 0 none, 1 top-left (PyTorch's is_causal), 2
-bottom-right (query i sees keys j <= i + Skv - Sq). An explicit mask (MASK 1: bool,
-True = keep; 2: additive float; 3: bool whose hidden keys take the bias `mask_hidden`,
-what PyTorch's `where(mask, 0, bias)` makes of a bool mask, read without materialising
-it) is read through strides (0 where it broadcasts); a mask
-that varies only with batch and key (KEY_MASK: a padding mask) as one row of keys per
-tile. The key loop visits the tiles every row sees in full with no mask arithmetic and
-unmasked loads, and the others (diagonal, ragged edge, an explicit mask's mixed tiles)
-masked; an explicit mask's tile ranges per block come from its summary (MASK_TILE_FLAGS,
+last. GQA maps query head h to kv head h // GROUP. Causal masks: 0 none, 1 top-left
+(PyTorch's is_causal), 2 bottom-right (query i sees keys j <= i + Skv - Sq). An explicit
+mask (MASK 1: bool, True = keep; 2: additive float; 3: bool whose hidden keys take the
+bias `mask_hidden`, what PyTorch's `where(mask, 0, bias)` makes of a bool mask, read
+without materialising it) is read through strides (0 where it broadcasts); a mask that
+varies only with batch and key (KEY_MASK: a padding mask) as one row of keys per tile.
+The key loop visits the tiles every row sees in full with no mask arithmetic and unmasked
+loads, and the others (diagonal, ragged edge, an explicit mask's mixed tiles) masked; an
+explicit mask's tile ranges per block come from its summary (MASK_TILE_FLAGS,
 MASK_TILES), and tiles no row sees are skipped. Loads go through TMA descriptors built on
 the host when the strides allow it (`tma` sources), else through pointers. The output
 tile is written through strides ([B, H, S, Dv] or the [B, S, H*Dv] layout the output

@@ -501,8 +501,7 @@ def heads_per_sweep(
     Blocks of uneven length (causal, a mask with a query dimension) of small head dims,
     when the `programs` (`per_sm` of them fit on an SM) are a few waves, whose last would
     otherwise hold the longest blocks: across as many heads as keep their keys and values
-    in L2
-    (SWEEP_KV_BYTES), so the longest start first. Otherwise one head at a time."""
+    in L2 (SWEEP_KV_BYTES), so the longest start first. Otherwise one head at a time."""
     waves = 0 if INTERPRET else programs / (per_sm * sm_count(q.device))
     if not uneven or waves > SWEEP_MAX_WAVES or q.shape[-1] > SWEEP_MAX_HEAD_DIM:
         return 1
