@@ -225,6 +225,53 @@ def test_gpu_sweeps_over_heads_with_production_tiles(d, heads, monkeypatch):
     torch.testing.assert_close(out, out_ref, atol=2e-2, rtol=1.6e-2)
 
 
+@pytest.mark.parametrize(
+    "b,hq,hkv,sq,mask_shape,match",
+    [
+        (65536, 4, 1, 1, None, "decode grid"),  # 65536 (batch, kv head) rows
+        (32768, 2, 2, 1, None, "decode grid"),
+        (65536, 1, 1, 65, (65536, 1, 65, 65), "mask summary grid"),
+        (32768, 2, 2, 65, (32768, 2, 65, 65), "mask summary grid"),  # a mask per head
+    ],
+)
+def test_grids_past_cuda_limits_are_refused(b, hq, hkv, sq, mask_shape, match):
+    """Shapes whose (batch, head) rows pass CUDA's 65535 grid rows get a clear error, not a
+    failed launch (meta tensors: nothing runs)."""
+    make = lambda *shape: torch.empty(shape, dtype=torch.float16, device="meta")  # noqa: E731
+    q, k = make(b, hq, sq, 16), make(b, hkv, 65, 16)
+    mask = None if mask_shape is None else torch.empty(mask_shape, dtype=torch.bool, device="meta")
+    with pytest.raises(ValueError, match=match):
+        kernel_attention(q, k, k, None, 0.25, "none", "bhsd", False, "none", mask)
+    if mask is not None:
+        with pytest.raises(ValueError, match=match):
+            torch.ops.irfuse.kernel_attention_mask_summary(q, k, mask)
+
+
+def test_prefill_past_the_grid_rows_takes_the_one_dimensional_grid(monkeypatch):
+    """More (batch, head)s than a grid has rows (the limit lowered to 3 here): the prefill
+    kernel runs its 1-D grid, same results."""
+    monkeypatch.setattr(kernels, "MAX_GRID_YZ", 3)
+    grids = []
+    kernel = kernels.prefill_kernel
+
+    class Recorded:
+        def __init__(self, launcher):
+            self.launcher = launcher
+
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return self.launcher[grid]
+
+    monkeypatch.setattr(kernels, "prefill_kernel", lambda *key: Recorded(kernel(*key)))
+    q, k, v = _qkv(2, 2, 2, 70, 70, 16, torch.float16)
+    assert not uses_decode(70, 2, 2)
+    n_blocks = -(-70 // kernels.prefill_config(16, 70)["BLOCK_M"])
+    out, _, _ = kernel_attention(q, k, v, None, 0.3, "none", "bhsd", False, "none")
+    expected, _ = ref.attention(q, k, v, None, 0.3, "none", False)
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
+    assert grids == [(n_blocks * 4,)]
+
+
 def test_unaligned_strides_fall_back_to_pointer_loads():
     q, k, v = _qkv(1, 2, 2, 70, 70, 16, torch.float16)
     assert kernels.tma_ok(q, k, v)

@@ -42,6 +42,24 @@ def uses_decode(seq_q: int, heads_q: int, heads_kv: int) -> bool:
     return heads_q // heads_kv * seq_q <= DECODE_MAX_ROWS
 
 
+# CUDA's limit on a grid's y and z dimensions, which hold (batch, head)s in some kernels.
+MAX_GRID_YZ = 65535
+
+
+def grid_refusal(
+    batch: int, heads_q: int, heads_kv: int, seq_q: int, mask_heads: int
+) -> str | None:
+    """Why the kernels cannot launch over this shape, or None. The decode kernel's grid
+    has a row per (batch, kv head), a mask summary's (prefill with a mask; `mask_heads`
+    0 without one) a row per (batch, mask head); the prefill kernel takes any count."""
+    if uses_decode(seq_q, heads_q, heads_kv):
+        if batch * heads_kv > MAX_GRID_YZ:
+            return f"batch x kv heads = {batch * heads_kv} > {MAX_GRID_YZ} (the decode grid)"
+    elif batch * mask_heads > MAX_GRID_YZ:
+        return f"batch x mask heads = {batch * mask_heads} > {MAX_GRID_YZ} (the mask summary grid)"
+    return None
+
+
 PREFILL_SIGNATURE = """
 @triton.jit
 def {name}(

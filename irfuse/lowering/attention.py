@@ -25,6 +25,8 @@ from irfuse.kernels.attention import (
     DECODE_ONLY,
     EPILOGUES,
     HEAD_DIMS,
+    MAX_GRID_YZ,
+    grid_refusal,
     uses_decode,
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
@@ -282,10 +284,19 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
         _check_mask(what, mask, q, k, causal, mask_hidden)
     elif mask_hidden is not None:
         raise ValueError(f"{what}: mask_hidden without a mask")
+    _check_grid(what, q, k, mask)
     if mask_summary is not None:
         _check_summary(what, mask_summary, mask, q, k)
     if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(f"{what}: runs on CUDA tensors (CPU needs TRITON_INTERPRET=1)")
+
+
+def _check_grid(what: str, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> None:
+    # a mask's head dim is its third from the right (it broadcasts to [B, Hq, Sq, Skv])
+    mask_heads = 0 if mask is None else 1 if mask.dim() < 3 or mask.shape[-3] == 1 else q.shape[1]
+    refusal = grid_refusal(q.shape[0], q.shape[1], k.shape[1], q.shape[2], mask_heads)
+    if refusal:
+        raise ValueError(f"{what}: {refusal}")
 
 
 def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, causal: str,
@@ -411,8 +422,7 @@ def kernel_attention_mask_summary(
     kernel_attention's prefill reads for q's and k's shapes (int32; empty where the decode
     kernel runs, which reads the mask as it is): computed once for every attention of
     those shapes that shares the mask (to_fx)."""
-    what = "irfuse.kernel_attention_mask_summary"
-    _check_mask(what, mask, q, k, "none", mask_hidden)
+    _check_summary_args(q, k, mask, mask_hidden)
     if not _reads_summary(q, k):
         return q.new_empty(0, dtype=torch.int32)
     masking = _mask_args(mask, q, k, mask_hidden)
@@ -423,9 +433,16 @@ def kernel_attention_mask_summary(
 
 @kernel_attention_mask_summary.register_fake
 def _(q, k, mask, mask_hidden=None):
+    _check_summary_args(q, k, mask, mask_hidden)
     if not _reads_summary(q, k):
         return q.new_empty(0, dtype=torch.int32)
     return q.new_empty(_summary_size(q, k, _mask_args(mask, q, k)), dtype=torch.int32)
+
+
+def _check_summary_args(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, hidden) -> None:
+    what = "irfuse.kernel_attention_mask_summary"
+    _check_mask(what, mask, q, k, "none", hidden)
+    _check_grid(what, q, k, mask)
 
 
 def _mask_bytes(masking) -> int:
@@ -466,7 +483,8 @@ def _prefill(
     n_blocks = triton.cdiv(sq, config["BLOCK_M"])
     uneven = causal != "none" or (mask_kind != 0 and not key_mask)
     sweep = heads_per_sweep(q, k, v, uneven, n_blocks * b * h, config.pop("per_sm"))
-    grid = (n_blocks * b * h,) if sweep > 1 else (n_blocks, b * h)
+    sweeps = sweep > 1 or b * h > MAX_GRID_YZ  # the 1-D grid holds any count of heads
+    grid = (n_blocks * b * h,) if sweeps else (n_blocks, b * h)
     if mask_summary is None:
         tiles, mask_heads = _mask_tiles(masking, b, h, sq, seq_kv, config)
     else:
@@ -479,7 +497,7 @@ def _prefill(
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, mask_heads,
         *o_strides, h, sq,
         HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask,
-        HAS_LSE=lse.numel() > 0, SWEEPS=sweep > 1, INTERPRET=INTERPRET, **config,
+        HAS_LSE=lse.numel() > 0, SWEEPS=sweeps, INTERPRET=INTERPRET, **config,
         WIDE_OFFSETS=wide_offsets((sq, q.stride(2)), (sq, o_strides[2]), (seq_kv, k.stride(2)),
                                   (seq_kv, v.stride(2))),
     )  # fmt: skip

@@ -9,10 +9,11 @@ Matches (the usual layout change before the output projection, then a quant):
          fp8 in any form raise-dynamic-fp8-quant accepts, or an `irfuse.quant` (static,
          per_token, nvfp4; from a direct torch.ops.irfuse.* call)
 
-Guards: every intermediate has this chain as its only reader; head
-dims 16-256, powers of two; per-token: static shapes on the decode kernel's side
-(Hq/Hkv * Sq <= 64: its scale spans all heads of a token, which only the decode kernel
-holds); nvfp4 and per-token quantize the 2-D [B*Sq, Hq*Dv] view; and the chooser
+Guards: every intermediate has this chain as its only reader; head dims 16-256, powers
+of two; per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64: its
+scale spans all heads of a token, which only the decode kernel holds); nvfp4 and
+per-token quantize the 2-D [B*Sq, Hq*Dv] view; the kernels' grids hold the shape
+(decode: B*Hkv <= 65535; a mask summary: B*mask heads <= 65535); and the chooser
 (`attention` option: measured on the GPU in `auto`) prefers the fused kernel.
 Replacement: `irfuse.attention` with layout `bs_hd` and the quant's scheme, writing the
 quantized [B, Sq, Hq*Dv] (or its 2-D view) and scales directly. K and V repeated for GQA
@@ -38,6 +39,7 @@ from irfuse.kernels.attention import (
     DECODE_ONLY,
     EPILOGUES,
     HEAD_DIMS,
+    grid_refusal,
     uses_decode,
 )
 from irfuse.transforms import policy, report
@@ -226,14 +228,25 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
         return f"the output is reshaped to {found.source.type}, not [B, Sq, Hq*Dv]"
     if scheme in ("per_token", "nvfp4") and len(shape) != 2:
         return f"a {scheme} quant of the 3-D output (the kernel quantizes [B*Sq, Hq*Dv] rows)"
+    hkv = attention.k.type.get_shape()[1]
+    mask_heads = 0 if attention.mask is None else _mask_heads(attention.mask, h)
+    if DYNAMIC not in (b, h, hkv, s, mask_heads):  # dynamic ones: kernel_attention checks
+        refusal = grid_refusal(b, h, hkv, s, mask_heads)
+        if refusal:
+            return f"the kernels cannot launch over {refusal}"
     if scheme in DECODE_ONLY:
-        hkv = attention.k.type.get_shape()[1]
         if DYNAMIC in (h, hkv, s) or not uses_decode(s, h, hkv):
             return (
                 f"a {scheme} scale spans all heads of a token: only the decode kernel "
                 f"(Hq/Hkv * Sq <= {DECODE_MAX_ROWS}, static shapes) fuses it"
             )
     return None
+
+
+def _mask_heads(mask: SSAValue, heads: int) -> int:
+    """The heads a mask summary covers: the mask's head dim (its third from the right)."""
+    shape = mask.type.get_shape()
+    return 1 if len(shape) < 3 or shape[-3] == 1 else heads
 
 
 def _signature(attention: AttentionOp) -> dict[str, object]:

@@ -77,3 +77,20 @@ func.func @masked_nvfp4(%q: tensor<1x2x64x64xbf16>, %m: tensor<1x1x64x64xi1>, %g
 // CHECK-LABEL: func.func @masked_nvfp4
 // CHECK-NEXT:    %q4, %s4 = irfuse.attention %q, %q, %q mask %m scale %g {{.*}}quant = #irfuse.quant<nvfp4>}
 // CHECK-NEXT:    func.return %q4, %s4
+
+// -----
+
+// Decode over 65536 (batch, kv head)s: past the 65535 rows of the decode kernel's grid:
+// unchanged (the report says why).
+func.func @decode_grid_too_tall(%q: tensor<65536x4x1x64xbf16>, %k: tensor<65536x1x16x64xbf16>, %s: tensor<1xf32>) -> tensor<65536x1x256xf8E4M3FN> {
+  %o = irfuse.attention %q, %k, %k {scale = 0.125 : f64, causal = "none", layout = "bhsd"} : tensor<65536x4x1x64xbf16>, tensor<65536x1x16x64xbf16>, tensor<65536x1x16x64xbf16> -> tensor<65536x4x1x64xbf16>
+  %t = aten.call "aten.transpose.int"(%o) {args = [#aten.ref<0>, 1 : i64, 2 : i64], kwargs = {}} : (tensor<65536x4x1x64xbf16>) -> tensor<65536x1x4x64xbf16>
+  %y = aten.call "aten.reshape.default"(%t) {args = [#aten.ref<0>, [65536 : i64, 1 : i64, 256 : i64]], kwargs = {}} : (tensor<65536x1x4x64xbf16>) -> tensor<65536x1x256xbf16>
+  %d = aten.call "aten.div.Tensor"(%y, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<65536x1x256xbf16>, tensor<1xf32>) -> tensor<65536x1x256xf32>
+  %c = aten.call "aten.clamp.default"(%d) {args = [#aten.ref<0>, -448 : i64, 448 : i64], kwargs = {}} : (tensor<65536x1x256xf32>) -> tensor<65536x1x256xf32>
+  %q8 = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<65536x1x256xf32>) -> tensor<65536x1x256xf8E4M3FN>
+  func.return %q8 : tensor<65536x1x256xf8E4M3FN>
+}
+// CHECK-LABEL: func.func @decode_grid_too_tall
+// CHECK:         irfuse.attention {{.*}} layout = "bhsd"
+// CHECK:         aten.call "aten.transpose.int"
