@@ -46,6 +46,14 @@ def uses_decode(seq_q: int, heads_q: int, heads_kv: int) -> bool:
 MAX_GRID_YZ = 65535
 
 
+def mask_heads_of(mask_shape: tuple[int, ...] | None, heads_q: int) -> int:
+    """The heads a mask summary covers (0 without a mask): all of them if the mask's head
+    dim (its third from the right, as it broadcasts to [B, Hq, Sq, Skv]) is not 1."""
+    if mask_shape is None:
+        return 0
+    return 1 if len(mask_shape) < 3 or mask_shape[-3] == 1 else heads_q
+
+
 def grid_refusal(
     batch: int, heads_q: int, heads_kv: int, seq_q: int, mask_heads: int
 ) -> str | None:

@@ -27,6 +27,7 @@ from irfuse.kernels.attention import (
     HEAD_DIMS,
     MAX_GRID_YZ,
     grid_refusal,
+    mask_heads_of,
     uses_decode,
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
@@ -292,8 +293,7 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
 
 
 def _check_grid(what: str, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> None:
-    # a mask's head dim is its third from the right (it broadcasts to [B, Hq, Sq, Skv])
-    mask_heads = 0 if mask is None else 1 if mask.dim() < 3 or mask.shape[-3] == 1 else q.shape[1]
+    mask_heads = mask_heads_of(None if mask is None else tuple(mask.shape), q.shape[1])
     refusal = grid_refusal(q.shape[0], q.shape[1], k.shape[1], q.shape[2], mask_heads)
     if refusal:
         raise ValueError(f"{what}: {refusal}")

@@ -40,6 +40,7 @@ from irfuse.kernels.attention import (
     EPILOGUES,
     HEAD_DIMS,
     grid_refusal,
+    mask_heads_of,
     uses_decode,
 )
 from irfuse.transforms import policy, report
@@ -229,7 +230,8 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
     if scheme in ("per_token", "nvfp4") and len(shape) != 2:
         return f"a {scheme} quant of the 3-D output (the kernel quantizes [B*Sq, Hq*Dv] rows)"
     hkv = attention.k.type.get_shape()[1]
-    mask_heads = 0 if attention.mask is None else _mask_heads(attention.mask, h)
+    mask_shape = None if attention.mask is None else tuple(attention.mask.type.get_shape())
+    mask_heads = mask_heads_of(mask_shape, h)
     if DYNAMIC not in (b, h, hkv, s, mask_heads):  # dynamic ones: kernel_attention checks
         refusal = grid_refusal(b, h, hkv, s, mask_heads)
         if refusal:
@@ -241,12 +243,6 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
                 f"(Hq/Hkv * Sq <= {DECODE_MAX_ROWS}, static shapes) fuses it"
             )
     return None
-
-
-def _mask_heads(mask: SSAValue, heads: int) -> int:
-    """The heads a mask summary covers: the mask's head dim (its third from the right)."""
-    shape = mask.type.get_shape()
-    return 1 if len(shape) < 3 or shape[-3] == 1 else heads
 
 
 def _signature(attention: AttentionOp) -> dict[str, object]:
