@@ -94,6 +94,38 @@ def test_norm_read_unquantized_elsewhere_keeps_the_value_in_the_fused_kernel():
     assert_fp8_close(q, q_ref, s)
 
 
+def _norm_per_tensor(x, w):
+    return torch.ops.irfuse.per_tensor_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6))
+
+
+def _add_norm_per_tensor(x, r, w):
+    y, h = torch.ops.irfuse.fused_add_rms_norm(x, r, w, 1e-6)
+    return (*torch.ops.irfuse.per_tensor_fp8_quant(y), h)
+
+
+@pytest.mark.parametrize(
+    "fn,n_inputs,kernel",
+    [
+        (_norm_per_tensor, 2, "irfuse_rms_norm_per_tensor_fp8"),
+        (_add_norm_per_tensor, 3, "irfuse_fused_add_rms_norm_per_tensor_fp8"),
+    ],
+)
+def test_per_tensor_quant_fuses_into_the_norm(fn, n_inputs, kernel):
+    """A dynamic per-tensor quant fuses into a norm (two kernels at run time: the amax,
+    then the quant) and matches the unfused ops."""
+    x, r, w, _ = _norm_inputs(t=5, h=96)
+    inputs = (x, r, w) if n_inputs == 3 else (x, w)
+    report = irfuse.explain(fn, *inputs)
+    assert report.fused["fuse-rms-norm-quant"] == 1, str(report)
+    assert report.kernels == [kernel]
+    torch._dynamo.reset()
+    q, s, *h = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(*inputs)
+    q_ref, s_ref, *h_ref = fn(*inputs)
+    assert all(torch.equal(a, b) for a, b in zip(h, h_ref, strict=True))
+    torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
+    assert_fp8_close(q, q_ref, s_ref)
+
+
 def test_clamp_to_other_bounds_is_not_an_fp8_quant():
     def fn(x, w, s):
         return (models.hf_rms_norm(x, w).float() / s).clamp(-240, 240).to(models.FP8)

@@ -149,15 +149,37 @@ def test_two_pass_per_token_is_bit_exact(monkeypatch, scheme):
     assert torch.equal(scales, scales_ref)
 
 
+@pytest.mark.parametrize("rows", [97, quant_pieces.AMAX_ROW_SLOTS + 9])
 @pytest.mark.parametrize("producer,mode", [p for p in PRODUCERS if p[1] != "fp32"])
-def test_per_tensor_over_many_rows(producer, mode):
-    """More rows than phase 1's amax slots, and enough that phase 2 takes whole rows, last
-    first (a plain norm recomputed from x): the scale is still the whole tensor's."""
-    x, _, _ = _inputs(97, 64, torch.float32)
-    assert x.shape[0] > quant_pieces.AMAX_SLOTS
-    assert runtime.launch_config(97, 64, "per_tensor", row_tiles=True)[0] == 64
-    _, scales, _, scales_ref = _run(producer, mode, "per_tensor", 97, 64, torch.float32)
+def test_per_tensor_over_many_rows(producer, mode, rows):
+    """Phase 1's amax in a slot per row (97 rows) and spread over the zeroed atomic slots
+    (more than AMAX_ROW_SLOTS rows); enough rows that standalone phase 2 takes whole rows,
+    last first: the scale is still the whole tensor's."""
+    assert quant_pieces.AMAX_SLOTS < 97 < quant_pieces.AMAX_ROW_SLOTS
+    assert runtime.launch_config(rows, 64, "per_tensor", row_tiles=True)[0] == 64
+    _, scales, _, scales_ref = _run(producer, mode, "per_tensor", rows, 64, torch.float32)
     torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("rows", [97, quant_pieces.AMAX_ROW_SLOTS + 9])
+def test_per_tensor_phase_2_normalises_with_phase_1_rstd(monkeypatch, rows):
+    """After a plain norm, phase 2 normalises tiles of each row (here three, the last
+    ragged) with the rstd phase 1 kept: its bytes are exactly the per-tensor quant of the
+    value phase 1 stored, with that value's scale."""
+    monkeypatch.setattr(runtime, "NORM_ROW_TILES", {"per_tensor": ((math.inf, 16, 1),)})
+    launched = []
+    launch = runtime._launch
+    monkeypatch.setattr(
+        runtime, "_launch", lambda spec, *a, **k: (launched.append(spec), launch(spec, *a, **k))
+    )
+    x, _, w = _inputs(rows, 40, torch.float32)
+    q, _, scale, value = kernel_norm(
+        x, None, w, None, 1e-6, "rms_norm/plain/model/per_tensor/keep_value"
+    )
+    assert [(s.quant, s.row_tiles) for s in launched] == [("amax", False), ("per_tensor", True)]
+    q_ref, scale_ref = ref.per_tensor_fp8_quant(value)
+    assert torch.equal(scale, scale_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
 
 
 @pytest.mark.parametrize("producer,mode", [("quant", "none"), ("rms_norm", "plain")])

@@ -58,6 +58,17 @@ RMS_NORM = """
     rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + eps)
 """
 
+# Phase 1 of a per-tensor quant after a plain norm keeps each row's rstd for phase 2
+# (quant.AMAX_ROW_SLOTS: where the stats buffer's per-row part starts), which then
+# normalises tiles of the row without the row's reduction.
+STORE_RSTD = """    tl.store(scale_out_ptr + {slots} + row, rstd)  # for phase 2
+"""
+RSTD_OF_PHASE_1 = """
+    # rms_norm with the row's rstd from phase 1 (a tile of the row: no reduction here)
+    norm_dtype = {norm_dtype}
+    rstd = tl.load(scale_ptr + {slots} + row)
+"""
+
 STORE_VALUE = """
     # the unquantized value too, for readers that need it (one pass instead of two)
     tl.store(value_ptr + row * value_row_stride + cols, v.to(value_ptr.dtype.element_ty),

@@ -229,22 +229,38 @@ UE8M0 = "    s = ceil_pow2(s)  # ue8m0: power-of-two scales\n"
 
 # Dynamic per-tensor fp8 runs in two kernels: the scale needs the amax of the whole
 # tensor before any value can be quantized. Phase 1 only reduces (a kernel that keeps the
-# value stores it through STORE_VALUE); phase 2 quantizes, recomputing a plain norm or
-# reading the value phase 1 stored (runtime._per_tensor_phases).
-# Phase 1's rows spread their atomic max over AMAX_SLOTS words (one atomic per row on a
-# single word serialised: 3 us of 9 at 4096 x 4096 on H200); phase 2 reduces the slots.
+# value stores it through STORE_VALUE); phase 2 quantizes, normalising again after a plain
+# norm or reading the value phase 1 stored (runtime._per_tensor_phases).
+# Phase 1 leaves its results in a float32 stats buffer: the amax in slots, and after a
+# plain norm each row's rstd at AMAX_ROW_SLOTS + row (norm.STORE_RSTD), so that phase 2
+# normalises tiles of a row without its reduction. Up to AMAX_ROW_SLOTS rows, each row
+# stores its amax in a slot of its own (nothing to zero first: one graph node fewer,
+# which pays at few rows); beyond, rows spread an atomic max over AMAX_SLOTS slots that
+# the caller zeroes (one atomic per row on a single word serialised: 3 us of 9 at 4096 x
+# 4096 on H200). Phase 2 reduces the slots; both kernels tell the two cases apart by
+# their grid's row count, the row count of the tensor.
 AMAX_SLOTS = 32
+AMAX_ROW_SLOTS = 512
 AMAX = (
     "",
     f"""
-    # epilogue: phase 1 of a dynamic per-tensor quant: the grid-wide amax, over
-    # {AMAX_SLOTS} slots (scale_out_ptr starts at 0)
-    tl.atomic_max(scale_out_ptr + row % {AMAX_SLOTS}, tl.max(tl.abs(v), axis=0))
+    # epilogue: phase 1 of a dynamic per-tensor quant: the row's amax, in a slot of its
+    # own over at most {AMAX_ROW_SLOTS} rows, else an atomic max over {AMAX_SLOTS} zeroed slots
+    row_amax = tl.max(tl.abs(v), axis=0)
+    if tl.num_programs(0) <= {AMAX_ROW_SLOTS}:
+        tl.store(scale_out_ptr + row, row_amax)
+    else:
+        tl.atomic_max(scale_out_ptr + row % {AMAX_SLOTS}, row_amax)
 """,
 )
 
 PER_TENSOR = (
-    f"    amax = tl.max(tl.load(scale_ptr + tl.arange(0, {AMAX_SLOTS})), axis=0)  # phase 1's\n",
+    f"""    # phase 1's amax, over its slots (a slot per row up to {AMAX_ROW_SLOTS} rows)
+    n_rows = tl.num_programs(0)
+    n_slots = tl.where(n_rows <= {AMAX_ROW_SLOTS}, n_rows, {AMAX_SLOTS})
+    slots = tl.arange(0, {AMAX_ROW_SLOTS})
+    amax = tl.max(tl.load(scale_ptr + slots, mask=slots < n_slots, other=0.0), axis=0)
+""",
     """
     # epilogue: phase 2 of a dynamic per-tensor fp8, s = max(amax / 448, 1 / (448 * 512))
     s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)

@@ -40,8 +40,18 @@ class KernelSpec:
 
     @property
     def row_tiles(self) -> bool:
-        """Whether a row may split into tiles over programs (grid: rows x tiles)."""
-        return self.producer == "quant" and self.quant.split()[0] in quant_pieces.TILEABLE
+        """Whether a row may split into tiles over programs (grid: rows x tiles): a quant
+        with no row-wide reduction, or phase 2 of a per-tensor quant after a plain norm
+        (it normalises with phase 1's rstd)."""
+        kind = self.quant.split()[0]
+        if self.producer == "quant":
+            return kind in quant_pieces.TILEABLE
+        return self.normalises_with_phase_1_rstd
+
+    @property
+    def normalises_with_phase_1_rstd(self) -> bool:
+        """Phase 2 of a plain norm's per-tensor quant (runtime._per_tensor_phases)."""
+        return self.producer == "rms_norm" and self.quant == "per_tensor"
 
     def source(self) -> str:
         return kernel_source(self)
@@ -85,6 +95,9 @@ class KernelSpec:
             parts.append("nvfp4 quant")
         elif self.quant == "amax":
             parts.append("amax (phase 1 of a per_tensor fp8 quant)")
+        elif self.normalises_with_phase_1_rstd:
+            parts[-1] += " (with phase 1's rstd)"
+            parts.append("per_tensor fp8 quant (phase 2)")
         elif self.quant != "none":
             parts.append(f"{self.quant} fp8 quant")
         text = " + ".join(parts)
@@ -146,7 +159,14 @@ def _row_body(spec: KernelSpec) -> str:
         body += norm.ADD_RESIDUAL
     if spec.producer != "quant":
         norm_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
-        body += norm.RMS_NORM.format(norm_dtype=norm_dtype) + norm.WEIGHT[spec.weight_mode]
+        slots = quant_pieces.AMAX_ROW_SLOTS
+        if spec.normalises_with_phase_1_rstd:
+            body += norm.RSTD_OF_PHASE_1.format(norm_dtype=norm_dtype, slots=slots)
+        else:
+            body += norm.RMS_NORM.format(norm_dtype=norm_dtype)
+        if (spec.producer, spec.quant) == ("rms_norm", "amax"):
+            body += norm.STORE_RSTD.format(slots=slots)
+        body += norm.WEIGHT[spec.weight_mode]
     if spec.keep_value:
         body += norm.STORE_VALUE
     return body + store

@@ -19,7 +19,7 @@ import torch
 import triton
 
 from irfuse.kernels.norm import MAX_COLS
-from irfuse.kernels.quant import AMAX_SLOTS, parse_scheme
+from irfuse.kernels.quant import AMAX_ROW_SLOTS, AMAX_SLOTS, parse_scheme
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.kernel_spec import KernelSpec, kernel_source
 from irfuse.ops.quant import FP8_MIN_SCALE, alloc_group_scales, alloc_nvfp4_scales
@@ -53,12 +53,11 @@ def _one_row_per_tensor(spec: KernelSpec) -> KernelSpec:
 @functools.cache
 def _per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
     """The two kernels of a dynamic per-tensor quant: producer + amax, then the quant.
-    (fuse-rms-norm-quant does not fuse per_tensor, measured slower than Inductor; a norm
-    with a per-tensor epilogue comes from IR that asks for it, e.g. through irfuse-opt.)
-    A plain norm is recomputed in phase 2 (x read twice, nothing else stored: 5 bytes per
-    element instead of 7 for a stored bf16 value); after a residual add phase 2 reads the
-    stored value (the norm needs the unrounded sum, which only x and the residual give
-    back: as much traffic, and the add twice)."""
+    After a plain norm, phase 1 keeps each row's rstd and phase 2 normalises x again with
+    it, in row tiles (x read twice, nothing else stored: 5 bytes per element instead of 7
+    for a stored bf16 value); after a residual add phase 2 reads the stored value (the
+    norm needs the unrounded sum, which only x and the residual give back: as much
+    traffic, and the add twice)."""
     if spec.producer == "fused_add_rms_norm":
         amax = dataclasses.replace(spec, quant="amax", keep_value=True)
         return amax, KernelSpec("quant", "none", "per_tensor")
@@ -66,18 +65,19 @@ def _per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
 
 
 def launch_config(
-    n_rows: int, n_cols: int, scheme: str = "none", row_tiles: bool = False
+    n_rows: int, n_cols: int, scheme: str = "none", row_tiles: bool = False, norm: bool = False
 ) -> tuple[int, int]:
     """(BLOCK, num_warps) for rows of `n_cols` elements, chosen by measurement on H200
     (bench/RESULTS.md): 16 warps from 4096 columns (32 for few rows of 8192+), except that
     from 1024 rows an epilogue with its own amax reduction runs best with fewer (4096
     columns: 4 for per-token, 8 for per-group; 16 cost ~30% there, but win at few rows;
     per-token rows padded to a power of two, as 7168 is, run best with 16). Kernels that
-    tile rows (`row_tiles`) take their tile from ROW_TILES."""
+    tile rows (`row_tiles`) take their tile from ROW_TILES (NORM_ROW_TILES for a `norm`)."""
     block = triton.next_power_of_2(n_cols)
     kind = scheme.split()[0]
     if row_tiles:
-        _, tile, num_warps = next(t for t in ROW_TILES[kind] if n_rows < t[0])
+        tiles = NORM_ROW_TILES[kind] if norm else ROW_TILES[kind]
+        _, tile, num_warps = next(t for t in tiles if n_rows < t[0])
         if kind == "nvfp4" and tile > 1024 and n_cols % tile:  # 1024 beats ragged 2048
             tile //= 2
         return (tile, num_warps) if block >= tile else (block, max(1, min(num_warps, block // 128)))
@@ -106,6 +106,11 @@ ROW_TILES = {
     "per_group": ((64, 1024, 8), (math.inf, 1024, 2)),
     "nvfp4": ((64, 1024, 4), (math.inf, 2048, 2)),
 }
+# Norm kernels that tile rows: phase 2 of a per-tensor quant after a plain norm. H200,
+# scratch sweep at hidden 4096 and 7168, 16 to 16384 rows (bench/RESULTS.md, ninth
+# session): 1024 columns with 2 warps over many rows, 4 over a few; within 3% of the best
+# of 1024 / 2048 columns x 2 / 4 / 8 warps at every size.
+NORM_ROW_TILES = {"per_tensor": ((AMAX_ROW_SLOTS + 1, 1024, 4), (math.inf, 1024, 2))}
 
 
 # Standalone per-token rows padded to 8192+ lanes (hidden 5120, 7168), from 256 rows: one
@@ -251,7 +256,7 @@ def kernel_norm(
     if spec.quant == "per_tensor" and x2.shape[0] == 1:
         spec = _one_row_per_tensor(spec)  # one launch instead of a memset and two
     if spec.quant == "per_tensor":  # two kernels: the grid-wide amax, then the quant
-        amax = x.new_zeros(AMAX_SLOTS, dtype=torch.float32)
+        stats = per_tensor_stats(x2)
         phase1, phase2 = _per_tensor_phases(spec)
         normed = None
         if phase1.keep_value:  # the kept value, or what phase 2 quantizes
@@ -260,12 +265,12 @@ def kernel_norm(
                 if spec.keep_value
                 else torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
             )
-        _launch(phase1, x2, residual2, weight, None, out2, residual_out2, amax, normed, eps)
+        _launch(phase1, x2, residual2, weight, None, out2, residual_out2, stats, normed, eps)
         if phase2.producer == "quant":
-            _launch(phase2, x2 if normed is None else normed, None, None, amax, out2, None,
+            _launch(phase2, x2 if normed is None else normed, None, None, stats, out2, None,
                     scales, None, eps)  # fmt: skip
-        else:  # the norm again, from x
-            _launch(phase2, x2, None, weight, amax, out2, None, scales, None, eps)
+        else:  # the norm again, from x and phase 1's rstd
+            _launch(phase2, x2, None, weight, stats, out2, None, scales, None, eps)
         return out, residual_out, scales, value
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
         scales2 = scales.view(torch.uint8)
@@ -276,6 +281,17 @@ def kernel_norm(
         spec = _two_pass(spec)
     _launch(spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps)
     return out, residual_out, scales, value
+
+
+def per_tensor_stats(x2: torch.Tensor) -> torch.Tensor:
+    """Phase 1's float32 results for phase 2 (quant.AMAX): amax slots, then a row's rstd
+    at AMAX_ROW_SLOTS + row. Only the atomic slots (more than AMAX_ROW_SLOTS rows) start
+    at zero; a slot per row is stored, not accumulated."""
+    n_rows = x2.shape[0]
+    stats = x2.new_empty(AMAX_ROW_SLOTS + n_rows, dtype=torch.float32)
+    if n_rows > AMAX_ROW_SLOTS:
+        stats[:AMAX_SLOTS].zero_()
+    return stats
 
 
 def _value_dtype(spec: KernelSpec, x: torch.Tensor) -> torch.dtype:
@@ -299,7 +315,9 @@ def _launch(
     tensors are passed as `x2` (their pointers are never read: the kernel source has no
     use for them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps)."""
     n_rows, n_cols = x2.shape
-    block, num_warps = config or launch_config(n_rows, n_cols, spec.quant, spec.row_tiles)
+    block, num_warps = config or launch_config(
+        n_rows, n_cols, spec.quant, spec.row_tiles, norm=spec.producer != "quant"
+    )
     if spec.two_pass and not config:
         num_warps = TWO_PASS_WARPS
     grid = (n_rows, triton.cdiv(n_cols, block))

@@ -35,15 +35,27 @@ func.func @per_token(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> (tensor<?x64
 
 // -----
 
-// A dynamic per-tensor quant stays separate (fused, it is two kernels: slower).
+// A dynamic per-tensor quant fuses into a plain norm (two kernels at run time).
 func.func @per_tensor(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> (tensor<?x64xf8E4M3FN>, tensor<1xf32>) {
   %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
   %q, %qs = irfuse.quant %y {quant = #irfuse.quant<per_tensor>} : tensor<?x64xbf16> -> tensor<?x64xf8E4M3FN>, tensor<1xf32>
   func.return %q, %qs : tensor<?x64xf8E4M3FN>, tensor<1xf32>
 }
 // CHECK-LABEL: func.func @per_tensor
-// CHECK-NEXT:    irfuse.rms_norm
-// CHECK-NEXT:    irfuse.quant %y {quant = #irfuse.quant<per_tensor>}
+// CHECK-NEXT:    %q, %qs = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64, quant = #irfuse.quant<per_tensor>}
+// CHECK-NEXT:    func.return %q, %qs
+
+// -----
+
+// After a residual add too (the first kernel also stores the value the second reads).
+func.func @add_per_tensor(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> (tensor<?x64xf8E4M3FN>, tensor<1xf32>, tensor<?x64xbf16>) {
+  %y, %h = irfuse.fused_add_rms_norm %x, %r, %w {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>, tensor<?x64xbf16>
+  %q, %qs = irfuse.quant %y {quant = #irfuse.quant<per_tensor>} : tensor<?x64xbf16> -> tensor<?x64xf8E4M3FN>, tensor<1xf32>
+  func.return %q, %qs, %h : tensor<?x64xf8E4M3FN>, tensor<1xf32>, tensor<?x64xbf16>
+}
+// CHECK-LABEL: func.func @add_per_tensor
+// CHECK-NEXT:    %q, %h, %qs = irfuse.fused_add_rms_norm %x, %r, %w {eps = 1.000000e-06 : f64, quant = #irfuse.quant<per_tensor>}
+// CHECK-NEXT:    func.return %q, %qs, %h
 
 // -----
 
