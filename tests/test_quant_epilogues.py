@@ -246,11 +246,14 @@ def test_bad_shapes_are_refused(kernel, x_shape, match):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("producer,mode", PRODUCERS)
 @pytest.mark.parametrize("t,h", [(1, 4096), (257, 2880), (1031, 7168)])
-def test_gpu_fused_add_epilogues(dtype, scheme, t, h):
+def test_gpu_epilogues_at_model_sizes(dtype, scheme, producer, mode, t, h):
+    """Every producer x scheme at the production launch configs: one token, an odd
+    hidden size, and more rows than per-tensor's slot-per-row limit."""
     if "128" in scheme and h % 128:
         pytest.skip("hidden size not a multiple of the group")
-    _run("fused_add_rms_norm", "plain", scheme, t, h, dtype)
+    _run(producer, mode, scheme, t, h, dtype)
 
 
 @pytest.mark.parametrize("producer,mode", [("rms_norm", "plain"), ("fused_add_rms_norm", "fp32")])
