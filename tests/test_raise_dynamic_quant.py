@@ -64,6 +64,21 @@ def per_token_quant_clamp_ub(x, scale_ub):
     return q, s
 
 
+def per_tensor_quant(x):
+    """Over the whole tensor: a 0-d scale."""
+    xf = x.float()
+    s = (xf.abs().amax() / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def per_tensor_quant_keepdim(x):
+    """amax over every dim by name, keepdim, `* (1/448)`, clamp_min: a [1, 1] scale."""
+    xf = x.float()
+    amax = torch.amax(xf.abs(), dim=(0, 1), keepdim=True)
+    s = (amax * (1.0 / 448.0)).clamp_min(1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def per_group_quant(x, group=128):
     t, k = x.shape
     xg = x.float().view(t, k // group, group)
@@ -207,6 +222,19 @@ def test_per_token_forms_are_raised(form, fn):
     assert quant.scale_out.type.get_shape() == (4, 1)
 
 
+@pytest.mark.parametrize("form", ["aot", "inductor"])
+@pytest.mark.parametrize(
+    "fn,scale_shape",
+    [(per_tensor_quant, ()), (per_tensor_quant_keepdim, (1, 1))],
+    ids=["0-d", "keepdim"],
+)
+def test_per_tensor_forms_are_raised(form, fn, scale_shape):
+    x, _ = _inputs(t=4, k=200)
+    module, report = _run(CAPTURES[form](fn, x))
+    quant = _check_raised(module, report, "#irfuse.quant<per_tensor>", with_ub=False)
+    assert quant.scale_out.type.get_shape() == scale_shape
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_per_token_any_input_dtype(dtype):
     x, _ = _inputs(t=3, k=96, dtype=dtype)
@@ -261,12 +289,13 @@ def test_reference_ops_compute_the_matched_chains():
     for got, want in [
         (irfuse.ops.per_token_fp8_quant(x), per_token_quant(x)),
         (irfuse.ops.per_token_fp8_quant(x, ub), per_token_quant_clamp_ub(x, ub)),
+        (irfuse.ops.per_tensor_fp8_quant(x), per_tensor_quant(x)),
         (irfuse.ops.per_group_fp8_quant(x, 128), per_group_quant(x)),
         (irfuse.ops.per_group_fp8_quant(x, 128, False, True), per_group_quant_ue8m0(x)),
         (irfuse.ops.per_group_fp8_quant(x, 64), per_group_quant_unflatten(x)),
     ]:
         assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8))
-        assert torch.equal(got[1], want[1])
+        assert torch.equal(got[1], want[1].reshape(got[1].shape))
 
 
 # ---- what is refused, and why ---------------------------------------------------------
@@ -321,6 +350,18 @@ def _per_token_3d(x):
     return per_token_quant(x.view(2, 2, 256))
 
 
+def _per_tensor_ub(x, scale_ub):
+    xf = x.float()
+    s = (torch.minimum(xf.abs().amax(), scale_ub) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _amax_over_rows(x):
+    xf = x.float()
+    s = (xf.abs().amax(dim=0, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 @pytest.mark.parametrize(
     "fn,k,reason",
     [
@@ -337,6 +378,8 @@ def _per_token_3d(x):
             "lower bound %lift_fresh_copy of the scale is a tensor whose value is not in the graph",
         ),
         (_per_token_3d, 256, "scale over a rank-3 tensor, not a 2-D [T, K] one"),
+        (_per_tensor_ub, 256, "per-tensor max(amax / 448, 1/(448*512)) scale takes no upper bound"),
+        (_amax_over_rows, 256, "amax over dims [0] (keepdim True), not the last with keepdim"),
     ],
     ids=[
         "group-96",
@@ -348,11 +391,13 @@ def _per_token_3d(x):
         "grouped-scales",
         "tensor-constant-floor",
         "rank-3",
+        "tensor-ub",
+        "amax-over-rows",
     ],
 )
 def test_refused_with_reason_and_left_unchanged(fn, k, reason):
-    x, _ = _inputs(t=4, k=k)
-    graph = _aot_graph(fn, x)
+    x, ub = _inputs(t=4, k=k)
+    graph = _aot_graph(fn, x, ub) if fn is _per_tensor_ub else _aot_graph(fn, x)
     before = str(import_graph(graph).module)
     module, report = _run(graph)
     assert str(module) == before
@@ -389,7 +434,10 @@ def test_registered_after_the_static_quant_pass():
 # ---- through torch.compile -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn", [per_token_quant_ub, per_group_quant_ue8m0], ids=["token", "group"])
+@pytest.mark.parametrize(
+    "fn", [per_token_quant_ub, per_tensor_quant, per_group_quant_ue8m0],
+    ids=["token", "tensor", "group"],
+)  # fmt: skip
 def test_compiled_with_the_pass_option_matches_eager(fn):
     """The `passes` option takes `{standalone=true}`; whether the raised quant runs as an
     irfuse kernel or the graph is left unchanged, the results are eager's."""
@@ -401,8 +449,13 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
         q, s = compiled(*args)
     assert reports[0].fused[NAME] == 1, str(reports[0])
     q_ref, s_ref = fn(*args)
+    assert s.shape == s_ref.shape
     torch.testing.assert_close(s, s_ref, atol=1e-5, rtol=1e-5)
-    per_element = s_ref.repeat_interleave(x.shape[-1] // s_ref.shape[-1], dim=-1)
+    per_element = (
+        s_ref
+        if s_ref.dim() == 0
+        else s_ref.repeat_interleave(x.shape[-1] // s_ref.shape[-1], dim=-1)
+    )
     assert_fp8_close(q, q_ref, per_element)
 
 
@@ -441,3 +494,31 @@ def test_model_norm_then_dynamic_quant_fuses_end_to_end(quant, kernel):
     got, expected = dequant(q, s), dequant(q_ref, s_ref)
     span = expected.abs().amax(-1, keepdim=True)
     torch.testing.assert_close(got / span, expected / span, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["norm", "add-norm"])
+@pytest.mark.parametrize(
+    "quant", [per_tensor_quant, per_tensor_quant_keepdim], ids=["0-d", "keepdim"]
+)
+def test_model_norm_then_per_tensor_quant_fuses_end_to_end(residual, quant):
+    """(Residual add +) HF RMSNorm + the per-tensor idiom: one fused norm (two kernels at
+    run time), its scale in the graph's shape, eager's result."""
+
+    def block(x, r, weight):
+        h = x + r if residual else x
+        return (*quant(models.hf_rms_norm(h, weight)), *((h,) if residual else ()))
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+    x = _inputs(k=256)[0].to(device)
+    r = torch.randn(4, 256).to(BF16).to(device)
+    weight = (torch.rand(256).to(BF16) + 0.5).to(device)
+    kernel = "fused_add_rms_norm" if residual else "rms_norm"
+    report = irfuse.explain(block, x, r, weight)
+    assert report.fused[NAME] == 1 and report.fused["fuse-rms-norm-quant"] == 1, str(report)
+    assert report.kernels == [f"irfuse_{kernel}_per_tensor_fp8"]
+    torch._dynamo.reset()
+    q, s, *h = torch.compile(block, backend="irfuse", options={"inner": "eager"})(x, r, weight)
+    q_ref, s_ref, *h_ref = block(x, r, weight)
+    assert s.shape == s_ref.shape and all(torch.equal(a, b) for a, b in zip(h, h_ref, strict=True))
+    torch.testing.assert_close(s, s_ref, rtol=1e-2, atol=0)  # the norm's rounding may differ
+    assert_fp8_close(q, q_ref, s_ref)

@@ -296,4 +296,20 @@ def _lower_norm(
     value = getattr(op, "value", None)  # QuantOp has none
     indices = [0] + [1] * (residual is not None) + [2] * (op.scale_out is not None)
     indices += [3] * (value is not None)
-    return _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)
+    nodes = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)
+    if op.scale_out is not None and spec.quant == "per_tensor":
+        at = 1 + indices.index(2)
+        nodes[at] = _viewed_as(graph, nodes[at], op.scale_out.type.get_shape())
+    return nodes
+
+
+def _viewed_as(graph: fx.Graph, node: fx.Node, shape: tuple[int, ...]) -> fx.Node:
+    """`node` (a per-tensor scale, [1]) viewed as `shape`, the one the graph gave it (a
+    0-d tensor, or [1, 1] with keepdim), right after it."""
+    fake = node.meta["val"]
+    if tuple(fake.shape) == tuple(shape):
+        return node
+    with graph.inserting_after(node):
+        view = graph.call_function(torch.ops.aten.view.default, (node, list(shape)))
+    view.meta["val"] = fake.view(shape)
+    return view

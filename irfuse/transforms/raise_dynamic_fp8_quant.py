@@ -7,6 +7,10 @@ Matches, for any hidden size (`xf` is `x` [T, K] cast to fp32, or `x` itself if 
                  s = max(a / 448, 1/(448*512))
                  q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [T, 1]
 
+    per tensor:  a = amax(|xf|) over every dim (or max(|xf|))     (x of any rank)
+                 s = max(a / 448, 1/(448*512))
+                 q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [] or [1, ...]
+
     per group:   xg = xf.view(T, K/G, G)                          (G = 64 or 128)
                  s = max(amax(|xg|, -1, keepdim=True), 1e-10) / 448
                  s = exp2(ceil(log2(s)))                          (optional: ue8m0)
@@ -20,10 +24,11 @@ also as `maximum` with a constant `aten.full` (Inductor's folding of a tensor co
 `min(a, ub)` as `minimum`, `clamp(max=ub)` or `clamp_max` with a tensor; the group view
 as `view`, `reshape` or `_unsafe_view` (`unflatten`), before or after the fp32 cast.
 
-Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the two
+Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the
 formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
 one-element fp32 tensor; the amax is over the last dim with keepdim, of the very tensor
-that is divided; the input is 2-D bf16/fp16/fp32, the scale fp32; the group view splits
+that is divided (every dim for per tensor, which takes no upper bound); the input is
+2-D bf16/fp16/fp32 (any rank per tensor), the scale fp32; the group view splits
 the last dim into groups of 64 or 128 that divide K; per group, the fp8 result is only
 read through the view back to [T, K] and the scales only as [T, K/G] (squeeze or view);
 no intermediate has a user outside the pattern but q and the scales. Unless
@@ -31,9 +36,10 @@ no intermediate has a user outside the pattern but q and the scales. Unless
 epilogue (elsewhere Inductor already fuses the quant into its producer's kernel).
 A chain that reaches an amax but fails a guard is reported with its reason.
 
-Replacement: `irfuse.quant` with `#irfuse.quant<per_token>` (`quant_scale` = ub) or
-`#irfuse.quant<per_group G>` (`ue8m0`), reading the un-cast, un-viewed `x`; its results
-replace q and the scales (NUMERICS.md).
+Replacement: `irfuse.quant` with `#irfuse.quant<per_token>` (`quant_scale` = ub),
+`#irfuse.quant<per_tensor>` (its scale keeps the graph's shape: 0-d, or ones with
+keepdim) or `#irfuse.quant<per_group G>` (`ue8m0`), reading the un-cast, un-viewed `x`;
+its results replace q and the scales (NUMERICS.md).
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ REL_TOL = 1e-6
 RECIP_ULP = float(np.spacing(np.float32(1.0 / FP8_MAX)))
 
 AMAX = "aten.amax.default"
+MAX = "aten.max.default"  # the max of every element (0-d)
 ABS = "aten.abs.default"
 DIV = "aten.div.Tensor"
 SQUEEZE_DIM, SQUEEZE_DIMS = "aten.squeeze.dim", "aten.squeeze.dims"
@@ -106,6 +113,7 @@ POW2 = ("aten.log2.default", "aten.ceil.default", "aten.exp2.default")
 SCALE_OPS = UPPER_BOUNDS + SCALINGS + FLOORS + POW2
 
 TOKEN_FORMULA = "per-token max(amax / 448, 1/(448*512))"
+TENSOR_FORMULA = "per-tensor max(amax / 448, 1/(448*512))"
 GROUP_FORMULA = "per-group max(amax, 1e-10) / 448"
 
 
@@ -128,11 +136,12 @@ class _Step:
 
 
 def _path_to_amax(value: SSAValue, depth: int = 0) -> list[CallOp] | None:
-    """The ops from an `aten.amax` to `value` (amax first) through scale-formula ops."""
-    op = call(value, AMAX, *SCALE_OPS)
+    """The ops from an `aten.amax` (or a full `aten.max`) to `value` (amax first) through
+    scale-formula ops."""
+    op = call(value, AMAX, MAX, *SCALE_OPS)
     if op is None or depth > 8:
         return None
-    if op.target.data == AMAX:
+    if op.target.data in (AMAX, MAX):
         return [op]
     for operand in op.inputs:
         if (path := _path_to_amax(operand, depth + 1)) is not None:
@@ -228,7 +237,9 @@ def _close(a: float, b: float) -> bool:
 
 def _check_constants(steps: list[_Step], scheme: str) -> str | None:
     floor, floor_text = (
-        (TOKEN_FLOOR, "1/(448*512)") if scheme == "per_token" else (GROUP_FLOOR, "1e-10")
+        (TOKEN_FLOOR, "1/(448*512)")
+        if scheme in ("per_token", "per_tensor")
+        else (GROUP_FLOOR, "1e-10")
     )
     for step in steps:
         if step.kind == "div" and not _divides_by_fp8_max(step):
@@ -394,19 +405,21 @@ def _match_scheme(
     if isinstance(steps, str):
         return steps
     scheme = _scheme(steps)
-    if scheme not in ("per_token", "per_group", "per_group_ue8m0"):
+    if scheme == "per_token" and _reduces_every_dim(path[0]):
+        scheme = "per_tensor"
+        if any(step.kind == "bound" for step in steps):
+            return f"{TENSOR_FORMULA} scale takes no upper bound"
+    if scheme not in ("per_token", "per_tensor", "per_group", "per_group_ue8m0"):
         return scheme
     reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme)
     if reason:
         return reason
     ops = list(dict.fromkeys([*main, path[0].inputs[0].owner, *path]))  # + abs
     helpers = [step.helper for step in steps if step.helper is not None]
-    if scheme == "per_token":
+    if scheme in ("per_token", "per_tensor"):
         source, cast = _strip_f32_cast(xs, ops)
         ub = next((step.bound for step in steps if step.bound is not None), None)
-        return DynamicQuantMatch(
-            source, ub, QuantAttr("per_token"), q, [s], s.type, ops, cast + helpers
-        )
+        return DynamicQuantMatch(source, ub, QuantAttr(scheme), q, [s], s.type, ops, cast + helpers)
     return _match_per_group(q, xs, s, ops, helpers, ue8m0=scheme == "per_group_ue8m0")
 
 
@@ -440,19 +453,36 @@ def _match_per_group(
     )
 
 
+def _reduces_every_dim(amax: CallOp) -> bool:
+    """`amax` is a full `max`, or an `amax` over every dim of its input (none listed)."""
+    if amax.target.data == MAX:
+        return True
+    dims = int_list_arg(amax, 1) if amax.arg(1) is not None else []  # default: every dim
+    r = rank(tensor_arg(amax, 0))  # type: ignore[arg-type]
+    return dims is not None and r > 0 and sorted(d % r for d in dims) in ([], list(range(r)))
+
+
 def _check_amax(amax: CallOp, xs: SSAValue, scheme: str) -> str | None:
     abs_op = call(tensor_arg(amax, 0), ABS)
     if abs_op is None or tensor_arg(abs_op, 0) is not xs:
         return "the amax is not taken of |x| for the x that is quantized"
+    if scheme == "per_tensor":
+        return _check_f32(xs, amax)
     dims, keepdim = int_list_arg(amax, 1), const_arg(amax, 2, "keepdim")
     if dims not in ([-1], [rank(xs) - 1]) or keepdim is not True:
         return f"amax over dims {dims} (keepdim {keepdim}), not the last with keepdim"
-    if element_type(xs) != F32 or element_type(amax.results[0]) != F32:
-        return f"quantized in {_dtype(xs)}, not float32"
+    if reason := _check_f32(xs, amax):
+        return reason
     if scheme == "per_token" and rank(xs) != 2:
         return f"{TOKEN_FORMULA} scale over a rank-{rank(xs)} tensor, not a 2-D [T, K] one"
     if scheme != "per_token" and rank(xs) != 3:
         return f"{GROUP_FORMULA} scale over a rank-{rank(xs)} tensor, not a [T, K/G, G] view"
+    return None
+
+
+def _check_f32(xs: SSAValue, amax: CallOp) -> str | None:
+    if element_type(xs) != F32 or element_type(amax.results[0]) != F32:
+        return f"quantized in {_dtype(xs)}, not float32"
     return None
 
 

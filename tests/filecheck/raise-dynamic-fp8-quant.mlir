@@ -25,6 +25,24 @@ func.func @per_token_aot(%x: tensor<4x256xbf16>) -> (tensor<4x256xf8E4M3FN>, ten
 
 // -----
 
+// Per tensor: amax over every dim (a 0-d scale, which the raised quant keeps), any rank.
+func.func @per_tensor_aot(%x: tensor<2x4x256xbf16>) -> (tensor<2x4x256xf8E4M3FN>, tensor<f32>) {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<2x4x256xbf16>) -> tensor<2x4x256xf32>
+  %abs = aten.call "aten.abs.default"(%xf) {args = [#aten.ref<0>], kwargs = {}} : (tensor<2x4x256xf32>) -> tensor<2x4x256xf32>
+  %amax = aten.call "aten.amax.default"(%abs) {args = [#aten.ref<0>], kwargs = {}} : (tensor<2x4x256xf32>) -> tensor<f32>
+  %d = aten.call "aten.div.Tensor"(%amax) {args = [#aten.ref<0>, 4.480000e+02 : f64], kwargs = {}} : (tensor<f32>) -> tensor<f32>
+  %s = aten.call "aten.clamp.default"(%d) {args = [#aten.ref<0>, 4.3596540178571426e-06 : f64], kwargs = {}} : (tensor<f32>) -> tensor<f32>
+  %xs = aten.call "aten.div.Tensor"(%xf, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<2x4x256xf32>, tensor<f32>) -> tensor<2x4x256xf32>
+  %c = aten.call "aten.clamp.default"(%xs) {args = [#aten.ref<0>, -4.480000e+02 : f64, 4.480000e+02 : f64], kwargs = {}} : (tensor<2x4x256xf32>) -> tensor<2x4x256xf32>
+  %q = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<2x4x256xf32>) -> tensor<2x4x256xf8E4M3FN>
+  func.return %q, %s : tensor<2x4x256xf8E4M3FN>, tensor<f32>
+}
+// CHECK-LABEL: func.func @per_tensor_aot
+// CHECK-NEXT:    %q, %s = irfuse.quant %x {quant = #irfuse.quant<per_tensor>} : tensor<2x4x256xbf16> -> tensor<2x4x256xf8E4M3FN>, tensor<f32>
+// CHECK-NEXT:    func.return %q, %s : tensor<2x4x256xf8E4M3FN>, tensor<f32>
+
+// -----
+
 // Per token, Inductor form: convert_element_type, clamp_min, clamp_max + clamp_min; dynamic T.
 func.func @per_token_inductor(%x: tensor<?x512xf16>) -> (tensor<?x512xf8E4M3FN>, tensor<?x1xf32>) {
   %xf = aten.call "prims.convert_element_type.default"(%x) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<?x512xf16>) -> tensor<?x512xf32>
