@@ -1,6 +1,7 @@
 """Attention + static fp8 output quant: cuDNN SDPA vs irfuse's Triton attention, bf16.
 
     python bench/attention.py [--rounds 5] [--only I ...] [--per-token] [--padding-mask]
+        [--causal-mask] [--static-cache]
         [--causal-mask]
 
 Candidates, timed in one process under CUDA graphs, alternating over rounds (medians):
@@ -47,6 +48,12 @@ MASKED_SHAPES = [  # --padding-mask: a bool [B, 1, 1, Skv] mask, no causal
 ]
 
 
+STATIC_CACHE_SHAPES = [  # --static-cache: decode against a partly filled [B, 1, 1, Skv] cache
+    (32, 32, 8, 1, 4096, 128, False),
+    (8, 32, 8, 1, 16384, 128, False),
+]
+
+
 CAUSAL_MASK_SHAPES = [  # --causal-mask: a bool [B, 1, S, S] causal + padding mask
     (4, 32, 32, 4096, 4096, 128, False),
     (8, 16, 16, 1024, 1024, 64, False),
@@ -66,6 +73,15 @@ def padding_mask(b: int, skv: int) -> torch.Tensor:
     """Every other sequence padded: its last 10% of keys masked."""
     keep = torch.ones(b, 1, 1, skv, dtype=torch.bool, device="cuda")
     keep[1::2, ..., skv * 9 // 10 :] = False
+    return keep
+
+
+def static_cache_mask(b: int, skv: int) -> torch.Tensor:
+    """A static KV cache of Skv slots filled to different lengths, from Skv/8 to Skv/2
+    (31% on average): the mask hides the unfilled slots."""
+    keep = torch.zeros(b, 1, 1, skv, dtype=torch.bool, device="cuda")
+    for i in range(b):
+        keep[i, ..., : skv // 8 + skv * 3 // 8 * i // max(b - 1, 1)] = True
     return keep
 
 
@@ -99,7 +115,11 @@ def bench_shape(
     v = torch.randn_like(k)
     s = torch.tensor([0.02], device="cuda")
     mask = {None: lambda: None, "padding": lambda: padding_mask(b, skv),
-            "causal": lambda: causal_padded_mask(b, sq)}[masked]()  # fmt: skip
+            "causal": lambda: causal_padded_mask(b, sq),
+            "static": lambda: static_cache_mask(b, skv)}[masked]()  # fmt: skip
+    # a static cache's kernel row reads the summary a model computes once for its layers
+    summary = (torch.ops.irfuse.kernel_attention_mask_summary(q, k, mask)
+               if masked == "static" else None)  # fmt: skip
     mode = "top_left" if causal else "none"
     inductor = torch.compile(block, dynamic=False)
     fused = torch.compile(block, backend="irfuse", dynamic=False,
@@ -119,7 +139,7 @@ def bench_shape(
         "sdpa": lambda: F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=hq != hkv),
         "irfuse_kernel": lambda: kernel_attention(
-            q, k, v, None, d**-0.5, mode, "bhsd", False, "none", mask),
+            q, k, v, None, d**-0.5, mode, "bhsd", False, "none", mask, summary),
         "inductor_block": lambda: inductor(q, k, v, s, causal, mask),
         "irfuse_fused_block": lambda: fused(q, k, v, s, causal, mask),
         "irfuse_auto_block": lambda: auto(q, k, v, s, causal, mask),
@@ -135,14 +155,19 @@ def main() -> None:
     parser.add_argument("--per-token", action="store_true", help="decode + per-token fp8")
     parser.add_argument("--padding-mask", action="store_true", help="a bool padding mask")
     parser.add_argument("--causal-mask", action="store_true", help="a bool causal 4-D mask")
+    parser.add_argument(
+        "--static-cache", action="store_true", help="decode, a partly filled static KV cache"
+    )
     args = parser.parse_args()
     rows, raw = [], []
     shapes = [SHAPES[i] for i in args.only] if args.only else SHAPES
     if args.per_token:
         shapes = DECODE_SHAPES
     masked = "padding" if args.padding_mask else "causal" if args.causal_mask else None
+    masked = "static" if args.static_cache else masked
     if masked:
-        shapes = MASKED_SHAPES if masked == "padding" else CAUSAL_MASK_SHAPES
+        shapes = {"padding": MASKED_SHAPES, "causal": CAUSAL_MASK_SHAPES,
+                  "static": STATIC_CACHE_SHAPES}[masked]  # fmt: skip
     for shape in shapes:
         b, hq, hkv, sq, skv, d, causal = shape
         times, choice = bench_shape(
@@ -170,6 +195,12 @@ def main() -> None:
         what += "; a bool padding mask [B,1,1,Skv], SDPA runs its masked backend"
     if masked == "causal":
         what += "; a bool causal + padding mask [B,1,S,S] (flops counted causal)"
+    if masked == "static":
+        what += (
+            "; a static KV cache filled from Skv/8 to Skv/2, a bool [B,1,1,Skv] mask (flops "
+            "counted over every slot); the kernel row reads a mask summary computed once, the "
+            "blocks compute theirs per call"
+        )
     text = append_results(
         f"attention (+ {what}), bf16, us (TFLOP/s)",
         ["shape", "SDPA" if masked else "SDPA (cuDNN)", "irfuse kernel",

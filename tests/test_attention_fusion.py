@@ -92,6 +92,18 @@ def test_gpu_auto_measures_and_reports_its_choice():
     assert fused or chose_sdpa, str(report)
 
 
+def test_auto_asks_a_masked_decode_only_to_be_within_noise():
+    """`auto` times a keep-all mask: the masked decode's slowest case (it skips the keys
+    its mask summary hides; SDPA does not), so there within noise is enough; a prefill
+    (whose mixed tiles cost more than full ones) and an unmasked decode need a clear win."""
+    from irfuse.lowering.autotune import MARGIN, fuse_margin
+
+    decode = {"seq_q": 1, "heads_q": 32, "heads_kv": 8}
+    assert fuse_margin({**decode, "mask": "bool 32x1x1x4096"}) == 1 / MARGIN > 1
+    assert fuse_margin({**decode, "mask": "none"}) == MARGIN < 1
+    assert fuse_margin({**decode, "seq_q": 1024, "mask": "bool 4x1x1x1024"}) == MARGIN
+
+
 @pytest.mark.parametrize("return_lse", [False, True])
 def test_irfuse_attention_calls_run_the_generated_kernel(return_lse):
     def fn(q, k, v):
@@ -262,6 +274,35 @@ def test_attentions_sharing_a_mask_share_its_summary(monkeypatch):
     options = {"inner": "eager", "attention": "irfuse"}
     outs = torch.compile(model, backend="irfuse", options=options)(q, k, v, mask, other_mask)
     assert len(summaries) == 2 and set(summaries) <= {1, 3}, summaries
+    s = model.block.act_scale
+    for out, expected in zip(outs, model(q, k, v, mask, other_mask), strict=True):
+        torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
+
+
+def test_decode_attentions_read_their_masks_shared_summary(monkeypatch):
+    """Decode attentions (one query row) of a compiled model read their mask's summary too
+    (once per mask: left padding, and a static cache filled up to 50 keys), and their
+    slices split only the keys it leaves; all match eager."""
+    import irfuse.lowering.attention as kernels
+
+    model = MaskedAttentions().to(DEVICE)
+    q, k, v = _inputs(s=70)
+    q = q[:, :, -1:].contiguous()
+    keep = torch.ones(2, 1, 1, 70, dtype=torch.bool)
+    keep[1, :, :, :20] = False
+    other_keep = keep.clone()
+    other_keep[0, :, :, 50:] = False
+    mask, other_mask = keep.to(DEVICE), other_keep.to(DEVICE)
+    summaries, decodes = [], []
+    real_tiles, real_decode = kernels._mask_tiles, kernels._decode
+    monkeypatch.setattr(kernels, "_mask_tiles", lambda *a: summaries.append(a) or real_tiles(*a))
+    monkeypatch.setattr(
+        kernels, "_decode", lambda *a: decodes.append(a[4] is not None) or real_decode(*a)
+    )
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    outs = torch.compile(model, backend="irfuse", options=options)(q, k, v, mask, other_mask)
+    assert len(summaries) == 2 and decodes == [True, True, True]
     s = model.block.act_scale
     for out, expected in zip(outs, model(q, k, v, mask, other_mask), strict=True):
         torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)

@@ -514,8 +514,56 @@ def test_a_precomputed_mask_summary_is_used_and_checked():
         kernel_attention(*args, other)
     with pytest.raises(ValueError, match="without its mask"):
         kernel_attention(*args[:-1], None, summary)
-    decode_q = q[:, :, :1]
-    assert torch.ops.irfuse.kernel_attention_mask_summary(decode_q, k, mask[:, :, :1]).numel() == 0
+    decode_q = q[:, :, :1]  # the decode's: one block of query rows per (batch, mask head)
+    assert torch.ops.irfuse.kernel_attention_mask_summary(decode_q, k, mask[:, :, :1]).numel() == 8
+
+
+def _decode_keep(pattern: str, b: int, hq: int, sq: int, skv: int) -> torch.Tensor:
+    """[b, 1 or hq, sq, skv] bool (hq = 4). Left padding hides a prefix per sequence, an
+    unfilled static cache a suffix, per head both by head; the last sequence sees
+    nothing."""
+    heads = hq if pattern == "per head" else 1
+    keep = torch.zeros(b, heads, sq, skv, dtype=torch.bool)
+    for i in range(b - 1):
+        for h in range(heads):
+            lo, hi = (37 + 50 * i, skv) if pattern == "left padding" else (0, 45 + 60 * i)
+            if pattern == "per head":  # the widest range is not a program's first head's
+                lo, hi = (30, 5, 50, 0)[h] + 3 * i, skv - (0, 40, 10, 70)[h] - i
+            keep[i, h, :, lo:hi] = True
+    keep[0, :, :, 2] = False  # a hole inside the seen keys
+    return keep
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive -65536", "bool hidden"])
+@pytest.mark.parametrize("pattern", ["left padding", "static cache", "per head"])
+def test_decode_with_a_mask_summary_splits_only_the_keys_rows_see(kind, pattern):
+    """Decode with the mask summary a compiled model passes: its slices split only the
+    keys some row of a (batch, kv head) sees (union over the program's mask heads), the
+    same results as without a summary (every key, the mask read per tile) and as the
+    reference; a sequence that sees nothing gives 0 and lse -inf."""
+    b, hq, hkv, sq, skv = 3, 4, 2, 2, 200
+    q, k, v = _qkv(b, hq, hkv, sq, skv, 16, torch.float16)
+    assert uses_decode(sq, hq, hkv)
+    keep = _decode_keep(pattern, b, hq, sq, skv)
+    hidden = None
+    if kind == "bool hidden":  # a bool mask whose hidden keys take a finite bias
+        mask, hidden = keep, -65536.0
+    elif kind == "bool":
+        mask = keep
+    else:
+        low = float("-inf") if kind == "additive -inf" else -65536.0
+        mask = torch.zeros(keep.shape).masked_fill(~keep, low)
+    mask = mask.to(DEVICE)
+    summary = torch.ops.irfuse.kernel_attention_mask_summary(q, k, mask, hidden)
+    args = (q, k, v, None, 0.3, "none", "bhsd", True, "none", mask)
+    out, lse, _ = kernel_attention(*args, summary, hidden)
+    out_all, lse_all, _ = kernel_attention(*args, None, hidden)
+    bias = mask if hidden is None else torch.where(mask, 0.0, hidden)
+    out_ref, lse_ref = ref.attention(q, k, v, bias, 0.3, "none", True)
+    torch.testing.assert_close(out, out_ref, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(out, out_all, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(lse, lse_all, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive -65536"])

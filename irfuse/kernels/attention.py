@@ -58,12 +58,11 @@ def grid_refusal(
     batch: int, heads_q: int, heads_kv: int, seq_q: int, mask_heads: int
 ) -> str | None:
     """Why the kernels cannot launch over this shape, or None. The decode kernel's grid
-    has a row per (batch, kv head), a mask summary's (prefill with a mask; `mask_heads`
-    0 without one) a row per (batch, mask head); the prefill kernel takes any count."""
-    if uses_decode(seq_q, heads_q, heads_kv):
-        if batch * heads_kv > MAX_GRID_YZ:
-            return f"batch x kv heads = {batch * heads_kv} > {MAX_GRID_YZ} (the decode grid)"
-    elif batch * mask_heads > MAX_GRID_YZ:
+    has a row per (batch, kv head), a mask summary's (with a mask; `mask_heads` 0 without
+    one) a row per (batch, mask head); the prefill kernel takes any count."""
+    if uses_decode(seq_q, heads_q, heads_kv) and batch * heads_kv > MAX_GRID_YZ:
+        return f"batch x kv heads = {batch * heads_kv} > {MAX_GRID_YZ} (the decode grid)"
+    if batch * mask_heads > MAX_GRID_YZ:
         return f"batch x mask heads = {batch * mask_heads} > {MAX_GRID_YZ} (the mask summary grid)"
     return None
 
@@ -416,13 +415,14 @@ def {{name}}(
 SPLIT_KV_HEAD = """
 @triton.jit
 def {name}(
-    q_ptr, k_ptr, v_ptr, mask_ptr, part_ptr, part_state_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, mask_tiles_ptr, part_ptr, part_state_ptr,
     sm_scale, mask_hidden, seq_q, seq_kv, group, split_len, num_splits,
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-    stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, n_kv_heads,
+    stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, mask_heads,
+    n_kv_heads,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    SUMMARY: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     # rows r < group * seq_q: query head kv_head * group + r // seq_q, token r % seq_q
     split = tl.program_id(0)
@@ -444,10 +444,26 @@ def {name}(
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
 """
 
+# Slices split the keys some row sees: all of them, or with a mask summary (SUMMARY) the
+# union of its ranges over the program's mask heads (one block of query rows, tiles of
+# BLOCK_N keys), so that no slice visits the keys a padding mask or an unfilled static
+# cache hides, and every slice does an even share of the rest.
 SPLIT_KV_KEYS = """
-    start = split * split_len
+    first_key = 0
+    last_key = seq_kv
+    if SUMMARY:
+        n_heads = tl.where(mask_heads == 1, 1, group)
+        first_key = seq_kv
+        last_key = 0
+        for i in range(n_heads):
+            tiles = mask_tiles_ptr + (batch * mask_heads + (kv_head * group + i) % mask_heads) * 4
+            first_key = tl.minimum(first_key, tl.load(tiles) * BLOCK_N)
+            last_key = tl.maximum(last_key, tl.minimum(tl.load(tiles + 3) * BLOCK_N, seq_kv))
+        split_len = tl.cdiv(tl.cdiv(tl.maximum(last_key - first_key, 0), num_splits),
+                            BLOCK_N) * BLOCK_N
+    start = first_key + split * split_len
     query_pos = token  # what the causal mask compares keys with
-    kv_end = tl.minimum(start + split_len, seq_kv)
+    kv_end = tl.minimum(start + split_len, last_key)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_V], tl.float32)

@@ -215,14 +215,19 @@ SHORT_SEQ = 2048
 SHORT_SEQ_D128 = 1024
 
 
+# The decode's key tiles (and those of its mask summary).
+DECODE_BLOCK_N = 16 if INTERPRET else 64
+
+
 def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, int]:
     """Slices of the keys for the decode: about one program per SM, slices of at least
     256 keys, 3 stages for long slices (the best of a sweep on H200, bench/RESULTS.md);
     small for the interpreter, so that tests see several slices."""
+    block_n = DECODE_BLOCK_N
     if INTERPRET:
-        block_n, programs, min_len = 16, 4 * batch_kv, 16
+        programs, min_len = 4 * batch_kv, 16
     else:
-        block_n, programs, min_len = 64, sm_count(device), 256
+        programs, min_len = sm_count(device), 256
     splits = max(1, min(triton.cdiv(programs, batch_kv), triton.cdiv(seq_kv, min_len)))
     split_len = max(1, triton.cdiv(triton.cdiv(seq_kv, splits), block_n)) * block_n
     splits = max(1, triton.cdiv(seq_kv, split_len))  # no keys: one empty slice
@@ -318,9 +323,16 @@ def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
 
 
 def _reads_summary(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether the kernel for these shapes reads a mask summary: the prefill does, the
-    decode kernel reads the mask itself (and an empty q runs nothing)."""
-    return not uses_decode(q.shape[2], q.shape[1], k.shape[1]) and 0 not in q.shape
+    """Whether the kernel for these shapes reads a mask summary (an empty q runs nothing)."""
+    return 0 not in q.shape
+
+
+def _summary_config(q: torch.Tensor, k: torch.Tensor, masking) -> dict:
+    """The tiles a mask summary is computed over: the prefill kernel's, or for the decode
+    one block of all the query rows and its key tiles."""
+    if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
+        return {"BLOCK_M": max(16, triton.next_power_of_2(q.shape[2])), "BLOCK_N": DECODE_BLOCK_N}
+    return prefill_config(q.shape[-1], q.shape[2], _mask_bytes(masking))
 
 
 def _mask_heads(strides: tuple, h: int) -> int:
@@ -407,7 +419,8 @@ def kernel_attention(
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     masking = _mask_args(mask, q, k, mask_hidden)
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
-        _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scales)
+        _decode(q, k, v, masking, mask_summary, scale, sm_scale, causal, epilogue, out, lse,
+                scales)  # fmt: skip
     else:
         _prefill(q, k, v, masking, mask_summary, scale, sm_scale, causal, layout, epilogue, out,
                  lse, scales)  # fmt: skip
@@ -426,9 +439,8 @@ def kernel_attention_mask_summary(
     if not _reads_summary(q, k):
         return q.new_empty(0, dtype=torch.int32)
     masking = _mask_args(mask, q, k, mask_hidden)
-    config = prefill_config(q.shape[-1], q.shape[2], _mask_bytes(masking))
     b, h, sq, _ = q.shape
-    return _mask_tiles(masking, b, h, sq, k.shape[2], config)[0]
+    return _mask_tiles(masking, b, h, sq, k.shape[2], _summary_config(q, k, masking))[0]
 
 
 @kernel_attention_mask_summary.register_fake
@@ -454,7 +466,7 @@ def _mask_bytes(masking) -> int:
 
 def _summary_size(q: torch.Tensor, k: torch.Tensor, masking) -> int:
     """Entries of the mask summary: 4 per (batch, mask head, block of query rows)."""
-    config = prefill_config(q.shape[-1], q.shape[2], _mask_bytes(masking))
+    config = _summary_config(q, k, masking)
     mask_heads = _mask_heads(masking[1], q.shape[1])
     return q.shape[0] * mask_heads * triton.cdiv(q.shape[2], config["BLOCK_M"]) * 4
 
@@ -557,7 +569,13 @@ def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> 
     return tiles, mask_heads
 
 
-def _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scales) -> None:
+def _decode(
+    q, k, v, masking, mask_summary, scale, sm_scale, causal, epilogue, out, lse, scales
+) -> None:
+    """Split-KV decode, then the combine with the epilogue. With a mask summary (what
+    kernel_attention_mask_summary computes once for the layers sharing the mask), the
+    slices split only the keys some row sees; without one (a direct call) they split all
+    the keys, each tile reading the mask."""
     b, h, sq, d = q.shape
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
@@ -567,11 +585,13 @@ def _decode(q, k, v, masking, scale, sm_scale, causal, epilogue, out, lse, scale
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
     block_m = max(16, triton.next_power_of_2(group * sq))
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
+    summary = mask_kind != 0 and mask_summary is not None
     split_kv_kernel()[(splits, b * hkv)](
-        q, k, v, mask, part, part_state, sm_scale, mask_hidden, sq, seq_kv, group, split_len,
-        splits, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, hkv,
+        q, k, v, mask, mask_summary if summary else mask, part, part_state, sm_scale,
+        mask_hidden, sq, seq_kv, group, split_len, splits, *q.stride()[:3], *k.stride()[:3],
+        *v.stride()[:3], *mask_strides, _mask_heads(mask_strides, h), hkv,
         HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_M=block_m, CAUSAL=CAUSAL[causal], MASK=mask_kind,
-        KEY_MASK=key_mask, INTERPRET=INTERPRET, **config,
+        KEY_MASK=key_mask, SUMMARY=summary, INTERPRET=INTERPRET, **config,
     )  # fmt: skip
     n_cols = h * dv
     block, num_warps = launch_config(b * sq, n_cols, epilogue)
