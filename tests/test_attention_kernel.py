@@ -350,7 +350,7 @@ def _mask(kind: str, shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
     return torch.where(keep, bias, low).to(DEVICE)
 
 
-@pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive min"])
+@pytest.mark.parametrize("kind", ["bool", "bool hidden", "additive -inf", "additive min"])
 @pytest.mark.parametrize(
     "hq,hkv,sq,skv,mask_shape",
     [
@@ -365,10 +365,16 @@ def test_explicit_masks_match_reference(kind, hq, hkv, sq, skv, mask_shape, load
     if loads == "tma" and uses_decode(sq, hq, hkv):
         pytest.skip("the decode path has no TMA variant")
     q, k, v = _qkv(2, hq, hkv, sq, skv, 16, torch.float16)
-    mask = _mask(kind, mask_shape)
-    out, lse, _ = kernel_attention(q, k, v, None, 0.3, "none", "bhsd", True, "none", mask)
-    out_ref, lse_ref = ref.attention(q, k, v, mask, 0.3, "none", True)
-    if kind == "additive min":  # query 0 sees only dtype-min biases: softmax averages v
+    mask = _mask("bool" if kind == "bool hidden" else kind, mask_shape)
+    # a bool mask whose hidden keys take bf16's min as their bias (as a compiled model's do)
+    hidden = torch.finfo(torch.bfloat16).min if kind == "bool hidden" else None
+    out, lse, _ = kernel_attention(
+        q, k, v, None, 0.3, "none", "bhsd", True, "none", mask, None, hidden
+    )
+    bias = mask if hidden is None else torch.where(mask, 0.0, hidden)
+    out_ref, lse_ref = ref.attention(q, k, v, bias, 0.3, "none", True)
+    if kind in ("additive min", "bool hidden"):  # query 0 sees only dtype-min biases:
+        # softmax averages v
         mean_v = v.float().mean(dim=2).repeat_interleave(hq // hkv, dim=1)
         torch.testing.assert_close(out_ref[:, :, 0].float(), mean_v, atol=1e-3, rtol=1e-3)
         # its lse, -3.4e38, is past fp32 in base 2: the kernel clamps it (at -2.4e38)

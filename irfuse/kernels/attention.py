@@ -207,26 +207,36 @@ FULL_SOFTMAX = """        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
 MASKED_SOFTMAX = """        visible = cols[None, :] < kv_end
         if CAUSAL != 0:
             visible = visible & (cols[None, :] <= query_pos[:, None] + offset)
-        qk = qk * qk_scale
-        if MASK != 0:  # the explicit mask's tile
-            if KEY_MASK:  # a padding mask: one row of keys, the same for every query
-                keys = tl.load(mask_ptr + batch * stride_mb + cols.to(tl.int64) * stride_mk,
-                               mask=cols < kv_end, other=0)
-                tile = tl.expand_dims(keys, 0)
-            else:
-                tile = tl.load(mask_rows[:, None] + cols.to(tl.int64)[None, :] * stride_mk,
-                               mask=row_ok[:, None] & visible, other=0)
-            if MASK == 1:
-                visible = visible & (tile != 0)
-            else:  # additive, in base 2 like the scores; finite biases stay finite (a row
-                # masked everywhere by a dtype-min bias then averages, as in the reference)
-                if MASK == 3:  # bool, its hidden keys biased by mask_hidden
-                    bias = tl.where(tile != 0, 0.0, mask_hidden)
+        if (MASK == 1 or MASK == 3) and KEY_MASK and CAUSAL == 0:  # a bool padding mask: a
+            # bias per key in the scale's multiply-add, not a select over the whole tile
+            keys = tl.load(mask_ptr + batch * stride_mb + cols.to(tl.int64) * stride_mk,
+                           mask=cols < kv_end, other=0)
+            hidden_bias = float("-inf")
+            if MASK == 3:  # its hidden keys biased by mask_hidden, in base 2, kept finite
+                hidden_bias = tl.maximum(mask_hidden * 1.4426950408889634, -3.4028234663852886e38)
+            key_bias = tl.where(keys != 0, 0.0, hidden_bias)
+            qk = qk * qk_scale + tl.where(cols < kv_end, key_bias, float("-inf"))[None, :]
+        else:
+            qk = qk * qk_scale
+            if MASK != 0:  # the explicit mask's tile
+                if KEY_MASK:  # a padding mask: one row of keys, the same for every query
+                    keys = tl.load(mask_ptr + batch * stride_mb + cols.to(tl.int64) * stride_mk,
+                                   mask=cols < kv_end, other=0)
+                    tile = tl.expand_dims(keys, 0)
                 else:
-                    bias = tile.to(tl.float32)
-                qk += tl.where(bias == float("-inf"), bias,
-                               tl.maximum(bias * 1.4426950408889634, -3.4028234663852886e38))
-        qk = tl.where(visible, qk, float("-inf"))
+                    tile = tl.load(mask_rows[:, None] + cols.to(tl.int64)[None, :] * stride_mk,
+                                   mask=row_ok[:, None] & visible, other=0)
+                if MASK == 1:
+                    visible = visible & (tile != 0)
+                else:  # additive, in base 2 like the scores; finite biases stay finite (a row
+                    # masked everywhere by a dtype-min bias then averages, as in the reference)
+                    if MASK == 3:  # bool, its hidden keys biased by mask_hidden
+                        bias = tl.where(tile != 0, 0.0, mask_hidden)
+                    else:
+                        bias = tile.to(tl.float32)
+                    qk += tl.where(bias == float("-inf"), bias,
+                                   tl.maximum(bias * 1.4426950408889634, -3.4028234663852886e38))
+            qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
         p = tl.exp2(qk - m_safe[:, None])
