@@ -322,8 +322,8 @@ def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         )
 
 
-def _reads_summary(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether the kernel for these shapes reads a mask summary (an empty q runs nothing)."""
+def _reads_summary(q: torch.Tensor) -> bool:
+    """Whether kernel_attention reads a mask summary for q (an empty q runs nothing)."""
     return 0 not in q.shape
 
 
@@ -343,7 +343,7 @@ def _mask_heads(strides: tuple, h: int) -> int:
 def _check_summary(what: str, summary: torch.Tensor, mask, q, k) -> None:
     if mask is None:
         raise ValueError(f"{what}: a mask summary without its mask")
-    if not _reads_summary(q, k):
+    if not _reads_summary(q):
         return
     expected = _summary_size(q, k, _mask_args(mask, q, k))
     if summary.dtype != torch.int32 or summary.numel() != expected or summary.device != q.device:
@@ -432,11 +432,11 @@ def kernel_attention_mask_summary(
     q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, mask_hidden: float | None = None
 ) -> torch.Tensor:
     """The tile summary of `mask` (and `mask_hidden`, as kernel_attention takes them) that
-    kernel_attention's prefill reads for q's and k's shapes (int32; empty where the decode
-    kernel runs, which reads the mask as it is): computed once for every attention of
-    those shapes that shares the mask (to_fx)."""
+    kernel_attention reads for q's and k's shapes (int32: the prefill's blocks, or for
+    the decode one block of all the query rows; empty for an empty q): computed once for
+    every attention of those shapes that shares the mask (to_fx)."""
     _check_summary_args(q, k, mask, mask_hidden)
-    if not _reads_summary(q, k):
+    if not _reads_summary(q):
         return q.new_empty(0, dtype=torch.int32)
     masking = _mask_args(mask, q, k, mask_hidden)
     b, h, sq, _ = q.shape
@@ -446,7 +446,7 @@ def kernel_attention_mask_summary(
 @kernel_attention_mask_summary.register_fake
 def _(q, k, mask, mask_hidden=None):
     _check_summary_args(q, k, mask, mask_hidden)
-    if not _reads_summary(q, k):
+    if not _reads_summary(q):
         return q.new_empty(0, dtype=torch.int32)
     return q.new_empty(_summary_size(q, k, _mask_args(mask, q, k)), dtype=torch.int32)
 
