@@ -585,7 +585,7 @@ def _decode(
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
     block_m = max(16, triton.next_power_of_2(group * sq))
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
-    summary = mask_kind != 0 and mask_summary is not None
+    summary = mask_summary is not None  # _check: a summary comes with its mask
     split_kv_kernel()[(splits, b * hkv)](
         q, k, v, mask, mask_summary if summary else mask, part, part_state, sm_scale,
         mask_hidden, sq, seq_kv, group, split_len, splits, *q.stride()[:3], *k.stride()[:3],

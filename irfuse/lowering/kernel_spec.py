@@ -43,9 +43,8 @@ class KernelSpec:
         """Whether a row may split into tiles over programs (grid: rows x tiles): a quant
         with no row-wide reduction, or phase 2 of a per-tensor quant after a plain norm
         (it normalises with phase 1's rstd)."""
-        kind = self.quant.split()[0]
         if self.producer == "quant":
-            return kind in quant_pieces.TILEABLE
+            return self.quant.split()[0] in quant_pieces.TILEABLE
         return self.normalises_with_phase_1_rstd
 
     @property
