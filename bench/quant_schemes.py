@@ -2,11 +2,13 @@
 Inductor compiling the same PyTorch expression (bf16 in, ANCHORS.md).
 
     python bench/quant_schemes.py [--hidden 4096 7168 8192] [--tokens 1 16 256 4096 16384]
-        [--schemes per_token ...] [--standalone | --no-residual] [--keep-value]
+        [--schemes per_token ...] [--standalone | --no-residual] [--keep-value] [--as-written]
 
 irfuse = torch.compile of the model written with torch.ops.irfuse.* (imported and fused
-by irfuse's passes; the graph then calls the generated kernel). GB/s counts the bytes
-the fused op must move: inputs read once, outputs and scales written once.
+by irfuse's passes; the graph then calls the generated kernel); with --as-written, of the
+very PyTorch function Inductor compiles (HF RMSNorm and the quant idiom, raised by
+irfuse's passes; the graph's add rounds the sum, so irfuse's fused add does too). GB/s
+counts the bytes the fused op must move: inputs read once, outputs and scales written once.
 """
 
 from __future__ import annotations
@@ -97,6 +99,14 @@ def fused_irfuse(scheme, x, residual, weight, scale, keep_value=False):
     return (*quant_irfuse(scheme, y, scale), *residual_out, *((y,) if keep_value else ()))
 
 
+NOTES = {
+    False: "Inductor compiles the same computation written in plain PyTorch; irfuse "
+    "compiles the model written with torch.ops.irfuse.* (fused by its passes).",
+    True: "Inductor and irfuse compile the same PyTorch function (irfuse raises its norm "
+    "and quant idioms and fuses them).",
+}
+
+
 def out_bytes(scheme: str, t: int, k: int) -> int:
     kind = scheme.split()[0]
     if kind == "nvfp4":
@@ -116,6 +126,10 @@ def main() -> None:
     parser.add_argument(
         "--keep-value", action="store_true", help="the normalised value is an output too"
     )
+    parser.add_argument(
+        "--as-written", action="store_true",
+        help="irfuse compiles the same PyTorch as Inductor (raised), not torch.ops.irfuse.*",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -128,7 +142,7 @@ def main() -> None:
             for tokens in args.tokens:
                 times = bench_one(
                     scheme, hidden, tokens, args.standalone, args.no_residual,
-                    args.keep_value, args.rounds,
+                    args.keep_value, args.rounds, args.as_written,
                 )  # fmt: skip
                 # x read, output written; a norm also reads its weight, an add the
                 # residual, writing the sum
@@ -147,13 +161,13 @@ def main() -> None:
     what = "quant alone" if args.standalone else "add + rms_norm + quant"
     what = "rms_norm + quant" if args.no_residual and not args.standalone else what
     what += " (the normalised value kept as an output too)" if args.keep_value else ""
+    what += " (both compile the same PyTorch)" if args.as_written else ""
     text = append_results(
         f"{what}, every scheme (bf16 in), us, median of alternating rounds",
         ["scheme", "hidden", "T", "eager", "Inductor", "irfuse", "irfuse GB/s",
          "irfuse vs Inductor"],
         rows,
-        notes="Inductor compiles the same computation written in plain PyTorch; irfuse "
-              "compiles the model written with torch.ops.irfuse.* (fused by its passes).",
+        notes=NOTES[args.as_written],
         raw=raw, json_path=args.json,
     )  # fmt: skip
     print(text)
@@ -167,6 +181,7 @@ def bench_one(
     no_residual: bool,
     keep_value: bool,
     rounds: int,
+    as_written: bool = False,
 ):
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r = None if no_residual else torch.randn_like(x)
@@ -180,8 +195,9 @@ def bench_one(
         irfuse_fn = lambda: fused_irfuse(scheme, x, r, w, s, keep_value)  # noqa: E731
     torch._dynamo.reset()  # static shapes for every size: no automatic-dynamic recompiles
     inductor = torch.compile(torch_fn, dynamic=False)
-    compiled = torch.compile(irfuse_fn, backend="irfuse", dynamic=False)
-    got, expected = compiled(), irfuse_fn()
+    irfuse_model = torch_fn if as_written else irfuse_fn
+    compiled = torch.compile(irfuse_model, backend="irfuse", dynamic=False)
+    got, expected = compiled(), irfuse_model()
     check(scheme, got, expected)
     if keep_value:
         torch.testing.assert_close(got[-1], expected[-1])

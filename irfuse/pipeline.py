@@ -93,6 +93,7 @@ def transform_graph(graph: fx.Graph, options: Options) -> FusionReport:
 def _transform(
     graph: fx.Graph, options: Options, report: FusionReport, dump: GraphDump | None
 ) -> None:
+    from irfuse.lowering.kernel_spec import KernelSpec, launched_kernels
     from irfuse.lowering.to_fx import export_to_fx, plan_lowering
     from irfuse.lowering.to_triton import NoKernel
 
@@ -128,7 +129,9 @@ def _transform(
     if not plan:
         return
     for lowered in plan:
-        report.kernels.append(lowered.spec.name)
-        if dump is not None:
-            dump.source(lowered.spec.name, lowered.spec.source())
+        spec = lowered.spec
+        for kernel in launched_kernels(spec) if isinstance(spec, KernelSpec) else (spec,):
+            report.kernels.append(kernel.name)
+            if dump is not None:
+                dump.source(kernel.name, kernel.source())
     export_to_fx(imported, plan)

@@ -28,8 +28,18 @@ SCHEMES = [
 ]  # fmt: skip
 PRODUCERS = [
     ("quant", "none"), ("rms_norm", "plain"), ("rms_norm", "fp32"), ("rms_norm", "gemma"),
-    ("fused_add_rms_norm", "plain"),
+    ("fused_add_rms_norm", "plain"), ("rounded_add", "plain"),
 ]  # fmt: skip
+# "rounded_add": fused_add_rms_norm with `rounded_sum` (what fuse-add-rms-norm builds from
+# the graph's add): the norm reads the sum rounded to the model dtype.
+ADDS = ("fused_add_rms_norm", "rounded_add")
+
+
+def _kernel(producer: str, mode: str, scheme: str) -> str:
+    """The kernel_norm spec string of a test producer."""
+    if producer == "rounded_add":
+        return f"fused_add_rms_norm/{mode}/model/{scheme}/rounded_sum"
+    return f"{producer}/{mode}/model/{scheme}"
 
 
 def _inputs(t: int, h: int, dtype: torch.dtype, gemma: bool = False):
@@ -47,6 +57,8 @@ def _reference_producer(producer, mode, x, residual, w, eps):
         return x, None
     if producer == "fused_add_rms_norm":
         return ref.fused_add_rms_norm(x, residual, w, eps)
+    if producer == "rounded_add":  # the graph's add, then its norm
+        return _reference_producer("rms_norm", mode, x + residual, None, w, eps)[0], x + residual
     if mode == "fp32":  # F.rms_norm's decomposed form: weight multiplied in fp32
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w).to(x.dtype), None
@@ -69,9 +81,8 @@ def _run(producer, mode, scheme, t, h, dtype, eps=1e-6):
     scale = _scale_input(scheme, y_ref)
     kernel_scheme = scheme.replace(" ub", "")
     q, residual_out, scales, _ = kernel_norm(
-        x, residual if producer == "fused_add_rms_norm" else None,
-        w if producer != "quant" else None, scale, eps,
-        f"{producer}/{mode}/model/{kernel_scheme}",
+        x, residual if producer in ADDS else None, w if producer != "quant" else None, scale,
+        eps, _kernel(producer, mode, kernel_scheme),
     )  # fmt: skip
     q_ref, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
     if residual_ref is not None:
@@ -161,25 +172,47 @@ def test_per_tensor_over_many_rows(producer, mode, rows):
     torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("producer", ["rms_norm", "rounded_add"])
 @pytest.mark.parametrize("rows", [97, quant_pieces.AMAX_ROW_SLOTS + 9])
-def test_per_tensor_phase_2_normalises_with_phase_1_rstd(monkeypatch, rows):
-    """After a plain norm, phase 2 normalises tiles of each row (here three, the last
-    ragged) with the rstd phase 1 kept: its bytes are exactly the per-tensor quant of the
-    value phase 1 stored, with that value's scale."""
+def test_per_tensor_phase_2_normalises_with_phase_1_rstd(monkeypatch, rows, producer):
+    """After a plain norm (or the graph's add, whose rounded sum phase 2 re-reads from
+    residual_out), phase 2 normalises tiles of each row (here three, the last ragged)
+    with the rstd phase 1 kept: its bytes are exactly the per-tensor quant of the value
+    phase 1 stored, with that value's scale."""
     monkeypatch.setattr(runtime, "NORM_ROW_TILES", {"per_tensor": ((math.inf, 16, 1),)})
     launched = []
     launch = runtime._launch
     monkeypatch.setattr(
         runtime, "_launch", lambda spec, *a, **k: (launched.append(spec), launch(spec, *a, **k))
     )
-    x, _, w = _inputs(rows, 40, torch.float32)
+    x, residual, w = _inputs(rows, 40, torch.float32)
+    kernel = _kernel(producer, "plain", "per_tensor").replace(
+        "/per_tensor", "/per_tensor/keep_value"
+    )
     q, _, scale, value = kernel_norm(
-        x, None, w, None, 1e-6, "rms_norm/plain/model/per_tensor/keep_value"
+        x, residual if producer in ADDS else None, w, None, 1e-6, kernel
     )
     assert [(s.quant, s.row_tiles) for s in launched] == [("amax", False), ("per_tensor", True)]
+    torch.testing.assert_close(
+        value, _reference_producer(producer, "plain", x, residual, w, 1e-6)[0]
+    )
     q_ref, scale_ref = ref.per_tensor_fp8_quant(value)
     assert torch.equal(scale, scale_ref)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+def test_rounded_sum_normalises_the_sum_the_graph_rounded():
+    """`rounded_sum` (the graph's add, then its norm): y is the norm of residual_out, not
+    of the fp32 sum. The two differ in a quarter of fp16 elements; the kernel matches the
+    rounded form up to the rstd's last bit (reduction order)."""
+    x, residual, w = _inputs(16, 512, torch.float16)
+    y, residual_out, _, _ = kernel_norm(
+        x, residual, w, None, 1e-6, "fused_add_rms_norm/plain/model/none/rounded_sum"
+    )
+    assert torch.equal(residual_out, x + residual)
+    mismatch_rounded = (y != ref.rms_norm(x + residual, w, 1e-6)).float().mean().item()
+    mismatch_unrounded = (y != ref.fused_add_rms_norm(x, residual, w, 1e-6)[0]).float().mean()
+    assert mismatch_rounded < 0.005 and mismatch_unrounded.item() > 0.05
 
 
 @pytest.mark.parametrize("producer,mode", [("quant", "none"), ("rms_norm", "plain")])
@@ -256,16 +289,19 @@ def test_gpu_epilogues_at_model_sizes(dtype, scheme, producer, mode, t, h):
     _run(producer, mode, scheme, t, h, dtype)
 
 
-@pytest.mark.parametrize("producer,mode", [("rms_norm", "plain"), ("fused_add_rms_norm", "fp32")])
+@pytest.mark.parametrize(
+    "producer,mode",
+    [("rms_norm", "plain"), ("fused_add_rms_norm", "fp32"), ("rounded_add", "gemma")],
+)
 @pytest.mark.parametrize("scheme", ["static", "per_token", "per_group 64", "nvfp4", "per_tensor"])
 def test_kept_value_is_the_unquantized_norm(producer, mode, scheme):
     """`keep_value`: the kernel also writes what the quant read (for its other readers)."""
-    x, residual, w = _inputs(5, 128, torch.float16)
+    x, residual, w = _inputs(5, 128, torch.float16, gemma=mode == "gemma")
     y_ref, _ = _reference_producer(producer, mode, x, residual, w, 1e-6)
     scale = _scale_input(scheme, y_ref)
     q, _, scales, value = kernel_norm(
-        x, residual if producer == "fused_add_rms_norm" else None, w, scale, 1e-6,
-        f"{producer}/{mode}/model/{scheme}/keep_value",
+        x, residual if producer in ADDS else None, w, scale, 1e-6,
+        _kernel(producer, mode, scheme).replace(f"/{scheme}", f"/{scheme}/keep_value"),
     )  # fmt: skip
     assert value.dtype == y_ref.dtype
     torch.testing.assert_close(value, y_ref, atol=1e-3, rtol=1e-3)

@@ -71,6 +71,13 @@ def per_tensor_quant(x):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def per_tensor_quant_reshaped(x):
+    """The scale reshaped to [1] (vLLM's per-tensor scale shape) before the divide."""
+    xf = x.float()
+    s = (xf.abs().amax() / 448.0).clamp(min=1.0 / (448.0 * 512.0)).reshape(1)
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def per_tensor_quant_keepdim(x):
     """amax over every dim by name, keepdim, `* (1/448)`, clamp_min: a [1, 1] scale."""
     xf = x.float()
@@ -225,8 +232,8 @@ def test_per_token_forms_are_raised(form, fn):
 @pytest.mark.parametrize("form", ["aot", "inductor"])
 @pytest.mark.parametrize(
     "fn,scale_shape",
-    [(per_tensor_quant, ()), (per_tensor_quant_keepdim, (1, 1))],
-    ids=["0-d", "keepdim"],
+    [(per_tensor_quant, ()), (per_tensor_quant_keepdim, (1, 1)), (per_tensor_quant_reshaped, (1,))],
+    ids=["0-d", "keepdim", "reshaped"],
 )
 def test_per_tensor_forms_are_raised(form, fn, scale_shape):
     x, _ = _inputs(t=4, k=200)
@@ -290,6 +297,7 @@ def test_reference_ops_compute_the_matched_chains():
         (irfuse.ops.per_token_fp8_quant(x), per_token_quant(x)),
         (irfuse.ops.per_token_fp8_quant(x, ub), per_token_quant_clamp_ub(x, ub)),
         (irfuse.ops.per_tensor_fp8_quant(x), per_tensor_quant(x)),
+        (irfuse.ops.per_tensor_fp8_quant(x), per_tensor_quant_reshaped(x)),
         (irfuse.ops.per_group_fp8_quant(x, 128), per_group_quant(x)),
         (irfuse.ops.per_group_fp8_quant(x, 128, False, True), per_group_quant_ue8m0(x)),
         (irfuse.ops.per_group_fp8_quant(x, 64), per_group_quant_unflatten(x)),
@@ -356,6 +364,13 @@ def _per_tensor_ub(x, scale_ub):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def _per_token_scale_viewed(x):
+    """One token's per-token scale viewed to [1]: only a per-tensor scale may be."""
+    xf = x[:1].float()
+    s = (xf.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0)).view(1)
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def _amax_over_rows(x):
     xf = x.float()
     s = (xf.abs().amax(dim=0, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
@@ -380,6 +395,11 @@ def _amax_over_rows(x):
         (_per_token_3d, 256, "scale over a rank-3 tensor, not a 2-D [T, K] one"),
         (_per_tensor_ub, 256, "per-tensor max(amax / 448, 1/(448*512)) scale takes no upper bound"),
         (_amax_over_rows, 256, "amax over dims [0] (keepdim True), not the last with keepdim"),
+        (
+            _per_token_scale_viewed,
+            256,
+            "the scale is viewed to one element (only a per-tensor scale may be)",
+        ),
     ],
     ids=[
         "group-96",
@@ -393,6 +413,7 @@ def _amax_over_rows(x):
         "rank-3",
         "tensor-ub",
         "amax-over-rows",
+        "token-scale-viewed",
     ],
 )
 def test_refused_with_reason_and_left_unchanged(fn, k, reason):
@@ -462,9 +483,9 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
 @pytest.mark.parametrize(
     "quant,kernel",
     [
-        (per_token_quant, "irfuse_fused_add_rms_norm_per_token_fp8"),
-        (per_group_quant, "irfuse_fused_add_rms_norm_per_group128_fp8"),
-        (per_group_quant_ue8m0, "irfuse_fused_add_rms_norm_per_group128_ue8m0_fp8"),
+        (per_token_quant, "irfuse_add_rounded_rms_norm_per_token_fp8"),
+        (per_group_quant, "irfuse_add_rounded_rms_norm_per_group128_fp8"),
+        (per_group_quant_ue8m0, "irfuse_add_rounded_rms_norm_per_group128_ue8m0_fp8"),
     ],
 )
 def test_model_norm_then_dynamic_quant_fuses_end_to_end(quant, kernel):
@@ -498,7 +519,9 @@ def test_model_norm_then_dynamic_quant_fuses_end_to_end(quant, kernel):
 
 @pytest.mark.parametrize("residual", [False, True], ids=["norm", "add-norm"])
 @pytest.mark.parametrize(
-    "quant", [per_tensor_quant, per_tensor_quant_keepdim], ids=["0-d", "keepdim"]
+    "quant",
+    [per_tensor_quant, per_tensor_quant_keepdim, per_tensor_quant_reshaped],
+    ids=["0-d", "keepdim", "reshaped"],
 )
 def test_model_norm_then_per_tensor_quant_fuses_end_to_end(residual, quant):
     """(Residual add +) HF RMSNorm + the per-tensor idiom: one fused norm (two kernels at
@@ -512,10 +535,11 @@ def test_model_norm_then_per_tensor_quant_fuses_end_to_end(residual, quant):
     x = _inputs(k=256)[0].to(device)
     r = torch.randn(4, 256).to(BF16).to(device)
     weight = (torch.rand(256).to(BF16) + 0.5).to(device)
-    kernel = "fused_add_rms_norm" if residual else "rms_norm"
+    phase_1 = "add_rounded_rms_norm" if residual else "rms_norm"
     report = irfuse.explain(block, x, r, weight)
     assert report.fused[NAME] == 1 and report.fused["fuse-rms-norm-quant"] == 1, str(report)
-    assert report.kernels == [f"irfuse_{kernel}_per_tensor_fp8"]
+    # phase 2 normalises again (x, or the graph's rounded sum) with phase 1's rstd
+    assert report.kernels == [f"irfuse_{phase_1}_amax", "irfuse_rms_norm_per_tensor_fp8"]
     torch._dynamo.reset()
     q, s, *h = torch.compile(block, backend="irfuse", options={"inner": "eager"})(x, r, weight)
     q_ref, s_ref, *h_ref = block(x, r, weight)

@@ -295,7 +295,12 @@ class RmsNormOp(QuantProducer):
 
 @irdl_op_definition
 class FusedAddRmsNormOp(QuantProducer):
-    """`s = x + residual` (fp32); `residual_out = s` in the model dtype; `y = rms_norm(s)`."""
+    """`s = x + residual` (fp32); `residual_out = s` in the model dtype; `y = rms_norm(s)`.
+
+    `rounded_sum`: the norm reads `residual_out` (the sum rounded to the model dtype)
+    instead of the fp32 `s`: exactly the graph's `add` then `rms_norm`, which is what
+    fuse-add-rms-norm builds. Without it, the serving stacks' semantics (NUMERICS.md).
+    """
 
     name = "irfuse.fused_add_rms_norm"
     x = operand_def(TensorType)
@@ -306,6 +311,7 @@ class FusedAddRmsNormOp(QuantProducer):
     gemma = opt_prop_def(UnitAttr)
     fp32_weight_mul = opt_prop_def(UnitAttr)
     unrounded = opt_prop_def(UnitAttr)
+    rounded_sum = opt_prop_def(UnitAttr)
     quant = opt_prop_def(QuantAttr)
     y = result_def(TensorType)
     residual_out = result_def(TensorType)

@@ -3,9 +3,10 @@ quants with no row-wide reduction take one tile of a row per program instead; st
 per-token over wide rows has a body of its own, quant.PER_TOKEN_TWO_PASS).
 
 The body loads the row as fp32 `v`, optionally adds the residual (storing the sum in
-the model dtype), normalises, applies the weight, and leaves `v` rounded to the norm's
-output dtype (the model dtype, or fp32 for an `unrounded` norm) for the epilogue, so a
-fused quant sees exactly what the unfused pair would.
+the model dtype; the norm reads the fp32 sum, or the stored one for a `rounded_sum` op),
+normalises, applies the weight, and leaves `v` rounded to the norm's output dtype (the
+model dtype, or fp32 for an `unrounded` norm) for the epilogue, so a fused quant sees
+exactly what the unfused pair would.
 """
 
 SIGNATURE = """
@@ -47,6 +48,9 @@ ADD_RESIDUAL = """
         mask=mask,
     )
 """
+
+# The graph's add rounds the sum before the norm reads it (a `rounded_sum` fused op).
+ROUND_SUM = "    v = round_to(v, model_dtype, INTERPRET)  # the norm reads the rounded sum\n"
 
 PRELOAD_WEIGHT = """
     w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)  # loaded early

@@ -230,15 +230,16 @@ UE8M0 = "    s = ceil_pow2(s)  # ue8m0: power-of-two scales\n"
 # Dynamic per-tensor fp8 runs in two kernels: the scale needs the amax of the whole
 # tensor before any value can be quantized. Phase 1 only reduces (a kernel that keeps the
 # value stores it through STORE_VALUE); phase 2 quantizes, normalising again after a plain
-# norm or reading the value phase 1 stored (runtime._per_tensor_phases).
+# norm or reading the value phase 1 stored (kernel_spec.per_tensor_phases).
 # Phase 1 leaves its results in a float32 stats buffer: the amax in slots, and after a
-# plain norm each row's rstd at AMAX_ROW_SLOTS + row (norm.STORE_RSTD), so that phase 2
-# normalises tiles of a row without its reduction. Up to AMAX_ROW_SLOTS rows, each row
-# stores its amax in a slot of its own (nothing to zero first: one graph node fewer,
-# which pays at few rows); beyond, rows spread an atomic max over AMAX_SLOTS slots that
-# the caller zeroes (one atomic per row on a single word serialised: 3 us of 9 at 4096 x
-# 4096 on H200). Phase 2 reduces the slots; both kernels tell the two cases apart by
-# their grid's row count, the row count of the tensor.
+# plain norm (or an add whose norm reads the rounded sum) each row's rstd at
+# AMAX_ROW_SLOTS + row (norm.STORE_RSTD), so that phase 2 normalises tiles of a row
+# without its reduction. Up to AMAX_ROW_SLOTS rows, each row stores its amax in a slot of
+# its own (nothing to zero first: one graph node fewer, which pays at few rows); beyond,
+# rows spread an atomic max over AMAX_SLOTS slots that the caller zeroes (one atomic per
+# row on a single word serialised: 3 us of 9 at 4096 x 4096 on H200). Phase 2 reduces
+# the slots; both kernels tell the two cases apart by their grid's row count, the row
+# count of the tensor.
 AMAX_SLOTS = 32
 AMAX_ROW_SLOTS = 512
 AMAX = (

@@ -8,6 +8,8 @@ the ops it fuses.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 from irfuse.kernels import norm
@@ -25,6 +27,7 @@ class KernelSpec:
     norm_out: str = "model"  # model: the norm rounds to the input dtype | fp32: it does not
     keep_value: bool = False  # with a quant: also store the unquantized value
     two_pass: bool = False  # per-token over wide rows (a launch-time choice, not encoded)
+    rounded_sum: bool = False  # fused_add_rms_norm: the norm reads the sum in the model dtype
 
     @property
     def name(self) -> str:
@@ -36,7 +39,8 @@ class KernelSpec:
         out = "_f32out" if self.norm_out == "fp32" else ""
         keep = "_keep" if self.keep_value else ""
         two_pass = "_two_pass" if self.two_pass else ""
-        return f"irfuse_{self.producer}{mode}{out}{suffix}{keep}{two_pass}"
+        producer = "add_rounded_rms_norm" if self.rounded_sum else self.producer
+        return f"irfuse_{producer}{mode}{out}{suffix}{keep}{two_pass}"
 
     @property
     def row_tiles(self) -> bool:
@@ -49,22 +53,29 @@ class KernelSpec:
 
     @property
     def normalises_with_phase_1_rstd(self) -> bool:
-        """Phase 2 of a plain norm's per-tensor quant (runtime._per_tensor_phases)."""
+        """Phase 2 of a plain norm's per-tensor quant (per_tensor_phases)."""
         return self.producer == "rms_norm" and self.quant == "per_tensor"
+
+    @property
+    def stores_rstd(self) -> bool:
+        """Phase 1 of a per-tensor quant whose phase 2 normalises with its rstd: after a
+        plain norm, or after an add whose sum phase 2 re-reads rounded (`residual_out`)."""
+        return self.quant == "amax" and (self.producer == "rms_norm" or self.rounded_sum)
 
     def source(self) -> str:
         return kernel_source(self)
 
     def encode(self) -> str:
         """The string a runtime call carries (see `decode`)."""
-        keep = "/keep_value" if self.keep_value else ""
-        return f"{self.producer}/{self.weight_mode}/{self.norm_out}/{self.quant}{keep}"
+        flags = "/keep_value" * self.keep_value + "/rounded_sum" * self.rounded_sum
+        return f"{self.producer}/{self.weight_mode}/{self.norm_out}/{self.quant}{flags}"
 
     @staticmethod
     def decode(text: str) -> KernelSpec:
         parts = text.split("/")
-        keep_value = parts[4:] == ["keep_value"]
-        if len(parts) == 4 or keep_value:
+        flags = parts[4:]
+        keep_value, rounded_sum = "keep_value" in flags, "rounded_sum" in flags
+        if len(parts) >= 4 and flags == ["keep_value"] * keep_value + ["rounded_sum"] * rounded_sum:
             producer, weight_mode, norm_out, quant = parts[:4]
             try:
                 parse_scheme(quant)
@@ -78,8 +89,11 @@ class KernelSpec:
                 and norm_out in ("model", "fp32")
                 and weight_mode in ((*norm.WEIGHT,) if producer != "quant" else ("none",))
                 and not (keep_value and (producer == "quant" or quant == "none"))
+                and not (rounded_sum and producer != "fused_add_rms_norm")
             ):
-                return KernelSpec(producer, weight_mode, quant, norm_out, keep_value)
+                return KernelSpec(
+                    producer, weight_mode, quant, norm_out, keep_value, rounded_sum=rounded_sum
+                )
         raise ValueError(f"unknown irfuse kernel spec {text!r}")
 
     def describe(self) -> str:
@@ -88,6 +102,8 @@ class KernelSpec:
             "rms_norm": ["rms_norm"],
             "fused_add_rms_norm": ["add", "rms_norm"],
         }[self.producer]
+        if self.rounded_sum:
+            parts[0] = "add (the sum rounded to the model dtype)"
         if self.weight_mode in ("fp32", "gemma"):
             parts[-1] += f" ({self.weight_mode} weight)"
         if self.quant == "nvfp4":
@@ -127,6 +143,30 @@ class AttentionKernel:
         return attention_source(self.epilogue)
 
 
+@functools.cache
+def per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
+    """The two kernels of a dynamic per-tensor quant: producer + amax, then the quant.
+    After a plain norm, phase 1 keeps each row's rstd and phase 2 normalises x again with
+    it, in row tiles (x read twice, nothing else stored: 5 bytes per element instead of 7
+    for a stored bf16 value). After an add whose norm reads the rounded sum, phase 2 is
+    that same plain-norm phase over `residual_out` (9 bytes per element). After an add
+    with the unrounded fp32 sum, phase 2 reads a value phase 1 stored (only x and the
+    residual give that sum back: as much traffic, and the add twice): 11 bytes."""
+    if spec.rounded_sum:
+        plain = KernelSpec("rms_norm", spec.weight_mode, "per_tensor", spec.norm_out)
+        return dataclasses.replace(spec, quant="amax"), plain
+    if spec.producer == "fused_add_rms_norm":  # unrounded sum
+        amax = dataclasses.replace(spec, quant="amax", keep_value=True)
+        return amax, KernelSpec("quant", "none", "per_tensor")
+    return dataclasses.replace(spec, quant="amax"), dataclasses.replace(spec, keep_value=False)
+
+
+def launched_kernels(spec: KernelSpec) -> tuple[KernelSpec, ...]:
+    """The kernels a call of `spec` launches: a dynamic per-tensor quant's two phases (over
+    several rows), else `spec` itself."""
+    return per_tensor_phases(spec) if spec.quant == "per_tensor" else (spec,)
+
+
 def kernel_source(spec: KernelSpec) -> str:
     helpers, _, _ = quant_pieces.epilogue(spec.quant, spec.producer == "quant")
     if spec.two_pass:
@@ -156,6 +196,7 @@ def _row_body(spec: KernelSpec) -> str:
     body += preload
     if spec.producer == "fused_add_rms_norm":
         body += norm.ADD_RESIDUAL
+        body += norm.ROUND_SUM if spec.rounded_sum else ""
     if spec.producer != "quant":
         norm_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
         slots = quant_pieces.AMAX_ROW_SLOTS
@@ -163,7 +204,7 @@ def _row_body(spec: KernelSpec) -> str:
             body += norm.RSTD_OF_PHASE_1.format(norm_dtype=norm_dtype, slots=slots)
         else:
             body += norm.RMS_NORM.format(norm_dtype=norm_dtype)
-        if (spec.producer, spec.quant) == ("rms_norm", "amax"):
+        if spec.stores_rstd:
             body += norm.STORE_RSTD.format(slots=slots)
         body += norm.WEIGHT[spec.weight_mode]
     if spec.keep_value:

@@ -21,7 +21,7 @@ import triton
 from irfuse.kernels.norm import MAX_COLS
 from irfuse.kernels.quant import AMAX_ROW_SLOTS, AMAX_SLOTS, parse_scheme
 from irfuse.lowering.kernel_cache import load_kernel
-from irfuse.lowering.kernel_spec import KernelSpec, kernel_source
+from irfuse.lowering.kernel_spec import KernelSpec, kernel_source, per_tensor_phases
 from irfuse.ops.quant import FP8_MIN_SCALE, alloc_group_scales, alloc_nvfp4_scales
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -48,20 +48,6 @@ def _one_row_per_tensor(spec: KernelSpec) -> KernelSpec:
     """A per-tensor quant of a single row: its per-token scale is the same formula over
     the same values, so the per-token kernel computes it in one pass."""
     return dataclasses.replace(spec, quant="per_token")
-
-
-@functools.cache
-def _per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
-    """The two kernels of a dynamic per-tensor quant: producer + amax, then the quant.
-    After a plain norm, phase 1 keeps each row's rstd and phase 2 normalises x again with
-    it, in row tiles (x read twice, nothing else stored: 5 bytes per element instead of 7
-    for a stored bf16 value); after a residual add phase 2 reads the stored value (the
-    norm needs the unrounded sum, which only x and the residual give back: as much
-    traffic, and the add twice)."""
-    if spec.producer == "fused_add_rms_norm":
-        amax = dataclasses.replace(spec, quant="amax", keep_value=True)
-        return amax, KernelSpec("quant", "none", "per_tensor")
-    return dataclasses.replace(spec, quant="amax"), dataclasses.replace(spec, keep_value=False)
 
 
 def launch_config(
@@ -257,7 +243,7 @@ def kernel_norm(
         spec = _one_row_per_tensor(spec)  # one launch instead of a memset and two
     if spec.quant == "per_tensor":  # two kernels: the grid-wide amax, then the quant
         stats = per_tensor_stats(x2)
-        phase1, phase2 = _per_tensor_phases(spec)
+        phase1, phase2 = per_tensor_phases(spec)
         normed = None
         if phase1.keep_value:  # the kept value, or what phase 2 quantizes
             normed = (
@@ -269,8 +255,9 @@ def kernel_norm(
         if phase2.producer == "quant":
             _launch(phase2, x2 if normed is None else normed, None, None, stats, out2, None,
                     scales, None, eps)  # fmt: skip
-        else:  # the norm again, from x and phase 1's rstd
-            _launch(phase2, x2, None, weight, stats, out2, None, scales, None, eps)
+        else:  # the norm again, from what it read (x, or the rounded sum) and phase 1's rstd
+            normed_in = x2 if residual_out2 is None else residual_out2
+            _launch(phase2, normed_in, None, weight, stats, out2, None, scales, None, eps)
         return out, residual_out, scales, value
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
         scales2 = scales.view(torch.uint8)

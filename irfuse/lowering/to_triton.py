@@ -48,5 +48,8 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
         mode = "gemma" if op.gemma else "fp32" if op.fp32_weight_mul else "plain"
         producer = "rms_norm" if isinstance(op, RmsNormOp) else "fused_add_rms_norm"
         norm_out = "fp32" if op.unrounded else "model"
-        return KernelSpec(producer, mode, scheme, norm_out, keep_value=op.value is not None)
+        rounded_sum = isinstance(op, FusedAddRmsNormOp) and op.rounded_sum is not None
+        return KernelSpec(
+            producer, mode, scheme, norm_out, op.value is not None, rounded_sum=rounded_sum
+        )
     raise NoKernel(f"no kernel for {op.name} yet")

@@ -10,6 +10,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.utils.target import Target
 
 from irfuse.dialects.irfuse import QuantProducer
+from irfuse.lowering.kernel_spec import KernelSpec, launched_kernels
 from irfuse.lowering.to_triton import NoKernel, spec_for
 from irfuse.transforms.report import location
 
@@ -28,7 +29,10 @@ class TritonTarget(Target):
             except NoKernel as reason:
                 output.write(f"# {location(op)} = {op.name}: {reason}\n\n")
                 continue
-            output.write(f"# {location(op)} = {op.name} -> kernel {spec.name}\n")
-            if spec.name not in emitted:
-                emitted.add(spec.name)
-                output.write(spec.source() + "\n")
+            kernels = launched_kernels(spec) if isinstance(spec, KernelSpec) else (spec,)
+            names = " then ".join(kernel.name for kernel in kernels)
+            output.write(f"# {location(op)} = {op.name} -> kernel {names}\n")
+            for kernel in kernels:
+                if kernel.name not in emitted:
+                    emitted.add(kernel.name)
+                    output.write(kernel.source() + "\n")

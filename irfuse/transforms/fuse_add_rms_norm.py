@@ -4,9 +4,11 @@ Matches `h = aten.add.Tensor(a, b)` (alpha 1, no broadcasting) feeding
 `irfuse.rms_norm(h, w)` without an output quant. Guards: `a`, `b` and `h` have one type;
 the norm has no quant yet; the fused op can be placed where `a`, `b`, `w` are defined
 and before every other reader of `h`. Replacement: `irfuse.fused_add_rms_norm(a, b, w)`
-whose `residual_out` replaces `h` everywhere else. NUMERICS.md: the variance uses the
-unrounded fp32 sum (the serving stacks' semantics; the unfused graph rounds the sum to
-the model dtype first, a difference below one ulp of the model dtype).
+whose `residual_out` replaces `h` everywhere else, with `rounded_sum`: the norm reads the
+sum rounded to the model dtype, as the graph's add leaves it, so the fused op computes
+exactly what the graph does (a direct `irfuse.fused_add_rms_norm` call keeps NUMERICS.md's
+unrounded fp32 sum). It also moves fewer bytes when the norm must be read twice: a
+per-tensor quant's second kernel re-reads `residual_out` instead of a stored value.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import ModuleOp, UnitAttr
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     PatternRewriter,
@@ -52,6 +54,7 @@ class FuseAddRmsNormPattern(RewritePattern):
             return
         props = {k: v for k, v in op.properties.items() if k != "operandSegmentSizes"}
         props.pop("resultSegmentSizes", None)
+        props["rounded_sum"] = UnitAttr()  # the graph's add rounds the sum
         new = FusedAddRmsNormOp.build(
             operands=[a, b, op.weight, []],
             result_types=[op.y.type, add.results[0].type, [], []],

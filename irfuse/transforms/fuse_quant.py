@@ -34,11 +34,10 @@ from irfuse.transforms.match import fused_insertion_point
 
 # per_tensor's grid-wide amax makes its fused form two kernels. After a plain norm the
 # second normalises x again with the first one's rstd (5 bytes per element against the
-# unfused pair's 7); after an add it reads a value the first one stored (the norm needs
-# the unrounded sum): 11 bytes against the unfused irfuse pair's 13, so fused is the
-# faster of the two at every size. H200 (bench/RESULTS.md, ninth session): plain norm
-# 1.11x-1.31x Inductor; after an add 1.1x-1.4x up to 1024 tokens but 0.88x-0.90x from
-# 4096, where Inductor's graph, whose add rounds the sum, moves 9 bytes.
+# unfused pair's 7), and after the graph's add (`rounded_sum`) it normalises
+# `residual_out` alike (9 bytes). After a direct fused_add_rms_norm (the unrounded sum)
+# it reads a value the first one stored: 11 bytes against the unfused irfuse pair's 13,
+# so fused is the faster of the two at every size (bench/RESULTS.md).
 _NORM_SCHEMES = frozenset({"static", "per_token", "per_tensor", "per_group", "nvfp4"})
 NORM_EPILOGUES: dict[str, frozenset[str]] = {
     RmsNormOp.name: _NORM_SCHEMES,

@@ -9,6 +9,7 @@ Matches, for any hidden size (`xf` is `x` [T, K] cast to fp32, or `x` itself if 
 
     per tensor:  a = amax(|xf|) over every dim (or max(|xf|))     (x of any rank)
                  s = max(a / 448, 1/(448*512))
+                 s = s.reshape(1)                          (optional: any one-element view)
                  q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [] or [1, ...]
 
     per group:   xg = xf.view(T, K/G, G)                          (G = 64 or 128)
@@ -38,7 +39,7 @@ A chain that reaches an amax but fails a guard is reported with its reason.
 
 Replacement: `irfuse.quant` with `#irfuse.quant<per_token>` (`quant_scale` = ub),
 `#irfuse.quant<per_tensor>` (its scale keeps the graph's shape: 0-d, or ones with
-keepdim) or `#irfuse.quant<per_group G>` (`ue8m0`), reading the un-cast, un-viewed `x`;
+keepdim or a view) or `#irfuse.quant<per_group G>` (`ue8m0`), reading the un-cast, un-viewed `x`;
 its results replace q and the scales (NUMERICS.md).
 """
 
@@ -138,8 +139,8 @@ class _Step:
 def _path_to_amax(value: SSAValue, depth: int = 0) -> list[CallOp] | None:
     """The ops from an `aten.amax` (or a full `aten.max`) to `value` (amax first) through
     scale-formula ops."""
-    op = call(value, AMAX, MAX, *SCALE_OPS)
-    if op is None or depth > 8:
+    op = call(value, AMAX, MAX, *SCALE_OPS, *VIEWS)
+    if op is None or depth > 8 or (op.target.data in VIEWS and _numel(op.results[0]) != 1):
         return None
     if op.target.data in (AMAX, MAX):
         return [op]
@@ -193,9 +194,17 @@ def _floor(op: CallOp, prev: SSAValue) -> _Step | str:
     return _Step("floor", op, f"max({c:g})", value=float(c), helper=full)
 
 
+def _numel(value: SSAValue) -> int | None:
+    """The element count of a static shape (None if a dim is symbolic)."""
+    dims = shape(value)
+    return None if dims is None or DYNAMIC in dims else math.prod(dims)
+
+
 def _parse_step(op: CallOp, prev: SSAValue) -> _Step | str:
     """What `op` does to `prev` (the value on the amax side), or why it is not a step."""
     target = op.target.data
+    if target in VIEWS:  # of one element (_path_to_amax): the scale's shape, not its value
+        return _Step("view", op, f"view {list(shape(op.results[0]))}")  # type: ignore[arg-type]
     if target in POW2:
         kind = target.split(".")[1]
         return _Step(kind, op, kind)
@@ -220,7 +229,7 @@ def _parse_formula(path: list[CallOp]) -> list[_Step] | str:
 
 def _scheme(steps: list[_Step]) -> str:
     """per_token | per_group | per_group_ue8m0 | a reason."""
-    kinds = [s.kind for s in steps]
+    kinds = [s.kind for s in steps if s.kind != "view"]
     if kinds in (["div", "floor"], ["bound", "div", "floor"]):
         return "per_token"
     if kinds == ["floor", "div"]:
@@ -409,6 +418,8 @@ def _match_scheme(
         scheme = "per_tensor"
         if any(step.kind == "bound" for step in steps):
             return f"{TENSOR_FORMULA} scale takes no upper bound"
+    if scheme != "per_tensor" and any(step.kind == "view" for step in steps):
+        return "the scale is viewed to one element (only a per-tensor scale may be)"
     if scheme not in ("per_token", "per_tensor", "per_group", "per_group_ue8m0"):
         return scheme
     reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme)

@@ -7,7 +7,7 @@ func.func @add_norm_quant(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w: tens
   func.return %q, %h : tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
 }
 // CHECK-LABEL: func.func @add_norm_quant
-// CHECK-NEXT:    %q, %h = irfuse.fused_add_rms_norm %x, %r, %w scale %s {eps = 1.000000e-06 : f64, quant = #irfuse.quant<static>} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
+// CHECK-NEXT:    %q, %h = irfuse.fused_add_rms_norm %x, %r, %w scale %s {eps = 1.000000e-06 : f64, rounded_sum, quant = #irfuse.quant<static>} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
 // CHECK-NEXT:    func.return %q, %h
 
 // -----
