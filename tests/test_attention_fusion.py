@@ -279,10 +279,12 @@ def test_attentions_sharing_a_mask_share_its_summary(monkeypatch):
         torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
 
 
-def test_decode_attentions_read_their_masks_shared_summary(monkeypatch):
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "symbolic-kv"])
+def test_decode_attentions_read_their_masks_shared_summary(monkeypatch, dynamic):
     """Decode attentions (one query row) of a compiled model read their mask's summary too
     (once per mask: left padding, and a static cache filled up to 50 keys), and their
-    slices split only the keys it leaves; all match eager."""
+    slices split only the keys it leaves; all match eager. Also with the batch and key
+    count symbolic (a decode step's growing KV)."""
     import irfuse.lowering.attention as kernels
 
     model = MaskedAttentions().to(DEVICE)
@@ -300,12 +302,26 @@ def test_decode_attentions_read_their_masks_shared_summary(monkeypatch):
         kernels, "_decode", lambda *a: decodes.append(a[4] is not None) or real_decode(*a)
     )
     torch._dynamo.reset()
+    if dynamic:
+        for t, dims in ((q, (0,)), (k, (0, 2)), (v, (0, 2)), (mask, (0, 3)), (other_mask, (0, 3))):
+            for dim in dims:
+                torch._dynamo.mark_dynamic(t, dim)
     options = {"inner": "eager", "attention": "irfuse"}
-    outs = torch.compile(model, backend="irfuse", options=options)(q, k, v, mask, other_mask)
+    compiled = torch.compile(model, backend="irfuse", options=options)
+    outs = compiled(q, k, v, mask, other_mask)
     assert len(summaries) == 2 and decodes == [True, True, True]
     s = model.block.act_scale
     for out, expected in zip(outs, model(q, k, v, mask, other_mask), strict=True):
         torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
+    if dynamic:  # the next step, 8 keys more: the same graph, summaries of the new sizes
+        frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        k, v = (torch.cat([t, t[:, :, :8]], dim=2) for t in (k, v))
+        mask, other_mask = (torch.cat([m, m[..., -8:]], dim=-1) for m in (mask, other_mask))
+        outs = compiled(q, k, v, mask, other_mask)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+        assert len(summaries) == 4 and summaries[-1][4] == 78  # (masking, b, h, sq, seq_kv)
+        for out, expected in zip(outs, model(q, k, v, mask, other_mask), strict=True):
+            torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
 
 
 @pytest.mark.parametrize("d,kernels", [(64, ["irfuse_attention"]), (80, [])])

@@ -153,12 +153,15 @@ SUMMARY = torch.ops.irfuse.kernel_attention_mask_summary.default
 
 
 def _summary_key(q: fx.Node, k: fx.Node, mask: fx.Node, hidden: float | None) -> tuple | None:
-    """What an attention's mask summary depends on: the mask and the shapes (its tiles
-    follow q's; static shapes only: symbolic ones keep a summary per call)."""
-    shapes = (q.meta["val"].shape, k.meta["val"].shape)
-    if not all(isinstance(d, int) for shape in shapes for d in shape):
+    """What an attention's mask summary depends on: the mask and the shapes. Its tiles
+    follow from the heads, query rows and head dims, which must be static; the batch and
+    the key count may be symbolic (a decode step's growing KV). Otherwise None: the
+    kernel computes a summary per call."""
+    (_, hq, sq, d), (_, hkv, _, _) = q.meta["val"].shape, k.meta["val"].shape
+    if not all(isinstance(n, int) for n in (hq, sq, d, hkv)):
         return None
-    return (_structure(mask), hidden, *shapes)
+    shapes = (q.meta["val"].shape, k.meta["val"].shape)
+    return (_structure(mask), hidden, *(tuple(map(str, shape)) for shape in shapes))
 
 
 _WHERE = torch.ops.aten.where.self
