@@ -1,13 +1,14 @@
 """Attention + static fp8 output quant: cuDNN SDPA vs irfuse's Triton attention, bf16.
 
     python bench/attention.py [--rounds 5] [--only I ...] [--per-token] [--padding-mask]
-        [--causal-mask] [--static-cache]
-        [--causal-mask]
+        [--causal-mask] [--static-cache] [--dynamic]
 
 Candidates, timed in one process under CUDA graphs, alternating over rounds (medians):
 SDPA alone (cuDNN by default on H100/H200), irfuse's kernel alone (bf16 out), the block
 (SDPA -> [B,S,H*D] -> fp8 quant) compiled by Inductor, by irfuse with attention=irfuse
-(fused kernel) and by irfuse with attention=auto (its measured choice).
+(fused kernel) and by irfuse with attention=auto (its measured choice). --dynamic
+compiles the blocks with the batch and key count dynamic (mark_dynamic), as a decode
+step over a growing KV cache is compiled once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from common import append_results, compare  # noqa: E402
 from irfuse.lowering.attention import kernel_attention  # noqa: E402
 from irfuse.pipeline import capture_reports  # noqa: E402
 
-SHAPES = [  # (B, Hq, Hkv, Sq, Skv, D, causal); --only I selects one
+SHAPES = [  # (B, Hq, Hkv, Sq, Skv, D, causal); --only I selects (of the list in use)
     (4, 32, 32, 4096, 4096, 128, True),
     (4, 32, 32, 4096, 4096, 128, False),
     (1, 32, 32, 16384, 16384, 128, True),
@@ -106,7 +107,7 @@ def per_token_block(q, k, v, scale, causal: bool, mask=None):
 
 
 def bench_shape(
-    shape, rounds: int, block=block, masked: str | None = None
+    shape, rounds: int, block=block, masked: str | None = None, dynamic: bool = False
 ) -> tuple[dict[str, float], str]:
     b, hq, hkv, sq, skv, d, causal = shape
     torch._dynamo.reset()
@@ -121,13 +122,22 @@ def bench_shape(
     summary = (torch.ops.irfuse.kernel_attention_mask_summary(q, k, mask)
                if masked == "static" else None)  # fmt: skip
     mode = "top_left" if causal else "none"
-    inductor = torch.compile(block, dynamic=False)
-    fused = torch.compile(block, backend="irfuse", dynamic=False,
+    if dynamic:  # batch and key count
+        for t, dims in ((q, (0,)), (k, (0, 2)), (v, (0, 2)), (mask, (0, 3))):
+            for dim in dims if t is not None else ():
+                torch._dynamo.mark_dynamic(t, dim)
+    static = None if dynamic else False
+    inductor = torch.compile(block, dynamic=static)
+    fused = torch.compile(block, backend="irfuse", dynamic=static,
                           options={"attention": "irfuse"})  # fmt: skip
     with capture_reports() as reports:
-        auto = torch.compile(block, backend="irfuse", dynamic=False)
+        auto = torch.compile(block, backend="irfuse", dynamic=static)
         auto(q, k, v, s, causal, mask)
     choice = "fused" if any(r.fused.get("fuse-attention-quant") for r in reports) else "sdpa"
+    for report in reports:  # why auto kept SDPA
+        for rejected in report.rejected:
+            if rejected["pass"] == "fuse-attention-quant":
+                print("auto:", rejected["reason"], flush=True)
     expected, got = block(q, k, v, s, causal, mask), fused(q, k, v, s, causal, mask)
     if block is per_token_block:
         expected, got = expected[0].float() * expected[1], got[0].float() * got[1]
@@ -151,27 +161,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--only", type=int, nargs="+", default=None, help="indices of SHAPES")
+    parser.add_argument(
+        "--only", type=int, nargs="+", default=None, help="indices into the shape list"
+    )
     parser.add_argument("--per-token", action="store_true", help="decode + per-token fp8")
     parser.add_argument("--padding-mask", action="store_true", help="a bool padding mask")
     parser.add_argument("--causal-mask", action="store_true", help="a bool causal 4-D mask")
     parser.add_argument(
         "--static-cache", action="store_true", help="decode, a partly filled static KV cache"
     )
+    parser.add_argument("--dynamic", action="store_true", help="batch and key count dynamic")
     args = parser.parse_args()
     rows, raw = [], []
-    shapes = [SHAPES[i] for i in args.only] if args.only else SHAPES
-    if args.per_token:
-        shapes = DECODE_SHAPES
     masked = "padding" if args.padding_mask else "causal" if args.causal_mask else None
     masked = "static" if args.static_cache else masked
+    shapes = DECODE_SHAPES if args.per_token else SHAPES
     if masked:
         shapes = {"padding": MASKED_SHAPES, "causal": CAUSAL_MASK_SHAPES,
                   "static": STATIC_CACHE_SHAPES}[masked]  # fmt: skip
+    shapes = [shapes[i] for i in args.only] if args.only else shapes
     for shape in shapes:
         b, hq, hkv, sq, skv, d, causal = shape
         times, choice = bench_shape(
-            shape, args.rounds, per_token_block if args.per_token else block, masked
+            shape, args.rounds, per_token_block if args.per_token else block, masked, args.dynamic
         )
         flops = 4 * b * hq * sq * skv * d / (2 if causal or masked == "causal" else 1)
         tflops = {k: flops / (t * 1e-6) / 1e12 for k, t in times.items()}
@@ -201,6 +213,8 @@ def main() -> None:
             "counted over every slot); the kernel row reads a mask summary computed once, the "
             "blocks compute theirs per call"
         )
+    if args.dynamic:
+        what += "; batch and key count dynamic (mark_dynamic), compiled once"
     text = append_results(
         f"attention (+ {what}), bf16, us (TFLOP/s)",
         ["shape", "SDPA" if masked else "SDPA (cuDNN)", "irfuse kernel",

@@ -109,7 +109,8 @@ def _transform(
     from irfuse.lowering.autotune import attention_chooser
 
     ctx = make_context()
-    with collect(report), policy.install(attention_chooser(options.attention)):
+    chooser = attention_chooser(options.attention)
+    with collect(report), policy.install(chooser, imported.example_shapes):
         for module_pass in PassPipeline.parse_spec(PASSES, options.passes).passes:
             before = sum(report.fused.values())
             try:

@@ -324,6 +324,53 @@ def test_decode_attentions_read_their_masks_shared_summary(monkeypatch, dynamic)
             torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
 
 
+@pytest.mark.parametrize("doubled_wins", [True, False], ids=["wins-at-both", "loses-at-twice"])
+def test_auto_times_a_dynamic_decode_at_its_traced_sizes_and_twice_them(monkeypatch, doubled_wins):
+    """`auto` with the batch and key count dynamic (a decode step's growing KV cache)
+    times the fused decode at the sizes it was traced with and at twice them, the mask's
+    sizes agreeing with the cache's; it fuses only if it wins at both, and says so."""
+    from irfuse.lowering import autotune
+    from irfuse.pipeline import capture_reports
+
+    timed = []
+
+    def fake_times(scheme, sig):
+        timed.append(sig)
+        return (50.0, 100.0) if doubled_wins or len(timed) == 1 else (120.0, 100.0)
+
+    monkeypatch.setattr(autotune, "can_measure", lambda: True)
+    monkeypatch.setattr(autotune, "_free_memory", lambda: 1 << 40)
+    monkeypatch.setattr(autotune, "time_candidates", fake_times)
+    monkeypatch.setattr(autotune, "_DECISIONS", {})
+    block = MaskedAttentionBlock().to(DEVICE)
+    q, k, v = _inputs(s=70)
+    q = q[:, :, -1:].contiguous()
+    mask = torch.ones(2, 1, 1, 70, dtype=torch.bool)
+    mask[1, ..., :20] = False  # left padding
+    mask = mask.to(DEVICE)
+    for t, dims in ((q, (0,)), (k, (0, 2)), (v, (0, 2)), (mask, (0, 3))):
+        for dim in dims:
+            torch._dynamo.mark_dynamic(t, dim)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="irfuse", options={"inner": "eager"})
+    with capture_reports() as reports:
+        out = compiled(q, k, v, mask)
+    sizes = [(t["batch"], t["heads_q"], t["heads_kv"], t["seq_q"], t["seq_kv"]) for t in timed]
+    assert sizes == [(2, 2, 2, 1, 70), (4, 2, 2, 1, 140)], timed
+    assert timed[0]["mask"].endswith(" 2x1x1x70") and timed[1]["mask"].endswith(" 4x1x1x140")
+    (report,) = reports
+    if doubled_wins:
+        assert report.fused["fuse-attention-quant"] == 1, str(report)
+    else:
+        assert "fuse-attention-quant" not in report.fused
+        (reason,) = [r["reason"] for r in report.rejected if r["pass"] == "fuse-attention-quant"]
+        assert "at the traced sizes and twice them" in reason, reason
+        assert "batch 4, seq_kv 140: fused 120.0 us vs SDPA + quant 100.0 us" in reason, reason
+    s = block.act_scale
+    expected = block(q, k, v, mask)
+    torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
+
+
 @pytest.mark.parametrize("d,kernels", [(64, ["irfuse_attention"]), (80, [])])
 def test_direct_masked_attention_runs_the_kernel_where_it_can(d, kernels):
     """A direct irfuse.ops.attention call with a mask runs the generated kernel; head dim

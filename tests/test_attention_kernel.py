@@ -540,13 +540,36 @@ def _decode_keep(pattern: str, b: int, hq: int, sq: int, skv: int) -> torch.Tens
     return keep
 
 
+def _wider_decode_tiles(monkeypatch) -> None:
+    """The decode's key tiles twice its mask summary's (as on the GPU beyond two (batch,
+    kv head) rows per SM)."""
+    import irfuse.lowering.attention as kernels
+
+    real = kernels.split_config
+
+    def wider(batch_kv, seq_kv, device):
+        config = real(batch_kv, seq_kv, device)
+        block_n = 2 * config["BLOCK_N"]
+        split_len = -(-config["split_len"] // block_n) * block_n
+        splits = max(1, -(-seq_kv // split_len))
+        return {**config, "BLOCK_N": block_n, "split_len": split_len, "splits": splits}
+
+    monkeypatch.setattr(kernels, "split_config", wider)
+
+
 @pytest.mark.parametrize("kind", ["bool", "additive -inf", "additive -65536", "bool hidden"])
 @pytest.mark.parametrize("pattern", ["left padding", "static cache", "per head"])
-def test_decode_with_a_mask_summary_splits_only_the_keys_rows_see(kind, pattern):
+@pytest.mark.parametrize("key_tiles", ["summary's", "twice the summary's"])
+def test_decode_with_a_mask_summary_splits_only_the_keys_rows_see(
+    monkeypatch, kind, pattern, key_tiles
+):
     """Decode with the mask summary a compiled model passes: its slices split only the
     keys some row of a (batch, kv head) sees (union over the program's mask heads), the
     same results as without a summary (every key, the mask read per tile) and as the
-    reference; a sequence that sees nothing gives 0 and lse -inf."""
+    reference; a sequence that sees nothing gives 0 and lse -inf. Also with key tiles
+    twice the summary's."""
+    if key_tiles != "summary's":
+        _wider_decode_tiles(monkeypatch)
     b, hq, hkv, sq, skv = 3, 4, 2, 2, 200
     q, k, v = _qkv(b, hq, hkv, sq, skv, 16, torch.float16)
     assert uses_decode(sq, hq, hkv)

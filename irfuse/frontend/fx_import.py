@@ -10,6 +10,7 @@ same nodes.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,7 @@ from xdsl.rewriter import InsertPoint
 
 from irfuse.dialects.aten import CallOp, ValueType
 from irfuse.frontend.direct import DIRECT_IMPORTERS, DirectImport
+from irfuse.frontend.size_examples import Shape, example_shapes
 from irfuse.frontend.types import constant_attr, value_types
 
 
@@ -49,6 +51,18 @@ class ImportedGraph:
     graph: fx.Graph
     origins: dict[Operation, Origin] = field(default_factory=dict)
     values: dict[fx.Node, SSAValue] = field(default_factory=dict)
+
+    def example_shapes(self, values: Sequence[SSAValue | None]) -> list[list[Shape | None]]:
+        """Concrete shapes of imported `values` (their nodes' fake tensors) at the sizes a
+        measured choice times (frontend/size_examples.py); [] for a value not imported."""
+        nodes = {value: node for node, value in self.values.items()}
+        tensors = []
+        for value in values:
+            fake = None if value is None or value not in nodes else nodes[value].meta.get("val")
+            if value is not None and not isinstance(fake, torch.Tensor):
+                return []
+            tensors.append(fake)
+        return example_shapes(tensors)
 
 
 def target_name(target: object) -> str:

@@ -432,7 +432,7 @@ def {name}(
     n_kv_heads,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
-    SUMMARY: tl.constexpr, INTERPRET: tl.constexpr,
+    SUMMARY: tl.constexpr, SUMMARY_BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     # rows r < group * seq_q: query head kv_head * group + r // seq_q, token r % seq_q
     split = tl.program_id(0)
@@ -456,7 +456,7 @@ def {name}(
 
 # Slices split the keys some row sees: all of them, or with a mask summary (SUMMARY) the
 # union of its ranges over the program's mask heads (one block of query rows, tiles of
-# BLOCK_N keys), so that no slice visits the keys a padding mask or an unfilled static
+# SUMMARY_BLOCK_N keys), so that no slice visits the keys a padding mask or an unfilled static
 # cache hides, and every slice does an even share of the rest.
 SPLIT_KV_KEYS = """
     first_key = 0
@@ -467,8 +467,9 @@ SPLIT_KV_KEYS = """
         last_key = 0
         for i in range(n_heads):
             tiles = mask_tiles_ptr + (batch * mask_heads + (kv_head * group + i) % mask_heads) * 4
-            first_key = tl.minimum(first_key, tl.load(tiles) * BLOCK_N)
-            last_key = tl.maximum(last_key, tl.minimum(tl.load(tiles + 3) * BLOCK_N, seq_kv))
+            first_key = tl.minimum(first_key, tl.load(tiles) * SUMMARY_BLOCK_N)
+            last_key = tl.maximum(last_key,
+                                  tl.minimum(tl.load(tiles + 3) * SUMMARY_BLOCK_N, seq_kv))
         split_len = tl.cdiv(tl.cdiv(tl.maximum(last_key - first_key, 0), num_splits),
                             BLOCK_N) * BLOCK_N
     start = first_key + split * split_len

@@ -222,12 +222,16 @@ DECODE_BLOCK_N = 16 if INTERPRET else 64
 def split_config(batch_kv: int, seq_kv: int, device: torch.device) -> dict[str, int]:
     """Slices of the keys for the decode: about one program per SM, slices of at least
     256 keys, 3 stages for long slices (the best of a sweep on H200, bench/RESULTS.md);
-    small for the interpreter, so that tests see several slices."""
+    small for the interpreter, so that tests see several slices. Beyond two (batch, kv
+    head) rows per SM and 1024 keys, 128-key tiles (H200, B64 Hkv8 L4096-8192: 0.87x
+    SDPA with 64-key tiles, 1.00x with 128; L1024 or at most two rows per SM: 64 stays
+    best, by up to 12%)."""
     block_n = DECODE_BLOCK_N
     if INTERPRET:
         programs, min_len = 4 * batch_kv, 16
     else:
         programs, min_len = sm_count(device), 256
+        block_n = 128 if batch_kv > 2 * programs and seq_kv > 1024 else block_n
     splits = max(1, min(triton.cdiv(programs, batch_kv), triton.cdiv(seq_kv, min_len)))
     split_len = max(1, triton.cdiv(triton.cdiv(seq_kv, splits), block_n)) * block_n
     splits = max(1, triton.cdiv(seq_kv, split_len))  # no keys: one empty slice
@@ -591,7 +595,8 @@ def _decode(
         mask_hidden, sq, seq_kv, group, split_len, splits, *q.stride()[:3], *k.stride()[:3],
         *v.stride()[:3], *mask_strides, _mask_heads(mask_strides, h), hkv,
         HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_M=block_m, CAUSAL=CAUSAL[causal], MASK=mask_kind,
-        KEY_MASK=key_mask, SUMMARY=summary, INTERPRET=INTERPRET, **config,
+        KEY_MASK=key_mask, SUMMARY=summary, SUMMARY_BLOCK_N=DECODE_BLOCK_N, INTERPRET=INTERPRET,
+        **config,
     )  # fmt: skip
     n_cols = h * dv
     block, num_warps = launch_config(b * sq, n_cols, epilogue)

@@ -2,8 +2,10 @@
 SDPA + quant, decided per shape class by timing both on the GPU at compile time.
 
 `auto` (default) measures on CUDA, caches the decision per signature for the process,
-and never fuses what it cannot measure (dynamic shapes keep SDPA); off the GPU it fuses
-(the interpreter runs the kernels for testing). `irfuse` always fuses, `sdpa` never.
+and never fuses what it cannot measure; off the GPU it fuses (the interpreter runs the
+kernels for testing). `irfuse` always fuses, `sdpa` never. A graph with dynamic dims
+serves every size: `auto` times it at the sizes it was traced with and at twice them
+(irfuse/frontend/size_examples.py) and fuses only if the fused kernel wins at each.
 """
 
 from __future__ import annotations
@@ -22,22 +24,63 @@ _DECISIONS: dict[tuple, tuple[bool, str]] = {}
 MARGIN = 0.97  # timings of +-3% are noise between rounds (ANCHORS.md)
 
 
-def attention_chooser(mode: str) -> Callable[[str, dict[str, object]], tuple[bool, str]]:
-    def choose(kind: str, signature: dict[str, object]) -> tuple[bool, str]:
+def attention_chooser(mode: str) -> Callable[..., tuple[bool, str]]:
+    def choose(
+        kind: str, signature: dict[str, object], examples: list[dict[str, object]]
+    ) -> tuple[bool, str]:
         if mode == "irfuse":
             return True, "attention=irfuse"
         if mode == "sdpa":
             return False, "attention=sdpa keeps the graph's SDPA + quant"
-        if not torch.cuda.is_available():
+        if not can_measure():
             return INTERPRET, "attention=auto off the GPU: fused only under the interpreter"
-        if any(_dynamic(v) for v in signature.values()):
-            return False, "attention=auto does not measure dynamic shapes: SDPA kept"
-        key = (kind, *sorted(signature.items()))
+        dynamic = [k for k, v in signature.items() if _dynamic(v)]
+        if dynamic and not examples:
+            return False, "attention=auto has no sizes to time the dynamic shapes at: SDPA kept"
+        points = examples if dynamic else [signature]
+        key = (kind, *sorted(signature.items()), *(tuple(sorted(p.items())) for p in points))
         if key not in _DECISIONS:
-            _DECISIONS[key] = _measure(kind.split("+")[1], signature)
+            _DECISIONS[key] = _decide(kind.split("+")[1], points, dynamic)
         return _DECISIONS[key]
 
     return choose
+
+
+def can_measure() -> bool:
+    return torch.cuda.is_available()
+
+
+def _decide(scheme: str, points: list[dict[str, object]], dynamic: list[str]) -> tuple[bool, str]:
+    """Fuse only where the fused kernel clearly wins at every point that fits in memory."""
+    timed = [(point, time_candidates(scheme, point)) for point in points if _fits(point)]
+    if not timed:
+        return False, "attention=auto: no size to time fits in GPU memory: SDPA kept"
+    fuse = all(ours < fuse_margin(point) * theirs for point, (ours, theirs) in timed)
+    where = [", ".join(f"{k} {point[k]}" for k in dynamic if k != "mask") for point, _ in timed]
+    measured = "; ".join(
+        f"{at + ': ' if at else ''}fused {ours:.1f} us vs SDPA + quant {theirs:.1f} us"
+        for at, (_, (ours, theirs)) in zip(where, timed, strict=True)
+    )
+    sized = " (dynamic shapes, at the traced sizes and twice them)" if dynamic else ""
+    return fuse, f"attention=auto measured{sized} {measured}"
+
+
+def _fits(sig: dict[str, object]) -> bool:
+    """Whether q, k, v and the output take at most a quarter of the free GPU memory."""
+    b, hq, hkv, sq, skv, d, dv = _dims(sig)
+    elements = b * (hq * sq * (d + dv) + hkv * skv * (d + dv))
+    return elements * getattr(torch, str(sig["dtype"])).itemsize * 4 <= _free_memory()
+
+
+def _free_memory() -> int:
+    return torch.cuda.mem_get_info()[0]
+
+
+def _dims(sig: dict[str, object]) -> tuple[int, ...]:
+    return tuple(
+        int(sig[k])  # type: ignore[call-overload]
+        for k in ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim", "head_dim_v")
+    )
 
 
 def _dynamic(value: object) -> bool:
@@ -60,12 +103,12 @@ def _example_mask(text: str) -> torch.Tensor | None:
     return torch.zeros(shape, dtype=dtype, device="cuda")
 
 
-def _measure(scheme: str, sig: dict[str, object]) -> tuple[bool, str]:
-    """Time the fused kernel against SDPA followed by a `scheme` quant pass over its
-    output viewed as [B*S, H*D] (irfuse's standalone quant kernel, what the graph runs
-    when it keeps SDPA). The two run back to back in one timing, as in the model, so the
-    quant finds part of SDPA's output in L2 (timed alone, its input stays in L2 between
-    replays and it looks cheaper than it is). q, k, v are laid out as a model's
+def time_candidates(scheme: str, sig: dict[str, object]) -> tuple[float, float]:
+    """(fused, SDPA + quant) in us: the fused kernel against SDPA followed by a `scheme`
+    quant pass over its output viewed as [B*S, H*D] (irfuse's standalone quant kernel,
+    what the graph runs when it keeps SDPA). The two run back to back in one timing, as
+    in the model, so the quant finds part of SDPA's output in L2 (timed alone, its input
+    stays in L2 between replays and it looks cheaper than it is). q, k, v are laid out as a model's
     projections leave them ([B, S, H, D] memory, transposed), so SDPA's output views as
     [B*S, H*D] without a copy: a graph that hands SDPA other layouts pays more for its
     unfused quant than measured here, never less, so the choice errs towards SDPA."""
@@ -75,10 +118,7 @@ def _measure(scheme: str, sig: dict[str, object]) -> tuple[bool, str]:
     from irfuse.lowering.attention import kernel_attention
     from irfuse.lowering.runtime import kernel_norm
 
-    b, hq, hkv, sq, skv, d, dv = (
-        int(sig[k])  # type: ignore[call-overload]
-        for k in ("batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "head_dim", "head_dim_v")
-    )  # fmt: skip
+    b, hq, hkv, sq, skv, d, dv = _dims(sig)
     dtype = getattr(torch, str(sig["dtype"]))
     causal, sm_scale = str(sig["causal"]), float(sig["scale"])  # type: ignore[arg-type]
     q = torch.randn(b, sq, hq, d, device="cuda", dtype=dtype).transpose(1, 2)
@@ -110,10 +150,7 @@ def _measure(scheme: str, sig: dict[str, object]) -> tuple[bool, str]:
             # under CUDA graphs, as the compiled model runs: no launch overhead counted
             t = triton.testing.do_bench_cudagraph(fn, rep=20)
             times[name] = min(times.get(name, t), t)
-    ours, theirs = times["fused"] * 1e3, times["sdpa"] * 1e3
-    why = f"attention=auto measured fused {ours:.1f} us vs SDPA + quant {theirs:.1f} us"
-    # fuse only on a clear win: a user never gets slower attention by switching to irfuse
-    return ours < fuse_margin(sig) * theirs, why
+    return times["fused"] * 1e3, times["sdpa"] * 1e3
 
 
 def fuse_margin(sig: dict[str, object]) -> float:

@@ -53,6 +53,7 @@ from irfuse.transforms.match import (
     int_list_arg,
     tensor_arg,
 )
+from irfuse.transforms.policy import Shape
 from irfuse.transforms.raise_dynamic_fp8_quant import match_dynamic_quant
 from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
 
@@ -181,7 +182,7 @@ class FuseAttentionQuantPattern(RewritePattern):
             reason = "no place for the fused op"
         if reason is None:  # last: under attention=auto this times both candidates
             kind = f"attention+{found.quant.scheme}"
-            fuse, reason = policy.choose(kind, _signature(attention))
+            fuse, reason = policy.choose(kind, *_signatures(attention))
             reason = None if fuse else reason
         if reason is not None or before is None:
             report.rejected(NAME, op, reason or "no place for the fused op")
@@ -245,25 +246,38 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
     return None
 
 
-def _signature(attention: AttentionOp) -> dict[str, object]:
-    b, hq, sq, d = attention.q.type.get_shape()
-    _, hkv, skv, dv = attention.v.type.get_shape()
+def _signatures(attention: AttentionOp) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """What the chooser times: the operands' shapes (K and V as the fused kernel reads
+    them, unrepeated), and when some are dynamic, the same at the example sizes."""
+    values = [attention.q, _kv_operands(attention)[1], attention.mask]
+    shapes = [None if x is None else tuple(x.type.get_shape()) for x in values]  # type: ignore[attr-defined]
+    signature = _signature(attention, *shapes)
+    if not any(DYNAMIC in shape for shape in shapes if shape is not None):
+        return signature, []
+    return signature, [_signature(attention, *point) for point in policy.example_shapes(values)]
+
+
+def _signature(
+    attention: AttentionOp, q: Shape | None, v: Shape | None, mask: Shape | None
+) -> dict[str, object]:
+    assert q is not None and v is not None
+    b, hq, sq, d = q
+    _, hkv, skv, dv = v
     dtype = dtype_name(attention.q.type.element_type)
     return {
         "batch": b, "heads_q": hq, "heads_kv": hkv, "seq_q": sq, "seq_kv": skv,
         "head_dim": d, "head_dim_v": dv, "dtype": dtype,
         "causal": attention.causal.data, "scale": attention.scale.value.data,
-        "mask": _mask_signature(attention),
+        "mask": _mask_signature(attention, mask),
     }  # fmt: skip
 
 
-def _mask_signature(attention: AttentionOp) -> str:
-    """ "none", or the explicit mask's dtype and shape ("bool 1x1x128x128")."""
-    if attention.mask is None:
+def _mask_signature(attention: AttentionOp, shape: Shape | None) -> str:
+    """ "none", or the explicit mask's dtype and shape ("bool 1x1x128x128", "?": dynamic)."""
+    if attention.mask is None or shape is None:
         return "none"
-    mask_type = attention.mask.type
-    dims = "x".join(str(d) if d != DYNAMIC else "?" for d in mask_type.get_shape())
-    return f"{dtype_name(mask_type.element_type)} {dims}"
+    dims = "x".join(str(d) if d != DYNAMIC else "?" for d in shape)
+    return f"{dtype_name(attention.mask.type.element_type)} {dims}"  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
