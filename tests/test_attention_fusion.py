@@ -324,11 +324,12 @@ def test_decode_attentions_read_their_masks_shared_summary(monkeypatch, dynamic)
             torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
 
 
-@pytest.mark.parametrize("doubled_wins", [True, False], ids=["wins-at-both", "loses-at-twice"])
-def test_auto_times_a_dynamic_decode_at_its_traced_sizes_and_twice_them(monkeypatch, doubled_wins):
+@pytest.mark.parametrize("at_twice", ["wins", "loses", "fails"])
+def test_auto_times_a_dynamic_decode_at_its_traced_sizes_and_twice_them(monkeypatch, at_twice):
     """`auto` with the batch and key count dynamic (a decode step's growing KV cache)
     times the fused decode at the sizes it was traced with and at twice them, the mask's
-    sizes agreeing with the cache's; it fuses only if it wins at both, and says so."""
+    sizes agreeing with the cache's; it fuses only if it wins at both, and says so (a
+    timing that fails, say out of memory, keeps SDPA with the error in the report)."""
     from irfuse.lowering import autotune
     from irfuse.pipeline import capture_reports
 
@@ -336,7 +337,9 @@ def test_auto_times_a_dynamic_decode_at_its_traced_sizes_and_twice_them(monkeypa
 
     def fake_times(scheme, sig):
         timed.append(sig)
-        return (50.0, 100.0) if doubled_wins or len(timed) == 1 else (120.0, 100.0)
+        if len(timed) == 2 and at_twice == "fails":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return (50.0, 100.0) if at_twice == "wins" or len(timed) == 1 else (120.0, 100.0)
 
     monkeypatch.setattr(autotune, "can_measure", lambda: True)
     monkeypatch.setattr(autotune, "_free_memory", lambda: 1 << 40)
@@ -359,13 +362,17 @@ def test_auto_times_a_dynamic_decode_at_its_traced_sizes_and_twice_them(monkeypa
     assert sizes == [(2, 2, 2, 1, 70), (4, 2, 2, 1, 140)], timed
     assert timed[0]["mask"].endswith(" 2x1x1x70") and timed[1]["mask"].endswith(" 4x1x1x140")
     (report,) = reports
-    if doubled_wins:
+    if at_twice == "wins":
         assert report.fused["fuse-attention-quant"] == 1, str(report)
     else:
         assert "fuse-attention-quant" not in report.fused
         (reason,) = [r["reason"] for r in report.rejected if r["pass"] == "fuse-attention-quant"]
         assert "at the traced sizes and twice them" in reason, reason
-        assert "batch 4, seq_kv 140: fused 120.0 us vs SDPA + quant 100.0 us" in reason, reason
+        expected_reason = {
+            "loses": "batch 4, seq_kv 140: fused 120.0 us vs SDPA + quant 100.0 us",
+            "fails": "batch 4, seq_kv 140: CUDA out of memory. Tried to allocate 8.00 GiB",
+        }[at_twice]
+        assert expected_reason in reason, reason
     s = block.act_scale
     expected = block(q, k, v, mask)
     torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)

@@ -52,16 +52,22 @@ def can_measure() -> bool:
 
 def _decide(scheme: str, points: list[dict[str, object]], dynamic: list[str]) -> tuple[bool, str]:
     """Fuse only where the fused kernel clearly wins at every point that fits in memory."""
-    timed = [(point, time_candidates(scheme, point)) for point in points if _fits(point)]
+    sized = " (dynamic shapes, at the traced sizes and twice them)" if dynamic else ""
+    timed = []
+    for point in filter(_fits, points):
+        at = ", ".join(f"{k} {point[k]}" for k in dynamic if k != "mask")
+        try:
+            timed.append((point, at, time_candidates(scheme, point)))
+        except (RuntimeError, ValueError) as error:  # out of memory, a grid too large
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            return False, f"attention=auto could not time{sized} {at or 'it'}: {first_line}"
     if not timed:
         return False, "attention=auto: no size to time fits in GPU memory: SDPA kept"
-    fuse = all(ours < fuse_margin(point) * theirs for point, (ours, theirs) in timed)
-    where = [", ".join(f"{k} {point[k]}" for k in dynamic if k != "mask") for point, _ in timed]
+    fuse = all(ours < fuse_margin(point) * theirs for point, _, (ours, theirs) in timed)
     measured = "; ".join(
         f"{at + ': ' if at else ''}fused {ours:.1f} us vs SDPA + quant {theirs:.1f} us"
-        for at, (_, (ours, theirs)) in zip(where, timed, strict=True)
+        for _, at, (ours, theirs) in timed
     )
-    sized = " (dynamic shapes, at the traced sizes and twice them)" if dynamic else ""
     return fuse, f"attention=auto measured{sized} {measured}"
 
 
