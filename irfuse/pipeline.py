@@ -103,6 +103,7 @@ def _transform(
     except (UnsupportedGraph, DiagnosticException) as error:
         report.notes.append(f"graph left to the inner compiler: {error}")
         return
+    report.notes.extend(imported.notes)
     module = imported.module
     if dump is not None:
         dump.module("imported", module)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from functorch.compile import aot_function, make_boxed_func
@@ -12,7 +13,7 @@ import irfuse.ops
 from irfuse.dialects.irfuse import AllReduceOp, AttentionOp, FusedAddRmsNormOp, QuantOp
 from irfuse.dump import ir_text
 from irfuse.frontend.fx_import import import_graph
-from irfuse.pipeline import Options, transform_graph
+from irfuse.pipeline import Options, capture_reports, transform_graph
 
 
 def _aot_graphs(fn, *args):
@@ -46,13 +47,46 @@ def test_sdpa_imports_as_attention_and_comes_back_unchanged():
     assert not report.fused and all(a is b for a, b in zip(nodes, gm.graph.nodes, strict=True))
 
 
-def test_sdpa_with_used_lse_or_dropout_stays_generic():
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("dropout", "dropout_p=0.5 (irfuse's attention has no dropout)"),
+        ("lse", "its outputs other than the attention (lse, ...) are used"),
+    ],
+)
+def test_sdpa_with_used_lse_or_dropout_stays_generic_and_says_why(case, reason):
+    sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+
     def fn(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+        if case == "dropout":
+            return sdpa(q, k, v, dropout_p=0.5)[0]
+        return sdpa(q, k, v)  # the output and its lse
 
     q = torch.randn(1, 2, 8, 16)
-    (gm,) = _aot_graphs(fn, q, q, q)
-    assert not _ops(import_graph(gm.graph), AttentionOp)
+    gm = make_fx(fn, tracing_mode="fake")(q, q, q)  # traced only: no CPU dropout kernel
+    imported = import_graph(gm.graph)
+    assert not _ops(imported, AttentionOp)
+    (note,) = imported.notes
+    assert note.endswith(
+        f"(aten._scaled_dot_product_flash_attention_for_cpu.default) not imported: {reason}"
+    ), note
+    report = transform_graph(gm.graph, Options())
+    assert note in report.notes, str(report)
+
+
+def test_sdpa_with_a_symbolic_head_dim_and_default_scale_is_reported():
+    """Every dim symbolic (dynamic=True on raw q, k, v): 1/sqrt(D) is no constant, so the
+    SDPA stays generic and the report says why (a model's head dim is a constant)."""
+
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+    q = torch.randn(2, 2, 8, 16)
+    torch._dynamo.reset()
+    with capture_reports() as reports:
+        torch.compile(fn, backend="irfuse", options={"inner": "eager"}, dynamic=True)(q, q, q)
+    notes = [note for report in reports for note in report.notes]
+    assert any("a symbolic head dim and the default scale" in note for note in notes), notes
 
 
 def test_irfuse_custom_ops_import_directly():

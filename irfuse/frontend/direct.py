@@ -1,8 +1,9 @@
 """FX calls that map one-to-one onto irfuse ops (TOOLCHAIN.md lists the forms).
 
 Each importer looks at one FX node and either returns a `DirectImport` (the nodes the
-op stands for, its FX inputs, the FX node of each result, and a builder) or None, in
-which case the node is imported as a generic `aten.call`.
+op stands for, its FX inputs, the FX node of each result, and a builder) or why it does
+not map (a string, which the import notes in the report), in which case the node is
+imported as a generic `aten.call`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from irfuse.dialects.irfuse import (
     RmsNormOp,
 )
 from irfuse.frontend.types import value_types
+
+NO_VALUE = "an input has no tensor value in the trace"
+SYMBOLIC_HEAD_DIM = "a symbolic head dim and the default scale (1/sqrt(D) is no constant)"
+WHOLE_TUPLE = "its result tuple is used as a whole"
 
 
 @dataclass
@@ -60,17 +65,20 @@ def _tensor_val(node: object) -> torch.Tensor | None:
     return val if isinstance(val, torch.Tensor) else None
 
 
-def _fused_rms_norm(node: fx.Node) -> DirectImport | None:
+def _fused_rms_norm(node: fx.Node) -> DirectImport | str:
     x, shape, weight, eps = (list(node.args) + [None, None])[:4]
     items = _getitems(node)
-    x_val = _tensor_val(x)
-    if x_val is None or not isinstance(weight, fx.Node) or set(items) != {0}:
-        return None
-    if len(shape) != 1 or eps is None:  # normalising over several dims, or eps from dtype
-        return None
-    w_val = _tensor_val(weight)
-    if w_val is None or w_val.dtype != x_val.dtype:  # promotes: not an rms_norm of x's dtype
-        return None
+    x_val, w_val = _tensor_val(x), _tensor_val(weight)
+    if x_val is None or w_val is None:
+        return "no weight (irfuse's norms take one)" if x_val is not None else NO_VALUE
+    if set(items) != {0}:
+        return "its rstd output is used"
+    if len(shape) != 1:
+        return f"it normalises over the last {len(shape)} dims (irfuse's norms: the last one)"
+    if eps is None:
+        return "eps is the dtype's default (None); give it explicitly"
+    if w_val.dtype != x_val.dtype:  # promotes: not an rms_norm of x's dtype
+        return f"the weight is {w_val.dtype}, the input {x_val.dtype} (the result promotes)"
     y = items[0]
     # ATen computes (x * rstd * w) in fp32 and casts once: the fp32 weight multiply
     props = {"eps": f64(eps), "fp32_weight_mul": UnitAttr()}
@@ -86,20 +94,24 @@ def _fused_rms_norm(node: fx.Node) -> DirectImport | None:
 
 def _sdpa(
     q_k_v_mask: Callable[[fx.Node], tuple[tuple, fx.Node | None, float, bool, float | None]],
-) -> Callable[[fx.Node], DirectImport | None]:
+) -> Callable[[fx.Node], DirectImport | str]:
     """Importer for one SDPA variant, given how to read (q, k, v), mask, dropout,
     is_causal and scale from its node."""
 
-    def importer(node: fx.Node) -> DirectImport | None:
+    def importer(node: fx.Node) -> DirectImport | str:
         (q, k, v), mask, dropout, is_causal, scale = q_k_v_mask(node)
         items = _getitems(node)
         q_val = _tensor_val(q)
-        if q_val is None or dropout != 0.0 or set(items) != {0}:
-            return None  # lse or extra outputs in use: leave the call as it is
+        if q_val is None:
+            return NO_VALUE
+        if dropout != 0.0:
+            return f"dropout_p={dropout} (irfuse's attention has no dropout)"
+        if set(items) != {0}:
+            return "its outputs other than the attention (lse, ...) are used"
         out = items[0]
         inputs = [q, k, v] + ([mask] if mask is not None else [])
         if scale is None and not isinstance(q_val.shape[-1], int):
-            return None  # a symbolic head dim: the default scale is not a constant
+            return SYMBOLIC_HEAD_DIM
         scale = scale if scale is not None else 1.0 / math.sqrt(q_val.shape[-1])
         props = {
             "scale": f64(scale),
@@ -156,14 +168,16 @@ def _sdpa_flash(node: fx.Node):
     )
 
 
-def _all_reduce(node: fx.Node) -> DirectImport | None:
+def _all_reduce(node: fx.Node) -> DirectImport | str:
     x, reduce_op, group = node.args[:3]
     users = list(node.users)
     wait = torch.ops._c10d_functional.wait_tensor.default
-    if reduce_op != "sum" or len(users) != 1 or users[0].target is not wait:
-        return None
-    if not isinstance(x, fx.Node) or _tensor_val(x) is None:
-        return None
+    if reduce_op != "sum":
+        return f"an all_reduce of op {reduce_op!r} (irfuse's: sum)"
+    if len(users) != 1 or users[0].target is not wait:
+        return "its result is not read by exactly one wait_tensor"
+    if _tensor_val(x) is None:
+        return NO_VALUE
     done = users[0]
     return DirectImport(
         [node, done],
@@ -175,8 +189,8 @@ def _all_reduce(node: fx.Node) -> DirectImport | None:
     )
 
 
-def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | None]:
-    def importer(node: fx.Node) -> DirectImport | None:
+def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | str]:
+    def importer(node: fx.Node) -> DirectImport | str:
         n_in = 3 if fused_add else 2
         tensors, eps = node.args[:n_in], _arg(node, n_in, "eps", None)
         gemma = bool(_arg(node, n_in + 1, "gemma", False))
@@ -194,7 +208,7 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | None]:
             )
         items = _getitems(node)
         if -1 in items:
-            return None
+            return WHOLE_TUPLE
         results = [items.get(0), items.get(1)]
         return DirectImport(
             [node, *(r for r in results if r is not None)],
@@ -208,7 +222,7 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | None]:
     return importer
 
 
-def _irfuse_attention(node: fx.Node) -> DirectImport | None:
+def _irfuse_attention(node: fx.Node) -> DirectImport | str:
     """`irfuse.attention(q, k, v, attn_mask, scale, causal, return_lse)` -> (out, lse)."""
     q, k, v = node.args[:3]
     mask = _arg(node, 3, "attn_mask", None)
@@ -217,10 +231,14 @@ def _irfuse_attention(node: fx.Node) -> DirectImport | None:
     return_lse = bool(_arg(node, 6, "return_lse", False))
     items = _getitems(node)
     q_val = _tensor_val(q)
-    if q_val is None or -1 in items or (1 in items and not return_lse):
-        return None
+    if q_val is None:
+        return NO_VALUE
+    if -1 in items:
+        return WHOLE_TUPLE
+    if 1 in items and not return_lse:
+        return "its lse is read, but return_lse is False"
     if scale is None and not isinstance(q_val.shape[-1], int):
-        return None
+        return SYMBOLIC_HEAD_DIM
     scale = scale if scale is not None else 1.0 / math.sqrt(q_val.shape[-1])
     out, lse = items.get(0), items.get(1) if return_lse else None
     types = _types(node)
@@ -238,8 +256,8 @@ def _irfuse_attention(node: fx.Node) -> DirectImport | None:
     )
 
 
-def _irfuse_quant(kind: str) -> Callable[[fx.Node], DirectImport | None]:
-    def importer(node: fx.Node) -> DirectImport | None:
+def _irfuse_quant(kind: str) -> Callable[[fx.Node], DirectImport | str]:
+    def importer(node: fx.Node) -> DirectImport | str:
         x = node.args[0]
         scale = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], fx.Node) else None
         if kind == "per_token":
@@ -257,7 +275,7 @@ def _irfuse_quant(kind: str) -> Callable[[fx.Node], DirectImport | None]:
         tuple_out = isinstance(node.meta.get("val"), (tuple, list))
         items = _getitems(node) if tuple_out else {0: node}
         if -1 in items:
-            return None
+            return WHOLE_TUPLE
         results = [items.get(i) for i in range(len(_types(node)))]
         return DirectImport(
             [node, *(r for r in results if r is not None and r is not node)],
@@ -273,9 +291,9 @@ def _irfuse_quant(kind: str) -> Callable[[fx.Node], DirectImport | None]:
     return importer
 
 
-def _build_table() -> dict[object, Callable[[fx.Node], DirectImport | None]]:
+def _build_table() -> dict[object, Callable[[fx.Node], DirectImport | str]]:
     aten = torch.ops.aten
-    table: dict[object, Callable[[fx.Node], DirectImport | None]] = {
+    table: dict[object, Callable[[fx.Node], DirectImport | str]] = {
         aten._fused_rms_norm.default: _fused_rms_norm,
         aten._scaled_dot_product_flash_attention_for_cpu.default: _sdpa(_sdpa_cpu),
         aten._scaled_dot_product_cudnn_attention.default: _sdpa(_sdpa_with_bias),

@@ -51,6 +51,8 @@ class ImportedGraph:
     graph: fx.Graph
     origins: dict[Operation, Origin] = field(default_factory=dict)
     values: dict[fx.Node, SSAValue] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Why calls that have an irfuse op stayed generic `aten.call`s (for the report)."""
 
     def example_shapes(self, values: Sequence[SSAValue | None]) -> list[list[Shape | None]]:
         """Concrete shapes of imported `values` (their nodes' fake tensors) at the sizes a
@@ -169,8 +171,11 @@ def _import_direct(imported: ImportedGraph, builder: Builder, node: fx.Node) -> 
     importer = DIRECT_IMPORTERS.get(node.target) if node.op == "call_function" else None
     if importer is None:
         return None
-    found: DirectImport | None = importer(node)
-    if found is None or any(n not in imported.values for n in found.inputs):
+    found: DirectImport | str = importer(node)
+    if isinstance(found, str):
+        imported.notes.append(f"{node.name} ({target_name(node.target)}) not imported: {found}")
+        return None
+    if any(n not in imported.values for n in found.inputs):
         return None
     op = found.build([_operand(imported, n) for n in found.inputs])
     builder.insert(op)
