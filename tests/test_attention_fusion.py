@@ -123,8 +123,9 @@ def test_irfuse_attention_calls_run_the_generated_kernel(return_lse):
         torch.testing.assert_close(got[1], expected[1], atol=1e-3, rtol=1e-3)
 
 
-def test_repeated_kv_is_read_unrepeated(tmp_path):
-    """HF's repeat_kv before SDPA: the fused kernel reads the Hkv heads (GQA) directly."""
+def test_repeated_kv_is_read_unrepeated(tmp_path, monkeypatch):
+    """HF's repeat_kv before SDPA: the fused kernel reads the Hkv heads (GQA) directly,
+    and `auto` times it with those heads."""
 
     def repeat_kv(h, n):
         b, kv, s, d = h.shape
@@ -139,8 +140,10 @@ def test_repeated_kv_is_read_unrepeated(tmp_path):
     q = _inputs(h=4)[0]
     k, v = _inputs(h=2)[1:]
     scale = torch.tensor([0.02], device=DEVICE)
-    options = {"inner": "eager", "attention": "irfuse", "dump_dir": str(tmp_path)}
+    timed = _fake_gpu_timings(monkeypatch, lambda scheme, sig: (50.0, 100.0))
+    options = {"inner": "eager", "dump_dir": str(tmp_path)}
     out = torch.compile(fn, backend="irfuse", options=options)(q, k, v, scale)
+    assert [(t["heads_q"], t["heads_kv"]) for t in timed] == [(4, 2)]
     (fused,) = tmp_path.glob("*/*after-fuse-attention-quant.mlir")
     assert "aten.expand" not in fused.read_text()  # the repeat is gone from the graph
     expected = fn(q, k, v, scale)
@@ -324,27 +327,38 @@ def test_decode_attentions_read_their_masks_shared_summary(monkeypatch, dynamic)
             torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
 
 
+def _fake_gpu_timings(monkeypatch, times):
+    """`auto` as on a GPU, its timings from `times(scheme, signature)`; returns the list
+    of the signatures it times."""
+    from irfuse.lowering import autotune
+
+    timed = []
+
+    def record(scheme, sig):
+        timed.append(sig)
+        return times(scheme, sig)
+
+    monkeypatch.setattr(autotune, "can_measure", lambda: True)
+    monkeypatch.setattr(autotune, "_free_memory", lambda: 1 << 40)
+    monkeypatch.setattr(autotune, "time_candidates", record)
+    monkeypatch.setattr(autotune, "_DECISIONS", {})
+    return timed
+
+
 @pytest.mark.parametrize("at_twice", ["wins", "loses", "fails"])
 def test_auto_times_a_dynamic_decode_at_its_traced_sizes_and_twice_them(monkeypatch, at_twice):
     """`auto` with the batch and key count dynamic (a decode step's growing KV cache)
     times the fused decode at the sizes it was traced with and at twice them, the mask's
     sizes agreeing with the cache's; it fuses only if it wins at both, and says so (a
     timing that fails, say out of memory, keeps SDPA with the error in the report)."""
-    from irfuse.lowering import autotune
     from irfuse.pipeline import capture_reports
 
-    timed = []
-
     def fake_times(scheme, sig):
-        timed.append(sig)
         if len(timed) == 2 and at_twice == "fails":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
         return (50.0, 100.0) if at_twice == "wins" or len(timed) == 1 else (120.0, 100.0)
 
-    monkeypatch.setattr(autotune, "can_measure", lambda: True)
-    monkeypatch.setattr(autotune, "_free_memory", lambda: 1 << 40)
-    monkeypatch.setattr(autotune, "time_candidates", fake_times)
-    monkeypatch.setattr(autotune, "_DECISIONS", {})
+    timed = _fake_gpu_timings(monkeypatch, fake_times)
     block = MaskedAttentionBlock().to(DEVICE)
     q, k, v = _inputs(s=70)
     q = q[:, :, -1:].contiguous()

@@ -117,7 +117,9 @@ def time_candidates(scheme: str, sig: dict[str, object]) -> tuple[float, float]:
     stays in L2 between replays and it looks cheaper than it is). q, k, v are laid out as a model's
     projections leave them ([B, S, H, D] memory, transposed), so SDPA's output views as
     [B*S, H*D] without a copy: a graph that hands SDPA other layouts pays more for its
-    unfused quant than measured here, never less, so the choice errs towards SDPA."""
+    unfused quant than measured here, never less, so the choice errs towards SDPA. K and V
+    have the kv heads the fused kernel reads (unrepeated) and SDPA takes them with
+    enable_gqa: a graph that repeats them first (repeat_kv) also pays for that copy."""
     import torch.nn.functional as F
     import triton.testing
 
