@@ -26,7 +26,8 @@ def static_quant(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 class DecoderBlock(torch.nn.Module):
     """Pre-norm attention + gated MLP. Activations are quantized to fp8 before each
-    projection, which then dequantizes (the fp8 GEMM itself is not the point here)."""
+    projection (the attention output before o_proj too), which then dequantizes (the fp8
+    GEMM itself is not the point here)."""
 
     def __init__(self, hidden: int = 64, ffn: int = 128, heads: int = 4, eps: float = 1e-6):
         super().__init__()
@@ -51,7 +52,7 @@ class DecoderBlock(torch.nn.Module):
         a = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
         )
-        x = self.out(a.transpose(1, 2).reshape(b, s, h))
+        x = self._qlinear(self.out, a.transpose(1, 2).reshape(b, s, h))
         hidden = x + hidden
         y = F.rms_norm(hidden, (h,), self.mlp_norm, self.eps)
         gate, up = self._qlinear(self.up, y).chunk(2, dim=-1)

@@ -345,6 +345,17 @@ def _fake_gpu_timings(monkeypatch, times):
     return timed
 
 
+def test_auto_keeps_sdpa_for_fp32_on_the_gpu(monkeypatch):
+    """fp32 attention on the GPU runs the reference ops, never faster than SDPA: `auto`
+    keeps SDPA without timing it."""
+    timed = _fake_gpu_timings(monkeypatch, lambda scheme, sig: (50.0, 100.0))
+    q, k, v = (t.float() for t in _inputs())
+    report = irfuse.explain(AttentionBlock().to(DEVICE), q, k, v)
+    assert "fuse-attention-quant" not in report.fused and not timed
+    assert any("fp32 on the GPU would run the reference ops" in r["reason"]
+               for r in report.rejected), str(report)  # fmt: skip
+
+
 @pytest.mark.parametrize("at_twice", ["wins", "loses", "fails"])
 def test_auto_times_a_dynamic_decode_at_its_traced_sizes_and_twice_them(monkeypatch, at_twice):
     """`auto` with the batch and key count dynamic (a decode step's growing KV cache)

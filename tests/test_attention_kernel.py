@@ -123,6 +123,52 @@ def test_bhsd_layout_and_static_epilogue():
     assert_fp8_close(q8, ref.static_fp8_quant(ref_out, scale), scale)
 
 
+@pytest.mark.parametrize(
+    "epilogue,layout",  # per-token and nvfp4 quantize [B*Sq, Hq*Dv] rows: bs_hd only
+    [(e, "bs_hd") for e in ("none", "static", "per_token", "nvfp4")]
+    + [("none", "bhsd"), ("static", "bhsd")],
+)
+def test_fp32_on_the_gpu_runs_the_reference_laid_out_as_the_kernels(monkeypatch, epilogue, layout):
+    """fp32 on the GPU runs the reference ops (exact; the kernels' dots would be tf32):
+    the same shapes, strides, dtypes and values as the kernels (here the interpreter's
+    exact fp32), with a bool mask whose hidden keys take a finite bias, and lse."""
+    q, k, v = _qkv(2, 4, 2, 1, 40, 32, torch.float32)  # decode: per-token may end it
+    keep = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+    keep[1, ..., :7] = False
+    scale = {"none": None, "static": torch.tensor([0.01]), "per_token": None,
+             "nvfp4": torch.tensor([50.0])}[epilogue]  # fmt: skip
+    scale = None if scale is None else scale.to(DEVICE)
+    args = (q, k, v, scale, 0.3, "none", layout, True, epilogue, keep.to(DEVICE), None, -5.0)
+    kernel_outs = kernel_attention(*args)
+    monkeypatch.setattr(kernels, "runs_reference", lambda q: True)
+    reference_outs = kernel_attention(*args)
+    for got, expected in zip(reference_outs, kernel_outs, strict=True):
+        assert (got.shape, got.stride(), got.dtype) == (expected.shape, expected.stride(),
+                                                        expected.dtype)  # fmt: skip
+    out, lse, scales = reference_outs
+    torch.testing.assert_close(lse, kernel_outs[1], atol=1e-5, rtol=1e-5)
+    if epilogue == "none":
+        torch.testing.assert_close(out, kernel_outs[0], atol=1e-5, rtol=1e-5)
+    else:
+        rows, n = 2, 4 * 32
+        assert_quant_close(epilogue, dequant(epilogue, out.reshape(rows, -1), scales, scale,
+                                             rows, n),
+                           dequant(epilogue, kernel_outs[0].reshape(rows, -1), kernel_outs[2],
+                                   scale, rows, n))  # fmt: skip
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sq", [1, 1100])
+def test_gpu_fp32_attention_is_exact(sq):
+    """fp32 on the GPU (head dim 128, prefill and decode): fp32 accuracy, no tf32, and
+    no shared-memory overflow from fp32 tiles."""
+    q, k, v = _qkv(1, 8, 2, sq, 1100, 128, torch.float32)
+    out, lse, _ = kernel_attention(q, k, v, None, 0.09, "bottom_right", "bhsd", True, "none")
+    out_ref, lse_ref = ref.attention(q, k, v, None, 0.09, "bottom_right", True)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
+
+
 def test_per_token_refuses_the_prefill_kernel():
     q, k, v = _qkv(1, 2, 2, 70, 70, 16, torch.float16)
     with pytest.raises(ValueError, match="per-token scale spans all heads"):

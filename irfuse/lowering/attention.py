@@ -34,7 +34,13 @@ from irfuse.kernels.norm import MAX_COLS, ROUND_TO
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.runtime import FP8, INTERPRET, launch_config, sm_count
 from irfuse.ops._checks import FLOAT_DTYPES, broadcasts_to
-from irfuse.ops.quant import alloc_nvfp4_scales
+from irfuse.ops.attention import attention as ref_attention
+from irfuse.ops.quant import (
+    alloc_nvfp4_scales,
+    nvfp4_quant,
+    per_token_fp8_quant,
+    static_fp8_quant,
+)
 
 CAUSAL = {"none": 0, "top_left": 1, "bottom_right": 2}
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
@@ -417,6 +423,9 @@ def kernel_attention(
     (the mask means where(mask, 0, mask_hidden); None: hidden). Returns (out, lse,
     scales); lse and scales are empty when not asked for / not produced."""
     _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary, mask_hidden)
+    if runs_reference(q):
+        return _reference(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, mask,
+                          mask_hidden)  # fmt: skip
     out, lse, scales = _allocate(q, v, layout, epilogue, return_lse)
     if out.numel() == 0:
         return out, lse, scales
@@ -473,6 +482,33 @@ def _summary_size(q: torch.Tensor, k: torch.Tensor, masking) -> int:
     config = _summary_config(q, k, masking)
     mask_heads = _mask_heads(masking[1], q.shape[1])
     return q.shape[0] * mask_heads * triton.cdiv(q.shape[2], config["BLOCK_M"]) * 4
+
+
+def runs_reference(q: torch.Tensor) -> bool:
+    """fp32 on the GPU: kernel_attention runs the reference ops, exact fp32, where the
+    kernels' dots would round to tf32 and their fp32 tiles overflow shared memory (they
+    are tuned for bf16 and fp16; the interpreter runs them in fp32 exactly)."""
+    return q.dtype == torch.float32 and not INTERPRET
+
+
+def _reference(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, mask, hidden):
+    """kernel_attention by the reference ops (irfuse/ops), its outputs laid out alike."""
+    bias = mask if mask is None or hidden is None else torch.where(mask, 0.0, hidden)
+    out, lse = ref_attention(q, k, v, bias, sm_scale, causal, return_lse)
+    b, h, sq, dv = out.shape
+    rows = out.transpose(1, 2).reshape(b * sq, h * dv)
+    scales = q.new_empty(0)
+    if epilogue == "nvfp4":
+        packed, block_scales = nvfp4_quant(rows, scale)
+        return packed, lse, block_scales
+    if epilogue == "static":
+        rows = static_fp8_quant(rows, scale)
+    elif epilogue == "per_token":
+        rows, token_scales = per_token_fp8_quant(rows, scale)
+        scales = token_scales.view(b, sq, 1)
+    if layout == "bs_hd":
+        return rows.view(b, sq, h * dv), lse, scales
+    return rows.view(b, sq, h, dv).transpose(1, 2), lse, scales
 
 
 def _prefill(

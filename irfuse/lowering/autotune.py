@@ -34,6 +34,8 @@ def attention_chooser(mode: str) -> Callable[..., tuple[bool, str]]:
             return False, "attention=sdpa keeps the graph's SDPA + quant"
         if not can_measure():
             return INTERPRET, "attention=auto off the GPU: fused only under the interpreter"
+        if signature["dtype"] == "float32":
+            return False, "attention=auto: fp32 on the GPU would run the reference ops: SDPA kept"
         dynamic = [k for k, v in signature.items() if _dynamic(v)]
         if dynamic and not examples:
             return False, "attention=auto has no sizes to time the dynamic shapes at: SDPA kept"
