@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from functorch.compile import aot_function, make_boxed_func
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import irfuse
 import irfuse.ops
-from irfuse.dialects.irfuse import AllReduceOp, AttentionOp, FusedAddRmsNormOp, QuantOp
+from irfuse.dialects.irfuse import (
+    AllReduceOp,
+    AttentionOp,
+    FusedAddRmsNormOp,
+    QuantOp,
+    RmsNormOp,
+)
 from irfuse.dump import ir_text
 from irfuse.frontend.fx_import import import_graph
 from irfuse.pipeline import Options, capture_reports, transform_graph
@@ -72,6 +82,40 @@ def test_sdpa_with_used_lse_or_dropout_stays_generic_and_says_why(case, reason):
     ), note
     report = transform_graph(gm.graph, Options())
     assert note in report.notes, str(report)
+
+
+def _fused_rms_norm_graph(weight_dtype: torch.dtype, eps: float | None) -> fx.Graph:
+    """y = aten._fused_rms_norm(x, [64], w, eps)[0], as a CUDA graph calls it (on CPU
+    it decomposes while tracing, so the graph is built by hand)."""
+    with FakeTensorMode():
+        x, y = torch.empty(4, 64, dtype=torch.bfloat16), torch.empty(4, 64, dtype=torch.bfloat16)
+        w, rstd = torch.empty(64, dtype=weight_dtype), torch.empty(4, 1)
+    graph = fx.Graph()
+    x_node, w_node = graph.placeholder("x"), graph.placeholder("w")
+    x_node.meta["val"], w_node.meta["val"] = x, w
+    norm = graph.call_function(torch.ops.aten._fused_rms_norm.default, (x_node, [64], w_node, eps))
+    norm.meta["val"] = (y, rstd)
+    out = graph.call_function(operator.getitem, (norm, 0))
+    out.meta["val"] = y
+    graph.output(out)
+    return graph
+
+
+@pytest.mark.parametrize("eps", [1e-5, None])
+def test_fused_rms_norm_imports_with_its_eps_or_atens_default(eps):
+    """eps None is ATen's default: the eps of the fp32 it computes bf16 in."""
+    imported = import_graph(_fused_rms_norm_graph(torch.bfloat16, eps))
+    (norm,) = _ops(imported, RmsNormOp)
+    assert norm.eps.value.data == (torch.finfo(torch.float32).eps if eps is None else eps)
+    assert not imported.notes
+
+
+def test_fused_rms_norm_with_a_promoting_weight_stays_generic_and_says_why():
+    imported = import_graph(_fused_rms_norm_graph(torch.float32, 1e-6))
+    assert not _ops(imported, RmsNormOp)
+    (note,) = imported.notes
+    assert note.endswith("the weight is torch.float32, the input torch.bfloat16 (the result "
+                         "promotes)"), note  # fmt: skip
 
 
 def test_sdpa_with_a_symbolic_head_dim_and_default_scale_is_reported():

@@ -75,8 +75,8 @@ def _fused_rms_norm(node: fx.Node) -> DirectImport | str:
         return "its rstd output is used"
     if len(shape) != 1:
         return f"it normalises over the last {len(shape)} dims (irfuse's norms: the last one)"
-    if eps is None:
-        return "eps is the dtype's default (None); give it explicitly"
+    if eps is None:  # ATen's default: the eps of the dtype it computes in (fp32 here)
+        eps = torch.finfo(torch.promote_types(x_val.dtype, torch.float32)).eps
     if w_val.dtype != x_val.dtype:  # promotes: not an rms_norm of x's dtype
         return f"the weight is {w_val.dtype}, the input {x_val.dtype} (the result promotes)"
     y = items[0]
