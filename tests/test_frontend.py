@@ -232,3 +232,29 @@ def test_operands_on_several_devices_are_not_lowered():
     report = transform_graph(gm.graph, Options())
     assert any("several devices" in note for note in report.notes), str(report)
     assert list(gm.graph.nodes) == nodes and not report.kernels
+
+
+def test_example_shapes_set_each_size_symbol_once_for_every_tensor():
+    """The sizes a measured choice times a dynamic graph at: each symbol at its hint, then
+    doubled, in every expression that uses it; a data-dependent size has no example."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import (
+        DimDynamic,
+        ShapeEnv,
+        StatelessSymbolicContext,
+    )
+
+    from irfuse.frontend.size_examples import example_shapes
+
+    shape_env = ShapeEnv()
+    mode = FakeTensorMode(shape_env=shape_env)
+    dynamic = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * 2)
+    a = mode.from_tensor(torch.empty(3, 5), source=ConstantSource("a"), symbolic_context=dynamic)
+    with mode:
+        b = torch.empty(a.shape[0] * 2, a.shape[1] + 1, 4)
+        unbacked = torch.empty(shape_env.create_unbacked_symint(), 4)
+    assert example_shapes([a, None, b]) == [
+        [(3, 5), None, (6, 6, 4)],
+        [(6, 10), None, (12, 11, 4)],
+    ]
+    assert example_shapes([a, unbacked]) == []
