@@ -10,13 +10,12 @@ serves every size: `auto` times it at the sizes it was traced with and at twice 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from irfuse.kernels.attention import uses_decode
 from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import INTERPRET
+from irfuse.transforms.policy import Chooser
 
 DYNAMIC = -(2**63)  # a dynamic dim in the signature (the dialect's `?`)
 
@@ -24,7 +23,7 @@ _DECISIONS: dict[tuple, tuple[bool, str]] = {}
 MARGIN = 0.97  # timings of +-3% are noise between rounds (ANCHORS.md)
 
 
-def attention_chooser(mode: str) -> Callable[..., tuple[bool, str]]:
+def attention_chooser(mode: str) -> Chooser:
     def choose(
         kind: str, signature: dict[str, object], examples: list[dict[str, object]]
     ) -> tuple[bool, str]:
