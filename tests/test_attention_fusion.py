@@ -439,3 +439,71 @@ def test_a_where_of_a_bool_mask_lowers_to_the_bool_mask_and_its_bias(keep, hidde
     where = graph.call_function(torch.ops.aten.where.self, (mask, kept, hid))
     where.meta["val"] = torch.zeros(2, 1, 4, 4, dtype=dtype)
     assert _kernel_mask(where) == ((where,) if expected is None else (mask, expected))
+
+
+class LlamaAttention(torch.nn.Module):
+    """HF Llama's attention layer as model code writes it: q/k/v projections, rotary
+    embeddings (rotate_half), a KV cache appended to in decode, repeat_kv for GQA, causal
+    SDPA, back to [B, S, H*D], the fp8 activation quant o_proj reads, o_proj."""
+
+    def __init__(self, hidden: int = 64, heads: int = 4, kv_heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.q_proj = torch.nn.Linear(hidden, hidden, bias=False)
+        self.k_proj = torch.nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.v_proj = torch.nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.o_proj = torch.nn.Linear(hidden, hidden, bias=False)
+        self.register_buffer("act_scale", torch.tensor([0.02]))
+
+    def _rope(self, x, positions):
+        inv_freq = 1.0 / 10000 ** (
+            torch.arange(0, self.head_dim, 2, device=x.device) / self.head_dim
+        )
+        freqs = positions[:, None].float() * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def forward(self, hidden, past_k, past_v):
+        b, s, _ = hidden.shape
+        positions = torch.arange(past_k.shape[2], past_k.shape[2] + s, device=hidden.device)
+        q = self.q_proj(hidden).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self._rope(q, positions), self._rope(k, positions)
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        n = self.heads // self.kv_heads
+        b, kv, t, d = k.shape
+        k_all = k[:, :, None].expand(b, kv, n, t, d).reshape(b, kv * n, t, d)
+        v_all = v[:, :, None].expand(b, kv, n, t, d).reshape(b, kv * n, t, d)
+        o = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=past_k.shape[2] == 0)
+        o = o.transpose(1, 2).contiguous().view(b, s, self.heads * self.head_dim)
+        o8 = (o.float() / self.act_scale).clamp(-448, 448).to(FP8)
+        return self.o_proj(o8.to(o.dtype) * self.act_scale.to(o.dtype)), k, v
+
+
+@pytest.mark.parametrize("step", ["prefill", "decode"])
+def test_llama_attention_layer_fuses_and_matches_eager(step):
+    """A whole Llama attention layer (projections, rope, KV cache, GQA by repeat_kv, causal
+    SDPA in prefill): the attention + quant fuses into one kernel reading the kv heads
+    unrepeated (prefill: 9 new tokens; decode: one token after 12 cached), and the layer
+    matches eager."""
+    torch.manual_seed(0)
+    layer = LlamaAttention().to(DEVICE, DTYPE)
+    layer.act_scale = layer.act_scale.float()
+    cached, new = (0, 9) if step == "prefill" else (12, 1)
+    hidden = torch.randn(2, new, 64, device=DEVICE, dtype=DTYPE)
+    past_k, past_v = (torch.randn(2, 2, cached, 16, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    with torch.no_grad():
+        report = irfuse.explain(layer, hidden, past_k, past_v, attention="irfuse")
+        assert report.fused["fuse-attention-quant"] == 1, str(report)
+        assert report.kernels == ["irfuse_attention_static_fp8"], str(report)
+        torch._dynamo.reset()
+        options = {"inner": "eager", "attention": "irfuse"}
+        out, k, v = torch.compile(layer, backend="irfuse", options=options)(hidden, past_k, past_v)
+        expected, k_ref, v_ref = layer(hidden, past_k, past_v)
+    torch.testing.assert_close((k, v), (k_ref, v_ref), atol=0, rtol=0)
+    span = expected.abs().amax(dim=-1, keepdim=True)
+    torch.testing.assert_close(out / span, expected / span, atol=0.1, rtol=0.1)
