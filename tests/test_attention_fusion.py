@@ -478,10 +478,36 @@ class LlamaAttention(torch.nn.Module):
         b, kv, t, d = k.shape
         k_all = k[:, :, None].expand(b, kv, n, t, d).reshape(b, kv * n, t, d)
         v_all = v[:, :, None].expand(b, kv, n, t, d).reshape(b, kv * n, t, d)
-        o = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=past_k.shape[2] == 0)
+        # as HF: causal when several new tokens (the prefill here), never for one
+        o = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=s > 1)
         o = o.transpose(1, 2).contiguous().view(b, s, self.heads * self.head_dim)
         o8 = (o.float() / self.act_scale).clamp(-448, 448).to(FP8)
         return self.o_proj(o8.to(o.dtype) * self.act_scale.to(o.dtype)), k, v
+
+
+def test_llama_decode_steps_with_a_growing_cache_share_one_fused_graph():
+    """Decode steps of the Llama layer with the cache length dynamic: one graph, the
+    attention + quant fused, every step matching eager."""
+    from irfuse.pipeline import capture_reports
+
+    torch.manual_seed(0)
+    layer = LlamaAttention().to(DEVICE, DTYPE)
+    layer.act_scale = layer.act_scale.float()
+    k, v = (torch.randn(2, 2, 12, 16, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    compiled = torch.compile(layer, backend="irfuse", options=options)
+    with torch.no_grad(), capture_reports() as reports:
+        for _ in range(3):
+            torch._dynamo.mark_dynamic(k, 2)
+            torch._dynamo.mark_dynamic(v, 2)
+            hidden = torch.randn(2, 1, 64, device=DEVICE, dtype=DTYPE)
+            out, k_next, v_next = compiled(hidden, k, v)
+            expected, _, _ = layer(hidden, k, v)
+            span = expected.abs().amax(dim=-1, keepdim=True)
+            torch.testing.assert_close(out / span, expected / span, atol=0.1, rtol=0.1)
+            k, v = k_next, v_next
+    assert len(reports) == 1 and reports[0].fused["fuse-attention-quant"] == 1, reports
 
 
 @pytest.mark.parametrize("step", ["prefill", "decode"])
