@@ -115,12 +115,13 @@ def time_candidates(scheme: str, sig: dict[str, object]) -> tuple[float, float]:
     quant pass over its output viewed as [B*S, H*D] (irfuse's standalone quant kernel,
     what the graph runs when it keeps SDPA). The two run back to back in one timing, as
     in the model, so the quant finds part of SDPA's output in L2 (timed alone, its input
-    stays in L2 between replays and it looks cheaper than it is). q, k, v are laid out as a model's
-    projections leave them ([B, S, H, D] memory, transposed), so SDPA's output views as
-    [B*S, H*D] without a copy: a graph that hands SDPA other layouts pays more for its
-    unfused quant than measured here, never less, so the choice errs towards SDPA. K and V
-    have the kv heads the fused kernel reads (unrepeated) and SDPA takes them with
-    enable_gqa: a graph that repeats them first (repeat_kv) also pays for that copy."""
+    stays in L2 between replays and it looks cheaper than it is). q, k, v are laid out
+    as a model's projections leave them ([B, S, H, D] memory, transposed), so SDPA's
+    output views as [B*S, H*D] without a copy: a graph that hands SDPA other layouts
+    pays more for its unfused quant than measured here, never less, so the choice errs
+    towards SDPA. K and V have the kv heads the fused kernel reads (unrepeated) and SDPA
+    takes them with enable_gqa: a graph that repeats them first (repeat_kv) also pays
+    for that copy."""
     import torch.nn.functional as F
     import triton.testing
 

@@ -34,6 +34,7 @@ from xdsl.rewriter import InsertPoint
 
 from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import DYNAMIC, AttentionOp, QuantAttr, QuantOp
+from irfuse.frontend.size_examples import Shape
 from irfuse.kernels.attention import (
     DECODE_MAX_ROWS,
     DECODE_ONLY,
@@ -53,7 +54,6 @@ from irfuse.transforms.match import (
     int_list_arg,
     tensor_arg,
 )
-from irfuse.transforms.policy import Shape
 from irfuse.transforms.raise_dynamic_fp8_quant import match_dynamic_quant
 from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
 
@@ -274,7 +274,7 @@ def _signature(
 
 def _mask_signature(attention: AttentionOp, shape: Shape | None) -> str:
     """ "none", or the explicit mask's dtype and shape ("bool 1x1x128x128", "?": dynamic)."""
-    if attention.mask is None or shape is None:
+    if shape is None:  # no mask
         return "none"
     dims = "x".join(str(d) if d != DYNAMIC else "?" for d in shape)
     return f"{dtype_name(attention.mask.type.element_type)} {dims}"  # type: ignore[attr-defined]

@@ -54,11 +54,15 @@ def choose(
     kind: str, signature: dict[str, object], examples: list[dict[str, object]]
 ) -> tuple[bool, str]:
     current = _CURRENT.get()
-    return (
-        (True, "no chooser installed") if current is None else current[0](kind, signature, examples)
-    )
+    if current is None:
+        return True, "no chooser installed"
+    chooser, _ = current
+    return chooser(kind, signature, examples)
 
 
 def example_shapes(values: Sequence[SSAValue | None]) -> list[list[Shape | None]]:
     current = _CURRENT.get()
-    return [] if current is None else current[1](values)
+    if current is None:
+        return []
+    _, shape_examples = current
+    return shape_examples(values)
