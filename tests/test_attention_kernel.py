@@ -271,26 +271,33 @@ def test_gpu_sweeps_over_heads_with_production_tiles(d, heads, monkeypatch):
     torch.testing.assert_close(out, out_ref, atol=2e-2, rtol=1.6e-2)
 
 
-@pytest.mark.parametrize(
-    "b,hq,hkv,sq,mask_shape,match",
-    [
-        (65536, 4, 1, 1, None, "decode grid"),  # 65536 (batch, kv head) rows
-        (32768, 2, 2, 1, None, "decode grid"),
-        (65536, 1, 1, 65, (65536, 1, 65, 65), "mask summary grid"),
-        (32768, 2, 2, 65, (32768, 2, 65, 65), "mask summary grid"),  # a mask per head
-    ],
-)
-def test_grids_past_cuda_limits_are_refused(b, hq, hkv, sq, mask_shape, match):
-    """Shapes whose (batch, head) rows pass CUDA's 65535 grid rows get a clear error, not a
-    failed launch (meta tensors: nothing runs)."""
-    make = lambda *shape: torch.empty(shape, dtype=torch.float16, device="meta")  # noqa: E731
-    q, k = make(b, hq, sq, 16), make(b, hkv, 65, 16)
-    mask = None if mask_shape is None else torch.empty(mask_shape, dtype=torch.bool, device="meta")
-    with pytest.raises(ValueError, match=match):
-        kernel_attention(q, k, k, None, 0.25, "none", "bhsd", False, "none", mask)
-    if mask is not None:
-        with pytest.raises(ValueError, match=match):
-            torch.ops.irfuse.kernel_attention_mask_summary(q, k, mask)
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+def test_gpu_decode_past_65535_batch_heads():
+    """A batch whose (batch, kv head)s and (batch, mask head)s pass the 65535 a grid's y
+    dimension holds: the decode and the mask summary run their 1-D grids, same results
+    as the reference."""
+    b, hq, hkv, skv = 16400, 8, 4, 40  # 65600 (batch, kv head)s, 131200 mask rows
+    q, k, v = _qkv(b, hq, hkv, 1, skv, 16, torch.bfloat16)
+    g = torch.Generator().manual_seed(1)
+    keep = (torch.rand(b, hq, 1, skv, generator=g) > 0.3).to(DEVICE)
+    summary = torch.ops.irfuse.kernel_attention_mask_summary(q, k, keep)
+    out, lse, _ = kernel_attention(q, k, v, None, 0.25, "none", "bhsd", True, "none", keep, summary)
+    out_ref, lse_ref = ref.attention(q, k, v, keep, 0.25, "none", True)
+    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+    torch.testing.assert_close(lse, lse_ref, atol=1e-2, rtol=1e-2)
+
+
+def test_grids_past_cuda_limits_get_a_clear_error(monkeypatch):
+    """A 1-D grid past CUDA's limit (lowered to 3 programs here) is refused with the
+    reason before any launch."""
+    monkeypatch.setattr(kernels, "MAX_GRID_X", 3)
+    q, k, v = _qkv(2, 4, 2, 1, 40, 16, torch.float16)  # decode: 2 x 2 (batch, kv head)s
+    with pytest.raises(ValueError, match="split-KV decode: .* programs > 3"):
+        kernel_attention(q, k, v, None, 0.25, "none", "bhsd", False, "none")
+    mask = torch.ones(2, 4, 1, 40, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match="mask summary: .* programs > 3"):
+        torch.ops.irfuse.kernel_attention_mask_summary(q, k, mask)
 
 
 def test_prefill_past_the_grid_rows_takes_the_one_dimensional_grid(monkeypatch):

@@ -42,29 +42,11 @@ def uses_decode(seq_q: int, heads_q: int, heads_kv: int) -> bool:
     return heads_q // heads_kv * seq_q <= DECODE_MAX_ROWS
 
 
-# CUDA's limit on a grid's y and z dimensions, which hold (batch, head)s in some kernels.
+# CUDA's limits on a grid's y and z dimensions, and on its x: the decode and mask
+# summary grids are 1-D (their (batch, head) counts pass 65535 in large batches), as is
+# the prefill's when it has more (batch, head)s than a y dimension holds.
 MAX_GRID_YZ = 65535
-
-
-def mask_heads_of(mask_shape: tuple[int, ...] | None, heads_q: int) -> int:
-    """The heads a mask summary covers (0 without a mask): all of them if the mask's head
-    dim (its third from the right, as it broadcasts to [B, Hq, Sq, Skv]) is not 1."""
-    if mask_shape is None:
-        return 0
-    return 1 if len(mask_shape) < 3 or mask_shape[-3] == 1 else heads_q
-
-
-def grid_refusal(
-    batch: int, heads_q: int, heads_kv: int, seq_q: int, mask_heads: int
-) -> str | None:
-    """Why the kernels cannot launch over this shape, or None. The decode kernel's grid
-    has a row per (batch, kv head), a mask summary's (with a mask; `mask_heads` 0 without
-    one) a row per (batch, mask head); the prefill kernel takes any count."""
-    if uses_decode(seq_q, heads_q, heads_kv) and batch * heads_kv > MAX_GRID_YZ:
-        return f"batch x kv heads = {batch * heads_kv} > {MAX_GRID_YZ} (the decode grid)"
-    if batch * mask_heads > MAX_GRID_YZ:
-        return f"batch x mask heads = {batch * mask_heads} > {MAX_GRID_YZ} (the mask summary grid)"
-    return None
+MAX_GRID_X = 2**31 - 1
 
 
 PREFILL_SIGNATURE = """
@@ -318,9 +300,14 @@ def {{name}}(
     stride_mb, stride_mh, stride_mq, stride_mk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    start_m = tl.program_id(1)
-    batch_head = tl.program_id(2).to(tl.int64)
+    # a 1-D grid (CUDA's y and z dims hold at most 65535 programs), in the order of a
+    # (key tile, block, batch x mask head) grid: the key tile fastest
+    n_tiles = tl.cdiv(seq_kv, BLOCK_N)
+    n_blocks = tl.cdiv(seq_q, BLOCK_M)
+    program = tl.program_id(0)
+    tile = program % n_tiles
+    start_m = program // n_tiles % n_blocks
+    batch_head = (program // n_tiles // n_blocks).to(tl.int64)
     batch = batch_head // mask_heads
     head = batch_head % mask_heads
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -351,12 +338,11 @@ def {{name}}(
         finite = tl.min(tl.where(bias > float("-inf"), bias, float("inf")), axis=1) <= {HIDDEN_BIAS}
         # [batch_head, tile, row]: a block's rows of one tile are contiguous
         bits = anchored.to(tl.int32) * {ROW_ANCHORED} + finite.to(tl.int32) * {ROW_FINITE_HIDDEN}
-        tl.store(row_bits_ptr + (batch_head * tl.num_programs(0) + tile) * seq_q + offs_m,
+        tl.store(row_bits_ptr + (batch_head * n_tiles + tile) * seq_q + offs_m,
                  bits.to(tl.int8), mask=row_ok)
     full = full & ((tile + 1) * BLOCK_N <= seq_kv)  # no ragged edge
     flag = some.to(tl.int32) * {TILE_SEEN} + (~full).to(tl.int32) * {TILE_NOT_FULL}
-    tl.store(flags_ptr + (batch_head * tl.num_programs(1) + start_m) * tl.num_programs(0) + tile,
-             flag.to(tl.int8))
+    tl.store(flags_ptr + (batch_head * n_blocks + start_m) * n_tiles + tile, flag.to(tl.int8))
 """
 
 # Chunks of tiles MASK_TILES scans at once: the flags, and the row bits [BLOCK_M, chunk].
@@ -372,9 +358,11 @@ def {{name}}(
     flags_ptr, row_bits_ptr, tiles_ptr, seq_q, n_tiles,
     BLOCK_M: tl.constexpr, MASK: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    batch_head = tl.program_id(1).to(tl.int64)
-    flags = flags_ptr + (batch_head * tl.num_programs(0) + start_m) * n_tiles
+    # a 1-D grid in the order of a (block, batch x mask head) one
+    n_blocks = tl.cdiv(seq_q, BLOCK_M)
+    start_m = tl.program_id(0) % n_blocks
+    batch_head = (tl.program_id(0) // n_blocks).to(tl.int64)
+    flags = flags_ptr + (batch_head * n_blocks + start_m) * n_tiles
     start = n_tiles
     end = 0
     full_start = 0
@@ -415,7 +403,7 @@ def {{name}}(
     no_run = full_end == full_start
     full_start = tl.where(no_run, end, full_start)  # no full tile: all masked
     full_end = tl.where(no_run, end, full_end)
-    summary = tiles_ptr + (batch_head * tl.num_programs(0) + start_m) * 4
+    summary = tiles_ptr + (batch_head * n_blocks + start_m) * 4
     tl.store(summary, start)
     tl.store(summary + 1, full_start)
     tl.store(summary + 2, full_end)
@@ -435,8 +423,9 @@ def {name}(
     SUMMARY: tl.constexpr, SUMMARY_BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     # rows r < group * seq_q: query head kv_head * group + r // seq_q, token r % seq_q
-    split = tl.program_id(0)
-    batch_kv = tl.program_id(1).to(tl.int64)
+    # a 1-D grid in the order of a (split, batch x kv head) one
+    split = tl.program_id(0) % num_splits
+    batch_kv = (tl.program_id(0) // num_splits).to(tl.int64)
     batch = batch_kv // n_kv_heads
     kv_head = batch_kv % n_kv_heads
     rows = tl.arange(0, BLOCK_M)

@@ -25,9 +25,8 @@ from irfuse.kernels.attention import (
     DECODE_ONLY,
     EPILOGUES,
     HEAD_DIMS,
+    MAX_GRID_X,
     MAX_GRID_YZ,
-    grid_refusal,
-    mask_heads_of,
     uses_decode,
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
@@ -300,18 +299,17 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
         _check_mask(what, mask, q, k, causal, mask_hidden)
     elif mask_hidden is not None:
         raise ValueError(f"{what}: mask_hidden without a mask")
-    _check_grid(what, q, k, mask)
     if mask_summary is not None:
         _check_summary(what, mask_summary, mask, q, k)
     if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(f"{what}: runs on CUDA tensors (CPU needs TRITON_INTERPRET=1)")
 
 
-def _check_grid(what: str, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> None:
-    mask_heads = mask_heads_of(None if mask is None else tuple(mask.shape), q.shape[1])
-    refusal = grid_refusal(q.shape[0], q.shape[1], k.shape[1], q.shape[2], mask_heads)
-    if refusal:
-        raise ValueError(f"{what}: {refusal}")
+def _check_programs(what: str, programs: int) -> None:
+    """A clear error where a 1-D grid would pass CUDA's limit (beyond any real model's
+    shapes: a mask summary of over 2**31 tiles)."""
+    if programs > MAX_GRID_X:
+        raise ValueError(f"{what}: {programs} programs > {MAX_GRID_X} (CUDA's grid limit)")
 
 
 def _check_mask(what: str, mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor, causal: str,
@@ -467,7 +465,6 @@ def _(q, k, mask, mask_hidden=None):
 def _check_summary_args(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, hidden) -> None:
     what = "irfuse.kernel_attention_mask_summary"
     _check_mask(what, mask, q, k, "none", hidden)
-    _check_grid(what, q, k, mask)
 
 
 def _mask_bytes(masking) -> int:
@@ -596,13 +593,14 @@ def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> 
     if kind >= 2:
         row_bits = torch.empty(b * mask_heads * n_tiles * sq, dtype=torch.int8, device=mask.device)
     num_warps = 1 if INTERPRET else 4
+    _check_programs("the mask summary", b * mask_heads * blocks * n_tiles)
     if n_tiles:
-        mask_tile_flags_kernel()[(n_tiles, blocks, b * mask_heads)](
+        mask_tile_flags_kernel()[(n_tiles * blocks * b * mask_heads,)](
             mask, flags, row_bits, hidden, sq, seq_kv, mask_heads, *strides,
             BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], MASK=kind, num_warps=num_warps,
         )  # fmt: skip
     tiles = torch.empty(b * mask_heads * blocks * 4, dtype=torch.int32, device=mask.device)
-    mask_tiles_kernel()[(blocks, b * mask_heads)](
+    mask_tiles_kernel()[(blocks * b * mask_heads,)](
         flags, row_bits, tiles, sq, n_tiles, BLOCK_M=config["BLOCK_M"], MASK=kind,
         num_warps=num_warps,
     )  # fmt: skip
@@ -626,7 +624,8 @@ def _decode(
     block_m = max(16, triton.next_power_of_2(group * sq))
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     summary = mask_summary is not None  # _check: a summary comes with its mask
-    split_kv_kernel()[(splits, b * hkv)](
+    _check_programs("the split-KV decode", splits * b * hkv)
+    split_kv_kernel()[(splits * b * hkv,)](
         q, k, v, mask, mask_summary if summary else mask, part, part_state, sm_scale,
         mask_hidden, sq, seq_kv, group, split_len, splits, *q.stride()[:3], *k.stride()[:3],
         *v.stride()[:3], *mask_strides, _mask_heads(mask_strides, h), hkv,

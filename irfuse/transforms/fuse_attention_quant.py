@@ -12,8 +12,7 @@ Matches (the usual layout change before the output projection, then a quant):
 Guards: every intermediate has this chain as its only reader; head dims 16-256, powers
 of two; per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64: its
 scale spans all heads of a token, which only the decode kernel holds); nvfp4 and
-per-token quantize the 2-D [B*Sq, Hq*Dv] view; the kernels' grids hold the shape
-(decode: B*Hkv <= 65535; a mask summary: B*mask heads <= 65535); and the chooser
+per-token quantize the 2-D [B*Sq, Hq*Dv] view; and the chooser
 (`attention` option: measured on the GPU in `auto`) prefers the fused kernel.
 Replacement: `irfuse.attention` with layout `bs_hd` and the quant's scheme, writing the
 quantized [B, Sq, Hq*Dv] (or its 2-D view) and scales directly. K and V repeated for GQA
@@ -40,8 +39,6 @@ from irfuse.kernels.attention import (
     DECODE_ONLY,
     EPILOGUES,
     HEAD_DIMS,
-    grid_refusal,
-    mask_heads_of,
     uses_decode,
 )
 from irfuse.transforms import policy, report
@@ -231,12 +228,6 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
     if scheme in ("per_token", "nvfp4") and len(shape) != 2:
         return f"a {scheme} quant of the 3-D output (the kernel quantizes [B*Sq, Hq*Dv] rows)"
     hkv = attention.k.type.get_shape()[1]
-    mask_shape = None if attention.mask is None else tuple(attention.mask.type.get_shape())
-    mask_heads = mask_heads_of(mask_shape, h)
-    if DYNAMIC not in (b, h, hkv, s, mask_heads):  # dynamic ones: kernel_attention checks
-        refusal = grid_refusal(b, h, hkv, s, mask_heads)
-        if refusal:
-            return f"the kernels cannot launch over {refusal}"
     if scheme in DECODE_ONLY:
         if DYNAMIC in (h, hkv, s) or not uses_decode(s, h, hkv):
             return (

@@ -80,9 +80,9 @@ func.func @masked_nvfp4(%q: tensor<1x2x64x64xbf16>, %m: tensor<1x1x64x64xi1>, %g
 
 // -----
 
-// Decode over 65536 (batch, kv head)s: past the 65535 rows of the decode kernel's grid:
-// unchanged (the report says why).
-func.func @decode_grid_too_tall(%q: tensor<65536x4x1x64xbf16>, %k: tensor<65536x1x16x64xbf16>, %s: tensor<1xf32>) -> tensor<65536x1x256xf8E4M3FN> {
+// Decode over 65536 (batch, kv head)s, more than a grid's y dimension holds: the decode
+// kernel's grid is 1-D, so it fuses.
+func.func @decode_past_65535_rows(%q: tensor<65536x4x1x64xbf16>, %k: tensor<65536x1x16x64xbf16>, %s: tensor<1xf32>) -> tensor<65536x1x256xf8E4M3FN> {
   %o = irfuse.attention %q, %k, %k {scale = 0.125 : f64, causal = "none", layout = "bhsd"} : tensor<65536x4x1x64xbf16>, tensor<65536x1x16x64xbf16>, tensor<65536x1x16x64xbf16> -> tensor<65536x4x1x64xbf16>
   %t = aten.call "aten.transpose.int"(%o) {args = [#aten.ref<0>, 1 : i64, 2 : i64], kwargs = {}} : (tensor<65536x4x1x64xbf16>) -> tensor<65536x1x4x64xbf16>
   %y = aten.call "aten.reshape.default"(%t) {args = [#aten.ref<0>, [65536 : i64, 1 : i64, 256 : i64]], kwargs = {}} : (tensor<65536x1x4x64xbf16>) -> tensor<65536x1x256xbf16>
@@ -91,6 +91,6 @@ func.func @decode_grid_too_tall(%q: tensor<65536x4x1x64xbf16>, %k: tensor<65536x
   %q8 = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<65536x1x256xf32>) -> tensor<65536x1x256xf8E4M3FN>
   func.return %q8 : tensor<65536x1x256xf8E4M3FN>
 }
-// CHECK-LABEL: func.func @decode_grid_too_tall
-// CHECK:         irfuse.attention {{.*}} layout = "bhsd"
-// CHECK:         aten.call "aten.transpose.int"
+// CHECK-LABEL: func.func @decode_past_65535_rows
+// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %k scale %s {{.*}}layout = "bs_hd", quant = #irfuse.quant<static>}
+// CHECK-NEXT:    func.return %q8
