@@ -23,9 +23,11 @@ from irfuse.pipeline import Options, transform_graph
 class IrfuseGraphPass(CustomGraphPass):
     """Inductor post-grad custom pass; `uuid` keys Inductor's FX graph cache, so a cache
     entry made with another irfuse version or other options is never reused. With
-    `attention="auto"` on a GPU the pass's result depends on timings taken while it runs,
-    which no key made before it can cover: then the uuid is None, which makes Inductor
-    bypass its cache (a cached graph would replay an earlier process's choice)."""
+    `attention="auto"` on a GPU the pass's result depends on measured decisions, which
+    persist in a file (irfuse/lowering/autotune.py): the uuid then also carries the
+    file's token, so that a cached graph is replayed only while the decisions it was
+    compiled with are the file's. Where the file cannot be written, the uuid is None,
+    which makes Inductor bypass its cache."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -34,8 +36,11 @@ class IrfuseGraphPass(CustomGraphPass):
         transform_graph(graph, self.options)
 
     def uuid(self) -> str | None:
-        if self.options.attention == "auto" and torch.cuda.is_available():
-            return None
+        from irfuse.lowering.autotune import can_measure, decisions_token
+
+        if self.options.attention == "auto" and can_measure():
+            token = decisions_token()
+            return None if token is None else f"{self.options.cache_key()}-{token}"
         return self.options.cache_key()
 
 

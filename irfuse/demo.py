@@ -70,7 +70,9 @@ def main() -> int:
     block = DecoderBlock(hidden, ffn, heads).to(device, dtype).eval()
     block.act_scale = block.act_scale.float()  # quant scales stay fp32
     x = torch.randn(1, tokens, hidden, device=device, dtype=dtype)
-    options = {} if cuda else {"inner": "eager"}  # Inductor on CPU compiles C++: slow
+    # Inductor on CPU compiles C++: slow. On the GPU, Inductor's cache is off so that the
+    # pass runs (and reports) on every run of the demo.
+    options = {"fx_graph_cache": False} if cuda else {"inner": "eager"}
     print(
         f"irfuse {irfuse.__version__} demo on {torch.cuda.get_device_name() if cuda else 'CPU'}"
         f": decoder block, hidden {hidden}, {tokens} tokens, {dtype}"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -328,11 +332,13 @@ def test_decode_attentions_read_their_masks_shared_summary(monkeypatch, dynamic)
 
 
 def _fake_gpu_timings(monkeypatch, times):
-    """`auto` as on a GPU, its timings from `times(scheme, signature)`; returns the list
-    of the signatures it times."""
+    """`auto` as on a GPU, its timings from `times(scheme, signature)`, its decisions
+    kept in a file of its own; returns the list of the signatures it times."""
     from irfuse.lowering import autotune
 
     timed = []
+    decisions = Path(tempfile.mkdtemp()) / autotune.DECISIONS_FILE
+    monkeypatch.setattr(autotune, "_decisions_path", lambda: decisions)
 
     def record(scheme, sig):
         timed.append(sig)
@@ -343,6 +349,53 @@ def _fake_gpu_timings(monkeypatch, times):
     monkeypatch.setattr(autotune, "time_candidates", record)
     monkeypatch.setattr(autotune, "_DECISIONS", {})
     return timed
+
+
+def test_auto_keeps_its_decisions_for_later_processes(monkeypatch):
+    """A measured decision is kept in the decisions file and noted in the report: a later
+    process (its in-memory decisions empty) reuses it without timing, even where a new
+    timing would decide otherwise, and says where it is kept."""
+    from irfuse.lowering import autotune
+
+    timed = _fake_gpu_timings(monkeypatch, lambda scheme, sig: (50.0, 100.0))
+    block, (q, k, v) = AttentionBlock().to(DEVICE), _inputs()
+    first = irfuse.explain(block, q, k, v)
+    assert first.fused["fuse-attention-quant"] == 1 and len(timed) == 1, str(first)
+    measured = "attention=auto measured fused 50.0 us vs SDPA + quant 100.0 us"
+    assert f"fuse-attention-quant chose the fused kernel: {measured}" in first.notes, str(first)
+    kept = json.loads(autotune._decisions_path().read_text())["decisions"]
+    assert list(kept.values()) == [[True, measured]]
+
+    monkeypatch.setattr(autotune, "_DECISIONS", {})  # a new process
+    monkeypatch.setattr(autotune, "time_candidates", lambda scheme, sig: (200.0, 100.0))
+    torch._dynamo.reset()
+    again = irfuse.explain(block, q, k, v)
+    assert again.fused["fuse-attention-quant"] == 1 and len(timed) == 1, str(again)
+    (note,) = [n for n in again.notes if n.startswith("fuse-attention-quant chose")]
+    assert f"{measured} (kept in {autotune._decisions_path()}; delete it" in note, note
+
+
+def test_auto_decisions_file_keys_the_inductor_cache(monkeypatch, tmp_path):
+    """On a GPU, `auto`'s uuid for Inductor's FX graph cache carries the decisions file's
+    token: stable while the file is, new when it is made anew (deleted, to time again);
+    None (the cache bypassed) where the file cannot be written."""
+    from irfuse.backend import IrfuseGraphPass
+    from irfuse.lowering import autotune
+
+    decisions = tmp_path / autotune.DECISIONS_FILE
+    monkeypatch.setattr(autotune, "can_measure", lambda: True)
+    monkeypatch.setattr(autotune, "_decisions_path", lambda: decisions)
+    graph_pass = IrfuseGraphPass(Options.from_dict({}))
+    first = graph_pass.uuid()
+    assert first is not None and first.startswith(graph_pass.options.cache_key())
+    assert graph_pass.uuid() == first
+    decisions.unlink()
+    assert graph_pass.uuid() not in (None, first)
+    assert IrfuseGraphPass(Options.from_dict({"attention": "sdpa"})).uuid() == (
+        Options.from_dict({"attention": "sdpa"}).cache_key()
+    )
+    monkeypatch.setattr(autotune, "_decisions_path", lambda: tmp_path / "missing" / "x.json")
+    assert graph_pass.uuid() is None
 
 
 def test_auto_keeps_sdpa_for_fp32_on_the_gpu(monkeypatch):

@@ -6,21 +6,42 @@ and never fuses what it cannot measure; off the GPU it fuses (the interpreter ru
 kernels for testing). `irfuse` always fuses, `sdpa` never. A graph with dynamic dims
 serves every size: `auto` times it at the sizes it was traced with and at twice them
 (irfuse/frontend/size_examples.py) and fuses only if the fused kernel wins at each.
+
+Measured decisions persist in `attention_auto.json` in irfuse's cache directory
+(`IRFUSE_CACHE_DIR`), keyed by GPU, versions, the attention kernels' code and the shape
+class: a later process reuses them without timing. The file carries a token made with
+it, which the pass's uuid includes, so Inductor's FX graph cache stays on: a cached
+graph replays the decisions of the file it was compiled with, and deleting the file (to
+time again) changes every key. The first process to decide a shape class wins; its
+decision is then every process's.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
+import triton
 
 from irfuse.kernels.attention import uses_decode
+from irfuse.lowering.kernel_cache import cache_dir
 from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import INTERPRET
 from irfuse.transforms.policy import Chooser
+from irfuse.version import __version__
 
 DYNAMIC = -(2**63)  # a dynamic dim in the signature (the dialect's `?`)
 
 _DECISIONS: dict[tuple, tuple[bool, str]] = {}
 MARGIN = 0.97  # timings of +-3% are noise between rounds (ANCHORS.md)
+DECISIONS_FILE = "attention_auto.json"
 
 
 def attention_chooser(mode: str) -> Chooser:
@@ -41,10 +62,84 @@ def attention_chooser(mode: str) -> Chooser:
         points = examples if dynamic else [signature]
         key = (kind, *sorted(signature.items()), *(tuple(sorted(p.items())) for p in points))
         if key not in _DECISIONS:
-            _DECISIONS[key] = _decide(kind.split("+")[1], points, dynamic)
+            _DECISIONS[key] = _kept_or_decided(
+                key, lambda: _decide(kind.split("+")[1], points, dynamic)
+            )
         return _DECISIONS[key]
 
     return choose
+
+
+def _kept_or_decided(key: tuple, decide: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
+    """The decision kept in the decisions file for `key` (on this GPU, with these
+    versions), else `decide()`'s, which is kept there unless another process kept one
+    first (then that one, so that every process agrees)."""
+    entry = json.dumps([_device_name(), torch.__version__, triton.__version__, __version__,
+                        _kernels_hash(), *key])  # fmt: skip
+    kept = (_read_decisions() or {}).get("decisions", {}).get(entry)
+    if kept is None:
+        decision = decide()
+        store = _read_decisions() or {"token": uuid.uuid4().hex, "decisions": {}}
+        kept = store["decisions"].setdefault(entry, list(decision))
+        _write_decisions(store)
+        if kept == list(decision):
+            return decision
+    fuse, reason = kept
+    return bool(fuse), f"{reason} (kept in {_decisions_path()}; delete it to time again)"
+
+
+def decisions_token() -> str | None:
+    """The token of the decisions file (made with it), for the pass's uuid: it changes
+    only when the file is made anew. None where the file cannot be written."""
+    store = _read_decisions()
+    if store is None:
+        store = {"token": uuid.uuid4().hex, "decisions": {}}
+        if not _write_decisions(store):
+            return None
+    return str(store["token"])
+
+
+def _decisions_path() -> Path:
+    return cache_dir() / DECISIONS_FILE
+
+
+def _read_decisions() -> dict | None:
+    """{"token": str, "decisions": {entry: [fuse, reason]}}, or None (no file, unreadable,
+    or not in that form: it is then made anew)."""
+    try:
+        store = json.loads(_decisions_path().read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(store, dict) and isinstance(store.get("token"), str)
+            and isinstance(store.get("decisions"), dict)):  # fmt: skip
+        return None
+    return store
+
+
+def _write_decisions(store: dict) -> bool:
+    path = _decisions_path()
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            json.dump(store, f, indent=1, sort_keys=True)
+        os.replace(f.name, path)  # atomic: a concurrent reader never sees half a file
+    except OSError:
+        return False
+    return True
+
+
+@functools.cache
+def _kernels_hash() -> str:
+    """Of the attention kernels' source and launch code: a decision outlives no change
+    to them (irfuse's version alone does not follow a working tree's edits)."""
+    from irfuse.kernels import attention as pieces
+    from irfuse.lowering import attention as launch
+
+    text = "".join(Path(str(m.__file__)).read_text() for m in (pieces, launch))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def can_measure() -> bool:

@@ -180,7 +180,9 @@ class FuseAttentionQuantPattern(RewritePattern):
         if reason is None:  # last: under attention=auto this times both candidates
             kind = f"attention+{found.quant.scheme}"
             fuse, reason = policy.choose(kind, *_signatures(attention))
-            reason = None if fuse else reason
+            if fuse:  # the measurement (or the option) that chose the fused kernel
+                report.note(f"{NAME} chose the fused kernel: {reason}")
+                reason = None
         if reason is not None or before is None:
             report.rejected(NAME, op, reason or "no place for the fused op")
             return

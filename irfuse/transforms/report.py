@@ -1,6 +1,6 @@
 """What fused and what was refused, and why: filled by the patterns while a pass runs.
 
-Patterns call `fused(...)` and `rejected(...)`; outside `collect()` (e.g. in
+Patterns call `fused(...)`, `rejected(...)` and `note(...)`; outside `collect()` (e.g. in
 irfuse-opt) these are no-ops. Rejections are recorded once per (pass, location, reason)
 since the greedy driver may visit an op several times.
 """
@@ -75,6 +75,13 @@ def fused(pass_name: str) -> None:
     report = _CURRENT.get()
     if report is not None:
         report.fused[pass_name] += 1
+
+
+def note(text: str) -> None:
+    """A note for the report, once (say, why a measured choice fused)."""
+    report = _CURRENT.get()
+    if report is not None and text not in report.notes:
+        report.notes.append(text)
 
 
 def rejected(pass_name: str, op: Operation, reason: str) -> None:
