@@ -130,8 +130,9 @@ def bench_shape(
     inductor = torch.compile(block, dynamic=static)
     fused = torch.compile(block, backend="irfuse", dynamic=static,
                           options={"attention": "irfuse"})  # fmt: skip
-    with capture_reports() as reports:
-        auto = torch.compile(block, backend="irfuse", dynamic=static)
+    with capture_reports() as reports:  # Inductor's cache off: the pass runs and reports
+        auto = torch.compile(block, backend="irfuse", dynamic=static,
+                             options={"fx_graph_cache": False})  # fmt: skip
         auto(q, k, v, s, causal, mask)
     choice = "fused" if any(r.fused.get("fuse-attention-quant") for r in reports) else "sdpa"
     for report in reports:  # why auto kept SDPA
