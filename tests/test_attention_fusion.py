@@ -375,6 +375,22 @@ def test_auto_keeps_its_decisions_for_later_processes(monkeypatch):
     assert f"{measured} (kept in {autotune._decisions_path()}; delete it" in note, note
 
 
+def test_auto_decision_kept_first_wins(monkeypatch, tmp_path):
+    """Processes that time a shape class at once (tensor-parallel ranks) agree: the one
+    that keeps its decision first settles it, the others take it."""
+    from irfuse.lowering import autotune
+
+    monkeypatch.setattr(autotune, "_decisions_path", lambda: tmp_path / autotune.DECISIONS_FILE)
+    key = ("attention+static", ("batch", 1))
+
+    def another_process_keeps_its_decision_meanwhile():
+        assert autotune._kept_or_decided(key, lambda: (False, "theirs")) == (False, "theirs")
+        return True, "ours"
+
+    fuse, reason = autotune._kept_or_decided(key, another_process_keeps_its_decision_meanwhile)
+    assert not fuse and reason.startswith("theirs (kept in "), reason
+
+
 def test_auto_decisions_file_keys_the_inductor_cache(monkeypatch, tmp_path):
     """On a GPU, `auto`'s uuid for Inductor's FX graph cache carries the decisions file's
     token: stable while the file is, new when it is made anew (deleted, to time again);

@@ -18,13 +18,14 @@ decision is then every process's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -79,9 +80,10 @@ def _kept_or_decided(key: tuple, decide: Callable[[], tuple[bool, str]]) -> tupl
     kept = (_read_decisions() or {}).get("decisions", {}).get(entry)
     if kept is None:
         decision = decide()
-        store = _read_decisions() or {"token": uuid.uuid4().hex, "decisions": {}}
-        kept = store["decisions"].setdefault(entry, list(decision))
-        _write_decisions(store)
+        with _locked():  # processes that timed at once (tensor-parallel ranks) agree
+            store = _read_decisions() or {"token": uuid.uuid4().hex, "decisions": {}}
+            kept = store["decisions"].setdefault(entry, list(decision))
+            _write_decisions(store)
         if kept == list(decision):
             return decision
     fuse, reason = kept
@@ -91,12 +93,29 @@ def _kept_or_decided(key: tuple, decide: Callable[[], tuple[bool, str]]) -> tupl
 def decisions_token() -> str | None:
     """The token of the decisions file (made with it), for the pass's uuid: it changes
     only when the file is made anew. None where the file cannot be written."""
-    store = _read_decisions()
-    if store is None:
-        store = {"token": uuid.uuid4().hex, "decisions": {}}
-        if not _write_decisions(store):
-            return None
+    with _locked():
+        store = _read_decisions()
+        if store is None:
+            store = {"token": uuid.uuid4().hex, "decisions": {}}
+            if not _write_decisions(store):
+                return None
     return str(store["token"])
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Holds the decisions file's lock (a file beside it) for a read-modify-write; no
+    lock where it cannot be taken (the write itself stays atomic)."""
+    try:
+        import fcntl
+
+        lock = open(f"{_decisions_path()}.lock", "w")  # noqa: SIM115 (closed below)
+    except (ImportError, OSError):
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _decisions_path() -> Path:
