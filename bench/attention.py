@@ -34,6 +34,7 @@ SHAPES = [  # (B, Hq, Hkv, Sq, Skv, D, causal); --only I selects (of the list in
     (4, 32, 32, 4096, 4096, 64, False),
     (32, 32, 8, 1, 4096, 128, False),  # decode
     (4, 32, 8, 1024, 1024, 128, True),  # beyond the shapes: a short GQA prefill
+    (4, 16, 8, 4096, 4096, 256, True),  # beyond them too: head dim 256 (Gemma-style)
 ]
 DECODE_SHAPES = [  # --per-token
     (32, 32, 8, 1, 4096, 128, False),

@@ -112,6 +112,36 @@ def test_nvfp4_epilogue_writes_every_scale_of_an_unpadded_output(monkeypatch):
                        dequant("nvfp4", q_ref, scales_ref, scale, 128, 64))  # fmt: skip
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("scheme", ["static", "nvfp4"])
+@pytest.mark.parametrize("mask_dtype", [None, torch.bool, torch.bfloat16])
+def test_gpu_prefill_epilogues_every_head_dim(d, scheme, mask_dtype):
+    """The production tiles with a quant epilogue at every head dim, causal or beside a
+    4-D mask's tiles (the largest tiles' registers and shared memory)."""
+    q, k, v = _qkv(2, 4, 2, 300, 300, d, torch.float16)
+    mask, causal = None, "top_left"
+    if mask_dtype is not None:
+        keep = torch.rand(2, 1, 300, 300, generator=torch.Generator().manual_seed(d)) > 0.3
+        mask, causal = keep.to(DEVICE), "none"
+        if mask_dtype != torch.bool:
+            mask = torch.zeros(keep.shape, device=DEVICE).masked_fill(~mask, float("-inf"))
+            mask = mask.to(mask_dtype)
+    out, _ = ref.attention(q, k, v, mask, d**-0.5, causal, False)
+    layout = out.transpose(1, 2).reshape(2 * 300, 4 * d)
+    scale = {"static": torch.tensor([0.01]),
+             "nvfp4": (448 * 6 / layout.float().abs().amax()).reshape(1)}[scheme]  # fmt: skip
+    scale = scale.to(DEVICE)
+    got, _, scales = kernel_attention(q, k, v, scale, d**-0.5, causal, "bs_hd", False, scheme,
+                                      mask)  # fmt: skip
+    q_ref, scales_ref = reference_quant(scheme, layout, scale)
+    rows, n = layout.shape
+    got = got.reshape(rows, -1)
+    assert_quant_close(scheme, dequant(scheme, got, scales, scale, rows, n),
+                       dequant(scheme, q_ref, scales_ref, scale, rows, n))  # fmt: skip
+
+
 def test_bhsd_layout_and_static_epilogue():
     q, k, v = _qkv(2, 2, 2, 9, 9, 16, torch.float16)
     scale = torch.tensor([0.01], device=DEVICE)
