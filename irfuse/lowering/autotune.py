@@ -8,7 +8,7 @@ serves every size: `auto` times it at the sizes it was traced with and at twice 
 (irfuse/frontend/size_examples.py) and fuses only if the fused kernel wins at each.
 
 Measured decisions persist in `attention_auto.json` in irfuse's cache directory
-(`IRFUSE_CACHE_DIR`), keyed by GPU, versions, the attention kernels' code and the shape
+(`IRFUSE_CACHE_DIR`), keyed by GPU, versions, the kernels' code and the shape
 class: a later process reuses them without timing. The file carries a token made with
 it, which the pass's uuid includes, so Inductor's FX graph cache stays on: a cached
 graph replays the decisions of the file it was compiled with, and deleting the file (to
@@ -148,12 +148,12 @@ def _write_decisions(store: dict) -> bool:
 
 @functools.cache
 def _kernels_hash() -> str:
-    """Of the attention kernels' source and launch code: a decision outlives no change
-    to them (irfuse's version alone does not follow a working tree's edits)."""
-    from irfuse.kernels import attention as pieces
-    from irfuse.lowering import attention as launch
-
-    text = "".join(Path(str(m.__file__)).read_text() for m in (pieces, launch))
+    """Of the kernels' source and launch code (irfuse/kernels, irfuse/lowering), which
+    both timed candidates run: a decision outlives no change to them (irfuse's version
+    alone does not follow a working tree's edits)."""
+    package = Path(__file__).parent.parent
+    files = sorted((*(package / "kernels").glob("*.py"), *(package / "lowering").glob("*.py")))
+    text = "".join(path.read_text() for path in files)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
