@@ -142,6 +142,27 @@ def test_gpu_prefill_epilogues_every_head_dim(d, scheme, mask_dtype):
                        dequant(scheme, q_ref, scales_ref, scale, rows, n))  # fmt: skip
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize("d", [128, 256])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+def test_gpu_model_layout_gqa_with_a_4d_mask(d, mask_dtype):
+    """q, k, v as a model's projections leave them ([B, S, H, D] memory), GQA 16/8, a
+    causal + padding mask of a right-padded batch (bool, or fp32 with -inf), 2048 rows:
+    the production tiles against the reference."""
+    g = torch.Generator().manual_seed(d)
+    q, k, v = (torch.randn(2, 2048, h, d, generator=g).to(torch.bfloat16).to(DEVICE)
+               .transpose(1, 2) for h in (16, 8, 8))  # fmt: skip
+    keep = torch.ones(2048, 2048, dtype=torch.bool).tril().expand(2, 1, 2048, 2048).clone()
+    keep[1, ..., 1800:] = False
+    mask = keep.to(DEVICE)
+    if mask_dtype != torch.bool:
+        mask = torch.zeros(keep.shape, device=DEVICE).masked_fill(~mask, float("-inf"))
+    out, _, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", False, "none", mask)
+    out_ref, _ = ref.attention(q, k, v, mask, d**-0.5, "none", False)
+    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+
+
 def test_bhsd_layout_and_static_epilogue():
     q, k, v = _qkv(2, 2, 2, 9, 9, 16, torch.float16)
     scale = torch.tensor([0.01], device=DEVICE)
