@@ -384,11 +384,36 @@ def test_auto_decision_kept_first_wins(monkeypatch, tmp_path):
     key = ("attention+static", ("batch", 1))
 
     def another_process_keeps_its_decision_meanwhile():
-        assert autotune._kept_or_decided(key, lambda: (False, "theirs")) == (False, "theirs")
-        return True, "ours"
+        theirs = autotune._kept_or_decided(key, lambda: (False, "theirs", True))
+        assert theirs == (False, "theirs")
+        return True, "ours", True
 
     fuse, reason = autotune._kept_or_decided(key, another_process_keeps_its_decision_meanwhile)
     assert not fuse and reason.startswith("theirs (kept in "), reason
+
+
+def test_auto_keeps_only_decisions_timed_at_every_size(monkeypatch, tmp_path):
+    """What fits in free memory, or fails to run, varies between runs: a decision with a
+    point left untimed (too large, a timing that failed) is used but not kept."""
+    from irfuse.lowering import autotune
+
+    path = tmp_path / autotune.DECISIONS_FILE
+    monkeypatch.setattr(autotune, "_decisions_path", lambda: path)
+    monkeypatch.setattr(autotune, "time_candidates", lambda scheme, point: (50.0, 100.0))
+    monkeypatch.setattr(autotune, "_fits", lambda point: point["batch"] == 2)
+    shape = {"heads_q": 4, "heads_kv": 4, "seq_q": 64, "mask": "none"}
+    points = [{**shape, "batch": 2}, {**shape, "batch": 4}]
+    assert autotune._decide("static", points, ["batch"]) == (
+        True, "attention=auto measured (dynamic shapes, at the traced sizes and twice them) "
+        "batch 2: fused 50.0 us vs SDPA + quant 100.0 us", False)  # fmt: skip
+    assert autotune._decide("static", points[:1], ["batch"])[2]
+
+    key = ("attention+static", ("batch", 2))
+    untimed = autotune._kept_or_decided(key, lambda: (False, "could not time it", False))
+    assert untimed == (False, "could not time it") and not path.exists()
+    timed = autotune._kept_or_decided(key, lambda: (True, "measured", True))
+    assert timed == (True, "measured")
+    assert list(json.loads(path.read_text())["decisions"].values()) == [[True, "measured"]]
 
 
 def test_auto_decisions_file_keys_the_inductor_cache(monkeypatch, tmp_path):

@@ -71,23 +71,34 @@ def attention_chooser(mode: str) -> Chooser:
     return choose
 
 
-def _kept_or_decided(key: tuple, decide: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
+def _kept_or_decided(key: tuple, decide: Callable[[], tuple[bool, str, bool]]) -> tuple[bool, str]:
     """The decision kept in the decisions file for `key` (on this GPU, with these
-    versions), else `decide()`'s, which is kept there unless another process kept one
-    first (then that one, so that every process agrees)."""
+    versions), else `decide()`'s (fuse?, why, keep?), which is kept there if it says so,
+    unless another process kept one first (then that one, so that every process agrees)."""
     entry = json.dumps([_device_name(), torch.__version__, triton.__version__, __version__,
                         _kernels_hash(), *key])  # fmt: skip
-    kept = (_read_decisions() or {}).get("decisions", {}).get(entry)
+    kept = _kept(entry)
     if kept is None:
-        decision = decide()
+        fuse, reason, keep = decide()
+        if not keep:
+            return fuse, reason
         with _locked():  # processes that timed at once (tensor-parallel ranks) agree
             store = _read_decisions() or {"token": uuid.uuid4().hex, "decisions": {}}
-            kept = store["decisions"].setdefault(entry, list(decision))
-            _write_decisions(store)
-        if kept == list(decision):
-            return decision
-    fuse, reason = kept
-    return bool(fuse), f"{reason} (kept in {_decisions_path()}; delete it to time again)"
+            kept = _kept(entry, store)
+            if kept is None:
+                kept = store["decisions"][entry] = [fuse, reason]
+                _write_decisions(store)
+        if kept == [fuse, reason]:
+            return fuse, reason
+    return bool(kept[0]), f"{kept[1]} (kept in {_decisions_path()}; delete it to time again)"
+
+
+def _kept(entry: str, store: dict | None = None) -> list | None:
+    """The [fuse, why] kept for `entry`, if in that form (an edited file may hold other
+    things: the entry is then decided again and replaced)."""
+    kept = (store or _read_decisions() or {}).get("decisions", {}).get(entry)
+    valid = isinstance(kept, list) and len(kept) == 2 and isinstance(kept[1], str)
+    return kept if valid else None
 
 
 def decisions_token() -> str | None:
@@ -165,8 +176,12 @@ def can_measure() -> bool:
     return torch.cuda.is_available()
 
 
-def _decide(scheme: str, points: list[dict[str, object]], dynamic: list[str]) -> tuple[bool, str]:
-    """Fuse only where the fused kernel clearly wins at every point that fits in memory."""
+def _decide(
+    scheme: str, points: list[dict[str, object]], dynamic: list[str]
+) -> tuple[bool, str, bool]:
+    """Fuse only where the fused kernel clearly wins at every point that fits in memory.
+    (fuse?, why, keep?): a decision is kept for later processes only if every point was
+    timed (free memory, and so what fits or fails, varies from run to run)."""
     sized = " (dynamic shapes, at the traced sizes and twice them)" if dynamic else ""
     timed = []
     for point in filter(_fits, points):
@@ -175,15 +190,15 @@ def _decide(scheme: str, points: list[dict[str, object]], dynamic: list[str]) ->
             timed.append((point, at, time_candidates(scheme, point)))
         except (RuntimeError, ValueError) as error:  # out of memory, a grid too large
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            return False, f"attention=auto could not time{sized} {at or 'it'}: {first_line}"
+            return False, f"attention=auto could not time{sized} {at or 'it'}: {first_line}", False
     if not timed:
-        return False, "attention=auto: no size to time fits in GPU memory: SDPA kept"
+        return False, "attention=auto: no size to time fits in GPU memory: SDPA kept", False
     fuse = all(ours < fuse_margin(point) * theirs for point, _, (ours, theirs) in timed)
     measured = "; ".join(
         f"{at + ': ' if at else ''}fused {ours:.1f} us vs SDPA + quant {theirs:.1f} us"
         for _, at, (ours, theirs) in timed
     )
-    return fuse, f"attention=auto measured{sized} {measured}"
+    return fuse, f"attention=auto measured{sized} {measured}", len(timed) == len(points)
 
 
 def _fits(sig: dict[str, object]) -> bool:
