@@ -267,6 +267,38 @@ def test_gpu_attention(dtype, d, causal, hq, hkv, sq, skv, loads):
     torch.testing.assert_close(lse[finite], lse_ref[finite], atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "d,block_m,expected",
+    [(128, 16, (128, 3)), (128, 64, (128, 3)), (256, 16, (64, 3)), (256, 64, (64, 2)),
+     (64, 16, (128, 3))],
+)  # fmt: skip
+def test_decode_tiles_fit_in_shared_memory(monkeypatch, d, block_m, expected):
+    """Many (batch, kv head)s over long keys take 128-key tiles in 3 stages where they
+    fit in DECODE_SMEM beside the q tile (head dim 128, as measured); head dim 256 keeps
+    64-key tiles, and fewer stages beside a large q tile."""
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    monkeypatch.setattr(kernels, "DECODE_BLOCK_N", 64)  # the GPU's
+    monkeypatch.setattr(kernels, "sm_count", lambda device: 132)
+    q_tile, kv_row = block_m * d * 2, 2 * d * 2  # bf16
+    config = kernels.split_config(512, 4096, q_tile, kv_row, "cuda")
+    assert (config["BLOCK_N"], config["num_stages"]) == expected
+    assert q_tile + config["num_stages"] * config["BLOCK_N"] * kv_row <= kernels.DECODE_SMEM
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize("d", [128, 256])
+def test_gpu_decode_of_many_rows_over_long_keys(d):
+    """Past two (batch, kv head)s per SM over more than 1024 keys (the rule for wide key
+    tiles): 128-key tiles at head dim 128, 64-key ones at 256 (shared memory), against
+    the reference."""
+    q, k, v = _qkv(40, 32, 8, 1, 1100, d, torch.bfloat16)  # 320 (batch, kv head)s
+    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none")
+    out_ref, lse_ref = ref.attention(q, k, v, None, d**-0.5, "none", True)
+    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+    torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+
+
 def test_heads_per_sweep_rule(monkeypatch):
     """Uneven blocks (causal, masked) of small head dims launched in a few waves interleave
     as many heads as keep their keys and values in SWEEP_KV_BYTES (GQA heads share
@@ -651,8 +683,8 @@ def _wider_decode_tiles(monkeypatch) -> None:
 
     real = kernels.split_config
 
-    def wider(batch_kv, seq_kv, device):
-        config = real(batch_kv, seq_kv, device)
+    def wider(batch_kv, seq_kv, q_tile_bytes, kv_row_bytes, device):
+        config = real(batch_kv, seq_kv, q_tile_bytes, kv_row_bytes, device)
         block_n = 2 * config["BLOCK_N"]
         split_len = -(-config["split_len"] // block_n) * block_n
         splits = max(1, -(-seq_kv // split_len))
