@@ -285,6 +285,25 @@ def test_decode_tiles_fit_in_shared_memory(monkeypatch, d, block_m, expected):
     assert q_tile + config["num_stages"] * config["BLOCK_N"] * kv_row <= kernels.DECODE_SMEM
 
 
+@pytest.mark.parametrize("mask_shape,per_key", [(None, 0), ((2, 1, 1, 40), 4), ((2, 1, 3, 40), 64)])
+def test_decode_counts_a_keys_mask_entries_in_shared_memory(monkeypatch, mask_shape, per_key):
+    """The decode's tiles are sized by a key's K, V and mask bytes per stage: one entry of
+    a mask of batch and key only, one per row of the q tile (16) for a mask with query
+    rows."""
+    asked = []
+    real = kernels.split_config
+
+    def recorded(batch_kv, seq_kv, q_tile_bytes, kv_row_bytes, device):
+        asked.append((q_tile_bytes, kv_row_bytes))
+        return real(batch_kv, seq_kv, q_tile_bytes, kv_row_bytes, device)
+
+    monkeypatch.setattr(kernels, "split_config", recorded)
+    q, k, v = _qkv(2, 4, 2, 3, 40, 16, torch.float16)  # 2 x 3 rows per kv head: q tile 16
+    mask = None if mask_shape is None else torch.zeros(mask_shape, device=DEVICE)
+    kernel_attention(q, k, v, None, 0.25, "none", "bhsd", False, "none", mask)
+    assert asked == [(16 * 16 * 2, 2 * 16 * 2 + per_key)]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
 @pytest.mark.parametrize("d", [128, 256])

@@ -246,7 +246,8 @@ def split_config(
     head) rows per SM and 1024 keys, 128-key tiles (H200, B64 Hkv8 L4096-8192: 0.87x
     SDPA with 64-key tiles, 1.00x with 128; L1024 or at most two rows per SM: 64 stays
     best, by up to 12%). Tiles and stages stay within DECODE_SMEM beside the q tile
-    (`q_tile_bytes`; `kv_row_bytes`: one key's K and V): head dim 256 keeps 64-key tiles."""
+    (`q_tile_bytes`; `kv_row_bytes`: one key's K, V and mask entries): head dim 256 keeps
+    64-key tiles."""
     block_n = DECODE_BLOCK_N
     if INTERPRET:
         programs, min_len = 4 * batch_kv, 16
@@ -638,12 +639,15 @@ def _decode(
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
     block_m = max(16, triton.next_power_of_2(group * sq))
+    mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
+    # a key's bytes in each pipeline stage: its K and V, and its mask entries (one per row
+    # of the tile, or one for a mask of batch and key only)
+    mask_key_bytes = 0 if mask_kind == 0 else mask.element_size() * (1 if key_mask else block_m)
     config = split_config(b * hkv, seq_kv, block_m * d * q.element_size(),
-                          (d + dv) * k.element_size(), q.device)  # fmt: skip
+                          (d + dv) * k.element_size() + mask_key_bytes, q.device)  # fmt: skip
     splits, split_len = config.pop("splits"), config.pop("split_len")
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
-    mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     summary = mask_summary is not None  # _check: a summary comes with its mask
     _check_programs("the split-KV decode", splits * b * hkv)
     split_kv_kernel()[(splits * b * hkv,)](
