@@ -267,41 +267,17 @@ def test_gpu_attention(dtype, d, causal, hq, hkv, sq, skv, loads):
     torch.testing.assert_close(lse[finite], lse_ref[finite], atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize(
-    "d,block_m,expected",
-    [(128, 16, (128, 3)), (128, 64, (128, 3)), (256, 16, (64, 3)), (256, 64, (64, 2)),
-     (64, 16, (128, 3))],
-)  # fmt: skip
-def test_decode_tiles_fit_in_shared_memory(monkeypatch, d, block_m, expected):
-    """Many (batch, kv head)s over long keys take 128-key tiles in 3 stages where they
-    fit in DECODE_SMEM beside the q tile (head dim 128, as measured); head dim 256 keeps
-    64-key tiles, and fewer stages beside a large q tile."""
+@pytest.mark.parametrize("d,dv,batch_kv,seq_kv,block_n", [
+    (128, 128, 512, 4096, 128), (64, 64, 512, 4096, 128), (256, 256, 512, 4096, 64),
+    (128, 128, 264, 4096, 64), (128, 128, 512, 1024, 64),
+])  # fmt: skip
+def test_decode_wide_key_tiles_rule(monkeypatch, d, dv, batch_kv, seq_kv, block_n):
+    """More than two (batch, kv head)s per SM over more than 1024 keys take 128-key tiles
+    up to head dim 128 (K and V rows of 256); head dim 256 keeps 64-key ones."""
     monkeypatch.setattr(kernels, "INTERPRET", False)
     monkeypatch.setattr(kernels, "DECODE_BLOCK_N", 64)  # the GPU's
     monkeypatch.setattr(kernels, "sm_count", lambda device: 132)
-    q_tile, kv_row = block_m * d * 2, 2 * d * 2  # bf16
-    config = kernels.split_config(512, 4096, q_tile, kv_row, "cuda")
-    assert (config["BLOCK_N"], config["num_stages"]) == expected
-    assert q_tile + config["num_stages"] * config["BLOCK_N"] * kv_row <= kernels.DECODE_SMEM
-
-
-@pytest.mark.parametrize("mask_shape,per_key", [(None, 0), ((2, 1, 1, 40), 4), ((2, 1, 3, 40), 64)])
-def test_decode_counts_a_keys_mask_entries_in_shared_memory(monkeypatch, mask_shape, per_key):
-    """The decode's tiles are sized by a key's K, V and mask bytes per stage: one entry of
-    a mask of batch and key only, one per row of the q tile (16) for a mask with query
-    rows."""
-    asked = []
-    real = kernels.split_config
-
-    def recorded(batch_kv, seq_kv, q_tile_bytes, kv_row_bytes, device):
-        asked.append((q_tile_bytes, kv_row_bytes))
-        return real(batch_kv, seq_kv, q_tile_bytes, kv_row_bytes, device)
-
-    monkeypatch.setattr(kernels, "split_config", recorded)
-    q, k, v = _qkv(2, 4, 2, 3, 40, 16, torch.float16)  # 2 x 3 rows per kv head: q tile 16
-    mask = None if mask_shape is None else torch.zeros(mask_shape, device=DEVICE)
-    kernel_attention(q, k, v, None, 0.25, "none", "bhsd", False, "none", mask)
-    assert asked == [(16 * 16 * 2, 2 * 16 * 2 + per_key)]
+    assert kernels.split_config(batch_kv, seq_kv, d + dv, "cuda")["BLOCK_N"] == block_n
 
 
 @pytest.mark.cuda
@@ -309,8 +285,7 @@ def test_decode_counts_a_keys_mask_entries_in_shared_memory(monkeypatch, mask_sh
 @pytest.mark.parametrize("d", [128, 256])
 def test_gpu_decode_of_many_rows_over_long_keys(d):
     """Past two (batch, kv head)s per SM over more than 1024 keys (the rule for wide key
-    tiles): 128-key tiles at head dim 128, 64-key ones at 256 (shared memory), against
-    the reference."""
+    tiles): 128-key tiles at head dim 128, 64-key ones at 256, against the reference."""
     q, k, v = _qkv(40, 32, 8, 1, 1100, d, torch.bfloat16)  # 320 (batch, kv head)s
     out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none")
     out_ref, lse_ref = ref.attention(q, k, v, None, d**-0.5, "none", True)
@@ -702,8 +677,8 @@ def _wider_decode_tiles(monkeypatch) -> None:
 
     real = kernels.split_config
 
-    def wider(batch_kv, seq_kv, q_tile_bytes, kv_row_bytes, device):
-        config = real(batch_kv, seq_kv, q_tile_bytes, kv_row_bytes, device)
+    def wider(batch_kv, seq_kv, kv_dims, device):
+        config = real(batch_kv, seq_kv, kv_dims, device)
         block_n = 2 * config["BLOCK_N"]
         split_len = -(-config["split_len"] // block_n) * block_n
         splits = max(1, -(-seq_kv // split_len))

@@ -231,40 +231,34 @@ SHORT_SEQ_D128 = 1024
 DECODE_BLOCK_N = 16 if INTERPRET else 64
 
 
-# Shared memory the decode's q tile and its pipelined K and V tiles may take: H200's
-# limit per program is 227 KB, the rest is left to the compiler (128-key tiles of head
-# dim 128 in 3 stages, 196 KB with a 16-row q tile, were measured).
-DECODE_SMEM = 208 << 10
+# The widest K and V rows (head dim + value head dim) the decode takes 128-key tiles of:
+# compiled for sm_90 (Triton 3.9, on the CPU), a 128-key tile of head dim 256 spills 1072
+# bytes per thread, a 64-key one 152 (head dim 128 with 128-key tiles: 112).
+DECODE_WIDE_TILE_MAX_DIMS = 256
 
 
-def split_config(
-    batch_kv: int, seq_kv: int, q_tile_bytes: int, kv_row_bytes: int, device: torch.device
-) -> dict[str, int]:
+def split_config(batch_kv: int, seq_kv: int, kv_dims: int, device: torch.device) -> dict[str, int]:
     """Slices of the keys for the decode: about one program per SM, slices of at least
     256 keys, 3 stages for long slices (the best of a sweep on H200, bench/RESULTS.md);
     small for the interpreter, so that tests see several slices. Beyond two (batch, kv
     head) rows per SM and 1024 keys, 128-key tiles (H200, B64 Hkv8 L4096-8192: 0.87x
     SDPA with 64-key tiles, 1.00x with 128; L1024 or at most two rows per SM: 64 stays
-    best, by up to 12%). Tiles and stages stay within DECODE_SMEM beside the q tile
-    (`q_tile_bytes`; `kv_row_bytes`: one key's K, V and mask entries): head dim 256 keeps
-    64-key tiles."""
+    best, by up to 12%), where K and V rows (`kv_dims`: head dim + value head dim) are
+    narrow enough not to spill (DECODE_WIDE_TILE_MAX_DIMS: head dim 256 keeps 64)."""
     block_n = DECODE_BLOCK_N
     if INTERPRET:
         programs, min_len = 4 * batch_kv, 16
     else:
         programs, min_len = sm_count(device), 256
-        wide_fits = q_tile_bytes + 3 * 128 * kv_row_bytes <= DECODE_SMEM
-        block_n = 128 if batch_kv > 2 * programs and seq_kv > 1024 and wide_fits else block_n
+        wide = batch_kv > 2 * programs and seq_kv > 1024 and kv_dims <= DECODE_WIDE_TILE_MAX_DIMS
+        block_n = 128 if wide else block_n
     splits = max(1, min(triton.cdiv(programs, batch_kv), triton.cdiv(seq_kv, min_len)))
     split_len = max(1, triton.cdiv(triton.cdiv(seq_kv, splits), block_n)) * block_n
     splits = max(1, triton.cdiv(seq_kv, split_len))  # no keys: one empty slice
     config = {"BLOCK_N": block_n, "splits": splits, "split_len": split_len}
     if INTERPRET:
         return {**config, "num_warps": 1, "num_stages": 1}
-    stages = 3 if split_len > 1024 else 2
-    while stages > 1 and q_tile_bytes + stages * block_n * kv_row_bytes > DECODE_SMEM:
-        stages -= 1
-    return {**config, "num_warps": 4, "num_stages": stages}
+    return {**config, "num_warps": 4, "num_stages": 3 if split_len > 1024 else 2}
 
 
 def tma_ok(*tensors: torch.Tensor) -> bool:
@@ -640,11 +634,7 @@ def _decode(
     group = h // hkv
     block_m = max(16, triton.next_power_of_2(group * sq))
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
-    # a key's bytes in each pipeline stage: its K and V, and its mask entries (one per row
-    # of the tile, or one for a mask of batch and key only)
-    mask_key_bytes = 0 if mask_kind == 0 else mask.element_size() * (1 if key_mask else block_m)
-    config = split_config(b * hkv, seq_kv, block_m * d * q.element_size(),
-                          (d + dv) * k.element_size() + mask_key_bytes, q.device)  # fmt: skip
+    config = split_config(b * hkv, seq_kv, d + dv, q.device)
     splits, split_len = config.pop("splits"), config.pop("split_len")
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
