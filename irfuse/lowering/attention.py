@@ -232,8 +232,9 @@ DECODE_BLOCK_N = 16 if INTERPRET else 64
 
 
 # The widest K and V rows (head dim + value head dim) the decode takes 128-key tiles of:
-# compiled for sm_90 (Triton 3.9, on the CPU), a 128-key tile of head dim 256 spills 1072
-# bytes per thread, a 64-key one 152 (head dim 128 with 128-key tiles: 112).
+# compiled for sm_90 (Triton 3.9, on the CPU: bench/decode_resources.py), a 128-key tile of
+# head dim 256 spills 1072 bytes per thread, a 64-key one 152 (head dim 128 with 128-key
+# tiles: 112).
 DECODE_WIDE_TILE_MAX_DIMS = 256
 
 
