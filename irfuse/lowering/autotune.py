@@ -125,7 +125,8 @@ def _locked() -> Iterator[None]:
         yield
         return
     with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # a file system without locks: left unlocked
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
