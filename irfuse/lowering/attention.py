@@ -633,12 +633,12 @@ def _decode(
     b, h, sq, d = q.shape
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
-    block_m = max(16, triton.next_power_of_2(group * sq))
-    mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     config = split_config(b * hkv, seq_kv, d + dv, q.device)
     splits, split_len = config.pop("splits"), config.pop("split_len")
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
+    block_m = max(16, triton.next_power_of_2(group * sq))
+    mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     summary = mask_summary is not None  # _check: a summary comes with its mask
     _check_programs("the split-KV decode", splits * b * hkv)
     split_kv_kernel()[(splits * b * hkv,)](

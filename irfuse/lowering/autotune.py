@@ -22,8 +22,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch
 import triton
 
 from irfuse.kernels.attention import uses_decode
-from irfuse.lowering.kernel_cache import cache_dir
+from irfuse.lowering.kernel_cache import cache_dir, write_atomically
 from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import INTERPRET
 from irfuse.transforms.policy import Chooser
@@ -148,11 +146,8 @@ def _read_decisions() -> dict | None:
 
 
 def _write_decisions(store: dict) -> bool:
-    path = _decisions_path()
     try:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            json.dump(store, f, indent=1, sort_keys=True)
-        os.replace(f.name, path)  # atomic: a concurrent reader never sees half a file
+        write_atomically(_decisions_path(), json.dumps(store, indent=1, sort_keys=True))
     except OSError:
         return False
     return True

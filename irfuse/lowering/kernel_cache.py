@@ -33,6 +33,14 @@ def kernel_key(source: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file beside it: concurrent processes
+    never see half a file."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
 def load_kernel(name: str, source: str) -> Any:
     """The `@triton.jit` function `name` defined by `source` (written and imported once)."""
     key = kernel_key(source)
@@ -40,9 +48,7 @@ def load_kernel(name: str, source: str) -> Any:
         return _LOADED[key]
     path = cache_dir() / f"{name}_{key}.py"
     if not path.exists() or path.read_text() != source:
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            f.write(source)
-        os.replace(f.name, path)  # atomic: concurrent compiles never see half a file
+        write_atomically(path, source)
     spec = importlib.util.spec_from_file_location(f"irfuse_kernels.{name}_{key}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
