@@ -277,7 +277,26 @@ def test_decode_wide_key_tiles_rule(monkeypatch, d, dv, batch_kv, seq_kv, block_
     monkeypatch.setattr(kernels, "INTERPRET", False)
     monkeypatch.setattr(kernels, "DECODE_BLOCK_N", 64)  # the GPU's
     monkeypatch.setattr(kernels, "sm_count", lambda device: 132)
-    assert kernels.split_config(batch_kv, seq_kv, d + dv, "cuda")["BLOCK_N"] == block_n
+    monkeypatch.setattr(kernels, "shared_memory_limit", lambda device: 232448)
+    assert kernels.split_config(batch_kv, seq_kv, (d, dv), "cuda")["BLOCK_N"] == block_n
+
+
+@pytest.mark.parametrize("d,batch_kv,block_m,mask_bytes,stages", [
+    (256, 136, 64, 0, 3), (256, 136, 64, 1, 2), (256, 136, 64, 4, 2), (256, 136, 32, 4, 3),
+    (128, 272, 64, 1, 3), (128, 272, 64, 2, 2), (128, 272, 64, 4, 2), (128, 136, 64, 4, 3),
+])  # fmt: skip
+def test_decode_stages_fit_in_shared_memory(monkeypatch, d, batch_kv, block_m, mask_bytes, stages):
+    """Long slices take 3 stages unless the K and V tiles, the query rows and the mask
+    tiles would pass the GPU's shared memory (H200: 227 KB); the configs that ran out
+    there (64 rows with a 4-D mask at head dim 256, or at 128 with 128-key tiles) take 2."""
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    monkeypatch.setattr(kernels, "DECODE_BLOCK_N", 64)
+    monkeypatch.setattr(kernels, "sm_count", lambda device: 132)
+    monkeypatch.setattr(kernels, "shared_memory_limit", lambda device: 232448)
+    config = kernels.split_config(batch_kv, 2048, (d, d), "cuda", block_m, mask_bytes)
+    assert config["num_stages"] == stages
+    used = kernels.decode_shared_bytes(block_m, config["BLOCK_N"], (d, d), stages, mask_bytes, 2)
+    assert used <= 232448
 
 
 @pytest.mark.cuda
@@ -289,6 +308,27 @@ def test_gpu_decode_of_many_rows_over_long_keys(d):
     q, k, v = _qkv(40, 32, 8, 1, 1100, d, torch.bfloat16)  # 320 (batch, kv head)s
     out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none")
     out_ref, lse_ref = ref.attention(q, k, v, None, d**-0.5, "none", True)
+    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+    torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize("d,batch", [(128, 34), (256, 17)])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16, torch.float32])
+def test_gpu_decode_of_64_rows_with_a_4d_mask(d, batch, mask_dtype):
+    """64 query rows per (batch, kv head) (GQA 8, 8 tokens) beside a 4-D mask over one long
+    slice: 3 stages of these tiles would pass shared memory (they ran out of resources
+    before split_config counted them), against the reference."""
+    q, k, v = _qkv(batch, 64, 8, 8, 2048, d, torch.bfloat16)
+    keep = torch.rand(batch, 1, 8, 2048, generator=torch.Generator().manual_seed(d)) > 0.3
+    keep[..., 0] = True
+    keep = keep.to(DEVICE)
+    mask = keep if mask_dtype == torch.bool else (
+        torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, float("-inf")).to(mask_dtype)
+    )  # fmt: skip
+    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
+    out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
     torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
     torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
 
@@ -677,8 +717,8 @@ def _wider_decode_tiles(monkeypatch) -> None:
 
     real = kernels.split_config
 
-    def wider(batch_kv, seq_kv, kv_dims, device):
-        config = real(batch_kv, seq_kv, kv_dims, device)
+    def wider(batch_kv, seq_kv, *args):
+        config = real(batch_kv, seq_kv, *args)
         block_n = 2 * config["BLOCK_N"]
         split_len = -(-config["split_len"] // block_n) * block_n
         splits = max(1, -(-seq_kv // split_len))

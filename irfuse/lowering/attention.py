@@ -31,7 +31,13 @@ from irfuse.kernels.attention import (
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
 from irfuse.lowering.kernel_cache import load_kernel
-from irfuse.lowering.runtime import FP8, INTERPRET, launch_config, sm_count
+from irfuse.lowering.runtime import (
+    FP8,
+    INTERPRET,
+    launch_config,
+    shared_memory_limit,
+    sm_count,
+)
 from irfuse.ops._checks import FLOAT_DTYPES, broadcasts_to
 from irfuse.ops.attention import attention as ref_attention
 from irfuse.ops.quant import (
@@ -234,24 +240,48 @@ DECODE_BLOCK_N = 16 if INTERPRET else 64
 # The widest K and V rows (head dim + value head dim) the decode takes 128-key tiles of:
 # compiled for sm_90 (Triton 3.9, on the CPU: bench/decode_resources.py), a 128-key tile of
 # head dim 256 spills 1072 bytes per thread, a 64-key one 152 (head dim 128 with 128-key
-# tiles: 112).
+# tiles: 112). On the GPU (Triton 3.6) it does not even fit: 268 KB of shared memory.
 DECODE_WIDE_TILE_MAX_DIMS = 256
 
 
-def split_config(batch_kv: int, seq_kv: int, kv_dims: int, device: torch.device) -> dict[str, int]:
+def decode_shared_bytes(
+    block_m: int, block_n: int, dims: tuple[int, int], stages: int, mask_bytes: int, elt: int
+) -> int:
+    """Shared memory of a split-KV decode program as Triton 3.6 lays it out for sm_90:
+    `stages` buffers of the K and V tiles, one of the query rows, `stages - 1` of a mask
+    tile with a query dimension (`mask_bytes` per element, 0 for none or a padding mask).
+    Exact on every config that ran out on H200: head dim 256, 64 rows, 64-key tiles, 3
+    stages ask 232 / 240 / 256 KB beside a bool / bf16 / fp32 mask; head dim 128, 64
+    rows, 128-key tiles, 3 stages 240 / 272 KB beside a bf16 / fp32 one (of 227)."""
+    d, dv = dims
+    kv = stages * block_n * (d + dv) * elt
+    return kv + block_m * d * elt + (stages - 1) * block_m * block_n * mask_bytes
+
+
+def split_config(
+    batch_kv: int,
+    seq_kv: int,
+    dims: tuple[int, int],
+    device: torch.device,
+    block_m: int = 16,
+    mask_bytes: int = 0,
+    elt: int = 2,
+) -> dict[str, int]:
     """Slices of the keys for the decode: about one program per SM, slices of at least
     256 keys, 3 stages for long slices (the best of a sweep on H200, bench/RESULTS.md);
     small for the interpreter, so that tests see several slices. Beyond two (batch, kv
     head) rows per SM and 1024 keys, 128-key tiles (H200, B64 Hkv8 L4096-8192: 0.87x
     SDPA with 64-key tiles, 1.00x with 128; L1024 or at most two rows per SM: 64 stays
-    best, by up to 12%), where K and V rows (`kv_dims`: head dim + value head dim) are
-    narrow enough not to spill (DECODE_WIDE_TILE_MAX_DIMS: head dim 256 keeps 64)."""
+    best, by up to 12%), where K and V rows (`dims`: head dim, value head dim) are narrow
+    enough not to spill (DECODE_WIDE_TILE_MAX_DIMS: head dim 256 keeps 64). Fewer stages
+    where `block_m` query rows (of `elt` bytes per element) and their mask tiles would not
+    fit in shared memory beside them (decode_shared_bytes)."""
     block_n = DECODE_BLOCK_N
     if INTERPRET:
         programs, min_len = 4 * batch_kv, 16
     else:
         programs, min_len = sm_count(device), 256
-        wide = batch_kv > 2 * programs and seq_kv > 1024 and kv_dims <= DECODE_WIDE_TILE_MAX_DIMS
+        wide = batch_kv > 2 * programs and seq_kv > 1024 and sum(dims) <= DECODE_WIDE_TILE_MAX_DIMS
         block_n = 128 if wide else block_n
     splits = max(1, min(triton.cdiv(programs, batch_kv), triton.cdiv(seq_kv, min_len)))
     split_len = max(1, triton.cdiv(triton.cdiv(seq_kv, splits), block_n)) * block_n
@@ -259,7 +289,13 @@ def split_config(batch_kv: int, seq_kv: int, kv_dims: int, device: torch.device)
     config = {"BLOCK_N": block_n, "splits": splits, "split_len": split_len}
     if INTERPRET:
         return {**config, "num_warps": 1, "num_stages": 1}
-    return {**config, "num_warps": 4, "num_stages": 3 if split_len > 1024 else 2}
+    stages = 3 if split_len > 1024 else 2
+    limit = shared_memory_limit(device)
+    while (
+        stages > 1 and decode_shared_bytes(block_m, block_n, dims, stages, mask_bytes, elt) > limit
+    ):
+        stages -= 1
+    return {**config, "num_warps": 4, "num_stages": stages}
 
 
 def tma_ok(*tensors: torch.Tensor) -> bool:
@@ -633,11 +669,13 @@ def _decode(
     b, h, sq, d = q.shape
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
-    config = split_config(b * hkv, seq_kv, d + dv, q.device)
+    block_m = max(16, triton.next_power_of_2(group * sq))
+    config = split_config(
+        b * hkv, seq_kv, (d, dv), q.device, block_m, _mask_bytes(masking), q.element_size()
+    )
     splits, split_len = config.pop("splits"), config.pop("split_len")
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
-    block_m = max(16, triton.next_power_of_2(group * sq))
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     summary = mask_summary is not None  # _check: a summary comes with its mask
     _check_programs("the split-KV decode", splits * b * hkv)

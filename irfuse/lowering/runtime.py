@@ -133,6 +133,14 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@functools.cache
+def shared_memory_limit(device: torch.device) -> int:
+    """Shared memory one program may ask of `device`: the limit Triton checks at launch."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+
+
 def allocate_outputs(
     spec: KernelSpec, x: torch.Tensor, has_residual: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
