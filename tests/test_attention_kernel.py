@@ -295,8 +295,33 @@ def test_decode_stages_fit_in_shared_memory(monkeypatch, d, batch_kv, block_m, m
     monkeypatch.setattr(kernels, "shared_memory_limit", lambda device: 232448)
     config = kernels.split_config(batch_kv, 2048, (d, d), "cuda", block_m, mask_bytes)
     assert config["num_stages"] == stages
-    used = kernels.decode_shared_bytes(block_m, config["BLOCK_N"], (d, d), stages, mask_bytes, 2)
+    used = kernels.shared_bytes(block_m, config["BLOCK_N"], (d, d), stages, mask_bytes)
     assert used <= 232448
+
+
+@pytest.mark.parametrize("d", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("seq_q", [300, 2053])
+@pytest.mark.parametrize("mask_bytes", [0, 1, 2, 4])
+def test_prefill_configs_fit_any_value_head_dim(monkeypatch, d, seq_q, mask_bytes):
+    """The tuned prefill configs (value head dim = head dim) keep their stages; wider value
+    rows keep the tiles (the mask summary's) but drop the register cap and the stages that
+    would pass shared memory (H200: head dim 128, value 256, 3 stages asked 321 KB)."""
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    monkeypatch.setattr(kernels, "shared_memory_limit", lambda device: 232448)
+    tuned = kernels.prefill_config(d, seq_q, mask_bytes)
+    mask = torch.zeros(1, dtype=torch.uint8) if mask_bytes else None
+    masking = (mask, (0, 0, 0, 0), int(mask_bytes > 0), False, None)
+    monkeypatch.setattr(kernels, "_mask_bytes", lambda masking: mask_bytes)
+    q = torch.empty(0)
+    assert kernels.wide_values_config(tuned, d, d, masking, q) == tuned
+    for dv in (v for v in (16, 64, 128, 256) if v != d):
+        config = kernels.wide_values_config(tuned, d, dv, masking, q)
+        tiles = ("BLOCK_M", "BLOCK_N", "num_warps", "loads")
+        assert [config[key] for key in tiles] == [tuned[key] for key in tiles]
+        assert ("maxnreg" in config) == ("maxnreg" in tuned and dv <= d)
+        block = (config["BLOCK_M"], config["BLOCK_N"])
+        assert kernels.shared_bytes(*block, (d, dv), config["num_stages"], mask_bytes) <= 232448
+        assert config["num_stages"] == tuned["num_stages"] or dv > d
 
 
 @pytest.mark.cuda
@@ -331,6 +356,26 @@ def test_gpu_decode_of_64_rows_with_a_4d_mask(d, batch, mask_dtype):
     out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
     torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
     torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+@pytest.mark.parametrize("d,dv", [(16, 256), (64, 256), (128, 256), (256, 64)])
+@pytest.mark.parametrize("seq", [300, 2053])
+def test_gpu_prefill_of_value_rows_wider_than_the_keys(d, dv, seq):
+    """Value head dims other than the keys' with the production tiles (ptxas failed on
+    the register cap of head dim 64's long-sequence tiles and shared memory ran out at
+    128 / 256 before), with the static epilogue, against the reference."""
+    q, k, _ = _qkv(2, 4, 2, seq, seq, d, torch.bfloat16)
+    v = torch.randn(2, 2, seq, dv, device=DEVICE, dtype=torch.bfloat16)
+    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "top_left", "bhsd", True, "none")
+    out_ref, lse_ref = ref.attention(q, k, v, None, d**-0.5, "top_left", True)
+    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+    torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+    scale = torch.tensor([0.05], device=DEVICE)
+    q8 = kernel_attention(q, k, v, scale, d**-0.5, "top_left", "bs_hd", False, "static")[0]
+    expected = ref.static_fp8_quant(out_ref.transpose(1, 2).reshape(2, seq, -1), scale)
+    assert_fp8_close(q8, expected, scale)
 
 
 def test_heads_per_sweep_rule(monkeypatch):

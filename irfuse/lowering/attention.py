@@ -244,18 +244,30 @@ DECODE_BLOCK_N = 16 if INTERPRET else 64
 DECODE_WIDE_TILE_MAX_DIMS = 256
 
 
-def decode_shared_bytes(
-    block_m: int, block_n: int, dims: tuple[int, int], stages: int, mask_bytes: int, elt: int
+def shared_bytes(
+    block_m: int, block_n: int, dims: tuple[int, int], stages: int, mask_bytes: int
 ) -> int:
-    """Shared memory of a split-KV decode program as Triton 3.6 lays it out for sm_90:
-    `stages` buffers of the K and V tiles, one of the query rows, `stages - 1` of a mask
-    tile with a query dimension (`mask_bytes` per element, 0 for none or a padding mask).
-    Exact on every config that ran out on H200: head dim 256, 64 rows, 64-key tiles, 3
-    stages ask 232 / 240 / 256 KB beside a bool / bf16 / fp32 mask; head dim 128, 64
-    rows, 128-key tiles, 3 stages 240 / 272 KB beside a bf16 / fp32 one (of 227)."""
+    """Shared memory of an attention program (bf16/fp16) as Triton 3.6 lays it out for
+    sm_90: `stages` buffers of the K and V tiles (`dims`: head dim, value head dim), one of
+    the query rows, `stages - 1` of a mask tile with a query dimension (`mask_bytes` per
+    element, 0 for none or a padding mask) and 1 KB. Exact or 1 KB over on every config
+    that ran out on H200: the decode's 64 rows of head dim 256 in 64-key tiles, 3 stages,
+    ask 232 / 240 / 256 KB beside a bool / bf16 / fp32 mask, of head dim 128 in 128-key
+    tiles 240 / 272 KB beside a bf16 / fp32 one; the prefill's 128x128 tiles of head dim
+    128 with value head dim 256, 3 stages, 321 KB (of 227)."""
     d, dv = dims
-    kv = stages * block_n * (d + dv) * elt
-    return kv + block_m * d * elt + (stages - 1) * block_m * block_n * mask_bytes
+    kv = stages * block_n * (d + dv) * 2
+    return kv + block_m * d * 2 + (stages - 1) * block_m * block_n * mask_bytes + 1024
+
+
+def fit_stages(
+    stages: int, block_m: int, block_n: int, dims: tuple[int, int], mask_bytes: int, device
+) -> int:
+    """As many of `stages` as fit in `device`'s shared memory (shared_bytes), at least one."""
+    limit = shared_memory_limit(device)
+    while stages > 1 and shared_bytes(block_m, block_n, dims, stages, mask_bytes) > limit:
+        stages -= 1
+    return stages
 
 
 def split_config(
@@ -265,7 +277,6 @@ def split_config(
     device: torch.device,
     block_m: int = 16,
     mask_bytes: int = 0,
-    elt: int = 2,
 ) -> dict[str, int]:
     """Slices of the keys for the decode: about one program per SM, slices of at least
     256 keys, 3 stages for long slices (the best of a sweep on H200, bench/RESULTS.md);
@@ -274,8 +285,8 @@ def split_config(
     SDPA with 64-key tiles, 1.00x with 128; L1024 or at most two rows per SM: 64 stays
     best, by up to 12%), where K and V rows (`dims`: head dim, value head dim) are narrow
     enough not to spill (DECODE_WIDE_TILE_MAX_DIMS: head dim 256 keeps 64). Fewer stages
-    where `block_m` query rows (of `elt` bytes per element) and their mask tiles would not
-    fit in shared memory beside them (decode_shared_bytes)."""
+    where `block_m` query rows and their mask tiles would not fit in shared memory beside
+    them (fit_stages)."""
     block_n = DECODE_BLOCK_N
     if INTERPRET:
         programs, min_len = 4 * batch_kv, 16
@@ -289,12 +300,7 @@ def split_config(
     config = {"BLOCK_N": block_n, "splits": splits, "split_len": split_len}
     if INTERPRET:
         return {**config, "num_warps": 1, "num_stages": 1}
-    stages = 3 if split_len > 1024 else 2
-    limit = shared_memory_limit(device)
-    while (
-        stages > 1 and decode_shared_bytes(block_m, block_n, dims, stages, mask_bytes, elt) > limit
-    ):
-        stages -= 1
+    stages = fit_stages(3 if split_len > 1024 else 2, block_m, block_n, dims, mask_bytes, device)
     return {**config, "num_warps": 4, "num_stages": stages}
 
 
@@ -560,6 +566,21 @@ def _reference(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, m
     return rows.view(b, sq, h, dv).transpose(1, 2), lse, scales
 
 
+def wide_values_config(config: dict, d: int, dv: int, masking, q: torch.Tensor) -> dict:
+    """prefill_config's tiles (tuned for dv == d; the mask summary shares them and knows
+    only q's and k's head dims) for any value head dim: no register cap past d (a 128 x
+    256 fp32 accumulator alone takes 128 registers a thread on 8 warps; ptxas fails), and
+    fewer stages where the K and V tiles would pass shared memory (fit_stages: d 128 with
+    dv 256 asked 321 KB in 3)."""
+    if INTERPRET:
+        return config
+    if dv > d:
+        config = {key: value for key, value in config.items() if key != "maxnreg"}
+    stages = fit_stages(config["num_stages"], config["BLOCK_M"], config["BLOCK_N"], (d, dv),
+                        _mask_bytes(masking), q.device)  # fmt: skip
+    return {**config, "num_stages": stages}
+
+
 def _prefill(
     q, k, v, masking, mask_summary, scale, sm_scale, causal, layout, epilogue, out, lse, scales
 ):
@@ -572,7 +593,7 @@ def _prefill(
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
-    config = prefill_config(d, sq, _mask_bytes(masking))
+    config = wide_values_config(prefill_config(d, sq, _mask_bytes(masking)), d, dv, masking, q)
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
     wants_tma = config.pop("loads") == "tma" and seq_kv > 0
     loads = "tma" if wants_tma and tma_ok(q, k, v) else "pointer"
@@ -670,9 +691,7 @@ def _decode(
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
     block_m = max(16, triton.next_power_of_2(group * sq))
-    config = split_config(
-        b * hkv, seq_kv, (d, dv), q.device, block_m, _mask_bytes(masking), q.element_size()
-    )
+    config = split_config(b * hkv, seq_kv, (d, dv), q.device, block_m, _mask_bytes(masking))
     splits, split_len = config.pop("splits"), config.pop("split_len")
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
