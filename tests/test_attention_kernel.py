@@ -38,6 +38,15 @@ def _qkv(b, hq, hkv, sq, skv, d, dtype, seed=0):
     return make(hq, sq), make(hkv, skv), make(hkv, skv)
 
 
+def _mask_from(keep: torch.Tensor, mask_dtype: torch.dtype, hidden: float = float("-inf")):
+    """`keep` (bool, True = keep) on DEVICE as a mask of `mask_dtype`: itself, or additive
+    with `hidden` where it is False."""
+    keep = keep.to(DEVICE)
+    if mask_dtype == torch.bool:
+        return keep
+    return torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, hidden).to(mask_dtype)
+
+
 @pytest.fixture(params=["pointer", "tma"])
 def loads(request, monkeypatch):
     """Run the prefill kernel with pointer loads and with TMA descriptors (both run in
@@ -348,10 +357,7 @@ def test_gpu_decode_of_64_rows_with_a_4d_mask(d, batch, mask_dtype):
     q, k, v = _qkv(batch, 64, 8, 8, 2048, d, torch.bfloat16)
     keep = torch.rand(batch, 1, 8, 2048, generator=torch.Generator().manual_seed(d)) > 0.3
     keep[..., 0] = True
-    keep = keep.to(DEVICE)
-    mask = keep if mask_dtype == torch.bool else (
-        torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, float("-inf")).to(mask_dtype)
-    )  # fmt: skip
+    mask = _mask_from(keep, mask_dtype)
     out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
     out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
     torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
@@ -862,12 +868,7 @@ def test_gpu_explicit_masks_every_head_dim(d, mask_dtype, mask_shape):
     the padding-mask path (keys only)."""
     q, k, v = _qkv(2, 4, 2, 257, 300, d, torch.bfloat16)
     keep = torch.rand(mask_shape, generator=torch.Generator().manual_seed(d)) > 0.3
-    keep = keep.to(DEVICE)
-    mask = (
-        keep
-        if mask_dtype == torch.bool
-        else torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, float("-inf")).to(mask_dtype)
-    )
+    mask = _mask_from(keep, mask_dtype)
     out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
     out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
     torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
@@ -894,10 +895,7 @@ def test_gpu_structured_masks_with_production_tiles(d, mask_dtype, hidden, seq):
     keep = torch.ones(seq, seq, dtype=torch.bool).tril().expand(2, 1, seq, seq).clone()
     keep[1, ..., seq * 9 // 10 :] = False
     keep[0, :, seq // 2 :, 100:140] = False  # a hole in the full tiles of later rows
-    keep = keep.to(DEVICE)
-    mask = keep if mask_dtype == torch.bool else (
-        torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, hidden).to(mask_dtype)
-    )  # fmt: skip
+    mask = _mask_from(keep, mask_dtype, hidden)
     out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
     out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
     torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
