@@ -6,7 +6,9 @@ the CPU (like sass.py: Triton's NVIDIA backend ships ptxas and cuobjdump; no GPU
 
 What split_config's wide-tile rule rests on (twelfth session, Triton 3.9): head dim 256
 with 128-key tiles spills 1072 bytes per thread, with 64-key tiles 152. The GPU runs
-Triton 3.6, whose figures may differ: time a config before relying on it.
+Triton 3.6, whose figures differ: it lays out more shared memory (head dim 256, 128-key
+tiles, 3 stages: 136 KB here, 268 KB on H200, past its 227; lowering's shared_bytes
+models 3.6's layout). Launch a config on the GPU before relying on it.
 """
 
 from __future__ import annotations
