@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
@@ -75,5 +74,11 @@ def _eager(gm: fx.GraphModule, example_inputs: Sequence[Any], opts: Options) -> 
         graph_module.recompile()
         return make_boxed_func(graph_module.forward)
 
-    with torch.no_grad():
-        return aot_autograd(fw_compiler=forward_compiler)(gm, example_inputs)
+    def backward_compiler(graph_module: fx.GraphModule, _: Sequence[Any]) -> Callable[..., Any]:
+        return make_boxed_func(graph_module.forward)
+
+    # Grad mode as the caller has it: under autograd (a parameter that requires grad) the
+    # forward keeps what the backward saves (the pass leaves those values alone, as under
+    # Inductor) and the backward runs as traced.
+    compiler = aot_autograd(fw_compiler=forward_compiler, bw_compiler=backward_compiler)
+    return compiler(gm, example_inputs)

@@ -188,6 +188,30 @@ def test_decoder_block_matches_eager():
     torch.testing.assert_close(out[0], expected[0], atol=0.1, rtol=0.1)
 
 
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+def test_a_norm_with_a_trained_weight_keeps_its_gradients(inner):
+    """A weight that requires grad (nn.RMSNorm as constructed): the compiled norm's
+    output requires grad and the gradients are eager's, with either inner compiler; under
+    no_grad the same module fuses."""
+    torch._dynamo.reset()
+    x, _, _, _ = _norm_inputs(dtype=torch.float32)
+    norm = torch.nn.RMSNorm(64, eps=1e-6).to(DEVICE)
+    x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
+    norm(x_eager).square().sum().backward()
+    weight_grad, norm.weight.grad = norm.weight.grad, None
+    compiled = torch.compile(norm, backend="irfuse", options={"inner": inner})
+    out = compiled(x_compiled)
+    assert out.requires_grad
+    out.square().sum().backward()
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(norm.weight.grad, weight_grad, atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), _no_compile_caches(), capture_reports() as reports:
+        torch._dynamo.reset()
+        out = torch.compile(norm, backend="irfuse", options={"inner": inner})(x)
+    assert reports and reports[-1].fused["raise-rms-norm"] == 1, str(reports[-1:])
+    torch.testing.assert_close(out, norm(x), atol=1e-5, rtol=1e-5)
+
+
 def test_dump_dir_has_ir_kernels_and_report(tmp_path):
     x, r, w, s = _norm_inputs()
     torch.compile(
