@@ -80,6 +80,26 @@ def test_weight_dtype_mismatch_is_refused_with_its_reason():
     assert torch.equal(q.view(torch.uint8), models.hf_norm_quant(x, w32, s).view(torch.uint8))
 
 
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+def test_gemma_weight_added_in_bf16_keeps_its_rounding(inner):
+    """Gemma's `1 + w` on a bf16 weight rounds to bf16 before the fp32 multiply: the norm
+    then takes that rounded sum as a plain weight (the Gemma form would add in fp32 and
+    differ by an ulp), and the result is eager's to the bit."""
+
+    def gemma_bf16(x, w):
+        v = x.float()
+        v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return (v * (1.0 + w)).type_as(x)
+
+    x, _, w, _ = _norm_inputs(h=128)
+    report = irfuse.explain(gemma_bf16, x, w)
+    assert report.fused["raise-rms-norm"] == 1 and report.kernels == ["irfuse_rms_norm_fp32w"]
+    torch._dynamo.reset()
+    with _no_compile_caches():
+        out = torch.compile(gemma_bf16, backend="irfuse", options={"inner": inner})(x, w)
+    assert torch.equal(out, gemma_bf16(x, w))
+
+
 def test_norm_read_unquantized_elsewhere_keeps_the_value_in_the_fused_kernel():
     def fn(x, w, s):
         y = models.hf_rms_norm(x, w)

@@ -8,6 +8,8 @@ Matches, for any eps and hidden size (`xf` is `x` cast to fp32, or `x` if fp32):
     y = n * w  [.to(float32)]     -- the same, Inductor having dropped the round trip
                                      through dt before an fp32 consumer -> f32 result
     y = (n * (w.float() + 1)).to(dt)  -- Gemma                        -> gemma
+                                     (`1 + w` in bf16/fp16 rounds: it is then the weight
+                                     of the form above, computed outside the norm)
 
 in both the AOT form (`_to_copy`, `add.Tensor`) and Inductor's post-grad form
 (`convert_element_type`, `add.Scalar`).
@@ -135,6 +137,8 @@ def _match_weight(n: SSAValue, dt: Attribute | None) -> _Weighted | None:
         if cast is not None and cast[1] in (dt, F32):
             ops.append(down)
     gemma = call(other, "aten.add.Tensor", "aten.add.Scalar")
+    # `1 + w` in the weight's 16-bit dtype rounds: then it is the weight of a plain norm
+    gemma = gemma if element_type(other) == F32 else None
     if gemma is not None and const_arg(gemma, 1) == 1 and (wf := tensor_arg(gemma, 0)) is not None:
         w_cast = cast_of(wf)
         weight = w_cast[0] if w_cast is not None and w_cast[1] == F32 else wf
