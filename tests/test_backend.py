@@ -19,6 +19,7 @@ from tests.helpers import assert_close, assert_fp8_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BF16 = torch.bfloat16
+FP8 = torch.float8_e4m3fn
 
 
 def _norm_inputs(t: int = 4, h: int = 64, dtype=BF16):
@@ -98,6 +99,26 @@ def test_gemma_weight_added_in_bf16_keeps_its_rounding(inner):
     with _no_compile_caches():
         out = torch.compile(gemma_bf16, backend="irfuse", options={"inner": inner})(x, w)
     assert torch.equal(out, gemma_bf16(x, w))
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+def test_quant_by_a_0d_scale_keeps_the_bf16_quotient(inner):
+    """`y / s` with a 0-d fp32 scale stays bf16 (a 0-d tensor does not promote): the fp8
+    cast then rounds a rounded quotient, which the static quant (fp32 quotient) would not
+    reproduce; it is refused with its reason, and the result is eager's to the bit."""
+
+    def norm_quant_0d(x, w, s):
+        return (models.hf_rms_norm(x, w) / s.reshape(())).clamp(-448, 448).to(FP8)
+
+    x, _, w, s = _norm_inputs(h=128)
+    s = torch.tensor([0.01], device=DEVICE)
+    report = irfuse.explain(norm_quant_0d, x, w, s)
+    assert "fuse-rms-norm-quant" not in report.fused, str(report)
+    assert any("not float32 (a 0-d scale" in r["reason"] for r in report.rejected), str(report)
+    torch._dynamo.reset()
+    with _no_compile_caches():
+        q = torch.compile(norm_quant_0d, backend="irfuse", options={"inner": inner})(x, w, s)
+    assert torch.equal(q.view(torch.uint8), norm_quant_0d(x, w, s).view(torch.uint8))
 
 
 def test_norm_read_unquantized_elsewhere_keeps_the_value_in_the_fused_kernel():

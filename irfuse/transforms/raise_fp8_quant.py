@@ -8,9 +8,10 @@ Matches (`s` a one-element fp32 scale tensor):
 with `clamp` as `aten.clamp` or `clamp_min` + `clamp_max` in either order (Inductor's
 form), `x_f32` being `x` cast to fp32 or `x` itself (type promotion against the fp32
 scale). Guards: the bounds are exactly -448 and 448; the scale is a one-element fp32
-tensor; intermediates have no other user; unless `standalone=true`, `x` comes from
-an irfuse op that can take the quant as its epilogue (elsewhere Inductor already fuses
-the quant into the kernel that produces `x`, which beats a separate quant kernel).
+tensor; the scaled value is fp32 (not rounded to x's dtype first); intermediates have
+no other user; unless `standalone=true`, `x` comes from an irfuse op that can take the
+quant as its epilogue (elsewhere Inductor already fuses the quant into the kernel that
+produces `x`, which beats a separate quant kernel).
 Replacement: `irfuse.quant` with `#irfuse.quant<static>` (computes `x * (1/s)`,
 NUMERICS.md).
 """
@@ -30,7 +31,7 @@ from xdsl.pattern_rewriter import (
     op_type_rewrite_pattern,
 )
 
-from irfuse.dialects.aten import CallOp
+from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import FLOAT_TYPES, QuantAttr, QuantOp
 from irfuse.transforms import report
 from irfuse.transforms.fuse_quant import can_take_epilogue
@@ -122,6 +123,11 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
     reason = _guard(x, scale, clamp[2], [scale_ops[0], *clamp[1]])
     if reason:
         return reason
+    if element_type(clamp[0]) != F32:  # x / s rounded to x's dtype, then cast: two roundings
+        return (
+            f"the scaled value is {dtype_name(element_type(clamp[0]))}, not float32 (a 0-d "
+            "scale does not promote x): the quant would skip its rounding"
+        )
     source = x
     x_cast = cast_of(x)
     if x_cast is not None and x_cast[1] == F32 and x.uses.get_length() == 1:
