@@ -31,6 +31,36 @@ def hf_norm_quant(x, weight, scale, eps: float = 1e-5):
     return (y * (1.0 / scale)).clamp(min=-448.0, max=448.0).to(FP8)
 
 
+def t5_rms_norm(x, weight, eps: float = 1e-6):
+    """T5LayerNorm.forward: x itself times the fp32 rsqrt (promoted, not cast)."""
+    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(variance + eps)).to(weight.dtype)
+
+
+def t5_norm_quant(x, weight, scale, eps: float = 1e-6):
+    return static_quant(t5_rms_norm(x, weight, eps), scale)
+
+
+def squared_by_mul_rms_norm(x, weight, eps: float = 1e-6):
+    """The square as `xf * xf`."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def squared_by_mul_norm_quant(x, weight, scale, eps: float = 1e-6):
+    return static_quant(squared_by_mul_rms_norm(x, weight, eps), scale)
+
+
+def cast_twice_rms_norm(x, weight, eps: float = 1e-6):
+    """x cast to fp32 once for the variance and again for the product."""
+    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    return weight * (x.to(torch.float32) * torch.rsqrt(variance + eps)).to(x.dtype)
+
+
+def cast_twice_norm_quant(x, weight, scale, eps: float = 1e-6):
+    return static_quant(cast_twice_rms_norm(x, weight, eps), scale)
+
+
 def gemma_norm_quant(x, weight, scale, eps: float = 1e-6):
     v = x.float()
     v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)

@@ -54,6 +54,9 @@ def test_add_rms_norm_quant_fuses_and_matches_eager():
     [
         (models.hf_norm_quant, "irfuse_rms_norm_static_fp8"),
         (models.gemma_norm_quant, "irfuse_rms_norm_gemmaw_static_fp8"),
+        (models.t5_norm_quant, "irfuse_rms_norm_static_fp8"),
+        (models.squared_by_mul_norm_quant, "irfuse_rms_norm_static_fp8"),
+        (models.cast_twice_norm_quant, "irfuse_rms_norm_static_fp8"),
     ],
 )
 @pytest.mark.parametrize("eps", [1e-5, 1e-6, 1e-12])
@@ -79,6 +82,21 @@ def test_weight_dtype_mismatch_is_refused_with_its_reason():
     torch._dynamo.reset()
     q = torch.compile(models.hf_norm_quant, backend="irfuse", options={"inner": "eager"})(x, w32, s)
     assert torch.equal(q.view(torch.uint8), models.hf_norm_quant(x, w32, s).view(torch.uint8))
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+@pytest.mark.parametrize(
+    "norm", [models.t5_rms_norm, models.squared_by_mul_rms_norm, models.cast_twice_rms_norm]
+)
+def test_rms_norm_variants_are_eagers_to_the_bit(inner, norm):
+    """The norm alone, as T5 writes it, with `xf * xf` or with x cast twice: raised, and
+    the same bits as eager."""
+    x, _, w, _ = _norm_inputs(h=128)
+    torch._dynamo.reset()
+    with _no_compile_caches(), capture_reports() as reports:
+        out = torch.compile(norm, backend="irfuse", options={"inner": inner})(x, w)
+    assert reports[-1].fused["raise-rms-norm"] == 1, str(reports[-1])
+    assert torch.equal(out, norm(x, w))
 
 
 @pytest.mark.parametrize("inner", ["eager", "inductor"])

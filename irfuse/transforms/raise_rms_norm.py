@@ -2,7 +2,9 @@
 
 Matches, for any eps and hidden size (`xf` is `x` cast to fp32, or `x` if fp32):
 
-    n = xf * rsqrt(mean(xf ** 2, [-1], keepdim=True) + eps)    (mul in either order)
+    n = xf * rsqrt(mean(xf ** 2, [-1], keepdim=True) + eps)    (mul in either order;
+        `xf * xf` for the square; the product's xf may be x itself, promoted by the fp32
+        rsqrt as T5's norm writes it, or a second cast of x to fp32)
     y = n.to(dt) * w              -- HF LlamaRMSNorm (w * n.to(dt) too)
     y = (n * w).to(dt)            -- F.rms_norm's decomposition        -> fp32_weight_mul
     y = n * w  [.to(float32)]     -- the same, Inductor having dropped the round trip
@@ -74,14 +76,17 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
     mean = call(mean_value, "aten.mean.dim")
     if not isinstance(eps, float) or mean is None:
         return None
-    pow_op = call(tensor_arg(mean, 0), "aten.pow.Tensor_Scalar")
-    if pow_op is None or const_arg(pow_op, 1) != 2 or (xf := tensor_arg(pow_op, 0)) is None:
+    squared = _squared(tensor_arg(mean, 0))
+    if squared is None:
         return None
+    xf, square_op = squared
+    cast = cast_of(xf)
+    x = cast[0] if cast is not None and cast[1] == F32 else xf
     readers = users(rsqrt.results[0])
-    n_ops = [op for op in readers if op.results and _is_mul_of(op, xf, rsqrt.results[0])]
+    n_ops = [(op, xs) for op in readers if (xs := _scaled_copy(op, rsqrt, xf, x)) is not None]
     if not n_ops:
         return None
-    n_op = n_ops[0]
+    n_op, xs = n_ops[0]
     if len(readers) != 1:
         return f"intermediate %{rsqrt.results[0].name_hint} has a user outside the norm"
     dims = int_list_arg(mean, 1)
@@ -89,15 +94,34 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
         return f"mean over dims {dims} (keepdim {const_arg(mean, 2, 'keepdim')}), not the last"
     if element_type(xf) != F32:
         return f"normalised in {dtype_name(element_type(xf))}, not float32"
-    cast = cast_of(xf)
-    x = cast[0] if cast is not None and cast[1] == F32 else xf
-    chain = [pow_op, mean, add, rsqrt, n_op] + ([xf.owner] if x is not xf else [])
+    casts = [v.owner for v in dict.fromkeys((xf, xs)) if v is not x]
+    chain = [square_op, mean, add, rsqrt, n_op, *casts]
     return _Norm(x, xf, float(eps), chain)  # type: ignore[arg-type]
 
 
-def _is_mul_of(op: Operation, a: SSAValue, b: SSAValue) -> bool:
-    operands = mul_operands(op.results[0])
-    return operands is not None and set(operands) == {a, b}
+def _squared(value: SSAValue | None) -> tuple[SSAValue, Operation] | None:
+    """(xf, the op) for `xf ** 2` or `xf * xf`."""
+    pow_op = call(value, "aten.pow.Tensor_Scalar")
+    if pow_op is not None and const_arg(pow_op, 1) == 2:
+        xf = tensor_arg(pow_op, 0)
+        return (xf, pow_op) if xf is not None else None
+    pair = mul_operands(value)
+    if pair is not None and pair[0] is pair[1]:
+        return pair[0], value.owner  # type: ignore[return-value, union-attr]
+    return None
+
+
+def _scaled_copy(op: Operation, rsqrt: CallOp, xf: SSAValue, x: SSAValue) -> SSAValue | None:
+    """The operand `op` multiplies rsqrt by, if it is the squared value `xf` or the same
+    fp32 value of x: x itself (promoted by the fp32 rsqrt, as T5's norm writes it) or
+    another cast of x to fp32 (a model that casts twice)."""
+    operands = mul_operands(op.results[0]) if op.results else None
+    if operands is None or rsqrt.results[0] not in operands or element_type(op.results[0]) != F32:
+        return None
+    other = operands[1] if operands[0] is rsqrt.results[0] else operands[0]
+    if other is xf or (x is not xf and (other is x or cast_of(other) == (x, F32))):
+        return other
+    return None
 
 
 @dataclass

@@ -70,3 +70,39 @@ func.func @inductor_cuda_unrounded(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>) -
 // CHECK-LABEL: func.func @inductor_cuda_unrounded
 // CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64, fp32_weight_mul, unrounded} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xf32>
 // CHECK-NEXT:    func.return
+
+// -----
+
+// T5LayerNorm (AOT form): the product reads x itself, promoted by the fp32 rsqrt.
+func.func @t5_form(%x: tensor<8x96xbf16>, %w: tensor<96xbf16>) -> tensor<8x96xbf16> {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<8x96xbf16>) -> tensor<8x96xf32>
+  %p = aten.call "aten.pow.Tensor_Scalar"(%xf) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x96xf32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x1xf32>
+  %e = aten.call "aten.add.Tensor"(%m) {args = [#aten.ref<0>, 1.0e-06 : f64], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %r = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %n = aten.call "aten.mul.Tensor"(%x, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<8x96xbf16>, tensor<8x1xf32>) -> tensor<8x96xf32>
+  %nb = aten.call "aten._to_copy.default"(%n) {args = [#aten.ref<0>], kwargs = {dtype = bf16}} : (tensor<8x96xf32>) -> tensor<8x96xbf16>
+  %y = aten.call "aten.mul.Tensor"(%w, %nb) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<96xbf16>, tensor<8x96xbf16>) -> tensor<8x96xbf16>
+  func.return %y : tensor<8x96xbf16>
+}
+// CHECK-LABEL: func.func @t5_form
+// CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64} : tensor<8x96xbf16>, tensor<96xbf16> -> tensor<8x96xbf16>
+// CHECK-NEXT:    func.return
+
+// -----
+
+// The square written `xf * xf`.
+func.func @square_by_mul(%x: tensor<8x96xbf16>, %w: tensor<96xbf16>) -> tensor<8x96xbf16> {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<8x96xbf16>) -> tensor<8x96xf32>
+  %p = aten.call "aten.mul.Tensor"(%xf, %xf) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<8x96xf32>, tensor<8x96xf32>) -> tensor<8x96xf32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x1xf32>
+  %e = aten.call "aten.add.Tensor"(%m) {args = [#aten.ref<0>, 1.0e-06 : f64], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %r = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %n = aten.call "aten.mul.Tensor"(%xf, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<8x96xf32>, tensor<8x1xf32>) -> tensor<8x96xf32>
+  %nb = aten.call "aten._to_copy.default"(%n) {args = [#aten.ref<0>], kwargs = {dtype = bf16}} : (tensor<8x96xf32>) -> tensor<8x96xbf16>
+  %y = aten.call "aten.mul.Tensor"(%nb, %w) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<8x96xbf16>, tensor<96xbf16>) -> tensor<8x96xbf16>
+  func.return %y : tensor<8x96xbf16>
+}
+// CHECK-LABEL: func.func @square_by_mul
+// CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64} : tensor<8x96xbf16>, tensor<96xbf16> -> tensor<8x96xbf16>
+// CHECK-NEXT:    func.return
