@@ -64,6 +64,14 @@ def per_token_quant_clamp_ub(x, scale_ub):
     return q, s
 
 
+def per_token_quant_max_values(x):
+    """The amax as the values of `max(dim, keepdim)` (its indices unread)."""
+    xf = x.float()
+    amax = xf.abs().max(dim=-1, keepdim=True).values
+    s = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def per_tensor_quant(x):
     """Over the whole tensor: a 0-d scale."""
     xf = x.float()
@@ -219,11 +227,13 @@ def _check_raised(module, report, scheme: str, with_ub: bool) -> QuantOp:
 
 @pytest.mark.parametrize("form", ["aot", "inductor"])
 @pytest.mark.parametrize(
-    "fn", [per_token_quant, per_token_quant_ub, per_token_quant_clamp_ub], ids=lambda f: f.__name__
+    "fn",
+    [per_token_quant, per_token_quant_ub, per_token_quant_clamp_ub, per_token_quant_max_values],
+    ids=lambda f: f.__name__,
 )
 def test_per_token_forms_are_raised(form, fn):
     x, ub = _inputs(t=4, k=200)
-    args = (x, ub) if fn is not per_token_quant else (x,)
+    args = (x, ub) if fn in (per_token_quant_ub, per_token_quant_clamp_ub) else (x,)
     module, report = _run(CAPTURES[form](fn, *args))
     quant = _check_raised(module, report, "#irfuse.quant<per_token>", with_ub=len(args) == 2)
     assert quant.scale_out.type.get_shape() == (4, 1)
@@ -377,10 +387,18 @@ def _amax_over_rows(x):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def _max_indices_returned(x):
+    xf = x.float()
+    amax, where = xf.abs().max(dim=-1, keepdim=True)
+    s = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s, where
+
+
 @pytest.mark.parametrize(
     "fn,k,reason",
     [
         (lambda x: per_group_quant(x, 96), 192, "group size 96 is not 64 or 128"),
+        (_max_indices_returned, 256, "intermediate %getitem has a user outside the quant"),
         (_lower_clamp_1e5, 256, "lower clamp 1e-05 of the scale is not 1/(448*512)"),
         (_group_floor_1e6, 256, "lower clamp 1e-06 of the scale is not 1e-10"),
         (_amax_returned, 256, "intermediate %amax has a user outside the quant"),
@@ -403,6 +421,7 @@ def _amax_over_rows(x):
     ],
     ids=[
         "group-96",
+        "max-indices-read",
         "token-floor",
         "group-floor",
         "amax-escapes",
@@ -484,6 +503,7 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
     "quant,kernel",
     [
         (per_token_quant, "irfuse_add_rounded_rms_norm_per_token_fp8"),
+        (per_token_quant_max_values, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_group_quant, "irfuse_add_rounded_rms_norm_per_group128_fp8"),
         (per_group_quant_ue8m0, "irfuse_add_rounded_rms_norm_per_group128_ue8m0_fp8"),
     ],

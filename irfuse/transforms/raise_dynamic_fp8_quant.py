@@ -23,7 +23,8 @@ clamps as `aten.clamp` or `clamp_min` / `clamp_max` (a pair in either order for 
 `a / 448` as a division or a multiplication by 1/448 (within one fp32 ulp); `max(., c)`
 also as `maximum` with a constant `aten.full` (Inductor's folding of a tensor constant);
 `min(a, ub)` as `minimum`, `clamp(max=ub)` or `clamp_max` with a tensor; the group view
-as `view`, `reshape` or `_unsafe_view` (`unflatten`), before or after the fp32 cast.
+as `view`, `reshape` or `_unsafe_view` (`unflatten`), before or after the fp32 cast;
+an amax over one dim also as the values of `max(., dim, keepdim)` (its indices unread).
 
 Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the
 formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
@@ -104,6 +105,7 @@ RECIP_ULP = float(np.spacing(np.float32(1.0 / FP8_MAX)))
 
 AMAX = "aten.amax.default"
 MAX = "aten.max.default"  # the max of every element (0-d)
+MAX_DIM = "aten.max.dim"  # (values, indices) over one dim: its values are an amax
 ABS = "aten.abs.default"
 DIV = "aten.div.Tensor"
 SQUEEZE_DIM, SQUEEZE_DIMS = "aten.squeeze.dim", "aten.squeeze.dims"
@@ -139,6 +141,9 @@ class _Step:
 def _path_to_amax(value: SSAValue, depth: int = 0) -> list[CallOp] | None:
     """The ops from an `aten.amax` (or a full `aten.max`) to `value` (amax first) through
     scale-formula ops."""
+    owner = value.owner
+    if isinstance(owner, CallOp) and owner.target.data == MAX_DIM:  # values, not indices
+        return [owner] if value is owner.results[0] else None
     op = call(value, AMAX, MAX, *SCALE_OPS, *VIEWS)
     if op is None or depth > 8 or (op.target.data in VIEWS and _numel(op.results[0]) != 1):
         return None
@@ -468,9 +473,18 @@ def _reduces_every_dim(amax: CallOp) -> bool:
     """`amax` is a full `max`, or an `amax` over every dim of its input (none listed)."""
     if amax.target.data == MAX:
         return True
-    dims = int_list_arg(amax, 1) if amax.arg(1) is not None else []  # default: every dim
+    dims = _amax_dims(amax)[0]
     r = rank(tensor_arg(amax, 0))  # type: ignore[arg-type]
     return dims is not None and r > 0 and sorted(d % r for d in dims) in ([], list(range(r)))
+
+
+def _amax_dims(amax: CallOp) -> tuple[list[int] | None, object]:
+    """(dims, keepdim) of an `aten.amax` (no dims: every dim) or an `aten.max.dim`."""
+    if amax.target.data == MAX_DIM:
+        dim = const_arg(amax, 1, "dim")
+        return ([dim] if isinstance(dim, int) else None), const_arg(amax, 2, "keepdim")
+    dims = int_list_arg(amax, 1) if amax.arg(1) is not None else []
+    return dims, const_arg(amax, 2, "keepdim")
 
 
 def _check_amax(amax: CallOp, xs: SSAValue, scheme: str) -> str | None:
@@ -479,7 +493,7 @@ def _check_amax(amax: CallOp, xs: SSAValue, scheme: str) -> str | None:
         return "the amax is not taken of |x| for the x that is quantized"
     if scheme == "per_tensor":
         return _check_f32(xs, amax)
-    dims, keepdim = int_list_arg(amax, 1), const_arg(amax, 2, "keepdim")
+    dims, keepdim = _amax_dims(amax)
     if dims not in ([-1], [rank(xs) - 1]) or keepdim is not True:
         return f"amax over dims {dims} (keepdim {keepdim}), not the last with keepdim"
     if reason := _check_f32(xs, amax):
