@@ -99,6 +99,24 @@ def test_rms_norm_variants_are_eagers_to_the_bit(inner, norm):
     assert torch.equal(out, norm(x, w))
 
 
+def test_a_norm_of_an_fp32_sum_with_a_bf16_result_is_refused_with_its_reason():
+    """A residual summed in fp32, normalised, cast to bf16, then weighted: no irfuse norm
+    has an fp32 input and a 16-bit result; the report says so."""
+
+    def fp32_sum_norm(x, r, w):
+        h = x.float() + r.float()
+        y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return w * y.to(x.dtype), h.to(x.dtype)
+
+    x, r, w, _ = _norm_inputs()
+    report = irfuse.explain(fp32_sum_norm, x, r, w)
+    assert not report.fused, str(report)
+    assert report.rejected[0]["reason"] == (
+        "the normalised fp32 input is cast to bfloat16 before its weight (no norm of an "
+        "fp32 input with a 16-bit result)"
+    ), str(report)
+
+
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
 def test_gemma_weight_added_in_bf16_keeps_its_rounding(inner):
     """Gemma's `1 + w` on a bf16 weight rounds to bf16 before the fp32 multiply: the norm

@@ -170,6 +170,17 @@ def _match_weight(n: SSAValue, dt: Attribute | None) -> _Weighted | None:
     return _Weighted(other, "plain" if dt == F32 else "fp32", ops, [])
 
 
+def _no_weight_reason(n: SSAValue, dt: Attribute | None) -> str:
+    user = _sole_user(n)
+    cast = cast_of(user.results[0]) if user is not None else None
+    if dt == F32 and cast is not None and cast[1] != F32:
+        return (
+            f"the normalised fp32 input is cast to {dtype_name(cast[1])} before its weight "
+            "(no norm of an fp32 input with a 16-bit result)"
+        )
+    return "no weight multiply after the normalisation"
+
+
 class RaiseRmsNormPattern(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
@@ -184,7 +195,7 @@ class RaiseRmsNormPattern(RewritePattern):
         dt = element_type(norm.x)
         weighted = _match_weight(norm.chain[4].results[0], dt)
         if weighted is None:
-            report.rejected(NAME, op, "no weight multiply after the normalisation")
+            report.rejected(NAME, op, _no_weight_reason(norm.chain[4].results[0], dt))
             return
         root = weighted.ops[-1]
         reason = _guard(norm, weighted, dt, root.results[0])
