@@ -61,6 +61,21 @@ def cast_twice_norm_quant(x, weight, scale, eps: float = 1e-6):
     return static_quant(cast_twice_rms_norm(x, weight, eps), scale)
 
 
+def vllm_add_rms_norm(x, residual, weight, eps: float = 1e-6):
+    """vLLM's RMSNorm.forward_native with a residual: the sum kept in fp32 for the norm,
+    the residual stream rounded back to the model dtype."""
+    orig_dtype = x.dtype
+    x = x.to(torch.float32) + residual.to(torch.float32)
+    residual = x.to(orig_dtype)
+    x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return x.to(orig_dtype) * weight, residual
+
+
+def vllm_add_norm_quant(x, residual, weight, scale, eps: float = 1e-6):
+    y, residual = vllm_add_rms_norm(x, residual, weight, eps)
+    return static_quant(y, scale), residual
+
+
 def gemma_norm_quant(x, weight, scale, eps: float = 1e-6):
     v = x.float()
     v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)

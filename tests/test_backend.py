@@ -99,17 +99,47 @@ def test_rms_norm_variants_are_eagers_to_the_bit(inner, norm):
     assert torch.equal(out, norm(x, w))
 
 
-def test_a_norm_of_an_fp32_sum_with_a_bf16_result_is_refused_with_its_reason():
-    """A residual summed in fp32, normalised, cast to bf16, then weighted: no irfuse norm
-    has an fp32 input and a 16-bit result; the report says so."""
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+def test_vllm_native_add_rms_norm_is_the_fused_add_with_the_fp32_sum(inner):
+    """vLLM's native RMSNorm keeps the residual sum in fp32 for the norm: raised as
+    fused_add_rms_norm with the unrounded sum (NUMERICS.md's), the quant fused into it,
+    the residual and the fp8 bytes eager's."""
+    x, r, w, s = _norm_inputs(h=128)
+    report = irfuse.explain(models.vllm_add_norm_quant, x, r, w, s)
+    assert report.kernels == ["irfuse_fused_add_rms_norm_static_fp8"], str(report)
+    torch._dynamo.reset()
+    with _no_compile_caches():
+        compiled = torch.compile(models.vllm_add_norm_quant, backend="irfuse",
+                                 options={"inner": inner})  # fmt: skip
+        q, residual = compiled(x, r, w, s)
+    q_ref, residual_ref = models.vllm_add_norm_quant(x, r, w, s)
+    assert torch.equal(residual, residual_ref)
+    assert_fp8_close(q, q_ref, s)
 
-    def fp32_sum_norm(x, r, w):
+
+def test_an_fp32_sum_read_in_fp32_elsewhere_is_refused_with_its_reason():
+    def sum_read_twice(x, r, w):
         h = x.float() + r.float()
-        y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return w * y.to(x.dtype), h.to(x.dtype)
+        y = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+        return y.to(x.dtype) * w, h.to(x.dtype), h.sum(-1)
 
     x, r, w, _ = _norm_inputs()
-    report = irfuse.explain(fp32_sum_norm, x, r, w)
+    report = irfuse.explain(sum_read_twice, x, r, w)
+    assert not report.fused, str(report)
+    assert report.rejected[0]["reason"].startswith("the fp32 sum %"), str(report)
+    assert report.rejected[0]["reason"].endswith("is also read in fp32"), str(report)
+
+
+def test_a_norm_of_an_fp32_input_with_a_bf16_result_is_refused_with_its_reason():
+    """An fp32 input (not a sum of 16-bit ones) normalised, cast to bf16, then weighted:
+    no irfuse norm has an fp32 input and a 16-bit result; the report says so."""
+
+    def fp32_input_norm(x32, w):
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return w * y.to(w.dtype)
+
+    x, _, w, _ = _norm_inputs()
+    report = irfuse.explain(fp32_input_norm, x.float(), w)
     assert not report.fused, str(report)
     assert report.rejected[0]["reason"] == (
         "the normalised fp32 input is cast to bfloat16 before its weight (no norm of an "

@@ -16,6 +16,13 @@ Matches, for any eps and hidden size (`xf` is `x` cast to fp32, or `x` if fp32):
 in both the AOT form (`_to_copy`, `add.Tensor`) and Inductor's post-grad form
 (`convert_element_type`, `add.Scalar`).
 
+A norm of `h = a.float() + b.float()` (`a`, `b` 16-bit, one type: vLLM's native
+RMSNorm keeps the residual sum in fp32), with the forms above after its cast back,
+becomes `irfuse.fused_add_rms_norm(a, b, w)` with the unrounded sum (NUMERICS.md's: the
+variance on the fp32 sum); `h.to(dt)`, the residual stream, reads its `residual_out`.
+Guards: `h` has no other fp32 reader; the fused op has a place where a, b, w are defined
+and before every reader of its results.
+
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
 outside the chain. Replacement: one `irfuse.rms_norm`.
@@ -35,9 +42,10 @@ from xdsl.pattern_rewriter import (
     RewritePattern,
     op_type_rewrite_pattern,
 )
+from xdsl.rewriter import InsertPoint
 
 from irfuse.dialects.aten import CallOp, dtype_name
-from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, RmsNormOp
+from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, FusedAddRmsNormOp, RmsNormOp
 from irfuse.transforms import report
 from irfuse.transforms.match import (
     F32,
@@ -47,9 +55,11 @@ from irfuse.transforms.match import (
     element_type,
     erase_dead,
     escaping_intermediate,
+    fused_insertion_point,
     int_list_arg,
     mul_operands,
     rank,
+    shape,
     tensor_arg,
     users,
 )
@@ -193,6 +203,10 @@ class RaiseRmsNormPattern(RewritePattern):
             report.rejected(NAME, op, norm)
             return
         dt = element_type(norm.x)
+        summed = _fp32_sum(norm.x) if dt == F32 else None
+        if summed is not None:
+            _raise_fp32_sum(norm, summed, rewriter)
+            return
         weighted = _match_weight(norm.chain[4].results[0], dt)
         if weighted is None:
             report.rejected(NAME, op, _no_weight_reason(norm.chain[4].results[0], dt))
@@ -218,6 +232,82 @@ class RaiseRmsNormPattern(RewritePattern):
         dead_ops = norm.chain + weighted.ops[:-1] + weighted.helpers
         erase_dead(rewriter, dead_ops)
         report.fused(NAME)
+
+
+@dataclass
+class _Fp32Sum:
+    """`h = a.float() + b.float()`: `add` and the casts `casts`."""
+
+    a: SSAValue
+    b: SSAValue
+    add: CallOp
+    casts: list[Operation]
+
+
+def _fp32_sum(h: SSAValue) -> _Fp32Sum | None:
+    """The residual add kept in fp32 (vLLM's native RMSNorm) behind the norm's input `h`:
+    two 16-bit tensors of one type, cast to fp32 and added (alpha 1, no broadcast)."""
+    add = call(h, "aten.add.Tensor")
+    if add is None or const_arg(add, 2, "alpha") not in (None, 1):
+        return None
+    operands = [tensor_arg(add, 0), tensor_arg(add, 1)]
+    casts = [cast_of(v) for v in operands]
+    if any(c is None or c[1] != F32 for c in casts):
+        return None
+    a, b = casts[0][0], casts[1][0]  # type: ignore[index]
+    if a.type != b.type or element_type(a) == F32 or shape(a) != shape(h):
+        return None
+    return _Fp32Sum(a, b, add, [v.owner for v in operands])  # type: ignore[misc]
+
+
+def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) -> None:
+    """The norm of an fp32 residual sum as `fused_add_rms_norm` of the 16-bit operands:
+    what that op computes (NUMERICS.md: the variance on the unrounded fp32 sum, the
+    residual out rounded to the model dtype), with the normalised value cast back before
+    its weight as the raise-rms-norm forms have it; the sum may also be read cast back to
+    the model dtype (the residual stream), which then reads `residual_out`."""
+    h, dt = norm.x, element_type(summed.a)
+    n = norm.chain[4].results[0]
+    weighted = _match_weight(n, dt)
+    if weighted is None:
+        report.rejected(NAME, norm.chain[3], _no_weight_reason(n, F32))
+        return
+    residual_casts = [u for u in users(h) if u not in norm.chain and _casts_to(u, dt)]
+    others = [u for u in users(h) if u not in norm.chain and u not in residual_casts]
+    root = weighted.ops[-1]
+    reason = _guard(_Norm(summed.a, h, norm.eps, norm.chain), weighted, dt, root.results[0])
+    if others:
+        reason = reason or f"the fp32 sum %{h.name_hint} is also read in fp32"
+    before = fused_insertion_point(
+        [summed.add, *norm.chain, *weighted.ops, *residual_casts],
+        [summed.a, summed.b, weighted.weight],
+    )
+    reason = reason or (None if before else "no place for the fused op: the sum is read between")
+    if reason:
+        report.rejected(NAME, root, reason)
+        return
+    props: dict[str, Attribute] = {"eps": FloatAttr(norm.eps, Float64Type())}
+    props |= {"fp32_weight_mul": UnitAttr()} if weighted.form == "fp32" else {}
+    props |= {"gemma": UnitAttr()} if weighted.form == "gemma" else {}
+    props |= {"unrounded": UnitAttr()} if element_type(root.results[0]) != dt else {}
+    new = FusedAddRmsNormOp.build(
+        operands=[summed.a, summed.b, weighted.weight, []],
+        result_types=[root.results[0].type, summed.a.type, [], []],
+        properties=props,
+    )
+    rewriter.insert(new, InsertPoint.before(before))  # type: ignore[arg-type]
+    new.y.name_hint, new.residual_out.name_hint = root.results[0].name_hint, h.name_hint
+    rewriter.replace_all_uses_with(root.results[0], new.y)
+    for cast in residual_casts:
+        rewriter.replace_all_uses_with(cast.results[0], new.residual_out)
+    dead = [root, *norm.chain, *weighted.ops, *weighted.helpers, *residual_casts, summed.add]
+    erase_dead(rewriter, dead + summed.casts)
+    report.fused(NAME)
+
+
+def _casts_to(op: Operation, dt: Attribute | None) -> bool:
+    cast = cast_of(op.results[0]) if op.results else None
+    return cast is not None and cast[1] == dt
 
 
 def _guard(norm: _Norm, weighted: _Weighted, dt: Attribute | None, y: SSAValue) -> str | None:

@@ -106,3 +106,26 @@ func.func @square_by_mul(%x: tensor<8x96xbf16>, %w: tensor<96xbf16>) -> tensor<8
 // CHECK-LABEL: func.func @square_by_mul
 // CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64} : tensor<8x96xbf16>, tensor<96xbf16> -> tensor<8x96xbf16>
 // CHECK-NEXT:    func.return
+
+// -----
+
+// vLLM's native RMSNorm with a residual (Inductor's form): the sum kept in fp32 for the
+// norm and rounded back for the residual stream. It is fused_add_rms_norm of the bf16
+// operands with the unrounded sum (no rounded_sum), its residual_out the rounded sum.
+func.func @vllm_fp32_sum(%x: tensor<8x96xbf16>, %r: tensor<8x96xbf16>, %w: tensor<96xbf16>) -> (tensor<8x96xbf16>, tensor<8x96xbf16>) {
+  %xf = aten.call "prims.convert_element_type.default"(%x) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<8x96xbf16>) -> tensor<8x96xf32>
+  %rf = aten.call "prims.convert_element_type.default"(%r) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<8x96xbf16>) -> tensor<8x96xf32>
+  %h = aten.call "aten.add.Tensor"(%xf, %rf) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<8x96xf32>, tensor<8x96xf32>) -> tensor<8x96xf32>
+  %hb = aten.call "prims.convert_element_type.default"(%h) {args = [#aten.ref<0>, bf16], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x96xbf16>
+  %p = aten.call "aten.pow.Tensor_Scalar"(%h) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x96xf32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x1xf32>
+  %e = aten.call "aten.add.Scalar"(%m) {args = [#aten.ref<0>, 1.0e-06 : f64], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %rs = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<8x1xf32>) -> tensor<8x1xf32>
+  %n = aten.call "aten.mul.Tensor"(%h, %rs) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<8x96xf32>, tensor<8x1xf32>) -> tensor<8x96xf32>
+  %nb = aten.call "prims.convert_element_type.default"(%n) {args = [#aten.ref<0>, bf16], kwargs = {}} : (tensor<8x96xf32>) -> tensor<8x96xbf16>
+  %y = aten.call "aten.mul.Tensor"(%nb, %w) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<8x96xbf16>, tensor<96xbf16>) -> tensor<8x96xbf16>
+  func.return %y, %hb : tensor<8x96xbf16>, tensor<8x96xbf16>
+}
+// CHECK-LABEL: func.func @vllm_fp32_sum
+// CHECK-NEXT:    %y, %h = irfuse.fused_add_rms_norm %x, %r, %w {eps = 1.000000e-06 : f64} : tensor<8x96xbf16>, tensor<8x96xbf16>, tensor<96xbf16> -> tensor<8x96xbf16>, tensor<8x96xbf16>
+// CHECK-NEXT:    func.return %y, %h
