@@ -47,6 +47,16 @@ def _mask_from(keep: torch.Tensor, mask_dtype: torch.dtype, hidden: float = floa
     return torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, hidden).to(mask_dtype)
 
 
+def _assert_masked_bf16_matches_reference(q, k, v, mask, lse_tol: float) -> None:
+    """kernel_attention (no causal mask, lse) of bf16 q, k, v beside `mask` against the
+    reference ops."""
+    d = q.shape[-1]
+    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
+    out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
+    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
+    torch.testing.assert_close(lse, lse_ref, atol=lse_tol, rtol=lse_tol)
+
+
 @pytest.fixture(params=["pointer", "tma"])
 def loads(request, monkeypatch):
     """Run the prefill kernel with pointer loads and with TMA descriptors (both run in
@@ -358,10 +368,7 @@ def test_gpu_decode_of_64_rows_with_a_4d_mask(d, batch, mask_dtype):
     keep = torch.rand(batch, 1, 8, 2048, generator=torch.Generator().manual_seed(d)) > 0.3
     keep[..., 0] = True
     mask = _mask_from(keep, mask_dtype)
-    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
-    out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
-    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
-    torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+    _assert_masked_bf16_matches_reference(q, k, v, mask, lse_tol=1e-3)
 
 
 @pytest.mark.cuda
@@ -869,10 +876,7 @@ def test_gpu_explicit_masks_every_head_dim(d, mask_dtype, mask_shape):
     q, k, v = _qkv(2, 4, 2, 257, 300, d, torch.bfloat16)
     keep = torch.rand(mask_shape, generator=torch.Generator().manual_seed(d)) > 0.3
     mask = _mask_from(keep, mask_dtype)
-    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
-    out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
-    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
-    torch.testing.assert_close(lse, lse_ref, atol=1e-2, rtol=1e-2)
+    _assert_masked_bf16_matches_reference(q, k, v, mask, lse_tol=1e-2)
 
 
 @pytest.mark.cuda
@@ -896,7 +900,4 @@ def test_gpu_structured_masks_with_production_tiles(d, mask_dtype, hidden, seq):
     keep[1, ..., seq * 9 // 10 :] = False
     keep[0, :, seq // 2 :, 100:140] = False  # a hole in the full tiles of later rows
     mask = _mask_from(keep, mask_dtype, hidden)
-    out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "none", "bhsd", True, "none", mask)
-    out_ref, lse_ref = ref.attention(q, k, v, mask, d**-0.5, "none", True)
-    torch.testing.assert_close(out, out_ref, atol=TOL[torch.bfloat16], rtol=TOL[torch.bfloat16])
-    torch.testing.assert_close(lse, lse_ref, atol=1e-2, rtol=1e-2)
+    _assert_masked_bf16_matches_reference(q, k, v, mask, lse_tol=1e-2)
