@@ -56,6 +56,46 @@ def test_attention_quant_fuses_and_matches_eager(causal):
     torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
 
 
+class HalfScaleBlock(torch.nn.Module):
+    """The quant's scale kept as a 16-bit buffer: its fp32 cast comes after the attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("act_scale", torch.tensor([0.02], dtype=DTYPE))
+
+    def forward(self, q, k, v):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        o = o.transpose(1, 2).reshape(b, s, h * d)
+        return (o.float() / self.act_scale.float()).clamp(-448, 448).to(FP8)
+
+
+def _zero_d_scale(q, k, v, scale):
+    """A 0-d view of the scale, which Inductor schedules after the attention."""
+    scale = scale.reshape(())
+    b, h, s, d = q.shape
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+    return (o.reshape(b, s, h * d).float() / scale).clamp(-448, 448).to(FP8)
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+@pytest.mark.parametrize("form", ["half buffer", "0-d view"])
+def test_a_scale_made_after_the_attention_still_fuses(inner, form):
+    """The fused op goes where the quant was when the scale is made after the attention
+    (it found no place before), and matches eager."""
+    q, k, v = _inputs()
+    scale = torch.tensor([0.02], device=DEVICE)
+    fn, args = (HalfScaleBlock().to(DEVICE), (q, k, v)) if form == "half buffer" else (
+        _zero_d_scale, (q, k, v, scale))  # fmt: skip
+    options = {"inner": inner, "attention": "irfuse", "fx_graph_cache": False}
+    report = irfuse.explain(fn, *args, **options)
+    assert report.kernels == ["irfuse_attention_static_fp8"], str(report)
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend="irfuse", options=options)(*args)
+    expected = fn(*args)
+    torch.testing.assert_close(out.float() * 0.02, expected.float() * 0.02, atol=0.1, rtol=0.1)
+
+
 def test_attention_sdpa_option_keeps_the_graph():
     block = AttentionBlock().to(DEVICE)
     report = irfuse.explain(block, *_inputs(), attention="sdpa")

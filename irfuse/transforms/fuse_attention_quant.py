@@ -49,7 +49,9 @@ from irfuse.transforms.match import (
     erase_dead,
     fused_insertion_point,
     int_list_arg,
+    position,
     tensor_arg,
+    users,
 )
 from irfuse.transforms.raise_dynamic_fp8_quant import match_dynamic_quant
 from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
@@ -173,7 +175,9 @@ class FuseAttentionQuantPattern(RewritePattern):
             return
         attention, chain = layout
         scales = [found.scale_in] if found.scale_in is not None else []
-        before = fused_insertion_point([attention, *chain, op], [*attention.operands, *scales])
+        operands = [*attention.operands, *scales]
+        before = fused_insertion_point([attention, *chain, op], operands)
+        before = before or _at_the_quant(op, operands, found)
         reason = _guard(attention, chain, found)
         if reason is None and before is None:
             reason = "no place for the fused op"
@@ -207,6 +211,18 @@ class FuseAttentionQuantPattern(RewritePattern):
         repeats = [op for kv in (attention.k, attention.v) for op in _repeat_ops(kv)]
         erase_dead(rewriter, [*found.dead_ops, *chain, attention, *repeats])
         report.fused(NAME)
+
+
+def _at_the_quant(op: Operation, operands: list[SSAValue], found: _Quant) -> Operation | None:
+    """The quant's last op `op` as the fused op's place, where its scale is made after the
+    attention (Inductor schedules a cast or view of it late): every operand is defined
+    before it, and the scales the fused op replaces are read, outside the quant's own
+    ops, only after it."""
+    if fused_insertion_point([op], operands) is not op:
+        return None
+    own = [op, *found.dead_ops]
+    readers = [user for scale in found.scales for user in users(scale) if user not in own]
+    return op if all(position(user) > position(op) for user in readers) else None
 
 
 def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str | None:
