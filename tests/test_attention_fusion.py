@@ -78,15 +78,25 @@ def _zero_d_scale(q, k, v, scale):
     return (o.reshape(b, s, h * d).float() / scale).clamp(-448, 448).to(FP8)
 
 
+def _split_clamp(q, k, v, scale):
+    """The quant's clamp as two one-sided clamps."""
+    b, h, s, d = q.shape
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+    return (o.reshape(b, s, h * d).float() / scale).clamp(min=-448.0).clamp(max=448.0).to(FP8)
+
+
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
-@pytest.mark.parametrize("form", ["half buffer", "0-d view"])
-def test_a_scale_made_after_the_attention_still_fuses(inner, form):
+@pytest.mark.parametrize("form", ["half buffer", "0-d view", "split clamp"])
+def test_quant_forms_of_a_later_scale_or_split_clamp_fuse(inner, form):
     """The fused op goes where the quant was when the scale is made after the attention
-    (it found no place before), and matches eager."""
+    (it found no place before), and matches eager; also a quant clamped in two steps."""
     q, k, v = _inputs()
     scale = torch.tensor([0.02], device=DEVICE)
-    fn, args = (HalfScaleBlock().to(DEVICE), (q, k, v)) if form == "half buffer" else (
-        _zero_d_scale, (q, k, v, scale))  # fmt: skip
+    fn, args = {
+        "half buffer": (HalfScaleBlock().to(DEVICE), (q, k, v)),
+        "0-d view": (_zero_d_scale, (q, k, v, scale)),
+        "split clamp": (_split_clamp, (q, k, v, scale)),
+    }[form]
     options = {"inner": inner, "attention": "irfuse", "fx_graph_cache": False}
     report = irfuse.explain(fn, *args, **options)
     assert report.kernels == ["irfuse_attention_static_fp8"], str(report)

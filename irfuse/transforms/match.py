@@ -157,22 +157,37 @@ class Clamp:
 
 
 def constant_clamp(value: SSAValue | None) -> Clamp | None:
-    """`aten.clamp(x, lo, hi)` with constant bounds (either may be absent), or `clamp_min`
-    / `clamp_max` alone or as a pair in either order (Inductor's form)."""
+    """`aten.clamp(x, lo, hi)` with constant bounds (either may be absent), or two clamps
+    of one side each (`clamp_min` / `clamp_max`, Inductor's form, or one-sided
+    `aten.clamp`s, `x.clamp(min=lo).clamp(max=hi)`) in either order."""
     outer = call(value, CLAMP, CLAMP_MIN, CLAMP_MAX)
-    if outer is None:
+    outer_bounds = clamp_bounds(outer) if outer is not None else None
+    if outer is None or outer_bounds is None:
         return None
-    ops = [outer]
-    pair = {CLAMP_MIN: CLAMP_MAX, CLAMP_MAX: CLAMP_MIN}.get(outer.target.data)
-    if pair is not None and (inner := call(tensor_arg(outer, 0), pair)) is not None:
-        ops.insert(0, inner)
+    ops, bounds = [outer], [outer_bounds]
+    inner = call(tensor_arg(outer, 0), CLAMP, CLAMP_MIN, CLAMP_MAX)
+    inner_bounds = clamp_bounds(inner) if inner is not None else None
+    if (
+        inner is not None
+        and inner_bounds is not None
+        and _opposite_sides(inner_bounds, outer_bounds)
+    ):
+        ops, bounds = [inner, outer], [inner_bounds, outer_bounds]
     x = tensor_arg(ops[0], 0)
-    bounds = [clamp_bounds(op) for op in ops]
-    if x is None or None in bounds:
+    if x is None:
         return None
-    lo = next((b[0] for b in bounds if b[0] is not None), None)  # type: ignore[index]
-    hi = next((b[1] for b in bounds if b[1] is not None), None)  # type: ignore[index]
+    lo = next((b[0] for b in bounds if b[0] is not None), None)
+    hi = next((b[1] for b in bounds if b[1] is not None), None)
     return Clamp(x, lo, hi, list(ops))
+
+
+def _opposite_sides(a: tuple[float | None, float | None], b: tuple[float | None, float | None]):
+    """Each of `a` and `b` bounds one side, not the same one."""
+    return (
+        (a[0] is None) != (a[1] is None)
+        and (b[0] is None) != (b[1] is None)
+        and ((a[0] is None) != (b[0] is None))
+    )
 
 
 def escaping_value(ops: list[Operation], allowed: list[SSAValue]) -> SSAValue | None:

@@ -42,6 +42,7 @@ from irfuse.transforms.match import (
     call,
     cast_of,
     const_arg,
+    constant_clamp,
     element_type,
     erase_dead,
     escaping_intermediate,
@@ -51,27 +52,6 @@ from irfuse.transforms.match import (
 
 NAME = "raise-fp8-quant"
 FP8_MAX = 448.0
-
-
-def _match_clamp(value: SSAValue) -> tuple[SSAValue, list[Operation], tuple[float, float]] | None:
-    """(input, clamp ops, (lo, hi)) for `aten.clamp` or a clamp_min/clamp_max pair."""
-    op = call(value, "aten.clamp.default")
-    if op is not None and (x := tensor_arg(op, 0)) is not None:
-        return x, [op], (const_arg(op, 1, "min"), const_arg(op, 2, "max"))  # type: ignore[return-value]
-    outer = call(value, "aten.clamp_min.default", "aten.clamp_max.default")
-    inner = (
-        call(tensor_arg(outer, 0), "aten.clamp_min.default", "aten.clamp_max.default")
-        if (outer is not None)
-        else None
-    )
-    if outer is None or inner is None or inner.target == outer.target:
-        return None
-    bounds = {op.target.data: const_arg(op, 1) for op in (outer, inner)}
-    x = tensor_arg(inner, 0)
-    if x is None:
-        return None
-    lo, hi = bounds["aten.clamp_min.default"], bounds["aten.clamp_max.default"]
-    return x, [inner, outer], (lo, hi)  # type: ignore[return-value]
 
 
 def _match_scaling(value: SSAValue) -> tuple[SSAValue, SSAValue, list[Operation]] | None:
@@ -113,19 +93,19 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
     cast = cast_of(op.results[0])
     if cast is None or cast[1] != Float8E4M3FNType():
         return None
-    clamp = _match_clamp(cast[0])
-    scaling = _match_scaling(clamp[0]) if clamp is not None else None
+    clamp = constant_clamp(cast[0])
+    scaling = _match_scaling(clamp.x) if clamp is not None else None
     if clamp is None or scaling is None:
         return None
     x, scale, scale_ops = scaling
     if isinstance(scale.type, TensorType) and scale.type.get_shape() not in ((1,), ()):
         return None  # a per-row or per-group scale: raise-dynamic-fp8-quant's business
-    reason = _guard(x, scale, clamp[2], [scale_ops[0], *clamp[1]])
+    reason = _guard(x, scale, (clamp.lo, clamp.hi), [scale_ops[0], *clamp.ops])
     if reason:
         return reason
-    if element_type(clamp[0]) != F32:  # x / s rounded to x's dtype, then cast: two roundings
+    if element_type(clamp.x) != F32:  # x / s rounded to x's dtype, then cast: two roundings
         return (
-            f"the scaled value is {dtype_name(element_type(clamp[0]))}, not float32 (a 0-d "
+            f"the scaled value is {dtype_name(element_type(clamp.x))}, not float32 (a 0-d "
             "scale does not promote x): the quant would skip its rounding"
         )
     source = x
@@ -134,7 +114,7 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
         source = x_cast[0]
     if not isinstance(element_type(source), FLOAT_TYPES):
         return f"input {source.type} is not bf16, fp16 or fp32"
-    dead_ops = [*clamp[1], *scale_ops] + ([x.owner] if source is not x else [])
+    dead_ops = [*clamp.ops, *scale_ops] + ([x.owner] if source is not x else [])
     return StaticQuantMatch(op, source, scale, dead_ops)  # type: ignore[arg-type]
 
 
@@ -163,7 +143,7 @@ class RaiseFp8QuantPattern(RewritePattern):
 
 
 def _guard(
-    x: SSAValue, scale: SSAValue, bounds: tuple[float, float], main: list[Operation]
+    x: SSAValue, scale: SSAValue, bounds: tuple[float | None, float | None], main: list[Operation]
 ) -> str | None:
     if bounds != (-FP8_MAX, FP8_MAX):
         return f"clamp bounds {bounds} are not the fp8 range (-448, 448)"

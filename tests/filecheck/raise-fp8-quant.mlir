@@ -43,3 +43,17 @@ func.func @per_row_scale(%y: tensor<4x64xf32>, %s: tensor<4x1xf32>) -> tensor<4x
 }
 // CHECK-LABEL: func.func @per_row_scale
 // CHECK-NOT:     irfuse.quant
+
+// -----
+
+// The clamp as two one-sided aten.clamps, x.clamp(min=-448.).clamp(max=448.).
+func.func @split_clamp(%y: tensor<4x64xf32>, %s: tensor<1xf32>) -> tensor<4x64xf8E4M3FN> {
+  %d = aten.call "aten.div.Tensor"(%y, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x64xf32>, tensor<1xf32>) -> tensor<4x64xf32>
+  %lo = aten.call "aten.clamp.default"(%d) {args = [#aten.ref<0>, -4.480000e+02 : f64], kwargs = {}} : (tensor<4x64xf32>) -> tensor<4x64xf32>
+  %hi = aten.call "aten.clamp.default"(%lo) {args = [#aten.ref<0>], kwargs = {max = 4.480000e+02 : f64}} : (tensor<4x64xf32>) -> tensor<4x64xf32>
+  %q = aten.call "aten._to_copy.default"(%hi) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<4x64xf32>) -> tensor<4x64xf8E4M3FN>
+  func.return %q : tensor<4x64xf8E4M3FN>
+}
+// CHECK-LABEL: func.func @split_clamp
+// CHECK-NEXT:    %{{.*}} = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<4x64xf32>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>
+// CHECK-NEXT:    func.return
