@@ -78,6 +78,13 @@ def _zero_d_scale(q, k, v, scale):
     return (o.reshape(b, s, h * d).float() / scale).clamp(-448, 448).to(FP8)
 
 
+def _decode_without_transpose(q, k, v, scale):
+    """One query row: [B, H, 1, D] reshaped straight to [B, 1, H*D]."""
+    b, h, s, d = q.shape
+    o = F.scaled_dot_product_attention(q, k, v).reshape(b, 1, h * d)
+    return (o.float() / scale).clamp(-448, 448).to(FP8)
+
+
 def _split_clamp(q, k, v, scale):
     """The quant's clamp as two one-sided clamps."""
     b, h, s, d = q.shape
@@ -86,16 +93,18 @@ def _split_clamp(q, k, v, scale):
 
 
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
-@pytest.mark.parametrize("form", ["half buffer", "0-d view", "split clamp"])
+@pytest.mark.parametrize("form", ["half buffer", "0-d view", "split clamp", "decode"])
 def test_quant_forms_of_a_later_scale_or_split_clamp_fuse(inner, form):
     """The fused op goes where the quant was when the scale is made after the attention
-    (it found no place before), and matches eager; also a quant clamped in two steps."""
+    (it found no place before), and matches eager; also a quant clamped in two steps and
+    a decode whose one query row needs no transpose."""
     q, k, v = _inputs()
     scale = torch.tensor([0.02], device=DEVICE)
     fn, args = {
         "half buffer": (HalfScaleBlock().to(DEVICE), (q, k, v)),
         "0-d view": (_zero_d_scale, (q, k, v, scale)),
         "split clamp": (_split_clamp, (q, k, v, scale)),
+        "decode": (_decode_without_transpose, (q[:, :, :1], k, v, scale)),
     }[form]
     options = {"inner": inner, "attention": "irfuse", "fx_graph_cache": False}
     report = irfuse.explain(fn, *args, **options)

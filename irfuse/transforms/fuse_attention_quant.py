@@ -4,6 +4,7 @@ Matches (the usual layout change before the output projection, then a quant):
 
     o = irfuse.attention(q, k, v [mask m])         # layout bhsd, no lse
     t = o.transpose(1, 2)  (or permute [0, 2, 1, 3]) [.clone(contiguous)]
+                                                   (none with one query row, Sq = 1)
     y = t.view / reshape / _unsafe_view([B, Sq, Hq*Dv])  [.view([B*Sq, Hq*Dv])]
     q8 = a quant of y: static fp8 in any form raise-fp8-quant accepts, dynamic per-token
          fp8 in any form raise-dynamic-fp8-quant accepts, or an `irfuse.quant` (static,
@@ -97,7 +98,7 @@ def _quant_at(op: Operation) -> _Quant | str | None:
 
 def _layout_chain(y: SSAValue) -> tuple[AttentionOp, list[Operation]] | None:
     """The attention whose [B, H, S, D] output `y` is, moved to [B, S, H*D] (or its 2-D
-    view [B*S, H*D])."""
+    view [B*S, H*D]); with one query row (static) the views alone do it."""
     views: list[Operation] = []
     moved: SSAValue | None = y
     while len(views) < 2 and (view := call(moved, *VIEWS)) is not None:
@@ -110,6 +111,8 @@ def _layout_chain(y: SSAValue) -> tuple[AttentionOp, list[Operation]] | None:
     if clone is not None:
         chain.append(clone)
         moved = tensor_arg(clone, 0)
+    if isinstance(moved.owner, AttentionOp) and moved.type.get_shape()[2] == 1:
+        return moved.owner, chain  # one query row: [B, H, 1, D] is already [B, 1, H*D]
     transpose = call(moved, "aten.transpose.int", "aten.permute.default")
     if transpose is None or (source := tensor_arg(transpose, 0)) is None:
         return None
