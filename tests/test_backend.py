@@ -22,6 +22,16 @@ BF16 = torch.bfloat16
 FP8 = torch.float8_e4m3fn
 
 
+def _assert_norm_matches(out: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit for bit on the CPU, where the interpreter's row reduction gives eager's fp32
+    sums for these sizes; within tolerance on a GPU, whose reduction order may move a
+    last bit."""
+    if DEVICE == "cpu":
+        assert torch.equal(out, expected)
+    else:
+        assert_close(out, expected)
+
+
 def _norm_inputs(t: int = 4, h: int = 64, dtype=BF16):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(t, h, generator=g).to(dtype).to(DEVICE)
@@ -96,7 +106,7 @@ def test_rms_norm_variants_are_eagers_to_the_bit(inner, norm):
     with _no_compile_caches(), capture_reports() as reports:
         out = torch.compile(norm, backend="irfuse", options={"inner": inner})(x, w)
     assert reports[-1].fused["raise-rms-norm"] == 1, str(reports[-1])
-    assert torch.equal(out, norm(x, w))
+    _assert_norm_matches(out, norm(x, w))
 
 
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
@@ -164,14 +174,14 @@ def test_gemma_weight_added_in_bf16_keeps_its_rounding(inner):
     torch._dynamo.reset()
     with _no_compile_caches():
         out = torch.compile(gemma_bf16, backend="irfuse", options={"inner": inner})(x, w)
-    assert torch.equal(out, gemma_bf16(x, w))
+    _assert_norm_matches(out, gemma_bf16(x, w))
 
 
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
 def test_quant_by_a_0d_scale_keeps_the_bf16_quotient(inner):
     """`y / s` with a 0-d fp32 scale stays bf16 (a 0-d tensor does not promote): the fp8
     cast then rounds a rounded quotient, which the static quant (fp32 quotient) would not
-    reproduce; it is refused with its reason, and the result is eager's to the bit."""
+    reproduce; it is refused with its reason, and the graph runs as traced."""
 
     def norm_quant_0d(x, w, s):
         return (models.hf_rms_norm(x, w) / s.reshape(())).clamp(-448, 448).to(FP8)
@@ -184,7 +194,11 @@ def test_quant_by_a_0d_scale_keeps_the_bf16_quotient(inner):
     torch._dynamo.reset()
     with _no_compile_caches():
         q = torch.compile(norm_quant_0d, backend="irfuse", options={"inner": inner})(x, w, s)
-    assert torch.equal(q.view(torch.uint8), norm_quant_0d(x, w, s).view(torch.uint8))
+    expected = norm_quant_0d(x, w, s)
+    if inner == "eager":  # the graph runs as traced: eager's bytes
+        assert torch.equal(q.view(torch.uint8), expected.view(torch.uint8))
+    else:  # Inductor's own code for the unfused quant may skip the bf16 round trip (CUDA)
+        assert_fp8_close(q, expected, s)
 
 
 def test_norm_read_unquantized_elsewhere_keeps_the_value_in_the_fused_kernel():
@@ -315,7 +329,8 @@ def test_a_norm_with_a_trained_weight_keeps_its_gradients(inner):
     with torch.no_grad(), _no_compile_caches(), capture_reports() as reports:
         torch._dynamo.reset()
         out = torch.compile(norm, backend="irfuse", options={"inner": inner})(x)
-    assert reports and reports[-1].fused["raise-rms-norm"] == 1, str(reports[-1:])
+    # CPU: F.rms_norm decomposes and is raised; CUDA: aten._fused_rms_norm imports directly
+    assert reports and reports[-1].kernels[0].startswith("irfuse_rms_norm"), str(reports[-1:])
     torch.testing.assert_close(out, norm(x), atol=1e-5, rtol=1e-5)
 
 
