@@ -72,6 +72,13 @@ def per_token_quant_max_values(x):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def per_token_quant_promoted(x):
+    """The division reads x itself, promoted by the fp32 scale; the amax its fp32 cast."""
+    amax = x.float().abs().amax(dim=-1, keepdim=True)
+    s = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (x / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def per_tensor_quant(x):
     """Over the whole tensor: a 0-d scale."""
     xf = x.float()
@@ -228,7 +235,13 @@ def _check_raised(module, report, scheme: str, with_ub: bool) -> QuantOp:
 @pytest.mark.parametrize("form", ["aot", "inductor"])
 @pytest.mark.parametrize(
     "fn",
-    [per_token_quant, per_token_quant_ub, per_token_quant_clamp_ub, per_token_quant_max_values],
+    [
+        per_token_quant,
+        per_token_quant_ub,
+        per_token_quant_clamp_ub,
+        per_token_quant_max_values,
+        per_token_quant_promoted,
+    ],
     ids=lambda f: f.__name__,
 )
 def test_per_token_forms_are_raised(form, fn):
@@ -504,6 +517,7 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
     [
         (per_token_quant, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_max_values, "irfuse_add_rounded_rms_norm_per_token_fp8"),
+        (per_token_quant_promoted, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_group_quant, "irfuse_add_rounded_rms_norm_per_group128_fp8"),
         (per_group_quant_ue8m0, "irfuse_add_rounded_rms_norm_per_group128_ue8m0_fp8"),
     ],

@@ -24,7 +24,9 @@ clamps as `aten.clamp` or `clamp_min` / `clamp_max` (a pair in either order for 
 also as `maximum` with a constant `aten.full` (Inductor's folding of a tensor constant);
 `min(a, ub)` as `minimum`, `clamp(max=ub)` or `clamp_max` with a tensor; the group view
 as `view`, `reshape` or `_unsafe_view` (`unflatten`), before or after the fp32 cast;
-an amax over one dim also as the values of `max(., dim, keepdim)` (its indices unread).
+an amax over one dim also as the values of `max(., dim, keepdim)` (its indices unread);
+the division may read 16-bit `x` itself, promoted by the fp32 scale, where the amax
+reads `x` cast to fp32.
 
 Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the
 formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
@@ -515,6 +517,14 @@ def _dtype(value: SSAValue) -> str:
     return dtype_name(element_type(value))
 
 
+def _promoted(x: SSAValue, amax: CallOp) -> SSAValue:
+    """The fp32 cast of 16-bit `x` that the amax reads, where the division reads `x`
+    itself (promoted against the fp32 scale: the same fp32 values); else `x`."""
+    abs_op = call(tensor_arg(amax, 0), ABS)
+    read = tensor_arg(abs_op, 0) if abs_op is not None else None
+    return read if read is not None and cast_of(read) == (x, F32) else x
+
+
 def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
     """The dynamic fp8 quant whose final cast is `op`, why it is refused, or None when
     `op` ends no dynamic quant (a static scale is raise-fp8-quant's)."""
@@ -526,8 +536,10 @@ def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
     if clamp is None or div is None:
         return None
     xs, s = tensor_arg(div, 0), tensor_arg(div, 1)
-    if xs is None or s is None or _path_to_amax(s) is None:
+    if xs is None or s is None or (path := _path_to_amax(s)) is None:
         return None
+    if element_type(xs) != F32 and element_type(div.results[0]) == F32:
+        xs = _promoted(xs, path[0])
     if (clamp.lo, clamp.hi) != (-FP8_MAX, FP8_MAX):
         return f"clamp bounds ({clamp.lo}, {clamp.hi}) are not the fp8 range (-448, 448)"
     return _match(op.results[0], xs, s, [div, *clamp.ops, op])
