@@ -140,6 +140,16 @@ def test_an_fp32_sum_read_in_fp32_elsewhere_is_refused_with_its_reason():
     assert report.rejected[0]["reason"].endswith("is also read in fp32"), str(report)
 
 
+def test_a_norm_computed_in_bf16_is_refused_with_its_reason():
+    def bf16_norm(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+    x, _, w, _ = _norm_inputs()
+    report = irfuse.explain(bf16_norm, x, w)
+    assert not report.fused, str(report)
+    assert report.rejected[0]["reason"] == "normalised in bfloat16, not float32", str(report)
+
+
 def test_a_norm_of_an_fp32_input_with_a_bf16_result_is_refused_with_its_reason():
     """An fp32 input (not a sum of 16-bit ones) normalised, cast to bf16, then weighted:
     no irfuse norm has an fp32 input and a 16-bit result; the report says so."""

@@ -126,10 +126,11 @@ def _scaled_copy(op: Operation, rsqrt: CallOp, xf: SSAValue, x: SSAValue) -> SSA
     fp32 value of x: x itself (promoted by the fp32 rsqrt, as T5's norm writes it) or
     another cast of x to fp32 (a model that casts twice)."""
     operands = mul_operands(op.results[0]) if op.results else None
-    if operands is None or rsqrt.results[0] not in operands or element_type(op.results[0]) != F32:
+    if operands is None or rsqrt.results[0] not in operands:
         return None
     other = operands[1] if operands[0] is rsqrt.results[0] else operands[0]
-    if other is xf or (x is not xf and (other is x or cast_of(other) == (x, F32))):
+    same = other is x or cast_of(other) == (x, F32)
+    if other is xf or (x is not xf and same and element_type(op.results[0]) == F32):
         return other
     return None
 
