@@ -400,6 +400,12 @@ def _amax_over_rows(x):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def _per_token_by_reciprocal(x):
+    xf = x.float()
+    s = (xf.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf * (1.0 / s)).clamp(-448.0, 448.0).to(FP8), s
+
+
 def _max_indices_returned(x):
     xf = x.float()
     amax, where = xf.abs().max(dim=-1, keepdim=True)
@@ -412,6 +418,12 @@ def _max_indices_returned(x):
     [
         (lambda x: per_group_quant(x, 96), 192, "group size 96 is not 64 or 128"),
         (_max_indices_returned, 256, "intermediate %getitem has a user outside the quant"),
+        (
+            _per_token_by_reciprocal,
+            256,
+            "the kernels divide by the scale (correctly rounded), which the product may miss "
+            "by an ulp",
+        ),
         (_lower_clamp_1e5, 256, "lower clamp 1e-05 of the scale is not 1/(448*512)"),
         (_group_floor_1e6, 256, "lower clamp 1e-06 of the scale is not 1e-10"),
         (_amax_returned, 256, "intermediate %amax has a user outside the quant"),
@@ -435,6 +447,7 @@ def _max_indices_returned(x):
     ids=[
         "group-96",
         "max-indices-read",
+        "by-reciprocal",
         "token-floor",
         "group-floor",
         "amax-escapes",

@@ -81,6 +81,7 @@ from irfuse.transforms.match import (
     CLAMP_MAX,
     CLAMP_MIN,
     F32,
+    MUL,
     VIEWS,
     call,
     cast_of,
@@ -92,6 +93,7 @@ from irfuse.transforms.match import (
     escaping_value,
     fused_insertion_point,
     int_list_arg,
+    mul_operands,
     rank,
     shape,
     tensor_arg,
@@ -525,6 +527,20 @@ def _promoted(x: SSAValue, amax: CallOp) -> SSAValue:
     return read if read is not None and cast_of(read) == (x, F32) else x
 
 
+def _by_reciprocal_of_an_amax(value: SSAValue) -> bool:
+    """`value` is `x * reciprocal(s) [* 1]` with `s` computed from an amax."""
+    operands = mul_operands(value)
+    for factor in operands or ():
+        one = call(factor, MUL)
+        if one is not None and const_arg(one, 1) == 1 and tensor_arg(one, 1) is None:
+            factor = tensor_arg(one, 0)
+        recip = call(factor, "aten.reciprocal.default")
+        scale = tensor_arg(recip, 0) if recip is not None else None
+        if scale is not None and _path_to_amax(scale) is not None:
+            return True
+    return False
+
+
 def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
     """The dynamic fp8 quant whose final cast is `op`, why it is refused, or None when
     `op` ends no dynamic quant (a static scale is raise-fp8-quant's)."""
@@ -533,6 +549,11 @@ def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
     cast = cast_of(op.results[0])
     clamp = constant_clamp(cast[0]) if cast and cast[1] == Float8E4M3FNType() else None
     div = call(clamp.x, DIV) if clamp is not None else None
+    if clamp is not None and div is None and _by_reciprocal_of_an_amax(clamp.x):
+        return (
+            "the value is multiplied by the reciprocal of its dynamic scale: the kernels "
+            "divide by the scale (correctly rounded), which the product may miss by an ulp"
+        )
     if clamp is None or div is None:
         return None
     xs, s = tensor_arg(div, 0), tensor_arg(div, 1)
