@@ -79,6 +79,20 @@ def per_token_quant_promoted(x):
     return (x / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def per_token_quant_unsqueezed(x):
+    """The amax without keepdim, its dim put back by unsqueeze(-1)."""
+    xf = x.float()
+    s = (xf.abs().amax(dim=-1).unsqueeze(-1) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def per_token_quant_indexed(x):
+    """torch.max's values without keepdim, indexed back to [T, 1] with [:, None]."""
+    xf = x.float()
+    s = (xf.abs().max(dim=-1)[0][:, None] / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def per_tensor_quant(x):
     """Over the whole tensor: a 0-d scale."""
     xf = x.float()
@@ -241,6 +255,8 @@ def _check_raised(module, report, scheme: str, with_ub: bool) -> QuantOp:
         per_token_quant_clamp_ub,
         per_token_quant_max_values,
         per_token_quant_promoted,
+        per_token_quant_unsqueezed,
+        per_token_quant_indexed,
     ],
     ids=lambda f: f.__name__,
 )
@@ -531,6 +547,7 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
         (per_token_quant, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_max_values, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_promoted, "irfuse_add_rounded_rms_norm_per_token_fp8"),
+        (per_token_quant_indexed, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_group_quant, "irfuse_add_rounded_rms_norm_per_group128_fp8"),
         (per_group_quant_ue8m0, "irfuse_add_rounded_rms_norm_per_group128_ue8m0_fp8"),
     ],

@@ -24,7 +24,8 @@ clamps as `aten.clamp` or `clamp_min` / `clamp_max` (a pair in either order for 
 also as `maximum` with a constant `aten.full` (Inductor's folding of a tensor constant);
 `min(a, ub)` as `minimum`, `clamp(max=ub)` or `clamp_max` with a tensor; the group view
 as `view`, `reshape` or `_unsafe_view` (`unflatten`), before or after the fp32 cast;
-an amax over one dim also as the values of `max(., dim, keepdim)` (its indices unread);
+an amax over one dim also as the values of `max(., dim, keepdim)` (its indices unread),
+either without keepdim and the dim put back right after (`unsqueeze(-1)`, `[:, None]`);
 the division may read 16-bit `x` itself, promoted by the fp32 scale, where the amax
 reads `x` cast to fp32.
 
@@ -110,6 +111,7 @@ RECIP_ULP = float(np.spacing(np.float32(1.0 / FP8_MAX)))
 AMAX = "aten.amax.default"
 MAX = "aten.max.default"  # the max of every element (0-d)
 MAX_DIM = "aten.max.dim"  # (values, indices) over one dim: its values are an amax
+UNSQUEEZE = "aten.unsqueeze.default"  # restores the dim an amax without keepdim reduced
 ABS = "aten.abs.default"
 DIV = "aten.div.Tensor"
 SQUEEZE_DIM, SQUEEZE_DIMS = "aten.squeeze.dim", "aten.squeeze.dims"
@@ -148,7 +150,7 @@ def _path_to_amax(value: SSAValue, depth: int = 0) -> list[CallOp] | None:
     owner = value.owner
     if isinstance(owner, CallOp) and owner.target.data == MAX_DIM:  # values, not indices
         return [owner] if value is owner.results[0] else None
-    op = call(value, AMAX, MAX, *SCALE_OPS, *VIEWS)
+    op = call(value, AMAX, MAX, UNSQUEEZE, *SCALE_OPS, *VIEWS)
     if op is None or depth > 8 or (op.target.data in VIEWS and _numel(op.results[0]) != 1):
         return None
     if op.target.data in (AMAX, MAX):
@@ -212,6 +214,10 @@ def _numel(value: SSAValue) -> int | None:
 def _parse_step(op: CallOp, prev: SSAValue) -> _Step | str:
     """What `op` does to `prev` (the value on the amax side), or why it is not a step."""
     target = op.target.data
+    if target == UNSQUEEZE:
+        return _Step("keepdim", op, "unsqueeze") if _restores_keepdim(op, prev) else (
+            "scale formula has an unsqueeze other than of the dim its amax reduced"
+        )  # fmt: skip
     if target in VIEWS:  # of one element (_path_to_amax): the scale's shape, not its value
         return _Step("view", op, f"view {list(shape(op.results[0]))}")  # type: ignore[arg-type]
     if target in POW2:
@@ -238,7 +244,7 @@ def _parse_formula(path: list[CallOp]) -> list[_Step] | str:
 
 def _scheme(steps: list[_Step]) -> str:
     """per_token | per_group | per_group_ue8m0 | a reason."""
-    kinds = [s.kind for s in steps if s.kind != "view"]
+    kinds = [s.kind for s in steps if s.kind not in ("view", "keepdim")]
     if kinds in (["div", "floor"], ["bound", "div", "floor"]):
         return "per_token"
     if kinds == ["floor", "div"]:
@@ -431,7 +437,8 @@ def _match_scheme(
         return "the scale is viewed to one element (only a per-tensor scale may be)"
     if scheme not in ("per_token", "per_tensor", "per_group", "per_group_ue8m0"):
         return scheme
-    reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme)
+    keepdim = bool(steps) and steps[0].kind == "keepdim"
+    reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme, keepdim)
     if reason:
         return reason
     ops = list(dict.fromkeys([*main, path[0].inputs[0].owner, *path]))  # + abs
@@ -491,13 +498,33 @@ def _amax_dims(amax: CallOp) -> tuple[list[int] | None, object]:
     return dims, const_arg(amax, 2, "keepdim")
 
 
-def _check_amax(amax: CallOp, xs: SSAValue, scheme: str) -> str | None:
+def _restores_keepdim(unsqueeze: CallOp, prev: SSAValue) -> bool:
+    """`unsqueeze` puts back, right after an amax over the last dim without keepdim, the
+    dim it reduced (`a.unsqueeze(-1)`, `a[:, None]`)."""
+    amax = prev.owner
+    if not isinstance(amax, CallOp) or amax.target.data not in (AMAX, MAX_DIM):
+        return False
+    dims, keepdim = _amax_dims(amax)
+    r = rank(unsqueeze.results[0])
+    dim = const_arg(unsqueeze, 1)
+    return (
+        keepdim is not True
+        and dims in ([-1], [r - 1])
+        and isinstance(dim, int)
+        and dim % r == r - 1
+    )
+
+
+def _check_amax(
+    amax: CallOp, xs: SSAValue, scheme: str, keepdim_restored: bool = False
+) -> str | None:
     abs_op = call(tensor_arg(amax, 0), ABS)
     if abs_op is None or tensor_arg(abs_op, 0) is not xs:
         return "the amax is not taken of |x| for the x that is quantized"
     if scheme == "per_tensor":
         return _check_f32(xs, amax)
     dims, keepdim = _amax_dims(amax)
+    keepdim = True if keepdim_restored else keepdim
     if dims not in ([-1], [rank(xs) - 1]) or keepdim is not True:
         return f"amax over dims {dims} (keepdim {keepdim}), not the last with keepdim"
     if reason := _check_f32(xs, amax):
