@@ -93,6 +93,13 @@ def per_token_quant_indexed(x):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def per_token_quant_widened(x):
+    """The amax of the 16-bit |x|, widened to fp32 after (the same value)."""
+    amax = x.abs().max(dim=-1).values.float().unsqueeze(-1)
+    s = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (x.float() / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def per_tensor_quant(x):
     """Over the whole tensor: a 0-d scale."""
     xf = x.float()
@@ -257,6 +264,7 @@ def _check_raised(module, report, scheme: str, with_ub: bool) -> QuantOp:
         per_token_quant_promoted,
         per_token_quant_unsqueezed,
         per_token_quant_indexed,
+        per_token_quant_widened,
     ],
     ids=lambda f: f.__name__,
 )
@@ -548,6 +556,7 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
         (per_token_quant_max_values, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_promoted, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_indexed, "irfuse_add_rounded_rms_norm_per_token_fp8"),
+        (per_token_quant_widened, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_group_quant, "irfuse_add_rounded_rms_norm_per_group128_fp8"),
         (per_group_quant_ue8m0, "irfuse_add_rounded_rms_norm_per_group128_ue8m0_fp8"),
     ],

@@ -26,6 +26,8 @@ also as `maximum` with a constant `aten.full` (Inductor's folding of a tensor co
 as `view`, `reshape` or `_unsafe_view` (`unflatten`), before or after the fp32 cast;
 an amax over one dim also as the values of `max(., dim, keepdim)` (its indices unread),
 either without keepdim and the dim put back right after (`unsqueeze(-1)`, `[:, None]`);
+the amax of a 16-bit |x| widened to fp32 right after (the same value) where x.float() is
+quantized;
 the division may read 16-bit `x` itself, promoted by the fp32 scale, where the amax
 reads `x` cast to fp32.
 
@@ -112,6 +114,7 @@ AMAX = "aten.amax.default"
 MAX = "aten.max.default"  # the max of every element (0-d)
 MAX_DIM = "aten.max.dim"  # (values, indices) over one dim: its values are an amax
 UNSQUEEZE = "aten.unsqueeze.default"  # restores the dim an amax without keepdim reduced
+AMAX_FORMS = ("keepdim", "widen")  # steps right after the amax that leave its value
 ABS = "aten.abs.default"
 DIV = "aten.div.Tensor"
 SQUEEZE_DIM, SQUEEZE_DIMS = "aten.squeeze.dim", "aten.squeeze.dims"
@@ -150,7 +153,7 @@ def _path_to_amax(value: SSAValue, depth: int = 0) -> list[CallOp] | None:
     owner = value.owner
     if isinstance(owner, CallOp) and owner.target.data == MAX_DIM:  # values, not indices
         return [owner] if value is owner.results[0] else None
-    op = call(value, AMAX, MAX, UNSQUEEZE, *SCALE_OPS, *VIEWS)
+    op = call(value, AMAX, MAX, UNSQUEEZE, *CASTS, *SCALE_OPS, *VIEWS)
     if op is None or depth > 8 or (op.target.data in VIEWS and _numel(op.results[0]) != 1):
         return None
     if op.target.data in (AMAX, MAX):
@@ -214,6 +217,10 @@ def _numel(value: SSAValue) -> int | None:
 def _parse_step(op: CallOp, prev: SSAValue) -> _Step | str:
     """What `op` does to `prev` (the value on the amax side), or why it is not a step."""
     target = op.target.data
+    if target in CASTS:
+        cast = cast_of(op.results[0])
+        widens = cast is not None and cast[1] == F32 and element_type(prev) != F32
+        return _Step("widen", op, "float()") if widens else "scale formula has a narrowing cast"
     if target == UNSQUEEZE:
         return _Step("keepdim", op, "unsqueeze") if _restores_keepdim(op, prev) else (
             "scale formula has an unsqueeze other than of the dim its amax reduced"
@@ -244,7 +251,7 @@ def _parse_formula(path: list[CallOp]) -> list[_Step] | str:
 
 def _scheme(steps: list[_Step]) -> str:
     """per_token | per_group | per_group_ue8m0 | a reason."""
-    kinds = [s.kind for s in steps if s.kind not in ("view", "keepdim")]
+    kinds = [s.kind for s in steps if s.kind not in ("view", *AMAX_FORMS)]
     if kinds in (["div", "floor"], ["bound", "div", "floor"]):
         return "per_token"
     if kinds == ["floor", "div"]:
@@ -437,8 +444,10 @@ def _match_scheme(
         return "the scale is viewed to one element (only a per-tensor scale may be)"
     if scheme not in ("per_token", "per_tensor", "per_group", "per_group_ue8m0"):
         return scheme
-    keepdim = bool(steps) and steps[0].kind == "keepdim"
-    reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme, keepdim)
+    forms = _amax_forms(steps)
+    if any(step.kind in AMAX_FORMS for step in steps[len(forms) :]):
+        return "scale formula unsqueezes or widens a value other than its amax"
+    reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme, forms)
     if reason:
         return reason
     ops = list(dict.fromkeys([*main, path[0].inputs[0].owner, *path]))  # + abs
@@ -499,9 +508,10 @@ def _amax_dims(amax: CallOp) -> tuple[list[int] | None, object]:
 
 
 def _restores_keepdim(unsqueeze: CallOp, prev: SSAValue) -> bool:
-    """`unsqueeze` puts back, right after an amax over the last dim without keepdim, the
-    dim it reduced (`a.unsqueeze(-1)`, `a[:, None]`)."""
-    amax = prev.owner
+    """`unsqueeze` puts back, right after an amax over the last dim without keepdim (or
+    its widening to fp32), the dim it reduced (`a.unsqueeze(-1)`, `a[:, None]`)."""
+    widened = cast_of(prev)
+    amax = (widened[0] if widened is not None else prev).owner
     if not isinstance(amax, CallOp) or amax.target.data not in (AMAX, MAX_DIM):
         return False
     dims, keepdim = _amax_dims(amax)
@@ -515,19 +525,30 @@ def _restores_keepdim(unsqueeze: CallOp, prev: SSAValue) -> bool:
     )
 
 
-def _check_amax(
-    amax: CallOp, xs: SSAValue, scheme: str, keepdim_restored: bool = False
-) -> str | None:
+def _amax_forms(steps: list[_Step]) -> set[str]:
+    """What the steps right after the amax do to it (AMAX_FORMS): put back its reduced dim,
+    widen a 16-bit amax to fp32 (exact: the max of the widened values)."""
+    forms: set[str] = set()
+    for step in steps:
+        if step.kind not in AMAX_FORMS:
+            break
+        forms.add(step.kind)
+    return forms
+
+
+def _check_amax(amax: CallOp, xs: SSAValue, scheme: str, forms: set[str]) -> str | None:
     abs_op = call(tensor_arg(amax, 0), ABS)
-    if abs_op is None or tensor_arg(abs_op, 0) is not xs:
+    of = tensor_arg(abs_op, 0) if abs_op is not None else None
+    widened = "widen" in forms and of is not None and cast_of(xs) == (of, F32)
+    if of is None or (of is not xs and not widened):
         return "the amax is not taken of |x| for the x that is quantized"
     if scheme == "per_tensor":
-        return _check_f32(xs, amax)
+        return _check_f32(xs, amax, widened)
     dims, keepdim = _amax_dims(amax)
-    keepdim = True if keepdim_restored else keepdim
+    keepdim = True if "keepdim" in forms else keepdim
     if dims not in ([-1], [rank(xs) - 1]) or keepdim is not True:
         return f"amax over dims {dims} (keepdim {keepdim}), not the last with keepdim"
-    if reason := _check_f32(xs, amax):
+    if reason := _check_f32(xs, amax, widened):
         return reason
     if scheme == "per_token" and rank(xs) != 2:
         return f"{TOKEN_FORMULA} scale over a rank-{rank(xs)} tensor, not a 2-D [T, K] one"
@@ -536,8 +557,8 @@ def _check_amax(
     return None
 
 
-def _check_f32(xs: SSAValue, amax: CallOp) -> str | None:
-    if element_type(xs) != F32 or element_type(amax.results[0]) != F32:
+def _check_f32(xs: SSAValue, amax: CallOp, widened: bool) -> str | None:
+    if element_type(xs) != F32 or (element_type(amax.results[0]) != F32 and not widened):
         return f"quantized in {_dtype(xs)}, not float32"
     return None
 
