@@ -94,3 +94,36 @@ func.func @decode_past_65535_rows(%q: tensor<65536x4x1x64xbf16>, %k: tensor<6553
 // CHECK-LABEL: func.func @decode_past_65535_rows
 // CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %k scale %s {{.*}}layout = "bs_hd", quant = #irfuse.quant<static>}
 // CHECK-NEXT:    func.return %q8
+
+// -----
+
+// The scale is cast to fp32 after the attention (a 16-bit buffer; Inductor schedules the
+// cast late): the fused op goes where the quant was.
+func.func @scale_made_after(%q: tensor<2x4x16x64xbf16>, %k: tensor<2x2x16x64xbf16>, %s16: tensor<1xbf16>) -> tensor<2x16x256xf8E4M3FN> {
+  %o = irfuse.attention %q, %k, %k {scale = 0.125 : f64, causal = "top_left", layout = "bhsd"} : tensor<2x4x16x64xbf16>, tensor<2x2x16x64xbf16>, tensor<2x2x16x64xbf16> -> tensor<2x4x16x64xbf16>
+  %t = aten.call "aten.transpose.int"(%o) {args = [#aten.ref<0>, 1 : i64, 2 : i64], kwargs = {}} : (tensor<2x4x16x64xbf16>) -> tensor<2x16x4x64xbf16>
+  %y = aten.call "aten.reshape.default"(%t) {args = [#aten.ref<0>, [2 : i64, 16 : i64, 256 : i64]], kwargs = {}} : (tensor<2x16x4x64xbf16>) -> tensor<2x16x256xbf16>
+  %s = aten.call "prims.convert_element_type.default"(%s16) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<1xbf16>) -> tensor<1xf32>
+  %yf = aten.call "prims.convert_element_type.default"(%y) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<2x16x256xbf16>) -> tensor<2x16x256xf32>
+  %d = aten.call "aten.div.Tensor"(%yf, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<2x16x256xf32>, tensor<1xf32>) -> tensor<2x16x256xf32>
+  %c = aten.call "aten.clamp.default"(%d) {args = [#aten.ref<0>, -4.480000e+02 : f64, 4.480000e+02 : f64], kwargs = {}} : (tensor<2x16x256xf32>) -> tensor<2x16x256xf32>
+  %q8 = aten.call "prims.convert_element_type.default"(%c) {args = [#aten.ref<0>, f8E4M3FN], kwargs = {}} : (tensor<2x16x256xf32>) -> tensor<2x16x256xf8E4M3FN>
+  func.return %q8 : tensor<2x16x256xf8E4M3FN>
+}
+// CHECK-LABEL: func.func @scale_made_after
+// CHECK-NEXT:    %s = aten.call "prims.convert_element_type.default"(%s16)
+// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %k scale %s {{.*}}quant = #irfuse.quant<static>}
+// CHECK-NEXT:    func.return %q8
+
+// -----
+
+// One query row: [B, H, 1, D] viewed straight as [B, 1, H*D] (no transpose needed).
+func.func @decode_without_transpose(%q: tensor<2x8x1x64xbf16>, %k: tensor<2x2x512x64xbf16>, %s: tensor<1xf32>) -> tensor<2x1x512xf8E4M3FN> {
+  %o = irfuse.attention %q, %k, %k {scale = 0.125 : f64, causal = "none", layout = "bhsd"} : tensor<2x8x1x64xbf16>, tensor<2x2x512x64xbf16>, tensor<2x2x512x64xbf16> -> tensor<2x8x1x64xbf16>
+  %y = aten.call "aten.view.default"(%o) {args = [#aten.ref<0>, [2 : i64, 1 : i64, 512 : i64]], kwargs = {}} : (tensor<2x8x1x64xbf16>) -> tensor<2x1x512xbf16>
+  %q8 = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<2x1x512xbf16>, tensor<1xf32> -> tensor<2x1x512xf8E4M3FN>
+  func.return %q8 : tensor<2x1x512xf8E4M3FN>
+}
+// CHECK-LABEL: func.func @decode_without_transpose
+// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %k scale %s {{.*}}layout = "bs_hd", quant = #irfuse.quant<static>}
+// CHECK-NEXT:    func.return %q8

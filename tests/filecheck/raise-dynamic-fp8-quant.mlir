@@ -229,6 +229,45 @@ func.func @amax_used_elsewhere(%x: tensor<4x256xbf16>) -> (tensor<4x256xf8E4M3FN
 
 // -----
 
+// Per token, the amax as torch.max's values without keepdim, put back by unsqueeze(-1),
+// of the bf16 |x| widened to fp32 after; the division reads bf16 x promoted by the scale.
+func.func @per_token_max_values_widened(%x: tensor<4x256xbf16>) -> (tensor<4x256xf8E4M3FN>, tensor<4x1xf32>) {
+  %abs = aten.call "aten.abs.default"(%x) {args = [#aten.ref<0>], kwargs = {}} : (tensor<4x256xbf16>) -> tensor<4x256xbf16>
+  %m, %i = aten.call "aten.max.dim"(%abs) {args = [#aten.ref<0>, -1 : i64], kwargs = {}} : (tensor<4x256xbf16>) -> (tensor<4xbf16>, tensor<4xi64>)
+  %mf = aten.call "aten._to_copy.default"(%m) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<4xbf16>) -> tensor<4xf32>
+  %a = aten.call "aten.unsqueeze.default"(%mf) {args = [#aten.ref<0>, -1 : i64], kwargs = {}} : (tensor<4xf32>) -> tensor<4x1xf32>
+  %d = aten.call "aten.div.Tensor"(%a) {args = [#aten.ref<0>, 4.480000e+02 : f64], kwargs = {}} : (tensor<4x1xf32>) -> tensor<4x1xf32>
+  %s = aten.call "aten.clamp.default"(%d) {args = [#aten.ref<0>, 4.3596540178571426e-06 : f64], kwargs = {}} : (tensor<4x1xf32>) -> tensor<4x1xf32>
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<4x256xbf16>) -> tensor<4x256xf32>
+  %xs = aten.call "aten.div.Tensor"(%xf, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x256xf32>, tensor<4x1xf32>) -> tensor<4x256xf32>
+  %c = aten.call "aten.clamp.default"(%xs) {args = [#aten.ref<0>, -4.480000e+02 : f64, 4.480000e+02 : f64], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x256xf32>
+  %q = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<4x256xf32>) -> tensor<4x256xf8E4M3FN>
+  func.return %q, %s : tensor<4x256xf8E4M3FN>, tensor<4x1xf32>
+}
+// CHECK-LABEL: func.func @per_token_max_values_widened
+// CHECK-NEXT:    %q, %s = irfuse.quant %x {quant = #irfuse.quant<per_token>} : tensor<4x256xbf16> -> tensor<4x256xf8E4M3FN>, tensor<4x1xf32>
+// CHECK-NEXT:    func.return %q, %s : tensor<4x256xf8E4M3FN>, tensor<4x1xf32>
+
+// -----
+
+// The same amax; the division reads bf16 x itself, promoted by the fp32 scale.
+func.func @per_token_promoted(%x: tensor<4x256xbf16>) -> (tensor<4x256xf8E4M3FN>, tensor<4x1xf32>) {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<4x256xbf16>) -> tensor<4x256xf32>
+  %abs = aten.call "aten.abs.default"(%xf) {args = [#aten.ref<0>], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x256xf32>
+  %amax = aten.call "aten.amax.default"(%abs) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x1xf32>
+  %d = aten.call "aten.div.Tensor"(%amax) {args = [#aten.ref<0>, 4.480000e+02 : f64], kwargs = {}} : (tensor<4x1xf32>) -> tensor<4x1xf32>
+  %s = aten.call "aten.clamp.default"(%d) {args = [#aten.ref<0>, 4.3596540178571426e-06 : f64], kwargs = {}} : (tensor<4x1xf32>) -> tensor<4x1xf32>
+  %xs = aten.call "aten.div.Tensor"(%x, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x256xbf16>, tensor<4x1xf32>) -> tensor<4x256xf32>
+  %c = aten.call "aten.clamp.default"(%xs) {args = [#aten.ref<0>, -4.480000e+02 : f64, 4.480000e+02 : f64], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x256xf32>
+  %q = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<4x256xf32>) -> tensor<4x256xf8E4M3FN>
+  func.return %q, %s : tensor<4x256xf8E4M3FN>, tensor<4x1xf32>
+}
+// CHECK-LABEL: func.func @per_token_promoted
+// CHECK-NEXT:    %q, %s = irfuse.quant %x {quant = #irfuse.quant<per_token>} : tensor<4x256xbf16> -> tensor<4x256xf8E4M3FN>, tensor<4x1xf32>
+// CHECK-NEXT:    func.return %q, %s : tensor<4x256xf8E4M3FN>, tensor<4x1xf32>
+
+// -----
+
 // A quant of irfuse.rms_norm's result is raised by default too (its producer can take it).
 func.func @after_rms_norm(%x: tensor<4x64xbf16>, %w: tensor<64xbf16>) -> (tensor<4x64xf8E4M3FN>, tensor<4x1xf32>) {
   %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>
