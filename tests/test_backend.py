@@ -140,6 +140,17 @@ def test_an_fp32_sum_read_in_fp32_elsewhere_is_refused_with_its_reason():
     assert report.rejected[0]["reason"].endswith("is also read in fp32"), str(report)
 
 
+def test_a_norm_whose_eps_is_a_tensor_is_refused_with_its_reason():
+    def tensor_eps_norm(x, w, eps):
+        v = x.float()
+        return w * (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+    x, _, w, _ = _norm_inputs()
+    report = irfuse.explain(tensor_eps_norm, x, w, torch.tensor(1e-6, device=DEVICE))
+    assert not report.fused, str(report)
+    assert report.rejected[0]["reason"].startswith("eps is not a constant"), str(report)
+
+
 def test_a_norm_computed_in_bf16_is_refused_with_its_reason():
     def bf16_norm(x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w

@@ -84,11 +84,11 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
         return None
     eps = const_arg(add, 1)
     mean = call(mean_value, "aten.mean.dim")
-    if not isinstance(eps, float) or mean is None:
-        return None
-    squared = _squared(tensor_arg(mean, 0))
+    squared = _squared(tensor_arg(mean, 0)) if mean is not None else None
     if squared is None:
         return None
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        return "eps is not a constant (a tensor, or a float argument compiled dynamic)"
     xf, square_op = squared
     cast = cast_of(xf)
     x = cast[0] if cast is not None and cast[1] == F32 else xf
