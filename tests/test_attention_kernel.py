@@ -328,13 +328,9 @@ def test_prefill_configs_fit_any_value_head_dim(monkeypatch, d, seq_q, mask_byte
     monkeypatch.setattr(kernels, "INTERPRET", False)
     monkeypatch.setattr(kernels, "shared_memory_limit", lambda device: 232448)
     tuned = kernels.prefill_config(d, seq_q, mask_bytes)
-    mask = torch.zeros(1, dtype=torch.uint8) if mask_bytes else None
-    masking = (mask, (0, 0, 0, 0), int(mask_bytes > 0), False, None)
-    monkeypatch.setattr(kernels, "_mask_bytes", lambda masking: mask_bytes)
-    q = torch.empty(0)
-    assert kernels.wide_values_config(tuned, d, d, masking, q) == tuned
+    assert kernels.wide_values_config(tuned, d, d, mask_bytes, "cuda") == tuned
     for dv in (v for v in (16, 64, 128, 256) if v != d):
-        config = kernels.wide_values_config(tuned, d, dv, masking, q)
+        config = kernels.wide_values_config(tuned, d, dv, mask_bytes, "cuda")
         tiles = ("BLOCK_M", "BLOCK_N", "num_warps", "loads")
         assert [config[key] for key in tiles] == [tuned[key] for key in tiles]
         assert ("maxnreg" in config) == ("maxnreg" in tuned and dv <= d)

@@ -566,7 +566,7 @@ def _reference(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, m
     return rows.view(b, sq, h, dv).transpose(1, 2), lse, scales
 
 
-def wide_values_config(config: dict, d: int, dv: int, masking, q: torch.Tensor) -> dict:
+def wide_values_config(config: dict, d: int, dv: int, mask_bytes: int, device) -> dict:
     """prefill_config's tiles (tuned for dv == d; the mask summary shares them and knows
     only q's and k's head dims) for any value head dim: no register cap past d (a 128 x
     256 fp32 accumulator alone takes 128 registers a thread on 8 warps; ptxas fails), and
@@ -577,7 +577,7 @@ def wide_values_config(config: dict, d: int, dv: int, masking, q: torch.Tensor) 
     if dv > d:
         config = {key: value for key, value in config.items() if key != "maxnreg"}
     stages = fit_stages(config["num_stages"], config["BLOCK_M"], config["BLOCK_N"], (d, dv),
-                        _mask_bytes(masking), q.device)  # fmt: skip
+                        mask_bytes, device)  # fmt: skip
     return {**config, "num_stages": stages}
 
 
@@ -593,7 +593,8 @@ def _prefill(
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
-    config = wide_values_config(prefill_config(d, sq, _mask_bytes(masking)), d, dv, masking, q)
+    mask_bytes = _mask_bytes(masking)
+    config = wide_values_config(prefill_config(d, sq, mask_bytes), d, dv, mask_bytes, q.device)
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
     wants_tma = config.pop("loads") == "tma" and seq_kv > 0
     loads = "tma" if wants_tma and tma_ok(q, k, v) else "pointer"

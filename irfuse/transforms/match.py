@@ -77,6 +77,28 @@ def mul_operands(value: SSAValue | None) -> tuple[SSAValue, SSAValue] | None:
     return (a, b) if a is not None and b is not None else None
 
 
+def scaling_of(value: SSAValue) -> tuple[SSAValue, SSAValue, list[Operation]] | None:
+    """(x, scale, ops) for `x / s` or `x * reciprocal(s)` (optionally `* 1.0`), the ops
+    from the scaling op up."""
+    div = call(value, "aten.div.Tensor")
+    if div is not None:
+        x, scale = tensor_arg(div, 0), tensor_arg(div, 1)
+        return (x, scale, [div]) if x is not None and scale is not None else None
+    pair = mul_operands(value)
+    if pair is None:
+        return None
+    for x, inv in (pair, pair[::-1]):
+        ops: list[Operation] = [value.owner]  # type: ignore[list-item]
+        one = call(inv, MUL)
+        if one is not None and const_arg(one, 1) == 1 and tensor_arg(one, 1) is None:
+            ops.append(one)
+            inv = tensor_arg(one, 0)
+        recip = call(inv, "aten.reciprocal.default")
+        if recip is not None and (scale := tensor_arg(recip, 0)) is not None:
+            return x, scale, ops + [recip]
+    return None
+
+
 def users(value: SSAValue) -> list[Operation]:
     return [use.operation for use in value.uses]
 
@@ -167,12 +189,8 @@ def constant_clamp(value: SSAValue | None) -> Clamp | None:
     ops, bounds = [outer], [outer_bounds]
     inner = call(tensor_arg(outer, 0), CLAMP, CLAMP_MIN, CLAMP_MAX)
     inner_bounds = clamp_bounds(inner) if inner is not None else None
-    if (
-        inner is not None
-        and inner_bounds is not None
-        and _opposite_sides(inner_bounds, outer_bounds)
-    ):
-        ops, bounds = [inner, outer], [inner_bounds, outer_bounds]
+    if inner_bounds is not None and _opposite_sides(inner_bounds, outer_bounds):
+        ops, bounds = [inner, outer], [inner_bounds, outer_bounds]  # type: ignore[list-item]
     x = tensor_arg(ops[0], 0)
     if x is None:
         return None

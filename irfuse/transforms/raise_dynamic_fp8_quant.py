@@ -84,7 +84,6 @@ from irfuse.transforms.match import (
     CLAMP_MAX,
     CLAMP_MIN,
     F32,
-    MUL,
     VIEWS,
     call,
     cast_of,
@@ -96,8 +95,8 @@ from irfuse.transforms.match import (
     escaping_value,
     fused_insertion_point,
     int_list_arg,
-    mul_operands,
     rank,
+    scaling_of,
     shape,
     tensor_arg,
     users,
@@ -537,8 +536,7 @@ def _amax_forms(steps: list[_Step]) -> set[str]:
 
 
 def _check_amax(amax: CallOp, xs: SSAValue, scheme: str, forms: set[str]) -> str | None:
-    abs_op = call(tensor_arg(amax, 0), ABS)
-    of = tensor_arg(abs_op, 0) if abs_op is not None else None
+    of = _abs_of(amax)
     widened = "widen" in forms and of is not None and cast_of(xs) == (of, F32)
     if of is None or (of is not xs and not widened):
         return "the amax is not taken of |x| for the x that is quantized"
@@ -567,26 +565,23 @@ def _dtype(value: SSAValue) -> str:
     return dtype_name(element_type(value))
 
 
+def _abs_of(amax: CallOp) -> SSAValue | None:
+    """`x` where the amax reduces `|x|`."""
+    abs_op = call(tensor_arg(amax, 0), ABS)
+    return tensor_arg(abs_op, 0) if abs_op is not None else None
+
+
 def _promoted(x: SSAValue, amax: CallOp) -> SSAValue:
     """The fp32 cast of 16-bit `x` that the amax reads, where the division reads `x`
     itself (promoted against the fp32 scale: the same fp32 values); else `x`."""
-    abs_op = call(tensor_arg(amax, 0), ABS)
-    read = tensor_arg(abs_op, 0) if abs_op is not None else None
+    read = _abs_of(amax)
     return read if read is not None and cast_of(read) == (x, F32) else x
 
 
 def _by_reciprocal_of_an_amax(value: SSAValue) -> bool:
     """`value` is `x * reciprocal(s) [* 1]` with `s` computed from an amax."""
-    operands = mul_operands(value)
-    for factor in operands or ():
-        one = call(factor, MUL)
-        if one is not None and const_arg(one, 1) == 1 and tensor_arg(one, 1) is None:
-            factor = tensor_arg(one, 0)
-        recip = call(factor, "aten.reciprocal.default")
-        scale = tensor_arg(recip, 0) if recip is not None else None
-        if scale is not None and _path_to_amax(scale) is not None:
-            return True
-    return False
+    scaling = scaling_of(value)
+    return scaling is not None and _path_to_amax(scaling[1]) is not None
 
 
 def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:

@@ -38,41 +38,16 @@ from irfuse.transforms.fuse_quant import can_take_epilogue
 from irfuse.transforms.match import (
     CASTS,
     F32,
-    MUL,
-    call,
     cast_of,
-    const_arg,
     constant_clamp,
     element_type,
     erase_dead,
     escaping_intermediate,
-    mul_operands,
-    tensor_arg,
+    scaling_of,
 )
 
 NAME = "raise-fp8-quant"
 FP8_MAX = 448.0
-
-
-def _match_scaling(value: SSAValue) -> tuple[SSAValue, SSAValue, list[Operation]] | None:
-    """(x, scale, ops) for `x / s` or `x * reciprocal(s)` (optionally `* 1.0`)."""
-    div = call(value, "aten.div.Tensor")
-    if div is not None:
-        x, scale = tensor_arg(div, 0), tensor_arg(div, 1)
-        return (x, scale, [div]) if x is not None and scale is not None else None
-    pair = mul_operands(value)
-    if pair is None:
-        return None
-    for x, inv in (pair, pair[::-1]):
-        ops: list[Operation] = [value.owner]  # type: ignore[list-item]
-        one = call(inv, MUL)
-        if one is not None and const_arg(one, 1) == 1 and tensor_arg(one, 1) is None:
-            ops.append(one)
-            inv = tensor_arg(one, 0)
-        recip = call(inv, "aten.reciprocal.default")
-        if recip is not None and (scale := tensor_arg(recip, 0)) is not None:
-            return x, scale, ops + [recip]
-    return None
 
 
 @dataclass
@@ -94,7 +69,7 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
     if cast is None or cast[1] != Float8E4M3FNType():
         return None
     clamp = constant_clamp(cast[0])
-    scaling = _match_scaling(clamp.x) if clamp is not None else None
+    scaling = scaling_of(clamp.x) if clamp is not None else None
     if clamp is None or scaling is None:
         return None
     x, scale, scale_ops = scaling

@@ -217,22 +217,28 @@ class RaiseRmsNormPattern(RewritePattern):
         if reason:
             report.rejected(NAME, root, reason)
             return
-        props: dict[str, Attribute] = {"eps": FloatAttr(norm.eps, Float64Type())}
-        if weighted.form == "fp32":
-            props["fp32_weight_mul"] = UnitAttr()
-        if weighted.form == "gemma":
-            props["gemma"] = UnitAttr()
-        if element_type(root.results[0]) != dt:
-            props["unrounded"] = UnitAttr()
         new = RmsNormOp.build(
             operands=[norm.x, weighted.weight, []],
             result_types=[root.results[0].type, [], []],
-            properties=props,
+            properties=_properties(norm.eps, weighted, root.results[0], dt),
         )
         rewriter.replace(root, new)
         dead_ops = norm.chain + weighted.ops[:-1] + weighted.helpers
         erase_dead(rewriter, dead_ops)
         report.fused(NAME)
+
+
+def _properties(eps: float, weighted: _Weighted, y: SSAValue, dt: Attribute | None) -> dict:
+    """The raised norm's properties: eps, how the weight is applied, and whether its
+    result `y` stays fp32 (unrounded) where the input dtype is `dt`."""
+    props: dict[str, Attribute] = {"eps": FloatAttr(eps, Float64Type())}
+    if weighted.form == "fp32":
+        props["fp32_weight_mul"] = UnitAttr()
+    if weighted.form == "gemma":
+        props["gemma"] = UnitAttr()
+    if element_type(y) != dt:
+        props["unrounded"] = UnitAttr()
+    return props
 
 
 @dataclass
@@ -287,14 +293,10 @@ def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) ->
     if reason:
         report.rejected(NAME, root, reason)
         return
-    props: dict[str, Attribute] = {"eps": FloatAttr(norm.eps, Float64Type())}
-    props |= {"fp32_weight_mul": UnitAttr()} if weighted.form == "fp32" else {}
-    props |= {"gemma": UnitAttr()} if weighted.form == "gemma" else {}
-    props |= {"unrounded": UnitAttr()} if element_type(root.results[0]) != dt else {}
     new = FusedAddRmsNormOp.build(
         operands=[summed.a, summed.b, weighted.weight, []],
         result_types=[root.results[0].type, summed.a.type, [], []],
-        properties=props,
+        properties=_properties(norm.eps, weighted, root.results[0], dt),
     )
     rewriter.insert(new, InsertPoint.before(before))  # type: ignore[arg-type]
     new.y.name_hint, new.residual_out.name_hint = root.results[0].name_hint, h.name_hint
