@@ -350,8 +350,13 @@ def test_a_norm_with_a_trained_weight_keeps_its_gradients(inner):
     with torch.no_grad(), _no_compile_caches(), capture_reports() as reports:
         torch._dynamo.reset()
         out = torch.compile(norm, backend="irfuse", options={"inner": inner})(x)
-    # CPU: F.rms_norm decomposes and is raised; CUDA: aten._fused_rms_norm imports directly
-    assert reports and reports[-1].kernels[0].startswith("irfuse_rms_norm"), str(reports[-1:])
+    # Under grad the saved rstd keeps the norm out (a rejection or a note); here nothing does.
+    report = reports[-1]
+    assert not report.rejected and not report.notes, str(report)
+    if DEVICE == "cpu" or inner == "inductor":
+        # The decomposed norm is raised and lowered. CUDA's eager graph imports
+        # aten._fused_rms_norm directly and, with nothing to fuse it with, keeps that kernel.
+        assert report.kernels[:1] and report.kernels[0].startswith("irfuse_rms_norm"), str(report)
     torch.testing.assert_close(out, norm(x), atol=1e-5, rtol=1e-5)
 
 
