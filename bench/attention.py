@@ -1,7 +1,7 @@
 """Attention + static fp8 output quant: cuDNN SDPA vs irfuse's Triton attention, bf16.
 
     python bench/attention.py [--rounds 5] [--only I ...] [--per-token] [--padding-mask]
-        [--causal-mask] [--static-cache] [--dynamic]
+        [--causal-mask] [--static-cache] [--dynamic] [--padded]
 
 Candidates, timed in one process under CUDA graphs, alternating over rounds (medians):
 SDPA alone (cuDNN by default on H100/H200), irfuse's kernel alone (bf16 out), the block
@@ -41,6 +41,11 @@ DECODE_SHAPES = [  # --per-token
     (8, 32, 8, 1, 16384, 128, False),
     (64, 32, 8, 1, 1024, 128, False),
     (32, 32, 8, 4, 4096, 128, False),  # 4 query tokens (speculative decode)
+]
+PADDED_SHAPES = [  # --padded: head dims short of a power of two (tiles of 128)
+    (4, 32, 32, 4096, 4096, 96, True),  # Phi-3-mini's heads
+    (8, 32, 32, 1024, 1024, 80, True),  # Phi-2's
+    (32, 32, 32, 1, 4096, 96, False),  # decode
 ]
 MASKED_SHAPES = [  # --padding-mask: a bool [B, 1, 1, Skv] mask, no causal
     (4, 32, 32, 4096, 4096, 128, False),
@@ -173,11 +178,12 @@ def main() -> None:
         "--static-cache", action="store_true", help="decode, a partly filled static KV cache"
     )
     parser.add_argument("--dynamic", action="store_true", help="batch and key count dynamic")
+    parser.add_argument("--padded", action="store_true", help="head dims 80 and 96")
     args = parser.parse_args()
     rows, raw = [], []
     masked = "padding" if args.padding_mask else "causal" if args.causal_mask else None
     masked = "static" if args.static_cache else masked
-    shapes = DECODE_SHAPES if args.per_token else SHAPES
+    shapes = DECODE_SHAPES if args.per_token else PADDED_SHAPES if args.padded else SHAPES
     if masked:
         shapes = {"padding": MASKED_SHAPES, "causal": CAUSAL_MASK_SHAPES,
                   "static": STATIC_CACHE_SHAPES}[masked]  # fmt: skip
@@ -217,6 +223,8 @@ def main() -> None:
         )
     if args.dynamic:
         what += "; batch and key count dynamic (mark_dynamic), compiled once"
+    if args.padded:
+        what += "; head dims 80 / 96 on tiles of 128 (flops counted at the real head dim)"
     text = append_results(
         f"attention (+ {what}), bf16, us (TFLOP/s)",
         ["shape", "SDPA" if masked else "SDPA (cuDNN)", "irfuse kernel",

@@ -68,7 +68,24 @@ def configs():
             yield dtype, d, d, *shapes[0], "none", "static"
             yield dtype, d, d, *shapes[0], "none", "nvfp4"
             yield dtype, d, d, *decodes[2], "none", "per_token"
-    for d, dv in [(64, 128), (128, 64), (64, 256), (256, 64), (128, 256), (256, 128), (16, 256)]:
+    for d in (80, 96, 192):  # padded to tiles of 128, 128, 256
+        for shape in shapes + decodes:
+            for mask in ("none", "bool", "bf16"):
+                yield BF16, d, d, *shape, mask, "none"
+        yield BF16, d, d, *shapes[0], "none", "static"
+        yield BF16, d, d, *shapes[0], "none", "nvfp4"
+        yield BF16, d, d, *decodes[2], "none", "per_token"
+    pairs = [
+        (64, 128),
+        (128, 64),
+        (64, 256),
+        (256, 64),
+        (128, 256),
+        (256, 128),
+        (16, 256),
+        (192, 128),
+    ]  # the last: MLA's prefill (nope + rope keys, 128-wide values)
+    for d, dv in pairs:
         for shape in shapes + decodes[:1]:
             for mask in ("none", "fp32"):
                 yield BF16, d, dv, *shape, mask, "none"

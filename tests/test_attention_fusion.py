@@ -56,6 +56,26 @@ def test_attention_quant_fuses_and_matches_eager(causal):
     torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
 
 
+@pytest.mark.parametrize("d", [96, 40])
+def test_head_dims_that_are_multiples_of_16_fuse(d):
+    """Head dim 96 (Phi-3's) runs on 128-wide tiles and matches eager; 40 is refused with
+    its reason and left to SDPA."""
+    block = AttentionBlock().to(DEVICE)
+    q, k, v = _inputs(d=d)
+    report = irfuse.explain(block, q, k, v, attention="irfuse")
+    if d % 16:
+        assert not report.fused, str(report)
+        assert any("head dims (40, 40) are not multiples of 16" in r["reason"]
+                   for r in report.rejected), str(report)  # fmt: skip
+        return
+    assert report.fused["fuse-attention-quant"] == 1, str(report)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    out = torch.compile(block, backend="irfuse", options=options)(q, k, v)
+    s = block.act_scale
+    torch.testing.assert_close(out.float() * s, block(q, k, v).float() * s, atol=0.1, rtol=0.1)
+
+
 class HalfScaleBlock(torch.nn.Module):
     """The quant's scale kept as a 16-bit buffer: its fp32 cast comes after the attention."""
 
@@ -556,10 +576,12 @@ def test_auto_times_a_dynamic_decode_at_its_traced_sizes_and_twice_them(monkeypa
     torch.testing.assert_close(out.float() * s, expected.float() * s, atol=0.1, rtol=0.1)
 
 
-@pytest.mark.parametrize("d,kernels", [(64, ["irfuse_attention"]), (80, [])])
+@pytest.mark.parametrize("d,kernels", [(64, ["irfuse_attention"]), (80, ["irfuse_attention"]),
+                                       (72, [])])  # fmt: skip
 def test_direct_masked_attention_runs_the_kernel_where_it_can(d, kernels):
-    """A direct irfuse.ops.attention call with a mask runs the generated kernel; head dim
-    80 has none and keeps the reference op (no compile error)."""
+    """A direct irfuse.ops.attention call with a mask runs the generated kernel (head dim
+    80 on padded tiles); head dim 72 has none and keeps the reference op (no compile
+    error)."""
 
     def f(q, k, v, mask):
         return ref.attention(q, k, v, mask, None, "none", False)[0]

@@ -118,6 +118,43 @@ def test_epilogues_match_unfused_quant(scheme, hq, hkv, sq, skv, loads):
                        dequant(scheme, q_ref, scales_ref, scale, rows, n))  # fmt: skip
 
 
+@pytest.mark.parametrize("scheme", ["none", "static", "per_token", "nvfp4"])
+@pytest.mark.parametrize("d,dv", [(48, 48), (80, 112)])  # tiles of 64; of 128 and 128
+@pytest.mark.parametrize("hq,hkv,sq,skv", [(4, 2, 3, 37), (2, 2, 70, 33)])  # decode, prefill
+def test_head_dims_short_of_a_power_of_two(scheme, d, dv, hq, hkv, sq, skv, loads, monkeypatch):
+    """Head dims padded to their tiles' power of two: the padded columns add nothing to
+    the scores and are never stored (heads sit side by side in [B, Sq, Hq*Dv], and the
+    nvfp4 scales start as garbage, so a stray or missing store shows)."""
+    if loads == "tma" and uses_decode(sq, hq, hkv):
+        pytest.skip("the decode path has no TMA variant")
+    if scheme == "per_token" and not uses_decode(sq, hq, hkv):
+        pytest.skip("per-token needs the decode kernel")
+    monkeypatch.setattr(kernels, "alloc_nvfp4_scales", garbage_nvfp4_scales)
+    q, k, _ = _qkv(2, hq, hkv, sq, skv, d, torch.float16)
+    v = torch.randn(2, hkv, skv, dv, generator=torch.Generator().manual_seed(1))
+    v = v.to(torch.float16).to(DEVICE)
+    out_ref, lse_ref = ref.attention(q, k, v, None, d**-0.5, "bottom_right", True)
+    layout = out_ref.transpose(1, 2).reshape(2 * sq, hq * dv)
+    if scheme == "none":
+        out, lse, _ = kernel_attention(q, k, v, None, d**-0.5, "bottom_right", "bs_hd", True,
+                                       "none")  # fmt: skip
+        tol = TOL[torch.float16]
+        torch.testing.assert_close(out.reshape(layout.shape), layout, atol=tol, rtol=tol)
+        torch.testing.assert_close(lse, lse_ref, atol=1e-3, rtol=1e-3)
+        return
+    scale = {"static": torch.tensor([0.01]), "per_token": None,
+             "nvfp4": (448 * 6 / layout.float().abs().amax()).reshape(1)}[scheme]  # fmt: skip
+    scale = scale.to(DEVICE) if scale is not None else None
+    got, _, scales = kernel_attention(q, k, v, scale, d**-0.5, "bottom_right", "bs_hd", False,
+                                      scheme)  # fmt: skip
+    q_ref, scales_ref = reference_quant(scheme, layout, scale)
+    rows, n = layout.shape
+    got = got.reshape(rows, -1)
+    scales = scales.reshape(rows, 1) if scheme == "per_token" else scales
+    assert_quant_close(scheme, dequant(scheme, got, scales, scale, rows, n),
+                       dequant(scheme, q_ref, scales_ref, scale, rows, n))  # fmt: skip
+
+
 def test_nvfp4_epilogue_writes_every_scale_of_an_unpadded_output(monkeypatch):
     """[B*Sq, Hq*Dv] = [128, 64]: no padding, so the scale buffer starts as garbage (it is
     not zero-filled) and the kernel must write every byte."""
@@ -133,7 +170,7 @@ def test_nvfp4_epilogue_writes_every_scale_of_an_unpadded_output(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
-@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("d", [64, 96, 128, 192, 256])
 @pytest.mark.parametrize("scheme", ["static", "nvfp4"])
 @pytest.mark.parametrize("mask_dtype", [None, torch.bool, torch.bfloat16])
 def test_gpu_prefill_epilogues_every_head_dim(d, scheme, mask_dtype):
@@ -257,6 +294,8 @@ def test_fully_masked_rows_are_zero_with_minus_inf_lse():
     [
         (((1, 3, 4, 16), (1, 2, 4, 16), (1, 2, 4, 16)), "heads"),
         (((1, 2, 4, 24), (1, 2, 4, 24), (1, 2, 4, 24)), "head dims"),
+        (((1, 2, 4, 272), (1, 2, 4, 272), (1, 2, 4, 272)), "head dims"),
+        (((1, 2, 4, 16), (1, 2, 4, 16), (1, 2, 4, 40)), "head dims"),
         (((2, 2, 4, 16), (1, 2, 4, 16), (1, 2, 4, 16)), "batch sizes"),
     ],
 )
@@ -274,7 +313,7 @@ def test_sources_name_what_they_fuse():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("d", [64, 80, 128, 256])
 @pytest.mark.parametrize("causal", ["none", "top_left", "bottom_right"])
 @pytest.mark.parametrize("hq,hkv,sq,skv", [(8, 8, 257, 257), (8, 1, 1, 1031), (8, 2, 7, 1031)])
 def test_gpu_attention(dtype, d, causal, hq, hkv, sq, skv, loads):
@@ -369,7 +408,7 @@ def test_gpu_decode_of_64_rows_with_a_4d_mask(d, batch, mask_dtype):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
-@pytest.mark.parametrize("d,dv", [(16, 256), (64, 256), (128, 256), (256, 64)])
+@pytest.mark.parametrize("d,dv", [(16, 256), (64, 256), (128, 256), (256, 64), (192, 128)])
 @pytest.mark.parametrize("seq", [300, 2053])
 def test_gpu_prefill_of_value_rows_wider_than_the_keys(d, dv, seq):
     """Value head dims other than the keys' with the production tiles (ptxas failed on

@@ -31,8 +31,22 @@ Fully masked rows give 0 and lse -inf in both.
 # heads), which only the decode path's combine holds.
 EPILOGUES = ("none", "static", "per_token", "nvfp4")
 DECODE_ONLY = ("per_token",)
-# Head dims the kernels take (tl.arange needs powers of two).
-HEAD_DIMS = (16, 32, 64, 128, 256)
+# Head dims the kernels take: multiples of 16 up to 256. Tiles span the next power of two
+# (tl.arange needs one: BLOCK_D, BLOCK_DV); a padded tile's columns past the head dim are
+# read as copies of its last column (pointer loads, no masks) or as zeros (TMA), q's are
+# zeroed so that they add nothing to the scores, and they are never stored.
+HEAD_DIM_STEP, MAX_HEAD_DIM = 16, 256
+
+
+def takes_head_dim(dim: int) -> bool:
+    return HEAD_DIM_STEP <= dim <= MAX_HEAD_DIM and dim % HEAD_DIM_STEP == 0
+
+
+def tile_dim(dim: int) -> int:
+    """The power of two a head dim's tiles span."""
+    return 1 << (dim - 1).bit_length()
+
+
 # The split-KV decode serves up to this many query rows per kv head (Hq/Hkv * Sq).
 DECODE_MAX_ROWS = 64
 
@@ -57,7 +71,8 @@ def {name}(
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, mask_heads,
     stride_ob, stride_oh, stride_os, n_heads, out_rows_per_batch,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
     HAS_LSE: tl.constexpr, WIDE_OFFSETS: tl.constexpr, SWEEPS: tl.constexpr,
     INTERPRET: tl.constexpr,
@@ -87,10 +102,21 @@ def {name}(
     if WIDE_OFFSETS:  # row * stride reaches 2^31 elements in one (batch, head): 64-bit
         offs_m = offs_m.to(tl.int64)
         offs_n = offs_n.to(tl.int64)
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_dv = tl.arange(0, HEAD_DIM_V)
     row_ok = offs_m < seq_q
-    mask_rows = mask_ptr + batch * stride_mb + head * stride_mh + offs_m.to(tl.int64) * stride_mq
+{head_cols}    mask_rows = (mask_ptr + batch * stride_mb + head * stride_mh
+                 + offs_m.to(tl.int64) * stride_mq)
+"""
+
+# The head-dim columns of the tiles: offs_d, offs_dv for loads (past the head dim they
+# repeat its last column, which keeps the loads unmasked), store_ok for stores.
+HEAD_COLS = """    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    store_ok = row_ok[:, None]
+    if BLOCK_D != HEAD_DIM:  # a head dim short of a power of two
+        offs_d = tl.minimum(offs_d, HEAD_DIM - 1)
+    if BLOCK_DV != HEAD_DIM_V:
+        offs_dv = tl.minimum(offs_dv, HEAD_DIM_V - 1)
+        store_ok = store_ok & (tl.arange(0, BLOCK_DV) < HEAD_DIM_V)[None, :]
 """
 
 Q_LOAD = {
@@ -107,7 +133,7 @@ Q_LOAD = {
     q_desc, k_desc, v_desc = q_ptr, k_ptr, v_ptr
     batch32, kv_head32 = batch.to(tl.int32), kv_head.to(tl.int32)
     q = q_desc.load([batch32, head.to(tl.int32), start_m * BLOCK_M, 0]).reshape(BLOCK_M,
-                                                                                HEAD_DIM)
+                                                                                BLOCK_D)
 """,
 }
 
@@ -115,6 +141,8 @@ Q_LOAD = {
 # (causal) and j < kv_end.
 SCORES_SETUP = """
     model_dtype = q.dtype  # what a quant epilogue rounds the output to first
+    if BLOCK_D != HEAD_DIM:  # q's padded columns are 0: the keys' add nothing to the scores
+        q = tl.where((tl.arange(0, BLOCK_D) < HEAD_DIM)[None, :], q, tl.zeros_like(q))
     if INTERPRET:  # the interpreter's tl.dot is wrong on bf16 (TOOLCHAIN.md)
         q = q.to(tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
@@ -145,7 +173,7 @@ PREFILL_SETUP = """    start = 0
     kv_end = seq_kv
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM_V], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 """
 
 KV_LOAD = {
@@ -161,8 +189,8 @@ KV_LOAD = {
                     other=0.0)
 """,
     ("tma", False): """
-        k = tl.trans(k_desc.load([batch32, kv_head32, start_n, 0]).reshape(BLOCK_N, HEAD_DIM))
-        v = v_desc.load([batch32, kv_head32, start_n, 0]).reshape(BLOCK_N, HEAD_DIM_V)
+        k = tl.trans(k_desc.load([batch32, kv_head32, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
+        v = v_desc.load([batch32, kv_head32, start_n, 0]).reshape(BLOCK_N, BLOCK_DV)
 """,
 }
 KV_LOAD["tma", True] = KV_LOAD["tma", False]  # zero past seq_kv
@@ -233,7 +261,7 @@ PREFILL_FINISH = """
                        float("-inf"))
         tl.store(lse_ptr + batch_head * seq_q + offs_m, lse, mask=row_ok)
     out_tile = out_ptr + batch * stride_ob + head * stride_oh
-    out_ptrs = out_tile + offs_m[:, None] * stride_os + offs_dv[None, :]
+    out_ptrs = out_tile + offs_m[:, None] * stride_os + tl.arange(0, BLOCK_DV)[None, :]
 """
 
 PREFILL_PRELOAD = {
@@ -245,27 +273,33 @@ PREFILL_PRELOAD = {
 PREFILL_EPILOGUE = {
     "none": """
     # epilogue: store in the output dtype
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=store_ok)
 """,
     "static": """
     # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale))
     o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
-    tl.store(out_ptrs, to_fp8(o * inv_scale, INTERPRET), mask=row_ok[:, None])
+    tl.store(out_ptrs, to_fp8(o * inv_scale, INTERPRET), mask=store_ok)
 """,
     "nvfp4": """
     # epilogue: nvfp4 of the [B*Sq, Hq*Dv] output (blocks of 16 never straddle heads):
     # packed e2m1 pairs at byte h*Dv/2 + d/2 of the token's row, block scales swizzled
     o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
-    packed, sf = nvfp4_blocks(tl.reshape(o, (BLOCK_M * (HEAD_DIM_V // 16), 16)), global_scale,
+    packed, sf = nvfp4_blocks(tl.reshape(o, (BLOCK_M * (BLOCK_DV // 16), 16)), global_scale,
                               INTERPRET)
-    pairs = tl.arange(0, HEAD_DIM_V // 2)
+    pairs = tl.arange(0, BLOCK_DV // 2)
+    blocks = tl.arange(0, BLOCK_DV // 16)
     out_rows = batch * out_rows_per_batch + offs_m
     byte_ptrs = out_tile + offs_m[:, None] * stride_os + pairs[None, :]
-    tl.store(byte_ptrs, tl.reshape(packed, (BLOCK_M, HEAD_DIM_V // 2)), mask=row_ok[:, None])
-    k = head * (HEAD_DIM_V // 16) + tl.arange(0, HEAD_DIM_V // 16)
+    pairs_ok = row_ok[:, None]
+    blocks_ok = row_ok[:, None]
+    if BLOCK_DV != HEAD_DIM_V:  # a padded tile's blocks past the head dim are not stored
+        pairs_ok = pairs_ok & (pairs < HEAD_DIM_V // 2)[None, :]
+        blocks_ok = blocks_ok & (blocks < HEAD_DIM_V // 16)[None, :]
+    tl.store(byte_ptrs, tl.reshape(packed, (BLOCK_M, BLOCK_DV // 2)), mask=pairs_ok)
+    k = head * (HEAD_DIM_V // 16) + blocks
     sf_offsets = nvfp4_scale_offset(out_rows[:, None], k[None, :], n_heads * HEAD_DIM_V)
-    tl.store(scale_out_ptr + sf_offsets, tl.reshape(sf, (BLOCK_M, HEAD_DIM_V // 16)),
-             mask=row_ok[:, None])
+    tl.store(scale_out_ptr + sf_offsets, tl.reshape(sf, (BLOCK_M, BLOCK_DV // 16)),
+             mask=blocks_ok)
 """,
 }
 
@@ -418,7 +452,8 @@ def {name}(
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_mb, stride_mh, stride_mq, stride_mk, mask_heads,
     n_kv_heads,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
     SUMMARY: tl.constexpr, SUMMARY_BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
 ):
@@ -433,9 +468,7 @@ def {name}(
     q_head = kv_head * group + rows // seq_q
     token = rows % seq_q
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_dv = tl.arange(0, HEAD_DIM_V)
-    q_rows = q_ptr + batch * stride_qb + q_head * stride_qh + token * stride_qs
+{head_cols}    q_rows = q_ptr + batch * stride_qb + q_head * stride_qh + token * stride_qs
     q = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     mask_rows = (mask_ptr + batch * stride_mb + q_head.to(tl.int64) * stride_mh
                  + token.to(tl.int64) * stride_mq)
@@ -466,7 +499,7 @@ SPLIT_KV_KEYS = """
     kv_end = tl.minimum(start + split_len, last_key)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM_V], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
 """
 
 SPLIT_KV_STORE = """
@@ -474,8 +507,8 @@ SPLIT_KV_STORE = """
     # (base 2; -inf if empty) and the sum, apart (m + log2(l) loses l next to a huge |m|)
     seen = l_i > 0
     slot = ((batch * n_kv_heads * group + q_head) * seq_q + token) * num_splits + split
-    tl.store(part_ptr + slot[:, None] * HEAD_DIM_V + offs_dv[None, :],
-             acc / tl.where(seen, l_i, 1.0)[:, None], mask=row_ok[:, None])
+    tl.store(part_ptr + slot[:, None] * HEAD_DIM_V + tl.arange(0, BLOCK_DV)[None, :],
+             acc / tl.where(seen, l_i, 1.0)[:, None], mask=store_ok)
     tl.store(part_state_ptr + slot * 2, m_i, mask=row_ok)
     tl.store(part_state_ptr + slot * 2 + 1, l_i, mask=row_ok)
 """

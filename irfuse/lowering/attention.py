@@ -24,9 +24,12 @@ from irfuse.kernels.attention import (
     DECODE_MAX_ROWS,
     DECODE_ONLY,
     EPILOGUES,
-    HEAD_DIMS,
+    HEAD_DIM_STEP,
     MAX_GRID_X,
     MAX_GRID_YZ,
+    MAX_HEAD_DIM,
+    takes_head_dim,
+    tile_dim,
     uses_decode,
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
@@ -93,7 +96,8 @@ def prefill_source(epilogue: str, loads: str = "pointer") -> str:
                     loads, True)
     )  # fmt: skip
     body = (
-        pieces.PREFILL_SIGNATURE.format(name=prefill_name(epilogue, loads))
+        pieces.PREFILL_SIGNATURE.format(name=prefill_name(epilogue, loads),
+                                        head_cols=pieces.HEAD_COLS)
         + pieces.PREFILL_PRELOAD[epilogue] + pieces.Q_LOAD[loads] + pieces.SCORES_SETUP
         + pieces.PREFILL_SETUP
         + loops + pieces.PREFILL_FINISH + pieces.PREFILL_EPILOGUE[epilogue]
@@ -125,7 +129,7 @@ SPLIT_KV_NAME = "irfuse_attention_split_kv"
 
 def split_kv_source() -> str:
     body = (
-        pieces.SPLIT_KV_HEAD.format(name=SPLIT_KV_NAME)
+        pieces.SPLIT_KV_HEAD.format(name=SPLIT_KV_NAME, head_cols=pieces.HEAD_COLS)
         + pieces.SCORES_SETUP
         + pieces.SPLIT_KV_KEYS
         + _key_loop("this slice's keys: masked", "start", "kv_end", "pointer", True)
@@ -338,8 +342,15 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
         raise ValueError(f"{what}: batch sizes {q.shape[0]} / {k.shape[0]} / {v.shape[0]} differ")
     if q.shape[1] % k.shape[1] or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
         raise ValueError(f"{what}: heads {q.shape[1]} / {k.shape[1]} / {v.shape[1]} mismatch")
-    if q.shape[-1] != k.shape[-1] or q.shape[-1] not in HEAD_DIMS or v.shape[-1] not in HEAD_DIMS:
-        raise ValueError(f"{what}: head dims must be equal for q, k and in {HEAD_DIMS}")
+    if (
+        q.shape[-1] != k.shape[-1]
+        or not takes_head_dim(q.shape[-1])
+        or not takes_head_dim(v.shape[-1])
+    ):
+        raise ValueError(
+            f"{what}: head dims must be equal for q and k, and multiples of {HEAD_DIM_STEP} up "
+            f"to {MAX_HEAD_DIM} (q {q.shape[-1]}, k {k.shape[-1]}, v {v.shape[-1]})"
+        )
     if epilogue in ("static", "nvfp4") and scale is None:
         raise ValueError(f"{what}: needs its scale")
     if scale is not None and (scale.numel() != 1 or scale.dtype != torch.float32):
@@ -398,7 +409,7 @@ def _summary_config(q: torch.Tensor, k: torch.Tensor, masking) -> dict:
     one block of all the query rows and its key tiles."""
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
         return {"BLOCK_M": max(16, triton.next_power_of_2(q.shape[2])), "BLOCK_N": DECODE_BLOCK_N}
-    return prefill_config(q.shape[-1], q.shape[2], _mask_bytes(masking))
+    return prefill_config(tile_dim(q.shape[-1]), q.shape[2], _mask_bytes(masking))
 
 
 def _mask_heads(strides: tuple, h: int) -> int:
@@ -594,14 +605,16 @@ def _prefill(
         o_strides = (out.stride(0), dv, out.stride(1))
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     mask_bytes = _mask_bytes(masking)
-    config = wide_values_config(prefill_config(d, sq, mask_bytes), d, dv, mask_bytes, q.device)
+    tile_d, tile_dv = tile_dim(d), tile_dim(dv)  # configs go by the tiles' widths
+    config = wide_values_config(prefill_config(tile_d, sq, mask_bytes), tile_d, tile_dv,
+                                mask_bytes, q.device)  # fmt: skip
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
     wants_tma = config.pop("loads") == "tma" and seq_kv > 0
     loads = "tma" if wants_tma and tma_ok(q, k, v) else "pointer"
     qkv = (q, k, v)
     if loads == "tma":  # blocks of one (batch, head): [1, 1, rows, D]
         rows = (config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_N"])
-        qkv = tuple(TensorDescriptor.from_tensor(t, [1, 1, n, t.shape[-1]])
+        qkv = tuple(TensorDescriptor.from_tensor(t, [1, 1, n, tile_dim(t.shape[-1])])
                     for t, n in zip(qkv, rows, strict=True))  # fmt: skip
     n_blocks = triton.cdiv(sq, config["BLOCK_M"])
     uneven = causal != "none" or (mask_kind != 0 and not key_mask)
@@ -619,7 +632,8 @@ def _prefill(
         sweep,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, mask_heads,
         *o_strides, h, sq,
-        HEAD_DIM=d, HEAD_DIM_V=dv, CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask,
+        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=tile_d, BLOCK_DV=tile_dv, CAUSAL=CAUSAL[causal],
+        MASK=mask_kind, KEY_MASK=key_mask,
         HAS_LSE=lse.numel() > 0, SWEEPS=sweeps, INTERPRET=INTERPRET, **config,
         WIDE_OFFSETS=wide_offsets((sq, q.stride(2)), (sq, o_strides[2]), (seq_kv, k.stride(2)),
                                   (seq_kv, v.stride(2))),
@@ -692,7 +706,8 @@ def _decode(
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
     block_m = max(16, triton.next_power_of_2(group * sq))
-    config = split_config(b * hkv, seq_kv, (d, dv), q.device, block_m, _mask_bytes(masking))
+    tile_dims = (tile_dim(d), tile_dim(dv))
+    config = split_config(b * hkv, seq_kv, tile_dims, q.device, block_m, _mask_bytes(masking))
     splits, split_len = config.pop("splits"), config.pop("split_len")
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
@@ -703,7 +718,8 @@ def _decode(
         q, k, v, mask, mask_summary if summary else mask, part, part_state, sm_scale,
         mask_hidden, sq, seq_kv, group, split_len, splits, *q.stride()[:3], *k.stride()[:3],
         *v.stride()[:3], *mask_strides, _mask_heads(mask_strides, h), hkv,
-        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_M=block_m, CAUSAL=CAUSAL[causal], MASK=mask_kind,
+        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=tile_dims[0], BLOCK_DV=tile_dims[1], BLOCK_M=block_m,
+        CAUSAL=CAUSAL[causal], MASK=mask_kind,
         KEY_MASK=key_mask, SUMMARY=summary, SUMMARY_BLOCK_N=DECODE_BLOCK_N, INTERPRET=INTERPRET,
         **config,
     )  # fmt: skip

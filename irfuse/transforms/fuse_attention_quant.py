@@ -39,7 +39,9 @@ from irfuse.kernels.attention import (
     DECODE_MAX_ROWS,
     DECODE_ONLY,
     EPILOGUES,
-    HEAD_DIMS,
+    HEAD_DIM_STEP,
+    MAX_HEAD_DIM,
+    takes_head_dim,
     uses_decode,
 )
 from irfuse.transforms import policy, report
@@ -238,8 +240,8 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
         if not value.has_one_use():
             return f"%{value.name_hint} is also read elsewhere"
     dims = (attention.q.type.get_shape()[-1], attention.v.type.get_shape()[-1])
-    if any(d not in HEAD_DIMS for d in dims):
-        return f"head dims {dims} are not powers of two in 16..256"
+    if not all(takes_head_dim(d) for d in dims):
+        return f"head dims {dims} are not multiples of {HEAD_DIM_STEP} up to {MAX_HEAD_DIM}"
     b, h, s, dv = attention.out.type.get_shape()
     hd = h * dv if DYNAMIC not in (h, dv) else DYNAMIC
     rows = b * s if DYNAMIC not in (b, s) else DYNAMIC
