@@ -32,9 +32,9 @@ Fully masked rows give 0 and lse -inf in both.
 EPILOGUES = ("none", "static", "per_token", "nvfp4")
 DECODE_ONLY = ("per_token",)
 # Head dims the kernels take: multiples of 16 up to 256. Tiles span the next power of two
-# (tl.arange needs one: BLOCK_D, BLOCK_DV); a padded tile's columns past the head dim are
-# read as copies of its last column (pointer loads, no masks) or as zeros (TMA), q's are
-# zeroed so that they add nothing to the scores, and they are never stored.
+# (tl.arange needs one: BLOCK_D, BLOCK_DV); a padded tile's columns past the head dim read
+# as zeros (masked pointer loads; TMA fills them) and are never stored. Powers of two
+# compile without those masks.
 HEAD_DIM_STEP, MAX_HEAD_DIM = 16, 256
 
 
@@ -107,16 +107,20 @@ def {name}(
                  + offs_m.to(tl.int64) * stride_mq)
 """
 
-# The head-dim columns of the tiles: offs_d, offs_dv for loads (past the head dim they
-# repeat its last column, which keeps the loads unmasked), store_ok for stores.
+# The head-dim columns of the tiles, and which of the output's are stored.
 HEAD_COLS = """    offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
+    padded = BLOCK_D != HEAD_DIM or BLOCK_DV != HEAD_DIM_V  # compiled out when not
     store_ok = row_ok[:, None]
-    if BLOCK_D != HEAD_DIM:  # a head dim short of a power of two
-        offs_d = tl.minimum(offs_d, HEAD_DIM - 1)
     if BLOCK_DV != HEAD_DIM_V:
-        offs_dv = tl.minimum(offs_dv, HEAD_DIM_V - 1)
-        store_ok = store_ok & (tl.arange(0, BLOCK_DV) < HEAD_DIM_V)[None, :]
+        store_ok = store_ok & (offs_dv < HEAD_DIM_V)[None, :]
+"""
+
+# q's rows (`row_ok`) at `q_ptrs`: its columns past a padded head dim read as 0.
+Q_ROWS_LOAD = """    if BLOCK_D != HEAD_DIM:
+        q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
 """
 
 Q_LOAD = {
@@ -124,9 +128,9 @@ Q_LOAD = {
     q_base = q_ptr + batch * stride_qb + head * stride_qh
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
-    q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None],
-                other=0.0)
-""",
+    q_ptrs = q_base + offs_m[:, None] * stride_qs + offs_d[None, :]
+"""
+    + Q_ROWS_LOAD,
     "tma": """
     # q_ptr, k_ptr, v_ptr are TMA descriptors built on the host over [B, H, S, D] (blocks
     # [1, 1, rows, D]): rows past a sequence's end read as zero
@@ -141,8 +145,6 @@ Q_LOAD = {
 # (causal) and j < kv_end.
 SCORES_SETUP = """
     model_dtype = q.dtype  # what a quant epilogue rounds the output to first
-    if BLOCK_D != HEAD_DIM:  # q's padded columns are 0: the keys' add nothing to the scores
-        q = tl.where((tl.arange(0, BLOCK_D) < HEAD_DIM)[None, :], q, tl.zeros_like(q))
     if INTERPRET:  # the interpreter's tl.dot is wrong on bf16 (TOOLCHAIN.md)
         q = q.to(tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
@@ -178,15 +180,26 @@ PREFILL_SETUP = """    start = 0
 
 KV_LOAD = {
     ("pointer", False): """
-        k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None])
-        v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :])
+        k_ptrs = k_base + cols[None, :] * stride_ks + offs_d[:, None]
+        v_ptrs = v_base + cols[:, None] * stride_vs + offs_dv[None, :]
+        if padded:  # the columns past a head dim read as 0
+            k = tl.load(k_ptrs, mask=(offs_d < HEAD_DIM)[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=(offs_dv < HEAD_DIM_V)[None, :], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
 """,
     ("pointer", True): """
         col_ok = cols < kv_end
-        k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None], mask=col_ok[None, :],
-                    other=0.0)
-        v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :], mask=col_ok[:, None],
-                    other=0.0)
+        k_ptrs = k_base + cols[None, :] * stride_ks + offs_d[:, None]
+        v_ptrs = v_base + cols[:, None] * stride_vs + offs_dv[None, :]
+        if padded:  # the columns past a head dim read as 0
+            k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d < HEAD_DIM)[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_dv < HEAD_DIM_V)[None, :],
+                        other=0.0)
+        else:
+            k = tl.load(k_ptrs, mask=col_ok[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
 """,
     ("tma", False): """
         k = tl.trans(k_desc.load([batch32, kv_head32, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
@@ -261,7 +274,7 @@ PREFILL_FINISH = """
                        float("-inf"))
         tl.store(lse_ptr + batch_head * seq_q + offs_m, lse, mask=row_ok)
     out_tile = out_ptr + batch * stride_ob + head * stride_oh
-    out_ptrs = out_tile + offs_m[:, None] * stride_os + tl.arange(0, BLOCK_DV)[None, :]
+    out_ptrs = out_tile + offs_m[:, None] * stride_os + offs_dv[None, :]
 """
 
 PREFILL_PRELOAD = {
@@ -469,8 +482,8 @@ def {name}(
     token = rows % seq_q
     offs_n = tl.arange(0, BLOCK_N)
 {head_cols}    q_rows = q_ptr + batch * stride_qb + q_head * stride_qh + token * stride_qs
-    q = tl.load(q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    mask_rows = (mask_ptr + batch * stride_mb + q_head.to(tl.int64) * stride_mh
+    q_ptrs = q_rows[:, None] + offs_d[None, :]
+{q_load}    mask_rows = (mask_ptr + batch * stride_mb + q_head.to(tl.int64) * stride_mh
                  + token.to(tl.int64) * stride_mq)
     k_base = k_ptr + batch * stride_kb + kv_head * stride_kh
     v_base = v_ptr + batch * stride_vb + kv_head * stride_vh
@@ -507,7 +520,7 @@ SPLIT_KV_STORE = """
     # (base 2; -inf if empty) and the sum, apart (m + log2(l) loses l next to a huge |m|)
     seen = l_i > 0
     slot = ((batch * n_kv_heads * group + q_head) * seq_q + token) * num_splits + split
-    tl.store(part_ptr + slot[:, None] * HEAD_DIM_V + tl.arange(0, BLOCK_DV)[None, :],
+    tl.store(part_ptr + slot[:, None] * HEAD_DIM_V + offs_dv[None, :],
              acc / tl.where(seen, l_i, 1.0)[:, None], mask=store_ok)
     tl.store(part_state_ptr + slot * 2, m_i, mask=row_ok)
     tl.store(part_state_ptr + slot * 2 + 1, l_i, mask=row_ok)

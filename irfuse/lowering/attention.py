@@ -129,7 +129,9 @@ SPLIT_KV_NAME = "irfuse_attention_split_kv"
 
 def split_kv_source() -> str:
     body = (
-        pieces.SPLIT_KV_HEAD.format(name=SPLIT_KV_NAME, head_cols=pieces.HEAD_COLS)
+        pieces.SPLIT_KV_HEAD.format(
+            name=SPLIT_KV_NAME, head_cols=pieces.HEAD_COLS, q_load=pieces.Q_ROWS_LOAD
+        )
         + pieces.SCORES_SETUP
         + pieces.SPLIT_KV_KEYS
         + _key_loop("this slice's keys: masked", "start", "kv_end", "pointer", True)
