@@ -180,26 +180,27 @@ PREFILL_SETUP = """    start = 0
 
 KV_LOAD = {
     ("pointer", False): """
-        k_ptrs = k_base + cols[None, :] * stride_ks + offs_d[:, None]
-        v_ptrs = v_base + cols[:, None] * stride_vs + offs_dv[None, :]
         if padded:  # the columns past a head dim read as 0
-            k = tl.load(k_ptrs, mask=(offs_d < HEAD_DIM)[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=(offs_dv < HEAD_DIM_V)[None, :], other=0.0)
+            k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None],
+                        mask=(offs_d < HEAD_DIM)[:, None], other=0.0)
+            v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :],
+                        mask=(offs_dv < HEAD_DIM_V)[None, :], other=0.0)
         else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+            k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None])
+            v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :])
 """,
     ("pointer", True): """
         col_ok = cols < kv_end
-        k_ptrs = k_base + cols[None, :] * stride_ks + offs_d[:, None]
-        v_ptrs = v_base + cols[:, None] * stride_vs + offs_dv[None, :]
         if padded:  # the columns past a head dim read as 0
-            k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d < HEAD_DIM)[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_dv < HEAD_DIM_V)[None, :],
-                        other=0.0)
+            k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None],
+                        mask=col_ok[None, :] & (offs_d < HEAD_DIM)[:, None], other=0.0)
+            v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :],
+                        mask=col_ok[:, None] & (offs_dv < HEAD_DIM_V)[None, :], other=0.0)
         else:
-            k = tl.load(k_ptrs, mask=col_ok[None, :], other=0.0)
-            v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+            k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None],
+                        mask=col_ok[None, :], other=0.0)
+            v = tl.load(v_base + cols[:, None] * stride_vs + offs_dv[None, :],
+                        mask=col_ok[:, None], other=0.0)
 """,
     ("tma", False): """
         k = tl.trans(k_desc.load([batch32, kv_head32, start_n, 0]).reshape(BLOCK_N, BLOCK_D))
