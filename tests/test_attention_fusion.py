@@ -242,14 +242,15 @@ def decode_per_token(q, k, v):
     return (xf / scale).clamp(-448, 448).to(FP8), scale
 
 
-def _decode_inputs(s=1, h=4, kv_len=37):
-    q = _inputs(h=h, s=s)[0]
-    k, v = _inputs(h=h, s=kv_len)[1:]
+def _decode_inputs(s=1, h=4, kv_len=37, d=32):
+    q = _inputs(h=h, s=s, d=d)[0]
+    k, v = _inputs(h=h, s=kv_len, d=d)[1:]
     return q, k, v
 
 
-def test_decode_per_token_quant_fuses_and_matches_eager():
-    q, k, v = _decode_inputs()
+@pytest.mark.parametrize("d", [32, 96])  # 96: on tiles of 128
+def test_decode_per_token_quant_fuses_and_matches_eager(d):
+    q, k, v = _decode_inputs(d=d)
     report = irfuse.explain(decode_per_token, q, k, v, attention="irfuse")
     assert report.fused["fuse-attention-quant"] == 1, str(report)
     assert report.kernels == ["irfuse_attention_per_token_fp8"]

@@ -10,8 +10,8 @@ Matches (the usual layout change before the output projection, then a quant):
          fp8 in any form raise-dynamic-fp8-quant accepts, or an `irfuse.quant` (static,
          per_token, nvfp4; from a direct torch.ops.irfuse.* call)
 
-Guards: every intermediate has this chain as its only reader; head dims 16-256, powers
-of two; per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64: its
+Guards: every intermediate has this chain as its only reader; head dims multiples of 16
+up to 256; per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64: its
 scale spans all heads of a token, which only the decode kernel holds); nvfp4 and
 per-token quantize the 2-D [B*Sq, Hq*Dv] view; and the chooser
 (`attention` option: measured on the GPU in `auto`) prefers the fused kernel.

@@ -19,7 +19,7 @@ func.func @attention_quant(%q: tensor<2x4x16x64xbf16>, %k: tensor<2x2x16x64xbf16
 
 // -----
 
-// Head dim 80 has no kernel: unchanged.
+// Head dim 80 runs on tiles of 128: fused.
 func.func @head_dim_80(%q: tensor<1x2x8x80xbf16>, %s: tensor<1xf32>) -> tensor<1x8x160xf8E4M3FN> {
   %o = irfuse.attention %q, %q, %q {scale = 0.1 : f64, causal = "none", layout = "bhsd"} : tensor<1x2x8x80xbf16>, tensor<1x2x8x80xbf16>, tensor<1x2x8x80xbf16> -> tensor<1x2x8x80xbf16>
   %t = aten.call "aten.transpose.int"(%o) {args = [#aten.ref<0>, 1 : i64, 2 : i64], kwargs = {}} : (tensor<1x2x8x80xbf16>) -> tensor<1x8x2x80xbf16>
@@ -30,6 +30,22 @@ func.func @head_dim_80(%q: tensor<1x2x8x80xbf16>, %s: tensor<1xf32>) -> tensor<1
   func.return %q8 : tensor<1x8x160xf8E4M3FN>
 }
 // CHECK-LABEL: func.func @head_dim_80
+// CHECK-NEXT:    %q8 = irfuse.attention %q, %q, %q scale %s {scale = 1.000000e-01 : f64, causal = "none", layout = "bs_hd", quant = #irfuse.quant<static>} : tensor<1x2x8x80xbf16>, tensor<1x2x8x80xbf16>, tensor<1x2x8x80xbf16> scale tensor<1xf32> -> tensor<1x8x160xf8E4M3FN>
+// CHECK-NEXT:    func.return %q8
+
+// -----
+
+// Head dim 40 (not a multiple of 16) has no kernel: unchanged.
+func.func @head_dim_40(%q: tensor<1x2x8x40xbf16>, %s: tensor<1xf32>) -> tensor<1x8x80xf8E4M3FN> {
+  %o = irfuse.attention %q, %q, %q {scale = 0.1 : f64, causal = "none", layout = "bhsd"} : tensor<1x2x8x40xbf16>, tensor<1x2x8x40xbf16>, tensor<1x2x8x40xbf16> -> tensor<1x2x8x40xbf16>
+  %t = aten.call "aten.transpose.int"(%o) {args = [#aten.ref<0>, 1 : i64, 2 : i64], kwargs = {}} : (tensor<1x2x8x40xbf16>) -> tensor<1x8x2x40xbf16>
+  %y = aten.call "aten.reshape.default"(%t) {args = [#aten.ref<0>, [1 : i64, 8 : i64, 80 : i64]], kwargs = {}} : (tensor<1x8x2x40xbf16>) -> tensor<1x8x80xbf16>
+  %d = aten.call "aten.div.Tensor"(%y, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<1x8x80xbf16>, tensor<1xf32>) -> tensor<1x8x80xf32>
+  %c = aten.call "aten.clamp.default"(%d) {args = [#aten.ref<0>, -448 : i64, 448 : i64], kwargs = {}} : (tensor<1x8x80xf32>) -> tensor<1x8x80xf32>
+  %q8 = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<1x8x80xf32>) -> tensor<1x8x80xf8E4M3FN>
+  func.return %q8 : tensor<1x8x80xf8E4M3FN>
+}
+// CHECK-LABEL: func.func @head_dim_40
 // CHECK:         irfuse.attention {{.*}} layout = "bhsd"
 // CHECK:         aten.call "aten.transpose.int"
 
