@@ -133,7 +133,8 @@ Q_LOAD = {
     + Q_ROWS_LOAD,
     "tma": """
     # q_ptr, k_ptr, v_ptr are TMA descriptors built on the host over [B, H, S, D] (blocks
-    # [1, 1, rows, D]): rows past a sequence's end read as zero
+    # [1, 1, rows, BLOCK_D]): rows past a sequence's end and columns past a padded head
+    # dim read as zero
     q_desc, k_desc, v_desc = q_ptr, k_ptr, v_ptr
     batch32, kv_head32 = batch.to(tl.int32), kv_head.to(tl.int32)
     q = q_desc.load([batch32, head.to(tl.int32), start_m * BLOCK_M, 0]).reshape(BLOCK_M,
