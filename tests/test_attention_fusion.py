@@ -687,17 +687,19 @@ def test_llama_decode_steps_with_a_growing_cache_share_one_fused_graph():
 
 
 @pytest.mark.parametrize("step", ["prefill", "decode"])
-def test_llama_attention_layer_fuses_and_matches_eager(step):
+@pytest.mark.parametrize("hidden_size", [64, 384])  # head dims 16 and 96 (Phi-3's)
+def test_llama_attention_layer_fuses_and_matches_eager(step, hidden_size):
     """A whole Llama attention layer (projections, rope, KV cache, GQA by repeat_kv, causal
     SDPA in prefill): the attention + quant fuses into one kernel reading the kv heads
     unrepeated (prefill: 9 new tokens; decode: one token after 12 cached), and the layer
     matches eager."""
     torch.manual_seed(0)
-    layer = LlamaAttention().to(DEVICE, DTYPE)
+    layer = LlamaAttention(hidden_size).to(DEVICE, DTYPE)
     layer.act_scale = layer.act_scale.float()
     cached, new = (0, 9) if step == "prefill" else (12, 1)
-    hidden = torch.randn(2, new, 64, device=DEVICE, dtype=DTYPE)
-    past_k, past_v = (torch.randn(2, 2, cached, 16, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    hidden = torch.randn(2, new, hidden_size, device=DEVICE, dtype=DTYPE)
+    past_k, past_v = (torch.randn(2, 2, cached, layer.head_dim, device=DEVICE, dtype=DTYPE)
+                      for _ in range(2))  # fmt: skip
     with torch.no_grad():
         report = irfuse.explain(layer, hidden, past_k, past_v, attention="irfuse")
         assert report.fused["fuse-attention-quant"] == 1, str(report)
