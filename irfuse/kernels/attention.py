@@ -36,15 +36,11 @@ DECODE_ONLY = ("per_token",)
 # as zeros (masked pointer loads; TMA fills them) and are never stored. Powers of two
 # compile without those masks.
 HEAD_DIM_STEP, MAX_HEAD_DIM = 16, 256
+HEAD_DIM_RULE = f"multiples of {HEAD_DIM_STEP} up to {MAX_HEAD_DIM}"  # for error messages
 
 
 def takes_head_dim(dim: int) -> bool:
     return HEAD_DIM_STEP <= dim <= MAX_HEAD_DIM and dim % HEAD_DIM_STEP == 0
-
-
-def tile_dim(dim: int) -> int:
-    """The power of two a head dim's tiles span."""
-    return 1 << (dim - 1).bit_length()
 
 
 # The split-KV decode serves up to this many query rows per kv head (Hq/Hkv * Sq).

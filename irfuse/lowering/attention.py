@@ -24,12 +24,10 @@ from irfuse.kernels.attention import (
     DECODE_MAX_ROWS,
     DECODE_ONLY,
     EPILOGUES,
-    HEAD_DIM_STEP,
+    HEAD_DIM_RULE,
     MAX_GRID_X,
     MAX_GRID_YZ,
-    MAX_HEAD_DIM,
     takes_head_dim,
-    tile_dim,
     uses_decode,
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
@@ -350,8 +348,8 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
         or not takes_head_dim(v.shape[-1])
     ):
         raise ValueError(
-            f"{what}: head dims must be equal for q and k, and multiples of {HEAD_DIM_STEP} up "
-            f"to {MAX_HEAD_DIM} (q {q.shape[-1]}, k {k.shape[-1]}, v {v.shape[-1]})"
+            f"{what}: head dims must be equal for q and k, and {HEAD_DIM_RULE} (q "
+            f"{q.shape[-1]}, k {k.shape[-1]}, v {v.shape[-1]})"
         )
     if epilogue in ("static", "nvfp4") and scale is None:
         raise ValueError(f"{what}: needs its scale")
@@ -411,7 +409,7 @@ def _summary_config(q: torch.Tensor, k: torch.Tensor, masking) -> dict:
     one block of all the query rows and its key tiles."""
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
         return {"BLOCK_M": max(16, triton.next_power_of_2(q.shape[2])), "BLOCK_N": DECODE_BLOCK_N}
-    return prefill_config(tile_dim(q.shape[-1]), q.shape[2], _mask_bytes(masking))
+    return prefill_config(triton.next_power_of_2(q.shape[-1]), q.shape[2], _mask_bytes(masking))
 
 
 def _mask_heads(strides: tuple, h: int) -> int:
@@ -607,7 +605,8 @@ def _prefill(
         o_strides = (out.stride(0), dv, out.stride(1))
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     mask_bytes = _mask_bytes(masking)
-    tile_d, tile_dv = tile_dim(d), tile_dim(dv)  # configs go by the tiles' widths
+    # tiles span the next power of two of a head dim; configs go by their widths
+    tile_d, tile_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
     config = wide_values_config(prefill_config(tile_d, sq, mask_bytes), tile_d, tile_dv,
                                 mask_bytes, q.device)  # fmt: skip
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
@@ -616,8 +615,9 @@ def _prefill(
     qkv = (q, k, v)
     if loads == "tma":  # blocks of one (batch, head): [1, 1, rows, D]
         rows = (config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_N"])
-        qkv = tuple(TensorDescriptor.from_tensor(t, [1, 1, n, tile_dim(t.shape[-1])])
-                    for t, n in zip(qkv, rows, strict=True))  # fmt: skip
+        widths = (tile_d, tile_d, tile_dv)
+        qkv = tuple(TensorDescriptor.from_tensor(t, [1, 1, n, width])
+                    for t, n, width in zip(qkv, rows, widths, strict=True))  # fmt: skip
     n_blocks = triton.cdiv(sq, config["BLOCK_M"])
     uneven = causal != "none" or (mask_kind != 0 and not key_mask)
     sweep = heads_per_sweep(q, k, v, uneven, n_blocks * b * h, config.pop("per_sm"))
@@ -708,8 +708,9 @@ def _decode(
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
     block_m = max(16, triton.next_power_of_2(group * sq))
-    tile_dims = (tile_dim(d), tile_dim(dv))
-    config = split_config(b * hkv, seq_kv, tile_dims, q.device, block_m, _mask_bytes(masking))
+    tile_d, tile_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
+    config = split_config(b * hkv, seq_kv, (tile_d, tile_dv), q.device, block_m,
+                          _mask_bytes(masking))  # fmt: skip
     splits, split_len = config.pop("splits"), config.pop("split_len")
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
@@ -720,7 +721,7 @@ def _decode(
         q, k, v, mask, mask_summary if summary else mask, part, part_state, sm_scale,
         mask_hidden, sq, seq_kv, group, split_len, splits, *q.stride()[:3], *k.stride()[:3],
         *v.stride()[:3], *mask_strides, _mask_heads(mask_strides, h), hkv,
-        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=tile_dims[0], BLOCK_DV=tile_dims[1], BLOCK_M=block_m,
+        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=tile_d, BLOCK_DV=tile_dv, BLOCK_M=block_m,
         CAUSAL=CAUSAL[causal], MASK=mask_kind,
         KEY_MASK=key_mask, SUMMARY=summary, SUMMARY_BLOCK_N=DECODE_BLOCK_N, INTERPRET=INTERPRET,
         **config,

@@ -13,7 +13,7 @@ from irfuse.dialects.irfuse import (
     RmsNormOp,
 )
 from irfuse.kernels.attention import EPILOGUES as ATTENTION_EPILOGUES
-from irfuse.kernels.attention import HEAD_DIM_STEP, MAX_HEAD_DIM, takes_head_dim
+from irfuse.kernels.attention import HEAD_DIM_RULE, takes_head_dim
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 
 
@@ -38,10 +38,7 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
             raise NoKernel(f"no attention kernel for a {epilogue} epilogue yet")
         dims = (op.q.type.get_shape()[-1], op.v.type.get_shape()[-1])
         if not all(takes_head_dim(d) for d in dims):
-            raise NoKernel(
-                f"no attention kernel for head dims {dims} (multiples of {HEAD_DIM_STEP} up to "
-                f"{MAX_HEAD_DIM})"
-            )
+            raise NoKernel(f"no attention kernel for head dims {dims} ({HEAD_DIM_RULE})")
         return AttentionKernel(epilogue)
     if isinstance(op, QuantOp):  # every scheme has a standalone kernel
         return KernelSpec("quant", quant=scheme_text(op.quant))

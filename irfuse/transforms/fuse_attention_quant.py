@@ -39,8 +39,7 @@ from irfuse.kernels.attention import (
     DECODE_MAX_ROWS,
     DECODE_ONLY,
     EPILOGUES,
-    HEAD_DIM_STEP,
-    MAX_HEAD_DIM,
+    HEAD_DIM_RULE,
     takes_head_dim,
     uses_decode,
 )
@@ -241,7 +240,7 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
             return f"%{value.name_hint} is also read elsewhere"
     dims = (attention.q.type.get_shape()[-1], attention.v.type.get_shape()[-1])
     if not all(takes_head_dim(d) for d in dims):
-        return f"head dims {dims} are not multiples of {HEAD_DIM_STEP} up to {MAX_HEAD_DIM}"
+        return f"head dims {dims} are not {HEAD_DIM_RULE}"
     b, h, s, dv = attention.out.type.get_shape()
     hd = h * dv if DYNAMIC not in (h, dv) else DYNAMIC
     rows = b * s if DYNAMIC not in (b, s) else DYNAMIC
