@@ -87,3 +87,32 @@ def add_hf_norm_quant(x, residual, weight, scale):
     """Residual add, HF norm, static quant: decomposed the same way on CPU and CUDA."""
     h = x + residual
     return static_quant(hf_rms_norm(h, weight), scale), h
+
+
+class LlamaRMSNorm(torch.nn.Module):
+    """HF's LlamaRMSNorm: eps is a module attribute, which torch.compile(dynamic=True)
+    turns into a graph input."""
+
+    def __init__(self, hidden: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(hidden))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states):
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class AddNormQuant(torch.nn.Module):
+    """Residual add, LlamaRMSNorm, static fp8 quant: the pre-projection chain of a layer."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm = LlamaRMSNorm(hidden)
+
+    def forward(self, x, residual, scale):
+        h = x + residual
+        return static_quant(self.norm(h), scale), h

@@ -140,15 +140,69 @@ def test_an_fp32_sum_read_in_fp32_elsewhere_is_refused_with_its_reason():
     assert report.rejected[0]["reason"].endswith("is also read in fp32"), str(report)
 
 
-def test_a_norm_whose_eps_is_a_tensor_is_refused_with_its_reason():
-    def tensor_eps_norm(x, w, eps):
-        v = x.float()
-        return w * (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+def _tensor_eps_norm(x, w, eps):
+    v = x.float()
+    return w * (v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
+
+def test_a_norm_whose_eps_is_a_tensor_is_refused_with_its_reason():
     x, _, w, _ = _norm_inputs()
-    report = irfuse.explain(tensor_eps_norm, x, w, torch.tensor(1e-6, device=DEVICE))
+    report = irfuse.explain(_tensor_eps_norm, x, w, torch.tensor([1e-6]))
     assert not report.fused, str(report)
-    assert report.rejected[0]["reason"].startswith("eps is not a constant"), str(report)
+    reason = "eps is a graph input tensor<1xf32> but not a 0-d f32/f64 CPU tensor"
+    assert report.rejected[0]["reason"] == reason, str(report)
+
+
+@pytest.mark.cuda
+def test_gpu_a_norm_whose_eps_is_a_device_tensor_is_refused():
+    """Reading a GPU eps at launch would sync: refused (a CPU one is read for free)."""
+    x, _, w, _ = _norm_inputs()
+    report = irfuse.explain(_tensor_eps_norm, x, w, torch.tensor(1e-6, device=DEVICE))
+    assert not report.fused, str(report)
+    assert "but not a 0-d f32/f64 CPU tensor" in report.rejected[0]["reason"], str(report)
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+def test_module_eps_compiled_dynamic_is_read_at_run_time(inner):
+    """HF's `self.variance_epsilon` under dynamic=True is a graph input (a 0-d CPU
+    tensor), not a constant: the norm still fuses, and the kernel reads eps at each
+    call, so changing it needs no recompile and gives eager's result."""
+    torch.manual_seed(0)
+    block = models.AddNormQuant(64).to(DEVICE, BF16)
+    block.norm.weight.data = (torch.rand(64) + 0.5).to(DEVICE, BF16)
+    s = torch.tensor([0.05], device=DEVICE)
+    compiled = torch.compile(block, backend="irfuse", options={"inner": inner}, dynamic=True)
+    with torch.no_grad(), capture_reports() as reports, _no_compile_caches():
+        for t, eps in ((4, 1e-6), (7, 1e-6), (7, 4.0)):  # 4.0 scales the output by ~0.6
+            block.norm.variance_epsilon = eps
+            x, r = (torch.randn(t, 64, device=DEVICE, dtype=BF16) for _ in range(2))
+            q, h = compiled(x, r, s)
+            q_ref, h_ref = block(x, r, s)
+            assert torch.equal(h, h_ref)
+            assert_fp8_close(q, q_ref, s)
+    (report,) = reports  # one compile: eps is an input
+    assert report.fused["raise-rms-norm"] == 1 and not report.rejected, str(report)
+    assert report.kernels == ["irfuse_add_rounded_rms_norm_static_fp8"], str(report)
+
+
+@pytest.mark.cuda
+def test_gpu_module_eps_compiled_dynamic_under_cuda_graphs():
+    """The same under mode="reduce-overhead": a graph replay must not keep the eps its
+    capture read (Inductor leaves graphs with a CPU input out of CUDA graphs, or
+    re-records them; either way the result is eager's)."""
+    torch.manual_seed(0)
+    block = models.AddNormQuant(4096).to(DEVICE, BF16)
+    s = torch.tensor([0.05], device=DEVICE)
+    compiled = torch.compile(block, backend="irfuse", mode="reduce-overhead", dynamic=True)
+    with torch.no_grad(), capture_reports() as reports, _no_compile_caches():
+        for t, eps in ((16, 1e-6), (16, 1e-6), (16, 1e-6), (33, 4.0), (33, 4.0), (16, 4.0)):
+            block.norm.variance_epsilon = eps
+            x, r = (torch.randn(t, 4096, device=DEVICE, dtype=BF16) for _ in range(2))
+            q, h = compiled(x, r, s)
+            q_ref, h_ref = block(x, r, s)
+            torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
+            assert_fp8_close(q, q_ref, s)
+    assert sum(r.fused["fuse-rms-norm-quant"] for r in reports) >= 1, [str(r) for r in reports]
 
 
 def test_a_norm_computed_in_bf16_is_refused_with_its_reason():

@@ -42,6 +42,25 @@ def test_valid_ops_verify():
             "weight must be 1-D of the hidden size",
         ),
         (
+            "  %y = irfuse.rms_norm %x, %w : tensor<4x64xbf16>, tensor<64xbf16> "
+            "-> tensor<4x64xbf16>",
+            X,
+            "needs exactly one of the `eps` property and an `eps` operand",
+        ),
+        (
+            "  %y = irfuse.rms_norm %x, %w eps(%e : tensor<f64>) {eps = 1.0e-06 : f64} : "
+            "tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>",
+            X + ", %e: tensor<f64>",
+            "needs exactly one of the `eps` property and an `eps` operand",
+        ),
+        (
+            "  %y, %h = irfuse.fused_add_rms_norm %x, %x, %w eps(%e : tensor<1xf32>) : "
+            "tensor<4x64xbf16>, tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>, "
+            "tensor<4x64xbf16>",
+            X + ", %e: tensor<1xf32>",
+            "eps operand must be a 0-d f32 or f64 tensor",
+        ),
+        (
             "  %q = irfuse.quant %x {quant = #irfuse.quant<static>} : tensor<4x64xbf16> "
             "-> tensor<4x64xf8E4M3FN>",
             X,

@@ -15,6 +15,7 @@ from xdsl.dialects.builtin import (
     Float8E4M3FNType,
     Float16Type,
     Float32Type,
+    Float64Type,
     FloatAttr,
     IntAttr,
     IntegerType,
@@ -248,6 +249,16 @@ def _verify_norm(x: TensorType, w: TensorType, gemma: bool) -> None:
         raise VerifyException(f"weight dtype {w.element_type} != input dtype {x.element_type}")
 
 
+def _verify_eps(op: RmsNormOp | FusedAddRmsNormOp) -> None:
+    """eps is a constant (`eps`) or read at run time (`eps_value`), exactly one of them."""
+    if (op.eps is None) == (op.eps_value is None):
+        raise VerifyException("needs exactly one of the `eps` property and an `eps` operand")
+    if op.eps_value is not None:
+        t = _tensor(op.eps_value, "eps")
+        if t.get_num_dims() != 0 or not isinstance(t.element_type, (Float32Type, Float64Type)):
+            raise VerifyException(f"eps operand must be a 0-d f32 or f64 tensor, got {t}")
+
+
 @irdl_op_definition
 class RmsNormOp(QuantProducer):
     """`y = (x * rsqrt(mean(x^2) + eps)).to(dtype) * w` over the last dim, optionally quantized.
@@ -258,13 +269,16 @@ class RmsNormOp(QuantProducer):
     (or what the output quant reads) is f32 (Inductor drops that round trip when an fp32
     consumer follows). `value`: with a quant, the kernel also writes the unquantized
     value (for readers that need it: one kernel instead of two passes over memory).
+    eps is the `eps` property, or the `eps` operand: a 0-d tensor read at run time (a
+    float that `torch.compile(dynamic=True)` made a graph input), rounded to f32.
     """
 
     name = "irfuse.rms_norm"
     x = operand_def(TensorType)
     weight = operand_def(TensorType)
+    eps_value = opt_operand_def(TensorType)
     quant_scale = opt_operand_def(TensorType)
-    eps = prop_def(FloatAttr)
+    eps = opt_prop_def(FloatAttr)
     gemma = opt_prop_def(UnitAttr)
     fp32_weight_mul = opt_prop_def(UnitAttr)
     unrounded = opt_prop_def(UnitAttr)
@@ -274,7 +288,8 @@ class RmsNormOp(QuantProducer):
     value = opt_result_def(TensorType)
     irdl_options = _SEGMENTS
     assembly_format = (
-        "$x `,` $weight (`scale` $quant_scale^)? attr-dict `:` type($x) `,` type($weight)"
+        "$x `,` $weight (`eps` `(` $eps_value^ `:` type($eps_value) `)`)?"
+        " (`scale` $quant_scale^)? attr-dict `:` type($x) `,` type($weight)"
         " (`,` type($quant_scale)^)? `->` type($y) (`,` type($scale_out)^)?"
         " (`value` type($value)^)?"
     )
@@ -282,6 +297,7 @@ class RmsNormOp(QuantProducer):
     def verify_(self) -> None:
         x = _tensor(self.x, "x")
         _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
+        _verify_eps(self)
         _verify_unrounded(self)
         _verify_value(self.value, self, x)
         verify_output_quant(
@@ -306,8 +322,9 @@ class FusedAddRmsNormOp(QuantProducer):
     x = operand_def(TensorType)
     residual = operand_def(TensorType)
     weight = operand_def(TensorType)
+    eps_value = opt_operand_def(TensorType)
     quant_scale = opt_operand_def(TensorType)
-    eps = prop_def(FloatAttr)
+    eps = opt_prop_def(FloatAttr)
     gemma = opt_prop_def(UnitAttr)
     fp32_weight_mul = opt_prop_def(UnitAttr)
     unrounded = opt_prop_def(UnitAttr)
@@ -319,7 +336,8 @@ class FusedAddRmsNormOp(QuantProducer):
     value = opt_result_def(TensorType)
     irdl_options = _SEGMENTS
     assembly_format = (
-        "$x `,` $residual `,` $weight (`scale` $quant_scale^)? attr-dict `:` type($x) `,`"
+        "$x `,` $residual `,` $weight (`eps` `(` $eps_value^ `:` type($eps_value) `)`)?"
+        " (`scale` $quant_scale^)? attr-dict `:` type($x) `,`"
         " type($residual) `,` type($weight) (`,` type($quant_scale)^)? `->` type($y) `,`"
         " type($residual_out) (`,` type($scale_out)^)? (`value` type($value)^)?"
     )
@@ -330,6 +348,7 @@ class FusedAddRmsNormOp(QuantProducer):
         if residual.element_type != x.element_type or residual.get_shape() != x.get_shape():
             raise VerifyException(f"residual {residual} must match the input {x}")
         _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
+        _verify_eps(self)
         _verify_unrounded(self)
         _verify_value(self.value, self, x)
         if _tensor(self.residual_out, "residual_out") != x:

@@ -87,7 +87,7 @@ def _fused_rms_norm(node: fx.Node) -> DirectImport | str:
         [x, weight],
         [y],
         lambda ops: RmsNormOp.build(
-            operands=[*ops, []], result_types=[_types(y)[0], [], []], properties=props
+            operands=[*ops, [], []], result_types=[_types(y)[0], [], []], properties=props
         ),
     )
 
@@ -203,7 +203,9 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | str]:
                 list(tensors),
                 [node],
                 lambda ops: RmsNormOp.build(
-                    operands=[*ops, []], result_types=[_types(node)[0], [], []], properties=props
+                    operands=[*ops, [], []],
+                    result_types=[_types(node)[0], [], []],
+                    properties=props,
                 ),
             )
         items = _getitems(node)
@@ -215,7 +217,7 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | str]:
             list(tensors),
             results,
             lambda ops: FusedAddRmsNormOp.build(
-                operands=[*ops, []], result_types=[*_types(node), [], []], properties=props
+                operands=[*ops, [], []], result_types=[*_types(node), [], []], properties=props
             ),
         )
 

@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 from xdsl.builder import Builder
-from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr
+from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, UnitAttr
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.rewriter import InsertPoint
@@ -78,12 +78,25 @@ def target_name(target: object) -> str:
     return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}"
 
 
+# Marks a 0-d CPU tensor argument (a float `torch.compile(dynamic=True)` made a graph
+# input): a kernel may take its value at launch without a device sync.
+HOST_SCALAR = "irfuse.host_scalar"
+
+
+def _host_marks(placeholders: list[fx.Node]) -> ArrayAttr[DictionaryAttr] | None:
+    vals = [n.meta.get("val") for n in placeholders]
+    host = [isinstance(v, torch.Tensor) and v.dim() == 0 and v.device.type == "cpu" for v in vals]
+    if not any(host):
+        return None
+    return ArrayAttr([DictionaryAttr({HOST_SCALAR: UnitAttr()} if h else {}) for h in host])
+
+
 def import_graph(graph: fx.Graph) -> ImportedGraph:
     """Build the xDSL module of `graph` (which it does not modify)."""
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     arg_types = [_single_type(n) for n in placeholders]
     block = Block(arg_types=arg_types)
-    func = FuncOp("graph", (arg_types, []), Region(block))
+    func = FuncOp("graph", (arg_types, []), Region(block), arg_attrs=_host_marks(placeholders))
     imported = ImportedGraph(ModuleOp([func]), func, graph)
     for node, arg in zip(placeholders, block.args, strict=True):
         arg.name_hint = _hint(node.name)

@@ -230,12 +230,19 @@ def kernel_norm(
     scale: torch.Tensor | None,
     eps: float,
     kernel: str,
+    eps_input: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the generated (add +) (rms_norm +) quant kernel `kernel`. `scale` is the static
-    scale, the per-token upper bound or the nvfp4 global scale. Returns (out,
-    residual_out, scales, value); the last three are empty when the kernel has none."""
+    scale, the per-token upper bound or the nvfp4 global scale. `eps_input`, a one-element
+    tensor, replaces `eps`: a float `torch.compile(dynamic=True)` made a graph input (a
+    0-d CPU tensor, read without a device sync). Returns (out, residual_out, scales,
+    value); the last three are empty when the kernel has none."""
     spec = decode(kernel)
     _check(spec, x, residual, weight, scale)
+    if eps_input is not None:
+        if eps_input.numel() != 1 or not eps_input.is_floating_point():
+            raise ValueError(f"kernel_norm: eps must be one float, got {eps_input.shape}")
+        eps = eps_input.item()
     out, residual_out, scales, value = allocate_outputs(spec, x, residual is not None)
     if x.numel() == 0:  # the reference's scale of an empty tensor: the lower bound
         if spec.quant == "per_tensor":
@@ -330,5 +337,5 @@ def _launch(
 
 
 @kernel_norm.register_fake
-def _(x, residual, weight, scale, eps, kernel):
+def _(x, residual, weight, scale, eps, kernel, eps_input=None):
     return allocate_outputs(decode(kernel), x, residual is not None)

@@ -289,11 +289,13 @@ def _lower_norm(
     [call, node of each result]."""
     residual = op.residual if isinstance(op, FusedAddRmsNormOp) else None
     weight = op.weight if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)) else None
-    eps = op.eps.value.data if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)) else 0.0
     assert isinstance(op, (QuantOp, RmsNormOp, FusedAddRmsNormOp))
+    eps, eps_value = 0.0, None  # a constant, or a 0-d tensor the kernel reads at run time
+    if not isinstance(op, QuantOp):
+        eps, eps_value = (op.eps.value.data if op.eps else 0.0), op.eps_value
     args = (
         node_of(op.x), node_of(residual), node_of(weight), node_of(op.quant_scale),
-        float(eps), spec.encode(),
+        float(eps), spec.encode(), node_of(eps_value),
     )  # fmt: skip
     # kernel_norm returns (out, residual_out, scales, value); the IR op has those it uses
     value = getattr(op, "value", None)  # QuantOp has none

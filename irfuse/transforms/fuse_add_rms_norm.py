@@ -48,7 +48,8 @@ class FuseAddRmsNormPattern(RewritePattern):
         if not (a.type == b.type == op.x.type):
             report.rejected(NAME, add, f"add of {a.type} and {b.type} broadcasts or casts")
             return
-        before = fused_insertion_point([add, op], [a, b, op.weight])
+        eps = [op.eps_value] if op.eps_value is not None else []
+        before = fused_insertion_point([add, op], [a, b, op.weight, *eps])
         if before is None:
             report.rejected(NAME, add, "no place for the fused op: the sum is read in between")
             return
@@ -56,7 +57,7 @@ class FuseAddRmsNormPattern(RewritePattern):
         props.pop("resultSegmentSizes", None)
         props["rounded_sum"] = UnitAttr()  # the graph's add rounds the sum
         new = FusedAddRmsNormOp.build(
-            operands=[a, b, op.weight, []],
+            operands=[a, b, op.weight, eps, []],
             result_types=[op.y.type, add.results[0].type, [], []],
             properties=props,
         )

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xdsl.dialects.builtin import ArrayAttr, Float32Type, NoneAttr, TensorType
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.dialects.builtin import ArrayAttr, Float32Type, Float64Type, NoneAttr, TensorType
+from xdsl.dialects.func import FuncOp
+from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter
 
 from irfuse.dialects.aten import CallOp, RefAttr, scalar
+from irfuse.frontend.fx_import import HOST_SCALAR
 
 CASTS = ("prims.convert_element_type.default", "aten._to_copy.default")
 VIEWS = ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
 MUL = "aten.mul.Tensor"
 F32 = Float32Type()
+F64 = Float64Type()
 
 
 def call(value: SSAValue | None, *targets: str) -> CallOp | None:
@@ -45,6 +48,16 @@ def int_list_arg(op: CallOp, index: int) -> list[int] | None:
         return None
     values = [scalar(a) for a in attr.data]
     return values if all(isinstance(v, int) for v in values) else None  # type: ignore[misc]
+
+
+def is_host_scalar(value: SSAValue) -> bool:
+    """Whether `value` is a function argument the importer marked as a 0-d CPU tensor."""
+    if not isinstance(value, BlockArgument) or not isinstance(
+        func := value.owner.parent_op(), FuncOp
+    ):
+        return False
+    marks = func.arg_attrs.data[value.index].data if func.arg_attrs is not None else {}
+    return HOST_SCALAR in marks
 
 
 def element_type(value: SSAValue) -> Attribute | None:

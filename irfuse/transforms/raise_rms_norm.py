@@ -23,9 +23,13 @@ variance on the fp32 sum); `h.to(dt)`, the residual stream, reads its `residual_
 Guards: `h` has no other fp32 reader; the fused op has a place where a, b, w are defined
 and before every reader of its results.
 
+eps is a constant, or a graph input marked `irfuse.host_scalar` (a 0-d f32/f64 CPU
+tensor: what `torch.compile(dynamic=True)` makes of a module's float eps), seen through
+casts to f64 / f32; the raised op then reads it at each launch (its `eps` operand).
+
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
-outside the chain. Replacement: one `irfuse.rms_norm`.
+outside the chain; an input eps is on the host. Replacement: one `irfuse.rms_norm`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import Float64Type, FloatAttr, ModuleOp, UnitAttr
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     PatternRewriter,
@@ -49,6 +53,7 @@ from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, FusedAddRmsNormOp, RmsN
 from irfuse.transforms import report
 from irfuse.transforms.match import (
     F32,
+    F64,
     call,
     cast_of,
     const_arg,
@@ -57,6 +62,7 @@ from irfuse.transforms.match import (
     escaping_intermediate,
     fused_insertion_point,
     int_list_arg,
+    is_host_scalar,
     mul_operands,
     rank,
     shape,
@@ -73,8 +79,9 @@ class _Norm:
 
     x: SSAValue
     xf: SSAValue
-    eps: float
+    eps: float | SSAValue  # a constant, or a 0-d tensor read at run time
     chain: list[Operation]
+    eps_casts: list[Operation]  # f64/f32 casts of a run-time eps (may be shared)
 
 
 def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
@@ -82,13 +89,16 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
     add = call(rsqrt.inputs[0], "aten.add.Scalar", "aten.add.Tensor")
     if add is None or (mean_value := tensor_arg(add, 0)) is None:
         return None
-    eps = const_arg(add, 1)
     mean = call(mean_value, "aten.mean.dim")
     squared = _squared(tensor_arg(mean, 0)) if mean is not None else None
     if squared is None:
         return None
+    eps: float | SSAValue | str = const_arg(add, 1)  # type: ignore[assignment]
+    eps_casts: list[Operation] = []
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        return "eps is not a constant (a tensor, or a float argument compiled dynamic)"
+        eps = _runtime_eps(tensor_arg(add, 1), eps_casts)
+        if isinstance(eps, str):
+            return eps
     xf, square_op = squared
     cast = cast_of(xf)
     x = cast[0] if cast is not None and cast[1] == F32 else xf
@@ -106,7 +116,22 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
         return f"normalised in {dtype_name(element_type(xf))}, not float32"
     casts = [v.owner for v in dict.fromkeys((xf, xs)) if v is not x]
     chain = [square_op, mean, add, rsqrt, n_op, *casts]
-    return _Norm(x, xf, float(eps), chain)  # type: ignore[arg-type]
+    return _Norm(x, xf, eps if isinstance(eps, SSAValue) else float(eps), chain, eps_casts)
+
+
+def _runtime_eps(value: SSAValue | None, casts: list[Operation]) -> SSAValue | str:
+    """A graph input eps: the 0-d CPU float tensor `torch.compile(dynamic=True)` makes of
+    a Python float (HF's `self.variance_epsilon` too; the kernel takes its value at launch,
+    without a device sync), seen through casts to f64 / f32 (which round it to f32 once,
+    as the add does); `casts` collects them."""
+    while (cast := cast_of(value)) is not None and cast[1] in (F32, F64):
+        casts.append(value.owner)  # type: ignore[arg-type, union-attr]
+        value = cast[0]
+    if not isinstance(value, BlockArgument):
+        return "eps is neither a constant nor a graph input"
+    if rank(value) != 0 or element_type(value) not in (F32, F64) or not is_host_scalar(value):
+        return f"eps is a graph input {value.type} but not a 0-d f32/f64 CPU tensor"
+    return value
 
 
 def _squared(value: SSAValue | None) -> tuple[SSAValue, Operation] | None:
@@ -218,20 +243,29 @@ class RaiseRmsNormPattern(RewritePattern):
             report.rejected(NAME, root, reason)
             return
         new = RmsNormOp.build(
-            operands=[norm.x, weighted.weight, []],
+            operands=[norm.x, weighted.weight, _eps_operand(norm), []],
             result_types=[root.results[0].type, [], []],
             properties=_properties(norm.eps, weighted, root.results[0], dt),
         )
         rewriter.replace(root, new)
-        dead_ops = norm.chain + weighted.ops[:-1] + weighted.helpers
+        dead_ops = norm.chain + weighted.ops[:-1] + weighted.helpers + norm.eps_casts
         erase_dead(rewriter, dead_ops)
         report.fused(NAME)
 
 
-def _properties(eps: float, weighted: _Weighted, y: SSAValue, dt: Attribute | None) -> dict:
-    """The raised norm's properties: eps, how the weight is applied, and whether its
-    result `y` stays fp32 (unrounded) where the input dtype is `dt`."""
-    props: dict[str, Attribute] = {"eps": FloatAttr(eps, Float64Type())}
+def _eps_operand(norm: _Norm) -> list[SSAValue]:
+    return [norm.eps] if isinstance(norm.eps, SSAValue) else []
+
+
+def _properties(
+    eps: float | SSAValue, weighted: _Weighted, y: SSAValue, dt: Attribute | None
+) -> dict:
+    """The raised norm's properties: eps (unless read at run time), how the weight is
+    applied, and whether its result `y` stays fp32 (unrounded) where the input dtype is
+    `dt`."""
+    props: dict[str, Attribute] = {}
+    if not isinstance(eps, SSAValue):
+        props["eps"] = FloatAttr(eps, Float64Type())
     if weighted.form == "fp32":
         props["fp32_weight_mul"] = UnitAttr()
     if weighted.form == "gemma":
@@ -282,19 +316,20 @@ def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) ->
     residual_casts = [u for u in users(h) if u not in norm.chain and _casts_to(u, dt)]
     others = [u for u in users(h) if u not in norm.chain and u not in residual_casts]
     root = weighted.ops[-1]
-    reason = _guard(_Norm(summed.a, h, norm.eps, norm.chain), weighted, dt, root.results[0])
+    fused = _Norm(summed.a, h, norm.eps, norm.chain, norm.eps_casts)
+    reason = _guard(fused, weighted, dt, root.results[0])
     if others:
         reason = reason or f"the fp32 sum %{h.name_hint} is also read in fp32"
     before = fused_insertion_point(
         [summed.add, *norm.chain, *weighted.ops, *residual_casts],
-        [summed.a, summed.b, weighted.weight],
+        [summed.a, summed.b, weighted.weight, *_eps_operand(norm)],
     )
     reason = reason or (None if before else "no place for the fused op: the sum is read between")
     if reason:
         report.rejected(NAME, root, reason)
         return
     new = FusedAddRmsNormOp.build(
-        operands=[summed.a, summed.b, weighted.weight, []],
+        operands=[summed.a, summed.b, weighted.weight, _eps_operand(norm), []],
         result_types=[root.results[0].type, summed.a.type, [], []],
         properties=_properties(norm.eps, weighted, root.results[0], dt),
     )
@@ -304,7 +339,7 @@ def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) ->
     for cast in residual_casts:
         rewriter.replace_all_uses_with(cast.results[0], new.residual_out)
     dead = [root, *norm.chain, *weighted.ops, *weighted.helpers, *residual_casts, summed.add]
-    erase_dead(rewriter, dead + summed.casts)
+    erase_dead(rewriter, dead + summed.casts + norm.eps_casts)
     report.fused(NAME)
 
 

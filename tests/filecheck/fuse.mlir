@@ -12,6 +12,19 @@ func.func @add_norm_quant(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w: tens
 
 // -----
 
+// eps read at run time (a float compiled dynamic) goes with the norm into both fusions.
+func.func @runtime_eps(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w: tensor<64xbf16>, %eps: tensor<f64> {irfuse.host_scalar}, %s: tensor<1xf32>) -> (tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>) {
+  %h = aten.call "aten.add.Tensor"(%x, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xbf16>, tensor<?x64xbf16>) -> tensor<?x64xbf16>
+  %y = irfuse.rms_norm %h, %w eps(%eps : tensor<f64>) : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %q = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<?x64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>
+  func.return %q, %h : tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
+}
+// CHECK-LABEL: func.func @runtime_eps
+// CHECK-NEXT:    %q, %h = irfuse.fused_add_rms_norm %x, %r, %w eps(%eps : tensor<f64>) scale %s {rounded_sum, quant = #irfuse.quant<static>} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
+// CHECK-NEXT:    func.return %q, %h
+
+// -----
+
 // The normalised value is also returned unquantized: the fused kernel keeps it too.
 func.func @norm_read_twice(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>, %s: tensor<1xf32>) -> (tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>) {
   %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>

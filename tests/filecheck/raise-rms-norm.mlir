@@ -129,3 +129,44 @@ func.func @vllm_fp32_sum(%x: tensor<8x96xbf16>, %r: tensor<8x96xbf16>, %w: tenso
 // CHECK-LABEL: func.func @vllm_fp32_sum
 // CHECK-NEXT:    %y, %h = irfuse.fused_add_rms_norm %x, %r, %w {eps = 1.000000e-06 : f64} : tensor<8x96xbf16>, tensor<8x96xbf16>, tensor<96xbf16> -> tensor<8x96xbf16>, tensor<8x96xbf16>
 // CHECK-NEXT:    func.return %y, %h
+
+// -----
+
+// HF's `self.variance_epsilon` under torch.compile(dynamic=True): a 0-d f64 CPU tensor
+// input (the importer marks it irfuse.host_scalar), cast to f32 before the add. The norm
+// reads it at run time through its eps operand; the casts go.
+func.func @host_scalar_eps(%x: tensor<?x64xf16>, %eps: tensor<f64> {irfuse.host_scalar}, %w: tensor<64xf16>) -> tensor<?x64xf16> {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<?x64xf16>) -> tensor<?x64xf32>
+  %p = aten.call "aten.pow.Tensor_Scalar"(%xf) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x64xf32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x1xf32>
+  %e64 = aten.call "prims.convert_element_type.default"(%eps) {args = [#aten.ref<0>, f64], kwargs = {}} : (tensor<f64>) -> tensor<f64>
+  %e32 = aten.call "prims.convert_element_type.default"(%e64) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<f64>) -> tensor<f32>
+  %e = aten.call "aten.add.Tensor"(%m, %e32) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x1xf32>, tensor<f32>) -> tensor<?x1xf32>
+  %r = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<?x1xf32>) -> tensor<?x1xf32>
+  %n = aten.call "aten.mul.Tensor"(%xf, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xf32>, tensor<?x1xf32>) -> tensor<?x64xf32>
+  %nb = aten.call "aten._to_copy.default"(%n) {args = [#aten.ref<0>], kwargs = {dtype = f16}} : (tensor<?x64xf32>) -> tensor<?x64xf16>
+  %y = aten.call "aten.mul.Tensor"(%w, %nb) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<64xf16>, tensor<?x64xf16>) -> tensor<?x64xf16>
+  func.return %y : tensor<?x64xf16>
+}
+// CHECK-LABEL: func.func @host_scalar_eps
+// CHECK-NEXT:    %{{.*}} = irfuse.rms_norm %x, %w eps(%eps : tensor<f64>) : tensor<?x64xf16>, tensor<64xf16> -> tensor<?x64xf16>
+// CHECK-NEXT:    func.return
+
+// -----
+
+// The same eps as an unmarked tensor input (it may live on the GPU: reading it would
+// sync): left alone.
+func.func @device_tensor_eps(%x: tensor<?x64xf16>, %eps: tensor<f32>, %w: tensor<64xf16>) -> tensor<?x64xf16> {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<?x64xf16>) -> tensor<?x64xf32>
+  %p = aten.call "aten.pow.Tensor_Scalar"(%xf) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x64xf32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<?x64xf32>) -> tensor<?x1xf32>
+  %e = aten.call "aten.add.Tensor"(%m, %eps) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x1xf32>, tensor<f32>) -> tensor<?x1xf32>
+  %r = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<?x1xf32>) -> tensor<?x1xf32>
+  %n = aten.call "aten.mul.Tensor"(%xf, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xf32>, tensor<?x1xf32>) -> tensor<?x64xf32>
+  %nb = aten.call "aten._to_copy.default"(%n) {args = [#aten.ref<0>], kwargs = {dtype = f16}} : (tensor<?x64xf32>) -> tensor<?x64xf16>
+  %y = aten.call "aten.mul.Tensor"(%w, %nb) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<64xf16>, tensor<?x64xf16>) -> tensor<?x64xf16>
+  func.return %y : tensor<?x64xf16>
+}
+// CHECK-LABEL: func.func @device_tensor_eps
+// CHECK-NOT:     irfuse.rms_norm
+// CHECK:         aten.call "aten.rsqrt.default"
