@@ -147,7 +147,7 @@ def _tensor_eps_norm(x, w, eps):
 
 def test_a_norm_whose_eps_is_a_tensor_is_refused_with_its_reason():
     x, _, w, _ = _norm_inputs()
-    report = irfuse.explain(_tensor_eps_norm, x, w, torch.tensor([1e-6]))
+    report = irfuse.explain(_tensor_eps_norm, x, w, torch.tensor([1e-6], device=DEVICE))
     assert not report.fused, str(report)
     reason = "eps is a graph input tensor<1xf32> but not a 0-d f32/f64 CPU tensor"
     assert report.rejected[0]["reason"] == reason, str(report)
@@ -185,11 +185,28 @@ def test_module_eps_compiled_dynamic_is_read_at_run_time(inner):
     assert report.kernels == ["irfuse_add_rounded_rms_norm_static_fp8"], str(report)
 
 
+def test_module_eps_compiled_dynamic_with_cuda_graphs_on_is_refused(monkeypatch):
+    """mode="reduce-overhead" turns Inductor's CUDA graphs on inside the compile only
+    (dynamo traced with them off, so eps is an input); the GPU test below runs that mode."""
+    from irfuse.transforms import raise_rms_norm
+
+    monkeypatch.setattr(raise_rms_norm, "_inductor_cuda_graphs", lambda: True)
+    block = models.AddNormQuant(64).to(DEVICE, BF16)
+    x, r, _, s = _norm_inputs()
+    compiled = torch.compile(block, backend="irfuse", options={"inner": "eager"}, dynamic=True)
+    with torch.no_grad(), capture_reports() as reports:
+        compiled(x, r, s)
+    (report,) = reports
+    assert not report.kernels, str(report)
+    reason = "eps is a graph input, and Inductor's CUDA graphs (mode=reduce-overhead) are on"
+    assert report.rejected[0]["reason"] == reason, str(report)
+
+
 @pytest.mark.cuda
-def test_gpu_module_eps_compiled_dynamic_under_cuda_graphs():
-    """The same under mode="reduce-overhead": a graph replay must not keep the eps its
-    capture read (Inductor leaves graphs with a CPU input out of CUDA graphs, or
-    re-records them; either way the result is eager's)."""
+def test_gpu_module_eps_compiled_dynamic_under_cuda_graphs_is_refused():
+    """Under mode="reduce-overhead" a kernel reading eps at launch cannot be replayed
+    (Inductor's CUDA graph partitions fail on a custom op with a CPU tensor operand): the
+    norm is refused with the reason, and the result is eager's as eps changes."""
     torch.manual_seed(0)
     block = models.AddNormQuant(4096).to(DEVICE, BF16)
     s = torch.tensor([0.05], device=DEVICE)
@@ -202,7 +219,10 @@ def test_gpu_module_eps_compiled_dynamic_under_cuda_graphs():
             q_ref, h_ref = block(x, r, s)
             torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
             assert_fp8_close(q, q_ref, s)
-    assert sum(r.fused["fuse-rms-norm-quant"] for r in reports) >= 1, [str(r) for r in reports]
+    reasons = {r["reason"] for report in reports for r in report.rejected}
+    assert "eps is a graph input, and Inductor's CUDA graphs (mode=reduce-overhead) are on" in (
+        reasons
+    ), reasons
 
 
 def test_a_norm_computed_in_bf16_is_refused_with_its_reason():

@@ -66,8 +66,10 @@ def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
 
 
 def _device_problem(op: Operation, node_of: dict[SSAValue, fx.Node]) -> str | None:
-    """Why the op's kernel cannot take its operands' devices (None if it can)."""
-    vals = [node_of[v].meta.get("val") for v in op.operands if v in node_of]
+    """Why the op's kernel cannot take its operands' devices (None if it can). A norm's
+    eps input is a host scalar, read at launch: its device does not count."""
+    eps = getattr(op, "eps_value", None)
+    vals = [node_of[v].meta.get("val") for v in op.operands if v in node_of and v is not eps]
     devices = {v.device for v in vals if isinstance(v, torch.Tensor)}
     if len(devices) > 1:
         return f"operands on several devices {sorted(map(str, devices))}"

@@ -29,7 +29,8 @@ casts to f64 / f32; the raised op then reads it at each launch (its `eps` operan
 
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
-outside the chain; an input eps is on the host. Replacement: one `irfuse.rms_norm`.
+outside the chain; an input eps is on the host, and Inductor's CUDA graphs are off (they
+cannot replay a kernel reading a host value). Replacement: one `irfuse.rms_norm`.
 """
 
 from __future__ import annotations
@@ -131,7 +132,17 @@ def _runtime_eps(value: SSAValue | None, casts: list[Operation]) -> SSAValue | s
         return "eps is neither a constant nor a graph input"
     if rank(value) != 0 or element_type(value) not in (F32, F64) or not is_host_scalar(value):
         return f"eps is a graph input {value.type} but not a 0-d f32/f64 CPU tensor"
+    if _inductor_cuda_graphs():
+        # Inductor's CUDA graph partitions do not take a custom op with a CPU tensor
+        # operand (its replay fails on the op's outputs, H200, torch 2.11)
+        return "eps is a graph input, and Inductor's CUDA graphs (mode=reduce-overhead) are on"
     return value
+
+
+def _inductor_cuda_graphs() -> bool:
+    from torch._inductor import config
+
+    return bool(config.triton.cudagraphs)
 
 
 def _squared(value: SSAValue | None) -> tuple[SSAValue, Operation] | None:
