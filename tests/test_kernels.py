@@ -44,6 +44,21 @@ def test_fused_add_rms_norm_static_fp8_matches_reference(dtype, eps):
     assert_fp8_close(q, ref.static_fp8_quant(y_ref, scale), scale)
 
 
+def test_the_registered_op_runs_the_function_and_has_a_fake():
+    """torch.ops.irfuse.kernel_norm (what exported graphs call) is the function itself,
+    with an eps read from a host tensor, and its fake gives the real outputs' metadata."""
+    x, residual, w, scale = _inputs(5, 64, torch.bfloat16)
+    spec = "fused_add_rms_norm/plain/model/static"
+    direct = kernel_norm(x, residual, w, scale, 0.5, spec)
+    op = torch.ops.irfuse.kernel_norm(x, residual, w, scale, 1e-6, spec, torch.tensor(0.5))
+    for a, b in zip(direct, op, strict=True):
+        assert torch.equal(a.float(), b.float()) and a.dtype == b.dtype
+    assert not torch.equal(op[0].float(), kernel_norm(x, residual, w, scale, 1e-6, spec)[0].float())
+    with torch._subclasses.fake_tensor.FakeTensorMode(allow_non_fake_inputs=True):
+        fake = torch.ops.irfuse.kernel_norm(x, residual, w, scale, 1e-6, spec)
+    assert [(f.shape, f.dtype) for f in fake] == [(a.shape, a.dtype) for a in direct]
+
+
 def test_fp32_weight_mode_matches_the_decomposed_f_rms_norm():
     x, _, w, scale = _inputs(4, 64, torch.bfloat16)
     xf = x.float()

@@ -32,6 +32,7 @@ from irfuse.kernels.attention import (
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
 from irfuse.lowering.kernel_cache import load_kernel
+from irfuse.lowering.registration import runtime_op
 from irfuse.lowering.runtime import (
     FP8,
     INTERPRET,
@@ -467,7 +468,7 @@ def _allocate(q, v, layout: str, epilogue: str, return_lse: bool):
     return q.new_empty((b, sq, h, dv), dtype=dtype).transpose(1, 2), lse, scales
 
 
-@torch.library.custom_op("irfuse::kernel_attention", mutates_args=())
+@runtime_op("kernel_attention")
 def kernel_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -507,7 +508,7 @@ def kernel_attention(
     return out, lse, scales
 
 
-@torch.library.custom_op("irfuse::kernel_attention_mask_summary", mutates_args=())
+@runtime_op("kernel_attention_mask_summary")
 def kernel_attention_mask_summary(
     q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, mask_hidden: float | None = None
 ) -> torch.Tensor:
@@ -523,7 +524,7 @@ def kernel_attention_mask_summary(
     return _mask_tiles(masking, b, h, sq, k.shape[2], _summary_config(q, k, masking))[0]
 
 
-@kernel_attention_mask_summary.register_fake
+@torch.library.register_fake("irfuse::kernel_attention_mask_summary")
 def _(q, k, mask, mask_hidden=None):
     _check_summary_args(q, k, mask, mask_hidden)
     if not _reads_summary(q):
@@ -738,7 +739,7 @@ def _decode(
     )  # fmt: skip
 
 
-@kernel_attention.register_fake
+@torch.library.register_fake("irfuse::kernel_attention")
 def _(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, mask=None,
       mask_summary=None, mask_hidden=None):  # fmt: skip
     _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary, mask_hidden)

@@ -22,6 +22,7 @@ from irfuse.kernels.norm import MAX_COLS
 from irfuse.kernels.quant import AMAX_ROW_SLOTS, AMAX_SLOTS, parse_scheme
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.kernel_spec import KernelSpec, kernel_source, per_tensor_phases
+from irfuse.lowering.registration import runtime_op
 from irfuse.ops.quant import FP8_MIN_SCALE, alloc_group_scales, alloc_nvfp4_scales
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -222,7 +223,7 @@ def _rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-@torch.library.custom_op("irfuse::kernel_norm", mutates_args=())
+@runtime_op("kernel_norm")
 def kernel_norm(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -336,6 +337,6 @@ def _launch(
     )  # fmt: skip
 
 
-@kernel_norm.register_fake
+@torch.library.register_fake("irfuse::kernel_norm")
 def _(x, residual, weight, scale, eps, kernel, eps_input=None):
     return allocate_outputs(decode(kernel), x, residual is not None)
