@@ -80,6 +80,30 @@ def test_model_idioms_fuse(fn, kernel, eps):
     assert_fp8_close(q, fn(x, w, s, eps), s)
 
 
+@pytest.mark.parametrize(
+    "fn,kernel",
+    [
+        (models.hf_norm_quant, "irfuse_rms_norm_static_fp8"),
+        (models.gemma_norm_quant, "irfuse_rms_norm_gemmaw_static_fp8"),
+        (models.t5_norm_quant, "irfuse_rms_norm_static_fp8"),
+        (models.vllm_add_norm_quant, "irfuse_fused_add_rms_norm_static_fp8"),
+    ],
+)
+def test_model_idioms_with_a_float_eps_argument_compiled_dynamic(fn, kernel):
+    """eps passed as a float argument under dynamic=True is a graph input: every form
+    (the fp32-sum fused add too) reads it at launch, and a new eps needs no recompile."""
+    x, r, w, s = _norm_inputs(t=3, h=96)
+    args = (x, r, w, s) if fn is models.vllm_add_norm_quant else (x, w, s)
+    compiled = torch.compile(fn, backend="irfuse", options={"inner": "eager"}, dynamic=True)
+    with capture_reports() as reports:
+        for eps in (1e-6, 4.0):
+            out, expected = compiled(*args, eps), fn(*args, eps)
+            q, q_ref = (out[0], expected[0]) if isinstance(out, tuple) else (out, expected)
+            assert_fp8_close(q, q_ref, s)
+    (report,) = reports
+    assert report.kernels == [kernel] and not report.rejected, str(report)
+
+
 def test_weight_dtype_mismatch_is_refused_with_its_reason():
     x, _, w, s = _norm_inputs()
     w32 = w.float()
