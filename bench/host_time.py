@@ -1,0 +1,102 @@
+"""Host time per call: compiled blocks where the GPU work is a few microseconds.
+
+    python bench/host_time.py [--calls 2000] [--rounds 3]
+
+Every other benchmark here replays kernels from CUDA graphs, which hides what a call
+costs the host. This one times back-to-back calls with one synchronisation at the end
+(median of alternating rounds), for blocks whose GPU work is small, so the figure is
+the host's: the dispatcher, the runtime op's Python, the Triton launch, Inductor's
+wrapper, dynamo's guards. Blocks: add + HF RMSNorm (module eps) + static fp8 at 16
+tokens, hidden 4096, compiled static, with `dynamic=True` and with `reduce-overhead`;
+and the same through `torch.ops.irfuse.kernel_norm` alone. On a CPU machine (with
+TRITON_INTERPRET=1) it runs the interpreter at hidden 64: a smoke run whose numbers mean
+nothing, and it appends no table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from common import append_results  # noqa: E402
+
+from tests import models  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+KERNEL = "fused_add_rms_norm/plain/model/static/rounded_sum"
+
+
+def _sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def host_us(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
+    """Median over rounds of the mean wall time per call (us), candidates alternating."""
+    for fn in fns.values():  # compiles, warms up caches and CUDA graphs
+        for _ in range(3):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            _sync()
+            samples[name].append((time.perf_counter() - start) / calls * 1e6)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=16)
+    args = parser.parse_args()
+    torch._inductor.config.fx_graph_cache = False  # every compile runs irfuse's pass
+    hidden = 4096 if CUDA else 64
+    block = models.AddNormQuant(hidden).to(DEVICE, torch.bfloat16)
+    x = torch.randn(args.tokens, hidden, device=DEVICE, dtype=torch.bfloat16)
+    scale = torch.tensor([0.05], device=DEVICE)
+    fns: dict[str, Callable[[], object]] = {}
+    for backend in ("inductor", "irfuse"):
+        for label, kwargs in (
+            ("static", {"dynamic": False}),
+            ("dynamic=True", {"dynamic": True}),
+            ("reduce-overhead", {"dynamic": False, "mode": "reduce-overhead"}),
+        ):
+            if label == "reduce-overhead" and not CUDA:
+                continue
+            compiled = torch.compile(block, backend=backend, **kwargs)
+            fns[f"{backend}, {label}"] = lambda c=compiled: c(x, x, scale)
+    weight = block.norm.weight.detach()
+    fns["torch.ops.irfuse.kernel_norm alone"] = lambda: torch.ops.irfuse.kernel_norm(
+        x, x, weight, scale, 1e-6, KERNEL
+    )
+    fns["torch.add(x, x), for scale"] = lambda: torch.add(x, x)
+    with torch.no_grad():
+        results = host_us(fns, args.calls if CUDA else 3, args.rounds if CUDA else 1)
+    rows = [[name, f"{us:.1f}"] for name, us in results.items()]
+    for row in rows:
+        print(" | ".join(row))
+    if CUDA:
+        append_results(
+            f"Host time per call: add + LlamaRMSNorm + static fp8, T={args.tokens}, "
+            f"hidden {hidden}, bf16 (back-to-back calls, one sync)",
+            ["candidate", "us / call"],
+            rows,
+        )
+
+
+if __name__ == "__main__":
+    main()
