@@ -140,7 +140,7 @@ def _runtime_eps(value: SSAValue | None, casts: list[Operation]) -> SSAValue | s
 
 
 def _inductor_cuda_graphs() -> bool:
-    from torch._inductor import config
+    from torch._inductor import config  # here: irfuse-opt runs the pass without Inductor
 
     return bool(config.triton.cudagraphs)
 
