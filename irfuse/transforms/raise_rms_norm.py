@@ -94,12 +94,13 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
     squared = _squared(tensor_arg(mean, 0)) if mean is not None else None
     if squared is None:
         return None
-    eps: float | SSAValue | str = const_arg(add, 1)  # type: ignore[assignment]
+    constant = const_arg(add, 1)
     eps_casts: list[Operation] = []
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        eps = _runtime_eps(tensor_arg(add, 1), eps_casts)
-        if isinstance(eps, str):
-            return eps
+    eps: float | SSAValue | str
+    if isinstance(constant, (int, float)) and not isinstance(constant, bool):
+        eps = float(constant)
+    elif isinstance(eps := _runtime_eps(tensor_arg(add, 1), eps_casts), str):
+        return eps
     xf, square_op = squared
     cast = cast_of(xf)
     x = cast[0] if cast is not None and cast[1] == F32 else xf
@@ -117,7 +118,7 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
         return f"normalised in {dtype_name(element_type(xf))}, not float32"
     casts = [v.owner for v in dict.fromkeys((xf, xs)) if v is not x]
     chain = [square_op, mean, add, rsqrt, n_op, *casts]
-    return _Norm(x, xf, eps if isinstance(eps, SSAValue) else float(eps), chain, eps_casts)
+    return _Norm(x, xf, eps, chain, eps_casts)
 
 
 def _runtime_eps(value: SSAValue | None, casts: list[Operation]) -> SSAValue | str:
