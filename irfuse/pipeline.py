@@ -136,4 +136,4 @@ def _transform(
             report.kernels.append(kernel.name)
             if dump is not None:
                 dump.source(kernel.name, kernel.source())
-    export_to_fx(imported, plan)
+    report.launches.extend(export_to_fx(imported, plan, graph_launch=options.inner == "inductor"))

@@ -478,6 +478,10 @@ def test_dump_dir_has_ir_kernels_and_report(tmp_path):
     ]
     report = json.loads((graph_dir / "report.json").read_text())
     assert report["fused"]["fuse-rms-norm-quant"] == 1
+    assert report["launches"] == [
+        "irfuse_add_rounded_rms_norm_static_fp8: "
+        "torch.ops.irfuse.kernel_norm (the inner compiler is eager)"
+    ]
     assert (
         "irfuse.fused_add_rms_norm" in (graph_dir / "04-after-fuse-rms-norm-quant.mlir").read_text()
     )
@@ -594,6 +598,9 @@ def test_inductor_path_fuses_and_matches_eager():
         q, h = compiled(x, r, w, s)
     q_ref, h_ref = models.add_rms_norm_quant(x, r, w, s)
     assert reports[0].fused["fuse-rms-norm-quant"] == 1, str(reports[0])
+    how = {"cpu": "torch.ops.irfuse.kernel_norm (its tensors are not on the GPU)",
+           "cuda": "launched by Inductor's wrapper"}[DEVICE]  # fmt: skip
+    assert reports[0].launches == [f"{reports[0].kernels[0]}: {how}"], str(reports[0])
     torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
     assert_fp8_close(q, q_ref, s)
 

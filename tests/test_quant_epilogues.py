@@ -150,9 +150,9 @@ def test_two_pass_per_token_is_bit_exact(monkeypatch, scheme):
     assert runtime.runs_two_pass(spec, 37, 100) and not runtime.runs_two_pass(spec, 37, 128)
     assert not runtime.runs_two_pass(spec, 15, 100)
     launched = []
-    real = runtime._launch
+    real = runtime.run_launch
     monkeypatch.setattr(
-        runtime, "_launch", lambda spec, *a, **k: (launched.append(spec), real(spec, *a, **k))
+        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
     )
     q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 37, 100, torch.float32)
     assert [s.two_pass for s in launched] == [True]
@@ -181,9 +181,9 @@ def test_per_tensor_phase_2_normalises_with_phase_1_rstd(monkeypatch, rows, prod
     phase 1 stored, with that value's scale."""
     monkeypatch.setattr(runtime, "NORM_ROW_TILES", {"per_tensor": ((math.inf, 16, 1),)})
     launched = []
-    launch = runtime._launch
+    real = runtime.run_launch
     monkeypatch.setattr(
-        runtime, "_launch", lambda spec, *a, **k: (launched.append(spec), launch(spec, *a, **k))
+        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
     )
     x, residual, w = _inputs(rows, 40, torch.float32)
     kernel = _kernel(producer, "plain", "per_tensor").replace(
@@ -220,9 +220,9 @@ def test_per_tensor_of_one_row_runs_the_per_token_kernel(monkeypatch, producer, 
     """One row: the per-token kernel computes the per-tensor scale (same formula), in one
     launch; bytes as the reference."""
     launched = []
-    launch = runtime._launch
+    real = runtime.run_launch
     monkeypatch.setattr(
-        runtime, "_launch", lambda spec, *a, **k: (launched.append(spec), launch(spec, *a, **k))
+        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
     )
     q, scales, q_ref, scales_ref = _run(producer, mode, "per_tensor", 1, 256, torch.float32)
     assert [spec.quant for spec in launched] == ["per_token"]

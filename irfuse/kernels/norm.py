@@ -59,7 +59,8 @@ PRELOAD_WEIGHT = """
 RMS_NORM = """
     # rms_norm over the row (variance on the fp32 value); the result rounds to norm_dtype
     norm_dtype = {norm_dtype}
-    rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + eps)
+    # eps in fp32 whatever the launcher passed (Inductor's wrapper passes floats as fp64)
+    rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + tl.cast(eps, tl.float32))
 """
 
 # Phase 1 of a per-tensor quant after a plain norm keeps each row's rstd for phase 2

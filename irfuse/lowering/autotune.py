@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import triton
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from irfuse.kernels.attention import uses_decode
 from irfuse.lowering.kernel_cache import cache_dir, write_atomically
@@ -183,7 +184,10 @@ def _decide(
     for point in filter(_fits, points):
         at = ", ".join(f"{k} {point[k]}" for k in dynamic if k != "mask")
         try:
-            timed.append((point, at, time_candidates(scheme, point)))
+            # real tensors even where the pass runs under the compiler's fake mode (AOT
+            # autograd's forward compiler, the eager inner path, keeps it active)
+            with unset_fake_temporarily():
+                timed.append((point, at, time_candidates(scheme, point)))
         except (RuntimeError, ValueError) as error:  # out of memory, a grid too large
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             return False, f"attention=auto could not time{sized} {at or 'it'}: {first_line}", False

@@ -249,41 +249,89 @@ def kernel_norm(
         if spec.quant == "per_tensor":
             scales.fill_(FP8_MIN_SCALE)
         return out, residual_out, scales, value
+    outputs = (out, residual_out, scales, value)
+    if spec.quant == "per_tensor" and x.numel() == x.shape[-1]:
+        spec = _one_row_per_tensor(spec)  # one launch instead of a memset and two
+    if spec.quant == "per_tensor":
+        _launch_per_tensor(spec, x, residual, weight, outputs, eps)
+    else:
+        run_launch(*single_launch(spec, x, residual, weight, scale, outputs, eps))
+    return outputs
+
+
+def _launch_per_tensor(
+    spec: KernelSpec,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    eps: float,
+) -> None:
+    """A per-tensor quant's two kernels: the grid-wide amax, then the quant."""
+    out, residual_out, scales, value = outputs
+    x2, residual2, weight, residual_out2, out2 = _row_views(x, residual, weight, out, residual_out)
+    n_cols = x2.shape[1]
+    stats = per_tensor_stats(x2)
+    phase1, phase2 = per_tensor_phases(spec)
+    normed = None
+    if phase1.keep_value:  # the kept value, or what phase 2 quantizes
+        normed = (
+            value.view(-1, n_cols)
+            if spec.keep_value
+            else torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
+        )
+    _launch(phase1, x2, residual2, weight, None, out2, residual_out2, stats, normed, eps)
+    if phase2.producer == "quant":
+        _launch(phase2, x2 if normed is None else normed, None, None, stats, out2, None,
+                scales, None, eps)  # fmt: skip
+    else:  # the norm again, from what it read (x, or the rounded sum) and phase 1's rstd
+        normed_in = x2 if residual_out2 is None else residual_out2
+        _launch(phase2, normed_in, None, weight, stats, out2, None, scales, None, eps)
+
+
+def _row_views(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    out: torch.Tensor,
+    residual_out: torch.Tensor,
+) -> tuple[
+    torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor
+]:
+    """(x2, residual2, weight, residual_out2, out2): the tensors as the kernels index them,
+    rows of unit column stride (the inputs copied only where they must be)."""
     n_cols = x.shape[-1]
     x2 = _rows(x, n_cols)
     weight = weight.contiguous() if weight is not None else None  # the kernel reads w[cols]
     residual2 = _rows(residual, n_cols) if residual is not None else None
     residual_out2 = residual_out.view(-1, n_cols) if residual is not None else None
-    out2 = out.view(-1, out.shape[-1])
-    if spec.quant == "per_tensor" and x2.shape[0] == 1:
-        spec = _one_row_per_tensor(spec)  # one launch instead of a memset and two
-    if spec.quant == "per_tensor":  # two kernels: the grid-wide amax, then the quant
-        stats = per_tensor_stats(x2)
-        phase1, phase2 = per_tensor_phases(spec)
-        normed = None
-        if phase1.keep_value:  # the kept value, or what phase 2 quantizes
-            normed = (
-                value.view(-1, n_cols)
-                if spec.keep_value
-                else torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
-            )
-        _launch(phase1, x2, residual2, weight, None, out2, residual_out2, stats, normed, eps)
-        if phase2.producer == "quant":
-            _launch(phase2, x2 if normed is None else normed, None, None, stats, out2, None,
-                    scales, None, eps)  # fmt: skip
-        else:  # the norm again, from what it read (x, or the rounded sum) and phase 1's rstd
-            normed_in = x2 if residual_out2 is None else residual_out2
-            _launch(phase2, normed_in, None, weight, stats, out2, None, scales, None, eps)
-        return out, residual_out, scales, value
+    return x2, residual2, weight, residual_out2, out.view(-1, out.shape[-1])
+
+
+def single_launch(
+    spec: KernelSpec,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    eps: float,
+) -> tuple[KernelSpec, NormLaunch]:
+    """The kernel that computes `spec` (any but a per-tensor quant) in one launch into
+    `outputs` (allocate_outputs'), and that launch."""
+    out, residual_out, scales, value = outputs
+    x2, residual2, weight, residual_out2, out2 = _row_views(x, residual, weight, out, residual_out)
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
         scales2 = scales.view(torch.uint8)
     else:
         scales2 = scales.view(-1, scales.shape[-1]) if scales.dim() > 1 else scales
-    value2 = value.view(-1, n_cols) if spec.keep_value else None
-    if runs_two_pass(spec, x2.shape[0], n_cols):
+    value2 = value.view(-1, x2.shape[1]) if spec.keep_value else None
+    if runs_two_pass(spec, *x2.shape):
         spec = _two_pass(spec)
-    _launch(spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps)
-    return out, residual_out, scales, value
+    launch = norm_launch(
+        spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps
+    )
+    return spec, launch
 
 
 def per_tensor_stats(x2: torch.Tensor) -> torch.Tensor:
@@ -317,24 +365,68 @@ def _launch(
     """One launch of `spec`'s kernel over the rows of `x2` (and their tiles); absent
     tensors are passed as `x2` (their pointers are never read: the kernel source has no
     use for them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps)."""
+    launch = norm_launch(
+        spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps, config
+    )
+    run_launch(spec, launch)
+
+
+def run_launch(spec: KernelSpec, launch: NormLaunch) -> None:
+    """Launch `spec`'s kernel as `launch` says (every kernel_norm launch goes through here)."""
+    compiled_kernel(spec)[launch.grid](*launch.args, num_warps=launch.num_warps)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormLaunch:
+    """One launch of a norm / quant kernel: its grid, warps and arguments in the order of
+    the kernel's parameters (KERNEL_PARAMS)."""
+
+    grid: tuple[int, int]
+    num_warps: int
+    args: tuple
+
+
+# The parameters of every generated norm / quant kernel, in order (kernels/norm.py).
+KERNEL_PARAMS = (
+    "x_ptr", "residual_ptr", "weight_ptr", "scale_ptr", "out_ptr", "residual_out_ptr",
+    "scale_out_ptr", "value_ptr", "n_cols", "x_row_stride", "residual_row_stride",
+    "out_row_stride", "residual_out_row_stride", "scale_out_row_stride",
+    "scale_out_col_stride", "value_row_stride", "eps", "BLOCK", "HAS_SCALE", "INTERPRET",
+)  # fmt: skip
+
+
+def norm_launch(
+    spec: KernelSpec,
+    x2: torch.Tensor,
+    residual2: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    out2: torch.Tensor,
+    residual_out2: torch.Tensor | None,
+    scales2: torch.Tensor,
+    value2: torch.Tensor | None,
+    eps: float,
+    config: tuple[int, int] | None = None,
+) -> NormLaunch:
+    """The launch of `spec`'s kernel over `x2`'s rows (see _launch); also what Inductor's
+    wrapper is given to launch it (user_kernels.py), from fake tensors."""
     n_rows, n_cols = x2.shape
     block, num_warps = config or launch_config(
         n_rows, n_cols, spec.quant, spec.row_tiles, norm=spec.producer != "quant"
     )
     if spec.two_pass and not config:
         num_warps = TWO_PASS_WARPS
-    grid = (n_rows, triton.cdiv(n_cols, block))
     two_d = scales2.dim() > 1
-    compiled_kernel(spec)[grid](
+    args = (
         x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
         x2 if scale is None else scale, out2, out2 if residual_out2 is None else residual_out2,
         scales2, out2 if value2 is None else value2, n_cols, x2.stride(0),
         0 if residual2 is None else residual2.stride(0), out2.stride(0),
         0 if residual_out2 is None else residual_out2.stride(0),
         scales2.stride(0) if two_d else 1, scales2.stride(1) if two_d else 0,
-        0 if value2 is None else value2.stride(0), eps,
-        BLOCK=block, HAS_SCALE=scale is not None, INTERPRET=INTERPRET, num_warps=num_warps,
+        0 if value2 is None else value2.stride(0), eps, block, scale is not None, INTERPRET,
     )  # fmt: skip
+    return NormLaunch((n_rows, triton.cdiv(n_cols, block)), num_warps, args)
 
 
 @torch.library.register_fake("irfuse::kernel_norm")

@@ -26,6 +26,7 @@ from irfuse.kernels.norm import MAX_COLS
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 from irfuse.lowering.runtime import INTERPRET  # (and registers torch.ops.irfuse.kernel_norm)
 from irfuse.lowering.to_triton import NoKernel, spec_for
+from irfuse.lowering.user_kernels import graph_launch_problem, lower_norm_in_graph
 
 if TYPE_CHECKING:  # the importer's record of the FX side; lowering does not import it
     from irfuse.frontend.fx_import import ImportedGraph
@@ -83,8 +84,12 @@ def _calls_irfuse_op(node: fx.Node) -> bool:
     return isinstance(target, torch._ops.OpOverload) and target.namespace == "irfuse"
 
 
-def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
+def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: bool) -> list[str]:
+    """Rewrite the graph; returns how each norm kernel launches. With `graph_launch`
+    (Inductor compiles the graph) a norm kernel whose launch is known at compile time is
+    launched from Inductor's wrapper (user_kernels.py), else through kernel_norm."""
     graph = imported.graph
+    launches: list[str] = []
     rank = {node: i for i, node in enumerate(graph.nodes)}
     last_placeholder = max(
         (n for n in graph.nodes if n.op == "placeholder"), key=rank.get, default=None
@@ -138,15 +143,28 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered]) -> None:
             summary = summaries.get(key)
             inputs += [summary] if summary is not None else []
         anchor = anchor_after(inputs)
-        lowered = _lower(graph, anchor, op, specs[op], value_node.get, (mask, summary, hidden))
-        nodes = placed(anchor, lowered)
-        for result, node in zip(op.results, nodes[1:], strict=True):
+        spec = specs[op]
+        if isinstance(op, AttentionOp):
+            assert isinstance(spec, AttentionKernel)
+            nodes = _lower_attention(
+                graph, anchor, op, spec, value_node.get, (mask, summary, hidden)
+            )
+            inserted, results = nodes, nodes[1:]
+        else:
+            assert isinstance(spec, KernelSpec)
+            inserted, results, launch = _lower_norm(
+                graph, anchor, op, spec, value_node.get, graph_launch
+            )
+            launches.append(f"{spec.name}: {launch}")
+        placed(anchor, inserted)
+        for result, node in zip(op.results, results, strict=True):
             value_node[result] = node
 
     dead = {n for op, o in imported.origins.items() if op not in survivors for n in o.nodes}
     for node in sorted(dead, key=rank.get, reverse=True):
         graph.erase_node(node)
     graph.lint()
+    return launches
 
 
 # An explicit mask's tile summary, computed once for the attentions that share the mask
@@ -219,32 +237,28 @@ def _structure(value: object, depth: int = 4) -> object:
     return (target, _structure(value.args, depth - 1), kwargs)
 
 
-def _lower(
+def _lower_attention(
     graph: fx.Graph,
     anchor: fx.Node,
-    op: Operation,
-    spec: KernelSpec | AttentionKernel,
+    op: AttentionOp,
+    spec: AttentionKernel,
     node_of: Callable[[SSAValue | None], fx.Node | None],
-    mask_args: tuple = (None, None, None),
+    mask_args: tuple,
 ) -> list[fx.Node]:
-    """Insert the runtime call of `op` after `anchor` and a getitem per IR result;
-    returns [call, node of each result]. An attention's `mask_args` are kernel_attention's
-    (mask, its shared summary, the bias of a bool mask's hidden keys)."""
-    if isinstance(op, AttentionOp):
-        assert isinstance(spec, AttentionKernel)
-        args = (
-            node_of(op.q), node_of(op.k), node_of(op.v), node_of(op.quant_scale),
-            op.scale.value.data, op.causal.data, op.layout.data, op.lse is not None,
-            spec.epilogue, *mask_args,
-        )  # fmt: skip
-        indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
-        nodes = _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args, indices)
-        return [
-            nodes[0],
-            *(_flattened(graph, n, r) for n, r in zip(nodes[1:], op.results, strict=True)),
-        ]
-    assert isinstance(spec, KernelSpec)
-    return _lower_norm(graph, anchor, op, spec, node_of)
+    """Insert the kernel_attention call of `op` after `anchor` and a getitem per IR
+    result; returns [call, node of each result]. `mask_args` are kernel_attention's (mask,
+    its shared summary, the bias of a bool mask's hidden keys)."""
+    args = (
+        node_of(op.q), node_of(op.k), node_of(op.v), node_of(op.quant_scale),
+        op.scale.value.data, op.causal.data, op.layout.data, op.lse is not None,
+        spec.epilogue, *mask_args,
+    )  # fmt: skip
+    indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
+    nodes = _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args, indices)
+    return [
+        nodes[0],
+        *(_flattened(graph, n, r) for n, r in zip(nodes[1:], op.results, strict=True)),
+    ]
 
 
 def _flattened(graph: fx.Graph, node: fx.Node, result: SSAValue) -> fx.Node:
@@ -286,28 +300,38 @@ def _lower_norm(
     op: Operation,
     spec: KernelSpec,
     node_of: Callable[[SSAValue | None], fx.Node | None],
-) -> list[fx.Node]:
-    """Insert `kernel_norm(...)` after `anchor` and a getitem for each IR result; returns
-    [call, node of each result]."""
+    graph_launch: bool,
+) -> tuple[list[fx.Node], list[fx.Node], str]:
+    """Insert the launch of `op`'s kernel after `anchor`: from Inductor's wrapper where
+    `graph_launch` allows and the launch is known (user_kernels.py), else a
+    `kernel_norm(...)` call and a getitem for each IR result. Returns (the inserted
+    nodes, the node of each IR result, how it launches)."""
     residual = op.residual if isinstance(op, FusedAddRmsNormOp) else None
     weight = op.weight if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)) else None
     assert isinstance(op, (QuantOp, RmsNormOp, FusedAddRmsNormOp))
     eps, eps_value = 0.0, None  # a constant, or a 0-d tensor the kernel reads at run time
     if not isinstance(op, QuantOp):
         eps, eps_value = (op.eps.value.data if op.eps else 0.0), op.eps_value
-    args = (
-        node_of(op.x), node_of(residual), node_of(weight), node_of(op.quant_scale),
-        float(eps), spec.encode(), node_of(eps_value),
-    )  # fmt: skip
+    inputs = (node_of(op.x), node_of(residual), node_of(weight), node_of(op.quant_scale))
     # kernel_norm returns (out, residual_out, scales, value); the IR op has those it uses
     value = getattr(op, "value", None)  # QuantOp has none
     indices = [0] + [1] * (residual is not None) + [2] * (op.scale_out is not None)
     indices += [3] * (value is not None)
+    x = inputs[0].meta["val"]  # type: ignore[union-attr]
+    problem = "the inner compiler is eager"
+    if graph_launch:
+        problem = graph_launch_problem(spec, x, eps_value is not None)
+    if problem is None:
+        lowered = lower_norm_in_graph(graph, anchor, spec, inputs, float(eps), indices)  # type: ignore[arg-type]
+        if lowered is not None:
+            return (*lowered, "launched by Inductor's wrapper")
+        problem = "it reads an input through a copy"
+    args = (*inputs, float(eps), spec.encode(), node_of(eps_value))
     nodes = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)
     if op.scale_out is not None and spec.quant == "per_tensor":
         at = 1 + indices.index(2)
         nodes[at] = _viewed_as(graph, nodes[at], op.scale_out.type.get_shape())
-    return nodes
+    return nodes, nodes[1:], f"torch.ops.irfuse.kernel_norm ({problem})"
 
 
 def _viewed_as(graph: fx.Graph, node: fx.Node, shape: tuple[int, ...]) -> fx.Node:

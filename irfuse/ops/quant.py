@@ -197,10 +197,16 @@ def alloc_nvfp4_scales(m: int, n: int, like: torch.Tensor) -> torch.Tensor:
     kernel writes every byte, and a memset would cost a launch (~1.5 us on H200, 7% of a
     4096 x 4096 quant)."""
     shape = nvfp4_scale_shape(m, n)
-    symbolic = not (isinstance(m, int) and isinstance(n, int))  # fake tensors: no guard
-    if symbolic or m % 128 or (n // NVFP4_BLOCK) % 4:
+    if nvfp4_scales_padded(m, n):
         return like.new_zeros(shape, dtype=torch.int32)
     return like.new_empty(shape, dtype=torch.int32)
+
+
+def nvfp4_scales_padded(m, n) -> bool:
+    """Whether the swizzled layout of an [m, n] input pads (True for symbolic sizes:
+    fake tensors take no guard)."""
+    symbolic = not (isinstance(m, int) and isinstance(n, int))
+    return symbolic or bool(m % 128 or (n // NVFP4_BLOCK) % 4)
 
 
 def e2m1_codes(v: torch.Tensor) -> torch.Tensor:

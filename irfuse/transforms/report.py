@@ -22,6 +22,7 @@ class FusionReport:
     rejected: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     kernels: list[str] = field(default_factory=list)
+    launches: list[str] = field(default_factory=list)  # how each norm kernel launches
 
     def merge(self, other: FusionReport) -> None:
         self.fused.update(other.fused)
@@ -30,6 +31,7 @@ class FusionReport:
                 self.rejected.append(item)
         self.notes.extend(other.notes)
         self.kernels.extend(other.kernels)
+        self.launches.extend(other.launches)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -37,6 +39,7 @@ class FusionReport:
             "rejected": list(self.rejected),
             "notes": list(self.notes),
             "kernels": list(self.kernels),
+            "launches": list(self.launches),
         }
 
     def __str__(self) -> str:
@@ -46,6 +49,7 @@ class FusionReport:
             lines.append("  fused    nothing")
         lines += [f"  rejected {r['pass']} at {r['at']}: {r['reason']}" for r in self.rejected]
         lines += [f"  note     {note}" for note in self.notes]
+        lines += [f"  launch   {launch}" for launch in self.launches]
         return "\n".join(lines)
 
 
