@@ -8,7 +8,9 @@ costs the host. This one times back-to-back calls with one synchronisation at th
 the host's: the dispatcher, the runtime op's Python, the Triton launch, Inductor's
 wrapper, dynamo's guards. Blocks: add + HF RMSNorm (module eps) + static fp8 at 16
 tokens, hidden 4096, compiled static, with `dynamic=True` and with `reduce-overhead`;
-and the same through `torch.ops.irfuse.kernel_norm` alone. On a CPU machine (with
+under `dynamic=True` also the functional form with a constant eps (the module's becomes
+a graph input there), for irfuse also with `graph_launch="symbolic"`; and the same
+through `torch.ops.irfuse.kernel_norm` alone. On a CPU machine (with
 TRITON_INTERPRET=1) it runs the interpreter at hidden 64: a smoke run whose numbers mean
 nothing, and it appends no table.
 """
@@ -69,17 +71,29 @@ def main() -> None:
     x = torch.randn(args.tokens, hidden, device=DEVICE, dtype=torch.bfloat16)
     scale = torch.tensor([0.05], device=DEVICE)
     fns: dict[str, Callable[[], object]] = {}
-    for backend in ("inductor", "irfuse"):
-        for label, kwargs in (
-            ("static", {"dynamic": False}),
-            ("dynamic=True", {"dynamic": True}),
-            ("reduce-overhead", {"dynamic": False, "mode": "reduce-overhead"}),
-        ):
-            if label == "reduce-overhead" and not CUDA:
-                continue
-            compiled = torch.compile(block, backend=backend, **kwargs)
-            fns[f"{backend}, {label}"] = lambda c=compiled: c(x, x, scale)
     weight = block.norm.weight.detach()
+    static, dynamic = {"dynamic": False}, {"dynamic": True}
+    graphs = {"dynamic": False, "mode": "reduce-overhead"}
+    symbolic = {"dynamic": True, "options": {"graph_launch": "symbolic"}}
+    candidates = [  # (label, backend, compile kwargs, the module's eps, not a constant one)
+        ("inductor, static", "inductor", static, True),
+        ("inductor, dynamic=True", "inductor", dynamic, True),
+        ("inductor, reduce-overhead", "inductor", graphs, True),
+        ("irfuse, static", "irfuse", static, True),
+        ("irfuse, dynamic=True", "irfuse", dynamic, True),
+        ("irfuse, reduce-overhead", "irfuse", graphs, True),
+        # the same with eps a constant (dynamic=True makes the module's an input)
+        ("inductor, dynamic=True, constant eps", "inductor", dynamic, False),
+        ("irfuse, dynamic=True, constant eps", "irfuse", dynamic, False),
+        ("irfuse, dynamic=True, constant eps, graph_launch=symbolic", "irfuse", symbolic, False),
+    ]
+    for label, backend, kwargs, module_eps in candidates:
+        if "mode" in kwargs and not CUDA:
+            continue
+        compiled = torch.compile(block if module_eps else models.add_hf_norm_quant,
+                                 backend=backend, **kwargs)  # fmt: skip
+        args = (x, x, scale) if module_eps else (x, x, weight, scale)
+        fns[label] = lambda c=compiled, a=args: c(*a)
     fns["torch.ops.irfuse.kernel_norm alone"] = lambda: torch.ops.irfuse.kernel_norm(
         x, x, weight, scale, 1e-6, KERNEL
     )

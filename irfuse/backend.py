@@ -4,8 +4,9 @@ Inductor compiles the graph with irfuse's pass installed as its post-grad custom
 (`options={"inner": "eager"}` runs the same pass on the AOT graph and executes it
 eagerly). Options: `passes` (an xdsl pipeline, "a,b{opt=v}", or a list of names;
 default: the whole pipeline), `dump_dir` (or `IRFUSE_DUMP_DIR`), `inner`, `attention`
-(auto | irfuse | sdpa); any other key is an Inductor config option. `mode` works as for
-Inductor ("reduce-overhead" = CUDA graphs).
+(auto | irfuse | sdpa), `graph_launch` (static | symbolic | off: which fused norm
+kernels Inductor's wrapper launches itself); any other key is an Inductor config
+option. `mode` works as for Inductor ("reduce-overhead" = CUDA graphs).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ from irfuse.version import __version__
 
 INNER_COMPILERS = ("inductor", "eager")
 ATTENTION_MODES = ("auto", "irfuse", "sdpa")
+# How Inductor launches a fused norm kernel (README, "How fused kernels launch"): from its
+# wrapper where shapes are static | also with a symbolic token count where the launch is
+# the same at every count (not yet run on a GPU) | always through kernel_norm.
+GRAPH_LAUNCH_MODES = ("static", "symbolic", "off")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Options:
     dump_dir: str | None = None
     inner: str = "inductor"
     attention: str = "auto"  # auto (measured on the GPU) | irfuse | sdpa
+    graph_launch: str = "static"  # one of GRAPH_LAUNCH_MODES
     inductor: dict[str, object] = field(default_factory=dict, hash=False)
 
     @classmethod
@@ -52,8 +57,13 @@ class Options:
             raise ValueError(
                 f"irfuse: attention must be one of {ATTENTION_MODES}, got {attention!r}"
             )
+        graph_launch = options.pop("graph_launch", "static")
+        if graph_launch not in GRAPH_LAUNCH_MODES:
+            raise ValueError(
+                f"irfuse: graph_launch must be one of {GRAPH_LAUNCH_MODES}, got {graph_launch!r}"
+            )
         dump_dir = options.pop("dump_dir", None) or os.environ.get("IRFUSE_DUMP_DIR") or None
-        return cls(passes, dump_dir, str(inner), str(attention), options)
+        return cls(passes, dump_dir, str(inner), str(attention), str(graph_launch), options)
 
     def cache_key(self) -> str:
         """Changes whenever irfuse's version or an option that affects codegen does."""
@@ -136,4 +146,5 @@ def _transform(
             report.kernels.append(kernel.name)
             if dump is not None:
                 dump.source(kernel.name, kernel.source())
-    report.launches.extend(export_to_fx(imported, plan, graph_launch=options.inner == "inductor"))
+    graph_launch = options.graph_launch if options.inner == "inductor" else "eager"
+    report.launches.extend(export_to_fx(imported, plan, graph_launch))

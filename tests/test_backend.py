@@ -507,6 +507,7 @@ def test_dump_dir_from_environment(tmp_path, monkeypatch):
     [
         ({"passes": "raise-rms-norm,fuse-all"}, "Unrecognized passes: .*'fuse-all'"),
         ({"inner": "tvm"}, "inner must be one of"),
+        ({"graph_launch": "always"}, "graph_launch must be one of"),
     ],
 )
 def test_bad_options_are_refused(options, match):
@@ -536,6 +537,8 @@ def test_cache_key_covers_version_and_options(monkeypatch):
         IrfuseGraphPass(Options.from_dict({**base, "passes": "raise-rms-norm"})).uuid() != default
     )
     assert IrfuseGraphPass(Options.from_dict({**base, "inner": "eager"})).uuid() != default
+    launch_off = IrfuseGraphPass(Options.from_dict({**base, "graph_launch": "off"}))
+    assert launch_off.uuid() != default
     monkeypatch.setattr("irfuse.pipeline.__version__", "999")
     assert IrfuseGraphPass(Options.from_dict(base)).uuid() != default
 

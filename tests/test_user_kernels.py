@@ -3,16 +3,23 @@ graph launch runs the kernel kernel_norm would, with the same arguments."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.fx as fx
 from torch._inductor.utils import run_and_get_code
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
 import irfuse.ops as ref
+from irfuse.lowering import runtime
 from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import kernel_norm
-from irfuse.lowering.user_kernels import graph_launch_problem, lower_norm_in_graph
+from irfuse.lowering.user_kernels import SAMPLE_ROWS, graph_launch_problem, lower_norm_in_graph
 from irfuse.pipeline import capture_reports
 from tests.helpers import assert_close, assert_fp8_close
 
@@ -46,20 +53,27 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.uint8)
 
 
-def _graph_launch(kernel: str, inputs: tuple, indices: list[int], eps: float = 1e-6):
-    """A graph holding only the graph launch of `kernel` on `inputs` (or None)."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
+def _graph_launch(
+    kernel: str, inputs: tuple, indices: list[int], eps: float = 1e-6, dynamic_dims: int = 0
+):
+    """A graph holding only the graph launch of `kernel` on `inputs` (or why there is
+    none); with `dynamic_dims`, the leading dims of x (and the residual) are symbolic."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
     graph = fx.Graph()
     nodes = []
     for name, t in zip(("x", "residual", "weight", "scale"), inputs, strict=True):
         node = graph.placeholder(name)
-        node.meta["val"] = mode.from_tensor(t) if t is not None else None
+        dims = [DimDynamic.STATIC] * (t.dim() if t is not None else 0)
+        if name in ("x", "residual") and t is not None:
+            dims[:dynamic_dims] = [DimDynamic.DYNAMIC] * dynamic_dims
+        context = StatelessSymbolicContext(dynamic_sizes=dims)
+        node.meta["val"] = mode.from_tensor(t, symbolic_context=context) if t is not None else None
         nodes.append(node if t is not None else None)
     anchor = [n for n in graph.nodes][-1]
     lowered = lower_norm_in_graph(graph, anchor, KernelSpec.decode(kernel), tuple(nodes), eps,
                                   indices)  # fmt: skip
-    if lowered is None:
-        return None
+    if isinstance(lowered, str):
+        return lowered
     graph.output(tuple(lowered[1]))
     return fx.GraphModule({}, graph)
 
@@ -70,7 +84,7 @@ def test_graph_launch_is_kernel_norms_launch(kernel, shape, present, indices):
     kernel_norm's outputs to the bit: same kernel, block, strides and output layouts."""
     inputs = _inputs(kernel, shape, present)
     module = _graph_launch(kernel, inputs, indices)
-    assert module is not None
+    assert isinstance(module, fx.GraphModule), module
     got = module(*inputs)
     expected = kernel_norm(*inputs, 1e-6, kernel)
     for out, index in zip(got, indices, strict=True):
@@ -82,21 +96,90 @@ def test_graph_launch_is_kernel_norms_launch(kernel, shape, present, indices):
 def test_an_input_the_kernel_reads_through_a_copy_keeps_kernel_norm():
     """A transposed input: its rows are not rows in memory; kernel_norm copies it."""
     x, _, w, _ = _inputs("rms_norm/plain/model/none", (64, 4), "w")
-    assert _graph_launch("rms_norm/plain/model/none", (x.t(), None, w, None), [0]) is None
+    why = _graph_launch("rms_norm/plain/model/none", (x.t(), None, w, None), [0])
+    assert why == "it reads an input through a copy"
+
+
+# (kernel, x shape, inputs present, outputs read): launches the same at every token count
+SYMBOLIC_CASES = [
+    ("fused_add_rms_norm/plain/model/static/rounded_sum", (2, 3, 64), "rws", [0, 1]),
+    ("rms_norm/plain/model/per_token/keep_value", (5, 64), "ws", [0, 2, 3]),
+    ("quant/none/model/static", (2, 3, 64), "s", [0]),
+]
+
+
+@pytest.mark.parametrize("kernel,shape,present,indices", SYMBOLIC_CASES)
+def test_graph_launch_with_a_symbolic_token_count(kernel, shape, present, indices):
+    """Leading dims symbolic: one graph serves every token count (the grid's rows are
+    computed from x's sizes at run time), with kernel_norm's outputs to the bit."""
+    inputs = _inputs(kernel, shape, present)
+    module = _graph_launch(kernel, inputs, indices, dynamic_dims=len(shape) - 1)
+    assert isinstance(module, fx.GraphModule), module
+    assert any(n.target == torch.ops.aten.sym_size.int for n in module.graph.nodes)
+    for lead in ((1,) * (len(shape) - 1), (4,) * (len(shape) - 1)):
+        other = _inputs(kernel, (*lead, shape[-1]), present)
+        got = module(*other)
+        expected = kernel_norm(*other, 1e-6, kernel)
+        for out, index in zip(got, indices, strict=True):
+            assert out.shape == expected[index].shape
+            assert torch.equal(_bits(out), _bits(expected[index])), (lead, index)
+
+
+@pytest.mark.parametrize(
+    "kernel,shape",
+    [
+        ("rms_norm/plain/model/per_token", (5, 4096)),  # 16 warps below 1024 rows, 4 from
+        ("quant/none/model/static", (5, 4096)),  # row tiles change at 64 and 1024 rows
+        ("rms_norm/plain/model/per_group 64 col", (5, 128)),  # scale strides are the rows
+    ],
+)
+def test_a_launch_that_depends_on_the_token_count_keeps_kernel_norm(kernel, shape):
+    present = "w" if kernel.startswith("rms_norm") else "s"
+    inputs = _inputs(kernel, shape, present)
+    why = _graph_launch(kernel, inputs, [0, 2], dynamic_dims=1)
+    assert why == "its launch depends on the token count"
+
+
+def test_a_launch_the_sampled_row_counts_agree_on_is_the_same_at_every_count():
+    """SAMPLE_ROWS misses no threshold: wherever the launch choices agree at the sampled
+    counts, they agree at every count up to 5000 (and at a few large ones)."""
+    counts = [*range(1, 5000), 8192, 65536, 10**6]
+    for scheme in ("none", "static", "per_token", "per_group 128", "nvfp4", "amax"):
+        for producer in ("quant", "rms_norm"):
+            spec = KernelSpec(producer, "none" if producer == "quant" else "plain", scheme)
+            for n_cols in (64, 2880, 4096, 7168, 8192):
+
+                def choice(rows, spec=spec, n_cols=n_cols):
+                    tiles, norm = spec.row_tiles, spec.producer != "quant"
+                    config = runtime.launch_config(rows, n_cols, spec.quant, tiles, norm)
+                    return config, runtime.runs_two_pass(spec, rows, n_cols)
+
+                if len({choice(rows) for rows in SAMPLE_ROWS}) == 1:
+                    assert len({choice(rows) for rows in counts}) == 1, (spec, n_cols)
 
 
 def test_launches_the_graph_cannot_make_are_named():
-    mode = FakeTensorMode()
+    mode = FakeTensorMode(shape_env=ShapeEnv())
     cuda = FakeTensor(mode, torch.empty(4, 64, device="meta"), torch.device("cuda"))
     spec = KernelSpec.decode("rms_norm/plain/model/per_token")
-    assert graph_launch_problem(spec, cuda, eps_input=False) is None
-    cpu = mode.from_tensor(torch.empty(4, 64))
-    assert graph_launch_problem(spec, cpu, eps_input=False) == "its tensors are not on the GPU"
-    assert graph_launch_problem(spec, cuda, eps_input=True) == "its eps is read at run time"
+
+    def problem(spec=spec, x=cuda, eps_input=False, symbolic_rows=False):
+        return graph_launch_problem(spec, x, eps_input, symbolic_rows)
+
+    assert problem() is None
+    assert problem(x=mode.from_tensor(torch.empty(4, 64))) == "its tensors are not on the GPU"
+    assert problem(eps_input=True) == "its eps is read at run time"
     per_tensor = KernelSpec.decode("rms_norm/plain/model/per_tensor")
-    assert "launches two kernels" in graph_launch_problem(per_tensor, cuda, eps_input=False)
+    assert "launches two kernels" in problem(spec=per_tensor)
     empty = FakeTensor(mode, torch.empty(0, 64, device="meta"), torch.device("cuda"))
-    assert graph_launch_problem(spec, empty, eps_input=False) == "it has no rows"
+    assert problem(x=empty) == "it has no rows"
+    context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+    shape = mode.from_tensor(torch.empty(4, 64), symbolic_context=context).shape
+    assert not isinstance(shape[0], int)
+    with mode:
+        symbolic = FakeTensor(mode, torch.empty(shape, device="meta"), torch.device("cuda"))
+    assert "token count is symbolic" in problem(x=symbolic)
+    assert problem(x=symbolic, symbolic_rows=True) is None
 
 
 def _norm_chain(scheme: str):
@@ -172,19 +255,60 @@ def test_gpu_add_norm_quant_block_launches_from_the_wrapper(mode):
 
 
 @pytest.mark.cuda
-def test_gpu_symbolic_sizes_launch_through_kernel_norm():
-    """Under dynamic=True the launch (block, warps) depends on the token count: the op
-    chooses it per call, and the report says why."""
-    x, _, w, _ = _inputs("rms_norm/plain/model/none", (16, 4096), "w")
-    s = torch.tensor([2.0], device=DEVICE)
+@pytest.mark.parametrize(
+    "scheme,how", [("static", GRAPH_LAUNCH), ("per_token", "its launch depends on the token count")]
+)
+def test_gpu_a_symbolic_token_count(scheme, how):
+    """Under dynamic=True one graph serves every token count: a static fp8 norm at hidden
+    4096 launches alike at every count, from the wrapper; a per-token quant's warps
+    change at 1024 rows, so kernel_norm picks its launch per call. Both give kernel_norm's
+    results to the bit."""
+    x, _, w, _ = _inputs("rms_norm/plain/model/none", (300, 4096), "w")
+    s = torch.tensor([2.0 if scheme == "per_token" else 0.05], device=DEVICE)
     torch._dynamo.reset()
-    compiled = torch.compile(_norm_chain("per_token"), backend="irfuse", dynamic=True)
+    compiled = torch.compile(_norm_chain(scheme), backend="irfuse", dynamic=True)
     with capture_reports() as reports, torch._inductor.config.patch(fx_graph_cache=False):
-        for t in (16, 33):
-            q, scales = compiled(x[:t].contiguous(), w, s)
+        for t in (16, 33, 1, 257):
+            q, scales = compiled(x[:t], w, s)
             q_ref, _, scales_ref, _ = kernel_norm(x[:t], None, w, s, 1e-6,
-                                                "rms_norm/plain/model/per_token")  # fmt: skip
-            assert torch.equal(_bits(q), _bits(q_ref))
-            assert torch.equal(scales, scales_ref)
+                                                  f"rms_norm/plain/model/{scheme}")  # fmt: skip
+            assert torch.equal(_bits(q), _bits(q_ref)), t
+            if scheme == "per_token":
+                assert torch.equal(scales, scales_ref)
     launches = [launch for r in reports for launch in r.launches]
-    assert launches and all("symbolic sizes" in launch for launch in launches), launches
+    assert len(reports) == 1 and launches and all(how in launch for launch in launches), launches
+
+
+CACHED_PROCESS = """
+import json, torch
+from torch._dynamo.utils import counters
+from irfuse.lowering.runtime import kernel_norm
+
+def fn(x, w, s):
+    return torch.ops.irfuse.static_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6), s)
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(16, 4096, generator=g).to(torch.bfloat16).cuda()
+w = torch.randn(4096, generator=g).to(torch.bfloat16).cuda()
+s = torch.tensor([0.05], device="cuda")
+q = torch.compile(fn, backend="irfuse")(x, w, s)
+q_ref = kernel_norm(x, None, w, s, 1e-6, "rms_norm/plain/model/static")[0]
+same = torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+print(json.dumps({**counters["inductor"], "same": same}))
+"""
+
+
+@pytest.mark.cuda
+def test_gpu_a_graph_launch_is_served_from_inductors_cache_in_a_later_process(tmp_path):
+    """The wrapper Inductor caches holds the kernel's source: a later process that hits
+    the FX graph cache (the pass does not run there) launches it and gets its results."""
+    env = {**os.environ, "IRFUSE_CACHE_DIR": str(tmp_path / "irfuse"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # fmt: skip
+    runs = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", CACHED_PROCESS], env=env,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        runs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert runs[0].get("fxgraph_cache_miss", 0) >= 1 and runs[0]["same"], runs
+    assert runs[1].get("fxgraph_cache_hit", 0) >= 1, runs
+    assert runs[1].get("fxgraph_cache_miss", 0) == 0 and runs[1]["same"], runs

@@ -51,6 +51,9 @@ def _one_row_per_tensor(spec: KernelSpec) -> KernelSpec:
     return dataclasses.replace(spec, quant="per_token")
 
 
+MANY_ROWS = 1024  # launch_config's row count from which fewer warps win (see there)
+
+
 def launch_config(
     n_rows: int, n_cols: int, scheme: str = "none", row_tiles: bool = False, norm: bool = False
 ) -> tuple[int, int]:
@@ -68,13 +71,14 @@ def launch_config(
         if kind == "nvfp4" and tile > 1024 and n_cols % tile:  # 1024 beats ragged 2048
             tile //= 2
         return (tile, num_warps) if block >= tile else (block, max(1, min(num_warps, block // 128)))
-    if n_rows >= 1024 and kind == "per_token" and block != n_cols and block >= 8192:
+    many_rows = n_rows >= MANY_ROWS
+    if many_rows and kind == "per_token" and block != n_cols and block >= 8192:
         return block, 16
-    if n_rows >= 1024 and kind in ("per_token", "nvfp4", "amax"):
+    if many_rows and kind in ("per_token", "nvfp4", "amax"):
         return block, max(4, min(16, block // 1024))
-    if n_rows >= 1024 and kind == "per_group":
+    if many_rows and kind == "per_group":
         return block, max(4, min(16, block // 512))
-    if block >= 8192 and n_rows < 1024:
+    if block >= 8192 and not many_rows:
         return block, 32
     return block, max(4, min(16, block // 256))
 

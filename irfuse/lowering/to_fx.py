@@ -84,10 +84,11 @@ def _calls_irfuse_op(node: fx.Node) -> bool:
     return isinstance(target, torch._ops.OpOverload) and target.namespace == "irfuse"
 
 
-def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: bool) -> list[str]:
+def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str) -> list[str]:
     """Rewrite the graph; returns how each norm kernel launches. With `graph_launch`
-    (Inductor compiles the graph) a norm kernel whose launch is known at compile time is
-    launched from Inductor's wrapper (user_kernels.py), else through kernel_norm."""
+    "static" or "symbolic" (Options.graph_launch, where Inductor compiles the graph; else
+    "off", or "eager") a norm kernel whose launch is known at compile time is launched
+    from Inductor's wrapper (user_kernels.py), else through kernel_norm."""
     graph = imported.graph
     launches: list[str] = []
     rank = {node: i for i, node in enumerate(graph.nodes)}
@@ -300,7 +301,7 @@ def _lower_norm(
     op: Operation,
     spec: KernelSpec,
     node_of: Callable[[SSAValue | None], fx.Node | None],
-    graph_launch: bool,
+    graph_launch: str,
 ) -> tuple[list[fx.Node], list[fx.Node], str]:
     """Insert the launch of `op`'s kernel after `anchor`: from Inductor's wrapper where
     `graph_launch` allows and the launch is known (user_kernels.py), else a
@@ -318,14 +319,16 @@ def _lower_norm(
     indices = [0] + [1] * (residual is not None) + [2] * (op.scale_out is not None)
     indices += [3] * (value is not None)
     x = inputs[0].meta["val"]  # type: ignore[union-attr]
-    problem = "the inner compiler is eager"
-    if graph_launch:
-        problem = graph_launch_problem(spec, x, eps_value is not None)
+    problem = {"off": "graph_launch='off'", "eager": "the inner compiler is eager"}.get(
+        graph_launch
+    )
+    if problem is None:
+        problem = graph_launch_problem(spec, x, eps_value is not None, graph_launch == "symbolic")
     if problem is None:
         lowered = lower_norm_in_graph(graph, anchor, spec, inputs, float(eps), indices)  # type: ignore[arg-type]
-        if lowered is not None:
+        if not isinstance(lowered, str):
             return (*lowered, "launched by Inductor's wrapper")
-        problem = "it reads an input through a copy"
+        problem = lowered
     args = (*inputs, float(eps), spec.encode(), node_of(eps_value))
     nodes = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)
     if op.scale_out is not None and spec.quant == "per_tensor":

@@ -3,21 +3,26 @@
 A `torch.ops.irfuse.kernel_norm` call costs host time on every call: the dispatcher,
 the op's Python (checks, output allocation) and Triton's launch path, ~74 us on the H200
 machine (bench/RESULTS.md) for a kernel whose GPU work at decode sizes is ~2 us. Where
-everything the launch needs is known when the graph compiles (static shapes, CUDA
-tensors, a constant eps, one launch), the lowering instead writes the launch into the
+the launch is known when the graph compiles, the lowering instead writes it into the
 graph as an Inductor user-defined Triton kernel: an allocation per output and a
-`triton_kernel_wrapper_functional` node whose constant arguments are the launch's
-sizes, strides and block. Inductor allocates the outputs with its memory planning and
+`triton_kernel_wrapper_functional` node whose constant arguments are the launch's sizes,
+strides, block and warps. Inductor allocates the outputs with its memory planning and
 launches the kernel from its generated wrapper, as it launches its own.
 
-The launch is the one `kernel_norm` would make (runtime.single_launch, run on the fake
-tensors), so both paths run the same kernel with the same arguments.
+The launch is the one `kernel_norm` would make (runtime.single_launch, run on fake
+tensors), so both paths run the same kernel with the same arguments. With a symbolic
+token count the launch is computed at every row count where launch_config, the row
+tiles or the two-pass choice change (SAMPLE_ROWS): it is written into the graph only if
+all of them agree but for the grid's rows (a static fp8 or unquantized norm at hidden
+4096 does; a per-token quant, whose warps drop from 1024 rows, does not).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import operator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,28 +32,58 @@ from torch._higher_order_ops.triton_kernel_wrap import (
     kernel_side_table,
     triton_kernel_wrapper_functional,
 )
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from irfuse.lowering.kernel_spec import KernelSpec
-from irfuse.lowering.runtime import KERNEL_PARAMS, allocate_outputs, compiled_kernel, single_launch
+from irfuse.lowering.runtime import (
+    KERNEL_PARAMS,
+    MANY_ROWS,
+    NORM_ROW_TILES,
+    ROW_TILES,
+    TWO_PASS_MIN_ROWS,
+    NormLaunch,
+    allocate_outputs,
+    compiled_kernel,
+    single_launch,
+)
 from irfuse.ops.quant import nvfp4_scales_padded
 
 INPUT_PARAMS = ("x_ptr", "residual_ptr", "weight_ptr", "scale_ptr")
 OUTPUT_PARAMS = ("out_ptr", "residual_out_ptr", "scale_out_ptr", "value_ptr")  # kernel_norm's
+COPIED = "it reads an input through a copy"
+ROWS = "rows"  # a buffer dimension that is the token count
 
 
-def graph_launch_problem(spec: KernelSpec, x: torch.Tensor, eps_input: bool) -> str | None:
-    """Why `spec` over the fake `x` launches through kernel_norm (None if Inductor's
-    wrapper can launch it)."""
+def _sample_rows() -> tuple[int, ...]:
+    """Every row count at which a launch choice changes, one below each, 1 and 2^20."""
+    thresholds = {MANY_ROWS, TWO_PASS_MIN_ROWS}
+    for tiles in (*ROW_TILES.values(), *NORM_ROW_TILES.values()):
+        thresholds |= {int(limit) for limit, *_ in tiles if limit != math.inf}
+    return tuple(sorted({1, 2**20} | thresholds | {t - 1 for t in thresholds}))
+
+
+SAMPLE_ROWS = _sample_rows()
+
+
+def graph_launch_problem(
+    spec: KernelSpec, x: torch.Tensor, eps_input: bool, symbolic_rows: bool
+) -> str | None:
+    """Why `spec` over the fake `x` launches through kernel_norm, as far as its kind and
+    `x` tell (None if Inductor's wrapper may launch it; lower_norm_in_graph may still
+    find the launch depends on the token count, or reads a copy). A symbolic token count
+    is taken only with `symbolic_rows` (graph_launch="symbolic", not yet run on a GPU)."""
     if eps_input:
         return "its eps is read at run time"
     if x.device.type != "cuda":
         return "its tensors are not on the GPU"
     if spec.quant == "per_tensor":
         return "a per-tensor quant launches two kernels"
-    if not all(isinstance(size, int) for size in x.shape):
-        return "its launch depends on symbolic sizes"
-    if x.numel() == 0:
+    if not isinstance(x.shape[-1], int):
+        return "its hidden size is symbolic"
+    if not symbolic_rows and not all(isinstance(size, int) for size in x.shape):
+        return "its token count is symbolic; graph_launch='symbolic' may launch it from the wrapper"
+    if all(isinstance(size, int) for size in x.shape) and x.numel() == 0:
         return "it has no rows"
     return None
 
@@ -60,6 +95,86 @@ def _user_kernel(spec: KernelSpec, num_warps: int) -> Any:
     return triton.autotune(configs=[config], key=[])(compiled_kernel(spec))
 
 
+@dataclass(frozen=True)
+class _Sample:
+    """kernel_norm's launch over `rows` rows, and the tensors it was computed on."""
+
+    rows: int
+    spec: KernelSpec
+    launch: NormLaunch
+    inputs: tuple  # (x, residual, weight, scale) as the launch read them
+
+    def arg(self, name: str) -> Any:
+        return self.launch.args[KERNEL_PARAMS.index(name)]
+
+
+def _sample(spec: KernelSpec, inputs: tuple, eps: float) -> _Sample:
+    x, residual = inputs[:2]
+    outputs = allocate_outputs(spec, x, residual is not None)
+    launched, launch = single_launch(spec, *inputs, outputs, eps)
+    return _Sample(launch.grid[0], launched, launch, inputs)
+
+
+def _samples(spec: KernelSpec, fakes: tuple, eps: float) -> list[_Sample] | str:
+    """The launch at the graph's row count, or at SAMPLE_ROWS for a symbolic one (on
+    stand-ins of x and the residual with their row stride)."""
+    x = fakes[0]
+    if all(isinstance(size, int) for size in x.shape):
+        return [_sample(spec, fakes, eps)]
+    if not all(_rows_in_place(t) for t in fakes[:2] if t is not None):
+        return COPIED
+    samples = []
+    for rows in SAMPLE_ROWS:
+        stand_ins = tuple(
+            t.new_empty_strided((rows, t.shape[-1]), (t.stride(-2), 1)) if t is not None else None
+            for t in fakes[:2]
+        )
+        samples.append(_sample(spec, (*stand_ins, *fakes[2:]), eps))
+    return samples
+
+
+def _rows_in_place(t: torch.Tensor) -> bool:
+    """Whether `t`'s rows (its last dim, over all the others) lie at one static stride
+    (its view as [rows, n] needs no copy), without guarding on its symbolic sizes."""
+    if t.dim() < 2 or t.stride(-1) != 1 or not isinstance(t.stride(-2), int):
+        return False
+    return all(
+        statically_known_true(t.stride(i) == t.stride(i + 1) * t.shape[i + 1])
+        for i in range(t.dim() - 2)
+    )
+
+
+def _layout(samples: list[_Sample], name: str) -> tuple[list, list[int]] | None:
+    """(shape, strides) of a buffer argument over the samples: each dim a size, or ROWS
+    where it is the row count; None where its layout depends on the rows otherwise."""
+    tensors = [s.arg(name) for s in samples]
+    if any(t.stride() != tensors[0].stride() or t.dim() != tensors[0].dim() for t in tensors):
+        return None
+    shape: list = []
+    for dim, size in enumerate(tensors[0].shape):
+        if all(t.shape[dim] == size for t in tensors):
+            shape.append(size)
+        elif all(t.shape[dim] == s.rows for t, s in zip(tensors, samples, strict=True)):
+            shape.append(ROWS)
+        else:
+            return None
+    return shape, list(tensors[0].stride())
+
+
+def _agree(samples: list[_Sample]) -> bool:
+    """Whether the samples launch alike but for their grid's rows."""
+    first = samples[0]
+    for other in samples[1:]:
+        if (other.spec, other.launch.num_warps) != (first.spec, first.launch.num_warps):
+            return False
+        if other.launch.grid[1] != first.launch.grid[1]:
+            return False
+        for a, b in zip(first.launch.args, other.launch.args, strict=True):
+            if not isinstance(a, torch.Tensor) and a != b:
+                return False
+    return True
+
+
 def lower_norm_in_graph(
     graph: fx.Graph,
     anchor: fx.Node,
@@ -67,24 +182,34 @@ def lower_norm_in_graph(
     inputs: tuple[fx.Node, fx.Node | None, fx.Node | None, fx.Node | None],
     eps: float,
     indices: list[int],
-) -> tuple[list[fx.Node], list[fx.Node]] | None:
+) -> tuple[list[fx.Node], list[fx.Node]] | str:
     """Insert after `anchor` the launch of `spec` (which graph_launch_problem accepts) on
     `inputs` (x, residual, weight, scale). Returns (the inserted nodes in order, the
-    nodes of kernel_norm's outputs `indices`); None where the kernel would read an input
-    through a copy (kernel_norm makes it at run time)."""
+    nodes of kernel_norm's outputs `indices`), or why the launch stays with kernel_norm:
+    the kernel would read an input through a copy (kernel_norm makes it at run time),
+    or its launch depends on a symbolic token count."""
     fakes = tuple(n.meta["val"] if n is not None else None for n in inputs)
-    x = fakes[0]
-    outputs = allocate_outputs(spec, x, inputs[1] is not None)
-    spec, launch = single_launch(spec, *fakes, outputs, eps)  # type: ignore[misc]
-    args = dict(zip(KERNEL_PARAMS, launch.args, strict=True))
+    samples = _samples(spec, fakes, eps)
+    if isinstance(samples, str):
+        return samples
+    if not _agree(samples):
+        return "its launch depends on the token count"
+    sample = samples[0]
     tensor_args: dict[str, Any] = {}
-    for name, node, fake in zip(INPUT_PARAMS, inputs, fakes, strict=True):
+    for name, node, fake in zip(INPUT_PARAMS, inputs, sample.inputs, strict=True):
         if node is None:
             tensor_args[name] = inputs[0]  # never read (the kernel has no use for it)
-        elif not _same_memory(args[name], fake):
-            return None
+        elif not _same_memory(sample.arg(name), fake):
+            return COPIED
         else:
             tensor_args[name] = node
+    x = fakes[0]
+    outputs = allocate_outputs(spec, x, inputs[1] is not None)
+    written = [n for n, t in zip(OUTPUT_PARAMS, allocate_outputs(spec, sample.inputs[0],
+               inputs[1] is not None), strict=True) if t.numel() > 0]  # fmt: skip
+    layouts = {name: _layout(samples, name) for name in written}
+    if any(layout is None for layout in layouts.values()):
+        return "its launch depends on the token count"
 
     nodes: list[fx.Node] = []
 
@@ -95,48 +220,69 @@ def lower_norm_in_graph(
         nodes.append(node)
         return node
 
-    written = [n for n, t in zip(OUTPUT_PARAMS, outputs, strict=True) if t.numel() > 0]
+    lead = [_size(insert, inputs[0], x, dim) for dim in range(x.dim() - 1)]
+    rows, rows_val = (lead[0], x.shape[0]) if lead else (1, 1)  # a size, or a node for it
+    for dim, size in enumerate(lead[1:], start=1):
+        rows_val = rows_val * x.shape[dim]
+        symbolic = isinstance(rows, fx.Node) or isinstance(size, fx.Node)
+        rows = insert(operator.mul, (rows, size), {}, rows_val) if symbolic else rows * size
     # the swizzled nvfp4 scales are zero-filled where their layout pads (alloc_nvfp4_scales)
-    zeroed = spec.quant == "nvfp4" and nvfp4_scales_padded(x.numel() // x.shape[-1], x.shape[-1])
+    zeroed = spec.quant == "nvfp4" and nvfp4_scales_padded(rows_val, x.shape[-1])
     for name in OUTPUT_PARAMS:  # each buffer as the kernel indexes it (absent: x, unused)
-        if name in written:
-            buffer = _allocation(args[name], zeroed=zeroed and name == "scale_out_ptr")
-            tensor_args[name] = insert(*buffer)
-        else:
+        if name not in written:
             tensor_args[name] = inputs[0]
-    fake_args = {name: node.meta["val"] for name, node in tensor_args.items()}
-    constants = {name: v for name, v in args.items() if not isinstance(v, torch.Tensor)}
+            continue
+        shape, strides = layouts[name]  # type: ignore[misc]
+        dtype = sample.arg(name).dtype
+        fake = x.new_empty_strided([rows_val if d == ROWS else d for d in shape], strides,
+                                   dtype=dtype)  # fmt: skip
+        sizes = [rows if d == ROWS else d for d in shape]
+        kwargs = {"dtype": dtype, "device": x.device}
+        if zeroed and name == "scale_out_ptr":  # (Inductor lowers `full`, not `zeros`)
+            tensor_args[name] = insert(torch.ops.aten.full.default, (sizes, 0), kwargs, fake)
+        else:
+            make = torch.ops.aten.empty_strided.default
+            tensor_args[name] = insert(make, (sizes, strides), kwargs, fake)
+    constants = {n: v for n, v in zip(KERNEL_PARAMS, sample.launch.args, strict=True)
+                 if not isinstance(v, torch.Tensor)}  # fmt: skip
     hop_kwargs = {
-        "kernel_idx": kernel_side_table.add_kernel(_user_kernel(spec, launch.num_warps)),
+        "kernel_idx": kernel_side_table.add_kernel(
+            _user_kernel(sample.spec, sample.launch.num_warps)
+        ),
         "constant_args_idx": kernel_side_table.add_constant_args(constants),
-        "grid": [(*launch.grid, 1)],
+        "grid": [(rows, sample.launch.grid[1], 1)],
         "tma_descriptor_metadata": {},
+        "kwargs": tensor_args,
+        "tensors_to_clone": written,
     }
-    results = {name: fake_args[name].clone() for name in written}
-    call = insert(
-        triton_kernel_wrapper_functional,
-        (),
-        {**hop_kwargs, "kwargs": tensor_args, "tensors_to_clone": written},
-        results,
-    )
+    results = {name: tensor_args[name].meta["val"].clone() for name in written}
+    call = insert(triton_kernel_wrapper_functional, (), hop_kwargs, results)
     # Inductor gives the kernel its tensors with these exact strides (constant arguments)
     call.meta["eager_input_vals"] = ((), fx.node.map_arg(call.kwargs, lambda n: n.meta["val"]))
     ends = []
     for index in indices:
         name, want = OUTPUT_PARAMS[index], outputs[index]
         if name not in written:  # an empty output, as kernel_norm returns it
-            ends.append(insert(*_allocation(want, zeroed=False)))
+            make = torch.ops.aten.empty_strided.default
+            kwargs = {"dtype": want.dtype, "device": want.device}
+            ends.append(insert(make, ([0], [1]), kwargs, want))
             continue
         end = insert(operator.getitem, (call, name), {}, results[name])
-        val = end.meta["val"]
-        if val.dtype != want.dtype:  # nvfp4 scales: bytes -> int32
-            val = val.view(want.dtype)
-            end = insert(torch.ops.aten.view.dtype, (end, want.dtype), {}, val)
-        if val.shape != want.shape:  # rows -> the input's leading dims
-            val = val.view(want.shape)
-            end = insert(torch.ops.aten.view.default, (end, list(want.shape)), {}, val)
+        if results[name].dtype != want.dtype:  # nvfp4 scales: bytes -> int32
+            end = insert(torch.ops.aten.view.dtype, (end, want.dtype), {},
+                         results[name].view(want.dtype))  # fmt: skip
+        if want.dim() != 2:  # rows -> x's leading dims
+            end = insert(torch.ops.aten.view.default, (end, [*lead, want.shape[-1]]), {}, want)
         ends.append(end)
     return nodes, ends
+
+
+def _size(insert: Any, node: fx.Node, fake: torch.Tensor, dim: int) -> Any:
+    """Dim `dim` of `node`: its size, or a sym_size node where it is symbolic."""
+    size = fake.shape[dim]
+    if isinstance(size, int):
+        return size
+    return insert(torch.ops.aten.sym_size.int, (node, dim), {}, size)
 
 
 def _same_memory(arg: torch.Tensor, fake: torch.Tensor) -> bool:
@@ -147,13 +293,3 @@ def _same_memory(arg: torch.Tensor, fake: torch.Tensor) -> bool:
         and arg.storage_offset() == fake.storage_offset()
         and arg.dtype == fake.dtype
     )
-
-
-def _allocation(buffer: torch.Tensor, zeroed: bool) -> tuple[Any, tuple, dict, torch.Tensor]:
-    """insert()'s arguments for a new tensor laid out as `buffer` (`zeroed`: filled with
-    zeros, contiguous)."""
-    kwargs = {"dtype": buffer.dtype, "device": buffer.device}
-    if zeroed:  # (Inductor lowers `full`; `zeros` is decomposed before post-grad passes)
-        return torch.ops.aten.full.default, (list(buffer.shape), 0), kwargs, buffer
-    args = (list(buffer.shape), list(buffer.stride()))
-    return torch.ops.aten.empty_strided.default, args, kwargs, buffer
