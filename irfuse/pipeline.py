@@ -66,9 +66,13 @@ class Options:
         return cls(passes, dump_dir, str(inner), str(attention), str(graph_launch), options)
 
     def cache_key(self) -> str:
-        """Changes whenever irfuse's version or an option that affects codegen does."""
+        """Changes whenever irfuse's version, its kernels' source or an option that affects
+        codegen does."""
+        from irfuse.lowering.kernel_cache import kernels_hash
+
         fields = {k: v for k, v in asdict(self).items() if k != "dump_dir"}
-        text = json.dumps({"irfuse": __version__, **fields}, sort_keys=True, default=str)
+        text = json.dumps({"irfuse": __version__, "kernels": kernels_hash(), **fields},
+                          sort_keys=True, default=str)  # fmt: skip
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -541,6 +541,10 @@ def test_cache_key_covers_version_and_options(monkeypatch):
     assert launch_off.uuid() != default
     monkeypatch.setattr("irfuse.pipeline.__version__", "999")
     assert IrfuseGraphPass(Options.from_dict(base)).uuid() != default
+    monkeypatch.undo()
+    # a cached wrapper holds the source of the kernels it launches: an edit invalidates it
+    monkeypatch.setattr("irfuse.lowering.kernel_cache.kernels_hash", lambda: "edited")
+    assert IrfuseGraphPass(Options.from_dict(base)).uuid() != default
 
 
 AUTO_PROCESS = """

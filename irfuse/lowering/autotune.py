@@ -19,8 +19,6 @@ decision is then every process's.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ import triton
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from irfuse.kernels.attention import uses_decode
-from irfuse.lowering.kernel_cache import cache_dir, write_atomically
+from irfuse.lowering.kernel_cache import cache_dir, kernels_hash, write_atomically
 from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import INTERPRET
 from irfuse.transforms.policy import Chooser
@@ -75,7 +73,7 @@ def _kept_or_decided(key: tuple, decide: Callable[[], tuple[bool, str, bool]]) -
     versions), else `decide()`'s (fuse?, why, keep?), which is kept there if it says so,
     unless another process kept one first (then that one, so that every process agrees)."""
     entry = json.dumps([_device_name(), torch.__version__, triton.__version__, __version__,
-                        _kernels_hash(), *key])  # fmt: skip
+                        kernels_hash(), *key])  # fmt: skip
     kept = _kept(entry)
     if kept is None:
         fuse, reason, keep = decide()
@@ -152,17 +150,6 @@ def _write_decisions(store: dict) -> bool:
     except OSError:
         return False
     return True
-
-
-@functools.cache
-def _kernels_hash() -> str:
-    """Of the kernels' source and launch code (irfuse/kernels, irfuse/lowering), which
-    both timed candidates run: a decision outlives no change to them (irfuse's version
-    alone does not follow a working tree's edits)."""
-    package = Path(__file__).parent.parent
-    files = sorted((*(package / "kernels").glob("*.py"), *(package / "lowering").glob("*.py")))
-    text = "".join(path.read_text() for path in files)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _device_name() -> str:

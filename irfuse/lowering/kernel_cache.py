@@ -7,6 +7,7 @@ a kernel's source from its file). Set `IRFUSE_CACHE_DIR` to move the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -19,6 +20,18 @@ import triton
 from irfuse.version import __version__
 
 _LOADED: dict[str, Any] = {}
+
+
+@functools.cache
+def kernels_hash() -> str:
+    """Of the kernels' source and launch code (irfuse/kernels, irfuse/lowering): what a
+    measured decision and a graph in Inductor's cache (whose wrapper holds the source of
+    the kernels it launches) were made with. irfuse's version alone does not follow a
+    working tree's edits."""
+    package = Path(__file__).parent.parent
+    files = sorted((*(package / "kernels").glob("*.py"), *(package / "lowering").glob("*.py")))
+    text = "".join(path.read_text() for path in files)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def cache_dir() -> Path:
