@@ -76,7 +76,7 @@ def sweep_warps(hidden: int, tokens_list: list[int], rounds: int) -> None:
 
 
 def _sweep_one(hidden: int, tokens: int, rounds: int) -> dict[str, float]:
-    from irfuse.lowering.runtime import _launch, decode, launch_config
+    from irfuse.lowering.runtime import decode, launch_config, norm_launch, run_launch
 
     spec = decode("fused_add_rms_norm/fp32/model/static")
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
@@ -90,7 +90,8 @@ def _sweep_one(hidden: int, tokens: int, rounds: int) -> dict[str, float]:
 
     def launch(warps: int):
         config = (block, warps)
-        return lambda: _launch(spec, x, r, w, s, out, res_out, no_scales, None, 1e-6, config)
+        args = (x, r, w, s, out, res_out, no_scales, None, 1e-6, config)
+        return lambda: run_launch(spec, norm_launch(spec, *args))
 
     return compare({f"{w} warps": launch(w) for w in (2, 4, 8, 16, 32)}, rounds)
 

@@ -284,13 +284,15 @@ def _launch_per_tensor(
             if spec.keep_value
             else torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
         )
-    _launch(phase1, x2, residual2, weight, None, out2, residual_out2, stats, normed, eps)
+    run_launch(phase1, norm_launch(phase1, x2, residual2, weight, None, out2, residual_out2,
+                                   stats, normed, eps))  # fmt: skip
     if phase2.producer == "quant":
-        _launch(phase2, x2 if normed is None else normed, None, None, stats, out2, None,
-                scales, None, eps)  # fmt: skip
+        read = x2 if normed is None else normed
+        launch = norm_launch(phase2, read, None, None, stats, out2, None, scales, None, eps)
     else:  # the norm again, from what it read (x, or the rounded sum) and phase 1's rstd
-        normed_in = x2 if residual_out2 is None else residual_out2
-        _launch(phase2, normed_in, None, weight, stats, out2, None, scales, None, eps)
+        read = x2 if residual_out2 is None else residual_out2
+        launch = norm_launch(phase2, read, None, weight, stats, out2, None, scales, None, eps)
+    run_launch(phase2, launch)
 
 
 def _row_views(
@@ -353,28 +355,6 @@ def _value_dtype(spec: KernelSpec, x: torch.Tensor) -> torch.dtype:
     return torch.float32 if spec.norm_out == "fp32" else x.dtype
 
 
-def _launch(
-    spec: KernelSpec,
-    x2: torch.Tensor,
-    residual2: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    out2: torch.Tensor,
-    residual_out2: torch.Tensor | None,
-    scales2: torch.Tensor,
-    value2: torch.Tensor | None,
-    eps: float,
-    config: tuple[int, int] | None = None,
-) -> None:
-    """One launch of `spec`'s kernel over the rows of `x2` (and their tiles); absent
-    tensors are passed as `x2` (their pointers are never read: the kernel source has no
-    use for them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps)."""
-    launch = norm_launch(
-        spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps, config
-    )
-    run_launch(spec, launch)
-
-
 def run_launch(spec: KernelSpec, launch: NormLaunch) -> None:
     """Launch `spec`'s kernel as `launch` says (every kernel_norm launch goes through here)."""
     compiled_kernel(spec)[launch.grid](*launch.args, num_warps=launch.num_warps)
@@ -412,8 +392,10 @@ def norm_launch(
     eps: float,
     config: tuple[int, int] | None = None,
 ) -> NormLaunch:
-    """The launch of `spec`'s kernel over `x2`'s rows (see _launch); also what Inductor's
-    wrapper is given to launch it (user_kernels.py), from fake tensors."""
+    """One launch of `spec`'s kernel over the rows of `x2` (and their tiles); absent
+    tensors are passed as `x2` (their pointers are never read: the kernel source has no
+    use for them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps). Also
+    what Inductor's wrapper is given to launch it (user_kernels.py), from fake tensors."""
     n_rows, n_cols = x2.shape
     block, num_warps = config or launch_config(
         n_rows, n_cols, spec.quant, spec.row_tiles, norm=spec.producer != "quant"
