@@ -258,19 +258,25 @@ def test_gpu_add_norm_quant_block_launches_from_the_wrapper(mode):
 @pytest.mark.parametrize(
     "scheme,how", [("static", GRAPH_LAUNCH), ("per_token", "its launch depends on the token count")]
 )
-def test_gpu_a_symbolic_token_count(scheme, how):
-    """Under dynamic=True one graph serves every token count: a static fp8 norm at hidden
-    4096 launches alike at every count, from the wrapper; a per-token quant's warps
-    change at 1024 rows, so kernel_norm picks its launch per call. Both give kernel_norm's
-    results to the bit."""
+def test_gpu_a_symbolic_token_count(scheme, graph_launch, how):
+    """A token count marked dynamic (as a recompile's automatic dynamic shapes make it;
+    `dynamic=True` makes the hidden size symbolic too) gives one graph for every count.
+    With graph_launch="symbolic" a static fp8 norm at hidden 4096, which launches alike
+    at every count, launches from the wrapper; a per-token quant's warps change at 1024
+    rows, so kernel_norm picks its launch per call, as it does for every symbolic count
+    by default. All give kernel_norm's results to the bit."""
     x, _, w, _ = _inputs("rms_norm/plain/model/none", (300, 4096), "w")
     s = torch.tensor([2.0 if scheme == "per_token" else 0.05], device=DEVICE)
     torch._dynamo.reset()
-    compiled = torch.compile(_norm_chain(scheme), backend="irfuse", dynamic=True)
+    options = {"graph_launch": graph_launch}
+    compiled = torch.compile(_norm_chain(scheme), backend="irfuse", options=options)
     with capture_reports() as reports, torch._inductor.config.patch(fx_graph_cache=False):
-        for t in (16, 33, 1, 257):
-            q, scales = compiled(x[:t], w, s)
-            q_ref, _, scales_ref, _ = kernel_norm(x[:t], None, w, s, 1e-6,
+        for t in (16, 33, 2, 257):  # (1 would compile a graph of its own: 0/1 specialisation)
+            xt = x[:t]
+            if t == 16:
+                torch._dynamo.mark_dynamic(xt, 0)
+            q, scales = compiled(xt, w, s)
+            q_ref, _, scales_ref, _ = kernel_norm(xt, None, w, s, 1e-6,
                                                   f"rms_norm/plain/model/{scheme}")  # fmt: skip
             assert torch.equal(_bits(q), _bits(q_ref)), t
             if scheme == "per_token":
