@@ -11,16 +11,18 @@ import sys
 import pytest
 import torch
 import torch.fx as fx
+from functorch.compile import make_boxed_func
 from torch._inductor.utils import run_and_get_code
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
 import irfuse.ops as ref
-from irfuse.lowering import runtime
+from irfuse.lowering import runtime, to_fx
 from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import kernel_norm
 from irfuse.lowering.user_kernels import SAMPLE_ROWS, graph_launch_problem, lower_norm_in_graph
-from irfuse.pipeline import capture_reports
+from irfuse.pipeline import Options, capture_reports, transform_graph
+from tests import models
 from tests.helpers import assert_close, assert_fp8_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -232,8 +234,6 @@ def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t):
 def test_gpu_add_norm_quant_block_launches_from_the_wrapper(mode):
     """A model's add + HF RMSNorm + static fp8 (the graph's own ops), static shapes, with
     and without CUDA graphs: launched from the wrapper, and eager's results."""
-    from tests import models
-
     block = models.AddNormQuant(4096).to(DEVICE, BF16)
     x, r, *_ = _inputs("fused_add_rms_norm/plain/model/none", (16, 4096), "r")
     s = torch.tensor([0.05], device=DEVICE)
@@ -318,3 +318,55 @@ def test_gpu_a_graph_launch_is_served_from_inductors_cache_in_a_later_process(tm
     assert runs[0].get("fxgraph_cache_miss", 0) >= 1 and runs[0]["same"], runs
     assert runs[1].get("fxgraph_cache_hit", 0) >= 1, runs
     assert runs[1].get("fxgraph_cache_miss", 0) == 0 and runs[1]["same"], runs
+
+
+def _graph_launch_backend(graph_launch: str, reports: list):
+    """AOT autograd whose forward runs irfuse's pass with the graph launch on CPU tensors
+    too (its device check lifted), then the graph eagerly: the triton HOPs launch the
+    kernels themselves, through the interpreter."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def compiler(gm: fx.GraphModule, _):
+        reports.append(transform_graph(gm.graph, Options(graph_launch=graph_launch)))
+        gm.recompile()
+        return make_boxed_func(gm.forward)
+
+    return aot_autograd(fw_compiler=compiler)
+
+
+def _on_any_device(spec, x, eps_input, symbolic_rows):
+    real = FakeTensor(x.fake_mode, torch.empty(x.shape, device="meta"), torch.device("cuda"))
+    return graph_launch_problem(spec, real, eps_input, symbolic_rows)
+
+
+@pytest.mark.parametrize(
+    "graph_launch,recompiled",
+    [
+        ("static", "torch.ops.irfuse.kernel_norm (its token count is symbolic"),
+        ("symbolic", GRAPH_LAUNCH),
+    ],
+)
+def test_a_decoder_block_with_its_norms_launched_in_the_graph(
+    monkeypatch, graph_launch, recompiled
+):
+    """The whole pass on a decoder block (two add + norm + fp8 chains, the attention
+    between) writes its norms as graph launches; run eagerly, it matches eager. A second
+    sequence length recompiles with the length symbolic (torch.compile's automatic
+    dynamic shapes): by default those norms go through kernel_norm, with "symbolic" they
+    stay graph launches (their rows: the batch times the symbolic length)."""
+    monkeypatch.setattr(to_fx, "graph_launch_problem", _on_any_device)
+    torch.manual_seed(0)
+    block = models.DecoderBlock()
+    reports: list = []
+    compiled = torch.compile(block, backend=_graph_launch_backend(graph_launch, reports))
+    with torch.no_grad():
+        for s in (8, 5, 11):
+            x = torch.randn(2, s, 64)
+            out, hidden = compiled(x, x)
+            expected, expected_hidden = block(x, x)
+            torch.testing.assert_close(hidden, expected_hidden, atol=0, rtol=0)
+            torch.testing.assert_close(out, expected, atol=0.1, rtol=0.1)
+    assert len(reports) == 2, reports
+    first, second = (report.launches for report in reports)
+    assert len(first) == 2 and all(launch.endswith(GRAPH_LAUNCH) for launch in first), first
+    assert len(second) == 2 and all(recompiled in launch for launch in second), second
