@@ -132,6 +132,15 @@ def test_row_tiles_are_bit_exact(monkeypatch, scheme):
         assert torch.equal(scales, scales_ref)
 
 
+def test_next_power_of_2_is_tritons():
+    """The launch's own next_power_of_2 (plain int arithmetic, cheap per call) gives
+    Triton's at every width a row may have."""
+    import triton
+
+    widths = range(1, 2 * 65536 + 3)
+    assert all(runtime.next_power_of_2(n) == triton.next_power_of_2(n) for n in widths)
+
+
 def test_nvfp4_tiles_over_many_rows_divide_the_row():
     """Many rows run 2048-column nvfp4 tiles where they divide the row, 1024 otherwise
     (a ragged 2048 tile measured slower on H200)."""

@@ -54,6 +54,12 @@ def _one_row_per_tensor(spec: KernelSpec) -> KernelSpec:
 MANY_ROWS = 1024  # launch_config's row count from which fewer warps win (see there)
 
 
+def next_power_of_2(n: int) -> int:
+    """triton.next_power_of_2 for n >= 1 in plain int arithmetic: Triton's (a
+    constexpr_function in 3.9) costs ~5 us of host time a call, and a launch made three."""
+    return 1 << (n - 1).bit_length()
+
+
 def launch_config(
     n_rows: int, n_cols: int, scheme: str = "none", row_tiles: bool = False, norm: bool = False
 ) -> tuple[int, int]:
@@ -63,7 +69,7 @@ def launch_config(
     columns: 4 for per-token, 8 for per-group; 16 cost ~30% there, but win at few rows;
     per-token rows padded to a power of two, as 7168 is, run best with 16). Kernels that
     tile rows (`row_tiles`) take their tile from ROW_TILES (NORM_ROW_TILES for a `norm`)."""
-    block = triton.next_power_of_2(n_cols)
+    block = next_power_of_2(n_cols)
     kind = scheme.split()[0]
     if row_tiles:
         tiles = NORM_ROW_TILES[kind] if norm else ROW_TILES[kind]
@@ -118,7 +124,7 @@ TWO_PASS_WARPS = 8
 
 def runs_two_pass(spec: KernelSpec, n_rows: int, n_cols: int) -> bool:
     """Whether `spec` over [n_rows, n_cols] runs its two-pass variant."""
-    block = triton.next_power_of_2(n_cols)
+    block = next_power_of_2(n_cols)
     return (
         spec.producer == "quant"
         and spec.quant == "per_token"
@@ -412,7 +418,7 @@ def norm_launch(
         scales2.stride(0) if two_d else 1, scales2.stride(1) if two_d else 0,
         0 if value2 is None else value2.stride(0), eps, block, scale is not None, INTERPRET,
     )  # fmt: skip
-    return NormLaunch((n_rows, triton.cdiv(n_cols, block)), num_warps, args)
+    return NormLaunch((n_rows, -(-n_cols // block)), num_warps, args)
 
 
 @torch.library.register_fake("irfuse::kernel_norm")
