@@ -132,13 +132,15 @@ def test_row_tiles_are_bit_exact(monkeypatch, scheme):
         assert torch.equal(scales, scales_ref)
 
 
-def test_next_power_of_2_is_tritons():
-    """The launch's own next_power_of_2 (plain int arithmetic, cheap per call) gives
-    Triton's at every width a row may have."""
+def test_next_power_of_2_and_cdiv_are_tritons():
+    """The launches' own next_power_of_2 and cdiv (plain int arithmetic, cheap per call)
+    give Triton's at every width a row may have."""
     import triton
 
-    widths = range(1, 2 * 65536 + 3)
+    widths = range(0, 2 * 65536 + 3)
     assert all(runtime.next_power_of_2(n) == triton.next_power_of_2(n) for n in widths)
+    pairs = [(a, b) for a in range(-70, 300) for b in (1, 3, 16, 64, 128)]
+    assert all(runtime.cdiv(a, b) == triton.cdiv(a, b) for a, b in pairs)
 
 
 def test_nvfp4_tiles_over_many_rows_divide_the_row():

@@ -14,7 +14,6 @@ import textwrap
 from typing import Any
 
 import torch
-import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -36,7 +35,9 @@ from irfuse.lowering.registration import runtime_op
 from irfuse.lowering.runtime import (
     FP8,
     INTERPRET,
+    cdiv,
     launch_config,
+    next_power_of_2,
     shared_memory_limit,
     sm_count,
 )
@@ -299,9 +300,9 @@ def split_config(
         programs, min_len = sm_count(device), 256
         wide = batch_kv > 2 * programs and seq_kv > 1024 and sum(dims) <= DECODE_WIDE_TILE_MAX_DIMS
         block_n = 128 if wide else block_n
-    splits = max(1, min(triton.cdiv(programs, batch_kv), triton.cdiv(seq_kv, min_len)))
-    split_len = max(1, triton.cdiv(triton.cdiv(seq_kv, splits), block_n)) * block_n
-    splits = max(1, triton.cdiv(seq_kv, split_len))  # no keys: one empty slice
+    splits = max(1, min(cdiv(programs, batch_kv), cdiv(seq_kv, min_len)))
+    split_len = max(1, cdiv(cdiv(seq_kv, splits), block_n)) * block_n
+    splits = max(1, cdiv(seq_kv, split_len))  # no keys: one empty slice
     config = {"BLOCK_N": block_n, "splits": splits, "split_len": split_len}
     if INTERPRET:
         return {**config, "num_warps": 1, "num_stages": 1}
@@ -409,8 +410,8 @@ def _summary_config(q: torch.Tensor, k: torch.Tensor, masking) -> dict:
     """The tiles a mask summary is computed over: the prefill kernel's, or for the decode
     one block of all the query rows and its key tiles."""
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
-        return {"BLOCK_M": max(16, triton.next_power_of_2(q.shape[2])), "BLOCK_N": DECODE_BLOCK_N}
-    return prefill_config(triton.next_power_of_2(q.shape[-1]), q.shape[2], _mask_bytes(masking))
+        return {"BLOCK_M": max(16, next_power_of_2(q.shape[2])), "BLOCK_N": DECODE_BLOCK_N}
+    return prefill_config(next_power_of_2(q.shape[-1]), q.shape[2], _mask_bytes(masking))
 
 
 def _mask_heads(strides: tuple, h: int) -> int:
@@ -548,7 +549,7 @@ def _summary_size(q: torch.Tensor, k: torch.Tensor, masking) -> int:
     """Entries of the mask summary: 4 per (batch, mask head, block of query rows)."""
     config = _summary_config(q, k, masking)
     mask_heads = _mask_heads(masking[1], q.shape[1])
-    return q.shape[0] * mask_heads * triton.cdiv(q.shape[2], config["BLOCK_M"]) * 4
+    return q.shape[0] * mask_heads * cdiv(q.shape[2], config["BLOCK_M"]) * 4
 
 
 def runs_reference(q: torch.Tensor) -> bool:
@@ -607,7 +608,7 @@ def _prefill(
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     mask_bytes = _mask_bytes(masking)
     # tiles span the next power of two of a head dim; configs go by their widths
-    tile_d, tile_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
+    tile_d, tile_dv = next_power_of_2(d), next_power_of_2(dv)
     config = wide_values_config(prefill_config(tile_d, sq, mask_bytes), tile_d, tile_dv,
                                 mask_bytes, q.device)  # fmt: skip
     # a descriptor needs a non-empty tensor (no keys: the loops are empty anyway)
@@ -619,7 +620,7 @@ def _prefill(
         widths = (tile_d, tile_d, tile_dv)
         qkv = tuple(TensorDescriptor.from_tensor(t, [1, 1, n, width])
                     for t, n, width in zip(qkv, rows, widths, strict=True))  # fmt: skip
-    n_blocks = triton.cdiv(sq, config["BLOCK_M"])
+    n_blocks = cdiv(sq, config["BLOCK_M"])
     uneven = causal != "none" or (mask_kind != 0 and not key_mask)
     sweep = heads_per_sweep(q, k, v, uneven, n_blocks * b * h, config.pop("per_sm"))
     sweeps = sweep > 1 or b * h > MAX_GRID_YZ  # the 1-D grid holds any count of heads
@@ -677,8 +678,8 @@ def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> 
     if kind == 0:
         return mask, 1
     mask_heads = _mask_heads(strides, h)
-    blocks = triton.cdiv(sq, config["BLOCK_M"])
-    n_tiles = triton.cdiv(seq_kv, config["BLOCK_N"])
+    blocks = cdiv(sq, config["BLOCK_M"])
+    n_tiles = cdiv(seq_kv, config["BLOCK_N"])
     flags = torch.empty(b * mask_heads * blocks * n_tiles, dtype=torch.int8, device=mask.device)
     row_bits = flags  # an additive mask's, per (batch, mask head, tile, row)
     if kind >= 2:
@@ -708,8 +709,8 @@ def _decode(
     b, h, sq, d = q.shape
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
-    block_m = max(16, triton.next_power_of_2(group * sq))
-    tile_d, tile_dv = triton.next_power_of_2(d), triton.next_power_of_2(dv)
+    block_m = max(16, next_power_of_2(group * sq))
+    tile_d, tile_dv = next_power_of_2(d), next_power_of_2(dv)
     config = split_config(b * hkv, seq_kv, (tile_d, tile_dv), q.device, block_m,
                           _mask_bytes(masking))  # fmt: skip
     splits, split_len = config.pop("splits"), config.pop("split_len")

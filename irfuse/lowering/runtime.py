@@ -55,9 +55,15 @@ MANY_ROWS = 1024  # launch_config's row count from which fewer warps win (see th
 
 
 def next_power_of_2(n: int) -> int:
-    """triton.next_power_of_2 for n >= 1 in plain int arithmetic: Triton's (a
-    constexpr_function in 3.9) costs ~5 us of host time a call, and a launch made three."""
-    return 1 << (n - 1).bit_length()
+    """triton.next_power_of_2, in plain int arithmetic for a positive int: Triton's (a
+    constexpr_function in 3.9) costs ~2-5 us of host time a call, and a launch makes
+    several. A symbolic size goes to Triton's (it builds the expression)."""
+    return 1 << (n - 1).bit_length() if isinstance(n, int) and n > 0 else triton.next_power_of_2(n)
+
+
+def cdiv(a: int, b: int) -> int:
+    """triton.cdiv, in plain int arithmetic for ints (see next_power_of_2)."""
+    return (a + b - 1) // b if isinstance(a, int) and isinstance(b, int) else triton.cdiv(a, b)
 
 
 def launch_config(
@@ -418,7 +424,7 @@ def norm_launch(
         scales2.stride(0) if two_d else 1, scales2.stride(1) if two_d else 0,
         0 if value2 is None else value2.stride(0), eps, block, scale is not None, INTERPRET,
     )  # fmt: skip
-    return NormLaunch((n_rows, -(-n_cols // block)), num_warps, args)
+    return NormLaunch((n_rows, cdiv(n_cols, block)), num_warps, args)
 
 
 @torch.library.register_fake("irfuse::kernel_norm")
