@@ -11,6 +11,8 @@ tokens, hidden 4096, compiled static, with `dynamic=True` (which makes the modul
 and the hidden size symbolic too), with `reduce-overhead`, and with only the token count
 marked dynamic (as a recompile's automatic dynamic shapes make it; irfuse also with
 `graph_launch="symbolic"`); and the same through `torch.ops.irfuse.kernel_norm` alone.
+Also a decode step's attention + static fp8 (one query token per sequence, GQA), by
+Inductor (SDPA and its quant) and by irfuse with the fused kernel forced.
 On a CPU machine (with TRITON_INTERPRET=1) it runs the interpreter at hidden 64: a smoke
 run whose numbers mean nothing, and it appends no table.
 """
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -97,6 +100,7 @@ def main() -> None:
         x, x, weight, scale, 1e-6, KERNEL
     )
     fns["torch.add(x, x), for scale"] = lambda: torch.add(x, x)
+    fns.update(_attention_candidates(args.tokens))
     with torch.no_grad():
         results = host_us(fns, args.calls if CUDA else 3, args.rounds if CUDA else 1)
     rows = [[name, f"{us:.1f}"] for name, us in results.items()]
@@ -105,10 +109,36 @@ def main() -> None:
     if CUDA:
         append_results(
             f"Host time per call: add + LlamaRMSNorm + static fp8, T={args.tokens}, "
-            f"hidden {hidden}, bf16 (back-to-back calls, one sync)",
+            f"hidden {hidden}, bf16; decode attention + static fp8, batch {args.tokens}, "
+            f"Hq 32 / Hkv 8, 1024 keys, D 128 (back-to-back calls, one sync)",
             ["candidate", "us / call"],
             rows,
         )
+
+
+def _decode_attention_quant(q, k, v, scale):
+    """One decode step's attention (GQA) and the fp8 quant before o_proj."""
+    b, h, s, d = q.shape
+    o = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    return models.static_quant(o.transpose(1, 2).reshape(b, s, h * d), scale)
+
+
+def _attention_candidates(batch: int) -> dict[str, Callable[[], object]]:
+    """The decode attention block compiled static by Inductor (SDPA + its quant) and by
+    irfuse with the fused kernel forced (it launches through kernel_attention)."""
+    heads, kv_heads, keys, dim = (32, 8, 1024, 128) if CUDA else (4, 2, 16, 16)
+    q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=torch.bfloat16)
+    k = torch.randn(batch, kv_heads, keys, dim, device=DEVICE, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    scale = torch.tensor([0.05], device=DEVICE)
+    candidates = {}
+    for label, backend, options in (
+        ("inductor, decode attention + quant", "inductor", None),
+        ("irfuse, decode attention + quant (fused)", "irfuse", {"attention": "irfuse"}),
+    ):
+        compiled = torch.compile(_decode_attention_quant, backend=backend, options=options)
+        candidates[label] = lambda c=compiled: c(q, k, v, scale)
+    return candidates
 
 
 if __name__ == "__main__":
