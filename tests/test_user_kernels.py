@@ -38,6 +38,7 @@ CASES = [
     ("quant/none/model/nvfp4", (5, 64), "s", [0, 2]),
     ("rms_norm/plain/model/per_token/keep_value", (2, 2, 64), "w", [0, 2, 3]),
     ("fused_add_rms_norm/plain/model/none", (3, 96), "rw", [0, 1]),
+    ("rms_norm/plain/model/per_token", (2, 2880), "ws", [0, 2]),  # 2880: padded to 4096 lanes
 ]
 
 
@@ -194,7 +195,7 @@ def _norm_chain(scheme: str):
         if scheme == "per_token":
             return torch.ops.irfuse.per_token_fp8_quant(y, s)
         if scheme == "per_group":
-            return torch.ops.irfuse.per_group_fp8_quant(y, 128, True)
+            return torch.ops.irfuse.per_group_fp8_quant(y, 64, True)
         return torch.ops.irfuse.nvfp4_quant(y, s)
 
     return fn
@@ -202,11 +203,11 @@ def _norm_chain(scheme: str):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("scheme", ["static", "per_token", "per_group", "nvfp4"])
-@pytest.mark.parametrize("t", [1, 128, 257])
-def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t):
+@pytest.mark.parametrize("t,h", [(1, 4096), (128, 4096), (257, 4096), (257, 2880)])
+def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t, h):
     """Compiled by Inductor, the fused kernel is a call in Inductor's wrapper (no
     kernel_norm) and gives kernel_norm's results to the bit."""
-    x, _, w, _ = _inputs("rms_norm/plain/model/none", (t, 4096), "w")
+    x, _, w, _ = _inputs("rms_norm/plain/model/none", (t, h), "w")
     s = torch.tensor([0.05 if scheme != "per_token" else 2.0], device=DEVICE)
     if scheme == "nvfp4":
         s = (448 * 6 / ref.rms_norm(x, w, 1e-6).float().abs().amax()).reshape(1)
@@ -219,7 +220,7 @@ def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t):
         reports[0]
     )
     assert "kernel_norm" not in code and reports[0].kernels[0] in code
-    kernel = {"static": "static", "per_token": "per_token", "per_group": "per_group 128 col",
+    kernel = {"static": "static", "per_token": "per_token", "per_group": "per_group 64 col",
               "nvfp4": "nvfp4"}[scheme]  # fmt: skip
     q_ref, _, scales_ref, _ = kernel_norm(x, None, w, s, 1e-6, f"rms_norm/plain/model/{kernel}")
     assert torch.equal(_bits(q), _bits(q_ref))
