@@ -96,6 +96,23 @@ def test_graph_launch_is_kernel_norms_launch(kernel, shape, present, indices):
         assert torch.equal(_bits(out), _bits(want)), index
 
 
+@pytest.mark.parametrize("view", ["columns", "rows"])
+def test_inputs_that_are_views_are_read_in_place(view):
+    """x as the first half of wider rows (row stride 128), or rows 2.. of a tensor (a
+    storage offset): the graph launch reads it in place with its stride, to the bit."""
+    kernel = "fused_add_rms_norm/plain/model/per_token"
+    big = _inputs(kernel, (5, 128), "")[0]
+    x = big[:, :64] if view == "columns" else big.reshape(10, 64)[3:]
+    _, residual, w, _ = _inputs(kernel, tuple(x.shape), "rw")
+    inputs = (x, residual, w, None)
+    module = _graph_launch(kernel, inputs, [0, 1, 2])
+    assert isinstance(module, fx.GraphModule), module
+    got = module(*inputs)
+    expected = kernel_norm(*inputs, 1e-6, kernel)
+    for out, want in zip(got, expected[:3], strict=True):
+        assert torch.equal(_bits(out), _bits(want))
+
+
 def test_an_input_the_kernel_reads_through_a_copy_keeps_kernel_norm():
     """A transposed input: its rows are not rows in memory; kernel_norm copies it."""
     x, _, w, _ = _inputs("rms_norm/plain/model/none", (64, 4), "w")
