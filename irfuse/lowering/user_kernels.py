@@ -81,9 +81,10 @@ def graph_launch_problem(
         return "a per-tensor quant launches two kernels"
     if not isinstance(x.shape[-1], int):
         return "its hidden size is symbolic"
-    if not symbolic_rows and not all(isinstance(size, int) for size in x.shape):
+    static = all(isinstance(size, int) for size in x.shape)
+    if not static and not symbolic_rows:
         return "its token count is symbolic; graph_launch='symbolic' may launch it from the wrapper"
-    if all(isinstance(size, int) for size in x.shape) and x.numel() == 0:
+    if static and x.numel() == 0:
         return "it has no rows"
     return None
 
@@ -103,6 +104,7 @@ class _Sample:
     spec: KernelSpec
     launch: NormLaunch
     inputs: tuple  # (x, residual, weight, scale) as the launch read them
+    outputs: tuple  # allocate_outputs' at this row count
 
     def arg(self, name: str) -> Any:
         return self.launch.args[KERNEL_PARAMS.index(name)]
@@ -112,7 +114,7 @@ def _sample(spec: KernelSpec, inputs: tuple, eps: float) -> _Sample:
     x, residual = inputs[:2]
     outputs = allocate_outputs(spec, x, residual is not None)
     launched, launch = single_launch(spec, *inputs, outputs, eps)
-    return _Sample(launch.grid[0], launched, launch, inputs)
+    return _Sample(launch.grid[0], launched, launch, inputs, outputs)
 
 
 def _samples(spec: KernelSpec, fakes: tuple, eps: float) -> list[_Sample] | str:
@@ -205,8 +207,7 @@ def lower_norm_in_graph(
             tensor_args[name] = node
     x = fakes[0]
     outputs = allocate_outputs(spec, x, inputs[1] is not None)
-    written = [n for n, t in zip(OUTPUT_PARAMS, allocate_outputs(spec, sample.inputs[0],
-               inputs[1] is not None), strict=True) if t.numel() > 0]  # fmt: skip
+    written = [n for n, t in zip(OUTPUT_PARAMS, sample.outputs, strict=True) if t.numel() > 0]
     layouts = {name: _layout(samples, name) for name in written}
     if any(layout is None for layout in layouts.values()):
         return "its launch depends on the token count"
