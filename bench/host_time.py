@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16)
     args = parser.parse_args()
     torch._inductor.config.fx_graph_cache = False  # every compile runs irfuse's pass
+    # every candidate compiles the block's forward: past the default limit of 8 compiled
+    # graphs per function, dynamo would run the later candidates eagerly
+    torch._dynamo.config.cache_size_limit = 64
     hidden = 4096 if CUDA else 64
     block = models.AddNormQuant(hidden).to(DEVICE, torch.bfloat16)
     x = torch.randn(args.tokens, hidden, device=DEVICE, dtype=torch.bfloat16)

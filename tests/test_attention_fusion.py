@@ -383,10 +383,10 @@ def test_decode_attentions_read_their_masks_shared_summary(monkeypatch, dynamic)
     other_keep[0, :, :, 50:] = False
     mask, other_mask = keep.to(DEVICE), other_keep.to(DEVICE)
     summaries, decodes = [], []
-    real_tiles, real_decode = kernels._mask_tiles, kernels._decode
+    real_tiles, real_decode = kernels._mask_tiles, kernels.decode_launches
     monkeypatch.setattr(kernels, "_mask_tiles", lambda *a: summaries.append(a) or real_tiles(*a))
     monkeypatch.setattr(
-        kernels, "_decode", lambda *a: decodes.append(a[4] is not None) or real_decode(*a)
+        kernels, "decode_launches", lambda *a: decodes.append(a[4] is not None) or real_decode(*a)
     )
     torch._dynamo.reset()
     if dynamic:

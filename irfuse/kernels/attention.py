@@ -144,7 +144,9 @@ SCORES_SETUP = """
     model_dtype = q.dtype  # what a quant epilogue rounds the output to first
     if INTERPRET:  # the interpreter's tl.dot is wrong on bf16 (TOOLCHAIN.md)
         q = q.to(tl.float32)
-    qk_scale = sm_scale * 1.4426950408889634  # softmax in base 2
+    # float arguments in fp32 (Inductor's wrapper passes them as fp64)
+    qk_scale = tl.cast(sm_scale, tl.float32) * 1.4426950408889634  # softmax in base 2
+    mask_hidden = tl.cast(mask_hidden, tl.float32)
     offset = 0
     if CAUSAL == 2:
         offset = seq_kv - seq_q

@@ -30,6 +30,7 @@ from irfuse.kernels.attention import (
     uses_decode,
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO
+from irfuse.lowering.graph_launch import COPIED, KernelLaunch
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.registration import runtime_op
 from irfuse.lowering.runtime import (
@@ -46,6 +47,7 @@ from irfuse.ops.attention import attention as ref_attention
 from irfuse.ops.quant import (
     alloc_nvfp4_scales,
     nvfp4_quant,
+    nvfp4_scales_padded,
     per_token_fp8_quant,
     static_fp8_quant,
 )
@@ -501,12 +503,58 @@ def kernel_attention(
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     masking = _mask_args(mask, q, k, mask_hidden)
     if uses_decode(q.shape[2], q.shape[1], k.shape[1]):
-        _decode(q, k, v, masking, mask_summary, scale, sm_scale, causal, epilogue, out, lse,
-                scales)  # fmt: skip
+        for launch in decode_launches(q, k, v, masking, mask_summary, scale, sm_scale, causal,
+                                      epilogue, out, lse, scales):  # fmt: skip
+            launch.run()
     else:
         _prefill(q, k, v, masking, mask_summary, scale, sm_scale, causal, layout, epilogue, out,
                  lse, scales)  # fmt: skip
     return out, lse, scales
+
+
+def graph_launch_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why kernel_attention over the fake q, k, v launches through the runtime op, as far
+    as their shapes and device tell (None if Inductor's wrapper may make its launches,
+    graph_launches): only the decode's, at static shapes (its slices depend on the key
+    count; the prefill takes TMA descriptors built on the host)."""
+    if q.device.type != "cuda":
+        return "its tensors are not on the GPU"
+    if not all(isinstance(size, int) for t in (q, k, v) for size in t.shape):
+        return "its shapes are symbolic"
+    if runs_reference(q):
+        return "fp32 runs the reference ops"
+    if not uses_decode(q.shape[2], q.shape[1], k.shape[1]):
+        return "the prefill takes TMA descriptors built per call"
+    return None
+
+
+def graph_launches(
+    q,
+    k,
+    v,
+    scale,
+    sm_scale,
+    causal,
+    layout,
+    return_lse,
+    epilogue,
+    mask=None,
+    mask_summary=None,
+    mask_hidden=None,
+) -> tuple[list[KernelLaunch], tuple[torch.Tensor, ...]] | str:
+    """kernel_attention's launches and outputs (out, lse, scales) over fake tensors that
+    graph_launch_problem accepts, or why it makes none the graph can hold (no rows, or an
+    input it would copy)."""
+    _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary, mask_hidden)
+    out, lse, scales = _allocate(q, v, layout, epilogue, return_lse)
+    if out.numel() == 0:
+        return "it has no rows"
+    if any(t.stride(-1) != 1 for t in (q, k, v)):
+        return COPIED
+    masking = _mask_args(mask, q, k, mask_hidden)
+    launches = decode_launches(q, k, v, masking, mask_summary, scale, sm_scale, causal, epilogue,
+                               out, lse, scales)  # fmt: skip
+    return launches, (out, lse, scales)
 
 
 @runtime_op("kernel_attention_mask_summary")
@@ -699,13 +747,13 @@ def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> 
     return tiles, mask_heads
 
 
-def _decode(
+def decode_launches(
     q, k, v, masking, mask_summary, scale, sm_scale, causal, epilogue, out, lse, scales
-) -> None:
+) -> list[KernelLaunch]:
     """Split-KV decode, then the combine with the epilogue. With a mask summary (what
     kernel_attention_mask_summary computes once for the layers sharing the mask), the
     slices split only the keys some row sees; without one (a direct call) they split all
-    the keys, each tile reading the mask."""
+    the keys, each tile reading the mask. The slices' partial results are allocated here."""
     b, h, sq, d = q.shape
     hkv, seq_kv, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
@@ -714,30 +762,39 @@ def _decode(
     config = split_config(b * hkv, seq_kv, (tile_d, tile_dv), q.device, block_m,
                           _mask_bytes(masking))  # fmt: skip
     splits, split_len = config.pop("splits"), config.pop("split_len")
+    num_warps, num_stages = config.pop("num_warps"), config.pop("num_stages")
     part = q.new_empty((b, h, sq, splits, dv), dtype=torch.float32)
     part_state = q.new_empty((b, h, sq, splits, 2), dtype=torch.float32)  # max, sum
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     summary = mask_summary is not None  # _check: a summary comes with its mask
     _check_programs("the split-KV decode", splits * b * hkv)
-    split_kv_kernel()[(splits * b * hkv,)](
-        q, k, v, mask, mask_summary if summary else mask, part, part_state, sm_scale,
-        mask_hidden, sq, seq_kv, group, split_len, splits, *q.stride()[:3], *k.stride()[:3],
-        *v.stride()[:3], *mask_strides, _mask_heads(mask_strides, h), hkv,
-        HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=tile_d, BLOCK_DV=tile_dv, BLOCK_M=block_m,
-        CAUSAL=CAUSAL[causal], MASK=mask_kind,
-        KEY_MASK=key_mask, SUMMARY=summary, SUMMARY_BLOCK_N=DECODE_BLOCK_N, INTERPRET=INTERPRET,
-        **config,
+    split = KernelLaunch.of(
+        split_kv_kernel(), (splits * b * hkv,),
+        (q, k, v, mask, mask_summary if summary else mask, part, part_state, sm_scale,
+         mask_hidden, sq, seq_kv, group, split_len, splits, *q.stride()[:3], *k.stride()[:3],
+         *v.stride()[:3], *mask_strides, _mask_heads(mask_strides, h), hkv),
+        dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=tile_d, BLOCK_DV=tile_dv, BLOCK_M=block_m,
+             CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask, SUMMARY=summary,
+             SUMMARY_BLOCK_N=DECODE_BLOCK_N, INTERPRET=INTERPRET, **config),
+        num_warps, num_stages, ("part_ptr", "part_state_ptr"),
     )  # fmt: skip
     n_cols = h * dv
     block, num_warps = launch_config(b * sq, n_cols, epilogue)
     scales2 = scales.view(torch.uint8) if epilogue == "nvfp4" else scales
-    combine_kernel(epilogue)[(b * sq,)](
-        part, part_state, lse if lse.numel() else part, scale if scale is not None else part,
-        out, scales2 if scales2.numel() else part, h, sq, splits, n_cols,
-        n_cols // 2 if epilogue == "nvfp4" else n_cols, 1, 0,
-        HEAD_DIM_V=dv, BLOCK=block, MODEL_DTYPE=_TL_DTYPES[q.dtype], HAS_LSE=lse.numel() > 0,
-        HAS_SCALE=scale is not None, INTERPRET=INTERPRET, num_warps=1 if INTERPRET else num_warps,
+    combine = KernelLaunch.of(
+        combine_kernel(epilogue), (b * sq,),
+        (part, part_state, lse if lse.numel() else part, scale if scale is not None else part,
+         out, scales2 if scales2.numel() else part, h, sq, splits, n_cols,
+         n_cols // 2 if epilogue == "nvfp4" else n_cols, 1, 0),
+        dict(HEAD_DIM_V=dv, BLOCK=block, MODEL_DTYPE=_TL_DTYPES[q.dtype],
+             HAS_LSE=lse.numel() > 0, HAS_SCALE=scale is not None, INTERPRET=INTERPRET),
+        1 if INTERPRET else num_warps, 3,
+        [name for name, t in (("out_ptr", out), ("lse_ptr", lse), ("scale_out_ptr", scales))
+         if t.numel()],
+        # the swizzled nvfp4 scales are zero-filled where their layout pads (_allocate)
+        ["scale_out_ptr"] * (epilogue == "nvfp4" and nvfp4_scales_padded(b * sq, n_cols)),
     )  # fmt: skip
+    return [split, combine]
 
 
 @torch.library.register_fake("irfuse::kernel_attention")

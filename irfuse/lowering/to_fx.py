@@ -20,9 +20,11 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from xdsl.ir import Operation, SSAValue
 
-import irfuse.lowering.attention  # noqa: F401  (registers torch.ops.irfuse.kernel_attention)
 from irfuse.dialects.irfuse import AttentionOp, FusedAddRmsNormOp, QuantOp, RmsNormOp
 from irfuse.kernels.norm import MAX_COLS
+from irfuse.lowering.attention import graph_launch_problem as attention_graph_problem
+from irfuse.lowering.attention import graph_launches as attention_graph_launches
+from irfuse.lowering.graph_launch import insert_launches
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 from irfuse.lowering.runtime import INTERPRET  # (and registers torch.ops.irfuse.kernel_norm)
 from irfuse.lowering.to_triton import NoKernel, spec_for
@@ -109,8 +111,14 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
             anchor = tail[anchor]
         return anchor
 
-    def placed(anchor: fx.Node, nodes: list[fx.Node]) -> list[fx.Node]:
-        # ranks strictly between the anchor and the next original node (an integer)
+    def placed(anchor: fx.Node) -> list[fx.Node]:
+        """Rank the nodes just inserted after `anchor` (up to the next ranked one), strictly
+        between it and the next original node (an integer)."""
+        nodes = []
+        node = anchor.next
+        while node not in rank and node.op != "root":
+            nodes.append(node)
+            node = node.next
         low, high = rank[anchor], math.floor(rank[anchor]) + 1
         for i, node in enumerate(nodes, start=1):
             rank[node] = low + (high - low) * i / (len(nodes) + 1)
@@ -139,25 +147,22 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
             key = _summary_key(q, k, mask, hidden)
             if key is not None and key not in summaries:
                 anchor = anchor_after([q, k, mask])
-                call = _call(graph, anchor, SUMMARY, (q, k, mask, hidden), [])
-                summaries[key] = placed(anchor, call)[0]
+                _call(graph, anchor, SUMMARY, (q, k, mask, hidden), [])
+                summaries[key] = placed(anchor)[0]
             summary = summaries.get(key)
             inputs += [summary] if summary is not None else []
         anchor = anchor_after(inputs)
         spec = specs[op]
         if isinstance(op, AttentionOp):
             assert isinstance(spec, AttentionKernel)
-            nodes = _lower_attention(
-                graph, anchor, op, spec, value_node.get, (mask, summary, hidden)
+            results, launch = _lower_attention(
+                graph, anchor, op, spec, value_node.get, (mask, summary, hidden), graph_launch
             )
-            inserted, results = nodes, nodes[1:]
         else:
             assert isinstance(spec, KernelSpec)
-            inserted, results, launch = _lower_norm(
-                graph, anchor, op, spec, value_node.get, graph_launch
-            )
-            launches.append(f"{spec.name}: {launch}")
-        placed(anchor, inserted)
+            results, launch = _lower_norm(graph, anchor, op, spec, value_node.get, graph_launch)
+        launches.append(f"{spec.name}: {launch}")
+        placed(anchor)
         for result, node in zip(op.results, results, strict=True):
             value_node[result] = node
 
@@ -245,9 +250,12 @@ def _lower_attention(
     spec: AttentionKernel,
     node_of: Callable[[SSAValue | None], fx.Node | None],
     mask_args: tuple,
-) -> list[fx.Node]:
-    """Insert the kernel_attention call of `op` after `anchor` and a getitem per IR
-    result; returns [call, node of each result]. `mask_args` are kernel_attention's (mask,
+    graph_launch: str,
+) -> tuple[list[fx.Node], str]:
+    """Insert the launches of `op`'s kernels after `anchor`: from Inductor's wrapper where
+    `graph_launch` allows and they are known (attention.graph_launches), else a
+    kernel_attention call and a getitem per IR result. Returns (the node of each IR
+    result, how it launches). `mask_args` are kernel_attention's (mask,
     its shared summary, the bias of a bool mask's hidden keys)."""
     args = (
         node_of(op.q), node_of(op.k), node_of(op.v), node_of(op.quant_scale),
@@ -255,11 +263,35 @@ def _lower_attention(
         spec.epilogue, *mask_args,
     )  # fmt: skip
     indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
+    q, k, v = (n.meta["val"] for n in args[:3])  # type: ignore[union-attr]
+    problem = _LAUNCH_MODE_PROBLEMS.get(graph_launch) or attention_graph_problem(q, k, v)
+    if problem is None:
+        lowered = lower_attention_in_graph(graph, anchor, args, indices)
+        if not isinstance(lowered, str):
+            flat = [_flattened(graph, n, r) for n, r in zip(lowered[1], op.results, strict=True)]
+            return flat, "launched by Inductor's wrapper"
+        problem = lowered
     nodes = _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args, indices)
-    return [
-        nodes[0],
-        *(_flattened(graph, n, r) for n, r in zip(nodes[1:], op.results, strict=True)),
-    ]
+    results = [_flattened(graph, n, r) for n, r in zip(nodes[1:], op.results, strict=True)]
+    return results, f"torch.ops.irfuse.kernel_attention ({problem})"
+
+
+def lower_attention_in_graph(
+    graph: fx.Graph, anchor: fx.Node, args: tuple, indices: list[int]
+) -> tuple[list[fx.Node], list[fx.Node]] | str:
+    """Insert after `anchor` the launches kernel_attention(*args) makes (attention.
+    graph_launches, on the fake values), and return (the inserted nodes, the nodes of its
+    outputs `indices`), or why they stay with kernel_attention."""
+    fake_args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in args]
+    tensors = [a for a in fake_args if isinstance(a, torch.Tensor)]
+    with detect_fake_mode(tensors) or FakeTensorMode(allow_non_fake_inputs=True):
+        launched = attention_graph_launches(*fake_args)
+    if isinstance(launched, str):
+        return launched
+    launches, outputs = launched
+    inputs = [a for a in args if isinstance(a, fx.Node)]
+    results = [outputs[i] for i in indices]
+    return insert_launches(graph, anchor, launches, inputs, results)
 
 
 def _flattened(graph: fx.Graph, node: fx.Node, result: SSAValue) -> fx.Node:
@@ -295,6 +327,10 @@ def _call(
     return nodes
 
 
+# graph_launch modes in which no kernel launches from Inductor's wrapper, and why
+_LAUNCH_MODE_PROBLEMS = {"off": "graph_launch='off'", "eager": "the inner compiler is eager"}
+
+
 def _lower_norm(
     graph: fx.Graph,
     anchor: fx.Node,
@@ -302,11 +338,11 @@ def _lower_norm(
     spec: KernelSpec,
     node_of: Callable[[SSAValue | None], fx.Node | None],
     graph_launch: str,
-) -> tuple[list[fx.Node], list[fx.Node], str]:
+) -> tuple[list[fx.Node], str]:
     """Insert the launch of `op`'s kernel after `anchor`: from Inductor's wrapper where
     `graph_launch` allows and the launch is known (user_kernels.py), else a
-    `kernel_norm(...)` call and a getitem for each IR result. Returns (the inserted
-    nodes, the node of each IR result, how it launches)."""
+    `kernel_norm(...)` call and a getitem for each IR result. Returns (the node of each
+    IR result, how it launches)."""
     residual = op.residual if isinstance(op, FusedAddRmsNormOp) else None
     weight = op.weight if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)) else None
     assert isinstance(op, (QuantOp, RmsNormOp, FusedAddRmsNormOp))
@@ -319,22 +355,20 @@ def _lower_norm(
     indices = [0] + [1] * (residual is not None) + [2] * (op.scale_out is not None)
     indices += [3] * (value is not None)
     x = inputs[0].meta["val"]  # type: ignore[union-attr]
-    problem = {"off": "graph_launch='off'", "eager": "the inner compiler is eager"}.get(
-        graph_launch
-    )
+    problem = _LAUNCH_MODE_PROBLEMS.get(graph_launch)
     if problem is None:
         problem = graph_launch_problem(spec, x, eps_value is not None, graph_launch == "symbolic")
     if problem is None:
         lowered = lower_norm_in_graph(graph, anchor, spec, inputs, float(eps), indices)  # type: ignore[arg-type]
         if not isinstance(lowered, str):
-            return (*lowered, "launched by Inductor's wrapper")
+            return lowered[1], "launched by Inductor's wrapper"
         problem = lowered
     args = (*inputs, float(eps), spec.encode(), node_of(eps_value))
     nodes = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)
     if op.scale_out is not None and spec.quant == "per_tensor":
         at = 1 + indices.index(2)
         nodes[at] = _viewed_as(graph, nodes[at], op.scale_out.type.get_shape())
-    return nodes, nodes[1:], f"torch.ops.irfuse.kernel_norm ({problem})"
+    return nodes[1:], f"torch.ops.irfuse.kernel_norm ({problem})"
 
 
 def _viewed_as(graph: fx.Graph, node: fx.Node, shape: tuple[int, ...]) -> fx.Node:

@@ -1,0 +1,203 @@
+"""Kernel launches written into the graph, for Inductor's wrapper to make.
+
+A runtime op (`torch.ops.irfuse.kernel_norm`, `kernel_attention`) costs host time on every
+call: the dispatcher, the op's Python and Triton's launch path, 100-300 us on the H200
+machine (bench/RESULTS.md) for kernels whose GPU work at decode sizes is a few us. Where
+the launches are known when the graph compiles, the lowering writes them into the graph
+as Inductor user-defined Triton kernels instead: an allocation per buffer the kernels
+write and a `triton_kernel_wrapper_functional` node per launch, whose constant arguments
+are the launch's sizes, strides, blocks and flags. Inductor plans the buffers' memory and
+launches the kernels from its generated wrapper, as it launches its own.
+
+The launches are the runtime op's own (KernelLaunch, computed by its code on the fake
+tensors), so both paths run the same kernels with the same arguments. A launch names the
+tensors it writes: a buffer the op allocates is written first, then read by the later
+launches through the functional node's result.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import triton
+from torch._higher_order_ops.triton_kernel_wrap import (
+    kernel_side_table,
+    triton_kernel_wrapper_functional,
+)
+from torch.multiprocessing.reductions import StorageWeakRef
+
+COPIED = "it reads an input through a copy"
+
+Insert = Callable[[Any, tuple, dict, Any], fx.Node]
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One launch of a generated Triton kernel: its grid, every parameter by name
+    (tensors, scalars, constexprs), warps, stages, and the tensor parameters it stores to."""
+
+    kernel: Any  # a triton.JITFunction
+    grid: tuple[int, ...]
+    args: dict[str, Any]
+    num_warps: int
+    num_stages: int
+    writes: frozenset[str]
+    zeroed: frozenset[str] = frozenset()  # of `writes`: buffers that must start at zero
+
+    @staticmethod
+    def of(
+        kernel: Any,
+        grid: tuple[int, ...],
+        positional: Sequence[Any],
+        constexprs: dict[str, Any],
+        num_warps: int,
+        num_stages: int,
+        writes: Sequence[str],
+        zeroed: Sequence[str] = (),
+    ) -> KernelLaunch:
+        given = {**dict(zip(kernel.arg_names, positional, strict=False)), **constexprs}
+        if len(positional) + len(constexprs) != len(given) or set(given) != set(kernel.arg_names):
+            raise TypeError(f"{kernel.__name__}: launched with {sorted(given)}")
+        args = {name: given[name] for name in kernel.arg_names}  # the signature's order
+        return KernelLaunch(kernel, tuple(grid), args, num_warps, num_stages, frozenset(writes),
+                            frozenset(zeroed))  # fmt: skip
+
+    def run(self) -> None:
+        self.kernel[self.grid](**self.args, num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+@functools.cache
+def user_kernel(kernel: Any, num_warps: int, num_stages: int) -> Any:
+    """`kernel` with its launch options, the way Inductor takes them: one autotune config."""
+    config = triton.Config({}, num_warps=num_warps, num_stages=num_stages)
+    return triton.autotune(configs=[config], key=[])(kernel)
+
+
+def insert_kernel_call(
+    insert: Insert,
+    kernel: Any,
+    grid: tuple,
+    num_warps: int,
+    num_stages: int,
+    args: dict[str, Any],
+    written: Sequence[str],
+) -> fx.Node:
+    """A `triton_kernel_wrapper_functional` node launching `kernel` over `grid` with `args`
+    (tensor parameters: nodes; the rest are constants). It returns a dict of the `written`
+    tensors' new contents (getitem by name)."""
+    tensors = {name: v for name, v in args.items() if isinstance(v, fx.Node)}
+    constants = {name: v for name, v in args.items() if not isinstance(v, fx.Node)}
+    hop_kwargs = {
+        "kernel_idx": kernel_side_table.add_kernel(user_kernel(kernel, num_warps, num_stages)),
+        "constant_args_idx": kernel_side_table.add_constant_args(constants),
+        "grid": [tuple(grid)],
+        "tma_descriptor_metadata": {},
+        "kwargs": tensors,
+        "tensors_to_clone": list(written),
+    }
+    results = {name: tensors[name].meta["val"].clone() for name in written}
+    call = insert(triton_kernel_wrapper_functional, (), hop_kwargs, results)
+    # Inductor gives the kernel its tensors with these exact strides (constant arguments)
+    call.meta["eager_input_vals"] = ((), fx.node.map_arg(call.kwargs, lambda n: n.meta["val"]))
+    return call
+
+
+def same_start(arg: torch.Tensor, fake: torch.Tensor) -> bool:
+    """Whether `arg` starts where `fake` does (it is `fake` or a view of it, not a copy)."""
+    return (
+        StorageWeakRef(arg.untyped_storage()) == StorageWeakRef(fake.untyped_storage())
+        and arg.storage_offset() == fake.storage_offset()
+    )
+
+
+def insert_launches(
+    graph: fx.Graph,
+    anchor: fx.Node,
+    launches: Sequence[KernelLaunch],
+    inputs: Sequence[fx.Node],
+    results: Sequence[torch.Tensor],
+) -> tuple[list[fx.Node], list[fx.Node]] | str:
+    """Insert after `anchor` the `launches` (computed on the fake values of `inputs`),
+    allocating each buffer the first launch that takes it writes. Returns (the inserted
+    nodes in order, a node for each of `results`, the op's outputs among those buffers,
+    or empty), or why they cannot be written into the graph (an input read through a
+    copy: the runtime op makes it at run time)."""
+    nodes: list[fx.Node] = []
+
+    def insert(target: Any, node_args: tuple, kwargs: dict, val: Any) -> fx.Node:
+        with graph.inserting_after(nodes[-1] if nodes else anchor):
+            node = graph.call_function(target, node_args, kwargs)
+        node.meta["val"] = val
+        nodes.append(node)
+        return node
+
+    input_storages = {StorageWeakRef(n.meta["val"].untyped_storage()) for n in inputs}
+    buffers: dict[StorageWeakRef, fx.Node] = {}  # the latest contents of each buffer
+    for launch in launches:
+        args: dict[str, Any] = {}
+        for name, value in launch.args.items():
+            if not isinstance(value, torch.Tensor):
+                args[name] = value
+                continue
+            storage = StorageWeakRef(value.untyped_storage())
+            if storage in input_storages:  # (inputs may be views of one storage)
+                node = next((n for n in inputs if same_start(value, n.meta["val"])), None)
+                if node is None:
+                    return COPIED
+            elif storage in buffers:
+                node = buffers[storage]
+            elif name in launch.writes and value.storage_offset() == 0:
+                node = _allocate(insert, value, zeroed=name in launch.zeroed)
+            else:
+                raise ValueError(f"{launch.kernel.__name__}: {name} reads a buffer never written")
+            args[name] = _as_dtype(insert, node, value.dtype)
+        call = insert_kernel_call(insert, launch.kernel, launch.grid, launch.num_warps,
+                                  launch.num_stages, args, sorted(launch.writes))  # fmt: skip
+        for name in sorted(launch.writes):
+            storage = StorageWeakRef(launch.args[name].untyped_storage())
+            buffers[storage] = insert(operator.getitem, (call, name), {}, call.meta["val"][name])
+    ends = []
+    for result in results:
+        if result.numel() == 0:  # as the runtime op returns it
+            make = torch.ops.aten.empty_strided.default
+            kwargs = {"dtype": result.dtype, "device": result.device}
+            ends.append(insert(make, (list(result.shape), list(result.stride())), kwargs, result))
+            continue
+        written = buffers.get(StorageWeakRef(result.untyped_storage()))
+        if written is None:
+            raise ValueError("an output that no launch writes")
+        node = _as_dtype(insert, written, result.dtype)
+        val = node.meta["val"]
+        if (val.shape, val.stride(), val.storage_offset()) != (
+            result.shape, result.stride(), result.storage_offset()
+        ):  # fmt: skip
+            view = (list(result.shape), list(result.stride()), result.storage_offset())
+            node = insert(torch.ops.aten.as_strided.default, (node, *view), {}, result)
+        ends.append(node)
+    return nodes, ends
+
+
+def _allocate(insert: Insert, value: torch.Tensor, zeroed: bool) -> fx.Node:
+    """A buffer node laid out as the fake `value`, zero-filled if `zeroed`."""
+    kwargs = {"dtype": value.dtype, "device": value.device}
+    if not zeroed:
+        make = torch.ops.aten.empty_strided.default
+        return insert(make, (list(value.shape), list(value.stride())), kwargs, value)
+    if not value.is_contiguous():
+        raise ValueError("a zero-filled buffer must be contiguous")
+    # `full`, not `zeros`: Inductor lowers the one and not the other
+    return insert(torch.ops.aten.full.default, (list(value.shape), 0), kwargs, value)
+
+
+def _as_dtype(insert: Insert, node: fx.Node, dtype: torch.dtype) -> fx.Node:
+    """`node` viewed as `dtype` (a bool mask as bytes, nvfp4 scales as int32 or bytes)."""
+    val = node.meta["val"]
+    if val.dtype == dtype:
+        return node
+    return insert(torch.ops.aten.view.dtype, (node, dtype), {}, val.view(dtype))

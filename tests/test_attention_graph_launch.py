@@ -1,0 +1,161 @@
+"""Decode attention launched from Inductor's wrapper (to_fx.lower_attention_in_graph,
+irfuse/lowering/graph_launch.py): the graph makes the launches kernel_attention would, with
+the same arguments, so it gives kernel_attention's outputs to the bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+from torch._inductor.utils import run_and_get_code
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+from irfuse.lowering.attention import (
+    graph_launch_problem,
+    kernel_attention,
+    kernel_attention_mask_summary,
+)
+from irfuse.lowering.to_fx import lower_attention_in_graph
+from irfuse.pipeline import capture_reports
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # (the interpreter's bf16 dot)
+GRAPH_LAUNCH = "launched by Inductor's wrapper"
+
+# (epilogue, layout, lse, mask: none / bool / bool with a hidden bias / additive, summary)
+CASES = [
+    ("none", "bhsd", True, None, False),
+    ("static", "bs_hd", False, None, False),
+    ("per_token", "bs_hd", True, "bool", True),
+    ("nvfp4", "bs_hd", False, "hidden", True),
+    ("static", "bhsd", False, "additive", False),
+]
+
+
+def _inputs(epilogue: str, mask_kind: str | None, b=2, hq=4, hkv=2, sq=1, skv=40, d=32):
+    g = torch.Generator().manual_seed(skv)
+    q, k, v = (torch.randn(b, h, s, d, generator=g).to(DTYPE).to(DEVICE)
+               for h, s in ((hq, sq), (hkv, skv), (hkv, skv)))  # fmt: skip
+    scale = {"none": None, "per_token": 2.0}.get(epilogue, 0.05)
+    scale = torch.tensor([scale], device=DEVICE) if scale is not None else None
+    keep = torch.rand(b, 1, 1, skv, generator=g) > 0.3
+    mask = {
+        None: None,
+        "bool": keep,
+        "hidden": keep,
+        "additive": torch.zeros(b, 1, 1, skv).masked_fill(~keep, -1e4).to(DTYPE),
+    }[mask_kind]
+    mask = mask.to(DEVICE) if mask is not None else None
+    return q, k, v, scale, mask, -1e4 if mask_kind == "hidden" else None
+
+
+def _graph_launch(args: tuple, indices: list[int]):
+    """A graph holding only the launches of kernel_attention(*args) (tensors become its
+    inputs), or why there are none."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+    graph = fx.Graph()
+    node_args, tensors = [], []
+    for i, arg in enumerate(args):
+        if isinstance(arg, torch.Tensor):
+            node = graph.placeholder(f"arg{i}")
+            node.meta["val"] = mode.from_tensor(arg, static_shapes=True)
+            node_args.append(node)
+            tensors.append(arg)
+        else:
+            node_args.append(arg)
+    anchor = list(graph.nodes)[-1]
+    lowered = lower_attention_in_graph(graph, anchor, tuple(node_args), indices)
+    if isinstance(lowered, str):
+        return lowered, tensors
+    graph.output(tuple(lowered[1]))
+    return fx.GraphModule({}, graph), tensors
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.uint8)
+
+
+@pytest.mark.parametrize("epilogue,layout,lse,mask_kind,summary", CASES)
+def test_decode_graph_launch_is_kernel_attentions(epilogue, layout, lse, mask_kind, summary):
+    """Run eagerly (each HOP launches its kernel), the split-KV decode and its combine,
+    written into the graph, give kernel_attention's outputs to the bit, with its strides:
+    the buffer between them allocated in the graph, nvfp4 scales viewed back to int32,
+    a bool mask read as bytes, a mask summary read as an input."""
+    q, k, v, scale, mask, hidden = _inputs(epilogue, mask_kind)
+    tiles = kernel_attention_mask_summary(q, k, mask, hidden) if summary else None
+    args = (q, k, v, scale, 0.3, "none", layout, lse, epilogue, mask, tiles, hidden)
+    indices = [0] + [1] * lse + [2] * (epilogue in ("per_token", "nvfp4"))
+    module, tensors = _graph_launch(args, indices)
+    assert isinstance(module, fx.GraphModule), module
+    launched = [n for n in module.graph.nodes if "triton_kernel_wrapper" in str(n.target)]
+    assert len(launched) == 2  # the slices, then the combine
+    got = module(*tensors)
+    expected = kernel_attention(*args)
+    for out, index in zip(got, indices, strict=True):
+        want = expected[index]
+        assert (out.shape, out.stride(), out.dtype) == (want.shape, want.stride(), want.dtype)
+        assert torch.equal(_bits(out), _bits(want)), index
+
+
+def _fakes(shapes, device: str, symbolic: bool = False) -> list[torch.Tensor]:
+    """Fake q, k, v of `shapes` on `device` (any, without one), their sizes symbolic."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+    dims = DimDynamic.DYNAMIC if symbolic else DimDynamic.STATIC
+    fakes = []
+    for shape in shapes:
+        context = StatelessSymbolicContext(dynamic_sizes=[dims] * len(shape))
+        meta = mode.from_tensor(torch.empty(shape, dtype=DTYPE), symbolic_context=context)
+        fakes.append(FakeTensor(mode, torch.empty(meta.shape, dtype=DTYPE, device="meta"),
+                                torch.device(device)))  # fmt: skip
+    return fakes
+
+
+def test_what_keeps_kernel_attention_is_named():
+    """The prefill (host-built TMA descriptors), symbolic shapes, CPU tensors and an input
+    the kernels would read through a copy keep the runtime op, with the reason."""
+    decode = [(2, 4, 1, 32), (2, 2, 40, 32), (2, 2, 40, 32)]
+    prefill = [(2, 4, 64, 32), (2, 2, 64, 32), (2, 2, 64, 32)]
+    assert graph_launch_problem(*_fakes(decode, "cuda")) is None
+    assert graph_launch_problem(*_fakes(decode, "cpu")) == "its tensors are not on the GPU"
+    symbolic = graph_launch_problem(*_fakes(decode, "cuda", symbolic=True))
+    assert symbolic == "its shapes are symbolic"
+    assert graph_launch_problem(*_fakes(prefill, "cuda")) == (
+        "the prefill takes TMA descriptors built per call"
+    )
+    q, k, v, _, _, _ = _inputs("none", None)
+    strided = k.transpose(-1, -2).contiguous().transpose(-1, -2)  # head dim not contiguous
+    module, _ = _graph_launch((q, strided, v, None, 0.3, "none", "bhsd", False, "none"), [0])
+    assert module == "it reads an input through a copy"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("epilogue", ["static", "per_token", "nvfp4"])
+def test_gpu_inductor_launches_the_decode_from_its_wrapper(epilogue):
+    """Under Inductor a decode step's attention + quant (forced to the fused kernel)
+    launches from the wrapper: the split and combine kernels are in its code,
+    kernel_attention is not, and the outputs are kernel_attention's bits."""
+    q, k, v, scale, _, _ = _inputs(epilogue, None, b=4, hq=32, hkv=8, skv=1000, d=128)
+
+    def step(q, k, v, scale):
+        b, h, s, d = q.shape
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        o = o.transpose(1, 2).reshape(b * s, h * d)
+        if epilogue == "static":
+            return torch.ops.irfuse.static_fp8_quant(o, scale)
+        if epilogue == "per_token":
+            return torch.ops.irfuse.per_token_fp8_quant(o, scale)
+        return torch.ops.irfuse.nvfp4_quant(o, scale)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="irfuse", options={"attention": "irfuse"})
+    with capture_reports() as reports, torch._inductor.config.patch(fx_graph_cache=False):
+        got, (code, *_) = run_and_get_code(compiled, q, k, v, scale)
+    assert "irfuse_attention_split_kv" in code and "kernel_attention" not in code
+    launches = [n for r in reports for n in r.launches]
+    assert any("attention" in n and n.endswith(GRAPH_LAUNCH) for n in launches), launches
+    expected = kernel_attention(q, k, v, scale, 128**-0.5, "none", "bs_hd", False, epilogue)
+    got = got if isinstance(got, tuple) else (got,)
+    for out, want in zip(got, (expected[0].flatten(0, 1), expected[2].flatten(0, 1)),
+                         strict=False):  # fmt: skip
+        assert torch.equal(_bits(out), _bits(want.reshape(out.shape)))
