@@ -10,7 +10,8 @@ wrapper, dynamo's guards. Blocks: add + HF RMSNorm (module eps) + static fp8 at 
 tokens, hidden 4096, compiled static, with `dynamic=True` (which makes the module's eps
 and the hidden size symbolic too), with `reduce-overhead`, and with only the token count
 marked dynamic (as a recompile's automatic dynamic shapes make it; irfuse also with
-`graph_launch="symbolic"`); and the same through `torch.ops.irfuse.kernel_norm` alone.
+`graph_launch="symbolic"`); add + `F.rms_norm` + dynamic per-tensor fp8 (two kernels),
+compiled static; and the norm through `torch.ops.irfuse.kernel_norm` alone.
 Also a decode step's attention + static fp8 (one query token per sequence, GQA), by
 Inductor (SDPA and its quant) and by irfuse with the fused kernel forced.
 On a CPU machine (with TRITON_INTERPRET=1) it runs the interpreter at hidden 64: a smoke
@@ -99,6 +100,11 @@ def main() -> None:
             continue
         compiled = torch.compile(block, backend=backend, **kwargs)
         fns[label] = lambda c=compiled, x_in=x_in: c(x_in, x_in, scale)
+    for label, backend in (("inductor", "inductor"), ("irfuse", "irfuse")):
+        compiled = torch.compile(_add_norm_per_tensor_quant, backend=backend, dynamic=False)
+        fns[f"{label}, add + rms_norm + per-tensor fp8 (two kernels), static"] = lambda c=compiled: (
+            c(x, x, weight)
+        )
     fns["torch.ops.irfuse.kernel_norm alone"] = lambda: torch.ops.irfuse.kernel_norm(
         x, x, weight, scale, 1e-6, KERNEL
     )
@@ -117,6 +123,14 @@ def main() -> None:
             ["candidate", "us / call"],
             rows,
         )
+
+
+def _add_norm_per_tensor_quant(x, residual, weight):
+    """Residual add, F.rms_norm and a dynamic per-tensor fp8 quant, as PyTorch code."""
+    h = x + residual
+    y = F.rms_norm(h, (h.shape[-1],), weight, 1e-6).float()
+    s = (y.abs().amax() / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (y / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s, h
 
 
 def _decode_attention_quant(q, k, v, scale):

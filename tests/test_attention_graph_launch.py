@@ -7,17 +7,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.fx as fx
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 from torch._inductor.utils import run_and_get_code
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
+from irfuse.lowering import to_fx
 from irfuse.lowering.attention import (
     graph_launch_problem,
     kernel_attention,
     kernel_attention_mask_summary,
 )
 from irfuse.lowering.to_fx import lower_attention_in_graph
-from irfuse.pipeline import capture_reports
+from irfuse.pipeline import Options, capture_reports, transform_graph
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # (the interpreter's bf16 dot)
@@ -129,13 +132,8 @@ def test_what_keeps_kernel_attention_is_named():
     assert module == "it reads an input through a copy"
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("epilogue", ["static", "per_token", "nvfp4"])
-def test_gpu_inductor_launches_the_decode_from_its_wrapper(epilogue):
-    """Under Inductor a decode step's attention + quant (forced to the fused kernel)
-    launches from the wrapper: the split and combine kernels are in its code,
-    kernel_attention is not, and the outputs are kernel_attention's bits."""
-    q, k, v, scale, _, _ = _inputs(epilogue, None, b=4, hq=32, hkv=8, skv=1000, d=128)
+def _decode_step(epilogue: str):
+    """A decode step's attention (GQA) and a quant of its [B*S, H*D] rows (irfuse ops)."""
 
     def step(q, k, v, scale):
         b, h, s, d = q.shape
@@ -147,15 +145,49 @@ def test_gpu_inductor_launches_the_decode_from_its_wrapper(epilogue):
             return torch.ops.irfuse.per_token_fp8_quant(o, scale)
         return torch.ops.irfuse.nvfp4_quant(o, scale)
 
+    return step
+
+
+def test_a_decode_step_through_the_whole_pass(monkeypatch):
+    """The pass on a decode step's attention + per-token quant, forced to the fused
+    kernel, with the device check lifted: the launches go into the graph, which, run
+    eagerly, gives kernel_attention's bits."""
+    monkeypatch.setattr(to_fx, "attention_graph_problem", lambda q, k, v: None)
+    reports = []
+
+    def compiler(gm: fx.GraphModule, _):
+        reports.append(transform_graph(gm.graph, Options(attention="irfuse")))
+        gm.recompile()
+        return make_boxed_func(gm.forward)
+
+    q, k, v, scale, _, _ = _inputs("per_token", None)
     torch._dynamo.reset()
-    compiled = torch.compile(step, backend="irfuse", options={"attention": "irfuse"})
+    compiled = torch.compile(_decode_step("per_token"), backend=aot_autograd(fw_compiler=compiler))
+    with torch.no_grad():
+        got, scales_got = compiled(q, k, v, scale)
+    assert reports[0].launches == [f"irfuse_attention_per_token_fp8: {GRAPH_LAUNCH}"], reports
+    out, _, scales = kernel_attention(q, k, v, scale, 32**-0.5, "none", "bs_hd", False, "per_token")
+    assert torch.equal(_bits(got).flatten(), _bits(out).flatten())
+    assert torch.equal(scales_got.flatten(), scales.flatten())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("epilogue", ["static", "per_token", "nvfp4"])
+def test_gpu_inductor_launches_the_decode_from_its_wrapper(epilogue):
+    """Under Inductor a decode step's attention + quant (forced to the fused kernel)
+    launches from the wrapper: the split and combine kernels are in its code,
+    kernel_attention is not, and the outputs are kernel_attention's bits."""
+    q, k, v, scale, _, _ = _inputs(epilogue, None, b=4, hq=32, hkv=8, skv=1000, d=128)
+    torch._dynamo.reset()
+    options = {"attention": "irfuse"}
+    compiled = torch.compile(_decode_step(epilogue), backend="irfuse", options=options)
     with capture_reports() as reports, torch._inductor.config.patch(fx_graph_cache=False):
         got, (code, *_) = run_and_get_code(compiled, q, k, v, scale)
     assert "irfuse_attention_split_kv" in code and "kernel_attention" not in code
     launches = [n for r in reports for n in r.launches]
     assert any("attention" in n and n.endswith(GRAPH_LAUNCH) for n in launches), launches
-    expected = kernel_attention(q, k, v, scale, 128**-0.5, "none", "bs_hd", False, epilogue)
-    got = got if isinstance(got, tuple) else (got,)
-    for out, want in zip(got, (expected[0].flatten(0, 1), expected[2].flatten(0, 1)),
-                         strict=False):  # fmt: skip
-        assert torch.equal(_bits(out), _bits(want.reshape(out.shape)))
+    out, _, scales = kernel_attention(q, k, v, scale, 128**-0.5, "none", "bs_hd", False, epilogue)
+    q_got, scales_got = got if isinstance(got, tuple) else (got, None)
+    assert torch.equal(_bits(q_got).flatten(), _bits(out).flatten())
+    if scales_got is not None:
+        assert torch.equal(_bits(scales_got).flatten(), _bits(scales).flatten())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, Stateles
 
 import irfuse.ops as ref
 from irfuse.lowering import runtime, to_fx
-from irfuse.lowering.kernel_spec import KernelSpec
+from irfuse.lowering.kernel_spec import KernelSpec, kernel_source, launched_kernels
 from irfuse.lowering.runtime import kernel_norm
 from irfuse.lowering.user_kernels import SAMPLE_ROWS, graph_launch_problem, lower_norm_in_graph
 from irfuse.pipeline import Options, capture_reports, transform_graph
@@ -39,6 +40,13 @@ CASES = [
     ("rms_norm/plain/model/per_token/keep_value", (2, 2, 64), "w", [0, 2, 3]),
     ("fused_add_rms_norm/plain/model/none", (3, 96), "rw", [0, 1]),
     ("rms_norm/plain/model/per_token", (2, 2880), "ws", [0, 2]),  # 2880: padded to 4096 lanes
+    # dynamic per-tensor: two launches, phase 1's results in a buffer of the graph
+    ("rms_norm/plain/model/per_tensor", (5, 64), "w", [0, 2]),
+    ("fused_add_rms_norm/plain/model/per_tensor/rounded_sum", (2, 3, 64), "rw", [0, 1, 2]),
+    ("fused_add_rms_norm/plain/model/per_tensor", (4, 64), "rw", [0, 1, 2]),  # fp32 sum
+    ("rms_norm/plain/model/per_tensor/keep_value", (3, 64), "w", [0, 2, 3]),
+    ("rms_norm/plain/model/per_tensor", (1, 64), "w", [0, 2]),  # one row: one launch
+    ("quant/none/model/per_tensor", (600, 16), "", [0, 2]),  # > 512 rows: zeroed atomic slots
 ]
 
 
@@ -94,6 +102,19 @@ def test_graph_launch_is_kernel_norms_launch(kernel, shape, present, indices):
         want = expected[index]
         assert (out.shape, out.stride(), out.dtype) == (want.shape, want.stride(), want.dtype)
         assert torch.equal(_bits(out), _bits(want)), index
+
+
+def test_stored_params_name_every_buffer_a_kernel_stores_to():
+    """runtime.stored_params (what the graph treats as written) against the stores in the
+    generated source of each kernel the cases launch, phases of a per-tensor quant too."""
+    specs = {KernelSpec.decode(kernel) for kernel, *_ in CASES}
+    specs |= {phase for spec in specs for phase in launched_kernels(spec)}
+    for spec in specs:
+        stores = set(re.findall(r"tl\.(?:store|atomic_max)\(\s*(\w+_ptr)", kernel_source(spec)))
+        stored = set(runtime.stored_params(spec))
+        assert stores & set(runtime.KERNEL_PARAMS) <= stored, spec.encode()
+        # (per-group scales are stored through a pointer derived from scale_out_ptr)
+        assert stored - stores <= {"scale_out_ptr"}, spec.encode()
 
 
 @pytest.mark.parametrize("view", ["columns", "rows"])
@@ -190,7 +211,7 @@ def test_launches_the_graph_cannot_make_are_named():
     assert problem(x=mode.from_tensor(torch.empty(4, 64))) == "its tensors are not on the GPU"
     assert problem(eps_input=True) == "its eps is read at run time"
     per_tensor = KernelSpec.decode("rms_norm/plain/model/per_tensor")
-    assert "launches two kernels" in problem(spec=per_tensor)
+    assert problem(spec=per_tensor) is None
     empty = FakeTensor(mode, torch.empty(0, 64, device="meta"), torch.device("cuda"))
     assert problem(x=empty) == "it has no rows"
     context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
@@ -200,6 +221,8 @@ def test_launches_the_graph_cannot_make_are_named():
         symbolic = FakeTensor(mode, torch.empty(shape, device="meta"), torch.device("cuda"))
     assert "token count is symbolic" in problem(x=symbolic)
     assert problem(x=symbolic, symbolic_rows=True) is None
+    assert "per-tensor quant's launches need static shapes" in problem(per_tensor, symbolic, False,
+                                                                       True)  # fmt: skip
 
 
 def _norm_chain(scheme: str):
@@ -213,17 +236,27 @@ def _norm_chain(scheme: str):
             return torch.ops.irfuse.per_token_fp8_quant(y, s)
         if scheme == "per_group":
             return torch.ops.irfuse.per_group_fp8_quant(y, 64, True)
+        if scheme == "per_tensor":
+            return torch.ops.irfuse.per_tensor_fp8_quant(y)
         return torch.ops.irfuse.nvfp4_quant(y, s)
 
     return fn
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("scheme", ["static", "per_token", "per_group", "nvfp4"])
-@pytest.mark.parametrize("t,h", [(1, 4096), (128, 4096), (257, 4096), (257, 2880)])
+@pytest.mark.parametrize(
+    "scheme,t,h",
+    [
+        (scheme, t, h)
+        for scheme in ("static", "per_token", "per_group", "nvfp4", "per_tensor")
+        for t, h in ((1, 4096), (128, 4096), (257, 4096), (257, 2880))
+    ]
+    + [("per_tensor", 600, 4096)],
+)
 def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t, h):
     """Compiled by Inductor, the fused kernel is a call in Inductor's wrapper (no
-    kernel_norm) and gives kernel_norm's results to the bit."""
+    kernel_norm) and gives kernel_norm's results to the bit; a per-tensor quant's two
+    kernels too (past 512 rows, its amax into zero-filled atomic slots)."""
     x, _, w, _ = _inputs("rms_norm/plain/model/none", (t, h), "w")
     s = torch.tensor([0.05 if scheme != "per_token" else 2.0], device=DEVICE)
     if scheme == "nvfp4":
@@ -236,12 +269,14 @@ def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t, h):
     assert reports[0].launches and all(GRAPH_LAUNCH in r for r in reports[0].launches), str(
         reports[0]
     )
-    assert "kernel_norm" not in code and reports[0].kernels[0] in code
+    assert "kernel_norm" not in code and all(name in code for name in reports[0].kernels)
     kernel = {"static": "static", "per_token": "per_token", "per_group": "per_group 64 col",
-              "nvfp4": "nvfp4"}[scheme]  # fmt: skip
+              "nvfp4": "nvfp4", "per_tensor": "per_tensor"}[scheme]  # fmt: skip
     q_ref, _, scales_ref, _ = kernel_norm(x, None, w, s, 1e-6, f"rms_norm/plain/model/{kernel}")
     assert torch.equal(_bits(q), _bits(q_ref))
-    if scheme != "static":
+    if scheme == "per_tensor":
+        assert torch.equal(scales.reshape(-1), scales_ref)
+    elif scheme != "static":
         assert scales.stride() == scales_ref.stride() and torch.equal(scales, scales_ref)
     if scheme == "static":
         assert_fp8_close(q, ref.static_fp8_quant(ref.rms_norm(x, w, 1e-6), s), s)

@@ -11,8 +11,10 @@ launches the kernels from its generated wrapper, as it launches its own.
 
 The launches are the runtime op's own (KernelLaunch, computed by its code on the fake
 tensors), so both paths run the same kernels with the same arguments. A launch names the
-tensors it writes: a buffer the op allocates is written first, then read by the later
-launches through the functional node's result.
+tensors it writes. A buffer the op allocates (an output, or what one kernel leaves for the
+next: the decode's partial results, a per-tensor quant's amax) is allocated in the graph
+where a launch first takes it; the launches after the one that writes it read the
+functional node's result.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def insert_kernel_call(
     hop_kwargs = {
         "kernel_idx": kernel_side_table.add_kernel(user_kernel(kernel, num_warps, num_stages)),
         "constant_args_idx": kernel_side_table.add_constant_args(constants),
-        "grid": [tuple(grid)],
+        "grid": [(*grid, *[1] * (3 - len(grid)))],
         "tma_descriptor_metadata": {},
         "kwargs": tensors,
         "tensors_to_clone": list(written),
@@ -124,7 +126,7 @@ def insert_launches(
     results: Sequence[torch.Tensor],
 ) -> tuple[list[fx.Node], list[fx.Node]] | str:
     """Insert after `anchor` the `launches` (computed on the fake values of `inputs`),
-    allocating each buffer the first launch that takes it writes. Returns (the inserted
+    allocating each buffer of the op's where a launch first takes it. Returns (the inserted
     nodes in order, a node for each of `results`, the op's outputs among those buffers,
     or empty), or why they cannot be written into the graph (an input read through a
     copy: the runtime op makes it at run time)."""
@@ -152,10 +154,11 @@ def insert_launches(
                     return COPIED
             elif storage in buffers:
                 node = buffers[storage]
-            elif name in launch.writes and value.storage_offset() == 0:
+            elif value.storage_offset() == 0:  # a buffer of the op's, first taken here
                 node = _allocate(insert, value, zeroed=name in launch.zeroed)
+                buffers[storage] = node
             else:
-                raise ValueError(f"{launch.kernel.__name__}: {name} reads a buffer never written")
+                raise ValueError(f"{launch.kernel.__name__}: {name} is a view into a buffer")
             args[name] = _as_dtype(insert, node, value.dtype)
         call = insert_kernel_call(insert, launch.kernel, launch.grid, launch.num_warps,
                                   launch.num_stages, args, sorted(launch.writes))  # fmt: skip

@@ -266,24 +266,27 @@ def kernel_norm(
             scales.fill_(FP8_MIN_SCALE)
         return out, residual_out, scales, value
     outputs = (out, residual_out, scales, value)
-    if spec.quant == "per_tensor" and x.numel() == x.shape[-1]:
-        spec = _one_row_per_tensor(spec)  # one launch instead of a memset and two
     if spec.quant == "per_tensor":
-        _launch_per_tensor(spec, x, residual, weight, outputs, eps)
+        for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, eps):
+            run_launch(launched, launch)
     else:
         run_launch(*single_launch(spec, x, residual, weight, scale, outputs, eps))
     return outputs
 
 
-def _launch_per_tensor(
+def per_tensor_launches(
     spec: KernelSpec,
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor | None,
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     eps: float,
-) -> None:
-    """A per-tensor quant's two kernels: the grid-wide amax, then the quant."""
+) -> list[tuple[KernelSpec, NormLaunch]]:
+    """A per-tensor quant's two kernels (the grid-wide amax, then the quant) and their
+    launches into `outputs` (allocate_outputs'); one kernel for a single row. Phase 1's
+    results for phase 2 (per_tensor_stats) are allocated here."""
+    if x.numel() == x.shape[-1]:  # one launch instead of a memset and two
+        return [single_launch(_one_row_per_tensor(spec), x, residual, weight, None, outputs, eps)]
     out, residual_out, scales, value = outputs
     x2, residual2, weight, residual_out2, out2 = _row_views(x, residual, weight, out, residual_out)
     n_cols = x2.shape[1]
@@ -294,17 +297,17 @@ def _launch_per_tensor(
         normed = (
             value.view(-1, n_cols)
             if spec.keep_value
-            else torch.empty(x2.shape, dtype=_value_dtype(spec, x), device=x.device)
+            else x2.new_empty(x2.shape, dtype=_value_dtype(spec, x))
         )
-    run_launch(phase1, norm_launch(phase1, x2, residual2, weight, None, out2, residual_out2,
-                                   stats, normed, eps))  # fmt: skip
+    first = norm_launch(phase1, x2, residual2, weight, None, out2, residual_out2, stats, normed,
+                        eps)  # fmt: skip
     if phase2.producer == "quant":
         read = x2 if normed is None else normed
-        launch = norm_launch(phase2, read, None, None, stats, out2, None, scales, None, eps)
+        second = norm_launch(phase2, read, None, None, stats, out2, None, scales, None, eps)
     else:  # the norm again, from what it read (x, or the rounded sum) and phase 1's rstd
         read = x2 if residual_out2 is None else residual_out2
-        launch = norm_launch(phase2, read, None, weight, stats, out2, None, scales, None, eps)
-    run_launch(phase2, launch)
+        second = norm_launch(phase2, read, None, weight, stats, out2, None, scales, None, eps)
+    return [(phase1, first), (phase2, second)]
 
 
 def _row_views(
@@ -367,6 +370,9 @@ def _value_dtype(spec: KernelSpec, x: torch.Tensor) -> torch.dtype:
     return torch.float32 if spec.norm_out == "fp32" else x.dtype
 
 
+NUM_STAGES = 3  # Triton's default on CUDA, which run_launch leaves (Inductor is told it)
+
+
 def run_launch(spec: KernelSpec, launch: NormLaunch) -> None:
     """Launch `spec`'s kernel as `launch` says (every kernel_norm launch goes through here)."""
     compiled_kernel(spec)[launch.grid](*launch.args, num_warps=launch.num_warps)
@@ -380,6 +386,19 @@ class NormLaunch:
     grid: tuple[int, int]
     num_warps: int
     args: tuple
+
+
+def stored_params(spec: KernelSpec) -> tuple[str, ...]:
+    """The buffers `spec`'s kernel writes, of out_ptr, residual_out_ptr, scale_out_ptr and
+    value_ptr (phase 1 of a per-tensor quant, "amax", writes its results for phase 2 to
+    scale_out_ptr, and no out)."""
+    stored = {
+        "out_ptr": spec.quant != "amax",
+        "residual_out_ptr": spec.producer == "fused_add_rms_norm",
+        "scale_out_ptr": spec.quant.split()[0] not in ("none", "static"),
+        "value_ptr": spec.keep_value,
+    }
+    return tuple(name for name, writes in stored.items() if writes)
 
 
 # The parameters of every generated norm / quant kernel, in order (kernels/norm.py).

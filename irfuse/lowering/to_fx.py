@@ -358,17 +358,21 @@ def _lower_norm(
     problem = _LAUNCH_MODE_PROBLEMS.get(graph_launch)
     if problem is None:
         problem = graph_launch_problem(spec, x, eps_value is not None, graph_launch == "symbolic")
+    lowered = None
     if problem is None:
         lowered = lower_norm_in_graph(graph, anchor, spec, inputs, float(eps), indices)  # type: ignore[arg-type]
-        if not isinstance(lowered, str):
-            return lowered[1], "launched by Inductor's wrapper"
-        problem = lowered
-    args = (*inputs, float(eps), spec.encode(), node_of(eps_value))
-    nodes = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)
+        if isinstance(lowered, str):
+            problem, lowered = lowered, None
+    if lowered is not None:
+        results, launch = lowered[1], "launched by Inductor's wrapper"
+    else:
+        args = (*inputs, float(eps), spec.encode(), node_of(eps_value))
+        results = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)[1:]
+        launch = f"torch.ops.irfuse.kernel_norm ({problem})"
     if op.scale_out is not None and spec.quant == "per_tensor":
-        at = 1 + indices.index(2)
-        nodes[at] = _viewed_as(graph, nodes[at], op.scale_out.type.get_shape())
-    return nodes[1:], f"torch.ops.irfuse.kernel_norm ({problem})"
+        at = indices.index(2)
+        results[at] = _viewed_as(graph, results[at], op.scale_out.type.get_shape())
+    return results, launch
 
 
 def _viewed_as(graph: fx.Graph, node: fx.Node, shape: tuple[int, ...]) -> fx.Node:

@@ -19,7 +19,6 @@ all of them agree but for the grid's rows (a static fp8 or unquantized norm at h
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -27,31 +26,35 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import triton
-from torch._higher_order_ops.triton_kernel_wrap import (
-    kernel_side_table,
-    triton_kernel_wrapper_functional,
-)
 from torch.fx.experimental.symbolic_shapes import statically_known_true
-from torch.multiprocessing.reductions import StorageWeakRef
 
+from irfuse.kernels.quant import AMAX_ROW_SLOTS
+from irfuse.lowering.graph_launch import (
+    COPIED,
+    KernelLaunch,
+    insert_kernel_call,
+    insert_launches,
+    same_start,
+)
 from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import (
     KERNEL_PARAMS,
     MANY_ROWS,
     NORM_ROW_TILES,
+    NUM_STAGES,
     ROW_TILES,
     TWO_PASS_MIN_ROWS,
     NormLaunch,
     allocate_outputs,
     compiled_kernel,
+    per_tensor_launches,
     single_launch,
+    stored_params,
 )
 from irfuse.ops.quant import nvfp4_scales_padded
 
 INPUT_PARAMS = ("x_ptr", "residual_ptr", "weight_ptr", "scale_ptr")
 OUTPUT_PARAMS = ("out_ptr", "residual_out_ptr", "scale_out_ptr", "value_ptr")  # kernel_norm's
-COPIED = "it reads an input through a copy"
 ROWS = "rows"  # a buffer dimension that is the token count
 
 
@@ -77,23 +80,16 @@ def graph_launch_problem(
         return "its eps is read at run time"
     if x.device.type != "cuda":
         return "its tensors are not on the GPU"
-    if spec.quant == "per_tensor":
-        return "a per-tensor quant launches two kernels"
     if not isinstance(x.shape[-1], int):
         return "its hidden size is symbolic"
     static = all(isinstance(size, int) for size in x.shape)
+    if spec.quant == "per_tensor" and not static:
+        return "its token count is symbolic (a per-tensor quant's launches need static shapes)"
     if not static and not symbolic_rows:
         return "its token count is symbolic; graph_launch='symbolic' may launch it from the wrapper"
     if static and x.numel() == 0:
         return "it has no rows"
     return None
-
-
-@functools.cache
-def _user_kernel(spec: KernelSpec, num_warps: int) -> Any:
-    """`spec`'s kernel with its warps, the way Inductor takes launch options: one config."""
-    config = triton.Config({}, num_warps=num_warps)
-    return triton.autotune(configs=[config], key=[])(compiled_kernel(spec))
 
 
 @dataclass(frozen=True)
@@ -191,6 +187,8 @@ def lower_norm_in_graph(
     the kernel would read an input through a copy (kernel_norm makes it at run time),
     or its launch depends on a symbolic token count."""
     fakes = tuple(n.meta["val"] if n is not None else None for n in inputs)
+    if spec.quant == "per_tensor":
+        return _lower_per_tensor(graph, anchor, spec, inputs, fakes, eps, indices)
     samples = _samples(spec, fakes, eps)
     if isinstance(samples, str):
         return samples
@@ -201,7 +199,7 @@ def lower_norm_in_graph(
     for name, node, fake in zip(INPUT_PARAMS, inputs, sample.inputs, strict=True):
         if node is None:
             tensor_args[name] = inputs[0]  # never read (the kernel has no use for it)
-        elif not _same_memory(sample.arg(name), fake):
+        elif not same_start(sample.arg(name), fake) or sample.arg(name).dtype != fake.dtype:
             return COPIED
         else:
             tensor_args[name] = node
@@ -244,22 +242,12 @@ def lower_norm_in_graph(
         else:
             make = torch.ops.aten.empty_strided.default
             tensor_args[name] = insert(make, (sizes, strides), kwargs, fake)
-    constants = {n: v for n, v in zip(KERNEL_PARAMS, sample.launch.args, strict=True)
-                 if not isinstance(v, torch.Tensor)}  # fmt: skip
-    hop_kwargs = {
-        "kernel_idx": kernel_side_table.add_kernel(
-            _user_kernel(sample.spec, sample.launch.num_warps)
-        ),
-        "constant_args_idx": kernel_side_table.add_constant_args(constants),
-        "grid": [(rows, sample.launch.grid[1], 1)],
-        "tma_descriptor_metadata": {},
-        "kwargs": tensor_args,
-        "tensors_to_clone": written,
+    args = {
+        n: tensor_args.get(n, v) for n, v in zip(KERNEL_PARAMS, sample.launch.args, strict=True)
     }
-    results = {name: tensor_args[name].meta["val"].clone() for name in written}
-    call = insert(triton_kernel_wrapper_functional, (), hop_kwargs, results)
-    # Inductor gives the kernel its tensors with these exact strides (constant arguments)
-    call.meta["eager_input_vals"] = ((), fx.node.map_arg(call.kwargs, lambda n: n.meta["val"]))
+    call = insert_kernel_call(insert, compiled_kernel(sample.spec), (rows, sample.launch.grid[1]),
+                              sample.launch.num_warps, NUM_STAGES, args, written)  # fmt: skip
+    results = call.meta["val"]
     ends = []
     for index in indices:
         name, want = OUTPUT_PARAMS[index], outputs[index]
@@ -278,19 +266,42 @@ def lower_norm_in_graph(
     return nodes, ends
 
 
+def _lower_per_tensor(
+    graph: fx.Graph,
+    anchor: fx.Node,
+    spec: KernelSpec,
+    inputs: tuple,
+    fakes: tuple,
+    eps: float,
+    indices: list[int],
+) -> tuple[list[fx.Node], list[fx.Node]] | str:
+    """lower_norm_in_graph for a per-tensor quant at static shapes: its two launches
+    (runtime.per_tensor_launches), phase 1's results for phase 2 in a buffer of the graph,
+    zero-filled where phase 1 takes an atomic max into it."""
+    x, residual, weight = fakes[:3]
+    outputs = allocate_outputs(spec, x, residual is not None)
+    launches = []
+    for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, eps):
+        atomic = launched.quant == "amax" and launch.grid[0] > AMAX_ROW_SLOTS
+        launches.append(
+            KernelLaunch.of(
+                compiled_kernel(launched),
+                launch.grid,
+                launch.args,
+                {},
+                launch.num_warps,
+                NUM_STAGES,
+                stored_params(launched),
+                ["scale_out_ptr"] * atomic,
+            )  # fmt: skip
+        )
+    present = [n for n in inputs if n is not None]
+    return insert_launches(graph, anchor, launches, present, [outputs[i] for i in indices])
+
+
 def _size(insert: Any, node: fx.Node, fake: torch.Tensor, dim: int) -> Any:
     """Dim `dim` of `node`: its size, or a sym_size node where it is symbolic."""
     size = fake.shape[dim]
     if isinstance(size, int):
         return size
     return insert(torch.ops.aten.sym_size.int, (node, dim), {}, size)
-
-
-def _same_memory(arg: torch.Tensor, fake: torch.Tensor) -> bool:
-    """Whether the kernel argument `arg` starts where `fake` does, with its dtype (it is
-    `fake` or a view of it, not a copy)."""
-    return (
-        StorageWeakRef(arg.untyped_storage()) == StorageWeakRef(fake.untyped_storage())
-        and arg.storage_offset() == fake.storage_offset()
-        and arg.dtype == fake.dtype
-    )
