@@ -10,10 +10,11 @@ wrapper, dynamo's guards. Blocks: add + HF RMSNorm (module eps) + static fp8 at 
 tokens, hidden 4096, compiled static, with `dynamic=True` (which makes the module's eps
 and the hidden size symbolic too), with `reduce-overhead`, and with only the token count
 marked dynamic (as a recompile's automatic dynamic shapes make it; irfuse also with
-`graph_launch="symbolic"`); add + `F.rms_norm` + dynamic per-tensor fp8 (two kernels),
+`graph_launch="all"`); add + `F.rms_norm` + dynamic per-tensor fp8 (two kernels),
 compiled static; and the norm through `torch.ops.irfuse.kernel_norm` alone.
 Also a decode step's attention + static fp8 (one query token per sequence, GQA), by
-Inductor (SDPA and its quant) and by irfuse with the fused kernel forced.
+Inductor (SDPA and its quant) and by irfuse with the fused kernel forced, launched through
+`kernel_attention` (the default) or from Inductor's wrapper (`graph_launch="all"`).
 On a CPU machine (with TRITON_INTERPRET=1) it runs the interpreter at hidden 64: a smoke
 run whose numbers mean nothing, and it appends no table.
 """
@@ -81,7 +82,7 @@ def main() -> None:
     weight = block.norm.weight.detach()
     static, dynamic = {"dynamic": False}, {"dynamic": True}
     graphs = {"dynamic": False, "mode": "reduce-overhead"}
-    symbolic = {"options": {"graph_launch": "symbolic"}}
+    all_launches = {"options": {"graph_launch": "all"}}
     x_marked = x.clone()  # its token count marked dynamic (dim 0 only, unlike dynamic=True)
     torch._dynamo.mark_dynamic(x_marked, 0)
     candidates = [  # (label, backend, compile kwargs, x)
@@ -93,18 +94,21 @@ def main() -> None:
         ("irfuse, reduce-overhead", "irfuse", graphs, x),
         ("inductor, token count marked dynamic", "inductor", {}, x_marked),
         ("irfuse, token count marked dynamic", "irfuse", {}, x_marked),
-        ("irfuse, token count marked dynamic, graph_launch=symbolic", "irfuse", symbolic, x_marked),
+        ("irfuse, token count marked dynamic, graph_launch=all", "irfuse", all_launches, x_marked),
     ]
     for label, backend, kwargs, x_in in candidates:
         if "mode" in kwargs and not CUDA:
             continue
         compiled = torch.compile(block, backend=backend, **kwargs)
         fns[label] = lambda c=compiled, x_in=x_in: c(x_in, x_in, scale)
-    for label, backend in (("inductor", "inductor"), ("irfuse", "irfuse")):
-        compiled = torch.compile(_add_norm_per_tensor_quant, backend=backend, dynamic=False)
-        fns[f"{label}, add + rms_norm + per-tensor fp8 (two kernels), static"] = lambda c=compiled: (
-            c(x, x, weight)
-        )
+    per_tensor = "add + rms_norm + per-tensor fp8 (two kernels), static"
+    for label, backend, options in (
+        ("inductor", "inductor", None),
+        ("irfuse", "irfuse", None),
+        ("irfuse, graph_launch=all", "irfuse", {"graph_launch": "all"}),
+    ):
+        compiled = torch.compile(_add_norm_per_tensor_quant, backend=backend, options=options)
+        fns[f"{label}, {per_tensor}"] = lambda c=compiled: c(x, x, weight)
     fns["torch.ops.irfuse.kernel_norm alone"] = lambda: torch.ops.irfuse.kernel_norm(
         x, x, weight, scale, 1e-6, KERNEL
     )
@@ -149,9 +153,11 @@ def _attention_candidates(batch: int) -> dict[str, Callable[[], object]]:
     v = torch.randn_like(k)
     scale = torch.tensor([0.05], device=DEVICE)
     candidates = {}
+    fused = {"attention": "irfuse"}
     for label, backend, options in (
         ("inductor, decode attention + quant", "inductor", None),
-        ("irfuse, decode attention + quant (fused)", "irfuse", {"attention": "irfuse"}),
+        ("irfuse, decode attention + quant (fused)", "irfuse", fused),
+        ("irfuse, ... (fused), graph_launch=all", "irfuse", {**fused, "graph_launch": "all"}),
     ):
         compiled = torch.compile(_decode_attention_quant, backend=backend, options=options)
         candidates[label] = lambda c=compiled: c(q, k, v, scale)

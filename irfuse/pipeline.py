@@ -22,10 +22,11 @@ from irfuse.version import __version__
 
 INNER_COMPILERS = ("inductor", "eager")
 ATTENTION_MODES = ("auto", "irfuse", "sdpa")
-# How Inductor launches a fused norm kernel (README, "How fused kernels launch"): from its
-# wrapper where shapes are static | also with a symbolic token count where the launch is
-# the same at every count (not yet run on a GPU) | always through kernel_norm.
-GRAPH_LAUNCH_MODES = ("static", "symbolic", "off")
+# How Inductor launches a fused kernel (README, "How fused kernels launch"): a norm kernel
+# of one launch from its wrapper where shapes are static | also at a symbolic token count,
+# a per-tensor quant's two launches and the decode attention (not yet run on a GPU) |
+# always through the runtime ops.
+GRAPH_LAUNCH_MODES = ("static", "all", "off")
 
 
 @dataclass(frozen=True)

@@ -148,15 +148,24 @@ def _decode_step(epilogue: str):
     return step
 
 
-def test_a_decode_step_through_the_whole_pass(monkeypatch):
+@pytest.mark.parametrize(
+    "graph_launch,how",
+    [
+        ("all", GRAPH_LAUNCH),
+        ("static", "kernel_attention (graph_launch='all' may launch its kernels from the wrapper)"),
+    ],
+)
+def test_a_decode_step_through_the_whole_pass(monkeypatch, graph_launch, how):
     """The pass on a decode step's attention + per-token quant, forced to the fused
-    kernel, with the device check lifted: the launches go into the graph, which, run
-    eagerly, gives kernel_attention's bits."""
+    kernel, with the device check lifted: with graph_launch="all" the launches go into the
+    graph (by default, not yet: kernel_attention), which, run eagerly, gives
+    kernel_attention's bits."""
     monkeypatch.setattr(to_fx, "attention_graph_problem", lambda q, k, v: None)
     reports = []
 
     def compiler(gm: fx.GraphModule, _):
-        reports.append(transform_graph(gm.graph, Options(attention="irfuse")))
+        options = Options(attention="irfuse", graph_launch=graph_launch)
+        reports.append(transform_graph(gm.graph, options))
         gm.recompile()
         return make_boxed_func(gm.forward)
 
@@ -165,7 +174,9 @@ def test_a_decode_step_through_the_whole_pass(monkeypatch):
     compiled = torch.compile(_decode_step("per_token"), backend=aot_autograd(fw_compiler=compiler))
     with torch.no_grad():
         got, scales_got = compiled(q, k, v, scale)
-    assert reports[0].launches == [f"irfuse_attention_per_token_fp8: {GRAPH_LAUNCH}"], reports
+    assert len(reports[0].launches) == 1, reports
+    assert reports[0].launches[0].startswith("irfuse_attention_per_token_fp8: "), reports
+    assert reports[0].launches[0].endswith(how), reports
     out, _, scales = kernel_attention(q, k, v, scale, 32**-0.5, "none", "bs_hd", False, "per_token")
     assert torch.equal(_bits(got).flatten(), _bits(out).flatten())
     assert torch.equal(scales_got.flatten(), scales.flatten())
@@ -179,7 +190,7 @@ def test_gpu_inductor_launches_the_decode_from_its_wrapper(epilogue):
     kernel_attention is not, and the outputs are kernel_attention's bits."""
     q, k, v, scale, _, _ = _inputs(epilogue, None, b=4, hq=32, hkv=8, skv=1000, d=128)
     torch._dynamo.reset()
-    options = {"attention": "irfuse"}
+    options = {"attention": "irfuse", "graph_launch": "all"}
     compiled = torch.compile(_decode_step(epilogue), backend="irfuse", options=options)
     with capture_reports() as reports, torch._inductor.config.patch(fx_graph_cache=False):
         got, (code, *_) = run_and_get_code(compiled, q, k, v, scale)

@@ -204,14 +204,15 @@ def test_launches_the_graph_cannot_make_are_named():
     cuda = FakeTensor(mode, torch.empty(4, 64, device="meta"), torch.device("cuda"))
     spec = KernelSpec.decode("rms_norm/plain/model/per_token")
 
-    def problem(spec=spec, x=cuda, eps_input=False, symbolic_rows=False):
-        return graph_launch_problem(spec, x, eps_input, symbolic_rows)
+    def problem(spec=spec, x=cuda, eps_input=False, all_launches=False):
+        return graph_launch_problem(spec, x, eps_input, all_launches)
 
     assert problem() is None
     assert problem(x=mode.from_tensor(torch.empty(4, 64))) == "its tensors are not on the GPU"
     assert problem(eps_input=True) == "its eps is read at run time"
     per_tensor = KernelSpec.decode("rms_norm/plain/model/per_tensor")
-    assert problem(spec=per_tensor) is None
+    assert "launches two kernels; graph_launch='all'" in problem(spec=per_tensor)
+    assert problem(spec=per_tensor, all_launches=True) is None
     empty = FakeTensor(mode, torch.empty(0, 64, device="meta"), torch.device("cuda"))
     assert problem(x=empty) == "it has no rows"
     context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
@@ -220,7 +221,7 @@ def test_launches_the_graph_cannot_make_are_named():
     with mode:
         symbolic = FakeTensor(mode, torch.empty(shape, device="meta"), torch.device("cuda"))
     assert "token count is symbolic" in problem(x=symbolic)
-    assert problem(x=symbolic, symbolic_rows=True) is None
+    assert problem(x=symbolic, all_launches=True) is None
     assert "per-tensor quant's launches need static shapes" in problem(per_tensor, symbolic, False,
                                                                        True)  # fmt: skip
 
@@ -263,7 +264,8 @@ def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t, h):
         s = (448 * 6 / ref.rms_norm(x, w, 1e-6).float().abs().amax()).reshape(1)
     fn = _norm_chain(scheme)
     torch._dynamo.reset()
-    compiled = torch.compile(fn, backend="irfuse")
+    options = {"graph_launch": "all"} if scheme == "per_tensor" else {}  # (two launches)
+    compiled = torch.compile(fn, backend="irfuse", options=options)
     with capture_reports() as reports, torch._inductor.config.patch(fx_graph_cache=False):
         (q, scales), (code,) = run_and_get_code(compiled, x, w, s)
     assert reports[0].launches and all(GRAPH_LAUNCH in r for r in reports[0].launches), str(
@@ -311,15 +313,15 @@ def test_gpu_add_norm_quant_block_launches_from_the_wrapper(mode):
 @pytest.mark.parametrize(
     "scheme,graph_launch,how",
     [
-        ("static", "symbolic", GRAPH_LAUNCH),
+        ("static", "all", GRAPH_LAUNCH),
         ("static", "static", "its token count is symbolic"),
-        ("per_token", "symbolic", "its launch depends on the token count"),
+        ("per_token", "all", "its launch depends on the token count"),
     ],
 )
 def test_gpu_a_symbolic_token_count(scheme, graph_launch, how):
     """A token count marked dynamic (as a recompile's automatic dynamic shapes make it;
     `dynamic=True` makes the hidden size symbolic too) gives one graph for every count.
-    With graph_launch="symbolic" a static fp8 norm at hidden 4096, which launches alike
+    With graph_launch="all" a static fp8 norm at hidden 4096, which launches alike
     at every count, launches from the wrapper; a per-token quant's warps change at 1024
     rows, so kernel_norm picks its launch per call, as it does for every symbolic count
     by default. All give kernel_norm's results to the bit."""
@@ -392,16 +394,16 @@ def _graph_launch_backend(graph_launch: str, reports: list):
     return aot_autograd(fw_compiler=compiler)
 
 
-def _on_any_device(spec, x, eps_input, symbolic_rows):
+def _on_any_device(spec, x, eps_input, all_launches):
     real = FakeTensor(x.fake_mode, torch.empty(x.shape, device="meta"), torch.device("cuda"))
-    return graph_launch_problem(spec, real, eps_input, symbolic_rows)
+    return graph_launch_problem(spec, real, eps_input, all_launches)
 
 
 @pytest.mark.parametrize(
     "graph_launch,recompiled",
     [
         ("static", "torch.ops.irfuse.kernel_norm (its token count is symbolic"),
-        ("symbolic", GRAPH_LAUNCH),
+        ("all", GRAPH_LAUNCH),
     ],
 )
 def test_a_decoder_block_with_its_norms_launched_in_the_graph(
@@ -410,7 +412,7 @@ def test_a_decoder_block_with_its_norms_launched_in_the_graph(
     """The whole pass on a decoder block (two add + norm + fp8 chains, the attention
     between) writes its norms as graph launches; run eagerly, it matches eager. A second
     sequence length recompiles with the length symbolic (torch.compile's automatic
-    dynamic shapes): by default those norms go through kernel_norm, with "symbolic" they
+    dynamic shapes): by default those norms go through kernel_norm, with "all" they
     stay graph launches (their rows: the batch times the symbolic length)."""
     monkeypatch.setattr(to_fx, "graph_launch_problem", _on_any_device)
     torch.manual_seed(0)

@@ -87,10 +87,13 @@ def _calls_irfuse_op(node: fx.Node) -> bool:
 
 
 def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str) -> list[str]:
-    """Rewrite the graph; returns how each norm kernel launches. With `graph_launch`
-    "static" or "symbolic" (Options.graph_launch, where Inductor compiles the graph; else
-    "off", or "eager") a norm kernel whose launch is known at compile time is launched
-    from Inductor's wrapper (user_kernels.py), else through kernel_norm."""
+    """Rewrite the graph; returns how each kernel launches. With `graph_launch` "static"
+    or "all" (Options.graph_launch, where Inductor compiles the graph; else "off", or
+    "eager") a kernel whose launches are known at compile time is launched from
+    Inductor's wrapper (user_kernels.py, graph_launch.py), else through its runtime op:
+    with "static", a norm kernel of one launch at static shapes; with "all" (not yet run
+    on a GPU) also at a symbolic token count, a per-tensor quant's two launches and the
+    decode attention."""
     graph = imported.graph
     launches: list[str] = []
     rank = {node: i for i, node in enumerate(graph.nodes)}
@@ -265,6 +268,8 @@ def _lower_attention(
     indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
     q, k, v = (n.meta["val"] for n in args[:3])  # type: ignore[union-attr]
     problem = _LAUNCH_MODE_PROBLEMS.get(graph_launch) or attention_graph_problem(q, k, v)
+    if problem is None and graph_launch != "all":
+        problem = "graph_launch='all' may launch its kernels from the wrapper"
     if problem is None:
         lowered = lower_attention_in_graph(graph, anchor, args, indices)
         if not isinstance(lowered, str):
@@ -357,7 +362,7 @@ def _lower_norm(
     x = inputs[0].meta["val"]  # type: ignore[union-attr]
     problem = _LAUNCH_MODE_PROBLEMS.get(graph_launch)
     if problem is None:
-        problem = graph_launch_problem(spec, x, eps_value is not None, graph_launch == "symbolic")
+        problem = graph_launch_problem(spec, x, eps_value is not None, graph_launch == "all")
     lowered = None
     if problem is None:
         lowered = lower_norm_in_graph(graph, anchor, spec, inputs, float(eps), indices)  # type: ignore[arg-type]

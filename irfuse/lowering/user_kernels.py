@@ -70,12 +70,13 @@ SAMPLE_ROWS = _sample_rows()
 
 
 def graph_launch_problem(
-    spec: KernelSpec, x: torch.Tensor, eps_input: bool, symbolic_rows: bool
+    spec: KernelSpec, x: torch.Tensor, eps_input: bool, all_launches: bool
 ) -> str | None:
     """Why `spec` over the fake `x` launches through kernel_norm, as far as its kind and
     `x` tell (None if Inductor's wrapper may launch it; lower_norm_in_graph may still
     find the launch depends on the token count, or reads a copy). A symbolic token count
-    is taken only with `symbolic_rows` (graph_launch="symbolic", not yet run on a GPU)."""
+    and a per-tensor quant's two launches are taken only with `all_launches`
+    (graph_launch="all", not yet run on a GPU)."""
     if eps_input:
         return "its eps is read at run time"
     if x.device.type != "cuda":
@@ -83,10 +84,12 @@ def graph_launch_problem(
     if not isinstance(x.shape[-1], int):
         return "its hidden size is symbolic"
     static = all(isinstance(size, int) for size in x.shape)
+    if spec.quant == "per_tensor" and not all_launches:
+        return "a per-tensor quant launches two kernels; graph_launch='all' may launch them"
     if spec.quant == "per_tensor" and not static:
         return "its token count is symbolic (a per-tensor quant's launches need static shapes)"
-    if not static and not symbolic_rows:
-        return "its token count is symbolic; graph_launch='symbolic' may launch it from the wrapper"
+    if not static and not all_launches:
+        return "its token count is symbolic; graph_launch='all' may launch it from the wrapper"
     if static and x.numel() == 0:
         return "it has no rows"
     return None
