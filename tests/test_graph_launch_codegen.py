@@ -1,0 +1,100 @@
+"""Inductor's generated wrapper launches the fused kernels as their runtime ops would.
+
+The wrapper is generated on the CPU (tests/inductor_wrapper.py, in a process of its own:
+Triton must not run in its interpreter there), with graph_launch="all": a decode step's
+attention + static fp8 (split-KV slices, then the combine), rms_norm + dynamic per-tensor
+fp8 over 600 rows (the amax into zero-filled atomic slots, then the quant) and rms_norm +
+static fp8 over a token count marked dynamic. Each kernel call of the wrapper is checked
+against the launches the runtime op computes for the same inputs: the kernels in order,
+their arguments other than tensors, grids, and the buffers passed from one to the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WRAPPER_SCRIPT = Path(__file__).parent / "inductor_wrapper.py"
+CALL = re.compile(r"^\s+(\w+)_\d+\.run\((.*), stream=\w+\)$", re.M)
+# (case, [(index of a tensor argument of the first kernel, index in the second)]): the
+# buffers the first kernel writes that the second reads
+HANDED_ON = {
+    "decode attention": [(5, 0), (6, 1)],  # part, part_state
+    "per-tensor": [(6, 3), (4, 4)],  # the amax slots read as the scale; the output
+}
+
+
+@pytest.fixture(scope="module")
+def wrappers(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("wrapper")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env |= {"TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor"), "IRFUSE_CACHE_DIR": str(tmp)}
+    run = subprocess.run([sys.executable, str(WRAPPER_SCRIPT)], env=env, capture_output=True,
+                         text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout)
+
+
+def _calls(code: str) -> list[tuple[str, list[str]]]:
+    """(kernel, arguments) of each kernel call of the wrapper, in order."""
+    return [(name, _split(args)) for name, args in CALL.findall(code)]
+
+
+def _split(args: str) -> list[str]:
+    """Arguments separated by the commas outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(args):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(args[start:i].strip())
+            start = i + 1
+    return [*parts, args[start:].strip()]
+
+
+def _is_tensor(arg: str) -> bool:
+    return re.match(r"(arg|buf)\d+_?\d*$|reinterpret_tensor\(", arg) is not None
+
+
+@pytest.mark.parametrize("case", ["decode attention", "per-tensor"])
+def test_the_wrapper_launches_what_the_runtime_op_computes(wrappers, case):
+    code, launches = wrappers[case]["code"], wrappers[case]["launches"]
+    assert "kernel_attention" not in code and "kernel_norm" not in code
+    calls = _calls(code)
+    assert [name for name, _ in calls] == [launch["kernel"] for launch in launches], code
+    for (_, args), launch in zip(calls, launches, strict=True):
+        *kernel_args, grid_x, grid_y, grid_z = args  # the grid follows the kernel's arguments
+        grid = [*launch["grid"], *[1] * (3 - len(launch["grid"]))]
+        assert [int(g) for g in (grid_x, grid_y, grid_z)] == grid
+        scalars = [float(arg) for arg in kernel_args if not _is_tensor(arg)]
+        assert scalars == [float(value) for value in launch["scalars"]], (launch, kernel_args)
+    (_, first), (_, second) = calls
+    for written, read in HANDED_ON[case]:
+        assert _is_tensor(first[written]) and first[written] == second[read], (first, second)
+
+
+def test_the_per_tensor_amax_slots_are_zeroed_before_the_first_kernel(wrappers):
+    code = wrappers["per-tensor"]["code"]
+    (_, first), _ = _calls(code)
+    slots = first[6]  # 512 slots, then a row's rstd each: 1112 fp32
+    allocation = re.search(
+        rf"{slots} = empty_strided_\w+\(\(1112, \), \(1, \), torch.float32", code
+    )
+    assert allocation is not None, code
+    fill = code.index(f"({slots})")  # the fill kernel Inductor makes of `full(0)`
+    assert allocation.end() < fill < code.index("irfuse_rms_norm_amax_0.run("), code
+
+
+def test_a_symbolic_token_count_sizes_the_grid_and_the_output(wrappers):
+    code = wrappers["symbolic rows"]["code"]
+    ((name, args),) = _calls(code)
+    assert name == "irfuse_rms_norm_static_fp8"
+    rows = args[-3]  # the grid's x: the token count's symbol
+    assert re.fullmatch(r"s\d+", rows), args
+    output = rf"empty_strided_\w+\(\({rows}, 256\), \(256, 1\), torch.float8_e4m3fn\)"
+    assert re.search(output, code), code
