@@ -39,6 +39,22 @@ COPIED = "it reads an input through a copy"
 Insert = Callable[[Any, tuple, dict, Any], fx.Node]
 
 
+class NodeInserter:
+    """Inserts call_function nodes one after the other after `anchor`, each with its fake
+    value: `insert(target, args, kwargs, val)`; `nodes` are those inserted, in order."""
+
+    def __init__(self, graph: fx.Graph, anchor: fx.Node) -> None:
+        self.graph, self.anchor = graph, anchor
+        self.nodes: list[fx.Node] = []
+
+    def __call__(self, target: Any, node_args: tuple, kwargs: dict, val: Any) -> fx.Node:
+        with self.graph.inserting_after(self.nodes[-1] if self.nodes else self.anchor):
+            node = self.graph.call_function(target, node_args, kwargs)
+        node.meta["val"] = val
+        self.nodes.append(node)
+        return node
+
+
 @dataclass(frozen=True)
 class KernelLaunch:
     """One launch of a generated Triton kernel: its grid, every parameter by name
@@ -130,15 +146,7 @@ def insert_launches(
     nodes in order, a node for each of `results`, the op's outputs among those buffers,
     or empty), or why they cannot be written into the graph (an input read through a
     copy: the runtime op makes it at run time)."""
-    nodes: list[fx.Node] = []
-
-    def insert(target: Any, node_args: tuple, kwargs: dict, val: Any) -> fx.Node:
-        with graph.inserting_after(nodes[-1] if nodes else anchor):
-            node = graph.call_function(target, node_args, kwargs)
-        node.meta["val"] = val
-        nodes.append(node)
-        return node
-
+    insert = NodeInserter(graph, anchor)
     input_storages = {StorageWeakRef(n.meta["val"].untyped_storage()) for n in inputs}
     buffers: dict[StorageWeakRef, fx.Node] = {}  # the latest contents of each buffer
     for launch in launches:
@@ -183,7 +191,7 @@ def insert_launches(
             view = (list(result.shape), list(result.stride()), result.storage_offset())
             node = insert(torch.ops.aten.as_strided.default, (node, *view), {}, result)
         ends.append(node)
-    return nodes, ends
+    return insert.nodes, ends
 
 
 def _allocate(insert: Insert, value: torch.Tensor, zeroed: bool) -> fx.Node:

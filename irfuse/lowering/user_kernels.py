@@ -32,6 +32,7 @@ from irfuse.kernels.quant import AMAX_ROW_SLOTS
 from irfuse.lowering.graph_launch import (
     COPIED,
     KernelLaunch,
+    NodeInserter,
     insert_kernel_call,
     insert_launches,
     same_start,
@@ -213,15 +214,7 @@ def lower_norm_in_graph(
     if any(layout is None for layout in layouts.values()):
         return "its launch depends on the token count"
 
-    nodes: list[fx.Node] = []
-
-    def insert(target: Any, node_args: tuple, kwargs: dict, val: Any) -> fx.Node:
-        with graph.inserting_after(nodes[-1] if nodes else anchor):
-            node = graph.call_function(target, node_args, kwargs)
-        node.meta["val"] = val
-        nodes.append(node)
-        return node
-
+    insert = NodeInserter(graph, anchor)
     lead = [_size(insert, inputs[0], x, dim) for dim in range(x.dim() - 1)]
     rows, rows_val = (lead[0], x.shape[0]) if lead else (1, 1)  # a size, or a node for it
     for dim, size in enumerate(lead[1:], start=1):
@@ -266,7 +259,7 @@ def lower_norm_in_graph(
         if want.dim() != 2:  # rows -> x's leading dims
             end = insert(torch.ops.aten.view.default, (end, [*lead, want.shape[-1]]), {}, want)
         ends.append(end)
-    return nodes, ends
+    return insert.nodes, ends
 
 
 def _lower_per_tensor(
