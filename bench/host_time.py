@@ -91,6 +91,7 @@ def main() -> None:
         ("inductor, reduce-overhead", "inductor", graphs, x),
         ("irfuse, static", "irfuse", static, x),
         ("irfuse, dynamic=True", "irfuse", dynamic, x),
+        ("irfuse, dynamic=True, graph_launch=all", "irfuse", {**dynamic, **all_launches}, x),
         ("irfuse, reduce-overhead", "irfuse", graphs, x),
         ("inductor, token count marked dynamic", "inductor", {}, x_marked),
         ("irfuse, token count marked dynamic", "irfuse", {}, x_marked),

@@ -31,6 +31,7 @@ from torch._inductor.graph import GraphLowering  # noqa: E402
 from torch._subclasses.fake_tensor import FakeTensor  # noqa: E402
 
 from irfuse.lowering import attention, runtime, to_fx, user_kernels  # noqa: E402
+from tests import models  # noqa: E402
 
 
 def _lift_gpu_checks() -> None:
@@ -75,16 +76,17 @@ def _norm_per_tensor(x, w):
     return torch.ops.irfuse.per_tensor_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6))
 
 
-def _wrapper(fn, *args) -> str:
+def _wrapper(fn, *args, dynamic: bool | None = None) -> str:
     """The wrapper Inductor generates for `fn` on `args` (its call fails at the first
     kernel, which was never compiled)."""
     torch._dynamo.reset()
     options = {"graph_launch": "all", "attention": "irfuse"}
-    compiled = torch.compile(fn, backend="irfuse", options=options)
+    compiled = torch.compile(fn, backend="irfuse", options=options, dynamic=dynamic)
     codes: list[str] = []
     with mock.patch.object(GraphLowering, "save_output_code", codes.append):
         try:
-            compiled(*args)
+            with torch.no_grad():
+                compiled(*args)
         except IndexError:
             pass
     return codes[0]
@@ -130,6 +132,7 @@ def main() -> None:
         "decode attention": (_wrapper(_decode_step, q, k, v, s), _expected_decode(q, k, v, s)),
         "per-tensor": (_wrapper(_norm_per_tensor, x, w), _expected_per_tensor(x, w)),
         "symbolic rows": (_wrapper(_norm_static_fp8, marked, w, s), []),
+        "dynamic=True": (_wrapper(models.AddNormQuant(256).to(bf16), x, x, s, dynamic=True), []),
     }
     print(json.dumps({name: {"code": code, "launches": launches}
                       for name, (code, launches) in cases.items()}))  # fmt: skip

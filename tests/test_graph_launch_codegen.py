@@ -4,7 +4,8 @@ The wrapper is generated on the CPU (tests/inductor_wrapper.py, in a process of 
 Triton must not run in its interpreter there), with graph_launch="all": a decode step's
 attention + static fp8 (split-KV slices, then the combine), rms_norm + dynamic per-tensor
 fp8 over 600 rows (the amax into zero-filled atomic slots, then the quant) and rms_norm +
-static fp8 over a token count marked dynamic. Each kernel call of the wrapper is checked
+static fp8 over a token count marked dynamic, HF's RMSNorm module under `dynamic=True`
+(its eps an input). Each kernel call of the wrapper is checked
 against the launches the runtime op computes for the same inputs: the kernels in order,
 their arguments other than tensors, grids, and the buffers passed from one to the next.
 """
@@ -88,6 +89,19 @@ def test_the_per_tensor_amax_slots_are_zeroed_before_the_first_kernel(wrappers):
     assert allocation is not None, code
     fill = code.index(f"({slots})")  # the fill kernel Inductor makes of `full(0)`
     assert allocation.end() < fill < code.index("irfuse_rms_norm_amax_0.run("), code
+
+
+def test_dynamic_true_reads_the_module_eps_in_the_wrapper(wrappers):
+    """`dynamic=True` makes HF's module eps a 0-d CPU tensor input: the wrapper reads it
+    with `.item()` (no device sync) and passes it as the kernel's eps, beside a symbolic
+    token count."""
+    code = wrappers["dynamic=True"]["code"]
+    ((name, args),) = _calls(code)
+    assert name == "irfuse_add_rounded_rms_norm_static_fp8"
+    read = re.search(r"(\w+) = (arg\d+_1)\.item\(\)", code)
+    assert read is not None, code
+    assert args[16] == read.group(1), args  # eps, the 17th parameter (runtime.KERNEL_PARAMS)
+    assert re.fullmatch(r"s\d+", args[-3]), args  # the grid: a row per program
 
 
 def test_a_symbolic_token_count_sizes_the_grid_and_the_output(wrappers):

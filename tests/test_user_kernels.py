@@ -209,7 +209,8 @@ def test_launches_the_graph_cannot_make_are_named():
 
     assert problem() is None
     assert problem(x=mode.from_tensor(torch.empty(4, 64))) == "its tensors are not on the GPU"
-    assert problem(eps_input=True) == "its eps is read at run time"
+    assert "eps is read at run time; graph_launch='all'" in problem(eps_input=True)
+    assert problem(eps_input=True, all_launches=True) is None
     per_tensor = KernelSpec.decode("rms_norm/plain/model/per_tensor")
     assert "launches two kernels; graph_launch='all'" in problem(spec=per_tensor)
     assert problem(spec=per_tensor, all_launches=True) is None
@@ -430,3 +431,29 @@ def test_a_decoder_block_with_its_norms_launched_in_the_graph(
     first, second = ([n for n in report.launches if "rms_norm" in n] for report in reports)
     assert len(first) == 2 and all(launch.endswith(GRAPH_LAUNCH) for launch in first), first
     assert len(second) == 2 and all(recompiled in launch for launch in second), second
+
+
+def test_dynamic_true_launches_with_the_module_eps_read_at_run_time(monkeypatch):
+    """`dynamic=True` makes HF's module eps (a Python float) a graph input and the token
+    count symbolic. With graph_launch="all" the norm still launches from the graph: the
+    eps is read from its input each run (`.item()` of a CPU tensor), so a new eps takes
+    effect without a recompile, and every output is kernel_norm's with that eps, to the
+    bit; by default the norm stays with kernel_norm."""
+    monkeypatch.setattr(to_fx, "graph_launch_problem", _on_any_device)
+    block = models.AddNormQuant(64).to(BF16)
+    s = torch.tensor([0.05])
+    kernel = "fused_add_rms_norm/plain/model/static/rounded_sum"
+    for graph_launch, how in (("all", GRAPH_LAUNCH), ("static", "its eps is read at run time")):
+        reports: list = []
+        torch._dynamo.reset()
+        backend = _graph_launch_backend(graph_launch, reports)
+        compiled = torch.compile(block, backend=backend, dynamic=True)
+        with torch.no_grad():
+            for t, eps in ((5, 4.0), (12, 4.0), (12, 0.5)):  # eps large enough to show
+                block.norm.variance_epsilon = eps
+                x, r, *_ = _inputs("fused_add_rms_norm/plain/model/none", (t, 64), "r")
+                q, h = compiled(x, r, s)
+                q_ref, h_ref, _, _ = kernel_norm(x, r, block.norm.weight, s, eps, kernel)
+                assert torch.equal(h, h_ref) and torch.equal(_bits(q), _bits(q_ref)), (t, eps)
+        launches = [launch for report in reports for launch in report.launches]
+        assert len(reports) == 1 and launches and all(how in n for n in launches), launches

@@ -365,7 +365,8 @@ def _lower_norm(
         problem = graph_launch_problem(spec, x, eps_value is not None, graph_launch == "all")
     lowered = None
     if problem is None:
-        lowered = lower_norm_in_graph(graph, anchor, spec, inputs, float(eps), indices)  # type: ignore[arg-type]
+        eps_arg = node_of(eps_value) if eps_value is not None else float(eps)
+        lowered = lower_norm_in_graph(graph, anchor, spec, inputs, eps_arg, indices)  # type: ignore[arg-type]
         if isinstance(lowered, str):
             problem, lowered = lowered, None
     if lowered is not None:

@@ -35,6 +35,7 @@ from irfuse.lowering.graph_launch import (
     NodeInserter,
     insert_kernel_call,
     insert_launches,
+    read_host_scalar,
     same_start,
 )
 from irfuse.lowering.kernel_spec import KernelSpec
@@ -78,8 +79,8 @@ def graph_launch_problem(
     find the launch depends on the token count, or reads a copy). A symbolic token count
     and a per-tensor quant's two launches are taken only with `all_launches`
     (graph_launch="all", not yet run on a GPU)."""
-    if eps_input:
-        return "its eps is read at run time"
+    if eps_input and not all_launches:
+        return "its eps is read at run time; graph_launch='all' may launch it from the wrapper"
     if x.device.type != "cuda":
         return "its tensors are not on the GPU"
     if not isinstance(x.shape[-1], int):
@@ -182,17 +183,40 @@ def lower_norm_in_graph(
     anchor: fx.Node,
     spec: KernelSpec,
     inputs: tuple[fx.Node, fx.Node | None, fx.Node | None, fx.Node | None],
-    eps: float,
+    eps: float | fx.Node,
     indices: list[int],
 ) -> tuple[list[fx.Node], list[fx.Node]] | str:
     """Insert after `anchor` the launch of `spec` (which graph_launch_problem accepts) on
-    `inputs` (x, residual, weight, scale). Returns (the inserted nodes in order, the
+    `inputs` (x, residual, weight, scale) with `eps`, a constant or an input the graph
+    reads at each run (read_host_scalar). Returns (the inserted nodes in order, the
     nodes of kernel_norm's outputs `indices`), or why the launch stays with kernel_norm:
     the kernel would read an input through a copy (kernel_norm makes it at run time),
     or its launch depends on a symbolic token count."""
+    if not isinstance(eps, fx.Node):
+        return _lower_launches(graph, anchor, spec, inputs, eps, eps, indices)
+    read = read_host_scalar(graph, anchor, eps)  # first: no launch choice depends on it
+    if read is None:
+        return "its eps is read at run time"
+    lowered = _lower_launches(graph, read, spec, inputs, 0.0, read, indices)
+    if isinstance(lowered, str):
+        graph.erase_node(read)
+        return lowered
+    return [read, *lowered[0]], lowered[1]
+
+
+def _lower_launches(
+    graph: fx.Graph,
+    anchor: fx.Node,
+    spec: KernelSpec,
+    inputs: tuple[fx.Node, fx.Node | None, fx.Node | None, fx.Node | None],
+    eps: float,
+    eps_arg: float | fx.Node,
+    indices: list[int],
+) -> tuple[list[fx.Node], list[fx.Node]] | str:
+    """lower_norm_in_graph, the launches computed with `eps` and given `eps_arg`."""
     fakes = tuple(n.meta["val"] if n is not None else None for n in inputs)
     if spec.quant == "per_tensor":
-        return _lower_per_tensor(graph, anchor, spec, inputs, fakes, eps, indices)
+        return _lower_per_tensor(graph, anchor, spec, inputs, fakes, eps, eps_arg, indices)
     samples = _samples(spec, fakes, eps)
     if isinstance(samples, str):
         return samples
@@ -238,9 +262,8 @@ def lower_norm_in_graph(
         else:
             make = torch.ops.aten.empty_strided.default
             tensor_args[name] = insert(make, (sizes, strides), kwargs, fake)
-    args = {
-        n: tensor_args.get(n, v) for n, v in zip(KERNEL_PARAMS, sample.launch.args, strict=True)
-    }
+    args = dict(zip(KERNEL_PARAMS, sample.launch.args, strict=True))
+    args |= {**tensor_args, "eps": eps_arg}
     call = insert_kernel_call(insert, compiled_kernel(sample.spec), (rows, sample.launch.grid[1]),
                               sample.launch.num_warps, NUM_STAGES, args, written)  # fmt: skip
     results = call.meta["val"]
@@ -269,6 +292,7 @@ def _lower_per_tensor(
     inputs: tuple,
     fakes: tuple,
     eps: float,
+    eps_arg: float | fx.Node,
     indices: list[int],
 ) -> tuple[list[fx.Node], list[fx.Node]] | str:
     """lower_norm_in_graph for a per-tensor quant at static shapes: its two launches
@@ -279,11 +303,12 @@ def _lower_per_tensor(
     launches = []
     for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, eps):
         atomic = launched.quant == "amax" and launch.grid[0] > AMAX_ROW_SLOTS
+        args = dict(zip(KERNEL_PARAMS, launch.args, strict=True)) | {"eps": eps_arg}
         launches.append(
             KernelLaunch.of(
                 compiled_kernel(launched),
                 launch.grid,
-                launch.args,
+                list(args.values()),
                 {},
                 launch.num_warps,
                 NUM_STAGES,
