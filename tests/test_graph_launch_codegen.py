@@ -93,15 +93,16 @@ def test_the_per_tensor_amax_slots_are_zeroed_before_the_first_kernel(wrappers):
 
 def test_dynamic_true_reads_the_module_eps_in_the_wrapper(wrappers):
     """`dynamic=True` makes HF's module eps a 0-d CPU tensor input: the wrapper reads it
-    with `.item()` (no device sync) and passes it as the kernel's eps, beside a symbolic
-    token count."""
+    with `.item()` (no device sync), once for the two norms of the module, and passes it
+    as both kernels' eps, beside a symbolic token count."""
     code = wrappers["dynamic=True"]["code"]
-    ((name, args),) = _calls(code)
-    assert name == "irfuse_add_rounded_rms_norm_static_fp8"
-    read = re.search(r"(\w+) = (arg\d+_1)\.item\(\)", code)
-    assert read is not None, code
-    assert args[16] == read.group(1), args  # eps, the 17th parameter (runtime.KERNEL_PARAMS)
-    assert re.fullmatch(r"s\d+", args[-3]), args  # the grid: a row per program
+    calls = _calls(code)
+    assert [name for name, _ in calls] == ["irfuse_add_rounded_rms_norm_static_fp8"] * 2, code
+    reads = re.findall(r"(\w+) = arg\d+_1\.item\(\)", code)
+    assert len(reads) == 1, code
+    for _, args in calls:
+        assert args[16] == reads[0], args  # eps, the 17th parameter (runtime.KERNEL_PARAMS)
+        assert re.fullmatch(r"s\d+", args[-3]), args  # the grid: a row per program
 
 
 def test_a_symbolic_token_count_sizes_the_grid_and_the_output(wrappers):

@@ -131,21 +131,19 @@ def read_host_scalar(graph: fx.Graph, anchor: fx.Node, node: fx.Node) -> fx.Node
     """A node after `anchor` reading `node`, a one-element CPU tensor (a float the graph
     takes as an input: what `dynamic=True` makes of a module's eps), as a float each time
     the graph runs (Inductor's wrapper calls `.item()` on it: no device sync), to pass to
-    a kernel; its value is dynamo's SymFloat for it, or an unbacked one. None without a
-    ShapeEnv to make it."""
+    a kernel; its value is an unbacked SymFloat (Inductor merges the reads of one input
+    into one). None without a ShapeEnv to make it."""
     fake = node.meta["val"]
     shape_env = getattr(fake.fake_mode, "shape_env", None)
     if shape_env is None:
         return None
     with graph.inserting_after(anchor):
         item = graph.call_function(torch.ops.aten._local_scalar_dense.default, (node,))
-    value = fake.item_memo  # dynamo's SymFloat for a float it made an input, if it kept it
-    if value is None:
-        value = shape_env.create_unbacked_symfloat()
-        # Inductor propagates fake values again through the nodes a pass added: `.item()`
-        # of a fake tensor gives its memo (else it raises: dynamo captured no scalars)
-        fake.item_memo = value
-        item.meta["unbacked_bindings"] = compute_unbacked_bindings(shape_env, value)
+    value = shape_env.create_unbacked_symfloat()
+    # Inductor propagates fake values again through the nodes a pass added: `.item()`
+    # of a fake tensor gives its memo (else it raises: dynamo captured no scalars)
+    fake.item_memo = value
+    item.meta["unbacked_bindings"] = compute_unbacked_bindings(shape_env, value)
     item.meta["val"] = value
     return item
 
