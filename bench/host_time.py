@@ -155,10 +155,11 @@ def _attention_candidates(batch: int) -> dict[str, Callable[[], object]]:
     scale = torch.tensor([0.05], device=DEVICE)
     candidates = {}
     fused = {"attention": "irfuse"}
+    block = "decode attention + quant"
     for label, backend, options in (
-        ("inductor, decode attention + quant", "inductor", None),
-        ("irfuse, decode attention + quant (fused)", "irfuse", fused),
-        ("irfuse, ... (fused), graph_launch=all", "irfuse", {**fused, "graph_launch": "all"}),
+        (f"inductor, {block}", "inductor", None),
+        (f"irfuse, {block} (fused)", "irfuse", fused),
+        (f"irfuse, {block} (fused), graph_launch=all", "irfuse", {**fused, "graph_launch": "all"}),
     ):
         compiled = torch.compile(_decode_attention_quant, backend=backend, options=options)
         candidates[label] = lambda c=compiled: c(q, k, v, scale)
