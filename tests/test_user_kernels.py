@@ -65,11 +65,17 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _graph_launch(
-    kernel: str, inputs: tuple, indices: list[int], eps: float = 1e-6, dynamic_dims: int = 0
+    kernel: str,
+    inputs: tuple,
+    indices: list[int],
+    eps: float = 1e-6,
+    dynamic_dims: int = 0,
+    shape_env: ShapeEnv | None = None,
 ):
     """A graph holding only the graph launch of `kernel` on `inputs` (or why there is
-    none); with `dynamic_dims`, the leading dims of x (and the residual) are symbolic."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+    none); with `dynamic_dims`, the leading dims of x (and the residual) are symbolic
+    (in `shape_env`, which holds the guards the lowering adds)."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=shape_env or ShapeEnv())
     graph = fx.Graph()
     nodes = []
     for name, t in zip(("x", "residual", "weight", "scale"), inputs, strict=True):
@@ -167,16 +173,37 @@ def test_graph_launch_with_a_symbolic_token_count(kernel, shape, present, indice
 
 
 @pytest.mark.parametrize(
-    "kernel,shape",
-    [
-        ("rms_norm/plain/model/per_token", (5, 4096)),  # 16 warps below 1024 rows, 4 from
-        ("quant/none/model/static", (5, 4096)),  # row tiles change at 64 and 1024 rows
-        ("rms_norm/plain/model/per_group 64 col", (5, 128)),  # scale strides are the rows
+    "kernel,rows,others,guards",
+    [  # per-token: 16 warps below 1024 rows, 4 from; static: row tiles change at 64, 1024
+        ("rms_norm/plain/model/per_token", 5, (1, 37), ["< 1024"]),
+        ("quant/none/model/static", 5, (1, 63), ["< 64"]),
+        ("quant/none/model/static", 100, (64, 70), [">= 64", "< 1024"]),
     ],
 )
-def test_a_launch_that_depends_on_the_token_count_keeps_kernel_norm(kernel, shape):
+def test_a_launch_that_changes_with_the_token_count_is_guarded_to_its_range(
+    kernel, rows, others, guards
+):
+    """Where the launch at a symbolic token count changes with the count, the graph
+    takes the launch of its example count and guards on the range of counts that launch
+    alike (dynamo recompiles beyond it); within the range it gives kernel_norm's bits."""
     present = "w" if kernel.startswith("rms_norm") else "s"
-    inputs = _inputs(kernel, shape, present)
+    shape_env = ShapeEnv()
+    inputs = _inputs(kernel, (rows, 4096), present)
+    module = _graph_launch(kernel, inputs, [0, 2], dynamic_dims=1, shape_env=shape_env)
+    assert isinstance(module, fx.GraphModule), module
+    assert sorted(str(g.expr).split(" ", 1)[1] for g in shape_env.guards) == sorted(guards)
+    for t in others:
+        other = _inputs(kernel, (t, 4096), present)
+        got, expected = module(*other), kernel_norm(*other, 1e-6, kernel)
+        for out, index in zip(got, [0, 2], strict=True):
+            assert torch.equal(_bits(out), _bits(expected[index])), (t, index)
+
+
+def test_a_launch_whose_layout_follows_the_token_count_keeps_kernel_norm():
+    """Column-major group scales have the token count as a stride: no range of counts
+    launches alike, so the norm stays with kernel_norm."""
+    kernel = "rms_norm/plain/model/per_group 64 col"
+    inputs = _inputs(kernel, (5, 128), "w")
     why = _graph_launch(kernel, inputs, [0, 2], dynamic_dims=1)
     assert why == "its launch depends on the token count"
 
@@ -316,16 +343,15 @@ def test_gpu_add_norm_quant_block_launches_from_the_wrapper(mode):
     [
         ("static", "all", GRAPH_LAUNCH),
         ("static", "static", "its token count is symbolic"),
-        ("per_token", "all", "its launch depends on the token count"),
+        ("per_token", "all", f"{GRAPH_LAUNCH} for 1 <= tokens < 1024"),
     ],
 )
 def test_gpu_a_symbolic_token_count(scheme, graph_launch, how):
-    """A token count marked dynamic (as a recompile's automatic dynamic shapes make it;
-    `dynamic=True` makes the hidden size symbolic too) gives one graph for every count.
-    With graph_launch="all" a static fp8 norm at hidden 4096, which launches alike
-    at every count, launches from the wrapper; a per-token quant's warps change at 1024
-    rows, so kernel_norm picks its launch per call, as it does for every symbolic count
-    by default. All give kernel_norm's results to the bit."""
+    """A token count marked dynamic (as a recompile's automatic dynamic shapes make it)
+    gives one graph for the counts below 1024. With graph_launch="all" a static fp8 norm
+    at hidden 4096, which launches alike at every count, launches from the wrapper; so
+    does a per-token quant, whose warps change at 1024 rows, guarded to fewer; by
+    default kernel_norm picks the launch per call. All give kernel_norm's bits."""
     x, _, w, _ = _inputs("rms_norm/plain/model/none", (300, 4096), "w")
     s = torch.tensor([2.0 if scheme == "per_token" else 0.05], device=DEVICE)
     torch._dynamo.reset()
@@ -457,3 +483,30 @@ def test_dynamic_true_launches_with_the_module_eps_read_at_run_time(monkeypatch)
                 assert torch.equal(h, h_ref) and torch.equal(_bits(q), _bits(q_ref)), (t, eps)
         launches = [launch for report in reports for launch in report.launches]
         assert len(reports) == 1 and launches and all(how in n for n in launches), launches
+
+
+def test_a_count_past_the_guarded_range_recompiles(monkeypatch):
+    """The range guard reaches dynamo: a standalone static quant compiled at 16 tokens
+    (marked dynamic) serves 33 tokens from the same graph, and 100 tokens (past the row
+    tiles' threshold at 64) from a recompile launching the tiles of that range; every
+    output is kernel_norm's, to the bit."""
+    monkeypatch.setattr(to_fx, "graph_launch_problem", _on_any_device)
+    reports: list = []
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda x, s: torch.ops.irfuse.static_fp8_quant(x, s),
+        backend=_graph_launch_backend("all", reports),
+    )
+    s = torch.tensor([0.05])
+    x = _inputs("quant/none/model/static", (100, 4096), "")[0]
+    for t in (16, 33, 100):
+        xt = x[:t].clone()
+        torch._dynamo.mark_dynamic(xt, 0)
+        got = compiled(xt, s)
+        expected = kernel_norm(xt, None, None, s, 0.0, "quant/none/model/static")[0]
+        assert torch.equal(_bits(got), _bits(expected)), t
+    launches = [report.launches for report in reports]
+    assert launches == [
+        [f"irfuse_quant_static_fp8: {GRAPH_LAUNCH} for 1 <= tokens < 64 (a recompile beyond)"],
+        [f"irfuse_quant_static_fp8: {GRAPH_LAUNCH} for 64 <= tokens < 1024 (a recompile beyond)"],
+    ], launches

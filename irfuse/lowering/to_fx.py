@@ -370,7 +370,7 @@ def _lower_norm(
         if isinstance(lowered, str):
             problem, lowered = lowered, None
     if lowered is not None:
-        results, launch = lowered[1], "launched by Inductor's wrapper"
+        _, results, launch = lowered
     else:
         args = (*inputs, float(eps), spec.encode(), node_of(eps_value))
         results = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)[1:]

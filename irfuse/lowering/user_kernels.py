@@ -12,9 +12,12 @@ launches the kernel from its generated wrapper, as it launches its own.
 The launch is the one `kernel_norm` would make (runtime.single_launch, run on fake
 tensors), so both paths run the same kernel with the same arguments. With a symbolic
 token count the launch is computed at every row count where launch_config, the row
-tiles or the two-pass choice change (SAMPLE_ROWS): it is written into the graph only if
-all of them agree but for the grid's rows (a static fp8 or unquantized norm at hidden
-4096 does; a per-token quant, whose warps drop from 1024 rows, does not).
+tiles or the two-pass choice change (SAMPLE_ROWS). Where all of them agree but for the
+grid's rows (a static fp8 or unquantized norm at hidden 4096), one graph serves every
+count. Otherwise (a per-token quant's warps drop from 1024 rows) the graph takes the
+launch of the count it was compiled at, and guards on the range of counts that launch
+alike: dynamo recompiles beyond it. A dynamic per-tensor quant's two launches go
+through graph_launch.insert_launches, at static shapes.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from irfuse.ops.quant import nvfp4_scales_padded
 INPUT_PARAMS = ("x_ptr", "residual_ptr", "weight_ptr", "scale_ptr")
 OUTPUT_PARAMS = ("out_ptr", "residual_out_ptr", "scale_out_ptr", "value_ptr")  # kernel_norm's
 ROWS = "rows"  # a buffer dimension that is the token count
+GRAPH_LAUNCH = "launched by Inductor's wrapper"
 
 
 def _sample_rows() -> tuple[int, ...]:
@@ -164,6 +168,48 @@ def _layout(samples: list[_Sample], name: str) -> tuple[list, list[int]] | None:
     return shape, list(tensors[0].stride())
 
 
+def _range_at_hint(
+    samples: list[_Sample], rows: Any
+) -> tuple[list[_Sample], tuple[int, float]] | None:
+    """The samples (by row count, ascending) that launch as the graph's own row count
+    `rows` does, and the range [lo, hi) of row counts where that launch holds: bounded by
+    the thresholds at which it changes (SAMPLE_ROWS holds each and the count below it,
+    so a range holds two samples that agree, unless its launch varies with the count
+    itself). A static count is its own sample. None for an unbacked count (no hint to go
+    by), or a launch that varies with the count (the rows as a stride)."""
+    if len(samples) == 1:
+        return samples, (1, math.inf)
+    hint = rows.node.hint if isinstance(rows, torch.SymInt) else rows
+    if hint is None:
+        return None
+    at = max(i for i, s in enumerate(samples) if s.rows <= hint)
+    lo, hi = at, at
+    while lo > 0 and _agree([samples[at], samples[lo - 1]]):
+        lo -= 1
+    while hi + 1 < len(samples) and _agree([samples[at], samples[hi + 1]]):
+        hi += 1
+    if lo == hi:  # its neighbours disagree: it varies with the count (a stride), or the
+        return None  # range is one count
+    bounds = (
+        samples[lo].rows if lo else 1,
+        samples[hi + 1].rows if hi + 1 < len(samples) else math.inf,
+    )
+    return samples[lo : hi + 1], bounds
+
+
+def _guard_rows(rows: Any, lo: int, hi: float) -> str:
+    """Guard the graph on lo <= rows < hi (a symbolic count outside that range recompiles:
+    dynamo checks the ShapeEnv's guards), and say how the kernel launches."""
+    if lo == 1 and hi == math.inf:
+        return GRAPH_LAUNCH
+    if lo > 1:
+        assert bool(rows >= lo)  # (a guard, true at the graph's own count)
+    if hi != math.inf:
+        assert bool(rows < hi)
+    upper = f" < {int(hi)}" if hi != math.inf else ""
+    return f"{GRAPH_LAUNCH} for {lo} <= tokens{upper} (a recompile beyond)"
+
+
 def _agree(samples: list[_Sample]) -> bool:
     """Whether the samples launch alike but for their grid's rows."""
     first = samples[0]
@@ -185,13 +231,15 @@ def lower_norm_in_graph(
     inputs: tuple[fx.Node, fx.Node | None, fx.Node | None, fx.Node | None],
     eps: float | fx.Node,
     indices: list[int],
-) -> tuple[list[fx.Node], list[fx.Node]] | str:
+) -> tuple[list[fx.Node], list[fx.Node], str] | str:
     """Insert after `anchor` the launch of `spec` (which graph_launch_problem accepts) on
     `inputs` (x, residual, weight, scale) with `eps`, a constant or an input the graph
     reads at each run (read_host_scalar). Returns (the inserted nodes in order, the
-    nodes of kernel_norm's outputs `indices`), or why the launch stays with kernel_norm:
-    the kernel would read an input through a copy (kernel_norm makes it at run time),
-    or its launch depends on a symbolic token count."""
+    nodes of kernel_norm's outputs `indices`, how it launches: for a symbolic token
+    count whose launch changes with it, the graph is guarded on the range of counts that
+    launch as its example does), or why the launch stays with kernel_norm: the kernel
+    would read an input through a copy (kernel_norm makes it at run time), or its launch
+    depends on a symbolic token count in a way no range captures."""
     if not isinstance(eps, fx.Node):
         return _lower_launches(graph, anchor, spec, inputs, eps, eps, indices)
     read = read_host_scalar(graph, anchor, eps)  # first: no launch choice depends on it
@@ -201,7 +249,7 @@ def lower_norm_in_graph(
     if isinstance(lowered, str):
         graph.erase_node(read)
         return lowered
-    return [read, *lowered[0]], lowered[1]
+    return [read, *lowered[0]], *lowered[1:]
 
 
 def _lower_launches(
@@ -212,7 +260,7 @@ def _lower_launches(
     eps: float,
     eps_arg: float | fx.Node,
     indices: list[int],
-) -> tuple[list[fx.Node], list[fx.Node]] | str:
+) -> tuple[list[fx.Node], list[fx.Node], str] | str:
     """lower_norm_in_graph, the launches computed with `eps` and given `eps_arg`."""
     fakes = tuple(n.meta["val"] if n is not None else None for n in inputs)
     if spec.quant == "per_tensor":
@@ -220,8 +268,12 @@ def _lower_launches(
     samples = _samples(spec, fakes, eps)
     if isinstance(samples, str):
         return samples
-    if not _agree(samples):
+    x = fakes[0]
+    rows_val = math.prod(x.shape[:-1])
+    in_range = _range_at_hint(samples, rows_val)
+    if in_range is None:
         return "its launch depends on the token count"
+    samples, bounds = in_range
     sample = samples[0]
     tensor_args: dict[str, Any] = {}
     for name, node, fake in zip(INPUT_PARAMS, inputs, sample.inputs, strict=True):
@@ -231,20 +283,20 @@ def _lower_launches(
             return COPIED
         else:
             tensor_args[name] = node
-    x = fakes[0]
     outputs = allocate_outputs(spec, x, inputs[1] is not None)
     written = [n for n, t in zip(OUTPUT_PARAMS, sample.outputs, strict=True) if t.numel() > 0]
     layouts = {name: _layout(samples, name) for name in written}
     if any(layout is None for layout in layouts.values()):
         return "its launch depends on the token count"
+    how = _guard_rows(rows_val, *bounds)
 
     insert = NodeInserter(graph, anchor)
     lead = [_size(insert, inputs[0], x, dim) for dim in range(x.dim() - 1)]
-    rows, rows_val = (lead[0], x.shape[0]) if lead else (1, 1)  # a size, or a node for it
+    rows, rows_sofar = (lead[0], x.shape[0]) if lead else (1, 1)  # a size, or a node for it
     for dim, size in enumerate(lead[1:], start=1):
-        rows_val = rows_val * x.shape[dim]
+        rows_sofar = rows_sofar * x.shape[dim]
         symbolic = isinstance(rows, fx.Node) or isinstance(size, fx.Node)
-        rows = insert(operator.mul, (rows, size), {}, rows_val) if symbolic else rows * size
+        rows = insert(operator.mul, (rows, size), {}, rows_sofar) if symbolic else rows * size
     # the swizzled nvfp4 scales are zero-filled where their layout pads (alloc_nvfp4_scales)
     zeroed = spec.quant == "nvfp4" and nvfp4_scales_padded(rows_val, x.shape[-1])
     for name in OUTPUT_PARAMS:  # each buffer as the kernel indexes it (absent: x, unused)
@@ -282,7 +334,7 @@ def _lower_launches(
         if want.dim() != 2:  # rows -> x's leading dims
             end = insert(torch.ops.aten.view.default, (end, [*lead, want.shape[-1]]), {}, want)
         ends.append(end)
-    return insert.nodes, ends
+    return insert.nodes, ends, how
 
 
 def _lower_per_tensor(
@@ -294,7 +346,7 @@ def _lower_per_tensor(
     eps: float,
     eps_arg: float | fx.Node,
     indices: list[int],
-) -> tuple[list[fx.Node], list[fx.Node]] | str:
+) -> tuple[list[fx.Node], list[fx.Node], str] | str:
     """lower_norm_in_graph for a per-tensor quant at static shapes: its two launches
     (runtime.per_tensor_launches), phase 1's results for phase 2 in a buffer of the graph,
     zero-filled where phase 1 takes an atomic max into it."""
@@ -317,7 +369,8 @@ def _lower_per_tensor(
             )  # fmt: skip
         )
     present = [n for n in inputs if n is not None]
-    return insert_launches(graph, anchor, launches, present, [outputs[i] for i in indices])
+    inserted = insert_launches(graph, anchor, launches, present, [outputs[i] for i in indices])
+    return inserted if isinstance(inserted, str) else (*inserted, GRAPH_LAUNCH)
 
 
 def _size(insert: Any, node: fx.Node, fake: torch.Tensor, dim: int) -> Any:
