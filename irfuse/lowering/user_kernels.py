@@ -202,10 +202,9 @@ def _guard_rows(rows: Any, lo: int, hi: float) -> str:
     dynamo checks the ShapeEnv's guards), and say how the kernel launches."""
     if lo == 1 and hi == math.inf:
         return GRAPH_LAUNCH
-    if lo > 1:
-        assert bool(rows >= lo)  # (a guard, true at the graph's own count)
-    if hi != math.inf:
-        assert bool(rows < hi)
+    # bool() of a symbolic comparison guards on it (true at the graph's own count)
+    if not ((lo == 1 or bool(rows >= lo)) and (hi == math.inf or bool(rows < hi))):
+        raise RuntimeError(f"the token count's range [{lo}, {hi}) misses its own count")
     upper = f" < {int(hi)}" if hi != math.inf else ""
     return f"{GRAPH_LAUNCH} for {lo} <= tokens{upper} (a recompile beyond)"
 
