@@ -168,8 +168,18 @@ def insert_launches(
     nodes in order, a node for each of `results`, the op's outputs among those buffers,
     or empty), or why they cannot be written into the graph (an input read through a
     copy: the runtime op makes it at run time)."""
-    insert = NodeInserter(graph, anchor)
     input_storages = {StorageWeakRef(n.meta["val"].untyped_storage()) for n in inputs}
+
+    def input_node(value: torch.Tensor) -> fx.Node | None:  # (inputs may share a storage)
+        return next((n for n in inputs if same_start(value, n.meta["val"])), None)
+
+    tensors = [
+        v for launch in launches for v in launch.args.values() if isinstance(v, torch.Tensor)
+    ]
+    if any(StorageWeakRef(t.untyped_storage()) in input_storages and input_node(t) is None
+           for t in tensors):  # fmt: skip
+        return COPIED  # (checked before anything is inserted)
+    insert = NodeInserter(graph, anchor)
     buffers: dict[StorageWeakRef, fx.Node] = {}  # the latest contents of each buffer
     for launch in launches:
         args: dict[str, Any] = {}
@@ -178,10 +188,8 @@ def insert_launches(
                 args[name] = value
                 continue
             storage = StorageWeakRef(value.untyped_storage())
-            if storage in input_storages:  # (inputs may be views of one storage)
-                node = next((n for n in inputs if same_start(value, n.meta["val"])), None)
-                if node is None:
-                    return COPIED
+            if storage in input_storages:
+                node = input_node(value)
             elif storage in buffers:
                 node = buffers[storage]
             elif value.storage_offset() == 0:  # a buffer of the op's, first taken here
