@@ -139,6 +139,15 @@ def test_bad_inputs_give_clear_errors(args, match):
         )
 
 
+@pytest.mark.parametrize("scheme", ["per_tensor", "per_group 64"])
+def test_a_computed_scale_refuses_a_scale_input(scheme):
+    """Per-tensor and per-group scales are computed, with no upper bound: a scale passed
+    to them is an error, not silently ignored."""
+    x = torch.ones(4, 64, dtype=torch.float16, device=DEVICE)
+    with pytest.raises(ValueError, match="takes no scale"):
+        kernel_norm(x, None, None, torch.ones(1, device=DEVICE), 0.0, f"quant/none/model/{scheme}")
+
+
 def test_generated_source_names_what_it_fuses():
     source = kernel_source(KernelSpec.decode("fused_add_rms_norm/plain/model/static"))
     assert "Fuses: add + rms_norm + static fp8 quant." in source

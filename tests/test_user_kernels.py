@@ -299,10 +299,14 @@ def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t, h):
     assert reports[0].launches and all(GRAPH_LAUNCH in r for r in reports[0].launches), str(
         reports[0]
     )
-    assert "kernel_norm" not in code and all(name in code for name in reports[0].kernels)
+    assert "kernel_norm" not in code
+    if (scheme, t) != ("per_tensor", 1):  # (one row: one per-token launch, not the phases)
+        assert all(name in code for name in reports[0].kernels), code
     kernel = {"static": "static", "per_token": "per_token", "per_group": "per_group 64 col",
               "nvfp4": "nvfp4", "per_tensor": "per_tensor"}[scheme]  # fmt: skip
-    q_ref, _, scales_ref, _ = kernel_norm(x, None, w, s, 1e-6, f"rms_norm/plain/model/{kernel}")
+    s_ref = None if scheme in ("per_group", "per_tensor") else s
+    q_ref, _, scales_ref, _ = kernel_norm(x, None, w, s_ref, 1e-6,
+                                          f"rms_norm/plain/model/{kernel}")  # fmt: skip
     assert torch.equal(_bits(q), _bits(q_ref))
     if scheme == "per_tensor":
         assert torch.equal(scales.reshape(-1), scales_ref)

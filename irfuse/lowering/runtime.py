@@ -222,6 +222,8 @@ def _check(
             raise TypeError(f"{what}: weight dtype {weight.dtype} != input dtype {x.dtype}")
     if kind in ("static", "nvfp4") and scale is None:
         raise ValueError(f"{what}: needs its scale")
+    if kind in ("per_tensor", "per_group") and scale is not None:
+        raise ValueError(f"{what}: takes no scale (its scale is computed, with no upper bound)")
     if scale is not None and (scale.dtype != torch.float32 or scale.numel() != 1):
         raise ValueError(f"{what}: scale must be a one-element float32 tensor")
     for name, t in (("residual", residual), ("weight", weight), ("scale", scale)):
