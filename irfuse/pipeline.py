@@ -23,9 +23,9 @@ from irfuse.version import __version__
 INNER_COMPILERS = ("inductor", "eager")
 ATTENTION_MODES = ("auto", "irfuse", "sdpa")
 # How Inductor launches a fused kernel (README, "How fused kernels launch"): a norm kernel
-# of one launch from its wrapper where shapes are static | also at a symbolic token count,
-# a per-tensor quant's two launches and the decode attention (not yet run on a GPU) |
-# always through the runtime ops.
+# of one launch from its wrapper where shapes are static | also at a symbolic token count
+# or an eps read at run time, a per-tensor quant's two launches, the decode attention and
+# a mask's summary (not yet run on a GPU) | always through the runtime ops.
 GRAPH_LAUNCH_MODES = ("static", "all", "off")
 
 

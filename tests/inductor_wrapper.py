@@ -44,6 +44,7 @@ def _lift_gpu_checks() -> None:
     attention._check = _without_device_check(attention._check)
     to_fx.graph_launch_problem = _norm_problem_on_the_gpu
     to_fx.attention_graph_problem = lambda q, k, v: None
+    to_fx.summary_graph_problem = lambda q, k, mask: None
 
 
 def _without_device_check(check):
@@ -65,6 +66,12 @@ def _norm_problem_on_the_gpu(spec, x, eps_input, all_launches):
 def _decode_step(q, k, v, scale):
     b, h, s, d = q.shape
     o = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    return torch.ops.irfuse.static_fp8_quant(o.transpose(1, 2).reshape(b * s, h * d), scale)
+
+
+def _masked_decode_step(q, k, v, mask, scale):
+    b, h, s, d = q.shape
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True)
     return torch.ops.irfuse.static_fp8_quant(o.transpose(1, 2).reshape(b * s, h * d), scale)
 
 
@@ -113,11 +120,21 @@ def _scalars(kernel, args: dict) -> list:
             if name not in constexprs and not isinstance(v, torch.Tensor)]  # fmt: skip
 
 
-def _expected_decode(q, k, v, s) -> list[dict]:
-    launches, _ = attention.graph_launches(q, k, v, s, q.shape[-1] ** -0.5, "none", "bs_hd",
-                                           False, "static")  # fmt: skip
+def _described(launches) -> list[dict]:
     return [{"kernel": launch.kernel.__name__, "scalars": _scalars(launch.kernel, launch.args),
              "grid": list(launch.grid)} for launch in launches]  # fmt: skip
+
+
+def _expected_decode(q, k, v, s, mask=None) -> list[dict]:
+    """The summary's launches (with a bool mask: PyTorch's where(mask, 0, -inf) is read
+    as the bool mask), then the decode's."""
+    summary, tiles, hidden = [], None, None
+    if mask is not None:
+        hidden = float("-inf")
+        summary, tiles = attention.summary_graph_launches(q, k, mask, hidden)
+    launches, _ = attention.graph_launches(q, k, v, s, q.shape[-1] ** -0.5, "none", "bs_hd",
+                                           False, "static", mask, tiles, hidden)  # fmt: skip
+    return _described([*summary, *launches])
 
 
 def _expected_per_tensor(x, w) -> list[dict]:
@@ -139,10 +156,15 @@ def main() -> None:
     bf16 = torch.bfloat16
     q, k, v = (torch.randn(2, h, s, 64, dtype=bf16) for h, s in ((8, 1), (2, 300), (2, 300)))
     x, w, s = torch.randn(600, 256, dtype=bf16), torch.randn(256, dtype=bf16), torch.ones(1)
+    mask = torch.rand(2, 1, 1, 300) > 0.3  # a padding mask
     marked = x[:16].clone()
     torch._dynamo.mark_dynamic(marked, 0)
     cases = {
         "decode attention": (_wrapper(_decode_step, q, k, v, s), _expected_decode(q, k, v, s)),
+        "masked decode attention": (
+            _wrapper(_masked_decode_step, q, k, v, mask, s),
+            _expected_decode(q, k, v, s, mask),
+        ),
         "per-tensor": (_wrapper(_norm_per_tensor, x, w), _expected_per_tensor(x, w)),
         "symbolic rows": (_wrapper(_norm_static_fp8, marked, w, s), []),
         "dynamic=True": (_wrapper(_NormTwice().to(bf16), x, x, s, dynamic=True), []),

@@ -37,6 +37,8 @@ CASES = [
 
 
 def _inputs(epilogue: str, mask_kind: str | None, b=2, hq=4, hkv=2, sq=1, skv=40, d=32):
+    """q, k, v, the epilogue's scale, a padding mask [B, 1, 1, Skv] of `mask_kind` (None,
+    bool, bool with a hidden bias, additive) and the hidden bias."""
     g = torch.Generator().manual_seed(skv)
     q, k, v = (torch.randn(b, h, s, d, generator=g).to(DTYPE).to(DEVICE)
                for h, s in ((hq, sq), (hkv, skv), (hkv, skv)))  # fmt: skip
@@ -180,6 +182,63 @@ def test_a_decode_step_through_the_whole_pass(monkeypatch, graph_launch, how):
     out, _, scales = kernel_attention(q, k, v, scale, 32**-0.5, "none", "bs_hd", False, "per_token")
     assert torch.equal(_bits(got).flatten(), _bits(out).flatten())
     assert torch.equal(scales_got.flatten(), scales.flatten())
+
+
+@pytest.mark.parametrize(
+    "mask_kind,sq", [("bool", 1), ("hidden", 1), ("additive", 1), ("bool", 40), ("additive", 40)]
+)
+def test_mask_summary_graph_launch_is_the_runtime_ops(monkeypatch, mask_kind, sq):
+    """The mask summary's two kernels (flags, then each block's tile ranges), written into
+    the graph with graph_launch="all", give kernel_attention_mask_summary's tiles to the
+    bit, for the decode (one query row) and the prefill's blocks, bool, biased bool and
+    additive masks (whose per-row bits are a second buffer between the kernels)."""
+    monkeypatch.setattr(to_fx, "summary_graph_problem", lambda q, k, mask: None)
+    q, k, _, _, mask, hidden = _inputs("none", mask_kind, sq=sq)
+    if sq > 1:  # a mask with a query dimension
+        keep = torch.rand(2, 1, sq, 40, generator=torch.Generator().manual_seed(sq)) > 0.3
+        mask = keep if mask_kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, -1e4)
+        mask = mask.to(DEVICE, DTYPE if mask_kind == "additive" else torch.bool)
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+    graph = fx.Graph()
+    nodes = []
+    for name, t in (("q", q), ("k", k), ("mask", mask)):
+        nodes.append(graph.placeholder(name))
+        nodes[-1].meta["val"] = mode.from_tensor(t, static_shapes=True)
+    summary, how = to_fx._lower_summary(graph, nodes[-1], (*nodes, hidden), "all")
+    assert how == GRAPH_LAUNCH
+    graph.output((summary,))
+    (got,) = fx.GraphModule({}, graph)(q, k, mask)
+    assert torch.equal(got, kernel_attention_mask_summary(q, k, mask, hidden))
+
+
+def test_a_masked_decode_step_launches_everything_from_the_graph(monkeypatch):
+    """A decode step beside a padding mask, through the whole pass with graph_launch="all"
+    (device checks lifted): the mask summary and the attention + quant launch from the
+    graph, whose outputs, run eagerly, are kernel_attention's bits with that summary."""
+    monkeypatch.setattr(to_fx, "attention_graph_problem", lambda q, k, v: None)
+    monkeypatch.setattr(to_fx, "summary_graph_problem", lambda q, k, mask: None)
+    reports = []
+
+    def compiler(gm: fx.GraphModule, _):
+        reports.append(transform_graph(gm.graph, Options(attention="irfuse", graph_launch="all")))
+        gm.recompile()
+        return make_boxed_func(gm.forward)
+
+    def step(q, k, v, mask, scale):
+        b, h, s, d = q.shape
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True)
+        return torch.ops.irfuse.static_fp8_quant(o.transpose(1, 2).reshape(b * s, h * d), scale)
+
+    q, k, v, scale, mask, _ = _inputs("static", "bool")
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(step, backend=aot_autograd(fw_compiler=compiler))(q, k, v, mask, scale)
+    launches = reports[0].launches
+    assert len(launches) == 2 and all(n.endswith(GRAPH_LAUNCH) for n in launches), launches
+    tiles = kernel_attention_mask_summary(q, k, mask, float("-inf"))
+    out, _, _ = kernel_attention(q, k, v, scale, 32**-0.5, "none", "bs_hd", False, "static", mask,
+                                 tiles, float("-inf"))  # fmt: skip
+    assert torch.equal(_bits(got).flatten(), _bits(out).flatten())
 
 
 @pytest.mark.cuda

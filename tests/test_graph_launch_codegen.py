@@ -2,7 +2,8 @@
 
 The wrapper is generated on the CPU (tests/inductor_wrapper.py, in a process of its own:
 Triton must not run in its interpreter there), with graph_launch="all": a decode step's
-attention + static fp8 (split-KV slices, then the combine), rms_norm + dynamic per-tensor
+attention + static fp8 (split-KV slices, then the combine), the same beside a padding mask
+(the mask summary's two kernels first), rms_norm + dynamic per-tensor
 fp8 over 600 rows (the amax into zero-filled atomic slots, then the quant) and rms_norm +
 static fp8 over a token count marked dynamic, HF's RMSNorm module under `dynamic=True`
 (its eps an input). Each kernel call of the wrapper is checked
@@ -23,11 +24,17 @@ import pytest
 
 WRAPPER_SCRIPT = Path(__file__).parent / "inductor_wrapper.py"
 CALL = re.compile(r"^\s+(\w+)_\d+\.run\((.*), stream=\w+\)$", re.M)
-# (case, [(index of a tensor argument of the first kernel, index in the second)]): the
-# buffers the first kernel writes that the second reads
+# case: [(kernel call, its tensor argument, a later call, its argument)]: the buffers a
+# kernel writes that a later one reads
 HANDED_ON = {
-    "decode attention": [(5, 0), (6, 1)],  # part, part_state
-    "per-tensor": [(6, 3), (4, 4)],  # the amax slots read as the scale; the output
+    "decode attention": [(0, 5, 1, 0), (0, 6, 1, 1)],  # part, part_state
+    "masked decode attention": [
+        (0, 1, 1, 0),  # the mask's flags
+        (1, 2, 2, 4),  # the tile ranges, read by the decode's slices
+        (2, 5, 3, 0),  # part
+        (2, 6, 3, 1),  # part_state
+    ],
+    "per-tensor": [(0, 6, 1, 3), (0, 4, 1, 4)],  # the amax slots read as the scale; the output
 }
 
 
@@ -58,11 +65,11 @@ def _split(args: str) -> list[str]:
     return [*parts, args[start:].strip()]
 
 
-def _is_tensor(arg: str) -> bool:
-    return re.match(r"(arg|buf)\d+_?\d*$|reinterpret_tensor\(", arg) is not None
+def _is_tensor(arg: str) -> bool:  # a buffer, an input, or a view of one
+    return re.match(r"(arg|buf)\d+_?\d*$|reinterpret_tensor\(|aten\.", arg) is not None
 
 
-@pytest.mark.parametrize("case", ["decode attention", "per-tensor"])
+@pytest.mark.parametrize("case", ["decode attention", "masked decode attention", "per-tensor"])
 def test_the_wrapper_launches_what_the_runtime_op_computes(wrappers, case):
     code, launches = wrappers[case]["code"], wrappers[case]["launches"]
     assert "kernel_attention" not in code and "kernel_norm" not in code
@@ -74,9 +81,12 @@ def test_the_wrapper_launches_what_the_runtime_op_computes(wrappers, case):
         assert [int(g) for g in (grid_x, grid_y, grid_z)] == grid
         scalars = [float(arg) for arg in kernel_args if not _is_tensor(arg)]
         assert scalars == [float(value) for value in launch["scalars"]], (launch, kernel_args)
-    (_, first), (_, second) = calls
-    for written, read in HANDED_ON[case]:
-        assert _is_tensor(first[written]) and first[written] == second[read], (first, second)
+    for writer, written, reader, read in HANDED_ON[case]:
+        buffer = calls[writer][1][written]
+        assert _is_tensor(buffer) and calls[reader][1][read] == buffer, (
+            calls[writer],
+            calls[reader],
+        )
 
 
 def test_the_per_tensor_amax_slots_are_zeroed_before_the_first_kernel(wrappers):

@@ -373,7 +373,8 @@ def {{name}}(
     else:  # additive: 0 leaves a score as it is
         if MASK == 3:  # bool, its hidden keys biased by mask_hidden
             keep = tl.load(ptrs, mask=inside, other=0)
-            bias = tl.where(inside, tl.where(keep != 0, 0.0, mask_hidden), float("-inf"))
+            hidden = tl.cast(mask_hidden, tl.float32)  # (Inductor passes floats as fp64)
+            bias = tl.where(inside, tl.where(keep != 0, 0.0, hidden), float("-inf"))
         else:
             bias = tl.load(ptrs, mask=inside, other=float("-inf")).to(tl.float32)
         row_max = tl.max(bias, axis=1)  # NaN biases count as hidden, as in the reference

@@ -557,6 +557,32 @@ def graph_launches(
     return launches, (out, lse, scales)
 
 
+def summary_graph_problem(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> str | None:
+    """Why kernel_attention_mask_summary over these fakes launches through the runtime op,
+    as far as their device and shapes tell (None: summary_graph_launches may launch it
+    from Inductor's wrapper)."""
+    if q.device.type != "cuda":
+        return "its tensors are not on the GPU"
+    if not all(isinstance(size, int) for t in (q, k, mask) for size in t.shape):
+        return "its shapes are symbolic"
+    return None
+
+
+def summary_graph_launches(
+    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, mask_hidden: float | None = None
+) -> tuple[list[KernelLaunch], torch.Tensor] | str:
+    """kernel_attention_mask_summary's launches and output over fake tensors that
+    summary_graph_problem accepts, or why it makes none (no kernel reads a summary)."""
+    _check_summary_args(q, k, mask, mask_hidden)
+    if not _reads_summary(q):
+        return "no kernel reads it"
+    masking = _mask_args(mask, q, k, mask_hidden)
+    b, h, sq, _ = q.shape
+    config = _summary_config(q, k, masking)
+    launches, tiles, _ = mask_tiles_launches(masking, b, h, sq, k.shape[2], config)
+    return launches, tiles
+
+
 @runtime_op("kernel_attention_mask_summary")
 def kernel_attention_mask_summary(
     q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, mask_hidden: float | None = None
@@ -718,33 +744,49 @@ def heads_per_sweep(
 
 
 def _mask_tiles(masking, b: int, h: int, sq: int, seq_kv: int, config: dict) -> tuple:
-    """(tile ranges, mask heads) of an explicit mask for the prefill kernel's blocks: its
-    flags per (block, key tile), one pass over the mask, then each block's scan of them
-    (a small part of the attention's time); a mask the same for every head is summarised
-    once. Without a mask: a placeholder."""
+    """(tile ranges, mask heads) of an explicit mask for the prefill kernel's blocks
+    (mask_tiles_launches, run); without a mask, a placeholder."""
+    if masking[2] == 0:
+        return masking[0], 1
+    launches, tiles, mask_heads = mask_tiles_launches(masking, b, h, sq, seq_kv, config)
+    for launch in launches:
+        launch.run()
+    return tiles, mask_heads
+
+
+def mask_tiles_launches(
+    masking, b: int, h: int, sq: int, seq_kv: int, config: dict
+) -> tuple[list[KernelLaunch], torch.Tensor, int]:
+    """The launches that summarise an explicit mask for the blocks of `config`: its flags
+    per (block, key tile), one pass over the mask, then each block's scan of them (a
+    small part of the attention's time); a mask the same for every head is summarised
+    once. Returns (launches, the tile ranges they write, mask heads); the flags between
+    them are allocated here."""
     mask, strides, kind, _, hidden = masking
-    if kind == 0:
-        return mask, 1
     mask_heads = _mask_heads(strides, h)
     blocks = cdiv(sq, config["BLOCK_M"])
     n_tiles = cdiv(seq_kv, config["BLOCK_N"])
-    flags = torch.empty(b * mask_heads * blocks * n_tiles, dtype=torch.int8, device=mask.device)
+    flags = mask.new_empty(b * mask_heads * blocks * n_tiles, dtype=torch.int8)
     row_bits = flags  # an additive mask's, per (batch, mask head, tile, row)
     if kind >= 2:
-        row_bits = torch.empty(b * mask_heads * n_tiles * sq, dtype=torch.int8, device=mask.device)
+        row_bits = mask.new_empty(b * mask_heads * n_tiles * sq, dtype=torch.int8)
     num_warps = 1 if INTERPRET else 4
     _check_programs("the mask summary", b * mask_heads * blocks * n_tiles)
+    launches = []
     if n_tiles:
-        mask_tile_flags_kernel()[(n_tiles * blocks * b * mask_heads,)](
-            mask, flags, row_bits, hidden, sq, seq_kv, mask_heads, *strides,
-            BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], MASK=kind, num_warps=num_warps,
-        )  # fmt: skip
-    tiles = torch.empty(b * mask_heads * blocks * 4, dtype=torch.int32, device=mask.device)
-    mask_tiles_kernel()[(blocks * b * mask_heads,)](
-        flags, row_bits, tiles, sq, n_tiles, BLOCK_M=config["BLOCK_M"], MASK=kind,
-        num_warps=num_warps,
-    )  # fmt: skip
-    return tiles, mask_heads
+        launches.append(KernelLaunch.of(
+            mask_tile_flags_kernel(), (n_tiles * blocks * b * mask_heads,),
+            (mask, flags, row_bits, hidden, sq, seq_kv, mask_heads, *strides),
+            dict(BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], MASK=kind),
+            num_warps, 3, ["flags_ptr", *["row_bits_ptr"] * (kind >= 2)],
+        ))  # fmt: skip
+    tiles = mask.new_empty(b * mask_heads * blocks * 4, dtype=torch.int32)
+    launches.append(KernelLaunch.of(
+        mask_tiles_kernel(), (blocks * b * mask_heads,),
+        (flags, row_bits, tiles, sq, n_tiles), dict(BLOCK_M=config["BLOCK_M"], MASK=kind),
+        num_warps, 3, ["tiles_ptr"],
+    ))  # fmt: skip
+    return launches, tiles, mask_heads
 
 
 def decode_launches(

@@ -24,6 +24,7 @@ from irfuse.dialects.irfuse import AttentionOp, FusedAddRmsNormOp, QuantOp, RmsN
 from irfuse.kernels.norm import MAX_COLS
 from irfuse.lowering.attention import graph_launch_problem as attention_graph_problem
 from irfuse.lowering.attention import graph_launches as attention_graph_launches
+from irfuse.lowering.attention import summary_graph_launches, summary_graph_problem
 from irfuse.lowering.graph_launch import insert_launches
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 from irfuse.lowering.runtime import INTERPRET  # (and registers torch.ops.irfuse.kernel_norm)
@@ -92,8 +93,8 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
     "eager") a kernel whose launches are known at compile time is launched from
     Inductor's wrapper (user_kernels.py, graph_launch.py), else through its runtime op:
     with "static", a norm kernel of one launch at static shapes; with "all" (not yet run
-    on a GPU) also at a symbolic token count, a per-tensor quant's two launches and the
-    decode attention."""
+    on a GPU) also at a symbolic token count or an eps read at run time, a per-tensor
+    quant's two launches, the decode attention and a mask's summary."""
     graph = imported.graph
     launches: list[str] = []
     rank = {node: i for i, node in enumerate(graph.nodes)}
@@ -150,8 +151,10 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
             key = _summary_key(q, k, mask, hidden)
             if key is not None and key not in summaries:
                 anchor = anchor_after([q, k, mask])
-                _call(graph, anchor, SUMMARY, (q, k, mask, hidden), [])
-                summaries[key] = placed(anchor)[0]
+                summary_args = (q, k, mask, hidden)
+                summaries[key], how = _lower_summary(graph, anchor, summary_args, graph_launch)
+                launches.append(f"{SUMMARY_NAME}: {how}")
+                placed(anchor)
             summary = summaries.get(key)
             inputs += [summary] if summary is not None else []
         anchor = anchor_after(inputs)
@@ -179,6 +182,32 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
 # An explicit mask's tile summary, computed once for the attentions that share the mask
 # and their shapes (a model's layers): mask_summary of kernel_attention.
 SUMMARY = torch.ops.irfuse.kernel_attention_mask_summary.default
+SUMMARY_NAME = "irfuse_attention_mask_summary"
+
+
+def _lower_summary(
+    graph: fx.Graph, anchor: fx.Node, args: tuple, graph_launch: str
+) -> tuple[fx.Node, str]:
+    """Insert after `anchor` the mask summary of `args` (q, k, mask, the bias of a bool
+    mask's hidden keys): its launches from Inductor's wrapper where `graph_launch` is
+    "all" and they are known, else a kernel_attention_mask_summary call. Returns (the
+    summary's node, how it launches)."""
+    q, k, mask = (a.meta["val"] for a in args[:3])
+    problem = _LAUNCH_MODE_PROBLEMS.get(graph_launch) or summary_graph_problem(q, k, mask)
+    if problem is None and graph_launch != "all":
+        problem = "graph_launch='all' may launch its kernels from the wrapper"
+    if problem is None:
+        with detect_fake_mode([q, k, mask]) or FakeTensorMode(allow_non_fake_inputs=True):
+            launched = summary_graph_launches(q, k, mask, args[3])
+        if not isinstance(launched, str):
+            launches, tiles = launched
+            inserted = insert_launches(graph, anchor, launches, list(args[:3]), [tiles])
+            if not isinstance(inserted, str):
+                return inserted[1][0], "launched by Inductor's wrapper"
+            launched = inserted
+        problem = launched
+    call = _call(graph, anchor, SUMMARY, args, [])[0]
+    return call, f"torch.ops.irfuse.kernel_attention_mask_summary ({problem})"
 
 
 def _summary_key(q: fx.Node, k: fx.Node, mask: fx.Node, hidden: float | None) -> tuple | None:
