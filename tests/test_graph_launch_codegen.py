@@ -21,8 +21,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 WRAPPER_SCRIPT = Path(__file__).parent / "inductor_wrapper.py"
+# On a GPU machine the GPU tests compile and run the real wrappers; this CPU stand-in
+# lifts GPU-only steps of the torch version it was written against (2.13).
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="on a GPU, test_user_kernels and test_attention_graph_launch run the real wrappers",
+)
 CALL = re.compile(r"^\s+(\w+)_\d+\.run\((.*), stream=\w+\)$", re.M)
 # case: [(kernel call, its tensor argument, a later call, its argument)]: the buffers a
 # kernel writes that a later one reads
