@@ -4,7 +4,10 @@
 few query rows per kv head (decode), the split-KV kernel and its combine, of
 irfuse/kernels/attention.py, ending with an epilogue (a quant scheme, see EPILOGUES) and
 writing [B, Hq, Sq, Dv] or [B, Sq, Hq*Dv]. Per call it checks shapes, dtypes and devices
-only (no host sync), so it runs inside CUDA graphs.
+only (no host sync), so it runs inside CUDA graphs. The decode's launches and those of a
+mask's summary are also described as KernelLaunches (decode_launches,
+mask_tiles_launches), which graph_launch="all" writes into the graph for Inductor's
+wrapper to make (graph_launches, summary_graph_launches; irfuse/lowering/graph_launch.py).
 """
 
 from __future__ import annotations
