@@ -131,7 +131,7 @@ def _expected_decode(q, k, v, s, mask=None) -> list[dict]:
     summary, tiles, hidden = [], None, None
     if mask is not None:
         hidden = float("-inf")
-        summary, tiles = attention.summary_graph_launches(q, k, mask, hidden)
+        summary, (tiles,) = attention.summary_graph_launches(q, k, mask, hidden)
     launches, _ = attention.graph_launches(q, k, v, s, q.shape[-1] ** -0.5, "none", "bs_hd",
                                            False, "static", mask, tiles, hidden)  # fmt: skip
     return _described([*summary, *launches])

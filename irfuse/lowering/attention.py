@@ -573,9 +573,9 @@ def summary_graph_problem(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) 
 
 def summary_graph_launches(
     q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, mask_hidden: float | None = None
-) -> tuple[list[KernelLaunch], torch.Tensor] | str:
-    """kernel_attention_mask_summary's launches and output over fake tensors that
-    summary_graph_problem accepts, or why it makes none (no kernel reads a summary)."""
+) -> tuple[list[KernelLaunch], tuple[torch.Tensor]] | str:
+    """kernel_attention_mask_summary's launches and outputs (the tiles) over fake tensors
+    that summary_graph_problem accepts, or why it makes none (no kernel reads one)."""
     _check_summary_args(q, k, mask, mask_hidden)
     if not _reads_summary(q):
         return "no kernel reads it"
@@ -583,7 +583,7 @@ def summary_graph_launches(
     b, h, sq, _ = q.shape
     config = _summary_config(q, k, masking)
     launches, tiles, _ = mask_tiles_launches(masking, b, h, sq, k.shape[2], config)
-    return launches, tiles
+    return launches, (tiles,)
 
 
 @runtime_op("kernel_attention_mask_summary")

@@ -80,10 +80,12 @@ class KernelLaunch:
         writes: Sequence[str],
         zeroed: Sequence[str] = (),
     ) -> KernelLaunch:
-        given = {**dict(zip(kernel.arg_names, positional, strict=False)), **constexprs}
-        if len(positional) + len(constexprs) != len(given) or set(given) != set(kernel.arg_names):
-            raise TypeError(f"{kernel.__name__}: launched with {sorted(given)}")
-        args = {name: given[name] for name in kernel.arg_names}  # the signature's order
+        names = kernel.arg_names
+        args = dict(zip(names, positional, strict=False))
+        args.update(constexprs)
+        # every parameter once (cheap: runtime ops describe their launches on every call)
+        if len(args) != len(names) or len(positional) + len(constexprs) != len(names):
+            raise TypeError(f"{kernel.__name__}: launched with {sorted(args)}")
         return KernelLaunch(kernel, tuple(grid), args, num_warps, num_stages, frozenset(writes),
                             frozenset(zeroed))  # fmt: skip
 

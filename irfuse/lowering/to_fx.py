@@ -193,19 +193,12 @@ def _lower_summary(
     "all" and they are known, else a kernel_attention_mask_summary call. Returns (the
     summary's node, how it launches)."""
     q, k, mask = (a.meta["val"] for a in args[:3])
-    problem = _LAUNCH_MODE_PROBLEMS.get(graph_launch) or summary_graph_problem(q, k, mask)
-    if problem is None and graph_launch != "all":
-        problem = "graph_launch='all' may launch its kernels from the wrapper"
+    problem = _all_launches_problem(graph_launch, lambda: summary_graph_problem(q, k, mask))
     if problem is None:
-        with detect_fake_mode([q, k, mask]) or FakeTensorMode(allow_non_fake_inputs=True):
-            launched = summary_graph_launches(q, k, mask, args[3])
-        if not isinstance(launched, str):
-            launches, tiles = launched
-            inserted = insert_launches(graph, anchor, launches, list(args[:3]), [tiles])
-            if not isinstance(inserted, str):
-                return inserted[1][0], "launched by Inductor's wrapper"
-            launched = inserted
-        problem = launched
+        lowered = _lower_in_graph(graph, anchor, summary_graph_launches, args, [0])
+        if not isinstance(lowered, str):
+            return lowered[1][0], "launched by Inductor's wrapper"
+        problem = lowered
     call = _call(graph, anchor, SUMMARY, args, [])[0]
     return call, f"torch.ops.irfuse.kernel_attention_mask_summary ({problem})"
 
@@ -296,9 +289,7 @@ def _lower_attention(
     )  # fmt: skip
     indices = [0] + [1] * (op.lse is not None) + [2] * (op.scale_out is not None)
     q, k, v = (n.meta["val"] for n in args[:3])  # type: ignore[union-attr]
-    problem = _LAUNCH_MODE_PROBLEMS.get(graph_launch) or attention_graph_problem(q, k, v)
-    if problem is None and graph_launch != "all":
-        problem = "graph_launch='all' may launch its kernels from the wrapper"
+    problem = _all_launches_problem(graph_launch, lambda: attention_graph_problem(q, k, v))
     if problem is None:
         lowered = lower_attention_in_graph(graph, anchor, args, indices)
         if not isinstance(lowered, str):
@@ -316,16 +307,34 @@ def lower_attention_in_graph(
     """Insert after `anchor` the launches kernel_attention(*args) makes (attention.
     graph_launches, on the fake values), and return (the inserted nodes, the nodes of its
     outputs `indices`), or why they stay with kernel_attention."""
+    return _lower_in_graph(graph, anchor, attention_graph_launches, args, indices)
+
+
+def _lower_in_graph(
+    graph: fx.Graph, anchor: fx.Node, graph_launches: Callable, args: tuple, indices: list[int]
+) -> tuple[list[fx.Node], list[fx.Node]] | str:
+    """Insert after `anchor` the launches a runtime op makes on `args` (`graph_launches`:
+    (launches, outputs) over the fake values, or why none), and return (the inserted
+    nodes, the nodes of its outputs `indices`), or why they stay with the runtime op."""
     fake_args = [a.meta["val"] if isinstance(a, fx.Node) else a for a in args]
     tensors = [a for a in fake_args if isinstance(a, torch.Tensor)]
     with detect_fake_mode(tensors) or FakeTensorMode(allow_non_fake_inputs=True):
-        launched = attention_graph_launches(*fake_args)
+        launched = graph_launches(*fake_args)
     if isinstance(launched, str):
         return launched
     launches, outputs = launched
     inputs = [a for a in args if isinstance(a, fx.Node)]
-    results = [outputs[i] for i in indices]
-    return insert_launches(graph, anchor, launches, inputs, results)
+    return insert_launches(graph, anchor, launches, inputs, [outputs[i] for i in indices])
+
+
+def _all_launches_problem(graph_launch: str, problem: Callable[[], str | None]) -> str | None:
+    """Why kernels that launch from the wrapper only with graph_launch="all" keep their
+    runtime op: the mode, or `problem()` (their device and shapes); None if they may."""
+    if graph_launch in _LAUNCH_MODE_PROBLEMS:
+        return _LAUNCH_MODE_PROBLEMS[graph_launch]
+    if (found := problem()) is not None or graph_launch == "all":
+        return found
+    return "graph_launch='all' may launch its kernels from the wrapper"
 
 
 def _flattened(graph: fx.Graph, node: fx.Node, result: SSAValue) -> fx.Node:
