@@ -4,8 +4,8 @@ Inductor compiles the graph with irfuse's pass installed as its post-grad custom
 (`options={"inner": "eager"}` runs the same pass on the AOT graph and executes it
 eagerly). Options: `passes` (an xdsl pipeline, "a,b{opt=v}", or a list of names;
 default: the whole pipeline), `dump_dir` (or `IRFUSE_DUMP_DIR`), `inner`, `attention`
-(auto | irfuse | sdpa), `graph_launch` (static | symbolic | off: which fused norm
-kernels Inductor's wrapper launches itself); any other key is an Inductor config
+(auto | irfuse | sdpa), `graph_launch` (static | all | off: which fused kernels
+Inductor's wrapper launches itself); any other key is an Inductor config
 option. `mode` works as for Inductor ("reduce-overhead" = CUDA graphs).
 """
 
@@ -69,8 +69,12 @@ def irfuse_backend(
 def _eager(gm: fx.GraphModule, example_inputs: Sequence[Any], opts: Options) -> Callable[..., Any]:
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.fx_passes.joint_graph import constant_fold_uniform_value
 
     def forward_compiler(graph_module: fx.GraphModule, _: Sequence[Any]) -> Callable[..., Any]:
+        # Tensor constants as Inductor's joint-graph pass leaves them (`aten.full`), so
+        # that the pass matches, and `irfuse.explain` reports, what it does under Inductor.
+        constant_fold_uniform_value(graph_module)
         transform_graph(graph_module.graph, opts)
         graph_module.recompile()
         return make_boxed_func(graph_module.forward)

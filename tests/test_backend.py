@@ -249,6 +249,25 @@ def test_gpu_module_eps_compiled_dynamic_under_cuda_graphs_is_refused():
     ), reasons
 
 
+def test_a_static_scale_given_as_a_python_number_is_refused_with_its_reason():
+    def norm_quant_by_number(x, w):
+        y = models.hf_rms_norm(x, w)
+        return (y.float() / 0.05).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+
+    x, _, w, _ = _norm_inputs()
+    report = irfuse.explain(norm_quant_by_number, x, w)
+    assert "fuse-rms-norm-quant" not in report.fused, str(report)
+    reason = (
+        "the scale 0.05 is a Python number: a static scale is a one-element float32 tensor "
+        "(a module buffer, as serving stacks keep it)"
+    )
+    assert [r["reason"] for r in report.rejected] == [reason], str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(norm_quant_by_number, backend="irfuse", options={"inner": "eager"})
+    expected = norm_quant_by_number(x, w)
+    assert torch.equal(compiled(x, w).view(torch.uint8), expected.view(torch.uint8))
+
+
 def test_a_norm_computed_in_bf16_is_refused_with_its_reason():
     def bf16_norm(x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w

@@ -15,6 +15,7 @@ from functorch.compile import aot_function, make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 from torch._inductor import config as inductor_config
 from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch._inductor.fx_passes.joint_graph import constant_fold_uniform_value
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import ReturnOp
 
@@ -122,6 +123,17 @@ def per_tensor_quant_keepdim(x):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def per_token_quant_vllm_reference(x):
+    """vLLM's reference per-token quant (tests/kernels/quant_utils.py): tensor constants,
+    the amax of the 16-bit |x| without keepdim, widened, divided, then indexed back."""
+    fp8_max = torch.as_tensor(448.0, dtype=torch.float32)
+    one, s_512 = torch.as_tensor(1.0), torch.as_tensor(512.0)
+    x_token_max, _ = x.abs().max(dim=-1)
+    scales = (x_token_max.to(torch.float32) / fp8_max)[:, None]
+    scales = scales.clamp(min=one / (fp8_max * s_512))
+    return (x.to(torch.float32) / scales).clamp(-448.0, 448.0).to(FP8), scales
+
+
 def per_group_quant(x, group=128):
     t, k = x.shape
     xg = x.float().view(t, k // group, group)
@@ -141,6 +153,14 @@ def per_group_quant_ue8m0(x, group=128):
     return q, s.squeeze(-1)
 
 
+def per_group_quant_any_rank(x, group=64):
+    """Over a model's [B, S, K] hidden states, before they are flattened to tokens."""
+    *tokens, k = x.shape
+    xg = x.float().view(*tokens, k // group, group)
+    s = xg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+    return (xg / s).clamp(-448.0, 448.0).to(FP8).view(*tokens, k), s.squeeze(-1)
+
+
 def per_group_quant_unflatten(x, group=64):
     t, k = x.shape
     xg = x.unflatten(-1, (k // group, group)).float()
@@ -157,6 +177,7 @@ def _aot_graph(fn, *args) -> fx.Graph:
     graphs: list[fx.Graph] = []
 
     def compiler(gm, _):
+        constant_fold_uniform_value(gm)  # as the eager inner compiler does
         graphs.append(gm.graph)
         return make_boxed_func(gm.forward)
 
@@ -265,6 +286,7 @@ def _check_raised(module, report, scheme: str, with_ub: bool) -> QuantOp:
         per_token_quant_unsqueezed,
         per_token_quant_indexed,
         per_token_quant_widened,
+        per_token_quant_vllm_reference,
     ],
     ids=lambda f: f.__name__,
 )
@@ -329,6 +351,24 @@ def test_per_group_forms_are_raised(form, fn, scheme):
     assert not _targets(module) & {"aten.view.default", "aten.reshape.default"}
 
 
+@pytest.mark.parametrize("form", ["aot", "inductor"])
+@pytest.mark.parametrize(
+    "fn,scheme,scale_shape",
+    [
+        (per_token_quant, "#irfuse.quant<per_token>", (2, 3, 1)),
+        (per_group_quant_any_rank, "#irfuse.quant<per_group 64>", (2, 3, 4)),
+    ],
+    ids=["token", "group"],
+)
+def test_token_dims_before_the_hidden_are_kept(form, fn, scheme, scale_shape):
+    """A quant of [B, S, K] hidden states: the scales keep [B, S]."""
+    x = _inputs(t=6, k=256)[0].view(2, 3, 256)
+    module, report = _run(CAPTURES[form](fn, x))
+    quant = _check_raised(module, report, scheme, with_ub=False)
+    assert quant.out.type.get_shape() == (2, 3, 256)
+    assert quant.scale_out.type.get_shape() == scale_shape
+
+
 @pytest.mark.parametrize("fn", [per_token_quant, per_group_quant], ids=lambda f: f.__name__)
 def test_symbolic_sizes_are_raised(fn):
     x, _ = _inputs(t=5, k=256)
@@ -340,6 +380,7 @@ def test_symbolic_sizes_are_raised(fn):
 def test_reference_ops_compute_the_matched_chains():
     """The replacement's semantics (irfuse.ops) are the PyTorch chains', bit for bit."""
     x, ub = _inputs(t=4, k=256)
+    x3 = x.view(2, 2, 256)
     for got, want in [
         (irfuse.ops.per_token_fp8_quant(x), per_token_quant(x)),
         (irfuse.ops.per_token_fp8_quant(x, ub), per_token_quant_clamp_ub(x, ub)),
@@ -348,6 +389,9 @@ def test_reference_ops_compute_the_matched_chains():
         (irfuse.ops.per_group_fp8_quant(x, 128), per_group_quant(x)),
         (irfuse.ops.per_group_fp8_quant(x, 128, False, True), per_group_quant_ue8m0(x)),
         (irfuse.ops.per_group_fp8_quant(x, 64), per_group_quant_unflatten(x)),
+        (irfuse.ops.per_token_fp8_quant(x), per_token_quant_vllm_reference(x)),
+        (irfuse.ops.per_token_fp8_quant(x3), per_token_quant(x3)),
+        (irfuse.ops.per_group_fp8_quant(x3, 64), per_group_quant_any_rank(x3)),
     ]:
         assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8))
         assert torch.equal(got[1], want[1].reshape(got[1].shape))
@@ -393,16 +437,26 @@ def _grouped_scales_returned(x):
     return (xg / s).clamp(-448.0, 448.0).to(FP8).view(4, 256), s
 
 
-def _tensor_constant_floor(x):
+def _tensor_input_floor(x, floor):
     xf = x.float()
-    s = torch.maximum(
-        xf.abs().amax(dim=-1, keepdim=True) / 448.0, torch.tensor(1.0 / (448.0 * 512.0))
-    )
+    s = torch.maximum(xf.abs().amax(dim=-1, keepdim=True) / 448.0, floor)
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
-def _per_token_3d(x):
-    return per_token_quant(x.view(2, 2, 256))
+def _groups_across_tokens(x):
+    """[2, 2, 256] viewed as [4, 2, 128]: the group view also merges the token dims."""
+    xg = x.view(2, 2, 256).float().view(4, 2, 128)
+    s = xg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+    return (xg / s).clamp(-448.0, 448.0).to(FP8).view(2, 2, 256), s.squeeze(-1)
+
+
+def _group_floor_in_16_bits(x):
+    """vLLM's reference per-group quant clamps the 16-bit amax at 1e-10 (which bf16 rounds)
+    before widening it."""
+    xg = x.view(4, 2, 128)
+    amax = xg.abs().max(dim=-1, keepdim=True)[0].clamp(min=1e-10).to(torch.float32)
+    s = amax / 448.0
+    return (xg / s).clamp(-448.0, 448.0).to(FP8).view(4, 256), s.squeeze(-1)
 
 
 def _per_tensor_ub(x, scale_ub):
@@ -455,11 +509,20 @@ def _max_indices_returned(x):
         (_clamps_to_240, 256, "clamp bounds (-240.0, 240.0) are not the fp8 range (-448, 448)"),
         (_grouped_scales_returned, 256, "scales %div are read in shape [4, 2, 1] by func.return"),
         (
-            _tensor_constant_floor,
+            _tensor_input_floor,
             256,
-            "lower bound %lift_fresh_copy of the scale is a tensor whose value is not in the graph",
+            "lower bound %arg1 of the scale is a tensor whose value is not in the graph",
         ),
-        (_per_token_3d, 256, "scale over a rank-3 tensor, not a 2-D [T, K] one"),
+        (
+            _groups_across_tokens,
+            256,
+            "grouped input %view is not a [..., K/G, G] view of a [..., K] tensor",
+        ),
+        (
+            _group_floor_in_16_bits,
+            256,
+            "scale formula widens a value other than its amax (steps before it run in 16 bits)",
+        ),
         (_per_tensor_ub, 256, "per-tensor max(amax / 448, 1/(448*512)) scale takes no upper bound"),
         (_amax_over_rows, 256, "amax over dims [0] (keepdim True), not the last with keepdim"),
         (
@@ -478,8 +541,9 @@ def _max_indices_returned(x):
         "div-240",
         "clamp-240",
         "grouped-scales",
-        "tensor-constant-floor",
-        "rank-3",
+        "tensor-input-floor",
+        "groups-across-tokens",
+        "group-floor-in-16-bits",
         "tensor-ub",
         "amax-over-rows",
         "token-scale-viewed",
@@ -487,7 +551,8 @@ def _max_indices_returned(x):
 )
 def test_refused_with_reason_and_left_unchanged(fn, k, reason):
     x, ub = _inputs(t=4, k=k)
-    graph = _aot_graph(fn, x, ub) if fn is _per_tensor_ub else _aot_graph(fn, x)
+    with_tensor = {_per_tensor_ub: ub, _tensor_input_floor: torch.tensor(1e-5)}
+    graph = _aot_graph(fn, x, with_tensor[fn]) if fn in with_tensor else _aot_graph(fn, x)
     before = str(import_graph(graph).module)
     module, report = _run(graph)
     assert str(module) == before
@@ -557,6 +622,7 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
         (per_token_quant_promoted, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_indexed, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_widened, "irfuse_add_rounded_rms_norm_per_token_fp8"),
+        (per_token_quant_vllm_reference, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_group_quant, "irfuse_add_rounded_rms_norm_per_group128_fp8"),
         (per_group_quant_ue8m0, "irfuse_add_rounded_rms_norm_per_group128_ue8m0_fp8"),
     ],
@@ -619,3 +685,35 @@ def test_model_norm_then_per_tensor_quant_fuses_end_to_end(residual, quant):
     assert s.shape == s_ref.shape and all(torch.equal(a, b) for a, b in zip(h, h_ref, strict=True))
     torch.testing.assert_close(s, s_ref, rtol=1e-2, atol=0)  # the norm's rounding may differ
     assert_fp8_close(q, q_ref, s_ref)
+
+
+@pytest.mark.parametrize(
+    "quant,kernel",
+    [
+        (per_token_quant, "irfuse_add_rounded_rms_norm_per_token_fp8"),
+        (per_group_quant_any_rank, "irfuse_add_rounded_rms_norm_per_group64_fp8"),
+    ],
+    ids=["token", "group"],
+)
+def test_model_hidden_states_quantized_before_flattening(quant, kernel):
+    """A decoder layer's [B, S, K] residual stream: add + HF RMSNorm + a dynamic quant of
+    the 3-D hidden states fuse, and give eager's bytes and scales in eager's shapes."""
+
+    def block(x, residual, weight):
+        h = x + residual
+        return (*quant(models.hf_rms_norm(h, weight)), h)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+    g = torch.Generator().manual_seed(1)
+    x, residual = (torch.randn(2, 3, 256, generator=g).to(BF16).to(device) for _ in range(2))
+    weight = (torch.rand(256, generator=g).to(BF16) + 0.5).to(device)
+    report = irfuse.explain(block, x, residual, weight)
+    assert report.fused["fuse-rms-norm-quant"] == 1 and report.kernels == [kernel], str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="irfuse", options={"inner": "eager"})
+    q, s, h = compiled(x, residual, weight)
+    q_ref, s_ref, h_ref = block(x, residual, weight)
+    assert torch.equal(h, h_ref) and s.shape == s_ref.shape and q.shape == q_ref.shape
+    torch.testing.assert_close(s, s_ref, rtol=1e-2, atol=0)  # the norm's rounding may differ
+    per_element = s_ref.repeat_interleave(256 // s_ref.shape[-1], dim=-1)
+    assert_fp8_close(q, q_ref, per_element)

@@ -38,6 +38,7 @@ CASES = [
     ("quant/none/model/per_group 128 ue8m0", (3, 256), "", [0, 2]),
     ("quant/none/model/nvfp4", (5, 64), "s", [0, 2]),
     ("rms_norm/plain/model/per_token/keep_value", (2, 2, 64), "w", [0, 2, 3]),
+    ("fused_add_rms_norm/plain/model/per_group 64/rounded_sum", (2, 3, 128), "rw", [0, 1, 2]),
     ("fused_add_rms_norm/plain/model/none", (3, 96), "rw", [0, 1]),
     ("rms_norm/plain/model/per_token", (2, 2880), "ws", [0, 2]),  # 2880: padded to 4096 lanes
     # dynamic per-tensor: two launches, phase 1's results in a buffer of the graph

@@ -1,31 +1,35 @@
 """raise-dynamic-fp8-quant: recognise dynamic fp8 quantization written in PyTorch.
 
-Matches, for any hidden size (`xf` is `x` [T, K] cast to fp32, or `x` itself if fp32):
+Matches, for any hidden size (`xf` is `x` [..., K] cast to fp32, or `x` itself if fp32;
+`...` the token dims, one or more: [T, K], or a model's [B, S, K] before it flattens):
 
     per token:   a = amax(|xf|, -1, keepdim=True)
                  a = min(a, ub)                                  (optional upper bound)
                  s = max(a / 448, 1/(448*512))
-                 q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [T, 1]
+                 q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [..., 1]
 
     per tensor:  a = amax(|xf|) over every dim (or max(|xf|))     (x of any rank)
                  s = max(a / 448, 1/(448*512))
                  s = s.reshape(1)                          (optional: any one-element view)
                  q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [] or [1, ...]
 
-    per group:   xg = xf.view(T, K/G, G)                          (G = 64 or 128)
+    per group:   xg = xf.view(..., K/G, G)                        (G = 64 or 128)
                  s = max(amax(|xg|, -1, keepdim=True), 1e-10) / 448
                  s = exp2(ceil(log2(s)))                          (optional: ue8m0)
-                 q = clamp(xg / s, -448, 448).to(float8_e4m3fn).view(T, K)
-                                                            -> q, s.squeeze(-1) [T, K/G]
+                 q = clamp(xg / s, -448, 448).to(float8_e4m3fn).view(..., K)
+                                                            -> q, s.squeeze(-1) [..., K/G]
 
 in the AOT and Inductor post-grad forms: casts as `_to_copy` or `convert_element_type`;
 clamps as `aten.clamp` or `clamp_min` / `clamp_max` (a pair in either order for +-448);
-`a / 448` as a division or a multiplication by 1/448 (within one fp32 ulp); `max(., c)`
-also as `maximum` with a constant `aten.full` (Inductor's folding of a tensor constant);
+`a / 448` as a division or a multiplication by 1/448 (within one fp32 ulp); a constant
+also as a one-element `aten.full` (Inductor's folding of a tensor constant, as in vLLM's
+reference quant: `a / torch.as_tensor(448.0)`, `clamp(min=1 / (448 * 512) tensor)`), so
+`max(., c)` also as `maximum` or `clamp_min` with one;
 `min(a, ub)` as `minimum`, `clamp(max=ub)` or `clamp_max` with a tensor; the group view
 as `view`, `reshape` or `_unsafe_view` (`unflatten`), before or after the fp32 cast;
 an amax over one dim also as the values of `max(., dim, keepdim)` (its indices unread),
-either without keepdim and the dim put back right after (`unsqueeze(-1)`, `[:, None]`);
+either without keepdim and the dim put back after (`unsqueeze(-1)`, `[:, None]`; right
+after the amax, or after scalar steps of the formula: vLLM's `(amax / 448)[:, None]`);
 the amax of a 16-bit |x| widened to fp32 right after (the same value) where x.float() is
 quantized;
 the division may read 16-bit `x` itself, promoted by the fp32 scale, where the amax
@@ -35,9 +39,10 @@ Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the
 formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
 one-element fp32 tensor; the amax is over the last dim with keepdim, of the very tensor
 that is divided (every dim for per tensor, which takes no upper bound); the input is
-2-D bf16/fp16/fp32 (any rank per tensor), the scale fp32; the group view splits
-the last dim into groups of 64 or 128 that divide K; per group, the fp8 result is only
-read through the view back to [T, K] and the scales only as [T, K/G] (squeeze or view);
+bf16/fp16/fp32 of rank 2 or more (any rank per tensor), the scale fp32; the group view
+splits the last dim into groups of 64 or 128 that divide K and keeps the others; per
+group, the fp8 result is only read through the view back to [..., K] and the scales only
+as [..., K/G] (squeeze or view);
 no intermediate has a user outside the pattern but q and the scales. Unless
 `standalone=true`, `x` must come from an irfuse op that can take the quant as its
 epilogue (elsewhere Inductor already fuses the quant into its producer's kernel).
@@ -56,7 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from xdsl.context import Context
-from xdsl.dialects.builtin import ArrayAttr, Float8E4M3FNType, ModuleOp, TensorType
+from xdsl.dialects.builtin import ArrayAttr, Float8E4M3FNType, ModuleOp, NoneAttr, TensorType
 from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
@@ -119,7 +124,9 @@ DIV = "aten.div.Tensor"
 SQUEEZE_DIM, SQUEEZE_DIMS = "aten.squeeze.dim", "aten.squeeze.dims"
 UPPER_BOUNDS = ("aten.minimum.default", "aten.clamp.Tensor", "aten.clamp_max.Tensor")
 SCALINGS = ("aten.div.Tensor", "aten.div.Scalar", "aten.mul.Tensor", "aten.mul.Scalar")
-FLOORS = (CLAMP, CLAMP_MIN, CLAMP_MAX, "aten.maximum.default")
+# max(., c) with c a one-element `aten.full` (a tensor constant): the Tensor forms
+FLOORS_BY_TENSOR = ("aten.maximum.default", "aten.clamp_min.Tensor", "aten.clamp.Tensor")
+FLOORS = (CLAMP, CLAMP_MIN, CLAMP_MAX, *FLOORS_BY_TENSOR)
 POW2 = ("aten.log2.default", "aten.ceil.default", "aten.exp2.default")
 SCALE_OPS = UPPER_BOUNDS + SCALINGS + FLOORS + POW2
 
@@ -142,8 +149,9 @@ class _Step:
     """The divisor (div: 448, or 1/448 written as a multiply) or the lower bound (floor)."""
     bound: SSAValue | None = None
     """The upper-bound tensor `ub` (bound)."""
-    helper: Operation | None = None
-    """The `aten.full` holding a floor constant (may be shared: erased only if dead)."""
+    helper: CallOp | None = None
+    """The `aten.full` holding the constant of a floor or divisor (may be shared: erased
+    only if dead)."""
 
 
 def _path_to_amax(value: SSAValue, depth: int = 0) -> list[CallOp] | None:
@@ -177,34 +185,58 @@ def _upper_bound(op: CallOp, prev: SSAValue) -> SSAValue | None:
     return tensor_arg(op, 2) if no_min else None
 
 
+def _full_value(value: SSAValue | None) -> tuple[float, CallOp] | None:
+    """The number and op of an `aten.full` of one element (Inductor's folding of a tensor
+    constant such as vLLM's `torch.as_tensor(448.0)`)."""
+    full = call(value, "aten.full.default")
+    c = const_arg(full, 1) if full is not None else None
+    if full is None or not isinstance(c, (int, float)) or isinstance(c, bool):
+        return None
+    return (float(c), full) if _numel(full.results[0]) == 1 else None
+
+
 def _scaling(op: CallOp, prev: SSAValue) -> _Step | str:
-    """`prev / c` or `prev * c` with a constant `c`."""
-    c = const_arg(op, 1)
-    if tensor_arg(op, 0) is not prev or not isinstance(c, (int, float)) or isinstance(c, bool):
-        return f"scale formula has {op.target.data} by a tensor"
+    """`prev / c` or `prev * c` with a constant `c` (a number, or a one-element full)."""
+    if tensor_arg(op, 0) is not prev:
+        return f"scale formula has {op.target.data} of a tensor other than the amax's"
+    c, helper = const_arg(op, 1), None
+    if (full := _full_value(tensor_arg(op, 1))) is not None:
+        c, helper = full
+    if not isinstance(c, (int, float)) or isinstance(c, bool):
+        return f"scale formula has {op.target.data} by a tensor whose value is not in the graph"
     if op.target.data.startswith("aten.div"):
-        return _Step("div", op, f"/ {c:g}", value=float(c))
-    return _Step("div", op, f"* {c:g}", value=1.0 / float(c) if c else math.inf)
+        return _Step("div", op, f"/ {c:g}", value=float(c), helper=helper)
+    return _Step("div", op, f"* {c:g}", value=1.0 / float(c) if c else math.inf, helper=helper)
 
 
 def _floor(op: CallOp, prev: SSAValue) -> _Step | str:
-    """`max(prev, c)` as a clamp from below or a maximum with a constant `aten.full`."""
-    if op.target.data != "aten.maximum.default":
+    """`max(prev, c)` as a clamp from below, or a maximum or clamp (from below only) with a
+    constant `aten.full`."""
+    target = op.target.data
+    if target not in FLOORS_BY_TENSOR:
         bounds = clamp_bounds(op)
         if tensor_arg(op, 0) is not prev or bounds is None:
-            return f"scale is clamped by a tensor ({op.target.data})"
+            return f"scale is clamped by a tensor ({target})"
         lo, hi = bounds
         if hi is not None or lo is None:
             return f"scale is clamped to [{lo}, {hi}], not only from below"
         return _Step("floor", op, f"max({lo:g})", value=lo)
     a, b = tensor_arg(op, 0), tensor_arg(op, 1)
+    if target != "aten.maximum.default" and (a is not prev or not _open_above(op)):
+        return f"scale is clamped by tensors ({target}), not only from below"
     other = b if a is prev else a
-    full = call(other, "aten.full.default")
-    c = const_arg(full, 1) if full is not None else None
-    if not isinstance(c, (int, float)) or isinstance(c, bool):
+    if (full := _full_value(other)) is None:
         name = other.name_hint if other is not None else "?"
         return f"lower bound %{name} of the scale is a tensor whose value is not in the graph"
-    return _Step("floor", op, f"max({c:g})", value=float(c), helper=full)
+    return _Step("floor", op, f"max({full[0]:g})", value=full[0], helper=full[1])
+
+
+def _open_above(op: CallOp) -> bool:
+    """A `clamp_min.Tensor`, or a `clamp.Tensor` with no max."""
+    if op.target.data == "aten.clamp_min.Tensor":
+        return True
+    upper = op.arg(2) if op.arg(2) is not None else op.kwargs.data.get("max")
+    return upper is None or isinstance(upper, NoneAttr)
 
 
 def _numel(value: SSAValue) -> int | None:
@@ -213,7 +245,7 @@ def _numel(value: SSAValue) -> int | None:
     return None if dims is None or DYNAMIC in dims else math.prod(dims)
 
 
-def _parse_step(op: CallOp, prev: SSAValue) -> _Step | str:
+def _parse_step(op: CallOp, prev: SSAValue, amax: CallOp) -> _Step | str:
     """What `op` does to `prev` (the value on the amax side), or why it is not a step."""
     target = op.target.data
     if target in CASTS:
@@ -221,7 +253,7 @@ def _parse_step(op: CallOp, prev: SSAValue) -> _Step | str:
         widens = cast is not None and cast[1] == F32 and element_type(prev) != F32
         return _Step("widen", op, "float()") if widens else "scale formula has a narrowing cast"
     if target == UNSQUEEZE:
-        return _Step("keepdim", op, "unsqueeze") if _restores_keepdim(op, prev) else (
+        return _Step("keepdim", op, "unsqueeze") if _restores_keepdim(op, prev, amax) else (
             "scale formula has an unsqueeze other than of the dim its amax reduced"
         )  # fmt: skip
     if target in VIEWS:  # of one element (_path_to_amax): the scale's shape, not its value
@@ -241,7 +273,7 @@ def _parse_step(op: CallOp, prev: SSAValue) -> _Step | str:
 def _parse_formula(path: list[CallOp]) -> list[_Step] | str:
     steps: list[_Step] = []
     for prev_op, op in zip(path, path[1:], strict=False):
-        step = _parse_step(op, prev_op.results[0])
+        step = _parse_step(op, prev_op.results[0], path[0])
         if isinstance(step, str):
             return step
         steps.append(step)
@@ -284,7 +316,7 @@ def _check_constants(steps: list[_Step], scheme: str) -> str | None:
 def _divides_by_fp8_max(step: _Step) -> bool:
     if step.op.target.data.startswith("aten.div"):
         return step.value == FP8_MAX
-    factor = const_arg(step.op, 1)
+    factor = const_arg(step.helper, 1) if step.helper is not None else const_arg(step.op, 1)
     return abs(float(factor) - 1.0 / FP8_MAX) <= RECIP_ULP  # type: ignore[arg-type]
 
 
@@ -307,7 +339,7 @@ def _strip_f32_cast(value: SSAValue, inside: list[Operation]) -> tuple[SSAValue,
 
 @dataclass
 class _Grouped:
-    """`xs` = `x` [T, K] viewed as [T, K/G, G] (and cast to fp32) by `ops`."""
+    """`xs` = `x` [..., K] viewed as [..., K/G, G] (and cast to fp32) by `ops`."""
 
     x: SSAValue
     group: int
@@ -315,12 +347,13 @@ class _Grouped:
 
 
 def _group_view(value: SSAValue) -> _Grouped | str:
-    """`value` as `view(x, [T, K/G, G])` with G 64 or 128 dividing K."""
+    """`value` as `view(x, [..., K/G, G])` with G 64 or 128 dividing K."""
     view = call(value, *VIEWS)
     x = tensor_arg(view, 0) if view is not None else None
-    if view is None or x is None or rank(x) != 2:
-        return f"grouped input %{value.name_hint} is not a view of a 2-D [T, K] tensor"
-    (t, k), (t_view, groups, group) = shape(x), shape(value)  # type: ignore[misc]
+    if view is None or x is None or rank(x) < 2 or rank(value) != rank(x) + 1:
+        return f"grouped input %{value.name_hint} is not a [..., K/G, G] view of a [..., K] tensor"
+    *tokens, k = shape(x)  # type: ignore[misc]
+    *tokens_view, groups, group = shape(value)  # type: ignore[misc]
     if group == DYNAMIC:  # a symbolic K can leave the type's last dim `?`: read the view
         group = _last_view_size(view)
     if group is None:
@@ -329,7 +362,8 @@ def _group_view(value: SSAValue) -> _Grouped | str:
         return f"group size {group} is not 64 or 128"
     if k != DYNAMIC and k % group:
         return f"hidden size {k} is not a multiple of the group size {group}"
-    if not same_dim(t, t_view) or (DYNAMIC not in (k, groups) and groups * group != k):
+    same_tokens = all(same_dim(a, b) for a, b in zip(tokens, tokens_view, strict=True))
+    if not same_tokens or (DYNAMIC not in (k, groups) and groups * group != k):
         return f"view {list(shape(x))} -> {list(shape(value))} does not split the last dim"  # type: ignore[arg-type]
     return _Grouped(x, group, [view])
 
@@ -371,8 +405,8 @@ def _q_view(q: SSAValue, x: SSAValue) -> CallOp | str:
 
 
 def _squeezes(s: SSAValue, pattern: list[Operation]) -> list[CallOp] | str:
-    """The readers of the scales s [T, K/G, 1] outside the pattern, all squeezing to
-    [T, K/G] (squeeze(-1) or a view)."""
+    """The readers of the scales s [..., K/G, 1] outside the pattern, all squeezing to
+    [..., K/G] (squeeze(-1) or a view)."""
     found: list[CallOp] = []
     for user in users(s):
         if user in pattern:
@@ -385,7 +419,7 @@ def _squeezes(s: SSAValue, pattern: list[Operation]) -> list[CallOp] | str:
 
 
 def _squeezes_last(op: CallOp, s: SSAValue) -> bool:
-    """`op` turns `s` [T, K/G, 1] into [T, K/G]: squeeze(-1), squeeze([-1]) or a view."""
+    """`op` turns `s` [..., K/G, 1] into [..., K/G]: squeeze(-1), squeeze([-1]) or a view."""
     if len(op.results) != 1 or tensor_arg(op, 0) is not s:
         return False
     if shape(op.results[0]) != shape(s)[:-1]:  # type: ignore[index]
@@ -444,8 +478,10 @@ def _match_scheme(
     if scheme not in ("per_token", "per_tensor", "per_group", "per_group_ue8m0"):
         return scheme
     forms = _amax_forms(steps)
-    if any(step.kind in AMAX_FORMS for step in steps[len(forms) :]):
-        return "scale formula unsqueezes or widens a value other than its amax"
+    if any(step.kind == "widen" for step in steps[len(forms) :]):
+        return "scale formula widens a value other than its amax (steps before it run in 16 bits)"
+    if any(step.kind == "keepdim" for step in steps):
+        forms.add("keepdim")
     reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme, forms)
     if reason:
         return reason
@@ -466,7 +502,7 @@ def _match_per_group(
     helpers: list[Operation],
     ue8m0: bool,
 ) -> DynamicQuantMatch | str:
-    """The grouped input behind `xs`, the view of `q` back to [T, K], the squeezes of `s`."""
+    """The grouped input behind `xs`, the view of `q` back to [..., K], the squeezes of `s`."""
     grouped = _group_input(xs, ops)
     if isinstance(grouped, str):
         return grouped
@@ -506,12 +542,11 @@ def _amax_dims(amax: CallOp) -> tuple[list[int] | None, object]:
     return dims, const_arg(amax, 2, "keepdim")
 
 
-def _restores_keepdim(unsqueeze: CallOp, prev: SSAValue) -> bool:
-    """`unsqueeze` puts back, right after an amax over the last dim without keepdim (or
-    its widening to fp32), the dim it reduced (`a.unsqueeze(-1)`, `a[:, None]`)."""
-    widened = cast_of(prev)
-    amax = (widened[0] if widened is not None else prev).owner
-    if not isinstance(amax, CallOp) or amax.target.data not in (AMAX, MAX_DIM):
+def _restores_keepdim(unsqueeze: CallOp, prev: SSAValue, amax: CallOp) -> bool:
+    """`unsqueeze` puts back the dim that `amax`, over the last dim without keepdim,
+    reduced (`a.unsqueeze(-1)`, `a[:, None]`): right after it, or after its widening and
+    scalar steps, which keep its shape (vLLM's `(amax / 448)[:, None]`)."""
+    if amax.target.data not in (AMAX, MAX_DIM) or rank(prev) != rank(amax.results[0]):
         return False
     dims, keepdim = _amax_dims(amax)
     r = rank(unsqueeze.results[0])
@@ -548,10 +583,10 @@ def _check_amax(amax: CallOp, xs: SSAValue, scheme: str, forms: set[str]) -> str
         return f"amax over dims {dims} (keepdim {keepdim}), not the last with keepdim"
     if reason := _check_f32(xs, amax, widened):
         return reason
-    if scheme == "per_token" and rank(xs) != 2:
-        return f"{TOKEN_FORMULA} scale over a rank-{rank(xs)} tensor, not a 2-D [T, K] one"
-    if scheme != "per_token" and rank(xs) != 3:
-        return f"{GROUP_FORMULA} scale over a rank-{rank(xs)} tensor, not a [T, K/G, G] view"
+    if scheme == "per_token" and rank(xs) < 2:
+        return f"{TOKEN_FORMULA} scale over a rank-{rank(xs)} tensor, not a [..., K] one"
+    if scheme != "per_token" and rank(xs) < 3:
+        return f"{GROUP_FORMULA} scale over a rank-{rank(xs)} tensor, not a [..., K/G, G] view"
     return None
 
 

@@ -8,10 +8,11 @@ Matches (`s` a one-element fp32 scale tensor):
 with `clamp` as `aten.clamp` or `clamp_min` + `clamp_max` in either order (Inductor's
 form), `x_f32` being `x` cast to fp32 or `x` itself (type promotion against the fp32
 scale). Guards: the bounds are exactly -448 and 448; the scale is a one-element fp32
-tensor; the scaled value is fp32 (not rounded to x's dtype first); intermediates have
-no other user; unless `standalone=true`, `x` comes from an irfuse op that can take the
-quant as its epilogue (elsewhere Inductor already fuses the quant into the kernel that
-produces `x`, which beats a separate quant kernel).
+tensor (a Python number as the scale is refused with its reason); the scaled value is
+fp32 (not rounded to x's dtype first); intermediates have no other user; unless
+`standalone=true`, `x` comes from an irfuse op that can take the quant as its epilogue
+(elsewhere Inductor already fuses the quant into the kernel that produces `x`, which
+beats a separate quant kernel).
 Replacement: `irfuse.quant` with `#irfuse.quant<static>` (computes `x * (1/s)`,
 NUMERICS.md).
 """
@@ -38,12 +39,15 @@ from irfuse.transforms.fuse_quant import can_take_epilogue
 from irfuse.transforms.match import (
     CASTS,
     F32,
+    call,
     cast_of,
+    const_arg,
     constant_clamp,
     element_type,
     erase_dead,
     escaping_intermediate,
     scaling_of,
+    tensor_arg,
 )
 
 NAME = "raise-fp8-quant"
@@ -70,6 +74,11 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
         return None
     clamp = constant_clamp(cast[0])
     scaling = scaling_of(clamp.x) if clamp is not None else None
+    if clamp is not None and scaling is None and (number := _scaled_by_number(clamp.x)):
+        return (
+            f"the scale {number:g} is a Python number: a static scale is a one-element "
+            "float32 tensor (a module buffer, as serving stacks keep it)"
+        )
     if clamp is None or scaling is None:
         return None
     x, scale, scale_ops = scaling
@@ -115,6 +124,15 @@ class RaiseFp8QuantPattern(RewritePattern):
         rewriter.replace(op, new)
         erase_dead(rewriter, found.dead_ops)
         report.fused(NAME)
+
+
+def _scaled_by_number(value: SSAValue) -> float | None:
+    """`c` where `value` is `x / c` or `x * c` with a constant number `c`."""
+    op = call(value, "aten.div.Tensor", "aten.div.Scalar", "aten.mul.Tensor", "aten.mul.Scalar")
+    if op is None or tensor_arg(op, 0) is None or tensor_arg(op, 1) is not None:
+        return None
+    c = const_arg(op, 1)
+    return float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else None
 
 
 def _guard(
