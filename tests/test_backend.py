@@ -268,6 +268,17 @@ def test_a_static_scale_given_as_a_python_number_is_refused_with_its_reason():
     assert torch.equal(compiled(x, w).view(torch.uint8), expected.view(torch.uint8))
 
 
+def test_a_norm_dividing_by_sqrt_is_refused_with_its_reason():
+    def sqrt_norm(x, w):
+        v = x.float()
+        return w * (v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+
+    x, _, w, _ = _norm_inputs()
+    report = irfuse.explain(sqrt_norm, x, w)
+    assert not report.fused, str(report)
+    assert report.rejected[0]["reason"].startswith("x / sqrt(mean(x^2) + eps) is not raised")
+
+
 def test_a_norm_computed_in_bf16_is_refused_with_its_reason():
     def bf16_norm(x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w

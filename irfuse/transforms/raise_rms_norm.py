@@ -27,6 +27,9 @@ eps is a constant, or a graph input marked `irfuse.host_scalar` (a 0-d f32/f64 C
 tensor: what `torch.compile(dynamic=True)` makes of a module's float eps), seen through
 casts to f64 / f32; the raised op then reads it at each launch (its `eps` operand).
 
+Not matched, with its reason: `xf / sqrt(mean(xf ** 2) + eps)` (the kernels' rsqrt may
+round differently).
+
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
 outside the chain; an input eps is on the host, and Inductor's CUDA graphs are off (they
@@ -119,6 +122,26 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
     casts = [v.owner for v in dict.fromkeys((xf, xs)) if v is not x]
     chain = [square_op, mean, add, rsqrt, n_op, *casts]
     return _Norm(x, xf, eps, chain, eps_casts)
+
+
+SQRT_FORM = (
+    "x / sqrt(mean(x^2) + eps) is not raised: the kernels compute x * rsqrt(mean(x^2) + "
+    "eps), which may round differently (written with torch.rsqrt, it fuses)"
+)
+
+
+def _divides_by_rms(sqrt: CallOp) -> bool:
+    """`sqrt` is of `mean(xf^2, -1) + eps`, and something is divided by it."""
+    add = call(sqrt.inputs[0], "aten.add.Scalar", "aten.add.Tensor")
+    mean = call(tensor_arg(add, 0), "aten.mean.dim") if add is not None else None
+    if mean is None or _squared(tensor_arg(mean, 0)) is None:
+        return False
+    return any(
+        isinstance(user, CallOp)
+        and user.target.data == "aten.div.Tensor"
+        and tensor_arg(user, 1) is sqrt.results[0]
+        for user in users(sqrt.results[0])
+    )
 
 
 def _runtime_eps(value: SSAValue | None, casts: list[Operation]) -> SSAValue | str:
@@ -232,6 +255,9 @@ def _no_weight_reason(n: SSAValue, dt: Attribute | None) -> str:
 class RaiseRmsNormPattern(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
+        if op.target.data == "aten.sqrt.default" and _divides_by_rms(op):
+            report.rejected(NAME, op, SQRT_FORM)
+            return
         if op.target.data != "aten.rsqrt.default":
             return
         norm = _match_normalised(op)
