@@ -268,6 +268,47 @@ def test_a_static_scale_given_as_a_python_number_is_refused_with_its_reason():
     assert torch.equal(compiled(x, w).view(torch.uint8), expected.view(torch.uint8))
 
 
+def _hf_add_norm(x, r, w):
+    h = x + r
+    return models.hf_rms_norm(h, w), h
+
+
+@pytest.mark.parametrize("add_norm", [_hf_add_norm, models.vllm_add_rms_norm], ids=["hf", "vllm"])
+def test_a_norm_quantized_with_several_scales_is_left_to_the_inner_compiler(add_norm):
+    """HF-style fp8 projections each with its input scale (q, k, v): Inductor writes the
+    three quants from its norm kernel, which an irfuse norm (one quant epilogue) would
+    split into three kernels. The norm is left unraised, with the reason."""
+
+    def add_norm_three_quants(x, r, w, s_q, s_k, s_v):
+        y, h = add_norm(x, r, w)
+        quants = tuple(models.static_quant(y, s) for s in (s_q, s_k, s_v))
+        return (*quants, h)
+
+    x, r, w, s = _norm_inputs()
+    scales = (s, s * 2, s * 3)
+    report = irfuse.explain(add_norm_three_quants, x, r, w, *scales)
+    assert not report.fused, str(report)
+    assert report.rejected[0]["reason"] == (
+        "its value is quantized 3 times: Inductor writes them all from one kernel, "
+        "an irfuse norm kernel ends with one quant"
+    ), str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(add_norm_three_quants, backend="irfuse", options={"inner": "eager"})
+    expected = add_norm_three_quants(x, r, w, *scales)
+    for got, want in zip(compiled(x, r, w, *scales), expected, strict=True):
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+def test_a_norm_quantized_once_and_read_unquantized_fuses_keeping_its_value():
+    def norm_quant_and_value(x, w, s):
+        y = models.hf_rms_norm(x, w)
+        return models.static_quant(y, s), y * 2
+
+    x, _, w, s = _norm_inputs()
+    report = irfuse.explain(norm_quant_and_value, x, w, s)
+    assert report.kernels == ["irfuse_rms_norm_static_fp8_keep"], str(report)
+
+
 def test_a_norm_dividing_by_sqrt_is_refused_with_its_reason():
     def sqrt_norm(x, w):
         v = x.float()

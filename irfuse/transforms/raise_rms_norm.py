@@ -30,7 +30,9 @@ casts to f64 / f32; the raised op then reads it at each launch (its `eps` operan
 Not matched, with its reason: `xf / sqrt(mean(xf ** 2) + eps)` (the kernels' rsqrt may
 round differently).
 
-Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
+Guards: the mean is over the last dim with keepdim; the normalised value is not read by
+more than one fp8 quant (Inductor writes them all from the norm's kernel; an irfuse
+norm kernel ends with one quant); the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
 outside the chain; an input eps is on the host, and Inductor's CUDA graphs are off (they
 cannot replay a kernel reading a host value). Replacement: one `irfuse.rms_norm`.
@@ -55,7 +57,10 @@ from xdsl.rewriter import InsertPoint
 from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, FusedAddRmsNormOp, RmsNormOp
 from irfuse.transforms import report
+from irfuse.transforms.raise_dynamic_fp8_quant import match_dynamic_quant
+from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
 from irfuse.transforms.match import (
+    CASTS,
     F32,
     F64,
     call,
@@ -276,7 +281,9 @@ class RaiseRmsNormPattern(RewritePattern):
             report.rejected(NAME, op, _no_weight_reason(norm.chain[4].results[0], dt))
             return
         root = weighted.ops[-1]
-        reason = _guard(norm, weighted, dt, root.results[0])
+        reason = _guard(norm, weighted, dt, root.results[0]) or _quantized_more_than_once(
+            root.results[0]
+        )
         if reason:
             report.rejected(NAME, root, reason)
             return
@@ -355,7 +362,9 @@ def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) ->
     others = [u for u in users(h) if u not in norm.chain and u not in residual_casts]
     root = weighted.ops[-1]
     fused = _Norm(summed.a, h, norm.eps, norm.chain, norm.eps_casts)
-    reason = _guard(fused, weighted, dt, root.results[0])
+    reason = _guard(fused, weighted, dt, root.results[0]) or _quantized_more_than_once(
+        root.results[0]
+    )
     if others:
         reason = reason or f"the fp32 sum %{h.name_hint} is also read in fp32"
     before = fused_insertion_point(
@@ -379,6 +388,31 @@ def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) ->
     dead = [root, *norm.chain, *weighted.ops, *weighted.helpers, *residual_casts, summed.add]
     erase_dead(rewriter, dead + summed.casts + norm.eps_casts)
     report.fused(NAME)
+
+
+def _quantized_more_than_once(y: SSAValue) -> str | None:
+    """Why `y` stays with the inner compiler when fp8 quants (ones the raise passes would
+    take) read it more than once: Inductor writes them all from the norm's kernel, while
+    an irfuse norm takes one quant epilogue, leaving the others kernels of their own."""
+    block = y.owner.parent_block() if isinstance(y.owner, Operation) else None
+    if block is None:
+        return None
+    count = 0
+    for op in block.ops:
+        if not isinstance(op, CallOp) or op.target.data not in CASTS:
+            continue
+        found = match_static_quant(op)
+        if not isinstance(found, StaticQuantMatch):
+            found = match_dynamic_quant(op)
+        source = getattr(found, "source", None)
+        if source is not None and (source is y or cast_of(source) == (y, F32)):
+            count += 1
+    if count < 2:
+        return None
+    return (
+        f"its value is quantized {count} times: Inductor writes them all from one kernel, "
+        "an irfuse norm kernel ends with one quant"
+    )
 
 
 def _casts_to(op: Operation, dt: Attribute | None) -> bool:
