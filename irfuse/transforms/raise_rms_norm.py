@@ -57,8 +57,6 @@ from xdsl.rewriter import InsertPoint
 from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, FusedAddRmsNormOp, RmsNormOp
 from irfuse.transforms import report
-from irfuse.transforms.raise_dynamic_fp8_quant import match_dynamic_quant
-from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
 from irfuse.transforms.match import (
     CASTS,
     F32,
@@ -78,6 +76,8 @@ from irfuse.transforms.match import (
     tensor_arg,
     users,
 )
+from irfuse.transforms.raise_dynamic_fp8_quant import match_dynamic_quant
+from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
 
 NAME = "raise-rms-norm"
 
