@@ -79,6 +79,14 @@ def _norm_static_fp8(x, w, s):
     return torch.ops.irfuse.static_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6), s)
 
 
+def _norm_flattened_per_token(x, w):
+    """A model's [B, S, K] norm whose per-token quant reads it flattened to [B*S, K]."""
+    y = models.hf_rms_norm(x, w)
+    yf = y.reshape(-1, y.shape[-1]).float()
+    scale = (yf.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (yf / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), scale
+
+
 def _norm_per_tensor(x, w):
     return torch.ops.irfuse.per_tensor_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6))
 
@@ -168,6 +176,7 @@ def main() -> None:
         "per-tensor": (_wrapper(_norm_per_tensor, x, w), _expected_per_tensor(x, w)),
         "symbolic rows": (_wrapper(_norm_static_fp8, marked, w, s), []),
         "dynamic=True": (_wrapper(_NormTwice().to(bf16), x, x, s, dynamic=True), []),
+        "flattened per-token": (_wrapper(_norm_flattened_per_token, x.view(6, 100, 256), w), []),
     }
     print(json.dumps({name: {"code": code, "launches": launches}
                       for name, (code, launches) in cases.items()}))  # fmt: skip

@@ -133,6 +133,29 @@ def same_dim(a: int, b: int) -> bool:
     return a == DYNAMIC or b == DYNAMIC or a == b
 
 
+def verify_out_shape(quant: QuantAttr | None, out: TensorType, x: TensorType) -> None:
+    """An fp8 (or unquantized) result has the input's shape, or, quantized, the input's
+    token dims flattened: [B, S, K] -> [B*S, K] (the fused quant of a model's linear,
+    which flattens its input first; the kernel's outputs are viewed so)."""
+    if quant is not None and quant.scheme == "nvfp4":
+        return
+    shape, x_shape = out.get_shape(), x.get_shape()
+    if len(shape) == len(x_shape) and all(map(same_dim, shape, x_shape)):
+        return
+    flattened = (
+        quant is not None
+        and len(shape) == 2
+        and len(x_shape) > 2
+        and DYNAMIC not in (shape[-1], x_shape[-1])
+        and shape[-1] == x_shape[-1]
+    )
+    if not flattened:
+        raise VerifyException(
+            f"output shape {list(shape)} is neither the input's {list(x_shape)} nor, "
+            "quantized, its token dims flattened"
+        )
+
+
 def verify_output_quant(
     quant: QuantAttr | None,
     out: TensorType,
@@ -221,6 +244,7 @@ class QuantOp(QuantProducer):
         x = _tensor(self.x, "x")
         _check_float(x, "quant input")
         out = _tensor(self.out, "out")
+        verify_out_shape(self.quant, out, x)
         verify_output_quant(self.quant, out, self.quant_scale, self.scale_out, x.element_type)
 
 
@@ -300,6 +324,7 @@ class RmsNormOp(QuantProducer):
         _verify_eps(self)
         _verify_unrounded(self)
         _verify_value(self.value, self, x)
+        verify_out_shape(self.quant, _tensor(self.y, "y"), x)
         verify_output_quant(
             self.quant,
             _tensor(self.y, "y"),
@@ -353,6 +378,7 @@ class FusedAddRmsNormOp(QuantProducer):
         _verify_value(self.value, self, x)
         if _tensor(self.residual_out, "residual_out") != x:
             raise VerifyException("residual_out must have the input's type")
+        verify_out_shape(self.quant, _tensor(self.y, "y"), x)
         verify_output_quant(
             self.quant,
             _tensor(self.y, "y"),

@@ -338,15 +338,17 @@ def _all_launches_problem(graph_launch: str, problem: Callable[[], str | None]) 
 
 
 def _flattened(graph: fx.Graph, node: fx.Node, result: SSAValue) -> fx.Node:
-    """`node` as the IR result's rank: the kernel returns [B, Sq, X] where the fused quant
-    read [B*Sq, X] (a per-token or nvfp4 quant takes 2-D rows)."""
+    """`node` as the IR result's rank: the kernel returns [B, S, X] where the fused quant
+    read [B*S, X] (a per-token or nvfp4 quant of attention takes 2-D rows; a norm's quant
+    fused through a linear's flatten of its [..., K] input). Right after `node`, a view."""
     rank = len(result.type.get_shape())  # type: ignore[attr-defined]
-    if node.meta["val"].dim() == rank:
+    dims = node.meta["val"].dim()
+    if dims == rank:
         return node
-    assert node.meta["val"].dim() == 3 and rank == 2
+    assert dims > 2 and rank == 2, (dims, rank)
     with graph.inserting_after(node):
-        flat = graph.call_function(torch.ops.aten.flatten.using_ints, (node, 0, 1))
-    flat.meta["val"] = node.meta["val"].flatten(0, 1)
+        flat = graph.call_function(torch.ops.aten.flatten.using_ints, (node, 0, dims - 2))
+    flat.meta["val"] = node.meta["val"].flatten(0, dims - 2)
     return flat
 
 
@@ -416,6 +418,8 @@ def _lower_norm(
     if op.scale_out is not None and spec.quant == "per_tensor":
         at = indices.index(2)
         results[at] = _viewed_as(graph, results[at], op.scale_out.type.get_shape())
+    # a quant fused through the flatten of a [..., K] input: q and its scales as [T, ...]
+    results = [_flattened(graph, n, r) for n, r in zip(results, op.results, strict=True)]
     return results, launch
 
 

@@ -28,9 +28,18 @@ from xdsl.pattern_rewriter import (
 )
 from xdsl.rewriter import InsertPoint
 
-from irfuse.dialects.irfuse import FusedAddRmsNormOp, QuantOp, QuantProducer, RmsNormOp
+from irfuse.dialects.irfuse import DYNAMIC, FusedAddRmsNormOp, QuantOp, QuantProducer, RmsNormOp
 from irfuse.transforms import report
-from irfuse.transforms.match import fused_insertion_point
+from irfuse.transforms.match import (
+    F32,
+    VIEWS,
+    call,
+    cast_of,
+    fused_insertion_point,
+    rank,
+    shape,
+    tensor_arg,
+)
 
 # per_tensor's grid-wide amax makes its fused form two kernels. After a plain norm the
 # second normalises x again with the first one's rstd (5 bytes per element against the
@@ -43,6 +52,30 @@ NORM_EPILOGUES: dict[str, frozenset[str]] = {
     RmsNormOp.name: _NORM_SCHEMES,
     FusedAddRmsNormOp.name: _NORM_SCHEMES,
 }
+
+
+def epilogue_source(value: SSAValue, scheme: str) -> tuple[SSAValue, list[Operation]] | None:
+    """The norm result a quant of `value` can end as the epilogue of, and the ops between
+    (to erase once dead): `value` itself, or the [..., K] norm result that `value`
+    flattens to [T, K] (a model's linear flattening its input first; `y.reshape(-1, K)`,
+    also of `y.float()`). None if there is none."""
+    if can_take_epilogue(value, scheme):
+        return value, []
+    view = call(value, *VIEWS)
+    y = tensor_arg(view, 0) if view is not None else None
+    if view is None or y is None or scheme == "nvfp4":
+        return None
+    ops: list[Operation] = [view]
+    cast = cast_of(y)
+    if cast is not None and cast[1] == F32 and y.has_one_use():  # view(y.float())
+        ops.append(y.owner)  # type: ignore[arg-type]
+        y = cast[0]
+    if rank(value) != 2 or rank(y) < 3:
+        return None
+    k, k_flat = shape(y)[-1], shape(value)[-1]  # type: ignore[index]
+    if DYNAMIC in (k, k_flat) or k != k_flat:
+        return None
+    return (y, ops) if can_take_epilogue(y, scheme) else None
 
 
 def can_take_epilogue(value: SSAValue, scheme: str) -> bool:

@@ -45,7 +45,9 @@ group, the fp8 result is only read through the view back to [..., K] and the sca
 as [..., K/G] (squeeze or view);
 no intermediate has a user outside the pattern but q and the scales. Unless
 `standalone=true`, `x` must come from an irfuse op that can take the quant as its
-epilogue (elsewhere Inductor already fuses the quant into its producer's kernel).
+epilogue (elsewhere Inductor already fuses the quant into its producer's kernel), or be
+that op's [..., K] result flattened to [T, K] (a model's linear flattening its input:
+the quant reads the unflattened result, its results keep the graph's [T, ...] shapes).
 A chain that reaches an amax but fails a guard is reported with its reason.
 
 Replacement: `irfuse.quant` with `#irfuse.quant<per_token>` (`quant_scale` = ub),
@@ -82,7 +84,7 @@ from irfuse.dialects.irfuse import (
     same_dim,
 )
 from irfuse.transforms import report
-from irfuse.transforms.fuse_quant import can_take_epilogue
+from irfuse.transforms.fuse_quant import epilogue_source
 from irfuse.transforms.match import (
     CASTS,
     CLAMP,
@@ -169,6 +171,12 @@ def _path_to_amax(value: SSAValue, depth: int = 0) -> list[CallOp] | None:
         if (path := _path_to_amax(operand, depth + 1)) is not None:
             return path + [op]
     return None
+
+
+def computed_from_amax(scale: SSAValue) -> bool:
+    """Whether `scale` is computed from an amax through scale-formula ops (a dynamic
+    scale: this pass's to raise or refuse, not raise-fp8-quant's)."""
+    return _path_to_amax(scale) is not None
 
 
 def _upper_bound(op: CallOp, prev: SSAValue) -> SSAValue | None:
@@ -656,9 +664,13 @@ class RaiseDynamicFp8QuantPattern(RewritePattern):
         if isinstance(match, str):
             report.rejected(NAME, op, match)
             return
-        if not self.standalone and not can_take_epilogue(match.source, match.quant.scheme):
+        through = epilogue_source(match.source, match.quant.scheme)
+        if through is None and not self.standalone:
             report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
             return
+        if through is not None:  # the norm's result itself, maybe before its flatten
+            match.source = through[0]
+            match.dead_if_unused += through[1]
         operands = [match.source, *([match.ub] if match.ub is not None else [])]
         before = fused_insertion_point(match.ops, operands)
         if before is None:

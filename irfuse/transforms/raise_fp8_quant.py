@@ -12,7 +12,9 @@ tensor (a Python number as the scale is refused with its reason); the scaled val
 fp32 (not rounded to x's dtype first); intermediates have no other user; unless
 `standalone=true`, `x` comes from an irfuse op that can take the quant as its epilogue
 (elsewhere Inductor already fuses the quant into the kernel that produces `x`, which
-beats a separate quant kernel).
+beats a separate quant kernel), or is that op's [..., K] result flattened to [T, K] (a
+model's linear flattening its input: the quant then reads the unflattened result and
+its own result keeps the graph's [T, K]).
 Replacement: `irfuse.quant` with `#irfuse.quant<static>` (computes `x * (1/s)`,
 NUMERICS.md).
 """
@@ -35,7 +37,7 @@ from xdsl.pattern_rewriter import (
 from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import FLOAT_TYPES, QuantAttr, QuantOp
 from irfuse.transforms import report
-from irfuse.transforms.fuse_quant import can_take_epilogue
+from irfuse.transforms.fuse_quant import epilogue_source
 from irfuse.transforms.match import (
     CASTS,
     F32,
@@ -49,6 +51,7 @@ from irfuse.transforms.match import (
     scaling_of,
     tensor_arg,
 )
+from irfuse.transforms.raise_dynamic_fp8_quant import computed_from_amax
 
 NAME = "raise-fp8-quant"
 FP8_MAX = 448.0
@@ -84,6 +87,8 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
     x, scale, scale_ops = scaling
     if isinstance(scale.type, TensorType) and scale.type.get_shape() not in ((1,), ()):
         return None  # a per-row or per-group scale: raise-dynamic-fp8-quant's business
+    if computed_from_amax(scale):
+        return None  # a dynamic per-tensor scale: raise-dynamic-fp8-quant's too
     reason = _guard(x, scale, (clamp.lo, clamp.hi), [scale_ops[0], *clamp.ops])
     if reason:
         return reason
@@ -113,16 +118,18 @@ class RaiseFp8QuantPattern(RewritePattern):
             report.rejected(NAME, op, found)
         if not isinstance(found, StaticQuantMatch):
             return
-        if not self.standalone and not can_take_epilogue(found.source, "static"):
+        through = epilogue_source(found.source, "static")
+        if through is None and not self.standalone:
             report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
             return
+        source, flatten_ops = through or (found.source, [])
         new = QuantOp.build(
-            operands=[found.source, [found.scale]],
+            operands=[source, [found.scale]],
             result_types=[op.results[0].type, []],
             properties={"quant": QuantAttr("static")},
         )
         rewriter.replace(op, new)
-        erase_dead(rewriter, found.dead_ops)
+        erase_dead(rewriter, found.dead_ops + flatten_ops)
         report.fused(NAME)
 
 

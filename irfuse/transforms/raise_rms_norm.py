@@ -61,6 +61,7 @@ from irfuse.transforms.match import (
     CASTS,
     F32,
     F64,
+    VIEWS,
     call,
     cast_of,
     const_arg,
@@ -405,7 +406,7 @@ def _quantized_more_than_once(y: SSAValue) -> str | None:
         if not isinstance(found, StaticQuantMatch):
             found = match_dynamic_quant(op)
         source = getattr(found, "source", None)
-        if source is not None and (source is y or cast_of(source) == (y, F32)):
+        if source is not None and _reads_value(source, y):
             count += 1
     if count < 2:
         return None
@@ -413,6 +414,22 @@ def _quantized_more_than_once(y: SSAValue) -> str | None:
         f"its value is quantized {count} times: Inductor writes them all from one kernel, "
         "an irfuse norm kernel ends with one quant"
     )
+
+
+def _reads_value(source: SSAValue, y: SSAValue) -> bool:
+    """`source` is `y`, or `y` through an fp32 cast and a view (a linear's flatten)."""
+    for _ in range(3):
+        if source is y:
+            return True
+        owner = source.owner
+        cast = cast_of(source)
+        if cast is not None and cast[1] == F32:
+            source = cast[0]
+        elif isinstance(owner, CallOp) and owner.target.data in VIEWS and owner.inputs:
+            source = owner.inputs[0]
+        else:
+            return False
+    return source is y
 
 
 def _casts_to(op: Operation, dt: Attribute | None) -> bool:
