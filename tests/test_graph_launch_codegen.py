@@ -6,8 +6,8 @@ attention + static fp8 (split-KV slices, then the combine), the same beside a pa
 (the mask summary's two kernels first), rms_norm + dynamic per-tensor
 fp8 over 600 rows (the amax into zero-filled atomic slots, then the quant) and rms_norm +
 static fp8 over a token count marked dynamic, HF's RMSNorm module under `dynamic=True`
-(its eps an input). Each kernel call of the wrapper is checked
-against the launches the runtime op computes for the same inputs: the kernels in order,
+(its eps an input), and a [B, S, K] norm whose per-token quant reads it flattened.
+Each kernel call of the wrapper is checked against the launches the runtime op computes for the same inputs: the kernels in order,
 their arguments other than tensors, grids, and the buffers passed from one to the next.
 """
 
@@ -130,3 +130,20 @@ def test_a_symbolic_token_count_sizes_the_grid_and_the_output(wrappers):
     assert re.fullmatch(r"s\d+", rows), args
     output = rf"empty_strided_\w+\(\({rows}, 256\), \(256, 1\), torch.float8_e4m3fn\)"
     assert re.search(output, code), code
+
+
+def test_a_quant_of_flattened_hidden_states_launches_into_the_flattened_buffers(wrappers):
+    """A [6, 100, 256] norm whose per-token quant reads it as [600, 256]: one kernel call,
+    its outputs allocated as the graph's [600, ...] (the view back is a reinterpretation,
+    no call in the wrapper)."""
+    code = wrappers["flattened per-token"]["code"]
+    ((name, args),) = _calls(code)
+    assert name == "irfuse_rms_norm_per_token_fp8" and "kernel_norm" not in code
+    out, scales = args[4], args[6]  # out_ptr, scale_out_ptr (runtime.KERNEL_PARAMS)
+    assert re.search(rf"{out} = empty_strided_\w+\(\(600, 256\), \(256, 1\), torch.float8", code)
+    assert re.search(rf"{scales} = empty_strided_\w+\(\(600, 1\), \(1, 1\), torch.float32", code)
+    assert "flatten" not in code
+
+
+def test_the_decode_output_is_viewed_to_its_rows_without_a_call(wrappers):
+    assert "flatten" not in wrappers["decode attention"]["code"]

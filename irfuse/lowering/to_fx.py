@@ -346,8 +346,16 @@ def _flattened(graph: fx.Graph, node: fx.Node, result: SSAValue) -> fx.Node:
     if dims == rank:
         return node
     assert dims > 2 and rank == 2, (dims, rank)
+    last = node.meta["val"].shape[-1]
+    # a view, which Inductor lowers to a reinterpretation of the buffer (flatten would be
+    # a Python call in its wrapper); a symbolic last size keeps flatten
+    target, args = (
+        (torch.ops.aten.view.default, (node, [-1, last]))
+        if isinstance(last, int)
+        else (torch.ops.aten.flatten.using_ints, (node, 0, dims - 2))
+    )
     with graph.inserting_after(node):
-        flat = graph.call_function(torch.ops.aten.flatten.using_ints, (node, 0, dims - 2))
+        flat = graph.call_function(target, args)
     flat.meta["val"] = node.meta["val"].flatten(0, dims - 2)
     return flat
 
