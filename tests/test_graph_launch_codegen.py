@@ -7,8 +7,9 @@ attention + static fp8 (split-KV slices, then the combine), the same beside a pa
 fp8 over 600 rows (the amax into zero-filled atomic slots, then the quant) and rms_norm +
 static fp8 over a token count marked dynamic, HF's RMSNorm module under `dynamic=True`
 (its eps an input), and a [B, S, K] norm whose per-token quant reads it flattened.
-Each kernel call of the wrapper is checked against the launches the runtime op computes for the same inputs: the kernels in order,
-their arguments other than tensors, grids, and the buffers passed from one to the next.
+Each kernel call of the wrapper is checked against the launches the runtime op computes
+for the same inputs: the kernels in order, their arguments other than tensors, grids,
+and the buffers passed from one to the next.
 """
 
 from __future__ import annotations
