@@ -2,7 +2,8 @@
 Inductor compiling the same PyTorch expression (bf16 in, ANCHORS.md).
 
     python bench/quant_schemes.py [--hidden 4096 7168 8192] [--tokens 1 16 256 4096 16384]
-        [--schemes per_token ...] [--standalone | --no-residual] [--keep-value] [--as-written]
+        [--schemes per_token ... | none] [--standalone | --no-residual] [--keep-value]
+        [--as-written]
 
 irfuse = torch.compile of the model written with torch.ops.irfuse.* (imported and fused
 by irfuse's passes; the graph then calls the generated kernel); with --as-written, of the
@@ -27,6 +28,9 @@ from irfuse.ops.quant import e2m1_codes, swizzle_block_scales  # noqa: E402
 
 FP8 = torch.float8_e4m3fn
 SCHEMES = ("per_token", "per_group 128", "per_group 128 col ue8m0", "nvfp4", "static", "per_tensor")
+# "none": the norm (or add + norm) with no quant, which irfuse also lowers to its kernel;
+# Inductor generates one kernel for it too (run it with --schemes none)
+NO_QUANT = "none"
 
 
 def rms_norm_torch(h, weight):
@@ -39,6 +43,8 @@ def rms_norm_torch(h, weight):
 def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
     """The scheme in plain PyTorch (NUMERICS.md), for eager and Inductor."""
     kind, *flags = scheme.split()
+    if kind == NO_QUANT:
+        return (y,)
     yf = y.float()
     if kind == "static":
         return (yf / scale).clamp(-448, 448).to(FP8), scale
@@ -68,6 +74,8 @@ def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
 
 def quant_irfuse(scheme: str, y: torch.Tensor, scale: torch.Tensor):
     kind, *flags = scheme.split()
+    if kind == NO_QUANT:
+        return (y,)
     if kind == "static":
         return ref.static_fp8_quant(y, scale), scale
     if kind == "per_token":
@@ -109,6 +117,8 @@ NOTES = {
 
 def out_bytes(scheme: str, t: int, k: int) -> int:
     kind = scheme.split()[0]
+    if kind == NO_QUANT:
+        return t * k * 2
     if kind == "nvfp4":
         return t * k // 2 + t * k // 16
     scales = {"static": 0, "per_tensor": 4, "per_token": t * 4}.get(kind, t * k // 128 * 4)
@@ -135,6 +145,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.keep_value and args.standalone:
         parser.error("--keep-value needs a norm (not --standalone)")
+    if NO_QUANT in args.schemes and (args.standalone or args.keep_value):
+        parser.error("scheme none is a norm alone (not --standalone or --keep-value)")
     torch._dynamo.config.cache_size_limit = 256
     rows, raw = [], []
     for scheme in args.schemes:
@@ -207,6 +219,9 @@ def bench_one(
 def check(scheme: str, got, expected) -> None:
     """The compiled irfuse output matches the reference ops (one fp8/fp4 step at most)."""
     q, q_ref = got[0], expected[0]
+    if scheme == NO_QUANT:
+        torch.testing.assert_close(q, q_ref)
+        return
     if scheme == "nvfp4":
         m, n = q.shape[0], q.shape[1] * 2
         gs = torch.tensor([100.0], device=q.device)
