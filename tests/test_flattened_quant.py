@@ -132,3 +132,41 @@ def test_a_flatten_that_moves_the_hidden_dim_is_not_looked_through():
     report = irfuse.explain(block, *_inputs())
     assert "fuse-rms-norm-quant" not in report.fused, str(report)
     assert report.rejected[-1]["reason"] == "no producer to fuse into: left to the inner compiler"
+
+
+def test_the_flattened_value_also_read_unquantized_is_kept():
+    """The flattened hidden states also feed an unquantized matmul: the kernel writes the
+    [B, S, K] value too, and the matmul reads it through the graph's flatten."""
+
+    def block(x, residual, weight, s):
+        h = x + residual
+        flat = models.hf_rms_norm(h, weight).reshape(-1, K)
+        return (*_per_token(flat, s), h, flat @ weight.view(K, 1))
+
+    args = _inputs()
+    report = irfuse.explain(block, *args)
+    assert report.kernels == ["irfuse_add_rounded_rms_norm_per_token_fp8_keep"], str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="irfuse", options={"inner": "eager"})
+    *outputs, product = compiled(*args)
+    *expected, product_ref = block(*args)
+    _check(outputs, expected, "per_token")
+    torch.testing.assert_close(product, product_ref)
+
+
+def test_a_symbolic_batch_flattens_too():
+    block = _block("per_token", "reshape")
+    x, residual, weight, s = _inputs()
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="irfuse", options={"inner": "eager"})
+    with capture_reports() as reports:
+        for batch in (2, 5):
+            xb, rb = (t[:1].expand(batch, S, K).contiguous() + batch for t in (x, residual))
+            for t in (xb, rb):
+                torch._dynamo.mark_dynamic(t, 0)
+            q, scale, h = compiled(xb, rb, weight, s)
+            q_ref, scale_ref, h_ref = block(xb, rb, weight, s)
+            assert q.shape == (batch * S, K) and scale.shape == (batch * S, 1)
+            assert torch.equal(h, h_ref)
+            assert_fp8_close(q, q_ref, scale_ref)
+    assert len(reports) == 1 and reports[0].fused["fuse-rms-norm-quant"] == 1, reports
