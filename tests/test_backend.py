@@ -289,7 +289,7 @@ def test_a_norm_quantized_with_several_scales_is_left_to_the_inner_compiler(add_
     report = irfuse.explain(add_norm_three_quants, x, r, w, *scales)
     assert not report.fused, str(report)
     assert report.rejected[0]["reason"] == (
-        "its value is quantized 3 times: Inductor writes them all from one kernel, "
+        "its value is quantized 3 ways: Inductor writes them all from one kernel, "
         "an irfuse norm kernel ends with one quant"
     ), str(report)
     torch._dynamo.reset()
@@ -297,6 +297,40 @@ def test_a_norm_quantized_with_several_scales_is_left_to_the_inner_compiler(add_
     expected = add_norm_three_quants(x, r, w, *scales)
     for got, want in zip(compiled(x, r, w, *scales), expected, strict=True):
         assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+def _per_token_flat(y):
+    """A projection's dynamic per-token quant of its flattened input."""
+    yf = y.reshape(-1, y.shape[-1]).float()
+    s = (yf.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (yf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+@pytest.mark.parametrize("quant", ["static", "per_token"])
+def test_identical_quants_of_a_norm_are_one_fused_kernel(quant):
+    """q, k and v projections each quantizing the normalised value alike (one activation
+    scale, or the same dynamic per-token quant): one quant, fused into the norm."""
+
+    def add_norm_qkv(x, r, w, s):
+        y, h = _hf_add_norm(x, r, w)
+        if quant == "static":
+            return (*(models.static_quant(y, s) for _ in range(3)), h)
+        return (*(t for _ in range(3) for t in _per_token_flat(y)), h)
+
+    x, r, w, s = (t.unsqueeze(0) if t.dim() == 2 else t for t in _norm_inputs())
+    report = irfuse.explain(add_norm_qkv, x, r, w, s)
+    kernel = f"irfuse_add_rounded_rms_norm_{quant}_fp8"
+    assert report.kernels == [kernel] and not report.rejected, str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(add_norm_qkv, backend="irfuse", options={"inner": "eager"})
+    outputs, expected = compiled(x, r, w, s), add_norm_qkv(x, r, w, s)
+    scale = s if quant == "static" else expected[1]
+    for got, want in zip(outputs[:-1], expected[:-1], strict=True):
+        if got.dtype == FP8:
+            assert_fp8_close(got, want, scale)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-2, atol=0)
+    assert torch.equal(outputs[-1], expected[-1])
 
 
 def test_a_norm_quantized_once_and_read_unquantized_fuses_keeping_its_value():

@@ -73,6 +73,18 @@ def test_valid_ops_verify():
             "not a multiple of the group size 128",
         ),
         (
+            "  %q, %qs = irfuse.quant %x {quant = #irfuse.quant<per_token>} : "
+            "tensor<4x64xbf16> -> tensor<8x32xf8E4M3FN>, tensor<8x1xf32>",
+            X,
+            r"output shape \[8, 32\] is neither the input's \[4, 64\] nor, quantized, its",
+        ),
+        (
+            "  %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<2x2x64xbf16>, "
+            "tensor<64xbf16> -> tensor<4x64xbf16>",
+            "%x: tensor<2x2x64xbf16>, %w: tensor<64xbf16>",
+            "output shape",  # flattened only where quantized
+        ),
+        (
             "  %q, %qs = irfuse.quant %x {quant = #irfuse.quant<per_group 96>} : "
             "tensor<4x64xbf16> -> tensor<4x64xf8E4M3FN>, tensor<4x1xf32>",
             X,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     PatternRewriter,
@@ -28,7 +28,14 @@ from xdsl.pattern_rewriter import (
 )
 from xdsl.rewriter import InsertPoint
 
-from irfuse.dialects.irfuse import DYNAMIC, FusedAddRmsNormOp, QuantOp, QuantProducer, RmsNormOp
+from irfuse.dialects.irfuse import (
+    DYNAMIC,
+    FusedAddRmsNormOp,
+    QuantAttr,
+    QuantOp,
+    QuantProducer,
+    RmsNormOp,
+)
 from irfuse.transforms import report
 from irfuse.transforms.match import (
     F32,
@@ -76,6 +83,26 @@ def epilogue_source(value: SSAValue, scheme: str) -> tuple[SSAValue, list[Operat
     if DYNAMIC in (k, k_flat) or k != k_flat:
         return None
     return (y, ops) if can_take_epilogue(y, scheme) else None
+
+
+def identical_quant(
+    source: SSAValue, quant: QuantAttr, scale: SSAValue | None, types: list[Attribute]
+) -> QuantOp | None:
+    """A quant already raised on `source` that computes what a new one would (the same
+    scheme, scale operand and result types: a model's q, k and v projections each
+    quantizing the same normalised value): the raise passes reuse its results instead of
+    raising a second one (which no producer could also take as its epilogue)."""
+    for use in source.uses:
+        op = use.operation
+        if (
+            isinstance(op, QuantOp)
+            and op.x is source
+            and op.quant == quant
+            and op.quant_scale is scale
+            and [r.type for r in op.results] == types
+        ):
+            return op
+    return None
 
 
 def can_take_epilogue(value: SSAValue, scheme: str) -> bool:

@@ -53,7 +53,8 @@ A chain that reaches an amax but fails a guard is reported with its reason.
 Replacement: `irfuse.quant` with `#irfuse.quant<per_token>` (`quant_scale` = ub),
 `#irfuse.quant<per_tensor>` (its scale keeps the graph's shape: 0-d, or ones with
 keepdim or a view) or `#irfuse.quant<per_group G>` (`ue8m0`), reading the un-cast, un-viewed `x`;
-its results replace q and the scales (NUMERICS.md).
+its results replace q and the scales (NUMERICS.md); a quant identical to one already
+raised (same input, scheme, bound and types) reads that one's results instead.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ from irfuse.dialects.irfuse import (
     same_dim,
 )
 from irfuse.transforms import report
-from irfuse.transforms.fuse_quant import epilogue_source
+from irfuse.transforms.fuse_quant import epilogue_source, identical_quant
 from irfuse.transforms.match import (
     CASTS,
     CLAMP,
@@ -681,6 +682,14 @@ class RaiseDynamicFp8QuantPattern(RewritePattern):
 
 
 def _rewrite(match: DynamicQuantMatch, before: Operation, rewriter: PatternRewriter) -> None:
+    same = identical_quant(match.source, match.quant, match.ub, [match.q.type, match.scale_type])
+    if same is not None:  # the same quant of the same value: one op computes both
+        assert same.scale_out is not None
+        rewriter.replace_all_uses_with(match.q, same.out)
+        for scale in match.scales:
+            rewriter.replace_all_uses_with(scale, same.scale_out)
+        erase_dead(rewriter, match.ops + match.dead_if_unused)
+        return
     new = QuantOp.build(
         operands=[match.source, [match.ub] if match.ub is not None else []],
         result_types=[match.q.type, [match.scale_type]],

@@ -16,7 +16,8 @@ beats a separate quant kernel), or is that op's [..., K] result flattened to [T,
 model's linear flattening its input: the quant then reads the unflattened result and
 its own result keeps the graph's [T, K]).
 Replacement: `irfuse.quant` with `#irfuse.quant<static>` (computes `x * (1/s)`,
-NUMERICS.md).
+NUMERICS.md); a quant identical to one already raised (same input, scale and type)
+reads that one's result instead.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from xdsl.pattern_rewriter import (
 from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import FLOAT_TYPES, QuantAttr, QuantOp
 from irfuse.transforms import report
-from irfuse.transforms.fuse_quant import epilogue_source
+from irfuse.transforms.fuse_quant import epilogue_source, identical_quant
 from irfuse.transforms.match import (
     CASTS,
     F32,
@@ -123,12 +124,18 @@ class RaiseFp8QuantPattern(RewritePattern):
             report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
             return
         source, flatten_ops = through or (found.source, [])
-        new = QuantOp.build(
-            operands=[source, [found.scale]],
-            result_types=[op.results[0].type, []],
-            properties={"quant": QuantAttr("static")},
-        )
-        rewriter.replace(op, new)
+        static = QuantAttr("static")
+        same = identical_quant(source, static, found.scale, [op.results[0].type])
+        if same is not None:  # the same quant of the same value: one op computes both
+            rewriter.replace_all_uses_with(op.results[0], same.out)
+            rewriter.erase(op)
+        else:
+            new = QuantOp.build(
+                operands=[source, [found.scale]],
+                result_types=[op.results[0].type, []],
+                properties={"quant": static},
+            )
+            rewriter.replace(op, new)
         erase_dead(rewriter, found.dead_ops + flatten_ops)
         report.fused(NAME)
 

@@ -31,8 +31,8 @@ Not matched, with its reason: `xf / sqrt(mean(xf ** 2) + eps)` (the kernels' rsq
 round differently).
 
 Guards: the mean is over the last dim with keepdim; the normalised value is not read by
-more than one fp8 quant (Inductor writes them all from the norm's kernel; an irfuse
-norm kernel ends with one quant); the weight is 1-D of the hidden
+fp8 quants that differ (Inductor writes them all from the norm's kernel; an irfuse norm
+kernel ends with one quant; identical ones are made one); the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
 outside the chain; an input eps is on the host, and Inductor's CUDA graphs are off (they
 cannot replay a kernel reading a host value). Replacement: one `irfuse.rms_norm`.
@@ -77,7 +77,7 @@ from irfuse.transforms.match import (
     tensor_arg,
     users,
 )
-from irfuse.transforms.raise_dynamic_fp8_quant import match_dynamic_quant
+from irfuse.transforms.raise_dynamic_fp8_quant import DynamicQuantMatch, match_dynamic_quant
 from irfuse.transforms.raise_fp8_quant import StaticQuantMatch, match_static_quant
 
 NAME = "raise-rms-norm"
@@ -392,27 +392,30 @@ def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) ->
 
 
 def _quantized_more_than_once(y: SSAValue) -> str | None:
-    """Why `y` stays with the inner compiler when fp8 quants (ones the raise passes would
-    take) read it more than once: Inductor writes them all from the norm's kernel, while
-    an irfuse norm takes one quant epilogue, leaving the others kernels of their own."""
+    """Why `y` stays with the inner compiler when different fp8 quants (ones the raise
+    passes would take) read it: Inductor writes them all from the norm's kernel, while
+    an irfuse norm takes one quant epilogue, leaving the others kernels of their own.
+    Identical quants (a model's q, k and v projections each quantizing `y` alike) count
+    once: the raise passes make them one."""
     block = y.owner.parent_block() if isinstance(y.owner, Operation) else None
     if block is None:
         return None
-    count = 0
+    quants: set[tuple] = set()
     for op in block.ops:
         if not isinstance(op, CallOp) or op.target.data not in CASTS:
             continue
         found = match_static_quant(op)
-        if not isinstance(found, StaticQuantMatch):
-            found = match_dynamic_quant(op)
-        source = getattr(found, "source", None)
-        if source is not None and _reads_value(source, y):
-            count += 1
-    if count < 2:
+        if isinstance(found, StaticQuantMatch) and _reads_value(found.source, y):
+            quants.add(("static", found.scale, op.results[0].type))
+            continue
+        dynamic = match_dynamic_quant(op)
+        if isinstance(dynamic, DynamicQuantMatch) and _reads_value(dynamic.source, y):
+            quants.add((str(dynamic.quant), dynamic.ub, dynamic.q.type, dynamic.scale_type))
+    if len(quants) < 2:
         return None
     return (
-        f"its value is quantized {count} times: Inductor writes them all from one kernel, "
-        "an irfuse norm kernel ends with one quant"
+        f"its value is quantized {len(quants)} ways: Inductor writes them all from one "
+        "kernel, an irfuse norm kernel ends with one quant"
     )
 
 

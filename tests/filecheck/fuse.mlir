@@ -80,3 +80,16 @@ func.func @add_nvfp4(%x: tensor<256x64xbf16>, %r: tensor<256x64xbf16>, %w: tenso
 }
 // CHECK-LABEL: func.func @add_nvfp4
 // CHECK-NEXT:    %q, %h, %sf = irfuse.fused_add_rms_norm %x, %r, %w scale %gs {eps = 1.000000e-06 : f64, quant = #irfuse.quant<nvfp4>} : tensor<256x64xbf16>, tensor<256x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<256x32xui8>, tensor<256x64xbf16>, tensor<256x1xi32>
+
+// -----
+
+// A quant of the [B, S, K] norm result whose type is flattened to [B*S, K] (raised
+// through a linear's flatten): the fused norm's quantized result keeps that type.
+func.func @flattened_quant(%x: tensor<2x3x64xbf16>, %w: tensor<64xbf16>) -> (tensor<6x64xf8E4M3FN>, tensor<6x1xf32>) {
+  %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<2x3x64xbf16>, tensor<64xbf16> -> tensor<2x3x64xbf16>
+  %q, %s = irfuse.quant %y {quant = #irfuse.quant<per_token>} : tensor<2x3x64xbf16> -> tensor<6x64xf8E4M3FN>, tensor<6x1xf32>
+  func.return %q, %s : tensor<6x64xf8E4M3FN>, tensor<6x1xf32>
+}
+// CHECK-LABEL: func.func @flattened_quant
+// CHECK-NEXT:    %q, %s = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64, quant = #irfuse.quant<per_token>} : tensor<2x3x64xbf16>, tensor<64xbf16> -> tensor<6x64xf8E4M3FN>, tensor<6x1xf32>
+// CHECK-NEXT:    func.return %q, %s
