@@ -1,0 +1,128 @@
+"""A small HF-style Llama (two layers: RMSNorm modules, separate q / k / v projections,
+RoPE, GQA, a KV cache grown by concatenation) whose linears quantize their flattened
+input per token, through a generate loop: prefill, then decode steps (the second one
+recompiles with the key count dynamic). Every norm fuses with its quant, the three
+projections' identical quants become one, and the results follow eager's."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from irfuse.pipeline import capture_reports
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+FP8 = torch.float8_e4m3fn
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN = 128, 4, 2, 32, 128
+
+
+class RMSNorm(torch.nn.Module):
+    def __init__(self, hidden: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(1 + 0.1 * torch.randn(hidden))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states):
+        dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(dtype)
+
+
+class QuantLinear(torch.nn.Linear):
+    """Quantizes its flattened input per token, then dequantizes (the fp8 GEMM itself is
+    not the point)."""
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1]).float()
+        scale = (flat.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+        q = (flat / scale).clamp(-448.0, 448.0).to(FP8)
+        y = (q.to(x.dtype) * scale.to(x.dtype)) @ self.weight.t()
+        return y.view(*x.shape[:-1], -1)
+
+
+def _rotate_half(x):
+    a, b = x.chunk(2, -1)
+    return torch.cat((-b, a), -1)
+
+
+class Layer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_norm, self.post_norm = RMSNorm(HIDDEN), RMSNorm(HIDDEN)
+        self.q_proj = QuantLinear(HIDDEN, HEADS * HEAD_DIM, bias=False)
+        self.k_proj = QuantLinear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+        self.v_proj = QuantLinear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+        self.o_proj = QuantLinear(HEADS * HEAD_DIM, HIDDEN, bias=False)
+        self.up_proj = QuantLinear(HIDDEN, 2 * FFN, bias=False)
+        self.down_proj = QuantLinear(FFN, HIDDEN, bias=False)
+
+    def forward(self, x, cos, sin, cache):
+        b, s, _ = x.shape
+        residual, h = x, self.input_norm(x)
+        q = self.q_proj(h).view(b, s, HEADS, HEAD_DIM).transpose(1, 2)
+        k = self.k_proj(h).view(b, s, KV_HEADS, HEAD_DIM).transpose(1, 2)
+        v = self.v_proj(h).view(b, s, KV_HEADS, HEAD_DIM).transpose(1, 2)
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None, enable_gqa=True)
+        x = residual + self.o_proj(attn.transpose(1, 2).reshape(b, s, -1))
+        gate, up = self.up_proj(self.post_norm(x)).chunk(2, -1)
+        return x + self.down_proj(F.silu(gate) * up), (k, v)
+
+
+class TinyLlama(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList([Layer(), Layer()])
+        self.norm = RMSNorm(HIDDEN)
+
+    def forward(self, x, positions, caches):
+        steps = torch.arange(0, HEAD_DIM, 2, device=x.device).float()
+        inv_freq = 1.0 / (10000 ** (steps / HEAD_DIM))
+        freqs = positions[:, None].float() * inv_freq[None]
+        emb = torch.cat([freqs, freqs], -1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        new_caches = []
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x, cache = layer(x, cos, sin, cache)
+            new_caches.append(cache)
+        return self.norm(x), new_caches
+
+
+def test_a_generate_loop_fuses_every_norm_with_its_quant_and_follows_eager():
+    torch.manual_seed(0)
+    model = TinyLlama().to(DEVICE, torch.float16).eval()
+    options = {"inner": "eager", "attention": "irfuse"}
+    compiled = torch.compile(model, backend="irfuse", options=options)
+    x = torch.randn(1, 8, HIDDEN, dtype=torch.float16, device=DEVICE)
+    with torch.no_grad(), capture_reports() as reports:
+        positions = torch.arange(8, device=DEVICE)
+        out, caches = compiled(x, positions, [None, None])
+        ref, ref_caches = model(x, positions, [None, None])
+        outputs, expected = [out], [ref]
+        for step in range(3):
+            token = torch.randn(1, 1, HIDDEN, dtype=torch.float16, device=DEVICE)
+            position = torch.tensor([8 + step], device=DEVICE)
+            out, caches = compiled(token, position, caches)
+            ref, ref_caches = model(token, position, ref_caches)
+            outputs.append(out)
+            expected.append(ref)
+    for got, want in zip(outputs, expected, strict=True):
+        # activations quantized to fp8 before each projection: a value one fp8 step
+        # apart moves the result by a few hundredths at these magnitudes
+        torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
+    assert len(reports) == 3, reports  # prefill, decode, decode with a dynamic key count
+    for report in reports:
+        # per layer: the input norm with the projections' one quant, the residual add +
+        # post norm with the up projection's; then the last add + the final norm
+        assert report.fused["fuse-rms-norm-quant"] == 4, str(report)
+        assert report.fused["fuse-attention-quant"] == 2, str(report)
+        assert report.kernels.count("irfuse_rms_norm_per_token_fp8") == 1, str(report)
+        assert report.kernels.count("irfuse_add_rounded_rms_norm_per_token_fp8") == 3
+        assert "irfuse_add_rounded_rms_norm" in report.kernels, str(report)
+        # left to Inductor: the down projection's quant of silu(gate) * up
+        reasons = {r["reason"] for r in report.rejected}
+        assert reasons == {"no producer to fuse into: left to the inner compiler"}, reasons
