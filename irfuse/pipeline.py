@@ -18,7 +18,7 @@ from irfuse.dump import GraphDump
 from irfuse.frontend.fx_import import UnsupportedGraph, import_graph
 from irfuse.transforms import DEFAULT_PIPELINE, PASSES, policy
 from irfuse.transforms.report import FusionReport, collect
-from irfuse.version import __version__
+from irfuse.version import __version__, source_hash
 
 INNER_COMPILERS = ("inductor", "eager")
 ATTENTION_MODES = ("auto", "irfuse", "sdpa")
@@ -67,12 +67,10 @@ class Options:
         return cls(passes, dump_dir, str(inner), str(attention), str(graph_launch), options)
 
     def cache_key(self) -> str:
-        """Changes whenever irfuse's version, its kernels' source or an option that affects
-        codegen does."""
-        from irfuse.lowering.kernel_cache import kernels_hash
-
+        """Changes whenever irfuse's version, its source (passes, lowering, kernels) or an
+        option that affects codegen does."""
         fields = {k: v for k, v in asdict(self).items() if k != "dump_dir"}
-        text = json.dumps({"irfuse": __version__, "kernels": kernels_hash(), **fields},
+        text = json.dumps({"irfuse": __version__, "source": source_hash(), **fields},
                           sort_keys=True, default=str)  # fmt: skip
         return hashlib.sha256(text.encode()).hexdigest()
 

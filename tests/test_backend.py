@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -647,9 +648,23 @@ def test_cache_key_covers_version_and_options(monkeypatch):
     monkeypatch.setattr("irfuse.pipeline.__version__", "999")
     assert IrfuseGraphPass(Options.from_dict(base)).uuid() != default
     monkeypatch.undo()
-    # a cached wrapper holds the source of the kernels it launches: an edit invalidates it
-    monkeypatch.setattr("irfuse.lowering.kernel_cache.kernels_hash", lambda: "edited")
+    # an edit of irfuse's source (a pass, the lowering, a kernel) invalidates a cached graph
+    monkeypatch.setattr("irfuse.pipeline.source_hash", lambda: "edited")
     assert IrfuseGraphPass(Options.from_dict(base)).uuid() != default
+
+
+def test_the_source_hash_covers_every_module_of_the_package(tmp_path):
+    import shutil
+
+    from irfuse.version import source_hash, tree_hash
+
+    package = Path(irfuse.__file__).parent
+    copy = tmp_path / "irfuse"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert tree_hash(copy) == source_hash()
+    with (copy / "transforms" / "raise_rms_norm.py").open("a") as edited:
+        edited.write("# a pass edited\n")
+    assert tree_hash(copy) != source_hash()
 
 
 AUTO_PROCESS = """
