@@ -6,12 +6,19 @@ import torch
 
 import irfuse.ops as ref
 from irfuse.ops.quant import nvfp4_scale_shape
+from irfuse.transforms import DEFAULT_PIPELINE
 
 TOLERANCES = {
     torch.float32: (1e-5, 1e-5),
     torch.float16: (1e-3, 1e-3),
     torch.bfloat16: (1e-3, 1.6e-2),
 }
+# The default passes with every norm raised, also those no quant fuses into (which the
+# default leaves to Inductor): for tests of the norm's forms and kernels.
+EVERY_NORM = ",".join(
+    "raise-rms-norm{standalone=true}" if name == "raise-rms-norm" else name
+    for name in DEFAULT_PIPELINE
+)
 FP8_TOL = 1e-1
 NVFP4_TOL = 3e-1
 

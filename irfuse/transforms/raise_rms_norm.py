@@ -30,9 +30,15 @@ casts to f64 / f32; the raised op then reads it at each launch (its `eps` operan
 Not matched, with its reason: `xf / sqrt(mean(xf ** 2) + eps)` (the kernels' rsqrt may
 round differently).
 
-Guards: the mean is over the last dim with keepdim; the normalised value is not read by
-fp8 quants that differ (Inductor writes them all from the norm's kernel; an irfuse norm
-kernel ends with one quant; identical ones are made one); the weight is 1-D of the hidden
+Unless `standalone=true`, a norm is raised only where irfuse's kernel beats the one
+Inductor makes of it: one fp8 quant (that the raise passes take) reads its value (or
+identical ones, which they make one), not several that differ (Inductor writes them all
+from the norm's kernel; an irfuse norm kernel ends with one quant), and its input is not
+computed from another reduction through pointwise ops (a sandwich norm: Inductor
+computes both in one kernel). A norm with no quant is as fast in Inductor's kernel,
+which also takes in the ops around it.
+
+Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
 outside the chain; an input eps is on the host, and Inductor's CUDA graphs are off (they
 cannot replay a kernel reading a host value). Replacement: one `irfuse.rms_norm`.
@@ -258,7 +264,10 @@ def _no_weight_reason(n: SSAValue, dt: Attribute | None) -> str:
     return "no weight multiply after the normalisation"
 
 
+@dataclass
 class RaiseRmsNormPattern(RewritePattern):
+    standalone: bool = False
+
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
         if op.target.data == "aten.sqrt.default" and _divides_by_rms(op):
@@ -275,16 +284,15 @@ class RaiseRmsNormPattern(RewritePattern):
         dt = element_type(norm.x)
         summed = _fp32_sum(norm.x) if dt == F32 else None
         if summed is not None:
-            _raise_fp32_sum(norm, summed, rewriter)
+            _raise_fp32_sum(norm, summed, rewriter, self.standalone)
             return
         weighted = _match_weight(norm.chain[4].results[0], dt)
         if weighted is None:
             report.rejected(NAME, op, _no_weight_reason(norm.chain[4].results[0], dt))
             return
         root = weighted.ops[-1]
-        reason = _guard(norm, weighted, dt, root.results[0]) or _quantized_more_than_once(
-            root.results[0]
-        )
+        reason = _guard(norm, weighted, dt, root.results[0])
+        reason = reason or _left_to_inductor(norm.x, root.results[0], self.standalone)
         if reason:
             report.rejected(NAME, root, reason)
             return
@@ -347,7 +355,9 @@ def _fp32_sum(h: SSAValue) -> _Fp32Sum | None:
     return _Fp32Sum(a, b, add, [v.owner for v in operands])  # type: ignore[misc]
 
 
-def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) -> None:
+def _raise_fp32_sum(
+    norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter, standalone: bool
+) -> None:
     """The norm of an fp32 residual sum as `fused_add_rms_norm` of the 16-bit operands:
     what that op computes (NUMERICS.md: the variance on the unrounded fp32 sum, the
     residual out rounded to the model dtype), with the normalised value cast back before
@@ -363,9 +373,8 @@ def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) ->
     others = [u for u in users(h) if u not in norm.chain and u not in residual_casts]
     root = weighted.ops[-1]
     fused = _Norm(summed.a, h, norm.eps, norm.chain, norm.eps_casts)
-    reason = _guard(fused, weighted, dt, root.results[0]) or _quantized_more_than_once(
-        root.results[0]
-    )
+    reason = _guard(fused, weighted, dt, root.results[0])
+    reason = reason or _left_to_inductor(h, root.results[0], standalone)
     if others:
         reason = reason or f"the fp32 sum %{h.name_hint} is also read in fp32"
     before = fused_insertion_point(
@@ -391,17 +400,57 @@ def _raise_fp32_sum(norm: _Norm, summed: _Fp32Sum, rewriter: PatternRewriter) ->
     report.fused(NAME)
 
 
-def _quantized_more_than_once(y: SSAValue) -> str | None:
-    """Why `y` stays with the inner compiler when different fp8 quants (ones the raise
-    passes would take) read it: Inductor writes them all from the norm's kernel, while
-    an irfuse norm takes one quant epilogue, leaving the others kernels of their own.
-    Identical quants (a model's q, k and v projections each quantizing `y` alike) count
-    once: the raise passes make them one."""
-    block = y.owner.parent_block() if isinstance(y.owner, Operation) else None
-    if block is None:
+# Why a norm the passes recognise stays with the inner compiler (without `standalone`):
+# Inductor makes one kernel of a norm and the pointwise ops and reductions around it, as
+# fast as irfuse's kernel of the norm alone; irfuse's kernels win with a quant epilogue.
+NO_QUANT = (
+    "no fp8 quant reads its value: Inductor's kernel of the norm is as fast, and takes in "
+    "the ops around it"
+)
+FROM_A_REDUCTION = (
+    "its input is computed from another reduction (a sandwich norm's result, as Gemma's "
+    "post-attention norm): Inductor computes both in one kernel"
+)
+# The ops Inductor computes in the kernel of the norm that reads them (walked back from
+# the norm's input, to a reduction that it would then compute there too).
+POINTWISE = (
+    *CASTS,
+    *VIEWS,
+    "aten.add.Tensor",
+    "aten.add.Scalar",
+    "aten.sub.Tensor",
+    "aten.mul.Tensor",
+    "aten.mul.Scalar",
+    "aten.div.Tensor",
+    "aten.neg.default",
+    "aten.rsqrt.default",
+    "aten.pow.Tensor_Scalar",
+)
+REDUCTIONS = ("aten.mean.dim", "aten.sum.dim_IntList", "aten.amax.default")
+
+
+def _left_to_inductor(x: SSAValue, y: SSAValue, standalone: bool) -> str | None:
+    """Why the norm of `x` into `y` is left to the inner compiler, whose kernel of it would
+    not be slower (None: raise it). `standalone` raises every norm."""
+    if standalone:
         return None
+    quants = _distinct_quants(y)
+    if len(quants) > 1:
+        return (
+            f"its value is quantized {len(quants)} ways: Inductor writes them all from one "
+            "kernel, an irfuse norm kernel ends with one quant"
+        )
+    if not quants:
+        return NO_QUANT
+    return FROM_A_REDUCTION if _computed_from_a_reduction(x) else None
+
+
+def _distinct_quants(y: SSAValue) -> set[tuple]:
+    """The fp8 quants of `y` the raise passes would take, identical ones once (a model's
+    q, k and v projections each quantizing `y` alike: the raise passes make them one)."""
+    block = y.owner.parent_block() if isinstance(y.owner, Operation) else None
     quants: set[tuple] = set()
-    for op in block.ops:
+    for op in block.ops if block is not None else ():
         if not isinstance(op, CallOp) or op.target.data not in CASTS:
             continue
         found = match_static_quant(op)
@@ -411,12 +460,19 @@ def _quantized_more_than_once(y: SSAValue) -> str | None:
         dynamic = match_dynamic_quant(op)
         if isinstance(dynamic, DynamicQuantMatch) and _reads_value(dynamic.source, y):
             quants.add((str(dynamic.quant), dynamic.ub, dynamic.q.type, dynamic.scale_type))
-    if len(quants) < 2:
-        return None
-    return (
-        f"its value is quantized {len(quants)} ways: Inductor writes them all from one "
-        "kernel, an irfuse norm kernel ends with one quant"
-    )
+    return quants
+
+
+def _computed_from_a_reduction(value: SSAValue, depth: int = 0) -> bool:
+    """Whether `value` is computed by pointwise ops from a reduction (within 8 ops)."""
+    op = value.owner
+    if not isinstance(op, CallOp) or depth > 8:
+        return False
+    if op.target.data in REDUCTIONS:
+        return True
+    if op.target.data not in POINTWISE:
+        return False
+    return any(_computed_from_a_reduction(v, depth + 1) for v in op.inputs)
 
 
 def _reads_value(source: SSAValue, y: SSAValue) -> bool:
@@ -461,7 +517,12 @@ def _guard(norm: _Norm, weighted: _Weighted, dt: Attribute | None, y: SSAValue) 
 
 @dataclass(frozen=True)
 class RaiseRmsNorm(ModulePass):
+    """`standalone`: also raise norms that no quant fuses into (recognition only: the
+    default leaves those to the inner compiler, whose kernel is as fast)."""
+
     name = NAME
+    standalone: bool = False
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        PatternRewriteWalker(RaiseRmsNormPattern(), apply_recursively=False).rewrite_module(op)
+        pattern = RaiseRmsNormPattern(self.standalone)
+        PatternRewriteWalker(pattern, apply_recursively=False).rewrite_module(op)

@@ -1,4 +1,4 @@
-// RUN: irfuse-opt %s --split-input-file -p raise-rms-norm | filecheck %s
+// RUN: irfuse-opt %s --split-input-file -p 'raise-rms-norm{standalone=true}' | filecheck %s
 
 // F.rms_norm as Inductor's post-grad graph has it: weight multiplied in fp32.
 func.func @inductor_form(%x: tensor<?x64xbf16>, %w: tensor<64xbf16>) -> tensor<?x64xbf16> {
