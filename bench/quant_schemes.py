@@ -28,8 +28,8 @@ from irfuse.ops.quant import e2m1_codes, swizzle_block_scales  # noqa: E402
 
 FP8 = torch.float8_e4m3fn
 SCHEMES = ("per_token", "per_group 128", "per_group 128 col ue8m0", "nvfp4", "static", "per_tensor")
-# "none": the norm (or add + norm) with no quant, which irfuse also lowers to its kernel;
-# Inductor generates one kernel for it too (run it with --schemes none)
+# "none": the norm (or add + norm) with no quant, irfuse's kernel (what a direct
+# torch.ops.irfuse.rms_norm call runs) against Inductor's (run it with --schemes none)
 NO_QUANT = "none"
 
 
