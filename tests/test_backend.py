@@ -15,6 +15,7 @@ from functorch.compile import aot_function, make_boxed_func
 import irfuse
 from irfuse.backend import IrfuseGraphPass
 from irfuse.pipeline import Options, capture_reports, transform_graph
+from irfuse.transforms.raise_rms_norm import FROM_A_REDUCTION, NO_QUANT
 from tests import models
 from tests.helpers import EVERY_NORM, assert_close, assert_fp8_close
 
@@ -343,6 +344,47 @@ def test_a_norm_quantized_once_and_read_unquantized_fuses_keeping_its_value():
     x, _, w, s = _norm_inputs()
     report = irfuse.explain(norm_quant_and_value, x, w, s)
     assert report.kernels == ["irfuse_rms_norm_static_fp8_keep"], str(report)
+
+
+def _gemma_norm(x, w):
+    v = x.float()
+    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return (v * (1.0 + w.float())).type_as(x)
+
+
+def test_a_sandwich_norm_and_a_norm_without_quant_are_left_to_inductor():
+    """Gemma's post-attention norm, the residual add, then the pre-feedforward norm and its
+    quant: Inductor computes them in one kernel, so neither norm is raised; results are
+    eager's."""
+
+    def sandwich(attn_out, residual, w_post, w_pre, s):
+        h = residual + _gemma_norm(attn_out, w_post)
+        return models.static_quant(_gemma_norm(h, w_pre), s), h
+
+    x, r, w, s = _norm_inputs()
+    report = irfuse.explain(sandwich, x, r, w, w * 2, s)
+    assert not report.fused, str(report)
+    reasons = {r["reason"] for r in report.rejected if r["pass"] == "raise-rms-norm"}
+    assert reasons == {NO_QUANT, FROM_A_REDUCTION}, reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(sandwich, backend="irfuse", options={"inner": "eager"})
+    for got, want in zip(compiled(x, r, w, w * 2, s), sandwich(x, r, w, w * 2, s), strict=True):
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+def test_a_sum_over_experts_before_the_norm_is_not_a_sandwich():
+    """A MoE's weighted sum over its experts (a reduction over another dim) feeding the
+    residual add: the add + norm + quant still fuse."""
+
+    def moe_add_norm_quant(expert_out, gates, residual, w, s):
+        h = residual + (expert_out * gates.unsqueeze(-1)).sum(dim=1)
+        return models.static_quant(models.hf_rms_norm(h, w), s), h
+
+    x, r, w, s = _norm_inputs()
+    experts = torch.randn(x.shape[0], 2, x.shape[1], device=DEVICE).to(x.dtype)
+    gates = torch.rand(x.shape[0], 2, device=DEVICE).to(x.dtype)
+    report = irfuse.explain(moe_add_norm_quant, experts, gates, r, w, s)
+    assert report.kernels == ["irfuse_add_rounded_rms_norm_static_fp8"], str(report)
 
 
 def test_a_norm_dividing_by_sqrt_is_refused_with_its_reason():

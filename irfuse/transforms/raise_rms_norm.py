@@ -464,12 +464,16 @@ def _distinct_quants(y: SSAValue) -> set[tuple]:
 
 
 def _computed_from_a_reduction(value: SSAValue, depth: int = 0) -> bool:
-    """Whether `value` is computed by pointwise ops from a reduction (within 8 ops)."""
+    """Whether `value` is computed by pointwise ops (within 8) from a reduction over the
+    last dim, as a norm's (Inductor computes its row with the norm's; a reduction over
+    another dim, such as a MoE's sum over its experts, is not counted)."""
     op = value.owner
     if not isinstance(op, CallOp) or depth > 8:
         return False
     if op.target.data in REDUCTIONS:
-        return True
+        source = tensor_arg(op, 0)
+        dims = int_list_arg(op, 1)
+        return source is not None and dims in ([-1], [rank(source) - 1])
     if op.target.data not in POINTWISE:
         return False
     return any(_computed_from_a_reduction(v, depth + 1) for v in op.inputs)
