@@ -132,21 +132,24 @@ def position(op: Operation) -> int:
     return block.get_operation_index(op)
 
 
-def _defined_before(value: SSAValue, index: int) -> bool:
-    owner = value.owner
-    return not isinstance(owner, Operation) or position(owner) < index
-
-
 def fused_insertion_point(replaced: list[Operation], operands: list[SSAValue]) -> Operation | None:
     """An op among `replaced` before which their fused replacement can go: all `operands`
     are defined earlier and every outside user of a replaced result comes later."""
+    block = replaced[0].parent_block()
+    assert block is not None
+    position = {op: i for i, op in enumerate(block.ops)}  # once: an op's index is a scan
+
+    def defined_before(value: SSAValue, index: int) -> bool:
+        owner = value.owner
+        return not isinstance(owner, Operation) or position[owner] < index
+
     outside_users = [
         user for op in replaced for r in op.results for user in users(r) if user not in replaced
     ]
-    first_use = min((position(u) for u in outside_users), default=None)
-    for candidate in sorted(replaced, key=position):
-        index = position(candidate)
-        if all(_defined_before(v, index) for v in operands) and (
+    first_use = min((position[u] for u in outside_users), default=None)
+    for candidate in sorted(replaced, key=position.__getitem__):
+        index = position[candidate]
+        if all(defined_before(v, index) for v in operands) and (
             first_use is None or first_use > index
         ):
             return candidate

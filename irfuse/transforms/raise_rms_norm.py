@@ -448,11 +448,8 @@ def _left_to_inductor(x: SSAValue, y: SSAValue, standalone: bool) -> str | None:
 def _distinct_quants(y: SSAValue) -> set[tuple]:
     """The fp8 quants of `y` the raise passes would take, identical ones once (a model's
     q, k and v projections each quantizing `y` alike: the raise passes make them one)."""
-    block = y.owner.parent_block() if isinstance(y.owner, Operation) else None
     quants: set[tuple] = set()
-    for op in block.ops if block is not None else ():
-        if not isinstance(op, CallOp) or op.target.data not in CASTS:
-            continue
+    for op in _fp8_casts_after(y):
         found = match_static_quant(op)
         if isinstance(found, StaticQuantMatch) and _reads_value(found.source, y):
             quants.add(("static", found.scale, op.results[0].type))
@@ -461,6 +458,22 @@ def _distinct_quants(y: SSAValue) -> set[tuple]:
         if isinstance(dynamic, DynamicQuantMatch) and _reads_value(dynamic.source, y):
             quants.add((str(dynamic.quant), dynamic.ub, dynamic.q.type, dynamic.scale_type))
     return quants
+
+
+def _fp8_casts_after(y: SSAValue, depth: int = 10) -> list[CallOp]:
+    """The casts within `depth` ops downstream of `y` (where the quants of `y` end)."""
+    casts: dict[CallOp, None] = {}
+    frontier, seen = [y], {y}
+    for _ in range(depth):
+        reached = []
+        for value in frontier:
+            for user in users(value):
+                if isinstance(user, CallOp) and user.target.data in CASTS:
+                    casts[user] = None
+                reached += [r for r in user.results if r not in seen]
+        seen.update(reached)
+        frontier = reached
+    return list(casts)
 
 
 def _computed_from_a_reduction(value: SSAValue, depth: int = 0) -> bool:
