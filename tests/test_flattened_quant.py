@@ -154,11 +154,14 @@ def test_the_flattened_value_also_read_unquantized_is_kept():
     torch.testing.assert_close(product, product_ref)
 
 
-def test_a_symbolic_batch_flattens_too():
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+def test_a_symbolic_batch_flattens_too(inner):
+    """The view back to [T, ...] reads the batch with sym_size (no recompile)."""
     block = _block("per_token", "reshape")
     x, residual, weight, s = _inputs()
     torch._dynamo.reset()
-    compiled = torch.compile(block, backend="irfuse", options={"inner": "eager"})
+    options = {"inner": inner, "force_disable_caches": True}
+    compiled = torch.compile(block, backend="irfuse", options=options)
     with capture_reports() as reports:
         for batch in (2, 5):
             xb, rb = (t[:1].expand(batch, S, K).contiguous() + batch for t in (x, residual))

@@ -12,7 +12,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -25,7 +25,7 @@ from irfuse.kernels.norm import MAX_COLS
 from irfuse.lowering.attention import graph_launch_problem as attention_graph_problem
 from irfuse.lowering.attention import graph_launches as attention_graph_launches
 from irfuse.lowering.attention import summary_graph_launches, summary_graph_problem
-from irfuse.lowering.graph_launch import insert_launches
+from irfuse.lowering.graph_launch import NodeInserter, insert_launches
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 from irfuse.lowering.runtime import INTERPRET  # (and registers torch.ops.irfuse.kernel_norm)
 from irfuse.lowering.to_triton import NoKernel, spec_for
@@ -340,24 +340,29 @@ def _all_launches_problem(graph_launch: str, problem: Callable[[], str | None]) 
 def _flattened(graph: fx.Graph, node: fx.Node, result: SSAValue) -> fx.Node:
     """`node` as the IR result's rank: the kernel returns [B, S, X] where the fused quant
     read [B*S, X] (a per-token or nvfp4 quant of attention takes 2-D rows; a norm's quant
-    fused through a linear's flatten of its [..., K] input). Right after `node`, a view."""
+    fused through a linear's flatten of its [..., K] input). Right after `node`, a view
+    (Inductor reinterprets the buffer; `flatten` would be a Python call in its wrapper),
+    its symbolic sizes read with sym_size."""
     rank = len(result.type.get_shape())  # type: ignore[attr-defined]
-    dims = node.meta["val"].dim()
-    if dims == rank:
+    fake = node.meta["val"]
+    if fake.dim() == rank:
         return node
-    assert dims > 2 and rank == 2, (dims, rank)
-    last = node.meta["val"].shape[-1]
-    # a view, which Inductor lowers to a reinterpretation of the buffer (flatten would be
-    # a Python call in its wrapper); a symbolic last size keeps flatten
-    target, args = (
-        (torch.ops.aten.view.default, (node, [-1, last]))
-        if isinstance(last, int)
-        else (torch.ops.aten.flatten.using_ints, (node, 0, dims - 2))
-    )
-    with graph.inserting_after(node):
-        flat = graph.call_function(target, args)
-    flat.meta["val"] = node.meta["val"].flatten(0, dims - 2)
-    return flat
+    assert fake.dim() > 2 and rank == 2, (fake.dim(), rank)
+    insert = NodeInserter(graph, node)
+    rows: Any = 1
+    rows_so_far: Any = 1
+    for dim, size in enumerate(fake.shape[:-1]):
+        rows_so_far = rows_so_far * size
+        if isinstance(size, int) and not isinstance(rows, fx.Node):
+            rows = rows * size
+            continue
+        if not isinstance(size, int):
+            size = insert(torch.ops.aten.sym_size.int, (node, dim), {}, size)
+        rows = insert(operator.mul, (rows, size), {}, rows_so_far)
+    last = fake.shape[-1]
+    if not isinstance(last, int):
+        last = insert(torch.ops.aten.sym_size.int, (node, fake.dim() - 1), {}, last)
+    return insert(torch.ops.aten.view.default, (node, [rows, last]), {}, fake.flatten(0, -2))
 
 
 def _call(

@@ -78,7 +78,8 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
         return None
     clamp = constant_clamp(cast[0])
     scaling = scaling_of(clamp.x) if clamp is not None else None
-    if clamp is not None and scaling is None and (number := _scaled_by_number(clamp.x)):
+    number = _scaled_by_number(clamp.x) if clamp is not None and scaling is None else None
+    if number is not None:
         return (
             f"the scale {number:g} is a Python number: a static scale is a one-element "
             "float32 tensor (a module buffer, as serving stacks keep it)"
