@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One stage of a GPU session's checks, each within one device call (10 minutes at most):
+#
+#     bash bench/gpu_session.sh tests   # the GPU tests of what a CPU session could not run
+#     bash bench/gpu_session.sh bench   # host time, and the unquantized norm vs Inductor
+#     bash bench/gpu_session.sh suite   # the rest of the suite (attention kernels apart)
+#
+# Installs the xdsl wheels carried in .whl/ (bash ../shared/gpu/wheels.sh makes them) and
+# irfuse, then writes each step's log, and bench/RESULTS.md after a bench, to $OUT. Every
+# step has its own time limit, so that a hang costs that step, not the call.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/irfuse-gpu-session}"
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps .whl/*.whl
+python3 -m pip install -q --no-deps --no-build-isolation -e .
+nvidia-smi --query-gpu=name,power.draw,utilization.gpu --format=csv > "$OUT/gpu.txt" 2>&1
+
+step() {  # step NAME LIMIT_S COMMAND...: run it, log it, say how it ended
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "$name: exit $rc ($(tail -n 1 "$OUT/$name.log"))"
+}
+
+PYTEST=(python3 -m pytest --import-mode=importlib -q -p no:cacheprovider)
+case "${1:-}" in
+tests)
+    step graph-launch 300 "${PYTEST[@]}" tests/test_attention_graph_launch.py \
+        tests/test_user_kernels.py tests/test_backend.py -k "gpu or inductor_path"
+    step new-forms 200 "${PYTEST[@]}" tests/test_flattened_quant.py \
+        tests/test_model_generate.py tests/test_raise_dynamic_quant.py
+    ;;
+bench)
+    step host-time 300 python3 bench/host_time.py
+    step norm-alone 180 python3 bench/quant_schemes.py --schemes none \
+        --tokens 1 256 4096 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+suite)
+    step suite 360 "${PYTEST[@]}" tests --ignore=tests/test_attention_kernel.py
+    step attention-kernel 150 "${PYTEST[@]}" tests/test_attention_kernel.py -x
+    ;;
+*)
+    echo "usage: bash bench/gpu_session.sh tests | bench | suite" >&2
+    exit 2
+    ;;
+esac
