@@ -12,24 +12,11 @@ import torch.nn.functional as F
 
 from irfuse.pipeline import capture_reports
 from irfuse.transforms.raise_rms_norm import NO_QUANT
+from tests.models import LlamaRMSNorm as RMSNorm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
 FP8 = torch.float8_e4m3fn
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN = 128, 4, 2, 32, 128
-
-
-class RMSNorm(torch.nn.Module):
-    def __init__(self, hidden: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(1 + 0.1 * torch.randn(hidden))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states):
-        dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(dtype)
 
 
 class QuantLinear(torch.nn.Linear):
@@ -97,6 +84,9 @@ class TinyLlama(torch.nn.Module):
 def test_a_generate_loop_fuses_each_norm_with_its_quant_and_follows_eager():
     torch.manual_seed(0)
     model = TinyLlama().to(DEVICE, torch.float16).eval()
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, RMSNorm)):
+            norm.weight.add_(0.1 * torch.randn_like(norm.weight))
     options = {"inner": "eager", "attention": "irfuse"}
     compiled = torch.compile(model, backend="irfuse", options=options)
     x = torch.randn(1, 8, HIDDEN, dtype=torch.float16, device=DEVICE)
