@@ -121,9 +121,15 @@ def _transform(
     if dump is not None:
         dump.module("imported", module)
     from irfuse.lowering.autotune import attention_chooser
+    from irfuse.transforms.raise_rms_norm import inductor_cuda_graphs
 
     ctx = make_context()
-    chooser = attention_chooser(options.attention)
+    inductor = options.inner == "inductor"
+    chooser = attention_chooser(
+        options.attention,
+        cuda_graphs=inductor and inductor_cuda_graphs(),
+        graph_launch=options.graph_launch if inductor else "off",
+    )
     with collect(report), policy.install(chooser, imported.example_shapes):
         for module_pass in PassPipeline.parse_spec(PASSES, options.passes).passes:
             before = sum(report.fused.values())

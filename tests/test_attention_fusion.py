@@ -427,6 +427,7 @@ def _fake_gpu_timings(monkeypatch, times):
     monkeypatch.setattr(autotune, "can_measure", lambda: True)
     monkeypatch.setattr(autotune, "_free_memory", lambda: 1 << 40)
     monkeypatch.setattr(autotune, "time_candidates", record)
+    monkeypatch.setattr(autotune, "time_calls", lambda scheme, sig: (0.0, 0.0))  # GPU-bound
     monkeypatch.setattr(autotune, "_DECISIONS", {})
     return timed
 
@@ -453,6 +454,38 @@ def test_auto_keeps_its_decisions_for_later_processes(monkeypatch):
     assert again.fused["fuse-attention-quant"] == 1 and len(timed) == 1, str(again)
     (note,) = [n for n in again.notes if n.startswith("fuse-attention-quant chose")]
     assert f"{measured} (kept in {autotune._decisions_path()}; delete it" in note, note
+
+
+def test_auto_counts_the_hosts_launches_where_the_host_pays_them(monkeypatch):
+    """Without CUDA graphs each call of the fused attention costs the host its runtime op,
+    which a decode's few us of GPU work cannot hide: `auto` then weighs each candidate by
+    the longer of its GPU time and its time per call, and keeps SDPA where the fused
+    kernel's GPU win is lost to its launches."""
+    from irfuse.lowering import autotune
+
+    monkeypatch.setattr(autotune, "time_candidates", lambda scheme, sig: (10.0, 20.0))
+    monkeypatch.setattr(autotune, "time_calls", lambda scheme, sig: (150.0, 40.0))
+    monkeypatch.setattr(autotune, "_free_memory", lambda: 1 << 40)
+    point = {"batch": 8, "heads_q": 32, "heads_kv": 8, "seq_q": 1, "seq_kv": 1024,
+             "head_dim": 128, "head_dim_v": 128, "dtype": "bfloat16", "mask": "none"}  # fmt: skip
+    assert autotune._decide("static", [point], []) == (
+        True, "attention=auto measured fused 10.0 us vs SDPA + quant 20.0 us", True)  # fmt: skip
+    assert autotune._decide("static", [point], [], host=True) == (
+        False, "attention=auto measured fused 150.0 us vs SDPA + quant 40.0 us per call, the "
+        "host's launches counted (no CUDA graphs)", True)  # fmt: skip
+
+
+def test_the_host_pays_the_launches_unless_graphs_or_the_wrapper_make_them():
+    from irfuse.lowering.autotune import host_pays
+
+    decode = {"seq_q": 1, "heads_q": 32, "heads_kv": 8}
+    prefill = {"seq_q": 1024, "heads_q": 32, "heads_kv": 8}
+    assert host_pays(decode, False, cuda_graphs=False, graph_launch="static")
+    assert not host_pays(decode, False, cuda_graphs=True, graph_launch="static")
+    # graph_launch="all" launches a static decode from Inductor's wrapper
+    assert not host_pays(decode, False, cuda_graphs=False, graph_launch="all")
+    assert host_pays(decode, True, cuda_graphs=False, graph_launch="all")  # symbolic
+    assert host_pays(prefill, False, cuda_graphs=False, graph_launch="all")
 
 
 def test_auto_decision_kept_first_wins(monkeypatch, tmp_path):

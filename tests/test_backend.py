@@ -217,7 +217,7 @@ def test_module_eps_compiled_dynamic_with_cuda_graphs_on_is_refused(monkeypatch)
     (dynamo traced with them off, so eps is an input); the GPU test below runs that mode."""
     from irfuse.transforms import raise_rms_norm
 
-    monkeypatch.setattr(raise_rms_norm, "_inductor_cuda_graphs", lambda: True)
+    monkeypatch.setattr(raise_rms_norm, "inductor_cuda_graphs", lambda: True)
     block = models.AddNormQuant(64).to(DEVICE, BF16)
     x, r, _, s = _norm_inputs()
     compiled = torch.compile(block, backend="irfuse", options={"inner": "eager"}, dynamic=True)

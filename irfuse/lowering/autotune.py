@@ -6,6 +6,9 @@ and never fuses what it cannot measure; off the GPU it fuses (the interpreter ru
 kernels for testing). `irfuse` always fuses, `sdpa` never. A graph with dynamic dims
 serves every size: `auto` times it at the sizes it was traced with and at twice them
 (irfuse/frontend/size_examples.py) and fuses only if the fused kernel wins at each.
+Where the host pays the fused kernel's runtime op on every call (no CUDA graphs, and no
+launch from Inductor's wrapper: `host_pays`), each candidate counts the longer of its
+GPU time and its time per call launched back to back.
 
 Measured decisions persist in `attention_auto.json` in irfuse's cache directory
 (`IRFUSE_CACHE_DIR`), keyed by GPU, versions, the kernels' code and the shape
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,7 +46,12 @@ MARGIN = 0.97  # timings of +-3% are noise between rounds (ANCHORS.md)
 DECISIONS_FILE = "attention_auto.json"
 
 
-def attention_chooser(mode: str) -> Chooser:
+def attention_chooser(mode: str, cuda_graphs: bool = False, graph_launch: str = "off") -> Chooser:
+    """The chooser for the `attention` option `mode`. `cuda_graphs` (Inductor's, under
+    mode="reduce-overhead") and `graph_launch` (Options.graph_launch where Inductor
+    compiles, else "off") say whether the host pays the fused kernel's runtime op on
+    every call, which `auto` then counts (`host_pays`)."""
+
     def choose(
         kind: str, signature: dict[str, object], examples: list[dict[str, object]]
     ) -> tuple[bool, str]:
@@ -58,14 +67,30 @@ def attention_chooser(mode: str) -> Chooser:
         if dynamic and not examples:
             return False, "attention=auto has no sizes to time the dynamic shapes at: SDPA kept"
         points = examples if dynamic else [signature]
+        host = host_pays(signature, bool(dynamic), cuda_graphs, graph_launch)
         key = (kind, *sorted(signature.items()), *(tuple(sorted(p.items())) for p in points))
+        key += (("host pays its launches", host),) if host else ()
         if key not in _DECISIONS:
             _DECISIONS[key] = _kept_or_decided(
-                key, lambda: _decide(kind.split("+")[1], points, dynamic)
+                key, lambda: _decide(kind.split("+")[1], points, dynamic, host)
             )
         return _DECISIONS[key]
 
     return choose
+
+
+def host_pays(
+    signature: dict[str, object], dynamic: bool, cuda_graphs: bool, graph_launch: str
+) -> bool:
+    """Whether each call of the fused attention costs the host its runtime op
+    (kernel_attention: the dispatcher, its Python, two Triton launches; 100-300 us on
+    the H200 machine, bench/RESULTS.md), which a decode's few us of GPU work cannot hide:
+    unless CUDA graphs replay the calls, or Inductor's wrapper launches the kernels
+    itself (graph_launch="all": a decode at static shapes)."""
+    if cuda_graphs:
+        return False
+    shape = [int(signature[k]) for k in ("seq_q", "heads_q", "heads_kv")]  # type: ignore[call-overload]
+    return not (graph_launch == "all" and not dynamic and uses_decode(*shape))
 
 
 def _kept_or_decided(key: tuple, decide: Callable[[], tuple[bool, str, bool]]) -> tuple[bool, str]:
@@ -161,11 +186,13 @@ def can_measure() -> bool:
 
 
 def _decide(
-    scheme: str, points: list[dict[str, object]], dynamic: list[str]
+    scheme: str, points: list[dict[str, object]], dynamic: list[str], host: bool = False
 ) -> tuple[bool, str, bool]:
-    """Fuse only where the fused kernel clearly wins at every point that fits in memory.
-    (fuse?, why, keep?): a decision is kept for later processes only if every point was
-    timed (free memory, and so what fits or fails, varies from run to run)."""
+    """Fuse only where the fused kernel clearly wins at every point that fits in memory;
+    with `host` (host_pays), each candidate costs the longer of its GPU time and its time
+    per call launched back to back (the host's). (fuse?, why, keep?): a decision is kept
+    for later processes only if every point was timed (free memory, and so what fits or
+    fails, varies from run to run)."""
     sized = " (dynamic shapes, at the traced sizes and twice them)" if dynamic else ""
     timed = []
     for point in filter(_fits, points):
@@ -174,16 +201,20 @@ def _decide(
             # real tensors even where the pass runs under the compiler's fake mode (AOT
             # autograd's forward compiler, the eager inner path, keeps it active)
             with unset_fake_temporarily():
-                timed.append((point, at, time_candidates(scheme, point)))
+                gpu = time_candidates(scheme, point)
+                calls = time_calls(scheme, point) if host else (0.0, 0.0)
         except (RuntimeError, ValueError) as error:  # out of memory, a grid too large
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             return False, f"attention=auto could not time{sized} {at or 'it'}: {first_line}", False
+        times = (max(gpu[0], calls[0]), max(gpu[1], calls[1]))
+        timed.append((point, at, times, calls[0] > gpu[0] or calls[1] > gpu[1]))
     if not timed:
         return False, "attention=auto: no size to time fits in GPU memory: SDPA kept", False
-    fuse = all(ours < fuse_margin(point) * theirs for point, _, (ours, theirs) in timed)
+    fuse = all(ours < fuse_margin(point) * theirs for point, _, (ours, theirs), _ in timed)
     measured = "; ".join(
         f"{at + ': ' if at else ''}fused {ours:.1f} us vs SDPA + quant {theirs:.1f} us"
-        for _, at, (ours, theirs) in timed
+        + (" per call, the host's launches counted (no CUDA graphs)" if host_bound else "")
+        for _, at, (ours, theirs), host_bound in timed
     )
     return fuse, f"attention=auto measured{sized} {measured}", len(timed) == len(points)
 
@@ -226,12 +257,10 @@ def _example_mask(text: str) -> torch.Tensor | None:
     return torch.zeros(shape, dtype=dtype, device="cuda")
 
 
-def time_candidates(scheme: str, sig: dict[str, object]) -> tuple[float, float]:
-    """(fused, SDPA + quant) in us: the fused kernel against SDPA followed by a `scheme`
-    quant pass over its output viewed as [B*S, H*D] (irfuse's standalone quant kernel,
-    what the graph runs when it keeps SDPA). The two run back to back in one timing, as
-    in the model, so the quant finds part of SDPA's output in L2 (timed alone, its input
-    stays in L2 between replays and it looks cheaper than it is). q, k, v are laid out
+def _candidates(scheme: str, sig: dict[str, object]) -> dict[str, Callable[[], object]]:
+    """The calls `auto` times on inputs of the signature `sig`: the fused kernel, SDPA then
+    a `scheme` quant pass over its output viewed as [B*S, H*D] (irfuse's standalone quant
+    kernel, what the graph runs when it keeps SDPA), and SDPA alone. q, k, v are laid out
     as a model's projections leave them ([B, S, H, D] memory, transposed), so SDPA's
     output views as [B*S, H*D] without a copy: a graph that hands SDPA other layouts
     pays more for its unfused quant than measured here, never less, so the choice errs
@@ -239,7 +268,6 @@ def time_candidates(scheme: str, sig: dict[str, object]) -> tuple[float, float]:
     takes them with enable_gqa: a graph that repeats them first (repeat_kv) also pays
     for that copy."""
     import torch.nn.functional as F
-    import triton.testing
 
     from irfuse.lowering.attention import kernel_attention
     from irfuse.lowering.runtime import kernel_norm
@@ -257,8 +285,8 @@ def time_candidates(scheme: str, sig: dict[str, object]) -> tuple[float, float]:
     def fused() -> object:
         return kernel_attention(q, k, v, scale, sm_scale, causal, "bs_hd", False, scheme, mask)
 
-    def sdpa_then_quant() -> object:
-        out = F.scaled_dot_product_attention(
+    def sdpa() -> torch.Tensor:
+        return F.scaled_dot_product_attention(
             q,
             k,
             v,
@@ -267,16 +295,50 @@ def time_candidates(scheme: str, sig: dict[str, object]) -> tuple[float, float]:
             scale=sm_scale,
             enable_gqa=hq != hkv,
         )
-        rows = out.transpose(1, 2).reshape(b * sq, hq * dv)
+
+    def sdpa_then_quant() -> object:
+        rows = sdpa().transpose(1, 2).reshape(b * sq, hq * dv)
         return kernel_norm(rows, None, None, scale, 0.0, quant_kernel)
 
+    return {"fused": fused, "sdpa": sdpa_then_quant, "sdpa alone": sdpa}
+
+
+def time_candidates(scheme: str, sig: dict[str, object]) -> tuple[float, float]:
+    """(fused, SDPA + quant) GPU times in us (_candidates). The two run back to back in
+    one timing, as in the model, so the quant finds part of SDPA's output in L2 (timed
+    alone, its input stays in L2 between replays and it looks cheaper than it is)."""
+    import triton.testing
+
+    candidates = _candidates(scheme, sig)
     times: dict[str, float] = {}
     for _ in range(3):  # alternate the candidates; keep each one's best
-        for name, fn in (("fused", fused), ("sdpa", sdpa_then_quant)):
+        for name in ("fused", "sdpa"):
             # under CUDA graphs, as the compiled model runs: no launch overhead counted
-            t = triton.testing.do_bench_cudagraph(fn, rep=20)
+            t = triton.testing.do_bench_cudagraph(candidates[name], rep=20)
             times[name] = min(times.get(name, t), t)
     return times["fused"] * 1e3, times["sdpa"] * 1e3
+
+
+def time_calls(scheme: str, sig: dict[str, object], calls: int = 100) -> tuple[float, float]:
+    """(fused, SDPA) in us per call launched back to back without CUDA graphs: the
+    longer of the host's time per call and the GPU's. The fused kernel through its
+    runtime op, as the graph calls it; SDPA alone, as Inductor's wrapper calls it (the
+    quant kernel it launches after adds little host time; through kernel_norm here it
+    would add the runtime op's)."""
+    candidates = _candidates(scheme, sig)
+    times: dict[str, float] = {}
+    for _ in range(3):
+        for name in ("fused", "sdpa alone"):
+            fn = candidates[name]
+            fn()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            t = (time.perf_counter() - start) * 1e6 / calls
+            times[name] = min(times.get(name, t), t)
+    return times["fused"], times["sdpa alone"]
 
 
 def fuse_margin(sig: dict[str, object]) -> float:

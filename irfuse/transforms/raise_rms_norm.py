@@ -168,14 +168,15 @@ def _runtime_eps(value: SSAValue | None, casts: list[Operation]) -> SSAValue | s
         return "eps is neither a constant nor a graph input"
     if rank(value) != 0 or element_type(value) not in (F32, F64) or not is_host_scalar(value):
         return f"eps is a graph input {value.type} but not a 0-d f32/f64 CPU tensor"
-    if _inductor_cuda_graphs():
+    if inductor_cuda_graphs():
         # Inductor's CUDA graph partitions do not take a custom op with a CPU tensor
         # operand (its replay fails on the op's outputs, H200, torch 2.11)
         return "eps is a graph input, and Inductor's CUDA graphs (mode=reduce-overhead) are on"
     return value
 
 
-def _inductor_cuda_graphs() -> bool:
+def inductor_cuda_graphs() -> bool:
+    """Whether Inductor's CUDA graphs are on for the graph being compiled."""
     from torch._inductor import config  # here: irfuse-opt runs the pass without Inductor
 
     return bool(config.triton.cudagraphs)
