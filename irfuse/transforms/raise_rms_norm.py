@@ -35,8 +35,8 @@ Inductor makes of it: one fp8 quant (that the raise passes take) reads its value
 identical ones, which they make one), not several that differ (Inductor writes them all
 from the norm's kernel; an irfuse norm kernel ends with one quant), and its input is not
 computed from another reduction through pointwise ops (a sandwich norm: Inductor
-computes both in one kernel). A norm with no quant is as fast in Inductor's kernel,
-which also takes in the ops around it.
+computes both in one kernel). A norm with no quant makes the same one pass over memory
+in Inductor's kernel, which also takes in the ops around it.
 
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
@@ -405,8 +405,8 @@ def _raise_fp32_sum(
 # Inductor makes one kernel of a norm and the pointwise ops and reductions around it, as
 # fast as irfuse's kernel of the norm alone; irfuse's kernels win with a quant epilogue.
 NO_QUANT = (
-    "no fp8 quant reads its value: Inductor's kernel of the norm is as fast, and takes in "
-    "the ops around it"
+    "no fp8 quant reads its value: Inductor's kernel of the norm makes the same one pass "
+    "over memory, and takes in the ops around it"
 )
 FROM_A_REDUCTION = (
     "its input is computed from another reduction (a sandwich norm's result, as Gemma's "
@@ -536,7 +536,7 @@ def _guard(norm: _Norm, weighted: _Weighted, dt: Attribute | None, y: SSAValue) 
 @dataclass(frozen=True)
 class RaiseRmsNorm(ModulePass):
     """`standalone`: also raise norms that no quant fuses into (recognition only: the
-    default leaves those to the inner compiler, whose kernel is as fast)."""
+    default leaves those to the inner compiler, whose kernel makes the same one pass)."""
 
     name = NAME
     standalone: bool = False

@@ -3,7 +3,7 @@
 // By default a norm is raised where irfuse's kernel beats Inductor's: with a quant
 // epilogue to take (each run of the quant passes after it then fuses it).
 
-// A norm no quant reads: left to the inner compiler, whose kernel is as fast.
+// A norm no quant reads: left to the inner compiler (its kernel makes the same one pass).
 func.func @no_quant(%x: tensor<4x64xbf16>, %res: tensor<4x64xbf16>, %w: tensor<64xbf16>, %s: tensor<1xf32>) -> tensor<4x64xbf16> {
   %xf = aten.call "prims.convert_element_type.default"(%x) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<4x64xbf16>) -> tensor<4x64xf32>
   %p = aten.call "aten.pow.Tensor_Scalar"(%xf) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<4x64xf32>) -> tensor<4x64xf32>
