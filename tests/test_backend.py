@@ -15,7 +15,7 @@ from functorch.compile import aot_function, make_boxed_func
 import irfuse
 from irfuse.backend import IrfuseGraphPass
 from irfuse.pipeline import Options, capture_reports, transform_graph
-from irfuse.transforms.raise_rms_norm import FROM_A_REDUCTION, NO_QUANT
+from irfuse.transforms.raise_rms_norm import FROM_A_REDUCTION, NO_QUANT, READ_BY_POINTWISE
 from tests import models
 from tests.helpers import EVERY_NORM, assert_close, assert_fp8_close
 
@@ -336,14 +336,24 @@ def test_identical_quants_of_a_norm_are_one_fused_kernel(quant):
     assert torch.equal(outputs[-1], expected[-1])
 
 
-def test_a_norm_quantized_once_and_read_unquantized_fuses_keeping_its_value():
-    def norm_quant_and_value(x, w, s):
+def test_a_norm_also_read_by_pointwise_ops_is_left_to_inductor():
+    """`y * 2` beside the quant: Inductor computes it in the norm's kernel, where an irfuse
+    kernel would write `y` for it. Left to Inductor with the reason; eager's results."""
+
+    def norm_quant_and_double(x, w, s):
         y = models.hf_rms_norm(x, w)
         return models.static_quant(y, s), y * 2
 
     x, _, w, s = _norm_inputs()
-    report = irfuse.explain(norm_quant_and_value, x, w, s)
-    assert report.kernels == ["irfuse_rms_norm_static_fp8_keep"], str(report)
+    report = irfuse.explain(norm_quant_and_double, x, w, s)
+    assert not report.kernels, str(report)
+    assert READ_BY_POINTWISE in [r["reason"] for r in report.rejected], str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(norm_quant_and_double, backend="irfuse", options={"inner": "eager"})
+    q, doubled = compiled(x, w, s)
+    q_ref, doubled_ref = norm_quant_and_double(x, w, s)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+    assert torch.equal(doubled, doubled_ref)
 
 
 def _gemma_norm(x, w):
@@ -471,9 +481,12 @@ def test_quant_by_a_0d_scale_keeps_the_bf16_quotient(inner):
 
 
 def test_norm_read_unquantized_elsewhere_keeps_the_value_in_the_fused_kernel():
+    """A matmul also reads the normalised value (a projection left unquantized): the
+    fused kernel writes it too, as Inductor's kernel would."""
+
     def fn(x, w, s):
         y = models.hf_rms_norm(x, w)
-        return models.static_quant(y, s), y * 2
+        return models.static_quant(y, s), y @ w.view(-1, 1)
 
     x, _, w, s = _norm_inputs()
     report = irfuse.explain(fn, x, w, s)

@@ -33,7 +33,9 @@ round differently).
 Unless `standalone=true`, a norm is raised only where irfuse's kernel beats the one
 Inductor makes of it: one fp8 quant (that the raise passes take) reads its value (or
 identical ones, which they make one), not several that differ (Inductor writes them all
-from the norm's kernel; an irfuse norm kernel ends with one quant), and its input is not
+from the norm's kernel; an irfuse norm kernel ends with one quant), its value is not
+also read by pointwise ops (which Inductor computes in the same kernel; a matmul
+reading it is fine, the kernel also writes the value), and its input is not
 computed from another reduction through pointwise ops (a sandwich norm: Inductor
 computes both in one kernel). A norm with no quant makes the same one pass over memory
 in Inductor's kernel, which also takes in the ops around it.
@@ -408,6 +410,10 @@ NO_QUANT = (
     "no fp8 quant reads its value: Inductor's kernel of the norm makes the same one pass "
     "over memory, and takes in the ops around it"
 )
+READ_BY_POINTWISE = (
+    "its value is also read by pointwise ops, which Inductor computes in the norm's kernel "
+    "(an irfuse kernel would write the value for them)"
+)
 FROM_A_REDUCTION = (
     "its input is computed from another reduction (a sandwich norm's result, as Gemma's "
     "post-attention norm): Inductor computes both in one kernel"
@@ -435,7 +441,7 @@ def _left_to_inductor(x: SSAValue, y: SSAValue, standalone: bool) -> str | None:
     not be slower (None: raise it). `standalone` raises every norm."""
     if standalone:
         return None
-    quants = _distinct_quants(y)
+    quants, quant_ops = _distinct_quants(y)
     if len(quants) > 1:
         return (
             f"its value is quantized {len(quants)} ways: Inductor writes them all from one "
@@ -443,22 +449,45 @@ def _left_to_inductor(x: SSAValue, y: SSAValue, standalone: bool) -> str | None:
         )
     if not quants:
         return NO_QUANT
+    if _read_by_arithmetic(y, quant_ops):
+        return READ_BY_POINTWISE
     return FROM_A_REDUCTION if _computed_from_a_reduction(x) else None
 
 
-def _distinct_quants(y: SSAValue) -> set[tuple]:
+def _distinct_quants(y: SSAValue) -> tuple[set[tuple], set[Operation]]:
     """The fp8 quants of `y` the raise passes would take, identical ones once (a model's
-    q, k and v projections each quantizing `y` alike: the raise passes make them one)."""
+    q, k and v projections each quantizing `y` alike: the raise passes make them one),
+    and the ops of their chains."""
     quants: set[tuple] = set()
+    ops: set[Operation] = set()
     for op in _fp8_casts_after(y):
         found = match_static_quant(op)
         if isinstance(found, StaticQuantMatch) and _reads_value(found.source, y):
             quants.add(("static", found.scale, op.results[0].type))
+            ops.update([op, *found.dead_ops])
             continue
         dynamic = match_dynamic_quant(op)
         if isinstance(dynamic, DynamicQuantMatch) and _reads_value(dynamic.source, y):
             quants.add((str(dynamic.quant), dynamic.ub, dynamic.q.type, dynamic.scale_type))
-    return quants
+            ops.update([*dynamic.ops, *dynamic.dead_if_unused])
+    return quants, ops
+
+
+def _read_by_arithmetic(value: SSAValue, quant_ops: set[Operation], depth: int = 0) -> bool:
+    """Whether `value` is also read, outside the quants' chains and through views and
+    casts, by a pointwise op (which Inductor computes in the norm's kernel, where an
+    irfuse kernel would write the value for it; a matmul or the graph's output reads a
+    written value either way)."""
+    for user in users(value):
+        if user in quant_ops or not isinstance(user, CallOp):
+            continue
+        target = user.target.data
+        if target in POINTWISE and target not in (*CASTS, *VIEWS):
+            return True
+        if target in (*CASTS, *VIEWS) and depth < 3 and user.results:
+            if _read_by_arithmetic(user.results[0], quant_ops, depth + 1):
+                return True
+    return False
 
 
 def _fp8_casts_after(y: SSAValue, depth: int = 10) -> list[CallOp]:
