@@ -34,8 +34,10 @@ tests)
     ;;
 bench)
     step host-time 300 python3 bench/host_time.py
-    step norm-alone 180 python3 bench/quant_schemes.py --schemes none \
-        --tokens 1 256 4096 16384
+    step add-norm-alone 120 python3 bench/quant_schemes.py --schemes none \
+        --tokens 1 4096 16384
+    step norm-alone 120 python3 bench/quant_schemes.py --schemes none --no-residual \
+        --tokens 1 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 suite)
