@@ -56,6 +56,24 @@ class NodeInserter:
         return node
 
 
+def leading_sizes(insert: NodeInserter, node: fx.Node) -> tuple[list[Any], Any]:
+    """(the sizes of `node`'s dims but its last, their product: the rows it holds), each
+    an int, or a node inserted to read or multiply symbolic sizes (sym_size)."""
+    fake = node.meta["val"]
+    lead = [
+        size
+        if isinstance(size, int)
+        else insert(torch.ops.aten.sym_size.int, (node, dim), {}, size)
+        for dim, size in enumerate(fake.shape[:-1])
+    ]
+    rows, rows_so_far = (lead[0], fake.shape[0]) if lead else (1, 1)
+    for size, fake_size in zip(lead[1:], fake.shape[1:-1], strict=True):
+        rows_so_far = rows_so_far * fake_size
+        symbolic = isinstance(rows, fx.Node) or isinstance(size, fx.Node)
+        rows = insert(operator.mul, (rows, size), {}, rows_so_far) if symbolic else rows * size
+    return lead, rows
+
+
 @dataclass(frozen=True)
 class KernelLaunch:
     """One launch of a generated Triton kernel: its grid, every parameter by name

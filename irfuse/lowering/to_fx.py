@@ -12,7 +12,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
@@ -25,7 +25,7 @@ from irfuse.kernels.norm import MAX_COLS
 from irfuse.lowering.attention import graph_launch_problem as attention_graph_problem
 from irfuse.lowering.attention import graph_launches as attention_graph_launches
 from irfuse.lowering.attention import summary_graph_launches, summary_graph_problem
-from irfuse.lowering.graph_launch import NodeInserter, insert_launches
+from irfuse.lowering.graph_launch import NodeInserter, insert_launches, leading_sizes
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 from irfuse.lowering.runtime import INTERPRET  # (and registers torch.ops.irfuse.kernel_norm)
 from irfuse.lowering.to_triton import NoKernel, spec_for
@@ -349,16 +349,7 @@ def _flattened(graph: fx.Graph, node: fx.Node, result: SSAValue) -> fx.Node:
         return node
     assert fake.dim() > 2 and rank == 2, (fake.dim(), rank)
     insert = NodeInserter(graph, node)
-    rows: Any = 1
-    rows_so_far: Any = 1
-    for dim, size in enumerate(fake.shape[:-1]):
-        rows_so_far = rows_so_far * size
-        if isinstance(size, int) and not isinstance(rows, fx.Node):
-            rows = rows * size
-            continue
-        if not isinstance(size, int):
-            size = insert(torch.ops.aten.sym_size.int, (node, dim), {}, size)
-        rows = insert(operator.mul, (rows, size), {}, rows_so_far)
+    _, rows = leading_sizes(insert, node)
     last = fake.shape[-1]
     if not isinstance(last, int):
         last = insert(torch.ops.aten.sym_size.int, (node, fake.dim() - 1), {}, last)

@@ -38,6 +38,7 @@ from irfuse.lowering.graph_launch import (
     NodeInserter,
     insert_kernel_call,
     insert_launches,
+    leading_sizes,
     read_host_scalar,
     same_start,
 )
@@ -290,12 +291,7 @@ def _lower_launches(
     how = _guard_rows(rows_val, *bounds)
 
     insert = NodeInserter(graph, anchor)
-    lead = [_size(insert, inputs[0], x, dim) for dim in range(x.dim() - 1)]
-    rows, rows_sofar = (lead[0], x.shape[0]) if lead else (1, 1)  # a size, or a node for it
-    for dim, size in enumerate(lead[1:], start=1):
-        rows_sofar = rows_sofar * x.shape[dim]
-        symbolic = isinstance(rows, fx.Node) or isinstance(size, fx.Node)
-        rows = insert(operator.mul, (rows, size), {}, rows_sofar) if symbolic else rows * size
+    lead, rows = leading_sizes(insert, inputs[0])  # sizes, or nodes for them
     # the swizzled nvfp4 scales are zero-filled where their layout pads (alloc_nvfp4_scales)
     zeroed = spec.quant == "nvfp4" and nvfp4_scales_padded(rows_val, x.shape[-1])
     for name in OUTPUT_PARAMS:  # each buffer as the kernel indexes it (absent: x, unused)
@@ -370,11 +366,3 @@ def _lower_per_tensor(
     present = [n for n in inputs if n is not None]
     inserted = insert_launches(graph, anchor, launches, present, [outputs[i] for i in indices])
     return inserted if isinstance(inserted, str) else (*inserted, GRAPH_LAUNCH)
-
-
-def _size(insert: Any, node: fx.Node, fake: torch.Tensor, dim: int) -> Any:
-    """Dim `dim` of `node`: its size, or a sym_size node where it is symbolic."""
-    size = fake.shape[dim]
-    if isinstance(size, int):
-        return size
-    return insert(torch.ops.aten.sym_size.int, (node, dim), {}, size)

@@ -104,13 +104,10 @@ class _Norm:
 
 def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
     """Walk up from rsqrt and one step down to `n`; a str is a guard failure."""
-    add = call(rsqrt.inputs[0], "aten.add.Scalar", "aten.add.Tensor")
-    if add is None or (mean_value := tensor_arg(add, 0)) is None:
+    variance = _variance_plus_eps(rsqrt.inputs[0])
+    if variance is None:
         return None
-    mean = call(mean_value, "aten.mean.dim")
-    squared = _squared(tensor_arg(mean, 0)) if mean is not None else None
-    if squared is None:
-        return None
+    add, mean, squared = variance
     constant = const_arg(add, 1)
     eps_casts: list[Operation] = []
     eps: float | SSAValue | str
@@ -144,11 +141,19 @@ SQRT_FORM = (
 )
 
 
+def _variance_plus_eps(
+    value: SSAValue,
+) -> tuple[CallOp, CallOp, tuple[SSAValue, Operation]] | None:
+    """(the add, the mean, `_squared`'s (xf, op)) where `value` is `mean(xf^2) + eps`."""
+    add = call(value, "aten.add.Scalar", "aten.add.Tensor")
+    mean = call(tensor_arg(add, 0), "aten.mean.dim") if add is not None else None
+    squared = _squared(tensor_arg(mean, 0)) if mean is not None else None
+    return (add, mean, squared) if squared is not None else None  # type: ignore[return-value]
+
+
 def _divides_by_rms(sqrt: CallOp) -> bool:
     """`sqrt` is of `mean(xf^2, -1) + eps`, and something is divided by it."""
-    add = call(sqrt.inputs[0], "aten.add.Scalar", "aten.add.Tensor")
-    mean = call(tensor_arg(add, 0), "aten.mean.dim") if add is not None else None
-    if mean is None or _squared(tensor_arg(mean, 0)) is None:
+    if _variance_plus_eps(sqrt.inputs[0]) is None:
         return False
     return any(
         isinstance(user, CallOp)
@@ -418,11 +423,10 @@ FROM_A_REDUCTION = (
     "its input is computed from another reduction (a sandwich norm's result, as Gemma's "
     "post-attention norm): Inductor computes both in one kernel"
 )
-# The ops Inductor computes in the kernel of the norm that reads them (walked back from
-# the norm's input, to a reduction that it would then compute there too).
-POINTWISE = (
-    *CASTS,
-    *VIEWS,
+# Pointwise arithmetic: Inductor computes it in the kernel of a norm that it reads, or
+# that reads it (walked back from the norm's input, through views and casts too, to a
+# reduction that it would then compute there as well).
+ARITHMETIC = (
     "aten.add.Tensor",
     "aten.add.Scalar",
     "aten.sub.Tensor",
@@ -433,6 +437,7 @@ POINTWISE = (
     "aten.rsqrt.default",
     "aten.pow.Tensor_Scalar",
 )
+POINTWISE = (*CASTS, *VIEWS, *ARITHMETIC)
 REDUCTIONS = ("aten.mean.dim", "aten.sum.dim_IntList", "aten.amax.default")
 
 
@@ -460,7 +465,7 @@ def _distinct_quants(y: SSAValue) -> tuple[set[tuple], set[Operation]]:
     and the ops of their chains."""
     quants: set[tuple] = set()
     ops: set[Operation] = set()
-    for op in _fp8_casts_after(y):
+    for op in _casts_after(y):
         found = match_static_quant(op)
         if isinstance(found, StaticQuantMatch) and _reads_value(found.source, y):
             quants.add(("static", found.scale, op.results[0].type))
@@ -482,7 +487,7 @@ def _read_by_arithmetic(value: SSAValue, quant_ops: set[Operation], depth: int =
         if user in quant_ops or not isinstance(user, CallOp):
             continue
         target = user.target.data
-        if target in POINTWISE and target not in (*CASTS, *VIEWS):
+        if target in ARITHMETIC:
             return True
         if target in (*CASTS, *VIEWS) and depth < 3 and user.results:
             if _read_by_arithmetic(user.results[0], quant_ops, depth + 1):
@@ -490,8 +495,8 @@ def _read_by_arithmetic(value: SSAValue, quant_ops: set[Operation], depth: int =
     return False
 
 
-def _fp8_casts_after(y: SSAValue, depth: int = 10) -> list[CallOp]:
-    """The casts within `depth` ops downstream of `y` (where the quants of `y` end)."""
+def _casts_after(y: SSAValue, depth: int = 10) -> list[CallOp]:
+    """The casts within `depth` ops downstream of `y` (where the fp8 quants of `y` end)."""
     casts: dict[CallOp, None] = {}
     frontier, seen = [y], {y}
     for _ in range(depth):
