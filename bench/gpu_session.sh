@@ -30,7 +30,8 @@ tests)
     step graph-launch 300 "${PYTEST[@]}" tests/test_attention_graph_launch.py \
         tests/test_user_kernels.py tests/test_backend.py -k "gpu or inductor_path"
     step new-forms 200 "${PYTEST[@]}" tests/test_flattened_quant.py \
-        tests/test_model_generate.py tests/test_raise_dynamic_quant.py
+        tests/test_model_generate.py tests/test_raise_dynamic_quant.py \
+        tests/test_gemma_layers.py tests/test_quant_epilogues.py
     ;;
 bench)
     step host-time 300 python3 bench/host_time.py
@@ -38,6 +39,8 @@ bench)
         --tokens 1 4096 16384
     step norm-alone 120 python3 bench/quant_schemes.py --schemes none --no-residual \
         --tokens 1 4096 16384
+    step sandwich 240 python3 bench/quant_schemes.py --sandwich \
+        --schemes per_token static "per_group 128" --hidden 3840 5376 --tokens 1 256 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 suite)

@@ -2,14 +2,16 @@
 Inductor compiling the same PyTorch expression (bf16 in, ANCHORS.md).
 
     python bench/quant_schemes.py [--hidden 4096 7168 8192] [--tokens 1 16 256 4096 16384]
-        [--schemes per_token ... | none] [--standalone | --no-residual] [--keep-value]
-        [--as-written]
+        [--schemes per_token ... | none] [--standalone | --no-residual | --sandwich]
+        [--keep-value] [--as-written]
 
 irfuse = torch.compile of the model written with torch.ops.irfuse.* (imported and fused
 by irfuse's passes; the graph then calls the generated kernel); with --as-written, of the
 very PyTorch function Inductor compiles (HF RMSNorm and the quant idiom, raised by
 irfuse's passes; the graph's add rounds the sum, so irfuse's fused add does too). GB/s
 counts the bytes the fused op must move: inputs read once, outputs and scales written once.
+--sandwich: Gemma's norm, the residual add, the next norm and the quant, as written (both
+compile the same PyTorch; irfuse makes one kernel of it, fuse-sandwich-norm).
 """
 
 from __future__ import annotations
@@ -38,6 +40,19 @@ def rms_norm_torch(h, weight):
     v = h.float()
     v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
     return weight * v.to(h.dtype)
+
+
+def gemma_norm_torch(h, weight):
+    """Gemma3RMSNorm as model code writes it, eps 1e-6."""
+    v = h.float()
+    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return (v * (1.0 + weight.float())).type_as(h)
+
+
+def sandwich_torch(scheme, x, residual, w_post, w_pre, scale):
+    """Gemma's post-attention norm, the residual add, the pre-feedforward norm + quant."""
+    h = residual + gemma_norm_torch(x, w_post)
+    return (*quant_torch(scheme, gemma_norm_torch(h, w_pre), scale), h)
 
 
 def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
@@ -133,6 +148,9 @@ def main() -> None:
     producer = parser.add_mutually_exclusive_group()
     producer.add_argument("--standalone", action="store_true", help="quant alone, no norm")
     producer.add_argument("--no-residual", action="store_true", help="rms_norm + quant, no add")
+    producer.add_argument(
+        "--sandwich", action="store_true", help="Gemma's norm + add + norm + quant, as written"
+    )
     parser.add_argument(
         "--keep-value", action="store_true", help="the normalised value is an output too"
     )
@@ -143,8 +161,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if args.keep_value and args.standalone:
-        parser.error("--keep-value needs a norm (not --standalone)")
+    if args.keep_value and (args.standalone or args.sandwich):
+        parser.error("--keep-value needs a norm and an add (not --standalone or --sandwich)")
+    args.as_written = args.as_written or args.sandwich  # no torch.ops.irfuse form of it
     if NO_QUANT in args.schemes and (args.standalone or args.keep_value):
         parser.error("scheme none is a norm alone (not --standalone or --keep-value)")
     torch._dynamo.config.cache_size_limit = 256
@@ -154,7 +173,7 @@ def main() -> None:
             for tokens in args.tokens:
                 times = bench_one(
                     scheme, hidden, tokens, args.standalone, args.no_residual,
-                    args.keep_value, args.rounds, args.as_written,
+                    args.keep_value, args.rounds, args.as_written, args.sandwich,
                 )  # fmt: skip
                 # x read, output written; a norm also reads its weight, an add the
                 # residual, writing the sum
@@ -162,6 +181,7 @@ def main() -> None:
                 if not args.standalone:
                     moved += hidden * 2 + (0 if args.no_residual else tokens * hidden * 4)
                     moved += tokens * hidden * 2 if args.keep_value else 0
+                    moved += hidden * 2 if args.sandwich else 0  # the second weight
                 gbs = moved / (times["irfuse"] * 1e-6) / 1e9
                 raw.append({"scheme": scheme, "hidden": hidden, "tokens": tokens, "us": times})
                 rows.append([
@@ -172,6 +192,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     what = "quant alone" if args.standalone else "add + rms_norm + quant"
     what = "rms_norm + quant" if args.no_residual and not args.standalone else what
+    what = "Gemma sandwich: rms_norm + add + rms_norm + quant" if args.sandwich else what
     what += " (the normalised value kept as an output too)" if args.keep_value else ""
     what += " (both compile the same PyTorch)" if args.as_written else ""
     text = append_results(
@@ -194,12 +215,17 @@ def bench_one(
     keep_value: bool,
     rounds: int,
     as_written: bool = False,
+    sandwich: bool = False,
 ):
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r = None if no_residual else torch.randn_like(x)
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
     s = torch.tensor([0.05 if scheme == "static" else 100.0], device="cuda")
-    if standalone:
+    if sandwich:
+        w2 = torch.randn_like(w)
+        torch_fn = lambda: sandwich_torch(scheme, x, r, w, w2, s)  # noqa: E731
+        irfuse_fn = torch_fn
+    elif standalone:
         torch_fn = lambda: quant_torch(scheme, x, s)  # noqa: E731
         irfuse_fn = lambda: quant_irfuse(scheme, x, s)  # noqa: E731
     else:

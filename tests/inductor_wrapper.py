@@ -177,6 +177,7 @@ def main() -> None:
         "symbolic rows": (_wrapper(_norm_static_fp8, marked, w, s), []),
         "dynamic=True": (_wrapper(_NormTwice().to(bf16), x, x, s, dynamic=True), []),
         "flattened per-token": (_wrapper(_norm_flattened_per_token, x.view(6, 100, 256), w), []),
+        "sandwich": (_wrapper(models.gemma_sandwich_quant, x, x.flip(0), w, w.flip(0), s), []),
     }
     print(json.dumps({name: {"code": code, "launches": launches}
                       for name, (code, launches) in cases.items()}))  # fmt: skip

@@ -76,11 +76,30 @@ def vllm_add_norm_quant(x, residual, weight, scale, eps: float = 1e-6):
     return static_quant(y, scale), residual
 
 
-def gemma_norm_quant(x, weight, scale, eps: float = 1e-6):
+def gemma_rms_norm(x, weight, eps: float = 1e-6):
+    """Gemma3RMSNorm.forward: times `1 + w` in fp32, cast back."""
     v = x.float()
     v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
-    y = (v * (1.0 + weight.float())).type_as(x)
-    return static_quant(y, scale)
+    return (v * (1.0 + weight.float())).type_as(x)
+
+
+def gemma_norm_quant(x, weight, scale, eps: float = 1e-6):
+    return static_quant(gemma_rms_norm(x, weight, eps), scale)
+
+
+def per_token_quant(y):
+    """Dynamic per-token fp8 as vLLM's reference writes it: (q, scale)."""
+    amax = y.float().abs().amax(-1, keepdim=True)
+    scale = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (y.float() / scale).clamp(-448.0, 448.0).to(FP8), scale
+
+
+def gemma_sandwich_quant(attn_out, residual, w_post, w_pre, scale=None):
+    """Gemma's post-attention norm, the residual add, the pre-feedforward norm and a quant
+    of its value (static with `scale`, else per token): (q, [scales,] the residual sum)."""
+    h = residual + gemma_rms_norm(attn_out, w_post)
+    y = gemma_rms_norm(h, w_pre)
+    return (static_quant(y, scale), h) if scale is not None else (*per_token_quant(y), h)
 
 
 def add_hf_norm_quant(x, residual, weight, scale):

@@ -61,6 +61,27 @@ def test_valid_ops_verify():
             "eps operand must be a 0-d f32 or f64 tensor",
         ),
         (
+            "  %y, %h = irfuse.fused_add_rms_norm %x, %x, %w x_weight(%w : tensor<64xbf16>) "
+            "{eps = 1.0e-06 : f64, rounded_sum} : tensor<4x64xbf16>, tensor<4x64xbf16>, "
+            "tensor<64xbf16> -> tensor<4x64xbf16>, tensor<4x64xbf16>",
+            X,
+            "x_weight and x_eps go together",
+        ),
+        (
+            "  %y, %h = irfuse.fused_add_rms_norm %x, %x, %w x_weight(%w : tensor<64xbf16>) "
+            "{eps = 1.0e-06 : f64, x_eps = 1.0e-06 : f64} : tensor<4x64xbf16>, "
+            "tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>, tensor<4x64xbf16>",
+            X,
+            "x_weight needs rounded_sum",
+        ),
+        (
+            "  %y, %h = irfuse.fused_add_rms_norm %x, %x, %w x_weight(%v : tensor<32xbf16>) "
+            "{eps = 1.0e-06 : f64, rounded_sum, x_eps = 1.0e-06 : f64} : tensor<4x64xbf16>, "
+            "tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>, tensor<4x64xbf16>",
+            X + ", %v: tensor<32xbf16>",
+            "weight must be 1-D of the hidden size",
+        ),
+        (
             "  %q = irfuse.quant %x {quant = #irfuse.quant<static>} : tensor<4x64xbf16> "
             "-> tensor<4x64xf8E4M3FN>",
             X,

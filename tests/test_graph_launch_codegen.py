@@ -6,7 +6,8 @@ attention + static fp8 (split-KV slices, then the combine), the same beside a pa
 (the mask summary's two kernels first), rms_norm + dynamic per-tensor
 fp8 over 600 rows (the amax into zero-filled atomic slots, then the quant) and rms_norm +
 static fp8 over a token count marked dynamic, HF's RMSNorm module under `dynamic=True`
-(its eps an input), and a [B, S, K] norm whose per-token quant reads it flattened.
+(its eps an input), a [B, S, K] norm whose per-token quant reads it flattened, and a
+Gemma sandwich (norm, add, norm + static fp8).
 Each kernel call of the wrapper is checked against the launches the runtime op computes
 for the same inputs: the kernels in order, their arguments other than tensors, grids,
 and the buffers passed from one to the next.
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from irfuse.lowering.runtime import KERNEL_PARAMS
 
 WRAPPER_SCRIPT = Path(__file__).parent / "inductor_wrapper.py"
 # On a GPU machine the GPU tests compile and run the real wrappers; this CPU stand-in
@@ -42,7 +45,10 @@ HANDED_ON = {
         (2, 5, 3, 0),  # part
         (2, 6, 3, 1),  # part_state
     ],
-    "per-tensor": [(0, 6, 1, 3), (0, 4, 1, 4)],  # the amax slots read as the scale; the output
+    "per-tensor": [  # the amax slots read as the scale; the output
+        (0, KERNEL_PARAMS.index("scale_out_ptr"), 1, KERNEL_PARAMS.index("scale_ptr")),
+        (0, KERNEL_PARAMS.index("out_ptr"), 1, KERNEL_PARAMS.index("out_ptr")),
+    ],
 }
 
 
@@ -100,7 +106,8 @@ def test_the_wrapper_launches_what_the_runtime_op_computes(wrappers, case):
 def test_the_per_tensor_amax_slots_are_zeroed_before_the_first_kernel(wrappers):
     code = wrappers["per-tensor"]["code"]
     (_, first), _ = _calls(code)
-    slots = first[6]  # 512 slots, then a row's rstd each: 1112 fp32
+    # 512 slots, then a row's rstd each: 1112 fp32
+    slots = first[KERNEL_PARAMS.index("scale_out_ptr")]
     allocation = re.search(
         rf"{slots} = empty_strided_\w+\(\(1112, \), \(1, \), torch.float32", code
     )
@@ -119,7 +126,7 @@ def test_dynamic_true_reads_the_module_eps_in_the_wrapper(wrappers):
     reads = re.findall(r"(\w+) = arg\d+_1\.item\(\)", code)
     assert len(reads) == 1, code
     for _, args in calls:
-        assert args[16] == reads[0], args  # eps, the 17th parameter (runtime.KERNEL_PARAMS)
+        assert args[KERNEL_PARAMS.index("eps")] == reads[0], args
         assert re.fullmatch(r"s\d+", args[-3]), args  # the grid: a row per program
 
 
@@ -140,10 +147,22 @@ def test_a_quant_of_flattened_hidden_states_launches_into_the_flattened_buffers(
     code = wrappers["flattened per-token"]["code"]
     ((name, args),) = _calls(code)
     assert name == "irfuse_rms_norm_per_token_fp8" and "kernel_norm" not in code
-    out, scales = args[4], args[6]  # out_ptr, scale_out_ptr (runtime.KERNEL_PARAMS)
+    out, scales = args[KERNEL_PARAMS.index("out_ptr")], args[KERNEL_PARAMS.index("scale_out_ptr")]
     assert re.search(rf"{out} = empty_strided_\w+\(\(600, 256\), \(256, 1\), torch.float8", code)
     assert re.search(rf"{scales} = empty_strided_\w+\(\(600, 1\), \(1, 1\), torch.float32", code)
     assert "flatten" not in code
+
+
+def test_a_sandwich_launches_with_both_weights(wrappers):
+    """Gemma's post-attention norm, the add and the quantized pre-feedforward norm: one
+    call, reading each norm's weight (two inputs) and x and the residual in place."""
+    code = wrappers["sandwich"]["code"]
+    ((name, args),) = _calls(code)
+    assert name == "irfuse_normed_add_rounded_rms_norm_gemmaw_static_fp8", code
+    assert "kernel_norm" not in code
+    inputs = [args[KERNEL_PARAMS.index(p)] for p in ("x_ptr", "residual_ptr", "weight_ptr",
+                                                       "x_weight_ptr")]  # fmt: skip
+    assert all(re.fullmatch(r"arg\d+_1", a) for a in inputs) and len(set(inputs)) == 4, args
 
 
 def test_the_decode_output_is_viewed_to_its_rows_without_a_call(wrappers):

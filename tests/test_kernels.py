@@ -187,6 +187,30 @@ def test_unknown_kernel_spec_is_refused():
         kernel_norm(x, None, w, None, 1e-6, "rms_norm/plain/model/per_block 32")
 
 
+def test_a_sandwich_spec_round_trips_and_bad_ones_are_refused():
+    spec = KernelSpec("fused_add_rms_norm", "gemma", "per_token", rounded_sum=True, x_eps=1e-5)
+    assert KernelSpec.decode(spec.encode()) == spec
+    assert spec.name == "irfuse_normed_add_rounded_rms_norm_gemmaw_per_token_fp8"
+    assert "Fuses: rms_norm of x (eps 1e-05) + add (the sum rounded" in spec.source()
+    for bad in ("x_eps=-1.0", "x_eps=nan", "x_eps=1e-6x"):
+        with pytest.raises(ValueError, match="unknown irfuse kernel spec"):
+            KernelSpec.decode(f"fused_add_rms_norm/gemma/model/none/rounded_sum/{bad}")
+    with pytest.raises(ValueError, match="unknown irfuse kernel spec"):  # needs rounded_sum
+        KernelSpec.decode("fused_add_rms_norm/gemma/model/none/x_eps=1e-06")
+
+
+def test_a_sandwich_kernel_needs_its_x_weight_and_others_refuse_one():
+    x, residual, w, _ = _inputs(2, 64, torch.float16)
+    sandwich = "fused_add_rms_norm/plain/model/none/rounded_sum/x_eps=1e-06"
+    with pytest.raises(ValueError, match=r"x_weight must have shape \[64\]"):
+        kernel_norm(x, residual, w, None, 1e-6, sandwich)
+    with pytest.raises(TypeError, match="x_weight dtype torch.float32 != input dtype"):
+        kernel_norm(x, residual, w, None, 1e-6, sandwich, x_weight=w.float())
+    with pytest.raises(ValueError, match="takes no x_weight"):
+        kernel_norm(x, residual, w, None, 1e-6, "fused_add_rms_norm/plain/model/none",
+                    x_weight=w)  # fmt: skip
+
+
 def test_strided_weight_is_read_correctly():
     x, _, w, _ = _inputs(3, 64, torch.float32)
     w2 = torch.stack([w, w], dim=1).reshape(-1)[::2]  # a view with stride 2

@@ -19,7 +19,13 @@ from irfuse.ops.quant import (
     nvfp4_scale_shape,
     unswizzle_block_scales,
 )
-from tests.helpers import assert_quant_close, dequant, garbage_nvfp4_scales, reference_quant
+from tests.helpers import (
+    assert_close,
+    assert_quant_close,
+    dequant,
+    garbage_nvfp4_scales,
+    reference_quant,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = [
@@ -28,17 +34,22 @@ SCHEMES = [
 ]  # fmt: skip
 PRODUCERS = [
     ("quant", "none"), ("rms_norm", "plain"), ("rms_norm", "fp32"), ("rms_norm", "gemma"),
-    ("fused_add_rms_norm", "plain"), ("rounded_add", "plain"),
+    ("fused_add_rms_norm", "plain"), ("rounded_add", "plain"), ("sandwich", "gemma"),
+    ("sandwich", "plain"),
 ]  # fmt: skip
 # "rounded_add": fused_add_rms_norm with `rounded_sum` (what fuse-add-rms-norm builds from
-# the graph's add): the norm reads the sum rounded to the model dtype.
-ADDS = ("fused_add_rms_norm", "rounded_add")
+# the graph's add): the norm reads the sum rounded to the model dtype. "sandwich": the
+# same with x normalised first (its own weight, eps X_EPS: what fuse-sandwich-norm builds).
+ADDS = ("fused_add_rms_norm", "rounded_add", "sandwich")
+X_EPS = 1e-5
 
 
 def _kernel(producer: str, mode: str, scheme: str) -> str:
     """The kernel_norm spec string of a test producer."""
     if producer == "rounded_add":
         return f"fused_add_rms_norm/{mode}/model/{scheme}/rounded_sum"
+    if producer == "sandwich":
+        return f"fused_add_rms_norm/{mode}/model/{scheme}/rounded_sum/x_eps={X_EPS}"
     return f"{producer}/{mode}/model/{scheme}"
 
 
@@ -51,10 +62,19 @@ def _inputs(t: int, h: int, dtype: torch.dtype, gemma: bool = False):
     return x, residual, w
 
 
-def _reference_producer(producer, mode, x, residual, w, eps):
+def _x_weight(h: int, dtype: torch.dtype) -> torch.Tensor:
+    """A sandwich's first weight (bf16/fp16 also in Gemma's form: the model's dtype)."""
+    g = torch.Generator().manual_seed(h)
+    return (0.5 + 0.1 * torch.randn(h, generator=g)).to(dtype).to(DEVICE)
+
+
+def _reference_producer(producer, mode, x, residual, w, eps, x_weight=None):
     """The unfused producer output (what the quant reads) and residual_out."""
     if producer == "quant":
         return x, None
+    if producer == "sandwich":  # x's norm, the graph's add, then its norm
+        normed_x = _reference_producer("rms_norm", mode, x, None, x_weight, X_EPS)[0]
+        return _reference_producer("rounded_add", mode, normed_x, residual, w, eps)
     if producer == "fused_add_rms_norm":
         return ref.fused_add_rms_norm(x, residual, w, eps)
     if producer == "rounded_add":  # the graph's add, then its norm
@@ -77,15 +97,18 @@ def _scale_input(scheme: str, y: torch.Tensor) -> torch.Tensor | None:
 
 def _run(producer, mode, scheme, t, h, dtype, eps=1e-6):
     x, residual, w = _inputs(t, h, dtype, gemma=mode == "gemma")
-    y_ref, residual_ref = _reference_producer(producer, mode, x, residual, w, eps)
+    x_weight = _x_weight(h, dtype) if producer == "sandwich" else None
+    y_ref, residual_ref = _reference_producer(producer, mode, x, residual, w, eps, x_weight)
     scale = _scale_input(scheme, y_ref)
     kernel_scheme = scheme.replace(" ub", "")
     q, residual_out, scales, _ = kernel_norm(
         x, residual if producer in ADDS else None, w if producer != "quant" else None, scale,
-        eps, _kernel(producer, mode, kernel_scheme),
+        eps, _kernel(producer, mode, kernel_scheme), x_weight=x_weight,
     )  # fmt: skip
     q_ref, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
-    if residual_ref is not None:
+    if producer == "sandwich":  # the sum of a norm (whose reduction may add in another order)
+        assert_close(residual_out, residual_ref)
+    elif residual_ref is not None:
         assert torch.equal(residual_out, residual_ref)
     assert q.shape == q_ref.shape and q.dtype == q_ref.dtype
     if scales_ref is not None:

@@ -80,6 +80,12 @@ def per_token_quant_promoted(x):
     return (x / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def per_token_quant_cast_twice(x):
+    """`x.float()` written twice, for the amax and for the division."""
+    s = (x.float().abs().amax(dim=-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (x.float() / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def per_token_quant_unsqueezed(x):
     """The amax without keepdim, its dim put back by unsqueeze(-1)."""
     xf = x.float()
@@ -283,6 +289,7 @@ def _check_raised(module, report, scheme: str, with_ub: bool) -> QuantOp:
         per_token_quant_clamp_ub,
         per_token_quant_max_values,
         per_token_quant_promoted,
+        per_token_quant_cast_twice,
         per_token_quant_unsqueezed,
         per_token_quant_indexed,
         per_token_quant_widened,

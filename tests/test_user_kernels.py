@@ -30,7 +30,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BF16 = torch.bfloat16
 GRAPH_LAUNCH = "launched by Inductor's wrapper"
 
-# (kernel, x shape, inputs present: residual / weight / scale, kernel_norm outputs read)
+# (kernel, x shape, inputs present: residual / weight / scale / x_weight, kernel_norm
+# outputs read)
 CASES = [
     ("fused_add_rms_norm/plain/model/static/rounded_sum", (2, 3, 64), "rws", [0, 1]),
     ("rms_norm/plain/model/per_token", (5, 64), "ws", [0, 2]),
@@ -40,6 +41,19 @@ CASES = [
     ("rms_norm/plain/model/per_token/keep_value", (2, 2, 64), "w", [0, 2, 3]),
     ("fused_add_rms_norm/plain/model/per_group 64/rounded_sum", (2, 3, 128), "rw", [0, 1, 2]),
     ("fused_add_rms_norm/plain/model/none", (3, 96), "rw", [0, 1]),
+    # a sandwich: x normalised with its own weight first
+    (
+        "fused_add_rms_norm/gemma/model/per_token/rounded_sum/x_eps=1e-05",
+        (2, 3, 64),
+        "rwx",
+        [0, 1, 2],
+    ),  # fmt: skip
+    (
+        "fused_add_rms_norm/plain/model/per_tensor/rounded_sum/x_eps=1e-06",
+        (5, 64),
+        "rwx",
+        [0, 1, 2],
+    ),  # fmt: skip
     ("rms_norm/plain/model/per_token", (2, 2880), "ws", [0, 2]),  # 2880: padded to 4096 lanes
     # dynamic per-tensor: two launches, phase 1's results in a buffer of the graph
     ("rms_norm/plain/model/per_tensor", (5, 64), "w", [0, 2]),
@@ -58,7 +72,14 @@ def _inputs(kernel: str, shape: tuple, present: str, dtype=BF16):
     w_dtype = torch.float32 if "/gemma/" in kernel else dtype
     w = (1 + 0.2 * torch.randn(shape[-1], generator=g)).to(w_dtype) if "w" in present else None
     scale = torch.tensor([2.0 if "per_token" in kernel else 0.05]) if "s" in present else None
-    return tuple(t.to(DEVICE) if t is not None else None for t in (x, residual, w, scale))
+    x_w = (0.5 + 0.1 * torch.randn(shape[-1], generator=g)).to(dtype) if "x" in present else None
+    return tuple(t.to(DEVICE) if t is not None else None for t in (x, residual, w, scale, x_w))
+
+
+def _kernel_norm(inputs: tuple, kernel: str, eps: float = 1e-6):
+    """kernel_norm on the inputs of `_inputs` (x, residual, weight, scale, x_weight)."""
+    x, residual, w, scale, x_weight = inputs
+    return kernel_norm(x, residual, w, scale, eps, kernel, x_weight=x_weight)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -79,7 +100,7 @@ def _graph_launch(
     mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=shape_env or ShapeEnv())
     graph = fx.Graph()
     nodes = []
-    for name, t in zip(("x", "residual", "weight", "scale"), inputs, strict=True):
+    for name, t in zip(("x", "residual", "weight", "scale", "x_weight"), inputs, strict=True):
         node = graph.placeholder(name)
         dims = [DimDynamic.STATIC] * (t.dim() if t is not None else 0)
         if name in ("x", "residual") and t is not None:
@@ -88,8 +109,9 @@ def _graph_launch(
         node.meta["val"] = mode.from_tensor(t, symbolic_context=context) if t is not None else None
         nodes.append(node if t is not None else None)
     anchor = [n for n in graph.nodes][-1]
-    lowered = lower_norm_in_graph(graph, anchor, KernelSpec.decode(kernel), tuple(nodes), eps,
-                                  indices)  # fmt: skip
+    x, residual, weight, scale, x_weight = nodes  # in INPUT_PARAMS' order for the lowering
+    lowered = lower_norm_in_graph(graph, anchor, KernelSpec.decode(kernel),
+                                  (x, residual, weight, x_weight, scale), eps, indices)  # fmt: skip
     if isinstance(lowered, str):
         return lowered
     graph.output(tuple(lowered[1]))
@@ -104,7 +126,7 @@ def test_graph_launch_is_kernel_norms_launch(kernel, shape, present, indices):
     module = _graph_launch(kernel, inputs, indices)
     assert isinstance(module, fx.GraphModule), module
     got = module(*inputs)
-    expected = kernel_norm(*inputs, 1e-6, kernel)
+    expected = _kernel_norm(inputs, kernel)
     for out, index in zip(got, indices, strict=True):
         want = expected[index]
         assert (out.shape, out.stride(), out.dtype) == (want.shape, want.stride(), want.dtype)
@@ -131,20 +153,20 @@ def test_inputs_that_are_views_are_read_in_place(view):
     kernel = "fused_add_rms_norm/plain/model/per_token"
     big = _inputs(kernel, (5, 128), "")[0]
     x = big[:, :64] if view == "columns" else big.reshape(10, 64)[3:]
-    _, residual, w, _ = _inputs(kernel, tuple(x.shape), "rw")
-    inputs = (x, residual, w, None)
+    _, residual, w, _, _ = _inputs(kernel, tuple(x.shape), "rw")
+    inputs = (x, residual, w, None, None)
     module = _graph_launch(kernel, inputs, [0, 1, 2])
     assert isinstance(module, fx.GraphModule), module
     got = module(*inputs)
-    expected = kernel_norm(*inputs, 1e-6, kernel)
+    expected = _kernel_norm(inputs, kernel)
     for out, want in zip(got, expected[:3], strict=True):
         assert torch.equal(_bits(out), _bits(want))
 
 
 def test_an_input_the_kernel_reads_through_a_copy_keeps_kernel_norm():
     """A transposed input: its rows are not rows in memory; kernel_norm copies it."""
-    x, _, w, _ = _inputs("rms_norm/plain/model/none", (64, 4), "w")
-    why = _graph_launch("rms_norm/plain/model/none", (x.t(), None, w, None), [0])
+    x, _, w, _, _ = _inputs("rms_norm/plain/model/none", (64, 4), "w")
+    why = _graph_launch("rms_norm/plain/model/none", (x.t(), None, w, None, None), [0])
     assert why == "it reads an input through a copy"
 
 
@@ -167,7 +189,7 @@ def test_graph_launch_with_a_symbolic_token_count(kernel, shape, present, indice
     for lead in ((1,) * (len(shape) - 1), (4,) * (len(shape) - 1)):
         other = _inputs(kernel, (*lead, shape[-1]), present)
         got = module(*other)
-        expected = kernel_norm(*other, 1e-6, kernel)
+        expected = _kernel_norm(other, kernel)
         for out, index in zip(got, indices, strict=True):
             assert out.shape == expected[index].shape
             assert torch.equal(_bits(out), _bits(expected[index])), (lead, index)
@@ -195,7 +217,7 @@ def test_a_launch_that_changes_with_the_token_count_is_guarded_to_its_range(
     assert sorted(str(g.expr).split(" ", 1)[1] for g in shape_env.guards) == sorted(guards)
     for t in others:
         other = _inputs(kernel, (t, 4096), present)
-        got, expected = module(*other), kernel_norm(*other, 1e-6, kernel)
+        got, expected = module(*other), _kernel_norm(other, kernel)
         for out, index in zip(got, [0, 2], strict=True):
             assert torch.equal(_bits(out), _bits(expected[index])), (t, index)
 
@@ -287,7 +309,7 @@ def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t, h):
     """Compiled by Inductor, the fused kernel is a call in Inductor's wrapper (no
     kernel_norm) and gives kernel_norm's results to the bit; a per-tensor quant's two
     kernels too (past 512 rows, its amax into zero-filled atomic slots)."""
-    x, _, w, _ = _inputs("rms_norm/plain/model/none", (t, h), "w")
+    x, _, w, *_ = _inputs("rms_norm/plain/model/none", (t, h), "w")
     s = torch.tensor([0.05 if scheme != "per_token" else 2.0], device=DEVICE)
     if scheme == "nvfp4":
         s = (448 * 6 / ref.rms_norm(x, w, 1e-6).float().abs().amax()).reshape(1)
@@ -357,7 +379,7 @@ def test_gpu_a_symbolic_token_count(scheme, graph_launch, how):
     at hidden 4096, which launches alike at every count, launches from the wrapper; so
     does a per-token quant, whose warps change at 1024 rows, guarded to fewer; by
     default kernel_norm picks the launch per call. All give kernel_norm's bits."""
-    x, _, w, _ = _inputs("rms_norm/plain/model/none", (300, 4096), "w")
+    x, _, w, *_ = _inputs("rms_norm/plain/model/none", (300, 4096), "w")
     s = torch.tensor([2.0 if scheme == "per_token" else 0.05], device=DEVICE)
     torch._dynamo.reset()
     options = {"graph_launch": graph_launch}

@@ -341,12 +341,18 @@ class FusedAddRmsNormOp(QuantProducer):
     `rounded_sum`: the norm reads `residual_out` (the sum rounded to the model dtype)
     instead of the fp32 `s`: exactly the graph's `add` then `rms_norm`, which is what
     fuse-add-rms-norm builds. Without it, the serving stacks' semantics (NUMERICS.md).
+
+    `x_weight` (with `rounded_sum` and the `x_eps` property): `x` is first normalised,
+    `x = rms_norm(x, x_weight, x_eps)` rounded to the model dtype with the op's weight
+    form: a sandwich norm's first half (Gemma's post-attention norm before the residual
+    add), which fuse-sandwich-norm folds in.
     """
 
     name = "irfuse.fused_add_rms_norm"
     x = operand_def(TensorType)
     residual = operand_def(TensorType)
     weight = operand_def(TensorType)
+    x_weight = opt_operand_def(TensorType)
     eps_value = opt_operand_def(TensorType)
     quant_scale = opt_operand_def(TensorType)
     eps = opt_prop_def(FloatAttr)
@@ -354,6 +360,7 @@ class FusedAddRmsNormOp(QuantProducer):
     fp32_weight_mul = opt_prop_def(UnitAttr)
     unrounded = opt_prop_def(UnitAttr)
     rounded_sum = opt_prop_def(UnitAttr)
+    x_eps = opt_prop_def(FloatAttr)
     quant = opt_prop_def(QuantAttr)
     y = result_def(TensorType)
     residual_out = result_def(TensorType)
@@ -361,7 +368,8 @@ class FusedAddRmsNormOp(QuantProducer):
     value = opt_result_def(TensorType)
     irdl_options = _SEGMENTS
     assembly_format = (
-        "$x `,` $residual `,` $weight (`eps` `(` $eps_value^ `:` type($eps_value) `)`)?"
+        "$x `,` $residual `,` $weight (`x_weight` `(` $x_weight^ `:` type($x_weight) `)`)?"
+        " (`eps` `(` $eps_value^ `:` type($eps_value) `)`)?"
         " (`scale` $quant_scale^)? attr-dict `:` type($x) `,`"
         " type($residual) `,` type($weight) (`,` type($quant_scale)^)? `->` type($y) `,`"
         " type($residual_out) (`,` type($scale_out)^)? (`value` type($value)^)?"
@@ -376,6 +384,7 @@ class FusedAddRmsNormOp(QuantProducer):
         _verify_eps(self)
         _verify_unrounded(self)
         _verify_value(self.value, self, x)
+        self._verify_x_norm(x)
         if _tensor(self.residual_out, "residual_out") != x:
             raise VerifyException("residual_out must have the input's type")
         verify_out_shape(self.quant, _tensor(self.y, "y"), x)
@@ -386,6 +395,17 @@ class FusedAddRmsNormOp(QuantProducer):
             self.scale_out,
             Float32Type() if self.unrounded else x.element_type,
         )
+
+    def _verify_x_norm(self, x: TensorType) -> None:
+        if (self.x_weight is None) != (self.x_eps is None):
+            raise VerifyException("x_weight and x_eps go together (x's own norm)")
+        if self.x_weight is None:
+            return
+        if self.rounded_sum is None:
+            raise VerifyException("x_weight needs rounded_sum (the graph's add of x's norm)")
+        _verify_norm(x, _tensor(self.x_weight, "x_weight"), self.gemma is not None)
+        if self.x_eps.value.data < 0:
+            raise VerifyException(f"x_eps must be non-negative, got {self.x_eps.value.data}")
 
 
 CAUSAL_KINDS = ("none", "top_left", "bottom_right")

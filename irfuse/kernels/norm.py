@@ -2,7 +2,9 @@
 quants with no row-wide reduction take one tile of a row per program instead; standalone
 per-token over wide rows has a body of its own, quant.PER_TOKEN_TWO_PASS).
 
-The body loads the row as fp32 `v`, optionally adds the residual (storing the sum in
+The body loads the row as fp32 `v`, optionally normalises it with its own weight and eps
+first (a norm whose result only a residual add reads: Gemma's post-attention norm, the
+first half of a sandwich), optionally adds the residual (storing the sum in
 the model dtype; the norm reads the fp32 sum, or the stored one for a `rounded_sum` op),
 normalises, applies the weight, and leaves `v` rounded to the norm's output dtype (the
 model dtype, or fp32 for an `unrounded` norm) for the epilogue, so a fused quant sees
@@ -12,8 +14,8 @@ exactly what the unfused pair would.
 SIGNATURE = """
 @triton.jit
 def {name}(
-    x_ptr, residual_ptr, weight_ptr, scale_ptr, out_ptr, residual_out_ptr, scale_out_ptr,
-    value_ptr, n_cols, x_row_stride, residual_row_stride, out_row_stride,
+    x_ptr, residual_ptr, weight_ptr, x_weight_ptr, scale_ptr, out_ptr, residual_out_ptr,
+    scale_out_ptr, value_ptr, n_cols, x_row_stride, residual_row_stride, out_row_stride,
     residual_out_row_stride, scale_out_row_stride, scale_out_col_stride, value_row_stride, eps,
     BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
@@ -80,15 +82,38 @@ STORE_VALUE = """
              mask=mask)
 """
 
+# How the normalised `v` meets its weight `{w}` (`{rstd}` its rstd; the result rounds to
+# `{out}`).
 WEIGHT = {
     # y = (v * rstd).to(dt) * w, the product rounded to dt as torch does
-    "plain": "    v = round_to(v * rstd, model_dtype, INTERPRET)\n"
-    "    v = round_to(v * w, norm_dtype, INTERPRET)\n",
+    "plain": "    v = round_to(v * {rstd}, model_dtype, INTERPRET)\n"
+    "    v = round_to(v * {w}, {out}, INTERPRET)\n",
     # y = (v * rstd * w).to(dt)  (F.rms_norm's decomposition)
-    "fp32": "    v = round_to(v * rstd * w, norm_dtype, INTERPRET)\n",
+    "fp32": "    v = round_to(v * {rstd} * {w}, {out}, INTERPRET)\n",
     # Gemma: y = (v * rstd * (1 + w)).to(dt)
-    "gemma": "    v = round_to(v * rstd * (1.0 + w), norm_dtype, INTERPRET)\n",
+    "gemma": "    v = round_to(v * {rstd} * (1.0 + {w}), {out}, INTERPRET)\n",
 }
+
+
+def weighted(mode: str) -> str:
+    """The norm's weight step (WEIGHT[mode]) on the row's `rstd` and `w`."""
+    return WEIGHT[mode].format(rstd="rstd", w="w", out="norm_dtype")
+
+
+# The addend's own norm, before the residual add (its eps a constant of the kernel).
+NORM_X = """
+    # rms_norm of x first ({mode} weight, eps {eps!r}), rounded to the model dtype as the
+    # graph's norm leaves it for the residual add (a sandwich's first norm)
+    x_w = tl.load(x_weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    x_rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + {eps!r})
+"""
+
+
+def norm_of_x(mode: str, eps: float) -> str:
+    """NORM_X then its weight step."""
+    step = WEIGHT[mode].format(rstd="x_rstd", w="x_w", out="model_dtype")
+    return NORM_X.format(mode=mode, eps=eps) + step
+
 
 # fp32 -> dtype -> fp32 with round-to-nearest-even. The interpreter truncates on the
 # fp32 -> bf16 cast (TOOLCHAIN.md), so there the rounding is done on the bits first.

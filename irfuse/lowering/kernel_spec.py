@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 
 from irfuse.kernels import norm
@@ -28,6 +29,9 @@ class KernelSpec:
     keep_value: bool = False  # with a quant: also store the unquantized value
     two_pass: bool = False  # per-token over wide rows (a launch-time choice, not encoded)
     rounded_sum: bool = False  # fused_add_rms_norm: the norm reads the sum in the model dtype
+    # fused_add_rms_norm with rounded_sum: x is first normalised with its own weight (of
+    # weight_mode) and this eps (a sandwich's first norm), None: it is not
+    x_eps: float | None = None
 
     @property
     def name(self) -> str:
@@ -40,6 +44,7 @@ class KernelSpec:
         keep = "_keep" if self.keep_value else ""
         two_pass = "_two_pass" if self.two_pass else ""
         producer = "add_rounded_rms_norm" if self.rounded_sum else self.producer
+        producer = producer if self.x_eps is None else f"normed_{producer}"
         return f"irfuse_{producer}{mode}{out}{suffix}{keep}{two_pass}"
 
     @property
@@ -68,12 +73,14 @@ class KernelSpec:
     def encode(self) -> str:
         """The string a runtime call carries (see `decode`)."""
         flags = "/keep_value" * self.keep_value + "/rounded_sum" * self.rounded_sum
+        flags += f"/x_eps={self.x_eps!r}" if self.x_eps is not None else ""
         return f"{self.producer}/{self.weight_mode}/{self.norm_out}/{self.quant}{flags}"
 
     @staticmethod
     def decode(text: str) -> KernelSpec:
         parts = text.split("/")
-        flags = parts[4:]
+        x_eps = _x_eps(parts[-1]) if len(parts) > 4 else None
+        flags = parts[4 : len(parts) - (x_eps is not None)]
         keep_value, rounded_sum = "keep_value" in flags, "rounded_sum" in flags
         if len(parts) >= 4 and flags == ["keep_value"] * keep_value + ["rounded_sum"] * rounded_sum:
             producer, weight_mode, norm_out, quant = parts[:4]
@@ -90,9 +97,16 @@ class KernelSpec:
                 and weight_mode in ((*norm.WEIGHT,) if producer != "quant" else ("none",))
                 and not (keep_value and (producer == "quant" or quant == "none"))
                 and not (rounded_sum and producer != "fused_add_rms_norm")
+                and not (x_eps is not None and not rounded_sum)
             ):
                 return KernelSpec(
-                    producer, weight_mode, quant, norm_out, keep_value, rounded_sum=rounded_sum
+                    producer,
+                    weight_mode,
+                    quant,
+                    norm_out,
+                    keep_value,
+                    rounded_sum=rounded_sum,
+                    x_eps=x_eps,
                 )
         raise ValueError(f"unknown irfuse kernel spec {text!r}")
 
@@ -104,6 +118,8 @@ class KernelSpec:
         }[self.producer]
         if self.rounded_sum:
             parts[0] = "add (the sum rounded to the model dtype)"
+        if self.x_eps is not None:
+            parts.insert(0, f"rms_norm of x (eps {self.x_eps!r})")
         if self.weight_mode in ("fp32", "gemma"):
             parts[-1] += f" ({self.weight_mode} weight)"
         if self.quant == "nvfp4":
@@ -121,6 +137,18 @@ class KernelSpec:
 
 
 # per_tensor runs as two kernels, `amax` (internal) then `per_tensor` (runtime.py).
+def _x_eps(flag: str) -> float | None:
+    """The eps of an `x_eps=<eps>` flag (None if `flag` is another)."""
+    name, _, value = flag.partition("=")
+    if name != "x_eps":
+        return None
+    try:
+        eps = float(value)
+    except ValueError:
+        return None
+    return eps if math.isfinite(eps) and eps >= 0 else None
+
+
 LOWERED_SCHEMES = ("none", "static", "per_token", "per_tensor", "per_group", "nvfp4", "amax")
 
 
@@ -194,6 +222,8 @@ def _row_body(spec: KernelSpec) -> str:
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload
+    if spec.x_eps is not None:
+        body += norm.norm_of_x(spec.weight_mode, spec.x_eps)
     if spec.producer == "fused_add_rms_norm":
         body += norm.ADD_RESIDUAL
         body += norm.ROUND_SUM if spec.rounded_sum else ""
@@ -206,7 +236,7 @@ def _row_body(spec: KernelSpec) -> str:
             body += norm.RMS_NORM.format(norm_dtype=norm_dtype)
         if spec.stores_rstd:
             body += norm.STORE_RSTD.format(slots=slots)
-        body += norm.WEIGHT[spec.weight_mode]
+        body += norm.weighted(spec.weight_mode)
     if spec.keep_value:
         body += norm.STORE_VALUE
     return body + store

@@ -197,6 +197,7 @@ def _check(
     residual: torch.Tensor | None,
     weight: torch.Tensor | None,
     scale: torch.Tensor | None,
+    x_weight: torch.Tensor | None = None,
 ) -> None:
     what = _label(spec)
     kind, group, column_major, _ = parse_scheme(spec.quant)
@@ -215,24 +216,35 @@ def _check(
             f"match x {x.dtype} {list(x.shape)}"
         )
     if spec.producer != "quant":
-        if weight is None or weight.shape != x.shape[-1:]:
-            raise ValueError(f"{what}: weight must have shape [{x.shape[-1]}]")
-        fp32_ok = spec.weight_mode == "gemma" and weight.dtype == torch.float32
-        if weight.dtype != x.dtype and not fp32_ok:
-            raise TypeError(f"{what}: weight dtype {weight.dtype} != input dtype {x.dtype}")
+        _check_weight(what, "weight", spec, weight, x)
+    if spec.x_eps is not None:
+        _check_weight(what, "x_weight", spec, x_weight, x)
+    elif x_weight is not None:
+        raise ValueError(f"{what}: takes no x_weight (its x is not normalised first)")
     if kind in ("static", "nvfp4") and scale is None:
         raise ValueError(f"{what}: needs its scale")
     if kind in ("per_tensor", "per_group") and scale is not None:
         raise ValueError(f"{what}: takes no scale (its scale is computed, with no upper bound)")
     if scale is not None and (scale.dtype != torch.float32 or scale.numel() != 1):
         raise ValueError(f"{what}: scale must be a one-element float32 tensor")
-    for name, t in (("residual", residual), ("weight", weight), ("scale", scale)):
+    for name, t in (("residual", residual), ("weight", weight), ("scale", scale),
+                    ("x_weight", x_weight)):  # fmt: skip
         if t is not None and t.device != x.device:
             raise ValueError(f"{what}: {name} is on {t.device}, x on {x.device}")
     if x.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(
             f"{what}: irfuse kernels run on CUDA tensors (CPU tensors need TRITON_INTERPRET=1)"
         )
+
+
+def _check_weight(
+    what: str, name: str, spec: KernelSpec, weight: torch.Tensor | None, x: torch.Tensor
+) -> None:
+    if weight is None or weight.shape != x.shape[-1:]:
+        raise ValueError(f"{what}: {name} must have shape [{x.shape[-1]}]")
+    fp32_ok = spec.weight_mode == "gemma" and weight.dtype == torch.float32
+    if weight.dtype != x.dtype and not fp32_ok:
+        raise TypeError(f"{what}: {name} dtype {weight.dtype} != input dtype {x.dtype}")
 
 
 def _rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
@@ -250,14 +262,16 @@ def kernel_norm(
     eps: float,
     kernel: str,
     eps_input: torch.Tensor | None = None,
+    x_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the generated (add +) (rms_norm +) quant kernel `kernel`. `scale` is the static
     scale, the per-token upper bound or the nvfp4 global scale. `eps_input`, a one-element
     tensor, replaces `eps`: a float `torch.compile(dynamic=True)` made a graph input (a
-    0-d CPU tensor, read without a device sync). Returns (out, residual_out, scales,
-    value); the last three are empty when the kernel has none."""
+    0-d CPU tensor, read without a device sync). `x_weight`: the weight of x's own norm
+    before the add (a kernel with `x_eps`). Returns (out, residual_out, scales, value);
+    the last three are empty when the kernel has none."""
     spec = decode(kernel)
-    _check(spec, x, residual, weight, scale)
+    _check(spec, x, residual, weight, scale, x_weight)
     if eps_input is not None:
         if eps_input.numel() != 1 or not eps_input.is_floating_point():
             raise ValueError(f"kernel_norm: eps must be one float, got {eps_input.shape}")
@@ -269,10 +283,11 @@ def kernel_norm(
         return out, residual_out, scales, value
     outputs = (out, residual_out, scales, value)
     if spec.quant == "per_tensor":
-        for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, eps):
+        launches = per_tensor_launches(spec, x, residual, weight, outputs, eps, x_weight)
+        for launched, launch in launches:
             run_launch(launched, launch)
     else:
-        run_launch(*single_launch(spec, x, residual, weight, scale, outputs, eps))
+        run_launch(*single_launch(spec, x, residual, weight, scale, outputs, eps, x_weight))
     return outputs
 
 
@@ -283,12 +298,14 @@ def per_tensor_launches(
     weight: torch.Tensor | None,
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     eps: float,
+    x_weight: torch.Tensor | None = None,
 ) -> list[tuple[KernelSpec, NormLaunch]]:
     """A per-tensor quant's two kernels (the grid-wide amax, then the quant) and their
     launches into `outputs` (allocate_outputs'); one kernel for a single row. Phase 1's
     results for phase 2 (per_tensor_stats) are allocated here."""
     if x.numel() == x.shape[-1]:  # one launch instead of a memset and two
-        return [single_launch(_one_row_per_tensor(spec), x, residual, weight, None, outputs, eps)]
+        one_row = _one_row_per_tensor(spec)
+        return [single_launch(one_row, x, residual, weight, None, outputs, eps, x_weight)]
     out, residual_out, scales, value = outputs
     x2, residual2, weight, residual_out2, out2 = _row_views(x, residual, weight, out, residual_out)
     n_cols = x2.shape[1]
@@ -302,7 +319,7 @@ def per_tensor_launches(
             else x2.new_empty(x2.shape, dtype=_value_dtype(spec, x))
         )
     first = norm_launch(phase1, x2, residual2, weight, None, out2, residual_out2, stats, normed,
-                        eps)  # fmt: skip
+                        eps, x_weight=_contiguous(x_weight))  # fmt: skip
     if phase2.producer == "quant":
         read = x2 if normed is None else normed
         second = norm_launch(phase2, read, None, None, stats, out2, None, scales, None, eps)
@@ -325,10 +342,14 @@ def _row_views(
     rows of unit column stride (the inputs copied only where they must be)."""
     n_cols = x.shape[-1]
     x2 = _rows(x, n_cols)
-    weight = weight.contiguous() if weight is not None else None  # the kernel reads w[cols]
+    weight = _contiguous(weight)
     residual2 = _rows(residual, n_cols) if residual is not None else None
     residual_out2 = residual_out.view(-1, n_cols) if residual is not None else None
     return x2, residual2, weight, residual_out2, out.view(-1, out.shape[-1])
+
+
+def _contiguous(weight: torch.Tensor | None) -> torch.Tensor | None:
+    return weight.contiguous() if weight is not None else None  # the kernel reads w[cols]
 
 
 def single_launch(
@@ -339,6 +360,7 @@ def single_launch(
     scale: torch.Tensor | None,
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     eps: float,
+    x_weight: torch.Tensor | None = None,
 ) -> tuple[KernelSpec, NormLaunch]:
     """The kernel that computes `spec` (any but a per-tensor quant) in one launch into
     `outputs` (allocate_outputs'), and that launch."""
@@ -352,8 +374,9 @@ def single_launch(
     if runs_two_pass(spec, *x2.shape):
         spec = _two_pass(spec)
     launch = norm_launch(
-        spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps
-    )
+        spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps,
+        x_weight=_contiguous(x_weight),
+    )  # fmt: skip
     return spec, launch
 
 
@@ -405,9 +428,9 @@ def stored_params(spec: KernelSpec) -> tuple[str, ...]:
 
 # The parameters of every generated norm / quant kernel, in order (kernels/norm.py).
 KERNEL_PARAMS = (
-    "x_ptr", "residual_ptr", "weight_ptr", "scale_ptr", "out_ptr", "residual_out_ptr",
-    "scale_out_ptr", "value_ptr", "n_cols", "x_row_stride", "residual_row_stride",
-    "out_row_stride", "residual_out_row_stride", "scale_out_row_stride",
+    "x_ptr", "residual_ptr", "weight_ptr", "x_weight_ptr", "scale_ptr", "out_ptr",
+    "residual_out_ptr", "scale_out_ptr", "value_ptr", "n_cols", "x_row_stride",
+    "residual_row_stride", "out_row_stride", "residual_out_row_stride", "scale_out_row_stride",
     "scale_out_col_stride", "value_row_stride", "eps", "BLOCK", "HAS_SCALE", "INTERPRET",
 )  # fmt: skip
 
@@ -424,6 +447,7 @@ def norm_launch(
     value2: torch.Tensor | None,
     eps: float,
     config: tuple[int, int] | None = None,
+    x_weight: torch.Tensor | None = None,
 ) -> NormLaunch:
     """One launch of `spec`'s kernel over the rows of `x2` (and their tiles); absent
     tensors are passed as `x2` (their pointers are never read: the kernel source has no
@@ -438,8 +462,9 @@ def norm_launch(
     two_d = scales2.dim() > 1
     args = (
         x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
-        x2 if scale is None else scale, out2, out2 if residual_out2 is None else residual_out2,
-        scales2, out2 if value2 is None else value2, n_cols, x2.stride(0),
+        x2 if x_weight is None else x_weight, x2 if scale is None else scale, out2,
+        out2 if residual_out2 is None else residual_out2, scales2,
+        out2 if value2 is None else value2, n_cols, x2.stride(0),
         0 if residual2 is None else residual2.stride(0), out2.stride(0),
         0 if residual_out2 is None else residual_out2.stride(0),
         scales2.stride(0) if two_d else 1, scales2.stride(1) if two_d else 0,
@@ -449,5 +474,5 @@ def norm_launch(
 
 
 @torch.library.register_fake("irfuse::kernel_norm")
-def _(x, residual, weight, scale, eps, kernel, eps_input=None):
+def _(x, residual, weight, scale, eps, kernel, eps_input=None, x_weight=None):
     return allocate_outputs(decode(kernel), x, residual is not None)

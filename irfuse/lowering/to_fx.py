@@ -398,7 +398,9 @@ def _lower_norm(
     eps, eps_value = 0.0, None  # a constant, or a 0-d tensor the kernel reads at run time
     if not isinstance(op, QuantOp):
         eps, eps_value = (op.eps.value.data if op.eps else 0.0), op.eps_value
-    inputs = (node_of(op.x), node_of(residual), node_of(weight), node_of(op.quant_scale))
+    x_weight = op.x_weight if isinstance(op, FusedAddRmsNormOp) else None
+    inputs = (node_of(op.x), node_of(residual), node_of(weight), node_of(x_weight),
+              node_of(op.quant_scale))  # fmt: skip
     # kernel_norm returns (out, residual_out, scales, value); the IR op has those it uses
     value = getattr(op, "value", None)  # QuantOp has none
     indices = [0] + [1] * (residual is not None) + [2] * (op.scale_out is not None)
@@ -416,7 +418,9 @@ def _lower_norm(
     if lowered is not None:
         _, results, launch = lowered
     else:
-        args = (*inputs, float(eps), spec.encode(), node_of(eps_value))
+        x_node, residual_node, weight_node, x_weight_node, scale_node = inputs
+        args = (x_node, residual_node, weight_node, scale_node, float(eps), spec.encode(),
+                node_of(eps_value), x_weight_node)  # fmt: skip
         results = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)[1:]
         launch = f"torch.ops.irfuse.kernel_norm ({problem})"
     if op.scale_out is not None and spec.quant == "per_tensor":

@@ -49,7 +49,14 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
         producer = "rms_norm" if isinstance(op, RmsNormOp) else "fused_add_rms_norm"
         norm_out = "fp32" if op.unrounded else "model"
         rounded_sum = isinstance(op, FusedAddRmsNormOp) and op.rounded_sum is not None
+        x_eps = op.x_eps.value.data if isinstance(op, FusedAddRmsNormOp) and op.x_eps else None
         return KernelSpec(
-            producer, mode, scheme, norm_out, op.value is not None, rounded_sum=rounded_sum
+            producer,
+            mode,
+            scheme,
+            norm_out,
+            op.value is not None,
+            rounded_sum=rounded_sum,
+            x_eps=x_eps,
         )
     raise NoKernel(f"no kernel for {op.name} yet")

@@ -59,8 +59,10 @@ from irfuse.lowering.runtime import (
 )
 from irfuse.ops.quant import nvfp4_scales_padded
 
-INPUT_PARAMS = ("x_ptr", "residual_ptr", "weight_ptr", "scale_ptr")
+INPUT_PARAMS = ("x_ptr", "residual_ptr", "weight_ptr", "x_weight_ptr", "scale_ptr")
 OUTPUT_PARAMS = ("out_ptr", "residual_out_ptr", "scale_out_ptr", "value_ptr")  # kernel_norm's
+# lower_norm_in_graph's inputs, in INPUT_PARAMS' order
+NormInputs = tuple[fx.Node, fx.Node | None, fx.Node | None, fx.Node | None, fx.Node | None]
 ROWS = "rows"  # a buffer dimension that is the token count
 GRAPH_LAUNCH = "launched by Inductor's wrapper"
 
@@ -109,7 +111,7 @@ class _Sample:
     rows: int
     spec: KernelSpec
     launch: NormLaunch
-    inputs: tuple  # (x, residual, weight, scale) as the launch read them
+    inputs: tuple  # (x, residual, weight, x_weight, scale) as the launch read them
     outputs: tuple  # allocate_outputs' at this row count
 
     def arg(self, name: str) -> Any:
@@ -117,9 +119,9 @@ class _Sample:
 
 
 def _sample(spec: KernelSpec, inputs: tuple, eps: float) -> _Sample:
-    x, residual = inputs[:2]
+    x, residual, weight, x_weight, scale = inputs
     outputs = allocate_outputs(spec, x, residual is not None)
-    launched, launch = single_launch(spec, *inputs, outputs, eps)
+    launched, launch = single_launch(spec, x, residual, weight, scale, outputs, eps, x_weight)
     return _Sample(launch.grid[0], launched, launch, inputs, outputs)
 
 
@@ -228,16 +230,16 @@ def lower_norm_in_graph(
     graph: fx.Graph,
     anchor: fx.Node,
     spec: KernelSpec,
-    inputs: tuple[fx.Node, fx.Node | None, fx.Node | None, fx.Node | None],
+    inputs: NormInputs,
     eps: float | fx.Node,
     indices: list[int],
 ) -> tuple[list[fx.Node], list[fx.Node], str] | str:
     """Insert after `anchor` the launch of `spec` (which graph_launch_problem accepts) on
-    `inputs` (x, residual, weight, scale) with `eps`, a constant or an input the graph
-    reads at each run (read_host_scalar). Returns (the inserted nodes in order, the
-    nodes of kernel_norm's outputs `indices`, how it launches: for a symbolic token
-    count whose launch changes with it, the graph is guarded on the range of counts that
-    launch as its example does), or why the launch stays with kernel_norm: the kernel
+    `inputs` (x, residual, weight, x_weight, scale: INPUT_PARAMS') with `eps`, a constant
+    or an input the graph reads at each run (read_host_scalar). Returns (the inserted
+    nodes in order, the nodes of kernel_norm's outputs `indices`, how it launches: for a
+    symbolic token count whose launch changes with it, the graph is guarded on the range
+    of counts that launch as its example does), or why the launch stays with kernel_norm: the kernel
     would read an input through a copy (kernel_norm makes it at run time), or its launch
     depends on a symbolic token count in a way no range captures."""
     if not isinstance(eps, fx.Node):
@@ -256,7 +258,7 @@ def _lower_launches(
     graph: fx.Graph,
     anchor: fx.Node,
     spec: KernelSpec,
-    inputs: tuple[fx.Node, fx.Node | None, fx.Node | None, fx.Node | None],
+    inputs: NormInputs,
     eps: float,
     eps_arg: float | fx.Node,
     indices: list[int],
@@ -345,10 +347,10 @@ def _lower_per_tensor(
     """lower_norm_in_graph for a per-tensor quant at static shapes: its two launches
     (runtime.per_tensor_launches), phase 1's results for phase 2 in a buffer of the graph,
     zero-filled where phase 1 takes an atomic max into it."""
-    x, residual, weight = fakes[:3]
+    x, residual, weight, x_weight = fakes[:4]
     outputs = allocate_outputs(spec, x, residual is not None)
     launches = []
-    for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, eps):
+    for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, eps, x_weight):
         atomic = launched.quant == "amax" and launch.grid[0] > AMAX_ROW_SLOTS
         args = dict(zip(KERNEL_PARAMS, launch.args, strict=True)) | {"eps": eps_arg}
         launches.append(

@@ -31,6 +31,12 @@ def _fuse_add_rms_norm() -> type[ModulePass]:
     return FuseAddRmsNorm
 
 
+def _fuse_sandwich_norm() -> type[ModulePass]:
+    from irfuse.transforms.fuse_sandwich_norm import FuseSandwichNorm
+
+    return FuseSandwichNorm
+
+
 def _fuse_rms_norm_quant() -> type[ModulePass]:
     from irfuse.transforms.fuse_quant import FuseRmsNormQuant
 
@@ -49,6 +55,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "raise-fp8-quant": _raise_fp8_quant,
     "raise-dynamic-fp8-quant": _raise_dynamic_fp8_quant,
     "fuse-add-rms-norm": _fuse_add_rms_norm,
+    "fuse-sandwich-norm": _fuse_sandwich_norm,
     "fuse-rms-norm-quant": _fuse_rms_norm_quant,
 }
 
@@ -58,5 +65,6 @@ DEFAULT_PIPELINE = (
     "raise-fp8-quant",
     "raise-dynamic-fp8-quant",
     "fuse-add-rms-norm",
+    "fuse-sandwich-norm",  # after fuse-add-rms-norm: it reads the fused add + norm
     "fuse-rms-norm-quant",
 )

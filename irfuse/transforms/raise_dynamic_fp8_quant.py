@@ -496,6 +496,8 @@ def _match_scheme(
         return reason
     ops = list(dict.fromkeys([*main, path[0].inputs[0].owner, *path]))  # + abs
     helpers = [step.helper for step in steps if step.helper is not None]
+    if (of := _abs_of(path[0])) is not None and _twin_cast(of, xs):
+        helpers.append(of.owner)  # type: ignore[arg-type]  # the amax's own cast
     if scheme in ("per_token", "per_tensor"):
         source, cast = _strip_f32_cast(xs, ops)
         ub = next((step.bound for step in steps if step.bound is not None), None)
@@ -579,10 +581,16 @@ def _amax_forms(steps: list[_Step]) -> set[str]:
     return forms
 
 
+def _twin_cast(a: SSAValue, b: SSAValue) -> bool:
+    """`a` and `b` are two fp32 casts of one tensor (`y.float()` written twice)."""
+    cast = cast_of(a)
+    return cast is not None and cast[1] == F32 and cast_of(b) == cast
+
+
 def _check_amax(amax: CallOp, xs: SSAValue, scheme: str, forms: set[str]) -> str | None:
     of = _abs_of(amax)
     widened = "widen" in forms and of is not None and cast_of(xs) == (of, F32)
-    if of is None or (of is not xs and not widened):
+    if of is None or (of is not xs and not widened and not _twin_cast(of, xs)):
         return "the amax is not taken of |x| for the x that is quantized"
     if scheme == "per_tensor":
         return _check_f32(xs, amax, widened)

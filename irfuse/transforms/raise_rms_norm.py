@@ -38,7 +38,10 @@ also read by pointwise ops (which Inductor computes in the same kernel; a matmul
 reading it is fine, the kernel also writes the value), and its input is not
 computed from another reduction through pointwise ops (a sandwich norm: Inductor
 computes both in one kernel). A norm with no quant makes the same one pass over memory
-in Inductor's kernel, which also takes in the ops around it.
+in Inductor's kernel, which also takes in the ops around it; except a sandwich's first
+norm, whose result only a residual add reads, the sum's norm quantized as above (same
+weight form, constant eps): both are raised, and fuse-sandwich-norm makes one kernel of
+the two norms, the add and the quant.
 
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
@@ -301,6 +304,8 @@ class RaiseRmsNormPattern(RewritePattern):
         root = weighted.ops[-1]
         reason = _guard(norm, weighted, dt, root.results[0])
         reason = reason or _left_to_inductor(norm.x, root.results[0], self.standalone)
+        if reason == NO_QUANT and _opens_a_sandwich(norm, weighted, root.results[0]):
+            reason = None
         if reason:
             report.rejected(NAME, root, reason)
             return
@@ -394,7 +399,7 @@ def _raise_fp32_sum(
         report.rejected(NAME, root, reason)
         return
     new = FusedAddRmsNormOp.build(
-        operands=[summed.a, summed.b, weighted.weight, _eps_operand(norm), []],
+        operands=[summed.a, summed.b, weighted.weight, [], _eps_operand(norm), []],
         result_types=[root.results[0].type, summed.a.type, [], []],
         properties=_properties(norm.eps, weighted, root.results[0], dt),
     )
@@ -441,9 +446,12 @@ POINTWISE = (*CASTS, *VIEWS, *ARITHMETIC)
 REDUCTIONS = ("aten.mean.dim", "aten.sum.dim_IntList", "aten.amax.default")
 
 
-def _left_to_inductor(x: SSAValue, y: SSAValue, standalone: bool) -> str | None:
+def _left_to_inductor(
+    x: SSAValue, y: SSAValue, standalone: bool, reductions_before: bool = True
+) -> str | None:
     """Why the norm of `x` into `y` is left to the inner compiler, whose kernel of it would
-    not be slower (None: raise it). `standalone` raises every norm."""
+    not be slower (None: raise it). `standalone` raises every norm; without
+    `reductions_before`, a reduction `x` is computed from is not looked for."""
     if standalone:
         return None
     quants, quant_ops = _distinct_quants(y)
@@ -456,7 +464,57 @@ def _left_to_inductor(x: SSAValue, y: SSAValue, standalone: bool) -> str | None:
         return NO_QUANT
     if _read_by_arithmetic(y, quant_ops):
         return READ_BY_POINTWISE
-    return FROM_A_REDUCTION if _computed_from_a_reduction(x) else None
+    return FROM_A_REDUCTION if reductions_before and _computed_from_a_reduction(x) else None
+
+
+def _opens_a_sandwich(norm: _Norm, weighted: _Weighted, y: SSAValue) -> bool:
+    """Whether the norm into `y`, which no quant reads, is the first half of a sandwich
+    irfuse fuses into one kernel (fuse-sandwich-norm): `y` is read only by a residual
+    add `h = y + r` of one type, and `h`'s norm would be raised but for `y`'s reduction
+    (one quant reads it; `r` comes from no other reduction), with the same weight form, both
+    rounding to the model dtype, and a constant eps here. Inductor also makes one kernel of
+    the two, which the quant epilogue's kernel beats."""
+    dt = element_type(norm.x)
+    readers = users(y)
+    add = readers[0] if len(readers) == 1 else None
+    if not (
+        isinstance(add, CallOp)
+        and add.target.data == "aten.add.Tensor"
+        and const_arg(add, 2, "alpha") in (None, 1)
+        and isinstance(norm.eps, float)
+        and element_type(y) == dt
+    ):
+        return False
+    addends = [tensor_arg(add, 0), tensor_arg(add, 1)]
+    if not all(v is not None and v.type == y.type for v in addends) or addends[0] is addends[1]:
+        return False
+    residual = addends[1] if addends[0] is y else addends[0]
+    h = add.results[0]
+    second = _norm_of(h)
+    if second is None or _computed_from_a_reduction(residual):  # type: ignore[arg-type]
+        return False
+    second_norm, second_weighted = second
+    y2 = second_weighted.ops[-1].results[0]
+    return (
+        second_weighted.form == weighted.form
+        and element_type(y2) == dt
+        and _guard(second_norm, second_weighted, dt, y2) is None
+        and _left_to_inductor(h, y2, standalone=False, reductions_before=False) is None
+    )
+
+
+def _norm_of(h: SSAValue) -> tuple[_Norm, _Weighted] | None:
+    """The RMSNorm of `h` the forms above match (its rsqrt within six ops of `h`)."""
+    frontier = [h]
+    for _ in range(6):
+        frontier = [r for v in frontier for op in users(v) for r in op.results]
+        for value in frontier:
+            rsqrt = call(value, "aten.rsqrt.default")
+            norm = _match_normalised(rsqrt) if rsqrt is not None else None
+            if isinstance(norm, _Norm) and norm.x is h:
+                weighted = _match_weight(norm.chain[4].results[0], element_type(h))
+                return (norm, weighted) if weighted is not None else None
+    return None
 
 
 def _distinct_quants(y: SSAValue) -> tuple[set[tuple], set[Operation]]:

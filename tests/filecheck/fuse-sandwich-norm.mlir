@@ -1,0 +1,53 @@
+// RUN: irfuse-opt %s --split-input-file -p fuse-add-rms-norm,fuse-sandwich-norm,fuse-rms-norm-quant | filecheck %s
+
+// Gemma's post-attention norm, the residual add, the pre-feedforward norm and its quant:
+// one op, whose kernel normalises x first (x_weight, x_eps), whichever addend it was.
+func.func @gemma_sandwich(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: tensor<64xbf16>, %w2: tensor<64xbf16>, %s: tensor<1xf32>) -> (tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>) {
+  %p = irfuse.rms_norm %x, %w1 {eps = 1.0e-05 : f64, gemma} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %h = aten.call "aten.add.Tensor"(%r, %p) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xbf16>, tensor<?x64xbf16>) -> tensor<?x64xbf16>
+  %y = irfuse.rms_norm %h, %w2 {eps = 1.0e-06 : f64, gemma} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %q, %qs = irfuse.quant %y {quant = #irfuse.quant<per_token>} : tensor<?x64xbf16> -> tensor<?x64xf8E4M3FN>, tensor<?x1xf32>
+  func.return %q, %h : tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
+}
+// CHECK-LABEL: func.func @gemma_sandwich
+// CHECK-NEXT:    %q, %h, %qs = irfuse.fused_add_rms_norm %x, %r, %w2 x_weight(%w1 : tensor<64xbf16>) {eps = 1.000000e-06 : f64, gemma, rounded_sum, x_eps = 1.000000e-05 : f64, quant = #irfuse.quant<per_token>} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>, tensor<?x1xf32>
+// CHECK-NEXT:    func.return %q, %h
+
+// -----
+
+// The first norm multiplies its weight in another form: two kernels, with the reason.
+func.func @different_forms(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: tensor<64xbf16>, %w2: tensor<64xbf16>) -> tensor<?x64xbf16> {
+  %p = irfuse.rms_norm %x, %w1 {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %h = aten.call "aten.add.Tensor"(%p, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xbf16>, tensor<?x64xbf16>) -> tensor<?x64xbf16>
+  %y = irfuse.rms_norm %h, %w2 {eps = 1.0e-06 : f64, gemma} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  func.return %y : tensor<?x64xbf16>
+}
+// CHECK-LABEL: func.func @different_forms
+// CHECK-NEXT:    %p = irfuse.rms_norm %x, %w1
+// CHECK-NEXT:    %y, %h = irfuse.fused_add_rms_norm %p, %r, %w2 {eps = 1.000000e-06 : f64, gemma, rounded_sum}
+
+// -----
+
+// The first norm's result is also returned: it is written anyway, the add + norm fuse alone.
+func.func @first_norm_read_twice(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: tensor<64xbf16>, %w2: tensor<64xbf16>) -> (tensor<?x64xbf16>, tensor<?x64xbf16>) {
+  %p = irfuse.rms_norm %x, %w1 {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %h = aten.call "aten.add.Tensor"(%p, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xbf16>, tensor<?x64xbf16>) -> tensor<?x64xbf16>
+  %y = irfuse.rms_norm %h, %w2 {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  func.return %y, %p : tensor<?x64xbf16>, tensor<?x64xbf16>
+}
+// CHECK-LABEL: func.func @first_norm_read_twice
+// CHECK-NEXT:    %p = irfuse.rms_norm %x, %w1
+// CHECK-NEXT:    %y, %h = irfuse.fused_add_rms_norm %p, %r, %w2 {eps = 1.000000e-06 : f64, rounded_sum}
+
+// -----
+
+// The first norm's eps is read at run time (the kernel takes the second norm's alone).
+func.func @runtime_eps(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: tensor<64xbf16>, %w2: tensor<64xbf16>, %eps: tensor<f64> {irfuse.host_scalar}) -> tensor<?x64xbf16> {
+  %p = irfuse.rms_norm %x, %w1 eps(%eps : tensor<f64>) : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %h = aten.call "aten.add.Tensor"(%p, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xbf16>, tensor<?x64xbf16>) -> tensor<?x64xbf16>
+  %y = irfuse.rms_norm %h, %w2 {eps = 1.0e-06 : f64} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  func.return %y : tensor<?x64xbf16>
+}
+// CHECK-LABEL: func.func @runtime_eps
+// CHECK-NEXT:    %p = irfuse.rms_norm %x, %w1 eps(%eps : tensor<f64>)
+// CHECK-NEXT:    %y, %h = irfuse.fused_add_rms_norm %p, %r, %w2
