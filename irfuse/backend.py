@@ -11,9 +11,11 @@ option. `mode` works as for Inductor ("reduce-overhead" = CUDA graphs).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
@@ -51,12 +53,24 @@ def irfuse_backend(
     options: dict[str, object] | None = None,
 ) -> Callable[..., Any]:
     opts = Options.from_dict(options)
+    autograd = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs
+    )
+    opts = dataclasses.replace(opts, autograd=autograd)
     # Registers the runtime ops: a graph served from Inductor's cache calls them without
     # the pass having run in this process.
     import irfuse.lowering.attention  # noqa: F401
     import irfuse.lowering.runtime  # noqa: F401
 
     if opts.inner == "eager":
+        # Inductor options have nothing to configure; a key Inductor does not know either
+        # is a typo (under Inductor, its config refuses one)
+        unknown = sorted(key for key in opts.inductor if not _inductor_option(key))
+        if unknown:
+            raise ValueError(
+                f"irfuse: unknown option(s) {unknown}: neither irfuse's (passes, dump_dir, "
+                "inner, attention, graph_launch) nor Inductor's"
+            )
         return _eager(gm, example_inputs, opts)
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
@@ -64,6 +78,12 @@ def irfuse_backend(
     patches: dict[str, object] = {**(list_mode_options(mode) if mode else {}), **opts.inductor}
     patches["post_grad_custom_pre_pass"] = IrfuseGraphPass(opts)
     return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def _inductor_option(key: str) -> bool:
+    from torch._inductor import config
+
+    return key in config.get_config_copy() or hasattr(config, key)
 
 
 def _eager(gm: fx.GraphModule, example_inputs: Sequence[Any], opts: Options) -> Callable[..., Any]:

@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch.fx as fx
 from xdsl.passes import PassPipeline
-from xdsl.utils.exceptions import DiagnosticException, VerifyException
+from xdsl.utils.exceptions import ArgSpecParseError, DiagnosticException, VerifyException
 
 from irfuse.dialects import make_context
 from irfuse.dump import GraphDump
 from irfuse.frontend.fx_import import UnsupportedGraph, import_graph
-from irfuse.transforms import DEFAULT_PIPELINE, PASSES, policy
+from irfuse.transforms import DEFAULT_PIPELINE, PASSES, pipeline_error, policy
 from irfuse.transforms.report import FusionReport, collect
 from irfuse.version import __version__, source_hash
 
@@ -39,6 +39,7 @@ class Options:
     attention: str = "auto"  # auto (measured on the GPU) | irfuse | sdpa
     graph_launch: str = "static"  # one of GRAPH_LAUNCH_MODES
     inductor: dict[str, object] = field(default_factory=dict, hash=False)
+    autograd: bool = False  # set by the backend: the graph is traced for a backward too
 
     @classmethod
     def from_dict(cls, options: dict[str, object] | None) -> Options:
@@ -50,6 +51,8 @@ class Options:
             PassPipeline.parse_spec(PASSES, passes)
         except ValueError as error:
             raise ValueError(f"irfuse: {error}; known passes: {sorted(PASSES)}") from None
+        except ArgSpecParseError as error:  # (a BaseException)
+            raise ValueError(f"irfuse: passes {passes!r}: {pipeline_error(error)}") from None
         inner = options.pop("inner", "inductor")
         if inner not in INNER_COMPILERS:
             raise ValueError(f"irfuse: inner must be one of {INNER_COMPILERS}, got {inner!r}")
@@ -74,6 +77,16 @@ class Options:
                           sort_keys=True, default=str)  # fmt: skip
         return hashlib.sha256(text.encode()).hexdigest()
 
+
+# Under autograd the forward graph returns the intermediates its backward reads: a chain
+# with such a value inside is not replaced (each refusal names one), nor a quant whose
+# input a matmul's backward keeps.
+AUTOGRAD = (
+    "autograd is on (grad mode, and an input or parameter requires grad): the forward "
+    "keeps intermediates for the backward, which blocks most fusions; irfuse fuses "
+    "inference graphs: compile and call the model under torch.no_grad() or "
+    "torch.inference_mode()"
+)
 
 _REPORT_SINKS: list[list[FusionReport]] = []
 
@@ -117,6 +130,8 @@ def _transform(
         report.notes.append(f"graph left to the inner compiler: {error}")
         return
     report.notes.extend(imported.notes)
+    if options.autograd:
+        report.notes.append(AUTOGRAD)
     module = imported.module
     if dump is not None:
         dump.module("imported", module)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import irfuse.ops as ref
-from irfuse.ops.quant import nvfp4_scale_shape
+from irfuse.ops.quant import nvfp4_scale_shape, static_fp8_quant_divided
 from irfuse.transforms import DEFAULT_PIPELINE
 
 TOLERANCES = {
@@ -45,7 +45,9 @@ def assert_fp8_close(q: torch.Tensor, expected: torch.Tensor, scale: torch.Tenso
 def reference_quant(scheme: str, y: torch.Tensor, scale: torch.Tensor | None):
     kind, *flags = scheme.split()
     if kind == "static":
-        return ref.static_fp8_quant(y, scale), None
+        divided = flags == ["div"]
+        quant = static_fp8_quant_divided if divided else ref.static_fp8_quant
+        return quant(y, scale), None
     if kind == "per_token":
         return ref.per_token_fp8_quant(y, scale)
     if kind == "per_tensor":

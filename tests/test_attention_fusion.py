@@ -46,7 +46,7 @@ def test_attention_quant_fuses_and_matches_eager(causal):
     q, k, v = _inputs()
     report = irfuse.explain(block, q, k, v, attention="irfuse")
     assert report.fused["fuse-attention-quant"] == 1, str(report)
-    assert report.kernels == ["irfuse_attention_static_fp8"]
+    assert report.kernels == ["irfuse_attention_static_div_fp8"]
     torch._dynamo.reset()
     out = torch.compile(block, backend="irfuse", options={"inner": "eager", "attention": "irfuse"})(
         q, k, v
@@ -128,7 +128,7 @@ def test_quant_forms_of_a_later_scale_or_split_clamp_fuse(inner, form):
     }[form]
     options = {"inner": inner, "attention": "irfuse", "fx_graph_cache": False}
     report = irfuse.explain(fn, *args, **options)
-    assert report.kernels == ["irfuse_attention_static_fp8"], str(report)
+    assert report.kernels == ["irfuse_attention_static_div_fp8"], str(report)
     torch._dynamo.reset()
     out = torch.compile(fn, backend="irfuse", options=options)(*args)
     expected = fn(*args)
@@ -736,7 +736,7 @@ def test_llama_attention_layer_fuses_and_matches_eager(step, hidden_size):
     with torch.no_grad():
         report = irfuse.explain(layer, hidden, past_k, past_v, attention="irfuse")
         assert report.fused["fuse-attention-quant"] == 1, str(report)
-        assert report.kernels == ["irfuse_attention_static_fp8"], str(report)
+        assert report.kernels == ["irfuse_attention_static_div_fp8"], str(report)
         torch._dynamo.reset()
         options = {"inner": "eager", "attention": "irfuse"}
         out, k, v = torch.compile(layer, backend="irfuse", options=options)(hidden, past_k, past_v)

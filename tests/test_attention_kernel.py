@@ -94,14 +94,15 @@ def _layout_reference(q, k, v, causal):
     return out.transpose(1, 2).reshape(b * sq, h * dv)
 
 
-@pytest.mark.parametrize("scheme", ["static", "per_token", "nvfp4"])
+@pytest.mark.parametrize("scheme", ["static", "static div", "per_token", "nvfp4"])
 @pytest.mark.parametrize("hq,hkv,sq,skv", [(4, 2, 3, 37), (2, 2, 70, 33)])  # decode, prefill
 def test_epilogues_match_unfused_quant(scheme, hq, hkv, sq, skv, loads):
     if scheme == "per_token" and not uses_decode(sq, hq, hkv):
         pytest.skip("per-token needs the decode kernel (tested to refuse below)")
     q, k, v = _qkv(2, hq, hkv, sq, skv, 32, torch.float16)
     layout = _layout_reference(q, k, v, "bottom_right")
-    scale = {"static": torch.tensor([0.01]), "per_token": None,
+    scale = {"static": torch.tensor([0.01]), "static div": torch.tensor([0.01]),
+             "per_token": None,
              "nvfp4": (448 * 6 / layout.float().abs().amax()).reshape(1)}[scheme]  # fmt: skip
     scale = scale.to(DEVICE) if scale is not None else None
     got, _, scales = kernel_attention(q, k, v, scale, 0.25, "bottom_right", "bs_hd", False, scheme)
@@ -171,7 +172,7 @@ def test_nvfp4_epilogue_writes_every_scale_of_an_unpadded_output(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
 @pytest.mark.parametrize("d", [64, 96, 128, 192, 256])
-@pytest.mark.parametrize("scheme", ["static", "nvfp4"])
+@pytest.mark.parametrize("scheme", ["static", "static div", "nvfp4"])
 @pytest.mark.parametrize("mask_dtype", [None, torch.bool, torch.bfloat16])
 def test_gpu_prefill_epilogues_every_head_dim(d, scheme, mask_dtype):
     """The production tiles with a quant epilogue at every head dim, causal or beside a
@@ -186,7 +187,7 @@ def test_gpu_prefill_epilogues_every_head_dim(d, scheme, mask_dtype):
             mask = mask.to(mask_dtype)
     out, _ = ref.attention(q, k, v, mask, d**-0.5, causal, False)
     layout = out.transpose(1, 2).reshape(2 * 300, 4 * d)
-    scale = {"static": torch.tensor([0.01]),
+    scale = {"static": torch.tensor([0.01]), "static div": torch.tensor([0.01]),
              "nvfp4": (448 * 6 / layout.float().abs().amax()).reshape(1)}[scheme]  # fmt: skip
     scale = scale.to(DEVICE)
     got, _, scales = kernel_attention(q, k, v, scale, d**-0.5, causal, "bs_hd", False, scheme,

@@ -14,7 +14,7 @@ from functorch.compile import aot_function, make_boxed_func
 
 import irfuse
 from irfuse.backend import IrfuseGraphPass
-from irfuse.pipeline import Options, capture_reports, transform_graph
+from irfuse.pipeline import AUTOGRAD, Options, capture_reports, transform_graph
 from irfuse.transforms.raise_rms_norm import FROM_A_REDUCTION, NO_QUANT, READ_BY_POINTWISE
 from tests import models
 from tests.helpers import EVERY_NORM, assert_close, assert_fp8_close
@@ -54,8 +54,8 @@ def test_add_rms_norm_quant_fuses_and_matches_eager():
     assert reports[0].fused["fuse-add-rms-norm"] == 1
     # CPU: F.rms_norm decomposes (fp32 weight multiply); CUDA: aten._fused_rms_norm
     assert reports[0].kernels[0] in (
-        "irfuse_add_rounded_rms_norm_fp32w_static_fp8",
-        "irfuse_add_rounded_rms_norm_static_fp8",
+        "irfuse_add_rounded_rms_norm_fp32w_static_div_fp8",
+        "irfuse_add_rounded_rms_norm_static_div_fp8",
     )
     torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
     assert_fp8_close(q, q_ref, s)
@@ -65,10 +65,10 @@ def test_add_rms_norm_quant_fuses_and_matches_eager():
     "fn,kernel",
     [
         (models.hf_norm_quant, "irfuse_rms_norm_static_fp8"),
-        (models.gemma_norm_quant, "irfuse_rms_norm_gemmaw_static_fp8"),
-        (models.t5_norm_quant, "irfuse_rms_norm_static_fp8"),
-        (models.squared_by_mul_norm_quant, "irfuse_rms_norm_static_fp8"),
-        (models.cast_twice_norm_quant, "irfuse_rms_norm_static_fp8"),
+        (models.gemma_norm_quant, "irfuse_rms_norm_gemmaw_static_div_fp8"),
+        (models.t5_norm_quant, "irfuse_rms_norm_static_div_fp8"),
+        (models.squared_by_mul_norm_quant, "irfuse_rms_norm_static_div_fp8"),
+        (models.cast_twice_norm_quant, "irfuse_rms_norm_static_div_fp8"),
     ],
 )
 @pytest.mark.parametrize("eps", [1e-5, 1e-6, 1e-12])
@@ -86,9 +86,9 @@ def test_model_idioms_fuse(fn, kernel, eps):
     "fn,kernel",
     [
         (models.hf_norm_quant, "irfuse_rms_norm_static_fp8"),
-        (models.gemma_norm_quant, "irfuse_rms_norm_gemmaw_static_fp8"),
-        (models.t5_norm_quant, "irfuse_rms_norm_static_fp8"),
-        (models.vllm_add_norm_quant, "irfuse_fused_add_rms_norm_static_fp8"),
+        (models.gemma_norm_quant, "irfuse_rms_norm_gemmaw_static_div_fp8"),
+        (models.t5_norm_quant, "irfuse_rms_norm_static_div_fp8"),
+        (models.vllm_add_norm_quant, "irfuse_fused_add_rms_norm_static_div_fp8"),
     ],
 )
 def test_model_idioms_with_a_float_eps_argument_compiled_dynamic(fn, kernel):
@@ -143,7 +143,7 @@ def test_vllm_native_add_rms_norm_is_the_fused_add_with_the_fp32_sum(inner):
     the residual and the fp8 bytes eager's."""
     x, r, w, s = _norm_inputs(h=128)
     report = irfuse.explain(models.vllm_add_norm_quant, x, r, w, s)
-    assert report.kernels == ["irfuse_fused_add_rms_norm_static_fp8"], str(report)
+    assert report.kernels == ["irfuse_fused_add_rms_norm_static_div_fp8"], str(report)
     torch._dynamo.reset()
     with _no_compile_caches():
         compiled = torch.compile(models.vllm_add_norm_quant, backend="irfuse",
@@ -209,7 +209,7 @@ def test_module_eps_compiled_dynamic_is_read_at_run_time(inner):
             assert_fp8_close(q, q_ref, s)
     (report,) = reports  # one compile: eps is an input
     assert report.fused["raise-rms-norm"] == 1 and not report.rejected, str(report)
-    assert report.kernels == ["irfuse_add_rounded_rms_norm_static_fp8"], str(report)
+    assert report.kernels == ["irfuse_add_rounded_rms_norm_static_div_fp8"], str(report)
 
 
 def test_module_eps_compiled_dynamic_with_cuda_graphs_on_is_refused(monkeypatch):
@@ -322,7 +322,7 @@ def test_identical_quants_of_a_norm_are_one_fused_kernel(quant):
 
     x, r, w, s = (t.unsqueeze(0) if t.dim() == 2 else t for t in _norm_inputs())
     report = irfuse.explain(add_norm_qkv, x, r, w, s)
-    kernel = f"irfuse_add_rounded_rms_norm_{quant}_fp8"
+    kernel = f"irfuse_add_rounded_rms_norm_{quant.replace('static', 'static_div')}_fp8"
     assert report.kernels == [kernel] and not report.rejected, str(report)
     torch._dynamo.reset()
     compiled = torch.compile(add_norm_qkv, backend="irfuse", options={"inner": "eager"})
@@ -334,6 +334,30 @@ def test_identical_quants_of_a_norm_are_one_fused_kernel(quant):
         else:
             torch.testing.assert_close(got, want, rtol=1e-2, atol=0)
     assert torch.equal(outputs[-1], expected[-1])
+
+
+@pytest.mark.parametrize("written", ["divided", "times the reciprocal"])
+def test_a_static_quant_computes_the_graph_s_form_at_ties(written):
+    """Rows whose norm is 0.75 (the weight), quantized with scale 0.03: `y / s` is exactly
+    25.0, a tie eager rounds to 24, and `y * (1 / s)` is 25.000002 (26). The fused kernel
+    gives the bytes of whichever form the graph wrote."""
+
+    def norm_quant(x, w, s):
+        y = models.hf_rms_norm(x, w, eps=0.0).float()
+        scaled = y / s if written == "divided" else y * torch.reciprocal(s)
+        return scaled.clamp(-448.0, 448.0).to(models.FP8)
+
+    x = torch.ones(4, 64, dtype=BF16, device=DEVICE)
+    w = torch.full((64,), 0.75, dtype=BF16, device=DEVICE)
+    s = torch.tensor([0.03], device=DEVICE)
+    report = irfuse.explain(norm_quant, x, w, s)
+    kind = "static_div" if written == "divided" else "static"
+    assert report.kernels == [f"irfuse_rms_norm_{kind}_fp8"], str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(norm_quant, backend="irfuse", options={"inner": "eager"})
+    got, want = compiled(x, w, s), norm_quant(x, w, s)
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    assert want.float().unique().tolist() == [24.0 if written == "divided" else 26.0]
 
 
 def test_a_norm_also_read_by_pointwise_ops_is_left_to_inductor():
@@ -363,7 +387,8 @@ def test_a_gemma_sandwich_fuses_into_one_kernel(quant):
     NUMERICS.md's tolerances (the kernel's reductions add in another order)."""
     x, r, w, s = _norm_inputs()
     s = s if quant == "static" else None
-    kernel = f"irfuse_normed_add_rounded_rms_norm_gemmaw_{quant}_fp8"
+    scheme = "static_div" if quant == "static" else quant  # the graph divides by s
+    kernel = f"irfuse_normed_add_rounded_rms_norm_gemmaw_{scheme}_fp8"
     report = irfuse.explain(models.gemma_sandwich_quant, x, r, w, w * 2, s)
     assert report.kernels == [kernel], str(report)
     assert report.fused["fuse-sandwich-norm"] == 1, str(report)
@@ -426,7 +451,7 @@ def test_a_sum_over_experts_before_the_norm_is_not_a_sandwich():
     experts = torch.randn(x.shape[0], 2, x.shape[1], device=DEVICE).to(x.dtype)
     gates = torch.rand(x.shape[0], 2, device=DEVICE).to(x.dtype)
     report = irfuse.explain(moe_add_norm_quant, experts, gates, r, w, s)
-    assert report.kernels == ["irfuse_add_rounded_rms_norm_static_fp8"], str(report)
+    assert report.kernels == ["irfuse_add_rounded_rms_norm_static_div_fp8"], str(report)
 
 
 def test_a_norm_dividing_by_sqrt_is_refused_with_its_reason():
@@ -523,7 +548,7 @@ def test_norm_read_unquantized_elsewhere_keeps_the_value_in_the_fused_kernel():
     x, _, w, s = _norm_inputs()
     report = irfuse.explain(fn, x, w, s)
     assert report.fused["fuse-rms-norm-quant"] == 1, str(report)
-    assert report.kernels == ["irfuse_rms_norm_static_fp8_keep"]
+    assert report.kernels == ["irfuse_rms_norm_static_div_fp8_keep"]
     torch._dynamo.reset()
     q, y2 = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x, w, s)
     q_ref, y2_ref = fn(x, w, s)
@@ -669,13 +694,13 @@ def test_dump_dir_has_ir_kernels_and_report(tmp_path):
         "02-after-raise-fp8-quant.mlir",
         "03-after-fuse-add-rms-norm.mlir",
         "04-after-fuse-rms-norm-quant.mlir",
-        "irfuse_add_rounded_rms_norm_static_fp8.py",
+        "irfuse_add_rounded_rms_norm_static_div_fp8.py",
         "report.json",
     ]
     report = json.loads((graph_dir / "report.json").read_text())
     assert report["fused"]["fuse-rms-norm-quant"] == 1
     assert report["launches"] == [
-        "irfuse_add_rounded_rms_norm_static_fp8: "
+        "irfuse_add_rounded_rms_norm_static_div_fp8: "
         "torch.ops.irfuse.kernel_norm (the inner compiler is eager)"
     ]
     assert (
@@ -704,11 +729,41 @@ def test_dump_dir_from_environment(tmp_path, monkeypatch):
         ({"passes": "raise-rms-norm,fuse-all"}, "Unrecognized passes: .*'fuse-all'"),
         ({"inner": "tvm"}, "inner must be one of"),
         ({"graph_launch": "always"}, "graph_launch must be one of"),
+        # (xDSL raises a BaseException for it, which would pass `except Exception`)
+        ({"passes": "raise-rms-norm{standalone=true"}, "1:31: Malformed pass arguments"),
     ],
 )
 def test_bad_options_are_refused(options, match):
     with pytest.raises(ValueError, match=match):
         Options.from_dict(options)
+
+
+def test_an_unknown_option_is_refused_with_the_eager_inner_compiler_too():
+    """Under Inductor an unknown key is an Inductor config option (Inductor refuses one
+    it does not know); with inner='eager' a key neither irfuse nor Inductor knows is an
+    error too."""
+    x, _, w, s = _norm_inputs()
+    compiled = torch.compile(
+        models.hf_norm_quant, backend="irfuse", options={"inner": "eager", "dump_dri": "/tmp"}
+    )
+    with pytest.raises(Exception, match=r"unknown option\(s\) \['dump_dri'\]"):
+        compiled(x, w, s)
+    torch._dynamo.reset()  # an Inductor option has nothing to configure: no error
+    options = {"inner": "eager", "force_disable_caches": True, "triton.cudagraphs": False}
+    compiled = torch.compile(models.hf_norm_quant, backend="irfuse", options=options)
+    compiled(x, w, s)
+
+
+def test_a_model_compiled_with_autograd_on_is_told_so():
+    """A parameter that requires grad, grad mode on: the forward graph keeps what the
+    backward reads, which blocks the fusions; the report says why and what to do."""
+    x, _, w, s = _norm_inputs()
+    weight = torch.nn.Parameter(w.clone())
+    report = irfuse.explain(models.hf_norm_quant, x, weight, s)
+    assert AUTOGRAD in report.notes, str(report)
+    with torch.no_grad():
+        report = irfuse.explain(models.hf_norm_quant, x, weight, s)
+    assert AUTOGRAD not in report.notes and report.kernels, str(report)
 
 
 def test_pass_selection():
@@ -722,7 +777,7 @@ def test_pass_selection():
         passes="raise-rms-norm,raise-fp8-quant,fuse-rms-norm-quant",
     )
     assert "fuse-add-rms-norm" not in report.fused
-    assert report.kernels == ["irfuse_rms_norm_static_fp8"]
+    assert report.kernels == ["irfuse_rms_norm_static_div_fp8"]
 
 
 def test_cache_key_covers_version_and_options(monkeypatch):

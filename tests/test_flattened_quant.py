@@ -44,7 +44,7 @@ def _per_group(y, s, group=64):
 QUANTS = {"static": _static, "per_token": _per_token, "per_tensor": _per_tensor}
 QUANTS["per_group"] = _per_group
 KERNELS = {
-    "static": ["irfuse_add_rounded_rms_norm_static_fp8"],
+    "static": ["irfuse_add_rounded_rms_norm_static_div_fp8"],
     "per_token": ["irfuse_add_rounded_rms_norm_per_token_fp8"],
     "per_tensor": ["irfuse_add_rounded_rms_norm_amax", "irfuse_rms_norm_per_tensor_fp8"],
     "per_group": ["irfuse_add_rounded_rms_norm_per_group64_fp8"],

@@ -122,7 +122,7 @@ def test_dynamic_true_reads_the_module_eps_in_the_wrapper(wrappers):
     as both kernels' eps, beside a symbolic token count."""
     code = wrappers["dynamic=True"]["code"]
     calls = _calls(code)
-    assert [name for name, _ in calls] == ["irfuse_add_rounded_rms_norm_static_fp8"] * 2, code
+    assert [name for name, _ in calls] == ["irfuse_add_rounded_rms_norm_static_div_fp8"] * 2, code
     reads = re.findall(r"(\w+) = arg\d+_1\.item\(\)", code)
     assert len(reads) == 1, code
     for _, args in calls:
@@ -158,7 +158,7 @@ def test_a_sandwich_launches_with_both_weights(wrappers):
     call, reading each norm's weight (two inputs) and x and the residual in place."""
     code = wrappers["sandwich"]["code"]
     ((name, args),) = _calls(code)
-    assert name == "irfuse_normed_add_rounded_rms_norm_gemmaw_static_fp8", code
+    assert name == "irfuse_normed_add_rounded_rms_norm_gemmaw_static_div_fp8", code
     assert "kernel_norm" not in code
     inputs = [args[KERNEL_PARAMS.index(p)] for p in ("x_ptr", "residual_ptr", "weight_ptr",
                                                        "x_weight_ptr")]  # fmt: skip

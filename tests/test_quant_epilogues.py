@@ -29,8 +29,8 @@ from tests.helpers import (
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = [
-    "static", "per_token", "per_token ub", "per_tensor", "per_group 128", "per_group 64 col",
-    "per_group 128 ue8m0", "per_group 64 col ue8m0", "nvfp4",
+    "static", "static div", "per_token", "per_token ub", "per_tensor", "per_group 128",
+    "per_group 64 col", "per_group 128 ue8m0", "per_group 64 col ue8m0", "nvfp4",
 ]  # fmt: skip
 PRODUCERS = [
     ("quant", "none"), ("rms_norm", "plain"), ("rms_norm", "fp32"), ("rms_norm", "gemma"),
@@ -86,7 +86,7 @@ def _reference_producer(producer, mode, x, residual, w, eps, x_weight=None):
 
 
 def _scale_input(scheme: str, y: torch.Tensor) -> torch.Tensor | None:
-    if scheme == "static":
+    if scheme.startswith("static"):
         return torch.tensor([0.03], device=DEVICE)
     if scheme == "per_token ub":
         return torch.tensor([2.0], device=DEVICE)  # clips the rows with a larger amax
@@ -126,6 +126,23 @@ def test_epilogue_matches_unfused_reference(producer, mode, scheme):
     q, scales, q_ref, scales_ref = _run(producer, mode, scheme, 5, 128, dtype)
     if scales_ref is not None and scheme != "nvfp4":
         torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("producer", ["quant", "rms_norm"])
+def test_static_div_divides_where_the_reciprocal_would_miss_a_tie(producer):
+    """0.75 / 0.03 is exactly 25.0, a tie between the fp8 values 24 and 26 (rounded to
+    even: 24); 0.75 * (1 / 0.03) is 25.000002 (26). `static div` gives the graph's `x / s`
+    to the bit, `static` NUMERICS.md's `x * (1 / s)`."""
+    x = torch.full((2, 64), 0.75, device=DEVICE)
+    scale = torch.tensor([0.03], device=DEVICE)
+    w = torch.ones(64, device=DEVICE) if producer == "rms_norm" else None
+    # a norm of a constant row is the row over its rms: ones, so x is scaled to 0.75 first
+    x = x if producer == "quant" else x / 0.75
+    w = w * 0.75 if w is not None else None
+    for scheme, expected in (("static div", 24.0), ("static", 26.0)):
+        q, *_ = kernel_norm(x, None, w, scale, 0.0, f"{producer}/{'none' if w is None else 'plain'}"
+                            f"/model/{scheme}")  # fmt: skip
+        assert torch.all(q.float() == expected), (scheme, q.float().unique())
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

@@ -129,6 +129,14 @@ def per_tensor_quant_keepdim(x):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def per_token_quant_widened_promoted(x):
+    """The 16-bit amax widened, and the division reading 16-bit x, promoted by the fp32
+    scale (the same fp32 values as x.float())."""
+    scales = (x.abs().max(dim=-1)[0].to(torch.float32) / 448.0)[:, None]
+    scales = torch.clamp(scales, min=1.0 / (448.0 * 512.0))
+    return (x / scales).clamp(-448.0, 448.0).to(FP8), scales
+
+
 def per_token_quant_vllm_reference(x):
     """vLLM's reference per-token quant (tests/kernels/quant_utils.py): tensor constants,
     the amax of the 16-bit |x| without keepdim, widened, divided, then indexed back."""
@@ -293,6 +301,7 @@ def _check_raised(module, report, scheme: str, with_ub: bool) -> QuantOp:
         per_token_quant_unsqueezed,
         per_token_quant_indexed,
         per_token_quant_widened,
+        per_token_quant_widened_promoted,
         per_token_quant_vllm_reference,
     ],
     ids=lambda f: f.__name__,

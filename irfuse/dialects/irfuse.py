@@ -56,7 +56,9 @@ GROUP_SIZES = (64, 128)
 class QuantAttr(ParametrizedAttribute):
     """A quantization scheme: `#irfuse.quant<static>`, `<per_token>`, `<per_tensor>`,
     `<per_group 128>` (options `col` for column-major scales, `ue8m0` for power-of-two
-    scales), `<nvfp4>`."""
+    scales), `<nvfp4>`. `<static div>`: `x / scale` correctly rounded, as a graph's
+    division computes it, where `<static>` is NUMERICS.md's `x * (1 / scale)` (they differ
+    by one fp8 step where the quotient is a tie)."""
 
     name = "irfuse.quant"
 
@@ -64,12 +66,22 @@ class QuantAttr(ParametrizedAttribute):
     group: IntAttr
     column_major: IntAttr
     ue8m0: IntAttr
+    divide: IntAttr
 
     def __init__(
-        self, kind: str, group: int = 0, column_major: bool = False, ue8m0: bool = False
+        self,
+        kind: str,
+        group: int = 0,
+        column_major: bool = False,
+        ue8m0: bool = False,
+        divide: bool = False,
     ) -> None:
         super().__init__(
-            StringAttr(kind), IntAttr(group), IntAttr(int(column_major)), IntAttr(int(ue8m0))
+            StringAttr(kind),
+            IntAttr(group),
+            IntAttr(int(column_major)),
+            IntAttr(int(ue8m0)),
+            IntAttr(int(divide)),
         )
 
     @property
@@ -87,12 +99,18 @@ class QuantAttr(ParametrizedAttribute):
                 )
         elif self.group.data or self.column_major.data or self.ue8m0.data:
             raise VerifyException(f"'{kind}' quant takes no group, col or ue8m0 option")
+        if self.divide.data and kind != "static":
+            raise VerifyException(f"'{kind}' quant takes no div option (only static)")
 
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> list[Attribute]:
         with parser.in_angle_brackets():
             kind = parser.parse_identifier()
-            group = column_major = ue8m0 = 0
+            group = column_major = ue8m0 = divide = 0
+            if kind == "static" and (flag := parser.parse_optional_identifier()) is not None:
+                if flag != "div":
+                    parser.raise_error(f"unknown static option '{flag}' (div)")
+                divide = 1
             if kind == "per_group":
                 group = parser.parse_integer(allow_boolean=False, allow_negative=False)
                 while (flag := parser.parse_optional_identifier()) is not None:
@@ -102,7 +120,13 @@ class QuantAttr(ParametrizedAttribute):
                         ue8m0 = 1
                     else:
                         parser.raise_error(f"unknown per_group option '{flag}' (col, ue8m0)")
-        return [StringAttr(kind), IntAttr(group), IntAttr(column_major), IntAttr(ue8m0)]
+        return [
+            StringAttr(kind),
+            IntAttr(group),
+            IntAttr(column_major),
+            IntAttr(ue8m0),
+            IntAttr(divide),
+        ]
 
     def print_parameters(self, printer: Printer) -> None:
         text = self.kind.data
@@ -110,6 +134,7 @@ class QuantAttr(ParametrizedAttribute):
             text += f" {self.group.data}"
             text += " col" if self.column_major.data else ""
             text += " ue8m0" if self.ue8m0.data else ""
+        text += " div" if self.divide.data else ""
         printer.print_string(f"<{text}>")
 
 

@@ -29,7 +29,7 @@ Fully masked rows give 0 and lse -inf in both.
 
 # Epilogues: both kernels take static and nvfp4; per_token needs a whole token row (all
 # heads), which only the decode path's combine holds.
-EPILOGUES = ("none", "static", "per_token", "nvfp4")
+EPILOGUES = ("none", "static", "static div", "per_token", "nvfp4")
 DECODE_ONLY = ("per_token",)
 # Head dims the kernels take: multiples of 16 up to 256. Tiles span the next power of two
 # (tl.arange needs one: BLOCK_D, BLOCK_DV); a padded tile's columns past the head dim read
@@ -280,6 +280,8 @@ PREFILL_FINISH = """
 PREFILL_PRELOAD = {
     "none": "",
     "static": "    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))  # static fp8 scale\n",
+    "static div": "    out_scale = tl.load(scale_ptr)  # static fp8 scale\n"
+    "    inv_scale = tl.math.div_rn(1.0, out_scale)\n",
     "nvfp4": "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale\n",
 }
 
@@ -289,9 +291,15 @@ PREFILL_EPILOGUE = {
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=store_ok)
 """,
     "static": """
-    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale))
+    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o * (1 / scale)))
     o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
     tl.store(out_ptrs, to_fp8(o * inv_scale, INTERPRET), mask=store_ok)
+""",
+    "static div": """
+    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)), divided
+    # correctly rounded as the graph's division
+    o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
+    tl.store(out_ptrs, to_fp8(div_by(o, out_scale, inv_scale), INTERPRET), mask=store_ok)
 """,
     "nvfp4": """
     # epilogue: nvfp4 of the [B*Sq, Hq*Dv] output (blocks of 16 never straddle heads):

@@ -101,6 +101,15 @@ STATIC = (
     + STORE.format(value="to_fp8(v * inv_scale, INTERPRET)"),
 )
 
+# The quant as a graph writes it, `x / scale`: divided correctly rounded (div_by), which
+# `x * (1 / scale)` misses by one fp8 step where the quotient is a tie (0.75 / 0.03).
+STATIC_DIV = (
+    "    scale = tl.load(scale_ptr)  # static fp8 scale, loaded early\n"
+    "    inv_scale = tl.math.div_rn(1.0, scale)\n",
+    "\n    # epilogue: static per-tensor fp8, q = fp8(clamp(v / scale, -448, 448))\n"
+    + STORE.format(value="to_fp8(div_by(v, scale, inv_scale), INTERPRET)"),
+)
+
 PER_TOKEN_PRELOAD = """    if HAS_SCALE:
         scale_ub = tl.load(scale_ptr)  # per-token scale upper bound, loaded early
 """
@@ -292,7 +301,7 @@ def epilogue(scheme: str, standalone: bool = False) -> tuple[str, str, str]:
     if kind == "per_tensor":
         return fp8_helpers, *PER_TENSOR
     if kind == "static":
-        return fp8_helpers, *STATIC
+        return fp8_helpers, *(STATIC_DIV if options == ["div"] else STATIC)
     if kind == "per_token":
         return fp8_helpers, *PER_TOKEN
     if kind == "nvfp4":
@@ -312,6 +321,8 @@ def parse_scheme(scheme: str) -> tuple[str, int, bool, bool]:
     """(kind, group, column_major, ue8m0) of a scheme string; ValueError if malformed."""
     kind, *options = scheme.split()
     if kind in ("none", "static", "per_token", "per_tensor", "nvfp4", "amax") and not options:
+        return kind, 0, False, False
+    if kind == "static" and options == ["div"]:  # divided, not times the reciprocal
         return kind, 0, False, False
     if kind == "per_group" and options and options[0] in ("64", "128"):
         flags = set(options[1:])

@@ -53,12 +53,15 @@ from irfuse.ops.quant import (
     nvfp4_scales_padded,
     per_token_fp8_quant,
     static_fp8_quant,
+    static_fp8_quant_divided,
 )
 
 CAUSAL = {"none": 0, "top_left": 1, "bottom_right": 2}
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
-_SUFFIX = {"none": "", "static": "_static_fp8", "per_token": "_per_token_fp8", "nvfp4": "_nvfp4"}
-_FUSES = {"none": "", "static": " + static fp8 quant", "per_token": " + per_token fp8 quant",
+_SUFFIX = {"none": "", "static": "_static_fp8", "static div": "_static_div_fp8",
+           "per_token": "_per_token_fp8", "nvfp4": "_nvfp4"}  # fmt: skip
+_FUSES = {"none": "", "static": " + static fp8 quant",
+          "static div": " + static fp8 quant (divided)", "per_token": " + per_token fp8 quant",
           "nvfp4": " + nvfp4 quant"}  # fmt: skip
 
 
@@ -358,7 +361,7 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
             f"{what}: head dims must be equal for q and k, and {HEAD_DIM_RULE} (q "
             f"{q.shape[-1]}, k {k.shape[-1]}, v {v.shape[-1]})"
         )
-    if epilogue in ("static", "nvfp4") and scale is None:
+    if epilogue in ("static", "static div", "nvfp4") and scale is None:
         raise ValueError(f"{what}: needs its scale")
     if scale is not None and (scale.numel() != 1 or scale.dtype != torch.float32):
         raise ValueError(f"{what}: the scale must be a one-element float32 tensor")
@@ -648,6 +651,8 @@ def _reference(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, m
         return packed, lse, block_scales
     if epilogue == "static":
         rows = static_fp8_quant(rows, scale)
+    elif epilogue == "static div":
+        rows = static_fp8_quant_divided(rows, scale)
     elif epilogue == "per_token":
         rows, token_scales = per_token_fp8_quant(rows, scale)
         scales = token_scales.view(b, sq, 1)

@@ -278,7 +278,7 @@ def _candidates(scheme: str, sig: dict[str, object]) -> dict[str, Callable[[], o
     q = torch.randn(b, sq, hq, d, device="cuda", dtype=dtype).transpose(1, 2)
     k = torch.randn(b, skv, hkv, d, device="cuda", dtype=dtype).transpose(1, 2)
     v = torch.randn(b, skv, hkv, dv, device="cuda", dtype=dtype).transpose(1, 2)
-    scale = torch.ones(1, device="cuda") if scheme in ("static", "nvfp4") else None
+    scale = torch.ones(1, device="cuda") if scheme in ("static", "static div", "nvfp4") else None
     mask = _example_mask(str(sig.get("mask", "none")))
     quant_kernel = KernelSpec("quant", quant=scheme).encode()
 

@@ -39,6 +39,7 @@ class KernelSpec:
         special = {"none": "", "nvfp4": "_nvfp4", "amax": "_amax"}
         suffix = special.get(kind, f"_{kind}{group or ''}_fp8")
         suffix = suffix.replace("_fp8", "_ue8m0_fp8") if ue8m0 else suffix
+        suffix = suffix.replace("_fp8", "_div_fp8") if self.quant == "static div" else suffix
         mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
         out = "_f32out" if self.norm_out == "fp32" else ""
         keep = "_keep" if self.keep_value else ""

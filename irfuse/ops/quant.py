@@ -63,6 +63,13 @@ def _(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape, dtype=FP8_DTYPE)
 
 
+def static_fp8_quant_divided(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """q = fp8(clamp(x_f32 / scale, -448, 448)): the quant as a graph writes it (what
+    `#irfuse.quant<static div>` computes; one fp8 step from static_fp8_quant at ties)."""
+    _check_static(x, scale)
+    return fp8_cast(x.float() / scale.reshape(()))
+
+
 # ---------------------------------------------------------------------------------------
 # dynamic per-token fp8
 

@@ -11,10 +11,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
+from xdsl.utils.exceptions import (
+    ArgSpecParseError,
+    DiagnosticException,
+    ParseError,
+    VerifyException,
+)
 from xdsl.xdsl_opt_main import xDSLOptMain
 
 from irfuse.tools.universe import IRFUSE_UNIVERSE
+from irfuse.transforms import pipeline_error
 
 
 class IrfuseOptMain(xDSLOptMain):
@@ -59,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         IrfuseOptMain(description="irfuse modular optimizer driver", args=args).run()
     except (ParseError, DiagnosticException, VerifyException, ValueError, KeyError) as error:
         print(f"irfuse-opt: {_one_line(error, input_name)}", file=sys.stderr)
+        return 1
+    except ArgSpecParseError as error:  # a malformed pipeline (xDSL: a BaseException)
+        print(f"irfuse-opt: -p: {pipeline_error(error)}", file=sys.stderr)
         return 1
     except Exception as error:  # an unknown pass and friends: xDSL raises plain Exception
         print(f"irfuse-opt: {input_name}: {error}".splitlines()[0], file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from xdsl.passes import ModulePass
+from xdsl.utils.exceptions import ArgSpecParseError
 
 
 def _raise_rms_norm() -> type[ModulePass]:
@@ -68,3 +69,10 @@ DEFAULT_PIPELINE = (
     "fuse-sandwich-norm",  # after fuse-add-rms-norm: it reads the fused add + norm
     "fuse-rms-norm-quant",
 )
+
+
+def pipeline_error(error: ArgSpecParseError) -> str:
+    """xDSL's listing of a malformed pass pipeline as one line: where, then what."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    where = next((line for line in lines if line.startswith("pass-pipeline:")), "")
+    return f"{where.removeprefix('pass-pipeline:')}: {lines[-1]}" if where else lines[-1]

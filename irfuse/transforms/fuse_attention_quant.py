@@ -87,7 +87,7 @@ def _quant_at(op: Operation) -> _Quant | str | None:
         return None
     static = match_static_quant(op)
     if isinstance(static, StaticQuantMatch):
-        return _Quant(static.source, QuantAttr("static"), static.scale, op.results[0], [],
+        return _Quant(static.source, static.quant, static.scale, op.results[0], [],
                       None, static.dead_ops)  # fmt: skip
     dynamic = match_dynamic_quant(op)
     if dynamic is None or isinstance(dynamic, str):

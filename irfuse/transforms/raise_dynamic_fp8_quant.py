@@ -33,7 +33,7 @@ after the amax, or after scalar steps of the formula: vLLM's `(amax / 448)[:, No
 the amax of a 16-bit |x| widened to fp32 right after (the same value) where x.float() is
 quantized;
 the division may read 16-bit `x` itself, promoted by the fp32 scale, where the amax
-reads `x` cast to fp32.
+reads `x` cast to fp32, or reads 16-bit |x| and is widened (vLLM's reference).
 
 Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the
 formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
@@ -491,7 +491,9 @@ def _match_scheme(
         return "scale formula widens a value other than its amax (steps before it run in 16 bits)"
     if any(step.kind == "keepdim" for step in steps):
         forms.add("keepdim")
-    reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme, forms)
+    # the division reads 16-bit xs, promoted by the fp32 scale (main[0] is the division)
+    promoted = element_type(main[0].results[0]) == F32 != element_type(xs)
+    reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme, forms, promoted)
     if reason:
         return reason
     ops = list(dict.fromkeys([*main, path[0].inputs[0].owner, *path]))  # + abs
@@ -587,18 +589,23 @@ def _twin_cast(a: SSAValue, b: SSAValue) -> bool:
     return cast is not None and cast[1] == F32 and cast_of(b) == cast
 
 
-def _check_amax(amax: CallOp, xs: SSAValue, scheme: str, forms: set[str]) -> str | None:
+def _check_amax(
+    amax: CallOp, xs: SSAValue, scheme: str, forms: set[str], promoted: bool
+) -> str | None:
+    """Why the amax does not give the scale of the values the division quantizes (None:
+    it does); `promoted`: the division reads 16-bit `xs` promoted to fp32."""
     of = _abs_of(amax)
-    widened = "widen" in forms and of is not None and cast_of(xs) == (of, F32)
+    same_values = cast_of(xs) == (of, F32) or (promoted and of is xs)
+    widened = "widen" in forms and of is not None and same_values
     if of is None or (of is not xs and not widened and not _twin_cast(of, xs)):
         return "the amax is not taken of |x| for the x that is quantized"
     if scheme == "per_tensor":
-        return _check_f32(xs, amax, widened)
+        return _check_f32(xs, amax, widened, promoted)
     dims, keepdim = _amax_dims(amax)
     keepdim = True if "keepdim" in forms else keepdim
     if dims not in ([-1], [rank(xs) - 1]) or keepdim is not True:
         return f"amax over dims {dims} (keepdim {keepdim}), not the last with keepdim"
-    if reason := _check_f32(xs, amax, widened):
+    if reason := _check_f32(xs, amax, widened, promoted):
         return reason
     if scheme == "per_token" and rank(xs) < 2:
         return f"{TOKEN_FORMULA} scale over a rank-{rank(xs)} tensor, not a [..., K] one"
@@ -607,8 +614,10 @@ def _check_amax(amax: CallOp, xs: SSAValue, scheme: str, forms: set[str]) -> str
     return None
 
 
-def _check_f32(xs: SSAValue, amax: CallOp, widened: bool) -> str | None:
-    if element_type(xs) != F32 or (element_type(amax.results[0]) != F32 and not widened):
+def _check_f32(xs: SSAValue, amax: CallOp, widened: bool, promoted: bool) -> str | None:
+    if (element_type(xs) != F32 and not (promoted and widened)) or (
+        element_type(amax.results[0]) != F32 and not widened
+    ):
         return f"quantized in {_dtype(xs)}, not float32"
     return None
 

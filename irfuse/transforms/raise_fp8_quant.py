@@ -67,6 +67,12 @@ class StaticQuantMatch:
     source: SSAValue
     scale: SSAValue
     dead_ops: list[Operation]
+    divides: bool  # `x / s` (else `x * reciprocal(s)`)
+
+    @property
+    def quant(self) -> QuantAttr:
+        """The scheme computing what the graph does: a division is `<static div>`."""
+        return QuantAttr("static", divide=self.divides)
 
 
 def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
@@ -106,7 +112,8 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
     if not isinstance(element_type(source), FLOAT_TYPES):
         return f"input {source.type} is not bf16, fp16 or fp32"
     dead_ops = [*clamp.ops, *scale_ops] + ([x.owner] if source is not x else [])
-    return StaticQuantMatch(op, source, scale, dead_ops)  # type: ignore[arg-type]
+    divides = call(clamp.x, "aten.div.Tensor") is not None
+    return StaticQuantMatch(op, source, scale, dead_ops, divides)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -125,7 +132,7 @@ class RaiseFp8QuantPattern(RewritePattern):
             report.rejected(NAME, op, "no producer to fuse into: left to the inner compiler")
             return
         source, flatten_ops = through or (found.source, [])
-        static = QuantAttr("static")
+        static = found.quant
         same = identical_quant(source, static, found.scale, [op.results[0].type])
         if same is not None:  # the same quant of the same value: one op computes both
             rewriter.replace_all_uses_with(op.results[0], same.out)

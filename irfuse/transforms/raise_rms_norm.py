@@ -526,7 +526,7 @@ def _distinct_quants(y: SSAValue) -> tuple[set[tuple], set[Operation]]:
     for op in _casts_after(y):
         found = match_static_quant(op)
         if isinstance(found, StaticQuantMatch) and _reads_value(found.source, y):
-            quants.add(("static", found.scale, op.results[0].type))
+            quants.add((str(found.quant), found.scale, op.results[0].type))
             ops.update([op, *found.dead_ops])
             continue
         dynamic = match_dynamic_quant(op)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,8 +68,20 @@ def collect(report: FusionReport) -> Iterator[FusionReport]:
         _CURRENT.reset(token)
 
 
+# Where the importer found each op: the FX node's name (xDSL drops a name hint's `_N`
+# suffix), its module path and source line (an op a pass built has none).
+_PLACES: weakref.WeakKeyDictionary[Operation, str] = weakref.WeakKeyDictionary()
+
+
+def set_place(op: Operation, place: str) -> None:
+    _PLACES[op] = place
+
+
 def location(op: Operation) -> str:
-    """A readable place for an op: its first result's name, else its op name."""
+    """A readable place for an op: where the importer found it, else its first result's
+    name, else its op name."""
+    if (place := _PLACES.get(op)) is not None:
+        return place
     for result in op.results:
         if result.name_hint:
             return f"%{result.name_hint}"

@@ -14,7 +14,7 @@ func.func @attention_quant(%q: tensor<2x4x16x64xbf16>, %k: tensor<2x2x16x64xbf16
   func.return %q8 : tensor<2x16x256xf8E4M3FN>
 }
 // CHECK-LABEL: func.func @attention_quant
-// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %v scale %s {scale = 1.250000e-01 : f64, causal = "top_left", layout = "bs_hd", quant = #irfuse.quant<static>} : tensor<2x4x16x64xbf16>, tensor<2x2x16x64xbf16>, tensor<2x2x16x64xbf16> scale tensor<1xf32> -> tensor<2x16x256xf8E4M3FN>
+// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %v scale %s {scale = 1.250000e-01 : f64, causal = "top_left", layout = "bs_hd", quant = #irfuse.quant<static div>} : tensor<2x4x16x64xbf16>, tensor<2x2x16x64xbf16>, tensor<2x2x16x64xbf16> scale tensor<1xf32> -> tensor<2x16x256xf8E4M3FN>
 // CHECK-NEXT:    func.return %q8
 
 // -----
@@ -30,7 +30,7 @@ func.func @head_dim_80(%q: tensor<1x2x8x80xbf16>, %s: tensor<1xf32>) -> tensor<1
   func.return %q8 : tensor<1x8x160xf8E4M3FN>
 }
 // CHECK-LABEL: func.func @head_dim_80
-// CHECK-NEXT:    %q8 = irfuse.attention %q, %q, %q scale %s {scale = 1.000000e-01 : f64, causal = "none", layout = "bs_hd", quant = #irfuse.quant<static>} : tensor<1x2x8x80xbf16>, tensor<1x2x8x80xbf16>, tensor<1x2x8x80xbf16> scale tensor<1xf32> -> tensor<1x8x160xf8E4M3FN>
+// CHECK-NEXT:    %q8 = irfuse.attention %q, %q, %q scale %s {scale = 1.000000e-01 : f64, causal = "none", layout = "bs_hd", quant = #irfuse.quant<static div>} : tensor<1x2x8x80xbf16>, tensor<1x2x8x80xbf16>, tensor<1x2x8x80xbf16> scale tensor<1xf32> -> tensor<1x8x160xf8E4M3FN>
 // CHECK-NEXT:    func.return %q8
 
 // -----
@@ -108,7 +108,7 @@ func.func @decode_past_65535_rows(%q: tensor<65536x4x1x64xbf16>, %k: tensor<6553
   func.return %q8 : tensor<65536x1x256xf8E4M3FN>
 }
 // CHECK-LABEL: func.func @decode_past_65535_rows
-// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %k scale %s {{.*}}layout = "bs_hd", quant = #irfuse.quant<static>}
+// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %k scale %s {{.*}}layout = "bs_hd", quant = #irfuse.quant<static div>}
 // CHECK-NEXT:    func.return %q8
 
 // -----
@@ -128,7 +128,7 @@ func.func @scale_made_after(%q: tensor<2x4x16x64xbf16>, %k: tensor<2x2x16x64xbf1
 }
 // CHECK-LABEL: func.func @scale_made_after
 // CHECK-NEXT:    %s = aten.call "prims.convert_element_type.default"(%s16)
-// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %k scale %s {{.*}}quant = #irfuse.quant<static>}
+// CHECK-NEXT:    %q8 = irfuse.attention %q, %k, %k scale %s {{.*}}quant = #irfuse.quant<static div>}
 // CHECK-NEXT:    func.return %q8
 
 // -----

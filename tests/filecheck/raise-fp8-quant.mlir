@@ -14,7 +14,7 @@ func.func @divide_form(%y: tensor<?x64xbf16>, %s: tensor<1xf32>) -> tensor<?x64x
   func.return %q : tensor<?x64xf8E4M3FN>
 }
 // CHECK-LABEL: func.func @divide_form
-// CHECK-NEXT:    %{{.*}} = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<?x64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>
+// CHECK-NEXT:    %{{.*}} = irfuse.quant %y scale %s {quant = #irfuse.quant<static div>} : tensor<?x64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>
 // CHECK-NEXT:    func.return
 
 // -----
@@ -55,7 +55,7 @@ func.func @split_clamp(%y: tensor<4x64xf32>, %s: tensor<1xf32>) -> tensor<4x64xf
   func.return %q : tensor<4x64xf8E4M3FN>
 }
 // CHECK-LABEL: func.func @split_clamp
-// CHECK-NEXT:    %{{.*}} = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<4x64xf32>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>
+// CHECK-NEXT:    %{{.*}} = irfuse.quant %y scale %s {quant = #irfuse.quant<static div>} : tensor<4x64xf32>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>
 // CHECK-NEXT:    func.return
 
 // -----
@@ -75,8 +75,8 @@ func.func @identical_quants(%y: tensor<4x64xf32>, %s: tensor<1xf32>, %t: tensor<
   func.return %q1, %q2, %q3 : tensor<4x64xf8E4M3FN>, tensor<4x64xf8E4M3FN>, tensor<4x64xf8E4M3FN>
 }
 // CHECK-LABEL: func.func @identical_quants
-// CHECK-NEXT:    %[[Q:.*]] = irfuse.quant %y scale %s {quant = #irfuse.quant<static>}
-// CHECK-NEXT:    %[[R:.*]] = irfuse.quant %y scale %t {quant = #irfuse.quant<static>}
+// CHECK-NEXT:    %[[Q:.*]] = irfuse.quant %y scale %s {quant = #irfuse.quant<static div>}
+// CHECK-NEXT:    %[[R:.*]] = irfuse.quant %y scale %t {quant = #irfuse.quant<static div>}
 // CHECK-NEXT:    func.return %[[Q]], %[[Q]], %[[R]]
 
 // -----
@@ -93,7 +93,7 @@ func.func @flattened_norm_result(%x: tensor<2x3x64xbf16>, %w: tensor<64xbf16>, %
   func.return %q : tensor<6x64xf8E4M3FN>
 }
 // CHECK-LABEL: func.func @flattened_norm_result
-// CHECK:         %{{.*}} = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<2x3x64xbf16>, tensor<1xf32> -> tensor<6x64xf8E4M3FN>
+// CHECK:         %{{.*}} = irfuse.quant %y scale %s {quant = #irfuse.quant<static div>} : tensor<2x3x64xbf16>, tensor<1xf32> -> tensor<6x64xf8E4M3FN>
 // CHECK-NEXT:    func.return
 // DEFAULT-LABEL: func.func @flattened_norm_result
-// DEFAULT:         irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<2x3x64xbf16>, tensor<1xf32> -> tensor<6x64xf8E4M3FN>
+// DEFAULT:         irfuse.quant %y scale %s {quant = #irfuse.quant<static div>} : tensor<2x3x64xbf16>, tensor<1xf32> -> tensor<6x64xf8E4M3FN>
