@@ -8,6 +8,7 @@ Errors (malformed IR, a failed verifier, an unknown pass) are one line,
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ from xdsl.utils.exceptions import (
 from xdsl.xdsl_opt_main import xDSLOptMain
 
 from irfuse.tools.universe import IRFUSE_UNIVERSE
-from irfuse.transforms import pipeline_error
+from irfuse.transforms import PASSES, pipeline_error
 
 
 class IrfuseOptMain(xDSLOptMain):
@@ -58,19 +59,42 @@ def _one_line(error: Exception, input_name: str) -> str:
     return f"{input_name}: {message.splitlines()[0] if message else type(error).__name__}"
 
 
+# xdsl-opt's flags that take a value (the input file is the positional argument)
+_VALUE_FLAGS = ("-p", "--passes", "-t", "--target", "-o", "--output-file", "-f", "--frontend")
+
+
+def _input_name(args: Sequence[str]) -> str:
+    after_flag = False
+    for arg in args:
+        if not after_flag and not arg.startswith("-"):
+            return arg
+        after_flag = arg in _VALUE_FLAGS
+    return "<stdin>"
+
+
+def _with_known_passes(message: str) -> str:
+    if "Unrecognized passes" not in message:
+        return message
+    return f"{message}; irfuse's passes: {', '.join(PASSES)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    input_name = next((a for a in args if a.endswith(".mlir")), "<stdin>")
+    input_name = _input_name(args)
     try:
         IrfuseOptMain(description="irfuse modular optimizer driver", args=args).run()
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ParseError, DiagnosticException, VerifyException, ValueError, KeyError) as error:
-        print(f"irfuse-opt: {_one_line(error, input_name)}", file=sys.stderr)
+        print(_with_known_passes(f"irfuse-opt: {_one_line(error, input_name)}"), file=sys.stderr)
         return 1
     except ArgSpecParseError as error:  # a malformed pipeline (xDSL: a BaseException)
         print(f"irfuse-opt: -p: {pipeline_error(error)}", file=sys.stderr)
         return 1
     except Exception as error:  # an unknown pass and friends: xDSL raises plain Exception
-        print(f"irfuse-opt: {input_name}: {error}".splitlines()[0], file=sys.stderr)
+        print(_with_known_passes(f"irfuse-opt: {input_name}: {error}".splitlines()[0]),
+              file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
