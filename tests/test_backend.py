@@ -252,17 +252,26 @@ def test_gpu_module_eps_compiled_dynamic_under_cuda_graphs_is_refused():
     ), reasons
 
 
-def test_a_static_scale_given_as_a_python_number_is_refused_with_its_reason():
+@pytest.mark.parametrize("constant", ["number", "tensor made in forward"])
+def test_a_static_scale_given_as_a_constant_is_refused_with_its_reason(constant):
+    """`/ 0.05`, or `* (1.0 / torch.tensor([0.05]))`, which the compiler folds to a
+    one-element `full`: not a scale the model keeps; refused with the reason, eager's bytes."""
+
     def norm_quant_by_number(x, w):
-        y = models.hf_rms_norm(x, w)
-        return (y.float() / 0.05).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+        y = models.hf_rms_norm(x, w).float()
+        if constant == "number":
+            return (y / 0.05).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+        inv = 1.0 / torch.tensor([0.05], device=x.device)
+        return (y * inv).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
 
     x, _, w, _ = _norm_inputs()
     report = irfuse.explain(norm_quant_by_number, x, w)
     assert "fuse-rms-norm-quant" not in report.fused, str(report)
+    number = "0.05" if constant == "number" else "20"
     reason = (
-        "the scale 0.05 is a Python number: a static scale is a one-element float32 tensor "
-        "(a module buffer, as serving stacks keep it)"
+        f"the value is scaled by the constant {number} (a Python number, or a tensor made "
+        "in forward that the compiler folded): a static scale is a one-element float32 "
+        "tensor the model keeps (a module buffer, as serving stacks keep it)"
     )
     assert reason in [r["reason"] for r in report.rejected], str(report)
     torch._dynamo.reset()

@@ -194,7 +194,7 @@ def _upper_bound(op: CallOp, prev: SSAValue) -> SSAValue | None:
     return tensor_arg(op, 2) if no_min else None
 
 
-def _full_value(value: SSAValue | None) -> tuple[float, CallOp] | None:
+def full_value(value: SSAValue | None) -> tuple[float, CallOp] | None:
     """The number and op of an `aten.full` of one element (Inductor's folding of a tensor
     constant such as vLLM's `torch.as_tensor(448.0)`)."""
     full = call(value, "aten.full.default")
@@ -209,7 +209,7 @@ def _scaling(op: CallOp, prev: SSAValue) -> _Step | str:
     if tensor_arg(op, 0) is not prev:
         return f"scale formula has {op.target.data} of a tensor other than the amax's"
     c, helper = const_arg(op, 1), None
-    if (full := _full_value(tensor_arg(op, 1))) is not None:
+    if (full := full_value(tensor_arg(op, 1))) is not None:
         c, helper = full
     if not isinstance(c, (int, float)) or isinstance(c, bool):
         return f"scale formula has {op.target.data} by a tensor whose value is not in the graph"
@@ -234,7 +234,7 @@ def _floor(op: CallOp, prev: SSAValue) -> _Step | str:
     if target != "aten.maximum.default" and (a is not prev or not _open_above(op)):
         return f"scale is clamped by tensors ({target}), not only from below"
     other = b if a is prev else a
-    if (full := _full_value(other)) is None:
+    if (full := full_value(other)) is None:
         name = other.name_hint if other is not None else "?"
         return f"lower bound %{name} of the scale is a tensor whose value is not in the graph"
     return _Step("floor", op, f"max({full[0]:g})", value=full[0], helper=full[1])

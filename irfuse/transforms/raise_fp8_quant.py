@@ -52,7 +52,7 @@ from irfuse.transforms.match import (
     scaling_of,
     tensor_arg,
 )
-from irfuse.transforms.raise_dynamic_fp8_quant import computed_from_amax
+from irfuse.transforms.raise_dynamic_fp8_quant import computed_from_amax, full_value
 
 NAME = "raise-fp8-quant"
 FP8_MAX = 448.0
@@ -87,8 +87,9 @@ def match_static_quant(op: CallOp) -> StaticQuantMatch | str | None:
     number = _scaled_by_number(clamp.x) if clamp is not None and scaling is None else None
     if number is not None:
         return (
-            f"the scale {number:g} is a Python number: a static scale is a one-element "
-            "float32 tensor (a module buffer, as serving stacks keep it)"
+            f"the value is scaled by the constant {number:g} (a Python number, or a tensor "
+            "made in forward that the compiler folded): a static scale is a one-element "
+            "float32 tensor the model keeps (a module buffer, as serving stacks keep it)"
         )
     if clamp is None or scaling is None:
         return None
@@ -149,9 +150,14 @@ class RaiseFp8QuantPattern(RewritePattern):
 
 
 def _scaled_by_number(value: SSAValue) -> float | None:
-    """`c` where `value` is `x / c` or `x * c` with a constant number `c`."""
+    """`c` where `value` is `x / c` or `x * c` with a constant number `c` (or a tensor
+    constant, which the compiler folds to a one-element `aten.full`)."""
     op = call(value, "aten.div.Tensor", "aten.div.Scalar", "aten.mul.Tensor", "aten.mul.Scalar")
-    if op is None or tensor_arg(op, 0) is None or tensor_arg(op, 1) is not None:
+    if op is None or tensor_arg(op, 0) is None:
+        return None
+    if (full := full_value(tensor_arg(op, 1))) is not None:
+        return full[0]
+    if tensor_arg(op, 1) is not None:
         return None
     c = const_arg(op, 1)
     return float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else None
