@@ -104,6 +104,29 @@ class _NormTwice(torch.nn.Module):
         return q, q2, h2
 
 
+class _GemmaNorm(torch.nn.Module):
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(0.1 * torch.randn(256))
+
+    def forward(self, x):
+        return models.gemma_rms_norm(x, self.weight, self.eps)
+
+
+class _SandwichModule(torch.nn.Module):
+    """Gemma's post-attention norm, the add, the pre-feedforward norm + static fp8, each
+    norm with its module eps (inputs under dynamic=True)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.post, self.pre = _GemmaNorm(1e-6), _GemmaNorm(1e-5)
+
+    def forward(self, x, residual, scale):
+        h = residual + self.post(x)
+        return models.static_quant(self.pre(h), scale), h
+
+
 def _wrapper(fn, *args, dynamic: bool | None = None) -> str:
     """The wrapper Inductor generates for `fn` on `args` (its call fails at the first
     kernel, which was never compiled)."""
@@ -178,6 +201,10 @@ def main() -> None:
         "dynamic=True": (_wrapper(_NormTwice().to(bf16), x, x, s, dynamic=True), []),
         "flattened per-token": (_wrapper(_norm_flattened_per_token, x.view(6, 100, 256), w), []),
         "sandwich": (_wrapper(models.gemma_sandwich_quant, x, x.flip(0), w, w.flip(0), s), []),
+        "sandwich dynamic=True": (
+            _wrapper(_SandwichModule().to(bf16), x, x.flip(0), s, dynamic=True),
+            [],
+        ),
     }
     print(json.dumps({name: {"code": code, "launches": launches}
                       for name, (code, launches) in cases.items()}))  # fmt: skip

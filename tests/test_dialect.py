@@ -65,7 +65,7 @@ def test_valid_ops_verify():
             "{eps = 1.0e-06 : f64, rounded_sum} : tensor<4x64xbf16>, tensor<4x64xbf16>, "
             "tensor<64xbf16> -> tensor<4x64xbf16>, tensor<4x64xbf16>",
             X,
-            "x_weight and x_eps go together",
+            "x_weight needs exactly one of the `x_eps` property and operand",
         ),
         (
             "  %y, %h = irfuse.fused_add_rms_norm %x, %x, %w x_weight(%w : tensor<64xbf16>) "

@@ -81,6 +81,27 @@ class TinyGemma(torch.nn.Module):
         return self.norm(x)
 
 
+def test_under_dynamic_true_the_norms_eps_are_read_at_each_call():
+    """`dynamic=True` makes each norm module's float eps a graph input: the sandwiches
+    still fuse (both eps read at launch), and a changed eps changes the results as in
+    eager without a recompile."""
+    torch.manual_seed(0)
+    model = TinyGemma().to(DEVICE, torch.float16).eval()
+    options = {"inner": "eager", "attention": "sdpa"}
+    compiled = torch.compile(model, backend="irfuse", options=options, dynamic=True)
+    embeds = torch.randn(1, 8, HIDDEN, dtype=torch.float16, device=DEVICE)
+    positions = torch.arange(8, device=DEVICE)
+    with torch.no_grad(), capture_reports() as reports:
+        for eps in (1e-6, 0.5):
+            for norm in (m for m in model.modules() if isinstance(m, GemmaRMSNorm)):
+                norm.eps = eps
+            torch.testing.assert_close(
+                compiled(embeds, positions), model(embeds, positions), atol=0.05, rtol=0.02
+            )
+    assert len(reports) == 1, reports  # one graph for both eps values
+    assert reports[0].fused["fuse-sandwich-norm"] == 3, str(reports[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gemma_sandwiches_fuse_into_one_kernel_each_and_follow_eager(dtype):
     if dtype == torch.bfloat16 and DEVICE == "cpu":

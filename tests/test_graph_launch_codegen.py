@@ -165,5 +165,17 @@ def test_a_sandwich_launches_with_both_weights(wrappers):
     assert all(re.fullmatch(r"arg\d+_1", a) for a in inputs) and len(set(inputs)) == 4, args
 
 
+def test_a_sandwich_compiled_dynamic_reads_both_module_eps_in_the_wrapper(wrappers):
+    """Under `dynamic=True` each norm module's eps is an input: the wrapper reads both
+    (`.item()`, no device sync) and passes them as the kernel's eps and x_eps."""
+    code = wrappers["sandwich dynamic=True"]["code"]
+    ((name, args),) = _calls(code)
+    assert name == "irfuse_normed_add_rounded_rms_norm_gemmaw_static_div_fp8", code
+    reads = re.findall(r"(\w+) = arg\d+_1\.item\(\)", code)
+    assert len(reads) == 2, code
+    eps, x_eps = args[KERNEL_PARAMS.index("eps")], args[KERNEL_PARAMS.index("x_eps")]
+    assert sorted([eps, x_eps]) == sorted(reads), args
+
+
 def test_the_decode_output_is_viewed_to_its_rows_without_a_call(wrappers):
     assert "flatten" not in wrappers["decode attention"]["code"]

@@ -188,20 +188,18 @@ def test_unknown_kernel_spec_is_refused():
 
 
 def test_a_sandwich_spec_round_trips_and_bad_ones_are_refused():
-    spec = KernelSpec("fused_add_rms_norm", "gemma", "per_token", rounded_sum=True, x_eps=1e-5)
+    spec = KernelSpec("fused_add_rms_norm", "gemma", "per_token", rounded_sum=True, normed_x=True)
     assert KernelSpec.decode(spec.encode()) == spec
     assert spec.name == "irfuse_normed_add_rounded_rms_norm_gemmaw_per_token_fp8"
-    assert "Fuses: rms_norm of x (eps 1e-05) + add (the sum rounded" in spec.source()
-    for bad in ("x_eps=-1.0", "x_eps=nan", "x_eps=1e-6x"):
+    assert "Fuses: rms_norm of x + add (the sum rounded" in spec.source()
+    for bad in ("normed_x/rounded_sum", "rounded_sum/normed_x/normed_x", "normed_x"):
         with pytest.raises(ValueError, match="unknown irfuse kernel spec"):
-            KernelSpec.decode(f"fused_add_rms_norm/gemma/model/none/rounded_sum/{bad}")
-    with pytest.raises(ValueError, match="unknown irfuse kernel spec"):  # needs rounded_sum
-        KernelSpec.decode("fused_add_rms_norm/gemma/model/none/x_eps=1e-06")
+            KernelSpec.decode(f"fused_add_rms_norm/gemma/model/none/{bad}")
 
 
 def test_a_sandwich_kernel_needs_its_x_weight_and_others_refuse_one():
     x, residual, w, _ = _inputs(2, 64, torch.float16)
-    sandwich = "fused_add_rms_norm/plain/model/none/rounded_sum/x_eps=1e-06"
+    sandwich = "fused_add_rms_norm/plain/model/none/rounded_sum/normed_x"
     with pytest.raises(ValueError, match=r"x_weight must have shape \[64\]"):
         kernel_norm(x, residual, w, None, 1e-6, sandwich)
     with pytest.raises(TypeError, match="x_weight dtype torch.float32 != input dtype"):

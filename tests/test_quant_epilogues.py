@@ -49,7 +49,7 @@ def _kernel(producer: str, mode: str, scheme: str) -> str:
     if producer == "rounded_add":
         return f"fused_add_rms_norm/{mode}/model/{scheme}/rounded_sum"
     if producer == "sandwich":
-        return f"fused_add_rms_norm/{mode}/model/{scheme}/rounded_sum/x_eps={X_EPS}"
+        return f"fused_add_rms_norm/{mode}/model/{scheme}/rounded_sum/normed_x"
     return f"{producer}/{mode}/model/{scheme}"
 
 
@@ -103,7 +103,7 @@ def _run(producer, mode, scheme, t, h, dtype, eps=1e-6):
     kernel_scheme = scheme.replace(" ub", "")
     q, residual_out, scales, _ = kernel_norm(
         x, residual if producer in ADDS else None, w if producer != "quant" else None, scale,
-        eps, _kernel(producer, mode, kernel_scheme), x_weight=x_weight,
+        eps, _kernel(producer, mode, kernel_scheme), x_weight=x_weight, x_eps=X_EPS,
     )  # fmt: skip
     q_ref, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
     if producer == "sandwich":  # the sum of a norm (whose reduction may add in another order)

@@ -303,9 +303,13 @@ def _verify_eps(op: RmsNormOp | FusedAddRmsNormOp) -> None:
     if (op.eps is None) == (op.eps_value is None):
         raise VerifyException("needs exactly one of the `eps` property and an `eps` operand")
     if op.eps_value is not None:
-        t = _tensor(op.eps_value, "eps")
-        if t.get_num_dims() != 0 or not isinstance(t.element_type, (Float32Type, Float64Type)):
-            raise VerifyException(f"eps operand must be a 0-d f32 or f64 tensor, got {t}")
+        _verify_eps_operand(op.eps_value, "eps")
+
+
+def _verify_eps_operand(value: SSAValue, what: str) -> None:
+    t = _tensor(value, what)
+    if t.get_num_dims() != 0 or not isinstance(t.element_type, (Float32Type, Float64Type)):
+        raise VerifyException(f"{what} operand must be a 0-d f32 or f64 tensor, got {t}")
 
 
 @irdl_op_definition
@@ -367,10 +371,10 @@ class FusedAddRmsNormOp(QuantProducer):
     instead of the fp32 `s`: exactly the graph's `add` then `rms_norm`, which is what
     fuse-add-rms-norm builds. Without it, the serving stacks' semantics (NUMERICS.md).
 
-    `x_weight` (with `rounded_sum` and the `x_eps` property): `x` is first normalised,
-    `x = rms_norm(x, x_weight, x_eps)` rounded to the model dtype with the op's weight
-    form: a sandwich norm's first half (Gemma's post-attention norm before the residual
-    add), which fuse-sandwich-norm folds in.
+    `x_weight` (with `rounded_sum`, and the `x_eps` property or the `x_eps` operand read
+    at run time): `x` is first normalised, `x = rms_norm(x, x_weight, x_eps)` rounded to
+    the model dtype with the op's weight form: a sandwich norm's first half (Gemma's
+    post-attention norm before the residual add), which fuse-sandwich-norm folds in.
     """
 
     name = "irfuse.fused_add_rms_norm"
@@ -378,6 +382,7 @@ class FusedAddRmsNormOp(QuantProducer):
     residual = operand_def(TensorType)
     weight = operand_def(TensorType)
     x_weight = opt_operand_def(TensorType)
+    x_eps_value = opt_operand_def(TensorType)
     eps_value = opt_operand_def(TensorType)
     quant_scale = opt_operand_def(TensorType)
     eps = opt_prop_def(FloatAttr)
@@ -394,6 +399,7 @@ class FusedAddRmsNormOp(QuantProducer):
     irdl_options = _SEGMENTS
     assembly_format = (
         "$x `,` $residual `,` $weight (`x_weight` `(` $x_weight^ `:` type($x_weight) `)`)?"
+        " (`x_eps` `(` $x_eps_value^ `:` type($x_eps_value) `)`)?"
         " (`eps` `(` $eps_value^ `:` type($eps_value) `)`)?"
         " (`scale` $quant_scale^)? attr-dict `:` type($x) `,`"
         " type($residual) `,` type($weight) (`,` type($quant_scale)^)? `->` type($y) `,`"
@@ -422,15 +428,20 @@ class FusedAddRmsNormOp(QuantProducer):
         )
 
     def _verify_x_norm(self, x: TensorType) -> None:
-        if (self.x_weight is None) != (self.x_eps is None):
-            raise VerifyException("x_weight and x_eps go together (x's own norm)")
+        has_eps = (self.x_eps is not None) + (self.x_eps_value is not None)
         if self.x_weight is None:
+            if has_eps:
+                raise VerifyException("x_eps without x_weight (x's own norm needs both)")
             return
+        if has_eps != 1:
+            raise VerifyException("x_weight needs exactly one of the `x_eps` property and operand")
         if self.rounded_sum is None:
             raise VerifyException("x_weight needs rounded_sum (the graph's add of x's norm)")
         _verify_norm(x, _tensor(self.x_weight, "x_weight"), self.gemma is not None)
-        if self.x_eps.value.data < 0:
+        if self.x_eps is not None and self.x_eps.value.data < 0:
             raise VerifyException(f"x_eps must be non-negative, got {self.x_eps.value.data}")
+        if self.x_eps_value is not None:
+            _verify_eps_operand(self.x_eps_value, "x_eps")
 
 
 CAUSAL_KINDS = ("none", "top_left", "bottom_right")

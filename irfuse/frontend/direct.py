@@ -217,7 +217,7 @@ def _irfuse_norm(fused_add: bool) -> Callable[[fx.Node], DirectImport | str]:
             list(tensors),
             results,
             lambda ops: FusedAddRmsNormOp.build(
-                operands=[*ops, [], [], []],
+                operands=[*ops, [], [], [], []],
                 result_types=[*_types(node), [], []],
                 properties=props,
             ),

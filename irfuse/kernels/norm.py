@@ -17,7 +17,7 @@ def {name}(
     x_ptr, residual_ptr, weight_ptr, x_weight_ptr, scale_ptr, out_ptr, residual_out_ptr,
     scale_out_ptr, value_ptr, n_cols, x_row_stride, residual_row_stride, out_row_stride,
     residual_out_row_stride, scale_out_row_stride, scale_out_col_stride, value_row_stride, eps,
-    BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
+    x_eps, BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
 """
 
@@ -100,19 +100,19 @@ def weighted(mode: str) -> str:
     return WEIGHT[mode].format(rstd="rstd", w="w", out="norm_dtype")
 
 
-# The addend's own norm, before the residual add (its eps a constant of the kernel).
+# The addend's own norm, before the residual add (its weight and eps: x_weight_ptr, x_eps).
 NORM_X = """
-    # rms_norm of x first ({mode} weight, eps {eps!r}), rounded to the model dtype as the
-    # graph's norm leaves it for the residual add (a sandwich's first norm)
+    # rms_norm of x first ({mode} weight), rounded to the model dtype as the graph's norm
+    # leaves it for the residual add (a sandwich's first norm)
     x_w = tl.load(x_weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    x_rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + {eps!r})
+    x_rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + tl.cast(x_eps, tl.float32))
 """
 
 
-def norm_of_x(mode: str, eps: float) -> str:
+def norm_of_x(mode: str) -> str:
     """NORM_X then its weight step."""
     step = WEIGHT[mode].format(rstd="x_rstd", w="x_w", out="model_dtype")
-    return NORM_X.format(mode=mode, eps=eps) + step
+    return NORM_X.format(mode=mode) + step
 
 
 # fp32 -> dtype -> fp32 with round-to-nearest-even. The interpreter truncates on the

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 
 from irfuse.kernels import norm
@@ -30,8 +29,8 @@ class KernelSpec:
     two_pass: bool = False  # per-token over wide rows (a launch-time choice, not encoded)
     rounded_sum: bool = False  # fused_add_rms_norm: the norm reads the sum in the model dtype
     # fused_add_rms_norm with rounded_sum: x is first normalised with its own weight (of
-    # weight_mode) and this eps (a sandwich's first norm), None: it is not
-    x_eps: float | None = None
+    # weight_mode) and eps (x_weight_ptr, x_eps: a sandwich's first norm)
+    normed_x: bool = False
 
     @property
     def name(self) -> str:
@@ -45,7 +44,7 @@ class KernelSpec:
         keep = "_keep" if self.keep_value else ""
         two_pass = "_two_pass" if self.two_pass else ""
         producer = "add_rounded_rms_norm" if self.rounded_sum else self.producer
-        producer = producer if self.x_eps is None else f"normed_{producer}"
+        producer = f"normed_{producer}" if self.normed_x else producer
         return f"irfuse_{producer}{mode}{out}{suffix}{keep}{two_pass}"
 
     @property
@@ -74,16 +73,17 @@ class KernelSpec:
     def encode(self) -> str:
         """The string a runtime call carries (see `decode`)."""
         flags = "/keep_value" * self.keep_value + "/rounded_sum" * self.rounded_sum
-        flags += f"/x_eps={self.x_eps!r}" if self.x_eps is not None else ""
+        flags += "/normed_x" * self.normed_x
         return f"{self.producer}/{self.weight_mode}/{self.norm_out}/{self.quant}{flags}"
 
     @staticmethod
     def decode(text: str) -> KernelSpec:
         parts = text.split("/")
-        x_eps = _x_eps(parts[-1]) if len(parts) > 4 else None
-        flags = parts[4 : len(parts) - (x_eps is not None)]
+        flags = parts[4:]
         keep_value, rounded_sum = "keep_value" in flags, "rounded_sum" in flags
-        if len(parts) >= 4 and flags == ["keep_value"] * keep_value + ["rounded_sum"] * rounded_sum:
+        normed_x = "normed_x" in flags
+        expected = ["keep_value"] * keep_value + ["rounded_sum"] * rounded_sum
+        if len(parts) >= 4 and flags == expected + ["normed_x"] * normed_x:
             producer, weight_mode, norm_out, quant = parts[:4]
             try:
                 parse_scheme(quant)
@@ -98,7 +98,7 @@ class KernelSpec:
                 and weight_mode in ((*norm.WEIGHT,) if producer != "quant" else ("none",))
                 and not (keep_value and (producer == "quant" or quant == "none"))
                 and not (rounded_sum and producer != "fused_add_rms_norm")
-                and not (x_eps is not None and not rounded_sum)
+                and not (normed_x and not rounded_sum)
             ):
                 return KernelSpec(
                     producer,
@@ -107,7 +107,7 @@ class KernelSpec:
                     norm_out,
                     keep_value,
                     rounded_sum=rounded_sum,
-                    x_eps=x_eps,
+                    normed_x=normed_x,
                 )
         raise ValueError(f"unknown irfuse kernel spec {text!r}")
 
@@ -119,8 +119,8 @@ class KernelSpec:
         }[self.producer]
         if self.rounded_sum:
             parts[0] = "add (the sum rounded to the model dtype)"
-        if self.x_eps is not None:
-            parts.insert(0, f"rms_norm of x (eps {self.x_eps!r})")
+        if self.normed_x:
+            parts.insert(0, "rms_norm of x")
         if self.weight_mode in ("fp32", "gemma"):
             parts[-1] += f" ({self.weight_mode} weight)"
         if self.quant == "nvfp4":
@@ -138,18 +138,6 @@ class KernelSpec:
 
 
 # per_tensor runs as two kernels, `amax` (internal) then `per_tensor` (runtime.py).
-def _x_eps(flag: str) -> float | None:
-    """The eps of an `x_eps=<eps>` flag (None if `flag` is another)."""
-    name, _, value = flag.partition("=")
-    if name != "x_eps":
-        return None
-    try:
-        eps = float(value)
-    except ValueError:
-        return None
-    return eps if math.isfinite(eps) and eps >= 0 else None
-
-
 LOWERED_SCHEMES = ("none", "static", "per_token", "per_tensor", "per_group", "nvfp4", "amax")
 
 
@@ -223,8 +211,8 @@ def _row_body(spec: KernelSpec) -> str:
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload
-    if spec.x_eps is not None:
-        body += norm.norm_of_x(spec.weight_mode, spec.x_eps)
+    if spec.normed_x:
+        body += norm.norm_of_x(spec.weight_mode)
     if spec.producer == "fused_add_rms_norm":
         body += norm.ADD_RESIDUAL
         body += norm.ROUND_SUM if spec.rounded_sum else ""

@@ -217,7 +217,7 @@ def _check(
         )
     if spec.producer != "quant":
         _check_weight(what, "weight", spec, weight, x)
-    if spec.x_eps is not None:
+    if spec.normed_x:
         _check_weight(what, "x_weight", spec, x_weight, x)
     elif x_weight is not None:
         raise ValueError(f"{what}: takes no x_weight (its x is not normalised first)")
@@ -235,6 +235,14 @@ def _check(
         raise RuntimeError(
             f"{what}: irfuse kernels run on CUDA tensors (CPU tensors need TRITON_INTERPRET=1)"
         )
+
+
+def _host_value(name: str, value: torch.Tensor) -> float:
+    """A float `torch.compile(dynamic=True)` made a graph input: a one-element CPU tensor
+    (read without a device sync)."""
+    if value.numel() != 1 or not value.is_floating_point():
+        raise ValueError(f"kernel_norm: {name} must be one float, got {value.shape}")
+    return value.item()
 
 
 def _check_weight(
@@ -263,19 +271,19 @@ def kernel_norm(
     kernel: str,
     eps_input: torch.Tensor | None = None,
     x_weight: torch.Tensor | None = None,
+    x_eps: float = 0.0,
+    x_eps_input: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the generated (add +) (rms_norm +) quant kernel `kernel`. `scale` is the static
     scale, the per-token upper bound or the nvfp4 global scale. `eps_input`, a one-element
     tensor, replaces `eps`: a float `torch.compile(dynamic=True)` made a graph input (a
-    0-d CPU tensor, read without a device sync). `x_weight`: the weight of x's own norm
-    before the add (a kernel with `x_eps`). Returns (out, residual_out, scales, value);
-    the last three are empty when the kernel has none."""
+    0-d CPU tensor, read without a device sync). `x_weight`, `x_eps` (or `x_eps_input`):
+    the weight and eps of x's own norm before the add (a `normed_x` kernel). Returns (out,
+    residual_out, scales, value); the last three are empty when the kernel has none."""
     spec = decode(kernel)
     _check(spec, x, residual, weight, scale, x_weight)
-    if eps_input is not None:
-        if eps_input.numel() != 1 or not eps_input.is_floating_point():
-            raise ValueError(f"kernel_norm: eps must be one float, got {eps_input.shape}")
-        eps = eps_input.item()
+    eps = _host_value("eps", eps_input) if eps_input is not None else eps
+    x_eps = _host_value("x_eps", x_eps_input) if x_eps_input is not None else x_eps
     out, residual_out, scales, value = allocate_outputs(spec, x, residual is not None)
     if x.numel() == 0:  # the reference's scale of an empty tensor: the lower bound
         if spec.quant == "per_tensor":
@@ -283,11 +291,13 @@ def kernel_norm(
         return out, residual_out, scales, value
     outputs = (out, residual_out, scales, value)
     if spec.quant == "per_tensor":
-        launches = per_tensor_launches(spec, x, residual, weight, outputs, eps, x_weight)
+        x_norm = (x_weight, x_eps)
+        launches = per_tensor_launches(spec, x, residual, weight, outputs, eps, *x_norm)
         for launched, launch in launches:
             run_launch(launched, launch)
     else:
-        run_launch(*single_launch(spec, x, residual, weight, scale, outputs, eps, x_weight))
+        launched = single_launch(spec, x, residual, weight, scale, outputs, eps, x_weight, x_eps)
+        run_launch(*launched)
     return outputs
 
 
@@ -299,13 +309,14 @@ def per_tensor_launches(
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     eps: float,
     x_weight: torch.Tensor | None = None,
+    x_eps: float = 0.0,
 ) -> list[tuple[KernelSpec, NormLaunch]]:
     """A per-tensor quant's two kernels (the grid-wide amax, then the quant) and their
     launches into `outputs` (allocate_outputs'); one kernel for a single row. Phase 1's
     results for phase 2 (per_tensor_stats) are allocated here."""
     if x.numel() == x.shape[-1]:  # one launch instead of a memset and two
         one_row = _one_row_per_tensor(spec)
-        return [single_launch(one_row, x, residual, weight, None, outputs, eps, x_weight)]
+        return [single_launch(one_row, x, residual, weight, None, outputs, eps, x_weight, x_eps)]
     out, residual_out, scales, value = outputs
     x2, residual2, weight, residual_out2, out2 = _row_views(x, residual, weight, out, residual_out)
     n_cols = x2.shape[1]
@@ -319,7 +330,7 @@ def per_tensor_launches(
             else x2.new_empty(x2.shape, dtype=_value_dtype(spec, x))
         )
     first = norm_launch(phase1, x2, residual2, weight, None, out2, residual_out2, stats, normed,
-                        eps, x_weight=_contiguous(x_weight))  # fmt: skip
+                        eps, x_weight=_contiguous(x_weight), x_eps=x_eps)  # fmt: skip
     if phase2.producer == "quant":
         read = x2 if normed is None else normed
         second = norm_launch(phase2, read, None, None, stats, out2, None, scales, None, eps)
@@ -361,6 +372,7 @@ def single_launch(
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     eps: float,
     x_weight: torch.Tensor | None = None,
+    x_eps: float = 0.0,
 ) -> tuple[KernelSpec, NormLaunch]:
     """The kernel that computes `spec` (any but a per-tensor quant) in one launch into
     `outputs` (allocate_outputs'), and that launch."""
@@ -375,7 +387,7 @@ def single_launch(
         spec = _two_pass(spec)
     launch = norm_launch(
         spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps,
-        x_weight=_contiguous(x_weight),
+        x_weight=_contiguous(x_weight), x_eps=x_eps,
     )  # fmt: skip
     return spec, launch
 
@@ -431,7 +443,8 @@ KERNEL_PARAMS = (
     "x_ptr", "residual_ptr", "weight_ptr", "x_weight_ptr", "scale_ptr", "out_ptr",
     "residual_out_ptr", "scale_out_ptr", "value_ptr", "n_cols", "x_row_stride",
     "residual_row_stride", "out_row_stride", "residual_out_row_stride", "scale_out_row_stride",
-    "scale_out_col_stride", "value_row_stride", "eps", "BLOCK", "HAS_SCALE", "INTERPRET",
+    "scale_out_col_stride", "value_row_stride", "eps", "x_eps", "BLOCK", "HAS_SCALE",
+    "INTERPRET",
 )  # fmt: skip
 
 
@@ -448,6 +461,7 @@ def norm_launch(
     eps: float,
     config: tuple[int, int] | None = None,
     x_weight: torch.Tensor | None = None,
+    x_eps: float = 0.0,
 ) -> NormLaunch:
     """One launch of `spec`'s kernel over the rows of `x2` (and their tiles); absent
     tensors are passed as `x2` (their pointers are never read: the kernel source has no
@@ -468,11 +482,13 @@ def norm_launch(
         0 if residual2 is None else residual2.stride(0), out2.stride(0),
         0 if residual_out2 is None else residual_out2.stride(0),
         scales2.stride(0) if two_d else 1, scales2.stride(1) if two_d else 0,
-        0 if value2 is None else value2.stride(0), eps, block, scale is not None, INTERPRET,
+        0 if value2 is None else value2.stride(0), eps, x_eps, block, scale is not None,
+        INTERPRET,
     )  # fmt: skip
     return NormLaunch((n_rows, cdiv(n_cols, block)), num_warps, args)
 
 
 @torch.library.register_fake("irfuse::kernel_norm")
-def _(x, residual, weight, scale, eps, kernel, eps_input=None, x_weight=None):
+def _(x, residual, weight, scale, eps, kernel, eps_input=None, x_weight=None, x_eps=0.0,
+      x_eps_input=None):  # fmt: skip
     return allocate_outputs(decode(kernel), x, residual is not None)

@@ -398,6 +398,9 @@ def _lower_norm(
     eps, eps_value = 0.0, None  # a constant, or a 0-d tensor the kernel reads at run time
     if not isinstance(op, QuantOp):
         eps, eps_value = (op.eps.value.data if op.eps else 0.0), op.eps_value
+    x_eps, x_eps_value = 0.0, None  # x's own norm's, alike
+    if isinstance(op, FusedAddRmsNormOp):
+        x_eps, x_eps_value = (op.x_eps.value.data if op.x_eps else 0.0), op.x_eps_value
     x_weight = op.x_weight if isinstance(op, FusedAddRmsNormOp) else None
     inputs = (node_of(op.x), node_of(residual), node_of(weight), node_of(x_weight),
               node_of(op.quant_scale))  # fmt: skip
@@ -408,11 +411,13 @@ def _lower_norm(
     x = inputs[0].meta["val"]  # type: ignore[union-attr]
     problem = _LAUNCH_MODE_PROBLEMS.get(graph_launch)
     if problem is None:
-        problem = graph_launch_problem(spec, x, eps_value is not None, graph_launch == "all")
+        runtime_eps = eps_value is not None or x_eps_value is not None
+        problem = graph_launch_problem(spec, x, runtime_eps, graph_launch == "all")
     lowered = None
     if problem is None:
         eps_arg = node_of(eps_value) if eps_value is not None else float(eps)
-        lowered = lower_norm_in_graph(graph, anchor, spec, inputs, eps_arg, indices)  # type: ignore[arg-type]
+        x_eps_arg = node_of(x_eps_value) if x_eps_value is not None else float(x_eps)
+        lowered = lower_norm_in_graph(graph, anchor, spec, inputs, eps_arg, indices, x_eps_arg)  # type: ignore[arg-type]
         if isinstance(lowered, str):
             problem, lowered = lowered, None
     if lowered is not None:
@@ -420,7 +425,7 @@ def _lower_norm(
     else:
         x_node, residual_node, weight_node, x_weight_node, scale_node = inputs
         args = (x_node, residual_node, weight_node, scale_node, float(eps), spec.encode(),
-                node_of(eps_value), x_weight_node)  # fmt: skip
+                node_of(eps_value), x_weight_node, float(x_eps), node_of(x_eps_value))  # fmt: skip
         results = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)[1:]
         launch = f"torch.ops.irfuse.kernel_norm ({problem})"
     if op.scale_out is not None and spec.quant == "per_tensor":

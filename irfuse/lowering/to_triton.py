@@ -51,7 +51,7 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
         producer = "rms_norm" if isinstance(op, RmsNormOp) else "fused_add_rms_norm"
         norm_out = "fp32" if op.unrounded else "model"
         rounded_sum = isinstance(op, FusedAddRmsNormOp) and op.rounded_sum is not None
-        x_eps = op.x_eps.value.data if isinstance(op, FusedAddRmsNormOp) and op.x_eps else None
+        normed_x = isinstance(op, FusedAddRmsNormOp) and op.x_weight is not None
         return KernelSpec(
             producer,
             mode,
@@ -59,6 +59,6 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
             norm_out,
             op.value is not None,
             rounded_sum=rounded_sum,
-            x_eps=x_eps,
+            normed_x=normed_x,
         )
     raise NoKernel(f"no kernel for {op.name} yet")

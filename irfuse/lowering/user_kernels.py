@@ -118,19 +118,20 @@ class _Sample:
         return self.launch.args[KERNEL_PARAMS.index(name)]
 
 
-def _sample(spec: KernelSpec, inputs: tuple, eps: float) -> _Sample:
+def _sample(spec: KernelSpec, inputs: tuple) -> _Sample:
+    """The launch on `inputs` (no launch choice depends on the eps values: 0 here)."""
     x, residual, weight, x_weight, scale = inputs
     outputs = allocate_outputs(spec, x, residual is not None)
-    launched, launch = single_launch(spec, x, residual, weight, scale, outputs, eps, x_weight)
+    launched, launch = single_launch(spec, x, residual, weight, scale, outputs, 0.0, x_weight)
     return _Sample(launch.grid[0], launched, launch, inputs, outputs)
 
 
-def _samples(spec: KernelSpec, fakes: tuple, eps: float) -> list[_Sample] | str:
+def _samples(spec: KernelSpec, fakes: tuple) -> list[_Sample] | str:
     """The launch at the graph's row count, or at SAMPLE_ROWS for a symbolic one (on
     stand-ins of x and the residual with their row stride)."""
     x = fakes[0]
     if all(isinstance(size, int) for size in x.shape):
-        return [_sample(spec, fakes, eps)]
+        return [_sample(spec, fakes)]
     if not all(_rows_in_place(t) for t in fakes[:2] if t is not None):
         return COPIED
     samples = []
@@ -139,7 +140,7 @@ def _samples(spec: KernelSpec, fakes: tuple, eps: float) -> list[_Sample] | str:
             t.new_empty_strided((rows, t.shape[-1]), (t.stride(-2), 1)) if t is not None else None
             for t in fakes[:2]
         )
-        samples.append(_sample(spec, (*stand_ins, *fakes[2:]), eps))
+        samples.append(_sample(spec, (*stand_ins, *fakes[2:])))
     return samples
 
 
@@ -233,25 +234,35 @@ def lower_norm_in_graph(
     inputs: NormInputs,
     eps: float | fx.Node,
     indices: list[int],
+    x_eps: float | fx.Node = 0.0,
 ) -> tuple[list[fx.Node], list[fx.Node], str] | str:
     """Insert after `anchor` the launch of `spec` (which graph_launch_problem accepts) on
-    `inputs` (x, residual, weight, x_weight, scale: INPUT_PARAMS') with `eps`, a constant
-    or an input the graph reads at each run (read_host_scalar). Returns (the inserted
+    `inputs` (x, residual, weight, x_weight, scale: INPUT_PARAMS') with `eps` and `x_eps`
+    (x's own norm's), each a constant or an input the graph reads at each run
+    (read_host_scalar). Returns (the inserted
     nodes in order, the nodes of kernel_norm's outputs `indices`, how it launches: for a
     symbolic token count whose launch changes with it, the graph is guarded on the range
     of counts that launch as its example does), or why the launch stays with kernel_norm: the kernel
     would read an input through a copy (kernel_norm makes it at run time), or its launch
     depends on a symbolic token count in a way no range captures."""
-    if not isinstance(eps, fx.Node):
-        return _lower_launches(graph, anchor, spec, inputs, eps, eps, indices)
-    read = read_host_scalar(graph, anchor, eps)  # first: no launch choice depends on it
-    if read is None:
-        return "its eps is read at run time"
-    lowered = _lower_launches(graph, read, spec, inputs, 0.0, read, indices)
+    scalars: dict[str, float | fx.Node] = {"eps": eps, "x_eps": x_eps}
+    reads: list[fx.Node] = []
+    for name, value in scalars.items():  # first: no launch choice depends on them
+        if isinstance(value, fx.Node):
+            read = read_host_scalar(graph, reads[-1] if reads else anchor, value)
+            if read is None:
+                for node in reversed(reads):
+                    graph.erase_node(node)
+                return f"its {name} is read at run time"
+            scalars[name] = read
+            reads.append(read)
+    lowered = _lower_launches(graph, reads[-1] if reads else anchor, spec, inputs, scalars,
+                              indices)  # fmt: skip
     if isinstance(lowered, str):
-        graph.erase_node(read)
+        for node in reversed(reads):
+            graph.erase_node(node)
         return lowered
-    return [read, *lowered[0]], *lowered[1:]
+    return [*reads, *lowered[0]], *lowered[1:]
 
 
 def _lower_launches(
@@ -259,15 +270,14 @@ def _lower_launches(
     anchor: fx.Node,
     spec: KernelSpec,
     inputs: NormInputs,
-    eps: float,
-    eps_arg: float | fx.Node,
+    scalars: dict[str, float | fx.Node],
     indices: list[int],
 ) -> tuple[list[fx.Node], list[fx.Node], str] | str:
-    """lower_norm_in_graph, the launches computed with `eps` and given `eps_arg`."""
+    """lower_norm_in_graph, the launches given the eps values `scalars` (by parameter)."""
     fakes = tuple(n.meta["val"] if n is not None else None for n in inputs)
     if spec.quant == "per_tensor":
-        return _lower_per_tensor(graph, anchor, spec, inputs, fakes, eps, eps_arg, indices)
-    samples = _samples(spec, fakes, eps)
+        return _lower_per_tensor(graph, anchor, spec, inputs, fakes, scalars, indices)
+    samples = _samples(spec, fakes)
     if isinstance(samples, str):
         return samples
     x = fakes[0]
@@ -312,7 +322,7 @@ def _lower_launches(
             make = torch.ops.aten.empty_strided.default
             tensor_args[name] = insert(make, (sizes, strides), kwargs, fake)
     args = dict(zip(KERNEL_PARAMS, sample.launch.args, strict=True))
-    args |= {**tensor_args, "eps": eps_arg}
+    args |= {**tensor_args, **scalars}
     call = insert_kernel_call(insert, compiled_kernel(sample.spec), (rows, sample.launch.grid[1]),
                               sample.launch.num_warps, NUM_STAGES, args, written)  # fmt: skip
     results = call.meta["val"]
@@ -340,8 +350,7 @@ def _lower_per_tensor(
     spec: KernelSpec,
     inputs: tuple,
     fakes: tuple,
-    eps: float,
-    eps_arg: float | fx.Node,
+    scalars: dict[str, float | fx.Node],
     indices: list[int],
 ) -> tuple[list[fx.Node], list[fx.Node], str] | str:
     """lower_norm_in_graph for a per-tensor quant at static shapes: its two launches
@@ -350,9 +359,9 @@ def _lower_per_tensor(
     x, residual, weight, x_weight = fakes[:4]
     outputs = allocate_outputs(spec, x, residual is not None)
     launches = []
-    for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, eps, x_weight):
+    for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, 0.0, x_weight):
         atomic = launched.quant == "amax" and launch.grid[0] > AMAX_ROW_SLOTS
-        args = dict(zip(KERNEL_PARAMS, launch.args, strict=True)) | {"eps": eps_arg}
+        args = dict(zip(KERNEL_PARAMS, launch.args, strict=True)) | scalars
         launches.append(
             KernelLaunch.of(
                 compiled_kernel(launched),

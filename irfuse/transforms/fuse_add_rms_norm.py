@@ -57,7 +57,7 @@ class FuseAddRmsNormPattern(RewritePattern):
         props.pop("resultSegmentSizes", None)
         props["rounded_sum"] = UnitAttr()  # the graph's add rounds the sum
         new = FusedAddRmsNormOp.build(
-            operands=[a, b, op.weight, [], eps, []],
+            operands=[a, b, op.weight, [], [], eps, []],
             result_types=[op.y.type, add.results[0].type, [], []],
             properties=props,
         )

@@ -4,10 +4,11 @@ a "sandwich").
 
 Matches `p = irfuse.rms_norm(x, w1)` feeding `irfuse.fused_add_rms_norm(p, r, w2)` (or
 `(r, p)`) with `rounded_sum`, as fuse-add-rms-norm builds it from the graph's add.
-Guards: the first norm has no quant, no kept value, rounds to the model dtype and has a
-constant eps; it multiplies its weight in the second norm's form (plain, fp32 or Gemma);
-`p` has no other reader; the fused op has no first norm yet. Replacement: one
-`irfuse.fused_add_rms_norm(x, r, w2) x_weight(w1) {x_eps}`, whose kernel normalises x,
+Guards: the first norm has no quant, no kept value and rounds to the model dtype; it
+multiplies its weight in the second norm's form (plain, fp32 or Gemma); `p` has no other
+reader; the fused op has no first norm yet. Replacement: one
+`irfuse.fused_add_rms_norm(x, r, w2) x_weight(w1) {x_eps}` (or `x_eps(%e)`, an eps read at
+run time, as the first norm had it), whose kernel normalises x,
 adds the residual and normalises the sum in one pass over the row, exactly as the
 three ops round (the sum is the same either way round: an fp32 add is commutative).
 """
@@ -44,8 +45,6 @@ def _refusal(norm: RmsNormOp, fused: FusedAddRmsNormOp) -> str | None:
         return "the first norm is quantized"
     if norm.unrounded is not None:
         return "the first norm's result stays fp32 (the add would not be the model dtype's)"
-    if norm.eps is None:
-        return "the first norm's eps is read at run time"
     if _weight_form(norm) != _weight_form(fused):
         return (
             f"the norms multiply their weights in different forms ({_weight_form(norm)}, "
@@ -83,13 +82,19 @@ class FuseSandwichNormPattern(RewritePattern):
 
 def _with_x_norm(op: FusedAddRmsNormOp, norm: RmsNormOp, residual: SSAValue) -> FusedAddRmsNormOp:
     """A copy of `op` over `norm`'s input and `residual` that normalises that input first."""
-    replaced = {"x": norm.x, "residual": residual, "x_weight": norm.weight}
+    replaced = {
+        "x": norm.x,
+        "residual": residual,
+        "x_weight": norm.weight,
+        "x_eps_value": norm.eps_value,
+    }
     operands = []
     for name, _ in FusedAddRmsNormOp.get_irdl_definition().operands:
         value = replaced.get(name, getattr(op, name))
         operands.append([] if value is None else value)
     props = {k: v for k, v in op.properties.items() if not k.endswith("SegmentSizes")}
-    props["x_eps"] = norm.eps
+    if norm.eps is not None:
+        props["x_eps"] = norm.eps
     result_types = [[] if r is None else r.type for r in (op.y, op.residual_out)]
     result_types += [[] if r is None else [r.type] for r in (op.scale_out, op.value)]
     return FusedAddRmsNormOp.build(operands=operands, result_types=result_types, properties=props)

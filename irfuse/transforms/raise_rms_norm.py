@@ -40,7 +40,7 @@ computed from another reduction through pointwise ops (a sandwich norm: Inductor
 computes both in one kernel). A norm with no quant makes the same one pass over memory
 in Inductor's kernel, which also takes in the ops around it; except a sandwich's first
 norm, whose result only a residual add reads, the sum's norm quantized as above (same
-weight form, constant eps): both are raised, and fuse-sandwich-norm makes one kernel of
+weight form): both are raised, and fuse-sandwich-norm makes one kernel of
 the two norms, the add and the quant.
 
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
@@ -399,7 +399,7 @@ def _raise_fp32_sum(
         report.rejected(NAME, root, reason)
         return
     new = FusedAddRmsNormOp.build(
-        operands=[summed.a, summed.b, weighted.weight, [], _eps_operand(norm), []],
+        operands=[summed.a, summed.b, weighted.weight, [], [], _eps_operand(norm), []],
         result_types=[root.results[0].type, summed.a.type, [], []],
         properties=_properties(norm.eps, weighted, root.results[0], dt),
     )
@@ -472,7 +472,7 @@ def _opens_a_sandwich(norm: _Norm, weighted: _Weighted, y: SSAValue) -> bool:
     irfuse fuses into one kernel (fuse-sandwich-norm): `y` is read only by a residual
     add `h = y + r` of one type, and `h`'s norm would be raised but for `y`'s reduction
     (one quant reads it; `r` comes from no other reduction), with the same weight form, both
-    rounding to the model dtype, and a constant eps here. Inductor also makes one kernel of
+    rounding to the model dtype. Inductor also makes one kernel of
     the two, which the quant epilogue's kernel beats."""
     dt = element_type(norm.x)
     readers = users(y)
@@ -481,7 +481,6 @@ def _opens_a_sandwich(norm: _Norm, weighted: _Weighted, y: SSAValue) -> bool:
         isinstance(add, CallOp)
         and add.target.data == "aten.add.Tensor"
         and const_arg(add, 2, "alpha") in (None, 1)
-        and isinstance(norm.eps, float)
         and element_type(y) == dt
     ):
         return False
