@@ -13,10 +13,16 @@ import torch.nn.functional as F
 
 from irfuse.pipeline import capture_reports
 from irfuse.transforms.raise_rms_norm import NO_QUANT
-from tests.test_model_generate import QuantLinear, _rotate_half
+from tests.test_model_generate import (
+    HEAD_DIM,
+    HEADS,
+    HIDDEN,
+    KV_HEADS,
+    add_projections,
+    rotate_half,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
-HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN = 128, 4, 2, 32, 128
 
 
 class GemmaRMSNorm(torch.nn.Module):
@@ -41,12 +47,7 @@ class Layer(torch.nn.Module):
         self.pre_feedforward_layernorm = GemmaRMSNorm(HIDDEN)
         self.post_feedforward_layernorm = GemmaRMSNorm(HIDDEN)
         self.q_norm, self.k_norm = GemmaRMSNorm(HEAD_DIM), GemmaRMSNorm(HEAD_DIM)
-        self.q_proj = QuantLinear(HIDDEN, HEADS * HEAD_DIM, bias=False)
-        self.k_proj = QuantLinear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
-        self.v_proj = QuantLinear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
-        self.o_proj = QuantLinear(HEADS * HEAD_DIM, HIDDEN, bias=False)
-        self.up_proj = QuantLinear(HIDDEN, 2 * FFN, bias=False)
-        self.down_proj = QuantLinear(FFN, HIDDEN, bias=False)
+        add_projections(self)
 
     def forward(self, x, cos, sin):
         b, s, _ = x.shape
@@ -54,7 +55,7 @@ class Layer(torch.nn.Module):
         q = self.q_norm(self.q_proj(h).view(b, s, HEADS, HEAD_DIM)).transpose(1, 2)
         k = self.k_norm(self.k_proj(h).view(b, s, KV_HEADS, HEAD_DIM)).transpose(1, 2)
         v = self.v_proj(h).view(b, s, KV_HEADS, HEAD_DIM).transpose(1, 2)
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         attn = self.o_proj(attn.transpose(1, 2).reshape(b, s, -1))
         x = residual + self.post_attention_layernorm(attn)

@@ -31,7 +31,17 @@ class QuantLinear(torch.nn.Linear):
         return y.view(*x.shape[:-1], -1)
 
 
-def _rotate_half(x):
+def add_projections(layer: torch.nn.Module) -> None:
+    """A decoder layer's q / k / v / o and gated-MLP projections, each a QuantLinear."""
+    layer.q_proj = QuantLinear(HIDDEN, HEADS * HEAD_DIM, bias=False)
+    layer.k_proj = QuantLinear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+    layer.v_proj = QuantLinear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+    layer.o_proj = QuantLinear(HEADS * HEAD_DIM, HIDDEN, bias=False)
+    layer.up_proj = QuantLinear(HIDDEN, 2 * FFN, bias=False)
+    layer.down_proj = QuantLinear(FFN, HIDDEN, bias=False)
+
+
+def rotate_half(x):
     a, b = x.chunk(2, -1)
     return torch.cat((-b, a), -1)
 
@@ -40,12 +50,7 @@ class Layer(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.input_norm, self.post_norm = RMSNorm(HIDDEN), RMSNorm(HIDDEN)
-        self.q_proj = QuantLinear(HIDDEN, HEADS * HEAD_DIM, bias=False)
-        self.k_proj = QuantLinear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
-        self.v_proj = QuantLinear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
-        self.o_proj = QuantLinear(HEADS * HEAD_DIM, HIDDEN, bias=False)
-        self.up_proj = QuantLinear(HIDDEN, 2 * FFN, bias=False)
-        self.down_proj = QuantLinear(FFN, HIDDEN, bias=False)
+        add_projections(self)
 
     def forward(self, x, cos, sin, cache):
         b, s, _ = x.shape
@@ -53,7 +58,7 @@ class Layer(torch.nn.Module):
         q = self.q_proj(h).view(b, s, HEADS, HEAD_DIM).transpose(1, 2)
         k = self.k_proj(h).view(b, s, KV_HEADS, HEAD_DIM).transpose(1, 2)
         v = self.v_proj(h).view(b, s, KV_HEADS, HEAD_DIM).transpose(1, 2)
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
         attn = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None, enable_gqa=True)

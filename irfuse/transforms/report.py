@@ -48,11 +48,30 @@ class FusionReport:
         lines += [f"  fused    {name}: {count}" for name, count in sorted(self.fused.items())]
         if not self.fused:
             lines.append("  fused    nothing")
-        lines += [f"  rejected {r['pass']} at {r['at']}: {r['reason']}" for r in self.rejected]
+        lines += self._rejections()
         lines += [f"  note     {note}" for note in self.notes]
         lines += [f"  launch   {launch}" for launch in self.launches]
         return "\n".join(lines)
 
+    def _rejections(self) -> list[str]:
+        """A line per refusal; one refusal at several places (a model's layers) as one
+        line and its places below it (the first SHOWN_PLACES)."""
+        places: dict[tuple[str, str], list[str]] = {}
+        for item in self.rejected:
+            places.setdefault((item["pass"], item["reason"]), []).append(item["at"])
+        lines = []
+        for (pass_name, reason), where in places.items():
+            if len(where) == 1:
+                lines.append(f"  rejected {pass_name} at {where[0]}: {reason}")
+                continue
+            lines.append(f"  rejected {pass_name} at {len(where)} places: {reason}")
+            lines += [f"             at {place}" for place in where[:SHOWN_PLACES]]
+            if len(where) > SHOWN_PLACES:
+                lines.append(f"             and {len(where) - SHOWN_PLACES} more")
+        return lines
+
+
+SHOWN_PLACES = 4
 
 _CURRENT: contextvars.ContextVar[FusionReport | None] = contextvars.ContextVar(
     "irfuse_report", default=None
