@@ -444,6 +444,12 @@ class FusedAddRmsNormOp(QuantProducer):
             _verify_eps_operand(self.x_eps_value, "x_eps")
 
 
+def weight_form(op: RmsNormOp | FusedAddRmsNormOp) -> str:
+    """How a norm multiplies its weight: plain (`n.to(dt) * w`), fp32 (`(n * w).to(dt)`)
+    or gemma (`(n * (1 + w)).to(dt)`)."""
+    return "gemma" if op.gemma else "fp32" if op.fp32_weight_mul else "plain"
+
+
 CAUSAL_KINDS = ("none", "top_left", "bottom_right")
 ATTENTION_LAYOUTS = ("bhsd", "bs_hd")
 

@@ -11,6 +11,7 @@ from irfuse.dialects.irfuse import (
     QuantAttr,
     QuantOp,
     RmsNormOp,
+    weight_form,
 )
 from irfuse.kernels.attention import EPILOGUES as ATTENTION_EPILOGUES
 from irfuse.kernels.attention import HEAD_DIM_RULE, takes_head_dim
@@ -47,7 +48,7 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
     if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)):
         quant_attr = op.output_quant()
         scheme = "none" if quant_attr is None else scheme_text(quant_attr)
-        mode = "gemma" if op.gemma else "fp32" if op.fp32_weight_mul else "plain"
+        mode = weight_form(op)
         producer = "rms_norm" if isinstance(op, RmsNormOp) else "fused_add_rms_norm"
         norm_out = "fp32" if op.unrounded else "model"
         rounded_sum = isinstance(op, FusedAddRmsNormOp) and op.rounded_sum is not None

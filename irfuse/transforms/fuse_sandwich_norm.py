@@ -6,10 +6,10 @@ Matches `p = irfuse.rms_norm(x, w1)` feeding `irfuse.fused_add_rms_norm(p, r, w2
 `(r, p)`) with `rounded_sum`, as fuse-add-rms-norm builds it from the graph's add.
 Guards: the first norm has no quant, no kept value and rounds to the model dtype; it
 multiplies its weight in the second norm's form (plain, fp32 or Gemma); `p` has no other
-reader; the fused op has no first norm yet. Replacement: one
-`irfuse.fused_add_rms_norm(x, r, w2) x_weight(w1) {x_eps}` (or `x_eps(%e)`, an eps read at
-run time, as the first norm had it), whose kernel normalises x,
-adds the residual and normalises the sum in one pass over the row, exactly as the
+reader; the fused op has no first norm yet (where both addends are norms, the first that
+passes). Replacement: one `irfuse.fused_add_rms_norm(x, r, w2) x_weight(w1) {x_eps}` (or
+`x_eps(%e)`, an eps read at run time, as the first norm had it), whose kernel normalises
+x, adds the residual and normalises the sum in one pass over the row, exactly as the
 three ops round (the sum is the same either way round: an fp32 add is commutative).
 """
 
@@ -29,14 +29,10 @@ from xdsl.pattern_rewriter import (
 )
 from xdsl.rewriter import InsertPoint
 
-from irfuse.dialects.irfuse import FusedAddRmsNormOp, RmsNormOp
+from irfuse.dialects.irfuse import FusedAddRmsNormOp, RmsNormOp, weight_form
 from irfuse.transforms import report
 
 NAME = "fuse-sandwich-norm"
-
-
-def _weight_form(op: RmsNormOp | FusedAddRmsNormOp) -> str:
-    return "gemma" if op.gemma else "fp32" if op.fp32_weight_mul else "plain"
 
 
 def _refusal(norm: RmsNormOp, fused: FusedAddRmsNormOp) -> str | None:
@@ -45,10 +41,10 @@ def _refusal(norm: RmsNormOp, fused: FusedAddRmsNormOp) -> str | None:
         return "the first norm is quantized"
     if norm.unrounded is not None:
         return "the first norm's result stays fp32 (the add would not be the model dtype's)"
-    if _weight_form(norm) != _weight_form(fused):
+    if weight_form(norm) != weight_form(fused):
         return (
-            f"the norms multiply their weights in different forms ({_weight_form(norm)}, "
-            f"{_weight_form(fused)})"
+            f"the norms multiply their weights in different forms ({weight_form(norm)}, "
+            f"{weight_form(fused)})"
         )
     if not norm.y.has_one_use():
         return f"the first norm's result %{norm.y.name_hint} is also read elsewhere"
@@ -62,13 +58,12 @@ class FuseSandwichNormPattern(RewritePattern):
             return
         addends = [op.x, op.residual]
         norms = [v.owner for v in addends if isinstance(v.owner, RmsNormOp)]
-        if not norms:
+        refusals = [_refusal(norm, op) for norm in norms]
+        if None not in refusals:
+            for norm, reason in zip(norms, refusals, strict=True):
+                report.rejected(NAME, norm, reason)  # type: ignore[arg-type]
             return
-        norm = norms[0]
-        reason = _refusal(norm, op)
-        if reason:
-            report.rejected(NAME, norm, reason)
-            return
+        norm = norms[refusals.index(None)]
         other = op.residual if norm.y is op.x else op.x
         new = _with_x_norm(op, norm, other)
         rewriter.insert(new, InsertPoint.before(op))
