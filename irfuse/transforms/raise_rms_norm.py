@@ -40,8 +40,8 @@ computed from another reduction through pointwise ops (a sandwich norm: Inductor
 computes both in one kernel). A norm with no quant makes the same one pass over memory
 in Inductor's kernel, which also takes in the ops around it; except a sandwich's first
 norm, whose result only a residual add reads, the sum's norm quantized as above (same
-weight form): both are raised, and fuse-sandwich-norm makes one kernel of
-the two norms, the add and the quant.
+weight form): both are raised, and fuse-sandwich-norm makes one kernel of the two norms,
+the add and the quant.
 
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
@@ -469,11 +469,11 @@ def _left_to_inductor(
 
 def _opens_a_sandwich(norm: _Norm, weighted: _Weighted, y: SSAValue) -> bool:
     """Whether the norm into `y`, which no quant reads, is the first half of a sandwich
-    irfuse fuses into one kernel (fuse-sandwich-norm): `y` is read only by a residual
-    add `h = y + r` of one type, and `h`'s norm would be raised but for `y`'s reduction
-    (one quant reads it; `r` comes from no other reduction), with the same weight form, both
-    rounding to the model dtype. Inductor also makes one kernel of
-    the two, which the quant epilogue's kernel beats."""
+    irfuse fuses into one kernel (fuse-sandwich-norm): `y` is read only by a residual add
+    `h = y + r` of one type, and `h`'s norm would be raised but for `y`'s reduction (one
+    quant reads it; `r` comes from no other reduction), with the same weight form, both
+    rounding to the model dtype. Inductor also makes one kernel of the two, which the
+    quant epilogue's kernel beats."""
     dt = element_type(norm.x)
     readers = users(y)
     add = readers[0] if len(readers) == 1 else None
