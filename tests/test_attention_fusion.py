@@ -149,7 +149,9 @@ def test_attention_read_elsewhere_is_not_fused():
         return (o.float() / scale).clamp(-448, 448).to(FP8), o.sum()
 
     report = irfuse.explain(fn, *_inputs(), torch.ones(1, device=DEVICE), attention="irfuse")
-    assert any("also read elsewhere" in r["reason"] for r in report.rejected), str(report)
+    assert any("also read outside the attention" in r["reason"] for r in report.rejected), str(
+        report
+    )
 
 
 def test_bad_attention_option():
@@ -260,6 +262,20 @@ def test_decode_per_token_quant_fuses_and_matches_eager(d):
     q_ref, s_ref = decode_per_token(q, k, v)
     assert q8.shape == q_ref.shape and s8.shape == s_ref.shape
     torch.testing.assert_close(s8, s_ref, atol=1e-3, rtol=1.6e-2)
+    assert_quant_close("per_token", q8.float() * s8, q_ref.float() * s_ref)
+
+
+def test_a_float32_decode_per_token_quant_fuses():
+    """In fp32 `o.float()` is no cast: the amax and the division both read the view of
+    the output, which is still read only by the quant."""
+    q, k, v = (t.float() for t in _decode_inputs(d=32))
+    report = irfuse.explain(decode_per_token, q, k, v, attention="irfuse")
+    assert report.kernels == ["irfuse_attention_per_token_fp8"], str(report)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    q8, s8 = torch.compile(decode_per_token, backend="irfuse", options=options)(q, k, v)
+    q_ref, s_ref = decode_per_token(q, k, v)
+    torch.testing.assert_close(s8, s_ref, atol=1e-5, rtol=1e-5)
     assert_quant_close("per_token", q8.float() * s8, q_ref.float() * s_ref)
 
 

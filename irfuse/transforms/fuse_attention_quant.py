@@ -235,9 +235,12 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
         return f"no attention kernel ends with a {scheme} quant (have {EPILOGUES[1:]})"
     if attention.lse is not None or attention.output_quant() is not None:
         return "the attention already has an lse output or an epilogue"
+    # each value on the way is read only by the next op or the quant (in fp32 the amax and
+    # the division of a dynamic quant both read the view, with no cast between)
+    own = {*chain, *found.dead_ops, found.out.owner}
     for value in [attention.out, *(o.results[0] for o in chain)]:
-        if not value.has_one_use():
-            return f"%{value.name_hint} is also read elsewhere"
+        if any(user not in own for user in users(value)):
+            return f"%{value.name_hint} is also read outside the attention and its quant"
     dims = (attention.q.type.get_shape()[-1], attention.v.type.get_shape()[-1])
     if not all(takes_head_dim(d) for d in dims):
         return f"head dims {dims} are not {HEAD_DIM_RULE}"
