@@ -471,9 +471,9 @@ def _opens_a_sandwich(norm: _Norm, weighted: _Weighted, y: SSAValue) -> bool:
     """Whether the norm into `y`, which no quant reads, is the first half of a sandwich
     irfuse fuses into one kernel (fuse-sandwich-norm): `y` is read only by a residual add
     `h = y + r` of one type, and `h`'s norm would be raised but for `y`'s reduction (one
-    quant reads it; `r` comes from no other reduction), with the same weight form, both
-    rounding to the model dtype. Inductor also makes one kernel of the two, which the
-    quant epilogue's kernel beats."""
+    quant reads it; `r` comes from no other reduction), with the same weight form, the
+    first rounding to the model dtype. Inductor also makes one kernel of the two, which
+    the quant epilogue's kernel beats."""
     dt = element_type(norm.x)
     readers = users(y)
     add = readers[0] if len(readers) == 1 else None
@@ -493,10 +493,10 @@ def _opens_a_sandwich(norm: _Norm, weighted: _Weighted, y: SSAValue) -> bool:
     if second is None or _computed_from_a_reduction(residual):  # type: ignore[arg-type]
         return False
     second_norm, second_weighted = second
-    y2 = second_weighted.ops[-1].results[0]
+    y2 = second_weighted.ops[-1].results[0]  # (fp32 where Inductor on CUDA folded the
+    # round trip through dt before the quant's fp32 cast: `_guard` allows that form)
     return (
         second_weighted.form == weighted.form
-        and element_type(y2) == dt
         and _guard(second_norm, second_weighted, dt, y2) is None
         and _left_to_inductor(h, y2, standalone=False, reductions_before=False) is None
     )
@@ -585,7 +585,11 @@ def _computed_from_a_reduction(value: SSAValue, depth: int = 0) -> bool:
 
 
 def _reads_value(source: SSAValue, y: SSAValue) -> bool:
-    """`source` is `y`, or `y` through an fp32 cast and a view (a linear's flatten)."""
+    """`source` is `y`, or `y` through an fp32 cast and a view (a linear's flatten); or
+    `y` is a no-op fp32 cast of `source` (an unrounded norm's result: the quant matchers
+    see through such a cast to the value before it)."""
+    if cast_of(y) == (source, F32):
+        return True
     for _ in range(3):
         if source is y:
             return True

@@ -52,3 +52,18 @@ func.func @runtime_eps(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: tensor
 // CHECK-LABEL: func.func @runtime_eps
 // CHECK-NEXT:    %y, %h = irfuse.fused_add_rms_norm %x, %r, %w2 x_weight(%w1 : tensor<64xbf16>) x_eps(%eps : tensor<f64>) {eps = 1.000000e-06 : f64, rounded_sum} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>, tensor<?x64xbf16>
 // CHECK-NEXT:    func.return %y
+
+// -----
+
+// The second norm unrounded (Inductor on CUDA folds its round trip through bf16 before
+// the quant's fp32 cast): the fused op keeps `unrounded`, x's norm still rounds to bf16.
+func.func @unrounded_second_norm(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: tensor<64xbf16>, %w2: tensor<64xbf16>, %s: tensor<1xf32>) -> (tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>) {
+  %p = irfuse.rms_norm %x, %w1 {eps = 1.0e-06 : f64, gemma} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xbf16>
+  %h = aten.call "aten.add.Tensor"(%r, %p) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x64xbf16>, tensor<?x64xbf16>) -> tensor<?x64xbf16>
+  %y = irfuse.rms_norm %h, %w2 {eps = 1.0e-06 : f64, gemma, unrounded} : tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xf32>
+  %q = irfuse.quant %y scale %s {quant = #irfuse.quant<static div>} : tensor<?x64xf32>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>
+  func.return %q, %h : tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
+}
+// CHECK-LABEL: func.func @unrounded_second_norm
+// CHECK-NEXT:    %q, %h = irfuse.fused_add_rms_norm %x, %r, %w2 x_weight(%w1 : tensor<64xbf16>) scale %s {eps = 1.000000e-06 : f64, gemma, unrounded, rounded_sum, x_eps = 1.000000e-06 : f64, quant = #irfuse.quant<static div>} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
+// CHECK-NEXT:    func.return %q, %h
