@@ -174,6 +174,21 @@ def test_an_input_the_kernel_reads_through_a_copy_keeps_kernel_norm():
     assert why == "it reads an input through a copy"
 
 
+@pytest.mark.parametrize("copied", ["x", "weight", "x_weight"])
+def test_a_per_tensor_quant_reading_an_input_through_a_copy_keeps_kernel_norm(copied):
+    """The two launches of a per-tensor quant read copies of a transposed x or a strided
+    weight (kernel_norm makes them at run time): the graph cannot launch them itself."""
+    kernel = "fused_add_rms_norm/plain/model/per_tensor/rounded_sum/normed_x"
+    x, residual, w, _, x_w = _inputs(kernel, (64, 64), "rwx")
+    strided = torch.stack([w, w], dim=1).reshape(-1)[::2]  # w again, at stride 2
+    inputs = {
+        "x": (x.t(), residual, w, None, x_w),
+        "weight": (x, residual, strided, None, x_w),
+        "x_weight": (x, residual, w, None, strided),
+    }[copied]
+    assert _graph_launch(kernel, inputs, [0, 1, 2]) == "it reads an input through a copy"
+
+
 # (kernel, x shape, inputs present, outputs read): launches the same at every token count
 SYMBOLIC_CASES = [
     ("fused_add_rms_norm/plain/model/static/rounded_sum", (2, 3, 64), "rws", [0, 1]),

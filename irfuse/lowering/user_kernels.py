@@ -357,6 +357,12 @@ def _lower_per_tensor(
     (runtime.per_tensor_launches), phase 1's results for phase 2 in a buffer of the graph,
     zero-filled where phase 1 takes an atomic max into it."""
     x, residual, weight, x_weight = fakes[:4]
+    # per_tensor_launches reads copies of inputs that are not rows in place (or of weights
+    # that are not contiguous): the graph would take them for buffers and never fill them
+    if not all(_rows_in_place(t) for t in (x, residual) if t is not None) or any(
+        t is not None and not t.is_contiguous() for t in (weight, x_weight)
+    ):
+        return COPIED
     outputs = allocate_outputs(spec, x, residual is not None)
     launches = []
     for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, 0.0, x_weight):
