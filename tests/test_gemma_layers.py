@@ -93,9 +93,10 @@ def test_under_dynamic_true_the_norms_eps_are_read_at_each_call():
     embeds = torch.randn(1, 8, HIDDEN, dtype=torch.float16, device=DEVICE)
     positions = torch.arange(8, device=DEVICE)
     with torch.no_grad(), capture_reports() as reports:
-        for eps in (1e-6, 0.5):
-            for norm in (m for m in model.modules() if isinstance(m, GemmaRMSNorm)):
-                norm.eps = eps
+        for post_eps, other_eps in ((1e-6, 1e-6), (0.5, 0.05)):  # then a sandwich's differ
+            for name, norm in model.named_modules():
+                if isinstance(norm, GemmaRMSNorm):
+                    norm.eps = post_eps if "post_" in name else other_eps
             torch.testing.assert_close(
                 compiled(embeds, positions), model(embeds, positions), atol=0.05, rtol=0.02
             )
