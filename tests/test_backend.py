@@ -413,9 +413,10 @@ def test_a_gemma_sandwich_fuses_into_one_kernel(quant):
 
 
 def test_a_sandwich_whose_first_norm_is_read_elsewhere_is_left_to_inductor():
-    """The post-attention norm's result also returned (or its weight applied in another
-    form than the second norm's): no one irfuse kernel takes both norms, Inductor's does,
-    so neither norm is raised; eager's results."""
+    """The post-attention norm's result also returned, its weight applied in another form
+    than the second norm's, or no place for the add and the second norm to be one op: no
+    one irfuse kernel takes both norms, Inductor's does, so neither norm is raised; eager's
+    results."""
 
     def sandwich_returning_first_norm(attn_out, residual, w_post, w_pre, s):
         y1 = models.gemma_rms_norm(attn_out, w_post)
@@ -426,8 +427,19 @@ def test_a_sandwich_whose_first_norm_is_read_elsewhere_is_left_to_inductor():
         h = residual + models.hf_rms_norm(attn_out, w_post)
         return models.static_quant(models.gemma_rms_norm(h, w_pre), s), h
 
+    def sum_read_before_the_second_weight(attn_out, residual, w_post, w_pre, s):
+        # (a weight computed in 16 bits, `1 + w`, after a matmul reads the sum: the add
+        # and the second norm have no place to be one op)
+        h = residual + models.hf_rms_norm(attn_out, 1 + w_post)
+        z = h @ torch.ones(h.shape[-1], 4, dtype=h.dtype, device=h.device)
+        return models.static_quant(models.hf_rms_norm(h, 1 + w_pre), s), h, z
+
     x, r, w, s = _norm_inputs()
-    for fn in (sandwich_returning_first_norm, sandwich_of_two_forms):
+    for fn in (
+        sandwich_returning_first_norm,
+        sandwich_of_two_forms,
+        sum_read_before_the_second_weight,
+    ):
         report = irfuse.explain(fn, x, r, w, w * 2, s)
         assert not report.fused, str(report)
         reasons = {r["reason"] for r in report.rejected if r["pass"] == "raise-rms-norm"}

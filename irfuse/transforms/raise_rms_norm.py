@@ -40,8 +40,8 @@ computed from another reduction through pointwise ops (a sandwich norm: Inductor
 computes both in one kernel). A norm with no quant makes the same one pass over memory
 in Inductor's kernel, which also takes in the ops around it; except a sandwich's first
 norm, whose result only a residual add reads, the sum's norm quantized as above (same
-weight form): both are raised, and fuse-sandwich-norm makes one kernel of the two norms,
-the add and the quant.
+weight form, and a place for the add and that norm to be one op): both are raised, and
+fuse-sandwich-norm makes one kernel of the two norms, the add and the quant.
 
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
@@ -83,6 +83,7 @@ from irfuse.transforms.match import (
     int_list_arg,
     is_host_scalar,
     mul_operands,
+    position,
     rank,
     shape,
     tensor_arg,
@@ -499,7 +500,21 @@ def _opens_a_sandwich(norm: _Norm, weighted: _Weighted, y: SSAValue) -> bool:
         second_weighted.form == weighted.form
         and _guard(second_norm, second_weighted, dt, y2) is None
         and _left_to_inductor(h, y2, standalone=False, reductions_before=False) is None
+        and _add_folds(add, second_norm, second_weighted)
     )
+
+
+def _add_folds(add: CallOp, norm: _Norm, weighted: _Weighted) -> bool:
+    """Whether fuse-add-rms-norm will find a place for `add` + the norm of its sum: at the
+    add (the norm's weight and eps defined before it) or at the norm's last op (every
+    other reader of the sum after it)."""
+    at_add = position(add)
+    operands = [weighted.weight, *_eps_operand(norm)]
+    if all(not isinstance(v.owner, Operation) or position(v.owner) < at_add for v in operands):
+        return True
+    own = {*norm.chain, *weighted.ops}
+    at_norm = position(weighted.ops[-1])
+    return all(position(user) > at_norm for user in users(add.results[0]) if user not in own)
 
 
 def _norm_of(h: SSAValue) -> tuple[_Norm, _Weighted] | None:
