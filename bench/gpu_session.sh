@@ -27,11 +27,14 @@ step() {  # step NAME LIMIT_S COMMAND...: run it, log it, say how it ended
 PYTEST=(python3 -m pytest --import-mode=importlib -q -p no:cacheprovider)
 case "${1:-}" in
 tests)
-    step graph-launch 300 "${PYTEST[@]}" tests/test_attention_graph_launch.py \
+    step graph-launch 240 "${PYTEST[@]}" tests/test_attention_graph_launch.py \
         tests/test_user_kernels.py tests/test_backend.py -k "gpu or inductor_path"
-    step new-forms 200 "${PYTEST[@]}" tests/test_flattened_quant.py \
+    step new-forms 150 "${PYTEST[@]}" tests/test_flattened_quant.py \
         tests/test_model_generate.py tests/test_raise_dynamic_quant.py \
-        tests/test_gemma_layers.py tests/test_quant_epilogues.py
+        tests/test_gemma_layers.py
+    # the sandwich and static-div epilogues at model sizes (the rest of the file: suite)
+    step new-epilogues 180 "${PYTEST[@]}" tests/test_quant_epilogues.py tests/test_kernels.py \
+        tests/test_attention_kernel.py -k "sandwich or div"
     ;;
 bench)
     step host-time 300 python3 bench/host_time.py
