@@ -37,13 +37,13 @@ tests)
         tests/test_attention_kernel.py -k "sandwich or div"
     ;;
 bench)
-    step host-time 300 python3 bench/host_time.py
-    step add-norm-alone 120 python3 bench/quant_schemes.py --schemes none \
+    step host-time 200 python3 bench/host_time.py
+    step add-norm-alone 90 python3 bench/quant_schemes.py --schemes none \
         --tokens 1 4096 16384
-    step norm-alone 120 python3 bench/quant_schemes.py --schemes none --no-residual \
+    step norm-alone 90 python3 bench/quant_schemes.py --schemes none --no-residual \
         --tokens 1 4096 16384
-    step sandwich 240 python3 bench/quant_schemes.py --sandwich \
-        --schemes per_token static "per_group 128" --hidden 3840 5376 --tokens 1 256 4096 16384
+    step sandwich 200 python3 bench/quant_schemes.py --sandwich \
+        --schemes per_token static --hidden 3840 5376 --tokens 16 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 suite)
