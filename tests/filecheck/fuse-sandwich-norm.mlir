@@ -1,4 +1,5 @@
 // RUN: irfuse-opt %s --split-input-file -p fuse-add-rms-norm,fuse-sandwich-norm,fuse-rms-norm-quant | filecheck %s
+// RUN: irfuse-opt %s --split-input-file -p fuse-add-rms-norm,fuse-sandwich-norm,fuse-rms-norm-quant -t triton | filecheck %s --check-prefix=TRITON
 
 // Gemma's post-attention norm, the residual add, the pre-feedforward norm and its quant:
 // one op, whose kernel normalises x first (x_weight, x_eps), whichever addend it was.
@@ -12,6 +13,14 @@ func.func @gemma_sandwich(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: ten
 // CHECK-LABEL: func.func @gemma_sandwich
 // CHECK-NEXT:    %q, %h, %qs = irfuse.fused_add_rms_norm %x, %r, %w2 x_weight(%w1 : tensor<64xbf16>) {eps = 1.000000e-06 : f64, gemma, rounded_sum, x_eps = 1.000000e-05 : f64, quant = #irfuse.quant<per_token>} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>, tensor<?x1xf32>
 // CHECK-NEXT:    func.return %q, %h
+
+// The generated kernel names what it fuses and normalises x with its own weight and eps.
+// TRITON:      Fuses: rms_norm of x + add (the sum rounded to the model dtype) + rms_norm (gemma weight) + per_token fp8 quant.
+// TRITON:      def irfuse_normed_add_rounded_rms_norm_gemmaw_per_token_fp8(
+// TRITON:        x_w = tl.load(x_weight_ptr + cols
+// TRITON-NEXT:   x_rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + tl.cast(x_eps, tl.float32))
+// TRITON-NEXT:   v = round_to(v * x_rstd * (1.0 + x_w), model_dtype, INTERPRET)
+// TRITON:        # residual add
 
 // -----
 
@@ -67,3 +76,6 @@ func.func @unrounded_second_norm(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %
 // CHECK-LABEL: func.func @unrounded_second_norm
 // CHECK-NEXT:    %q, %h = irfuse.fused_add_rms_norm %x, %r, %w2 x_weight(%w1 : tensor<64xbf16>) scale %s {eps = 1.000000e-06 : f64, gemma, unrounded, rounded_sum, x_eps = 1.000000e-06 : f64, quant = #irfuse.quant<static div>} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>
 // CHECK-NEXT:    func.return %q, %h
+// TRITON:      def irfuse_normed_add_rounded_rms_norm_gemmaw_f32out_static_div_fp8(
+// TRITON:        # epilogue: static per-tensor fp8, q = fp8(clamp(v / scale, -448, 448))
+// TRITON-NEXT:   tl.store(out_ptr + row * out_row_stride + cols, to_fp8(div_by(v, scale, inv_scale), INTERPRET), mask=mask)
