@@ -1,8 +1,12 @@
-"""The fusion report as a user reads it: where each refusal is, and one refusal at many
-places (a model's layers) as one entry."""
+"""The fusion report as a user reads it: where each refusal is (node, module, source
+line), and one refusal at many places (a model's layers) as one entry."""
 
 from __future__ import annotations
 
+import torch
+import torch.fx as fx
+
+from irfuse.frontend.fx_import import module_path, place
 from irfuse.transforms.report import SHOWN_PLACES, FusionReport
 
 
@@ -13,15 +17,34 @@ def _refused(report: FusionReport, at: str, reason: str) -> None:
 def test_one_refusal_at_several_places_is_one_entry_with_its_places():
     report = FusionReport()
     places = [f"%rsqrt_{i} in layers.{i}.q_norm (model.py:33)" for i in range(SHOWN_PLACES + 2)]
-    for place in places:
-        _refused(report, place, "no fp8 quant reads its value")
+    for where in places:
+        _refused(report, where, "no fp8 quant reads its value")
     _refused(report, "%rsqrt_9 in norm (model.py:33)", "another reason")
     lines = str(report).splitlines()
     header = f"  rejected raise-rms-norm at {len(places)} places: no fp8 quant reads its value"
     at = lines.index(header)
     assert lines[at + 1 : at + 1 + SHOWN_PLACES] == [
-        f"             at {place}" for place in places[:SHOWN_PLACES]
+        f"             at {where}" for where in places[:SHOWN_PLACES]
     ]
     assert lines[at + 1 + SHOWN_PLACES] == "             and 2 more"
     assert "  rejected raise-rms-norm at %rsqrt_9 in norm (model.py:33): another reason" in lines
     assert len(report.to_json()["rejected"]) == len(places) + 1  # every place kept
+
+
+def test_a_place_names_the_node_its_module_and_its_source_line():
+    graph = fx.Graph()
+    node = graph.placeholder("mul_3")
+    node.meta["nn_module_stack"] = {
+        "a": ("L['self']._modules['layers']._modules['0']", torch.nn.Module),
+        "b": ("L['self'].layers[0].input_layernorm", torch.nn.Module),
+    }
+    node.meta["stack_trace"] = (
+        '  File "/src/modeling.py", line 58, in forward\n    h = self.input_layernorm(x)\n'
+        '  File "/src/modeling.py", line 33, in forward\n    v = v * torch.rsqrt(...)\n'
+    )
+    assert place(node) == "%mul_3 in layers.0.input_layernorm (modeling.py:33)"
+    bare = graph.placeholder("add")
+    assert place(bare) == "%add"
+    assert module_path("L['self']._modules['layers']._modules['1']._modules['mlp']") == (
+        "layers.1.mlp"
+    )

@@ -138,8 +138,17 @@ def import_graph(graph: fx.Graph) -> ImportedGraph:
     return imported
 
 
-_MODULE_ROOT = re.compile(r"^L\['self'\]\.?|^L\['[^']*'\]\.?")
+_MODULE_ROOT = re.compile(r"^L\['[^']*'\]\.?")
+_SUBMODULE = re.compile(r"\._modules\['([^']*)'\]|\[(\d+)\]|\['([^']*)'\]")
 _SOURCE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def module_path(source: str) -> str:
+    """`L['self'].layers[0].mlp` or `L['self']._modules['layers']._modules['0']` (dynamo's
+    module sources) as `layers.0.mlp`."""
+    path = _MODULE_ROOT.sub(".", source)
+    path = _SUBMODULE.sub(lambda m: "." + next(g for g in m.groups() if g is not None), path)
+    return path.lstrip(".")
 
 
 def place(node: fx.Node) -> str:
@@ -148,7 +157,7 @@ def place(node: fx.Node) -> str:
     where = []
     stack = node.meta.get("nn_module_stack") or {}
     if stack:
-        path = _MODULE_ROOT.sub("", str(list(stack.values())[-1][0]))
+        path = module_path(str(list(stack.values())[-1][0]))
         where.append(f"in {path or 'the model'}")
     lines = _SOURCE_LINE.findall(node.meta.get("stack_trace") or "")
     if lines:
