@@ -39,11 +39,15 @@ WHOLE_ROW = "    col_start = 0  # the whole row\n"
 # GPU (one program per row leaves most SMs idle below ~100 rows).
 ROW_TILE = "    col_start = tl.program_id(1) * BLOCK  # one tile of the row\n"
 
+# The residual's row, loaded before x's own norm (a sandwich's) so that its load is in
+# flight during that reduction.
+LOAD_RESIDUAL = """    residual_row = residual_ptr + row * residual_row_stride
+    residual = tl.load(residual_row + cols, mask=mask, other=0.0).to(tl.float32)
+"""
+
 ADD_RESIDUAL = """
     # residual add: the sum in fp32; residual_out in the model dtype
-    v += tl.load(residual_ptr + row * residual_row_stride + cols, mask=mask, other=0.0).to(
-        tl.float32
-    )
+    v += residual
     tl.store(
         residual_out_ptr + row * residual_out_row_stride + cols,
         round_to(v, model_dtype, INTERPRET).to(model_dtype),

@@ -211,6 +211,8 @@ def _row_body(spec: KernelSpec) -> str:
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload
+    if spec.producer == "fused_add_rms_norm":  # loaded before x's own norm, if any
+        body += norm.LOAD_RESIDUAL
     if spec.normed_x:
         body += norm.norm_of_x(spec.weight_mode)
     if spec.producer == "fused_add_rms_norm":

@@ -14,9 +14,11 @@ func.func @gemma_sandwich(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: ten
 // CHECK-NEXT:    %q, %h, %qs = irfuse.fused_add_rms_norm %x, %r, %w2 x_weight(%w1 : tensor<64xbf16>) {eps = 1.000000e-06 : f64, gemma, rounded_sum, x_eps = 1.000000e-05 : f64, quant = #irfuse.quant<per_token>} : tensor<?x64xbf16>, tensor<?x64xbf16>, tensor<64xbf16> -> tensor<?x64xf8E4M3FN>, tensor<?x64xbf16>, tensor<?x1xf32>
 // CHECK-NEXT:    func.return %q, %h
 
-// The generated kernel names what it fuses and normalises x with its own weight and eps.
+// The generated kernel names what it fuses, loads the residual before x's own norm and
+// normalises x with its own weight and eps.
 // TRITON:      Fuses: rms_norm of x + add (the sum rounded to the model dtype) + rms_norm (gemma weight) + per_token fp8 quant.
 // TRITON:      def irfuse_normed_add_rounded_rms_norm_gemmaw_per_token_fp8(
+// TRITON:        residual = tl.load(residual_row + cols
 // TRITON:        x_w = tl.load(x_weight_ptr + cols
 // TRITON-NEXT:   x_rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + tl.cast(x_eps, tl.float32))
 // TRITON-NEXT:   v = round_to(v * x_rstd * (1.0 + x_w), model_dtype, INTERPRET)

@@ -20,7 +20,7 @@ func.func @direct(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w: tensor<64xbf
 // CHECK:      # %q = irfuse.fused_add_rms_norm -> kernel irfuse_add_rounded_rms_norm_amax then irfuse_rms_norm_per_tensor_fp8
 // CHECK:      Fuses: add (the sum rounded to the model dtype) + rms_norm + amax (phase 1 of a per_tensor fp8 quant).
 // CHECK:      # residual add
-// CHECK-NEXT: v += tl.load(residual_ptr
+// CHECK-NEXT: v += residual
 // CHECK:      v = round_to(v, model_dtype, INTERPRET)  # the norm reads the rounded sum
 // CHECK:      tl.store(scale_out_ptr + 512 + row, rstd)  # for phase 2
 // CHECK:      Fuses: rms_norm (with phase 1's rstd) + per_tensor fp8 quant (phase 2).
