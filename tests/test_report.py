@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from irfuse.frontend.fx_import import module_path, place
-from irfuse.transforms.report import SHOWN_PLACES, FusionReport
+from irfuse.transforms.report import SHOWN_PLACES, FusionReport, module_path, place
 
 
 def _refused(report: FusionReport, at: str, reason: str) -> None:

@@ -10,8 +10,6 @@ same nodes.
 from __future__ import annotations
 
 import operator
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -129,41 +127,13 @@ def import_graph(graph: fx.Graph) -> ImportedGraph:
         if node in imported.values:  # consumed by a direct import (e.g. wait_tensor)
             continue
         op = _import_direct(imported, builder, node) or _import_generic(imported, builder, node)
-        report.set_place(op, place(node))
+        report.set_source(op, node)
         if len(op.results) == 1 and not isinstance(node.meta.get("val"), (tuple, list)):
             imported.values[node] = op.results[0]
             op.results[0].name_hint = _hint(node.name)
         else:
             tuple_ops[node] = op
     return imported
-
-
-_MODULE_ROOT = re.compile(r"^L\['[^']*'\]\.?")
-_SUBMODULE = re.compile(r"\._modules\['([^']*)'\]|\[(\d+)\]|\['([^']*)'\]")
-_SOURCE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
-
-
-def module_path(source: str) -> str:
-    """`L['self'].layers[0].mlp` or `L['self']._modules['layers']._modules['0']` (dynamo's
-    module sources) as `layers.0.mlp`."""
-    path = _MODULE_ROOT.sub(".", source)
-    path = _SUBMODULE.sub(lambda m: "." + next(g for g in m.groups() if g is not None), path)
-    return path.lstrip(".")
-
-
-def place(node: fx.Node) -> str:
-    """`%name in <module path> (<file>:<line>)`: where a report points a user, from the
-    node's module stack and stack trace (each where known)."""
-    where = []
-    stack = node.meta.get("nn_module_stack") or {}
-    if stack:
-        path = module_path(str(list(stack.values())[-1][0]))
-        where.append(f"in {path or 'the model'}")
-    lines = _SOURCE_LINE.findall(node.meta.get("stack_trace") or "")
-    if lines:
-        file, line = lines[-1]
-        where.append(f"({os.path.basename(file)}:{line})")
-    return " ".join([f"%{node.name}", *where])
 
 
 def _single_type(node: fx.Node) -> Attribute:

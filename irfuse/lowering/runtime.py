@@ -291,13 +291,12 @@ def kernel_norm(
         return out, residual_out, scales, value
     outputs = (out, residual_out, scales, value)
     if spec.quant == "per_tensor":
-        x_norm = (x_weight, x_eps)
-        launches = per_tensor_launches(spec, x, residual, weight, outputs, eps, *x_norm)
-        for launched, launch in launches:
+        for launched, launch in per_tensor_launches(
+            spec, x, residual, weight, outputs, eps, x_weight, x_eps
+        ):
             run_launch(launched, launch)
     else:
-        launched = single_launch(spec, x, residual, weight, scale, outputs, eps, x_weight, x_eps)
-        run_launch(*launched)
+        run_launch(*single_launch(spec, x, residual, weight, scale, outputs, eps, x_weight, x_eps))
     return outputs
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,16 @@ def _samples(spec: KernelSpec, fakes: tuple) -> list[_Sample] | str:
     return samples
 
 
+def _reads_a_copy(arg: Callable[[str], Any], inputs: tuple) -> bool:
+    """Whether a launch, whose argument by parameter name is `arg(name)`, reads one of
+    `inputs` (in INPUT_PARAMS' order) through a copy: one the runtime op makes at run
+    time, which the graph cannot."""
+    return any(
+        fake is not None and (not same_start(arg(name), fake) or arg(name).dtype != fake.dtype)
+        for name, fake in zip(INPUT_PARAMS, inputs, strict=True)
+    )
+
+
 def _rows_in_place(t: torch.Tensor) -> bool:
     """Whether `t`'s rows (its last dim, over all the others) lie at one static stride
     (its view as [rows, n] needs no copy), without guarding on its symbolic sizes."""
@@ -242,23 +253,25 @@ def lower_norm_in_graph(
     (read_host_scalar). Returns (the inserted
     nodes in order, the nodes of kernel_norm's outputs `indices`, how it launches: for a
     symbolic token count whose launch changes with it, the graph is guarded on the range
-    of counts that launch as its example does), or why the launch stays with kernel_norm: the kernel
-    would read an input through a copy (kernel_norm makes it at run time), or its launch
-    depends on a symbolic token count in a way no range captures."""
+    of counts that launch as its example does), or why the launch stays with
+    kernel_norm: the kernel would read an input through a copy (kernel_norm makes it at
+    run time), or its launch depends on a symbolic token count in a way no range
+    captures."""
     scalars: dict[str, float | fx.Node] = {"eps": eps, "x_eps": x_eps}
     reads: list[fx.Node] = []
+    lowered: tuple[list[fx.Node], list[fx.Node], str] | str | None = None
     for name, value in scalars.items():  # first: no launch choice depends on them
         if isinstance(value, fx.Node):
             read = read_host_scalar(graph, reads[-1] if reads else anchor, value)
             if read is None:
-                for node in reversed(reads):
-                    graph.erase_node(node)
-                return f"its {name} is read at run time"
+                lowered = f"its {name} is read at run time"
+                break
             scalars[name] = read
             reads.append(read)
-    lowered = _lower_launches(graph, reads[-1] if reads else anchor, spec, inputs, scalars,
-                              indices)  # fmt: skip
-    if isinstance(lowered, str):
+    if lowered is None:
+        last = reads[-1] if reads else anchor
+        lowered = _lower_launches(graph, last, spec, inputs, scalars, indices)
+    if isinstance(lowered, str):  # the reads go with the launches
         for node in reversed(reads):
             graph.erase_node(node)
         return lowered
@@ -287,14 +300,13 @@ def _lower_launches(
         return "its launch depends on the token count"
     samples, bounds = in_range
     sample = samples[0]
-    tensor_args: dict[str, Any] = {}
-    for name, node, fake in zip(INPUT_PARAMS, inputs, sample.inputs, strict=True):
-        if node is None:
-            tensor_args[name] = inputs[0]  # never read (the kernel has no use for it)
-        elif not same_start(sample.arg(name), fake) or sample.arg(name).dtype != fake.dtype:
-            return COPIED
-        else:
-            tensor_args[name] = node
+    if _reads_a_copy(sample.arg, sample.inputs):
+        return COPIED
+    # an absent input is passed as x, never read (the kernel has no use for it)
+    tensor_args: dict[str, Any] = {
+        name: inputs[0] if node is None else node
+        for name, node in zip(INPUT_PARAMS, inputs, strict=True)
+    }
     outputs = allocate_outputs(spec, x, inputs[1] is not None)
     written = [n for n, t in zip(OUTPUT_PARAMS, sample.outputs, strict=True) if t.numel() > 0]
     layouts = {name: _layout(samples, name) for name in written}
@@ -357,15 +369,15 @@ def _lower_per_tensor(
     (runtime.per_tensor_launches), phase 1's results for phase 2 in a buffer of the graph,
     zero-filled where phase 1 takes an atomic max into it."""
     x, residual, weight, x_weight = fakes[:4]
-    # per_tensor_launches reads copies of inputs that are not rows in place (or of weights
-    # that are not contiguous): the graph would take them for buffers and never fill them
-    if not all(_rows_in_place(t) for t in (x, residual) if t is not None) or any(
-        t is not None and not t.is_contiguous() for t in (weight, x_weight)
-    ):
-        return COPIED
     outputs = allocate_outputs(spec, x, residual is not None)
+    computed = per_tensor_launches(spec, x, residual, weight, outputs, 0.0, x_weight)
+    # (phase 1 reads every input; a copy of one would pass for a buffer the graph never
+    # fills)
+    first = dict(zip(KERNEL_PARAMS, computed[0][1].args, strict=True))
+    if _reads_a_copy(first.__getitem__, fakes):
+        return COPIED
     launches = []
-    for launched, launch in per_tensor_launches(spec, x, residual, weight, outputs, 0.0, x_weight):
+    for launched, launch in computed:
         atomic = launched.quant == "amax" and launch.grid[0] > AMAX_ROW_SLOTS
         args = dict(zip(KERNEL_PARAMS, launch.args, strict=True)) | scalars
         launches.append(

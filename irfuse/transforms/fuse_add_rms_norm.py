@@ -28,7 +28,13 @@ from xdsl.rewriter import InsertPoint
 
 from irfuse.dialects.irfuse import FusedAddRmsNormOp, RmsNormOp
 from irfuse.transforms import report
-from irfuse.transforms.match import call, const_arg, fused_insertion_point, tensor_arg
+from irfuse.transforms.match import (
+    call,
+    const_arg,
+    fused_insertion_point,
+    own_properties,
+    tensor_arg,
+)
 
 NAME = "fuse-add-rms-norm"
 
@@ -53,8 +59,7 @@ class FuseAddRmsNormPattern(RewritePattern):
         if before is None:
             report.rejected(NAME, add, "no place for the fused op: the sum is read in between")
             return
-        props = {k: v for k, v in op.properties.items() if k != "operandSegmentSizes"}
-        props.pop("resultSegmentSizes", None)
+        props = own_properties(op)
         props["rounded_sum"] = UnitAttr()  # the graph's add rounds the sum
         new = FusedAddRmsNormOp.build(
             operands=[a, b, op.weight, [], [], eps, []],

@@ -43,6 +43,8 @@ from irfuse.transforms.match import (
     call,
     cast_of,
     fused_insertion_point,
+    operands_with,
+    own_properties,
     rank,
     shape,
     tensor_arg,
@@ -163,16 +165,11 @@ class FuseQuantIntoProducer(RewritePattern):
 def _with_quant(producer: QuantProducer, quant: QuantOp, keep_value: bool = False) -> Operation:
     """A copy of `producer` that ends with `quant`'s scheme (and, with `keep_value`, also
     returns the unquantized value)."""
-    defs = type(producer).get_irdl_definition()
-    props = {k: v for k, v in producer.properties.items() if not k.endswith("SegmentSizes")}
+    props = own_properties(producer)
     props["quant"] = quant.quant
-    scale_in = [quant.quant_scale] if quant.quant_scale is not None else []
-    operands = [
-        scale_in if name == "quant_scale" else _optional(getattr(producer, name))
-        for name, _ in defs.operands
-    ]
+    operands = operands_with(producer, {"quant_scale": quant.quant_scale})
     result_types: list[object] = []
-    for name, _ in defs.results:
+    for name, _ in type(producer).get_irdl_definition().results:
         value = getattr(producer, name)
         if name == "scale_out":
             result_types.append([quant.scale_out.type] if quant.scale_out is not None else [])
@@ -181,12 +178,8 @@ def _with_quant(producer: QuantProducer, quant: QuantOp, keep_value: bool = Fals
         elif value is producer.results[0]:
             result_types.append(quant.out.type)
         else:
-            result_types.append(_optional(value and value.type))
+            result_types.append([] if value is None else value.type)
     return type(producer).build(operands=operands, result_types=result_types, properties=props)
-
-
-def _optional(value: object) -> object:
-    return [] if value is None else value
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from xdsl.rewriter import InsertPoint
 
 from irfuse.dialects.irfuse import FusedAddRmsNormOp, RmsNormOp, weight_form
 from irfuse.transforms import report
+from irfuse.transforms.match import operands_with, own_properties
 
 NAME = "fuse-sandwich-norm"
 
@@ -83,11 +84,8 @@ def _with_x_norm(op: FusedAddRmsNormOp, norm: RmsNormOp, residual: SSAValue) -> 
         "x_weight": norm.weight,
         "x_eps_value": norm.eps_value,
     }
-    operands = []
-    for name, _ in FusedAddRmsNormOp.get_irdl_definition().operands:
-        value = replaced.get(name, getattr(op, name))
-        operands.append([] if value is None else value)
-    props = {k: v for k, v in op.properties.items() if not k.endswith("SegmentSizes")}
+    operands = operands_with(op, replaced)
+    props = own_properties(op)
     if norm.eps is not None:
         props["x_eps"] = norm.eps
     result_types = [[] if r is None else r.type for r in (op.y, op.residual_out)]

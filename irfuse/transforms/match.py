@@ -112,6 +112,21 @@ def scaling_of(value: SSAValue) -> tuple[SSAValue, SSAValue, list[Operation]] | 
     return None
 
 
+def operands_with(op: Operation, replaced: dict[str, SSAValue | None]) -> list[object]:
+    """`op`'s operands in its definition's order, as `build` takes them (an absent optional
+    one as []), those named in `replaced` replaced."""
+    operands: list[object] = []
+    for name, _ in type(op).get_irdl_definition().operands:  # type: ignore[attr-defined]
+        value = replaced[name] if name in replaced else getattr(op, name)
+        operands.append([] if value is None else value)
+    return operands
+
+
+def own_properties(op: Operation) -> dict[str, Attribute]:
+    """`op`'s properties but its operand and result segment sizes (which `build` sets)."""
+    return {k: v for k, v in op.properties.items() if not k.endswith("SegmentSizes")}
+
+
 def users(value: SSAValue) -> list[Operation]:
     return [use.operation for use in value.uses]
 

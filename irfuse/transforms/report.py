@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
+import re
 import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from xdsl.ir import Operation
+
+if TYPE_CHECKING:
+    import torch.fx as fx
 
 
 @dataclass
@@ -87,20 +93,49 @@ def collect(report: FusionReport) -> Iterator[FusionReport]:
         _CURRENT.reset(token)
 
 
-# Where the importer found each op: the FX node's name (xDSL drops a name hint's `_N`
-# suffix), its module path and source line (an op a pass built has none).
-_PLACES: weakref.WeakKeyDictionary[Operation, str] = weakref.WeakKeyDictionary()
+# The FX node the importer made each op of (an op a pass built has none): its name (xDSL
+# drops a name hint's `_N` suffix), module path and source line, formatted only for the
+# ops a refusal names.
+_SOURCES: weakref.WeakKeyDictionary[Operation, fx.Node] = weakref.WeakKeyDictionary()
 
 
-def set_place(op: Operation, place: str) -> None:
-    _PLACES[op] = place
+def set_source(op: Operation, node: fx.Node) -> None:
+    _SOURCES[op] = node
+
+
+_MODULE_ROOT = re.compile(r"^L\['[^']*'\]\.?")
+_SUBMODULE = re.compile(r"\._modules\['([^']*)'\]|\[(\d+)\]|\['([^']*)'\]")
+_SOURCE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def module_path(source: str) -> str:
+    """`L['self'].layers[0].mlp` or `L['self']._modules['layers']._modules['0']` (dynamo's
+    module sources) as `layers.0.mlp`."""
+    path = _MODULE_ROOT.sub(".", source)
+    path = _SUBMODULE.sub(lambda m: "." + next(g for g in m.groups() if g is not None), path)
+    return path.lstrip(".")
+
+
+def place(node: fx.Node) -> str:
+    """`%name in <module path> (<file>:<line>)`: where a report points a user, from the
+    node's module stack and stack trace (each where known)."""
+    where = []
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path = module_path(str(list(stack.values())[-1][0]))
+        where.append(f"in {path or 'the model'}")
+    lines = _SOURCE_LINE.findall(node.meta.get("stack_trace") or "")
+    if lines:
+        file, line = lines[-1]
+        where.append(f"({os.path.basename(file)}:{line})")
+    return " ".join([f"%{node.name}", *where])
 
 
 def location(op: Operation) -> str:
     """A readable place for an op: where the importer found it, else its first result's
     name, else its op name."""
-    if (place := _PLACES.get(op)) is not None:
-        return place
+    if (node := _SOURCES.get(op)) is not None:
+        return place(node)
     for result in op.results:
         if result.name_hint:
             return f"%{result.name_hint}"
