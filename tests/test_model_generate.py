@@ -7,9 +7,11 @@ Inductor, and the results follow eager's."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from irfuse.lowering.user_kernels import GRAPH_LAUNCH
 from irfuse.pipeline import capture_reports
 from irfuse.transforms.raise_rms_norm import NO_QUANT
 from tests.models import LlamaRMSNorm as RMSNorm
@@ -86,27 +88,39 @@ class TinyLlama(torch.nn.Module):
         return self.norm(x), new_caches
 
 
-def test_a_generate_loop_fuses_each_norm_with_its_quant_and_follows_eager():
+def _model() -> TinyLlama:
     torch.manual_seed(0)
     model = TinyLlama().to(DEVICE, torch.float16).eval()
     with torch.no_grad():
         for norm in (m for m in model.modules() if isinstance(m, RMSNorm)):
             norm.weight.add_(0.1 * torch.randn_like(norm.weight))
-    options = {"inner": "eager", "attention": "irfuse"}
-    compiled = torch.compile(model, backend="irfuse", options=options)
+    return model
+
+
+def _generate(model: TinyLlama, compiled, steps: int = 3):
+    """Prefill 8 tokens, then `steps` decode steps; the compiled and eager outputs."""
     x = torch.randn(1, 8, HIDDEN, dtype=torch.float16, device=DEVICE)
-    with torch.no_grad(), capture_reports() as reports:
+    with torch.no_grad():
         positions = torch.arange(8, device=DEVICE)
         out, caches = compiled(x, positions, [None, None])
         ref, ref_caches = model(x, positions, [None, None])
         outputs, expected = [out], [ref]
-        for step in range(3):
+        for step in range(steps):
             token = torch.randn(1, 1, HIDDEN, dtype=torch.float16, device=DEVICE)
             position = torch.tensor([8 + step], device=DEVICE)
             out, caches = compiled(token, position, caches)
             ref, ref_caches = model(token, position, ref_caches)
             outputs.append(out)
             expected.append(ref)
+    return outputs, expected
+
+
+def test_a_generate_loop_fuses_each_norm_with_its_quant_and_follows_eager():
+    model = _model()
+    options = {"inner": "eager", "attention": "irfuse"}
+    compiled = torch.compile(model, backend="irfuse", options=options)
+    with capture_reports() as reports:
+        outputs, expected = _generate(model, compiled)
     for got, want in zip(outputs, expected, strict=True):
         # activations quantized to fp8 before each projection: a value one fp8 step
         # apart moves the result by a few hundredths at these magnitudes
@@ -123,3 +137,29 @@ def test_a_generate_loop_fuses_each_norm_with_its_quant_and_follows_eager():
         # norm, which no quant reads
         reasons = {r["reason"] for r in report.rejected}
         assert reasons == {"no producer to fuse into: left to the inner compiler", NO_QUANT}
+
+
+@pytest.mark.cuda
+def test_gpu_a_generate_loop_under_inductor_launches_from_its_wrapper():
+    """The same loop compiled by Inductor with graph_launch="all": the results follow
+    eager's, every fused norm launches from Inductor's wrapper, and so does the static
+    decode step's attention (the prefill's keeps kernel_attention, as does the decode
+    whose key count is dynamic)."""
+    torch._dynamo.reset()
+    model = _model()
+    options = {"attention": "irfuse", "graph_launch": "all"}
+    compiled = torch.compile(model, backend="irfuse", options=options)
+    with capture_reports() as reports:
+        outputs, expected = _generate(model, compiled)
+    for got, want in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
+    assert len(reports) == 3, reports
+    for report in reports:
+        assert report.fused["fuse-rms-norm-quant"] == 4, str(report)
+        norms = [n for n in report.launches if "rms_norm" in n]
+        assert len(norms) == 4 and all(n.endswith(GRAPH_LAUNCH) for n in norms), norms
+    prefill, static_decode, dynamic_decode = (
+        [n for n in r.launches if "attention" in n] for r in reports
+    )
+    assert all(n.endswith(GRAPH_LAUNCH) for n in static_decode), static_decode
+    assert not any(n.endswith(GRAPH_LAUNCH) for n in prefill + dynamic_decode)
