@@ -148,6 +148,21 @@ def per_token_quant_vllm_reference(x):
     return (x.to(torch.float32) / scales).clamp(-448.0, 448.0).to(FP8), scales
 
 
+def per_token_quant_repeated(x):
+    """The row scales repeated along the row before the division, as torchao's
+    `_quantize_affine_float8` expands a block's scale (`repeat_interleave`)."""
+    xf = x.float()
+    s = (xf.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    q = (xf / s.repeat_interleave(x.shape[-1], dim=-1)).clamp(-448.0, 448.0)
+    return q.to(FP8), s
+
+
+def per_token_quant_expanded(x):
+    xf = x.float()
+    s = (xf.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s.expand_as(xf)).clamp(-448.0, 448.0).to(FP8), s
+
+
 def per_group_quant(x, group=128):
     t, k = x.shape
     xg = x.float().view(t, k // group, group)
@@ -303,6 +318,8 @@ def _check_raised(module, report, scheme: str, with_ub: bool) -> QuantOp:
         per_token_quant_widened,
         per_token_quant_widened_promoted,
         per_token_quant_vllm_reference,
+        per_token_quant_repeated,
+        per_token_quant_expanded,
     ],
     ids=lambda f: f.__name__,
 )
@@ -406,6 +423,8 @@ def test_reference_ops_compute_the_matched_chains():
         (irfuse.ops.per_group_fp8_quant(x, 128, False, True), per_group_quant_ue8m0(x)),
         (irfuse.ops.per_group_fp8_quant(x, 64), per_group_quant_unflatten(x)),
         (irfuse.ops.per_token_fp8_quant(x), per_token_quant_vllm_reference(x)),
+        (irfuse.ops.per_token_fp8_quant(x), per_token_quant_repeated(x)),
+        (irfuse.ops.per_token_fp8_quant(x), per_token_quant_expanded(x)),
         (irfuse.ops.per_token_fp8_quant(x3), per_token_quant(x3)),
         (irfuse.ops.per_group_fp8_quant(x3, 64), per_group_quant_any_rank(x3)),
     ]:

@@ -661,13 +661,48 @@ def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
     if clamp is None or div is None:
         return None
     xs, s = tensor_arg(div, 0), tensor_arg(div, 1)
+    s, broadcast = _repeated_scale(s, xs)
     if xs is None or s is None or (path := _path_to_amax(s)) is None:
         return None
     if element_type(xs) != F32 and element_type(div.results[0]) == F32:
         xs = _promoted(xs, path[0])
     if (clamp.lo, clamp.hi) != (-FP8_MAX, FP8_MAX):
         return f"clamp bounds ({clamp.lo}, {clamp.hi}) are not the fp8 range (-448, 448)"
-    return _match(op.results[0], xs, s, [div, *clamp.ops, op])
+    return _match(op.results[0], xs, s, [div, *clamp.ops, op, *broadcast])
+
+
+EXPAND, CLONE = "aten.expand.default", "aten.clone.default"
+
+
+def _repeated_scale(
+    s: SSAValue | None, xs: SSAValue | None
+) -> tuple[SSAValue | None, list[Operation]]:
+    """(s, []) or, where the division reads a row scale `s` [..., 1] repeated along x's
+    last dim, `s` and the ops that repeat it: `s.expand_as(x)`, or torchao's
+    `s.repeat_interleave(K, -1)` as decomposed (unsqueeze, expand, clone, view)."""
+    if s is None or xs is None or shape(s) != shape(xs) or DYNAMIC in shape(xs):  # type: ignore[operator]
+        return s, []
+    ops: list[Operation] = []
+    value = s
+    if (view := call(value, *VIEWS)) is not None:  # repeat_interleave: ends [..., 1, K] -> [..., K]
+        clone = call(tensor_arg(view, 0), CLONE)
+        if clone is None:
+            return s, []
+        ops, value = [view, clone], tensor_arg(clone, 0)
+    expand = call(value, EXPAND)
+    row = tensor_arg(expand, 0) if expand is not None else None
+    if expand is None or row is None:
+        return s, []
+    if ops:  # the unsqueeze that made room for the repeats
+        unsqueeze = call(row, UNSQUEEZE)
+        row = tensor_arg(unsqueeze, 0) if unsqueeze is not None else None
+        if unsqueeze is None or row is None or const_arg(unsqueeze, 1) not in (-1, rank(row)):
+            return s, []
+        ops.append(unsqueeze)
+    # the repeated scale is [..., 1] over x's leading dims, each of its rows one value
+    if shape(row) != (*shape(xs)[:-1], 1):  # type: ignore[index]
+        return s, []
+    return row, [*ops, expand]
 
 
 @dataclass
