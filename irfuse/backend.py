@@ -4,7 +4,7 @@ Inductor compiles the graph with irfuse's pass installed as its post-grad custom
 (`options={"inner": "eager"}` runs the same pass on the AOT graph and executes it
 eagerly). Options: `passes` (an xdsl pipeline, "a,b{opt=v}", or a list of names;
 default: the whole pipeline), `dump_dir` (or `IRFUSE_DUMP_DIR`), `inner`, `attention`
-(auto | irfuse | sdpa), `graph_launch` (static | all | off: which fused kernels
+(auto | irfuse | sdpa), `graph_launch` (all | static | off: which fused kernels
 Inductor's wrapper launches itself); any other key is an Inductor config
 option. `mode` works as for Inductor ("reduce-overhead" = CUDA graphs).
 """

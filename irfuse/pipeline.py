@@ -22,11 +22,12 @@ from irfuse.version import __version__, source_hash
 
 INNER_COMPILERS = ("inductor", "eager")
 ATTENTION_MODES = ("auto", "irfuse", "sdpa")
-# How Inductor launches a fused kernel (README, "How fused kernels launch"): a norm kernel
-# of one launch from its wrapper where shapes are static | also at a symbolic token count
-# or an eps read at run time, a per-tensor quant's two launches, the decode attention and
-# a mask's summary (not yet run on a GPU) | always through the runtime ops.
-GRAPH_LAUNCH_MODES = ("static", "all", "off")
+# How Inductor launches a fused kernel (README, "How fused kernels launch"): every kernel
+# whose launches are known when the graph compiles from its wrapper (a norm at a symbolic
+# token count or with an eps read at run time, a per-tensor quant's two launches, the
+# decode attention and a mask's summary too) | a norm kernel of one launch at static
+# shapes only | always through the runtime ops.
+GRAPH_LAUNCH_MODES = ("all", "static", "off")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Options:
     dump_dir: str | None = None
     inner: str = "inductor"
     attention: str = "auto"  # auto (measured on the GPU) | irfuse | sdpa
-    graph_launch: str = "static"  # one of GRAPH_LAUNCH_MODES
+    graph_launch: str = "all"  # one of GRAPH_LAUNCH_MODES
     inductor: dict[str, object] = field(default_factory=dict, hash=False)
     autograd: bool = False  # set by the backend: the graph is traced for a backward too
 
@@ -61,7 +62,7 @@ class Options:
             raise ValueError(
                 f"irfuse: attention must be one of {ATTENTION_MODES}, got {attention!r}"
             )
-        graph_launch = options.pop("graph_launch", "static")
+        graph_launch = options.pop("graph_launch", "all")
         if graph_launch not in GRAPH_LAUNCH_MODES:
             raise ValueError(
                 f"irfuse: graph_launch must be one of {GRAPH_LAUNCH_MODES}, got {graph_launch!r}"

@@ -115,9 +115,10 @@ def _generate(model: TinyLlama, compiled, steps: int = 3):
     return outputs, expected
 
 
-def test_a_generate_loop_fuses_each_norm_with_its_quant_and_follows_eager():
+def _generate_compiled(options: dict[str, str]) -> list:
+    """The loop compiled with `options` follows eager's; the reports of its graphs."""
+    torch._dynamo.reset()
     model = _model()
-    options = {"inner": "eager", "attention": "irfuse"}
     compiled = torch.compile(model, backend="irfuse", options=options)
     with capture_reports() as reports:
         outputs, expected = _generate(model, compiled)
@@ -126,6 +127,11 @@ def test_a_generate_loop_fuses_each_norm_with_its_quant_and_follows_eager():
         # apart moves the result by a few hundredths at these magnitudes
         torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
     assert len(reports) == 3, reports  # prefill, decode, decode with a dynamic key count
+    return reports
+
+
+def test_a_generate_loop_fuses_each_norm_with_its_quant_and_follows_eager():
+    reports = _generate_compiled({"inner": "eager", "attention": "irfuse"})
     for report in reports:
         # per layer: the input norm with the projections' one quant, the residual add +
         # post norm with the up projection's
@@ -145,15 +151,7 @@ def test_gpu_a_generate_loop_under_inductor_launches_from_its_wrapper():
     eager's, every fused norm launches from Inductor's wrapper, and so does the static
     decode step's attention (the decode whose key count is dynamic keeps
     kernel_attention: its slices follow the key count)."""
-    torch._dynamo.reset()
-    model = _model()
-    options = {"attention": "irfuse", "graph_launch": "all"}
-    compiled = torch.compile(model, backend="irfuse", options=options)
-    with capture_reports() as reports:
-        outputs, expected = _generate(model, compiled)
-    for got, want in zip(outputs, expected, strict=True):
-        torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
-    assert len(reports) == 3, reports
+    reports = _generate_compiled({"attention": "irfuse", "graph_launch": "all"})
     for report in reports:
         assert report.fused["fuse-rms-norm-quant"] == 4, str(report)
         norms = [n for n in report.launches if "rms_norm" in n]

@@ -92,8 +92,8 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
     or "all" (Options.graph_launch, where Inductor compiles the graph; else "off", or
     "eager") a kernel whose launches are known at compile time is launched from
     Inductor's wrapper (user_kernels.py, graph_launch.py), else through its runtime op:
-    with "static", a norm kernel of one launch at static shapes; with "all" (not yet run
-    on a GPU) also at a symbolic token count or an eps read at run time, a per-tensor
+    with "static", a norm kernel of one launch at static shapes; with "all" (the
+    default) also at a symbolic token count or an eps read at run time, a per-tensor
     quant's two launches, the decode attention and a mask's summary."""
     graph = imported.graph
     launches: list[str] = []

@@ -86,7 +86,7 @@ def graph_launch_problem(
     `x` tell (None if Inductor's wrapper may launch it; lower_norm_in_graph may still
     find the launch depends on the token count, or reads a copy). A symbolic token count
     and a per-tensor quant's two launches are taken only with `all_launches`
-    (graph_launch="all", not yet run on a GPU)."""
+    (graph_launch="all", the default)."""
     if eps_input and not all_launches:
         return "its eps is read at run time; graph_launch='all' may launch it from the wrapper"
     if x.device.type != "cuda":
