@@ -236,14 +236,16 @@ def bench_one(
     irfuse_model = torch_fn if as_written else irfuse_fn
     compiled = torch.compile(irfuse_model, backend="irfuse", dynamic=False)
     got, expected = compiled(), irfuse_model()
-    check(scheme, got, expected)
+    check(scheme, got, expected, sandwich)
     if keep_value:
         torch.testing.assert_close(got[-1], expected[-1])
     return compare({"eager": torch_fn, "inductor": inductor, "irfuse": compiled}, rounds)
 
 
-def check(scheme: str, got, expected) -> None:
-    """The compiled irfuse output matches the reference ops (one fp8/fp4 step at most)."""
+def check(scheme: str, got, expected, sandwich: bool = False) -> None:
+    """The compiled irfuse output matches the reference ops (one fp8/fp4 step at most; a
+    sandwich's also a 64th of its row's largest value: its first norm's bf16 output may be
+    a step away from eager's, a step the residual add carries whole into a small sum)."""
     q, q_ref = got[0], expected[0]
     if scheme == NO_QUANT:
         torch.testing.assert_close(q, q_ref)
@@ -257,6 +259,8 @@ def check(scheme: str, got, expected) -> None:
         return
     a, b = q.float(), q_ref.float()
     step = torch.exp2(torch.floor(torch.log2(b.abs().clamp(min=2**-6))) - 3)
+    if sandwich:
+        step = step + b.abs().amax(-1, keepdim=True) * 2**-6
     assert bool(((a - b).abs() <= step).all()), f"{scheme}: more than one fp8 step apart"
 
 

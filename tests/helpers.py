@@ -33,6 +33,13 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
 
 
+def dtype_step(t: torch.Tensor) -> torch.Tensor:
+    """One step (ulp) of t's dtype at each of t's magnitudes (the smallest normal's below)."""
+    info = torch.finfo(t.dtype)
+    magnitude = t.float().abs().clamp(min=info.tiny)
+    return torch.exp2(torch.floor(torch.log2(magnitude))) * info.eps
+
+
 def assert_fp8_close(q: torch.Tensor, expected: torch.Tensor, scale: torch.Tensor) -> None:
     """Compare fp8 results after dequantization (NUMERICS.md: 1e-1, relative to the
     quantization step at the value's magnitude)."""

@@ -20,9 +20,9 @@ from irfuse.ops.quant import (
     unswizzle_block_scales,
 )
 from tests.helpers import (
-    assert_close,
     assert_quant_close,
     dequant,
+    dtype_step,
     garbage_nvfp4_scales,
     reference_quant,
 )
@@ -106,8 +106,15 @@ def _run(producer, mode, scheme, t, h, dtype, eps=1e-6):
         eps, _kernel(producer, mode, kernel_scheme), x_weight=x_weight, x_eps=X_EPS,
     )  # fmt: skip
     q_ref, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
-    if producer == "sandwich":  # the sum of a norm (whose reduction may add in another order)
-        assert_close(residual_out, residual_ref)
+    if producer == "sandwich":
+        # the sum of a norm: x's norm may round one step of the model dtype away from the
+        # reference's (its rstd reduced in another order, or from the GPU's rsqrt; in fp32,
+        # nothing rounds that rstd's few ulps away), which the add carries whole however
+        # small the sum
+        normed_x = _reference_producer("rms_norm", mode, x, None, x_weight, X_EPS)[0]
+        steps = 1 if dtype != torch.float32 else 4
+        apart = (residual_out.float() - residual_ref.float()).abs()
+        assert bool((apart <= steps * dtype_step(normed_x) + dtype_step(residual_ref)).all())
     elif residual_ref is not None:
         assert torch.equal(residual_out, residual_ref)
     assert q.shape == q_ref.shape and q.dtype == q_ref.dtype
