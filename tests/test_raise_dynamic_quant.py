@@ -519,6 +519,14 @@ def _per_token_by_reciprocal(x):
     return (xf * (1.0 / s)).clamp(-448.0, 448.0).to(FP8), s
 
 
+def _torchao_row_scale(x):
+    """torchao's per-row scale (`_choose_scale_float8`): the 16-bit amax divided in 16 bits,
+    then widened, with no lower bound; the scale repeated along the row."""
+    s = (x.abs().amax(-1, keepdim=True) / 448.0).to(torch.float32)
+    q = (x.to(torch.float32) / s.repeat_interleave(x.shape[-1], dim=-1)).clamp(-448.0, 448.0)
+    return q.to(FP8), s
+
+
 def _max_indices_returned(x):
     xf = x.float()
     amax, where = xf.abs().max(dim=-1, keepdim=True)
@@ -529,6 +537,12 @@ def _max_indices_returned(x):
 @pytest.mark.parametrize(
     "fn,k,reason",
     [
+        (
+            _torchao_row_scale,
+            256,
+            "scale formula amax -> / 448 -> float() is neither per-token max(amax / 448, "
+            "1/(448*512)) nor per-group max(amax, 1e-10) / 448",
+        ),
         (lambda x: per_group_quant(x, 96), 192, "group size 96 is not 64 or 128"),
         (_max_indices_returned, 256, "intermediate %getitem has a user outside the quant"),
         (
@@ -567,6 +581,7 @@ def _max_indices_returned(x):
         ),
     ],
     ids=[
+        "torchao-row-scale",
         "group-96",
         "max-indices-read",
         "by-reciprocal",

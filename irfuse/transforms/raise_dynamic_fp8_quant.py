@@ -33,7 +33,9 @@ after the amax, or after scalar steps of the formula: vLLM's `(amax / 448)[:, No
 the amax of a 16-bit |x| widened to fp32 right after (the same value) where x.float() is
 quantized;
 the division may read 16-bit `x` itself, promoted by the fp32 scale, where the amax
-reads `x` cast to fp32, or reads 16-bit |x| and is widened (vLLM's reference).
+reads `x` cast to fp32, or reads 16-bit |x| and is widened (vLLM's reference); a
+per-token `s` may be repeated along the row before the division (`s.expand_as(x)`, or
+torchao's `s.repeat_interleave(K, -1)`: unsqueeze, expand to [..., 1, K], clone, view).
 
 Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the
 formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
@@ -680,7 +682,8 @@ def _repeated_scale(
     """(s, []) or, where the division reads a row scale `s` [..., 1] repeated along x's
     last dim, `s` and the ops that repeat it: `s.expand_as(x)`, or torchao's
     `s.repeat_interleave(K, -1)` as decomposed (unsqueeze, expand, clone, view)."""
-    if s is None or xs is None or shape(s) != shape(xs) or DYNAMIC in shape(xs):  # type: ignore[operator]
+    dims = shape(xs) if xs is not None else None
+    if s is None or dims is None or shape(s) != dims or DYNAMIC in dims:
         return s, []
     ops: list[Operation] = []
     value = s
@@ -693,14 +696,16 @@ def _repeated_scale(
     row = tensor_arg(expand, 0) if expand is not None else None
     if expand is None or row is None:
         return s, []
-    if ops:  # the unsqueeze that made room for the repeats
+    if ops:  # the repeats in a dim of their own, [..., 1, K], that an unsqueeze made
+        if shape(expand.results[0]) != (*dims[:-1], 1, dims[-1]):
+            return s, []
         unsqueeze = call(row, UNSQUEEZE)
         row = tensor_arg(unsqueeze, 0) if unsqueeze is not None else None
         if unsqueeze is None or row is None or const_arg(unsqueeze, 1) not in (-1, rank(row)):
             return s, []
         ops.append(unsqueeze)
     # the repeated scale is [..., 1] over x's leading dims, each of its rows one value
-    if shape(row) != (*shape(xs)[:-1], 1):  # type: ignore[index]
+    if shape(row) != (*dims[:-1], 1):
         return s, []
     return row, [*ops, expand]
 
