@@ -160,7 +160,7 @@ def _decode_step(epilogue: str):
 def test_a_decode_step_through_the_whole_pass(monkeypatch, graph_launch, how):
     """The pass on a decode step's attention + per-token quant, forced to the fused
     kernel, with the device check lifted: with graph_launch="all" the launches go into the
-    graph (by default, not yet: kernel_attention), which, run eagerly, gives
+    graph (with "static": kernel_attention), which, run eagerly, gives
     kernel_attention's bits."""
     monkeypatch.setattr(to_fx, "attention_graph_problem", lambda q, k, v: None)
     reports = []

@@ -68,12 +68,12 @@ def _x_weight(h: int, dtype: torch.dtype) -> torch.Tensor:
     return (0.5 + 0.1 * torch.randn(h, generator=g)).to(dtype).to(DEVICE)
 
 
-def _reference_producer(producer, mode, x, residual, w, eps, x_weight=None):
+def _reference_producer(producer, mode, x, residual, w, eps, x_weight=None, x_eps=X_EPS):
     """The unfused producer output (what the quant reads) and residual_out."""
     if producer == "quant":
         return x, None
     if producer == "sandwich":  # x's norm, the graph's add, then its norm
-        normed_x = _reference_producer("rms_norm", mode, x, None, x_weight, X_EPS)[0]
+        normed_x = _reference_producer("rms_norm", mode, x, None, x_weight, x_eps)[0]
         return _reference_producer("rounded_add", mode, normed_x, residual, w, eps)
     if producer == "fused_add_rms_norm":
         return ref.fused_add_rms_norm(x, residual, w, eps)
@@ -95,15 +95,15 @@ def _scale_input(scheme: str, y: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def _run(producer, mode, scheme, t, h, dtype, eps=1e-6):
+def _run(producer, mode, scheme, t, h, dtype, eps=1e-6, x_eps=X_EPS):
     x, residual, w = _inputs(t, h, dtype, gemma=mode == "gemma")
     x_weight = _x_weight(h, dtype) if producer == "sandwich" else None
-    y_ref, residual_ref = _reference_producer(producer, mode, x, residual, w, eps, x_weight)
+    y_ref, residual_ref = _reference_producer(producer, mode, x, residual, w, eps, x_weight, x_eps)
     scale = _scale_input(scheme, y_ref)
     kernel_scheme = scheme.replace(" ub", "")
     q, residual_out, scales, _ = kernel_norm(
         x, residual if producer in ADDS else None, w if producer != "quant" else None, scale,
-        eps, _kernel(producer, mode, kernel_scheme), x_weight=x_weight, x_eps=X_EPS,
+        eps, _kernel(producer, mode, kernel_scheme), x_weight=x_weight, x_eps=x_eps,
     )  # fmt: skip
     q_ref, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
     if producer == "sandwich":
@@ -111,7 +111,7 @@ def _run(producer, mode, scheme, t, h, dtype, eps=1e-6):
         # reference's (its rstd reduced in another order, or from the GPU's rsqrt; in fp32,
         # nothing rounds that rstd's few ulps away), which the add carries whole however
         # small the sum
-        normed_x = _reference_producer("rms_norm", mode, x, None, x_weight, X_EPS)[0]
+        normed_x = _reference_producer("rms_norm", mode, x, None, x_weight, x_eps)[0]
         steps = 1 if dtype != torch.float32 else 4
         apart = (residual_out.float() - residual_ref.float()).abs()
         assert bool((apart <= steps * dtype_step(normed_x) + dtype_step(residual_ref)).all())
@@ -133,6 +133,14 @@ def test_epilogue_matches_unfused_reference(producer, mode, scheme):
     q, scales, q_ref, scales_ref = _run(producer, mode, scheme, 5, 128, dtype)
     if scales_ref is not None and scheme != "nvfp4":
         torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["plain", "gemma"])
+def test_a_sandwich_takes_each_norms_eps(mode):
+    """eps large enough to move each norm's rstd (x is 3 * randn: mean(x^2) ~ 9), and
+    different: the kernel normalises x with x_eps and the sum with eps, not the other way."""
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    _run("sandwich", mode, "per_token", 5, 128, dtype, eps=0.5, x_eps=4.0)
 
 
 @pytest.mark.parametrize("producer", ["quant", "rms_norm"])

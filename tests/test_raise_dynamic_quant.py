@@ -410,6 +410,23 @@ def test_symbolic_sizes_are_raised(fn):
     assert report.fused[NAME] == 1 and quant.out.type.get_shape() == (-(2**63), -(2**63))
 
 
+@pytest.mark.parametrize(
+    "fn", [per_token_quant_repeated, per_token_quant_expanded], ids=lambda f: f.__name__
+)
+def test_a_repeated_scale_at_symbolic_sizes_is_refused_with_its_reason(fn):
+    """The repeats' shapes are checked only where they are static: at symbolic sizes the
+    quant is left unchanged, and the report says why."""
+    x, _ = _inputs(t=5, k=256)
+    graph = _dynamic_aot_graph(fn, x)
+    before = str(import_graph(graph).module)
+    module, report = _run(graph)
+    assert str(module) == before and NAME not in report.fused
+    assert _reasons(report) == [
+        "the scale is spread over x's shape in a form not taken (a row scale [..., 1] "
+        "repeated along the row, at static shapes)"
+    ], str(report)
+
+
 def test_reference_ops_compute_the_matched_chains():
     """The replacement's semantics (irfuse.ops) are the PyTorch chains', bit for bit."""
     x, ub = _inputs(t=4, k=256)

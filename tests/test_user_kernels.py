@@ -396,8 +396,8 @@ def test_gpu_a_symbolic_token_count(scheme, graph_launch, how):
     """A token count marked dynamic (as a recompile's automatic dynamic shapes make it)
     gives one graph for the counts below 1024. With graph_launch="all" a static fp8 norm
     at hidden 4096, which launches alike at every count, launches from the wrapper; so
-    does a per-token quant, whose warps change at 1024 rows, guarded to fewer; by
-    default kernel_norm picks the launch per call. All give kernel_norm's bits."""
+    does a per-token quant, whose warps change at 1024 rows, guarded to fewer; with
+    "static" kernel_norm picks the launch per call. All give kernel_norm's bits."""
     x, _, w, *_ = _inputs("rms_norm/plain/model/none", (300, 4096), "w")
     s = torch.tensor([2.0 if scheme == "per_token" else 0.05], device=DEVICE)
     torch._dynamo.reset()
@@ -485,7 +485,7 @@ def test_a_decoder_block_with_its_norms_launched_in_the_graph(
     """The whole pass on a decoder block (two add + norm + fp8 chains, the attention
     between) writes its norms as graph launches; run eagerly, it matches eager. A second
     sequence length recompiles with the length symbolic (torch.compile's automatic
-    dynamic shapes): by default those norms go through kernel_norm, with "all" they
+    dynamic shapes): with "static" those norms go through kernel_norm, with "all" they
     stay graph launches (their rows: the batch times the symbolic length)."""
     monkeypatch.setattr(to_fx, "graph_launch_problem", _on_any_device)
     torch.manual_seed(0)
@@ -510,7 +510,7 @@ def test_dynamic_true_launches_with_the_module_eps_read_at_run_time(monkeypatch)
     count symbolic. With graph_launch="all" the norm still launches from the graph: the
     eps is read from its input each run (`.item()` of a CPU tensor), so a new eps takes
     effect without a recompile, and every output is kernel_norm's with that eps, to the
-    bit; by default the norm stays with kernel_norm."""
+    bit; with "static" the norm stays with kernel_norm."""
     monkeypatch.setattr(to_fx, "graph_launch_problem", _on_any_device)
     block = models.AddNormQuant(64).to(BF16)
     s = torch.tensor([0.05])

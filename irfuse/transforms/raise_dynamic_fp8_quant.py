@@ -34,8 +34,9 @@ the amax of a 16-bit |x| widened to fp32 right after (the same value) where x.fl
 quantized;
 the division may read 16-bit `x` itself, promoted by the fp32 scale, where the amax
 reads `x` cast to fp32, or reads 16-bit |x| and is widened (vLLM's reference); a
-per-token `s` may be repeated along the row before the division (`s.expand_as(x)`, or
-torchao's `s.repeat_interleave(K, -1)`: unsqueeze, expand to [..., 1, K], clone, view).
+per-token `s` may be repeated along the row before the division, at static shapes
+(`s.expand_as(x)`, or torchao's `s.repeat_interleave(K, -1)`: unsqueeze, expand to
+[..., 1, K], clone, view; a scale spread otherwise is reported).
 
 Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the
 formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
@@ -664,7 +665,14 @@ def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
         return None
     xs, s = tensor_arg(div, 0), tensor_arg(div, 1)
     s, broadcast = _repeated_scale(s, xs)
-    if xs is None or s is None or (path := _path_to_amax(s)) is None:
+    if xs is None or s is None:
+        return None
+    if (path := _path_to_amax(s)) is None:
+        if _spreads_a_dynamic_scale(s):
+            return (
+                "the scale is spread over x's shape in a form not taken (a row scale "
+                "[..., 1] repeated along the row, at static shapes)"
+            )
         return None
     if element_type(xs) != F32 and element_type(div.results[0]) == F32:
         xs = _promoted(xs, path[0])
@@ -674,6 +682,17 @@ def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
 
 
 EXPAND, CLONE = "aten.expand.default", "aten.clone.default"
+SPREADS = (EXPAND, CLONE, UNSQUEEZE, *VIEWS)
+
+
+def _spreads_a_dynamic_scale(value: SSAValue, depth: int = 0) -> bool:
+    """`value` is a scale computed from an amax, then expanded, cloned, unsqueezed or
+    viewed (a form _repeated_scale did not take)."""
+    op = call(value, *SPREADS)
+    source = tensor_arg(op, 0) if op is not None else None
+    if source is None or depth > 4:
+        return False
+    return _path_to_amax(source) is not None or _spreads_a_dynamic_scale(source, depth + 1)
 
 
 def _repeated_scale(
