@@ -124,6 +124,8 @@ AMAX = "aten.amax.default"
 MAX = "aten.max.default"  # the max of every element (0-d)
 MAX_DIM = "aten.max.dim"  # (values, indices) over one dim: its values are an amax
 UNSQUEEZE = "aten.unsqueeze.default"  # restores the dim an amax without keepdim reduced
+EXPAND, CLONE = "aten.expand.default", "aten.clone.default"
+SPREADS = (EXPAND, CLONE, UNSQUEEZE, *VIEWS)  # what repeats a scale over x's shape
 AMAX_FORMS = ("keepdim", "widen")  # steps right after the amax that leave its value
 ABS = "aten.abs.default"
 DIV = "aten.div.Tensor"
@@ -664,9 +666,9 @@ def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
     if clamp is None or div is None:
         return None
     xs, s = tensor_arg(div, 0), tensor_arg(div, 1)
-    s, broadcast = _repeated_scale(s, xs)
     if xs is None or s is None:
         return None
+    s, broadcast = _repeated_scale(s, xs)
     if (path := _path_to_amax(s)) is None:
         if _spreads_a_dynamic_scale(s):
             return (
@@ -681,28 +683,26 @@ def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
     return _match(op.results[0], xs, s, [div, *clamp.ops, op, *broadcast])
 
 
-EXPAND, CLONE = "aten.expand.default", "aten.clone.default"
-SPREADS = (EXPAND, CLONE, UNSQUEEZE, *VIEWS)
-
-
-def _spreads_a_dynamic_scale(value: SSAValue, depth: int = 0) -> bool:
+def _spreads_a_dynamic_scale(value: SSAValue) -> bool:
     """`value` is a scale computed from an amax, then expanded, cloned, unsqueezed or
     viewed (a form _repeated_scale did not take)."""
-    op = call(value, *SPREADS)
-    source = tensor_arg(op, 0) if op is not None else None
-    if source is None or depth > 4:
-        return False
-    return _path_to_amax(source) is not None or _spreads_a_dynamic_scale(source, depth + 1)
+    for _ in range(5):
+        op = call(value, *SPREADS)
+        source = tensor_arg(op, 0) if op is not None else None
+        if source is None:
+            return False
+        if _path_to_amax(source) is not None:
+            return True
+        value = source
+    return False
 
 
-def _repeated_scale(
-    s: SSAValue | None, xs: SSAValue | None
-) -> tuple[SSAValue | None, list[Operation]]:
+def _repeated_scale(s: SSAValue, xs: SSAValue) -> tuple[SSAValue, list[Operation]]:
     """(s, []) or, where the division reads a row scale `s` [..., 1] repeated along x's
     last dim, `s` and the ops that repeat it: `s.expand_as(x)`, or torchao's
     `s.repeat_interleave(K, -1)` as decomposed (unsqueeze, expand, clone, view)."""
-    dims = shape(xs) if xs is not None else None
-    if s is None or dims is None or shape(s) != dims or DYNAMIC in dims:
+    dims = shape(xs)
+    if dims is None or shape(s) != dims or DYNAMIC in dims:
         return s, []
     ops: list[Operation] = []
     value = s
