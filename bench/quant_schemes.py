@@ -12,6 +12,8 @@ irfuse's passes; the graph's add rounds the sum, so irfuse's fused add does too)
 counts the bytes the fused op must move: inputs read once, outputs and scales written once.
 --sandwich: Gemma's norm, the residual add, the next norm and the quant, as written (both
 compile the same PyTorch; irfuse makes one kernel of it, fuse-sandwich-norm).
+Scheme "per_token in_dtype" is torchao's per-row quant, which irfuse raises from the
+graph's PyTorch in every mode (it has no torch.ops.irfuse op).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
     yf = y.float()
     if kind == "static":
         return (yf / scale).clamp(-448, 448).to(FP8), scale
+    if flags == ["in_dtype"]:  # torchao's per-row scale: divided in y's dtype, no floor
+        s = (y.abs().amax(-1, keepdim=True) / 448).float()
+        return (yf / s).clamp(-448, 448).to(FP8), s
     if kind == "per_token":
         s = (yf.abs().amax(-1, keepdim=True) / 448).clamp(min=1 / (448 * 512))
         return (yf / s).clamp(-448, 448).to(FP8), s
@@ -93,6 +98,8 @@ def quant_irfuse(scheme: str, y: torch.Tensor, scale: torch.Tensor):
         return (y,)
     if kind == "static":
         return ref.static_fp8_quant(y, scale), scale
+    if flags == ["in_dtype"]:  # no torch.ops.irfuse form: the graph's, raised
+        return quant_torch(scheme, y, scale)
     if kind == "per_token":
         return ref.per_token_fp8_quant(y)
     if kind == "per_tensor":

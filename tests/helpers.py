@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 
 import irfuse.ops as ref
-from irfuse.ops.quant import nvfp4_scale_shape, static_fp8_quant_divided
+from irfuse.ops.quant import (
+    nvfp4_scale_shape,
+    per_token_fp8_quant_in_dtype,
+    static_fp8_quant_divided,
+)
 from irfuse.transforms import DEFAULT_PIPELINE
 
 TOLERANCES = {
@@ -56,7 +60,8 @@ def reference_quant(scheme: str, y: torch.Tensor, scale: torch.Tensor | None):
         quant = static_fp8_quant_divided if divided else ref.static_fp8_quant
         return quant(y, scale), None
     if kind == "per_token":
-        return ref.per_token_fp8_quant(y, scale)
+        in_dtype = flags == ["in_dtype"]
+        return per_token_fp8_quant_in_dtype(y) if in_dtype else ref.per_token_fp8_quant(y, scale)
     if kind == "per_tensor":
         return ref.per_tensor_fp8_quant(y)
     if kind == "per_group":

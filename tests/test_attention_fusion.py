@@ -265,6 +265,28 @@ def test_decode_per_token_quant_fuses_and_matches_eager(d):
     assert_quant_close("per_token", q8.float() * s8, q_ref.float() * s_ref)
 
 
+def decode_torchao_per_row(q, k, v):
+    """Decode step, then torchao's per-row fp8 activation quant of o_proj's input (its
+    scale divided in the output's dtype, no lower bound)."""
+    b, h, s, d = q.shape
+    rows = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * s, h * d)
+    scale = (rows.abs().amax(dim=-1, keepdim=True) / 448.0).to(torch.float32)
+    return (rows.to(torch.float32) / scale).clamp(-448, 448).to(FP8), scale
+
+
+def test_decode_torchao_per_row_quant_fuses_with_its_scale():
+    q, k, v = _decode_inputs(d=32)
+    report = irfuse.explain(decode_torchao_per_row, q, k, v, attention="irfuse")
+    assert report.kernels == ["irfuse_attention_per_token_in_dtype_fp8"], str(report)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    q8, s8 = torch.compile(decode_torchao_per_row, backend="irfuse", options=options)(q, k, v)
+    q_ref, s_ref = decode_torchao_per_row(q, k, v)
+    assert torch.equal(s8.to(q.dtype).float(), s8)  # rounded to the output's dtype
+    torch.testing.assert_close(s8, s_ref, atol=1e-3, rtol=1.6e-2)
+    assert_quant_close("per_token", q8.float() * s8, q_ref.float() * s_ref)
+
+
 def test_a_float32_decode_per_token_quant_fuses():
     """In fp32 `o.float()` is no cast: the amax and the division both read the view of
     the output, which is still read only by the quant."""

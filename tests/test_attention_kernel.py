@@ -94,24 +94,28 @@ def _layout_reference(q, k, v, causal):
     return out.transpose(1, 2).reshape(b * sq, h * dv)
 
 
-@pytest.mark.parametrize("scheme", ["static", "static div", "per_token", "nvfp4"])
+@pytest.mark.parametrize(
+    "scheme", ["static", "static div", "per_token", "per_token in_dtype", "nvfp4"]
+)
 @pytest.mark.parametrize("hq,hkv,sq,skv", [(4, 2, 3, 37), (2, 2, 70, 33)])  # decode, prefill
 def test_epilogues_match_unfused_quant(scheme, hq, hkv, sq, skv, loads):
-    if scheme == "per_token" and not uses_decode(sq, hq, hkv):
+    if scheme.startswith("per_token") and not uses_decode(sq, hq, hkv):
         pytest.skip("per-token needs the decode kernel (tested to refuse below)")
     q, k, v = _qkv(2, hq, hkv, sq, skv, 32, torch.float16)
     layout = _layout_reference(q, k, v, "bottom_right")
     scale = {"static": torch.tensor([0.01]), "static div": torch.tensor([0.01]),
-             "per_token": None,
+             "per_token": None, "per_token in_dtype": None,
              "nvfp4": (448 * 6 / layout.float().abs().amax()).reshape(1)}[scheme]  # fmt: skip
     scale = scale.to(DEVICE) if scale is not None else None
     got, _, scales = kernel_attention(q, k, v, scale, 0.25, "bottom_right", "bs_hd", False, scheme)
+    if scheme == "per_token in_dtype":  # each scale rounded to the output's dtype
+        assert torch.equal(scales.half().float(), scales)
     q_ref, scales_ref = reference_quant(scheme, layout, scale)
     rows, n = layout.shape
     if scheme != "nvfp4":
         assert got.shape == (2, sq, hq * 32)
         got = got.reshape(rows, n)
-    if scheme == "per_token":
+    if scheme.startswith("per_token"):
         assert scales.shape == (2, sq, 1)
         scales = scales.reshape(rows, 1)
     assert got.dtype == q_ref.dtype and got.shape == q_ref.shape

@@ -7,6 +7,7 @@ from xdsl.parser import Parser
 from xdsl.utils.exceptions import VerifyException
 
 from irfuse.dialects import make_context
+from irfuse.dialects.irfuse import QuantAttr
 
 
 def _verify(body: str, args: str) -> None:
@@ -106,6 +107,12 @@ def test_valid_ops_verify():
             "output shape",  # flattened only where quantized
         ),
         (
+            "  %q, %qs = irfuse.quant %x scale %s {quant = #irfuse.quant<per_token in_dtype>} : "
+            "tensor<4x64xbf16>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>, tensor<4x1xf32>",
+            X,
+            "'per_token' quant takes no scale operand",  # in_dtype takes no upper bound
+        ),
+        (
             "  %q, %qs = irfuse.quant %x {quant = #irfuse.quant<per_group 96>} : "
             "tensor<4x64xbf16> -> tensor<4x64xf8E4M3FN>, tensor<4x1xf32>",
             X,
@@ -123,3 +130,21 @@ def test_valid_ops_verify():
 def test_verifier_errors(body, args, match):
     with pytest.raises(VerifyException, match=match):
         _verify(body, args)
+
+
+@pytest.mark.parametrize(
+    "quant,match",
+    [
+        ("#irfuse.quant<static in_dtype>", "unknown static option 'in_dtype' \\(div\\)"),
+        ("#irfuse.quant<per_token div>", "unknown per_token option 'div' \\(in_dtype\\)"),
+    ],
+)
+def test_quant_options_belong_to_their_scheme(quant, match):
+    with pytest.raises(Exception, match=match):
+        Parser(make_context(), quant).parse_attribute()
+
+
+def test_in_dtype_is_a_per_token_option():
+    assert str(QuantAttr("per_token", in_dtype=True)) == "#irfuse.quant<per_token in_dtype>"
+    with pytest.raises(VerifyException, match="'per_tensor' quant takes no in_dtype option"):
+        QuantAttr("per_tensor", in_dtype=True)

@@ -17,6 +17,7 @@ from irfuse.ops.quant import (
     alloc_nvfp4_scales,
     div_const,
     nvfp4_scale_shape,
+    per_token_fp8_quant_in_dtype,
     unswizzle_block_scales,
 )
 from tests.helpers import (
@@ -29,7 +30,8 @@ from tests.helpers import (
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = [
-    "static", "static div", "per_token", "per_token ub", "per_tensor", "per_group 128",
+    "static", "static div", "per_token", "per_token ub", "per_token in_dtype", "per_tensor",
+    "per_group 128",
     "per_group 64 col", "per_group 128 ue8m0", "per_group 64 col ue8m0", "nvfp4",
 ]  # fmt: skip
 PRODUCERS = [
@@ -169,6 +171,35 @@ def test_standalone_quant_is_bit_exact(scheme):
         assert torch.equal(scales, scales_ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_in_dtype_scale_is_divided_in_the_input_dtype(dtype):
+    """`per_token in_dtype` (torchao's per-row scale): amax / 448 rounded to x's dtype,
+    with no lower bound. The scales and bytes are the reference's, also for a zero row
+    (s = 0: its values are 0 / 0, NaN) and a row of tiny values (in fp16 its scale
+    underflows to 0: nonzero values saturate, zeros are NaN). The interpreter's fp8 cast
+    does not keep NaN (README), so those bytes are checked on the GPU only."""
+    x, _, _ = _inputs(6, 256, dtype)
+    x[1] = 0
+    x[2] *= 1e-6
+    q, _, scales, _ = kernel_norm(x, None, None, None, 0.0, "quant/none/model/per_token in_dtype")
+    q_ref, scales_ref = per_token_fp8_quant_in_dtype(x)
+    assert torch.equal(scales, scales_ref) and scales[1].item() == 0.0
+    in_fp32 = div_const(x.float().abs().amax(dim=-1, keepdim=True), 448.0)
+    assert (scales != in_fp32).any()  # the rounding to x's dtype changes some scales
+    nan = q_ref.float().isnan()
+    assert nan[1].all() and (nan[2].any() if dtype == torch.float16 else not nan[2].any())
+    assert torch.equal(q.view(torch.uint8)[~nan], q_ref.view(torch.uint8)[~nan])
+    if DEVICE == "cuda":
+        assert q.float()[nan].isnan().all()
+
+
+def test_in_dtype_takes_no_upper_bound():
+    x = torch.randn(2, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="takes no scale"):
+        kernel_norm(x, None, None, torch.ones(1, device=DEVICE), 0.0,
+                    "quant/none/model/per_token in_dtype")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "scheme",
     ["static", "per_tensor", "per_group 64", "per_group 128 col", "per_group 64 ue8m0", "nvfp4"],
@@ -206,7 +237,7 @@ def test_nvfp4_tiles_over_many_rows_divide_the_row():
     assert runtime.launch_config(16, 4096, "nvfp4", row_tiles=True) == (1024, 4)
 
 
-@pytest.mark.parametrize("scheme", ["per_token", "per_token ub"])
+@pytest.mark.parametrize("scheme", ["per_token", "per_token ub", "per_token in_dtype"])
 def test_two_pass_per_token_is_bit_exact(monkeypatch, scheme):
     """Many padded rows run the two-pass kernel (the amax over the row's quarters, then
     the quant re-reading them); the bytes and scales are the reference's."""
@@ -220,7 +251,8 @@ def test_two_pass_per_token_is_bit_exact(monkeypatch, scheme):
     monkeypatch.setattr(
         runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
     )
-    q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 37, 100, torch.float32)
+    dtype = torch.bfloat16 if scheme == "per_token in_dtype" else torch.float32
+    q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 37, 100, dtype)
     assert [s.two_pass for s in launched] == [True]
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
     assert torch.equal(scales, scales_ref)

@@ -25,6 +25,7 @@ from irfuse.dialects import make_context
 from irfuse.dialects.aten import CallOp
 from irfuse.dialects.irfuse import QuantOp, RmsNormOp
 from irfuse.frontend.fx_import import import_graph
+from irfuse.ops.quant import per_token_fp8_quant_in_dtype
 from irfuse.pipeline import capture_reports
 from irfuse.transforms import DEFAULT_PIPELINE, PASSES
 from irfuse.transforms.raise_dynamic_fp8_quant import NAME, RaiseDynamicFp8Quant
@@ -154,6 +155,21 @@ def per_token_quant_repeated(x):
     xf = x.float()
     s = (xf.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
     q = (xf / s.repeat_interleave(x.shape[-1], dim=-1)).clamp(-448.0, 448.0)
+    return q.to(FP8), s
+
+
+def torchao_per_row_quant(x):
+    """torchao's per-row fp8 activation quant (`_choose_scale_float8`, then
+    `_quantize_affine_float8`, from 0.14): the 16-bit amax divided by 448 in 16 bits, then
+    widened, with no lower bound; the [..., 1] scale broadcast by the division."""
+    s = (x.abs().amax(-1, keepdim=True) / 448.0).to(torch.float32)
+    return (x.to(torch.float32) / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def torchao_per_row_quant_repeated(x):
+    """The same, as torchao 0.13 wrote it: the scale repeated along the row first."""
+    s = (x.abs().amax(-1, keepdim=True) / 448.0).to(torch.float32)
+    q = (x.to(torch.float32) / s.repeat_interleave(x.shape[-1], dim=-1)).clamp(-448.0, 448.0)
     return q.to(FP8), s
 
 
@@ -344,6 +360,19 @@ def test_per_tensor_forms_are_raised(form, fn, scale_shape):
     assert quant.scale_out.type.get_shape() == scale_shape
 
 
+@pytest.mark.parametrize("form", ["aot", "inductor"])
+@pytest.mark.parametrize(
+    "fn", [torchao_per_row_quant, torchao_per_row_quant_repeated], ids=lambda f: f.__name__
+)
+@pytest.mark.parametrize("dtype", [BF16, torch.float16, torch.float32])
+def test_torchao_per_row_forms_are_raised_in_dtype(form, fn, dtype):
+    """torchao's per-row scale, divided in x's dtype with no lower bound: `in_dtype`."""
+    x, _ = _inputs(t=4, k=200, dtype=dtype)
+    module, report = _run(CAPTURES[form](fn, x))
+    quant = _check_raised(module, report, "#irfuse.quant<per_token in_dtype>", with_ub=False)
+    assert quant.scale_out.type.get_shape() == (4, 1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_per_token_any_input_dtype(dtype):
     x, _ = _inputs(t=3, k=96, dtype=dtype)
@@ -389,9 +418,10 @@ def test_per_group_forms_are_raised(form, fn, scheme):
     "fn,scheme,scale_shape",
     [
         (per_token_quant, "#irfuse.quant<per_token>", (2, 3, 1)),
+        (torchao_per_row_quant, "#irfuse.quant<per_token in_dtype>", (2, 3, 1)),
         (per_group_quant_any_rank, "#irfuse.quant<per_group 64>", (2, 3, 4)),
     ],
-    ids=["token", "group"],
+    ids=["token", "torchao-row", "group"],
 )
 def test_token_dims_before_the_hidden_are_kept(form, fn, scheme, scale_shape):
     """A quant of [B, S, K] hidden states: the scales keep [B, S]."""
@@ -444,6 +474,10 @@ def test_reference_ops_compute_the_matched_chains():
         (irfuse.ops.per_token_fp8_quant(x), per_token_quant_expanded(x)),
         (irfuse.ops.per_token_fp8_quant(x3), per_token_quant(x3)),
         (irfuse.ops.per_group_fp8_quant(x3, 64), per_group_quant_any_rank(x3)),
+        (per_token_fp8_quant_in_dtype(x), torchao_per_row_quant(x)),  # x[1] = 0: NaN row
+        (per_token_fp8_quant_in_dtype(x), torchao_per_row_quant_repeated(x)),
+        (per_token_fp8_quant_in_dtype(x.half()), torchao_per_row_quant(x.half())),
+        (per_token_fp8_quant_in_dtype(x.float()), torchao_per_row_quant(x.float())),
     ]:
         assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8))
         assert torch.equal(got[1], want[1].reshape(got[1].shape))
@@ -536,12 +570,24 @@ def _per_token_by_reciprocal(x):
     return (xf * (1.0 / s)).clamp(-448.0, 448.0).to(FP8), s
 
 
-def _torchao_row_scale(x):
-    """torchao's per-row scale (`_choose_scale_float8`): the 16-bit amax divided in 16 bits,
-    then widened, with no lower bound; the scale repeated along the row."""
-    s = (x.abs().amax(-1, keepdim=True) / 448.0).to(torch.float32)
-    q = (x.to(torch.float32) / s.repeat_interleave(x.shape[-1], dim=-1)).clamp(-448.0, 448.0)
-    return q.to(FP8), s
+def _no_floor_in_f32(x):
+    """amax / 448 with no lower bound, divided in fp32 (not in x's bf16, as torchao's)."""
+    xf = x.float()
+    s = xf.abs().amax(-1, keepdim=True) / 448.0
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _torchao_per_tensor(x):
+    """torchao's scale over the whole tensor (PerTensor granularity)."""
+    s = (x.abs().amax(dim=(0, 1), keepdim=True) / 448.0).to(torch.float32)
+    return (x.to(torch.float32) / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _torchao_row_scale_bounded(x):
+    """torchao's per-row scale with `activation_value_ub`: the amax clamped in 16 bits."""
+    amax = torch.clamp(x.abs().amax(-1, keepdim=True), max=2.0)
+    s = (amax / 448.0).to(torch.float32)
+    return (x.to(torch.float32) / s).clamp(-448.0, 448.0).to(FP8), s
 
 
 def _max_indices_returned(x):
@@ -555,11 +601,19 @@ def _max_indices_returned(x):
     "fn,k,reason",
     [
         (
-            _torchao_row_scale,
+            _no_floor_in_f32,
             256,
-            "scale formula amax -> / 448 -> float() is neither per-token max(amax / 448, "
-            "1/(448*512)) nor per-group max(amax, 1e-10) / 448",
+            "scale amax / 448 with no lower bound is divided in float32, not in x's bfloat16 "
+            "(per-token amax / 448 in x's dtype), nor is it per-token max(amax / 448, "
+            "1/(448*512))",
         ),
+        (
+            _torchao_per_tensor,
+            256,
+            "a per-tensor scale amax / 448 with no lower bound is not per-tensor max(amax / "
+            "448, 1/(448*512))",
+        ),
+        (_torchao_row_scale_bounded, 256, "scale is clamped to [None, 2.0], not only from below"),
         (lambda x: per_group_quant(x, 96), 192, "group size 96 is not 64 or 128"),
         (_max_indices_returned, 256, "intermediate %getitem has a user outside the quant"),
         (
@@ -598,7 +652,9 @@ def _max_indices_returned(x):
         ),
     ],
     ids=[
-        "torchao-row-scale",
+        "no-floor-in-f32",
+        "torchao-per-tensor",
+        "torchao-row-scale-bounded",
         "group-96",
         "max-indices-read",
         "by-reciprocal",
@@ -690,6 +746,7 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
         (per_token_quant_indexed, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_widened, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_vllm_reference, "irfuse_add_rounded_rms_norm_per_token_fp8"),
+        (torchao_per_row_quant, "irfuse_add_rounded_rms_norm_per_token_in_dtype_fp8"),
         (per_group_quant, "irfuse_add_rounded_rms_norm_per_group128_fp8"),
         (per_group_quant_ue8m0, "irfuse_add_rounded_rms_norm_per_group128_ue8m0_fp8"),
     ],

@@ -58,7 +58,9 @@ class QuantAttr(ParametrizedAttribute):
     `<per_group 128>` (options `col` for column-major scales, `ue8m0` for power-of-two
     scales), `<nvfp4>`. `<static div>`: `x / scale` correctly rounded, as a graph's
     division computes it, where `<static>` is NUMERICS.md's `x * (1 / scale)` (they differ
-    by one fp8 step where the quotient is a tie)."""
+    by one fp8 step where the quotient is a tie). `<per_token in_dtype>`: the row scale
+    divided in x's dtype and widened, with no lower bound, `float(dtype(amax / 448))`
+    (torchao's per-row scale; it takes no upper bound)."""
 
     name = "irfuse.quant"
 
@@ -67,6 +69,7 @@ class QuantAttr(ParametrizedAttribute):
     column_major: IntAttr
     ue8m0: IntAttr
     divide: IntAttr
+    in_dtype: IntAttr
 
     def __init__(
         self,
@@ -75,6 +78,7 @@ class QuantAttr(ParametrizedAttribute):
         column_major: bool = False,
         ue8m0: bool = False,
         divide: bool = False,
+        in_dtype: bool = False,
     ) -> None:
         super().__init__(
             StringAttr(kind),
@@ -82,6 +86,7 @@ class QuantAttr(ParametrizedAttribute):
             IntAttr(int(column_major)),
             IntAttr(int(ue8m0)),
             IntAttr(int(divide)),
+            IntAttr(int(in_dtype)),
         )
 
     @property
@@ -101,16 +106,22 @@ class QuantAttr(ParametrizedAttribute):
             raise VerifyException(f"'{kind}' quant takes no group, col or ue8m0 option")
         if self.divide.data and kind != "static":
             raise VerifyException(f"'{kind}' quant takes no div option (only static)")
+        if self.in_dtype.data and kind != "per_token":
+            raise VerifyException(f"'{kind}' quant takes no in_dtype option (only per_token)")
 
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> list[Attribute]:
         with parser.in_angle_brackets():
             kind = parser.parse_identifier()
-            group = column_major = ue8m0 = divide = 0
+            group = column_major = ue8m0 = divide = in_dtype = 0
             if kind == "static" and (flag := parser.parse_optional_identifier()) is not None:
                 if flag != "div":
                     parser.raise_error(f"unknown static option '{flag}' (div)")
                 divide = 1
+            if kind == "per_token" and (flag := parser.parse_optional_identifier()) is not None:
+                if flag != "in_dtype":
+                    parser.raise_error(f"unknown per_token option '{flag}' (in_dtype)")
+                in_dtype = 1
             if kind == "per_group":
                 group = parser.parse_integer(allow_boolean=False, allow_negative=False)
                 while (flag := parser.parse_optional_identifier()) is not None:
@@ -126,6 +137,7 @@ class QuantAttr(ParametrizedAttribute):
             IntAttr(column_major),
             IntAttr(ue8m0),
             IntAttr(divide),
+            IntAttr(in_dtype),
         ]
 
     def print_parameters(self, printer: Printer) -> None:
@@ -135,6 +147,7 @@ class QuantAttr(ParametrizedAttribute):
             text += " col" if self.column_major.data else ""
             text += " ue8m0" if self.ue8m0.data else ""
         text += " div" if self.divide.data else ""
+        text += " in_dtype" if self.in_dtype.data else ""
         printer.print_string(f"<{text}>")
 
 
@@ -203,7 +216,7 @@ def verify_output_quant(
     wants_in = {"static": True, "nvfp4": True, "per_token": None}.get(kind, False)
     if wants_in is True and in_scale is None:
         raise VerifyException(f"'{kind}' quant needs a scale operand")
-    if wants_in is False and in_scale is not None:
+    if (wants_in is False or quant.in_dtype.data) and in_scale is not None:
         raise VerifyException(f"'{kind}' quant takes no scale operand")
     if in_scale is not None:
         scale_t = _tensor(in_scale, "quant scale")

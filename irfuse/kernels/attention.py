@@ -29,8 +29,8 @@ Fully masked rows give 0 and lse -inf in both.
 
 # Epilogues: both kernels take static and nvfp4; per_token needs a whole token row (all
 # heads), which only the decode path's combine holds.
-EPILOGUES = ("none", "static", "static div", "per_token", "nvfp4")
-DECODE_ONLY = ("per_token",)
+EPILOGUES = ("none", "static", "static div", "per_token", "per_token in_dtype", "nvfp4")
+DECODE_ONLY = ("per_token", "per_token in_dtype")
 # Head dims the kernels take: multiples of 16 up to 256. Tiles span the next power of two
 # (tl.arange needs one: BLOCK_D, BLOCK_DV); a padded tile's columns past the head dim read
 # as zeros (masked pointer loads; TMA fills them) and are never stored. Powers of two

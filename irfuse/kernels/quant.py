@@ -113,24 +113,45 @@ STATIC_DIV = (
 PER_TOKEN_PRELOAD = """    if HAS_SCALE:
         scale_ub = tl.load(scale_ptr)  # per-token scale upper bound, loaded early
 """
-# from the row's amax: the scale, stored
-PER_TOKEN_SCALE = """    if HAS_SCALE:
+# The row's scale from its amax, stored; per variant (#irfuse.quant<per_token>, <per_token
+# in_dtype>): (what the formula is, its preload, its code). `in_dtype` divides in the
+# dtype of the value quantized (`{value_dtype}`) and has no lower bound: torchao's
+# per-row scale, whose zero rows get s = 0 and quantize to NaN, as the graph's 0 / 0.
+PER_TOKEN_SCALES = {
+    "per_token": (
+        "s = max(min(amax, ub) / 448, 1 / (448 * 512))",
+        PER_TOKEN_PRELOAD,
+        """    if HAS_SCALE:
         amax = tl.minimum(amax, scale_ub)
     s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
-    tl.store(scale_out_ptr + row * scale_out_row_stride, s)
-"""
+""",
+    ),
+    "per_token in_dtype": (
+        "s = dtype(amax / 448), in the value's dtype, no lower bound",
+        "",
+        "    s = round_to(tl.math.div_rn(amax, 448.0), {value_dtype}, INTERPRET)\n",
+    ),
+}
+STORE_TOKEN_SCALE = "    tl.store(scale_out_ptr + row * scale_out_row_stride, s)\n"
 PER_TOKEN_QUANT = "to_fp8(div_by(v, s, inv_s), INTERPRET)"
 
-PER_TOKEN = (
-    PER_TOKEN_PRELOAD,
-    """
-    # epilogue: dynamic per-token fp8, s = max(min(amax, ub) / 448, 1 / (448 * 512))
-    amax = tl.max(tl.abs(v), axis=0)
-"""
-    + PER_TOKEN_SCALE
-    + "    inv_s = tl.math.div_rn(1.0, s)\n"
-    + STORE.format(value=PER_TOKEN_QUANT),
-)
+
+def per_token(scheme: str, value_dtype: str) -> tuple[str, str]:
+    """(preload, store) of a per-token scheme; `value_dtype`: the dtype (an expression in
+    the kernel) of the value quantized, in which `in_dtype` rounds its scale."""
+    if scheme not in PER_TOKEN_SCALES:
+        raise ValueError(f"no epilogue for quant scheme {scheme!r}")
+    formula, preload, scale = PER_TOKEN_SCALES[scheme]
+    store = (
+        f"\n    # epilogue: dynamic per-token fp8, {formula}\n"
+        "    amax = tl.max(tl.abs(v), axis=0)\n"
+        + scale.format(value_dtype=value_dtype)
+        + STORE_TOKEN_SCALE
+        + "    inv_s = tl.math.div_rn(1.0, s)\n"
+        + STORE.format(value=PER_TOKEN_QUANT)
+    )
+    return preload, store
+
 
 # Standalone per-token over rows padded to 8192+ lanes (hidden 7168), a whole kernel body:
 # two passes over the row's quarters, the amax, then the quant, which reads the row again
@@ -139,19 +160,17 @@ PER_TOKEN = (
 PER_TOKEN_TWO_PASS = (
     """    row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_row_stride
-"""
-    + PER_TOKEN_PRELOAD
-    + """    # pass 1: the amax, the four quarters' loads in flight together
+{preload}    # pass 1: the amax, the four quarters' loads in flight together
     abs_max = tl.zeros([BLOCK // 4], tl.float32)
     for quarter in tl.static_range(4):
         cols = quarter * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
         v = tl.load(x_row + cols, mask=cols < n_cols, other=0.0, eviction_policy="evict_last")
         abs_max = tl.maximum(abs_max, tl.abs(v.to(tl.float32)))
 
-    # dynamic per-token fp8, s = max(min(amax, ub) / 448, 1 / (448 * 512))
+    # dynamic per-token fp8, {formula}
     amax = tl.max(abs_max, axis=0)
-"""
-    + PER_TOKEN_SCALE
+{scale}"""
+    + STORE_TOKEN_SCALE
     + """    inv_s = tl.math.div_rn(1.0, s)
 
     # pass 2: the quant of each quarter, read again (from L2)
@@ -164,6 +183,14 @@ PER_TOKEN_TWO_PASS = (
     """
     + STORE.format(value=PER_TOKEN_QUANT)
 )
+
+
+def per_token_two_pass(scheme: str) -> str:
+    """The two-pass standalone body of a per-token scheme."""
+    formula, preload, scale = PER_TOKEN_SCALES[scheme]
+    scale = scale.format(value_dtype="x_ptr.dtype.element_ty")
+    return PER_TOKEN_TWO_PASS.format(formula=formula, preload=preload, scale=scale)
+
 
 PER_GROUP = (
     "",
@@ -284,10 +311,13 @@ PER_TENSOR = (
 TILEABLE = ("static", "per_group", "nvfp4", "per_tensor")
 
 
-def epilogue(scheme: str, standalone: bool = False) -> tuple[str, str, str]:
+def epilogue(
+    scheme: str, standalone: bool = False, value_dtype: str = "model_dtype"
+) -> tuple[str, str, str]:
     """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax, or for
     `amax` (phase 1 of per_tensor); `standalone`: the quant is the whole kernel (the
-    form of div_by depends on it, see DIV_BY)."""
+    form of div_by depends on it, see DIV_BY); `value_dtype`: the dtype of the value
+    quantized, as the kernel names it (`per_token in_dtype` rounds its scale to it)."""
     kind, *options = scheme.split()
     if standalone:
         division = DIV_BY_BOUNDED
@@ -303,7 +333,7 @@ def epilogue(scheme: str, standalone: bool = False) -> tuple[str, str, str]:
     if kind == "static":
         return fp8_helpers, *(STATIC_DIV if options == ["div"] else STATIC)
     if kind == "per_token":
-        return fp8_helpers, *PER_TOKEN
+        return fp8_helpers, *per_token(scheme, value_dtype)
     if kind == "nvfp4":
         return fp8_helpers + NVFP4_HELPERS, *NVFP4
     if kind == "per_group":
@@ -323,6 +353,8 @@ def parse_scheme(scheme: str) -> tuple[str, int, bool, bool]:
     if kind in ("none", "static", "per_token", "per_tensor", "nvfp4", "amax") and not options:
         return kind, 0, False, False
     if kind == "static" and options == ["div"]:  # divided, not times the reciprocal
+        return kind, 0, False, False
+    if kind == "per_token" and options == ["in_dtype"]:  # the scale in the value's dtype
         return kind, 0, False, False
     if kind == "per_group" and options and options[0] in ("64", "128"):
         flags = set(options[1:])

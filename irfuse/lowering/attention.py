@@ -52,6 +52,7 @@ from irfuse.ops.quant import (
     nvfp4_quant,
     nvfp4_scales_padded,
     per_token_fp8_quant,
+    per_token_fp8_quant_in_dtype,
     static_fp8_quant,
     static_fp8_quant_divided,
 )
@@ -59,9 +60,11 @@ from irfuse.ops.quant import (
 CAUSAL = {"none": 0, "top_left": 1, "bottom_right": 2}
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 _SUFFIX = {"none": "", "static": "_static_fp8", "static div": "_static_div_fp8",
-           "per_token": "_per_token_fp8", "nvfp4": "_nvfp4"}  # fmt: skip
+           "per_token": "_per_token_fp8", "per_token in_dtype": "_per_token_in_dtype_fp8",
+           "nvfp4": "_nvfp4"}  # fmt: skip
 _FUSES = {"none": "", "static": " + static fp8 quant",
           "static div": " + static fp8 quant (divided)", "per_token": " + per_token fp8 quant",
+          "per_token in_dtype": " + per_token fp8 quant (scale in the output dtype)",
           "nvfp4": " + nvfp4 quant"}  # fmt: skip
 
 
@@ -156,7 +159,7 @@ def combine_name(epilogue: str) -> str:
 def combine_source(epilogue: str) -> str:
     if epilogue not in EPILOGUES:
         raise ValueError(f"no attention epilogue {epilogue!r}")
-    helpers, preload, store = quant_pieces.epilogue(epilogue)
+    helpers, preload, store = quant_pieces.epilogue(epilogue, value_dtype="MODEL_DTYPE")
     body = pieces.COMBINE.format(name=combine_name(epilogue), preload=preload) + store
     fuses = "merge of split-KV attention states" + _FUSES[epilogue]
     return _module(combine_name(epilogue), fuses, "One token row per program", helpers, body)
@@ -363,9 +366,11 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
         )
     if epilogue in ("static", "static div", "nvfp4") and scale is None:
         raise ValueError(f"{what}: needs its scale")
+    if epilogue == "per_token in_dtype" and scale is not None:
+        raise ValueError(f"{what}: takes no scale (its scale has no upper bound)")
     if scale is not None and (scale.numel() != 1 or scale.dtype != torch.float32):
         raise ValueError(f"{what}: the scale must be a one-element float32 tensor")
-    if epilogue in ("per_token", "nvfp4") and layout != "bs_hd":
+    if epilogue in ("per_token", "per_token in_dtype", "nvfp4") and layout != "bs_hd":
         raise ValueError(f"{what}: quantizes [B, Sq, Hq*Dv] rows: needs layout bs_hd")
     if epilogue in DECODE_ONLY and not uses_decode(q.shape[2], q.shape[1], k.shape[1]):
         raise ValueError(
@@ -470,7 +475,7 @@ def _allocate(q, v, layout: str, epilogue: str, return_lse: bool):
         scales = alloc_nvfp4_scales(b * sq, h * dv, q)
         return out, lse, scales
     dtype = q.dtype if epilogue == "none" else FP8
-    if epilogue == "per_token":
+    if epilogue in DECODE_ONLY:  # the per-token schemes
         scales = q.new_empty((b, sq, 1), dtype=torch.float32)
     if layout == "bs_hd":
         return q.new_empty((b, sq, h * dv), dtype=dtype), lse, scales
@@ -653,8 +658,12 @@ def _reference(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, m
         rows = static_fp8_quant(rows, scale)
     elif epilogue == "static div":
         rows = static_fp8_quant_divided(rows, scale)
-    elif epilogue == "per_token":
-        rows, token_scales = per_token_fp8_quant(rows, scale)
+    elif epilogue in DECODE_ONLY:  # the per-token schemes
+        rows, token_scales = (
+            per_token_fp8_quant(rows, scale)
+            if epilogue == "per_token"
+            else per_token_fp8_quant_in_dtype(rows)
+        )
         scales = token_scales.view(b, sq, 1)
     if layout == "bs_hd":
         return rows.view(b, sq, h * dv), lse, scales

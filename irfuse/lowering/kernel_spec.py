@@ -39,6 +39,8 @@ class KernelSpec:
         suffix = special.get(kind, f"_{kind}{group or ''}_fp8")
         suffix = suffix.replace("_fp8", "_ue8m0_fp8") if ue8m0 else suffix
         suffix = suffix.replace("_fp8", "_div_fp8") if self.quant == "static div" else suffix
+        in_dtype = self.quant == "per_token in_dtype"
+        suffix = suffix.replace("_fp8", "_in_dtype_fp8") if in_dtype else suffix
         mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
         out = "_f32out" if self.norm_out == "fp32" else ""
         keep = "_keep" if self.keep_value else ""
@@ -187,9 +189,9 @@ def launched_kernels(spec: KernelSpec) -> tuple[KernelSpec, ...]:
 def kernel_source(spec: KernelSpec) -> str:
     helpers, _, _ = quant_pieces.epilogue(spec.quant, spec.producer == "quant")
     if spec.two_pass:
-        if (spec.producer, spec.quant) != ("quant", "per_token"):
+        if (spec.producer, parse_scheme(spec.quant)[0]) != ("quant", "per_token"):
             raise ValueError(f"no two-pass kernel for {spec.describe()}")
-        body = quant_pieces.PER_TOKEN_TWO_PASS
+        body = quant_pieces.per_token_two_pass(spec.quant)
         how = "One row per program, in two passes over its quarters"
     else:
         body = _row_body(spec)
@@ -204,7 +206,8 @@ def kernel_source(spec: KernelSpec) -> str:
 
 def _row_body(spec: KernelSpec) -> str:
     """The body of a row (or row tile) per program: producer, then the quant epilogue."""
-    _, preload, store = quant_pieces.epilogue(spec.quant, spec.producer == "quant")
+    value_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"  # what a quant reads
+    _, preload, store = quant_pieces.epilogue(spec.quant, spec.producer == "quant", value_dtype)
     rows = norm.ROWS_LAST_FIRST if spec.quant == "per_tensor" else norm.ROWS_IN_ORDER
     columns = norm.ROW_TILE if spec.row_tiles else norm.WHOLE_ROW
     body = rows + columns + norm.LOAD_ROW
@@ -219,12 +222,11 @@ def _row_body(spec: KernelSpec) -> str:
         body += norm.ADD_RESIDUAL
         body += norm.ROUND_SUM if spec.rounded_sum else ""
     if spec.producer != "quant":
-        norm_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
         slots = quant_pieces.AMAX_ROW_SLOTS
         if spec.normalises_with_phase_1_rstd:
-            body += norm.RSTD_OF_PHASE_1.format(norm_dtype=norm_dtype, slots=slots)
+            body += norm.RSTD_OF_PHASE_1.format(norm_dtype=value_dtype, slots=slots)
         else:
-            body += norm.RMS_NORM.format(norm_dtype=norm_dtype)
+            body += norm.RMS_NORM.format(norm_dtype=value_dtype)
         if spec.stores_rstd:
             body += norm.STORE_RSTD.format(slots=slots)
         body += norm.weighted(spec.weight_mode)

@@ -133,7 +133,7 @@ def runs_two_pass(spec: KernelSpec, n_rows: int, n_cols: int) -> bool:
     block = next_power_of_2(n_cols)
     return (
         spec.producer == "quant"
-        and spec.quant == "per_token"
+        and spec.quant.split()[0] == "per_token"
         and n_rows >= TWO_PASS_MIN_ROWS
         and TWO_PASS_MIN_BLOCK <= block != n_cols
     )
@@ -223,7 +223,8 @@ def _check(
         raise ValueError(f"{what}: takes no x_weight (its x is not normalised first)")
     if kind in ("static", "nvfp4") and scale is None:
         raise ValueError(f"{what}: needs its scale")
-    if kind in ("per_tensor", "per_group") and scale is not None:
+    no_bound = kind in ("per_tensor", "per_group") or spec.quant == "per_token in_dtype"
+    if no_bound and scale is not None:
         raise ValueError(f"{what}: takes no scale (its scale is computed, with no upper bound)")
     if scale is not None and (scale.dtype != torch.float32 or scale.numel() != 1):
         raise ValueError(f"{what}: scale must be a one-element float32 tensor")

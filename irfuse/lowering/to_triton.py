@@ -26,6 +26,8 @@ def scheme_text(quant: QuantAttr) -> str:
     """`#irfuse.quant<per_group 128 col>` -> "per_group 128 col"."""
     if quant.scheme == "static" and quant.divide.data:
         return "static div"
+    if quant.scheme == "per_token" and quant.in_dtype.data:
+        return "per_token in_dtype"
     if quant.scheme != "per_group":
         return quant.scheme
     flags = " col" * quant.column_major.data + " ue8m0" * quant.ue8m0.data

@@ -102,6 +102,17 @@ def _(x: torch.Tensor, scale_ub: torch.Tensor | None = None) -> tuple[torch.Tens
     return q, s
 
 
+def per_token_fp8_quant_in_dtype(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row fp8 quant whose scale is divided in x's dtype, then widened, with no lower
+    bound: s = float(dtype(amax|x| / 448)), q = fp8(clamp(x_f32 / s, -448, 448)); returns
+    (q, s[..., 1]). torchao's per-row scale (what `#irfuse.quant<per_token in_dtype>`
+    computes). A zero row has s = 0 and quantizes to NaN, as the graph's 0 / 0 does."""
+    _check_per_token(x, None)
+    xf = x.float()
+    s = div_const(xf.abs().amax(dim=-1, keepdim=True), FP8_MAX).to(x.dtype).float()
+    return fp8_cast(xf / s), s
+
+
 # ---------------------------------------------------------------------------------------
 # dynamic per-tensor fp8
 

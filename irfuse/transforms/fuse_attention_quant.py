@@ -7,8 +7,9 @@ Matches (the usual layout change before the output projection, then a quant):
                                                    (none with one query row, Sq = 1)
     y = t.view / reshape / _unsafe_view([B, Sq, Hq*Dv])  [.view([B*Sq, Hq*Dv])]
     q8 = a quant of y: static fp8 in any form raise-fp8-quant accepts, dynamic per-token
-         fp8 in any form raise-dynamic-fp8-quant accepts, or an `irfuse.quant` (static,
-         per_token, nvfp4; from a direct torch.ops.irfuse.* call)
+         fp8 in any form raise-dynamic-fp8-quant accepts (torchao's per-row scale too:
+         `per_token in_dtype`), or an `irfuse.quant` (static, per_token, nvfp4; from a
+         direct torch.ops.irfuse.* call)
 
 Guards: every intermediate has this chain as its only reader; head dims multiples of 16
 up to 256; per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64: its

@@ -8,6 +8,10 @@ Matches, for any hidden size (`xf` is `x` [..., K] cast to fp32, or `x` itself i
                  s = max(a / 448, 1/(448*512))
                  q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [..., 1]
 
+    per token, the scale in x's dtype (torchao's per-row scale; no bound, no floor):
+                 s = (amax(|x|, -1, keepdim=True) / 448).float()   (divided in x's dtype)
+                 q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [..., 1]
+
     per tensor:  a = amax(|xf|) over every dim (or max(|xf|))     (x of any rank)
                  s = max(a / 448, 1/(448*512))
                  s = s.reshape(1)                          (optional: any one-element view)
@@ -54,10 +58,11 @@ the quant reads the unflattened result, its results keep the graph's [T, ...] sh
 A chain that reaches an amax but fails a guard is reported with its reason.
 
 Replacement: `irfuse.quant` with `#irfuse.quant<per_token>` (`quant_scale` = ub),
-`#irfuse.quant<per_tensor>` (its scale keeps the graph's shape: 0-d, or ones with
-keepdim or a view) or `#irfuse.quant<per_group G>` (`ue8m0`), reading the un-cast, un-viewed `x`;
-its results replace q and the scales (NUMERICS.md); a quant identical to one already
-raised (same input, scheme, bound and types) reads that one's results instead.
+`#irfuse.quant<per_token in_dtype>`, `#irfuse.quant<per_tensor>` (its scale keeps the
+graph's shape: 0-d, or ones with keepdim or a view) or `#irfuse.quant<per_group G>`
+(`ue8m0`), reading the un-cast, un-viewed `x`; its results replace q and the scales
+(NUMERICS.md); a quant identical to one already raised (same input, scheme, bound and
+types) reads that one's results instead.
 """
 
 from __future__ import annotations
@@ -139,6 +144,8 @@ POW2 = ("aten.log2.default", "aten.ceil.default", "aten.exp2.default")
 SCALE_OPS = UPPER_BOUNDS + SCALINGS + FLOORS + POW2
 
 TOKEN_FORMULA = "per-token max(amax / 448, 1/(448*512))"
+IN_DTYPE_FORMULA = "per-token amax / 448 in x's dtype"
+SCHEMES = ("per_token", "per_token in_dtype", "per_tensor", "per_group", "per_group_ue8m0")
 TENSOR_FORMULA = "per-tensor max(amax / 448, 1/(448*512))"
 GROUP_FORMULA = "per-group max(amax, 1e-10) / 448"
 
@@ -295,20 +302,34 @@ def _parse_formula(path: list[CallOp]) -> list[_Step] | str:
 
 
 def _scheme(steps: list[_Step]) -> str:
-    """per_token | per_group | per_group_ue8m0 | a reason."""
+    """per_token | per_token in_dtype | per_group | per_group_ue8m0 | a reason."""
     kinds = [s.kind for s in steps if s.kind not in ("view", *AMAX_FORMS)]
     if kinds in (["div", "floor"], ["bound", "div", "floor"]):
         return "per_token"
+    if [s.kind for s in steps if s.kind not in ("view", "keepdim")] in (["div"], ["div", "widen"]):
+        return "per_token in_dtype"  # no lower bound, divided before any widening
     if kinds == ["floor", "div"]:
         return "per_group"
     if kinds == ["floor", "div", "log2", "ceil", "exp2"]:
         return "per_group_ue8m0"
     chain = " -> ".join(["amax", *(s.text for s in steps)])
-    return f"scale formula {chain} is neither {TOKEN_FORMULA} nor {GROUP_FORMULA}"
+    return f"scale formula {chain} is none of {TOKEN_FORMULA}, {IN_DTYPE_FORMULA}, {GROUP_FORMULA}"
 
 
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=0.0)
+
+
+def _divides_in(steps: list[_Step], x: SSAValue) -> str | None:
+    """Why a scale with no lower bound, `amax / 448`, is not the per-token in_dtype one
+    over `x` (the quantized tensor, before its fp32 cast): it is divided in another dtype."""
+    div = next(step for step in steps if step.kind == "div")
+    if element_type(div.op.results[0]) != element_type(x):
+        return (
+            f"scale amax / 448 with no lower bound is divided in {_dtype(div.op.results[0])}, "
+            f"not in x's {_dtype(x)} ({IN_DTYPE_FORMULA}), nor is it {TOKEN_FORMULA}"
+        )
+    return None
 
 
 def _check_constants(steps: list[_Step], scheme: str) -> str | None:
@@ -487,28 +508,39 @@ def _match_scheme(
         scheme = "per_tensor"
         if any(step.kind == "bound" for step in steps):
             return f"{TENSOR_FORMULA} scale takes no upper bound"
+    in_dtype = scheme == "per_token in_dtype"
+    if in_dtype and _reduces_every_dim(path[0]):
+        return f"a per-tensor scale amax / 448 with no lower bound is not {TENSOR_FORMULA}"
     if scheme != "per_tensor" and any(step.kind == "view" for step in steps):
         return "the scale is viewed to one element (only a per-tensor scale may be)"
-    if scheme not in ("per_token", "per_tensor", "per_group", "per_group_ue8m0"):
+    if scheme not in SCHEMES:
         return scheme
     forms = _amax_forms(steps)
-    if any(step.kind == "widen" for step in steps[len(forms) :]):
+    if in_dtype and any(step.kind == "widen" for step in steps):
+        forms.add("widen")  # a 16-bit amax, widened after the division in its dtype
+    elif any(step.kind == "widen" for step in steps[len(forms) :]):
         return "scale formula widens a value other than its amax (steps before it run in 16 bits)"
     if any(step.kind == "keepdim" for step in steps):
         forms.add("keepdim")
     # the division reads 16-bit xs, promoted by the fp32 scale (main[0] is the division)
     promoted = element_type(main[0].results[0]) == F32 != element_type(xs)
-    reason = _check_constants(steps, scheme) or _check_amax(path[0], xs, scheme, forms, promoted)
+    checked_as = "per_token" if in_dtype else scheme
+    reason = _check_constants(steps, checked_as) or _check_amax(
+        path[0], xs, checked_as, forms, promoted
+    )
     if reason:
         return reason
     ops = list(dict.fromkeys([*main, path[0].inputs[0].owner, *path]))  # + abs
     helpers = [step.helper for step in steps if step.helper is not None]
     if (of := _abs_of(path[0])) is not None and _twin_cast(of, xs):
         helpers.append(of.owner)  # type: ignore[arg-type]  # the amax's own cast
-    if scheme in ("per_token", "per_tensor"):
+    if scheme in ("per_token", "per_token in_dtype", "per_tensor"):
         source, cast = _strip_f32_cast(xs, ops)
+        if in_dtype and (reason := _divides_in(steps, source)):
+            return reason
         ub = next((step.bound for step in steps if step.bound is not None), None)
-        return DynamicQuantMatch(source, ub, QuantAttr(scheme), q, [s], s.type, ops, cast + helpers)
+        quant = QuantAttr("per_token", in_dtype=True) if in_dtype else QuantAttr(scheme)
+        return DynamicQuantMatch(source, ub, quant, q, [s], s.type, ops, cast + helpers)
     return _match_per_group(q, xs, s, ops, helpers, ue8m0=scheme == "per_group_ue8m0")
 
 

@@ -62,6 +62,26 @@ func.func @per_token_inductor(%x: tensor<?x512xf16>) -> (tensor<?x512xf8E4M3FN>,
 
 // -----
 
+// torchao's per-row scale (Inductor form): the bf16 amax divided by 448 in bf16, then
+// widened, with no lower bound: `<per_token in_dtype>`, whose kernels round the scale alike.
+func.func @per_token_in_dtype(%x: tensor<4x256xbf16>) -> (tensor<4x256xf8E4M3FN>, tensor<4x1xf32>) {
+  %abs = aten.call "aten.abs.default"(%x) {args = [#aten.ref<0>], kwargs = {}} : (tensor<4x256xbf16>) -> tensor<4x256xbf16>
+  %amax = aten.call "aten.amax.default"(%abs) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<4x256xbf16>) -> tensor<4x1xbf16>
+  %d = aten.call "aten.div.Tensor"(%amax) {args = [#aten.ref<0>, 4.480000e+02 : f64], kwargs = {}} : (tensor<4x1xbf16>) -> tensor<4x1xbf16>
+  %s = aten.call "prims.convert_element_type.default"(%d) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<4x1xbf16>) -> tensor<4x1xf32>
+  %xf = aten.call "prims.convert_element_type.default"(%x) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<4x256xbf16>) -> tensor<4x256xf32>
+  %xs = aten.call "aten.div.Tensor"(%xf, %s) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x256xf32>, tensor<4x1xf32>) -> tensor<4x256xf32>
+  %lo = aten.call "aten.clamp_min.default"(%xs) {args = [#aten.ref<0>, -4.480000e+02 : f64], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x256xf32>
+  %hi = aten.call "aten.clamp_max.default"(%lo) {args = [#aten.ref<0>, 4.480000e+02 : f64], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x256xf32>
+  %q = aten.call "prims.convert_element_type.default"(%hi) {args = [#aten.ref<0>, f8E4M3FN], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x256xf8E4M3FN>
+  func.return %q, %s : tensor<4x256xf8E4M3FN>, tensor<4x1xf32>
+}
+// CHECK-LABEL: func.func @per_token_in_dtype
+// CHECK-NEXT:    %q, %s = irfuse.quant %x {quant = #irfuse.quant<per_token in_dtype>} : tensor<4x256xbf16> -> tensor<4x256xf8E4M3FN>, tensor<4x1xf32>
+// CHECK-NEXT:    func.return %q, %s : tensor<4x256xf8E4M3FN>, tensor<4x1xf32>
+
+// -----
+
 // Per token with an upper bound (torch.minimum) and `* (1/448)`; fp32 input, no cast.
 func.func @per_token_scale_ub(%x: tensor<8x128xf32>, %ub: tensor<1xf32>) -> (tensor<8x128xf8E4M3FN>, tensor<8x1xf32>) {
   %abs = aten.call "aten.abs.default"(%x) {args = [#aten.ref<0>], kwargs = {}} : (tensor<8x128xf32>) -> tensor<8x128xf32>
