@@ -841,3 +841,42 @@ def test_model_hidden_states_quantized_before_flattening(quant, kernel):
     torch.testing.assert_close(s, s_ref, rtol=1e-2, atol=0)  # the norm's rounding may differ
     per_element = s_ref.repeat_interleave(256 // s_ref.shape[-1], dim=-1)
     assert_fp8_close(q, q_ref, per_element)
+
+
+def _torchao_linear(x, weight):
+    """A torchao float8 linear with per-row scales, as its graph computes it (the matmul of
+    the dequantized rows stands in for `_scaled_mm`, which the CPU lacks)."""
+    q, s = torchao_per_row_quant(x)
+    rows = q.reshape(-1, q.shape[-1]).float() * s.reshape(-1, 1)
+    return (rows @ weight.float().t()).to(x.dtype)
+
+
+def test_torchao_projections_of_one_norm_share_one_fused_kernel():
+    """q, k and v projections each quantize the normalised hidden states (one torchao
+    quant per linear): one fused add + norm + quant kernel serves all three, and every
+    output is eager's (to the bit through the interpreter; on the GPU the norm may round
+    a value one step apart, which its row's quant carries)."""
+
+    def block(x, residual, weight, wq, wk, wv):
+        h = x + residual
+        n = models.hf_rms_norm(h, weight)
+        return _torchao_linear(n, wq), _torchao_linear(n, wk), _torchao_linear(n, wv), h
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+    g = torch.Generator().manual_seed(2)
+    x, residual = (torch.randn(2, 3, 256, generator=g).to(BF16).to(device) for _ in range(2))
+    weight = (torch.rand(256, generator=g) + 0.5).to(BF16).to(device)
+    projections = [torch.randn(64, 256, generator=g).to(BF16).to(device) for _ in range(3)]
+    report = irfuse.explain(block, x, residual, weight, *projections)
+    assert report.kernels == ["irfuse_add_rounded_rms_norm_per_token_in_dtype_fp8"], str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="irfuse", options={"inner": "eager"})
+    got = compiled(x, residual, weight, *projections)
+    expected = block(x, residual, weight, *projections)
+    assert torch.equal(got[-1], expected[-1])
+    for a, b in zip(got[:-1], expected[:-1], strict=True):
+        if device == "cpu":
+            assert torch.equal(a, b)
+        else:
+            span = b.float().abs().amax().item()
+            torch.testing.assert_close(a.float(), b.float(), atol=0.02 * span, rtol=0)
