@@ -250,21 +250,6 @@ def _decode_inputs(s=1, h=4, kv_len=37, d=32):
     return q, k, v
 
 
-@pytest.mark.parametrize("d", [32, 96])  # 96: on tiles of 128
-def test_decode_per_token_quant_fuses_and_matches_eager(d):
-    q, k, v = _decode_inputs(d=d)
-    report = irfuse.explain(decode_per_token, q, k, v, attention="irfuse")
-    assert report.fused["fuse-attention-quant"] == 1, str(report)
-    assert report.kernels == ["irfuse_attention_per_token_fp8"]
-    torch._dynamo.reset()
-    options = {"inner": "eager", "attention": "irfuse"}
-    (q8, s8) = torch.compile(decode_per_token, backend="irfuse", options=options)(q, k, v)
-    q_ref, s_ref = decode_per_token(q, k, v)
-    assert q8.shape == q_ref.shape and s8.shape == s_ref.shape
-    torch.testing.assert_close(s8, s_ref, atol=1e-3, rtol=1.6e-2)
-    assert_quant_close("per_token", q8.float() * s8, q_ref.float() * s_ref)
-
-
 def decode_torchao_per_row(q, k, v):
     """Decode step, then torchao's per-row fp8 activation quant of o_proj's input (its
     scale divided in the output's dtype, no lower bound)."""
@@ -274,15 +259,27 @@ def decode_torchao_per_row(q, k, v):
     return (rows.to(torch.float32) / scale).clamp(-448, 448).to(FP8), scale
 
 
-def test_decode_torchao_per_row_quant_fuses_with_its_scale():
-    q, k, v = _decode_inputs(d=32)
-    report = irfuse.explain(decode_torchao_per_row, q, k, v, attention="irfuse")
-    assert report.kernels == ["irfuse_attention_per_token_in_dtype_fp8"], str(report)
+@pytest.mark.parametrize(
+    "block,kernel,d",
+    [
+        (decode_per_token, "irfuse_attention_per_token_fp8", 32),
+        (decode_per_token, "irfuse_attention_per_token_fp8", 96),  # 96: on tiles of 128
+        (decode_torchao_per_row, "irfuse_attention_per_token_in_dtype_fp8", 32),
+    ],
+    ids=["d32", "d96", "torchao-row"],
+)
+def test_decode_per_token_quant_fuses_and_matches_eager(block, kernel, d):
+    q, k, v = _decode_inputs(d=d)
+    report = irfuse.explain(block, q, k, v, attention="irfuse")
+    assert report.fused["fuse-attention-quant"] == 1, str(report)
+    assert report.kernels == [kernel]
     torch._dynamo.reset()
     options = {"inner": "eager", "attention": "irfuse"}
-    q8, s8 = torch.compile(decode_torchao_per_row, backend="irfuse", options=options)(q, k, v)
-    q_ref, s_ref = decode_torchao_per_row(q, k, v)
-    assert torch.equal(s8.to(q.dtype).float(), s8)  # rounded to the output's dtype
+    (q8, s8) = torch.compile(block, backend="irfuse", options=options)(q, k, v)
+    q_ref, s_ref = block(q, k, v)
+    assert q8.shape == q_ref.shape and s8.shape == s_ref.shape
+    if block is decode_torchao_per_row:  # its scales rounded to the output's dtype
+        assert torch.equal(s8.to(q.dtype).float(), s8)
     torch.testing.assert_close(s8, s_ref, atol=1e-3, rtol=1.6e-2)
     assert_quant_close("per_token", q8.float() * s8, q_ref.float() * s_ref)
 
