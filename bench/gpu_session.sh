@@ -34,7 +34,8 @@ tests)
         tests/test_gemma_layers.py
     # the sandwich and static-div epilogues at model sizes (the rest of the file: suite)
     step new-epilogues 180 "${PYTEST[@]}" tests/test_quant_epilogues.py tests/test_kernels.py \
-        tests/test_attention_kernel.py -k "sandwich or div"
+        tests/test_attention_kernel.py tests/test_attention_fusion.py \
+        -k "sandwich or div or in_dtype or torchao"
     ;;
 bench)
     step host-time 200 python3 bench/host_time.py
@@ -44,6 +45,9 @@ bench)
         --tokens 1 4096 16384
     step sandwich 200 python3 bench/quant_schemes.py --sandwich \
         --schemes per_token static --hidden 3840 5376 --tokens 16 4096 16384
+    # torchao's per-row quant after add + norm, both compiling the same PyTorch
+    step torchao-row 90 python3 bench/quant_schemes.py --as-written \
+        --schemes "per_token in_dtype" --tokens 1 16 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 suite)
