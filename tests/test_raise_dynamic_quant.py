@@ -432,7 +432,9 @@ def test_token_dims_before_the_hidden_are_kept(form, fn, scheme, scale_shape):
     assert quant.scale_out.type.get_shape() == scale_shape
 
 
-@pytest.mark.parametrize("fn", [per_token_quant, per_group_quant], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "fn", [per_token_quant, torchao_per_row_quant, per_group_quant], ids=lambda f: f.__name__
+)
 def test_symbolic_sizes_are_raised(fn):
     x, _ = _inputs(t=5, k=256)
     module, report = _run(_dynamic_aot_graph(fn, x))
