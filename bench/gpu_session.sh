@@ -45,9 +45,9 @@ bench)
         --tokens 1 4096 16384
     step sandwich 200 python3 bench/quant_schemes.py --sandwich \
         --schemes per_token static --hidden 3840 5376 --tokens 16 4096 16384
-    # torchao's per-row quant after add + norm, both compiling the same PyTorch
-    step torchao-row 90 python3 bench/quant_schemes.py --as-written \
-        --schemes "per_token in_dtype" --tokens 1 16 4096 16384
+    # torchao's per-row and 1x128 quants after add + norm, both compiling the same PyTorch
+    step torchao 120 python3 bench/quant_schemes.py --as-written \
+        --schemes "per_token in_dtype" "per_group 128 in_dtype" --tokens 1 16 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 suite)

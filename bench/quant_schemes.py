@@ -12,8 +12,9 @@ irfuse's passes; the graph's add rounds the sum, so irfuse's fused add does too)
 counts the bytes the fused op must move: inputs read once, outputs and scales written once.
 --sandwich: Gemma's norm, the residual add, the next norm and the quant, as written (both
 compile the same PyTorch; irfuse makes one kernel of it, fuse-sandwich-norm).
-Scheme "per_token in_dtype" is torchao's per-row quant, which irfuse raises from the
-graph's PyTorch in every mode (it has no torch.ops.irfuse op).
+Schemes "per_token in_dtype" and "per_group 128 in_dtype" are torchao's per-row and 1x128
+quants, which irfuse raises from the graph's PyTorch in every mode (no torch.ops.irfuse
+op computes them).
 """
 
 from __future__ import annotations
@@ -65,9 +66,13 @@ def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
     yf = y.float()
     if kind == "static":
         return (yf / scale).clamp(-448, 448).to(FP8), scale
-    if flags == ["in_dtype"]:  # torchao's per-row scale: divided in y's dtype, no floor
+    if kind == "per_token" and "in_dtype" in flags:  # torchao's: in y's dtype, no floor
         s = (y.abs().amax(-1, keepdim=True) / 448).float()
         return (yf / s).clamp(-448, 448).to(FP8), s
+    if kind == "per_group" and "in_dtype" in flags:  # torchao's 1x128, repeated
+        t, k = y.shape
+        s = (y.view(t, k // 128, 128).abs().amax(-1, keepdim=True) / 448).view(t, -1).float()
+        return (yf / s.repeat_interleave(128, dim=-1)).clamp(-448, 448).to(FP8), s
     if kind == "per_token":
         s = (yf.abs().amax(-1, keepdim=True) / 448).clamp(min=1 / (448 * 512))
         return (yf / s).clamp(-448, 448).to(FP8), s
@@ -98,7 +103,7 @@ def quant_irfuse(scheme: str, y: torch.Tensor, scale: torch.Tensor):
         return (y,)
     if kind == "static":
         return ref.static_fp8_quant(y, scale), scale
-    if flags == ["in_dtype"]:  # no torch.ops.irfuse form: the graph's, raised
+    if "in_dtype" in flags:  # no torch.ops.irfuse form: the graph's, raised
         return quant_torch(scheme, y, scale)
     if kind == "per_token":
         return ref.per_token_fp8_quant(y)

@@ -7,6 +7,7 @@ import torch
 import irfuse.ops as ref
 from irfuse.ops.quant import (
     nvfp4_scale_shape,
+    per_group_fp8_quant_in_dtype,
     per_token_fp8_quant_in_dtype,
     static_fp8_quant_divided,
 )
@@ -64,6 +65,8 @@ def reference_quant(scheme: str, y: torch.Tensor, scale: torch.Tensor | None):
         return per_token_fp8_quant_in_dtype(y) if in_dtype else ref.per_token_fp8_quant(y, scale)
     if kind == "per_tensor":
         return ref.per_tensor_fp8_quant(y)
+    if kind == "per_group" and "in_dtype" in flags:
+        return per_group_fp8_quant_in_dtype(y, int(flags[0]), "col" in flags)
     if kind == "per_group":
         return ref.per_group_fp8_quant(y, int(flags[0]), "col" in flags, "ue8m0" in flags)
     return ref.nvfp4_quant(y, scale)

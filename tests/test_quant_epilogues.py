@@ -17,7 +17,6 @@ from irfuse.ops.quant import (
     alloc_nvfp4_scales,
     div_const,
     nvfp4_scale_shape,
-    per_token_fp8_quant_in_dtype,
     unswizzle_block_scales,
 )
 from tests.helpers import (
@@ -31,8 +30,8 @@ from tests.helpers import (
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = [
     "static", "static div", "per_token", "per_token ub", "per_token in_dtype", "per_tensor",
-    "per_group 128",
-    "per_group 64 col", "per_group 128 ue8m0", "per_group 64 col ue8m0", "nvfp4",
+    "per_group 128", "per_group 64 col", "per_group 128 ue8m0", "per_group 64 col ue8m0",
+    "per_group 128 in_dtype", "per_group 64 col in_dtype", "nvfp4",
 ]  # fmt: skip
 PRODUCERS = [
     ("quant", "none"), ("rms_norm", "plain"), ("rms_norm", "fp32"), ("rms_norm", "gemma"),
@@ -171,9 +170,10 @@ def test_standalone_quant_is_bit_exact(scheme):
         assert torch.equal(scales, scales_ref)
 
 
+@pytest.mark.parametrize("scheme", ["per_token in_dtype", "per_group 64 in_dtype"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_in_dtype_scale_is_divided_in_the_input_dtype(dtype):
-    """`per_token in_dtype` (torchao's per-row scale): amax / 448 rounded to x's dtype,
+def test_in_dtype_scale_is_divided_in_the_input_dtype(dtype, scheme):
+    """`in_dtype` (torchao's per-row and 1x128 scales): amax / 448 rounded to x's dtype,
     with no lower bound. The scales and bytes are the reference's, also for a zero row
     (s = 0: its values are 0 / 0, NaN) and a row of tiny values (in fp16 its scale
     underflows to 0: nonzero values saturate, zeros are NaN). The interpreter's fp8 cast
@@ -181,10 +181,12 @@ def test_in_dtype_scale_is_divided_in_the_input_dtype(dtype):
     x, _, _ = _inputs(6, 256, dtype)
     x[1] = 0
     x[2] *= 1e-6
-    q, _, scales, _ = kernel_norm(x, None, None, None, 0.0, "quant/none/model/per_token in_dtype")
-    q_ref, scales_ref = per_token_fp8_quant_in_dtype(x)
-    assert torch.equal(scales, scales_ref) and scales[1].item() == 0.0
-    in_fp32 = div_const(x.float().abs().amax(dim=-1, keepdim=True), 448.0)
+    q, _, scales, _ = kernel_norm(x, None, None, None, 0.0, f"quant/none/model/{scheme}")
+    q_ref, scales_ref = reference_quant(scheme, x, None)
+    assert torch.equal(scales, scales_ref) and bool((scales[1] == 0).all())
+    group = 64 if scheme.startswith("per_group") else 256
+    amax = x.float().view(6, -1, group).abs().amax(dim=-1)
+    in_fp32 = div_const(amax, 448.0).view(scales.shape)
     assert (scales != in_fp32).any()  # the rounding to x's dtype changes some scales
     nan = q_ref.float().isnan()
     assert nan[1].all() and (nan[2].any() if dtype == torch.float16 else not nan[2].any())

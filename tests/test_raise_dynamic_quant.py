@@ -25,7 +25,7 @@ from irfuse.dialects import make_context
 from irfuse.dialects.aten import CallOp
 from irfuse.dialects.irfuse import QuantOp, RmsNormOp
 from irfuse.frontend.fx_import import import_graph
-from irfuse.ops.quant import per_token_fp8_quant_in_dtype
+from irfuse.ops.quant import per_group_fp8_quant_in_dtype, per_token_fp8_quant_in_dtype
 from irfuse.pipeline import capture_reports
 from irfuse.transforms import DEFAULT_PIPELINE, PASSES
 from irfuse.transforms.raise_dynamic_fp8_quant import NAME, RaiseDynamicFp8Quant
@@ -173,6 +173,26 @@ def torchao_per_row_quant_repeated(x):
     return q.to(FP8), s
 
 
+def torchao_per_group_quant(x, group=128):
+    """torchao's 1x128 activation quant (`PerBlock([1, 128])`): each group's 16-bit amax
+    divided by 448 in 16 bits, viewed to [..., K/G], widened, then repeated along the row
+    (`_maybe_expand_scale_to_tensor_shape`) for the division."""
+    *tokens, k = x.shape
+    amax = x.view(*tokens, k // group, group).abs().amax(dim=[-1], keepdim=True)
+    s = (amax / 448.0).reshape(*tokens, k // group).to(torch.float32)
+    q = (x.to(torch.float32) / s.repeat_interleave(group, dim=-1)).clamp(-448.0, 448.0)
+    return q.to(FP8), s
+
+
+def per_group_quant_repeated(x, group=64):
+    """NUMERICS.md's per-group scale, in fp32, repeated along the row for the division."""
+    *tokens, k = x.shape
+    xf = x.float()
+    amax = xf.view(*tokens, k // group, group).abs().amax(dim=-1, keepdim=True)
+    s = (amax.clamp(min=1e-10) / 448.0).view(*tokens, k // group)
+    return (xf / s.repeat_interleave(group, dim=-1)).clamp(-448.0, 448.0).to(FP8), s
+
+
 def per_token_quant_expanded(x):
     xf = x.float()
     s = (xf.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
@@ -230,16 +250,16 @@ def _aot_graph(fn, *args) -> fx.Graph:
     return graphs[0]
 
 
-def _dynamic_aot_graph(fn, x) -> fx.Graph:
-    """The AOT graph with both dims of `x` symbolic."""
+def _dynamic_aot_graph(fn, x, dims=(0, 1)) -> fx.Graph:
+    """The AOT graph with `dims` of `x` symbolic (by default both)."""
     graphs: list[fx.Graph] = []
 
     def compiler(gm, _):
         graphs.append(gm.graph)
         return make_boxed_func(gm.forward)
 
-    torch._dynamo.mark_dynamic(x, 0)
-    torch._dynamo.mark_dynamic(x, 1)
+    for dim in dims:
+        torch._dynamo.mark_dynamic(x, dim)
     torch.compile(fn, backend=aot_autograd(fw_compiler=compiler))(x)
     return graphs[0]
 
@@ -373,6 +393,25 @@ def test_torchao_per_row_forms_are_raised_in_dtype(form, fn, dtype):
     assert quant.scale_out.type.get_shape() == (4, 1)
 
 
+@pytest.mark.parametrize("form", ["aot", "inductor"])
+@pytest.mark.parametrize(
+    "fn,scheme",
+    [
+        (torchao_per_group_quant, "#irfuse.quant<per_group 128 in_dtype>"),
+        (per_group_quant_repeated, "#irfuse.quant<per_group 64>"),
+    ],
+    ids=["torchao-1x128", "numerics-64"],
+)
+@pytest.mark.parametrize("dtype", [BF16, torch.float16, torch.float32])
+def test_repeated_group_scales_are_raised(form, fn, scheme, dtype):
+    """Group scales [..., K/G] repeated along the row for the division (torchao's 1x128
+    form): per_group, `in_dtype` for torchao's formula; [B, S, K] keeps its token dims."""
+    x = _inputs(t=6, k=256, dtype=dtype)[0].view(2, 3, 256)
+    module, report = _run(CAPTURES[form](fn, x))
+    quant = _check_raised(module, report, scheme, with_ub=False)
+    assert quant.scale_out.type.get_shape() == (2, 3, 256 // quant.quant.group.data)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_per_token_any_input_dtype(dtype):
     x, _ = _inputs(t=3, k=96, dtype=dtype)
@@ -443,19 +482,38 @@ def test_symbolic_sizes_are_raised(fn):
 
 
 @pytest.mark.parametrize(
+    "fn,scheme",
+    [
+        (per_token_quant_repeated, "#irfuse.quant<per_token>"),
+        (torchao_per_row_quant_repeated, "#irfuse.quant<per_token in_dtype>"),
+        (torchao_per_group_quant, "#irfuse.quant<per_group 128 in_dtype>"),
+    ],
+    ids=["token", "torchao-row", "torchao-1x128"],
+)
+def test_a_repeated_scale_at_a_symbolic_token_count_is_raised(fn, scheme):
+    """A symbolic token count (never 1: the expand could not have changed it) with a
+    static hidden size: the repeat's shapes still tell a row or group scale."""
+    x, _ = _inputs(t=5, k=256)
+    module, report = _run(_dynamic_aot_graph(fn, x, dims=(0,)))
+    (quant,) = _quants(module)
+    assert report.fused[NAME] == 1 and str(quant.quant) == scheme, str(report)
+    assert quant.out.type.get_shape() == (-(2**63), 256)
+
+
+@pytest.mark.parametrize(
     "fn", [per_token_quant_repeated, per_token_quant_expanded], ids=lambda f: f.__name__
 )
 def test_a_repeated_scale_at_symbolic_sizes_is_refused_with_its_reason(fn):
-    """The repeats' shapes are checked only where they are static: at symbolic sizes the
-    quant is left unchanged, and the report says why."""
+    """The repeats' shapes are checked only where the hidden size is static: where it is
+    symbolic the quant is left unchanged, and the report says why."""
     x, _ = _inputs(t=5, k=256)
     graph = _dynamic_aot_graph(fn, x)
     before = str(import_graph(graph).module)
     module, report = _run(graph)
     assert str(module) == before and NAME not in report.fused
     assert _reasons(report) == [
-        "the scale is spread over x's shape in a form not taken (a row scale [..., 1] "
-        "repeated along the row, at static shapes)"
+        "the scale is spread over x's shape in a form not taken (a row or group scale "
+        "repeated along the row, where the hidden size is static)"
     ], str(report)
 
 
@@ -480,6 +538,9 @@ def test_reference_ops_compute_the_matched_chains():
         (per_token_fp8_quant_in_dtype(x), torchao_per_row_quant_repeated(x)),
         (per_token_fp8_quant_in_dtype(x.half()), torchao_per_row_quant(x.half())),
         (per_token_fp8_quant_in_dtype(x.float()), torchao_per_row_quant(x.float())),
+        (per_group_fp8_quant_in_dtype(x, 128), torchao_per_group_quant(x)),
+        (per_group_fp8_quant_in_dtype(x3.half(), 128), torchao_per_group_quant(x3.half())),
+        (irfuse.ops.per_group_fp8_quant(x, 64), per_group_quant_repeated(x)),
     ]:
         assert torch.equal(got[0].view(torch.uint8), want[0].view(torch.uint8))
         assert torch.equal(got[1], want[1].reshape(got[1].shape))
@@ -585,6 +646,28 @@ def _torchao_per_tensor(x):
     return (x.to(torch.float32) / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def _repeated_in_groups_of_96(x):
+    t, k = x.shape
+    amax = x.view(t, k // 96, 96).abs().amax(-1, keepdim=True)
+    s = (amax / 448.0).view(t, k // 96).float()
+    return (x.float() / s.repeat_interleave(96, dim=-1)).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _token_formula_repeated_in_groups(x):
+    t, k = x.shape
+    xf = x.float()
+    amax = xf.view(t, k // 128, 128).abs().amax(-1, keepdim=True)
+    s = (amax / 448.0).clamp(min=1.0 / (448.0 * 512.0)).view(t, k // 128)
+    return (xf / s.repeat_interleave(128, dim=-1)).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _group_formula_repeated_in_16_bits(x):
+    t, k = x.shape
+    amax = x.view(t, k // 128, 128).abs().amax(-1, keepdim=True)
+    s = (amax.clamp(min=1e-10) / 448.0).view(t, k // 128).float()
+    return (x.float() / s.repeat_interleave(128, dim=-1)).clamp(-448.0, 448.0).to(FP8), s
+
+
 def _torchao_row_scale_bounded(x):
     """torchao's per-row scale with `activation_value_ub`: the amax clamped in 16 bits."""
     amax = torch.clamp(x.abs().amax(-1, keepdim=True), max=2.0)
@@ -616,6 +699,17 @@ def _max_indices_returned(x):
             "448, 1/(448*512))",
         ),
         (_torchao_row_scale_bounded, 256, "scale is clamped to [None, 2.0], not only from below"),
+        (_repeated_in_groups_of_96, 192, "the scale is repeated in groups of 96, not 64 or 128"),
+        (
+            _token_formula_repeated_in_groups,
+            256,
+            "a per-token max(amax / 448, 1/(448*512)) scale repeated in groups of 128",
+        ),
+        (
+            _group_formula_repeated_in_16_bits,
+            256,
+            "per-group max(amax, 1e-10) / 448 scale not computed in float32",
+        ),
         (lambda x: per_group_quant(x, 96), 192, "group size 96 is not 64 or 128"),
         (_max_indices_returned, 256, "intermediate %getitem has a user outside the quant"),
         (
@@ -657,6 +751,9 @@ def _max_indices_returned(x):
         "no-floor-in-f32",
         "torchao-per-tensor",
         "torchao-row-scale-bounded",
+        "repeated-in-groups-of-96",
+        "token-formula-in-groups",
+        "group-formula-in-16-bits",
         "group-96",
         "max-indices-read",
         "by-reciprocal",
@@ -749,6 +846,7 @@ def test_compiled_with_the_pass_option_matches_eager(fn):
         (per_token_quant_widened, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (per_token_quant_vllm_reference, "irfuse_add_rounded_rms_norm_per_token_fp8"),
         (torchao_per_row_quant, "irfuse_add_rounded_rms_norm_per_token_in_dtype_fp8"),
+        (torchao_per_group_quant, "irfuse_add_rounded_rms_norm_per_group128_in_dtype_fp8"),
         (per_group_quant, "irfuse_add_rounded_rms_norm_per_group128_fp8"),
         (per_group_quant_ue8m0, "irfuse_add_rounded_rms_norm_per_group128_ue8m0_fp8"),
     ],

@@ -58,9 +58,10 @@ class QuantAttr(ParametrizedAttribute):
     `<per_group 128>` (options `col` for column-major scales, `ue8m0` for power-of-two
     scales), `<nvfp4>`. `<static div>`: `x / scale` correctly rounded, as a graph's
     division computes it, where `<static>` is NUMERICS.md's `x * (1 / scale)` (they differ
-    by one fp8 step where the quotient is a tie). `<per_token in_dtype>`: the row scale
-    divided in x's dtype and widened, with no lower bound, `float(dtype(amax / 448))`
-    (torchao's per-row scale; it takes no upper bound)."""
+    by one fp8 step where the quotient is a tie). `<per_token in_dtype>`, `<per_group 128
+    in_dtype>`: the row (group) scale divided in x's dtype and widened, with no lower
+    bound, `float(dtype(amax / 448))` (torchao's per-row and 1x128 scales; no upper
+    bound, no ue8m0)."""
 
     name = "irfuse.quant"
 
@@ -106,8 +107,12 @@ class QuantAttr(ParametrizedAttribute):
             raise VerifyException(f"'{kind}' quant takes no group, col or ue8m0 option")
         if self.divide.data and kind != "static":
             raise VerifyException(f"'{kind}' quant takes no div option (only static)")
-        if self.in_dtype.data and kind != "per_token":
-            raise VerifyException(f"'{kind}' quant takes no in_dtype option (only per_token)")
+        if self.in_dtype.data and kind not in ("per_token", "per_group"):
+            raise VerifyException(
+                f"'{kind}' quant takes no in_dtype option (only per_token and per_group)"
+            )
+        if self.in_dtype.data and self.ue8m0.data:
+            raise VerifyException("in_dtype scales take no ue8m0 option")
 
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> list[Attribute]:
@@ -129,8 +134,12 @@ class QuantAttr(ParametrizedAttribute):
                         column_major = 1
                     elif flag == "ue8m0":
                         ue8m0 = 1
+                    elif flag == "in_dtype":
+                        in_dtype = 1
                     else:
-                        parser.raise_error(f"unknown per_group option '{flag}' (col, ue8m0)")
+                        parser.raise_error(
+                            f"unknown per_group option '{flag}' (col, ue8m0, in_dtype)"
+                        )
         return [
             StringAttr(kind),
             IntAttr(group),

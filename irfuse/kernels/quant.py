@@ -192,13 +192,19 @@ def per_token_two_pass(scheme: str) -> str:
     return PER_TOKEN_TWO_PASS.format(formula=formula, preload=preload, scale=scale)
 
 
+# Per-group scales from each group's amax: NUMERICS.md's, or `in_dtype` (torchao's 1x128:
+# divided in the value's dtype, no lower bound; a zero group quantizes to NaN).
+GROUP_SCALES = {
+    False: "    s = tl.math.div_rn(tl.maximum(tl.max(tl.abs(groups), axis=1), 1e-10), 448.0)\n",
+    True: "    s = round_to(tl.math.div_rn(tl.max(tl.abs(groups), axis=1), 448.0), {value_dtype},"
+    " INTERPRET)\n",
+}
 PER_GROUP = (
     "",
     """
     # epilogue: per-group fp8, groups of {group}: s = {scale_formula}
     groups = tl.reshape(v, (BLOCK // {group}, {group}))
-    s = tl.math.div_rn(tl.maximum(tl.max(tl.abs(groups), axis=1), 1e-10), 448.0)
-{ue8m0}    inv_s = tl.math.div_rn(1.0, s)
+{scale}{ue8m0}    inv_s = tl.math.div_rn(1.0, s)
     q = tl.reshape(to_fp8(div_by(groups, s[:, None], inv_s[:, None]), INTERPRET), (BLOCK,))
     g = col_start // {group} + tl.arange(0, BLOCK // {group})
     g_ptr = scale_out_ptr + row * scale_out_row_stride + g * scale_out_col_stride
@@ -337,10 +343,12 @@ def epilogue(
     if kind == "nvfp4":
         return fp8_helpers + NVFP4_HELPERS, *NVFP4
     if kind == "per_group":
-        group, ue8m0 = int(options[0]), "ue8m0" in options
+        group, ue8m0, in_dtype = int(options[0]), "ue8m0" in options, "in_dtype" in options
         formula = "2^ceil(log2(max(amax, 1e-10) / 448))" if ue8m0 else "max(amax, 1e-10) / 448"
+        formula = "dtype(amax / 448), in the value's dtype, no lower bound" if in_dtype else formula
+        scale = GROUP_SCALES[in_dtype].format(value_dtype=value_dtype)
         store = PER_GROUP[1].format(
-            group=group, scale_formula=formula, ue8m0=UE8M0 if ue8m0 else ""
+            group=group, scale_formula=formula, scale=scale, ue8m0=UE8M0 if ue8m0 else ""
         )
         return fp8_helpers + (CEIL_POW2 if ue8m0 else ""), PER_GROUP[0], store
     raise ValueError(f"no epilogue for quant scheme {scheme!r}")
@@ -348,7 +356,8 @@ def epilogue(
 
 @functools.cache
 def parse_scheme(scheme: str) -> tuple[str, int, bool, bool]:
-    """(kind, group, column_major, ue8m0) of a scheme string; ValueError if malformed."""
+    """(kind, group, column_major, ue8m0) of a scheme string (an `in_dtype` scale is the
+    string's to tell); ValueError if malformed."""
     kind, *options = scheme.split()
     if kind in ("none", "static", "per_token", "per_tensor", "nvfp4", "amax") and not options:
         return kind, 0, False, False
@@ -358,6 +367,6 @@ def parse_scheme(scheme: str) -> tuple[str, int, bool, bool]:
         return kind, 0, False, False
     if kind == "per_group" and options and options[0] in ("64", "128"):
         flags = set(options[1:])
-        if flags <= {"col", "ue8m0"}:
+        if flags <= {"col", "ue8m0"} or flags <= {"col", "in_dtype"}:
             return kind, int(options[0]), "col" in flags, "ue8m0" in flags
     raise ValueError(f"unknown quant scheme {scheme!r}")

@@ -23,14 +23,13 @@ class NoKernel(Exception):
 
 
 def scheme_text(quant: QuantAttr) -> str:
-    """`#irfuse.quant<per_group 128 col>` -> "per_group 128 col"."""
+    """`#irfuse.quant<per_group 128 col>` -> "per_group 128 col" (the kernels' scheme)."""
     if quant.scheme == "static" and quant.divide.data:
         return "static div"
-    if quant.scheme == "per_token" and quant.in_dtype.data:
-        return "per_token in_dtype"
+    in_dtype = " in_dtype" * quant.in_dtype.data
     if quant.scheme != "per_group":
-        return quant.scheme
-    flags = " col" * quant.column_major.data + " ue8m0" * quant.ue8m0.data
+        return quant.scheme + in_dtype
+    flags = " col" * quant.column_major.data + " ue8m0" * quant.ue8m0.data + in_dtype
     return f"per_group {quant.group.data}{flags}"
 
 

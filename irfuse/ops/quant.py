@@ -190,6 +190,21 @@ def _(
     return q, alloc_group_scales(x, group_size, column_major)
 
 
+def per_group_fp8_quant_in_dtype(
+    x: torch.Tensor, group_size: int, column_major: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group fp8 quant whose scales are divided in x's dtype, then widened, with no
+    lower bound: s = float(dtype(amax / 448)) per group (torchao's 1x128 activation
+    scale; what `#irfuse.quant<per_group G in_dtype>` computes). A zero group quantizes
+    to NaN, as the graph's 0 / 0 does. Returns ``(q, scales)`` as per_group_fp8_quant."""
+    _check_per_group(x, group_size, column_major)
+    g = x.float().reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
+    s = div_const(g.abs().amax(dim=-1, keepdim=True), FP8_MAX).to(x.dtype).float()
+    scales = alloc_group_scales(x, group_size, column_major)
+    scales.copy_(s.squeeze(-1))
+    return fp8_cast(g / s).reshape(x.shape), scales
+
+
 # ---------------------------------------------------------------------------------------
 # nvfp4
 

@@ -38,9 +38,16 @@ the amax of a 16-bit |x| widened to fp32 right after (the same value) where x.fl
 quantized;
 the division may read 16-bit `x` itself, promoted by the fp32 scale, where the amax
 reads `x` cast to fp32, or reads 16-bit |x| and is widened (vLLM's reference); a
-per-token `s` may be repeated along the row before the division, at static shapes
+per-token `s` may be repeated along the row before the division, where K is static
 (`s.expand_as(x)`, or torchao's `s.repeat_interleave(K, -1)`: unsqueeze, expand to
 [..., 1, K], clone, view; a scale spread otherwise is reported).
+
+    per group, the scales repeated along the row (torchao's 1x128 activation scale: the
+    scale in x's dtype, no floor; or the per-group formula above, in fp32), K static:
+                 a = amax(|x.view(..., K/G, G)|, -1, keepdim=True)
+                 s = (a / 448).view(..., K/G).float()
+                 q = clamp(xf / s.repeat_interleave(G, -1), -448, 448).to(float8_e4m3fn)
+                                                                   -> q, s [..., K/G]
 
 Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the
 formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
@@ -60,7 +67,7 @@ A chain that reaches an amax but fails a guard is reported with its reason.
 Replacement: `irfuse.quant` with `#irfuse.quant<per_token>` (`quant_scale` = ub),
 `#irfuse.quant<per_token in_dtype>`, `#irfuse.quant<per_tensor>` (its scale keeps the
 graph's shape: 0-d, or ones with keepdim or a view) or `#irfuse.quant<per_group G>`
-(`ue8m0`), reading the un-cast, un-viewed `x`; its results replace q and the scales
+(`ue8m0`, or `in_dtype`), reading the un-cast, un-viewed `x`; its results replace q and the scales
 (NUMERICS.md); a quant identical to one already raised (same input, scheme, bound and
 types) reads that one's results instead.
 """
@@ -700,26 +707,32 @@ def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
     xs, s = tensor_arg(div, 0), tensor_arg(div, 1)
     if xs is None or s is None:
         return None
-    s, broadcast = _repeated_scale(s, xs)
+    s, broadcast, repeats = _repeated_scale(s, xs)
+    bounds = (clamp.lo, clamp.hi) == (-FP8_MAX, FP8_MAX)
+    bounds_reason = f"clamp bounds ({clamp.lo}, {clamp.hi}) are not the fp8 range (-448, 448)"
+    if broadcast and shape(s)[-1] != 1:  # type: ignore[index]  # a scale per group of columns
+        main = [div, *clamp.ops, op, *broadcast]
+        match = _match_repeated_groups(op.results[0], xs, s, repeats, main)
+        return bounds_reason if match is not None and not bounds else match
     if (path := _path_to_amax(s)) is None:
         if _spreads_a_dynamic_scale(s):
             return (
-                "the scale is spread over x's shape in a form not taken (a row scale "
-                "[..., 1] repeated along the row, at static shapes)"
+                "the scale is spread over x's shape in a form not taken (a row or group "
+                "scale repeated along the row, where the hidden size is static)"
             )
         return None
     if element_type(xs) != F32 and element_type(div.results[0]) == F32:
         xs = _promoted(xs, path[0])
-    if (clamp.lo, clamp.hi) != (-FP8_MAX, FP8_MAX):
-        return f"clamp bounds ({clamp.lo}, {clamp.hi}) are not the fp8 range (-448, 448)"
+    if not bounds:
+        return bounds_reason
     return _match(op.results[0], xs, s, [div, *clamp.ops, op, *broadcast])
 
 
 def _spreads_a_dynamic_scale(value: SSAValue) -> bool:
-    """`value` is a scale computed from an amax, then expanded, cloned, unsqueezed or
-    viewed (a form _repeated_scale did not take)."""
-    for _ in range(5):
-        op = call(value, *SPREADS)
+    """`value` is a scale computed from an amax, then expanded, cloned, unsqueezed, viewed
+    or cast (a form _repeated_scale did not take)."""
+    for _ in range(6):
+        op = call(value, *SPREADS, *CASTS)
         source = tensor_arg(op, 0) if op is not None else None
         if source is None:
             return False
@@ -729,36 +742,102 @@ def _spreads_a_dynamic_scale(value: SSAValue) -> bool:
     return False
 
 
-def _repeated_scale(s: SSAValue, xs: SSAValue) -> tuple[SSAValue, list[Operation]]:
-    """(s, []) or, where the division reads a row scale `s` [..., 1] repeated along x's
-    last dim, `s` and the ops that repeat it: `s.expand_as(x)`, or torchao's
-    `s.repeat_interleave(K, -1)` as decomposed (unsqueeze, expand, clone, view)."""
+def _repeated_scale(s: SSAValue, xs: SSAValue) -> tuple[SSAValue, list[Operation], int]:
+    """(s, [], 1) or, where the division reads a scale [..., n] repeated r times along x's
+    last dim (n * r = K: a row scale, n = 1, or a scale per group of r), that scale, the
+    ops that repeat it and r: `s.expand_as(x)` (rows), or torchao's
+    `s.repeat_interleave(r, -1)` as decomposed (unsqueeze, expand, clone, view)."""
+    # token dims may be symbolic (never 1: expand cannot change them), K may not
     dims = shape(xs)
-    if dims is None or shape(s) != dims or DYNAMIC in dims:
-        return s, []
+    if dims is None or shape(s) != dims or not dims or dims[-1] == DYNAMIC:
+        return s, [], 1
     ops: list[Operation] = []
     value = s
-    if (view := call(value, *VIEWS)) is not None:  # repeat_interleave: ends [..., 1, K] -> [..., K]
+    if (view := call(value, *VIEWS)) is not None:  # repeat_interleave: [..., n, r] -> [..., K]
         clone = call(tensor_arg(view, 0), CLONE)
         if clone is None:
-            return s, []
+            return s, [], 1
         ops, value = [view, clone], tensor_arg(clone, 0)
     expand = call(value, EXPAND)
-    row = tensor_arg(expand, 0) if expand is not None else None
-    if expand is None or row is None:
-        return s, []
-    if ops:  # the repeats in a dim of their own, [..., 1, K], that an unsqueeze made
-        if shape(expand.results[0]) != (*dims[:-1], 1, dims[-1]):
-            return s, []
-        unsqueeze = call(row, UNSQUEEZE)
-        row = tensor_arg(unsqueeze, 0) if unsqueeze is not None else None
-        if unsqueeze is None or row is None or const_arg(unsqueeze, 1) not in (-1, rank(row)):
-            return s, []
+    scale = tensor_arg(expand, 0) if expand is not None else None
+    if expand is None or scale is None:
+        return s, [], 1
+    n, r = 1, dims[-1]
+    if ops:  # the repeats in a dim of their own, [..., n, r], that an unsqueeze made
+        *lead, n, r = shape(expand.results[0])  # type: ignore[misc]
+        unsqueeze = call(scale, UNSQUEEZE)
+        scale = tensor_arg(unsqueeze, 0) if unsqueeze is not None else None
+        if unsqueeze is None or scale is None or const_arg(unsqueeze, 1) not in (-1, rank(scale)):
+            return s, [], 1
+        if tuple(lead) != dims[:-1] or n * r != dims[-1]:
+            return s, [], 1
         ops.append(unsqueeze)
-    # the repeated scale is [..., 1] over x's leading dims, each of its rows one value
-    if shape(row) != (*dims[:-1], 1):
-        return s, []
-    return row, [*ops, expand]
+    # the repeated scale is [..., n] over x's leading dims
+    if shape(scale) != (*dims[:-1], n):
+        return s, [], 1
+    return scale, [*ops, expand], r
+
+
+def _match_repeated_groups(
+    q: SSAValue, xs: SSAValue, s: SSAValue, group: int, main: list[Operation]
+) -> DynamicQuantMatch | str | None:
+    """`q = fp8(clamp(xs / s.repeat_interleave(group, -1)))` (the ops `main`), `s` [...,
+    K/G] the scales of x's groups: their amaxes [..., K/G, 1] as computed, viewed to [...,
+    K/G] (then widened, for a formula in x's 16-bit dtype: torchao's 1x128 scale). None
+    where `s` is not computed from an amax (not a dynamic quant)."""
+    if not _spreads_a_dynamic_scale(s) and not computed_from_amax(s):
+        return None
+    if group not in GROUP_SIZES:
+        return f"the scale is repeated in groups of {group}, not 64 or 128"
+    peeled: list[Operation] = []
+    value = s
+    cast = cast_of(value)
+    if cast is not None and cast[1] == F32 and element_type(cast[0]) != F32:
+        peeled.append(value.owner)  # type: ignore[arg-type]
+        value = cast[0]
+    squeeze = call(value, *VIEWS)
+    amaxes = tensor_arg(squeeze, 0) if squeeze is not None else None
+    path = _path_to_amax(amaxes) if amaxes is not None else None
+    if squeeze is None or path is None or shape(amaxes) != (*shape(value), 1):  # type: ignore[arg-type]
+        return "the repeated scale is not its groups' [..., K/G, 1] scales viewed to [..., K/G]"
+    steps = _parse_formula(path)
+    if isinstance(steps, str):
+        return steps
+    formula = _scheme(steps)
+    in_dtype = formula == "per_token in_dtype"  # amax / 448, no floor: torchao's
+    scheme = "per_group" if in_dtype else formula
+    if scheme == "per_token":
+        return f"a {TOKEN_FORMULA} scale repeated in groups of {group}"
+    if scheme not in ("per_group", "per_group_ue8m0"):
+        return scheme
+    ops = list(dict.fromkeys([*main, *peeled, squeeze, path[0].inputs[0].owner, *path]))
+    of = _abs_of(path[0])
+    grouped = _group_input(of, ops) if of is not None else "the amax is not taken of |x|"
+    if isinstance(grouped, str):
+        return grouped
+    inside = ops + grouped.ops  # x.float() may be read by both the amax and the division
+    source, cast_ops = _strip_f32_cast(xs, inside)
+    amax_x = grouped.x if grouped.x is source else _strip_f32_cast(grouped.x, inside)[0]
+    dims, keepdim = _amax_dims(path[0])
+    if grouped.group != group or amax_x is not source:
+        return "the amax is not taken over the groups of the x that is quantized"
+    if dims not in ([-1], [rank(amaxes) - 1]) or keepdim is not True:  # type: ignore[arg-type]
+        return f"amax over dims {dims} (keepdim {keepdim}), not the last with keepdim"
+    reason = _check_constants(steps, "per_token" if in_dtype else scheme)
+    if in_dtype:
+        reason = reason or _divides_in(steps, source)
+    elif peeled or any(step.kind == "widen" for step in steps) or element_type(amaxes) != F32:
+        reason = f"{GROUP_FORMULA} scale not computed in float32"
+    if reason:
+        return reason
+    helpers = [step.helper for step in steps if step.helper is not None]
+    quant = QuantAttr("per_group", group, ue8m0=scheme == "per_group_ue8m0", in_dtype=in_dtype)
+    match = DynamicQuantMatch(
+        source, None, quant, q, [s], s.type, ops, grouped.ops + cast_ops + helpers
+    )
+    if (escaping := escaping_value(ops, [q, s])) is not None:
+        return f"intermediate %{escaping.name_hint} has a user outside the quant"
+    return match
 
 
 @dataclass

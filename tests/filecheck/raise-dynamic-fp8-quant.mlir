@@ -82,6 +82,32 @@ func.func @per_token_in_dtype(%x: tensor<4x256xbf16>) -> (tensor<4x256xf8E4M3FN>
 
 // -----
 
+// torchao's 1x128 activation scale (Inductor form): each group's bf16 amax divided by 448
+// in bf16, viewed to [T, K/G], widened, then repeated along the row for the division.
+func.func @per_group_in_dtype(%x: tensor<4x256xbf16>) -> (tensor<4x256xf8E4M3FN>, tensor<4x2xf32>) {
+  %xf = aten.call "prims.convert_element_type.default"(%x) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<4x256xbf16>) -> tensor<4x256xf32>
+  %xg = aten.call "aten.reshape.default"(%x) {args = [#aten.ref<0>, [4 : i64, 2 : i64, 128 : i64]], kwargs = {}} : (tensor<4x256xbf16>) -> tensor<4x2x128xbf16>
+  %abs = aten.call "aten.abs.default"(%xg) {args = [#aten.ref<0>], kwargs = {}} : (tensor<4x2x128xbf16>) -> tensor<4x2x128xbf16>
+  %amax = aten.call "aten.amax.default"(%abs) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<4x2x128xbf16>) -> tensor<4x2x1xbf16>
+  %d = aten.call "aten.div.Tensor"(%amax) {args = [#aten.ref<0>, 4.480000e+02 : f64], kwargs = {}} : (tensor<4x2x1xbf16>) -> tensor<4x2x1xbf16>
+  %d2 = aten.call "aten.reshape.default"(%d) {args = [#aten.ref<0>, [4 : i64, 2 : i64]], kwargs = {}} : (tensor<4x2x1xbf16>) -> tensor<4x2xbf16>
+  %s = aten.call "prims.convert_element_type.default"(%d2) {args = [#aten.ref<0>, f32], kwargs = {}} : (tensor<4x2xbf16>) -> tensor<4x2xf32>
+  %u = aten.call "aten.unsqueeze.default"(%s) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<4x2xf32>) -> tensor<4x2x1xf32>
+  %e = aten.call "aten.expand.default"(%u) {args = [#aten.ref<0>, [4 : i64, 2 : i64, 128 : i64]], kwargs = {}} : (tensor<4x2x1xf32>) -> tensor<4x2x128xf32>
+  %c = aten.call "aten.clone.default"(%e) {args = [#aten.ref<0>], kwargs = {memory_format = "torch.contiguous_format"}} : (tensor<4x2x128xf32>) -> tensor<4x2x128xf32>
+  %r = aten.call "aten.reshape.default"(%c) {args = [#aten.ref<0>, [4 : i64, 256 : i64]], kwargs = {}} : (tensor<4x2x128xf32>) -> tensor<4x256xf32>
+  %xs = aten.call "aten.div.Tensor"(%xf, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x256xf32>, tensor<4x256xf32>) -> tensor<4x256xf32>
+  %lo = aten.call "aten.clamp_min.default"(%xs) {args = [#aten.ref<0>, -4.480000e+02 : f64], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x256xf32>
+  %hi = aten.call "aten.clamp_max.default"(%lo) {args = [#aten.ref<0>, 4.480000e+02 : f64], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x256xf32>
+  %q = aten.call "prims.convert_element_type.default"(%hi) {args = [#aten.ref<0>, f8E4M3FN], kwargs = {}} : (tensor<4x256xf32>) -> tensor<4x256xf8E4M3FN>
+  func.return %q, %s : tensor<4x256xf8E4M3FN>, tensor<4x2xf32>
+}
+// CHECK-LABEL: func.func @per_group_in_dtype
+// CHECK-NEXT:    %q, %s = irfuse.quant %x {quant = #irfuse.quant<per_group 128 in_dtype>} : tensor<4x256xbf16> -> tensor<4x256xf8E4M3FN>, tensor<4x2xf32>
+// CHECK-NEXT:    func.return %q, %s : tensor<4x256xf8E4M3FN>, tensor<4x2xf32>
+
+// -----
+
 // Per token with an upper bound (torch.minimum) and `* (1/448)`; fp32 input, no cast.
 func.func @per_token_scale_ub(%x: tensor<8x128xf32>, %ub: tensor<1xf32>) -> (tensor<8x128xf8E4M3FN>, tensor<8x1xf32>) {
   %abs = aten.call "aten.abs.default"(%x) {args = [#aten.ref<0>], kwargs = {}} : (tensor<8x128xf32>) -> tensor<8x128xf32>
