@@ -113,6 +113,12 @@ def test_valid_ops_verify():
             "'per_token' quant takes no scale operand",  # in_dtype takes no upper bound
         ),
         (
+            "  %q, %qs = irfuse.quant %x {quant = #irfuse.quant<per_group 64 in_dtype>} : "
+            "tensor<4x64xbf16> -> tensor<4x64xf8E4M3FN>, tensor<4x1xbf16>",
+            X,
+            "'per_group' quant scales must be f32",
+        ),
+        (
             "  %q, %qs = irfuse.quant %x {quant = #irfuse.quant<per_group 96>} : "
             "tensor<4x64xbf16> -> tensor<4x64xf8E4M3FN>, tensor<4x1xf32>",
             X,

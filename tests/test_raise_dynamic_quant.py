@@ -184,6 +184,15 @@ def torchao_per_group_quant(x, group=128):
     return q.to(FP8), s
 
 
+def torchao_per_group_quant_squeezed(x, group=128):
+    """torchao's 1x128 scales, squeezed rather than viewed to [..., K/G]."""
+    *tokens, k = x.shape
+    amax = x.view(*tokens, k // group, group).abs().amax(dim=-1, keepdim=True)
+    s = (amax / 448.0).squeeze(-1).to(torch.float32)
+    q = (x.to(torch.float32) / s.repeat_interleave(group, dim=-1)).clamp(-448.0, 448.0)
+    return q.to(FP8), s
+
+
 def per_group_quant_repeated(x, group=64):
     """NUMERICS.md's per-group scale, in fp32, repeated along the row for the division."""
     *tokens, k = x.shape
@@ -398,9 +407,10 @@ def test_torchao_per_row_forms_are_raised_in_dtype(form, fn, dtype):
     "fn,scheme",
     [
         (torchao_per_group_quant, "#irfuse.quant<per_group 128 in_dtype>"),
+        (torchao_per_group_quant_squeezed, "#irfuse.quant<per_group 128 in_dtype>"),
         (per_group_quant_repeated, "#irfuse.quant<per_group 64>"),
     ],
-    ids=["torchao-1x128", "numerics-64"],
+    ids=["torchao-1x128", "squeezed", "numerics-64"],
 )
 @pytest.mark.parametrize("dtype", [BF16, torch.float16, torch.float32])
 def test_repeated_group_scales_are_raised(form, fn, scheme, dtype):
@@ -668,6 +678,27 @@ def _group_formula_repeated_in_16_bits(x):
     return (x.float() / s.repeat_interleave(128, dim=-1)).clamp(-448.0, 448.0).to(FP8), s
 
 
+def _group_scales_never_widened(x):
+    """torchao's 1x128 formula with the scales left in bf16: the division runs in bf16."""
+    t, k = x.shape
+    s = (x.view(t, k // 128, 128).abs().amax(-1, keepdim=True) / 448.0).view(t, k // 128)
+    return (x / s.repeat_interleave(128, dim=-1)).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _group_scales_tiled(x):
+    """Group scales tiled along the row (transposed before the flatten), not repeated."""
+    t, k = x.shape
+    s = (x.view(t, k // 128, 128).abs().amax(-1, keepdim=True) / 448.0).view(t, k // 128).float()
+    tiled = s.unsqueeze(-1).expand(t, k // 128, 128).transpose(-1, -2).reshape(t, k)
+    return (x.float() / tiled).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _fp16_row_scale_by_reciprocal(x):
+    xh = x.half()
+    s = (xh.abs().amax(-1, keepdim=True) * (1.0 / 448.0)).float()
+    return (xh.float() / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def _torchao_row_scale_bounded(x):
     """torchao's per-row scale with `activation_value_ub`: the amax clamped in 16 bits."""
     amax = torch.clamp(x.abs().amax(-1, keepdim=True), max=2.0)
@@ -700,6 +731,22 @@ def _max_indices_returned(x):
         ),
         (_torchao_row_scale_bounded, 256, "scale is clamped to [None, 2.0], not only from below"),
         (_repeated_in_groups_of_96, 192, "the scale is repeated in groups of 96, not 64 or 128"),
+        (
+            _group_scales_never_widened,
+            256,
+            "the repeated group scales are bfloat16, not float32 (nor is the division)",
+        ),
+        (
+            _group_scales_tiled,
+            256,
+            "the scale is spread over x's shape in a form not taken (a row or group scale "
+            "repeated along the row, where the hidden size is static)",
+        ),
+        (
+            _fp16_row_scale_by_reciprocal,
+            256,
+            "fp16 scale amax * (1/448) rounds unlike the kernels' amax / 448 (subnormals)",
+        ),
         (
             _token_formula_repeated_in_groups,
             256,
@@ -752,6 +799,9 @@ def _max_indices_returned(x):
         "torchao-per-tensor",
         "torchao-row-scale-bounded",
         "repeated-in-groups-of-96",
+        "group-scales-never-widened",
+        "group-scales-tiled",
+        "fp16-row-scale-by-reciprocal",
         "token-formula-in-groups",
         "group-formula-in-16-bits",
         "group-96",

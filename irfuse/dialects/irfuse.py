@@ -94,6 +94,17 @@ class QuantAttr(ParametrizedAttribute):
     def scheme(self) -> str:
         return self.kind.data
 
+    @property
+    def text(self) -> str:
+        """The scheme with its options, as the kernels name it: "per_group 128 col"."""
+        in_dtype = " in_dtype" * self.in_dtype.data
+        if self.scheme == "static" and self.divide.data:
+            return "static div"
+        if self.scheme != "per_group":
+            return self.scheme + in_dtype
+        flags = " col" * self.column_major.data + " ue8m0" * self.ue8m0.data + in_dtype
+        return f"per_group {self.group.data}{flags}"
+
     def verify(self) -> None:
         kind = self.kind.data
         if kind not in QUANT_KINDS:
@@ -248,6 +259,8 @@ def verify_output_quant(
         return
     if out.element_type != FP8:
         raise VerifyException(f"fp8 quant output must be f8E4M3FN, got {out.element_type}")
+    if scale_out is not None and _tensor(scale_out, "scale_out").element_type != Float32Type():
+        raise VerifyException(f"'{kind}' quant scales must be f32, got {scale_out.type}")
     if kind == "per_group" and shape[-1] != DYNAMIC and shape[-1] % quant.group.data:
         raise VerifyException(
             f"hidden size {shape[-1]} is not a multiple of the group size {quant.group.data}"

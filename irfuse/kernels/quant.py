@@ -1,4 +1,5 @@
-"""Triton source for quantization epilogues (exactly NUMERICS.md).
+"""Triton source for quantization epilogues (exactly NUMERICS.md; and the `in_dtype`
+scales of torchao, outside it: PER_TOKEN_SCALES, GROUP_SCALES).
 
 An epilogue is a pair: a preload, emitted with the kernel's first loads so that its
 latency overlaps theirs (it matters for a handful of rows), and a store, which takes `v`

@@ -8,7 +8,6 @@ from xdsl.ir import Operation
 from irfuse.dialects.irfuse import (
     AttentionOp,
     FusedAddRmsNormOp,
-    QuantAttr,
     QuantOp,
     RmsNormOp,
     weight_form,
@@ -22,22 +21,11 @@ class NoKernel(Exception):
     """The op has no generated kernel (it runs as its reference op)."""
 
 
-def scheme_text(quant: QuantAttr) -> str:
-    """`#irfuse.quant<per_group 128 col>` -> "per_group 128 col" (the kernels' scheme)."""
-    if quant.scheme == "static" and quant.divide.data:
-        return "static div"
-    in_dtype = " in_dtype" * quant.in_dtype.data
-    if quant.scheme != "per_group":
-        return quant.scheme + in_dtype
-    flags = " col" * quant.column_major.data + " ue8m0" * quant.ue8m0.data + in_dtype
-    return f"per_group {quant.group.data}{flags}"
-
-
 def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
     """The kernel an irfuse op lowers to; NoKernel if it has none yet."""
     if isinstance(op, AttentionOp):
         quant_attr = op.output_quant()
-        epilogue = "none" if quant_attr is None else scheme_text(quant_attr)
+        epilogue = "none" if quant_attr is None else quant_attr.text
         if epilogue not in ATTENTION_EPILOGUES:
             raise NoKernel(f"no attention kernel for a {epilogue} epilogue yet")
         dims = (op.q.type.get_shape()[-1], op.v.type.get_shape()[-1])
@@ -45,10 +33,10 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
             raise NoKernel(f"no attention kernel for head dims {dims} ({HEAD_DIM_RULE})")
         return AttentionKernel(epilogue)
     if isinstance(op, QuantOp):  # every scheme has a standalone kernel
-        return KernelSpec("quant", quant=scheme_text(op.quant))
+        return KernelSpec("quant", quant=op.quant.text)
     if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)):
         quant_attr = op.output_quant()
-        scheme = "none" if quant_attr is None else scheme_text(quant_attr)
+        scheme = "none" if quant_attr is None else quant_attr.text
         mode = weight_form(op)
         producer = "rms_norm" if isinstance(op, RmsNormOp) else "fused_add_rms_norm"
         norm_out = "fp32" if op.unrounded else "model"

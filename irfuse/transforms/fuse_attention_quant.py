@@ -187,7 +187,7 @@ class FuseAttentionQuantPattern(RewritePattern):
         if reason is None and before is None:
             reason = "no place for the fused op"
         if reason is None:  # last: under attention=auto this times both candidates
-            kind = f"attention+{found.quant.scheme}"
+            kind = f"attention+{found.quant.text}"  # the epilogue the kernel runs
             fuse, reason = policy.choose(kind, *_signatures(attention))
             if fuse:  # the measurement (or the option) that chose the fused kernel
                 report.note(f"{NAME} chose the fused kernel: {reason}")
