@@ -1,0 +1,16 @@
+// RUN: irfuse-opt %s -t triton | filecheck %s
+
+// torchao's scales: divided in the value's dtype (the norm's bf16 output), no lower bound.
+func.func @f(%x: tensor<?x256xbf16>, %w: tensor<256xbf16>) -> (tensor<?x256xf8E4M3FN>, tensor<?x1xf32>, tensor<?x256xf8E4M3FN>, tensor<?x2xf32>) {
+  %q, %s = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64, quant = #irfuse.quant<per_token in_dtype>} : tensor<?x256xbf16>, tensor<256xbf16> -> tensor<?x256xf8E4M3FN>, tensor<?x1xf32>
+  %g, %gs = irfuse.quant %x {quant = #irfuse.quant<per_group 128 in_dtype>} : tensor<?x256xbf16> -> tensor<?x256xf8E4M3FN>, tensor<?x2xf32>
+  func.return %q, %s, %g, %gs : tensor<?x256xf8E4M3FN>, tensor<?x1xf32>, tensor<?x256xf8E4M3FN>, tensor<?x2xf32>
+}
+// CHECK:      # %q = irfuse.rms_norm -> kernel irfuse_rms_norm_per_token_in_dtype_fp8
+// CHECK:      Fuses: rms_norm + per_token in_dtype fp8 quant.
+// CHECK:      # epilogue: dynamic per-token fp8, s = dtype(amax / 448), in the value's dtype, no lower bound
+// CHECK-NEXT: amax = tl.max(tl.abs(v), axis=0)
+// CHECK-NEXT: s = round_to(tl.math.div_rn(amax, 448.0), model_dtype, INTERPRET)
+// CHECK:      # %g = irfuse.quant -> kernel irfuse_quant_per_group128_in_dtype_fp8
+// CHECK:      # epilogue: per-group fp8, groups of 128: s = dtype(amax / 448), in the value's dtype, no lower bound
+// CHECK:      s = round_to(tl.math.div_rn(tl.max(tl.abs(groups), axis=1), 448.0), model_dtype, INTERPRET)
