@@ -2,7 +2,8 @@
 # One stage of a GPU session's checks, each within one device call (10 minutes at most):
 #
 #     bash bench/gpu_session.sh tests   # the GPU tests of what a CPU session could not run
-#     bash bench/gpu_session.sh bench   # host time, and the unquantized norm vs Inductor
+#     bash bench/gpu_session.sh bench   # host time, the unquantized norm, the sandwich
+#     bash bench/gpu_session.sh torchao # torchao's per-row and 1x128 quants vs Inductor
 #     bash bench/gpu_session.sh suite   # the rest of the suite (attention kernels apart)
 #
 # Installs the xdsl wheels carried in .whl/ (bash ../shared/gpu/wheels.sh makes them) and
@@ -45,9 +46,14 @@ bench)
         --tokens 1 4096 16384
     step sandwich 200 python3 bench/quant_schemes.py --sandwich \
         --schemes per_token static --hidden 3840 5376 --tokens 16 4096 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+torchao)
     # torchao's per-row and 1x128 quants after add + norm, both compiling the same PyTorch
-    step torchao 120 python3 bench/quant_schemes.py --as-written \
+    step torchao 240 python3 bench/quant_schemes.py --as-written \
         --schemes "per_token in_dtype" "per_group 128 in_dtype" --tokens 1 16 4096 16384
+    step torchao-7168 240 python3 bench/quant_schemes.py --as-written \
+        --schemes "per_token in_dtype" "per_group 128 in_dtype" --hidden 7168 --tokens 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 suite)
@@ -55,7 +61,7 @@ suite)
     step attention-kernel 150 "${PYTEST[@]}" tests/test_attention_kernel.py -x
     ;;
 *)
-    echo "usage: bash bench/gpu_session.sh tests | bench | suite" >&2
+    echo "usage: bash bench/gpu_session.sh tests | bench | torchao | suite" >&2
     exit 2
     ;;
 esac
