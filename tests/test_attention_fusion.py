@@ -250,6 +250,14 @@ def _decode_inputs(s=1, h=4, kv_len=37, d=32):
     return q, k, v
 
 
+def decode_per_token_3d(q, k, v):
+    """The per-token quant of the [B, Sq, Hq*D] output itself (scales [B, Sq, 1])."""
+    b, h, s, d = q.shape
+    xf = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, h * d).float()
+    scale = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / scale).clamp(-448, 448).to(FP8), scale
+
+
 def decode_torchao_per_row(q, k, v):
     """Decode step, then torchao's per-row fp8 activation quant of o_proj's input (its
     scale divided in the output's dtype, no lower bound)."""
@@ -265,8 +273,9 @@ def decode_torchao_per_row(q, k, v):
         (decode_per_token, "irfuse_attention_per_token_fp8", 32),
         (decode_per_token, "irfuse_attention_per_token_fp8", 96),  # 96: on tiles of 128
         (decode_torchao_per_row, "irfuse_attention_per_token_in_dtype_fp8", 32),
+        (decode_per_token_3d, "irfuse_attention_per_token_fp8", 32),
     ],
-    ids=["d32", "d96", "torchao-row"],
+    ids=["d32", "d96", "torchao-row", "3-d"],
 )
 def test_decode_per_token_quant_fuses_and_matches_eager(block, kernel, d):
     q, k, v = _decode_inputs(d=d)

@@ -13,8 +13,9 @@ Matches (the usual layout change before the output projection, then a quant):
 
 Guards: every intermediate has this chain as its only reader; head dims multiples of 16
 up to 256; per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64: its
-scale spans all heads of a token, which only the decode kernel holds); nvfp4 and
-per-token quantize the 2-D [B*Sq, Hq*Dv] view; and the chooser
+scale spans all heads of a token, which only the decode kernel holds; its scales are
+[B, Sq, 1], or [B*Sq, 1] for the 2-D view); nvfp4 quantizes the 2-D [B*Sq, Hq*Dv] view;
+and the chooser
 (`attention` option: measured on the GPU in `auto`) prefers the fused kernel.
 Replacement: `irfuse.attention` with layout `bs_hd` and the quant's scheme, writing the
 quantized [B, Sq, Hq*Dv] (or its 2-D view) and scales directly. K and V repeated for GQA
@@ -251,8 +252,8 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
     shape = found.source.type.get_shape()
     if shape not in ((b, s, hd), (rows, hd)):
         return f"the output is reshaped to {found.source.type}, not [B, Sq, Hq*Dv]"
-    if scheme in ("per_token", "nvfp4") and len(shape) != 2:
-        return f"a {scheme} quant of the 3-D output (the kernel quantizes [B*Sq, Hq*Dv] rows)"
+    if scheme == "nvfp4" and len(shape) != 2:
+        return "an nvfp4 quant of the 3-D output (its packed bytes and scales are 2-D)"
     hkv = attention.k.type.get_shape()[1]
     if scheme in DECODE_ONLY:
         if DYNAMIC in (h, hkv, s) or not uses_decode(s, h, hkv):

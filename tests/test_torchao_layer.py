@@ -1,0 +1,91 @@
+"""A decoder layer quantized the way torchao's Float8 dynamic activation quant computes
+it (per-row scales in the model dtype, `<per_token in_dtype>`): which quants fuse into
+which kernels, which are left to the inner compiler and why, and the layer's results
+against eager."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import irfuse
+from tests.models import LlamaRMSNorm
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # interpreter: no bf16 dot
+FP8 = torch.float8_e4m3fn
+
+
+class Float8RowLinear(torch.nn.Module):
+    """A linear whose input is quantized per row as torchao's Float8Tensor does (the scale
+    divided in the input's dtype, widened, no lower bound); the matmul of the dequantized
+    rows stands in for `_scaled_mm`."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
+
+    def forward(self, x):
+        scale = (x.abs().amax(-1, keepdim=True) / 448.0).to(torch.float32)
+        q = (x.to(torch.float32) / scale).clamp(-448.0, 448.0).to(FP8)
+        rows = q.float() * scale
+        return (rows @ self.weight.float().t()).to(x.dtype)
+
+
+class DecoderLayer(torch.nn.Module):
+    """Llama's decoder layer in decode (one new token against a KV cache, GQA), every
+    projection a Float8RowLinear."""
+
+    def __init__(self, hidden: int = 128, heads: int = 4, kv_heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.input_layernorm = LlamaRMSNorm(hidden)
+        self.q_proj = Float8RowLinear(hidden, hidden)
+        self.k_proj = Float8RowLinear(hidden, kv_heads * self.head_dim)
+        self.v_proj = Float8RowLinear(hidden, kv_heads * self.head_dim)
+        self.o_proj = Float8RowLinear(hidden, hidden)
+        self.post_attention_layernorm = LlamaRMSNorm(hidden)
+        self.gate_proj = Float8RowLinear(hidden, 2 * hidden)
+        self.up_proj = Float8RowLinear(hidden, 2 * hidden)
+        self.down_proj = Float8RowLinear(2 * hidden, hidden)
+
+    def forward(self, hidden, past_k, past_v):
+        b, s, _ = hidden.shape
+        x = self.input_layernorm(hidden)
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        o = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        o = o.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)
+        hidden = hidden + self.o_proj(o)
+        x = self.post_attention_layernorm(hidden)
+        mlp = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return hidden + mlp, k, v
+
+
+def test_a_torchao_decoder_layer_fuses_every_quant_with_a_producer():
+    """The norm's quant (read by q, k and v: one kernel), the decode attention's quant
+    (o_proj's input, in the attention's combine kernel) and the add + norm's quant (gate
+    and up) fuse; the quant of silu(gate) * up has no producer to end and is left to the
+    inner compiler, with that reason in the report. The layer matches eager."""
+    torch.manual_seed(0)
+    layer = DecoderLayer().to(DEVICE, DTYPE)
+    hidden = torch.randn(2, 1, 128, device=DEVICE, dtype=DTYPE)
+    past_k, past_v = (torch.randn(2, 2, 12, 32, device=DEVICE, dtype=DTYPE) for _ in range(2))
+    with torch.no_grad():
+        report = irfuse.explain(layer, hidden, past_k, past_v, attention="irfuse")
+        assert report.kernels == [
+            "irfuse_rms_norm_per_token_in_dtype_fp8",
+            "irfuse_attention_per_token_in_dtype_fp8",
+            "irfuse_add_rounded_rms_norm_per_token_in_dtype_fp8",
+        ], str(report)
+        left = [r["reason"] for r in report.rejected if r["pass"] == "raise-dynamic-fp8-quant"]
+        assert left == ["no producer to fuse into: left to the inner compiler"], str(report)
+        torch._dynamo.reset()
+        options = {"inner": "eager", "attention": "irfuse"}
+        out, k, v = torch.compile(layer, backend="irfuse", options=options)(hidden, past_k, past_v)
+        expected, k_ref, v_ref = layer(hidden, past_k, past_v)
+    span = expected.float().abs().amax()
+    for got, want in ((out, expected), (k, k_ref), (v, v_ref)):
+        torch.testing.assert_close(got.float(), want.float(), atol=0.05 * span, rtol=0)
