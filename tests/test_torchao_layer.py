@@ -5,6 +5,7 @@ against eager."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -64,24 +65,36 @@ class DecoderLayer(torch.nn.Module):
         return hidden + mlp, k, v
 
 
-def test_a_torchao_decoder_layer_fuses_every_quant_with_a_producer():
+NORM = "irfuse_rms_norm_per_token_in_dtype_fp8"
+ADD_NORM = "irfuse_add_rounded_rms_norm_per_token_in_dtype_fp8"
+NO_PRODUCER = "no producer to fuse into: left to the inner compiler"
+
+
+@pytest.mark.parametrize(
+    "new_tokens,kernels,left",
+    [
+        (1, [NORM, "irfuse_attention_per_token_in_dtype_fp8", ADD_NORM], [NO_PRODUCER]),
+        # 40 tokens x 2 query heads per kv head: the prefill kernel, which holds one head
+        # of a token, not the whole row a per-token scale spans
+        (40, [NORM, ADD_NORM], [NO_PRODUCER] * 2),
+    ],
+    ids=["decode", "prefill"],
+)
+def test_a_torchao_decoder_layer_fuses_every_quant_with_a_producer(new_tokens, kernels, left):
     """The norm's quant (read by q, k and v: one kernel), the decode attention's quant
     (o_proj's input, in the attention's combine kernel) and the add + norm's quant (gate
-    and up) fuse; the quant of silu(gate) * up has no producer to end and is left to the
-    inner compiler, with that reason in the report. The layer matches eager."""
+    and up) fuse; the quant of silu(gate) * up has no producer to end (nor, in prefill,
+    has o_proj's) and is left to the inner compiler, with that reason in the report. The
+    layer matches eager."""
     torch.manual_seed(0)
     layer = DecoderLayer().to(DEVICE, DTYPE)
-    hidden = torch.randn(2, 1, 128, device=DEVICE, dtype=DTYPE)
+    hidden = torch.randn(2, new_tokens, 128, device=DEVICE, dtype=DTYPE)
     past_k, past_v = (torch.randn(2, 2, 12, 32, device=DEVICE, dtype=DTYPE) for _ in range(2))
     with torch.no_grad():
         report = irfuse.explain(layer, hidden, past_k, past_v, attention="irfuse")
-        assert report.kernels == [
-            "irfuse_rms_norm_per_token_in_dtype_fp8",
-            "irfuse_attention_per_token_in_dtype_fp8",
-            "irfuse_add_rounded_rms_norm_per_token_in_dtype_fp8",
-        ], str(report)
-        left = [r["reason"] for r in report.rejected if r["pass"] == "raise-dynamic-fp8-quant"]
-        assert left == ["no producer to fuse into: left to the inner compiler"], str(report)
+        assert report.kernels == kernels, str(report)
+        reasons = [r["reason"] for r in report.rejected if r["pass"] == "raise-dynamic-fp8-quant"]
+        assert reasons == left, str(report)
         torch._dynamo.reset()
         options = {"inner": "eager", "attention": "irfuse"}
         out, k, v = torch.compile(layer, backend="irfuse", options=options)(hidden, past_k, past_v)
