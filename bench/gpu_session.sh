@@ -32,7 +32,7 @@ tests)
         tests/test_user_kernels.py tests/test_backend.py -k "gpu or inductor_path"
     step new-forms 150 "${PYTEST[@]}" tests/test_flattened_quant.py \
         tests/test_model_generate.py tests/test_raise_dynamic_quant.py \
-        tests/test_gemma_layers.py
+        tests/test_gemma_layers.py tests/test_torchao_layer.py
     # the sandwich and static-div epilogues at model sizes (the rest of the file: suite)
     step new-epilogues 180 "${PYTEST[@]}" tests/test_quant_epilogues.py tests/test_kernels.py \
         tests/test_attention_kernel.py tests/test_attention_fusion.py \
