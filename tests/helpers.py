@@ -8,6 +8,7 @@ import irfuse.ops as ref
 from irfuse.ops.quant import (
     nvfp4_scale_shape,
     per_group_fp8_quant_in_dtype,
+    per_tensor_fp8_quant_in_dtype,
     per_token_fp8_quant_in_dtype,
     static_fp8_quant_divided,
 )
@@ -64,7 +65,8 @@ def reference_quant(scheme: str, y: torch.Tensor, scale: torch.Tensor | None):
         in_dtype = flags == ["in_dtype"]
         return per_token_fp8_quant_in_dtype(y) if in_dtype else ref.per_token_fp8_quant(y, scale)
     if kind == "per_tensor":
-        return ref.per_tensor_fp8_quant(y)
+        in_dtype = flags == ["in_dtype"]
+        return per_tensor_fp8_quant_in_dtype(y) if in_dtype else ref.per_tensor_fp8_quant(y)
     if kind == "per_group" and "in_dtype" in flags:
         return per_group_fp8_quant_in_dtype(y, int(flags[0]), "col" in flags)
     if kind == "per_group":

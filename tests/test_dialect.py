@@ -153,7 +153,9 @@ def test_quant_options_belong_to_their_scheme(quant, match):
 def test_in_dtype_is_a_per_token_and_per_group_option():
     assert str(QuantAttr("per_token", in_dtype=True)) == "#irfuse.quant<per_token in_dtype>"
     assert str(QuantAttr("per_group", 64, in_dtype=True)) == "#irfuse.quant<per_group 64 in_dtype>"
-    with pytest.raises(VerifyException, match="'per_tensor' quant takes no in_dtype option"):
-        QuantAttr("per_tensor", in_dtype=True)
+    parsed = Parser(make_context(), "#irfuse.quant<per_tensor in_dtype>").parse_attribute()
+    assert parsed == QuantAttr("per_tensor", in_dtype=True)
+    with pytest.raises(VerifyException, match="'static' quant takes no in_dtype option"):
+        QuantAttr("static", in_dtype=True)
     with pytest.raises(VerifyException, match="in_dtype scales take no ue8m0 option"):
         QuantAttr("per_group", 128, ue8m0=True, in_dtype=True)

@@ -30,8 +30,8 @@ from tests.helpers import (
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCHEMES = [
     "static", "static div", "per_token", "per_token ub", "per_token in_dtype", "per_tensor",
-    "per_group 128", "per_group 64 col", "per_group 128 ue8m0", "per_group 64 col ue8m0",
-    "per_group 128 in_dtype", "per_group 64 col in_dtype", "nvfp4",
+    "per_tensor in_dtype", "per_group 128", "per_group 64 col", "per_group 128 ue8m0",
+    "per_group 64 col ue8m0", "per_group 128 in_dtype", "per_group 64 col in_dtype", "nvfp4",
 ]  # fmt: skip
 PRODUCERS = [
     ("quant", "none"), ("rms_norm", "plain"), ("rms_norm", "fp32"), ("rms_norm", "gemma"),
@@ -260,15 +260,17 @@ def test_two_pass_per_token_is_bit_exact(monkeypatch, scheme):
     assert torch.equal(scales, scales_ref)
 
 
+@pytest.mark.parametrize("scheme", ["per_tensor", "per_tensor in_dtype"])
 @pytest.mark.parametrize("rows", [97, quant_pieces.AMAX_ROW_SLOTS + 9])
 @pytest.mark.parametrize("producer,mode", [p for p in PRODUCERS if p[1] != "fp32"])
-def test_per_tensor_over_many_rows(producer, mode, rows):
+def test_per_tensor_over_many_rows(producer, mode, rows, scheme):
     """Phase 1's amax in a slot per row (97 rows) and spread over the zeroed atomic slots
     (more than AMAX_ROW_SLOTS rows); enough rows that standalone phase 2 takes whole rows,
-    last first: the scale is still the whole tensor's."""
+    last first: the scale is still the whole tensor's (in_dtype: rounded to fp16)."""
     assert quant_pieces.AMAX_SLOTS < 97 < quant_pieces.AMAX_ROW_SLOTS
     assert runtime.launch_config(rows, 64, "per_tensor", row_tiles=True)[0] == 64
-    _, scales, _, scales_ref = _run(producer, mode, "per_tensor", rows, 64, torch.float32)
+    dtype = torch.float16 if "in_dtype" in scheme else torch.float32
+    _, scales, _, scales_ref = _run(producer, mode, scheme, rows, 64, dtype)
     torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
 
 
@@ -315,8 +317,9 @@ def test_rounded_sum_normalises_the_sum_the_graph_rounded():
     assert mismatch_rounded < 0.005 and mismatch_unrounded.item() > 0.05
 
 
+@pytest.mark.parametrize("option", ["", " in_dtype"])
 @pytest.mark.parametrize("producer,mode", [("quant", "none"), ("rms_norm", "plain")])
-def test_per_tensor_of_one_row_runs_the_per_token_kernel(monkeypatch, producer, mode):
+def test_per_tensor_of_one_row_runs_the_per_token_kernel(monkeypatch, producer, mode, option):
     """One row: the per-token kernel computes the per-tensor scale (same formula), in one
     launch; bytes as the reference."""
     launched = []
@@ -324,8 +327,9 @@ def test_per_tensor_of_one_row_runs_the_per_token_kernel(monkeypatch, producer, 
     monkeypatch.setattr(
         runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
     )
-    q, scales, q_ref, scales_ref = _run(producer, mode, "per_tensor", 1, 256, torch.float32)
-    assert [spec.quant for spec in launched] == ["per_token"]
+    dtype = torch.bfloat16 if option else torch.float32
+    q, scales, q_ref, scales_ref = _run(producer, mode, f"per_tensor{option}", 1, 256, dtype)
+    assert [spec.quant for spec in launched] == [f"per_token{option}"]
     assert scales.shape == (1,) and torch.equal(scales, scales_ref)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
 

@@ -25,7 +25,11 @@ from irfuse.dialects import make_context
 from irfuse.dialects.aten import CallOp
 from irfuse.dialects.irfuse import QuantOp, RmsNormOp
 from irfuse.frontend.fx_import import import_graph
-from irfuse.ops.quant import per_group_fp8_quant_in_dtype, per_token_fp8_quant_in_dtype
+from irfuse.ops.quant import (
+    per_group_fp8_quant_in_dtype,
+    per_tensor_fp8_quant_in_dtype,
+    per_token_fp8_quant_in_dtype,
+)
 from irfuse.pipeline import capture_reports
 from irfuse.transforms import DEFAULT_PIPELINE, PASSES
 from irfuse.transforms.raise_dynamic_fp8_quant import NAME, RaiseDynamicFp8Quant
@@ -171,6 +175,13 @@ def torchao_per_row_quant_repeated(x):
     s = (x.abs().amax(-1, keepdim=True) / 448.0).to(torch.float32)
     q = (x.to(torch.float32) / s.repeat_interleave(x.shape[-1], dim=-1)).clamp(-448.0, 448.0)
     return q.to(FP8), s
+
+
+def torchao_per_tensor_quant(x):
+    """torchao's default (`PerTensor()`) activation quant: the amax over every dim, divided
+    in x's dtype, widened, no lower bound; a [1, ..., 1] scale."""
+    s = (x.abs().amax(dim=tuple(range(x.dim())), keepdim=True) / 448.0).to(torch.float32)
+    return (x.to(torch.float32) / s).clamp(-448.0, 448.0).to(FP8), s
 
 
 def torchao_per_group_quant(x, group=128):
@@ -379,13 +390,19 @@ def test_per_token_forms_are_raised(form, fn):
 @pytest.mark.parametrize("form", ["aot", "inductor"])
 @pytest.mark.parametrize(
     "fn,scale_shape",
-    [(per_tensor_quant, ()), (per_tensor_quant_keepdim, (1, 1)), (per_tensor_quant_reshaped, (1,))],
-    ids=["0-d", "keepdim", "reshaped"],
+    [
+        (per_tensor_quant, ()),
+        (per_tensor_quant_keepdim, (1, 1)),
+        (per_tensor_quant_reshaped, (1,)),
+        (torchao_per_tensor_quant, (1, 1)),
+    ],
+    ids=["0-d", "keepdim", "reshaped", "torchao"],
 )
 def test_per_tensor_forms_are_raised(form, fn, scale_shape):
     x, _ = _inputs(t=4, k=200)
     module, report = _run(CAPTURES[form](fn, x))
-    quant = _check_raised(module, report, "#irfuse.quant<per_tensor>", with_ub=False)
+    option = " in_dtype" if fn is torchao_per_tensor_quant else ""
+    quant = _check_raised(module, report, f"#irfuse.quant<per_tensor{option}>", with_ub=False)
     assert quant.scale_out.type.get_shape() == scale_shape
 
 
@@ -549,6 +566,8 @@ def test_reference_ops_compute_the_matched_chains():
         (per_token_fp8_quant_in_dtype(x.half()), torchao_per_row_quant(x.half())),
         (per_token_fp8_quant_in_dtype(x.float()), torchao_per_row_quant(x.float())),
         (per_group_fp8_quant_in_dtype(x, 128), torchao_per_group_quant(x)),
+        (per_tensor_fp8_quant_in_dtype(x), torchao_per_tensor_quant(x)),
+        (per_tensor_fp8_quant_in_dtype(x3.half()), torchao_per_tensor_quant(x3.half())),
         (per_group_fp8_quant_in_dtype(x3.half(), 128), torchao_per_group_quant(x3.half())),
         (irfuse.ops.per_group_fp8_quant(x, 64), per_group_quant_repeated(x)),
     ]:
@@ -650,12 +669,6 @@ def _no_floor_in_f32(x):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
-def _torchao_per_tensor(x):
-    """torchao's scale over the whole tensor (PerTensor granularity)."""
-    s = (x.abs().amax(dim=(0, 1), keepdim=True) / 448.0).to(torch.float32)
-    return (x.to(torch.float32) / s).clamp(-448.0, 448.0).to(FP8), s
-
-
 def _repeated_in_groups_of_96(x):
     t, k = x.shape
     amax = x.view(t, k // 96, 96).abs().amax(-1, keepdim=True)
@@ -722,12 +735,6 @@ def _max_indices_returned(x):
             "scale amax / 448 with no lower bound is divided in float32, not in x's bfloat16 "
             "(per-token amax / 448 in x's dtype), nor is it per-token max(amax / 448, "
             "1/(448*512))",
-        ),
-        (
-            _torchao_per_tensor,
-            256,
-            "a per-tensor scale amax / 448 with no lower bound is not per-tensor max(amax / "
-            "448, 1/(448*512))",
         ),
         (_torchao_row_scale_bounded, 256, "scale is clamped to [None, 2.0], not only from below"),
         (_repeated_in_groups_of_96, 192, "the scale is repeated in groups of 96, not 64 or 128"),
@@ -796,7 +803,6 @@ def _max_indices_returned(x):
     ],
     ids=[
         "no-floor-in-f32",
-        "torchao-per-tensor",
         "torchao-row-scale-bounded",
         "repeated-in-groups-of-96",
         "group-scales-never-widened",
@@ -933,8 +939,13 @@ def test_model_norm_then_dynamic_quant_fuses_end_to_end(quant, kernel):
 @pytest.mark.parametrize("residual", [False, True], ids=["norm", "add-norm"])
 @pytest.mark.parametrize(
     "quant",
-    [per_tensor_quant, per_tensor_quant_keepdim, per_tensor_quant_reshaped],
-    ids=["0-d", "keepdim", "reshaped"],
+    [
+        per_tensor_quant,
+        per_tensor_quant_keepdim,
+        per_tensor_quant_reshaped,
+        torchao_per_tensor_quant,
+    ],
+    ids=["0-d", "keepdim", "reshaped", "torchao"],
 )
 def test_model_norm_then_per_tensor_quant_fuses_end_to_end(residual, quant):
     """(Residual add +) HF RMSNorm + the per-tensor idiom: one fused norm (two kernels at
@@ -952,7 +963,8 @@ def test_model_norm_then_per_tensor_quant_fuses_end_to_end(residual, quant):
     report = irfuse.explain(block, x, r, weight)
     assert report.fused[NAME] == 1 and report.fused["fuse-rms-norm-quant"] == 1, str(report)
     # phase 2 normalises again (x, or the graph's rounded sum) with phase 1's rstd
-    assert report.kernels == [f"irfuse_{phase_1}_amax", "irfuse_rms_norm_per_tensor_fp8"]
+    phase_2 = "per_tensor_in_dtype" if quant is torchao_per_tensor_quant else "per_tensor"
+    assert report.kernels == [f"irfuse_{phase_1}_amax", f"irfuse_rms_norm_{phase_2}_fp8"]
     torch._dynamo.reset()
     q, s, *h = torch.compile(block, backend="irfuse", options={"inner": "eager"})(x, r, weight)
     q_ref, s_ref, *h_ref = block(x, r, weight)

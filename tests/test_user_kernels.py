@@ -56,6 +56,7 @@ CASES = [
     ),  # fmt: skip
     ("rms_norm/plain/model/per_token", (2, 2880), "ws", [0, 2]),  # 2880: padded to 4096 lanes
     ("rms_norm/plain/model/per_token in_dtype", (2, 3, 64), "w", [0, 2]),  # torchao's scale
+    ("rms_norm/plain/model/per_tensor in_dtype", (5, 64), "w", [0, 2]),  # torchao's default
     # dynamic per-tensor: two launches, phase 1's results in a buffer of the graph
     ("rms_norm/plain/model/per_tensor", (5, 64), "w", [0, 2]),
     ("fused_add_rms_norm/plain/model/per_tensor/rounded_sum", (2, 3, 64), "rw", [0, 1, 2]),

@@ -118,9 +118,9 @@ class QuantAttr(ParametrizedAttribute):
             raise VerifyException(f"'{kind}' quant takes no group, col or ue8m0 option")
         if self.divide.data and kind != "static":
             raise VerifyException(f"'{kind}' quant takes no div option (only static)")
-        if self.in_dtype.data and kind not in ("per_token", "per_group"):
+        if self.in_dtype.data and kind not in ("per_token", "per_tensor", "per_group"):
             raise VerifyException(
-                f"'{kind}' quant takes no in_dtype option (only per_token and per_group)"
+                f"'{kind}' quant takes no in_dtype option (only the dynamic fp8 ones)"
             )
         if self.in_dtype.data and self.ue8m0.data:
             raise VerifyException("in_dtype scales take no ue8m0 option")
@@ -134,9 +134,10 @@ class QuantAttr(ParametrizedAttribute):
                 if flag != "div":
                     parser.raise_error(f"unknown static option '{flag}' (div)")
                 divide = 1
-            if kind == "per_token" and (flag := parser.parse_optional_identifier()) is not None:
+            dynamic = kind in ("per_token", "per_tensor")
+            if dynamic and (flag := parser.parse_optional_identifier()) is not None:
                 if flag != "in_dtype":
-                    parser.raise_error(f"unknown per_token option '{flag}' (in_dtype)")
+                    parser.raise_error(f"unknown {kind} option '{flag}' (in_dtype)")
                 in_dtype = 1
             if kind == "per_group":
                 group = parser.parse_integer(allow_boolean=False, allow_negative=False)

@@ -298,20 +298,38 @@ AMAX = (
 """,
 )
 
-PER_TENSOR = (
-    f"""    # phase 1's amax, over its slots (a slot per row up to {AMAX_ROW_SLOTS} rows)
+PER_TENSOR_PRELOAD = f"""    # phase 1's amax over its slots (one a row to {AMAX_ROW_SLOTS} rows)
     n_rows = tl.num_programs(0)
     n_slots = tl.where(n_rows <= {AMAX_ROW_SLOTS}, n_rows, {AMAX_SLOTS})
     slots = tl.arange(0, {AMAX_ROW_SLOTS})
     amax = tl.max(tl.load(scale_ptr + slots, mask=slots < n_slots, other=0.0), axis=0)
-""",
-    """
-    # epilogue: phase 2 of a dynamic per-tensor fp8, s = max(amax / 448, 1 / (448 * 512))
-    s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
-    tl.store(scale_out_ptr, s, mask=(row == 0) & (col_start == 0))
 """
-    + STORE.format(value="to_fp8(div_by(v, s, tl.math.div_rn(1.0, s)), INTERPRET)"),
-)
+# phase 2's scale: NUMERICS.md's, or `in_dtype` (torchao's per-tensor scale, as the
+# per-token one: divided in the value's dtype, no lower bound)
+TENSOR_SCALES = {
+    "per_tensor": (
+        "s = max(amax / 448, 1 / (448 * 512))",
+        "    s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)\n",
+    ),
+    "per_tensor in_dtype": (
+        "s = dtype(amax / 448), in the value's dtype, no lower bound",
+        "    s = round_to(tl.math.div_rn(amax, 448.0), {value_dtype}, INTERPRET)\n",
+    ),
+}
+
+
+def per_tensor(scheme: str, value_dtype: str) -> tuple[str, str]:
+    """(preload, store) of phase 2 of a per-tensor scheme (see per_token)."""
+    if scheme not in TENSOR_SCALES:
+        raise ValueError(f"no epilogue for quant scheme {scheme!r}")
+    formula, scale = TENSOR_SCALES[scheme]
+    store = (
+        f"\n    # epilogue: phase 2 of a dynamic per-tensor fp8, {formula}\n"
+        + scale.format(value_dtype=value_dtype)
+        + "    tl.store(scale_out_ptr, s, mask=(row == 0) & (col_start == 0))\n"
+        + STORE.format(value="to_fp8(div_by(v, s, tl.math.div_rn(1.0, s)), INTERPRET)")
+    )
+    return PER_TENSOR_PRELOAD, store
 
 
 # Schemes whose standalone kernel may split a row into tiles (no row-wide reduction).
@@ -336,7 +354,7 @@ def epilogue(
     if kind == "amax":
         return "", *AMAX
     if kind == "per_tensor":
-        return fp8_helpers, *PER_TENSOR
+        return fp8_helpers, *per_tensor(scheme, value_dtype)
     if kind == "static":
         return fp8_helpers, *(STATIC_DIV if options == ["div"] else STATIC)
     if kind == "per_token":
@@ -364,7 +382,7 @@ def parse_scheme(scheme: str) -> tuple[str, int, bool, bool]:
         return kind, 0, False, False
     if kind == "static" and options == ["div"]:  # divided, not times the reciprocal
         return kind, 0, False, False
-    if kind == "per_token" and options == ["in_dtype"]:  # the scale in the value's dtype
+    if kind in ("per_token", "per_tensor") and options == ["in_dtype"]:  # in the value's dtype
         return kind, 0, False, False
     if kind == "per_group" and options and options[0] in ("64", "128"):
         flags = set(options[1:])

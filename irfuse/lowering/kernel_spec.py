@@ -59,9 +59,14 @@ class KernelSpec:
         return self.normalises_with_phase_1_rstd
 
     @property
+    def per_tensor(self) -> bool:
+        """A dynamic per-tensor quant (`per_tensor`, `per_tensor in_dtype`): two phases."""
+        return self.quant.split()[0] == "per_tensor"
+
+    @property
     def normalises_with_phase_1_rstd(self) -> bool:
         """Phase 2 of a plain norm's per-tensor quant (per_tensor_phases)."""
-        return self.producer == "rms_norm" and self.quant == "per_tensor"
+        return self.producer == "rms_norm" and self.per_tensor
 
     @property
     def stores_rstd(self) -> bool:
@@ -172,18 +177,18 @@ def per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
     with the unrounded fp32 sum, phase 2 reads a value phase 1 stored (only x and the
     residual give that sum back: as much traffic, and the add twice): 11 bytes."""
     if spec.rounded_sum:
-        plain = KernelSpec("rms_norm", spec.weight_mode, "per_tensor", spec.norm_out)
+        plain = KernelSpec("rms_norm", spec.weight_mode, spec.quant, spec.norm_out)
         return dataclasses.replace(spec, quant="amax"), plain
     if spec.producer == "fused_add_rms_norm":  # unrounded sum
         amax = dataclasses.replace(spec, quant="amax", keep_value=True)
-        return amax, KernelSpec("quant", "none", "per_tensor")
+        return amax, KernelSpec("quant", "none", spec.quant)
     return dataclasses.replace(spec, quant="amax"), dataclasses.replace(spec, keep_value=False)
 
 
 def launched_kernels(spec: KernelSpec) -> tuple[KernelSpec, ...]:
     """The kernels a call of `spec` launches: a dynamic per-tensor quant's two phases (over
     several rows), else `spec` itself."""
-    return per_tensor_phases(spec) if spec.quant == "per_tensor" else (spec,)
+    return per_tensor_phases(spec) if spec.per_tensor else (spec,)
 
 
 def kernel_source(spec: KernelSpec) -> str:
@@ -208,7 +213,7 @@ def _row_body(spec: KernelSpec) -> str:
     """The body of a row (or row tile) per program: producer, then the quant epilogue."""
     value_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"  # what a quant reads
     _, preload, store = quant_pieces.epilogue(spec.quant, spec.producer == "quant", value_dtype)
-    rows = norm.ROWS_LAST_FIRST if spec.quant == "per_tensor" else norm.ROWS_IN_ORDER
+    rows = norm.ROWS_LAST_FIRST if spec.per_tensor else norm.ROWS_IN_ORDER
     columns = norm.ROW_TILE if spec.row_tiles else norm.WHOLE_ROW
     body = rows + columns + norm.LOAD_ROW
     if spec.producer != "quant":

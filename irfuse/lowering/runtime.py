@@ -48,7 +48,7 @@ def _label(spec: KernelSpec) -> str:
 def _one_row_per_tensor(spec: KernelSpec) -> KernelSpec:
     """A per-tensor quant of a single row: its per-token scale is the same formula over
     the same values, so the per-token kernel computes it in one pass."""
-    return dataclasses.replace(spec, quant="per_token")
+    return dataclasses.replace(spec, quant=spec.quant.replace("per_tensor", "per_token"))
 
 
 MANY_ROWS = 1024  # launch_config's row count from which fewer warps win (see there)
@@ -223,7 +223,7 @@ def _check(
         raise ValueError(f"{what}: takes no x_weight (its x is not normalised first)")
     if kind in ("static", "nvfp4") and scale is None:
         raise ValueError(f"{what}: needs its scale")
-    no_bound = kind in ("per_tensor", "per_group") or spec.quant == "per_token in_dtype"
+    no_bound = kind in ("per_tensor", "per_group") or "in_dtype" in spec.quant.split()
     if no_bound and scale is not None:
         raise ValueError(f"{what}: takes no scale (its scale is computed, with no upper bound)")
     if scale is not None and (scale.dtype != torch.float32 or scale.numel() != 1):
@@ -286,12 +286,12 @@ def kernel_norm(
     eps = _host_value("eps", eps_input) if eps_input is not None else eps
     x_eps = _host_value("x_eps", x_eps_input) if x_eps_input is not None else x_eps
     out, residual_out, scales, value = allocate_outputs(spec, x, residual is not None)
-    if x.numel() == 0:  # the reference's scale of an empty tensor: the lower bound
-        if spec.quant == "per_tensor":
-            scales.fill_(FP8_MIN_SCALE)
+    if x.numel() == 0:  # the reference's scale of an empty tensor: of an amax of 0
+        if spec.per_tensor:
+            scales.fill_(0.0 if "in_dtype" in spec.quant.split() else FP8_MIN_SCALE)
         return out, residual_out, scales, value
     outputs = (out, residual_out, scales, value)
-    if spec.quant == "per_tensor":
+    if spec.per_tensor:
         for launched, launch in per_tensor_launches(
             spec, x, residual, weight, outputs, eps, x_weight, x_eps
         ):

@@ -428,7 +428,7 @@ def _lower_norm(
                 node_of(eps_value), x_weight_node, float(x_eps), node_of(x_eps_value))  # fmt: skip
         results = _call(graph, anchor, torch.ops.irfuse.kernel_norm.default, args, indices)[1:]
         launch = f"torch.ops.irfuse.kernel_norm ({problem})"
-    if op.scale_out is not None and spec.quant == "per_tensor":
+    if op.scale_out is not None and spec.per_tensor:
         at = indices.index(2)
         results[at] = _viewed_as(graph, results[at], op.scale_out.type.get_shape())
     # a quant fused through the flatten of a [..., K] input: q and its scales as [T, ...]

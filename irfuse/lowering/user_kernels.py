@@ -94,9 +94,9 @@ def graph_launch_problem(
     if not isinstance(x.shape[-1], int):
         return "its hidden size is symbolic"
     static = all(isinstance(size, int) for size in x.shape)
-    if spec.quant == "per_tensor" and not all_launches:
+    if spec.per_tensor and not all_launches:
         return "a per-tensor quant launches two kernels; graph_launch='all' may launch them"
-    if spec.quant == "per_tensor" and not static:
+    if spec.per_tensor and not static:
         return "its token count is symbolic (a per-tensor quant's launches need static shapes)"
     if not static and not all_launches:
         return "its token count is symbolic; graph_launch='all' may launch it from the wrapper"
@@ -288,7 +288,7 @@ def _lower_launches(
 ) -> tuple[list[fx.Node], list[fx.Node], str] | str:
     """lower_norm_in_graph, the launches given the eps values `scalars` (by parameter)."""
     fakes = tuple(n.meta["val"] if n is not None else None for n in inputs)
-    if spec.quant == "per_tensor":
+    if spec.per_tensor:
         return _lower_per_tensor(graph, anchor, spec, inputs, fakes, scalars, indices)
     samples = _samples(spec, fakes)
     if isinstance(samples, str):

@@ -136,6 +136,18 @@ def _(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.new_empty(x.shape, dtype=FP8_DTYPE), x.new_empty((1,), dtype=torch.float32)
 
 
+def per_tensor_fp8_quant_in_dtype(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-tensor fp8 quant whose scale is divided in x's dtype, then widened, with no
+    lower bound: s = float(dtype(amax|x| / 448)) (torchao's default, per-tensor, scale;
+    `#irfuse.quant<per_tensor in_dtype>`); returns (q, s[1]). An all-zero (or empty)
+    tensor has s = 0: its values quantize to NaN, as the graph's 0 / 0."""
+    check_tensor("per_tensor_fp8_quant", "x", x, dtypes=FLOAT_DTYPES)
+    xf = x.float()
+    amax = xf.abs().amax().reshape(1) if xf.numel() else xf.new_zeros((1,))
+    s = div_const(amax, FP8_MAX).to(x.dtype).float()
+    return fp8_cast(xf / s.reshape(())), s
+
+
 # ---------------------------------------------------------------------------------------
 # per-group fp8
 

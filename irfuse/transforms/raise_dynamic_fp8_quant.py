@@ -11,6 +11,7 @@ Matches, for any hidden size (`xf` is `x` [..., K] cast to fp32, or `x` itself i
     per token, the scale in x's dtype (torchao's per-row scale; no bound, no floor):
                  s = (amax(|x|, -1, keepdim=True) / 448).float()   (divided in x's dtype)
                  q = clamp(xf / s, -448, 448).to(float8_e4m3fn)       -> q, s [..., 1]
+                 (the same over every dim: per tensor, torchao's default)
 
     per tensor:  a = amax(|xf|) over every dim (or max(|xf|))     (x of any rank)
                  s = max(a / 448, 1/(448*512))
@@ -66,7 +67,7 @@ the quant reads the unflattened result, its results keep the graph's [T, ...] sh
 A chain that reaches an amax but fails a guard is reported with its reason.
 
 Replacement: `irfuse.quant` with `#irfuse.quant<per_token>` (`quant_scale` = ub),
-`#irfuse.quant<per_token in_dtype>`, `#irfuse.quant<per_tensor>` (its scale keeps the
+`#irfuse.quant<per_token in_dtype>`, `#irfuse.quant<per_tensor [in_dtype]>` (its scale keeps the
 graph's shape: 0-d, or ones with keepdim or a view) or `#irfuse.quant<per_group G>`
 (`ue8m0`, or `in_dtype`), reading the un-cast, un-viewed `x`; its results replace q and the scales
 (NUMERICS.md); a quant identical to one already raised (same input, scheme, bound and
@@ -162,7 +163,7 @@ SCALE_OPS = UPPER_BOUNDS + SCALINGS + FLOORS + POW2
 
 TOKEN_FORMULA = "per-token max(amax / 448, 1/(448*512))"
 IN_DTYPE_FORMULA = "per-token amax / 448 in x's dtype"
-SCHEMES = ("per_token", "per_token in_dtype", "per_tensor", "per_group", "per_group_ue8m0")
+SCHEMES = ("per_token", "per_tensor", "per_group", "per_group_ue8m0")  # (and in_dtype)
 TENSOR_FORMULA = "per-tensor max(amax / 448, 1/(448*512))"
 GROUP_FORMULA = "per-group max(amax, 1e-10) / 448"
 
@@ -525,16 +526,16 @@ def _match_scheme(
     if isinstance(steps, str):
         return steps
     scheme = _scheme(steps)
-    if scheme == "per_token" and _reduces_every_dim(path[0]):
-        scheme = "per_tensor"
+    in_dtype = scheme == "per_token in_dtype"
+    kind = "per_token" if in_dtype else scheme  # the scheme, less its in_dtype option
+    if kind == "per_token" and _reduces_every_dim(path[0]):
+        kind = "per_tensor"
         if any(step.kind == "bound" for step in steps):
             return f"{TENSOR_FORMULA} scale takes no upper bound"
-    in_dtype = scheme == "per_token in_dtype"
-    if in_dtype and _reduces_every_dim(path[0]):
-        return f"a per-tensor scale amax / 448 with no lower bound is not {TENSOR_FORMULA}"
-    if scheme != "per_tensor" and any(step.kind == "view" for step in steps):
+    scheme = f"{kind} in_dtype" if in_dtype else kind
+    if kind != "per_tensor" and any(step.kind == "view" for step in steps):
         return "the scale is viewed to one element (only a per-tensor scale may be)"
-    if scheme not in SCHEMES:
+    if kind not in SCHEMES:
         return scheme
     forms = _amax_forms(steps)
     if in_dtype and any(step.kind == "widen" for step in steps):
@@ -545,22 +546,19 @@ def _match_scheme(
         forms.add("keepdim")
     # the division reads 16-bit xs, promoted by the fp32 scale (main[0] is the division)
     promoted = element_type(main[0].results[0]) == F32 != element_type(xs)
-    checked_as = "per_token" if in_dtype else scheme
-    reason = _check_constants(steps, checked_as) or _check_amax(
-        path[0], xs, checked_as, forms, promoted
-    )
+    reason = _check_constants(steps, kind) or _check_amax(path[0], xs, kind, forms, promoted)
     if reason:
         return reason
     ops = list(dict.fromkeys([*main, path[0].inputs[0].owner, *path]))  # + abs
     helpers = [step.helper for step in steps if step.helper is not None]
     if (of := _abs_of(path[0])) is not None and _twin_cast(of, xs):
         helpers.append(of.owner)  # type: ignore[arg-type]  # the amax's own cast
-    if scheme in ("per_token", "per_token in_dtype", "per_tensor"):
+    if kind in ("per_token", "per_tensor"):
         source, cast = _strip_f32_cast(xs, ops)
         if in_dtype and (reason := _divides_in(steps, source)):
             return reason
         ub = next((step.bound for step in steps if step.bound is not None), None)
-        quant = QuantAttr("per_token", in_dtype=True) if in_dtype else QuantAttr(scheme)
+        quant = QuantAttr(kind, in_dtype=in_dtype)
         return DynamicQuantMatch(source, ub, quant, q, [s], s.type, ops, cast + helpers)
     return _match_per_group(q, xs, s, ops, helpers, ue8m0=scheme == "per_group_ue8m0")
 
