@@ -49,11 +49,13 @@ bench)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 torchao)
-    # torchao's per-row and 1x128 quants after add + norm, both compiling the same PyTorch
-    step torchao 240 python3 bench/quant_schemes.py --as-written \
-        --schemes "per_token in_dtype" "per_group 128 in_dtype" --tokens 1 16 4096 16384
-    step torchao-7168 240 python3 bench/quant_schemes.py --as-written \
-        --schemes "per_token in_dtype" "per_group 128 in_dtype" --hidden 7168 --tokens 4096 16384
+    # torchao's per-row, per-tensor and 1x128 quants after add + norm, both compiling the
+    # same PyTorch
+    step torchao 240 python3 bench/quant_schemes.py --as-written --tokens 1 16 4096 16384 \
+        --schemes "per_token in_dtype" "per_tensor in_dtype" "per_group 128 in_dtype"
+    step torchao-7168 240 python3 bench/quant_schemes.py --as-written --hidden 7168 \
+        --tokens 4096 16384 --schemes "per_token in_dtype" "per_tensor in_dtype" \
+        "per_group 128 in_dtype"
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 suite)

@@ -12,9 +12,9 @@ irfuse's passes; the graph's add rounds the sum, so irfuse's fused add does too)
 counts the bytes the fused op must move: inputs read once, outputs and scales written once.
 --sandwich: Gemma's norm, the residual add, the next norm and the quant, as written (both
 compile the same PyTorch; irfuse makes one kernel of it, fuse-sandwich-norm).
-Schemes "per_token in_dtype" and "per_group 128 in_dtype" are torchao's per-row and 1x128
-quants, which irfuse raises from the graph's PyTorch in every mode (no torch.ops.irfuse
-op computes them).
+Schemes "per_token in_dtype", "per_tensor in_dtype" and "per_group 128 in_dtype" are
+torchao's per-row, per-tensor and 1x128 quants, which irfuse raises from the graph's
+PyTorch in every mode (no torch.ops.irfuse op computes them).
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
         return (yf / scale).clamp(-448, 448).to(FP8), scale
     if kind == "per_token" and "in_dtype" in flags:  # torchao's: in y's dtype, no floor
         s = (y.abs().amax(-1, keepdim=True) / 448).float()
+        return (yf / s).clamp(-448, 448).to(FP8), s
+    if kind == "per_tensor" and "in_dtype" in flags:  # torchao's default
+        s = (y.abs().amax(dim=(0, 1), keepdim=True) / 448).float()
         return (yf / s).clamp(-448, 448).to(FP8), s
     if kind == "per_group" and "in_dtype" in flags:  # torchao's 1x128, repeated
         t, k = y.shape
