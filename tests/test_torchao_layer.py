@@ -1,7 +1,7 @@
 """A decoder layer quantized the way torchao's Float8 dynamic activation quant computes
-it (per-row scales in the model dtype, `<per_token in_dtype>`): which quants fuse into
-which kernels, which are left to the inner compiler and why, and the layer's results
-against eager."""
+it (per-row or per-tensor scales in the model dtype, `<per_token in_dtype>`,
+`<per_tensor in_dtype>`): which quants fuse into which kernels, which are left to the
+inner compiler and why, and the layer's results against eager."""
 
 from __future__ import annotations
 
@@ -17,38 +17,45 @@ DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # interpreter: no
 FP8 = torch.float8_e4m3fn
 
 
-class Float8RowLinear(torch.nn.Module):
-    """A linear whose input is quantized per row as torchao's Float8Tensor does (the scale
-    divided in the input's dtype, widened, no lower bound); the matmul of the dequantized
-    rows stands in for `_scaled_mm`."""
+class Float8Linear(torch.nn.Module):
+    """A linear whose input is quantized as torchao's Float8Tensor does, per row or per
+    tensor (the scale divided in the input's dtype, widened, no lower bound); the matmul
+    of the dequantized rows stands in for `_scaled_mm`."""
 
-    def __init__(self, n_in: int, n_out: int) -> None:
+    def __init__(self, n_in: int, n_out: int, granularity: str) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
+        self.dims = (-1,) if granularity == "row" else (0, 1, 2)
 
     def forward(self, x):
-        scale = (x.abs().amax(-1, keepdim=True) / 448.0).to(torch.float32)
+        scale = (x.abs().amax(self.dims, keepdim=True) / 448.0).to(torch.float32)
         q = (x.to(torch.float32) / scale).clamp(-448.0, 448.0).to(FP8)
         rows = q.float() * scale
         return (rows @ self.weight.float().t()).to(x.dtype)
 
 
 class DecoderLayer(torch.nn.Module):
-    """Llama's decoder layer in decode (one new token against a KV cache, GQA), every
-    projection a Float8RowLinear."""
+    """Llama's decoder layer against a KV cache (GQA), every projection a Float8Linear of
+    one granularity."""
 
-    def __init__(self, hidden: int = 128, heads: int = 4, kv_heads: int = 2) -> None:
+    def __init__(self, granularity: str, hidden: int = 128, heads: int = 4, kv_heads: int = 2):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        kv = kv_heads * self.head_dim
+
+        def linear(n_in: int, n_out: int) -> Float8Linear:
+            return Float8Linear(n_in, n_out, granularity)
+
         self.input_layernorm = LlamaRMSNorm(hidden)
-        self.q_proj = Float8RowLinear(hidden, hidden)
-        self.k_proj = Float8RowLinear(hidden, kv_heads * self.head_dim)
-        self.v_proj = Float8RowLinear(hidden, kv_heads * self.head_dim)
-        self.o_proj = Float8RowLinear(hidden, hidden)
+        self.q_proj, self.k_proj, self.v_proj = (
+            linear(hidden, hidden),
+            linear(hidden, kv),
+            linear(hidden, kv),
+        )
+        self.o_proj = linear(hidden, hidden)
         self.post_attention_layernorm = LlamaRMSNorm(hidden)
-        self.gate_proj = Float8RowLinear(hidden, 2 * hidden)
-        self.up_proj = Float8RowLinear(hidden, 2 * hidden)
-        self.down_proj = Float8RowLinear(2 * hidden, hidden)
+        self.gate_proj, self.up_proj = linear(hidden, 2 * hidden), linear(hidden, 2 * hidden)
+        self.down_proj = linear(2 * hidden, hidden)
 
     def forward(self, hidden, past_k, past_v):
         b, s, _ = hidden.shape
@@ -67,27 +74,34 @@ class DecoderLayer(torch.nn.Module):
 
 NORM = "irfuse_rms_norm_per_token_in_dtype_fp8"
 ADD_NORM = "irfuse_add_rounded_rms_norm_per_token_in_dtype_fp8"
+# per tensor: two kernels (the amax, then the quant normalising again with phase 1's rstd)
+NORM_2 = ["irfuse_rms_norm_amax", "irfuse_rms_norm_per_tensor_in_dtype_fp8"]
+ADD_NORM_2 = ["irfuse_add_rounded_rms_norm_amax", "irfuse_rms_norm_per_tensor_in_dtype_fp8"]
 NO_PRODUCER = "no producer to fuse into: left to the inner compiler"
 
 
 @pytest.mark.parametrize(
-    "new_tokens,kernels,left",
+    "granularity,new_tokens,kernels,left",
     [
-        (1, [NORM, "irfuse_attention_per_token_in_dtype_fp8", ADD_NORM], [NO_PRODUCER]),
+        ("row", 1, [NORM, "irfuse_attention_per_token_in_dtype_fp8", ADD_NORM], [NO_PRODUCER]),
         # 40 tokens x 2 query heads per kv head: the prefill kernel, which holds one head
         # of a token, not the whole row a per-token scale spans
-        (40, [NORM, ADD_NORM], [NO_PRODUCER] * 2),
+        ("row", 40, [NORM, ADD_NORM], [NO_PRODUCER] * 2),
+        # no attention kernel ends with a per-tensor quant
+        ("tensor", 1, [*NORM_2, *ADD_NORM_2], [NO_PRODUCER] * 2),
     ],
-    ids=["decode", "prefill"],
+    ids=["row-decode", "row-prefill", "tensor-decode"],
 )
-def test_a_torchao_decoder_layer_fuses_every_quant_with_a_producer(new_tokens, kernels, left):
-    """The norm's quant (read by q, k and v: one kernel), the decode attention's quant
-    (o_proj's input, in the attention's combine kernel) and the add + norm's quant (gate
-    and up) fuse; the quant of silu(gate) * up has no producer to end (nor, in prefill,
-    has o_proj's) and is left to the inner compiler, with that reason in the report. The
-    layer matches eager."""
+def test_a_torchao_decoder_layer_fuses_every_quant_with_a_producer(
+    granularity, new_tokens, kernels, left
+):
+    """The norm's quant (read by q, k and v: one fused op), the decode attention's
+    per-row quant (o_proj's input, in the attention's combine kernel) and the add +
+    norm's quant (gate and up) fuse; the quant of silu(gate) * up has no producer to end
+    (nor, in prefill or per tensor, has o_proj's) and is left to the inner compiler, with
+    that reason in the report. The layer matches eager."""
     torch.manual_seed(0)
-    layer = DecoderLayer().to(DEVICE, DTYPE)
+    layer = DecoderLayer(granularity).to(DEVICE, DTYPE)
     hidden = torch.randn(2, new_tokens, 128, device=DEVICE, dtype=DTYPE)
     past_k, past_v = (torch.randn(2, 2, 12, 32, device=DEVICE, dtype=DTYPE) for _ in range(2))
     with torch.no_grad():
