@@ -96,14 +96,12 @@ class QuantAttr(ParametrizedAttribute):
 
     @property
     def text(self) -> str:
-        """The scheme with its options, as the kernels name it: "per_group 128 col"."""
-        in_dtype = " in_dtype" * self.in_dtype.data
-        if self.scheme == "static" and self.divide.data:
-            return "static div"
-        if self.scheme != "per_group":
-            return self.scheme + in_dtype
-        flags = " col" * self.column_major.data + " ue8m0" * self.ue8m0.data + in_dtype
-        return f"per_group {self.group.data}{flags}"
+        """The scheme with its options, as printed and as the kernels name it:
+        "per_group 128 col"."""
+        group = f" {self.group.data}" if self.scheme == "per_group" else ""
+        flags = " col" * self.column_major.data + " ue8m0" * self.ue8m0.data
+        flags += " div" * self.divide.data + " in_dtype" * self.in_dtype.data
+        return f"{self.scheme}{group}{flags}"
 
     def verify(self) -> None:
         kind = self.kind.data
@@ -162,14 +160,7 @@ class QuantAttr(ParametrizedAttribute):
         ]
 
     def print_parameters(self, printer: Printer) -> None:
-        text = self.kind.data
-        if text == "per_group":
-            text += f" {self.group.data}"
-            text += " col" if self.column_major.data else ""
-            text += " ue8m0" if self.ue8m0.data else ""
-        text += " div" if self.divide.data else ""
-        text += " in_dtype" if self.in_dtype.data else ""
-        printer.print_string(f"<{text}>")
+        printer.print_string(f"<{self.text}>")
 
 
 def _tensor(value: SSAValue | None, what: str) -> TensorType:

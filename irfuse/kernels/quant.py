@@ -114,10 +114,19 @@ STATIC_DIV = (
 PER_TOKEN_PRELOAD = """    if HAS_SCALE:
         scale_ub = tl.load(scale_ptr)  # per-token scale upper bound, loaded early
 """
+# `in_dtype` scales (torchao's): the amax divided in the dtype of the value quantized
+# (`{value_dtype}`), with no lower bound: a zero row (tensor, group) gets s = 0 and
+# quantizes to NaN, as the graph's 0 / 0.
+IN_DTYPE_FORMULA = "dtype(amax / 448), in the value's dtype, no lower bound"
+
+
+def in_dtype_scale(amax: str) -> str:
+    """The code of an `in_dtype` scale of `amax` (still to format with `value_dtype`)."""
+    return f"    s = round_to(tl.math.div_rn({amax}, 448.0), {{value_dtype}}, INTERPRET)\n"
+
+
 # The row's scale from its amax, stored; per variant (#irfuse.quant<per_token>, <per_token
-# in_dtype>): (what the formula is, its preload, its code). `in_dtype` divides in the
-# dtype of the value quantized (`{value_dtype}`) and has no lower bound: torchao's
-# per-row scale, whose zero rows get s = 0 and quantize to NaN, as the graph's 0 / 0.
+# in_dtype>): (what the formula is, its preload, its code).
 PER_TOKEN_SCALES = {
     "per_token": (
         "s = max(min(amax, ub) / 448, 1 / (448 * 512))",
@@ -127,11 +136,7 @@ PER_TOKEN_SCALES = {
     s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
 """,
     ),
-    "per_token in_dtype": (
-        "s = dtype(amax / 448), in the value's dtype, no lower bound",
-        "",
-        "    s = round_to(tl.math.div_rn(amax, 448.0), {value_dtype}, INTERPRET)\n",
-    ),
+    "per_token in_dtype": (f"s = {IN_DTYPE_FORMULA}", "", in_dtype_scale("amax")),
 }
 STORE_TOKEN_SCALE = "    tl.store(scale_out_ptr + row * scale_out_row_stride, s)\n"
 PER_TOKEN_QUANT = "to_fp8(div_by(v, s, inv_s), INTERPRET)"
@@ -193,12 +198,10 @@ def per_token_two_pass(scheme: str) -> str:
     return PER_TOKEN_TWO_PASS.format(formula=formula, preload=preload, scale=scale)
 
 
-# Per-group scales from each group's amax: NUMERICS.md's, or `in_dtype` (torchao's 1x128:
-# divided in the value's dtype, no lower bound; a zero group quantizes to NaN).
+# Per-group scales from each group's amax: NUMERICS.md's, or `in_dtype` (torchao's 1x128).
 GROUP_SCALES = {
     False: "    s = tl.math.div_rn(tl.maximum(tl.max(tl.abs(groups), axis=1), 1e-10), 448.0)\n",
-    True: "    s = round_to(tl.math.div_rn(tl.max(tl.abs(groups), axis=1), 448.0), {value_dtype},"
-    " INTERPRET)\n",
+    True: in_dtype_scale("tl.max(tl.abs(groups), axis=1)"),
 }
 PER_GROUP = (
     "",
@@ -304,17 +307,13 @@ PER_TENSOR_PRELOAD = f"""    # phase 1's amax over its slots (one a row to {AMAX
     slots = tl.arange(0, {AMAX_ROW_SLOTS})
     amax = tl.max(tl.load(scale_ptr + slots, mask=slots < n_slots, other=0.0), axis=0)
 """
-# phase 2's scale: NUMERICS.md's, or `in_dtype` (torchao's per-tensor scale, as the
-# per-token one: divided in the value's dtype, no lower bound)
+# phase 2's scale: NUMERICS.md's, or `in_dtype` (torchao's per-tensor scale)
 TENSOR_SCALES = {
     "per_tensor": (
         "s = max(amax / 448, 1 / (448 * 512))",
         "    s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)\n",
     ),
-    "per_tensor in_dtype": (
-        "s = dtype(amax / 448), in the value's dtype, no lower bound",
-        "    s = round_to(tl.math.div_rn(amax, 448.0), {value_dtype}, INTERPRET)\n",
-    ),
+    "per_tensor in_dtype": (f"s = {IN_DTYPE_FORMULA}", in_dtype_scale("amax")),
 }
 
 
@@ -364,7 +363,7 @@ def epilogue(
     if kind == "per_group":
         group, ue8m0, in_dtype = int(options[0]), "ue8m0" in options, "in_dtype" in options
         formula = "2^ceil(log2(max(amax, 1e-10) / 448))" if ue8m0 else "max(amax, 1e-10) / 448"
-        formula = "dtype(amax / 448), in the value's dtype, no lower bound" if in_dtype else formula
+        formula = IN_DTYPE_FORMULA if in_dtype else formula
         scale = GROUP_SCALES[in_dtype].format(value_dtype=value_dtype)
         store = PER_GROUP[1].format(
             group=group, scale_formula=formula, scale=scale, ue8m0=UE8M0 if ue8m0 else ""

@@ -39,8 +39,7 @@ class KernelSpec:
         suffix = special.get(kind, f"_{kind}{group or ''}_fp8")
         suffix = suffix.replace("_fp8", "_ue8m0_fp8") if ue8m0 else suffix
         suffix = suffix.replace("_fp8", "_div_fp8") if self.quant == "static div" else suffix
-        in_dtype = "in_dtype" in self.quant.split()
-        suffix = suffix.replace("_fp8", "_in_dtype_fp8") if in_dtype else suffix
+        suffix = suffix.replace("_fp8", "_in_dtype_fp8") if self.in_dtype else suffix
         mode = "" if self.weight_mode in ("none", "plain") else f"_{self.weight_mode}w"
         out = "_f32out" if self.norm_out == "fp32" else ""
         keep = "_keep" if self.keep_value else ""
@@ -57,6 +56,11 @@ class KernelSpec:
         if self.producer == "quant":
             return self.quant.split()[0] in quant_pieces.TILEABLE
         return self.normalises_with_phase_1_rstd
+
+    @property
+    def in_dtype(self) -> bool:
+        """The quant's scale is divided in the value's dtype (torchao's, no lower bound)."""
+        return "in_dtype" in self.quant.split()
 
     @property
     def per_tensor(self) -> bool:

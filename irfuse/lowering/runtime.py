@@ -223,7 +223,7 @@ def _check(
         raise ValueError(f"{what}: takes no x_weight (its x is not normalised first)")
     if kind in ("static", "nvfp4") and scale is None:
         raise ValueError(f"{what}: needs its scale")
-    no_bound = kind in ("per_tensor", "per_group") or "in_dtype" in spec.quant.split()
+    no_bound = kind in ("per_tensor", "per_group") or spec.in_dtype
     if no_bound and scale is not None:
         raise ValueError(f"{what}: takes no scale (its scale is computed, with no upper bound)")
     if scale is not None and (scale.dtype != torch.float32 or scale.numel() != 1):
@@ -288,7 +288,7 @@ def kernel_norm(
     out, residual_out, scales, value = allocate_outputs(spec, x, residual is not None)
     if x.numel() == 0:  # the reference's scale of an empty tensor: of an amax of 0
         if spec.per_tensor:
-            scales.fill_(0.0 if "in_dtype" in spec.quant.split() else FP8_MIN_SCALE)
+            scales.fill_(0.0 if spec.in_dtype else FP8_MIN_SCALE)
         return out, residual_out, scales, value
     outputs = (out, residual_out, scales, value)
     if spec.per_tensor:

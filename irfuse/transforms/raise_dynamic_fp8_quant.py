@@ -844,14 +844,13 @@ def _match_repeated_groups(
         reason = f"{GROUP_FORMULA} scale not computed in float32"
     if reason:
         return reason
-    helpers = [step.helper for step in steps if step.helper is not None]
-    quant = QuantAttr("per_group", group, ue8m0=scheme == "per_group_ue8m0", in_dtype=in_dtype)
-    match = DynamicQuantMatch(
-        source, None, quant, q, [s], s.type, ops, grouped.ops + cast_ops + helpers
-    )
     if (escaping := escaping_value(ops, [q, s])) is not None:
         return f"intermediate %{escaping.name_hint} has a user outside the quant"
-    return match
+    helpers = [step.helper for step in steps if step.helper is not None]
+    quant = QuantAttr("per_group", group, ue8m0=scheme == "per_group_ue8m0", in_dtype=in_dtype)
+    return DynamicQuantMatch(
+        source, None, quant, q, [s], s.type, ops, grouped.ops + cast_ops + helpers
+    )
 
 
 @dataclass
