@@ -89,12 +89,18 @@ def _inductor_option(key: str) -> bool:
 def _eager(gm: fx.GraphModule, example_inputs: Sequence[Any], opts: Options) -> Callable[..., Any]:
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
-    from torch._inductor.fx_passes.joint_graph import constant_fold_uniform_value
+    from torch._inductor.fx_passes import joint_graph
+    from torch._inductor.fx_passes.post_grad import remove_noop_ops
 
     def forward_compiler(graph_module: fx.GraphModule, _: Sequence[Any]) -> Callable[..., Any]:
-        # Tensor constants as Inductor's joint-graph pass leaves them (`aten.full`), so
+        # The graph as Inductor's joint-graph passes leave it for irfuse's pass: no-op
+        # casts and views removed (torchao's identity reshapes, `view(x, [1, -1, S, D])`
+        # of a [1, H, S, D] attention output), tensor constants folded (`aten.full`), so
         # that the pass matches, and `irfuse.explain` reports, what it does under Inductor.
-        constant_fold_uniform_value(graph_module)
+        remove_noop_ops(graph_module.graph)
+        joint_graph.constant_fold_uniform_value(graph_module)
+        joint_graph.lazy_init()
+        joint_graph.early_patterns.apply(graph_module.graph)
         transform_graph(graph_module.graph, opts)
         graph_module.recompile()
         return make_boxed_func(graph_module.forward)

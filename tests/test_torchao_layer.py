@@ -20,15 +20,25 @@ FP8 = torch.float8_e4m3fn
 class Float8Linear(torch.nn.Module):
     """A linear whose input is quantized as torchao's Float8Tensor does, per row or per
     tensor (the scale divided in the input's dtype, widened, no lower bound); the matmul
-    of the dequantized rows stands in for `_scaled_mm`."""
+    of the dequantized rows stands in for `_scaled_mm`. `views`: as torchao 0.18 writes
+    it, x viewed to its reduction shape and the scale reshaped to its output shape (for
+    these granularities both are x's and the scale's own shapes: the AOT graph keeps
+    them as views, which Inductor's joint-graph passes remove)."""
 
-    def __init__(self, n_in: int, n_out: int, granularity: str) -> None:
+    def __init__(self, n_in: int, n_out: int, granularity: str, views: bool = False) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
         self.dims = (-1,) if granularity == "row" else (0, 1, 2)
+        self.views = views
 
     def forward(self, x):
-        scale = (x.abs().amax(self.dims, keepdim=True) / 448.0).to(torch.float32)
+        if self.views:
+            b, s, k = x.shape
+            amax = x.view(b, s, k).abs().amax(self.dims, keepdim=True)
+            shape = (b, s, 1) if self.dims == (-1,) else (1, 1, 1)
+            scale = (amax / 448.0).reshape(shape).to(torch.float32)
+        else:
+            scale = (x.abs().amax(self.dims, keepdim=True) / 448.0).to(torch.float32)
         q = (x.to(torch.float32) / scale).clamp(-448.0, 448.0).to(FP8)
         rows = q.float() * scale
         return (rows @ self.weight.float().t()).to(x.dtype)
@@ -36,15 +46,24 @@ class Float8Linear(torch.nn.Module):
 
 class DecoderLayer(torch.nn.Module):
     """Llama's decoder layer against a KV cache (GQA), every projection a Float8Linear of
-    one granularity."""
+    one granularity. `views`: torchao 0.18's identity views in every quant, and one of the
+    attention's output, `view(b, -1, s, d)`, as HF's Phi-3 graph has."""
 
-    def __init__(self, granularity: str, hidden: int = 128, heads: int = 4, kv_heads: int = 2):
+    def __init__(
+        self,
+        granularity: str,
+        hidden: int = 128,
+        heads: int = 4,
+        kv_heads: int = 2,
+        views: bool = False,
+    ):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.views = views
         kv = kv_heads * self.head_dim
 
         def linear(n_in: int, n_out: int) -> Float8Linear:
-            return Float8Linear(n_in, n_out, granularity)
+            return Float8Linear(n_in, n_out, granularity, views)
 
         self.input_layernorm = LlamaRMSNorm(hidden)
         self.q_proj, self.k_proj, self.v_proj = (
@@ -65,6 +84,8 @@ class DecoderLayer(torch.nn.Module):
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         o = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        if self.views:
+            o = o.view(b, -1, s, self.head_dim)
         o = o.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)
         hidden = hidden + self.o_proj(o)
         x = self.post_attention_layernorm(hidden)
@@ -84,13 +105,19 @@ NO_PRODUCER = "no producer to fuse into: left to the inner compiler"
     "granularity,new_tokens,kernels,left",
     [
         ("row", 1, [NORM, "irfuse_attention_per_token_in_dtype_fp8", ADD_NORM], [NO_PRODUCER]),
+        (
+            "row views",
+            1,
+            [NORM, "irfuse_attention_per_token_in_dtype_fp8", ADD_NORM],
+            [NO_PRODUCER],
+        ),
         # 40 tokens x 2 query heads per kv head: the prefill kernel, which holds one head
         # of a token, not the whole row a per-token scale spans
         ("row", 40, [NORM, ADD_NORM], [NO_PRODUCER] * 2),
         # no attention kernel ends with a per-tensor quant
         ("tensor", 1, [*NORM_2, *ADD_NORM_2], [NO_PRODUCER] * 2),
     ],
-    ids=["row-decode", "row-prefill", "tensor-decode"],
+    ids=["row-decode", "row-decode-torchao-0.18-views", "row-prefill", "tensor-decode"],
 )
 def test_a_torchao_decoder_layer_fuses_every_quant_with_a_producer(
     granularity, new_tokens, kernels, left
@@ -101,7 +128,8 @@ def test_a_torchao_decoder_layer_fuses_every_quant_with_a_producer(
     (nor, in prefill or per tensor, has o_proj's) and is left to the inner compiler, with
     that reason in the report. The layer matches eager."""
     torch.manual_seed(0)
-    layer = DecoderLayer(granularity).to(DEVICE, DTYPE)
+    granularity, *views = granularity.split()
+    layer = DecoderLayer(granularity, views=bool(views)).to(DEVICE, DTYPE)
     hidden = torch.randn(2, new_tokens, 128, device=DEVICE, dtype=DTYPE)
     past_k, past_v = (torch.randn(2, 2, 12, 32, device=DEVICE, dtype=DTYPE) for _ in range(2))
     with torch.no_grad():
