@@ -10,38 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import irfuse
-from tests.models import LlamaRMSNorm
+from tests.models import Float8Linear, LlamaRMSNorm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # interpreter: no bf16 dot
-FP8 = torch.float8_e4m3fn
-
-
-class Float8Linear(torch.nn.Module):
-    """A linear whose input is quantized as torchao's Float8Tensor does, per row or per
-    tensor (the scale divided in the input's dtype, widened, no lower bound); the matmul
-    of the dequantized rows stands in for `_scaled_mm`. `views`: as torchao 0.18 writes
-    it, x viewed to its reduction shape and the scale reshaped to its output shape (for
-    these granularities both are x's and the scale's own shapes: the AOT graph keeps
-    them as views, which Inductor's joint-graph passes remove)."""
-
-    def __init__(self, n_in: int, n_out: int, granularity: str, views: bool = False) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
-        self.dims = (-1,) if granularity == "row" else (0, 1, 2)
-        self.views = views
-
-    def forward(self, x):
-        if self.views:
-            b, s, k = x.shape
-            amax = x.view(b, s, k).abs().amax(self.dims, keepdim=True)
-            shape = (b, s, 1) if self.dims == (-1,) else (1, 1, 1)
-            scale = (amax / 448.0).reshape(shape).to(torch.float32)
-        else:
-            scale = (x.abs().amax(self.dims, keepdim=True) / 448.0).to(torch.float32)
-        q = (x.to(torch.float32) / scale).clamp(-448.0, 448.0).to(FP8)
-        rows = q.float() * scale
-        return (rows @ self.weight.float().t()).to(x.dtype)
 
 
 class DecoderLayer(torch.nn.Module):

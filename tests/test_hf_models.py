@@ -1,0 +1,132 @@
+"""Hugging Face transformers models as they are written (tiny configs, random weights),
+every projection of their decoder layers quantized per row as torchao does it: what
+fuses in a decode step against a static KV cache, what is left and why, and the logits
+against eager. These are the graphs real users compile: HF's attention interface, its
+masks, RoPE, fused qkv projections (Phi-3), q/k norms (Qwen3, Gemma 3) and Gemma's
+sandwich norms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from irfuse.pipeline import capture_reports
+from tests.models import Float8Linear
+
+transformers = pytest.importorskip("transformers")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # interpreter: no bf16 dot
+BATCH, PROMPT, CACHE = 2, 5, 16
+
+NORM = "irfuse_rms_norm_per_token_in_dtype_fp8"
+ADD_NORM = "irfuse_add_rounded_rms_norm_per_token_in_dtype_fp8"
+ATTENTION = "irfuse_attention_per_token_in_dtype_fp8"
+LLAMA_KERNELS = [NORM, ATTENTION, ADD_NORM, ADD_NORM, ATTENTION, ADD_NORM]
+GEMMA_NORM = "irfuse_rms_norm_gemmaw_per_token_in_dtype_fp8"
+SANDWICH = "irfuse_normed_add_rounded_rms_norm_gemmaw_per_token_in_dtype_fp8"
+GEMMA_KERNELS = [GEMMA_NORM, ATTENTION, SANDWICH, SANDWICH, ATTENTION, SANDWICH]
+NO_PRODUCER = "no producer to fuse into: left to the inner compiler"
+NO_QUANT = "no fp8 quant reads its value"
+
+
+def _config(name: str):
+    sizes = dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        vocab_size=96,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    config = getattr(transformers, name)(**sizes)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def _quantized_model(name: str):
+    """The model with every linear of its layers (not lm_head) a per-row Float8Linear."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(_config(name))
+    for layer in model.model.layers:
+        for module in list(layer.modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(module, child_name, Float8Linear.replacing(child))
+    return model.to(DEVICE, DTYPE).eval()
+
+
+def _decode_step(model, token, cache, position):
+    return model(token, past_key_values=cache, cache_position=position, use_cache=True).logits
+
+
+def _prefilled_caches(model, config, n: int = 2):
+    """`n` static caches, each holding the same prompt's keys and values, and the next
+    token (a decode step writes its cache: one for eager, one for the compiled step)."""
+    prompt = torch.randint(3, config.vocab_size, (BATCH, PROMPT), device=DEVICE)
+    caches = [transformers.StaticCache(config=config, max_cache_len=CACHE) for _ in range(n)]
+    for cache in caches:
+        logits = _decode_step(model, prompt, cache, torch.arange(PROMPT, device=DEVICE))
+    return caches, logits[:, -1:].argmax(-1)
+
+
+# kernels in launch order; the reasons (of raise-rms-norm, raise-dynamic-fp8-quant) left
+# (down_proj's quant reads silu(gate) * up; lm_head, not quantized, reads the final norm)
+MODELS = {
+    "LlamaConfig": (LLAMA_KERNELS, {NO_PRODUCER: 2, NO_QUANT: 1}),
+    # qkv_proj and gate_up_proj: one quant each, sliced after the matmul
+    "Phi3Config": (LLAMA_KERNELS, {NO_PRODUCER: 2, NO_QUANT: 1}),
+    # q / k norms over each head: no quant reads them (RoPE does), left to Inductor
+    "Qwen3Config": (LLAMA_KERNELS, {NO_PRODUCER: 2, NO_QUANT: 5}),
+    # Gemma's (1 + w) norms; each residual add between two norms (the post-attention /
+    # post-feedforward norm, the add, the next pre-norm and its quant) is one sandwich
+    # kernel; the last layer's post-feedforward norm, whose sum only the final norm reads,
+    # is left with it
+    "Gemma3TextConfig": (GEMMA_KERNELS, {NO_PRODUCER: 2, NO_QUANT: 6}),
+    # Llama's layers (no sliding window by default)
+    "MistralConfig": (LLAMA_KERNELS, {NO_PRODUCER: 2, NO_QUANT: 1}),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_decode_step_of_a_transformers_model_fuses_and_matches_eager(name):
+    kernels, left = MODELS[name]
+    model = _quantized_model(name)
+    with torch.no_grad():
+        (cache, eager_cache), token = _prefilled_caches(model, model.config)
+        position = torch.tensor([PROMPT], device=DEVICE)
+        expected = _decode_step(model, token, eager_cache, position)
+        options = {"inner": "eager", "attention": "irfuse"}
+        step = torch.compile(_decode_step, backend="irfuse", options=options)
+        with capture_reports() as reports:
+            got = step(model, token, cache, position)
+    (report,) = reports
+    assert report.kernels == kernels, str(report)
+    reasons = [r["reason"] for r in report.rejected]
+    found = {reason: sum(r.startswith(reason) for r in reasons) for reason in left}
+    assert found == left and len(reasons) == sum(left.values()), str(report)
+    span = expected.float().abs().amax()
+    torch.testing.assert_close(got.float(), expected.float(), atol=0.05 * span, rtol=0)
+
+
+@pytest.mark.slow
+def test_inductor_fuses_a_transformers_decode_step_as_explain_reports():
+    """Under Inductor (its joint-graph passes run before irfuse's) the same kernels fuse
+    as `explain` (the eager inner compiler) reports, and the logits match eager."""
+    model = _quantized_model("LlamaConfig")
+    with torch.no_grad():
+        (cache, eager_cache), token = _prefilled_caches(model, model.config)
+        position = torch.tensor([PROMPT], device=DEVICE)
+        expected = _decode_step(model, token, eager_cache, position)
+        step = torch.compile(_decode_step, backend="irfuse", options={"attention": "irfuse"})
+        with capture_reports() as reports:
+            got = step(model, token, cache, position)
+    (report,) = reports
+    assert report.kernels == LLAMA_KERNELS, str(report)
+    span = expected.float().abs().amax()
+    torch.testing.assert_close(got.float(), expected.float(), atol=0.05 * span, rtol=0)
