@@ -1,6 +1,7 @@
 """Hugging Face transformers models as they are written (tiny configs, random weights),
 every projection of their decoder layers quantized per row as torchao does it: what
-fuses in a decode step against a static KV cache, what is left and why, and the logits
+fuses in a decode step against a static KV cache (two prompts, a key of one masked
+out), what is left and why, and the logits
 against eager. These are the graphs real users compile: HF's attention interface, its
 masks, RoPE, fused qkv projections (Phi-3), q/k norms (Qwen3, Gemma 3) and Gemma's
 sandwich norms."""
@@ -61,17 +62,30 @@ def _quantized_model(name: str):
     return model.to(DEVICE, DTYPE).eval()
 
 
-def _decode_step(model, token, cache, position):
-    return model(token, past_key_values=cache, cache_position=position, use_cache=True).logits
+def _decode_step(model, token, cache, position, mask):
+    return model(
+        token, attention_mask=mask, past_key_values=cache, cache_position=position, use_cache=True
+    ).logits
+
+
+def _padding_mask(length: int) -> torch.Tensor:
+    """The 2-D attention mask of a batch whose first prompt has its third token masked
+    out. (Not left padding: its padded query rows see no key, their attention output is
+    0, and torchao's per-row scale of a zero row, 0 / 0, makes their keys and values
+    NaN, eager's too.)"""
+    mask = torch.ones(BATCH, length, dtype=torch.long, device=DEVICE)
+    mask[0, 2] = 0
+    return mask
 
 
 def _prefilled_caches(model, config, n: int = 2):
-    """`n` static caches, each holding the same prompt's keys and values, and the next
-    token (a decode step writes its cache: one for eager, one for the compiled step)."""
+    """`n` static caches, each holding the same (masked) prompts' keys and values,
+    and the next token (a decode step writes its cache: one for eager, one compiled)."""
     prompt = torch.randint(3, config.vocab_size, (BATCH, PROMPT), device=DEVICE)
+    positions = torch.arange(PROMPT, device=DEVICE)
     caches = [transformers.StaticCache(config=config, max_cache_len=CACHE) for _ in range(n)]
     for cache in caches:
-        logits = _decode_step(model, prompt, cache, torch.arange(PROMPT, device=DEVICE))
+        logits = _decode_step(model, prompt, cache, positions, _padding_mask(PROMPT))
     return caches, logits[:, -1:].argmax(-1)
 
 
@@ -100,11 +114,12 @@ def test_a_decode_step_of_a_transformers_model_fuses_and_matches_eager(name):
     with torch.no_grad():
         (cache, eager_cache), token = _prefilled_caches(model, model.config)
         position = torch.tensor([PROMPT], device=DEVICE)
-        expected = _decode_step(model, token, eager_cache, position)
+        mask = _padding_mask(PROMPT + 1)
+        expected = _decode_step(model, token, eager_cache, position, mask)
         options = {"inner": "eager", "attention": "irfuse"}
         step = torch.compile(_decode_step, backend="irfuse", options=options)
         with capture_reports() as reports:
-            got = step(model, token, cache, position)
+            got = step(model, token, cache, position, mask)
     (report,) = reports
     assert report.kernels == kernels, str(report)
     reasons = [r["reason"] for r in report.rejected]
@@ -122,12 +137,13 @@ def test_inductor_fuses_a_transformers_decode_step_as_explain_reports():
     with torch.no_grad():
         (cache, eager_cache), token = _prefilled_caches(model, model.config)
         position = torch.tensor([PROMPT], device=DEVICE)
-        expected = _decode_step(model, token, eager_cache, position)
+        mask = _padding_mask(PROMPT + 1)
+        expected = _decode_step(model, token, eager_cache, position, mask)
         step = torch.compile(
             _decode_step, backend="irfuse", options={"attention": "irfuse", "fx_graph_cache": False}
         )
         with capture_reports() as reports:
-            got = step(model, token, cache, position)
+            got = step(model, token, cache, position, mask)
     (report,) = reports
     assert report.kernels == LLAMA_KERNELS, str(report)
     span = expected.float().abs().amax()
