@@ -1,10 +1,9 @@
 """Hugging Face transformers models as they are written (tiny configs, random weights),
 every projection of their decoder layers quantized per row as torchao does it: what
-fuses in a decode step against a static KV cache (two prompts, a key of one masked
-out), what is left and why, and the logits
-against eager. These are the graphs real users compile: HF's attention interface, its
-masks, RoPE, fused qkv projections (Phi-3), q/k norms (Qwen3, Gemma 3) and Gemma's
-sandwich norms."""
+fuses in a decode step against a static KV cache (two prompts, a key of one masked out),
+what is left and why, and the logits against eager. These are the graphs real users
+compile: HF's attention interface, its masks, RoPE, fused qkv projections (Phi-3), q/k
+norms (Qwen3, Gemma 3) and Gemma's sandwich norms."""
 
 from __future__ import annotations
 
