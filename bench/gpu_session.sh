@@ -5,6 +5,8 @@
 #     bash bench/gpu_session.sh bench   # host time, the unquantized norm, the sandwich
 #     bash bench/gpu_session.sh torchao # torchao's per-row and 1x128 quants vs Inductor
 #     bash bench/gpu_session.sh suite   # the rest of the suite (attention kernels apart)
+#     bash bench/gpu_session.sh hf      # HF models: their tests, a decode step end to end
+#                                       # (carry .whl-hf: bash bench/hf_wheels.sh)
 #
 # Installs the xdsl wheels carried in .whl/ (bash ../shared/gpu/wheels.sh makes them) and
 # irfuse, then writes each step's log, and bench/RESULTS.md after a bench, to $OUT. Every
@@ -46,6 +48,12 @@ bench)
         --tokens 1 4096 16384
     step sandwich 200 python3 bench/quant_schemes.py --sandwich \
         --schemes per_token static --hidden 3840 5376 --tokens 16 4096 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+hf)
+    python3 -m pip install -q --no-index --find-links .whl-hf 'transformers==5.25.*'
+    step hf-tests 240 "${PYTEST[@]}" tests/test_hf_models.py
+    step hf-decode 330 python3 bench/hf_decode.py --layers 4 --batch 1 16 64
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 torchao)
