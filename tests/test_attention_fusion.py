@@ -235,6 +235,67 @@ def test_repeated_kv_is_read_unrepeated(tmp_path, monkeypatch):
     torch.testing.assert_close(out.float() * scale, expected.float() * scale, atol=0.1, rtol=0.1)
 
 
+def _repeated(x: torch.Tensor, n: int, along: str) -> torch.Tensor:
+    """`x` [B, H, S, D] repeated n times, written as HF's repeat_kv: along the heads
+    ([B, H*n, S, D]) or, with the same expand, along the sequence ([B, H, n*S, D])."""
+    b, h, s, d = x.shape
+    expanded = x[:, :, None].expand(b, h, n, s, d)
+    return (
+        expanded.reshape(b, h * n, s, d) if along == "heads" else expanded.reshape(b, h, n * s, d)
+    )
+
+
+def test_keys_repeated_along_the_sequence_are_read_as_they_are():
+    """The expand of repeat_kv viewed as [B, H, n*S, D] repeats keys, not heads: the fused
+    kernel reads the repeated K/V (read unrepeated, rows past S saw half their keys)."""
+
+    def fn(q, k, v, scale):
+        b, h, s, d = q.shape
+        k2, v2 = _repeated(k, 2, "sequence"), _repeated(v, 2, "sequence")
+        o = F.scaled_dot_product_attention(q, k2, v2, is_causal=True)
+        return (o.transpose(1, 2).reshape(b, s, h * d).float() / scale).clamp(-448, 448).to(FP8)
+
+    q = _inputs(b=1, s=24)[0]
+    k, v = _inputs(b=1, s=12)[1:]
+    scale = torch.tensor([0.02], device=DEVICE)
+    options = {"inner": "eager", "attention": "irfuse"}
+    out = torch.compile(fn, backend="irfuse", options=options)(q, k, v, scale)
+    expected = fn(q, k, v, scale)
+    assert_quant_close("static", out.float() * scale, expected.float() * scale)
+
+
+def test_a_per_token_quant_counts_the_kv_heads_the_fused_kernel_reads():
+    """8 query heads on one kv head repeated by repeat_kv, 9 tokens: 72 rows per kv head
+    as the fused kernel reads K/V (unrepeated), past the decode kernel's 64: refused with
+    its reason (the repeated graph has 9 rows per head), not a failed compile."""
+
+    def fn(q, k, v, mask):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(
+            q, _repeated(k, 8, "heads"), _repeated(v, 8, "heads"), attn_mask=mask
+        )
+        return decode_torchao_rows(o.transpose(1, 2).reshape(b, s, h * d))
+
+    q = _inputs(b=1, h=8, s=9)[0]
+    k, v = _inputs(b=1, h=1, s=24)[1:]
+    mask = torch.ones(1, 1, 9, 24, dtype=torch.bool, device=DEVICE).tril(24 - 9)
+    report = irfuse.explain(fn, q, k, v, mask, attention="irfuse")
+    assert "fuse-attention-quant" not in report.fused, str(report)
+    assert any("only the decode kernel" in r["reason"] for r in report.rejected), str(report)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    q8, s8 = torch.compile(fn, backend="irfuse", options=options)(q, k, v, mask)
+    q_ref, s_ref = fn(q, k, v, mask)
+    torch.testing.assert_close(s8, s_ref)
+    assert_quant_close("per_token", q8.float() * s8, q_ref.float() * s_ref)
+
+
+def decode_torchao_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchao's per-row fp8 activation quant (scale in the rows' dtype, no floor)."""
+    scale = (rows.abs().amax(dim=-1, keepdim=True) / 448.0).to(torch.float32)
+    return (rows.to(torch.float32) / scale).clamp(-448, 448).to(FP8), scale
+
+
 def decode_per_token(q, k, v):
     """Decode step: attention of one token, then the per-token fp8 quant o_proj reads."""
     b, h, s, d = q.shape

@@ -131,7 +131,9 @@ def _layout_chain(y: SSAValue) -> tuple[AttentionOp, list[Operation]] | None:
 
 
 def _unrepeated(value: SSAValue) -> tuple[SSAValue, int] | None:
-    """(kv, n) if `value` is `kv` [B, Hkv, S, D] repeated n times per head (repeat_kv)."""
+    """(kv, n) if `value` is `kv` [B, Hkv, S, D] repeated n times per head (repeat_kv:
+    expanded to [B, Hkv, n, S, D], viewed as [B, Hkv*n, S, D]; the same expand viewed as
+    [B, Hkv, n*S, D] repeats the keys along the sequence, and is not this)."""
     view = call(value, *VIEWS)
     expanded = tensor_arg(view, 0) if view is not None else None
     clone = call(expanded, "aten.clone.default")
@@ -147,6 +149,8 @@ def _unrepeated(value: SSAValue) -> tuple[SSAValue, int] | None:
         return None
     b, hkv, s, d = source.type.get_shape()
     if sizes[:2] != [b, hkv] or sizes[3:] != [s, d] or sizes[2] < 1:
+        return None
+    if value.type.get_shape() != (b, hkv * sizes[2], s, d):  # type: ignore[attr-defined]
         return None
     return source, sizes[2]
 
@@ -254,7 +258,7 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
         return f"the output is reshaped to {found.source.type}, not [B, Sq, Hq*Dv]"
     if scheme == "nvfp4" and len(shape) != 2:
         return "an nvfp4 quant of the 3-D output (its packed bytes and scales are 2-D)"
-    hkv = attention.k.type.get_shape()[1]
+    hkv = _kv_operands(attention)[0].type.get_shape()[1]  # as the fused op reads K/V
     if scheme in DECODE_ONLY:
         if DYNAMIC in (h, hkv, s) or not uses_decode(s, h, hkv):
             return (
