@@ -12,7 +12,8 @@ Matches (the usual layout change before the output projection, then a quant):
          direct torch.ops.irfuse.* call)
 
 Guards: every intermediate has this chain as its only reader; head dims multiples of 16
-up to 256; per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64: its
+up to 256; per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64, Hkv
+the kv heads the fused kernel reads, unrepeated: its
 scale spans all heads of a token, which only the decode kernel holds; its scales are
 [B, Sq, 1], or [B*Sq, 1] for the 2-D view); nvfp4 quantizes the 2-D [B*Sq, Hq*Dv] view;
 and the chooser
@@ -20,7 +21,8 @@ and the chooser
 Replacement: `irfuse.attention` with layout `bs_hd` and the quant's scheme, writing the
 quantized [B, Sq, Hq*Dv] (or its 2-D view) and scales directly. K and V repeated for GQA
 in model code (`x[:, :, None].expand(B, Hkv, n, S, D).reshape(B, Hkv*n, S, D)`, HF's
-`repeat_kv`) are read unrepeated: the kernel maps heads itself.
+`repeat_kv`) are read unrepeated: the kernel maps heads itself. (The same expand viewed
+as [B, Hkv, n*S, D] repeats keys along the sequence: read as it is.)
 """
 
 from __future__ import annotations
