@@ -38,7 +38,7 @@ tests)
     # the sandwich and static-div epilogues at model sizes (the rest of the file: suite)
     step new-epilogues 180 "${PYTEST[@]}" tests/test_quant_epilogues.py tests/test_kernels.py \
         tests/test_attention_kernel.py tests/test_attention_fusion.py \
-        -k "sandwich or div or in_dtype or torchao"
+        -k "sandwich or div or in_dtype or torchao or nan_makes"
     ;;
 bench)
     step host-time 200 python3 bench/host_time.py

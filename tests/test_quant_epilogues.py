@@ -195,6 +195,38 @@ def test_in_dtype_scale_is_divided_in_the_input_dtype(dtype, scheme):
         assert q.float()[nan].isnan().all()
 
 
+DYNAMIC_SCHEMES = [s for s in SCHEMES if not s.startswith("static") and s != "nvfp4"]
+
+
+@pytest.mark.parametrize("producer", ["quant", "rms_norm"])
+@pytest.mark.parametrize("scheme", DYNAMIC_SCHEMES)
+def test_a_nan_makes_its_dynamic_scale_nan_as_the_reference(monkeypatch, producer, scheme):
+    """A NaN in a row (alone, or the whole row after its norm) makes that row's (group's,
+    the tensor's) amax and scale NaN, as torch.amax and clamp propagate it; Triton's max
+    would drop it and give a finite scale. Also through the two-pass per-token kernel
+    and per-tensor's atomic slots."""
+    rows = quant_pieces.AMAX_ROW_SLOTS + 9 if scheme.startswith("per_tensor") else 37
+    if scheme.startswith("per_token") and producer == "quant":  # the two-pass kernel
+        monkeypatch.setattr(runtime, "TWO_PASS_MIN_ROWS", 16)
+        monkeypatch.setattr(runtime, "TWO_PASS_MIN_BLOCK", 64)
+    h = 100 if scheme.startswith("per_token") and producer == "quant" else 128
+    dtype = torch.float16 if "in_dtype" in scheme else torch.float32
+    x, _, w = _inputs(rows, h, dtype)
+    x[2, 70] = float("nan")
+    mode = "none" if producer == "quant" else "plain"
+    y_ref, _ = _reference_producer(producer, mode, x, None, w, 1e-6)
+    scale = _scale_input(scheme, y_ref)
+    kernel_scheme = scheme.replace(" ub", "")
+    _, _, scales, _ = kernel_norm(
+        x, None, w if producer != "quant" else None, scale, 1e-6,
+        _kernel(producer, mode, kernel_scheme),
+    )  # fmt: skip
+    _, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
+    nan = scales_ref.isnan()
+    assert bool(nan.any()) and (scales_ref.numel() == 1 or not bool(nan.all()))
+    torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0, equal_nan=True)
+
+
 def test_in_dtype_takes_no_upper_bound():
     x = torch.randn(2, 64, device=DEVICE)
     with pytest.raises(ValueError, match="takes no scale"):

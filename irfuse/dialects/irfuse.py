@@ -241,6 +241,8 @@ def verify_output_quant(
             else f"'{kind}' quant returns a scale"
         )
     shape = out.get_shape()
+    if not shape:
+        raise VerifyException("a quantized output needs a last (hidden) dim, got a 0-d tensor")
     if kind == "nvfp4":
         if out.element_type != UI8:
             raise VerifyException(
@@ -295,6 +297,8 @@ class QuantOp(QuantProducer):
     def verify_(self) -> None:
         x = _tensor(self.x, "x")
         _check_float(x, "quant input")
+        if x.get_num_dims() == 0:
+            raise VerifyException("quant input must have a hidden dim, got a 0-d tensor")
         out = _tensor(self.out, "out")
         verify_out_shape(self.quant, out, x)
         verify_output_quant(self.quant, out, self.quant_scale, self.scale_out, x.element_type)
@@ -319,6 +323,8 @@ def _verify_unrounded(op: IRDLOperation) -> None:
 
 def _verify_norm(x: TensorType, w: TensorType, gemma: bool) -> None:
     _check_float(x, "norm input")
+    if x.get_num_dims() == 0:
+        raise VerifyException("norm input must have a hidden dim, got a 0-d tensor")
     if w.get_num_dims() != 1 or not same_dim(_dim(w, 0), _dim(x, -1)):
         raise VerifyException(f"weight must be 1-D of the hidden size, got {w} for input {x}")
     if w.element_type != x.element_type and not (gemma and w.element_type == Float32Type()):
@@ -329,6 +335,8 @@ def _verify_eps(op: RmsNormOp | FusedAddRmsNormOp) -> None:
     """eps is a constant (`eps`) or read at run time (`eps_value`), exactly one of them."""
     if (op.eps is None) == (op.eps_value is None):
         raise VerifyException("needs exactly one of the `eps` property and an `eps` operand")
+    if op.eps is not None and op.eps.value.data < 0:
+        raise VerifyException(f"eps must be non-negative, got {op.eps.value.data}")
     if op.eps_value is not None:
         _verify_eps_operand(op.eps_value, "eps")
 
@@ -504,7 +512,8 @@ class AttentionOp(QuantProducer):
         "$q `,` $k `,` $v (`mask` $mask^)? (`scale` $quant_scale^)? attr-dict `:` type($q) `,`"
         " type($k) `,` type($v) (`mask` type($mask)^)? (`scale` type($quant_scale)^)?"
         " `->` type($out)"
-        " (`,` `lse` type($lse)^)? (`,` type($scale_out)^)?"
+        # `lse` leads its group: a group led by `,` would take the scales' comma
+        " (`lse` type($lse)^)? (`,` type($scale_out)^)?"
     )
 
     def verify_(self) -> None:
@@ -516,7 +525,7 @@ class AttentionOp(QuantProducer):
         if k.element_type != q.element_type or v.element_type != q.element_type:
             raise VerifyException("q, k and v must have the same element type")
         hq, hkv = _dim(q, 1), _dim(k, 1)
-        if DYNAMIC not in (hq, hkv) and hq % hkv:
+        if DYNAMIC not in (hq, hkv) and (hkv == 0 or hq % hkv):
             raise VerifyException(f"query heads {hq} not a multiple of kv heads {hkv}")
         if not same_dim(_dim(q, 3), _dim(k, 3)):
             raise VerifyException(f"q head dim {_dim(q, 3)} != k head dim {_dim(k, 3)}")
@@ -526,6 +535,12 @@ class AttentionOp(QuantProducer):
             raise VerifyException("an explicit mask and a causal mask cannot be combined")
         if self.layout.data not in ATTENTION_LAYOUTS:
             raise VerifyException(f"layout must be one of {ATTENTION_LAYOUTS}")
+        rows_quant = self.quant is not None and self.quant.scheme in ("per_token", "nvfp4")
+        if rows_quant and self.layout.data != "bs_hd":
+            raise VerifyException(
+                f"a {self.quant.scheme} quant of [B, Sq, Hq*Dv] rows needs layout bs_hd"
+            )
+        _verify_attention_shapes(self, q, k, v)
         verify_output_quant(
             self.quant,
             _tensor(self.out, "out"),
@@ -533,6 +548,51 @@ class AttentionOp(QuantProducer):
             self.scale_out,
             q.element_type,
         )
+
+
+def _verify_attention_shapes(op: AttentionOp, q: TensorType, k: TensorType, v: TensorType):
+    """k and v agree with q (batch; k and v heads and keys), the output has the layout's
+    shape ([B, Hq, Sq, Dv]; bs_hd [B, Sq, Hq*Dv], or with a quant its 2-D [B*Sq, Hq*Dv]
+    view, nvfp4 packing two values a byte), lse is f32 [B, Hq, Sq], a mask is bool or
+    float and broadcasts to [B, Hq, Sq, Skv]."""
+    (b, hq, sq, _), (bk, hkv, skv, _), (bv, hv, sv, dv) = (
+        q.get_shape(),
+        k.get_shape(),
+        v.get_shape(),
+    )
+    if not (same_dim(b, bk) and same_dim(b, bv)):
+        raise VerifyException(f"batch sizes of q, k, v differ: {b}, {bk}, {bv}")
+    if not (same_dim(hkv, hv) and same_dim(skv, sv)):
+        raise VerifyException(f"k and v differ in heads or keys: {k} vs {v}")
+    out = _tensor(op.out, "out").get_shape()
+    quant = op.quant
+    width = DYNAMIC if DYNAMIC in (hq, dv) else hq * dv
+    if quant is not None and quant.scheme == "nvfp4" and width != DYNAMIC:
+        width //= 2
+    rows = DYNAMIC if DYNAMIC in (b, sq) else b * sq
+    expected = [(b, hq, sq, dv)] if op.layout.data == "bhsd" else [(b, sq, width)]
+    if quant is not None and op.layout.data == "bs_hd":
+        expected.append((rows, width))
+    if not any(len(out) == len(e) and all(map(same_dim, out, e)) for e in expected):
+        raise VerifyException(
+            f"output shape {list(out)} is not {' or '.join(str(list(e)) for e in expected)}"
+        )
+    if op.lse is not None:
+        lse = _tensor(op.lse, "lse")
+        shape = lse.get_shape()
+        ok = len(shape) == 3 and all(map(same_dim, shape, (b, hq, sq)))
+        if lse.element_type != Float32Type() or not ok:
+            raise VerifyException(f"lse must be f32 [B, Hq, Sq] = {[b, hq, sq]}, got {lse}")
+    if op.mask is not None:
+        mask = _tensor(op.mask, "mask")
+        shape, full = mask.get_shape(), (b, hq, sq, skv)
+        if mask.element_type != IntegerType(1) and not isinstance(mask.element_type, FLOAT_TYPES):
+            raise VerifyException(f"mask must be i1 (bool) or a float, got {mask.element_type}")
+        broadcasts = len(shape) <= 4 and all(
+            m == 1 or same_dim(m, f) for m, f in zip(reversed(shape), reversed(full), strict=False)
+        )
+        if not broadcasts:
+            raise VerifyException(f"mask {list(shape)} does not broadcast to {list(full)}")
 
 
 @irdl_op_definition

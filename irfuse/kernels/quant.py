@@ -38,6 +38,20 @@ def to_fp8(v, INTERPRET: tl.constexpr):
     return v.to(tl.float8e4nv)
 """
 
+# Amaxes and bounds as the graph takes them: a NaN anywhere in a row (group, tensor) makes
+# its amax and its scale NaN (torch.amax, clamp and minimum propagate it; Triton's max
+# and maximum drop it by default). On the GPU this is max.NaN.f32, no slower.
+NAN_MAX = """
+@triton.jit
+def nan_max(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def amax_of(v, axis: tl.constexpr):
+    return tl.reduce(tl.abs(v), axis, nan_max)
+"""
+
 # a / b correctly rounded, from inv_b = div_rn(1, b): q = a * inv_b is within one ulp of
 # a / b, the remainder is exact in an fma, and one fma correction step rounds it correctly
 # (Markstein's theorem; quotients in the subnormal range, which could differ, quantize to
@@ -83,9 +97,8 @@ CEIL_POW2 = """
 def ceil_pow2(s):
     bits = s.to(tl.uint32, bitcast=True)
     exponent = bits & 0x7F800000
-    return tl.where((bits & 0x7FFFFF) != 0, exponent + 0x800000, exponent).to(
-        tl.float32, bitcast=True
-    )
+    up = tl.where((bits & 0x7FFFFF) != 0, exponent + 0x800000, exponent)
+    return tl.where(s != s, s, up.to(tl.float32, bitcast=True))  # keep NaN
 """
 
 STORE = "    tl.store(out_ptr + row * out_row_stride + cols, {value}, mask=mask)\n"
@@ -132,8 +145,8 @@ PER_TOKEN_SCALES = {
         "s = max(min(amax, ub) / 448, 1 / (448 * 512))",
         PER_TOKEN_PRELOAD,
         """    if HAS_SCALE:
-        amax = tl.minimum(amax, scale_ub)
-    s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
+        amax = tl.minimum(amax, scale_ub, propagate_nan=tl.PropagateNan.ALL)
+    s = nan_max(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)
 """,
     ),
     "per_token in_dtype": (f"s = {IN_DTYPE_FORMULA}", "", in_dtype_scale("amax")),
@@ -150,7 +163,7 @@ def per_token(scheme: str, value_dtype: str) -> tuple[str, str]:
     formula, preload, scale = PER_TOKEN_SCALES[scheme]
     store = (
         f"\n    # epilogue: dynamic per-token fp8, {formula}\n"
-        "    amax = tl.max(tl.abs(v), axis=0)\n"
+        "    amax = amax_of(v, 0)\n"
         + scale.format(value_dtype=value_dtype)
         + STORE_TOKEN_SCALE
         + "    inv_s = tl.math.div_rn(1.0, s)\n"
@@ -171,10 +184,10 @@ PER_TOKEN_TWO_PASS = (
     for quarter in tl.static_range(4):
         cols = quarter * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
         v = tl.load(x_row + cols, mask=cols < n_cols, other=0.0, eviction_policy="evict_last")
-        abs_max = tl.maximum(abs_max, tl.abs(v.to(tl.float32)))
+        abs_max = nan_max(abs_max, tl.abs(v.to(tl.float32)))
 
     # dynamic per-token fp8, {formula}
-    amax = tl.max(abs_max, axis=0)
+    amax = tl.reduce(abs_max, 0, nan_max)
 {scale}"""
     + STORE_TOKEN_SCALE
     + """    inv_s = tl.math.div_rn(1.0, s)
@@ -200,8 +213,8 @@ def per_token_two_pass(scheme: str) -> str:
 
 # Per-group scales from each group's amax: NUMERICS.md's, or `in_dtype` (torchao's 1x128).
 GROUP_SCALES = {
-    False: "    s = tl.math.div_rn(tl.maximum(tl.max(tl.abs(groups), axis=1), 1e-10), 448.0)\n",
-    True: in_dtype_scale("tl.max(tl.abs(groups), axis=1)"),
+    False: "    s = tl.math.div_rn(nan_max(amax_of(groups, 1), 1e-10), 448.0)\n",
+    True: in_dtype_scale("amax_of(groups, 1)"),
 }
 PER_GROUP = (
     "",
@@ -293,7 +306,7 @@ AMAX = (
     f"""
     # epilogue: phase 1 of a dynamic per-tensor quant: the row's amax, in a slot of its
     # own over at most {AMAX_ROW_SLOTS} rows, else an atomic max over {AMAX_SLOTS} zeroed slots
-    row_amax = tl.max(tl.abs(v), axis=0)
+    row_amax = amax_of(v, 0)
     if tl.num_programs(0) <= {AMAX_ROW_SLOTS}:
         tl.store(scale_out_ptr + row, row_amax)
     else:
@@ -305,13 +318,13 @@ PER_TENSOR_PRELOAD = f"""    # phase 1's amax over its slots (one a row to {AMAX
     n_rows = tl.num_programs(0)
     n_slots = tl.where(n_rows <= {AMAX_ROW_SLOTS}, n_rows, {AMAX_SLOTS})
     slots = tl.arange(0, {AMAX_ROW_SLOTS})
-    amax = tl.max(tl.load(scale_ptr + slots, mask=slots < n_slots, other=0.0), axis=0)
+    amax = tl.reduce(tl.load(scale_ptr + slots, mask=slots < n_slots, other=0.0), 0, nan_max)
 """
 # phase 2's scale: NUMERICS.md's, or `in_dtype` (torchao's per-tensor scale)
 TENSOR_SCALES = {
     "per_tensor": (
         "s = max(amax / 448, 1 / (448 * 512))",
-        "    s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)\n",
+        "    s = nan_max(tl.math.div_rn(amax, 448.0), 1.0 / 229376.0)\n",
     ),
     "per_tensor in_dtype": (f"s = {IN_DTYPE_FORMULA}", in_dtype_scale("amax")),
 }
@@ -347,11 +360,11 @@ def epilogue(
         division = DIV_BY_BOUNDED
     else:
         division = DIV_BY_RANGED if kind == "per_group" else DIV_BY
-    fp8_helpers = ROUND_TO_E4M3 + division
+    fp8_helpers = ROUND_TO_E4M3 + NAN_MAX + division
     if kind == "none":
         return "", *NONE
     if kind == "amax":
-        return "", *AMAX
+        return NAN_MAX, *AMAX
     if kind == "per_tensor":
         return fp8_helpers, *per_tensor(scheme, value_dtype)
     if kind == "static":

@@ -6,14 +6,21 @@ from __future__ import annotations
 from xdsl.ir import Operation
 
 from irfuse.dialects.irfuse import (
+    DYNAMIC,
     AttentionOp,
     FusedAddRmsNormOp,
     QuantOp,
     RmsNormOp,
     weight_form,
 )
+from irfuse.kernels.attention import (
+    DECODE_MAX_ROWS,
+    DECODE_ONLY,
+    HEAD_DIM_RULE,
+    takes_head_dim,
+    uses_decode,
+)
 from irfuse.kernels.attention import EPILOGUES as ATTENTION_EPILOGUES
-from irfuse.kernels.attention import HEAD_DIM_RULE, takes_head_dim
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 
 
@@ -31,6 +38,14 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
         dims = (op.q.type.get_shape()[-1], op.v.type.get_shape()[-1])
         if not all(takes_head_dim(d) for d in dims):
             raise NoKernel(f"no attention kernel for head dims {dims} ({HEAD_DIM_RULE})")
+        _, hq, sq, _ = op.q.type.get_shape()
+        hkv = op.k.type.get_shape()[1]
+        if epilogue in DECODE_ONLY and (DYNAMIC in (hq, hkv, sq) or not uses_decode(sq, hq, hkv)):
+            raise NoKernel(
+                f"no attention kernel for a {epilogue} epilogue past Hq/Hkv * Sq = "
+                f"{DECODE_MAX_ROWS} rows per kv head, or at symbolic heads or query length "
+                "(only the decode kernel holds a token's whole row)"
+            )
         return AttentionKernel(epilogue)
     if isinstance(op, QuantOp):  # every scheme has a standalone kernel
         return KernelSpec("quant", quant=op.quant.text)

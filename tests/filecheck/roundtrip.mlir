@@ -34,6 +34,8 @@ func.func @ops(%x: tensor<?x4096xbf16>, %r: tensor<?x4096xbf16>, %w: tensor<4096
 func.func @optional_groups(%q: tensor<1x2x8x64xf16>, %m: tensor<1x1x8x8xi1>, %s: tensor<1xf32>, %x: tensor<4x64xbf16>, %r: tensor<4x64xbf16>, %w: tensor<64xbf16>, %eps: tensor<f64>) {
   %a = irfuse.attention %q, %q, %q scale %s {scale = 0.125 : f64, causal = "none", layout = "bs_hd", quant = #irfuse.quant<static>} : tensor<1x2x8x64xf16>, tensor<1x2x8x64xf16>, tensor<1x2x8x64xf16> scale tensor<1xf32> -> tensor<1x8x128xf8E4M3FN>
   %b = irfuse.attention %q, %q, %q mask %m {scale = 0.125 : f64, causal = "none", layout = "bhsd"} : tensor<1x2x8x64xf16>, tensor<1x2x8x64xf16>, tensor<1x2x8x64xf16> mask tensor<1x1x8x8xi1> -> tensor<1x2x8x64xf16>
+  %t8, %ts = irfuse.attention %q, %q, %q {scale = 0.125 : f64, causal = "none", layout = "bs_hd", quant = #irfuse.quant<per_token>} : tensor<1x2x8x64xf16>, tensor<1x2x8x64xf16>, tensor<1x2x8x64xf16> -> tensor<1x8x128xf8E4M3FN>, tensor<1x8x1xf32>
+  %o, %lse = irfuse.attention %q, %q, %q {scale = 0.125 : f64, causal = "none", layout = "bhsd"} : tensor<1x2x8x64xf16>, tensor<1x2x8x64xf16>, tensor<1x2x8x64xf16> -> tensor<1x2x8x64xf16> lse tensor<1x2x8xf32>
   %y, %ro = irfuse.all_reduce_rms_norm %x residual %r, %w {group = "tp", eps = 1.0e-06 : f64} : tensor<4x64xbf16> residual tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16> residual tensor<4x64xbf16>
   %e = irfuse.rms_norm %x, %w eps(%eps : tensor<f64>) scale %s {quant = #irfuse.quant<static>} : tensor<4x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>
   %ey, %eh = irfuse.fused_add_rms_norm %x, %r, %w eps(%eps : tensor<f64>) : tensor<4x64xbf16>, tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>, tensor<4x64xbf16>
@@ -42,6 +44,8 @@ func.func @optional_groups(%q: tensor<1x2x8x64xf16>, %m: tensor<1x1x8x8xi1>, %s:
 // CHECK-LABEL: func.func @optional_groups
 // CHECK:         irfuse.attention {{.*}} scale tensor<1xf32> -> tensor<1x8x128xf8E4M3FN>
 // CHECK:         irfuse.attention {{.*}} mask tensor<1x1x8x8xi1> -> tensor<1x2x8x64xf16>
+// CHECK:         irfuse.attention {{.*}} -> tensor<1x8x128xf8E4M3FN>, tensor<1x8x1xf32>
+// CHECK:         irfuse.attention {{.*}} -> tensor<1x2x8x64xf16> lse tensor<1x2x8xf32>
 // CHECK:         irfuse.all_reduce_rms_norm %x residual %r, %w {{.*}} residual tensor<4x64xbf16>
 // CHECK:         irfuse.rms_norm %x, %w eps(%eps : tensor<f64>) scale %s {quant = #irfuse.quant<static>} : tensor<4x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>
 // CHECK:         irfuse.fused_add_rms_norm %x, %r, %w eps(%eps : tensor<f64>) : tensor<4x64xbf16>
