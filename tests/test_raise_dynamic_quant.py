@@ -145,8 +145,8 @@ def per_token_quant_widened_promoted(x):
 def per_token_quant_vllm_reference(x):
     """vLLM's reference per-token quant (tests/kernels/quant_utils.py): tensor constants,
     the amax of the 16-bit |x| without keepdim, widened, divided, then indexed back."""
-    fp8_max = torch.as_tensor(448.0, dtype=torch.float32)
-    one, s_512 = torch.as_tensor(1.0), torch.as_tensor(512.0)
+    fp8_max = torch.as_tensor(448.0, dtype=torch.float32, device=x.device)
+    one, s_512 = torch.as_tensor(1.0, device=x.device), torch.as_tensor(512.0, device=x.device)
     x_token_max, _ = x.abs().max(dim=-1)
     scales = (x_token_max.to(torch.float32) / fp8_max)[:, None]
     scales = scales.clamp(min=one / (fp8_max * s_512))

@@ -378,8 +378,9 @@ def test_gpu_add_norm_quant_block_launches_from_the_wrapper(mode):
         for _ in range(3):  # CUDA graphs record, then replay
             q, h = compiled(x, r, s)
         q_ref, h_ref = block(x, r, s)
-    assert reports[0].launches == [f"irfuse_add_rounded_rms_norm_static_fp8: {GRAPH_LAUNCH}"], str(
-        reports[0]
+    # the block divides by its scale (`x / s`): `<static div>`
+    assert reports[0].launches == [f"irfuse_add_rounded_rms_norm_static_div_fp8: {GRAPH_LAUNCH}"], (
+        str(reports[0])
     )
     assert_close(h, h_ref)
     assert_fp8_close(q, q_ref, s)
