@@ -52,6 +52,13 @@ def uses_decode(seq_q: int, heads_q: int, heads_kv: int) -> bool:
     return heads_q // heads_kv * seq_q <= DECODE_MAX_ROWS
 
 
+def holds_token_rows(seq_q: int, heads_q: int, heads_kv: int) -> bool:
+    """Whether a per-token epilogue (DECODE_ONLY: its scale spans all heads of a token) has
+    a kernel at these sizes: static ones (a symbolic size is negative in the IR) that the
+    decode kernel serves."""
+    return min(seq_q, heads_q, heads_kv) >= 0 and uses_decode(seq_q, heads_q, heads_kv)
+
+
 # CUDA's limits on a grid's y and z dimensions, and on its x: the decode and mask
 # summary grids are 1-D (their (batch, head) counts pass 65535 in large batches), as is
 # the prefill's when it has more (batch, head)s than a y dimension holds.

@@ -6,7 +6,6 @@ from __future__ import annotations
 from xdsl.ir import Operation
 
 from irfuse.dialects.irfuse import (
-    DYNAMIC,
     AttentionOp,
     FusedAddRmsNormOp,
     QuantOp,
@@ -17,8 +16,8 @@ from irfuse.kernels.attention import (
     DECODE_MAX_ROWS,
     DECODE_ONLY,
     HEAD_DIM_RULE,
+    holds_token_rows,
     takes_head_dim,
-    uses_decode,
 )
 from irfuse.kernels.attention import EPILOGUES as ATTENTION_EPILOGUES
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
@@ -39,8 +38,7 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
         if not all(takes_head_dim(d) for d in dims):
             raise NoKernel(f"no attention kernel for head dims {dims} ({HEAD_DIM_RULE})")
         _, hq, sq, _ = op.q.type.get_shape()
-        hkv = op.k.type.get_shape()[1]
-        if epilogue in DECODE_ONLY and (DYNAMIC in (hq, hkv, sq) or not uses_decode(sq, hq, hkv)):
+        if epilogue in DECODE_ONLY and not holds_token_rows(sq, hq, op.k.type.get_shape()[1]):
             raise NoKernel(
                 f"no attention kernel for a {epilogue} epilogue past Hq/Hkv * Sq = "
                 f"{DECODE_MAX_ROWS} rows per kv head, or at symbolic heads or query length "

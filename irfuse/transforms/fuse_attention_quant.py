@@ -44,8 +44,8 @@ from irfuse.kernels.attention import (
     DECODE_ONLY,
     EPILOGUES,
     HEAD_DIM_RULE,
+    holds_token_rows,
     takes_head_dim,
-    uses_decode,
 )
 from irfuse.transforms import policy, report
 from irfuse.transforms.match import (
@@ -262,7 +262,7 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
         return "an nvfp4 quant of the 3-D output (its packed bytes and scales are 2-D)"
     hkv = _kv_operands(attention)[0].type.get_shape()[1]  # as the fused op reads K/V
     if scheme in DECODE_ONLY:
-        if DYNAMIC in (h, hkv, s) or not uses_decode(s, h, hkv):
+        if not holds_token_rows(s, h, hkv):
             return (
                 f"a {scheme} scale spans all heads of a token: only the decode kernel "
                 f"(Hq/Hkv * Sq <= {DECODE_MAX_ROWS}, static shapes) fuses it"
