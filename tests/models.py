@@ -94,12 +94,22 @@ def per_token_quant(y):
     return (y.float() / scale).clamp(-448.0, 448.0).to(FP8), scale
 
 
+def _sandwich_quant(norm, attn_out, residual, w_post, w_pre, scale):
+    h = residual + norm(attn_out, w_post)
+    y = norm(h, w_pre)
+    return (static_quant(y, scale), h) if scale is not None else (*per_token_quant(y), h)
+
+
 def gemma_sandwich_quant(attn_out, residual, w_post, w_pre, scale=None):
     """Gemma's post-attention norm, the residual add, the pre-feedforward norm and a quant
     of its value (static with `scale`, else per token): (q, [scales,] the residual sum)."""
-    h = residual + gemma_rms_norm(attn_out, w_post)
-    y = gemma_rms_norm(h, w_pre)
-    return (static_quant(y, scale), h) if scale is not None else (*per_token_quant(y), h)
+    return _sandwich_quant(gemma_rms_norm, attn_out, residual, w_post, w_pre, scale)
+
+
+def olmo2_sandwich_quant(attn_out, residual, w_post, w_pre, scale=None):
+    """The same with HF's plain-weight norm (OLMo 2's post-attention norm, the next
+    layer's input norm)."""
+    return _sandwich_quant(hf_rms_norm, attn_out, residual, w_post, w_pre, scale)
 
 
 def add_hf_norm_quant(x, residual, weight, scale):

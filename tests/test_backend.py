@@ -389,23 +389,26 @@ def test_a_norm_also_read_by_pointwise_ops_is_left_to_inductor():
     assert torch.equal(doubled, doubled_ref)
 
 
+@pytest.mark.parametrize(
+    "model,weight", [(models.gemma_sandwich_quant, "_gemmaw"), (models.olmo2_sandwich_quant, "")]
+)
 @pytest.mark.parametrize("quant", ["static", "per_token"])
-def test_a_gemma_sandwich_fuses_into_one_kernel(quant):
+def test_a_sandwich_fuses_into_one_kernel(quant, model, weight):
     """Both norms, the add between them and the quant: one kernel (Inductor also makes
-    one of them; irfuse's has the faster quant epilogue). Eager's results within
-    NUMERICS.md's tolerances (the kernel's reductions add in another order)."""
+    one of them; irfuse's has the faster quant epilogue), in Gemma's `(1 + w)` form and
+    HF's plain one. Eager's results within NUMERICS.md's tolerances (the kernel's
+    reductions add in another order)."""
     x, r, w, s = _norm_inputs()
     s = s if quant == "static" else None
     scheme = "static_div" if quant == "static" else quant  # the graph divides by s
-    kernel = f"irfuse_normed_add_rounded_rms_norm_gemmaw_{scheme}_fp8"
-    report = irfuse.explain(models.gemma_sandwich_quant, x, r, w, w * 2, s)
+    kernel = f"irfuse_normed_add_rounded_rms_norm{weight}_{scheme}_fp8"
+    report = irfuse.explain(model, x, r, w, w * 2, s)
     assert report.kernels == [kernel], str(report)
     assert report.fused["fuse-sandwich-norm"] == 1, str(report)
     torch._dynamo.reset()
-    options = {"inner": "eager"}
-    compiled = torch.compile(models.gemma_sandwich_quant, backend="irfuse", options=options)
+    compiled = torch.compile(model, backend="irfuse", options={"inner": "eager"})
     *got, h = compiled(x, r, w, w * 2, s)
-    *want, h_ref = models.gemma_sandwich_quant(x, r, w, w * 2, s)
+    *want, h_ref = model(x, r, w, w * 2, s)
     assert_close(h, h_ref)
     if quant == "per_token":
         assert_close(got[1], want[1])

@@ -120,14 +120,23 @@ def norm_of_x(mode: str) -> str:
 
 
 # fp32 -> dtype -> fp32 with round-to-nearest-even. The interpreter truncates on the
-# fp32 -> bf16 cast (TOOLCHAIN.md), so there the rounding is done on the bits first.
+# fp32 -> bf16 cast (TOOLCHAIN.md), so there the rounding is done on the bits first. On
+# the GPU the rounded value passes through an identity `mov` that LLVM cannot see into:
+# otherwise it rewrites ext(trunc(ext(a) * ext(b))) + ext(c) as a multiply and an add in
+# the model dtype and contracts those into one FMA, which rounds once where the graph's
+# two ops round twice (a plain sandwich's residual sum was a step off in ~20% of elements).
 ROUND_TO = """
 @triton.jit
 def round_to(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-    if INTERPRET and dtype == tl.bfloat16:
-        bits = v.to(tl.uint32, bitcast=True)
-        v = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-    return v.to(dtype).to(tl.float32)
+    if INTERPRET:
+        if dtype == tl.bfloat16:
+            bits = v.to(tl.uint32, bitcast=True)
+            v = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        return v.to(dtype).to(tl.float32)
+    return tl.inline_asm_elementwise(
+        "mov.b32 $0, $1;", "=r,r", [v.to(dtype).to(tl.float32)], dtype=tl.float32,
+        is_pure=True, pack=1,
+    )
 """
 
 # One row per program holds the whole row in registers: beyond this, it would spill.

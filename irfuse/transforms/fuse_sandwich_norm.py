@@ -7,7 +7,7 @@ Matches `p = irfuse.rms_norm(x, w1)` feeding `irfuse.fused_add_rms_norm(p, r, w2
 Guards: the first norm has no quant, no kept value and rounds to the model dtype; it
 multiplies its weight in the second norm's form (plain, fp32 or Gemma); `p` has no other
 reader; the fused op has no first norm yet (where both addends are norms, the first that
-passes); not the plain form for now (PLAIN_ON_GPU: its GPU kernel's sum is off).
+passes).
 Replacement: one `irfuse.fused_add_rms_norm(x, r, w2) x_weight(w1) {x_eps}` (or
 `x_eps(%e)`, an eps read at run time, as the first norm had it), whose kernel normalises
 x, adds the residual and normalises the sum in one pass over the row, exactly as the
@@ -50,19 +50,7 @@ def _refusal(norm: RmsNormOp, fused: FusedAddRmsNormOp) -> str | None:
         )
     if not norm.y.has_one_use():
         return f"the first norm's result %{norm.y.name_hint} is also read elsewhere"
-    if weight_form(norm) == "plain":
-        return PLAIN_ON_GPU
     return None
-
-
-# The plain-weight (HF) sandwich kernel matches the graph through the interpreter, but on
-# an H100 its residual_out differs from the graph's add by a model-dtype step in about a
-# fifth of the elements (twenty-second session, bench/RESULTS.md); left unfused until
-# that is found. The Gemma and fp32 forms match on the GPU.
-PLAIN_ON_GPU = (
-    "a plain-weight sandwich: its kernel's residual sum differs from the graph's on the "
-    "GPU (under investigation); the norms stay apart"
-)
 
 
 class FuseSandwichNormPattern(RewritePattern):
