@@ -10,6 +10,9 @@ scale) and its scale result (`scale_out`: dynamic and nvfp4 block scales), so th
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from xdsl.dialects.builtin import (
     BFloat16Type,
     Float8E4M3FNType,
@@ -179,6 +182,11 @@ def _dim(t: TensorType, i: int) -> int:
     return t.get_shape()[i]
 
 
+def dims(shape: Sequence[int]) -> str:
+    """`shape` for a message: `[?, 4096]`."""
+    return "[" + ", ".join("?" if d == DYNAMIC else str(d) for d in shape) + "]"
+
+
 def same_dim(a: int, b: int) -> bool:
     return a == DYNAMIC or b == DYNAMIC or a == b
 
@@ -198,11 +206,46 @@ def verify_out_shape(quant: QuantAttr | None, out: TensorType, x: TensorType) ->
         and len(x_shape) > 2
         and DYNAMIC not in (shape[-1], x_shape[-1])
         and shape[-1] == x_shape[-1]
+        and same_dim(shape[0], _product(x_shape[:-1]))
     )
     if not flattened:
         raise VerifyException(
-            f"output shape {list(shape)} is neither the input's {list(x_shape)} nor, "
+            f"output shape {dims(shape)} is neither the input's {dims(x_shape)} nor, "
             "quantized, its token dims flattened"
+        )
+
+
+def _product(dims: Sequence[int]) -> int:
+    """The product of `dims`, DYNAMIC if any is."""
+    return DYNAMIC if DYNAMIC in dims else math.prod(dims)
+
+
+def _expected_scales(quant: QuantAttr, out: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """The shapes a `quant` scale result may have for the quantized `out`: one per token
+    row; one per group of a row (column-major scales are that shape's transpose in
+    memory); one for the tensor (of any rank up to the output's); nvfp4's swizzled block
+    scales (int32 words of four e4m3 scales, rows padded to 128, blocks of 16 to a
+    multiple of 4)."""
+    kind, rows, width = quant.scheme, tuple(out[:-1]), out[-1]
+    if kind == "per_tensor":  # one element, of any rank (`amax(keepdim=True)`: [1, 1])
+        return tuple((1,) * rank for rank in range(len(out) + 1))
+    if kind == "per_token":
+        return ((*rows, 1),)
+    if kind == "per_group":
+        return ((*rows, DYNAMIC if width == DYNAMIC else width // quant.group.data),)
+    m = rows[0]  # nvfp4: out is [m, n / 2]
+    padded_rows = DYNAMIC if m == DYNAMIC else -(-m // 128) * 128
+    words = DYNAMIC if width == DYNAMIC else -(-width // 8 // 4)
+    return ((padded_rows, words),)
+
+
+def _verify_scale_shape(quant: QuantAttr, out: Sequence[int], scale_out: SSAValue) -> None:
+    shape = _tensor(scale_out, "scale_out").get_shape()
+    expected = _expected_scales(quant, out)
+    if not any(len(shape) == len(e) and all(map(same_dim, shape, e)) for e in expected):
+        raise VerifyException(
+            f"'{quant.text}' scales of a {dims(out)} output are "
+            f"{' or '.join(map(dims, expected))}, got {dims(shape)}"
         )
 
 
@@ -250,6 +293,10 @@ def verify_output_quant(
             )
         if len(shape) != 2:
             raise VerifyException(f"nvfp4 quant needs a 2-D output, got rank {len(shape)}")
+        scale_type = _tensor(scale_out, "scale_out").element_type
+        if scale_type != IntegerType(32):
+            raise VerifyException(f"nvfp4 block scales must be i32, got {scale_type}")
+        _verify_scale_shape(quant, shape, scale_out)
         return
     if out.element_type != FP8:
         raise VerifyException(f"fp8 quant output must be f8E4M3FN, got {out.element_type}")
@@ -259,6 +306,8 @@ def verify_output_quant(
         raise VerifyException(
             f"hidden size {shape[-1]} is not a multiple of the group size {quant.group.data}"
         )
+    if scale_out is not None:
+        _verify_scale_shape(quant, shape, scale_out)
 
 
 class QuantProducer(IRDLOperation):
@@ -312,6 +361,9 @@ def _verify_value(declared: SSAValue | None, op: IRDLOperation, x: TensorType) -
     expected = Float32Type() if op.properties.get("unrounded") else x.element_type
     if not isinstance(declared.type, TensorType) or declared.type.element_type != expected:
         raise VerifyException(f"`value` must be a tensor of {expected}")
+    shape, x_shape = declared.type.get_shape(), x.get_shape()
+    if len(shape) != len(x_shape) or not all(map(same_dim, shape, x_shape)):
+        raise VerifyException(f"`value` has the input's shape {dims(x_shape)}, got {dims(shape)}")
 
 
 def _verify_unrounded(op: IRDLOperation) -> None:
@@ -574,15 +626,13 @@ def _verify_attention_shapes(op: AttentionOp, q: TensorType, k: TensorType, v: T
     if quant is not None and op.layout.data == "bs_hd":
         expected.append((rows, width))
     if not any(len(out) == len(e) and all(map(same_dim, out, e)) for e in expected):
-        raise VerifyException(
-            f"output shape {list(out)} is not {' or '.join(str(list(e)) for e in expected)}"
-        )
+        raise VerifyException(f"output shape {dims(out)} is not {' or '.join(map(dims, expected))}")
     if op.lse is not None:
         lse = _tensor(op.lse, "lse")
         shape = lse.get_shape()
         ok = len(shape) == 3 and all(map(same_dim, shape, (b, hq, sq)))
         if lse.element_type != Float32Type() or not ok:
-            raise VerifyException(f"lse must be f32 [B, Hq, Sq] = {[b, hq, sq]}, got {lse}")
+            raise VerifyException(f"lse must be f32 [B, Hq, Sq] = {dims((b, hq, sq))}, got {lse}")
     if op.mask is not None:
         mask = _tensor(op.mask, "mask")
         shape, full = mask.get_shape(), (b, hq, sq, skv)
@@ -592,7 +642,7 @@ def _verify_attention_shapes(op: AttentionOp, q: TensorType, k: TensorType, v: T
             m == 1 or same_dim(m, f) for m, f in zip(reversed(shape), reversed(full), strict=False)
         )
         if not broadcasts:
-            raise VerifyException(f"mask {list(shape)} does not broadcast to {list(full)}")
+            raise VerifyException(f"mask {dims(shape)} does not broadcast to {dims(full)}")
 
 
 @irdl_op_definition
@@ -631,14 +681,27 @@ class MlaAttentionOp(QuantProducer):
             _check_float(t, n)
             if t.get_num_dims() != rank:
                 raise VerifyException(f"{n} must have rank {rank}, got {t}")
+        if kv_c.element_type != q.element_type or k_pe.element_type != q.element_type:
+            raise VerifyException("q, kv_c and k_pe must have the same element type")
         if not same_dim(_dim(w_uk, 2), _dim(kv_c, 1)) or not same_dim(_dim(w_uv, 1), _dim(kv_c, 1)):
             raise VerifyException("w_uk / w_uv latent dim must match kv_c's last dim")
+        if not (same_dim(_dim(w_uk, 0), _dim(q, 1)) and same_dim(_dim(w_uv, 0), _dim(q, 1))):
+            raise VerifyException("w_uk / w_uv must have q's heads (dim 0)")
+        if not same_dim(_dim(k_pe, 0), _dim(kv_c, 0)) or not same_dim(_dim(k_pe, 1), 1):
+            raise VerifyException("k_pe must be [Tk, 1, Dr], Tk kv_c's rows")
         nope_rope = (_dim(w_uk, 1), _dim(k_pe, 2))
         if DYNAMIC not in nope_rope and not same_dim(_dim(q, 2), sum(nope_rope)):
             raise VerifyException("q head dim must be nope dim + rope dim")
-        verify_output_quant(
-            self.quant, _tensor(self.out, "out"), self.quant_scale, self.scale_out, q.element_type
-        )
+        out = _tensor(self.out, "out")
+        heads_dv = (_dim(q, 1), _dim(w_uv, 2))
+        width = DYNAMIC if DYNAMIC in heads_dv else math.prod(heads_dv)
+        if self.quant is not None and self.quant.scheme == "nvfp4" and width != DYNAMIC:
+            width //= 2  # two e2m1 values a byte
+        shape = out.get_shape()
+        if len(shape) != 2 or not (same_dim(shape[0], _dim(q, 0)) and same_dim(shape[1], width)):
+            expected = dims((_dim(q, 0), width))
+            raise VerifyException(f"output must be [T, N*Dv] = {expected}, got {out}")
+        verify_output_quant(self.quant, out, self.quant_scale, self.scale_out, q.element_type)
 
 
 @irdl_op_definition
@@ -670,13 +733,14 @@ class MergeAttnStatesOp(QuantProducer):
             raise VerifyException("p_out and s_out must be the same [T, H, D] type")
         if p_lse != s_lse or p_lse.get_num_dims() != 2 or p_lse.element_type != Float32Type():
             raise VerifyException("p_lse and s_lse must be the same [H, T] f32 type")
-        verify_output_quant(
-            self.quant,
-            _tensor(self.out, "out"),
-            self.quant_scale,
-            self.scale_out,
-            p_out.element_type,
-        )
+        (t, h, _), (lse_h, lse_t) = p_out.get_shape(), p_lse.get_shape()
+        if not (same_dim(lse_h, h) and same_dim(lse_t, t)):
+            raise VerifyException(f"p_lse must be [H, T] = {dims((h, t))} of p_out, got {p_lse}")
+        if _tensor(self.lse, "lse") != p_lse:
+            raise VerifyException(f"the merged lse is {p_lse}, got {self.lse.type}")
+        out = _tensor(self.out, "out")
+        verify_out_shape(self.quant, out, p_out)
+        verify_output_quant(self.quant, out, self.quant_scale, self.scale_out, p_out.element_type)
 
 
 @irdl_op_definition

@@ -83,12 +83,12 @@ func.func @prefill_per_token(%q: tensor<1x2x128x64xbf16>) -> (tensor<128x128xf8E
 // -----
 
 // An explicit (padding) mask stays an operand of the fused op.
-func.func @masked_nvfp4(%q: tensor<1x2x64x64xbf16>, %m: tensor<1x1x64x64xi1>, %g: tensor<1xf32>) -> (tensor<64x64xui8>, tensor<128x4xi32>) {
+func.func @masked_nvfp4(%q: tensor<1x2x64x64xbf16>, %m: tensor<1x1x64x64xi1>, %g: tensor<1xf32>) -> (tensor<64x64xui8>, tensor<128x2xi32>) {
   %o = irfuse.attention %q, %q, %q mask %m {scale = 0.125 : f64, causal = "none", layout = "bhsd"} : tensor<1x2x64x64xbf16>, tensor<1x2x64x64xbf16>, tensor<1x2x64x64xbf16> mask tensor<1x1x64x64xi1> -> tensor<1x2x64x64xbf16>
   %t = aten.call "aten.transpose.int"(%o) {args = [#aten.ref<0>, 1 : i64, 2 : i64], kwargs = {}} : (tensor<1x2x64x64xbf16>) -> tensor<1x64x2x64xbf16>
   %rows = aten.call "aten.reshape.default"(%t) {args = [#aten.ref<0>, [64 : i64, 128 : i64]], kwargs = {}} : (tensor<1x64x2x64xbf16>) -> tensor<64x128xbf16>
-  %q4, %s4 = irfuse.quant %rows scale %g {quant = #irfuse.quant<nvfp4>} : tensor<64x128xbf16>, tensor<1xf32> -> tensor<64x64xui8>, tensor<128x4xi32>
-  func.return %q4, %s4 : tensor<64x64xui8>, tensor<128x4xi32>
+  %q4, %s4 = irfuse.quant %rows scale %g {quant = #irfuse.quant<nvfp4>} : tensor<64x128xbf16>, tensor<1xf32> -> tensor<64x64xui8>, tensor<128x2xi32>
+  func.return %q4, %s4 : tensor<64x64xui8>, tensor<128x2xi32>
 }
 // CHECK-LABEL: func.func @masked_nvfp4
 // CHECK-NEXT:    %q4, %s4 = irfuse.attention %q, %q, %q mask %m scale %g {{.*}}quant = #irfuse.quant<nvfp4>}

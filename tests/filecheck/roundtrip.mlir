@@ -49,3 +49,16 @@ func.func @optional_groups(%q: tensor<1x2x8x64xf16>, %m: tensor<1x1x8x8xi1>, %s:
 // CHECK:         irfuse.all_reduce_rms_norm %x residual %r, %w {{.*}} residual tensor<4x64xbf16>
 // CHECK:         irfuse.rms_norm %x, %w eps(%eps : tensor<f64>) scale %s {quant = #irfuse.quant<static>} : tensor<4x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>
 // CHECK:         irfuse.fused_add_rms_norm %x, %r, %w eps(%eps : tensor<f64>) : tensor<4x64xbf16>
+
+// MLA (q [T, N, Dn+Dr], kv_c [Tk, L], k_pe [Tk, 1, Dr], w_uk [N, Dn, L], w_uv [N, L, Dv]:
+// out [T, N*Dv]) and the merge of two partial attention states (out [T, H, D], lse [H, T]).
+func.func @mla_and_merge(%q: tensor<4x2x48xbf16>, %kv: tensor<9x64xbf16>, %pe: tensor<9x1x16xbf16>,
+                         %wk: tensor<2x32x64xbf16>, %wv: tensor<2x64x32xbf16>, %s: tensor<1xf32>,
+                         %o: tensor<4x2x32xbf16>, %l: tensor<2x4xf32>) {
+  %m, %ms = irfuse.mla_attention %q, %kv, %pe, %wk, %wv {scale = 0.125 : f64, causal, quant = #irfuse.quant<per_token>} : tensor<4x2x48xbf16>, tensor<9x64xbf16>, tensor<9x1x16xbf16>, tensor<2x32x64xbf16>, tensor<2x64x32xbf16> -> tensor<4x64xf8E4M3FN>, tensor<4x1xf32>
+  %mo, %ml = irfuse.merge_attn_states %o, %l, %o, %l scale %s {quant = #irfuse.quant<static>} : tensor<4x2x32xbf16>, tensor<2x4xf32>, tensor<4x2x32xbf16>, tensor<2x4xf32>, tensor<1xf32> -> tensor<4x2x32xf8E4M3FN>, tensor<2x4xf32>
+  func.return
+}
+// CHECK-LABEL: func.func @mla_and_merge
+// CHECK:      irfuse.mla_attention %{{.*}} {scale = 1.250000e-01 : f64, causal, quant = #irfuse.quant<per_token>} : {{.*}} -> tensor<4x64xf8E4M3FN>, tensor<4x1xf32>
+// CHECK:      irfuse.merge_attn_states %{{.*}} scale %{{.*}} {quant = #irfuse.quant<static>} : {{.*}} -> tensor<4x2x32xf8E4M3FN>, tensor<2x4xf32>
