@@ -2,7 +2,7 @@
 Inductor compiling the same PyTorch expression (bf16 in, ANCHORS.md).
 
     python bench/quant_schemes.py [--hidden 4096 7168 8192] [--tokens 1 16 256 4096 16384]
-        [--schemes per_token ... | none] [--standalone | --no-residual | --sandwich]
+        [--schemes per_token ... | none] [--standalone | --no-residual | --sandwich [plain]]
         [--keep-value] [--as-written]
 
 irfuse = torch.compile of the model written with torch.ops.irfuse.* (imported and fused
@@ -11,7 +11,8 @@ very PyTorch function Inductor compiles (HF RMSNorm and the quant idiom, raised 
 irfuse's passes; the graph's add rounds the sum, so irfuse's fused add does too). GB/s
 counts the bytes the fused op must move: inputs read once, outputs and scales written once.
 --sandwich: Gemma's norm, the residual add, the next norm and the quant, as written (both
-compile the same PyTorch; irfuse makes one kernel of it, fuse-sandwich-norm).
+compile the same PyTorch; irfuse makes one kernel of it, fuse-sandwich-norm); `--sandwich
+plain` the same with HF's plain-weight norm (OLMo 2's).
 Schemes "per_token in_dtype", "per_tensor in_dtype" and "per_group 128 in_dtype" are
 torchao's per-row, per-tensor and 1x128 quants, which irfuse raises from the graph's
 PyTorch in every mode (no torch.ops.irfuse op computes them).
@@ -52,10 +53,12 @@ def gemma_norm_torch(h, weight):
     return (v * (1.0 + weight.float())).type_as(h)
 
 
-def sandwich_torch(scheme, x, residual, w_post, w_pre, scale):
-    """Gemma's post-attention norm, the residual add, the pre-feedforward norm + quant."""
-    h = residual + gemma_norm_torch(x, w_post)
-    return (*quant_torch(scheme, gemma_norm_torch(h, w_pre), scale), h)
+def sandwich_torch(form, scheme, x, residual, w_post, w_pre, scale):
+    """A post-attention norm, the residual add, the next norm + quant (Gemma's norms, or
+    HF's plain-weight ones)."""
+    norm = gemma_norm_torch if form == "gemma" else rms_norm_torch
+    h = residual + norm(x, w_post)
+    return (*quant_torch(scheme, norm(h, w_pre), scale), h)
 
 
 def quant_torch(scheme: str, y: torch.Tensor, scale: torch.Tensor):
@@ -164,7 +167,11 @@ def main() -> None:
     producer.add_argument("--standalone", action="store_true", help="quant alone, no norm")
     producer.add_argument("--no-residual", action="store_true", help="rms_norm + quant, no add")
     producer.add_argument(
-        "--sandwich", action="store_true", help="Gemma's norm + add + norm + quant, as written"
+        "--sandwich",
+        nargs="?",
+        const="gemma",
+        choices=["gemma", "plain"],
+        help="a norm + add + norm + quant, as written (Gemma's norm, or HF's plain one)",
     )
     parser.add_argument(
         "--keep-value", action="store_true", help="the normalised value is an output too"
@@ -207,7 +214,8 @@ def main() -> None:
                 print(rows[-1], flush=True)
     what = "quant alone" if args.standalone else "add + rms_norm + quant"
     what = "rms_norm + quant" if args.no_residual and not args.standalone else what
-    what = "Gemma sandwich: rms_norm + add + rms_norm + quant" if args.sandwich else what
+    if args.sandwich:
+        what = f"{args.sandwich} sandwich: rms_norm + add + rms_norm + quant"
     what += " (the normalised value kept as an output too)" if args.keep_value else ""
     what += " (both compile the same PyTorch)" if args.as_written else ""
     text = append_results(
@@ -230,7 +238,7 @@ def bench_one(
     keep_value: bool,
     rounds: int,
     as_written: bool = False,
-    sandwich: bool = False,
+    sandwich: str | None = None,
 ):
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r = None if no_residual else torch.randn_like(x)
@@ -238,7 +246,7 @@ def bench_one(
     s = torch.tensor([0.05 if scheme == "static" else 100.0], device="cuda")
     if sandwich:
         w2 = torch.randn_like(w)
-        torch_fn = lambda: sandwich_torch(scheme, x, r, w, w2, s)  # noqa: E731
+        torch_fn = lambda: sandwich_torch(sandwich, scheme, x, r, w, w2, s)  # noqa: E731
         irfuse_fn = torch_fn
     elif standalone:
         torch_fn = lambda: quant_torch(scheme, x, s)  # noqa: E731
@@ -251,7 +259,7 @@ def bench_one(
     irfuse_model = torch_fn if as_written else irfuse_fn
     compiled = torch.compile(irfuse_model, backend="irfuse", dynamic=False)
     got, expected = compiled(), irfuse_model()
-    check(scheme, got, expected, sandwich)
+    check(scheme, got, expected, sandwich is not None)
     if keep_value:
         torch.testing.assert_close(got[-1], expected[-1])
     return compare({"eager": torch_fn, "inductor": inductor, "irfuse": compiled}, rounds)
