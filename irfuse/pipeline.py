@@ -46,12 +46,17 @@ class Options:
     def from_dict(cls, options: dict[str, object] | None) -> Options:
         options = dict(options or {})
         passes = options.pop("passes", DEFAULT_PIPELINE)
+        if isinstance(passes, (list, tuple)) and all(isinstance(p, str) for p in passes):
+            passes = ",".join(passes)
         if not isinstance(passes, str):
-            passes = ",".join(passes)  # type: ignore[arg-type]
+            raise ValueError(
+                f"irfuse: passes must be a pipeline string or a list of pass names, got {passes!r}"
+            )
         try:
             PassPipeline.parse_spec(PASSES, passes)
         except ValueError as error:
-            raise ValueError(f"irfuse: {error}; known passes: {sorted(PASSES)}") from None
+            known = f"; known passes: {sorted(PASSES)}" if "Unrecognized" in str(error) else ""
+            raise ValueError(f"irfuse: passes {passes!r}: {error}{known}") from None
         except ArgSpecParseError as error:  # (a BaseException)
             raise ValueError(f"irfuse: passes {passes!r}: {pipeline_error(error)}") from None
         inner = options.pop("inner", "inductor")
@@ -68,6 +73,8 @@ class Options:
                 f"irfuse: graph_launch must be one of {GRAPH_LAUNCH_MODES}, got {graph_launch!r}"
             )
         dump_dir = options.pop("dump_dir", None) or os.environ.get("IRFUSE_DUMP_DIR") or None
+        if dump_dir is not None and not isinstance(dump_dir, (str, os.PathLike)):
+            raise ValueError(f"irfuse: dump_dir must be a path, got {dump_dir!r}")
         return cls(passes, dump_dir, str(inner), str(attention), str(graph_launch), options)
 
     def cache_key(self) -> str:

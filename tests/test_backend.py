@@ -755,11 +755,22 @@ def test_dump_dir_from_environment(tmp_path, monkeypatch):
         ({"graph_launch": "always"}, "graph_launch must be one of"),
         # (xDSL raises a BaseException for it, which would pass `except Exception`)
         ({"passes": "raise-rms-norm{standalone=true"}, "1:31: Malformed pass arguments"),
+        ({"passes": 5}, "passes must be a pipeline string or a list of pass names, got 5"),
+        ({"dump_dir": 5}, "dump_dir must be a path, got 5"),
     ],
 )
 def test_bad_options_are_refused(options, match):
     with pytest.raises(ValueError, match=match):
         Options.from_dict(options)
+
+
+def test_a_bad_pass_argument_is_named_without_the_list_of_passes():
+    with pytest.raises(ValueError) as refused:
+        Options.from_dict({"passes": "raise-rms-norm{standalone=maybe}"})
+    assert "standalone=maybe" in str(refused.value) and "known passes" not in str(refused.value)
+    assert Options.from_dict({"passes": ["raise-rms-norm", "raise-fp8-quant"]}).passes == (
+        "raise-rms-norm,raise-fp8-quant"
+    )
 
 
 def test_an_unknown_option_is_refused_with_the_eager_inner_compiler_too():

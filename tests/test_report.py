@@ -47,3 +47,29 @@ def test_a_place_names_the_node_its_module_and_its_source_line():
     assert module_path("L['self']._modules['layers']._modules['1']._modules['mlp']") == (
         "layers.1.mlp"
     )
+
+
+def _norm_quant(x, w, s):
+    from tests.models import hf_rms_norm, static_quant
+
+    return static_quant(hf_rms_norm(x, w), s)
+
+
+def test_explain_reports_afresh_each_time_and_says_when_nothing_compiled():
+    """Dynamo reuses a graph compiled with an equal backend, Inductor serves one from its
+    cache: both skip the passes, which would leave "fused nothing". explain compiles
+    afresh each time, also a function the user has compiled (which still runs), also
+    under Inductor; and a function with no tensor work says that nothing compiled."""
+    import irfuse
+
+    x, w = torch.randn(4, 64, dtype=torch.float16), torch.ones(64, dtype=torch.float16)
+    s = torch.tensor([0.05])
+    torch._dynamo.reset()
+    user_compiled = torch.compile(_norm_quant, backend="irfuse", options={"inner": "eager"})
+    expected = user_compiled(x, w, s)
+    for inner in ("eager", "eager", "inductor", "inductor"):
+        report = irfuse.explain(_norm_quant, x, w, s, inner=inner)
+        assert report.kernels == ["irfuse_rms_norm_static_div_fp8"], (inner, str(report))
+    assert torch.equal(user_compiled(x, w, s).view(torch.uint8), expected.view(torch.uint8))
+    report = irfuse.explain(lambda n: n + 1, 3)
+    assert not report.kernels and "no graph was compiled" in str(report), str(report)
