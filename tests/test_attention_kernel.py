@@ -240,11 +240,13 @@ def test_bhsd_layout_and_static_epilogue():
     [(e, "bs_hd") for e in ("none", "static", "per_token", "nvfp4")]
     + [("none", "bhsd"), ("static", "bhsd")],
 )
+@pytest.mark.skipif(DEVICE == "cuda", reason="fp32 kernels run only in the interpreter")
 def test_fp32_on_the_gpu_runs_the_reference_laid_out_as_the_kernels(monkeypatch, epilogue, layout):
     """fp32 on the GPU runs the reference ops (exact; the kernels' dots would be tf32):
     the same shapes, strides, dtypes and values as the kernels (here the interpreter's
     exact fp32), with a bool mask whose hidden keys take a finite bias, and lse."""
     q, k, v = _qkv(2, 4, 2, 1, 40, 32, torch.float32)  # decode: per-token may end it
+    assert not kernels.runs_reference(q)  # what follows compares with the kernels
     keep = torch.ones(2, 1, 1, 40, dtype=torch.bool)
     keep[1, ..., :7] = False
     scale = {"none": None, "static": torch.tensor([0.01]), "per_token": None,
@@ -271,14 +273,23 @@ def test_fp32_on_the_gpu_runs_the_reference_laid_out_as_the_kernels(monkeypatch,
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("sq", [1, 1100])
-def test_gpu_fp32_attention_is_exact(sq):
-    """fp32 on the GPU (head dim 128, prefill and decode): fp32 accuracy, no tf32, and
-    no shared-memory overflow from fp32 tiles."""
+def test_gpu_fp32_attention_is_exact(sq, monkeypatch):
+    """fp32 on the GPU (head dim 128, prefill and decode) takes the reference path (the
+    kernels would round their dots to tf32, their fp32 tiles overflow shared memory),
+    and that is fp32-accurate: against attention computed in float64."""
     q, k, v = _qkv(1, 8, 2, sq, 1100, 128, torch.float32)
+    calls = []
+    reference = kernels._reference
+    monkeypatch.setattr(kernels, "_reference", lambda *a: calls.append(1) or reference(*a))
     out, lse, _ = kernel_attention(q, k, v, None, 0.09, "bottom_right", "bhsd", True, "none")
-    out_ref, lse_ref = ref.attention(q, k, v, None, 0.09, "bottom_right", True)
-    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
+    assert calls == [1]
+    kd, vd = (t.double().repeat_interleave(4, dim=1) for t in (k, v))
+    scores = q.double() @ kd.transpose(-1, -2) * 0.09
+    # bottom-right causal: query i sees keys up to i + (1100 - sq)
+    hidden = torch.ones(sq, 1100, dtype=torch.bool, device=DEVICE).triu(1 + 1100 - sq)
+    scores = scores.masked_fill(hidden, float("-inf"))
+    torch.testing.assert_close(out.double(), scores.softmax(-1) @ vd, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), scores.logsumexp(-1), atol=1e-5, rtol=1e-5)
 
 
 def test_per_token_refuses_the_prefill_kernel():

@@ -731,7 +731,14 @@ def test_dump_dir_has_ir_kernels_and_report(tmp_path):
         "irfuse.fused_add_rms_norm" in (graph_dir / "04-after-fuse-rms-norm-quant.mlir").read_text()
     )
     replay = subprocess.run(
-        ["irfuse-opt", str(graph_dir / "00-imported.mlir"), "-p", Options().passes],
+        [
+            sys.executable,
+            "-m",
+            "irfuse.tools.opt",
+            str(graph_dir / "00-imported.mlir"),
+            "-p",
+            Options().passes,
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         check=True,

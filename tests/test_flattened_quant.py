@@ -117,6 +117,7 @@ def test_through_inductor(scheme):
     (report,) = reports
     assert report.kernels == KERNELS[scheme], str(report)
     if DEVICE == "cuda":
+        assert len(report.launches) == len(KERNELS[scheme])
         assert all("launched by Inductor's wrapper" in line for line in report.launches)
     _check(outputs, block(*args), scheme)
 

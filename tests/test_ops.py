@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.backends.debugging import aot_eager
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import irfuse.ops as ops
@@ -165,12 +166,19 @@ def test_overloads_registered() -> None:
         assert callable(getattr(ops, name))
 
 
+def hint(size: int | torch.SymInt) -> int:
+    """A size's value at the shapes traced."""
+    return size if isinstance(size, int) else size.node.hint
+
+
 def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.dtype == FP8 else t
 
 
 def test_dynamic_shapes_compile() -> None:
-    """Fake impls work with symbolic sizes (aot_eager, dynamic=True, several shapes)."""
+    """Fake impls work with symbolic sizes (dynamic=True, several shapes, one graph): the
+    outputs Dynamo's fake tensors describe (traced at the first shape) have the real
+    outputs' shapes and strides, and the compiled function runs at every shape."""
 
     def fn(x, w, res, scale, q, k, v, p_lse):
         y, r = ops.fused_add_rms_norm(x, res, w, 1e-6)
@@ -182,7 +190,13 @@ def test_dynamic_shapes_compile() -> None:
         outs = (qg, sg, qt, st, fq, fs, ops.static_fp8_quant(y, scale), o, lse, m, m_lse)
         return (*outs, ops.all_reduce(y, "0"))
 
-    compiled = torch.compile(fn, backend="aot_eager", dynamic=True, fullgraph=True)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    compiled = torch.compile(fn, backend=capture, dynamic=True, fullgraph=True)
     for t in (3, 5, 7):
         args = (
             randn(t, 128),
@@ -194,9 +208,19 @@ def test_dynamic_shapes_compile() -> None:
             randn(1, 2, t + 2, 8, seed=2),
             randn(4, t, seed=3),
         )
-        for got, want in zip(compiled(*args), fn(*args), strict=True):
+        wants = fn(*args)
+        for got, want in zip(compiled(*args), wants, strict=True):
             assert got.shape == want.shape and got.stride() == want.stride()
             assert torch.equal(_bits(got), _bits(want))
+        if t == 3:  # the fake outputs, at the sizes traced (their hints)
+            (graph,) = graphs
+            fakes = [n.meta["example_value"] for n in graph.graph.output_node().args[0]]
+            for fake, want in zip(fakes, wants, strict=True):
+                assert not all(isinstance(d, int) for d in fake.shape)  # symbolic
+                assert [hint(d) for d in fake.shape] == list(want.shape), fake
+                assert [hint(d) for d in fake.stride()] == list(want.stride()), fake
+                assert fake.dtype == want.dtype
+    assert len(graphs) == 1
 
 
 def test_fake_impl_runs_checks() -> None:
