@@ -3,7 +3,7 @@ every projection of their decoder layers quantized per row as torchao does it: w
 fuses in a decode step against a static KV cache (two prompts, a key of one masked out),
 what is left and why, and the logits against eager. These are the graphs real users
 compile: HF's attention interface, its masks, RoPE, fused qkv projections (Phi-3), q/k
-norms (Qwen3, Gemma 3) and Gemma's sandwich norms."""
+norms (Qwen3, Gemma 3, OLMo 2), Gemma's sandwich norms and OLMo 2's post-norms."""
 
 from __future__ import annotations
 
@@ -103,6 +103,10 @@ MODELS = {
     "Gemma3TextConfig": (GEMMA_KERNELS, {NO_PRODUCER: 2, NO_QUANT: 6}),
     # Llama's layers (no sliding window by default)
     "MistralConfig": (LLAMA_KERNELS, {NO_PRODUCER: 2, NO_QUANT: 1}),
+    # OLMo 2's post-norms: no norm before a projection; each quant reads a residual sum
+    # `r + norm(x)` (a norm, then the add: no fused op yet), or the embedding; the q / k
+    # norms (over all heads), the post-norms and the final norm reach no quant
+    "Olmo2Config": ([ATTENTION, ATTENTION], {NO_PRODUCER: 12, NO_QUANT: 9}),
 }
 
 
