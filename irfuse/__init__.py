@@ -23,14 +23,16 @@ def explain(fn: Any, *args: Any, **options: Any) -> FusionReport:
 
     Every call compiles afresh: its backend is a new function (Dynamo reuses a compiled
     graph only for an equal backend), Inductor's and AOTAutograd's caches are off for it
-    (a cache hit skips the passes, and so the report), and `fn`'s own compiled code is
-    dropped afterwards (explaining a function many times would otherwise fill Dynamo's
-    cache up to its recompile limit; a `torch.compile`d `fn` compiles again on its next
-    call)."""
+    (a cache hit skips the passes, and so the report), and the code of every frame it
+    compiled (fn's, the functions it calls past a graph break, their resumptions) is
+    dropped afterwards: explaining a function many times would otherwise reach Dynamo's
+    recompile limit. A `torch.compile`d function among those frames compiles again at
+    its next call."""
     import torch
     import torch._functorch.config
     import torch._inductor.config
-    from torch._dynamo.eval_frame import remove_from_cache
+    from torch._C._dynamo.eval_frame import reset_code
+    from torch._dynamo.convert_frame import register_bytecode_hook
 
     from irfuse.backend import irfuse_backend
     from irfuse.pipeline import capture_reports
@@ -41,22 +43,27 @@ def explain(fn: Any, *args: Any, **options: Any) -> FusionReport:
 
     options.setdefault("inner", "eager")
     compiled = torch.compile(fn, backend=explaining_backend, options=options, dynamic=False)
-    no_caches = (
-        torch._inductor.config.patch(fx_graph_cache=False),
-        torch._functorch.config.patch(enable_autograd_cache=False),
-    )
+    compiled_frames: list[Any] = []
+    hook = register_bytecode_hook(lambda code, _new_code: compiled_frames.append(code))
     try:
-        with no_caches[0], no_caches[1], capture_reports() as reports:
+        with (
+            torch._inductor.config.patch(fx_graph_cache=False),
+            torch._functorch.config.patch(enable_autograd_cache=False),
+            capture_reports() as reports,
+        ):
             compiled(*args)
     finally:
-        remove_from_cache(getattr(fn, "_orig_mod", fn))
+        hook.remove()
+        for code in compiled_frames:
+            reset_code(code)
     merged = FusionReport()
     for report in reports:
         merged.merge(report)
     if not reports:
         merged.notes.append(
             "no graph was compiled: Dynamo found no tensor operations to capture in "
-            f"{getattr(fn, '__name__', type(fn).__name__)}, or fell back to eager"
+            f"{getattr(fn, '__name__', type(fn).__name__)}, or fell back to eager (a graph "
+            "break it cannot resume from, its recompile limit)"
         )
     return merged
 

@@ -55,6 +55,17 @@ def _norm_quant(x, w, s):
     return static_quant(hf_rms_norm(x, w), s)
 
 
+def _broken(x, w, s):
+    y = _norm_quant(x, w, s)
+    torch._dynamo.graph_break()
+    return _norm_quant(x * 2, w, s), y
+
+
+def _broken_twice(x, w, s):
+    a, b = _broken(x, w, s)
+    return a, b, _norm_quant(x + 1, w, s)
+
+
 def test_explain_reports_afresh_each_time_and_says_when_nothing_compiled():
     """Dynamo reuses a graph compiled with an equal backend, Inductor serves one from its
     cache: both skip the passes, which would leave "fused nothing". explain compiles
@@ -71,5 +82,12 @@ def test_explain_reports_afresh_each_time_and_says_when_nothing_compiled():
         report = irfuse.explain(_norm_quant, x, w, s, inner=inner)
         assert report.kernels == ["irfuse_rms_norm_static_div_fp8"], (inner, str(report))
     assert torch.equal(user_compiled(x, w, s).view(torch.uint8), expected.view(torch.uint8))
+    # past Dynamo's recompile limit (8): a compiled function, a graph break in a callee
+    for _ in range(10):
+        report = irfuse.explain(user_compiled, x, w, s)
+        assert report.kernels == ["irfuse_rms_norm_static_div_fp8"], str(report)
+    for _ in range(10):
+        report = irfuse.explain(_broken_twice, x, w, s)
+        assert report.kernels == ["irfuse_rms_norm_static_div_fp8"] * 3, str(report)
     report = irfuse.explain(lambda n: n + 1, 3)
     assert not report.kernels and "no graph was compiled" in str(report), str(report)
