@@ -185,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.keep_value and (args.standalone or args.sandwich):
         parser.error("--keep-value needs a norm and an add (not --standalone or --sandwich)")
-    args.as_written = args.as_written or args.sandwich  # no torch.ops.irfuse form of it
+    args.as_written = args.as_written or args.sandwich is not None  # no irfuse-op form of it
     if NO_QUANT in args.schemes and (args.standalone or args.keep_value):
         parser.error("scheme none is a norm alone (not --standalone or --keep-value)")
     torch._dynamo.config.cache_size_limit = 256

@@ -492,12 +492,12 @@ def test_a_decoder_block_with_its_norms_launched_in_the_graph(
     stay graph launches (their rows: the batch times the symbolic length)."""
     monkeypatch.setattr(to_fx, "graph_launch_problem", _on_any_device)
     torch.manual_seed(0)
-    block = models.DecoderBlock()
+    block = models.DecoderBlock().to(DEVICE)
     reports: list = []
     compiled = torch.compile(block, backend=_graph_launch_backend(graph_launch, reports))
     with torch.no_grad():
         for s in (8, 5, 11):
-            x = torch.randn(2, s, 64)
+            x = torch.randn(2, s, 64, device=DEVICE)  # (CPU tensors: the interpreter)
             out, hidden = compiled(x, x)
             expected, expected_hidden = block(x, x)
             torch.testing.assert_close(hidden, expected_hidden, atol=0, rtol=0)

@@ -36,6 +36,22 @@ from torch.fx.experimental.symbolic_shapes import compute_unbacked_bindings
 from torch.multiprocessing.reductions import StorageWeakRef
 
 COPIED = "it reads an input through a copy"
+BOOL_AS_BYTES = (
+    "it reads a bool mask as bytes, which this torch's Inductor cannot lower (a view of a "
+    "bool tensor as uint8; torch 2.13 can)"
+)
+
+
+@functools.cache
+def inductor_views_bool_as_bytes() -> bool:
+    """Whether Inductor lowers `aten.view.dtype` of a bool tensor (its bit width: torch
+    2.11's asks `torch.iinfo(torch.bool)`, which raises)."""
+    import inspect
+
+    from torch._inductor import lowering
+
+    return "torch.bool" in inspect.getsource(lowering.to_dtype_bitcast)
+
 
 Insert = Callable[[Any, tuple, dict, Any], fx.Node]
 
@@ -187,7 +203,8 @@ def insert_launches(
     allocating each buffer of the op's where a launch first takes it. Returns (the inserted
     nodes in order, a node for each of `results`, the op's outputs among those buffers,
     or empty), or why they cannot be written into the graph (an input read through a
-    copy: the runtime op makes it at run time)."""
+    copy: the runtime op makes it at run time; a bool mask read as bytes where Inductor
+    cannot lower that view)."""
     input_storages = {StorageWeakRef(n.meta["val"].untyped_storage()) for n in inputs}
 
     def input_node(value: torch.Tensor) -> fx.Node | None:  # (inputs may share a storage)
@@ -199,6 +216,12 @@ def insert_launches(
     if any(StorageWeakRef(t.untyped_storage()) in input_storages and input_node(t) is None
            for t in tensors):  # fmt: skip
         return COPIED  # (checked before anything is inserted)
+    sources = [input_node(t) for t in tensors]
+    if not inductor_views_bool_as_bytes() and any(
+        node is not None and node.meta["val"].dtype == torch.bool and t.dtype != torch.bool
+        for node, t in zip(sources, tensors, strict=True)
+    ):
+        return BOOL_AS_BYTES
     insert = NodeInserter(graph, anchor)
     buffers: dict[StorageWeakRef, fx.Node] = {}  # the latest contents of each buffer
     for launch in launches:
