@@ -191,6 +191,23 @@ def same_dim(a: int, b: int) -> bool:
     return a == DYNAMIC or b == DYNAMIC or a == b
 
 
+def same_shape(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Same rank, and every dim the same where both are static."""
+    return len(a) == len(b) and all(map(same_dim, a, b))
+
+
+def _product(sizes: Sequence[int]) -> int:
+    """The product of `sizes`, DYNAMIC if any is."""
+    return DYNAMIC if DYNAMIC in sizes else math.prod(sizes)
+
+
+def _quantized_width(quant: QuantAttr | None, width: int) -> int:
+    """A row of `width` values as a quant stores it (nvfp4: two e2m1 values a byte)."""
+    if quant is not None and quant.scheme == "nvfp4" and width != DYNAMIC:
+        return width // 2
+    return width
+
+
 def verify_out_shape(quant: QuantAttr | None, out: TensorType, x: TensorType) -> None:
     """An fp8 (or unquantized) result has the input's shape, or, quantized, the input's
     token dims flattened: [B, S, K] -> [B*S, K] (the fused quant of a model's linear,
@@ -198,7 +215,7 @@ def verify_out_shape(quant: QuantAttr | None, out: TensorType, x: TensorType) ->
     if quant is not None and quant.scheme == "nvfp4":
         return
     shape, x_shape = out.get_shape(), x.get_shape()
-    if len(shape) == len(x_shape) and all(map(same_dim, shape, x_shape)):
+    if same_shape(shape, x_shape):
         return
     flattened = (
         quant is not None
@@ -213,11 +230,6 @@ def verify_out_shape(quant: QuantAttr | None, out: TensorType, x: TensorType) ->
             f"output shape {dims(shape)} is neither the input's {dims(x_shape)} nor, "
             "quantized, its token dims flattened"
         )
-
-
-def _product(dims: Sequence[int]) -> int:
-    """The product of `dims`, DYNAMIC if any is."""
-    return DYNAMIC if DYNAMIC in dims else math.prod(dims)
 
 
 def _expected_scales(quant: QuantAttr, out: Sequence[int]) -> tuple[tuple[int, ...], ...]:
@@ -242,7 +254,7 @@ def _expected_scales(quant: QuantAttr, out: Sequence[int]) -> tuple[tuple[int, .
 def _verify_scale_shape(quant: QuantAttr, out: Sequence[int], scale_out: SSAValue) -> None:
     shape = _tensor(scale_out, "scale_out").get_shape()
     expected = _expected_scales(quant, out)
-    if not any(len(shape) == len(e) and all(map(same_dim, shape, e)) for e in expected):
+    if not any(same_shape(shape, e) for e in expected):
         raise VerifyException(
             f"'{quant.text}' scales of a {dims(out)} output are "
             f"{' or '.join(map(dims, expected))}, got {dims(shape)}"
@@ -362,7 +374,7 @@ def _verify_value(declared: SSAValue | None, op: IRDLOperation, x: TensorType) -
     if not isinstance(declared.type, TensorType) or declared.type.element_type != expected:
         raise VerifyException(f"`value` must be a tensor of {expected}")
     shape, x_shape = declared.type.get_shape(), x.get_shape()
-    if len(shape) != len(x_shape) or not all(map(same_dim, shape, x_shape)):
+    if not same_shape(shape, x_shape):
         raise VerifyException(f"`value` has the input's shape {dims(x_shape)}, got {dims(shape)}")
 
 
@@ -618,20 +630,17 @@ def _verify_attention_shapes(op: AttentionOp, q: TensorType, k: TensorType, v: T
         raise VerifyException(f"k and v differ in heads or keys: {k} vs {v}")
     out = _tensor(op.out, "out").get_shape()
     quant = op.quant
-    width = DYNAMIC if DYNAMIC in (hq, dv) else hq * dv
-    if quant is not None and quant.scheme == "nvfp4" and width != DYNAMIC:
-        width //= 2
-    rows = DYNAMIC if DYNAMIC in (b, sq) else b * sq
+    width = _quantized_width(quant, _product((hq, dv)))
+    rows = _product((b, sq))
     expected = [(b, hq, sq, dv)] if op.layout.data == "bhsd" else [(b, sq, width)]
     if quant is not None and op.layout.data == "bs_hd":
         expected.append((rows, width))
-    if not any(len(out) == len(e) and all(map(same_dim, out, e)) for e in expected):
+    if not any(same_shape(out, e) for e in expected):
         raise VerifyException(f"output shape {dims(out)} is not {' or '.join(map(dims, expected))}")
     if op.lse is not None:
         lse = _tensor(op.lse, "lse")
         shape = lse.get_shape()
-        ok = len(shape) == 3 and all(map(same_dim, shape, (b, hq, sq)))
-        if lse.element_type != Float32Type() or not ok:
+        if lse.element_type != Float32Type() or not same_shape(shape, (b, hq, sq)):
             raise VerifyException(f"lse must be f32 [B, Hq, Sq] = {dims((b, hq, sq))}, got {lse}")
     if op.mask is not None:
         mask = _tensor(op.mask, "mask")
@@ -693,14 +702,10 @@ class MlaAttentionOp(QuantProducer):
         if DYNAMIC not in nope_rope and not same_dim(_dim(q, 2), sum(nope_rope)):
             raise VerifyException("q head dim must be nope dim + rope dim")
         out = _tensor(self.out, "out")
-        heads_dv = (_dim(q, 1), _dim(w_uv, 2))
-        width = DYNAMIC if DYNAMIC in heads_dv else math.prod(heads_dv)
-        if self.quant is not None and self.quant.scheme == "nvfp4" and width != DYNAMIC:
-            width //= 2  # two e2m1 values a byte
-        shape = out.get_shape()
-        if len(shape) != 2 or not (same_dim(shape[0], _dim(q, 0)) and same_dim(shape[1], width)):
-            expected = dims((_dim(q, 0), width))
-            raise VerifyException(f"output must be [T, N*Dv] = {expected}, got {out}")
+        width = _quantized_width(self.quant, _product((_dim(q, 1), _dim(w_uv, 2))))
+        expected = (_dim(q, 0), width)
+        if not same_shape(out.get_shape(), expected):
+            raise VerifyException(f"output must be [T, N*Dv] = {dims(expected)}, got {out}")
         verify_output_quant(self.quant, out, self.quant_scale, self.scale_out, q.element_type)
 
 

@@ -213,13 +213,13 @@ def insert_launches(
     tensors = [
         v for launch in launches for v in launch.args.values() if isinstance(v, torch.Tensor)
     ]
-    if any(StorageWeakRef(t.untyped_storage()) in input_storages and input_node(t) is None
-           for t in tensors):  # fmt: skip
-        return COPIED  # (checked before anything is inserted)
-    sources = [input_node(t) for t in tensors]
+    sources = [input_node(t) for t in tensors]  # (checked before anything is inserted)
+    if any(StorageWeakRef(t.untyped_storage()) in input_storages and node is None
+           for t, node in zip(tensors, sources, strict=True)):  # fmt: skip
+        return COPIED
     if not inductor_views_bool_as_bytes() and any(
         node is not None and node.meta["val"].dtype == torch.bool and t.dtype != torch.bool
-        for node, t in zip(sources, tensors, strict=True)
+        for t, node in zip(tensors, sources, strict=True)
     ):
         return BOOL_AS_BYTES
     insert = NodeInserter(graph, anchor)
