@@ -12,7 +12,7 @@ irfuse's passes; the graph's add rounds the sum, so irfuse's fused add does too)
 counts the bytes the fused op must move: inputs read once, outputs and scales written once.
 --sandwich: Gemma's norm, the residual add, the next norm and the quant, as written (both
 compile the same PyTorch; irfuse makes one kernel of it, fuse-sandwich-norm); `--sandwich
-plain` the same with HF's plain-weight norm (OLMo 2's).
+plain` the same with HF's plain-weight norm (GLM-4's).
 Schemes "per_token in_dtype", "per_tensor in_dtype" and "per_group 128 in_dtype" are
 torchao's per-row, per-tensor and 1x128 quants, which irfuse raises from the graph's
 PyTorch in every mode (no torch.ops.irfuse op computes them).

@@ -106,8 +106,8 @@ def gemma_sandwich_quant(attn_out, residual, w_post, w_pre, scale=None):
     return _sandwich_quant(gemma_rms_norm, attn_out, residual, w_post, w_pre, scale)
 
 
-def olmo2_sandwich_quant(attn_out, residual, w_post, w_pre, scale=None):
-    """The same with HF's plain-weight norm (OLMo 2's post-attention norm, the next
+def glm4_sandwich_quant(attn_out, residual, w_post, w_pre, scale=None):
+    """The same with HF's plain-weight norm (GLM-4's post_self_attn_layernorm, the next
     layer's input norm)."""
     return _sandwich_quant(hf_rms_norm, attn_out, residual, w_post, w_pre, scale)
 
@@ -160,13 +160,13 @@ class Float8Linear(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
         self.dims = (-1,) if granularity == "row" else (0, 1, 2)
         self.views = views
+        self.bias: torch.nn.Parameter | None = None  # added to the product, as F.linear does
 
     @classmethod
     def replacing(cls, linear: torch.nn.Linear, granularity: str = "row") -> Float8Linear:
-        """A Float8Linear with `linear`'s weight (a linear with no bias)."""
-        assert linear.bias is None
+        """A Float8Linear with `linear`'s weight and bias."""
         new = cls(linear.in_features, linear.out_features, granularity)
-        new.weight = linear.weight
+        new.weight, new.bias = linear.weight, linear.bias
         return new
 
     def forward(self, x):
@@ -179,4 +179,5 @@ class Float8Linear(torch.nn.Module):
             scale = (x.abs().amax(self.dims, keepdim=True) / 448.0).to(torch.float32)
         q = (x.to(torch.float32) / scale).clamp(-448.0, 448.0).to(FP8)
         rows = q.float() * scale
-        return (rows @ self.weight.float().t()).to(x.dtype)
+        out = rows @ self.weight.float().t()
+        return (out if self.bias is None else out + self.bias.float()).to(x.dtype)

@@ -390,7 +390,7 @@ def test_a_norm_also_read_by_pointwise_ops_is_left_to_inductor():
 
 
 @pytest.mark.parametrize(
-    "model,weight", [(models.gemma_sandwich_quant, "_gemmaw"), (models.olmo2_sandwich_quant, "")]
+    "model,weight", [(models.gemma_sandwich_quant, "_gemmaw"), (models.glm4_sandwich_quant, "")]
 )
 @pytest.mark.parametrize("quant", ["static", "per_token"])
 def test_a_sandwich_fuses_into_one_kernel(quant, model, weight):

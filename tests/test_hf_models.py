@@ -3,7 +3,7 @@ every projection of their decoder layers quantized per row as torchao does it: w
 fuses in a decode step against a static KV cache (two prompts, a key of one masked out),
 what is left and why, and the logits against eager. These are the graphs real users
 compile: HF's attention interface, its masks, RoPE, fused qkv projections (Phi-3), q/k
-norms (Qwen3, Gemma 3, OLMo 2), Gemma's sandwich norms and OLMo 2's post-norms."""
+norms (Qwen3, Gemma 3, OLMo 2), Gemma's and GLM-4's sandwich norms, OLMo 2's post-norms."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ LLAMA_KERNELS = [NORM, ATTENTION, ADD_NORM, ADD_NORM, ATTENTION, ADD_NORM]
 GEMMA_NORM = "irfuse_rms_norm_gemmaw_per_token_in_dtype_fp8"
 SANDWICH = "irfuse_normed_add_rounded_rms_norm_gemmaw_per_token_in_dtype_fp8"
 GEMMA_KERNELS = [GEMMA_NORM, ATTENTION, SANDWICH, SANDWICH, ATTENTION, SANDWICH]
+PLAIN_SANDWICH = "irfuse_normed_add_rounded_rms_norm_per_token_in_dtype_fp8"
+GLM4_KERNELS = [NORM, ATTENTION, PLAIN_SANDWICH, PLAIN_SANDWICH, ATTENTION, PLAIN_SANDWICH]
 NO_PRODUCER = "no producer to fuse into: left to the inner compiler"
 NO_QUANT = "no fp8 quant reads its value"
 
@@ -107,6 +109,10 @@ MODELS = {
     # `r + norm(x)` (a norm, then the add: no fused op yet), or the embedding; the q / k
     # norms (over all heads), the post-norms and the final norm reach no quant
     "Olmo2Config": ([ATTENTION, ATTENTION], {NO_PRODUCER: 12, NO_QUANT: 9}),
+    # GLM-4's sandwich norms with HF's plain weight (post_self_attn_layernorm, the add,
+    # post_attention_layernorm; post_mlp_layernorm, the add, the next input_layernorm);
+    # the last layer's post_mlp_layernorm reaches only the final norm; qkv has a bias
+    "Glm4Config": (GLM4_KERNELS, {NO_PRODUCER: 2, NO_QUANT: 2}),
 }
 
 
