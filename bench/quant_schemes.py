@@ -2,7 +2,8 @@
 Inductor compiling the same PyTorch expression (bf16 in, ANCHORS.md).
 
     python bench/quant_schemes.py [--hidden 4096 7168 8192] [--tokens 1 16 256 4096 16384]
-        [--schemes per_token ... | none] [--standalone | --no-residual | --sandwich [plain]]
+        [--schemes per_token ... | none]
+        [--standalone | --no-residual | --sandwich [plain] | --post-norm]
         [--keep-value] [--as-written]
 
 irfuse = torch.compile of the model written with torch.ops.irfuse.* (imported and fused
@@ -12,7 +13,8 @@ irfuse's passes; the graph's add rounds the sum, so irfuse's fused add does too)
 counts the bytes the fused op must move: inputs read once, outputs and scales written once.
 --sandwich: Gemma's norm, the residual add, the next norm and the quant, as written (both
 compile the same PyTorch; irfuse makes one kernel of it, fuse-sandwich-norm); `--sandwich
-plain` the same with HF's plain-weight norm (GLM-4's).
+plain` the same with HF's plain-weight norm (GLM-4's). --post-norm: OLMo 2's norm, the
+residual add and the quant of the sum, as written (fuse-norm-add-quant: one kernel).
 Schemes "per_token in_dtype", "per_tensor in_dtype" and "per_group 128 in_dtype" are
 torchao's per-row, per-tensor and 1x128 quants, which irfuse raises from the graph's
 PyTorch in every mode (no torch.ops.irfuse op computes them).
@@ -51,6 +53,19 @@ def gemma_norm_torch(h, weight):
     v = h.float()
     v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
     return (v * (1.0 + weight.float())).type_as(h)
+
+
+def olmo2_norm_torch(h, weight):
+    """Olmo2RMSNorm as model code writes it (the weight multiplied in fp32), eps 1e-6."""
+    v = h.float()
+    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return (weight * v).to(h.dtype)
+
+
+def post_norm_torch(scheme, x, residual, weight, scale):
+    """OLMo 2's post-norm, the residual add, and the next projection's quant of the sum."""
+    h = residual + olmo2_norm_torch(x, weight)
+    return (*quant_torch(scheme, h, scale), h)
 
 
 def sandwich_torch(form, scheme, x, residual, w_post, w_pre, scale):
@@ -173,6 +188,9 @@ def main() -> None:
         choices=["gemma", "plain"],
         help="a norm + add + norm + quant, as written (Gemma's norm, or HF's plain one)",
     )
+    producer.add_argument(
+        "--post-norm", action="store_true", help="a norm + add + quant of the sum, as written"
+    )
     parser.add_argument(
         "--keep-value", action="store_true", help="the normalised value is an output too"
     )
@@ -183,9 +201,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if args.keep_value and (args.standalone or args.sandwich):
-        parser.error("--keep-value needs a norm and an add (not --standalone or --sandwich)")
-    args.as_written = args.as_written or args.sandwich is not None  # no irfuse-op form of it
+    if args.keep_value and (args.standalone or args.sandwich or args.post_norm):
+        parser.error("--keep-value needs an add and a norm (not --standalone, --sandwich or "
+                     "--post-norm)")  # fmt: skip
+    # no irfuse-op form of these
+    args.as_written = args.as_written or args.sandwich is not None or args.post_norm
     if NO_QUANT in args.schemes and (args.standalone or args.keep_value):
         parser.error("scheme none is a norm alone (not --standalone or --keep-value)")
     torch._dynamo.config.cache_size_limit = 256
@@ -196,6 +216,7 @@ def main() -> None:
                 times = bench_one(
                     scheme, hidden, tokens, args.standalone, args.no_residual,
                     args.keep_value, args.rounds, args.as_written, args.sandwich,
+                    args.post_norm,
                 )  # fmt: skip
                 # x read, output written; a norm also reads its weight, an add the
                 # residual, writing the sum
@@ -216,6 +237,8 @@ def main() -> None:
     what = "rms_norm + quant" if args.no_residual and not args.standalone else what
     if args.sandwich:
         what = f"{args.sandwich} sandwich: rms_norm + add + rms_norm + quant"
+    if args.post_norm:
+        what = "post-norm (OLMo 2's): rms_norm + add + quant of the sum"
     what += " (the normalised value kept as an output too)" if args.keep_value else ""
     what += " (both compile the same PyTorch)" if args.as_written else ""
     text = append_results(
@@ -239,6 +262,7 @@ def bench_one(
     rounds: int,
     as_written: bool = False,
     sandwich: str | None = None,
+    post_norm: bool = False,
 ):
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r = None if no_residual else torch.randn_like(x)
@@ -247,6 +271,9 @@ def bench_one(
     if sandwich:
         w2 = torch.randn_like(w)
         torch_fn = lambda: sandwich_torch(sandwich, scheme, x, r, w, w2, s)  # noqa: E731
+        irfuse_fn = torch_fn
+    elif post_norm:
+        torch_fn = lambda: post_norm_torch(scheme, x, r, w, s)  # noqa: E731
         irfuse_fn = torch_fn
     elif standalone:
         torch_fn = lambda: quant_torch(scheme, x, s)  # noqa: E731
@@ -259,16 +286,17 @@ def bench_one(
     irfuse_model = torch_fn if as_written else irfuse_fn
     compiled = torch.compile(irfuse_model, backend="irfuse", dynamic=False)
     got, expected = compiled(), irfuse_model()
-    check(scheme, got, expected, sandwich is not None)
+    check(scheme, got, expected, sandwich is not None or post_norm)
     if keep_value:
         torch.testing.assert_close(got[-1], expected[-1])
     return compare({"eager": torch_fn, "inductor": inductor, "irfuse": compiled}, rounds)
 
 
-def check(scheme: str, got, expected, sandwich: bool = False) -> None:
+def check(scheme: str, got, expected, sum_of_a_norm: bool = False) -> None:
     """The compiled irfuse output matches the reference ops (one fp8/fp4 step at most; a
-    sandwich's also a 64th of its row's largest value: its first norm's bf16 output may be
-    a step away from eager's, a step the residual add carries whole into a small sum)."""
+    quant of a norm's sum (a sandwich's, a post-norm's) also a 64th of its row's largest
+    value: the norm's bf16 output may be a step away from eager's, a step the residual add
+    carries whole into a small sum)."""
     q, q_ref = got[0], expected[0]
     if scheme == NO_QUANT:
         torch.testing.assert_close(q, q_ref)
@@ -282,7 +310,7 @@ def check(scheme: str, got, expected, sandwich: bool = False) -> None:
         return
     a, b = q.float(), q_ref.float()
     step = torch.exp2(torch.floor(torch.log2(b.abs().clamp(min=2**-6))) - 3)
-    if sandwich:
+    if sum_of_a_norm:
         step = step + b.abs().amax(-1, keepdim=True) * 2**-6
     assert bool(((a - b).abs() <= step).all()), f"{scheme}: more than one fp8 step apart"
 

@@ -112,6 +112,20 @@ def glm4_sandwich_quant(attn_out, residual, w_post, w_pre, scale=None):
     return _sandwich_quant(hf_rms_norm, attn_out, residual, w_post, w_pre, scale)
 
 
+def olmo2_rms_norm(x, weight, eps: float = 1e-6):
+    """Olmo2RMSNorm.forward: the weight multiplied in fp32, then cast back."""
+    v = x.to(torch.float32)
+    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight * v).to(x.dtype)
+
+
+def post_norm_quant(norm, x, residual, weight, scale=None):
+    """A post-norm (OLMo 2's `h = r + norm(attn_out)`) and the next projection's quant of
+    the sum (static with `scale`, else per token): (q, [scales,] h)."""
+    h = residual + norm(x, weight)
+    return (static_quant(h, scale), h) if scale is not None else (*per_token_quant(h), h)
+
+
 def add_hf_norm_quant(x, residual, weight, scale):
     """Residual add, HF norm, static quant: decomposed the same way on CPU and CUDA."""
     h = x + residual

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -413,6 +414,60 @@ def test_a_sandwich_fuses_into_one_kernel(quant, model, weight):
     if quant == "per_token":
         assert_close(got[1], want[1])
     assert_fp8_close(got[0], want[0], s if s is not None else want[1])
+
+
+@pytest.mark.parametrize(
+    "norm,weight",
+    [
+        (models.olmo2_rms_norm, "_fp32w"),
+        (models.hf_rms_norm, ""),
+        (models.gemma_rms_norm, "_gemmaw"),
+    ],
+)
+@pytest.mark.parametrize("quant", ["static", "per_token"])
+def test_a_post_norm_its_add_and_the_quant_of_the_sum_fuse_into_one_kernel(quant, norm, weight):
+    """OLMo 2's `h = r + norm(x)` read by the next projection's quant (and returned, as the
+    next residual): one kernel writes h and its quant, as eager computes them (h to the bit
+    but where the kernel's rstd rounds x's norm a step away)."""
+    x, r, w, s = _norm_inputs()
+    s = s if quant == "static" else None
+    scheme = "static_div" if quant == "static" else quant  # the graph divides by s
+    model = functools.partial(models.post_norm_quant, norm)
+    report = irfuse.explain(model, x, r, w, s)
+    assert report.kernels == [f"irfuse_rms_norm_add{weight}_{scheme}_fp8"], str(report)
+    assert report.fused["fuse-norm-add-quant"] == 1 and not report.rejected, str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="irfuse", options={"inner": "eager"})
+    *got, h = compiled(x, r, w, s)
+    *want, h_ref = model(x, r, w, s)
+    assert_close(h, h_ref)
+    if quant == "per_token":
+        assert_close(got[1], want[1])
+    assert_fp8_close(got[0], want[0], s if s is not None else want[1])
+
+
+def test_a_post_norm_is_left_to_inductor_where_no_one_kernel_takes_it():
+    """The norm's result also returned, or the sum's norm read too (an add + norm, which
+    fuses with that norm): no post-norm kernel; eager's results."""
+
+    def norm_also_returned(x, residual, w, s):
+        y = models.olmo2_rms_norm(x, w)
+        h = residual + y
+        return models.static_quant(h, s), h, y
+
+    def sum_quantized_and_normalised(x, residual, w, s):
+        h = residual + models.olmo2_rms_norm(x, w)
+        return models.static_quant(h, s), models.olmo2_rms_norm(h, w), h
+
+    x, r, w, s = _norm_inputs()
+    for model in (norm_also_returned, sum_quantized_and_normalised):
+        report = irfuse.explain(model, x, r, w, s)
+        assert "fuse-norm-add-quant" not in report.fused, str(report)
+        assert not any(k.startswith("irfuse_rms_norm_add") for k in report.kernels), str(report)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="irfuse", options={"inner": "eager"})
+        for got, want in zip(compiled(x, r, w, s), model(x, r, w, s), strict=True):
+            assert_close(got.float(), want.float())
 
 
 def test_a_sandwich_whose_first_norm_is_read_elsewhere_is_left_to_inductor():

@@ -28,6 +28,8 @@ SANDWICH = "irfuse_normed_add_rounded_rms_norm_gemmaw_per_token_in_dtype_fp8"
 GEMMA_KERNELS = [GEMMA_NORM, ATTENTION, SANDWICH, SANDWICH, ATTENTION, SANDWICH]
 PLAIN_SANDWICH = "irfuse_normed_add_rounded_rms_norm_per_token_in_dtype_fp8"
 GLM4_KERNELS = [NORM, ATTENTION, PLAIN_SANDWICH, PLAIN_SANDWICH, ATTENTION, PLAIN_SANDWICH]
+POST_NORM = "irfuse_rms_norm_add_fp32w_per_token_in_dtype_fp8"
+OLMO2_KERNELS = [ATTENTION, POST_NORM, POST_NORM, ATTENTION, POST_NORM]
 NO_PRODUCER = "no producer to fuse into: left to the inner compiler"
 NO_QUANT = "no fp8 quant reads its value"
 
@@ -106,9 +108,10 @@ MODELS = {
     # Llama's layers (no sliding window by default)
     "MistralConfig": (LLAMA_KERNELS, {NO_PRODUCER: 2, NO_QUANT: 1}),
     # OLMo 2's post-norms: no norm before a projection; each quant reads a residual sum
-    # `r + norm(x)` (a norm, then the add: no fused op yet), or the embedding; the q / k
-    # norms (over all heads), the post-norms and the final norm reach no quant
-    "Olmo2Config": ([ATTENTION, ATTENTION], {NO_PRODUCER: 12, NO_QUANT: 9}),
+    # `r + norm(x)` (fp32 weight), one kernel with its norm (fuse-norm-add-quant), or the
+    # embedding (layer 0's q, k, v); the q / k norms (over all heads), the last layer's
+    # post-feedforward norm and the final norm reach no quant
+    "Olmo2Config": (OLMO2_KERNELS, {NO_PRODUCER: 5, NO_QUANT: 6}),
     # GLM-4's sandwich norms with HF's plain weight (post_self_attn_layernorm, the add,
     # post_attention_layernorm; post_mlp_layernorm, the add, the next input_layernorm);
     # the last layer's post_mlp_layernorm reaches only the final norm; qkv has a bias

@@ -36,12 +36,13 @@ SCHEMES = [
 PRODUCERS = [
     ("quant", "none"), ("rms_norm", "plain"), ("rms_norm", "fp32"), ("rms_norm", "gemma"),
     ("fused_add_rms_norm", "plain"), ("rounded_add", "plain"), ("sandwich", "gemma"),
-    ("sandwich", "plain"),
+    ("sandwich", "plain"), ("rms_norm_add", "plain"), ("rms_norm_add", "gemma"),
 ]  # fmt: skip
 # "rounded_add": fused_add_rms_norm with `rounded_sum` (what fuse-add-rms-norm builds from
 # the graph's add): the norm reads the sum rounded to the model dtype. "sandwich": the
 # same with x normalised first (its own weight, eps X_EPS: what fuse-sandwich-norm builds).
-ADDS = ("fused_add_rms_norm", "rounded_add", "sandwich")
+# "rms_norm_add": x's norm, then the graph's residual add (what fuse-norm-add-quant builds).
+ADDS = ("fused_add_rms_norm", "rounded_add", "sandwich", "rms_norm_add")
 X_EPS = 1e-5
 
 
@@ -78,6 +79,9 @@ def _reference_producer(producer, mode, x, residual, w, eps, x_weight=None, x_ep
         return _reference_producer("rounded_add", mode, normed_x, residual, w, eps)
     if producer == "fused_add_rms_norm":
         return ref.fused_add_rms_norm(x, residual, w, eps)
+    if producer == "rms_norm_add":  # the quant reads the sum
+        h = _reference_producer("rms_norm", mode, x, None, w, eps)[0] + residual
+        return h, h
     if producer == "rounded_add":  # the graph's add, then its norm
         return _reference_producer("rms_norm", mode, x + residual, None, w, eps)[0], x + residual
     if mode == "fp32":  # F.rms_norm's decomposed form: weight multiplied in fp32
@@ -107,13 +111,14 @@ def _run(producer, mode, scheme, t, h, dtype, eps=1e-6, x_eps=X_EPS):
         eps, _kernel(producer, mode, kernel_scheme), x_weight=x_weight, x_eps=x_eps,
     )  # fmt: skip
     q_ref, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
-    if producer == "sandwich":
+    if producer in ("sandwich", "rms_norm_add"):
         # the sum of a norm: x's norm may round one step of the model dtype away from the
         # reference's (its rstd reduced in another order, or from the GPU's rsqrt; in fp32,
         # nothing rounds that rstd's few ulps away), which the add carries whole however
         # small the sum; two steps in the plain form, which rounds twice: a step of
         # `v * rstd` times a weight below 1 is up to two steps of the product's binade
-        normed_x = _reference_producer("rms_norm", mode, x, None, x_weight, x_eps)[0]
+        x_norm = (x_weight, x_eps) if producer == "sandwich" else (w, eps)
+        normed_x = _reference_producer("rms_norm", mode, x, None, *x_norm)[0]
         steps = 4 if dtype == torch.float32 else 2 if mode == "plain" else 1
         apart = (residual_out.float() - residual_ref.float()).abs()
         assert bool((apart <= steps * dtype_step(normed_x) + dtype_step(residual_ref)).all())

@@ -54,6 +54,9 @@ CASES = [
         "rwx",
         [0, 1, 2],
     ),  # fmt: skip
+    # a post-norm: x's norm, the residual add, the quant of the sum
+    ("rms_norm_add/fp32/model/per_token", (2, 3, 64), "rw", [0, 1, 2]),
+    ("rms_norm_add/plain/model/per_tensor", (5, 64), "rw", [0, 1, 2]),  # phase 2 reads the sum
     ("rms_norm/plain/model/per_token", (2, 2880), "ws", [0, 2]),  # 2880: padded to 4096 lanes
     ("rms_norm/plain/model/per_token in_dtype", (2, 3, 64), "w", [0, 2]),  # torchao's scale
     ("rms_norm/plain/model/per_tensor in_dtype", (5, 64), "w", [0, 2]),  # torchao's default

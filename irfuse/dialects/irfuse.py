@@ -395,7 +395,7 @@ def _verify_norm(x: TensorType, w: TensorType, gemma: bool) -> None:
         raise VerifyException(f"weight dtype {w.element_type} != input dtype {x.element_type}")
 
 
-def _verify_eps(op: RmsNormOp | FusedAddRmsNormOp) -> None:
+def _verify_eps(op: RmsNormOp | FusedAddRmsNormOp | RmsNormAddOp) -> None:
     """eps is a constant (`eps`) or read at run time (`eps_value`), exactly one of them."""
     if (op.eps is None) == (op.eps_value is None):
         raise VerifyException("needs exactly one of the `eps` property and an `eps` operand")
@@ -543,7 +543,50 @@ class FusedAddRmsNormOp(QuantProducer):
             _verify_eps_operand(self.x_eps_value, "x_eps")
 
 
-def weight_form(op: RmsNormOp | FusedAddRmsNormOp) -> str:
+@irdl_op_definition
+class RmsNormAddOp(QuantProducer):
+    """`residual_out = (rms_norm(x, w) + residual)` in the model dtype (the norm rounded to
+    it first, as the graph's add reads it); `y = quant(residual_out)`: a post-norm (OLMo
+    2's `r + norm(x)`) and the quant of the sum, which fuse-norm-add-quant builds. The
+    weight forms and eps as `irfuse.rms_norm`'s; a quant is required (without one, the
+    inner compiler's kernel of the norm and add is as fast).
+    """
+
+    name = "irfuse.rms_norm_add"
+    x = operand_def(TensorType)
+    residual = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    eps_value = opt_operand_def(TensorType)
+    quant_scale = opt_operand_def(TensorType)
+    eps = opt_prop_def(FloatAttr)
+    gemma = opt_prop_def(UnitAttr)
+    fp32_weight_mul = opt_prop_def(UnitAttr)
+    quant = prop_def(QuantAttr)
+    y = result_def(TensorType)
+    residual_out = result_def(TensorType)
+    scale_out = opt_result_def(TensorType)
+    irdl_options = _SEGMENTS
+    assembly_format = (
+        "$x `,` $residual `,` $weight (`eps` `(` $eps_value^ `:` type($eps_value) `)`)?"
+        " (`scale` $quant_scale^)? attr-dict `:` type($x) `,` type($residual) `,`"
+        " type($weight) (`,` type($quant_scale)^)? `->` type($y) `,` type($residual_out)"
+        " (`,` type($scale_out)^)?"
+    )
+
+    def verify_(self) -> None:
+        x = _tensor(self.x, "x")
+        if _tensor(self.residual, "residual") != x:
+            raise VerifyException(f"residual {self.residual.type} must match the input {x}")
+        _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
+        _verify_eps(self)
+        if _tensor(self.residual_out, "residual_out") != x:
+            raise VerifyException("residual_out must have the input's type")
+        y = _tensor(self.y, "y")
+        verify_out_shape(self.quant, y, x)
+        verify_output_quant(self.quant, y, self.quant_scale, self.scale_out, x.element_type)
+
+
+def weight_form(op: RmsNormOp | FusedAddRmsNormOp | RmsNormAddOp) -> str:
     """How a norm multiplies its weight: plain (`n.to(dt) * w`), fp32 (`(n * w).to(dt)`)
     or gemma (`(n * (1 + w)).to(dt)`)."""
     return "gemma" if op.gemma else "fp32" if op.fp32_weight_mul else "plain"
@@ -803,6 +846,7 @@ Irfuse = Dialect(
         QuantOp,
         RmsNormOp,
         FusedAddRmsNormOp,
+        RmsNormAddOp,
         AttentionOp,
         MlaAttentionOp,
         MergeAttnStatesOp,

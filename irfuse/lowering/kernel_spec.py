@@ -16,7 +16,9 @@ from irfuse.kernels import norm
 from irfuse.kernels import quant as quant_pieces
 from irfuse.kernels.quant import parse_scheme
 
-PRODUCERS = ("quant", "rms_norm", "fused_add_rms_norm")
+# rms_norm_add: x's norm, then the graph's residual add (OLMo 2's post-norms); the quant
+# reads the sum, rounded to the model dtype, which residual_out also holds
+PRODUCERS = ("quant", "rms_norm", "fused_add_rms_norm", "rms_norm_add")
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,10 @@ class KernelSpec:
                 and producer in PRODUCERS
                 and norm_out in ("model", "fp32")
                 and weight_mode in ((*norm.WEIGHT,) if producer != "quant" else ("none",))
-                and not (keep_value and (producer == "quant" or quant == "none"))
+                and not (keep_value and (producer in ("quant", "rms_norm_add") or quant == "none"))
                 and not (rounded_sum and producer != "fused_add_rms_norm")
                 and not (normed_x and not rounded_sum)
+                and not (producer == "rms_norm_add" and norm_out != "model")
             ):
                 return KernelSpec(
                     producer,
@@ -127,13 +130,15 @@ class KernelSpec:
             "quant": [],
             "rms_norm": ["rms_norm"],
             "fused_add_rms_norm": ["add", "rms_norm"],
+            "rms_norm_add": ["rms_norm", "add (the sum rounded to the model dtype)"],
         }[self.producer]
         if self.rounded_sum:
             parts[0] = "add (the sum rounded to the model dtype)"
         if self.normed_x:
             parts.insert(0, "rms_norm of x")
         if self.weight_mode in ("fp32", "gemma"):
-            parts[-1] += f" ({self.weight_mode} weight)"
+            at = 0 if self.producer == "rms_norm_add" else -1
+            parts[at] += f" ({self.weight_mode} weight)"
         if self.quant == "nvfp4":
             parts.append("nvfp4 quant")
         elif self.quant == "amax":
@@ -183,6 +188,8 @@ def per_tensor_phases(spec: KernelSpec) -> tuple[KernelSpec, KernelSpec]:
     if spec.rounded_sum:
         plain = KernelSpec("rms_norm", spec.weight_mode, spec.quant, spec.norm_out)
         return dataclasses.replace(spec, quant="amax"), plain
+    if spec.producer == "rms_norm_add":  # phase 2 quantizes the sum phase 1 stored
+        return dataclasses.replace(spec, quant="amax"), KernelSpec("quant", "none", spec.quant)
     if spec.producer == "fused_add_rms_norm":  # unrounded sum
         amax = dataclasses.replace(spec, quant="amax", keep_value=True)
         return amax, KernelSpec("quant", "none", spec.quant)
@@ -223,13 +230,16 @@ def _row_body(spec: KernelSpec) -> str:
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload
-    if spec.producer == "fused_add_rms_norm":  # loaded before x's own norm, if any
+    if spec.producer in ("fused_add_rms_norm", "rms_norm_add"):  # loaded before any norm
         body += norm.LOAD_RESIDUAL
     if spec.normed_x:
         body += norm.norm_of_x(spec.weight_mode)
     if spec.producer == "fused_add_rms_norm":
         body += norm.ADD_RESIDUAL
         body += norm.ROUND_SUM if spec.rounded_sum else ""
+    if spec.producer == "rms_norm_add":
+        body += norm.RMS_NORM.format(norm_dtype="model_dtype") + norm.weighted(spec.weight_mode)
+        return body + norm.ADD_RESIDUAL + norm.ROUND_SUM + store
     if spec.producer != "quant":
         slots = quant_pieces.AMAX_ROW_SLOTS
         if spec.normalises_with_phase_1_rstd:

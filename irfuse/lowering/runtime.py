@@ -217,6 +217,8 @@ def _check(
         )
     if spec.producer != "quant":
         _check_weight(what, "weight", spec, weight, x)
+    if residual is None and spec.producer in ("fused_add_rms_norm", "rms_norm_add"):
+        raise ValueError(f"{what}: needs its residual")
     if spec.normed_x:
         _check_weight(what, "x_weight", spec, x_weight, x)
     elif x_weight is not None:
@@ -331,8 +333,9 @@ def per_tensor_launches(
         )
     first = norm_launch(phase1, x2, residual2, weight, None, out2, residual_out2, stats, normed,
                         eps, x_weight=_contiguous(x_weight), x_eps=x_eps)  # fmt: skip
-    if phase2.producer == "quant":
-        read = x2 if normed is None else normed
+    if phase2.producer == "quant":  # what phase 1 stored: a post-norm's sum, or a value
+        read = residual_out2 if spec.producer == "rms_norm_add" else normed
+        read = x2 if read is None else read
         second = norm_launch(phase2, read, None, None, stats, out2, None, scales, None, eps)
     else:  # the norm again, from what it read (x, or the rounded sum) and phase 1's rstd
         read = x2 if residual_out2 is None else residual_out2
@@ -431,7 +434,7 @@ def stored_params(spec: KernelSpec) -> tuple[str, ...]:
     scale_out_ptr, and no out)."""
     stored = {
         "out_ptr": spec.quant != "amax",
-        "residual_out_ptr": spec.producer == "fused_add_rms_norm",
+        "residual_out_ptr": spec.producer in ("fused_add_rms_norm", "rms_norm_add"),
         "scale_out_ptr": spec.quant.split()[0] not in ("none", "static"),
         "value_ptr": spec.keep_value,
     }

@@ -20,7 +20,13 @@ from torch._guards import detect_fake_mode
 from torch._subclasses.fake_tensor import FakeTensorMode
 from xdsl.ir import Operation, SSAValue
 
-from irfuse.dialects.irfuse import AttentionOp, FusedAddRmsNormOp, QuantOp, RmsNormOp
+from irfuse.dialects.irfuse import (
+    AttentionOp,
+    FusedAddRmsNormOp,
+    QuantOp,
+    RmsNormAddOp,
+    RmsNormOp,
+)
 from irfuse.kernels.norm import MAX_COLS
 from irfuse.lowering.attention import graph_launch_problem as attention_graph_problem
 from irfuse.lowering.attention import graph_launches as attention_graph_launches
@@ -392,9 +398,9 @@ def _lower_norm(
     `graph_launch` allows and the launch is known (user_kernels.py), else a
     `kernel_norm(...)` call and a getitem for each IR result. Returns (the node of each
     IR result, how it launches)."""
-    residual = op.residual if isinstance(op, FusedAddRmsNormOp) else None
-    weight = op.weight if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)) else None
-    assert isinstance(op, (QuantOp, RmsNormOp, FusedAddRmsNormOp))
+    residual = op.residual if isinstance(op, (FusedAddRmsNormOp, RmsNormAddOp)) else None
+    weight = op.weight if isinstance(op, (RmsNormOp, FusedAddRmsNormOp, RmsNormAddOp)) else None
+    assert isinstance(op, (QuantOp, RmsNormOp, FusedAddRmsNormOp, RmsNormAddOp))
     eps, eps_value = 0.0, None  # a constant, or a 0-d tensor the kernel reads at run time
     if not isinstance(op, QuantOp):
         eps, eps_value = (op.eps.value.data if op.eps else 0.0), op.eps_value

@@ -9,6 +9,7 @@ from irfuse.dialects.irfuse import (
     AttentionOp,
     FusedAddRmsNormOp,
     QuantOp,
+    RmsNormAddOp,
     RmsNormOp,
     weight_form,
 )
@@ -47,6 +48,8 @@ def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
         return AttentionKernel(epilogue)
     if isinstance(op, QuantOp):  # every scheme has a standalone kernel
         return KernelSpec("quant", quant=op.quant.text)
+    if isinstance(op, RmsNormAddOp):
+        return KernelSpec("rms_norm_add", weight_form(op), op.quant.text)
     if isinstance(op, (RmsNormOp, FusedAddRmsNormOp)):
         quant_attr = op.output_quant()
         scheme = "none" if quant_attr is None else quant_attr.text

@@ -38,6 +38,12 @@ def _fuse_sandwich_norm() -> type[ModulePass]:
     return FuseSandwichNorm
 
 
+def _fuse_norm_add_quant() -> type[ModulePass]:
+    from irfuse.transforms.fuse_norm_add_quant import FuseNormAddQuant
+
+    return FuseNormAddQuant
+
+
 def _fuse_rms_norm_quant() -> type[ModulePass]:
     from irfuse.transforms.fuse_quant import FuseRmsNormQuant
 
@@ -57,6 +63,7 @@ PASSES: dict[str, Callable[[], type[ModulePass]]] = {
     "raise-dynamic-fp8-quant": _raise_dynamic_fp8_quant,
     "fuse-add-rms-norm": _fuse_add_rms_norm,
     "fuse-sandwich-norm": _fuse_sandwich_norm,
+    "fuse-norm-add-quant": _fuse_norm_add_quant,
     "fuse-rms-norm-quant": _fuse_rms_norm_quant,
 }
 
@@ -67,6 +74,7 @@ DEFAULT_PIPELINE = (
     "raise-dynamic-fp8-quant",
     "fuse-add-rms-norm",
     "fuse-sandwich-norm",  # after fuse-add-rms-norm: it reads the fused add + norm
+    "fuse-norm-add-quant",  # after fuse-add-rms-norm: a sum that a norm reads goes there
     "fuse-rms-norm-quant",
 )
 

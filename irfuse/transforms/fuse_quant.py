@@ -37,6 +37,7 @@ from irfuse.dialects.irfuse import (
     RmsNormOp,
 )
 from irfuse.transforms import report
+from irfuse.transforms.fuse_norm_add_quant import PostNorm, post_norm
 from irfuse.transforms.match import (
     F32,
     VIEWS,
@@ -108,8 +109,11 @@ def identical_quant(
 
 
 def can_take_epilogue(value: SSAValue, scheme: str) -> bool:
-    """Whether `value` is the first result of a norm that can end with `scheme` (what the
-    raise passes ask before raising a quant that only a fusion would make pay)."""
+    """Whether `value` is the first result of a norm that can end with `scheme`, or a
+    post-norm's residual sum (fuse-norm-add-quant; every scheme): what the raise passes ask
+    before raising a quant that only a fusion would make pay."""
+    if isinstance(post_norm(value), PostNorm):
+        return True
     owner = value.owner
     return (
         isinstance(owner, QuantProducer)

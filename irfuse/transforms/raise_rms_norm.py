@@ -41,7 +41,10 @@ computes both in one kernel). A norm with no quant makes the same one pass over 
 in Inductor's kernel, which also takes in the ops around it; except a sandwich's first
 norm, whose result only a residual add reads, the sum's norm quantized as above (same
 weight form, and a place for the add and that norm to be one op): both are raised, and
-fuse-sandwich-norm makes one kernel of the two norms, the add and the quant.
+fuse-sandwich-norm makes one kernel of the two norms, the add and the quant; and a
+post-norm (OLMo 2's `h = r + norm(x)`), whose result only a residual add reads, one
+quant reads the sum and no norm does: fuse-norm-add-quant makes one kernel of the norm,
+the add and the quant.
 
 Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
 size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
@@ -305,7 +308,10 @@ class RaiseRmsNormPattern(RewritePattern):
         root = weighted.ops[-1]
         reason = _guard(norm, weighted, dt, root.results[0])
         reason = reason or _left_to_inductor(norm.x, root.results[0], self.standalone)
-        if reason == NO_QUANT and _opens_a_sandwich(norm, weighted, root.results[0]):
+        y = root.results[0]
+        if reason == NO_QUANT and (
+            _opens_a_sandwich(norm, weighted, y) or _closes_a_post_norm(norm.x, y)
+        ):
             reason = None
         if reason:
             report.rejected(NAME, root, reason)
@@ -476,19 +482,10 @@ def _opens_a_sandwich(norm: _Norm, weighted: _Weighted, y: SSAValue) -> bool:
     first rounding to the model dtype. Inductor also makes one kernel of the two, which
     the quant epilogue's kernel beats."""
     dt = element_type(norm.x)
-    readers = users(y)
-    add = readers[0] if len(readers) == 1 else None
-    if not (
-        isinstance(add, CallOp)
-        and add.target.data == "aten.add.Tensor"
-        and const_arg(add, 2, "alpha") in (None, 1)
-        and element_type(y) == dt
-    ):
+    found = _residual_add_of(y, dt)
+    if found is None:
         return False
-    addends = [tensor_arg(add, 0), tensor_arg(add, 1)]
-    if not all(v is not None and v.type == y.type for v in addends) or addends[0] is addends[1]:
-        return False
-    residual = addends[1] if addends[0] is y else addends[0]
+    add, residual = found
     h = add.results[0]
     second = _norm_of(h)
     if second is None or _computed_from_a_reduction(residual):  # type: ignore[arg-type]
@@ -502,6 +499,40 @@ def _opens_a_sandwich(norm: _Norm, weighted: _Weighted, y: SSAValue) -> bool:
         and _left_to_inductor(h, y2, standalone=False, reductions_before=False) is None
         and _add_folds(add, second_norm, second_weighted)
     )
+
+
+def _closes_a_post_norm(x: SSAValue, y: SSAValue) -> bool:
+    """Whether the norm of `x` into `y`, which no quant reads, is a post-norm that irfuse
+    fuses with its residual add and the quant of the sum (fuse-norm-add-quant, OLMo 2's
+    `h = r + norm(x)` before the next projection): `y` is read only by a residual add of
+    one type, rounded to the model dtype; one quant reads `h`, no norm does (that add
+    fuses with its norm instead), and `x` comes from no other reduction."""
+    found = _residual_add_of(y, element_type(x))
+    if found is None:
+        return False
+    h = found[0].results[0]
+    quants, _ = _distinct_quants(h)
+    return len(quants) == 1 and _norm_of(h) is None and not _computed_from_a_reduction(x)
+
+
+def _residual_add_of(y: SSAValue, dt: Attribute | None) -> tuple[CallOp, SSAValue] | None:
+    """(`h = y + r`, `r`) where the only reader of `y`, in `dt`, is such a residual add
+    (alpha 1, addends of one type)."""
+    readers = users(y)
+    add = readers[0] if len(readers) == 1 else None
+    if not (
+        isinstance(add, CallOp)
+        and add.target.data == "aten.add.Tensor"
+        and const_arg(add, 2, "alpha") in (None, 1)
+        and element_type(y) == dt
+    ):
+        return None
+    addends = [tensor_arg(add, 0), tensor_arg(add, 1)]
+    if not all(v is not None and v.type == y.type for v in addends) or addends[0] is addends[1]:
+        return None
+    residual = addends[1] if addends[0] is y else addends[0]
+    assert residual is not None
+    return add, residual
 
 
 def _add_folds(add: CallOp, norm: _Norm, weighted: _Weighted) -> bool:

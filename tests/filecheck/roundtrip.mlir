@@ -12,6 +12,7 @@ func.func @ops(%x: tensor<?x4096xbf16>, %r: tensor<?x4096xbf16>, %w: tensor<4096
   %gi, %gis = irfuse.quant %x {quant = #irfuse.quant<per_group 128 col in_dtype>} : tensor<?x4096xbf16> -> tensor<?x4096xf8E4M3FN>, tensor<?x32xf32>
   %sd = irfuse.quant %x scale %s {quant = #irfuse.quant<static div>} : tensor<?x4096xbf16>, tensor<1xf32> -> tensor<?x4096xf8E4M3FN>
   %sw, %sh = irfuse.fused_add_rms_norm %x, %r, %w x_weight(%w : tensor<4096xbf16>) {eps = 1.0e-06 : f64, gemma, rounded_sum, x_eps = 1.0e-05 : f64} : tensor<?x4096xbf16>, tensor<?x4096xbf16>, tensor<4096xbf16> -> tensor<?x4096xbf16>, tensor<?x4096xbf16>
+  %pq, %ph, %ps = irfuse.rms_norm_add %x, %r, %w {eps = 1.0e-06 : f64, fp32_weight_mul, quant = #irfuse.quant<per_token>} : tensor<?x4096xbf16>, tensor<?x4096xbf16>, tensor<4096xbf16> -> tensor<?x4096xf8E4M3FN>, tensor<?x4096xbf16>, tensor<?x1xf32>
   %a = irfuse.attention %q, %k, %v {scale = 0.125 : f64, causal = "bottom_right", layout = "bhsd"} : tensor<2x8x16x64xf16>, tensor<2x2x16x64xf16>, tensor<2x2x16x64xf16> -> tensor<2x8x16x64xf16>
   %ar = irfuse.all_reduce %x {group = "tp"} : tensor<?x4096xbf16> -> tensor<?x4096xbf16>
   %c = aten.call "aten.mean.dim"(%x) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {dtype = f32}} : (tensor<?x4096xbf16>) -> tensor<?x1xf32>
@@ -26,6 +27,7 @@ func.func @ops(%x: tensor<?x4096xbf16>, %r: tensor<?x4096xbf16>, %w: tensor<4096
 // CHECK:      irfuse.quant %{{.*}} {quant = #irfuse.quant<per_group 128 col in_dtype>}
 // CHECK:      irfuse.quant %{{.*}} scale %{{.*}} {quant = #irfuse.quant<static div>}
 // CHECK:      irfuse.fused_add_rms_norm %{{.*}}, %{{.*}}, %{{.*}} x_weight(%{{.*}} : tensor<4096xbf16>) {eps = 1.000000e-06 : f64, gemma, rounded_sum, x_eps = 1.000000e-05 : f64}
+// CHECK:      irfuse.rms_norm_add %{{.*}}, %{{.*}}, %{{.*}} {eps = 1.000000e-06 : f64, fp32_weight_mul, quant = #irfuse.quant<per_token>} : {{.*}} -> tensor<?x4096xf8E4M3FN>, tensor<?x4096xbf16>, tensor<?x1xf32>
 // CHECK:      irfuse.attention %{{.*}}, %{{.*}}, %{{.*}} {scale = 1.250000e-01 : f64, causal = "bottom_right", layout = "bhsd"}
 // CHECK:      irfuse.all_reduce %{{.*}} {group = "tp"}
 // CHECK:      aten.call "aten.mean.dim"(%{{.*}}) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {dtype = f32}}

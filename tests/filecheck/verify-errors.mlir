@@ -169,3 +169,19 @@ func.func @merge_output_of_another_shape(%o: tensor<4x2x32xbf16>, %l: tensor<2x4
   %mo, %ml = irfuse.merge_attn_states %o, %l, %o, %l : tensor<4x2x32xbf16>, tensor<2x4xf32>, tensor<4x2x32xbf16>, tensor<2x4xf32> -> tensor<4x32xbf16>, tensor<2x4xf32>
   func.return
 }
+
+// -----
+
+func.func @post_norm_residual_of_another_shape(%x: tensor<4x64xbf16>, %r: tensor<64xbf16>, %w: tensor<64xbf16>, %s: tensor<1xf32>) {
+  // CHECK: Operation does not verify: residual tensor<64xbf16> must match the input tensor<4x64xbf16>
+  %q, %h = irfuse.rms_norm_add %x, %r, %w scale %s {eps = 1.0e-06 : f64, quant = #irfuse.quant<static>} : tensor<4x64xbf16>, tensor<64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>, tensor<4x64xbf16>
+  func.return
+}
+
+// -----
+
+func.func @post_norm_sum_of_another_type(%x: tensor<4x64xbf16>, %r: tensor<4x64xbf16>, %w: tensor<64xbf16>, %s: tensor<1xf32>) {
+  // CHECK: Operation does not verify: residual_out must have the input's type
+  %q, %h = irfuse.rms_norm_add %x, %r, %w scale %s {eps = 1.0e-06 : f64, quant = #irfuse.quant<static>} : tensor<4x64xbf16>, tensor<4x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>, tensor<4x64xf32>
+  func.return
+}
