@@ -17,6 +17,7 @@ from irfuse.lowering.kernel_spec import KernelSpec, kernel_source
 
 SM90 = GPUTarget("cuda", 90, 32)
 CONSTEXPRS = {"BLOCK": 8192, "HAS_SCALE": False, "INTERPRET": False}
+NUM_WARPS = 16
 
 
 def ptx(spec_text: str, dtype: str) -> str:
@@ -39,7 +40,7 @@ def ptx(spec_text: str, dtype: str) -> str:
         else:
             signature[name] = "fp32" if name in ("eps", "x_eps") else "i32"
     source = ASTSource(kernel, signature, constexprs=CONSTEXPRS)
-    return triton.compile(source, target=SM90, options={"num_warps": 16}).asm["ptx"]
+    return triton.compile(source, target=SM90, options={"num_warps": NUM_WARPS}).asm["ptx"]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.sm90_ptx import CONSTEXPRS, NUM_WARPS
+
 SPECS = [
     "fused_add_rms_norm/plain/model/none/rounded_sum/normed_x",
     "fused_add_rms_norm/plain/model/per_token/rounded_sum/normed_x",
@@ -50,4 +52,20 @@ def test_no_model_dtype_rounding_is_contracted_into_an_fma(spec, dtype, ptx_of):
     ptx = ptx_of[f"{spec}:{dtype}"]
     half_ops = re.findall(r"\b(?:fma|mul)(?:\.rn)?(?:\.ftz)?\.(?:bf16|f16)(?:x2)?\b", ptx)
     assert not half_ops, sorted(set(half_ops))
-    assert re.search(rf"cvt\.rn\.{dtype.replace('fp', 'f')}(x2)?\.f32", ptx)
+    assert re.search(rf"cvt\.rn\.{dtype.replace('fp', 'f')}x2\.f32", ptx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", SPECS)
+def test_roundings_convert_two_elements_at_a_time(spec, dtype, ptx_of):
+    """Each rounding of a row to the model dtype is one packed conversion per two elements
+    (a scalar cvt costs a packed one's issue slot: a plain sandwich rounds five times an
+    element and was held by them). What stays scalar is a store's conversion of a value
+    already rounded: one an element per 16-bit tensor stored, at most two here."""
+    ptx = ptx_of[f"{spec}:{dtype}"]
+    short = dtype.replace("fp", "f")
+    packed = len(re.findall(rf"cvt\.rn\.{short}x2\.f32", ptx))
+    scalar = len(re.findall(rf"cvt\.rn\.{short}\.f32", ptx))
+    elements = CONSTEXPRS["BLOCK"] // (32 * NUM_WARPS)  # a thread's share of the row
+    assert packed >= elements // 2, (packed, scalar)
+    assert scalar <= 2 * elements, (packed, scalar)

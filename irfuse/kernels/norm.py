@@ -121,12 +121,14 @@ def norm_of_x(mode: str) -> str:
 
 # fp32 -> dtype -> fp32 with round-to-nearest-even. The interpreter truncates on the
 # fp32 -> bf16 cast (TOOLCHAIN.md), so there the rounding is done on the bits first. On
-# the GPU the rounded value passes through an identity `mov` that LLVM cannot see into:
-# otherwise it rewrites ext(trunc(ext(a) * ext(b))) + ext(c) as a multiply and an add in
-# the model dtype and contracts those into one FMA, which rounds once where the graph's
-# two ops round twice (a plain sandwich's residual sum was a step off in ~20% of elements).
-# (For fp32 the round trip is the identity; the barrier then only keeps an fp32 product
-# apart from an add, as eager computes it.)
+# the GPU the rounding is inline PTX that LLVM cannot see into: otherwise it rewrites
+# ext(trunc(ext(a) * ext(b))) + ext(c) as a multiply and an add in the model dtype and
+# contracts those into one FMA, which rounds once where the graph's two ops round twice
+# (a plain sandwich's residual sum was a step off in ~20% of elements). bf16 and fp16
+# round two elements per conversion: Triton's own scalar cvt is an F2F (a quarter of the
+# FMA rate on sm_90), the packed one an F2FP for two; a plain sandwich rounds five times
+# an element. (For fp32 the round trip is the identity; the `mov` then only keeps an fp32
+# product apart from an add, as eager computes it.)
 ROUND_TO = """
 @triton.jit
 def round_to(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
@@ -135,6 +137,19 @@ def round_to(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
             bits = v.to(tl.uint32, bitcast=True)
             v = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
         return v.to(dtype).to(tl.float32)
+    if dtype == tl.bfloat16:
+        # the pair's halves widened back: a shift and a mask (bf16 is fp32's top half)
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 pair; cvt.rn.bf16x2.f32 pair, $3, $2; "
+            "shl.b32 $0, pair, 16; and.b32 $1, pair, 0xffff0000; }",
+            "=r,=r,r,r", [v], dtype=tl.float32, is_pure=True, pack=2,
+        )
+    if dtype == tl.float16:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 pair; .reg .b16 lo, hi; cvt.rn.f16x2.f32 pair, $3, $2; "
+            "mov.b32 {lo, hi}, pair; cvt.f32.f16 $0, lo; cvt.f32.f16 $1, hi; }",
+            "=r,=r,r,r", [v], dtype=tl.float32, is_pure=True, pack=2,
+        )
     return tl.inline_asm_elementwise(
         "mov.b32 $0, $1;", "=r,r", [v.to(dtype).to(tl.float32)], dtype=tl.float32,
         is_pure=True, pack=1,

@@ -17,9 +17,11 @@ func.func @gemma_sandwich(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: ten
 // The generated kernel names what it fuses, loads the residual before x's own norm and
 // normalises x with its own weight and eps.
 // TRITON:      Fuses: rms_norm of x + add (the sum rounded to the model dtype) + rms_norm (gemma weight) + per_token fp8 quant.
-// Every rounding to the model dtype passes through an identity that LLVM cannot fold
-// into the add after it (an FMA would round once where the graph rounds twice).
+// Every rounding to the model dtype is inline PTX that LLVM cannot fold into the add
+// after it (an FMA would round once where the graph rounds twice); bf16 and fp16 round
+// two elements per conversion.
 // TRITON:      def round_to(
+// TRITON:          "{ .reg .b32 pair; cvt.rn.bf16x2.f32 pair, $3, $2; "
 // TRITON:          "mov.b32 $0, $1;", "=r,r", [v.to(dtype).to(tl.float32)], dtype=tl.float32,
 // TRITON:      def irfuse_normed_add_rounded_rms_norm_gemmaw_per_token_fp8(
 // TRITON:        residual = tl.load(residual_row + cols
