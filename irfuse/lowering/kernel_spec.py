@@ -237,9 +237,6 @@ def _row_body(spec: KernelSpec) -> str:
     if spec.producer == "fused_add_rms_norm":
         body += norm.ADD_RESIDUAL
         body += norm.ROUND_SUM if spec.rounded_sum else ""
-    if spec.producer == "rms_norm_add":
-        body += norm.RMS_NORM.format(norm_dtype="model_dtype") + norm.weighted(spec.weight_mode)
-        return body + norm.ADD_RESIDUAL + norm.ROUND_SUM + store
     if spec.producer != "quant":
         slots = quant_pieces.AMAX_ROW_SLOTS
         if spec.normalises_with_phase_1_rstd:
@@ -249,6 +246,8 @@ def _row_body(spec: KernelSpec) -> str:
         if spec.stores_rstd:
             body += norm.STORE_RSTD.format(slots=slots)
         body += norm.weighted(spec.weight_mode)
+    if spec.producer == "rms_norm_add":  # the residual added to the norm's rounded result
+        body += norm.ADD_RESIDUAL + norm.ROUND_SUM
     if spec.keep_value:
         body += norm.STORE_VALUE
     return body + store
