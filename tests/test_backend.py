@@ -591,6 +591,39 @@ def test_gemma_weight_added_in_bf16_keeps_its_rounding(inner):
     _assert_norm_matches(out, gemma_bf16(x, w))
 
 
+def _alpha_eps_norm(x, w):
+    v = x.float()
+    v = v * torch.rsqrt(torch.add(v.pow(2).mean(-1, keepdim=True), 1e-2, alpha=100.0))
+    return w * v.to(x.dtype)
+
+
+def _alpha_weight_norm(x, w):
+    v = x.float()
+    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+    return (v * torch.add(w.float(), 1.0, alpha=2.0)).type_as(x)
+
+
+@pytest.mark.parametrize(
+    "norm, reason",
+    [
+        # var + 100 * eps: it was raised with eps alone
+        (_alpha_eps_norm, "variance + eps with alpha 100.0 (eps * alpha added)"),
+        # w + 2, not Gemma's 1 + w (it was raised as Gemma's form): a computed fp32 weight
+        (_alpha_weight_norm, "weight dtype float32 != input dtype bfloat16"),
+    ],
+)
+def test_an_add_with_alpha_in_a_norm_is_not_taken_for_its_alpha_1_form(norm, reason):
+    """`torch.add(a, b, alpha=k)` adds k * b: the raise reads alpha where it takes an add
+    (a norm raised without it computed another function); the graph runs as traced."""
+    x, _, w, _ = _norm_inputs()
+    report = irfuse.explain(norm, x, w, passes=EVERY_NORM)
+    assert not report.fused and report.rejected[0]["reason"] == reason, str(report)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "passes": EVERY_NORM}
+    out = torch.compile(norm, backend="irfuse", options=options)(x, w)
+    assert torch.equal(out, norm(x, w))
+
+
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
 def test_quant_by_a_0d_scale_keeps_the_bf16_quotient(inner):
     """`y / s` with a 0-d fp32 scale stays bf16 (a 0-d tensor does not promote): the fp8

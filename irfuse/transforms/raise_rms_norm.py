@@ -46,9 +46,10 @@ post-norm (OLMo 2's `h = r + norm(x)`), whose result only a residual add reads, 
 quant reads the sum and no norm does: fuse-norm-add-quant makes one kernel of the norm,
 the add and the quant.
 
-Guards: the mean is over the last dim with keepdim; the weight is 1-D of the hidden
-size with the input's dtype (fp32 allowed for Gemma); no intermediate value has a user
-outside the chain; an input eps is on the host, and Inductor's CUDA graphs are off (they
+Guards: the mean is over the last dim with keepdim; the eps add has alpha 1 (Gemma's
+`1 + w` too: `w + 1 * alpha` is a computed weight, of the fp32 form); the weight is 1-D
+of the hidden size with the input's dtype (fp32 allowed for Gemma); no intermediate value
+has a user outside the chain; an input eps is on the host, and Inductor's CUDA graphs are off (they
 cannot replay a kernel reading a host value). Replacement: one `irfuse.rms_norm`.
 """
 
@@ -115,6 +116,8 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
     if variance is None:
         return None
     add, mean, squared = variance
+    if (alpha := const_arg(add, 2, "alpha")) not in (None, 1):
+        return f"variance + eps with alpha {alpha} (eps * alpha added)"
     constant = const_arg(add, 1)
     eps_casts: list[Operation] = []
     eps: float | SSAValue | str
@@ -261,7 +264,12 @@ def _match_weight(n: SSAValue, dt: Attribute | None) -> _Weighted | None:
     gemma = call(other, "aten.add.Tensor", "aten.add.Scalar")
     # `1 + w` in the weight's 16-bit dtype rounds: then it is the weight of a plain norm
     gemma = gemma if element_type(other) == F32 else None
-    if gemma is not None and const_arg(gemma, 1) == 1 and (wf := tensor_arg(gemma, 0)) is not None:
+    if (
+        gemma is not None
+        and const_arg(gemma, 1) == 1
+        and const_arg(gemma, 2, "alpha") in (None, 1)  # else `w + alpha`: a computed weight
+        and (wf := tensor_arg(gemma, 0)) is not None
+    ):
         w_cast = cast_of(wf)
         weight = w_cast[0] if w_cast is not None and w_cast[1] == F32 else wf
         return _Weighted(weight, "gemma", ops, [gemma] + ([wf.owner] if weight is not wf else []))
