@@ -69,3 +69,13 @@ def test_roundings_convert_two_elements_at_a_time(spec, dtype, ptx_of):
     elements = CONSTEXPRS["BLOCK"] // (32 * NUM_WARPS)  # a thread's share of the row
     assert packed >= elements // 2, (packed, scalar)
     assert scalar <= 2 * elements, (packed, scalar)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_bf16_rows_widen_without_a_conversion(spec, ptx_of):
+    """A loaded bf16 pair widens to fp32 with a shift and a mask (bf16 is fp32's top
+    half): Triton's cvt.f32.bf16 becomes a byte permute and a multiply on sm_90, one
+    instruction more per pair, on every row (x, the residual, the weights) a norm reads."""
+    ptx = ptx_of[f"{spec}:bf16"]
+    assert not re.findall(r"cvt\.f32\.bf16", ptx)
+    assert re.search(r"\{ shl\.b32 %r\d+, %r\d+, 16; and\.b32 %r\d+, %r\d+, 0xffff0000; \}", ptx)

@@ -25,7 +25,7 @@ def {name}(
 LOAD_ROW = """    cols = col_start + tl.arange(0, BLOCK)
     mask = cols < n_cols
     model_dtype = x_ptr.dtype.element_ty
-    v = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    v = widened(tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0), INTERPRET)
 """
 
 ROWS_IN_ORDER = "    row = tl.program_id(0).to(tl.int64)\n"
@@ -42,7 +42,7 @@ ROW_TILE = "    col_start = tl.program_id(1) * BLOCK  # one tile of the row\n"
 # The residual's row, loaded before x's own norm (a sandwich's) so that its load is in
 # flight during that reduction.
 LOAD_RESIDUAL = """    residual_row = residual_ptr + row * residual_row_stride
-    residual = tl.load(residual_row + cols, mask=mask, other=0.0).to(tl.float32)
+    residual = widened(tl.load(residual_row + cols, mask=mask, other=0.0), INTERPRET)
 """
 
 ADD_RESIDUAL = """
@@ -50,7 +50,7 @@ ADD_RESIDUAL = """
     v += residual
     tl.store(
         residual_out_ptr + row * residual_out_row_stride + cols,
-        round_to(v, model_dtype, INTERPRET).to(model_dtype),
+        stored_as(v, model_dtype, INTERPRET),
         mask=mask,
     )
 """
@@ -59,7 +59,7 @@ ADD_RESIDUAL = """
 ROUND_SUM = "    v = round_to(v, model_dtype, INTERPRET)  # the norm reads the rounded sum\n"
 
 PRELOAD_WEIGHT = """
-    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)  # loaded early
+    w = widened(tl.load(weight_ptr + cols, mask=mask, other=0.0), INTERPRET)  # loaded early
 """
 
 RMS_NORM = """
@@ -108,7 +108,7 @@ def weighted(mode: str) -> str:
 NORM_X = """
     # rms_norm of x first ({mode} weight), rounded to the model dtype as the graph's norm
     # leaves it for the residual add (a sandwich's first norm)
-    x_w = tl.load(x_weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    x_w = widened(tl.load(x_weight_ptr + cols, mask=mask, other=0.0), INTERPRET)
     x_rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + tl.cast(x_eps, tl.float32))
 """
 
@@ -155,6 +155,38 @@ def round_to(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
         is_pure=True, pack=1,
     )
 """
+
+# 16-bit rows in and out of fp32 (norm kernels; the interpreter's casts truncate,
+# TOOLCHAIN.md, so there a value is rounded before its cast).
+CONVERSIONS = {
+    # a bf16 pair's halves are the top halves of two fp32 values, so a shift and a mask
+    # widen them (Triton's cast spends a byte permute more per pair; fp16 keeps its cvt)
+    "widened": """
+@triton.jit
+def widened(v, INTERPRET: tl.constexpr):
+    if INTERPRET or v.dtype != tl.bfloat16:
+        return v.to(tl.float32)
+    return tl.inline_asm_elementwise(
+        "{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }",
+        "=r,=r,r", [v], dtype=tl.float32, is_pure=True, pack=2,
+    )
+""",
+    # a value the kernel keeps unrounded, stored: one conversion (round_to then a cast
+    # converts twice)
+    "stored_as": """
+@triton.jit
+def stored_as(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        return round_to(v, dtype, INTERPRET).to(dtype)
+    return v.to(dtype)
+""",
+}
+
+
+def conversions_in(body: str) -> str:
+    """The CONVERSIONS helpers that `body` calls."""
+    return "".join(text for name, text in CONVERSIONS.items() if f"{name}(" in body)
+
 
 # One row per program holds the whole row in registers: beyond this, it would spill.
 MAX_COLS = 65536

@@ -216,7 +216,8 @@ def kernel_source(spec: KernelSpec) -> str:
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
         f'{how}; see irfuse/kernels for the pieces."""\n\n'
         "import triton\nimport triton.language as tl\n"
-        f"{norm.ROUND_TO}{helpers}\n{norm.SIGNATURE.format(name=spec.name)}{body}"
+        f"{norm.ROUND_TO}{norm.conversions_in(body)}{helpers}\n"
+        f"{norm.SIGNATURE.format(name=spec.name)}{body}"
     )
 
 

@@ -17,7 +17,7 @@ func.func @post_norm(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w: tensor<64
 // quantizes that.
 // TRITON:      Fuses: rms_norm (fp32 weight) + add (the sum rounded to the model dtype) + per_token fp8 quant.
 // TRITON:      def irfuse_rms_norm_add_fp32w_per_token_fp8(
-// TRITON:        residual = tl.load(residual_row + cols
+// TRITON:        residual = widened(tl.load(residual_row + cols
 // TRITON:        rstd = tl.rsqrt(
 // TRITON:        v = round_to(v * rstd * w, norm_dtype, INTERPRET)
 // TRITON:        # residual add
