@@ -182,8 +182,7 @@ def test_in_dtype_scale_is_divided_in_the_input_dtype(dtype, scheme):
     """`in_dtype` (torchao's per-row and 1x128 scales): amax / 448 rounded to x's dtype,
     with no lower bound. The scales and bytes are the reference's, also for a zero row
     (s = 0: its values are 0 / 0, NaN) and a row of tiny values (in fp16 its scale
-    underflows to 0: nonzero values saturate, zeros are NaN). The interpreter's fp8 cast
-    does not keep NaN (README), so those bytes are checked on the GPU only."""
+    underflows to 0: nonzero values saturate, zeros are NaN)."""
     x, _, _ = _inputs(6, 256, dtype)
     x[1] = 0
     x[2] *= 1e-6
@@ -197,8 +196,7 @@ def test_in_dtype_scale_is_divided_in_the_input_dtype(dtype, scheme):
     nan = q_ref.float().isnan()
     assert nan[1].all() and (nan[2].any() if dtype == torch.float16 else not nan[2].any())
     assert torch.equal(q.view(torch.uint8)[~nan], q_ref.view(torch.uint8)[~nan])
-    if DEVICE == "cuda":
-        assert q.float()[nan].isnan().all()
+    assert q.float()[nan].isnan().all()
 
 
 DYNAMIC_SCHEMES = [s for s in SCHEMES if not s.startswith("static") and s != "nvfp4"]
@@ -208,9 +206,9 @@ DYNAMIC_SCHEMES = [s for s in SCHEMES if not s.startswith("static") and s != "nv
 @pytest.mark.parametrize("scheme", DYNAMIC_SCHEMES)
 def test_a_nan_makes_its_dynamic_scale_nan_as_the_reference(monkeypatch, producer, scheme):
     """A NaN in a row (alone, or the whole row after its norm) makes that row's (group's,
-    the tensor's) amax and scale NaN, as torch.amax and clamp propagate it; Triton's max
-    would drop it and give a finite scale. Also through the two-pass per-token kernel
-    and per-tensor's atomic slots."""
+    the tensor's) amax and scale NaN, as torch.amax and clamp propagate it, and its values
+    NaN; Triton's max would drop it and give a finite scale. Also through the two-pass
+    per-token kernel and per-tensor's atomic slots."""
     rows = quant_pieces.AMAX_ROW_SLOTS + 9 if scheme.startswith("per_tensor") else 37
     if scheme.startswith("per_token") and producer == "quant":  # the two-pass kernel
         monkeypatch.setattr(runtime, "TWO_PASS_MIN_ROWS", 16)
@@ -223,14 +221,15 @@ def test_a_nan_makes_its_dynamic_scale_nan_as_the_reference(monkeypatch, produce
     y_ref, _ = _reference_producer(producer, mode, x, None, w, 1e-6)
     scale = _scale_input(scheme, y_ref)
     kernel_scheme = scheme.replace(" ub", "")
-    _, _, scales, _ = kernel_norm(
+    q, _, scales, _ = kernel_norm(
         x, None, w if producer != "quant" else None, scale, 1e-6,
         _kernel(producer, mode, kernel_scheme),
     )  # fmt: skip
-    _, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
+    q_ref, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
     nan = scales_ref.isnan()
     assert bool(nan.any()) and (scales_ref.numel() == 1 or not bool(nan.all()))
     torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0, equal_nan=True)
+    assert torch.equal(q.float().isnan(), q_ref.float().isnan())  # the values under it
 
 
 def test_in_dtype_takes_no_upper_bound():

@@ -30,11 +30,15 @@ def round_to_e4m3(v):
 
 
 # fp8(clamp(v, -448, 448)): on the GPU Triton's cast is cvt.rn.satfinite, which already
-# saturates to +-448 (infinities included) and keeps NaN, so only the interpreter clamps.
+# saturates to +-448 (infinities included) and keeps NaN, so only the interpreter clamps;
+# its cast also writes NaN as +-384, so there NaN gets torch's bytes (0x7F, the sign kept).
 @triton.jit
 def to_fp8(v, INTERPRET: tl.constexpr):
     if INTERPRET:
         v = round_to_e4m3(tl.clamp(v, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL))
+        nan_bits = ((v.to(tl.uint32, bitcast=True) >> 24) | 0x7F).to(tl.uint8)
+        bits = tl.where(v != v, nan_bits, v.to(tl.float8e4nv).to(tl.uint8, bitcast=True))
+        return bits.to(tl.float8e4nv, bitcast=True)
     return v.to(tl.float8e4nv)
 """
 
