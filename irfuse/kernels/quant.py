@@ -255,13 +255,18 @@ def e2m1_code(e):
 
 @triton.jit
 def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
-    amax = tl.max(tl.abs(blocks), axis=1)
+    amax = amax_of(blocks, 1)  # a NaN makes the block's scale NaN, its codes 0
     # / 6 correctly rounded by div_by (0.16666667 = RN(1/6)): no division per block
     sf = to_fp8(div_by(global_scale * amax, 6.0, 0.16666666666666666), INTERPRET)
     sf_value = sf.to(tl.float32)
+    if INTERPRET:  # its cast back reads NaN's byte (0x7F) as a number
+        sf_value = tl.where((sf.to(tl.uint8, bitcast=True) & 0x7F) == 0x7F, float("nan"), sf_value)
     safe = tl.where(sf_value != 0, sf_value, 1.0)
     inv = tl.where(sf_value != 0, tl.math.div_rn(global_scale, safe), 0.0)
-    code = e2m1_code(blocks * inv[:, None])
+    e = blocks * inv[:, None]
+    if INTERPRET:  # the GPU's NaN is 0x7FFFFFFF; numpy's keeps an operand's sign
+        e = tl.where(e != e, float("nan"), e)
+    code = e2m1_code(e)
     # byte = even + (odd << 4), truncated: the codes' bits from 8 (even) and 4 (odd) drop
     pairs = tl.reshape(code, (code.shape[0], 8, 2)) << (tl.arange(0, 2) * 4)[None, None, :]
     return tl.sum(pairs, axis=2).to(tl.uint8), sf.to(tl.uint8, bitcast=True)

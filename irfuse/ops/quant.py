@@ -255,7 +255,8 @@ def nvfp4_scales_padded(m, n) -> bool:
 
 
 def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
-    """Round fp32 values to e2m1 nibbles (RNE, saturate at 6, sign in bit 3) as uint8."""
+    """Round fp32 values to e2m1 nibbles (RNE, saturate at 6, sign in bit 3) as uint8; NaN
+    is 0 whatever its sign bit (a GPU's arithmetic makes every NaN 0x7FFFFFFF)."""
     a = v.abs()
     mag = (
         (a > 0.25).to(torch.uint8)
@@ -266,7 +267,7 @@ def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
         + (a >= 3.5).to(torch.uint8)
         + (a > 5.0).to(torch.uint8)
     )
-    return mag | (torch.signbit(v).to(torch.uint8) << 3)
+    return mag | ((torch.signbit(v) & ~v.isnan()).to(torch.uint8) << 3)
 
 
 def e2m1_values(codes: torch.Tensor) -> torch.Tensor:
