@@ -1,7 +1,8 @@
 """PTX of generated norm kernels compiled for an H100 (sm_90), on any machine: Triton
-compiles down to PTX without a GPU. Run as a script (`python -m tests.sm90_ptx SPEC:DTYPE
-...`: JSON {arg: ptx} on stdout) in a process without TRITON_INTERPRET, under which Triton's
-own library functions (tl.sum's combine) are interpreter wrappers the compiler rejects."""
+compiles down to PTX without a GPU. Run as a script (`python -m tests.sm90_ptx
+SPEC:DTYPE[:BLOCK:WARPS] ...`: JSON {arg: ptx} on stdout) in a process without
+TRITON_INTERPRET, under which Triton's own library functions (tl.sum's combine) are
+interpreter wrappers the compiler rejects."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ CONSTEXPRS = {"BLOCK": 8192, "HAS_SCALE": False, "INTERPRET": False}
 NUM_WARPS = 16
 
 
-def ptx(spec_text: str, dtype: str) -> str:
-    """The PTX of kernel_norm's kernel `spec_text` on `dtype` rows of 8192 (fp8 out)."""
+def ptx(spec_text: str, dtype: str, block: str = "", warps: str = "") -> str:
+    """The PTX of kernel_norm's kernel `spec_text` on `dtype` rows (fp8 out), a program
+    of `block` columns (8192) and `warps` warps (NUM_WARPS)."""
     spec = KernelSpec.decode(spec_text)
     kernel = load_kernel(spec.name, kernel_source(spec))
     signature = {}
@@ -39,8 +41,10 @@ def ptx(spec_text: str, dtype: str) -> str:
             signature[name] = f"*{dtype}"
         else:
             signature[name] = "fp32" if name in ("eps", "x_eps") else "i32"
-    source = ASTSource(kernel, signature, constexprs=CONSTEXPRS)
-    return triton.compile(source, target=SM90, options={"num_warps": NUM_WARPS}).asm["ptx"]
+    constexprs = {**CONSTEXPRS, "BLOCK": int(block or CONSTEXPRS["BLOCK"])}
+    options = {"num_warps": int(warps or NUM_WARPS)}
+    return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=SM90,
+                          options=options).asm["ptx"]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -171,6 +171,18 @@ def widened(v, INTERPRET: tl.constexpr):
         "=r,=r,r", [v], dtype=tl.float32, is_pure=True, pack=2,
     )
 """,
+    # round_to one element at a time, for tensors that may hold one element a thread
+    # (a row's or a group's scales): the packed conversion takes two
+    "round_each": """
+@triton.jit
+def round_each(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        return round_to(v, dtype, INTERPRET)
+    return tl.inline_asm_elementwise(
+        "mov.b32 $0, $1;", "=r,r", [v.to(dtype).to(tl.float32)], dtype=tl.float32,
+        is_pure=True, pack=1,
+    )
+""",
     # a value the kernel keeps unrounded, stored: one conversion (round_to then a cast
     # converts twice)
     "stored_as": """

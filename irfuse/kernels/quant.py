@@ -139,7 +139,7 @@ IN_DTYPE_FORMULA = "dtype(amax / 448), in the value's dtype, no lower bound"
 
 def in_dtype_scale(amax: str) -> str:
     """The code of an `in_dtype` scale of `amax` (still to format with `value_dtype`)."""
-    return f"    s = round_to(tl.math.div_rn({amax}, 448.0), {{value_dtype}}, INTERPRET)\n"
+    return f"    s = round_each(tl.math.div_rn({amax}, 448.0), {{value_dtype}}, INTERPRET)\n"
 
 
 # The row's scale from its amax, stored; per variant (#irfuse.quant<per_token>, <per_token

@@ -32,7 +32,7 @@ from irfuse.kernels.attention import (
     takes_head_dim,
     uses_decode,
 )
-from irfuse.kernels.norm import MAX_COLS, ROUND_TO
+from irfuse.kernels.norm import MAX_COLS, ROUND_TO, conversions_in
 from irfuse.lowering.graph_launch import COPIED, KernelLaunch
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.registration import runtime_op
@@ -77,7 +77,7 @@ def _module(name: str, fuses: str, how: str, helpers: str, body: str) -> str:
     return (
         f'"""irfuse generated kernel {name}.\n\nFuses: {fuses}.\n{how}; see '
         'irfuse/kernels/attention.py."""\n\nimport triton\nimport triton.language as tl\n'
-        f"{ROUND_TO}{helpers}\n{body}"
+        f"{ROUND_TO}{conversions_in(body)}{helpers}\n{body}"
     )
 
 

@@ -10,7 +10,7 @@ func.func @f(%x: tensor<?x256xbf16>, %w: tensor<256xbf16>) -> (tensor<?x256xf8E4
 // CHECK:      Fuses: rms_norm + per_token in_dtype fp8 quant.
 // CHECK:      # epilogue: dynamic per-token fp8, s = dtype(amax / 448), in the value's dtype, no lower bound
 // CHECK-NEXT: amax = amax_of(v, 0)
-// CHECK-NEXT: s = round_to(tl.math.div_rn(amax, 448.0), model_dtype, INTERPRET)
+// CHECK-NEXT: s = round_each(tl.math.div_rn(amax, 448.0), model_dtype, INTERPRET)
 // CHECK:      # %g = irfuse.quant -> kernel irfuse_quant_per_group128_in_dtype_fp8
 // CHECK:      # epilogue: per-group fp8, groups of 128: s = dtype(amax / 448), in the value's dtype, no lower bound
-// CHECK:      s = round_to(tl.math.div_rn(amax_of(groups, 1), 448.0), model_dtype, INTERPRET)
+// CHECK:      s = round_each(tl.math.div_rn(amax_of(groups, 1), 448.0), model_dtype, INTERPRET)
