@@ -637,6 +637,22 @@ def _group_floor_in_16_bits(x):
     return (xg / s).clamp(-448.0, 448.0).to(FP8).view(4, 256), s.squeeze(-1)
 
 
+def _bf16_reciprocal_constant(x):
+    """A bf16 tensor constant 1/448 is 1/448.88."""
+    xf = x.float()
+    c = torch.full((), 1.0 / 448.0, dtype=torch.bfloat16)
+    s = (xf.abs().amax(dim=-1, keepdim=True) * c).clamp(min=1.0 / (448.0 * 512.0))
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
+def _ue8m0_of_f32(x):
+    """Of fp32 x (a test input): log2 of a scale just above 2^k rounds to k in fp32."""
+    xg = x.view(4, 2, 128)
+    s = xg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+    s = torch.exp2(torch.ceil(torch.log2(s)))
+    return (xg / s).clamp(-448.0, 448.0).to(FP8).view(4, 256), s.squeeze(-1)
+
+
 def _per_tensor_ub(x, scale_ub):
     xf = x.float()
     s = (torch.minimum(xf.abs().amax(), scale_ub) / 448.0).clamp(min=1.0 / (448.0 * 512.0))
@@ -794,6 +810,12 @@ def _max_indices_returned(x):
             "scale formula widens a value other than its amax (steps before it run in 16 bits)",
         ),
         (_per_tensor_ub, 256, "per-tensor max(amax / 448, 1/(448*512)) scale takes no upper bound"),
+        (_bf16_reciprocal_constant, 256, "scale divides amax by 448.877, not by the fp8 max 448"),
+        (
+            _ue8m0_of_f32,
+            256,
+            "ue8m0 scale exp2(ceil(log2(s))) of float32 x: log2 rounds, the kernels do not",
+        ),
         (_amax_over_rows, 256, "amax over dims [0] (keepdim True), not the last with keepdim"),
         (
             _per_token_scale_viewed,
@@ -823,12 +845,14 @@ def _max_indices_returned(x):
         "groups-across-tokens",
         "group-floor-in-16-bits",
         "tensor-ub",
+        "bf16-reciprocal-constant",
+        "ue8m0-of-f32",
         "amax-over-rows",
         "token-scale-viewed",
     ],
 )
 def test_refused_with_reason_and_left_unchanged(fn, k, reason):
-    x, ub = _inputs(t=4, k=k)
+    x, ub = _inputs(t=4, k=k, dtype=torch.float32 if fn is _ue8m0_of_f32 else BF16)
     with_tensor = {_per_tensor_ub: ub, _tensor_input_floor: torch.tensor(1e-5)}
     graph = _aot_graph(fn, x, with_tensor[fn]) if fn in with_tensor else _aot_graph(fn, x)
     before = str(import_graph(graph).module)

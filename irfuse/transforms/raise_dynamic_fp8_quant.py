@@ -26,7 +26,8 @@ Matches, for any hidden size (`xf` is `x` [..., K] cast to fp32, or `x` itself i
 
 in the AOT and Inductor post-grad forms: casts as `_to_copy` or `convert_element_type`;
 clamps as `aten.clamp` or `clamp_min` / `clamp_max` (a pair in either order for +-448);
-`a / 448` as a division or a multiplication by 1/448 (within one fp32 ulp); a constant
+`a / 448` as a division or a multiplication by 1/448 (within one fp32 ulp: computed as
+the division, README); a constant
 also as a one-element `aten.full` (Inductor's folding of a tensor constant, as in vLLM's
 reference quant: `a / torch.as_tensor(448.0)`, `clamp(min=1 / (448 * 512) tensor)`), so
 `max(., c)` also as `maximum` or `clamp_min` with one;
@@ -51,7 +52,8 @@ per-token `s` may be repeated along the row before the division, where K is stat
                                                                    -> q, s [..., K/G]
 
 Guards: the clamp bounds are exactly -448 and 448; the scale follows one of the
-formulas above with 448, 1/(448*512) and 1e-10 (relative tolerance 1e-6); `ub` is a
+formulas above with 448, 1/(448*512) and 1e-10 (equal in fp32; a one-element `full`
+read in its dtype); a ue8m0 scale is of a 16-bit x (see _ue8m0_reason); `ub` is a
 one-element fp32 tensor; the amax is over the last dim with keepdim, of the very tensor
 that is divided (every dim for per tensor, which takes no upper bound); the input is
 bf16/fp16/fp32 of rank 2 or more (any rank per tensor), the scale fp32; the group view
@@ -80,11 +82,15 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from xdsl.context import Context
 from xdsl.dialects.builtin import (
     ArrayAttr,
+    BFloat16Type,
     Float8E4M3FNType,
     Float16Type,
+    Float32Type,
+    Float64Type,
     ModuleOp,
     NoneAttr,
     TensorType,
@@ -138,8 +144,9 @@ NAME = "raise-dynamic-fp8-quant"
 FP8_MAX = 448.0
 TOKEN_FLOOR = 1.0 / (FP8_MAX * 512.0)
 GROUP_FLOOR = 1e-10
-REL_TOL = 1e-6
 RECIP_ULP = float(np.spacing(np.float32(1.0 / FP8_MAX)))
+TORCH_DTYPES = {BFloat16Type: torch.bfloat16, Float16Type: torch.float16,
+                Float32Type: torch.float32, Float64Type: torch.float64}  # fmt: skip
 
 AMAX = "aten.amax.default"
 MAX = "aten.max.default"  # the max of every element (0-d)
@@ -226,12 +233,16 @@ def _upper_bound(op: CallOp, prev: SSAValue) -> SSAValue | None:
 
 def full_value(value: SSAValue | None) -> tuple[float, CallOp] | None:
     """The number and op of an `aten.full` of one element (Inductor's folding of a tensor
-    constant such as vLLM's `torch.as_tensor(448.0)`)."""
+    constant such as vLLM's `torch.as_tensor(448.0)`), rounded to the full's dtype (a
+    bf16 `1 / 448` is 1 / 448.88)."""
     full = call(value, "aten.full.default")
     c = const_arg(full, 1) if full is not None else None
     if full is None or not isinstance(c, (int, float)) or isinstance(c, bool):
         return None
-    return (float(c), full) if _numel(full.results[0]) == 1 else None
+    if _numel(full.results[0]) != 1:
+        return None
+    dtype = TORCH_DTYPES.get(type(element_type(full.results[0])))
+    return (torch.tensor(float(c), dtype=dtype).item() if dtype else float(c)), full
 
 
 def _scaling(op: CallOp, prev: SSAValue) -> _Step | str:
@@ -334,8 +345,9 @@ def _scheme(steps: list[_Step]) -> str:
     return f"scale formula {chain} is none of {TOKEN_FORMULA}, {IN_DTYPE_FORMULA}, {GROUP_FORMULA}"
 
 
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=0.0)
+def _same_in_f32(a: float, b: float) -> bool:
+    """Whether a graph's fp32 op with constant `a` computes as the kernels' with `b`."""
+    return bool(np.float32(a) == np.float32(b))
 
 
 def _divides_in(steps: list[_Step], x: SSAValue) -> str | None:
@@ -363,7 +375,7 @@ def _check_constants(steps: list[_Step], scheme: str) -> str | None:
     for step in steps:
         if step.kind == "div" and not _divides_by_fp8_max(step):
             return f"scale divides amax by {step.value:g}, not by the fp8 max 448"
-        if step.kind == "floor" and not _close(step.value, floor):
+        if step.kind == "floor" and not _same_in_f32(step.value, floor):
             return f"lower clamp {step.value:g} of the scale is not {floor_text}"
         if step.kind == "bound" and not _one_element_f32(step.bound):
             return f"upper bound {step.bound.type} is not a one-element float32 tensor"  # type: ignore[union-attr]
@@ -373,8 +385,7 @@ def _check_constants(steps: list[_Step], scheme: str) -> str | None:
 def _divides_by_fp8_max(step: _Step) -> bool:
     if step.op.target.data.startswith("aten.div"):
         return step.value == FP8_MAX
-    factor = const_arg(step.helper, 1) if step.helper is not None else const_arg(step.op, 1)
-    return abs(float(factor) - 1.0 / FP8_MAX) <= RECIP_ULP  # type: ignore[arg-type]
+    return abs(1.0 / step.value - 1.0 / FP8_MAX) <= RECIP_ULP if step.value else False
 
 
 def _one_element_f32(value: SSAValue | None) -> bool:
@@ -575,6 +586,8 @@ def _match_per_group(
     grouped = _group_input(xs, ops)
     if isinstance(grouped, str):
         return grouped
+    if ue8m0 and (reason := _ue8m0_reason(grouped.x)):
+        return reason
     q_view = _q_view(q, grouped.x)
     if isinstance(q_view, str):
         return q_view
@@ -591,6 +604,16 @@ def _match_per_group(
         ops=[*ops, q_view, *squeezes],
         dead_if_unused=grouped.ops + helpers,
     )
+
+
+def _ue8m0_reason(x: SSAValue) -> str | None:
+    """Why `exp2(ceil(log2(s)))` over `x`'s groups is not the kernels' exact power of two:
+    an fp32 x's scale may lie a few ulps above 2^k, where fp32 log2 rounds to k and the
+    graph keeps 2^k (the kernels take 2^(k+1)); a 16-bit x's scale amax / 448 is a power
+    of two or far from one."""
+    if element_type(x) == F32:
+        return "ue8m0 scale exp2(ceil(log2(s))) of float32 x: log2 rounds, the kernels do not"
+    return None
 
 
 def _reduces_every_dim(amax: CallOp) -> bool:
@@ -838,6 +861,8 @@ def _match_repeated_groups(
     if dims not in ([-1], [rank(amaxes) - 1]) or keepdim is not True:  # type: ignore[arg-type]
         return f"amax over dims {dims} (keepdim {keepdim}), not the last with keepdim"
     reason = _check_constants(steps, "per_token" if in_dtype else scheme)
+    if scheme == "per_group_ue8m0":
+        reason = reason or _ue8m0_reason(source)
     if in_dtype:
         reason = reason or _divides_in(steps, source)
     elif peeled or any(step.kind == "widen" for step in steps) or element_type(amaxes) != F32:
