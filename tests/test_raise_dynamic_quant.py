@@ -645,6 +645,14 @@ def _bf16_reciprocal_constant(x):
     return (xf / s).clamp(-448.0, 448.0).to(FP8), s
 
 
+def _floor_of_three_dims(x):
+    """A [1, 1, 1] lower bound broadcasts the [T, 1] scale (and q) to three dims."""
+    xf = x.float()
+    floor = torch.full((1, 1, 1), 1.0 / (448.0 * 512.0))
+    s = torch.maximum(xf.abs().amax(dim=-1, keepdim=True) / 448.0, floor)
+    return (xf / s).clamp(-448.0, 448.0).to(FP8), s
+
+
 def _ue8m0_of_f32(x):
     """Of fp32 x (a test input): log2 of a scale just above 2^k rounds to k in fp32."""
     xg = x.view(4, 2, 128)
@@ -811,6 +819,7 @@ def _max_indices_returned(x):
         ),
         (_per_tensor_ub, 256, "per-tensor max(amax / 448, 1/(448*512)) scale takes no upper bound"),
         (_bf16_reciprocal_constant, 256, "scale divides amax by 448.877, not by the fp8 max 448"),
+        (_floor_of_three_dims, 256, "the scale's lower bound broadcasts it to [1, 4, 1]"),
         (
             _ue8m0_of_f32,
             256,
@@ -846,6 +855,7 @@ def _max_indices_returned(x):
         "group-floor-in-16-bits",
         "tensor-ub",
         "bf16-reciprocal-constant",
+        "floor-of-three-dims",
         "ue8m0-of-f32",
         "amax-over-rows",
         "token-scale-viewed",

@@ -252,6 +252,9 @@ def _scaling(op: CallOp, prev: SSAValue) -> _Step | str:
     c, helper = const_arg(op, 1), None
     if (full := full_value(tensor_arg(op, 1))) is not None:
         c, helper = full
+        if shape(op.results[0]) != shape(prev):
+            spread = list(shape(op.results[0]))
+            return f"the scale's {op.target.data} by a constant broadcasts it to {spread}"
     if not isinstance(c, (int, float)) or isinstance(c, bool):
         return f"scale formula has {op.target.data} by a tensor whose value is not in the graph"
     if op.target.data.startswith("aten.div"):
@@ -278,6 +281,8 @@ def _floor(op: CallOp, prev: SSAValue) -> _Step | str:
     if (full := full_value(other)) is None:
         name = other.name_hint if other is not None else "?"
         return f"lower bound %{name} of the scale is a tensor whose value is not in the graph"
+    if shape(op.results[0]) != shape(prev):  # a [1, 1, 1] bound spreads a 2-D scale
+        return f"the scale's lower bound broadcasts it to {list(shape(op.results[0]))}"
     return _Step("floor", op, f"max({full[0]:g})", value=full[0], helper=full[1])
 
 
