@@ -154,6 +154,70 @@ def test_attention_read_elsewhere_is_not_fused():
     )
 
 
+def _attention_as_rows_by(order: str):
+    """SDPA, its output reshaped to [B, S, H*D] or (a legal reshape) [S, B, H*D], quant."""
+
+    def fn(q, k, v):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        o = o.reshape(b, s, h * d) if order == "bs" else o.reshape(s, b, h * d)
+        return (o.float() / torch.tensor([0.02], device=o.device)).clamp(-448, 448).to(FP8)
+
+    return fn
+
+
+def test_a_3d_view_at_symbolic_batch_and_length_is_refused():
+    """At a symbolic batch and query length the IR cannot tell [B, S, H*D] from the legal
+    reshape [S, B, H*D]: the fused kernel's [B, S, H*D] came back in the graph's place (a
+    wrongly shaped result). Both are refused, and the results have eager's shape."""
+    q, k, v = _inputs(b=2, h=2, s=3, d=16)
+    for order in ("bs", "sb"):
+        fn = _attention_as_rows_by(order)
+        for t in (q, k, v):
+            torch._dynamo.mark_dynamic(t, 0)
+            torch._dynamo.mark_dynamic(t, 2)
+        torch._dynamo.reset()
+        options = {"inner": "eager", "attention": "irfuse"}
+        with irfuse.pipeline.capture_reports() as reports:
+            out = torch.compile(fn, backend="irfuse", options=options)(q, k, v)
+        assert out.shape == fn(q, k, v).shape
+        rejected = [r["reason"] for report in reports for r in report.rejected]
+        assert any("cannot be told from [Sq, B]" in r for r in rejected), rejected
+
+
+def test_is_causal_with_a_mask_leaves_that_attention_alone():
+    """PyTorch applies both is_causal and attn_mask; irfuse's attention takes one: that
+    attention is refused with its reason, and the rest of the graph still fuses (the
+    verifier's error used to send the whole graph to the inner compiler)."""
+
+    def fn(q, k, v, mask, x, w):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)
+        o = o.transpose(1, 2).reshape(b, s, h * d)
+        y = torch.ops.irfuse.rms_norm(x, w, 1e-6)
+        return o, torch.ops.irfuse.static_fp8_quant(y, torch.tensor([0.02], device=x.device))
+
+    q, k, v = _inputs(b=1, h=2, s=5, d=16)
+    mask = torch.rand(5, 5, device=DEVICE) > 0.3
+    x, w = torch.randn(4, 64, device=DEVICE), torch.ones(64, device=DEVICE)
+    report = irfuse.explain(fn, q, k, v, mask, x, w, attention="irfuse")
+    assert report.kernels == ["irfuse_rms_norm_static_fp8"], str(report)
+    assert any("is_causal with an explicit attn_mask" in note for note in report.notes)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    out = torch.compile(fn, backend="irfuse", options=options)(q, k, v, mask, x, w)
+    torch.testing.assert_close(out[0], fn(q, k, v, mask, x, w)[0])
+
+
+def test_rows_of_more_heads_than_the_kernels_take_are_refused():
+    """Hq*Dv past the kernels' row limit (65536) is refused with its reason; it used to
+    fuse and then fail in the compile."""
+    q, k, v = (torch.randn(1, 4100, 1, 16, device=DEVICE, dtype=DTYPE) for _ in range(3))
+    report = irfuse.explain(_attention_as_rows_by("bs"), q, k, v, attention="irfuse")
+    assert "fuse-attention-quant" not in report.fused
+    assert any("rows of Hq*Dv = 65600" in r["reason"] for r in report.rejected), str(report)
+
+
 def test_bad_attention_option():
     with pytest.raises(ValueError, match="attention must be one of"):
         Options.from_dict({"attention": "fast"})

@@ -108,6 +108,8 @@ def _sdpa(
             return f"dropout_p={dropout} (irfuse's attention has no dropout)"
         if set(items) != {0}:
             return "its outputs other than the attention (lse, ...) are used"
+        if is_causal and mask is not None:  # PyTorch applies both; irfuse.attention one
+            return "is_causal with an explicit attn_mask (irfuse's attention takes one)"
         out = items[0]
         inputs = [q, k, v] + ([mask] if mask is not None else [])
         if scale is None and not isinstance(q_val.shape[-1], int):

@@ -12,11 +12,12 @@ Matches (the usual layout change before the output projection, then a quant):
          direct torch.ops.irfuse.* call)
 
 Guards: every intermediate has this chain as its only reader; head dims multiples of 16
-up to 256; per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64, Hkv
-the kv heads the fused kernel reads, unrepeated: its
-scale spans all heads of a token, which only the decode kernel holds; its scales are
-[B, Sq, 1], or [B*Sq, 1] for the 2-D view); nvfp4 quantizes the 2-D [B*Sq, Hq*Dv] view;
-and the chooser
+up to 256; rows of Hq*Dv up to the kernels' MAX_COLS; a 3-D view at a symbolic batch and
+query length is refused (its [B, Sq] cannot be told from [Sq, B]); per-token: static
+shapes on the decode kernel's side (Hq/Hkv * Sq <= 64, Hkv the kv heads the fused kernel
+reads, unrepeated: its scale spans all heads of a token, which only the decode kernel
+holds; its scales are [B, Sq, 1], or [B*Sq, 1] for the 2-D view); nvfp4 quantizes the
+2-D [B*Sq, Hq*Dv] view; and the chooser
 (`attention` option: measured on the GPU in `auto`) prefers the fused kernel.
 Replacement: `irfuse.attention` with layout `bs_hd` and the quant's scheme, writing the
 quantized [B, Sq, Hq*Dv] (or its 2-D view) and scales directly. K and V repeated for GQA
@@ -47,6 +48,7 @@ from irfuse.kernels.attention import (
     holds_token_rows,
     takes_head_dim,
 )
+from irfuse.kernels.norm import MAX_COLS
 from irfuse.transforms import policy, report
 from irfuse.transforms.match import (
     VIEWS,
@@ -254,10 +256,17 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
         return f"head dims {dims} are not {HEAD_DIM_RULE}"
     b, h, s, dv = attention.out.type.get_shape()
     hd = h * dv if DYNAMIC not in (h, dv) else DYNAMIC
+    if hd != DYNAMIC and hd > MAX_COLS:
+        return f"rows of Hq*Dv = {hd} (the kernels take {MAX_COLS})"
     rows = b * s if DYNAMIC not in (b, s) else DYNAMIC
     shape = found.source.type.get_shape()
     if shape not in ((b, s, hd), (rows, hd)):
         return f"the output is reshaped to {found.source.type}, not [B, Sq, Hq*Dv]"
+    if len(shape) == 3 and b == s == DYNAMIC:  # [Sq, B, Hq*Dv] would compare equal
+        return (
+            "the output is reshaped to [?, ?, Hq*Dv]: at a symbolic batch and query length "
+            "[B, Sq] cannot be told from [Sq, B] (the 2-D [B*Sq, Hq*Dv] view fuses)"
+        )
     if scheme == "nvfp4" and len(shape) != 2:
         return "an nvfp4 quant of the 3-D output (its packed bytes and scales are 2-D)"
     hkv = _kv_operands(attention)[0].type.get_shape()[1]  # as the fused op reads K/V
