@@ -624,6 +624,25 @@ def test_an_add_with_alpha_in_a_norm_is_not_taken_for_its_alpha_1_form(norm, rea
     assert torch.equal(out, norm(x, w))
 
 
+def test_a_symbolic_alpha_is_not_taken_for_1():
+    """Called with alpha 1, 2, 3, dynamo recompiles with alpha a symbolic int: the add's
+    alpha is then a reference, not a constant, and was taken for 1 (the fused add +
+    norm + quant then computed x + r: a wrong sum and quant). Every call matches eager."""
+
+    def add_norm_quant(x, r, w, s, alpha):
+        h = torch.add(x, r, alpha=alpha)
+        y = torch.nn.functional.rms_norm(h, (x.shape[-1],), w, 1e-6)
+        return (y.float() / s).clamp(-448, 448).to(FP8), h
+
+    x, r, w, s = _norm_inputs()
+    compiled = torch.compile(add_norm_quant, backend="irfuse", options={"inner": "eager"})
+    for alpha in (1, 2, 3):
+        q, h = compiled(x, r, w, s, alpha)
+        q_ref, h_ref = add_norm_quant(x, r, w, s, alpha)
+        assert torch.equal(h, h_ref), alpha
+        assert_fp8_close(q, q_ref, s)
+
+
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
 def test_quant_by_a_0d_scale_keeps_the_bf16_quotient(inner):
     """`y / s` with a 0-d fp32 scale stays bf16 (a 0-d tensor does not promote): the fp8

@@ -211,10 +211,18 @@ def _quantized_width(quant: QuantAttr | None, width: int) -> int:
 def verify_out_shape(quant: QuantAttr | None, out: TensorType, x: TensorType) -> None:
     """An fp8 (or unquantized) result has the input's shape, or, quantized, the input's
     token dims flattened: [B, S, K] -> [B*S, K] (the fused quant of a model's linear,
-    which flattens its input first; the kernel's outputs are viewed so)."""
-    if quant is not None and quant.scheme == "nvfp4":
-        return
+    which flattens its input first; the kernel's outputs are viewed so). nvfp4's is the
+    2-D input's rows of two values a byte, of a hidden size that is a multiple of 16."""
     shape, x_shape = out.get_shape(), x.get_shape()
+    if quant is not None and quant.scheme == "nvfp4":
+        width = x_shape[-1] if x_shape else DYNAMIC
+        if len(x_shape) != 2 or (width != DYNAMIC and width % 16):
+            raise VerifyException(
+                f"nvfp4 quantizes [T, K] rows, K a multiple of 16: got {dims(x_shape)}"
+            )
+        if not same_shape(shape, (x_shape[0], _quantized_width(quant, width))):
+            raise VerifyException(f"nvfp4 output {dims(shape)} is not the packed {dims(x_shape)}")
+        return
     if same_shape(shape, x_shape):
         return
     flattened = (

@@ -29,8 +29,8 @@ from xdsl.rewriter import InsertPoint
 from irfuse.dialects.irfuse import FusedAddRmsNormOp, RmsNormOp
 from irfuse.transforms import report
 from irfuse.transforms.match import (
+    alpha_is_one,
     call,
-    const_arg,
     fused_insertion_point,
     own_properties,
     tensor_arg,
@@ -48,7 +48,7 @@ class FuseAddRmsNormPattern(RewritePattern):
         a, b = tensor_arg(add, 0), tensor_arg(add, 1)
         if a is None or b is None:
             return
-        if const_arg(add, 2, "alpha") not in (None, 1):
+        if not alpha_is_one(add):
             report.rejected(NAME, add, "add with alpha != 1")
             return
         if not (a.type == b.type == op.x.type):

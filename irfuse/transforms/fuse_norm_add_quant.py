@@ -32,8 +32,8 @@ from irfuse.dialects.aten import CallOp
 from irfuse.dialects.irfuse import QuantOp, RmsNormAddOp, RmsNormOp
 from irfuse.transforms import report
 from irfuse.transforms.match import (
+    alpha_is_one,
     call,
-    const_arg,
     fused_insertion_point,
     own_properties,
     tensor_arg,
@@ -64,7 +64,7 @@ def post_norm(h: SSAValue) -> PostNorm | str | None:
     norm = norms[0].owner
     assert isinstance(norm, RmsNormOp)
     residual = b if norms[0] is a else a
-    if const_arg(add, 2, "alpha") not in (None, 1):
+    if not alpha_is_one(add):
         return "the residual add has alpha != 1"
     if not (a.type == b.type == h.type):
         return f"the residual add of {a.type} and {b.type} broadcasts or casts"

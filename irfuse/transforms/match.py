@@ -42,6 +42,15 @@ def const_arg(op: CallOp, index: int, name: str | None = None) -> float | int | 
     return scalar(attr)
 
 
+def alpha_is_one(op: CallOp) -> bool:
+    """Whether an add / sub `op` has alpha 1: none given, or the constant 1 (a symbolic
+    alpha, which dynamo makes of a varying Python number, is not)."""
+    attr = op.arg(2)
+    if attr is None:
+        attr = op.kwargs.data.get("alpha")
+    return attr is None or scalar(attr) == 1
+
+
 def int_list_arg(op: CallOp, index: int) -> list[int] | None:
     attr = op.arg(index)
     if not isinstance(attr, ArrayAttr):
@@ -152,16 +161,31 @@ def fused_insertion_point(replaced: list[Operation], operands: list[SSAValue]) -
     are defined earlier and every outside user of a replaced result comes later."""
     block = replaced[0].parent_block()
     assert block is not None
+    if any(op.parent_block() is not block for op in replaced):
+        return None
     position = {op: i for i, op in enumerate(block.ops)}  # once: an op's index is a scan
+
+    def index_in_block(op: Operation | None) -> int | None:
+        """`op`'s index, or its enclosing op's in `block` (IR with regions, from
+        irfuse-opt); None outside the block."""
+        while op is not None and op.parent_block() is not block:
+            op = op.parent_op()
+        return position[op] if op is not None else None
 
     def defined_before(value: SSAValue, index: int) -> bool:
         owner = value.owner
-        return not isinstance(owner, Operation) or position[owner] < index
+        if not isinstance(owner, Operation):
+            return True
+        owner_index = index_in_block(owner)
+        return owner_index is None or owner_index < index  # outside: an enclosing scope's
 
     outside_users = [
         user for op in replaced for r in op.results for user in users(r) if user not in replaced
     ]
-    first_use = min((position[u] for u in outside_users), default=None)
+    use_indices = [index_in_block(u) for u in outside_users]
+    if None in use_indices:
+        return None
+    first_use = min(use_indices, default=None)  # type: ignore[type-var]
     for candidate in sorted(replaced, key=position.__getitem__):
         index = position[candidate]
         if all(defined_before(v, index) for v in operands) and (

@@ -77,6 +77,7 @@ from irfuse.transforms.match import (
     F32,
     F64,
     VIEWS,
+    alpha_is_one,
     call,
     cast_of,
     const_arg,
@@ -112,11 +113,15 @@ class _Norm:
 
 def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
     """Walk up from rsqrt and one step down to `n`; a str is a guard failure."""
+    if not rsqrt.inputs:  # a malformed call (irfuse-opt input)
+        return None
     variance = _variance_plus_eps(rsqrt.inputs[0])
     if variance is None:
         return None
     add, mean, squared = variance
-    if (alpha := const_arg(add, 2, "alpha")) not in (None, 1):
+    if not alpha_is_one(add):
+        alpha = const_arg(add, 2, "alpha")
+        alpha = "(symbolic)" if alpha is None else alpha
         return f"variance + eps with alpha {alpha} (eps * alpha added)"
     constant = const_arg(add, 1)
     eps_casts: list[Operation] = []
@@ -267,7 +272,7 @@ def _match_weight(n: SSAValue, dt: Attribute | None) -> _Weighted | None:
     if (
         gemma is not None
         and const_arg(gemma, 1) == 1
-        and const_arg(gemma, 2, "alpha") in (None, 1)  # else `w + alpha`: a computed weight
+        and alpha_is_one(gemma)  # else `w + alpha`: a computed weight
         and (wf := tensor_arg(gemma, 0)) is not None
     ):
         w_cast = cast_of(wf)
@@ -371,7 +376,7 @@ def _fp32_sum(h: SSAValue) -> _Fp32Sum | None:
     """The residual add kept in fp32 (vLLM's native RMSNorm) behind the norm's input `h`:
     two 16-bit tensors of one type, cast to fp32 and added (alpha 1, no broadcast)."""
     add = call(h, "aten.add.Tensor")
-    if add is None or const_arg(add, 2, "alpha") not in (None, 1):
+    if add is None or not alpha_is_one(add):
         return None
     operands = [tensor_arg(add, 0), tensor_arg(add, 1)]
     casts = [cast_of(v) for v in operands]
@@ -531,7 +536,7 @@ def _residual_add_of(y: SSAValue, dt: Attribute | None) -> tuple[CallOp, SSAValu
     if not (
         isinstance(add, CallOp)
         and add.target.data == "aten.add.Tensor"
-        and const_arg(add, 2, "alpha") in (None, 1)
+        and alpha_is_one(add)
         and element_type(y) == dt
     ):
         return None
@@ -669,6 +674,8 @@ def _guard(norm: _Norm, weighted: _Weighted, dt: Attribute | None, y: SSAValue) 
         return f"input dtype {dtype_name(dt)} is not bf16, fp16 or fp32"
     if rank(weighted.weight) != 1:
         return f"weight has rank {rank(weighted.weight)}, expected 1"
+    if rank(norm.x) == 0:
+        return "the input is 0-d (no hidden dim)"
     hidden, w_size = norm.x.type.get_shape()[-1], weighted.weight.type.get_shape()[0]
     if DYNAMIC not in (hidden, w_size) and hidden != w_size:
         return f"weight has {w_size} elements, the hidden size is {hidden}"

@@ -93,3 +93,36 @@ func.func @flattened_quant(%x: tensor<2x3x64xbf16>, %w: tensor<64xbf16>) -> (ten
 // CHECK-LABEL: func.func @flattened_quant
 // CHECK-NEXT:    %q, %s = irfuse.rms_norm %x, %w {eps = 1.000000e-06 : f64, quant = #irfuse.quant<per_token>} : tensor<2x3x64xbf16>, tensor<64xbf16> -> tensor<6x64xf8E4M3FN>, tensor<6x1xf32>
 // CHECK-NEXT:    func.return %q, %s
+
+// -----
+
+// The sum is also read inside a region (irfuse-opt input; the graphs torch.compile
+// imports have none): the fused op goes before that reader, as before any other.
+// CHECK-LABEL: func.func @sum_read_in_a_region
+// CHECK:         irfuse.fused_add_rms_norm
+// CHECK:         scf.execute_region
+func.func @sum_read_in_a_region(%x: tensor<4x64xbf16>, %r: tensor<4x64xbf16>, %w: tensor<64xbf16>, %s: tensor<1xf32>) -> (tensor<4x64xf8E4M3FN>, tensor<4x64xbf16>) {
+  %h = aten.call "aten.add.Tensor"(%x, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x64xbf16>, tensor<4x64xbf16>) -> tensor<4x64xbf16>
+  %y = irfuse.rms_norm %h, %w {eps = 1.0e-06 : f64} : tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>
+  %q = irfuse.quant %y scale %s {quant = #irfuse.quant<static>} : tensor<4x64xbf16>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>
+  %z = scf.execute_region -> (tensor<4x64xbf16>) {
+    %u = aten.call "aten.mul.Tensor"(%h, %h) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x64xbf16>, tensor<4x64xbf16>) -> tensor<4x64xbf16>
+    scf.yield %u : tensor<4x64xbf16>
+  }
+  func.return %q, %z : tensor<4x64xf8E4M3FN>, tensor<4x64xbf16>
+}
+
+// -----
+
+// A norm inside a region, its add outside: not one block, left as it is.
+// CHECK-LABEL: func.func @norm_in_a_region
+// CHECK:         aten.call "aten.add.Tensor"
+// CHECK:         irfuse.rms_norm
+func.func @norm_in_a_region(%x: tensor<4x64xbf16>, %r: tensor<4x64xbf16>, %w: tensor<64xbf16>) -> tensor<4x64xbf16> {
+  %h = aten.call "aten.add.Tensor"(%x, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<4x64xbf16>, tensor<4x64xbf16>) -> tensor<4x64xbf16>
+  %z = scf.execute_region -> (tensor<4x64xbf16>) {
+    %y = irfuse.rms_norm %h, %w {eps = 1.0e-06 : f64} : tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>
+    scf.yield %y : tensor<4x64xbf16>
+  }
+  func.return %z : tensor<4x64xbf16>
+}

@@ -170,3 +170,28 @@ func.func @device_tensor_eps(%x: tensor<?x64xf16>, %eps: tensor<f32>, %w: tensor
 // CHECK-LABEL: func.func @device_tensor_eps
 // CHECK-NOT:     irfuse.rms_norm
 // CHECK:         aten.call "aten.rsqrt.default"
+
+// -----
+
+// Malformed or degenerate input is left as it is: an rsqrt call with no operand, the
+// norm chain of a 0-d tensor (no hidden dim).
+// CHECK-LABEL: func.func @rsqrt_without_operands
+// CHECK:         aten.call "aten.rsqrt.default"()
+func.func @rsqrt_without_operands() -> tensor<4x1xf32> {
+  %r = aten.call "aten.rsqrt.default"() {args = [], kwargs = {}} : () -> tensor<4x1xf32>
+  func.return %r : tensor<4x1xf32>
+}
+
+// -----
+
+// CHECK-LABEL: func.func @norm_of_a_0d_tensor
+// CHECK-NOT:     irfuse.rms_norm
+func.func @norm_of_a_0d_tensor(%x: tensor<f32>, %w: tensor<1xf32>) -> tensor<f32> {
+  %p = aten.call "aten.pow.Tensor_Scalar"(%x) {args = [#aten.ref<0>, 2 : i64], kwargs = {}} : (tensor<f32>) -> tensor<f32>
+  %m = aten.call "aten.mean.dim"(%p) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<f32>) -> tensor<f32>
+  %e = aten.call "aten.add.Scalar"(%m) {args = [#aten.ref<0>, 1.0e-06 : f64], kwargs = {}} : (tensor<f32>) -> tensor<f32>
+  %r = aten.call "aten.rsqrt.default"(%e) {args = [#aten.ref<0>], kwargs = {}} : (tensor<f32>) -> tensor<f32>
+  %n = aten.call "aten.mul.Tensor"(%x, %r) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<f32>, tensor<f32>) -> tensor<f32>
+  %y = aten.call "aten.mul.Tensor"(%n, %w) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<f32>, tensor<1xf32>) -> tensor<f32>
+  func.return %y : tensor<f32>
+}

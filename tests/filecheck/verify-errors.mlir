@@ -108,6 +108,22 @@ func.func @nvfp4_unswizzled_scales(%x: tensor<64x128xbf16>, %g: tensor<1xf32>) {
 
 // -----
 
+func.func @nvfp4_output_width(%x: tensor<64x128xbf16>, %g: tensor<1xf32>) {
+  // CHECK: Operation does not verify: nvfp4 output [64, 7] is not the packed [64, 128]
+  %q, %s = irfuse.quant %x scale %g {quant = #irfuse.quant<nvfp4>} : tensor<64x128xbf16>, tensor<1xf32> -> tensor<64x7xui8>, tensor<128x8xi32>
+  func.return
+}
+
+// -----
+
+func.func @nvfp4_hidden_not_of_blocks(%x: tensor<64x100xbf16>, %g: tensor<1xf32>) {
+  // CHECK: Operation does not verify: nvfp4 quantizes [T, K] rows, K a multiple of 16: got [64, 100]
+  %q, %s = irfuse.quant %x scale %g {quant = #irfuse.quant<nvfp4>} : tensor<64x100xbf16>, tensor<1xf32> -> tensor<64x50xui8>, tensor<128x8xi32>
+  func.return
+}
+
+// -----
+
 func.func @nvfp4_byte_scales(%x: tensor<64x128xbf16>, %g: tensor<1xf32>) {
   // CHECK: Operation does not verify: nvfp4 block scales must be i32, got f8E4M3FN
   %q, %s = irfuse.quant %x scale %g {quant = #irfuse.quant<nvfp4>} : tensor<64x128xbf16>, tensor<1xf32> -> tensor<64x64xui8>, tensor<128x8xf8E4M3FN>
