@@ -219,3 +219,30 @@ def test_empty_per_tensor_quant_has_the_reference_scale():
     x = torch.empty(0, 64, device=DEVICE)
     q, _, s, _ = kernel_norm(x, None, None, None, 0.0, "quant/none/model/per_tensor")
     assert q.shape == (0, 64) and torch.equal(s, ref.per_tensor_fp8_quant(x)[1])
+
+
+@pytest.mark.parametrize("producer", ["quant", "fused_add_rms_norm"])
+def test_per_token_scales_of_rows_with_no_columns(producer):
+    """Rows of 0 values have amax 0: their scale is the floor 1/(448*512), in the
+    reference op and the kernel alike (the kernel's scales were never written: whatever
+    memory held; the reference raised torch.amax's error on the empty dim)."""
+    x = torch.randn(3, 0, device=DEVICE)
+    _, s_ref = ref.per_token_fp8_quant(x)
+    spec = (
+        "quant/none/model/per_token"
+        if producer == "quant"
+        else ("fused_add_rms_norm/plain/model/per_token")
+    )
+    residual = torch.randn(3, 0, device=DEVICE) if producer != "quant" else None
+    weight = torch.randn(0, device=DEVICE) if producer != "quant" else None
+    _, _, scales, _ = kernel_norm(x, residual, weight, None, 1e-6, spec)
+    assert torch.equal(s_ref, torch.full((3, 1), 1 / (448 * 512), device=DEVICE))
+    assert torch.equal(scales, s_ref)
+
+
+def test_a_residual_given_to_a_kernel_without_an_add_is_refused():
+    """A hand-written kernel_norm call of a spec with no add, given a residual, was run
+    and returned residual_out unwritten; the runtime op now refuses it."""
+    x, r, w, _ = _inputs(2, 64, torch.float32)
+    with pytest.raises(ValueError, match="takes no residual"):
+        kernel_norm(x, r, w, None, 1e-6, "rms_norm/plain/model/none")

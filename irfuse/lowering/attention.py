@@ -353,7 +353,7 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
             raise TypeError(f"{what}: q, k, v must share dtype and device")
     if not q.shape[0] == k.shape[0] == v.shape[0]:
         raise ValueError(f"{what}: batch sizes {q.shape[0]} / {k.shape[0]} / {v.shape[0]} differ")
-    if q.shape[1] % k.shape[1] or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+    if not k.shape[1] or q.shape[1] % k.shape[1] or k.shape[1:3] != v.shape[1:3]:
         raise ValueError(f"{what}: heads {q.shape[1]} / {k.shape[1]} / {v.shape[1]} mismatch")
     if (
         q.shape[-1] != k.shape[-1]

@@ -217,8 +217,9 @@ def _check(
         )
     if spec.producer != "quant":
         _check_weight(what, "weight", spec, weight, x)
-    if residual is None and spec.producer in ("fused_add_rms_norm", "rms_norm_add"):
-        raise ValueError(f"{what}: needs its residual")
+    adds = spec.producer in ("fused_add_rms_norm", "rms_norm_add")
+    if (residual is None) == adds:
+        raise ValueError(f"{what}: " + ("needs its residual" if adds else "takes no residual"))
     if spec.normed_x:
         _check_weight(what, "x_weight", spec, x_weight, x)
     elif x_weight is not None:
@@ -288,8 +289,8 @@ def kernel_norm(
     eps = _host_value("eps", eps_input) if eps_input is not None else eps
     x_eps = _host_value("x_eps", x_eps_input) if x_eps_input is not None else x_eps
     out, residual_out, scales, value = allocate_outputs(spec, x, residual is not None)
-    if x.numel() == 0:  # the reference's scale of an empty tensor: of an amax of 0
-        if spec.per_tensor:
+    if x.numel() == 0:  # the reference's scale of an empty tensor (row): of an amax of 0
+        if spec.per_tensor or parse_scheme(spec.quant)[0] == "per_token":
             scales.fill_(0.0 if spec.in_dtype else FP8_MIN_SCALE)
         return out, residual_out, scales, value
     outputs = (out, residual_out, scales, value)

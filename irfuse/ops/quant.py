@@ -87,7 +87,8 @@ def per_token_fp8_quant(
     """Per-row fp8 quant: s = max(min(amax|x|, ub)/448, 1/(448*512)); returns (q, s[..., 1])."""
     _check_per_token(x, scale_ub)
     xf = x.float()
-    amax = xf.abs().amax(dim=-1, keepdim=True)
+    # a row of no values has amax 0 (torch.amax refuses the empty dim), as the kernels
+    amax = xf.abs().amax(dim=-1, keepdim=True) if x.shape[-1] else xf.sum(-1, keepdim=True)
     if scale_ub is not None:
         amax = torch.minimum(amax, scale_ub.reshape(()))
     s = torch.clamp(div_const(amax, FP8_MAX), min=FP8_MIN_SCALE)
