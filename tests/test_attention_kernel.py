@@ -313,12 +313,20 @@ def test_fully_masked_rows_are_zero_with_minus_inf_lse():
         (((1, 2, 4, 272), (1, 2, 4, 272), (1, 2, 4, 272)), "head dims"),
         (((1, 2, 4, 16), (1, 2, 4, 16), (1, 2, 4, 40)), "head dims"),
         (((2, 2, 4, 16), (1, 2, 4, 16), (1, 2, 4, 16)), "batch sizes"),
+        (((1, 2, 4, 16), (1, 0, 4, 16), (1, 0, 4, 16)), "heads 2 / 0 / 0 mismatch"),
     ],
 )
 def test_bad_inputs(shapes, match):
     q, k, v = (torch.randn(s, device=DEVICE) for s in shapes)
     with pytest.raises(ValueError, match=match):
         kernel_attention(q, k, v, None, 1.0, "none", "bhsd", False, "none")
+
+
+def test_a_scale_without_an_epilogue_is_refused():
+    q, k, v = (torch.randn(1, 2, 4, 16, device=DEVICE) for _ in range(3))
+    scale = torch.ones(1, device=DEVICE)
+    with pytest.raises(ValueError, match="takes no scale"):
+        kernel_attention(q, k, v, scale, 1.0, "none", "bhsd", False, "none")
 
 
 def test_sources_name_what_they_fuse():

@@ -370,6 +370,10 @@ def _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary=None,
         raise ValueError(f"{what}: takes no scale (its scale has no upper bound)")
     if scale is not None and (scale.numel() != 1 or scale.dtype != torch.float32):
         raise ValueError(f"{what}: the scale must be a one-element float32 tensor")
+    if scale is not None and scale.device != q.device:
+        raise ValueError(f"{what}: the scale is on {scale.device}, q on {q.device}")
+    if scale is not None and epilogue == "none":
+        raise ValueError(f"{what}: takes no scale (no quant epilogue)")
     if epilogue in ("per_token", "per_token in_dtype", "nvfp4") and layout != "bs_hd":
         raise ValueError(f"{what}: quantizes [B, Sq, Hq*Dv] rows: needs layout bs_hd")
     if epilogue in DECODE_ONLY and not uses_decode(q.shape[2], q.shape[1], k.shape[1]):
