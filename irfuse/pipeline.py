@@ -75,6 +75,8 @@ class Options:
         dump_dir = options.pop("dump_dir", None) or os.environ.get("IRFUSE_DUMP_DIR") or None
         if dump_dir is not None and not isinstance(dump_dir, (str, os.PathLike)):
             raise ValueError(f"irfuse: dump_dir must be a path, got {dump_dir!r}")
+        if dump_dir is not None and os.path.exists(dump_dir) and not os.path.isdir(dump_dir):
+            raise ValueError(f"irfuse: dump_dir {str(dump_dir)!r} is not a directory")
         return cls(passes, dump_dir, str(inner), str(attention), str(graph_launch), options)
 
     def cache_key(self) -> str:
@@ -124,6 +126,16 @@ def transform_graph(graph: fx.Graph, options: Options) -> FusionReport:
     return report
 
 
+def _left_unchanged(report: FusionReport, reason: str) -> None:
+    """The graph runs as it came: the passes' fusions are undone, and the note says which
+    (the report's `fused` counts only what runs fused)."""
+    undone = ", ".join(f"{name} {count}" for name, count in sorted(report.fused.items()))
+    report.notes.append(
+        f"graph left unchanged: {reason}" + (f" (undone: {undone})" if undone else "")
+    )
+    report.fused.clear()
+
+
 def _transform(
     graph: fx.Graph, options: Options, report: FusionReport, dump: GraphDump | None
 ) -> None:
@@ -161,14 +173,14 @@ def _transform(
                 module.verify()
             except (DiagnosticException, VerifyException) as error:  # a pass bug: no harm done
                 last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-                report.notes.append(f"graph left unchanged: {module_pass.name} failed: {last_line}")
+                _left_unchanged(report, f"{module_pass.name} failed: {last_line}")
                 return
             if dump is not None and sum(report.fused.values()) != before:
                 dump.module(f"after-{module_pass.name}", module)
     try:
         plan = plan_lowering(imported)
     except NoKernel as error:
-        report.notes.append(f"graph left unchanged: {error}")
+        _left_unchanged(report, str(error))
         return
     if not plan:
         return

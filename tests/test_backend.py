@@ -624,6 +624,30 @@ def test_an_add_with_alpha_in_a_norm_is_not_taken_for_its_alpha_1_form(norm, rea
     assert torch.equal(out, norm(x, w))
 
 
+def test_a_dump_dir_that_is_a_file_is_refused_with_the_options(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("")
+    with pytest.raises(ValueError, match="is not a directory"):
+        Options.from_dict({"dump_dir": str(path)})
+
+
+def test_a_graph_left_unchanged_reports_no_fusion():
+    """A graph that fuses but has no kernel for a shape (a hidden size past 65536) runs as
+    it came: its report's fused counts are empty (they said fused), and the note names
+    the fusions undone."""
+
+    def norm_quant(x, w, s):
+        y = torch.nn.functional.rms_norm(x, (x.shape[-1],), w, 1e-6)
+        return (y.float() / s).clamp(-448, 448).to(FP8)
+
+    x = torch.randn(2, 65600, device=DEVICE, dtype=BF16)
+    w = torch.ones(65600, device=DEVICE, dtype=BF16)
+    report = irfuse.explain(norm_quant, x, w, torch.tensor([0.05], device=DEVICE))
+    assert not report.fused and not report.kernels, str(report)
+    (note,) = [n for n in report.notes if n.startswith("graph left unchanged")]
+    assert "hidden size <= 65536" in note and "undone: fuse-rms-norm-quant 1" in note, note
+
+
 def test_a_symbolic_alpha_is_not_taken_for_1():
     """Called with alpha 1, 2, 3, dynamo recompiles with alpha a symbolic int: the add's
     alpha is then a reference, not a constant, and was taken for 1 (the fused add +
