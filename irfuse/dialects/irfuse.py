@@ -215,12 +215,11 @@ def verify_out_shape(quant: QuantAttr | None, out: TensorType, x: TensorType) ->
     2-D input's rows of two values a byte, of a hidden size that is a multiple of 16."""
     shape, x_shape = out.get_shape(), x.get_shape()
     if quant is not None and quant.scheme == "nvfp4":
-        width = x_shape[-1] if x_shape else DYNAMIC
-        if len(x_shape) != 2 or (width != DYNAMIC and width % 16):
+        if len(x_shape) != 2 or (x_shape[1] != DYNAMIC and x_shape[1] % 16):
             raise VerifyException(
                 f"nvfp4 quantizes [T, K] rows, K a multiple of 16: got {dims(x_shape)}"
             )
-        if not same_shape(shape, (x_shape[0], _quantized_width(quant, width))):
+        if not same_shape(shape, (x_shape[0], _quantized_width(quant, x_shape[1]))):
             raise VerifyException(f"nvfp4 output {dims(shape)} is not the packed {dims(x_shape)}")
         return
     if same_shape(shape, x_shape):

@@ -86,11 +86,8 @@ import torch
 from xdsl.context import Context
 from xdsl.dialects.builtin import (
     ArrayAttr,
-    BFloat16Type,
     Float8E4M3FNType,
     Float16Type,
-    Float32Type,
-    Float64Type,
     ModuleOp,
     NoneAttr,
     TensorType,
@@ -114,6 +111,7 @@ from irfuse.dialects.irfuse import (
     QuantOp,
     same_dim,
 )
+from irfuse.frontend.types import torch_dtype
 from irfuse.transforms import report
 from irfuse.transforms.fuse_quant import epilogue_source, identical_quant
 from irfuse.transforms.match import (
@@ -145,8 +143,6 @@ FP8_MAX = 448.0
 TOKEN_FLOOR = 1.0 / (FP8_MAX * 512.0)
 GROUP_FLOOR = 1e-10
 RECIP_ULP = float(np.spacing(np.float32(1.0 / FP8_MAX)))
-TORCH_DTYPES = {BFloat16Type: torch.bfloat16, Float16Type: torch.float16,
-                Float32Type: torch.float32, Float64Type: torch.float64}  # fmt: skip
 
 AMAX = "aten.amax.default"
 MAX = "aten.max.default"  # the max of every element (0-d)
@@ -241,7 +237,7 @@ def full_value(value: SSAValue | None) -> tuple[float, CallOp] | None:
         return None
     if _numel(full.results[0]) != 1:
         return None
-    dtype = TORCH_DTYPES.get(type(element_type(full.results[0])))
+    dtype = torch_dtype(element_type(full.results[0]))
     return (torch.tensor(float(c), dtype=dtype).item() if dtype else float(c)), full
 
 
