@@ -255,6 +255,18 @@ def test_a_launch_whose_layout_follows_the_token_count_keeps_kernel_norm():
     assert why == "its launch depends on the token count"
 
 
+@pytest.mark.parametrize("rows", [1024, 4096])
+def test_nvfp4_scales_padded_past_the_token_count_keep_kernel_norm(rows):
+    """The swizzled nvfp4 scales have the token count rounded up to 128 rows. From 1024
+    rows the range's sampled counts were all multiples of 128, so the graph allocated
+    them with the token count's rows and the kernel wrote past them at 1030 rows; a
+    sample one above each threshold now tells the two apart."""
+    kernel = "rms_norm/plain/model/nvfp4"
+    inputs = _inputs(kernel, (rows, 2048), "w")
+    why = _graph_launch(kernel, inputs, [0, 2], dynamic_dims=1)
+    assert why == "its launch depends on the token count"
+
+
 def test_a_launch_the_sampled_row_counts_agree_on_is_the_same_at_every_count():
     """SAMPLE_ROWS misses no threshold: wherever the launch choices agree at the sampled
     counts, they agree at every count up to 5000 (and at a few large ones)."""
