@@ -18,6 +18,8 @@ from irfuse.dialects.irfuse import (
     AllReduceOp,
     AttentionOp,
     FusedAddRmsNormOp,
+    MergeAttnStatesOp,
+    MlaAttentionOp,
     QuantOp,
     RmsNormOp,
 )
@@ -171,6 +173,45 @@ def test_all_reduce_and_wait_import_as_one_op():
     (op,) = _ops(imported, AllReduceOp)
     assert op.group.data == "tp"
     assert "irfuse.all_reduce" in ir_text(imported.module)
+
+
+def test_mla_merge_and_all_reduce_calls_import_as_irfuse_ops():
+    """torch.ops.irfuse.mla_attention / merge_attn_states / all_reduce become their
+    dialect ops (no kernel fuses them yet: compiled, they run as called)."""
+
+    def fn(q, kv, pe, wk, wv, o, lse, x, s):
+        m = irfuse.ops.mla_attention(q, kv, pe, wk, wv, 0.125, True)
+        mo, ml = irfuse.ops.merge_attn_states(o, lse, o * 2, lse + 1)
+        q8, _ = irfuse.ops.merge_attn_states(o, lse, o, lse, output_scale=s)
+        return m, mo, ml, q8, irfuse.ops.all_reduce(x, "tp")
+
+    args = (torch.randn(4, 2, 48), torch.randn(9, 64), torch.randn(9, 1, 16),
+            torch.randn(2, 32, 64), torch.randn(2, 64, 32), torch.randn(4, 2, 32),
+            torch.randn(2, 4), torch.randn(4, 8), torch.tensor([0.05]))  # fmt: skip
+    imported = import_graph(make_fx(fn, tracing_mode="fake")(*args).graph)
+    imported.module.verify()
+    (mla,) = _ops(imported, MlaAttentionOp)
+    assert mla.causal is not None and mla.scale.value.data == 0.125
+    merges = _ops(imported, MergeAttnStatesOp)
+    assert [m.quant.text if m.quant else None for m in merges] == [None, "static"]
+    (reduce,) = _ops(imported, AllReduceOp)
+    assert reduce.group.data == "tp" and not imported.notes
+    compiled = torch.compile(fn, backend="irfuse", options={"inner": "eager"})
+    for got, want in zip(compiled(*args), fn(*args), strict=True):
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+def test_an_all_reduce_of_integers_is_not_irfuses():
+    """irfuse.all_reduce sums floats in fp32; an integer one stays a call, with a note."""
+
+    def fn(x):
+        y = torch.ops._c10d_functional.all_reduce(x, "sum", "tp")
+        return torch.ops._c10d_functional.wait_tensor(y)
+
+    x = torch.ones(4, 8, dtype=torch.int64)
+    imported = import_graph(make_fx(fn, tracing_mode="fake")(x).graph)
+    assert not _ops(imported, AllReduceOp)
+    assert any("an all_reduce of torch.int64" in note for note in imported.notes), imported.notes
 
 
 def test_generic_ops_keep_target_and_constants_and_dynamic_dims(tmp_path):

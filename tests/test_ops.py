@@ -638,6 +638,23 @@ def test_merge_attn_states(dtype: torch.dtype) -> None:
     assert lse[1, 1] == 2.0 and lse[3, 3] == 1.0
 
 
+def test_merge_attn_states_ignores_the_output_of_a_partial_with_no_keys() -> None:
+    """A partial with lse -inf (no keys) has weight 0: its output, NaN where a naive
+    softmax divided 0 by 0, adds nothing (NUMERICS: never NaN)."""
+    t, h, d = 2, 2, 8
+    inf, nan = float("inf"), float("nan")
+    p_out, s_out = randn(t, h, d), randn(t, h, d, seed=1)
+    p_lse, s_lse = randn(h, t, seed=2), randn(h, t, seed=3)
+    p_out[0, 0], s_out[0, 0] = nan, nan  # both partials empty
+    p_lse[0, 0], s_lse[0, 0] = -inf, -inf
+    p_out[1, 1] = nan  # one empty partial
+    p_lse[1, 1] = -inf
+    out, lse = ops.merge_attn_states(p_out, p_lse, s_out, s_lse)
+    assert (out[0, 0] == 0).all() and lse[0, 0] == -inf
+    torch.testing.assert_close(out[1, 1], s_out[1, 1])
+    assert not out.isnan().any()
+
+
 def test_merge_attn_states_fp8_output() -> None:
     t, h, d = 3, 2, 32
     p_out, s_out = randn(t, h, d, dtype=torch.bfloat16), randn(t, h, d, dtype=torch.bfloat16)

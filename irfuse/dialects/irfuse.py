@@ -752,7 +752,10 @@ class MlaAttentionOp(QuantProducer):
         if DYNAMIC not in nope_rope and not same_dim(_dim(q, 2), sum(nope_rope)):
             raise VerifyException("q head dim must be nope dim + rope dim")
         out = _tensor(self.out, "out")
-        width = _quantized_width(self.quant, _product((_dim(q, 1), _dim(w_uv, 2))))
+        row = _product((_dim(q, 1), _dim(w_uv, 2)))
+        if self.quant is not None and self.quant.scheme == "nvfp4" and row != DYNAMIC and row % 16:
+            raise VerifyException(f"nvfp4 quantizes rows of a multiple of 16: N*Dv is {row}")
+        width = _quantized_width(self.quant, row)
         expected = (_dim(q, 0), width)
         if not same_shape(out.get_shape(), expected):
             raise VerifyException(f"output must be [T, N*Dv] = {dims(expected)}, got {out}")
@@ -794,7 +797,10 @@ class MergeAttnStatesOp(QuantProducer):
         if _tensor(self.lse, "lse") != p_lse:
             raise VerifyException(f"the merged lse is {p_lse}, got {self.lse.type}")
         out = _tensor(self.out, "out")
-        verify_out_shape(self.quant, out, p_out)
+        if self.quant is not None and self.quant.text != "static":  # the reference's x * (1/s)
+            raise VerifyException(f"a merge's output quant is <static>, got <{self.quant.text}>")
+        if not same_shape(out.get_shape(), p_out.get_shape()):
+            raise VerifyException(f"output must be p_out's [T, H, D], got {out}")
         verify_output_quant(self.quant, out, self.quant_scale, self.scale_out, p_out.element_type)
 
 
@@ -810,6 +816,7 @@ class AllReduceOp(IRDLOperation):
     assembly_format = "$x attr-dict `:` type($x) `->` type($y)"
 
     def verify_(self) -> None:
+        _check_float(_tensor(self.x, "x"), "x")  # its sum accumulates in fp32
         if self.x.type != self.y.type:
             raise VerifyException("all_reduce result must have the input's type")
 
@@ -840,8 +847,14 @@ class AllReduceRmsNormOp(QuantProducer):
     def verify_(self) -> None:
         x = _tensor(self.x, "x")
         _verify_norm(x, _tensor(self.weight, "weight"), self.gemma is not None)
+        if self.eps.value.data < 0:
+            raise VerifyException(f"eps must be non-negative, got {self.eps.value.data}")
         if (self.residual is None) != (self.residual_out is None):
             raise VerifyException("residual and residual_out go together")
+        for value, what in ((self.residual, "residual"), (self.residual_out, "residual_out")):
+            if value is not None and _tensor(value, what) != x:
+                raise VerifyException(f"{what} must have the input's type {x}, got {value.type}")
+        verify_out_shape(self.quant, _tensor(self.y, "y"), x)
         verify_output_quant(
             self.quant, _tensor(self.y, "y"), self.quant_scale, self.scale_out, x.element_type
         )

@@ -22,6 +22,8 @@ from irfuse.dialects.irfuse import (
     AllReduceOp,
     AttentionOp,
     FusedAddRmsNormOp,
+    MergeAttnStatesOp,
+    MlaAttentionOp,
     QuantAttr,
     QuantOp,
     RmsNormOp,
@@ -31,6 +33,7 @@ from irfuse.frontend.types import value_types
 NO_VALUE = "an input has no tensor value in the trace"
 SYMBOLIC_HEAD_DIM = "a symbolic head dim and the default scale (1/sqrt(D) is no constant)"
 WHOLE_TUPLE = "its result tuple is used as a whole"
+FLOATS = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @dataclass
@@ -170,6 +173,14 @@ def _sdpa_flash(node: fx.Node):
     )
 
 
+def _not_float(x: fx.Node) -> str | None:
+    """Why an all_reduce of `x` is not irfuse's (a sum accumulated in fp32), if it is not."""
+    value = _tensor_val(x)
+    if value is None:
+        return NO_VALUE
+    return None if value.dtype in FLOATS else f"an all_reduce of {value.dtype} (irfuse's: floats)"
+
+
 def _all_reduce(node: fx.Node) -> DirectImport | str:
     x, reduce_op, group = node.args[:3]
     users = list(node.users)
@@ -178,8 +189,8 @@ def _all_reduce(node: fx.Node) -> DirectImport | str:
         return f"an all_reduce of op {reduce_op!r} (irfuse's: sum)"
     if len(users) != 1 or users[0].target is not wait:
         return "its result is not read by exactly one wait_tensor"
-    if _tensor_val(x) is None:
-        return NO_VALUE
+    if why := _not_float(x):
+        return why
     done = users[0]
     return DirectImport(
         [node, done],
@@ -262,6 +273,66 @@ def _irfuse_attention(node: fx.Node) -> DirectImport | str:
     )
 
 
+def _irfuse_all_reduce(node: fx.Node) -> DirectImport | str:
+    """`irfuse.all_reduce(x, group_name)`."""
+    x, group = node.args[0], _arg(node, 1, "group_name", None)
+    if why := _not_float(x):
+        return why
+    return DirectImport(
+        [node],
+        [x],
+        [node],
+        lambda ops: AllReduceOp.build(
+            operands=list(ops), result_types=_types(node), properties={"group": StringAttr(group)}
+        ),
+    )
+
+
+def _irfuse_mla_attention(node: fx.Node) -> DirectImport | str:
+    """`irfuse.mla_attention(q, kv_c, k_pe, w_uk, w_uv, scale, causal)` -> out [T, N*Dv]."""
+    tensors = list(node.args[:5])
+    scale, causal = _arg(node, 5, "scale", None), bool(_arg(node, 6, "causal", False))
+    if any(_tensor_val(t) is None for t in tensors):
+        return NO_VALUE
+    if not isinstance(scale, (int, float)):
+        return "its scale is not a constant"
+    props: dict[str, Attribute] = {"scale": f64(scale)}
+    if causal:
+        props["causal"] = UnitAttr()
+    return DirectImport(
+        [node],
+        tensors,
+        [node],
+        lambda ops: MlaAttentionOp.build(
+            operands=[*ops, []], result_types=[_types(node)[0], []], properties=props
+        ),
+    )
+
+
+def _irfuse_merge_attn_states(node: fx.Node) -> DirectImport | str:
+    """`irfuse.merge_attn_states(p_out, p_lse, s_out, s_lse, output_scale)` -> (out, lse);
+    with output_scale, out is static fp8."""
+    tensors = list(node.args[:4])
+    scale = _arg(node, 4, "output_scale", None)
+    if any(_tensor_val(t) is None for t in tensors):
+        return NO_VALUE
+    items = _getitems(node)
+    if -1 in items:
+        return WHOLE_TUPLE
+    scales = [scale] if isinstance(scale, fx.Node) else []
+    props: dict[str, Attribute] = {"quant": QuantAttr("static")} if scales else {}
+    results = [items.get(0), items.get(1)]
+    types = _types(node)
+    return DirectImport(
+        [node, *(r for r in results if r is not None)],
+        tensors + scales,
+        results,
+        lambda ops: MergeAttnStatesOp.build(
+            operands=[*ops[:4], ops[4:]], result_types=[*types[:2], []], properties=props
+        ),
+    )
+
+
 def _irfuse_quant(kind: str) -> Callable[[fx.Node], DirectImport | str]:
     def importer(node: fx.Node) -> DirectImport | str:
         x = node.args[0]
@@ -311,6 +382,9 @@ def _build_table() -> dict[object, Callable[[fx.Node], DirectImport | str]]:
 
     irfuse_ops = torch.ops.irfuse
     table[irfuse_ops.attention.default] = _irfuse_attention
+    table[irfuse_ops.mla_attention.default] = _irfuse_mla_attention
+    table[irfuse_ops.merge_attn_states.default] = _irfuse_merge_attn_states
+    table[irfuse_ops.all_reduce.default] = _irfuse_all_reduce
     table[irfuse_ops.rms_norm.default] = _irfuse_norm(fused_add=False)
     table[irfuse_ops.fused_add_rms_norm.default] = _irfuse_norm(fused_add=True)
     table[irfuse_ops.static_fp8_quant.default] = _irfuse_quant("static")

@@ -217,6 +217,12 @@ def _check_merge(p_out, p_lse, s_out, s_lse, output_scale) -> None:
         check_scalar_scale(op, "output_scale", output_scale, p_out.device)
 
 
+def _weighted(partial: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """partial * weight in fp32, 0 where the weight is 0 (the partial then counts for
+    nothing, NaN or not)."""
+    return torch.where(weight > 0, partial.float() * weight, 0.0)
+
+
 @torch.library.custom_op("irfuse::merge_attn_states", mutates_args=())
 def merge_attn_states(
     p_out: torch.Tensor,
@@ -227,8 +233,9 @@ def merge_attn_states(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge two partial attention results by their lse; returns (out [T,H,D], lse [H,T]).
 
-    +inf lse counts as -inf; both -inf gives out 0 and lse -inf. With output_scale the
-    output is static fp8 quantized.
+    +inf lse counts as -inf; both -inf gives out 0 and lse -inf. A partial of weight 0
+    (lse -inf: no keys) adds nothing, even where its output is NaN (a naive softmax over
+    no keys gives 0/0). With output_scale the output is static fp8 quantized.
     """
     _check_merge(p_out, p_lse, s_out, s_lse, output_scale)
     inf = float("inf")
@@ -241,7 +248,7 @@ def merge_attn_states(
     denom = torch.where(total > 0, total, torch.ones_like(total))
     wp = (ps / denom).t().unsqueeze(-1)
     ws = (ss / denom).t().unsqueeze(-1)
-    out = p_out.float() * wp + s_out.float() * ws
+    out = _weighted(p_out, wp) + _weighted(s_out, ws)
     out_lse = (torch.log(total) + m).contiguous()
     if output_scale is not None:
         return fp8_cast(out * (1.0 / output_scale.reshape(()))), out_lse

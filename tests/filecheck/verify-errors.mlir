@@ -181,7 +181,7 @@ func.func @merge_lse_transposed(%o: tensor<4x2x32xbf16>, %l: tensor<4x2xf32>) {
 // -----
 
 func.func @merge_output_of_another_shape(%o: tensor<4x2x32xbf16>, %l: tensor<2x4xf32>) {
-  // CHECK: Operation does not verify: output shape [4, 32] is neither the input's [4, 2, 32] nor, quantized, its token dims flattened
+  // CHECK: Operation does not verify: output must be p_out's [T, H, D], got tensor<4x32xbf16>
   %mo, %ml = irfuse.merge_attn_states %o, %l, %o, %l : tensor<4x2x32xbf16>, tensor<2x4xf32>, tensor<4x2x32xbf16>, tensor<2x4xf32> -> tensor<4x32xbf16>, tensor<2x4xf32>
   func.return
 }
@@ -199,5 +199,69 @@ func.func @post_norm_residual_of_another_shape(%x: tensor<4x64xbf16>, %r: tensor
 func.func @post_norm_sum_of_another_type(%x: tensor<4x64xbf16>, %r: tensor<4x64xbf16>, %w: tensor<64xbf16>, %s: tensor<1xf32>) {
   // CHECK: Operation does not verify: residual_out must have the input's type
   %q, %h = irfuse.rms_norm_add %x, %r, %w scale %s {eps = 1.0e-06 : f64, quant = #irfuse.quant<static>} : tensor<4x64xbf16>, tensor<4x64xbf16>, tensor<64xbf16>, tensor<1xf32> -> tensor<4x64xf8E4M3FN>, tensor<4x64xf32>
+  func.return
+}
+
+// -----
+
+func.func @merge_of_a_scheme_it_has_no_semantics_for(%o: tensor<4x2x32xbf16>, %l: tensor<2x4xf32>) {
+  // CHECK: Operation does not verify: a merge's output quant is <static>, got <per_token>
+  %mo, %ml, %ms = irfuse.merge_attn_states %o, %l, %o, %l {quant = #irfuse.quant<per_token>} : tensor<4x2x32xbf16>, tensor<2x4xf32>, tensor<4x2x32xbf16>, tensor<2x4xf32> -> tensor<8x32xf8E4M3FN>, tensor<2x4xf32>, tensor<8x1xf32>
+  func.return
+}
+
+// -----
+
+func.func @merge_dividing_by_its_scale(%o: tensor<4x2x32xbf16>, %l: tensor<2x4xf32>, %s: tensor<1xf32>) {
+  // CHECK: Operation does not verify: a merge's output quant is <static>, got <static div>
+  %mo, %ml = irfuse.merge_attn_states %o, %l, %o, %l scale %s {quant = #irfuse.quant<static div>} : tensor<4x2x32xbf16>, tensor<2x4xf32>, tensor<4x2x32xbf16>, tensor<2x4xf32>, tensor<1xf32> -> tensor<4x2x32xf8E4M3FN>, tensor<2x4xf32>
+  func.return
+}
+
+// -----
+
+func.func @mla_nvfp4_rows_not_a_multiple_of_16(%q: tensor<4x1x48xbf16>, %kv: tensor<9x64xbf16>, %pe: tensor<9x1x16xbf16>, %wk: tensor<1x32x64xbf16>, %wv: tensor<1x64x6xbf16>, %s: tensor<1xf32>) {
+  // CHECK: Operation does not verify: nvfp4 quantizes rows of a multiple of 16: N*Dv is 6
+  %m, %ms = irfuse.mla_attention %q, %kv, %pe, %wk, %wv scale %s {scale = 0.1 : f64, quant = #irfuse.quant<nvfp4>} : tensor<4x1x48xbf16>, tensor<9x64xbf16>, tensor<9x1x16xbf16>, tensor<1x32x64xbf16>, tensor<1x64x6xbf16>, tensor<1xf32> -> tensor<4x3xui8>, tensor<128x1xi32>
+  func.return
+}
+
+// -----
+
+func.func @all_reduce_of_integers(%x: tensor<4x8xi32>) {
+  // CHECK: Operation does not verify: x must be bf16, f16 or f32, got i32
+  %y = irfuse.all_reduce %x {group = "tp"} : tensor<4x8xi32> -> tensor<4x8xi32>
+  func.return
+}
+
+// -----
+
+func.func @all_reduce_norm_negative_eps(%x: tensor<4x64xbf16>, %w: tensor<64xbf16>) {
+  // CHECK: Operation does not verify: eps must be non-negative, got -1.0
+  %y = irfuse.all_reduce_rms_norm %x, %w {group = "tp", eps = -1.0 : f64} : tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>
+  func.return
+}
+
+// -----
+
+func.func @all_reduce_norm_residual_of_another_type(%x: tensor<4x64xbf16>, %r: tensor<3x5xf16>, %w: tensor<64xbf16>) {
+  // CHECK: Operation does not verify: residual must have the input's type tensor<4x64xbf16>, got tensor<3x5xf16>
+  %y, %ro = irfuse.all_reduce_rms_norm %x residual %r, %w {group = "tp", eps = 1.0e-06 : f64} : tensor<4x64xbf16> residual tensor<3x5xf16>, tensor<64xbf16> -> tensor<4x64xbf16> residual tensor<4x64xbf16>
+  func.return
+}
+
+// -----
+
+func.func @all_reduce_norm_residual_out_of_another_type(%x: tensor<4x64xbf16>, %r: tensor<4x64xbf16>, %w: tensor<64xbf16>) {
+  // CHECK: Operation does not verify: residual_out must have the input's type tensor<4x64xbf16>, got tensor<1xi8>
+  %y, %ro = irfuse.all_reduce_rms_norm %x residual %r, %w {group = "tp", eps = 1.0e-06 : f64} : tensor<4x64xbf16> residual tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16> residual tensor<1xi8>
+  func.return
+}
+
+// -----
+
+func.func @all_reduce_norm_output_of_another_shape(%x: tensor<4x64xbf16>, %w: tensor<64xbf16>) {
+  // CHECK: Operation does not verify: output shape [7, 9] is neither the input's [4, 64] nor, quantized, its token dims flattened
+  %y = irfuse.all_reduce_rms_norm %x, %w {group = "tp", eps = 1.0e-06 : f64} : tensor<4x64xbf16>, tensor<64xbf16> -> tensor<7x9xbf16>
   func.return
 }
