@@ -27,7 +27,6 @@ from irfuse.dialects.irfuse import (
     RmsNormAddOp,
     RmsNormOp,
 )
-from irfuse.kernels.norm import MAX_COLS
 from irfuse.lowering.attention import graph_launch_problem as attention_graph_problem
 from irfuse.lowering.attention import graph_launches as attention_graph_launches
 from irfuse.lowering.attention import summary_graph_launches, summary_graph_problem
@@ -63,10 +62,7 @@ def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
                 continue
         else:
             spec = spec_for(op)
-        shape = op.operands[0].type.get_shape()
         problem = _device_problem(op, node_of)
-        if problem is None and isinstance(spec, KernelSpec) and (not shape or shape[-1] > MAX_COLS):
-            problem = f"no kernel for the shape {list(shape)} (hidden size <= {MAX_COLS})"
         if problem is not None:
             if origin is not None:  # a direct irfuse call: it keeps running the reference
                 continue

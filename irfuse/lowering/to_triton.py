@@ -21,6 +21,8 @@ from irfuse.kernels.attention import (
     takes_head_dim,
 )
 from irfuse.kernels.attention import EPILOGUES as ATTENTION_EPILOGUES
+from irfuse.kernels.norm import MAX_COLS
+from irfuse.kernels.quant import parse_scheme
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 
 
@@ -30,6 +32,17 @@ class NoKernel(Exception):
 
 def spec_for(op: Operation) -> KernelSpec | AttentionKernel:
     """The kernel an irfuse op lowers to; NoKernel if it has none yet."""
+    spec = _spec(op)
+    if isinstance(spec, KernelSpec):
+        shape = op.operands[0].type.get_shape()
+        if not shape or shape[-1] > MAX_COLS:
+            raise NoKernel(f"no kernel for the shape {list(shape)} (hidden size <= {MAX_COLS})")
+        if parse_scheme(spec.quant)[2] and len(shape) != 2:
+            raise NoKernel(f"column-major group scales: kernels for [T, K] only, got {list(shape)}")
+    return spec
+
+
+def _spec(op: Operation) -> KernelSpec | AttentionKernel:
     if isinstance(op, AttentionOp):
         quant_attr = op.output_quant()
         epilogue = "none" if quant_attr is None else quant_attr.text

@@ -21,9 +21,10 @@ class TritonTarget(Target):
 
     def emit(self, ctx: Context, module: ModuleOp, output: IO[str]) -> None:
         emitted: set[str] = set()
-        for op in module.walk():
-            if not isinstance(op, QuantProducer):
-                continue
+        producers = [op for op in module.walk() if isinstance(op, QuantProducer)]
+        if not producers:  # say so, rather than print nothing
+            output.write("# no irfuse op here lowers to a kernel\n")
+        for op in producers:
             try:
                 spec = spec_for(op)
             except NoKernel as reason:
