@@ -56,10 +56,12 @@ def test_no_model_dtype_rounding_is_contracted_into_an_fma(spec, dtype, ptx_of):
     which rounds once where the graph rounds twice (it did: a fifth of a sandwich's
     residual sums a step off on an H100); ptxas may contract a multiply without a rounding
     modifier too. The kernels' rounding is opaque to LLVM: no 16-bit multiply or FMA in
-    the PTX. (The one 16-bit op left is the residual add of two loaded values, which
-    rounds once either way.)"""
+    the PTX that the compiler made (the kernels' own inline PTX multiplies 16-bit pairs with
+    an explicit rounding, which nothing contracts). (The one 16-bit op left is the residual
+    add of two loaded values, which rounds once either way.)"""
     ptx = ptx_of[f"{spec}:{dtype}"]
-    half_ops = re.findall(r"\b(?:fma|mul)(?:\.rn)?(?:\.ftz)?\.(?:bf16|f16)(?:x2)?\b", ptx)
+    compiled = re.sub(r"// begin inline asm.*?// end inline asm", "", ptx, flags=re.S)
+    half_ops = re.findall(r"\b(?:fma|mul)(?:\.rn)?(?:\.ftz)?\.(?:bf16|f16)(?:x2)?\b", compiled)
     assert not half_ops, sorted(set(half_ops))
     assert re.search(rf"cvt\.rn\.{dtype.replace('fp', 'f')}x2\.f32", ptx)
 
@@ -96,3 +98,12 @@ def test_scales_rounded_to_the_model_dtype_compile(arg, ptx_of):
     group's scale is one element a thread, which the packed rounding of rows cannot take
     (it failed to compile on the GPU; the interpreter runs no inline PTX)."""
     assert ".entry" in ptx_of[arg]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_plain_weight_step_multiplies_16_bit_pairs(dtype, ptx_of):
+    """A plain norm's weight step, (v * rstd) rounded to the model dtype times w, rounded
+    again: one packed 16-bit multiply a pair (the exact product rounded once, as torch's
+    fp32 product of two 16-bit values is), not two widenings and an fp32 multiply."""
+    ptx = ptx_of[f"rms_norm/plain/model/per_group 128:{dtype}"]
+    assert re.search(rf"mul\.rn\.{dtype.replace('fp', 'f')}x2", ptx)

@@ -19,7 +19,7 @@ func.func @post_norm(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w: tensor<64
 // TRITON:      def irfuse_rms_norm_add_fp32w_per_token_fp8(
 // TRITON:        residual = widened(tl.load(residual_row + cols
 // TRITON:        rstd = tl.rsqrt(
-// TRITON:        v = round_to(v * rstd * w, norm_dtype, INTERPRET)
+// TRITON:        v = round_to(v * rstd * widened(w, INTERPRET), norm_dtype, INTERPRET)
 // TRITON:        # residual add
 // TRITON-NEXT:   v += residual
 // TRITON:        residual_out_ptr + row * residual_out_row_stride + cols,
