@@ -25,11 +25,18 @@ def ir_text(module: ModuleOp) -> str:
 
 
 class GraphDump:
-    """Writes the files of one graph under `<dump_dir>/graph_<pid>_<n>/`."""
+    """Writes the files of one graph under `<dump_dir>/graph_<pid>_<n>/`, a directory of
+    its own (n counts on past those an earlier run with this pid left)."""
 
     def __init__(self, dump_dir: str) -> None:
-        self.path = Path(dump_dir) / f"graph_{os.getpid()}_{next(_GRAPH_IDS)}"
-        self.path.mkdir(parents=True, exist_ok=True)
+        Path(dump_dir).mkdir(parents=True, exist_ok=True)
+        while True:  # a new directory: an earlier run may have had this pid (containers)
+            self.path = Path(dump_dir) / f"graph_{os.getpid()}_{next(_GRAPH_IDS)}"
+            try:
+                self.path.mkdir()
+                break
+            except FileExistsError:
+                continue
         self._step = 0
 
     def module(self, label: str, module: ModuleOp) -> None:

@@ -80,11 +80,13 @@ class Options:
         return cls(passes, dump_dir, str(inner), str(attention), str(graph_launch), options)
 
     def cache_key(self) -> str:
-        """Changes whenever irfuse's version, its source (passes, lowering, kernels) or an
-        option that affects codegen does."""
+        """Changes whenever irfuse's version, its source (passes, lowering, kernels), an
+        option that affects codegen or TRITON_INTERPRET does."""
+        from irfuse.lowering.runtime import INTERPRET
+
         fields = {k: v for k, v in asdict(self).items() if k != "dump_dir"}
-        text = json.dumps({"irfuse": __version__, "source": source_hash(), **fields},
-                          sort_keys=True, default=str)  # fmt: skip
+        text = json.dumps({"irfuse": __version__, "source": source_hash(), **fields,
+                           "interpret": INTERPRET}, sort_keys=True, default=str)  # fmt: skip
         return hashlib.sha256(text.encode()).hexdigest()
 
 

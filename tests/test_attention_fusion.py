@@ -692,10 +692,36 @@ def test_auto_keeps_only_decisions_timed_at_every_size(monkeypatch, tmp_path):
 
     key = ("attention+static", ("batch", 2))
     untimed = autotune._kept_or_decided(key, lambda: (False, "could not time it", False))
-    assert untimed == (False, "could not time it") and not path.exists()
+    assert untimed == (False, "could not time it")
+    # not kept by Inductor's cache either: the token its graphs are keyed on is new
+    token = json.loads(path.read_text())["token"]
+    assert not json.loads(path.read_text())["decisions"]
+    autotune._kept_or_decided(key, lambda: (False, "could not time it", False))
+    assert json.loads(path.read_text())["token"] != token
     timed = autotune._kept_or_decided(key, lambda: (True, "measured", True))
     assert timed == (True, "measured")
     assert list(json.loads(path.read_text())["decisions"].values()) == [[True, "measured"]]
+    # an edited entry whose flag is no bool is decided again (bool("false") is True)
+    store = json.loads(path.read_text())
+    store["decisions"] = {k: ["false", "edited"] for k in store["decisions"]}
+    path.write_text(json.dumps(store))
+    assert autotune._kept_or_decided(key, lambda: (False, "again", True)) == (False, "again")
+
+
+def test_auto_a_triton_error_while_timing_keeps_sdpa(monkeypatch):
+    """Out of shared memory, a ptxas failure: Triton's own errors while timing keep SDPA
+    (not kept), with the reason; they used to abort the compile."""
+    from triton.runtime.errors import OutOfResources
+
+    from irfuse.lowering import autotune
+
+    def fails(scheme, point):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(autotune, "time_candidates", fails)
+    monkeypatch.setattr(autotune, "_fits", lambda point: True)
+    fuse, reason, keep = autotune._decide("static", [{"batch": 2}], [])
+    assert not fuse and not keep and reason.startswith("attention=auto could not time it: out of")
 
 
 def test_auto_decisions_file_keys_the_inductor_cache(monkeypatch, tmp_path):

@@ -968,6 +968,52 @@ def test_cache_key_covers_version_and_options(monkeypatch):
     # an edit of irfuse's source (a pass, the lowering, a kernel) invalidates a cached graph
     monkeypatch.setattr("irfuse.pipeline.source_hash", lambda: "edited")
     assert IrfuseGraphPass(Options.from_dict(base)).uuid() != default
+    monkeypatch.undo()
+    # what the pass emits differs under the interpreter (kernels on CPU tensors)
+    monkeypatch.setattr("irfuse.lowering.runtime.INTERPRET", not runtime_interpret())
+    assert IrfuseGraphPass(Options.from_dict(base)).uuid() != default
+
+
+def runtime_interpret() -> bool:
+    from irfuse.lowering import runtime
+
+    return runtime.INTERPRET
+
+
+def test_a_dump_never_reuses_an_earlier_runs_directory(monkeypatch, tmp_path):
+    """In a container every run may have the same pid: a graph's dump directory is a new
+    one, not an earlier run's with its files (which described fusions of that run)."""
+    import itertools
+
+    from irfuse import dump
+
+    firsts = []
+    for _ in range(2):  # two runs: the graph counter starts again
+        monkeypatch.setattr(dump, "_GRAPH_IDS", itertools.count())
+        firsts.append(dump.GraphDump(str(tmp_path)).path)
+    assert firsts[0] != firsts[1] and firsts[0].is_dir() and firsts[1].is_dir()
+
+
+def test_kernel_cache_dir_files_and_a_corrupt_file(monkeypatch, tmp_path):
+    """An empty IRFUSE_CACHE_DIR is unset (not the working directory), `~` expands; a
+    cached kernel file gets the umask's mode (a cache dir may be shared); a corrupt one
+    (not UTF-8) is written anew."""
+    from irfuse.lowering import kernel_cache
+
+    monkeypatch.setenv("IRFUSE_CACHE_DIR", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert kernel_cache.cache_dir() == tmp_path / "home" / ".cache" / "irfuse" / "kernels"
+    monkeypatch.setenv("IRFUSE_CACHE_DIR", "~/kc")
+    assert kernel_cache.cache_dir() == tmp_path / "home" / "kc"
+    source = "import triton\n\n@triton.jit\ndef probe(x_ptr):\n    pass\n"
+    path = tmp_path / "home" / "kc" / f"probe_{kernel_cache.kernel_key(source)}.py"
+    path.write_bytes(b"\xff\xfe not a kernel")
+    kernel_cache._LOADED.pop(kernel_cache.kernel_key(source), None)
+    assert kernel_cache.load_kernel("probe", source) is not None
+    assert path.read_text() == source
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_the_source_hash_covers_every_module_of_the_package(tmp_path):

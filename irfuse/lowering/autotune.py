@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import triton
 from torch._subclasses.fake_tensor import unset_fake_temporarily
+from triton.errors import TritonError
 
 from irfuse.kernels.attention import uses_decode
 from irfuse.lowering.kernel_cache import cache_dir, kernels_hash, write_atomically
@@ -102,7 +103,8 @@ def _kept_or_decided(key: tuple, decide: Callable[[], tuple[bool, str, bool]]) -
     kept = _kept(entry)
     if kept is None:
         fuse, reason, keep = decide()
-        if not keep:
+        if not keep:  # nor by Inductor's cache of this graph: a new token misses it
+            _renew_token()
             return fuse, reason
         with _locked():  # processes that timed at once (tensor-parallel ranks) agree
             store = _read_decisions() or {"token": uuid.uuid4().hex, "decisions": {}}
@@ -115,11 +117,26 @@ def _kept_or_decided(key: tuple, decide: Callable[[], tuple[bool, str, bool]]) -
     return bool(kept[0]), f"{kept[1]} (kept in {_decisions_path()}; delete it to time again)"
 
 
+def _renew_token() -> None:
+    """Gives the decisions file a new token: the graphs compiled under the old one (the
+    pass's uuid carries it) miss Inductor's cache, so a decision made but not kept (a
+    timing that failed, a size that did not fit) is made again by the next process."""
+    with _locked():
+        store = _read_decisions() or {"decisions": {}}
+        store["token"] = uuid.uuid4().hex
+        _write_decisions(store)
+
+
 def _kept(entry: str, store: dict | None = None) -> list | None:
     """The [fuse, why] kept for `entry`, if in that form (an edited file may hold other
     things: the entry is then decided again and replaced)."""
     kept = (store or _read_decisions() or {}).get("decisions", {}).get(entry)
-    valid = isinstance(kept, list) and len(kept) == 2 and isinstance(kept[1], str)
+    valid = (
+        isinstance(kept, list)
+        and len(kept) == 2
+        and isinstance(kept[0], bool)
+        and isinstance(kept[1], str)
+    )
     return kept if valid else None
 
 
@@ -203,7 +220,8 @@ def _decide(
             with unset_fake_temporarily():
                 gpu = time_candidates(scheme, point)
                 calls = time_calls(scheme, point) if host else (0.0, 0.0)
-        except (RuntimeError, ValueError) as error:  # out of memory, a grid too large
+        # out of memory, a grid too large, Triton's own (out of shared memory, ptxas)
+        except (RuntimeError, ValueError, TritonError) as error:
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             return False, f"attention=auto could not time{sized} {at or 'it'}: {first_line}", False
         times = (max(gpu[0], calls[0]), max(gpu[1], calls[1]))

@@ -35,8 +35,9 @@ def kernels_hash() -> str:
 
 
 def cache_dir() -> Path:
+    """IRFUSE_CACHE_DIR (`~` expanded; unset or empty: ~/.cache/irfuse/kernels)."""
     default = Path.home() / ".cache" / "irfuse" / "kernels"
-    path = Path(os.environ.get("IRFUSE_CACHE_DIR", default))
+    path = Path(os.environ.get("IRFUSE_CACHE_DIR") or default).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -46,12 +47,33 @@ def kernel_key(source: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def _file_mode() -> int:
+    """The mode a new file gets under the process's umask (read without changing it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Writes `text` to `path` through a temporary file beside it: concurrent processes
-    never see half a file."""
+    never see half a file. The file gets the umask's mode, as a plain write would (the
+    temporary file is the owner's only): a cache dir may be shared."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
         f.write(text)
+    os.chmod(f.name, _FILE_MODE)
     os.replace(f.name, path)
+
+
+def _holds(path: Path, source: str) -> bool:
+    """Whether `path` holds exactly `source` (a missing, unreadable or corrupt file does
+    not: it is written anew)."""
+    try:
+        return path.read_bytes() == source.encode()
+    except OSError:
+        return False
 
 
 def load_kernel(name: str, source: str) -> Any:
@@ -60,7 +82,7 @@ def load_kernel(name: str, source: str) -> Any:
     if key in _LOADED:
         return _LOADED[key]
     path = cache_dir() / f"{name}_{key}.py"
-    if not path.exists() or path.read_text() != source:
+    if not _holds(path, source):
         write_atomically(path, source)
     spec = importlib.util.spec_from_file_location(f"irfuse_kernels.{name}_{key}", path)
     assert spec is not None and spec.loader is not None
