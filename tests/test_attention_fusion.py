@@ -218,6 +218,34 @@ def test_rows_of_more_heads_than_the_kernels_take_are_refused():
     assert any("rows of Hq*Dv = 65600" in r["reason"] for r in report.rejected), str(report)
 
 
+def test_a_negative_scale_is_refused_with_its_reason():
+    """The prefill's unmasked tiles take the row max of the unscaled scores times the
+    scale: with a negative scale that is the row's smallest scaled score, and rows of a
+    wide score range came out NaN. Such an attention is not fused; a direct call of
+    irfuse.attention with one runs the reference."""
+
+    def fn(q, k, v):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, k, v, scale=-0.5).transpose(1, 2)
+        scale = torch.tensor([0.02], device=o.device)
+        return (o.reshape(b, s, h * d).float() / scale).clamp(-448, 448).to(FP8)
+
+    q, k, v = _inputs(b=1, h=2, s=80, d=16)
+    report = irfuse.explain(fn, q, k, v, attention="irfuse")
+    assert "fuse-attention-quant" not in report.fused
+    assert any("a negative scale (-0.5" in r["reason"] for r in report.rejected), str(report)
+
+    def direct(q, k, v):
+        return irfuse.ops.attention(4 * q, 4 * k, v, None, -0.5, "none", False)[0]
+
+    torch._dynamo.reset()
+    out = torch.compile(direct, backend="irfuse", options={"inner": "eager"})(q, k, v)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, direct(q, k, v))
+    with pytest.raises(ValueError, match="sm_scale -0.5: the kernels' softmax takes scales >= 0"):
+        torch.ops.irfuse.kernel_attention(q, k, v, None, -0.5, "none", "bhsd", False, "none")
+
+
 def test_bad_attention_option():
     with pytest.raises(ValueError, match="attention must be one of"):
         Options.from_dict({"attention": "fast"})

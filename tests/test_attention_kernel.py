@@ -534,6 +534,17 @@ def test_grids_past_cuda_limits_get_a_clear_error(monkeypatch):
         torch.ops.irfuse.kernel_attention_mask_summary(q, k, mask)
 
 
+@pytest.mark.parametrize("hkv", [0, 3])
+def test_mask_summary_checks_the_heads(hkv):
+    """k with no heads, or heads that do not divide q's, get a clear error (no heads was
+    a ZeroDivisionError, 3 for q's 2 was summarised)."""
+    q, k, _ = _qkv(1, 2, max(hkv, 1), 4, 8, 16, torch.float16)
+    k = k[:, :0] if hkv == 0 else k
+    mask = torch.ones(1, 1, 4, 8, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match="batch or heads mismatch"):
+        torch.ops.irfuse.kernel_attention_mask_summary(q, k, mask)
+
+
 def test_prefill_past_the_grid_rows_takes_the_one_dimensional_grid(monkeypatch):
     """More (batch, head)s than a grid has rows (the limit lowered to 3 here): the prefill
     kernel runs its 1-D grid, same results."""

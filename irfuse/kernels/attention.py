@@ -37,6 +37,9 @@ DECODE_ONLY = ("per_token", "per_token in_dtype")
 # compile without those masks.
 HEAD_DIM_STEP, MAX_HEAD_DIM = 16, 256
 HEAD_DIM_RULE = f"multiples of {HEAD_DIM_STEP} up to {MAX_HEAD_DIM}"  # for error messages
+# The prefill's unmasked tiles take the row max of the unscaled scores times the scale:
+# that is the scaled scores' max only for a scale of at least 0.
+NEGATIVE_SCALE = "the kernels' softmax takes scales >= 0"
 
 
 def takes_head_dim(dim: int) -> bool:

@@ -29,6 +29,7 @@ from irfuse.kernels.attention import (
     HEAD_DIM_RULE,
     MAX_GRID_X,
     MAX_GRID_YZ,
+    NEGATIVE_SCALE,
     takes_head_dim,
     uses_decode,
 )
@@ -509,6 +510,8 @@ def kernel_attention(
     (the mask means where(mask, 0, mask_hidden); None: hidden). Returns (out, lse,
     scales); lse and scales are empty when not asked for / not produced."""
     _check(q, k, v, scale, causal, layout, epilogue, mask, mask_summary, mask_hidden)
+    if sm_scale < 0:
+        raise ValueError(f"irfuse.kernel_attention: sm_scale {sm_scale}: {NEGATIVE_SCALE}")
     if runs_reference(q):
         return _reference(q, k, v, scale, sm_scale, causal, layout, return_lse, epilogue, mask,
                           mask_hidden)  # fmt: skip
@@ -624,6 +627,10 @@ def _(q, k, mask, mask_hidden=None):
 
 def _check_summary_args(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, hidden) -> None:
     what = "irfuse.kernel_attention_mask_summary"
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"{what}: q and k must be 4-D, got {list(q.shape)} / {list(k.shape)}")
+    if not k.shape[1] or q.shape[1] % k.shape[1] or q.shape[0] != k.shape[0]:
+        raise ValueError(f"{what}: q {list(q.shape)}, k {list(k.shape)}: batch or heads mismatch")
     _check_mask(what, mask, q, k, "none", hidden)
 
 

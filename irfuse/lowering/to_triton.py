@@ -17,6 +17,7 @@ from irfuse.kernels.attention import (
     DECODE_MAX_ROWS,
     DECODE_ONLY,
     HEAD_DIM_RULE,
+    NEGATIVE_SCALE,
     holds_token_rows,
     takes_head_dim,
 )
@@ -51,6 +52,9 @@ def _spec(op: Operation) -> KernelSpec | AttentionKernel:
         dims = (op.q.type.get_shape()[-1], op.v.type.get_shape()[-1])
         if not all(takes_head_dim(d) for d in dims):
             raise NoKernel(f"no attention kernel for head dims {dims} ({HEAD_DIM_RULE})")
+        if op.scale.value.data < 0:
+            scale = op.scale.value.data
+            raise NoKernel(f"no attention kernel for the scale {scale} ({NEGATIVE_SCALE})")
         _, hq, sq, _ = op.q.type.get_shape()
         if epilogue in DECODE_ONLY and not holds_token_rows(sq, hq, op.k.type.get_shape()[1]):
             raise NoKernel(
