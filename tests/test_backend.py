@@ -74,7 +74,9 @@ def test_add_rms_norm_quant_fuses_and_matches_eager():
 )
 @pytest.mark.parametrize("eps", [1e-5, 1e-6, 1e-12])
 def test_model_idioms_fuse(fn, kernel, eps):
+    """x's mean square is about eps, so that an eps lost on the way changes the result."""
     x, _, w, s = _norm_inputs(t=3, h=96)
+    x = (x.float() * eps**0.5).to(x.dtype)
     report = irfuse.explain(fn, x, w, s, eps)
     assert report.fused["fuse-rms-norm-quant"] == 1, str(report)
     assert report.kernels == [kernel]

@@ -35,7 +35,10 @@ def test_rms_norm_matches_reference(dtype, t, h):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("eps", [1e-5, 1e-6, 1e-12])
 def test_fused_add_rms_norm_static_fp8_matches_reference(dtype, eps):
+    """The rows' mean square is about eps (x and the residual scaled to it), so that an
+    eps lost or changed on the way changes the result."""
     x, residual, w, scale = _inputs(7, 128, dtype)
+    x, residual = ((t.float() * eps**0.5).to(dtype) for t in (x, residual))
     q, residual_out, *_ = kernel_norm(
         x, residual, w, scale, eps, "fused_add_rms_norm/plain/model/static"
     )

@@ -268,9 +268,9 @@ def test_nvfp4_scales_padded_past_the_token_count_keep_kernel_norm(rows):
 
 
 def test_a_launch_the_sampled_row_counts_agree_on_is_the_same_at_every_count():
-    """SAMPLE_ROWS misses no threshold: wherever the launch choices agree at the sampled
-    counts, they agree at every count up to 5000 (and at a few large ones)."""
-    counts = [*range(1, 5000), 8192, 65536, 10**6]
+    """SAMPLE_ROWS misses no threshold: every count up to 5000 where a launch choice
+    changes is sampled, with the count below it, and past the last one the choice holds
+    (at a few large counts and 2^20)."""
     for scheme in ("none", "static", "per_token", "per_group 128", "nvfp4", "amax"):
         for producer in ("quant", "rms_norm"):
             spec = KernelSpec(producer, "none" if producer == "quant" else "plain", scheme)
@@ -281,8 +281,11 @@ def test_a_launch_the_sampled_row_counts_agree_on_is_the_same_at_every_count():
                     config = runtime.launch_config(rows, n_cols, spec.quant, tiles, norm)
                     return config, runtime.runs_two_pass(spec, rows, n_cols)
 
-                if len({choice(rows) for rows in SAMPLE_ROWS}) == 1:
-                    assert len({choice(rows) for rows in counts}) == 1, (spec, n_cols)
+                changes = [rows for rows in range(2, 5000) if choice(rows) != choice(rows - 1)]
+                missed = [r for r in changes if r not in SAMPLE_ROWS or r - 1 not in SAMPLE_ROWS]
+                assert not missed, (spec, n_cols, missed)
+                for rows in (4999, 8192, 65536, 10**6):
+                    assert choice(rows) == choice(2**20), (spec, n_cols, rows)
 
 
 def test_launches_the_graph_cannot_make_are_named():

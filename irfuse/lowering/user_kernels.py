@@ -199,7 +199,7 @@ def _range_at_hint(
     if len(samples) == 1:
         return samples, (1, math.inf)
     hint = rows.node.hint if isinstance(rows, torch.SymInt) else rows
-    if hint is None:
+    if hint is None or hint < 1:  # no sample below 1 row
         return None
     at = max(i for i, s in enumerate(samples) if s.rows <= hint)
     lo, hi = at, at
