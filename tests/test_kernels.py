@@ -183,6 +183,37 @@ def test_unrounded_norm_output_quantizes_the_fp32_value():
     torch.testing.assert_close(out, y, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "kernel", ["quant/none/model/per_group 64", "rms_norm/plain/model/per_group 128 ue8m0"]
+)
+def test_per_group_scales_of_a_one_dimensional_input(kernel):
+    """A [K] input's group scales are one row of K/G: each group's scale in its own slot
+    (they were all written to the first, with a column stride of 0, the others left
+    unwritten)."""
+    x, _, w, _ = _inputs(1, 256, torch.bfloat16)
+    x = x[0] * 3
+    group, ue8m0 = int(kernel.split()[1]), kernel.endswith("ue8m0")
+    q, _, scales, _ = kernel_norm(x, None, None if kernel.startswith("quant") else w, None,
+                                  1e-6, kernel)  # fmt: skip
+    y = x if kernel.startswith("quant") else ref.rms_norm(x, w, 1e-6)
+    q_ref, scales_ref = ref.per_group_fp8_quant(y, group, ue8m0=ue8m0)
+    assert scales.shape == scales_ref.shape == (256 // group,)
+    torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
+    assert_fp8_close(q, q_ref, scales.repeat_interleave(group))
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    ["quant/none/model/amax", "rms_norm/plain/model/amax", "quant/none/fp32/per_token in_dtype"],
+)
+def test_internal_or_meaningless_specs_are_refused(kernel):
+    """`amax` is phase 1 of a per-tensor quant, built internally (it failed with a
+    ZeroDivisionError); a standalone quant has no norm whose output could stay fp32."""
+    x, _, w, _ = _inputs(2, 64, torch.float16)
+    with pytest.raises(ValueError, match="unknown irfuse kernel spec"):
+        kernel_norm(x, None, None if kernel.startswith("quant") else w, None, 1e-6, kernel)
+
+
 def test_unknown_kernel_spec_is_refused():
     x, _, w, _ = _inputs(2, 64, torch.float16)
     with pytest.raises(ValueError, match="unknown irfuse kernel spec"):

@@ -106,8 +106,10 @@ class KernelSpec:
             if (
                 known_scheme
                 and quant.split()[0] in LOWERED_SCHEMES
+                and quant != "amax"  # phase 1 of a per-tensor quant: per_tensor_phases' own
                 and producer in PRODUCERS
                 and norm_out in ("model", "fp32")
+                and not (producer == "quant" and norm_out != "model")  # no norm to round
                 and weight_mode in ((*norm.WEIGHT,) if producer != "quant" else ("none",))
                 and not (keep_value and (producer in ("quant", "rms_norm_add") or quant == "none"))
                 and not (rounded_sum and producer != "fused_add_rms_norm")

@@ -384,8 +384,10 @@ def single_launch(
     x2, residual2, weight, residual_out2, out2 = _row_views(x, residual, weight, out, residual_out)
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
         scales2 = scales.view(torch.uint8)
+    elif scales.dim() > 1 or spec.quant.startswith("per_group"):  # [ng] of a 1-D x: one row
+        scales2 = scales.view(-1, scales.shape[-1])
     else:
-        scales2 = scales.view(-1, scales.shape[-1]) if scales.dim() > 1 else scales
+        scales2 = scales
     value2 = value.view(-1, x2.shape[1]) if spec.keep_value else None
     if runs_two_pass(spec, *x2.shape):
         spec = _two_pass(spec)
