@@ -106,7 +106,6 @@ class KernelSpec:
             if (
                 known_scheme
                 and quant.split()[0] in LOWERED_SCHEMES
-                and quant != "amax"  # phase 1 of a per-tensor quant: per_tensor_phases' own
                 and producer in PRODUCERS
                 and norm_out in ("model", "fp32")
                 and not (producer == "quant" and norm_out != "model")  # no norm to round
@@ -155,8 +154,9 @@ class KernelSpec:
         return text + " (two passes over each row)" if self.two_pass else text
 
 
-# per_tensor runs as two kernels, `amax` (internal) then `per_tensor` (runtime.py).
-LOWERED_SCHEMES = ("none", "static", "per_token", "per_tensor", "per_group", "nvfp4", "amax")
+# The schemes a spec string may name. per_tensor runs as two kernels, `amax` then
+# `per_tensor` (per_tensor_phases builds the first; no string names it).
+LOWERED_SCHEMES = ("none", "static", "per_token", "per_tensor", "per_group", "nvfp4")
 
 
 @dataclass(frozen=True)

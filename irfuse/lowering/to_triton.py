@@ -52,8 +52,7 @@ def _spec(op: Operation) -> KernelSpec | AttentionKernel:
         dims = (op.q.type.get_shape()[-1], op.v.type.get_shape()[-1])
         if not all(takes_head_dim(d) for d in dims):
             raise NoKernel(f"no attention kernel for head dims {dims} ({HEAD_DIM_RULE})")
-        if op.scale.value.data < 0:
-            scale = op.scale.value.data
+        if (scale := op.scale.value.data) < 0:
             raise NoKernel(f"no attention kernel for the scale {scale} ({NEGATIVE_SCALE})")
         _, hq, sq, _ = op.q.type.get_shape()
         if epilogue in DECODE_ONLY and not holds_token_rows(sq, hq, op.k.type.get_shape()[1]):

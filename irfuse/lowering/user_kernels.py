@@ -70,9 +70,9 @@ GRAPH_LAUNCH = "launched by Inductor's wrapper"
 
 def _sample_rows() -> tuple[int, ...]:
     """Every row count at which a launch choice changes, one below and one above each, 1
-    and 2^20. The thresholds and 2^20 are multiples of 128; the count above each is not,
-    so that a buffer sized by rows rounded up (nvfp4's swizzled scales) is not taken for
-    one sized by the rows (_layout)."""
+    and 2^20. None of the counts above a threshold is a multiple of 128, so that every
+    range holds one where a buffer sized by rows rounded up (nvfp4's swizzled scales)
+    differs from one sized by the rows (_layout)."""
     thresholds = {MANY_ROWS, TWO_PASS_MIN_ROWS}
     for tiles in (*ROW_TILES.values(), *NORM_ROW_TILES.values()):
         thresholds |= {int(limit) for limit, *_ in tiles if limit != math.inf}
