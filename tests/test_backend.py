@@ -712,6 +712,29 @@ def test_norm_read_unquantized_elsewhere_keeps_the_value_in_the_fused_kernel():
     assert_fp8_close(q, q_ref, s)
 
 
+def _three_chained_norms(x, r, w1, w2, w3):
+    y, h = torch.ops.irfuse.fused_add_rms_norm(x, r, w1, 1e-6)
+    z = torch.ops.irfuse.rms_norm(y, w2, 1e-6)  # reads the first of y's two results
+    return torch.ops.irfuse.fused_add_rms_norm(z, h, w3, 1e-6)  # reads both kernels
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+def test_a_kernel_reading_two_earlier_kernels_follows_both(inner):
+    """Kernels are placed after their latest input: the third reads the second's result
+    and the first's last one, which the second was placed before. (It was placed before
+    that input: the graph did not compile, "used before it has been defined".)"""
+    x, r, w1, _ = _norm_inputs(t=4, h=64)
+    w2, w3 = 1 + 0.1 * torch.randn(2, 64, device=x.device, dtype=x.dtype)
+    report = irfuse.explain(_three_chained_norms, x, r, w1, w2, w3)
+    assert len(report.kernels) == 3, str(report)
+    torch._dynamo.reset()
+    compiled = torch.compile(_three_chained_norms, backend="irfuse", options={"inner": inner})
+    y, h = compiled(x, r, w1, w2, w3)
+    y_ref, h_ref = _three_chained_norms(x, r, w1, w2, w3)
+    assert torch.equal(h, h_ref)
+    assert_close(y, y_ref)
+
+
 def _norm_per_tensor(x, w):
     return torch.ops.irfuse.per_tensor_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6))
 

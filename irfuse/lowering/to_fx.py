@@ -118,14 +118,16 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
         return anchor
 
     def placed(anchor: fx.Node) -> list[fx.Node]:
-        """Rank the nodes just inserted after `anchor` (up to the next ranked one), strictly
-        between it and the next original node (an integer)."""
+        """Rank the nodes just inserted after `anchor`, strictly between it and the next
+        ranked node (an original one, or one inserted before after an earlier anchor: a
+        result of a fused op that is not its last node is followed by ranked ones)."""
         nodes = []
         node = anchor.next
         while node not in rank and node.op != "root":
             nodes.append(node)
             node = node.next
-        low, high = rank[anchor], math.floor(rank[anchor]) + 1
+        low = rank[anchor]
+        high = rank[node] if node.op != "root" else math.floor(low) + 1
         for i, node in enumerate(nodes, start=1):
             rank[node] = low + (high - low) * i / (len(nodes) + 1)
         tail[anchor] = nodes[-1]
