@@ -605,6 +605,31 @@ def test_wide_offsets(loads, monkeypatch):
                                rtol=2e-3)  # fmt: skip
 
 
+def _decode_wide(k: torch.Tensor) -> bool:
+    q = torch.empty(1, 4, 1, 16, device="meta", dtype=torch.float16)
+    out = q.new_empty(1, 4, 1, 16)
+    masking = kernels._mask_args(None, q, k)
+    split = kernels.decode_launches(q, k, k, masking, None, None, 0.25, "none", "none", out,
+                                    q.new_empty(0), q.new_empty(0))[0]  # fmt: skip
+    return split.args["WIDE_OFFSETS"]
+
+
+def test_decode_wide_offsets(loads, monkeypatch):
+    """The split-KV decode takes 64-bit key offsets where key * stride reaches 2^31
+    elements (a KV cache laid out [B, S, H, D] with key stride 2^20, past 2048 keys, or a
+    tile's margin short of them; it read 2^31 elements before the key), and the same
+    results with them."""
+    cache = torch.empty(1, 2100, 2**16, 16, device="meta", dtype=torch.float16)
+    keys = cache.transpose(1, 2)[:, :1]
+    assert _decode_wide(keys) and not _decode_wide(keys[:, :, :1000])
+    monkeypatch.setattr(kernels, "INT32_OFFSETS", 1)
+    q, k, v = _qkv(2, 4, 2, 1, 45, 16, torch.float16)
+    out, lse, _ = kernel_attention(q, k, v, None, 0.25, "none", "bhsd", True, "none")
+    expected, lse_ref = ref.attention(q, k, v, None, 0.25, "none", True)
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-4, rtol=1e-4)
+
+
 def test_tma_check_keeps_no_tensor_alive():
     """tma_ok runs per call: it must not cache (a cache would hold every q/k/v)."""
     q = torch.randn(1, 1, 16, 16, device=DEVICE)

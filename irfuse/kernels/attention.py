@@ -487,7 +487,8 @@ def {name}(
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, KEY_MASK: tl.constexpr,
-    SUMMARY: tl.constexpr, SUMMARY_BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
+    SUMMARY: tl.constexpr, SUMMARY_BLOCK_N: tl.constexpr, WIDE_OFFSETS: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     # rows r < group * seq_q: query head kv_head * group + r // seq_q, token r % seq_q
     # a 1-D grid in the order of a (split, batch x kv head) one
@@ -500,6 +501,10 @@ def {name}(
     q_head = kv_head * group + rows // seq_q
     token = rows % seq_q
     offs_n = tl.arange(0, BLOCK_N)
+    if WIDE_OFFSETS:  # key * stride (or a query's) reaches 2^31 elements: 64-bit
+        q_head = q_head.to(tl.int64)
+        token = token.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
 {head_cols}    q_rows = q_ptr + batch * stride_qb + q_head * stride_qh + token * stride_qs
     q_ptrs = q_rows[:, None] + offs_d[None, :]
 {q_load}    mask_rows = (mask_ptr + batch * stride_mb + q_head.to(tl.int64) * stride_mh

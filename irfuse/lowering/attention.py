@@ -838,6 +838,8 @@ def decode_launches(
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     summary = mask_summary is not None  # _check: a summary comes with its mask
     _check_programs("the split-KV decode", splits * b * hkv)
+    wide = wide_offsets((h, q.stride(1)), (sq, q.stride(2)), (seq_kv, k.stride(2)),
+                        (seq_kv, v.stride(2)))  # fmt: skip
     split = KernelLaunch.of(
         split_kv_kernel(), (splits * b * hkv,),
         (q, k, v, mask, mask_summary if summary else mask, part, part_state, sm_scale,
@@ -845,7 +847,7 @@ def decode_launches(
          *v.stride()[:3], *mask_strides, _mask_heads(mask_strides, h), hkv),
         dict(HEAD_DIM=d, HEAD_DIM_V=dv, BLOCK_D=tile_d, BLOCK_DV=tile_dv, BLOCK_M=block_m,
              CAUSAL=CAUSAL[causal], MASK=mask_kind, KEY_MASK=key_mask, SUMMARY=summary,
-             SUMMARY_BLOCK_N=DECODE_BLOCK_N, INTERPRET=INTERPRET, **config),
+             SUMMARY_BLOCK_N=DECODE_BLOCK_N, INTERPRET=INTERPRET, WIDE_OFFSETS=wide, **config),
         num_warps, num_stages, ("part_ptr", "part_state_ptr"),
     )  # fmt: skip
     n_cols = h * dv
