@@ -653,6 +653,24 @@ def test_auto_keeps_its_decisions_for_later_processes(monkeypatch):
     assert f"{measured} (kept in {autotune._decisions_path()}; delete it" in note, note
 
 
+def test_auto_fuses_a_bottom_right_attention_without_timing_sdpa(monkeypatch):
+    """A bottom-right causal attention (only a direct irfuse.attention call has one) runs
+    irfuse's kernel fused or not: `auto` fuses its quant without timing SDPA (whose
+    is_causal is top-left: it timed another attention)."""
+    from irfuse.lowering.autotune import BOTTOM_RIGHT
+
+    def fn(q, k, v, s):
+        b, h, sq, d = q.shape
+        o, _ = torch.ops.irfuse.attention(q, k, v, None, d**-0.5, "bottom_right")
+        return ref.static_fp8_quant(o.transpose(1, 2).reshape(b * sq, h * d), s)
+
+    timed = _fake_gpu_timings(monkeypatch, lambda scheme, sig: (200.0, 100.0))
+    q, k, v = _inputs(s=40)
+    report = irfuse.explain(fn, q[:, :, :24], k, v, torch.tensor([0.02], device=DEVICE))
+    assert report.fused["fuse-attention-quant"] == 1 and not timed, str(report)
+    assert f"fuse-attention-quant chose the fused kernel: {BOTTOM_RIGHT}" in report.notes
+
+
 def test_auto_counts_the_hosts_launches_where_the_host_pays_them(monkeypatch):
     """Without CUDA graphs each call of the fused attention costs the host its runtime op,
     which a decode's few us of GPU work cannot hide: `auto` then weighs each candidate by

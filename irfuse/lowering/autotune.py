@@ -45,6 +45,9 @@ DYNAMIC = -(2**63)  # a dynamic dim in the signature (the dialect's `?`)
 _DECISIONS: dict[tuple, tuple[bool, str]] = {}
 MARGIN = 0.97  # timings of +-3% are noise between rounds (ANCHORS.md)
 DECISIONS_FILE = "attention_auto.json"
+# Only a direct irfuse.attention call has a bottom-right causal mask: unfused, it runs
+# irfuse's kernel then the quant, which the fused kernel runs as its epilogue.
+BOTTOM_RIGHT = "attention=auto: a bottom-right causal attention runs irfuse's kernel either way"
 
 
 def attention_chooser(mode: str, cuda_graphs: bool = False, graph_launch: str = "off") -> Chooser:
@@ -62,6 +65,8 @@ def attention_chooser(mode: str, cuda_graphs: bool = False, graph_launch: str = 
             return False, "attention=sdpa keeps the graph's SDPA + quant"
         if not can_measure():
             return INTERPRET, "attention=auto off the GPU: fused only under the interpreter"
+        if signature["causal"] == "bottom_right":  # SDPA's is_causal is top-left
+            return True, BOTTOM_RIGHT
         if signature["dtype"] == "float32":
             return False, "attention=auto: fp32 on the GPU would run the reference ops: SDPA kept"
         dynamic = [k for k, v in signature.items() if _dynamic(v)]
