@@ -1137,6 +1137,35 @@ def test_gpu_inductor_dynamic_and_cuda_graphs(mode):
     assert len(reports) <= 2
 
 
+def test_a_one_element_weight_over_a_symbolic_hidden_size_is_refused():
+    """w[1] broadcasts over x [T, ?]: a norm kernel takes a weight of the hidden size (it
+    was raised, and the first call failed in the runtime op's check)."""
+    x, _, w, s = _norm_inputs(h=16)
+    torch._dynamo.mark_dynamic(x, 1)
+    with capture_reports() as reports:
+        q = torch.compile(models.hf_norm_quant, backend="irfuse", options={"inner": "eager"})(
+            x, w[:1], s
+        )
+    reason = "weight has 1 elements, the hidden size is symbolic"
+    assert any(r["reason"] == reason for r in reports[0].rejected), str(reports[0])
+    assert_fp8_close(q, models.hf_norm_quant(x, w[:1], s), s)
+
+
+def test_a_variance_taken_in_fp64_is_refused():
+    """mean(..., dtype=float64) makes the variance and the normalised value fp64, not what
+    the kernels compute."""
+
+    def fn(x, w, s):
+        v = x.float()
+        n = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True, dtype=torch.float64) + 1e-6)
+        return models.static_quant(w * n.to(x.dtype), s)
+
+    x, _, w, s = _norm_inputs()
+    report = irfuse.explain(fn, x, w, s)
+    assert any(r["reason"].endswith("is float64") for r in report.rejected), str(report)
+    assert not report.kernels
+
+
 def test_norm_intermediate_read_elsewhere_is_refused():
     def fn(x, w, s):
         v = x.float()

@@ -145,6 +145,10 @@ def _match_normalised(rsqrt: CallOp) -> _Norm | str | None:
         return f"mean over dims {dims} (keepdim {const_arg(mean, 2, 'keepdim')}), not the last"
     if element_type(xf) != F32:
         return f"normalised in {dtype_name(element_type(xf))}, not float32"
+    # mean(..., dtype=float64) makes the variance, and what follows, fp64
+    if (wider := next((o for o in (mean, add, rsqrt) if element_type(o.results[0]) != F32),
+                      None)) is not None:  # fmt: skip
+        return f"%{wider.results[0].name_hint} is {dtype_name(element_type(wider.results[0]))}"
     casts = [v.owner for v in dict.fromkeys((xf, xs)) if v is not x]
     chain = [square_op, mean, add, rsqrt, n_op, *casts]
     return _Norm(x, xf, eps, chain, eps_casts)
@@ -677,8 +681,10 @@ def _guard(norm: _Norm, weighted: _Weighted, dt: Attribute | None, y: SSAValue) 
     if rank(norm.x) == 0:
         return "the input is 0-d (no hidden dim)"
     hidden, w_size = norm.x.type.get_shape()[-1], weighted.weight.type.get_shape()[0]
-    if DYNAMIC not in (hidden, w_size) and hidden != w_size:
-        return f"weight has {w_size} elements, the hidden size is {hidden}"
+    # a weight of one element broadcasts over a symbolic hidden size (others must equal it)
+    if hidden != w_size and (DYNAMIC not in (hidden, w_size) or w_size == 1):
+        hidden_text = "symbolic" if hidden == DYNAMIC else hidden
+        return f"weight has {w_size} elements, the hidden size is {hidden_text}"
     if w_dt != dt and not (weighted.form == "gemma" and w_dt == F32):
         return f"weight dtype {dtype_name(w_dt)} != input dtype {dtype_name(dt)}"
     unrounded = weighted.form != "plain" and element_type(y) == F32
