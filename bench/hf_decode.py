@@ -113,8 +113,8 @@ def candidates(model, batch: int, length: int) -> tuple[dict, str]:
     position = torch.tensor([length // 2], device=DEVICE)
     fns = {"eager": lambda: step(model, token, cache, position)}
     kernels = ""
+    torch._dynamo.reset()  # once: a reset between the two would drop Inductor's arm
     for backend in ("inductor", "irfuse"):
-        torch._dynamo.reset()
         compiled = torch.compile(step, backend=backend, mode="reduce-overhead")
         with torch.no_grad(), capture_reports() as reports:
             for _ in range(3):  # compiles, records the CUDA graph
@@ -128,6 +128,9 @@ def candidates(model, batch: int, length: int) -> tuple[dict, str]:
 def per_step_us(fns: dict, calls: int, rounds: int) -> dict[str, float]:
     """Median over alternating rounds of the wall time per step (us), one sync a round."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # every arm warm (a recompile, a graph recorded) before timing
+        for _ in range(3):
+            fn()
     for _ in range(rounds):
         for name, fn in fns.items():
             torch.cuda.synchronize()

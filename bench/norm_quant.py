@@ -18,9 +18,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare  # noqa: E402
 
-from irfuse.lowering.runtime import kernel_norm  # noqa: E402
+import irfuse as irfuse_module  # noqa: E402
+from irfuse.lowering.runtime import decode, kernel_norm  # noqa: E402
 
-ADD_NORM_STATIC = "fused_add_rms_norm/fp32/model/static"
+# The kernel the irfuse graph of add_rms_norm_quant runs (checked against its report): the
+# sum rounded to bf16 as the graph rounds it, divided by the scale as the graph divides
+ADD_NORM_STATIC = "fused_add_rms_norm/fp32/model/static div/rounded_sum"
 
 
 def add_rms_norm_quant(x, residual, weight, scale):
@@ -47,21 +50,17 @@ def bench_one(hidden: int, tokens: int, inductor, irfuse, rounds: int) -> dict[s
     q, h = irfuse(x, r, w, s)
     assert torch.equal(h, h_ref)
     q_eager, _ = add_rms_norm_quant(x, r, w, s)
+    report = irfuse_module.explain(add_rms_norm_quant, x, r, w, s)
+    assert report.kernels == [decode(ADD_NORM_STATIC).name], (report.kernels, ADD_NORM_STATIC)
     print(
         f"hidden {hidden} T {tokens}: fp8 values differing by one step: "
         f"irfuse vs Inductor {check_fp8(q, q_ref):.2e}, "
         f"Inductor vs eager {check_fp8(q_ref, q_eager):.2e}",
         flush=True,
     )
-    return compare(
-        {
-            "eager": lambda: add_rms_norm_quant(x, r, w, s),
-            "inductor": lambda: inductor(x, r, w, s),
-            "irfuse": lambda: irfuse(x, r, w, s),
-            "kernel": lambda: kernel_norm(x, r, w, s, 1e-6, ADD_NORM_STATIC),
-        },
-        rounds,
-    )
+    kernel = lambda x, r, w, s: kernel_norm(x, r, w, s, 1e-6, ADD_NORM_STATIC)  # noqa: E731
+    candidates = {"eager": add_rms_norm_quant, "inductor": inductor, "irfuse": irfuse}
+    return compare({**candidates, "kernel": kernel}, rounds, (x, r, w, s))
 
 
 def sweep_warps(hidden: int, tokens_list: list[int], rounds: int) -> None:
@@ -76,9 +75,9 @@ def sweep_warps(hidden: int, tokens_list: list[int], rounds: int) -> None:
 
 
 def _sweep_one(hidden: int, tokens: int, rounds: int) -> dict[str, float]:
-    from irfuse.lowering.runtime import decode, launch_config, norm_launch, run_launch
+    from irfuse.lowering.runtime import launch_config, norm_launch, run_launch
 
-    spec = decode("fused_add_rms_norm/fp32/model/static")
+    spec = decode(ADD_NORM_STATIC)
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r, res_out = torch.randn_like(x), torch.empty_like(x)
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
@@ -89,11 +88,14 @@ def _sweep_one(hidden: int, tokens: int, rounds: int) -> dict[str, float]:
     block = launch_config(tokens, hidden)[0]
 
     def launch(warps: int):
-        config = (block, warps)
-        args = (x, r, w, s, out, res_out, no_scales, None, 1e-6, config)
-        return lambda: run_launch(spec, norm_launch(spec, *args))
+        def run(x, r, w, s, out, res_out):
+            args = (x, r, w, s, out, res_out, no_scales, None, 1e-6, (block, warps))
+            run_launch(spec, norm_launch(spec, *args))
 
-    return compare({f"{w} warps": launch(w) for w in (2, 4, 8, 16, 32)}, rounds)
+        return run
+
+    candidates = {f"{w} warps": launch(w) for w in (2, 4, 8, 16, 32)}
+    return compare(candidates, rounds, (x, r, w, s, out, res_out))
 
 
 def main() -> None:

@@ -265,31 +265,32 @@ def bench_one(
     post_norm: bool = False,
 ):
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    r = None if no_residual else torch.randn_like(x)
+    r = None if no_residual or standalone else torch.randn_like(x)
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
     s = torch.tensor([0.05 if scheme == "static" else 100.0], device="cuda")
+    inputs = (x, r, w, s, torch.randn_like(w) if sandwich else None)  # w2: a sandwich's
+    # functions of the inputs, timed over rotating copies of them (common.compare)
     if sandwich:
-        w2 = torch.randn_like(w)
-        torch_fn = lambda: sandwich_torch(sandwich, scheme, x, r, w, w2, s)  # noqa: E731
+        torch_fn = lambda x, r, w, s, w2: sandwich_torch(sandwich, scheme, x, r, w, w2, s)  # noqa: E731
         irfuse_fn = torch_fn
     elif post_norm:
-        torch_fn = lambda: post_norm_torch(scheme, x, r, w, s)  # noqa: E731
+        torch_fn = lambda x, r, w, s, w2: post_norm_torch(scheme, x, r, w, s)  # noqa: E731
         irfuse_fn = torch_fn
     elif standalone:
-        torch_fn = lambda: quant_torch(scheme, x, s)  # noqa: E731
-        irfuse_fn = lambda: quant_irfuse(scheme, x, s)  # noqa: E731
+        torch_fn = lambda x, r, w, s, w2: quant_torch(scheme, x, s)  # noqa: E731
+        irfuse_fn = lambda x, r, w, s, w2: quant_irfuse(scheme, x, s)  # noqa: E731
     else:
-        torch_fn = lambda: fused_torch(scheme, x, r, w, s, keep_value)  # noqa: E731
-        irfuse_fn = lambda: fused_irfuse(scheme, x, r, w, s, keep_value)  # noqa: E731
+        torch_fn = lambda x, r, w, s, w2: fused_torch(scheme, x, r, w, s, keep_value)  # noqa: E731
+        irfuse_fn = lambda x, r, w, s, w2: fused_irfuse(scheme, x, r, w, s, keep_value)  # noqa: E731
     torch._dynamo.reset()  # static shapes for every size: no automatic-dynamic recompiles
     inductor = torch.compile(torch_fn, dynamic=False)
     irfuse_model = torch_fn if as_written else irfuse_fn
     compiled = torch.compile(irfuse_model, backend="irfuse", dynamic=False)
-    got, expected = compiled(), irfuse_model()
+    got, expected = compiled(*inputs), irfuse_model(*inputs)
     check(scheme, got, expected, sandwich is not None or post_norm)
     if keep_value:
         torch.testing.assert_close(got[-1], expected[-1])
-    return compare({"eager": torch_fn, "inductor": inductor, "irfuse": compiled}, rounds)
+    return compare({"eager": torch_fn, "inductor": inductor, "irfuse": compiled}, rounds, inputs)
 
 
 def check(scheme: str, got, expected, sum_of_a_norm: bool = False) -> None:
