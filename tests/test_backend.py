@@ -16,6 +16,7 @@ from functorch.compile import aot_function, make_boxed_func
 import irfuse
 from irfuse.backend import IrfuseGraphPass
 from irfuse.pipeline import AUTOGRAD, Options, capture_reports, transform_graph
+from irfuse.transforms.match import HOST_SCALE
 from irfuse.transforms.raise_rms_norm import FROM_A_REDUCTION, NO_QUANT, READ_BY_POINTWISE
 from tests import models
 from tests.helpers import EVERY_NORM, assert_close, assert_fp8_close
@@ -281,6 +282,24 @@ def test_a_static_scale_given_as_a_constant_is_refused_with_its_reason(constant)
     compiled = torch.compile(norm_quant_by_number, backend="irfuse", options={"inner": "eager"})
     expected = norm_quant_by_number(x, w)
     assert torch.equal(compiled(x, w).view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_a_static_scale_given_as_a_float_argument_under_dynamic_is_refused():
+    """dynamic=True makes a float argument a graph input, a CPU scalar: no tensor a kernel
+    can read on the GPU. Refused with its reason (on the GPU the fused op's operands were
+    on two devices, and the whole graph was left to the inner compiler)."""
+
+    def norm_quant(x, w, scale: float):
+        return (models.hf_rms_norm(x, w).float() / scale).clamp(-448.0, 448.0).to(FP8)
+
+    x, _, w, _ = _norm_inputs()
+    compiled = torch.compile(norm_quant, backend="irfuse", options={"inner": "eager"},
+                             dynamic=True)  # fmt: skip
+    with capture_reports() as reports:
+        q = compiled(x, w, 0.05)
+    reason = HOST_SCALE.format(what="scale")
+    assert reason in [r["reason"] for r in reports[0].rejected], str(reports[0])
+    assert torch.equal(q.view(torch.uint8), norm_quant(x, w, 0.05).view(torch.uint8))
 
 
 def _hf_add_norm(x, r, w):

@@ -15,6 +15,11 @@ from irfuse.frontend.fx_import import HOST_SCALAR
 CASTS = ("prims.convert_element_type.default", "aten._to_copy.default")
 VIEWS = ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
 MUL = "aten.mul.Tensor"
+# a refusal of on_the_host values, whose `what` is a quant's scale or bound
+HOST_SCALE = (
+    "the {what} is a Python number that dynamic=True made a graph input (a CPU scalar); "
+    "a kernel reads a one-element float32 tensor on the device"
+)
 F32 = Float32Type()
 F64 = Float64Type()
 
@@ -67,6 +72,17 @@ def is_host_scalar(value: SSAValue) -> bool:
         return False
     marks = func.arg_attrs.data[value.index].data if func.arg_attrs is not None else {}
     return HOST_SCALAR in marks
+
+
+def on_the_host(value: SSAValue) -> bool:
+    """Whether `value` is a host scalar (is_host_scalar) or a dtype cast of one (a cast
+    that names no device keeps it on the host): a Python number that dynamic=True made a
+    graph input, which a kernel cannot read as a tensor."""
+    while (cast := cast_of(value)) is not None:
+        if "device" in value.owner.kwargs.data:  # type: ignore[union-attr]
+            return False
+        value = cast[0]
+    return is_host_scalar(value)
 
 
 def element_type(value: SSAValue) -> Attribute | None:

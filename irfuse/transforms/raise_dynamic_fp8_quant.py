@@ -120,6 +120,7 @@ from irfuse.transforms.match import (
     CLAMP_MAX,
     CLAMP_MIN,
     F32,
+    HOST_SCALE,
     VIEWS,
     call,
     cast_of,
@@ -131,6 +132,7 @@ from irfuse.transforms.match import (
     escaping_value,
     fused_insertion_point,
     int_list_arg,
+    on_the_host,
     rank,
     scaling_of,
     shape,
@@ -380,6 +382,8 @@ def _check_constants(steps: list[_Step], scheme: str) -> str | None:
             return f"lower clamp {step.value:g} of the scale is not {floor_text}"
         if step.kind == "bound" and not _one_element_f32(step.bound):
             return f"upper bound {step.bound.type} is not a one-element float32 tensor"  # type: ignore[union-attr]
+        if step.kind == "bound" and on_the_host(step.bound):  # type: ignore[arg-type]
+            return HOST_SCALE.format(what="upper bound")
     return None
 
 

@@ -42,6 +42,7 @@ from irfuse.transforms.fuse_quant import epilogue_source, identical_quant
 from irfuse.transforms.match import (
     CASTS,
     F32,
+    HOST_SCALE,
     call,
     cast_of,
     const_arg,
@@ -49,6 +50,7 @@ from irfuse.transforms.match import (
     element_type,
     erase_dead,
     escaping_intermediate,
+    on_the_host,
     scaling_of,
     tensor_arg,
 )
@@ -171,6 +173,8 @@ def _guard(
     shape = scale.type.get_shape() if hasattr(scale.type, "get_shape") else None
     if element_type(scale) != F32 or shape not in ((1,), ()):
         return f"scale {scale.type} is not a one-element float32 tensor"
+    if on_the_host(scale):
+        return HOST_SCALE.format(what="scale")
     if element_type(x) is None:
         return f"input {x.type} is not a tensor"
     # the scale's reciprocal may be shared; the main path may not
