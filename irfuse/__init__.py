@@ -17,9 +17,13 @@ if TYPE_CHECKING:
 __all__ = ["__version__", "explain", "irfuse_backend"]
 
 
-def explain(fn: Any, *args: Any, **options: Any) -> FusionReport:
+def explain(
+    fn: Any, *args: Any, kwargs: dict[str, Any] | None = None, **options: Any
+) -> FusionReport:
     """Compile `fn` with irfuse (eager inner compiler unless `inner` is given), run it on
-    `args`, and return what fused and what was refused and why, over all its graphs.
+    `args` (and the keyword inputs `kwargs`: an HF model's `attention_mask=`; keyword
+    arguments of explain itself are irfuse's options), and return what fused and what
+    was refused and why, over all its graphs.
 
     Every call compiles afresh: its backend is a new function (Dynamo reuses a compiled
     graph only for an equal backend), Inductor's and AOTAutograd's caches are off for it
@@ -34,13 +38,18 @@ def explain(fn: Any, *args: Any, **options: Any) -> FusionReport:
     from torch._C._dynamo.eval_frame import reset_code
     from torch._dynamo.convert_frame import register_bytecode_hook
 
-    from irfuse.backend import irfuse_backend
-    from irfuse.pipeline import capture_reports
+    from irfuse.backend import NEITHER, irfuse_backend, unknown_options
+    from irfuse.pipeline import Options, capture_reports
     from irfuse.transforms.report import FusionReport
 
     def explaining_backend(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
         return irfuse_backend(gm, example_inputs, **kwargs)
 
+    if unknown := unknown_options(Options.from_dict(options)):
+        raise TypeError(
+            f"irfuse.explain: unknown option(s) {unknown}: {NEITHER} (the function's own "
+            "keyword inputs go in kwargs={...})"
+        )
     options.setdefault("inner", "eager")
     compiled = torch.compile(fn, backend=explaining_backend, options=options, dynamic=False)
     compiled_frames: list[Any] = []
@@ -51,7 +60,7 @@ def explain(fn: Any, *args: Any, **options: Any) -> FusionReport:
             torch._functorch.config.patch(enable_autograd_cache=False),
             capture_reports() as reports,
         ):
-            compiled(*args)
+            compiled(*args, **(kwargs or {}))
     finally:
         hook.remove()
         for code in compiled_frames:

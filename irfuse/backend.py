@@ -65,12 +65,8 @@ def irfuse_backend(
     if opts.inner == "eager":
         # Inductor options have nothing to configure; a key Inductor does not know either
         # is a typo (under Inductor, its config refuses one)
-        unknown = sorted(key for key in opts.inductor if not _inductor_option(key))
-        if unknown:
-            raise ValueError(
-                f"irfuse: unknown option(s) {unknown}: neither irfuse's (passes, dump_dir, "
-                "inner, attention, graph_launch) nor Inductor's"
-            )
+        if unknown := unknown_options(opts):
+            raise ValueError(f"irfuse: unknown option(s) {unknown}: {NEITHER}")
         return _eager(gm, example_inputs, opts)
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
@@ -78,6 +74,14 @@ def irfuse_backend(
     patches: dict[str, object] = {**(list_mode_options(mode) if mode else {}), **opts.inductor}
     patches["post_grad_custom_pre_pass"] = IrfuseGraphPass(opts)
     return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+NEITHER = "neither irfuse's (passes, dump_dir, inner, attention, graph_launch) nor Inductor's"
+
+
+def unknown_options(opts: Options) -> list[str]:
+    """The keys of the options neither irfuse nor Inductor knows."""
+    return sorted(key for key in opts.inductor if not _inductor_option(key))
 
 
 def _inductor_option(key: str) -> bool:

@@ -3,6 +3,7 @@ line), and one refusal at many places (a model's layers) as one entry."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.fx as fx
 
@@ -47,6 +48,8 @@ def test_a_place_names_the_node_its_module_and_its_source_line():
     assert module_path("L['self']._modules['layers']._modules['1']._modules['mlp']") == (
         "layers.1.mlp"
     )
+    # a root reached through forward(self, *args) (transformers 5 wraps forward so)
+    assert module_path("L['args'][0].model.layers[0].mlp") == "model.layers.0.mlp"
 
 
 def _norm_quant(x, w, s):
@@ -91,3 +94,16 @@ def test_explain_reports_afresh_each_time_and_says_when_nothing_compiled():
         assert report.kernels == ["irfuse_rms_norm_static_div_fp8"] * 3, str(report)
     report = irfuse.explain(lambda n: n + 1, 3)
     assert not report.kernels and "no graph was compiled" in str(report), str(report)
+
+
+def test_explain_passes_keyword_inputs_as_kwargs():
+    """A model's keyword inputs (an HF model's attention_mask=) go in `kwargs`; explain's
+    own keyword arguments are options, and a stray one says so."""
+    import irfuse
+
+    x, w = torch.randn(4, 64, dtype=torch.float16), torch.ones(64, dtype=torch.float16)
+    s = torch.tensor([0.05])
+    report = irfuse.explain(_norm_quant, x, kwargs={"w": w, "s": s})
+    assert report.fused["fuse-rms-norm-quant"] == 1, str(report)
+    with pytest.raises(TypeError, match=r"keyword inputs go in kwargs=\{\.\.\.\}"):
+        irfuse.explain(_norm_quant, x, w=w, s=s)

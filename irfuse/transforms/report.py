@@ -103,14 +103,16 @@ def set_source(op: Operation, node: fx.Node) -> None:
     _SOURCES[op] = node
 
 
-_MODULE_ROOT = re.compile(r"^L\['[^']*'\]\.?")
+# the root: a local (`L['self']`), or an item of one (`L['args'][0]`: transformers 5 wraps
+# forward as (self, *args, **kwargs))
+_MODULE_ROOT = re.compile(r"^L\['[^']*'\](\[\d+\])*\.?")
 _SUBMODULE = re.compile(r"\._modules\['([^']*)'\]|\[(\d+)\]|\['([^']*)'\]")
 _SOURCE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
 
 
 def module_path(source: str) -> str:
-    """`L['self'].layers[0].mlp` or `L['self']._modules['layers']._modules['0']` (dynamo's
-    module sources) as `layers.0.mlp`."""
+    """`L['self'].layers[0].mlp`, `L['self']._modules['layers']._modules['0']` or
+    `L['args'][0].layers[0].mlp` (dynamo's module sources) as `layers.0.mlp`."""
     path = _MODULE_ROOT.sub(".", source)
     path = _SUBMODULE.sub(lambda m: "." + next(g for g in m.groups() if g is not None), path)
     return path.lstrip(".")
