@@ -141,6 +141,33 @@ def test_a_decode_step_of_a_transformers_model_fuses_and_matches_eager(name):
     torch.testing.assert_close(got.float(), expected.float(), atol=0.05 * span, rtol=0)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_norm_fusions_alone_give_eagers_logits(name):
+    """With the attention left to SDPA, what differs from eager is the norm / quant
+    kernels alone: through the interpreter they reproduce eager's bytes, so the logits are
+    eager's to the bit (a tolerance would let a norm kernel's error through: the attention's
+    fp8 rounding moves the logits more). On the GPU, eager's reductions run in another
+    order: the logits within the tolerance above."""
+    kernels, _ = MODELS[name]
+    model = _quantized_model(name)
+    with torch.no_grad():
+        (cache, eager_cache), token = _prefilled_caches(model, model.config)
+        position = torch.tensor([PROMPT], device=DEVICE)
+        mask = _padding_mask(PROMPT + 1)
+        expected = _decode_step(model, token, eager_cache, position, mask)
+        options = {"inner": "eager", "attention": "sdpa"}
+        step = torch.compile(_decode_step, backend="irfuse", options=options)
+        with capture_reports() as reports:
+            got = step(model, token, cache, position, mask)
+    (report,) = reports
+    assert report.kernels == [k for k in kernels if k != ATTENTION], str(report)
+    if DEVICE == "cpu":
+        assert torch.equal(got, expected)
+    else:
+        span = expected.float().abs().amax()
+        torch.testing.assert_close(got.float(), expected.float(), atol=0.05 * span, rtol=0)
+
+
 @pytest.mark.slow
 def test_inductor_fuses_a_transformers_decode_step_as_explain_reports():
     """Under Inductor (its joint-graph passes run before irfuse's) the same kernels fuse
