@@ -498,14 +498,43 @@ def test_token_dims_before_the_hidden_are_kept(form, fn, scheme, scale_shape):
     assert quant.scale_out.type.get_shape() == scale_shape
 
 
-@pytest.mark.parametrize(
-    "fn", [per_token_quant, torchao_per_row_quant, per_group_quant], ids=lambda f: f.__name__
-)
+@pytest.mark.parametrize("fn", [per_token_quant, torchao_per_row_quant], ids=lambda f: f.__name__)
 def test_symbolic_sizes_are_raised(fn):
     x, _ = _inputs(t=5, k=256)
     module, report = _run(_dynamic_aot_graph(fn, x))
     (quant,) = _quants(module)
     assert report.fused[NAME] == 1 and quant.out.type.get_shape() == (-(2**63), -(2**63))
+
+
+def _regrouped_quant(x):
+    """Groups of 64 viewed as [2T, K/128, 64]: the same groups, scales shaped otherwise."""
+    t, k = x.shape
+    xg = x.float().view(2 * t, k // 128, 64)
+    s = xg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+    return (xg / s).clamp(-448.0, 448.0).to(FP8).view(t, k), s.squeeze(-1)
+
+
+@pytest.mark.parametrize("fn", [per_group_quant, _regrouped_quant], ids=["group", "regrouped"])
+def test_group_views_are_raised_at_one_symbolic_dim_only(fn):
+    """A group view keeps x's token dims where they are static, or one is symbolic (the
+    element count then fixes it). With the token count and the hidden size both
+    symbolic, [T, K/G, G] and [2T, K/2G, G] (whose scales are [2T, K/2G]) look alike in
+    the IR: refused with the reason (the regrouped one was raised, its scales returned
+    in the kernel's [T, K/G])."""
+    x, _ = _inputs(t=6, k=256)
+    module, report = _run(_dynamic_aot_graph(fn, x, dims=(0,)))
+    if fn is per_group_quant:
+        (quant,) = _quants(module)
+        assert report.fused[NAME] == 1 and quant.out.type.get_shape() == (-(2**63), 256)
+    else:
+        assert NAME not in report.fused
+        assert _reasons(report) == ["view [?, 256] -> [?, 2, 64] does not split the last dim"]
+    torch._dynamo.reset()
+    module, report = _run(_dynamic_aot_graph(fn, x))
+    assert NAME not in report.fused and _reasons(report) == [
+        "[?, ?] has more than one symbolic dim: whether its view [?, ?, ?] keeps the token "
+        "dims cannot be told"
+    ], str(report)
 
 
 @pytest.mark.parametrize(

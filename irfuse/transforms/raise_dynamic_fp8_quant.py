@@ -109,7 +109,7 @@ from irfuse.dialects.irfuse import (
     GROUP_SIZES,
     QuantAttr,
     QuantOp,
-    same_dim,
+    dims,
 )
 from irfuse.frontend.types import torch_dtype
 from irfuse.transforms import report
@@ -251,7 +251,7 @@ def _scaling(op: CallOp, prev: SSAValue) -> _Step | str:
     if (full := full_value(tensor_arg(op, 1))) is not None:
         c, helper = full
         if shape(op.results[0]) != shape(prev):
-            spread = list(shape(op.results[0]))
+            spread = dims(shape(op.results[0]))  # type: ignore[arg-type]
             return f"the scale's {op.target.data} by a constant broadcasts it to {spread}"
     if not isinstance(c, (int, float)) or isinstance(c, bool):
         return f"scale formula has {op.target.data} by a tensor whose value is not in the graph"
@@ -280,7 +280,7 @@ def _floor(op: CallOp, prev: SSAValue) -> _Step | str:
         name = other.name_hint if other is not None else "?"
         return f"lower bound %{name} of the scale is a tensor whose value is not in the graph"
     if shape(op.results[0]) != shape(prev):  # a [1, 1, 1] bound spreads a 2-D scale
-        return f"the scale's lower bound broadcasts it to {list(shape(op.results[0]))}"
+        return f"the scale's lower bound broadcasts it to {dims(shape(op.results[0]))}"
     return _Step("floor", op, f"max({full[0]:g})", value=full[0], helper=full[1])
 
 
@@ -310,7 +310,7 @@ def _parse_step(op: CallOp, prev: SSAValue, amax: CallOp) -> _Step | str:
             "scale formula has an unsqueeze other than of the dim its amax reduced"
         )  # fmt: skip
     if target in VIEWS:  # of one element (_path_to_amax): the scale's shape, not its value
-        return _Step("view", op, f"view {list(shape(op.results[0]))}")  # type: ignore[arg-type]
+        return _Step("view", op, f"view {dims(shape(op.results[0]))}")  # type: ignore[arg-type]
     if target in POW2:
         kind = target.split(".")[1]
         return _Step(kind, op, kind)
@@ -435,9 +435,19 @@ def _group_view(value: SSAValue) -> _Grouped | str:
         return f"group size {group} is not 64 or 128"
     if k != DYNAMIC and k % group:
         return f"hidden size {k} is not a multiple of the group size {group}"
-    same_tokens = all(same_dim(a, b) for a, b in zip(tokens, tokens_view, strict=True))
-    if not same_tokens or (DYNAMIC not in (k, groups) and groups * group != k):
-        return f"view {list(shape(x))} -> {list(shape(value))} does not split the last dim"  # type: ignore[arg-type]
+    # The view keeps x's token dims and splits K: its sizes equal x's where static, and
+    # symbolic exactly where x's are. With one symbolic dim the element count then makes
+    # it x's; with more, a view that regroups them ([2T, K/2G, G]) looks the same (the
+    # IR's `?` keeps no symbol), and the scales would take the kernel's shape, not its.
+    if shape(x).count(DYNAMIC) > 1:  # type: ignore[union-attr]
+        return (
+            f"{dims(shape(x))} has more than one symbolic dim: whether its view "  # type: ignore[arg-type]
+            f"{dims(shape(value))} keeps the token dims cannot be told"  # type: ignore[arg-type]
+        )
+    split = DYNAMIC if groups == DYNAMIC else groups * group
+    pairs = [*zip(tokens, tokens_view, strict=True), (k, split)]
+    if any((a == DYNAMIC) != (b == DYNAMIC) or a != b for a, b in pairs):
+        return f"view {dims(shape(x))} -> {dims(shape(value))} does not split the last dim"  # type: ignore[arg-type]
     return _Grouped(x, group, [view])
 
 
@@ -473,7 +483,7 @@ def _q_view(q: SSAValue, x: SSAValue) -> CallOp | str:
         or view.target.data not in VIEWS
         or shape(view.results[0]) != shape(x)
     ):
-        return f"fp8 result %{q.name_hint} is read in its grouped shape {list(shape(q))}"  # type: ignore[arg-type]
+        return f"fp8 result %{q.name_hint} is read in its grouped shape {dims(shape(q))}"  # type: ignore[arg-type]
     return view
 
 
@@ -486,7 +496,7 @@ def _squeezes(s: SSAValue, pattern: list[Operation]) -> list[CallOp] | str:
             continue
         if not isinstance(user, CallOp) or not _squeezes_last(user, s):
             what = user.target.data if isinstance(user, CallOp) else user.name
-            return f"scales %{s.name_hint} are read in shape {list(shape(s))} by {what}"  # type: ignore[arg-type]
+            return f"scales %{s.name_hint} are read in shape {dims(shape(s))} by {what}"  # type: ignore[arg-type]
         found.append(user)
     return found
 
