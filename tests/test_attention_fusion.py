@@ -185,6 +185,28 @@ def test_a_3d_view_at_symbolic_batch_and_length_is_refused():
         assert any("cannot be told from [Sq, B]" in r for r in rejected), rejected
 
 
+def test_symbolic_heads_are_refused():
+    """At symbolic heads (and query length) the 2-D view [Sq, B*H*D] compares equal to
+    [B*Sq, H*D] in the IR: the fused kernel's [B*Sq, H*D] came back in its place."""
+
+    def fn(q, k, v):
+        b, h, s, d = q.shape
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(s, b * h * d)
+        return (o.float() / torch.tensor([0.02], device=o.device)).clamp(-448, 448).to(FP8)
+
+    q, k, v = _inputs(b=2, h=4, s=3, d=16)
+    for t in (q, k, v):
+        torch._dynamo.mark_dynamic(t, 1)
+        torch._dynamo.mark_dynamic(t, 2)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    with irfuse.pipeline.capture_reports() as reports:
+        out = torch.compile(fn, backend="irfuse", options=options)(q, k, v)
+    assert out.shape == fn(q, k, v).shape
+    rejected = [r["reason"] for report in reports for r in report.rejected]
+    assert any(r.startswith("symbolic heads") for r in rejected), rejected
+
+
 def test_is_causal_with_a_mask_leaves_that_attention_alone():
     """PyTorch applies both is_causal and attn_mask; irfuse's attention takes one: that
     attention is refused with its reason, and the rest of the graph still fuses (the

@@ -12,13 +12,14 @@ Matches (the usual layout change before the output projection, then a quant):
          direct torch.ops.irfuse.* call)
 
 Guards: every intermediate has this chain as its only reader; head dims multiples of 16
-up to 256; a scale of at least 0; rows of Hq*Dv up to the kernels' MAX_COLS; a 3-D view at
-a symbolic batch and query length is refused (its [B, Sq] cannot be told from [Sq, B]);
-per-token: static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64, Hkv the kv
-heads the fused kernel reads, unrepeated: its scale spans all heads of a token, which only
-the decode kernel holds; its scales are [B, Sq, 1], or [B*Sq, 1] for the 2-D view); nvfp4
-quantizes the 2-D [B*Sq, Hq*Dv] view; and the chooser (`attention` option: measured on the
-GPU in `auto`) prefers the fused kernel.
+up to 256; a scale of at least 0; rows of Hq*Dv up to the kernels' MAX_COLS; a 3-D view
+at a symbolic batch and query length is refused (its [B, Sq] cannot be told from [Sq,
+B]), and so are symbolic heads (a 2-D [Sq, B*Hq*Dv] from [B*Sq, Hq*Dv]); per-token:
+static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64, Hkv the kv heads the fused
+kernel reads, unrepeated: its scale spans all heads of a token, which only the decode
+kernel holds; its scales are [B, Sq, 1], or [B*Sq, 1] for the 2-D view); nvfp4 quantizes
+the 2-D [B*Sq, Hq*Dv] view; and the chooser (`attention` option: measured on the GPU in
+`auto`) prefers the fused kernel.
 Replacement: `irfuse.attention` with layout `bs_hd` and the quant's scheme, writing the
 quantized [B, Sq, Hq*Dv] (or its 2-D view) and scales directly. K and V repeated for GQA
 in model code (`x[:, :, None].expand(B, Hkv, n, S, D).reshape(B, Hkv*n, S, D)`, HF's
@@ -258,8 +259,13 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
     if attention.scale.value.data < 0:
         return f"a negative scale ({attention.scale.value.data}: {NEGATIVE_SCALE})"
     b, h, s, dv = attention.out.type.get_shape()
-    hd = h * dv if DYNAMIC not in (h, dv) else DYNAMIC
-    if hd != DYNAMIC and hd > MAX_COLS:
+    if DYNAMIC in (h, dv):  # [S, B*H*D] would compare equal to [B*S, H*D]
+        return (
+            "symbolic heads: the output's views cannot be told apart ([Sq, B*Hq*Dv] from "
+            "[B*Sq, Hq*Dv])"
+        )
+    hd = h * dv
+    if hd > MAX_COLS:
         return f"rows of Hq*Dv = {hd} (the kernels take {MAX_COLS})"
     rows = b * s if DYNAMIC not in (b, s) else DYNAMIC
     shape = found.source.type.get_shape()
