@@ -204,7 +204,10 @@ def _check(
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or x.dim() == 0:
         raise TypeError(f"{what}: x must be a bf16/fp16/fp32 tensor, got {x.dtype} {x.shape}")
     if x.shape[-1] > MAX_COLS:
-        raise ValueError(f"{what}: hidden size {x.shape[-1]} > {MAX_COLS} is not supported")
+        raise ValueError(
+            f"{what}: hidden size {x.shape[-1]} > {MAX_COLS} is not supported (a graph "
+            "compiled at a symbolic hidden size fuses for sizes up to that: mark it static)"
+        )
     if (kind == "nvfp4" or column_major) and x.dim() != 2:
         raise ValueError(f"{what}: x must be 2-D, got shape {list(x.shape)}")
     block = 16 if kind == "nvfp4" else group
