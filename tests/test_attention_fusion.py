@@ -172,17 +172,22 @@ def test_a_3d_view_at_symbolic_batch_and_length_is_refused():
     wrongly shaped result). Both are refused, and the results have eager's shape."""
     q, k, v = _inputs(b=2, h=2, s=3, d=16)
     for order in ("bs", "sb"):
-        fn = _attention_as_rows_by(order)
-        for t in (q, k, v):
-            torch._dynamo.mark_dynamic(t, 0)
-            torch._dynamo.mark_dynamic(t, 2)
-        torch._dynamo.reset()
-        options = {"inner": "eager", "attention": "irfuse"}
-        with irfuse.pipeline.capture_reports() as reports:
-            out = torch.compile(fn, backend="irfuse", options=options)(q, k, v)
-        assert out.shape == fn(q, k, v).shape
-        rejected = [r["reason"] for report in reports for r in report.rejected]
+        rejected = _compiled_at_symbolic_dims(_attention_as_rows_by(order), (q, k, v), (0, 2))
         assert any("cannot be told from [Sq, B]" in r for r in rejected), rejected
+
+
+def _compiled_at_symbolic_dims(fn, qkv, dims) -> list[str]:
+    """Compile `fn` with `dims` of q, k, v symbolic, check its result has eager's shape;
+    the reasons of what was refused."""
+    for t in qkv:
+        for dim in dims:
+            torch._dynamo.mark_dynamic(t, dim)
+    torch._dynamo.reset()
+    options = {"inner": "eager", "attention": "irfuse"}
+    with irfuse.pipeline.capture_reports() as reports:
+        out = torch.compile(fn, backend="irfuse", options=options)(*qkv)
+    assert out.shape == fn(*qkv).shape
+    return [r["reason"] for report in reports for r in report.rejected]
 
 
 def test_symbolic_heads_are_refused():
@@ -194,16 +199,7 @@ def test_symbolic_heads_are_refused():
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(s, b * h * d)
         return (o.float() / torch.tensor([0.02], device=o.device)).clamp(-448, 448).to(FP8)
 
-    q, k, v = _inputs(b=2, h=4, s=3, d=16)
-    for t in (q, k, v):
-        torch._dynamo.mark_dynamic(t, 1)
-        torch._dynamo.mark_dynamic(t, 2)
-    torch._dynamo.reset()
-    options = {"inner": "eager", "attention": "irfuse"}
-    with irfuse.pipeline.capture_reports() as reports:
-        out = torch.compile(fn, backend="irfuse", options=options)(q, k, v)
-    assert out.shape == fn(q, k, v).shape
-    rejected = [r["reason"] for report in reports for r in report.rejected]
+    rejected = _compiled_at_symbolic_dims(fn, _inputs(b=2, h=4, s=3, d=16), (1, 2))
     assert any(r.startswith("symbolic heads") for r in rejected), rejected
 
 

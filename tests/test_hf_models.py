@@ -119,20 +119,27 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_a_decode_step_of_a_transformers_model_fuses_and_matches_eager(name):
-    kernels, left = MODELS[name]
+def _compiled_decode_step(name: str, attention: str):
+    """(the compiled step's logits, eager's, the report) of model `name`'s decode step
+    with the `attention` option."""
     model = _quantized_model(name)
     with torch.no_grad():
         (cache, eager_cache), token = _prefilled_caches(model, model.config)
         position = torch.tensor([PROMPT], device=DEVICE)
         mask = _padding_mask(PROMPT + 1)
         expected = _decode_step(model, token, eager_cache, position, mask)
-        options = {"inner": "eager", "attention": "irfuse"}
+        options = {"inner": "eager", "attention": attention}
         step = torch.compile(_decode_step, backend="irfuse", options=options)
         with capture_reports() as reports:
             got = step(model, token, cache, position, mask)
     (report,) = reports
+    return got, expected, report
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_decode_step_of_a_transformers_model_fuses_and_matches_eager(name):
+    kernels, left = MODELS[name]
+    got, expected, report = _compiled_decode_step(name, "irfuse")
     assert report.kernels == kernels, str(report)
     reasons = [r["reason"] for r in report.rejected]
     found = {reason: sum(r.startswith(reason) for r in reasons) for reason in left}
@@ -149,17 +156,7 @@ def test_the_norm_fusions_alone_give_eagers_logits(name):
     fp8 rounding moves the logits more). On the GPU, eager's reductions run in another
     order: the logits within the tolerance above."""
     kernels, _ = MODELS[name]
-    model = _quantized_model(name)
-    with torch.no_grad():
-        (cache, eager_cache), token = _prefilled_caches(model, model.config)
-        position = torch.tensor([PROMPT], device=DEVICE)
-        mask = _padding_mask(PROMPT + 1)
-        expected = _decode_step(model, token, eager_cache, position, mask)
-        options = {"inner": "eager", "attention": "sdpa"}
-        step = torch.compile(_decode_step, backend="irfuse", options=options)
-        with capture_reports() as reports:
-            got = step(model, token, cache, position, mask)
-    (report,) = reports
+    got, expected, report = _compiled_decode_step(name, "sdpa")
     assert report.kernels == [k for k in kernels if k != ATTENTION], str(report)
     if DEVICE == "cpu":
         assert torch.equal(got, expected)
