@@ -174,3 +174,29 @@ def test_a_symbolic_batch_flattens_too(inner):
             assert torch.equal(h, h_ref)
             assert_fp8_close(q, q_ref, scale_ref)
     assert len(reports) == 1 and reports[0].fused["fuse-rms-norm-quant"] == 1, reports
+
+
+def test_a_per_tensor_scale_of_more_dims_than_x_is_refused():
+    """A per-tensor scale viewed to [1, 1, 1] over the flattened [T, K] broadcasts the
+    quant to [1, T, K]: refused with the reason (at a symbolic batch it was fused, and the
+    norm kernel's [B, S, K] came back in its place; static, the verifier refused the op
+    and the whole graph went unfused)."""
+
+    def block(x, residual, weight):
+        yf = models.hf_rms_norm(x + residual, weight).flatten(0, -2).float()
+        s = (yf.abs().amax() / 448.0).clamp(min=1.0 / (448.0 * 512.0)).reshape(1, 1, 1)
+        return (yf / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
+
+    x, residual, weight, _ = _inputs()
+    for symbolic in (False, True):
+        torch._dynamo.reset()
+        if symbolic:
+            for t in (x, residual):
+                torch._dynamo.mark_dynamic(t, 0)
+        compiled = torch.compile(block, backend="irfuse", options={"inner": "eager"})
+        with capture_reports() as reports:
+            q, _ = compiled(x, residual, weight)
+        q_ref, _ = block(x, residual, weight)
+        assert q.shape == q_ref.shape and torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+        reasons = [r["reason"] for r in reports[0].rejected]
+        assert any("has more dims than x" in r for r in reasons), str(reports[0])

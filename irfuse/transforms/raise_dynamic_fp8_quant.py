@@ -775,7 +775,13 @@ def match_dynamic_quant(op: CallOp) -> DynamicQuantMatch | str | None:
         xs = _promoted(xs, path[0])
     if not bounds:
         return bounds_reason
-    return _match(op.results[0], xs, s, [div, *clamp.ops, op, *broadcast])
+    match = _match(op.results[0], xs, s, [div, *clamp.ops, op, *broadcast])
+    if not isinstance(match, str) and rank(div.results[0]) != rank(xs):  # s [1, 1, 1], x [T, K]
+        return (
+            f"the scale {dims(shape(s))} has more dims than x {dims(shape(xs))}: the "  # type: ignore[arg-type]
+            "division broadcasts x to another shape"
+        )
+    return match
 
 
 def _spreads_a_dynamic_scale(value: SSAValue) -> bool:
