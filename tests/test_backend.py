@@ -302,6 +302,24 @@ def test_a_static_scale_given_as_a_float_argument_under_dynamic_is_refused():
     assert torch.equal(q.view(torch.uint8), norm_quant(x, w, 0.05).view(torch.uint8))
 
 
+def test_a_graph_with_torch_cond_still_fuses():
+    """torch.cond's branches are get_attr nodes with no value: they import as one opaque
+    value (the whole graph was left to the inner compiler, "used as a whole but produces
+    several values")."""
+
+    def fn(x, w, s):
+        flipped = torch.cond(x.sum() > 0, lambda t: t * 2, lambda t: t - 1, (x,))
+        return models.hf_norm_quant(x, w, s), flipped
+
+    x, _, w, s = _norm_inputs()
+    with capture_reports() as reports:
+        q, flipped = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x, w, s)
+    assert reports[0].fused["fuse-rms-norm-quant"] == 1, str(reports[0])
+    q_ref, flipped_ref = fn(x, w, s)
+    assert torch.equal(flipped, flipped_ref)
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
 def _hf_add_norm(x, r, w):
     h = x + r
     return models.hf_rms_norm(h, w), h

@@ -166,9 +166,12 @@ def _import_generic(imported: ImportedGraph, builder: Builder, node: fx.Node) ->
             refs.setdefault(id(leaf), len(inputs))
             if refs[id(leaf)] == len(inputs):
                 inputs.append(leaf)
+    types = value_types(node.meta.get("val"))
+    if node.op == "get_attr" and not types:  # a subgraph (torch.cond's branches): no val
+        types = [ValueType()]
     op = CallOp.create(
         operands=[_operand(imported, n) for n in inputs],
-        result_types=value_types(node.meta.get("val")),
+        result_types=types,
         properties={
             "target": StringAttr(target),
             "args": ArrayAttr([constant_attr(a, refs) for a in args]),

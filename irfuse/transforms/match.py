@@ -17,8 +17,8 @@ VIEWS = ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default
 MUL = "aten.mul.Tensor"
 # a refusal of on_the_host values, whose `what` is a quant's scale or bound
 HOST_SCALE = (
-    "the {what} is a Python number that dynamic=True made a graph input (a CPU scalar); "
-    "a kernel reads a one-element float32 tensor on the device"
+    "the {what} is a 0-d CPU tensor (passed so, or a Python number that dynamic=True made "
+    "a graph input); a kernel reads a one-element float32 tensor on the device"
 )
 F32 = Float32Type()
 F64 = Float64Type()
@@ -75,9 +75,9 @@ def is_host_scalar(value: SSAValue) -> bool:
 
 
 def on_the_host(value: SSAValue) -> bool:
-    """Whether `value` is a host scalar (is_host_scalar) or a dtype cast of one (a cast
-    that names no device keeps it on the host): a Python number that dynamic=True made a
-    graph input, which a kernel cannot read as a tensor."""
+    """Whether `value` is a host scalar (is_host_scalar: a 0-d CPU tensor input, or a
+    Python number that dynamic=True made one) or a dtype cast of one (a cast that names
+    no device keeps it on the host), which a kernel cannot read as a tensor."""
     while (cast := cast_of(value)) is not None:
         if "device" in value.owner.kwargs.data:  # type: ignore[union-attr]
             return False
