@@ -4,6 +4,7 @@
 #     bash bench/gpu_session.sh tests   # the GPU tests of what a CPU session could not run
 #     bash bench/gpu_session.sh bench   # host time, the unquantized norm, the sandwich
 #     bash bench/gpu_session.sh torchao # torchao's per-row and 1x128 quants vs Inductor
+#     bash bench/gpu_session.sh rerun   # the tables bench's measurement fixes left to redo
 #     bash bench/gpu_session.sh suite   # the rest of the suite (attention kernels apart)
 #     bash bench/gpu_session.sh hf      # HF models: their tests, a decode step end to end
 #                                       # (carry .whl-hf: bash bench/hf_wheels.sh)
@@ -66,12 +67,25 @@ torchao)
         "per_group 128 in_dtype"
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
+rerun)
+    # the tables the measurement corrections of 2026-12-05 left to re-run (bench/RESULTS.md):
+    # norm / quant over rotating inputs, with x.clone()'s GB/s beside them; attention +
+    # nvfp4 with inputs laid out as a model's projections leave them
+    step standalone 200 python3 bench/quant_schemes.py --standalone \
+        --schemes static per_token nvfp4 --hidden 4096 7168 --tokens 4096 16384
+    step no-residual 200 python3 bench/quant_schemes.py --no-residual \
+        --schemes static per_token nvfp4 --hidden 4096 7168 --tokens 4096 16384
+    step add-norm 200 python3 bench/quant_schemes.py \
+        --schemes static per_token "per_group 128" nvfp4 --hidden 4096 --tokens 1 4096 16384
+    step attention-nvfp4 200 python3 bench/attention_nvfp4.py
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 suite)
     step suite 360 "${PYTEST[@]}" tests --ignore=tests/test_attention_kernel.py
     step attention-kernel 150 "${PYTEST[@]}" tests/test_attention_kernel.py -x
     ;;
 *)
-    echo "usage: bash bench/gpu_session.sh tests | bench | torchao | suite" >&2
+    echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | suite | hf" >&2
     exit 2
     ;;
 esac
