@@ -498,7 +498,9 @@ def test_token_dims_before_the_hidden_are_kept(form, fn, scheme, scale_shape):
     assert quant.scale_out.type.get_shape() == scale_shape
 
 
-@pytest.mark.parametrize("fn", [per_token_quant, torchao_per_row_quant], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "fn", [per_token_quant, torchao_per_row_quant, per_group_quant], ids=lambda f: f.__name__
+)
 def test_symbolic_sizes_are_raised(fn):
     x, _ = _inputs(t=5, k=256)
     module, report = _run(_dynamic_aot_graph(fn, x))
@@ -515,26 +517,37 @@ def _regrouped_quant(x):
 
 
 @pytest.mark.parametrize("fn", [per_group_quant, _regrouped_quant], ids=["group", "regrouped"])
-def test_group_views_are_raised_at_one_symbolic_dim_only(fn):
-    """A group view keeps x's token dims where they are static, or one is symbolic (the
-    element count then fixes it). With the token count and the hidden size both
-    symbolic, [T, K/G, G] and [2T, K/2G, G] (whose scales are [2T, K/2G]) look alike in
-    the IR: refused with the reason (the regrouped one was raised, its scales returned
-    in the kernel's [T, K/G])."""
+@pytest.mark.parametrize("symbolic", [(0,), (0, 1)], ids=["tokens", "tokens-hidden"])
+def test_a_group_view_keeps_the_token_dims(fn, symbolic):
+    """A group view keeps x's token dims: equal where static; where symbolic, the same
+    symbols (the importer marks a view with the leading dims it keeps: in the IR's types
+    [T, K/G, G] and [2T, K/2G, G], whose scales are [2T, K/2G], look alike at a symbolic
+    T and K). The regrouped one was raised, its scales returned in the kernel's [T, K/G];
+    it is refused with the reason."""
     x, _ = _inputs(t=6, k=256)
-    module, report = _run(_dynamic_aot_graph(fn, x, dims=(0,)))
+    module, report = _run(_dynamic_aot_graph(fn, x, dims=symbolic))
     if fn is per_group_quant:
         (quant,) = _quants(module)
-        assert report.fused[NAME] == 1 and quant.out.type.get_shape() == (-(2**63), 256)
-    else:
-        assert NAME not in report.fused
-        assert _reasons(report) == ["view [?, 256] -> [?, 2, 64] does not split the last dim"]
-    torch._dynamo.reset()
-    module, report = _run(_dynamic_aot_graph(fn, x))
-    assert NAME not in report.fused and _reasons(report) == [
-        "[?, ?] has more than one symbolic dim: whether its view [?, ?, ?] keeps the token "
-        "dims cannot be told"
-    ], str(report)
+        hidden = 256 if symbolic == (0,) else -(2**63)
+        assert report.fused[NAME] == 1 and quant.out.type.get_shape() == (-(2**63), hidden)
+        return
+    assert NAME not in report.fused
+    reason = {
+        (0,): "view [?, 256] -> [?, 2, 64] does not split the last dim",
+        (0, 1): "view [?, ?] -> [?, ?, ?] is not known to keep x's symbolic token dims (its "
+        "sizes are not x's: it regroups them)",
+    }[symbolic]
+    assert _reasons(report) == [reason], str(report)
+
+
+def test_a_group_view_of_hidden_states_at_a_symbolic_batch_and_length_is_raised():
+    """[B, S, K] -> [B, S, K/G, G] with B and S symbolic: the view keeps both (marked by
+    the importer), so the quant is raised with scales [B, S, K/G]."""
+    x = _inputs(t=6, k=256)[0].view(2, 3, 256)
+    module, report = _run(_dynamic_aot_graph(per_group_quant_any_rank, x))
+    (quant,) = _quants(module)
+    assert report.fused[NAME] == 1, str(report)
+    assert quant.scale_out.type.get_shape() == (-(2**63), -(2**63), 4)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,15 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 from xdsl.builder import Builder
-from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, UnitAttr
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DictionaryAttr,
+    IntegerAttr,
+    IntegerType,
+    ModuleOp,
+    StringAttr,
+    UnitAttr,
+)
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.rewriter import InsertPoint
@@ -77,6 +85,37 @@ def target_name(target: object) -> str:
     if isinstance(target, str):
         return target
     return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}"
+
+
+# On a view (VIEW_TARGETS) that keeps its input's leading dims, some of them symbolic: how
+# many it keeps, which the IR's `?` cannot tell ([B, S, K] -> [B, S, K/G, G] from
+# [S, B, ...] or [2B, ...]); symbols compared as the graph's shape expressions.
+KEPT_DIMS = "irfuse.kept_dims"
+VIEW_TARGETS = (
+    torch.ops.aten.view.default,
+    torch.ops.aten._unsafe_view.default,
+    torch.ops.aten.reshape.default,
+)
+
+
+def _kept_dims(node: fx.Node) -> int | None:
+    """The leading dims `node`, a view, keeps of its input, where one of them is symbolic."""
+    source = node.args[0] if node.args else None
+    before = source.meta.get("val") if isinstance(source, fx.Node) else None
+    after = node.meta.get("val")
+    if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor):
+        return None
+    kept = 0
+    for a, b in zip(before.shape, after.shape, strict=False):
+        same = a == b if isinstance(a, int) and isinstance(b, int) else (
+            isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt)
+            and a.node.expr == b.node.expr
+        )  # fmt: skip
+        if not same:
+            break
+        kept += 1
+    symbolic = any(not isinstance(d, int) for d in after.shape[:kept])
+    return kept if symbolic else None
 
 
 # Marks a 0-d CPU tensor argument (a float `torch.compile(dynamic=True)` made a graph
@@ -178,6 +217,10 @@ def _import_generic(imported: ImportedGraph, builder: Builder, node: fx.Node) ->
             "kwargs": DictionaryAttr({k: constant_attr(v, refs) for k, v in kwargs.items()}),
         },
     )
+    if node.op == "call_function" and node.target in VIEW_TARGETS:
+        kept = _kept_dims(node)
+        if kept is not None:
+            op.attributes[KEPT_DIMS] = IntegerAttr(kept, IntegerType(64))
     builder.insert(op)
     imported.origins[op] = Origin([node], inputs, [node] * len(op.results))
     if len(op.results) != 1 or isinstance(node.meta.get("val"), (tuple, list)):

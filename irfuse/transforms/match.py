@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xdsl.dialects.builtin import ArrayAttr, Float32Type, Float64Type, NoneAttr, TensorType
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    Float32Type,
+    Float64Type,
+    IntegerAttr,
+    NoneAttr,
+    TensorType,
+)
 from xdsl.dialects.func import FuncOp
 from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter
 
 from irfuse.dialects.aten import CallOp, RefAttr, scalar
-from irfuse.frontend.fx_import import HOST_SCALAR
+from irfuse.dialects.irfuse import DYNAMIC
+from irfuse.frontend.fx_import import HOST_SCALAR, KEPT_DIMS
 
 CASTS = ("prims.convert_element_type.default", "aten._to_copy.default")
 VIEWS = ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
@@ -72,6 +80,19 @@ def is_host_scalar(value: SSAValue) -> bool:
         return False
     marks = func.arg_attrs.data[value.index].data if func.arg_attrs is not None else {}
     return HOST_SCALAR in marks
+
+
+def keeps_dims(view: Operation, n: int) -> bool:
+    """Whether `view` keeps its input's first `n` dims: equal where static (its types
+    show it), and where symbolic the same symbols (the importer's KEPT_DIMS; a `?` of the
+    type does not tell)."""
+    before, after = shape(view.operands[0]), shape(view.results[0])
+    if before is None or after is None or min(len(before), len(after)) < n:
+        return False
+    if DYNAMIC not in after[:n]:
+        return before[:n] == after[:n]
+    kept = view.attributes.get(KEPT_DIMS)
+    return isinstance(kept, IntegerAttr) and kept.value.data >= n
 
 
 def on_the_host(value: SSAValue) -> bool:

@@ -132,6 +132,7 @@ from irfuse.transforms.match import (
     escaping_value,
     fused_insertion_point,
     int_list_arg,
+    keeps_dims,
     on_the_host,
     rank,
     scaling_of,
@@ -437,12 +438,13 @@ def _group_view(value: SSAValue) -> _Grouped | str:
         return f"hidden size {k} is not a multiple of the group size {group}"
     # The view keeps x's token dims and splits K: its sizes equal x's where static, and
     # symbolic exactly where x's are. With one symbolic dim the element count then makes
-    # it x's; with more, a view that regroups them ([2T, K/2G, G]) looks the same (the
-    # IR's `?` keeps no symbol), and the scales would take the kernel's shape, not its.
-    if shape(x).count(DYNAMIC) > 1:  # type: ignore[union-attr]
+    # it x's; with more, a view that regroups them ([2T, K/2G, G]) looks the same in the
+    # IR's types, and the scales would take the kernel's shape, not its: the importer's
+    # mark (keeps_dims) must say that it keeps them.
+    if shape(x).count(DYNAMIC) > 1 and not keeps_dims(view, len(tokens)):  # type: ignore[union-attr]
         return (
-            f"{dims(shape(x))} has more than one symbolic dim: whether its view "  # type: ignore[arg-type]
-            f"{dims(shape(value))} keeps the token dims cannot be told"  # type: ignore[arg-type]
+            f"view {dims(shape(x))} -> {dims(shape(value))} is not known to keep x's "  # type: ignore[arg-type]
+            "symbolic token dims (its sizes are not x's: it regroups them)"
         )
     split = DYNAMIC if groups == DYNAMIC else groups * group
     pairs = [*zip(tokens, tokens_view, strict=True), (k, split)]
@@ -482,6 +484,7 @@ def _q_view(q: SSAValue, x: SSAValue) -> CallOp | str:
         not isinstance(view, CallOp)
         or view.target.data not in VIEWS
         or shape(view.results[0]) != shape(x)
+        or (shape(x).count(DYNAMIC) > 1 and not keeps_dims(view, rank(x) - 1))  # type: ignore[union-attr]
     ):
         return f"fp8 result %{q.name_hint} is read in its grouped shape {dims(shape(q))}"  # type: ignore[arg-type]
     return view
@@ -507,8 +510,10 @@ def _squeezes_last(op: CallOp, s: SSAValue) -> bool:
         return False
     if shape(op.results[0]) != shape(s)[:-1]:  # type: ignore[index]
         return False
+    if op.target.data in VIEWS:  # [..., K/G, 1] -> [..., K/G]: all but the last dim kept
+        return shape(s).count(DYNAMIC) <= 1 or keeps_dims(op, rank(s) - 1)  # type: ignore[union-attr]
     dims = {SQUEEZE_DIM: [const_arg(op, 1)], SQUEEZE_DIMS: int_list_arg(op, 1)}
-    return op.target.data in VIEWS or dims.get(op.target.data) in ([-1], [rank(s) - 1])
+    return dims.get(op.target.data) in ([-1], [rank(s) - 1])
 
 
 # ---- the whole pattern ----------------------------------------------------------------
