@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import irfuse
 import irfuse.ops as ref
 from irfuse.pipeline import Options
-from tests.helpers import assert_quant_close, dequant
+from tests.helpers import assert_fp8_close, assert_quant_close, dequant
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # interpreter: no bf16 dot
@@ -166,19 +166,24 @@ def _attention_as_rows_by(order: str):
     return fn
 
 
-def test_a_3d_view_at_symbolic_batch_and_length_is_refused():
-    """At a symbolic batch and query length the IR cannot tell [B, S, H*D] from the legal
-    reshape [S, B, H*D]: the fused kernel's [B, S, H*D] came back in the graph's place (a
-    wrongly shaped result). Both are refused, and the results have eager's shape."""
+def test_a_3d_view_at_symbolic_batch_and_length_fuses_only_as_b_s():
+    """At a symbolic batch and query length the IR's types cannot tell [B, S, H*D] from
+    the legal reshape [S, B, H*D] (the fused kernel's [B, S, H*D] came back in the
+    latter's place): the importer marks the view that keeps [B, S], which fuses and
+    matches eager; the other is refused, and its result has eager's shape."""
     q, k, v = _inputs(b=2, h=2, s=3, d=16)
     for order in ("bs", "sb"):
-        rejected = _compiled_at_symbolic_dims(_attention_as_rows_by(order), (q, k, v), (0, 2))
-        assert any("cannot be told from [Sq, B]" in r for r in rejected), rejected
+        fn = _attention_as_rows_by(order)
+        rejected, fused = _compiled_at_symbolic_dims(fn, (q, k, v), (0, 2))
+        if order == "bs":
+            assert fused == 1, rejected
+        else:
+            assert any("not known to be [B, Sq]" in r for r in rejected), rejected
 
 
 def _compiled_at_symbolic_dims(fn, qkv, dims) -> list[str]:
-    """Compile `fn` with `dims` of q, k, v symbolic, check its result has eager's shape;
-    the reasons of what was refused."""
+    """Compile `fn` with `dims` of q, k, v symbolic, check its result against eager's
+    (shape; values within an fp8 step); (the reasons of what was refused, the fusions)."""
     for t in qkv:
         for dim in dims:
             torch._dynamo.mark_dynamic(t, dim)
@@ -186,8 +191,11 @@ def _compiled_at_symbolic_dims(fn, qkv, dims) -> list[str]:
     options = {"inner": "eager", "attention": "irfuse"}
     with irfuse.pipeline.capture_reports() as reports:
         out = torch.compile(fn, backend="irfuse", options=options)(*qkv)
-    assert out.shape == fn(*qkv).shape
-    return [r["reason"] for report in reports for r in report.rejected]
+    expected = fn(*qkv)
+    assert out.shape == expected.shape
+    assert_fp8_close(out, expected, torch.tensor([0.02], device=out.device))  # fn's scale
+    fused = sum(report.fused["fuse-attention-quant"] for report in reports)
+    return [r["reason"] for report in reports for r in report.rejected], fused
 
 
 def test_symbolic_heads_are_refused():
@@ -199,7 +207,7 @@ def test_symbolic_heads_are_refused():
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(s, b * h * d)
         return (o.float() / torch.tensor([0.02], device=o.device)).clamp(-448, 448).to(FP8)
 
-    rejected = _compiled_at_symbolic_dims(fn, _inputs(b=2, h=4, s=3, d=16), (1, 2))
+    rejected, _ = _compiled_at_symbolic_dims(fn, _inputs(b=2, h=4, s=3, d=16), (1, 2))
     assert any(r.startswith("symbolic heads") for r in rejected), rejected
 
 

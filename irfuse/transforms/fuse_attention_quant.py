@@ -12,14 +12,15 @@ Matches (the usual layout change before the output projection, then a quant):
          direct torch.ops.irfuse.* call)
 
 Guards: every intermediate has this chain as its only reader; head dims multiples of 16
-up to 256; a scale of at least 0; rows of Hq*Dv up to the kernels' MAX_COLS; a 3-D view
-at a symbolic batch and query length is refused (its [B, Sq] cannot be told from [Sq,
-B]), and so are symbolic heads (a 2-D [Sq, B*Hq*Dv] from [B*Sq, Hq*Dv]); per-token:
-static shapes on the decode kernel's side (Hq/Hkv * Sq <= 64, Hkv the kv heads the fused
-kernel reads, unrepeated: its scale spans all heads of a token, which only the decode
-kernel holds; its scales are [B, Sq, 1], or [B*Sq, 1] for the 2-D view); nvfp4 quantizes
-the 2-D [B*Sq, Hq*Dv] view; and the chooser (`attention` option: measured on the GPU in
-`auto`) prefers the fused kernel.
+up to 256; a scale of at least 0; rows of Hq*Dv up to the kernels' MAX_COLS; at a
+symbolic batch and query length, a 3-D view only where the importer marks it as keeping
+[B, Sq] (irfuse.kept_dims: in the types [Sq, B] looks the same); symbolic heads are
+refused (a 2-D [Sq, B*Hq*Dv] looks like [B*Sq, Hq*Dv]); per-token: static shapes on the
+decode kernel's side (Hq/Hkv * Sq <= 64, Hkv the kv heads the fused kernel reads,
+unrepeated: its scale spans all heads of a token, which only the decode kernel holds;
+its scales are [B, Sq, 1], or [B*Sq, 1] for the 2-D view); nvfp4 quantizes the 2-D
+[B*Sq, Hq*Dv] view; and the chooser (`attention` option: measured on the GPU in `auto`)
+prefers the fused kernel.
 Replacement: `irfuse.attention` with layout `bs_hd` and the quant's scheme, writing the
 quantized [B, Sq, Hq*Dv] (or its 2-D view) and scales directly. K and V repeated for GQA
 in model code (`x[:, :, None].expand(B, Hkv, n, S, D).reshape(B, Hkv*n, S, D)`, HF's
@@ -59,6 +60,7 @@ from irfuse.transforms.match import (
     erase_dead,
     fused_insertion_point,
     int_list_arg,
+    keeps_dims,
     position,
     tensor_arg,
     users,
@@ -271,10 +273,12 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
     shape = found.source.type.get_shape()
     if shape not in ((b, s, hd), (rows, hd)):
         return f"the output is reshaped to {found.source.type}, not [B, Sq, Hq*Dv]"
-    if len(shape) == 3 and b == s == DYNAMIC:  # [Sq, B, Hq*Dv] would compare equal
+    # [Sq, B, Hq*Dv] compares equal in the types: the importer marks a view that keeps
+    # the transposed [B, Sq, Hq, Dv]'s first two dims
+    if len(shape) == 3 and b == s == DYNAMIC and not keeps_dims(chain[0], 2):
         return (
-            "the output is reshaped to [?, ?, Hq*Dv]: at a symbolic batch and query length "
-            "[B, Sq] cannot be told from [Sq, B] (the 2-D [B*Sq, Hq*Dv] view fuses)"
+            "the output is reshaped to [?, ?, Hq*Dv], not known to be [B, Sq] (at a symbolic "
+            "batch and query length [Sq, B] looks the same; the 2-D [B*Sq, Hq*Dv] view fuses)"
         )
     if scheme == "nvfp4" and len(shape) != 2:
         return "an nvfp4 quant of the 3-D output (its packed bytes and scales are 2-D)"
