@@ -314,6 +314,51 @@ func.func @per_token_promoted(%x: tensor<4x256xbf16>) -> (tensor<4x256xf8E4M3FN>
 
 // -----
 
+// Per group at a symbolic T and K: the importer marks a view that keeps its input's leading
+// symbolic dims (irfuse.kept_dims); the types alone cannot tell [T, K/G, G] from a view
+// that regroups the tokens ([2T, K/2G, G], whose scales are shaped otherwise).
+func.func @per_group_symbolic_kept(%t: i64, %k: i64, %x: tensor<?x?xbf16>) -> (tensor<?x?xf8E4M3FN>, tensor<?x?xf32>) {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<?x?xbf16>) -> tensor<?x?xf32>
+  %g = aten.call "_operator.floordiv"(%k) {args = [#aten.ref<0>, 128 : i64], kwargs = {}} : (i64) -> i64
+  %view = aten.call "aten.view.default"(%xf, %t, %g) {irfuse.kept_dims = 1 : i64, args = [#aten.ref<0>, [#aten.ref<1>, #aten.ref<2>, 128 : i64]], kwargs = {}} : (tensor<?x?xf32>, i64, i64) -> tensor<?x?x?xf32>
+  %abs = aten.call "aten.abs.default"(%view) {args = [#aten.ref<0>], kwargs = {}} : (tensor<?x?x?xf32>) -> tensor<?x?x?xf32>
+  %amax = aten.call "aten.amax.default"(%abs) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<?x?x?xf32>) -> tensor<?x?x1xf32>
+  %floor = aten.call "aten.clamp.default"(%amax) {args = [#aten.ref<0>, 1.000000e-10 : f64], kwargs = {}} : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %d = aten.call "aten.div.Tensor"(%floor) {args = [#aten.ref<0>, 4.480000e+02 : f64], kwargs = {}} : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %xs = aten.call "aten.div.Tensor"(%view, %d) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x?x?xf32>, tensor<?x?x1xf32>) -> tensor<?x?x?xf32>
+  %c = aten.call "aten.clamp.default"(%xs) {args = [#aten.ref<0>, -4.480000e+02 : f64, 4.480000e+02 : f64], kwargs = {}} : (tensor<?x?x?xf32>) -> tensor<?x?x?xf32>
+  %q8 = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<?x?x?xf32>) -> tensor<?x?x?xf8E4M3FN>
+  %q = aten.call "aten.view.default"(%q8, %t, %k) {irfuse.kept_dims = 1 : i64, args = [#aten.ref<0>, [#aten.ref<1>, #aten.ref<2>]], kwargs = {}} : (tensor<?x?x?xf8E4M3FN>, i64, i64) -> tensor<?x?xf8E4M3FN>
+  %s = aten.call "aten.squeeze.dim"(%d) {args = [#aten.ref<0>, -1 : i64], kwargs = {}} : (tensor<?x?x1xf32>) -> tensor<?x?xf32>
+  func.return %q, %s : tensor<?x?xf8E4M3FN>, tensor<?x?xf32>
+}
+// CHECK-LABEL: func.func @per_group_symbolic_kept
+// CHECK:         %q, %s = irfuse.quant %x {quant = #irfuse.quant<per_group 128>} : tensor<?x?xbf16> -> tensor<?x?xf8E4M3FN>, tensor<?x?xf32>
+// CHECK-NEXT:    func.return %q, %s
+
+// -----
+
+func.func @per_group_symbolic_unmarked(%t: i64, %k: i64, %x: tensor<?x?xbf16>) -> (tensor<?x?xf8E4M3FN>, tensor<?x?xf32>) {
+  %xf = aten.call "aten._to_copy.default"(%x) {args = [#aten.ref<0>], kwargs = {dtype = f32}} : (tensor<?x?xbf16>) -> tensor<?x?xf32>
+  %g = aten.call "_operator.floordiv"(%k) {args = [#aten.ref<0>, 128 : i64], kwargs = {}} : (i64) -> i64
+  %view = aten.call "aten.view.default"(%xf, %t, %g) {args = [#aten.ref<0>, [#aten.ref<1>, #aten.ref<2>, 128 : i64]], kwargs = {}} : (tensor<?x?xf32>, i64, i64) -> tensor<?x?x?xf32>
+  %abs = aten.call "aten.abs.default"(%view) {args = [#aten.ref<0>], kwargs = {}} : (tensor<?x?x?xf32>) -> tensor<?x?x?xf32>
+  %amax = aten.call "aten.amax.default"(%abs) {args = [#aten.ref<0>, [-1 : i64], true], kwargs = {}} : (tensor<?x?x?xf32>) -> tensor<?x?x1xf32>
+  %floor = aten.call "aten.clamp.default"(%amax) {args = [#aten.ref<0>, 1.000000e-10 : f64], kwargs = {}} : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %d = aten.call "aten.div.Tensor"(%floor) {args = [#aten.ref<0>, 4.480000e+02 : f64], kwargs = {}} : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %xs = aten.call "aten.div.Tensor"(%view, %d) {args = [#aten.ref<0>, #aten.ref<1>], kwargs = {}} : (tensor<?x?x?xf32>, tensor<?x?x1xf32>) -> tensor<?x?x?xf32>
+  %c = aten.call "aten.clamp.default"(%xs) {args = [#aten.ref<0>, -4.480000e+02 : f64, 4.480000e+02 : f64], kwargs = {}} : (tensor<?x?x?xf32>) -> tensor<?x?x?xf32>
+  %q8 = aten.call "aten._to_copy.default"(%c) {args = [#aten.ref<0>], kwargs = {dtype = f8E4M3FN}} : (tensor<?x?x?xf32>) -> tensor<?x?x?xf8E4M3FN>
+  %q = aten.call "aten.view.default"(%q8, %t, %k) {args = [#aten.ref<0>, [#aten.ref<1>, #aten.ref<2>]], kwargs = {}} : (tensor<?x?x?xf8E4M3FN>, i64, i64) -> tensor<?x?xf8E4M3FN>
+  %s = aten.call "aten.squeeze.dim"(%d) {args = [#aten.ref<0>, -1 : i64], kwargs = {}} : (tensor<?x?x1xf32>) -> tensor<?x?xf32>
+  func.return %q, %s : tensor<?x?xf8E4M3FN>, tensor<?x?xf32>
+}
+// CHECK-LABEL: func.func @per_group_symbolic_unmarked
+// CHECK-NOT:     irfuse.quant
+// CHECK:         func.return %q, %s
+
+// -----
+
 // A quant of irfuse.rms_norm's result is raised by default too (its producer can take it).
 func.func @after_rms_norm(%x: tensor<4x64xbf16>, %w: tensor<64xbf16>) -> (tensor<4x64xf8E4M3FN>, tensor<4x1xf32>) {
   %y = irfuse.rms_norm %x, %w {eps = 1.0e-06 : f64} : tensor<4x64xbf16>, tensor<64xbf16> -> tensor<4x64xbf16>
