@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from functorch.compile import aot_function, make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 
 import irfuse
 from irfuse.backend import IrfuseGraphPass
@@ -302,6 +303,44 @@ def test_a_static_scale_given_as_a_float_argument_under_dynamic_is_refused():
     assert torch.equal(q.view(torch.uint8), norm_quant(x, w, 0.05).view(torch.uint8))
 
 
+def _hf_norm_then(quant: str):
+    def fn(x, w, s):
+        y = models.hf_rms_norm(x, w)
+        if quant == "static":
+            return irfuse.ops.static_fp8_quant(y, s)
+        if quant == "nvfp4":
+            return irfuse.ops.nvfp4_quant(y, s)
+        if quant == "flattened per_token":
+            return irfuse.ops.per_token_fp8_quant(y.reshape(-1, y.shape[-1]))
+        return irfuse.ops.per_token_fp8_quant(y)
+
+    return fn
+
+
+@pytest.mark.parametrize("quant", ["static", "per_token", "nvfp4", "flattened per_token"])
+def test_a_model_norm_fuses_with_a_torch_ops_irfuse_quant(quant):
+    """A norm written in PyTorch read by a torch.ops.irfuse quant call (imported as
+    irfuse.quant) is raised and takes the quant as its epilogue, also where a linear
+    flattens [B, S, K] first (the norm was left to Inductor, "no fp8 quant reads its
+    value", so an nvfp4 epilogue on a model's own norm was unreachable)."""
+    x, _, w, _ = _norm_inputs(t=6, h=64)
+    if quant == "flattened per_token":
+        x = x.view(2, 3, 64)
+    s = torch.tensor([100.0 if quant == "nvfp4" else 0.05], device=DEVICE)
+    fn = _hf_norm_then(quant)
+    report = irfuse.explain(fn, x, w, s)
+    assert report.fused["fuse-rms-norm-quant"] == 1 and len(report.kernels) == 1, str(report)
+    torch._dynamo.reset()
+    got = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x, w, s)
+    expected = fn(x, w, s)
+    for a, b in zip(
+        got if isinstance(got, tuple) else (got,),
+        expected if isinstance(expected, tuple) else (expected,),
+        strict=True,
+    ):
+        assert a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
 def test_a_graph_with_torch_cond_still_fuses():
     """torch.cond's branches are get_attr nodes with no value: they import as one opaque
     value (the whole graph was left to the inner compiler, "used as a whole but produces
@@ -318,6 +357,38 @@ def test_a_graph_with_torch_cond_still_fuses():
     q_ref, flipped_ref = fn(x, w, s)
     assert torch.equal(flipped, flipped_ref)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+def test_a_scale_computed_on_the_host_in_a_device_graph_is_refused():
+    """A scale computed from a Python float (`x / (scale * 2)` under dynamic=True) stays on
+    the host while x is on the GPU: refused with the reason (it was raised, and the fused
+    op's operands on two devices left the whole graph unfused). The GPU's placement is
+    emulated: x and w's fake values are made CUDA ones before the pass runs."""
+
+    def norm_quant(x, w, scale: float):
+        y = models.hf_rms_norm(x, w).float()
+        return (y / (scale * 2.0)).clamp(-448.0, 448.0).to(FP8)
+
+    graphs = []
+
+    def capture(gm, _):
+        graphs.append(gm.graph)
+        return make_boxed_func(gm.forward)
+
+    x, _, w, _ = _norm_inputs()
+    torch._dynamo.reset()
+    torch.compile(norm_quant, backend=aot_autograd(fw_compiler=capture), dynamic=True)(x, w, 0.05)
+    for node in graphs[0].nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.dim() >= 1:
+            with val.fake_mode:
+                node.meta["val"] = torch.empty_strided(
+                    val.shape, val.stride(), dtype=val.dtype, device="cuda"
+                )
+    report = transform_graph(graphs[0], Options.from_dict({"inner": "eager"}))
+    reason = HOST_SCALE.format(what="scale")
+    assert reason in [r["reason"] for r in report.rejected], str(report)
+    assert not any("several devices" in note for note in report.notes), str(report)
 
 
 def _hf_add_norm(x, r, w):

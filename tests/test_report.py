@@ -50,6 +50,7 @@ def test_a_place_names_the_node_its_module_and_its_source_line():
     )
     # a root reached through forward(self, *args) (transformers 5 wraps forward so)
     assert module_path("L['args'][0].model.layers[0].mlp") == "model.layers.0.mlp"
+    assert module_path("L['layers'][1].norm") == "1.norm"  # an index of another local stays
 
 
 def _norm_quant(x, w, s):

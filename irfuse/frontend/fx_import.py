@@ -118,6 +118,16 @@ def _kept_dims(node: fx.Node) -> int | None:
     return kept if symbolic else None
 
 
+# Marks an op whose result stays on the host in a graph that computes on a device (a
+# scale computed from a Python number: no tensor a kernel can read there).
+ON_HOST = "irfuse.on_host"
+
+
+def _computes_off_the_host(graph: fx.Graph) -> bool:
+    vals = (n.meta.get("val") for n in graph.nodes)
+    return any(isinstance(v, torch.Tensor) and v.device.type != "cpu" for v in vals)
+
+
 # Marks a 0-d CPU tensor argument (a float `torch.compile(dynamic=True)` made a graph
 # input): a kernel may take its value at launch without a device sync.
 HOST_SCALAR = "irfuse.host_scalar"
@@ -143,6 +153,7 @@ def import_graph(graph: fx.Graph) -> ImportedGraph:
         imported.values[node] = arg
     builder = Builder(InsertPoint.at_end(block))
     tuple_ops: dict[fx.Node, Operation] = {}
+    off_host = _computes_off_the_host(graph)
 
     for node in graph.nodes:
         if node.op == "placeholder":
@@ -166,6 +177,9 @@ def import_graph(graph: fx.Graph) -> ImportedGraph:
         if node in imported.values:  # consumed by a direct import (e.g. wait_tensor)
             continue
         op = _import_direct(imported, builder, node) or _import_generic(imported, builder, node)
+        val = node.meta.get("val")
+        if off_host and isinstance(val, torch.Tensor) and val.device.type == "cpu":
+            op.attributes[ON_HOST] = UnitAttr()
         report.set_source(op, node)
         if len(op.results) == 1 and not isinstance(node.meta.get("val"), (tuple, list)):
             imported.values[node] = op.results[0]

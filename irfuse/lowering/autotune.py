@@ -65,10 +65,10 @@ def attention_chooser(mode: str, cuda_graphs: bool = False, graph_launch: str = 
             return False, "attention=sdpa keeps the graph's SDPA + quant"
         if not can_measure():
             return INTERPRET, "attention=auto off the GPU: fused only under the interpreter"
-        if signature["causal"] == "bottom_right":  # SDPA's is_causal is top-left
-            return True, BOTTOM_RIGHT
         if signature["dtype"] == "float32":
             return False, "attention=auto: fp32 on the GPU would run the reference ops: SDPA kept"
+        if signature["causal"] == "bottom_right":  # SDPA's is_causal is top-left
+            return True, BOTTOM_RIGHT
         dynamic = [k for k, v in signature.items() if _dynamic(v)]
         if dynamic and not examples:
             return False, "attention=auto has no sizes to time the dynamic shapes at: SDPA kept"

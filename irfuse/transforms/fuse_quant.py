@@ -130,10 +130,11 @@ class FuseQuantIntoProducer(RewritePattern):
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: QuantOp, rewriter: PatternRewriter) -> None:
-        producer = op.x.owner
+        source, between = _flattened_source(op)
+        producer = source.owner
         if not isinstance(producer, QuantProducer) or producer.name not in self.epilogues:
             return
-        if op.x is not producer.results[0] or producer.output_quant() is not None:
+        if source is not producer.results[0] or producer.output_quant() is not None:
             return
         scheme = op.quant.scheme
         if scheme not in self.epilogues[producer.name]:
@@ -141,10 +142,11 @@ class FuseQuantIntoProducer(RewritePattern):
                 self.pass_name, op, f"no fused kernel for {producer.name} + {scheme} quant yet"
             )
             return
-        keep_value = not op.x.has_one_use()
+        own = {op, *between}
+        keep_value = any(use.operation not in own for use in source.uses)
         if keep_value and not isinstance(producer, (RmsNormOp, FusedAddRmsNormOp)):
             report.rejected(
-                self.pass_name, op, f"%{op.x.name_hint} is also read unquantized elsewhere"
+                self.pass_name, op, f"%{source.name_hint} is also read unquantized elsewhere"
             )
             return
         scales = [op.quant_scale] if op.quant_scale is not None else []
@@ -155,15 +157,30 @@ class FuseQuantIntoProducer(RewritePattern):
         new = _with_quant(producer, op, keep_value)
         rewriter.insert(new, InsertPoint.before(before))
         if keep_value:  # the other readers of the unquantized value read the kept copy
-            new.value.name_hint = op.x.name_hint
-            rewriter.replace_uses_with_if(op.x, new.value, lambda use: use.operation is not op)
+            new.value.name_hint = source.name_hint
+            rewriter.replace_uses_with_if(source, new.value, lambda use: use.operation not in own)
         old_results = [op.out, *producer.results[1:], *([op.scale_out] if op.scale_out else [])]
         for old, result in zip(old_results, new.results, strict=False):
             result.name_hint = old.name_hint
             rewriter.replace_all_uses_with(old, result)
         rewriter.erase(op)
+        for flattening in between:  # the view, then the cast it read
+            rewriter.erase(flattening)
         rewriter.erase(producer)
         report.fused(self.pass_name)
+
+
+def _flattened_source(quant: QuantOp) -> tuple[SSAValue, list[Operation]]:
+    """The value `quant` quantizes as a producer would take it: its input, or the
+    [..., K] norm result its [T, K] input flattens (a torch.ops.irfuse quant of a model's
+    hidden states that a linear flattens first: epilogue_source), with the ops between,
+    when nothing else reads them."""
+    if isinstance(quant.x.owner, QuantProducer):
+        return quant.x, []
+    found = epilogue_source(quant.x, quant.quant.scheme)
+    if found is None or not all(op.results[0].has_one_use() for op in found[1]):
+        return quant.x, []
+    return found
 
 
 def _with_quant(producer: QuantProducer, quant: QuantOp, keep_value: bool = False) -> Operation:
@@ -178,7 +195,7 @@ def _with_quant(producer: QuantProducer, quant: QuantOp, keep_value: bool = Fals
         if name == "scale_out":
             result_types.append([quant.scale_out.type] if quant.scale_out is not None else [])
         elif name == "value":
-            result_types.append([quant.x.type] if keep_value else [])
+            result_types.append([producer.results[0].type] if keep_value else [])
         elif value is producer.results[0]:
             result_types.append(quant.out.type)
         else:

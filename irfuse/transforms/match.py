@@ -18,15 +18,16 @@ from xdsl.pattern_rewriter import PatternRewriter
 
 from irfuse.dialects.aten import CallOp, RefAttr, scalar
 from irfuse.dialects.irfuse import DYNAMIC
-from irfuse.frontend.fx_import import HOST_SCALAR, KEPT_DIMS
+from irfuse.frontend.fx_import import HOST_SCALAR, KEPT_DIMS, ON_HOST
 
 CASTS = ("prims.convert_element_type.default", "aten._to_copy.default")
 VIEWS = ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
 MUL = "aten.mul.Tensor"
 # a refusal of on_the_host values, whose `what` is a quant's scale or bound
 HOST_SCALE = (
-    "the {what} is a 0-d CPU tensor (passed so, or a Python number that dynamic=True made "
-    "a graph input); a kernel reads a one-element float32 tensor on the device"
+    "the {what} is on the host (a 0-d CPU tensor, or computed from a Python number that "
+    "dynamic=True made a graph input); a kernel reads a one-element float32 tensor on the "
+    "device"
 )
 F32 = Float32Type()
 F64 = Float64Type()
@@ -96,9 +97,12 @@ def keeps_dims(view: Operation, n: int) -> bool:
 
 
 def on_the_host(value: SSAValue) -> bool:
-    """Whether `value` is a host scalar (is_host_scalar: a 0-d CPU tensor input, or a
-    Python number that dynamic=True made one) or a dtype cast of one (a cast that names
-    no device keeps it on the host), which a kernel cannot read as a tensor."""
+    """Whether `value` stays on the host, which a kernel cannot read as a tensor: computed
+    there in a graph that computes on a device (the importer's ON_HOST), or a host scalar
+    (is_host_scalar: a 0-d CPU tensor input, or a Python number that dynamic=True made
+    one) or a dtype cast of one (a cast that names no device keeps it on the host)."""
+    if isinstance(value.owner, Operation) and ON_HOST in value.owner.attributes:
+        return True
     while (cast := cast_of(value)) is not None:
         if "device" in value.owner.kwargs.data:  # type: ignore[union-attr]
             return False

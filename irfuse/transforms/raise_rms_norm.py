@@ -70,7 +70,7 @@ from xdsl.pattern_rewriter import (
 from xdsl.rewriter import InsertPoint
 
 from irfuse.dialects.aten import CallOp, dtype_name
-from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, FusedAddRmsNormOp, RmsNormOp
+from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, FusedAddRmsNormOp, QuantOp, RmsNormOp
 from irfuse.transforms import report
 from irfuse.transforms.match import (
     CASTS,
@@ -595,7 +595,27 @@ def _distinct_quants(y: SSAValue) -> tuple[set[tuple], set[Operation]]:
         if isinstance(dynamic, DynamicQuantMatch) and _reads_value(dynamic.source, y):
             quants.add((str(dynamic.quant), dynamic.ub, dynamic.q.type, dynamic.scale_type))
             ops.update([*dynamic.ops, *dynamic.dead_if_unused])
+    for quant in _direct_quants(y):  # torch.ops.irfuse.* quant calls, imported as such
+        quants.add((str(quant.quant), quant.quant_scale, quant.out.type))
+        ops.add(quant)
     return quants, ops
+
+
+def _direct_quants(y: SSAValue) -> list[QuantOp]:
+    """The irfuse.quant ops (a model's torch.ops.irfuse quant calls) of `y`, or of its
+    [T, K] flattening (a linear's input, also of `y.float()`), which fuse-rms-norm-quant
+    takes as the epilogue of `y`'s raised norm (fuse_quant.epilogue_source)."""
+    found = [user for user in users(y) if isinstance(user, QuantOp)]
+    sources = [y, *(c.results[0] for c in users(y) if _casts_to(c, F32))]
+    for view in (v for source in sources for v in users(source)):
+        if not (isinstance(view, CallOp) and view.target.data in VIEWS and view.results):
+            continue
+        flat = view.results[0]
+        k = shape(y)[-1] if rank(y) > 2 else DYNAMIC  # type: ignore[index]
+        if rank(flat) == 2 and k != DYNAMIC and shape(flat)[-1] == k:  # type: ignore[index]
+            quants = [q for q in users(flat) if isinstance(q, QuantOp)]
+            found += [q for q in quants if q.quant.scheme != "nvfp4"]  # nvfp4: 2-D only
+    return found
 
 
 def _read_by_arithmetic(value: SSAValue, quant_ops: set[Operation], depth: int = 0) -> bool:

@@ -105,7 +105,7 @@ def set_source(op: Operation, node: fx.Node) -> None:
 
 # the root: a local (`L['self']`), or an item of one (`L['args'][0]`: transformers 5 wraps
 # forward as (self, *args, **kwargs))
-_MODULE_ROOT = re.compile(r"^L\['[^']*'\](\[\d+\])*\.?")
+_MODULE_ROOT = re.compile(r"^L\['(?:args'\]\[\d+\]|[^']*'\])\.?")
 _SUBMODULE = re.compile(r"\._modules\['([^']*)'\]|\[(\d+)\]|\['([^']*)'\]")
 _SOURCE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
 
