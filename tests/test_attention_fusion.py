@@ -155,12 +155,16 @@ def test_attention_read_elsewhere_is_not_fused():
 
 
 def _attention_as_rows_by(order: str):
-    """SDPA, its output reshaped to [B, S, H*D] or (a legal reshape) [S, B, H*D], quant."""
+    """SDPA, its output reshaped to [B, S, H*D] or (a legal reshape) [S, B, H*D] (also
+    through [S, B, H, D]), quant."""
 
     def fn(q, k, v):
         b, h, s, d = q.shape
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-        o = o.reshape(b, s, h * d) if order == "bs" else o.reshape(s, b, h * d)
+        if order == "sb by two views":  # the second keeps the first's [S, B]
+            o = o.reshape(s, b, h, d).reshape(s, b, h * d)
+        else:
+            o = o.reshape(b, s, h * d) if order == "bs" else o.reshape(s, b, h * d)
         return (o.float() / torch.tensor([0.02], device=o.device)).clamp(-448, 448).to(FP8)
 
     return fn
@@ -172,7 +176,7 @@ def test_a_3d_view_at_symbolic_batch_and_length_fuses_only_as_b_s():
     latter's place): the importer marks the view that keeps [B, S], which fuses and
     matches eager; the other is refused, and its result has eager's shape."""
     q, k, v = _inputs(b=2, h=2, s=3, d=16)
-    for order in ("bs", "sb"):
+    for order in ("bs", "sb", "sb by two views"):
         fn = _attention_as_rows_by(order)
         rejected, fused = _compiled_at_symbolic_dims(fn, (q, k, v), (0, 2))
         if order == "bs":

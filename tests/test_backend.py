@@ -312,19 +312,28 @@ def _hf_norm_then(quant: str):
             return irfuse.ops.nvfp4_quant(y, s)
         if quant == "flattened per_token":
             return irfuse.ops.per_token_fp8_quant(y.reshape(-1, y.shape[-1]))
+        if quant == "flattened, the view returned":  # the kernel writes the value too
+            flat = y.reshape(-1, y.shape[-1])
+            return (*irfuse.ops.per_token_fp8_quant(flat), flat)
+        if quant == "also in PyTorch":  # the same quant twice: one epilogue
+            return (*irfuse.ops.per_token_fp8_quant(y), *models.per_token_quant(y))
         return irfuse.ops.per_token_fp8_quant(y)
 
     return fn
 
 
-@pytest.mark.parametrize("quant", ["static", "per_token", "nvfp4", "flattened per_token"])
+@pytest.mark.parametrize(
+    "quant",
+    ["static", "per_token", "nvfp4", "flattened per_token", "flattened, the view returned",
+     "also in PyTorch"],
+)  # fmt: skip
 def test_a_model_norm_fuses_with_a_torch_ops_irfuse_quant(quant):
     """A norm written in PyTorch read by a torch.ops.irfuse quant call (imported as
     irfuse.quant) is raised and takes the quant as its epilogue, also where a linear
     flattens [B, S, K] first (the norm was left to Inductor, "no fp8 quant reads its
     value", so an nvfp4 epilogue on a model's own norm was unreachable)."""
     x, _, w, _ = _norm_inputs(t=6, h=64)
-    if quant == "flattened per_token":
+    if quant.startswith("flattened"):
         x = x.view(2, 3, 64)
     s = torch.tensor([100.0 if quant == "nvfp4" else 0.05], device=DEVICE)
     fn = _hf_norm_then(quant)

@@ -274,8 +274,10 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
     if shape not in ((b, s, hd), (rows, hd)):
         return f"the output is reshaped to {found.source.type}, not [B, Sq, Hq*Dv]"
     # [Sq, B, Hq*Dv] compares equal in the types: the importer marks a view that keeps
-    # the transposed [B, Sq, Hq, Dv]'s first two dims
-    if len(shape) == 3 and b == s == DYNAMIC and not keeps_dims(chain[0], 2):
+    # its input's first two dims, which every view from the transposed [B, Sq, Hq, Dv] on
+    # must
+    views = [op for op in chain if isinstance(op, CallOp) and op.target.data in VIEWS]
+    if len(shape) == 3 and b == s == DYNAMIC and not all(keeps_dims(v, 2) for v in views):
         return (
             "the output is reshaped to [?, ?, Hq*Dv], not known to be [B, Sq] (at a symbolic "
             "batch and query length [Sq, B] looks the same; the 2-D [B*Sq, Hq*Dv] view fuses)"

@@ -142,7 +142,7 @@ class FuseQuantIntoProducer(RewritePattern):
                 self.pass_name, op, f"no fused kernel for {producer.name} + {scheme} quant yet"
             )
             return
-        own = {op, *between}
+        own = {op, *between}  # the flattening ops read by the quant alone (erased with it)
         keep_value = any(use.operation not in own for use in source.uses)
         if keep_value and not isinstance(producer, (RmsNormOp, FusedAddRmsNormOp)):
             report.rejected(
@@ -173,14 +173,23 @@ class FuseQuantIntoProducer(RewritePattern):
 def _flattened_source(quant: QuantOp) -> tuple[SSAValue, list[Operation]]:
     """The value `quant` quantizes as a producer would take it: its input, or the
     [..., K] norm result its [T, K] input flattens (a torch.ops.irfuse quant of a model's
-    hidden states that a linear flattens first: epilogue_source), with the ops between,
-    when nothing else reads them."""
+    hidden states that a linear flattens first: epilogue_source), with the ops between
+    that only the quant reads (the view, then the cast it reads: erased with the quant;
+    one read elsewhere too stays, reading the kept value)."""
     if isinstance(quant.x.owner, QuantProducer):
         return quant.x, []
     found = epilogue_source(quant.x, quant.quant.scheme)
-    if found is None or not all(op.results[0].has_one_use() for op in found[1]):
+    if found is None:
         return quant.x, []
-    return found
+    source, between = found
+    only_quant: list[Operation] = []
+    readers: set[Operation] = {quant}
+    for op in between:
+        if not all(use.operation in readers for use in op.results[0].uses):
+            break
+        only_quant.append(op)
+        readers.add(op)
+    return source, only_quant
 
 
 def _with_quant(producer: QuantProducer, quant: QuantOp, keep_value: bool = False) -> Operation:

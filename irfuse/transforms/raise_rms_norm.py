@@ -588,7 +588,7 @@ def _distinct_quants(y: SSAValue) -> tuple[set[tuple], set[Operation]]:
     for op in _casts_after(y):
         found = match_static_quant(op)
         if isinstance(found, StaticQuantMatch) and _reads_value(found.source, y):
-            quants.add((str(found.quant), found.scale, op.results[0].type))
+            quants.add((str(found.quant), found.scale, op.results[0].type, None))
             ops.update([op, *found.dead_ops])
             continue
         dynamic = match_dynamic_quant(op)
@@ -596,7 +596,8 @@ def _distinct_quants(y: SSAValue) -> tuple[set[tuple], set[Operation]]:
             quants.add((str(dynamic.quant), dynamic.ub, dynamic.q.type, dynamic.scale_type))
             ops.update([*dynamic.ops, *dynamic.dead_if_unused])
     for quant in _direct_quants(y):  # torch.ops.irfuse.* quant calls, imported as such
-        quants.add((str(quant.quant), quant.quant_scale, quant.out.type))
+        scale_type = quant.scale_out.type if quant.scale_out is not None else None
+        quants.add((str(quant.quant), quant.quant_scale, quant.out.type, scale_type))
         ops.add(quant)
     return quants, ops
 
@@ -606,7 +607,9 @@ def _direct_quants(y: SSAValue) -> list[QuantOp]:
     [T, K] flattening (a linear's input, also of `y.float()`), which fuse-rms-norm-quant
     takes as the epilogue of `y`'s raised norm (fuse_quant.epilogue_source)."""
     found = [user for user in users(y) if isinstance(user, QuantOp)]
-    sources = [y, *(c.results[0] for c in users(y) if _casts_to(c, F32))]
+    # a cast read by the view alone (as fuse_quant.epilogue_source peels it)
+    casts = (c.results[0] for c in users(y) if _casts_to(c, F32))
+    sources = [y, *(cast for cast in casts if cast.has_one_use())]
     for view in (v for source in sources for v in users(source)):
         if not (isinstance(view, CallOp) and view.target.data in VIEWS and view.results):
             continue
