@@ -315,6 +315,11 @@ def _hf_norm_then(quant: str):
         if quant == "flattened, the view returned":  # the kernel writes the value too
             flat = y.reshape(-1, y.shape[-1])
             return (*irfuse.ops.per_token_fp8_quant(flat), flat)
+        if quant == "flattened static, its scale computed after":  # after the view
+            flat = y.reshape(-1, y.shape[-1])
+            return irfuse.ops.static_fp8_quant(flat, s * 2.0)
+        if quant == "flattened col-major":  # 2-D kernels only: the norm stays Inductor's
+            return irfuse.ops.per_group_fp8_quant(y.reshape(-1, y.shape[-1]), 64, True)
         if quant == "also in PyTorch":  # the same quant twice: one epilogue
             return (*irfuse.ops.per_token_fp8_quant(y), *models.per_token_quant(y))
         return irfuse.ops.per_token_fp8_quant(y)
@@ -325,7 +330,7 @@ def _hf_norm_then(quant: str):
 @pytest.mark.parametrize(
     "quant",
     ["static", "per_token", "nvfp4", "flattened per_token", "flattened, the view returned",
-     "also in PyTorch"],
+     "flattened static, its scale computed after", "also in PyTorch"],
 )  # fmt: skip
 def test_a_model_norm_fuses_with_a_torch_ops_irfuse_quant(quant):
     """A norm written in PyTorch read by a torch.ops.irfuse quant call (imported as
@@ -348,6 +353,15 @@ def test_a_model_norm_fuses_with_a_torch_ops_irfuse_quant(quant):
         strict=True,
     ):
         assert a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def test_a_col_major_quant_of_a_flattened_norm_leaves_the_norm_alone():
+    """Column-major group scales have kernels for [T, K] rows only: the norm of [B, S, K]
+    is not raised for them (it was, and its NoKernel left the whole graph unfused)."""
+    x, _, w, s = _norm_inputs(t=6, h=64)
+    report = irfuse.explain(_hf_norm_then("flattened col-major"), x.view(2, 3, 64), w, s)
+    assert "raise-rms-norm" not in report.fused, str(report)
+    assert report.kernels == ["irfuse_quant_per_group64_fp8"], str(report)  # its name
 
 
 def test_a_graph_with_torch_cond_still_fuses():

@@ -255,9 +255,10 @@ def _guard(attention: AttentionOp, chain: list[Operation], found: _Quant) -> str
     for value in [attention.out, *(o.results[0] for o in chain)]:
         if any(user not in own for user in users(value)):
             return f"%{value.name_hint} is also read outside the attention and its quant"
-    dims = (attention.q.type.get_shape()[-1], attention.v.type.get_shape()[-1])
-    if not all(takes_head_dim(d) for d in dims):
-        return f"head dims {dims} are not {HEAD_DIM_RULE}"
+    head_dims = (attention.q.type.get_shape()[-1], attention.v.type.get_shape()[-1])
+    if not all(takes_head_dim(d) for d in head_dims):
+        shown = ", ".join("?" if d == DYNAMIC else str(d) for d in head_dims)
+        return f"head dims ({shown}) are not {HEAD_DIM_RULE}"
     if attention.scale.value.data < 0:
         return f"a negative scale ({attention.scale.value.data}: {NEGATIVE_SCALE})"
     b, h, s, dv = attention.out.type.get_shape()

@@ -150,7 +150,7 @@ class FuseQuantIntoProducer(RewritePattern):
             )
             return
         scales = [op.quant_scale] if op.quant_scale is not None else []
-        before = fused_insertion_point([producer, op], [*producer.operands, *scales])
+        before = fused_insertion_point([producer, *between, op], [*producer.operands, *scales])
         if before is None:
             report.rejected(self.pass_name, op, "no place for the fused op")
             return
@@ -170,13 +170,19 @@ class FuseQuantIntoProducer(RewritePattern):
         report.fused(self.pass_name)
 
 
+def two_dim_only(quant: QuantAttr) -> bool:
+    """Whether `quant`'s kernels take 2-D rows only (nvfp4, column-major group scales):
+    none ends a norm of [B, S, K] hidden states flattened for it."""
+    return quant.scheme == "nvfp4" or bool(quant.column_major.data)
+
+
 def _flattened_source(quant: QuantOp) -> tuple[SSAValue, list[Operation]]:
     """The value `quant` quantizes as a producer would take it: its input, or the
     [..., K] norm result its [T, K] input flattens (a torch.ops.irfuse quant of a model's
     hidden states that a linear flattens first: epilogue_source), with the ops between
     that only the quant reads (the view, then the cast it reads: erased with the quant;
     one read elsewhere too stays, reading the kept value)."""
-    if isinstance(quant.x.owner, QuantProducer):
+    if isinstance(quant.x.owner, QuantProducer) or two_dim_only(quant.quant):
         return quant.x, []
     found = epilogue_source(quant.x, quant.quant.scheme)
     if found is None:

@@ -72,6 +72,7 @@ from xdsl.rewriter import InsertPoint
 from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, FusedAddRmsNormOp, QuantOp, RmsNormOp
 from irfuse.transforms import report
+from irfuse.transforms.fuse_quant import two_dim_only
 from irfuse.transforms.match import (
     CASTS,
     F32,
@@ -528,7 +529,7 @@ def _closes_a_post_norm(x: SSAValue, y: SSAValue) -> bool:
     if found is None:
         return False
     h = found[0].results[0]
-    quants, _ = _distinct_quants(h)
+    quants, _ = _distinct_quants(h, flattened=False)  # fuse-norm-add-quant takes h's own
     return len(quants) == 1 and _norm_of(h) is None and not _computed_from_a_reduction(x)
 
 
@@ -579,7 +580,7 @@ def _norm_of(h: SSAValue) -> tuple[_Norm, _Weighted] | None:
     return None
 
 
-def _distinct_quants(y: SSAValue) -> tuple[set[tuple], set[Operation]]:
+def _distinct_quants(y: SSAValue, flattened: bool = True) -> tuple[set[tuple], set[Operation]]:
     """The fp8 quants of `y` the raise passes would take, identical ones once (a model's
     q, k and v projections each quantizing `y` alike: the raise passes make them one),
     and the ops of their chains."""
@@ -595,18 +596,20 @@ def _distinct_quants(y: SSAValue) -> tuple[set[tuple], set[Operation]]:
         if isinstance(dynamic, DynamicQuantMatch) and _reads_value(dynamic.source, y):
             quants.add((str(dynamic.quant), dynamic.ub, dynamic.q.type, dynamic.scale_type))
             ops.update([*dynamic.ops, *dynamic.dead_if_unused])
-    for quant in _direct_quants(y):  # torch.ops.irfuse.* quant calls, imported as such
+    for quant in _direct_quants(y, flattened):  # torch.ops.irfuse quant calls
         scale_type = quant.scale_out.type if quant.scale_out is not None else None
         quants.add((str(quant.quant), quant.quant_scale, quant.out.type, scale_type))
         ops.add(quant)
     return quants, ops
 
 
-def _direct_quants(y: SSAValue) -> list[QuantOp]:
+def _direct_quants(y: SSAValue, flattened: bool = True) -> list[QuantOp]:
     """The irfuse.quant ops (a model's torch.ops.irfuse quant calls) of `y`, or of its
     [T, K] flattening (a linear's input, also of `y.float()`), which fuse-rms-norm-quant
     takes as the epilogue of `y`'s raised norm (fuse_quant.epilogue_source)."""
     found = [user for user in users(y) if isinstance(user, QuantOp)]
+    if not flattened:
+        return found
     # a cast read by the view alone (as fuse_quant.epilogue_source peels it)
     casts = (c.results[0] for c in users(y) if _casts_to(c, F32))
     sources = [y, *(cast for cast in casts if cast.has_one_use())]
@@ -617,7 +620,7 @@ def _direct_quants(y: SSAValue) -> list[QuantOp]:
         k = shape(y)[-1] if rank(y) > 2 else DYNAMIC  # type: ignore[index]
         if rank(flat) == 2 and k != DYNAMIC and shape(flat)[-1] == k:  # type: ignore[index]
             quants = [q for q in users(flat) if isinstance(q, QuantOp)]
-            found += [q for q in quants if q.quant.scheme != "nvfp4"]  # nvfp4: 2-D only
+            found += [q for q in quants if not two_dim_only(q.quant)]
     return found
 
 
