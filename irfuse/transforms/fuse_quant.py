@@ -67,13 +67,20 @@ NORM_EPILOGUES: dict[str, frozenset[str]] = {
 def epilogue_source(value: SSAValue, scheme: str) -> tuple[SSAValue, list[Operation]] | None:
     """The norm result a quant of `value` can end as the epilogue of, and the ops between
     (to erase once dead): `value` itself, or the [..., K] norm result that `value`
-    flattens to [T, K] (a model's linear flattening its input first; `y.reshape(-1, K)`,
-    also of `y.float()`). None if there is none."""
+    flattens (flattening_of). None if there is none."""
     if can_take_epilogue(value, scheme):
         return value, []
+    found = flattening_of(value) if scheme != "nvfp4" else None
+    return found if found is not None and can_take_epilogue(found[0], scheme) else None
+
+
+def flattening_of(value: SSAValue) -> tuple[SSAValue, list[Operation]] | None:
+    """The [..., K] value (rank 3 or more) that `value` flattens to [T, K] (a model's
+    linear flattening its input first; `y.reshape(-1, K)`, also of `y.float()` where only
+    the view reads the cast), and the ops between; None if `value` is no such view."""
     view = call(value, *VIEWS)
     y = tensor_arg(view, 0) if view is not None else None
-    if view is None or y is None or scheme == "nvfp4":
+    if view is None or y is None:
         return None
     ops: list[Operation] = [view]
     cast = cast_of(y)
@@ -85,7 +92,7 @@ def epilogue_source(value: SSAValue, scheme: str) -> tuple[SSAValue, list[Operat
     k, k_flat = shape(y)[-1], shape(value)[-1]  # type: ignore[index]
     if DYNAMIC in (k, k_flat) or k != k_flat:
         return None
-    return (y, ops) if can_take_epilogue(y, scheme) else None
+    return y, ops
 
 
 def identical_quant(

@@ -72,7 +72,7 @@ from xdsl.rewriter import InsertPoint
 from irfuse.dialects.aten import CallOp, dtype_name
 from irfuse.dialects.irfuse import DYNAMIC, FLOAT_TYPES, FusedAddRmsNormOp, QuantOp, RmsNormOp
 from irfuse.transforms import report
-from irfuse.transforms.fuse_quant import two_dim_only
+from irfuse.transforms.fuse_quant import flattening_of, two_dim_only
 from irfuse.transforms.match import (
     CASTS,
     F32,
@@ -604,23 +604,18 @@ def _distinct_quants(y: SSAValue, flattened: bool = True) -> tuple[set[tuple], s
 
 
 def _direct_quants(y: SSAValue, flattened: bool = True) -> list[QuantOp]:
-    """The irfuse.quant ops (a model's torch.ops.irfuse quant calls) of `y`, or of its
-    [T, K] flattening (a linear's input, also of `y.float()`), which fuse-rms-norm-quant
-    takes as the epilogue of `y`'s raised norm (fuse_quant.epilogue_source)."""
+    """The irfuse.quant ops (a model's torch.ops.irfuse quant calls) of `y`, or (with
+    `flattened`) of its [T, K] flattening (fuse_quant.flattening_of), which
+    fuse-rms-norm-quant takes as the epilogue of `y`'s raised norm."""
     found = [user for user in users(y) if isinstance(user, QuantOp)]
     if not flattened:
         return found
-    # a cast read by the view alone (as fuse_quant.epilogue_source peels it)
-    casts = (c.results[0] for c in users(y) if _casts_to(c, F32))
-    sources = [y, *(cast for cast in casts if cast.has_one_use())]
-    for view in (v for source in sources for v in users(source)):
-        if not (isinstance(view, CallOp) and view.target.data in VIEWS and view.results):
-            continue
-        flat = view.results[0]
-        k = shape(y)[-1] if rank(y) > 2 else DYNAMIC  # type: ignore[index]
-        if rank(flat) == 2 and k != DYNAMIC and shape(flat)[-1] == k:  # type: ignore[index]
-            quants = [q for q in users(flat) if isinstance(q, QuantOp)]
-            found += [q for q in quants if not two_dim_only(q.quant)]
+    near = [r for op in users(y) for r in op.results]  # y.view(...), y.float()
+    near += [r for v in near for op in users(v) for r in op.results]  # y.float().view(...)
+    for flat in near:
+        flattens_y = (found_y := flattening_of(flat)) is not None and found_y[0] is y
+        quants = [q for q in users(flat) if isinstance(q, QuantOp) and q.x is flat]
+        found += [q for q in quants if flattens_y and not two_dim_only(q.quant)]
     return found
 
 
