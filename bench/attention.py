@@ -9,6 +9,8 @@ SDPA alone (cuDNN by default on H100/H200), irfuse's kernel alone (bf16 out), th
 (fused kernel) and by irfuse with attention=auto (its measured choice). --dynamic
 compiles the blocks with the batch and key count dynamic (mark_dynamic), as a decode
 step over a growing KV cache is compiled once.
+q (and a prefill's k, v) is laid out as a model's projections leave it, [B, S, H, D] in
+memory; a decode's k, v as a KV cache holds them, [B, H, S, D].
 """
 
 from __future__ import annotations
@@ -123,8 +125,15 @@ def bench_shape(
 ) -> tuple[dict[str, float], str]:
     b, hq, hkv, sq, skv, d, causal = shape
     torch._dynamo.reset()
-    q = torch.randn(b, hq, sq, d, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(b, hkv, skv, d, device="cuda", dtype=torch.bfloat16)
+    # laid out as a model leaves them: q, and a prefill's k and v, as its projections do
+    # ([B, S, H, D] memory, viewed [B, H, S, D]), so that SDPA's output (which follows q's
+    # layout) views as [B, S, H*D] with no copy and Inductor's quant reads it contiguous;
+    # a decode's k and v as a KV cache holds them ([B, H, S, D] memory)
+    q = torch.randn(b, sq, hq, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    if sq == skv:
+        k = torch.randn(b, skv, hkv, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    else:
+        k = torch.randn(b, hkv, skv, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     s = torch.tensor([0.02], device="cuda")
     mask = {None: lambda: None, "padding": lambda: padding_mask(b, skv),
@@ -164,7 +173,7 @@ def bench_shape(
         "sdpa": lambda: F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=hq != hkv),
         "irfuse_kernel": lambda: kernel_attention(
-            q, k, v, None, d**-0.5, mode, "bhsd", False, "none", mask, summary),
+            q, k, v, None, d**-0.5, mode, "bs_hd", False, "none", mask, summary),
         "inductor_block": lambda: inductor(q, k, v, s, causal, mask),
         "irfuse_fused_block": lambda: fused(q, k, v, s, causal, mask),
         "irfuse_auto_block": lambda: auto(q, k, v, s, causal, mask),
