@@ -4,7 +4,9 @@
 #     bash bench/gpu_session.sh tests   # the GPU tests of what a CPU session could not run
 #     bash bench/gpu_session.sh bench   # host time, the unquantized norm, the sandwich
 #     bash bench/gpu_session.sh torchao # torchao's per-row and 1x128 quants vs Inductor
-#     bash bench/gpu_session.sh rerun   # the tables bench's measurement fixes left to redo
+#     bash bench/gpu_session.sh rerun   # the norm / quant tables bench's measurement fixes
+#                                       # left to redo
+#     bash bench/gpu_session.sh rerun-attention  # and the attention ones
 #     bash bench/gpu_session.sh suite   # the rest of the suite (attention kernels apart)
 #     bash bench/gpu_session.sh hf      # HF models: their tests, a decode step end to end
 #                                       # (carry .whl-hf: bash bench/hf_wheels.sh)
@@ -77,7 +79,13 @@ rerun)
         --schemes static per_token nvfp4 --hidden 4096 7168 --tokens 4096 16384
     step add-norm 200 python3 bench/quant_schemes.py \
         --schemes static per_token "per_group 128" nvfp4 --hidden 4096 --tokens 1 4096 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+rerun-attention)
+    # attention + nvfp4, and the main attention table, with q laid out as a model's
+    # projections leave it (bench/RESULTS.md, "Measurement corrections")
     step attention-nvfp4 200 python3 bench/attention_nvfp4.py
+    step attention 380 python3 bench/attention.py --only 0 1 2 3 4 5 6
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 suite)
@@ -85,7 +93,7 @@ suite)
     step attention-kernel 150 "${PYTEST[@]}" tests/test_attention_kernel.py -x
     ;;
 *)
-    echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | suite | hf" >&2
+    echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention | suite | hf" >&2
     exit 2
     ;;
 esac
