@@ -4,7 +4,9 @@
         [--causal-mask] [--static-cache] [--dynamic] [--padded]
 
 Candidates, timed in one process under CUDA graphs, alternating over rounds (medians):
-SDPA alone (cuDNN by default on H100/H200), irfuse's kernel alone (bf16 out), the block
+SDPA alone (the backend it picked, read from its kernels' names: cuDNN by default on
+H100/H200 where it takes the shape), irfuse's kernel alone (bf16 out; with a mask and no
+--static-cache, as a direct call: no mask summary computed ahead), the block
 (SDPA -> [B,S,H*D] -> fp8 quant) compiled by Inductor, by irfuse with attention=irfuse
 (fused kernel) and by irfuse with attention=auto (its measured choice). --dynamic
 compiles the blocks with the batch and key count dynamic (mark_dynamic), as a decode
@@ -120,9 +122,22 @@ def per_token_block(q, k, v, scale, causal: bool, mask=None):
     return (xf / s8).clamp(-448, 448).to(torch.float8_e4m3fn), s8
 
 
+# SDPA's backends, told apart by the kernels they launch
+SDPA_KERNELS = (("cudnn", "cuDNN"), ("flash", "flash"), ("fmha", "efficient"))
+
+
+def sdpa_backend(sdpa) -> str:
+    """Which backend SDPA ran in one call of `sdpa` (from its GPU kernels' names)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        sdpa()
+        torch.cuda.synchronize()
+    names = " ".join(event.name for event in prof.events()).lower()
+    return next((backend for key, backend in SDPA_KERNELS if key in names), "math")
+
+
 def bench_shape(
     shape, rounds: int, block=block, masked: str | None = None, dynamic: bool = False
-) -> tuple[dict[str, float], str]:
+) -> tuple[dict[str, float], str, str]:
     b, hq, hkv, sq, skv, d, causal = shape
     torch._dynamo.reset()
     # laid out as a model leaves them: q, and a prefill's k and v, as its projections do
@@ -150,7 +165,7 @@ def bench_shape(
     static = None if dynamic else False
     inductor = torch.compile(block, dynamic=static)
     fused = torch.compile(block, backend="irfuse", dynamic=static,
-                          options={"attention": "irfuse"})  # fmt: skip
+                          options={"attention": "irfuse", "fx_graph_cache": False})  # fmt: skip
     # Inductor's cache off: the pass runs and reports. The blocks are timed replayed from
     # CUDA graphs, where the host pays no launches: auto decides as it does under them.
     with capture_reports() as reports, mock.patch.object(autotune, "host_pays", _no_host):
@@ -162,23 +177,32 @@ def bench_shape(
         for rejected in report.rejected:
             if rejected["pass"] == "fuse-attention-quant":
                 print("auto:", rejected["reason"], flush=True)
-    expected, got = block(q, k, v, s, causal, mask), fused(q, k, v, s, causal, mask)
+    with capture_reports() as fused_reports:
+        got = fused(q, k, v, s, causal, mask)
+    if not any(r.fused.get("fuse-attention-quant") for r in fused_reports):
+        # the "irfuse fused" column would time the unfused graph
+        reasons = [r["reason"] for report in fused_reports for r in report.rejected]
+        raise SystemExit(f"attention='irfuse' did not fuse {shape}: {reasons}")
+    expected = block(q, k, v, s, causal, mask)
     if block is per_token_block:
         expected, got = expected[0].float() * expected[1], got[0].float() * got[1]
     else:
         expected, got = expected.float() * s, got.float() * s
     span = expected.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
     torch.testing.assert_close(got / span, expected / span, atol=0.1, rtol=0.1)
+    # over rotating copies of the inputs (common.compare): each layer reads its own
     times = compare({
-        "sdpa": lambda: F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=hq != hkv),
-        "irfuse_kernel": lambda: kernel_attention(
-            q, k, v, None, d**-0.5, mode, "bs_hd", False, "none", mask, summary),
-        "inductor_block": lambda: inductor(q, k, v, s, causal, mask),
-        "irfuse_fused_block": lambda: fused(q, k, v, s, causal, mask),
-        "irfuse_auto_block": lambda: auto(q, k, v, s, causal, mask),
-    }, rounds)  # fmt: skip
-    return times, choice
+        "sdpa": lambda q, k, v, s, m: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=m, is_causal=causal, enable_gqa=hq != hkv),
+        "irfuse_kernel": lambda q, k, v, s, m: kernel_attention(
+            q, k, v, None, d**-0.5, mode, "bs_hd", False, "none", m, summary),
+        "inductor_block": lambda q, k, v, s, m: inductor(q, k, v, s, causal, m),
+        "irfuse_fused_block": lambda q, k, v, s, m: fused(q, k, v, s, causal, m),
+        "irfuse_auto_block": lambda q, k, v, s, m: auto(q, k, v, s, causal, m),
+    }, rounds, (q, k, v, s, mask))  # fmt: skip
+    backend = sdpa_backend(lambda: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=hq != hkv))  # fmt: skip
+    return times, choice, backend
 
 
 def main() -> None:
@@ -188,14 +212,15 @@ def main() -> None:
     parser.add_argument(
         "--only", type=int, nargs="+", default=None, help="indices into the shape list"
     )
-    parser.add_argument("--per-token", action="store_true", help="decode + per-token fp8")
-    parser.add_argument("--padding-mask", action="store_true", help="a bool padding mask")
-    parser.add_argument("--causal-mask", action="store_true", help="a bool causal 4-D mask")
-    parser.add_argument(
+    shape_list = parser.add_mutually_exclusive_group()  # each picks its own shapes
+    shape_list.add_argument("--per-token", action="store_true", help="decode + per-token fp8")
+    shape_list.add_argument("--padding-mask", action="store_true", help="a bool padding mask")
+    shape_list.add_argument("--causal-mask", action="store_true", help="a bool causal 4-D mask")
+    shape_list.add_argument(
         "--static-cache", action="store_true", help="decode, a partly filled static KV cache"
     )
+    shape_list.add_argument("--padded", action="store_true", help="head dims 80 and 96")
     parser.add_argument("--dynamic", action="store_true", help="batch and key count dynamic")
-    parser.add_argument("--padded", action="store_true", help="head dims 80 and 96")
     args = parser.parse_args()
     rows, raw = [], []
     masked = "padding" if args.padding_mask else "causal" if args.causal_mask else None
@@ -207,15 +232,16 @@ def main() -> None:
     shapes = [shapes[i] for i in args.only] if args.only else shapes
     for shape in shapes:
         b, hq, hkv, sq, skv, d, causal = shape
-        times, choice = bench_shape(
+        times, choice, backend = bench_shape(
             shape, args.rounds, per_token_block if args.per_token else block, masked, args.dynamic
         )
         flops = 4 * b * hq * sq * skv * d / (2 if causal or masked == "causal" else 1)
         tflops = {k: flops / (t * 1e-6) / 1e12 for k, t in times.items()}
-        raw.append({"shape": shape, "us": times, "TFLOP/s": tflops, "auto": choice})
+        raw.append({"shape": shape, "us": times, "TFLOP/s": tflops, "auto": choice,
+                    "sdpa": backend})  # fmt: skip
         name = f"B{b} H{hq}/{hkv} S{sq}x{skv} D{d}{' causal' if causal else ''}"
         rows.append([
-            name, f"{times['sdpa']:.1f} ({tflops['sdpa']:.0f})",
+            name, f"{times['sdpa']:.1f} ({tflops['sdpa']:.0f}) {backend}",
             f"{times['irfuse_kernel']:.1f} ({tflops['irfuse_kernel']:.0f})",
             f"{times['sdpa'] / times['irfuse_kernel']:.3f}x",
             f"{times['inductor_block']:.1f}", f"{times['irfuse_fused_block']:.1f}",
@@ -244,7 +270,7 @@ def main() -> None:
         what += "; head dims 80 / 96 on tiles of 128 (flops counted at the real head dim)"
     text = append_results(
         f"attention (+ {what}), bf16, us (TFLOP/s)",
-        ["shape", "SDPA" if masked else "SDPA (cuDNN)", "irfuse kernel",
+        ["shape", "SDPA (its backend)", "irfuse kernel",
          "kernel vs SDPA", "SDPA+quant (Inductor)", "irfuse fused", "irfuse auto (choice)",
          "auto vs Inductor"],
         rows,

@@ -2,7 +2,7 @@
 the CPU (like sass.py: Triton's NVIDIA backend ships ptxas and cuobjdump; no GPU needed).
 
     python bench/decode_resources.py [--head-dims 128 256] [--block-m 16] [--block-n 64 128]
-        [--stages 3] [--mask none|bool|key|fp32]
+        [--stages 3] [--mask none|bool|key|fp32] [--wide-offsets]
 
 What split_config's wide-tile rule rests on (twelfth session, Triton 3.9): head dim 256
 with 128-key tiles spills 1072 bytes per thread, with 64-key tiles 152. The GPU runs
@@ -26,8 +26,9 @@ from triton.compiler import ASTSource
 
 from irfuse.lowering.attention import split_kv_kernel
 
-CONSTEXPRS = ("HEAD_DIM", "HEAD_DIM_V", "BLOCK_M", "BLOCK_N", "CAUSAL", "MASK", "KEY_MASK",
-              "SUMMARY", "SUMMARY_BLOCK_N", "INTERPRET")  # fmt: skip
+CONSTEXPRS = ("HEAD_DIM", "HEAD_DIM_V", "BLOCK_D", "BLOCK_DV", "BLOCK_M", "BLOCK_N", "CAUSAL",
+              "MASK", "KEY_MASK", "SUMMARY", "SUMMARY_BLOCK_N", "WIDE_OFFSETS",
+              "INTERPRET")  # fmt: skip
 MASKS = {  # --mask: (MASK, KEY_MASK, the mask pointer's type)
     "none": (0, False, "*bf16"),
     "bool": (1, False, "*u8"),
@@ -54,13 +55,16 @@ def signature(fn, mask_type: str) -> dict[str, str]:
     return sig
 
 
-def resources(head_dim: int, block_m: int, block_n: int, stages: int, mask: str) -> str:
+def resources(
+    head_dim: int, block_m: int, block_n: int, stages: int, mask: str, wide: bool = False
+) -> str:
     fn = split_kv_kernel()
     kind, key_mask, mask_type = MASKS[mask]
     sig = signature(fn, mask_type)
-    constants = {"HEAD_DIM": head_dim, "HEAD_DIM_V": head_dim, "BLOCK_M": block_m,
-                 "BLOCK_N": block_n, "CAUSAL": 0, "MASK": kind, "KEY_MASK": key_mask,
-                 "SUMMARY": False, "SUMMARY_BLOCK_N": 64, "INTERPRET": False}  # fmt: skip
+    constants = {"HEAD_DIM": head_dim, "HEAD_DIM_V": head_dim, "BLOCK_D": head_dim,
+                 "BLOCK_DV": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n, "CAUSAL": 0,
+                 "MASK": kind, "KEY_MASK": key_mask, "SUMMARY": False, "SUMMARY_BLOCK_N": 64,
+                 "WIDE_OFFSETS": wide, "INTERPRET": False}  # fmt: skip
     names = list(sig)
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t[0] == "*"}
     compiled = triton.compile(
@@ -76,7 +80,8 @@ def resources(head_dim: int, block_m: int, block_n: int, stages: int, mask: str)
                                capture_output=True, text=True, check=True).stdout  # fmt: skip
     registers, stack = (re.search(rf"{key}:(\d+)", usage) for key in ("REG", "STACK"))
     return (
-        f"head dim {head_dim}, {block_m}x{block_n} tiles, {stages} stages, mask {mask}: "
+        f"head dim {head_dim}, {block_m}x{block_n} tiles, {stages} stages, mask {mask}"
+        f"{', 64-bit offsets' if wide else ''}: "
         f"shared {compiled.metadata.shared / 1024:.0f} KB, "
         f"{registers.group(1) if registers else '?'} registers, "
         f"{stack.group(1) if stack else '?'} bytes of stack per thread"
@@ -90,10 +95,12 @@ def main() -> None:
     parser.add_argument("--block-n", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--stages", type=int, default=3)
     parser.add_argument("--mask", choices=sorted(MASKS), default="none")
+    parser.add_argument("--wide-offsets", action="store_true", help="WIDE_OFFSETS (huge KV)")
     args = parser.parse_args()
     for head_dim in args.head_dims:
         for block_n in args.block_n:
-            print(resources(head_dim, args.block_m, block_n, args.stages, args.mask), flush=True)
+            print(resources(head_dim, args.block_m, block_n, args.stages, args.mask,
+                            args.wide_offsets), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

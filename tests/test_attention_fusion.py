@@ -720,6 +720,30 @@ def test_auto_counts_the_hosts_launches_where_the_host_pays_them(monkeypatch):
         "host's launches counted (no CUDA graphs)", True)  # fmt: skip
 
 
+@pytest.mark.cuda
+def test_gpu_auto_times_inputs_laid_out_as_a_model_has_them_and_rotates_them():
+    """q (and a prefill's k, v) as projections leave them, a decode's k, v as a KV cache
+    holds them; the timed calls cycle over copies that together exceed the L2."""
+    from irfuse.lowering.autotune import INPUT_COPIES, L2_PASSES, example_inputs
+
+    shape = {"heads_q": 32, "heads_kv": 8, "head_dim": 128, "head_dim_v": 128,
+             "dtype": "bfloat16"}  # fmt: skip
+    decode = example_inputs({**shape, "batch": 1, "seq_q": 1, "seq_kv": 4096})
+    first = next(decode)
+    q, k, v = first
+    assert q.shape == (1, 32, 1, 128) and q.transpose(1, 2).is_contiguous()
+    assert k.shape == v.shape == (1, 8, 4096, 128) and k.is_contiguous() and v.is_contiguous()
+    sets = [first]
+    while (following := next(decode)) is not first:
+        sets.append(following)
+    l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
+    set_bytes = sum(t.numel() * t.element_size() for t in first)
+    assert len(sets) * set_bytes >= L2_PASSES * l2 or len(sets) == INPUT_COPIES
+    assert len({t.data_ptr() for s in sets for t in s}) == 3 * len(sets)
+    q, k, v = next(example_inputs({**shape, "batch": 2, "seq_q": 256, "seq_kv": 256}))
+    assert all(t.transpose(1, 2).is_contiguous() for t in (q, k, v))
+
+
 def test_the_host_pays_the_launches_unless_graphs_or_the_wrapper_make_them():
     from irfuse.lowering.autotune import host_pays
 
