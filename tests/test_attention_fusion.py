@@ -271,7 +271,10 @@ def test_a_negative_scale_is_refused_with_its_reason():
     torch._dynamo.reset()
     out = torch.compile(direct, backend="irfuse", options={"inner": "eager"})(q, k, v)
     assert not out.isnan().any()
-    torch.testing.assert_close(out, direct(q, k, v))
+    # NUMERICS.md's tolerance: the CPU's matmuls may sum in another order per call (one
+    # fp16 step apart in 2 of 2560 values, seen once in CI)
+    rtol = 1.6e-2 if DTYPE == torch.bfloat16 else 1e-3
+    torch.testing.assert_close(out, direct(q, k, v), atol=1e-3, rtol=rtol)
     with pytest.raises(ValueError, match="sm_scale -0.5: the kernels' softmax takes scales >= 0"):
         torch.ops.irfuse.kernel_attention(q, k, v, None, -0.5, "none", "bhsd", False, "none")
 
