@@ -81,8 +81,17 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.uint8)
 
 
+@pytest.fixture
+def bool_as_bytes(monkeypatch):
+    """The graphs here run eagerly, which views a bool mask as bytes on any torch; only
+    Inductor's lowering of that view needs torch 2.13 (tested with the whole pass below)."""
+    monkeypatch.setattr(graph_launch, "inductor_views_bool_as_bytes", lambda: True)
+
+
 @pytest.mark.parametrize("epilogue,layout,lse,mask_kind,summary", CASES)
-def test_decode_graph_launch_is_kernel_attentions(epilogue, layout, lse, mask_kind, summary):
+def test_decode_graph_launch_is_kernel_attentions(
+    bool_as_bytes, epilogue, layout, lse, mask_kind, summary
+):
     """Run eagerly (each HOP launches its kernel), the split-KV decode and its combine,
     written into the graph, give kernel_attention's outputs to the bit, with its strides:
     the buffer between them allocated in the graph, nvfp4 scales viewed back to int32,
@@ -187,7 +196,7 @@ def test_a_decode_step_through_the_whole_pass(monkeypatch, graph_launch, how):
 @pytest.mark.parametrize(
     "mask_kind,sq", [("bool", 1), ("hidden", 1), ("additive", 1), ("bool", 40), ("additive", 40)]
 )
-def test_mask_summary_graph_launch_is_the_runtime_ops(monkeypatch, mask_kind, sq):
+def test_mask_summary_graph_launch_is_the_runtime_ops(monkeypatch, bool_as_bytes, mask_kind, sq):
     """The mask summary's two kernels (flags, then each block's tile ranges), written into
     the graph with graph_launch="all", give kernel_attention_mask_summary's tiles to the
     bit, for the decode (one query row) and the prefill's blocks, bool, biased bool and

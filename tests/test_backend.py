@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from functorch.compile import aot_function, make_boxed_func
-from torch._dynamo.backends.common import aot_autograd
 
 import irfuse
 from irfuse.backend import IrfuseGraphPass
@@ -20,6 +19,7 @@ from irfuse.pipeline import AUTOGRAD, Options, capture_reports, transform_graph
 from irfuse.transforms.match import HOST_SCALE
 from irfuse.transforms.raise_rms_norm import FROM_A_REDUCTION, NO_QUANT, READ_BY_POINTWISE
 from tests import models
+from tests.gpu_placement import captured_graph, placed_on_gpu
 from tests.helpers import EVERY_NORM, assert_close, assert_fp8_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -347,11 +347,17 @@ def test_a_model_norm_fuses_with_a_torch_ops_irfuse_quant(quant):
     torch._dynamo.reset()
     got = torch.compile(fn, backend="irfuse", options={"inner": "eager"})(x, w, s)
     expected = fn(x, w, s)
-    for a, b in zip(
-        got if isinstance(got, tuple) else (got,),
-        expected if isinstance(expected, tuple) else (expected,),
-        strict=True,
-    ):
+    got, expected = (t if isinstance(t, tuple) else (t,) for t in (got, expected))
+    if quant == "also in PyTorch":
+        # one epilogue gives both pairs; eager CUDA computes `amax / 448` as a multiply by
+        # 1/448 (one fp32 ulp off in some rows), so the PyTorch pair is compared at
+        # NUMERICS.md's tolerance, the irfuse call's to the bit
+        assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+                   for a, b in zip(got[:2], got[2:], strict=True))  # fmt: skip
+        torch.testing.assert_close(got[3], expected[3], atol=0, rtol=2**-23)
+        assert_fp8_close(got[2], expected[2], expected[3])
+        got, expected = got[:2], expected[:2]
+    for a, b in zip(got, expected, strict=True):
         assert a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
@@ -385,30 +391,16 @@ def test_a_graph_with_torch_cond_still_fuses():
 def test_a_scale_computed_on_the_host_in_a_device_graph_is_refused():
     """A scale computed from a Python float (`x / (scale * 2)` under dynamic=True) stays on
     the host while x is on the GPU: refused with the reason (it was raised, and the fused
-    op's operands on two devices left the whole graph unfused). The GPU's placement is
-    emulated: x and w's fake values are made CUDA ones before the pass runs."""
+    op's operands on two devices left the whole graph unfused). The graph is captured on
+    the CPU and placed as on a GPU (tests/gpu_placement.py)."""
 
     def norm_quant(x, w, scale: float):
         y = models.hf_rms_norm(x, w).float()
         return (y / (scale * 2.0)).clamp(-448.0, 448.0).to(FP8)
 
-    graphs = []
-
-    def capture(gm, _):
-        graphs.append(gm.graph)
-        return make_boxed_func(gm.forward)
-
     x, _, w, _ = _norm_inputs()
-    torch._dynamo.reset()
-    torch.compile(norm_quant, backend=aot_autograd(fw_compiler=capture), dynamic=True)(x, w, 0.05)
-    for node in graphs[0].nodes:
-        val = node.meta.get("val")
-        if node.op == "placeholder" and isinstance(val, torch.Tensor) and val.dim() >= 1:
-            with val.fake_mode:
-                node.meta["val"] = torch.empty_strided(
-                    val.shape, val.stride(), dtype=val.dtype, device="cuda"
-                )
-    report = transform_graph(graphs[0], Options.from_dict({"inner": "eager"}))
+    gm = captured_graph(norm_quant, x.cpu(), w.cpu(), 0.05, dynamic=True)
+    report = transform_graph(placed_on_gpu(gm).graph, Options.from_dict({"inner": "eager"}))
     reason = HOST_SCALE.format(what="scale")
     assert reason in [r["reason"] for r in report.rejected], str(report)
     assert not any("several devices" in note for note in report.notes), str(report)

@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from irfuse.pipeline import capture_reports
+from irfuse.pipeline import Options, capture_reports, transform_graph
 from irfuse.transforms.raise_rms_norm import NO_QUANT
+from tests.gpu_placement import captured_graph, placed_on_gpu
 from tests.test_model_generate import (
     HEAD_DIM,
     HEADS,
@@ -102,6 +103,23 @@ def test_under_dynamic_true_the_norms_eps_are_read_at_each_call():
             )
     assert len(reports) == 1, reports  # one graph for both eps values
     assert reports[0].fused["fuse-sandwich-norm"] == 3, str(reports[0])
+
+
+def test_on_a_gpu_eps_read_at_each_call_stay_on_the_host_and_still_fuse():
+    """On a GPU, `dynamic=True`'s eps inputs are 0-d CPU tensors beside CUDA ones: a
+    sandwich's two eps (x_eps and eps) are read at launch and do not count as operands
+    on another device (a sandwich's x_eps did: "operands on several devices" left the
+    whole graph unfused). The graph is captured on the CPU and placed as on a GPU."""
+    torch.manual_seed(0)
+    model = TinyGemma().to("cpu", torch.float16).eval()
+    embeds = torch.randn(1, 8, HIDDEN, dtype=torch.float16)
+    graph = placed_on_gpu(captured_graph(model, embeds, torch.arange(8), dynamic=True)).graph
+    vals = [n.meta["val"] for n in graph.nodes if n.op == "placeholder"]
+    eps = [v for v in vals if isinstance(v, torch.Tensor) and v.dim() == 0]
+    assert eps and all(v.device.type == "cpu" for v in eps)
+    report = transform_graph(graph, Options.from_dict({"inner": "eager", "attention": "sdpa"}))
+    assert report.fused["fuse-sandwich-norm"] == 3, str(report)
+    assert not any("several devices" in note for note in report.notes), str(report)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

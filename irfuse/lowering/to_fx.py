@@ -71,11 +71,16 @@ def plan_lowering(imported: ImportedGraph) -> list[Lowered]:
     return plan
 
 
+# The operands of a norm's eps read at run time (host scalars)
+EPS_OPERANDS = ("eps_value", "x_eps_value")
+
+
 def _device_problem(op: Operation, node_of: dict[SSAValue, fx.Node]) -> str | None:
     """Why the op's kernel cannot take its operands' devices (None if it can). A norm's
-    eps input is a host scalar, read at launch: its device does not count."""
-    eps = getattr(op, "eps_value", None)
-    vals = [node_of[v].meta.get("val") for v in op.operands if v in node_of and v is not eps]
+    eps inputs (a sandwich's x_eps too) are host scalars, read at launch: their devices
+    do not count."""
+    eps = {getattr(op, name, None) for name in EPS_OPERANDS} - {None}
+    vals = [node_of[v].meta.get("val") for v in op.operands if v in node_of and v not in eps]
     devices = {v.device for v in vals if isinstance(v, torch.Tensor)}
     if len(devices) > 1:
         return f"operands on several devices {sorted(map(str, devices))}"
