@@ -1,7 +1,13 @@
 """A graph captured on the CPU, placed as on a GPU: what the passes see there, tested
 without one. Tensors of one dim or more (inputs, parameters) and the factories that name
 the CPU move to CUDA (fake values, propagated again); 0-d inputs (the floats
-`dynamic=True` makes graph inputs) and 0-d constants stay on the host, as on a GPU."""
+`dynamic=True` makes graph inputs) and 0-d constants stay on the host, as on a GPU.
+
+Where it differs from a GPU: a 0-d parameter or buffer stays on the CPU (`model.to("cuda")`
+moves it); every factory that names the CPU moves, also one a model leaves on the host on
+purpose; a constant made with `device=x.device` keeps the CPU; the graph keeps the CPU's
+decompositions (SDPA's CPU flash form, a decomposed `F.rms_norm`). Its transform_graph
+runs without the backend's prepasses."""
 
 from __future__ import annotations
 
