@@ -6,7 +6,7 @@ the CPU move to CUDA (fake values, propagated again); 0-d inputs (the floats
 Where it differs from a GPU: a 0-d parameter or buffer stays on the CPU (`model.to("cuda")`
 moves it); every factory that names the CPU moves, also one a model leaves on the host on
 purpose; a constant made with `device=x.device` keeps the CPU; the graph keeps the CPU's
-decompositions (SDPA's CPU flash form, a decomposed `F.rms_norm`). Its transform_graph
+decompositions (SDPA's CPU flash form, a decomposed `F.rms_norm`); transform_graph on it
 runs without the backend's prepasses."""
 
 from __future__ import annotations
