@@ -11,8 +11,8 @@ H100/H200 where it takes the shape), irfuse's kernel alone (bf16 out; with a mas
 (fused kernel) and by irfuse with attention=auto (its measured choice). --dynamic
 compiles the blocks with the batch and key count dynamic (mark_dynamic), as a decode
 step over a growing KV cache is compiled once.
-q (and a prefill's k, v) is laid out as a model's projections leave it, [B, S, H, D] in
-memory; a decode's k, v as a KV cache holds them, [B, H, S, D].
+q is laid out as a model's projection leaves it, [B, S, H, D] in memory; k, v as a KV
+cache holds them, [B, H, S, D].
 """
 
 from __future__ import annotations
@@ -140,15 +140,13 @@ def bench_shape(
 ) -> tuple[dict[str, float], str, str]:
     b, hq, hkv, sq, skv, d, causal = shape
     torch._dynamo.reset()
-    # laid out as a model leaves them: q, and a prefill's k and v, as its projections do
-    # ([B, S, H, D] memory, viewed [B, H, S, D]), so that SDPA's output (which follows q's
-    # layout) views as [B, S, H*D] with no copy and Inductor's quant reads it contiguous;
-    # a decode's k and v as a KV cache holds them ([B, H, S, D] memory)
+    # laid out as a model leaves them (as attention=auto times them): q as its projection
+    # does ([B, S, H, D] memory, viewed [B, H, S, D]), so that SDPA's output (which follows
+    # q's layout) views as [B, S, H*D] with no copy and Inductor's quant reads it
+    # contiguous; k and v as a KV cache holds them ([B, H, S, D] memory; HF's DynamicCache
+    # copies a prefill's too)
     q = torch.randn(b, sq, hq, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    if sq == skv:
-        k = torch.randn(b, skv, hkv, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    else:
-        k = torch.randn(b, hkv, skv, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, hkv, skv, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     s = torch.tensor([0.02], device="cuda")
     mask = {None: lambda: None, "padding": lambda: padding_mask(b, skv),

@@ -61,8 +61,9 @@ def resources(
     fn = split_kv_kernel()
     kind, key_mask, mask_type = MASKS[mask]
     sig = signature(fn, mask_type)
-    constants = {"HEAD_DIM": head_dim, "HEAD_DIM_V": head_dim, "BLOCK_D": head_dim,
-                 "BLOCK_DV": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n, "CAUSAL": 0,
+    tile = triton.next_power_of_2(head_dim)  # as the lowering pads it
+    constants = {"HEAD_DIM": head_dim, "HEAD_DIM_V": head_dim, "BLOCK_D": tile,
+                 "BLOCK_DV": tile, "BLOCK_M": block_m, "BLOCK_N": block_n, "CAUSAL": 0,
                  "MASK": kind, "KEY_MASK": key_mask, "SUMMARY": False, "SUMMARY_BLOCK_N": 64,
                  "WIDE_OFFSETS": wide, "INTERPRET": False}  # fmt: skip
     names = list(sig)

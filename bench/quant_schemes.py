@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare  # noqa: E402
@@ -212,6 +213,8 @@ def main() -> None:
     if NO_QUANT in args.schemes and (args.standalone or args.keep_value):
         parser.error("scheme none is a norm alone (not --standalone or --keep-value)")
     torch._dynamo.config.cache_size_limit = 256
+    # every compile runs irfuse's pass (a cache hit would leave no report to check)
+    torch._inductor.config.fx_graph_cache = False
     rows, raw = [], []
     for scheme in args.schemes:
         for hidden in args.hidden:

@@ -3,11 +3,12 @@ without one. Tensors of one dim or more (inputs, parameters) and the factories t
 the CPU move to CUDA (fake values, propagated again); 0-d inputs (the floats
 `dynamic=True` makes graph inputs) and 0-d constants stay on the host, as on a GPU.
 
-Where it differs from a GPU: a 0-d parameter or buffer stays on the CPU (`model.to("cuda")`
-moves it); every factory that names the CPU moves, also one a model leaves on the host on
-purpose; a constant made with `device=x.device` keeps the CPU; the graph keeps the CPU's
-decompositions (SDPA's CPU flash form, a decomposed `F.rms_norm`); transform_graph on it
-runs without the backend's prepasses."""
+Where it differs from a GPU: a 0-d parameter, buffer or input stays on the CPU, also one
+a model or its caller puts on the GPU (`model.to("cuda")`); every factory that names the
+CPU moves, also one a model leaves on the host on purpose; a constant made with
+`device=x.device` keeps the CPU; the graph keeps the CPU's decompositions (SDPA's CPU
+flash form, a decomposed `F.rms_norm`); transform_graph on it runs without the
+backend's prepasses."""
 
 from __future__ import annotations
 

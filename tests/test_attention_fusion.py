@@ -725,8 +725,8 @@ def test_auto_counts_the_hosts_launches_where_the_host_pays_them(monkeypatch):
 
 @pytest.mark.cuda
 def test_gpu_auto_times_inputs_laid_out_as_a_model_has_them_and_rotates_them():
-    """q (and a prefill's k, v) as projections leave them, a decode's k, v as a KV cache
-    holds them; the timed calls cycle over copies that together exceed the L2."""
+    """q as a projection leaves it, k and v as a KV cache holds them; the timed calls
+    cycle over copies that together exceed the L2."""
     from irfuse.lowering.autotune import INPUT_COPIES, L2_PASSES, example_inputs
 
     shape = {"heads_q": 32, "heads_kv": 8, "head_dim": 128, "head_dim_v": 128,
@@ -743,8 +743,10 @@ def test_gpu_auto_times_inputs_laid_out_as_a_model_has_them_and_rotates_them():
     set_bytes = sum(t.numel() * t.element_size() for t in first)
     assert len(sets) * set_bytes >= L2_PASSES * l2 or len(sets) == INPUT_COPIES
     assert len({t.data_ptr() for s in sets for t in s}) == 3 * len(sets)
-    q, k, v = next(example_inputs({**shape, "batch": 2, "seq_q": 256, "seq_kv": 256}))
-    assert all(t.transpose(1, 2).is_contiguous() for t in (q, k, v))
+    q, k, v = next(example_inputs({**shape, "head_dim_v": 64, "batch": 2, "seq_q": 256,
+                                   "seq_kv": 256}))  # fmt: skip
+    assert q.transpose(1, 2).is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    assert (k.shape, v.shape) == ((2, 8, 256, 128), (2, 8, 256, 64))
 
 
 def test_the_host_pays_the_launches_unless_graphs_or_the_wrapper_make_them():

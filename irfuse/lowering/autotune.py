@@ -288,11 +288,11 @@ def _candidates(scheme: str, sig: dict[str, object]) -> dict[str, Callable[[], o
     model's projection leaves it ([B, S, H, D] memory, transposed), so SDPA's output
     views as [B*S, H*D] without a copy: a graph that hands SDPA other layouts pays more
     for its unfused quant than measured here, never less, so the choice errs towards
-    SDPA. K and V too where they come from projections (Sq = Skv), else as a KV cache
-    holds them ([B, H, S, D] memory, HF's caches). They have the kv heads the fused
-    kernel reads (unrepeated) and SDPA takes them with enable_gqa: a graph that repeats
-    them first (repeat_kv) also pays for that copy. Calls rotate over copies of q, k, v
-    (example_inputs): each layer of a model reads its own."""
+    SDPA. K and V as a KV cache holds them ([B, H, S, D] memory: HF's caches, whose
+    DynamicCache copies a prefill's too; their layout does not move SDPA's output's),
+    with the kv heads the fused kernel reads (unrepeated), which SDPA takes with
+    enable_gqa: a graph that repeats them first (repeat_kv) also pays for that copy.
+    Calls rotate over copies of q, k, v (example_inputs): each layer reads its own."""
     import torch.nn.functional as F
 
     from irfuse.lowering.attention import kernel_attention
@@ -331,8 +331,8 @@ def _candidates(scheme: str, sig: dict[str, object]) -> dict[str, Callable[[], o
 # Timed calls rotate over copies of q, k, v that together take at least this many times
 # the L2, so that each reads them from memory (replayed on one set, a decode's K and V of a
 # few MB stay in L2 and the unfused path's extra launch weighs more than it does in a
-# model); at most INPUT_COPIES copies.
-L2_PASSES, INPUT_COPIES = 3, 16
+# model); at most INPUT_COPIES copies, and a quarter of the free memory.
+L2_PASSES, INPUT_COPIES = 3, 256
 
 
 def example_inputs(sig: dict[str, object]) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -342,18 +342,15 @@ def example_inputs(sig: dict[str, object]) -> Iterator[tuple[torch.Tensor, ...]]
 
     def one_set() -> tuple[torch.Tensor, ...]:
         q = torch.randn(b, sq, hq, d, device="cuda", dtype=dtype).transpose(1, 2)
-        if sq == skv:  # from the projections
-            k = torch.randn(b, skv, hkv, d, device="cuda", dtype=dtype).transpose(1, 2)
-            v = torch.randn(b, skv, hkv, dv, device="cuda", dtype=dtype).transpose(1, 2)
-        else:  # from a KV cache
-            k = torch.randn(b, hkv, skv, d, device="cuda", dtype=dtype)
-            v = torch.randn(b, hkv, skv, dv, device="cuda", dtype=dtype)
+        k = torch.randn(b, hkv, skv, d, device="cuda", dtype=dtype)
+        v = torch.randn(b, hkv, skv, dv, device="cuda", dtype=dtype)
         return q, k, v
 
     first = one_set()
-    bytes_per_set = sum(t.numel() * t.element_size() for t in first)
+    bytes_per_set = max(1, sum(t.numel() * t.element_size() for t in first))  # (batch 0)
     l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
-    copies = min(INPUT_COPIES, -(-L2_PASSES * l2 // bytes_per_set))
+    wanted = -(-L2_PASSES * l2 // bytes_per_set)
+    copies = max(1, min(INPUT_COPIES, wanted, _free_memory() // 4 // bytes_per_set))
     return itertools.cycle([first] + [one_set() for _ in range(copies - 1)])
 
 
