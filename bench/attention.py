@@ -135,6 +135,10 @@ def sdpa_backend(sdpa) -> str:
     return next((backend for key, backend in SDPA_KERNELS if key in names), "math")
 
 
+def attention_fused(reports) -> bool:
+    return any(report.fused.get("fuse-attention-quant") for report in reports)
+
+
 def bench_shape(
     shape, rounds: int, block=block, masked: str | None = None, dynamic: bool = False
 ) -> tuple[dict[str, float], str, str]:
@@ -170,14 +174,14 @@ def bench_shape(
         auto = torch.compile(block, backend="irfuse", dynamic=static,
                              options={"fx_graph_cache": False})  # fmt: skip
         auto(q, k, v, s, causal, mask)
-    choice = "fused" if any(r.fused.get("fuse-attention-quant") for r in reports) else "sdpa"
+    choice = "fused" if attention_fused(reports) else "sdpa"
     for report in reports:  # why auto kept SDPA
         for rejected in report.rejected:
             if rejected["pass"] == "fuse-attention-quant":
                 print("auto:", rejected["reason"], flush=True)
     with capture_reports() as fused_reports:
         got = fused(q, k, v, s, causal, mask)
-    if not any(r.fused.get("fuse-attention-quant") for r in fused_reports):
+    if not attention_fused(fused_reports):
         # the "irfuse fused" column would time the unfused graph
         reasons = [r["reason"] for report in fused_reports for r in report.rejected]
         raise SystemExit(f"attention='irfuse' did not fuse {shape}: {reasons}")
@@ -188,19 +192,21 @@ def bench_shape(
         expected, got = expected.float() * s, got.float() * s
     span = expected.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
     torch.testing.assert_close(got / span, expected / span, atol=0.1, rtol=0.1)
+
+    def sdpa(q, k, v, s, m):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=m, is_causal=causal, enable_gqa=hq != hkv)  # fmt: skip
+
     # over rotating copies of the inputs (common.compare): each layer reads its own
     times = compare({
-        "sdpa": lambda q, k, v, s, m: F.scaled_dot_product_attention(
-            q, k, v, attn_mask=m, is_causal=causal, enable_gqa=hq != hkv),
+        "sdpa": sdpa,
         "irfuse_kernel": lambda q, k, v, s, m: kernel_attention(
             q, k, v, None, d**-0.5, mode, "bs_hd", False, "none", m, summary),
         "inductor_block": lambda q, k, v, s, m: inductor(q, k, v, s, causal, m),
         "irfuse_fused_block": lambda q, k, v, s, m: fused(q, k, v, s, causal, m),
         "irfuse_auto_block": lambda q, k, v, s, m: auto(q, k, v, s, causal, m),
     }, rounds, (q, k, v, s, mask))  # fmt: skip
-    backend = sdpa_backend(lambda: F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=hq != hkv))  # fmt: skip
-    return times, choice, backend
+    return times, choice, sdpa_backend(lambda: sdpa(q, k, v, s, mask))
 
 
 def main() -> None:

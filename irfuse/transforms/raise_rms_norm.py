@@ -613,9 +613,11 @@ def _direct_quants(y: SSAValue, flattened: bool = True) -> list[QuantOp]:
     near = [r for op in users(y) for r in op.results]  # y.view(...), y.float()
     near += [r for v in near for op in users(v) for r in op.results]  # y.float().view(...)
     for flat in near:
-        flattens_y = (found_y := flattening_of(flat)) is not None and found_y[0] is y
+        source = flattening_of(flat)
+        if source is None or source[0] is not y:
+            continue
         quants = [q for q in users(flat) if isinstance(q, QuantOp) and q.x is flat]
-        found += [q for q in quants if flattens_y and not two_dim_only(q.quant)]
+        found += [q for q in quants if not two_dim_only(q.quant)]
     return found
 
 
