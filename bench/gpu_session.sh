@@ -10,6 +10,8 @@
 #     bash bench/gpu_session.sh suite   # the suite but for the two files below
 #     bash bench/gpu_session.sh epilogues         # tests/test_quant_epilogues.py
 #     bash bench/gpu_session.sh attention-kernel  # tests/test_attention_kernel.py
+#     bash bench/gpu_session.sh shards [N]  # the whole suite in one call: its tests dealt
+#                                       # round-robin to N pytest processes (default 6)
 #     bash bench/gpu_session.sh hf      # HF models: their tests, a decode step end to end
 #                                       # (carry .whl-hf: bash bench/hf_wheels.sh)
 #
@@ -102,9 +104,25 @@ epilogues)
 attention-kernel)
     step attention-kernel 560 "${PYTEST[@]}" -rfE tests/test_attention_kernel.py
     ;;
+shards)
+    # the tests compile far more than they run: N processes share the GPU and the 16 cores
+    # (kernels and Triton's cache on disk are written atomically). A test that times
+    # something may be disturbed by the others: rerun a failure alone before believing it.
+    n=${2:-6}
+    "${PYTEST[@]}" --collect-only tests 2>&1 | grep '::' > "$OUT/ids.txt"
+    echo "$(wc -l < "$OUT/ids.txt") tests in $n shards"
+    awk -v n="$n" -v out="$OUT" '{ print > (out "/shard" (NR % n) ".ids") }' "$OUT/ids.txt"
+    for ((i = 0; i < n; i++)); do
+        mapfile -t ids < "$OUT/shard$i.ids"
+        step "shard$i" 540 "${PYTEST[@]}" -rfE --tb=short "${ids[@]}" &
+    done
+    wait
+    cat "$OUT"/shard*.log | grep -E '^(FAILED|ERROR) ' | sort > "$OUT/failures.txt"
+    echo "$(wc -l < "$OUT/failures.txt") failures and errors (failures.txt)"
+    ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "suite | epilogues | attention-kernel | hf" >&2
+        "suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac
