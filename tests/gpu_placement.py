@@ -13,6 +13,7 @@ backend's prepasses."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 import torch
 from functorch.compile import make_boxed_func
@@ -37,17 +38,18 @@ def captured_graph(fn, *args, dynamic: bool = False) -> fx.GraphModule:
     return graphs[0]
 
 
-def placed_on_gpu(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of `gm` whose fake values are those of the same graph run on a GPU."""
+def placed_on_gpu(gm: fx.GraphModule, on_host: Collection[int] = ()) -> fx.GraphModule:
+    """A copy of `gm` whose fake values are those of the same graph run on a GPU, but for
+    the inputs at positions `on_host`, which stay on the CPU."""
     gm = copy.deepcopy(gm)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     mode = next(n.meta["val"].fake_mode for n in placeholders
                 if isinstance(n.meta.get("val"), torch.Tensor))  # fmt: skip
     args = []
     with mode:
-        for node in placeholders:
+        for i, node in enumerate(placeholders):
             val = node.meta.get("val")
-            if isinstance(val, torch.Tensor) and val.dim() >= 1:
+            if isinstance(val, torch.Tensor) and val.dim() >= 1 and i not in on_host:
                 val = torch.empty_strided(val.shape, val.stride(), dtype=val.dtype, device=CUDA)
                 node.meta["val"] = val
             args.append(val)

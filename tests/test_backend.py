@@ -15,6 +15,7 @@ from functorch.compile import aot_function, make_boxed_func
 
 import irfuse
 from irfuse.backend import IrfuseGraphPass
+from irfuse.frontend.fx_import import ON_HOST_REASON
 from irfuse.pipeline import AUTOGRAD, Options, capture_reports, transform_graph
 from irfuse.transforms.match import HOST_SCALE
 from irfuse.transforms.raise_rms_norm import FROM_A_REDUCTION, NO_QUANT, READ_BY_POINTWISE
@@ -404,6 +405,37 @@ def test_a_scale_computed_on_the_host_in_a_device_graph_is_refused():
     reason = HOST_SCALE.format(what="scale")
     assert reason in [r["reason"] for r in report.rejected], str(report)
     assert not any("several devices" in note for note in report.notes), str(report)
+
+
+def _two_norm_quants(x, w, s, x_host, w_host, s_host):
+    return models.hf_norm_quant(x, w, s), models.hf_norm_quant(x_host, w_host, s_host)
+
+
+def _two_direct_norm_quants(x, w, s, x_host, w_host, s_host):
+    def norm_quant(x, w, s):
+        return torch.ops.irfuse.static_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-5), s)
+
+    return norm_quant(x, w, s), norm_quant(x_host, w_host, s_host)
+
+
+@pytest.mark.parametrize(
+    "fn", [_two_norm_quants, _two_direct_norm_quants], ids=["raised", "direct"]
+)
+def test_a_chain_on_the_host_in_a_device_graph_is_refused_and_the_rest_fuses(fn):
+    """Two norm + quants, one of CPU tensors, one of GPU ones: the host chain is left as
+    written, with the reason, and the device one fuses. (Fused, the host chain's op on
+    the CPU left every fusion of the graph out: "irfuse kernels need CUDA tensors".) The
+    graph is captured on the CPU, placed as on a GPU but for the host chain's inputs."""
+    x, _, w, s = _norm_inputs()
+    inputs = [t.cpu() for t in (x, w, s)]
+    gm = captured_graph(fn, *inputs, *(t.clone() for t in inputs))
+    report = transform_graph(
+        placed_on_gpu(gm, on_host=(3, 4, 5)).graph, Options.from_dict({"inner": "eager"})
+    )
+    assert report.fused["fuse-rms-norm-quant"] == 1, str(report)
+    reasons = [r["reason"] for r in report.rejected] + report.notes
+    assert any(ON_HOST_REASON in reason for reason in reasons), str(report)
+    assert not any("left unchanged" in note for note in report.notes), str(report)
 
 
 def _hf_add_norm(x, r, w):

@@ -262,13 +262,18 @@ def test_several_new_kernels_after_one_anchor_keep_the_graph_valid():
 
 
 def test_operands_on_several_devices_are_not_lowered():
-    """A CPU scalar scale beside GPU activations works in eager; the kernel would not."""
+    """A scale on a second GPU beside activations on the first: the kernel would not read
+    it. The graph is left as it came, with the reason. (Captured on the CPU and placed as
+    on a GPU, tests/gpu_placement.py, then the scale moved to another one.)"""
     from tests import models
+    from tests.gpu_placement import captured_graph, placed_on_gpu
 
     x, w, s = torch.randn(4, 64), torch.rand(64) + 0.5, torch.tensor([0.1])
-    (gm,) = _aot_graphs(models.hf_norm_quant, x, w, s)
+    gm = placed_on_gpu(captured_graph(models.hf_norm_quant, x, w, s))
     scale_node = [n for n in gm.graph.nodes if n.op == "placeholder"][2]
-    scale_node.meta["val"] = scale_node.meta["val"].to("meta")  # as if on another device
+    scale = scale_node.meta["val"]
+    with scale.fake_mode:
+        scale_node.meta["val"] = torch.empty_like(scale, device="cuda:1")
     nodes = list(gm.graph.nodes)
     report = transform_graph(gm.graph, Options())
     assert any("several devices" in note for note in report.notes), str(report)

@@ -176,9 +176,10 @@ def import_graph(graph: fx.Graph) -> ImportedGraph:
                     continue
         if node in imported.values:  # consumed by a direct import (e.g. wait_tensor)
             continue
-        op = _import_direct(imported, builder, node) or _import_generic(imported, builder, node)
-        val = node.meta.get("val")
-        if off_host and isinstance(val, torch.Tensor) and val.device.type == "cpu":
+        op = _import_direct(imported, builder, node, off_host) or _import_generic(
+            imported, builder, node
+        )
+        if off_host and _on_cpu(node):
             op.attributes[ON_HOST] = UnitAttr()
         report.set_source(op, node)
         if len(op.results) == 1 and not isinstance(node.meta.get("val"), (tuple, list)):
@@ -242,11 +243,25 @@ def _import_generic(imported: ImportedGraph, builder: Builder, node: fx.Node) ->
     return op
 
 
-def _import_direct(imported: ImportedGraph, builder: Builder, node: fx.Node) -> Operation | None:
+# Why a chain computed on the host in a graph that computes on a device is not fused
+ON_HOST_REASON = (
+    "computed on the host (CPU tensors) in a graph that computes on a device: irfuse "
+    "kernels need CUDA tensors"
+)
+
+
+def _import_direct(
+    imported: ImportedGraph, builder: Builder, node: fx.Node, off_host: bool
+) -> Operation | None:
+    """The irfuse op `node` maps onto, or None. In a graph that computes on a device, a
+    call that reads host tensors is left a generic call (it runs as written): fused with
+    the device's ops, it would leave every fusion of the graph unlowered."""
     importer = DIRECT_IMPORTERS.get(node.target) if node.op == "call_function" else None
     if importer is None:
         return None
     found: DirectImport | str = importer(node)
+    if off_host and not isinstance(found, str) and any(_on_cpu(n) for n in found.inputs):
+        found = ON_HOST_REASON
     if isinstance(found, str):
         imported.notes.append(f"{node.name} ({target_name(node.target)}) not imported: {found}")
         return None
@@ -260,6 +275,11 @@ def _import_direct(imported: ImportedGraph, builder: Builder, node: fx.Node) -> 
             imported.values[fx_node] = result
             result.name_hint = _hint(fx_node.name)
     return op
+
+
+def _on_cpu(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.device.type == "cpu"
 
 
 def _import_output(imported: ImportedGraph, builder: Builder, node: fx.Node) -> None:

@@ -18,7 +18,7 @@ from xdsl.pattern_rewriter import PatternRewriter
 
 from irfuse.dialects.aten import CallOp, RefAttr, scalar
 from irfuse.dialects.irfuse import DYNAMIC
-from irfuse.frontend.fx_import import HOST_SCALAR, KEPT_DIMS, ON_HOST
+from irfuse.frontend.fx_import import HOST_SCALAR, KEPT_DIMS, ON_HOST, ON_HOST_REASON
 
 CASTS = ("prims.convert_element_type.default", "aten._to_copy.default")
 VIEWS = ("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
@@ -94,6 +94,13 @@ def keeps_dims(view: Operation, n: int) -> bool:
         return before[:n] == after[:n]
     kept = view.attributes.get(KEPT_DIMS)
     return isinstance(kept, IntegerAttr) and kept.value.data >= n
+
+
+def host_reason(op: Operation) -> str | None:
+    """Why the chain ending at `op` is not raised if `op` computes on the host in a graph
+    that computes on a device (the importer's ON_HOST): its fused op could not run there,
+    and lowering would then leave every fusion of the graph out."""
+    return ON_HOST_REASON if ON_HOST in op.attributes else None
 
 
 def on_the_host(value: SSAValue) -> bool:

@@ -131,6 +131,7 @@ from irfuse.transforms.match import (
     erase_dead,
     escaping_value,
     fused_insertion_point,
+    host_reason,
     int_list_arg,
     keeps_dims,
     on_the_host,
@@ -913,6 +914,8 @@ class RaiseDynamicFp8QuantPattern(RewritePattern):
         match = match_dynamic_quant(op)
         if match is None:
             return
+        if not isinstance(match, str):
+            match = host_reason(op) or match
         if isinstance(match, str):
             report.rejected(NAME, op, match)
             return

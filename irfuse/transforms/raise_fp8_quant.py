@@ -50,6 +50,7 @@ from irfuse.transforms.match import (
     element_type,
     erase_dead,
     escaping_intermediate,
+    host_reason,
     on_the_host,
     scaling_of,
     tensor_arg,
@@ -126,6 +127,8 @@ class RaiseFp8QuantPattern(RewritePattern):
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: CallOp, rewriter: PatternRewriter) -> None:
         found = match_static_quant(op)
+        if isinstance(found, StaticQuantMatch):
+            found = host_reason(op) or found
         if isinstance(found, str):
             report.rejected(NAME, op, found)
         if not isinstance(found, StaticQuantMatch):

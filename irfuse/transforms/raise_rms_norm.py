@@ -86,6 +86,7 @@ from irfuse.transforms.match import (
     erase_dead,
     escaping_intermediate,
     fused_insertion_point,
+    host_reason,
     int_list_arg,
     is_host_scalar,
     mul_operands,
@@ -311,6 +312,7 @@ class RaiseRmsNormPattern(RewritePattern):
         norm = _match_normalised(op)
         if norm is None:
             return
+        norm = host_reason(op) or norm
         if isinstance(norm, str):
             report.rejected(NAME, op, norm)
             return
