@@ -179,6 +179,17 @@ def test_an_input_the_kernel_reads_through_a_copy_keeps_kernel_norm():
     assert why == "it reads an input through a copy"
 
 
+def test_rows_at_a_symbolic_stride_keep_kernel_norm_with_the_reason():
+    """x as the first half of wider rows at a symbolic token count: its row stride gets a
+    symbol of its own, which a launch from the graph cannot take as a constant.
+    kernel_norm reads x in place at run time; the reason says so (not "a copy")."""
+    kernel = "rms_norm/plain/model/none"
+    x = _inputs(kernel, (5, 128), "")[0][:, :64]
+    w = _inputs(kernel, (5, 64), "w")[2]
+    why = _graph_launch(kernel, (x, None, w, None, None), [0], dynamic_dims=1)
+    assert why == "an input's row stride is symbolic"
+
+
 @pytest.mark.parametrize("copied", ["x", "weight", "x_weight"])
 def test_a_per_tensor_quant_reading_an_input_through_a_copy_keeps_kernel_norm(copied):
     """The two launches of a per-tensor quant read copies of a transposed x or a strided

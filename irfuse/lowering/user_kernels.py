@@ -137,8 +137,9 @@ def _samples(spec: KernelSpec, fakes: tuple) -> list[_Sample] | str:
     x = fakes[0]
     if all(isinstance(size, int) for size in x.shape):
         return [_sample(spec, fakes)]
-    if not all(_rows_in_place(t) for t in fakes[:2] if t is not None):
-        return COPIED
+    for t in fakes[:2]:
+        if t is not None and (problem := _rows_problem(t)) is not None:
+            return problem
     samples = []
     for rows in SAMPLE_ROWS:
         stand_ins = tuple(
@@ -159,15 +160,22 @@ def _reads_a_copy(arg: Callable[[str], Any], inputs: tuple) -> bool:
     )
 
 
-def _rows_in_place(t: torch.Tensor) -> bool:
-    """Whether `t`'s rows (its last dim, over all the others) lie at one static stride
-    (its view as [rows, n] needs no copy), without guarding on its symbolic sizes."""
-    if t.dim() < 2 or t.stride(-1) != 1 or not isinstance(t.stride(-2), int):
-        return False
-    return all(
-        statically_known_true(t.stride(i) == t.stride(i + 1) * t.shape[i + 1])
-        for i in range(t.dim() - 2)
-    )
+def _rows_problem(t: torch.Tensor) -> str | None:
+    """Why `t`'s rows (its last dim, over all the others) do not lie at one static stride
+    (its view as [rows, n] needs no copy), decided without guarding on its symbolic
+    sizes; None if they do."""
+    if (
+        t.dim() < 2
+        or t.stride(-1) != 1
+        or not all(
+            statically_known_true(t.stride(i) == t.stride(i + 1) * t.shape[i + 1])
+            for i in range(t.dim() - 2)
+        )
+    ):
+        return COPIED
+    if not isinstance(t.stride(-2), int):  # kernel_norm reads it as it comes
+        return "an input's row stride is symbolic"
+    return None
 
 
 def _layout(samples: list[_Sample], name: str) -> tuple[list, list[int]] | None:
