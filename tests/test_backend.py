@@ -65,6 +65,29 @@ def test_add_rms_norm_quant_fuses_and_matches_eager():
     assert_fp8_close(q, q_ref, s)
 
 
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+def test_a_transposed_sum_keeps_its_layout_for_the_views_after_it(inner):
+    """x and r transposed: their sum h is column-major, and the graph's views of it were
+    traced so (`h.t().reshape(-1)` is a view there). The kernel writes h row-major; the
+    eager graph copies it back into h's layout (else that view fails), and h comes out
+    with eager's strides."""
+
+    def fn(x, r, w, s):
+        h = x + r
+        return models.hf_norm_quant(h, w, s), h, h.t().reshape(-1) * 2
+
+    x, r, w, s = _norm_inputs(t=8, h=64)
+    x, r = x.t().contiguous().t(), r.t().contiguous().t()  # strides (1, 8)
+    with capture_reports() as reports:
+        q, h, flat = torch.compile(fn, backend="irfuse", options={"inner": inner})(x, r, w, s)
+    q_ref, h_ref, flat_ref = fn(x, r, w, s)
+    assert reports[0].fused["fuse-add-rms-norm"] == 1, str(reports[0])
+    assert h.stride() == h_ref.stride()
+    torch.testing.assert_close(h, h_ref, atol=0, rtol=0)
+    torch.testing.assert_close(flat, flat_ref, atol=0, rtol=0)
+    assert_fp8_close(q, q_ref, s)
+
+
 @pytest.mark.parametrize(
     "fn,kernel",
     [

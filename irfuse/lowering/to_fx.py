@@ -113,6 +113,7 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
     tail: dict[fx.Node, fx.Node] = {}
     survivors: set[Operation] = set()
     summaries: dict[tuple, fx.Node] = {}  # mask summaries, shared by the attentions
+    relaid: dict[tuple[fx.Node, fx.Node], fx.Node] = {}  # _in_layout_of's copies
 
     def anchor_after(inputs: list[fx.Node]) -> fx.Node:
         """Where new nodes reading `inputs` go: after the latest of them and of what was
@@ -145,6 +146,9 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
             survivors.add(op)
             for old, new in zip(origin.inputs, inputs, strict=True):
                 if old is not new:
+                    if graph_launch == "eager":
+                        new = relaid.get((old, new)) or _in_layout_of(graph, old, new)
+                        relaid[old, new] = new
                     for node in origin.nodes:
                         node.replace_input_with(old, new)
             for result, node in zip(op.results, origin.results, strict=True):
@@ -186,6 +190,30 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
         graph.erase_node(node)
     graph.lint()
     return launches
+
+
+def _in_layout_of(graph: fx.Graph, old: fx.Node, new: fx.Node) -> fx.Node:
+    """`new`, standing for `old`, copied into `old`'s layout where it has another (a
+    kernel's row-major sum standing for a transposed input's): the graph's views were
+    traced on `old`, and run eagerly they would fail or read other elements. (Inductor
+    lays views out from the kernels' own results: only the eager graph needs this.)
+    A node without a value is a kernel's result, row-major."""
+    before, after = old.meta.get("val"), new.meta.get("val")
+    if not isinstance(before, torch.Tensor):
+        return new
+    if isinstance(after, torch.Tensor):
+        if after.stride() == before.stride() or (after.is_contiguous() and before.is_contiguous()):
+            return new
+    elif before.is_contiguous():
+        return new
+    order = sorted(range(before.dim()), key=lambda d: -before.stride(d))
+    with graph.inserting_after(new):
+        return graph.call_function(_permuted_copy, (new, order))
+
+
+def _permuted_copy(t: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """`t` copied into a tensor whose dims lie in memory in `order` (outermost first)."""
+    return torch.empty_permuted(t.shape, order, dtype=t.dtype, device=t.device).copy_(t)
 
 
 # An explicit mask's tile summary, computed once for the attentions that share the mask
