@@ -11,7 +11,8 @@
 #     bash bench/gpu_session.sh epilogues         # tests/test_quant_epilogues.py
 #     bash bench/gpu_session.sh attention-kernel  # tests/test_attention_kernel.py
 #     bash bench/gpu_session.sh shards [N]  # the whole suite in one call: its tests dealt
-#                                       # round-robin to N pytest processes (default 6)
+#                                       # round-robin to N pytest processes (default 6),
+#                                       # each stopped after $SHARD_LIMIT s (540)
 #     bash bench/gpu_session.sh hf      # HF models: their tests, a decode step end to end
 #                                       # (carry .whl-hf: bash bench/hf_wheels.sh)
 #
@@ -114,7 +115,7 @@ shards)
     awk -v n="$n" -v out="$OUT" '{ print > (out "/shard" (NR % n) ".ids") }' "$OUT/ids.txt"
     for ((i = 0; i < n; i++)); do
         mapfile -t ids < "$OUT/shard$i.ids"
-        step "shard$i" 540 "${PYTEST[@]}" -rfE --tb=short "${ids[@]}" &
+        step "shard$i" "${SHARD_LIMIT:-540}" "${PYTEST[@]}" -rfE --tb=short "${ids[@]}" &
     done
     wait
     cat "$OUT"/shard*.log | grep -E '^(FAILED|ERROR) ' | sort > "$OUT/failures.txt"
