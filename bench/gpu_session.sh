@@ -115,10 +115,12 @@ shards)
     awk -v n="$n" -v out="$OUT" '{ print > (out "/shard" (NR % n) ".ids") }' "$OUT/ids.txt"
     for ((i = 0; i < n; i++)); do
         mapfile -t ids < "$OUT/shard$i.ids"
-        step "shard$i" "${SHARD_LIMIT:-540}" "${PYTEST[@]}" -rfE --tb=short "${ids[@]}" &
+        step "shard$i" "${SHARD_LIMIT:-540}" "${PYTEST[@]}" -vv -rfE --tb=short "${ids[@]}" &
     done
     wait
-    cat "$OUT"/shard*.log | grep -E '^(FAILED|ERROR) ' | sort > "$OUT/failures.txt"
+    # -v names each test as it ends: a shard cut off by its limit still shows its failures
+    cat "$OUT"/shard*.log | grep -E '^(FAILED|ERROR) |::.* (FAILED|ERROR)' | sort -u \
+        > "$OUT/failures.txt"
     echo "$(wc -l < "$OUT/failures.txt") failures and errors (failures.txt)"
     ;;
 *)
