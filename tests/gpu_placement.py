@@ -21,7 +21,8 @@ from torch import fx
 from torch._dynamo.backends.common import aot_autograd
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+# with its index, as fake tensors have it on a machine with a GPU (it normalises "cuda")
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
 
 def captured_graph(fn, *args, dynamic: bool = False) -> fx.GraphModule:

@@ -605,12 +605,16 @@ def test_wide_offsets(loads, monkeypatch):
                                rtol=2e-3)  # fmt: skip
 
 
-def _decode_wide(k: torch.Tensor) -> bool:
+def _decode_wide(k: torch.Tensor, monkeypatch) -> bool:
+    """Whether the decode of meta tensors takes 64-bit offsets (its configs as for the
+    interpreter: a GPU's would ask the meta device for its SMs)."""
     q = torch.empty(1, 4, 1, 16, device="meta", dtype=torch.float16)
     out = q.new_empty(1, 4, 1, 16)
     masking = kernels._mask_args(None, q, k)
-    split = kernels.decode_launches(q, k, k, masking, None, None, 0.25, "none", "none", out,
-                                    q.new_empty(0), q.new_empty(0))[0]  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(kernels, "INTERPRET", True)
+        split = kernels.decode_launches(q, k, k, masking, None, None, 0.25, "none", "none",
+                                        out, q.new_empty(0), q.new_empty(0))[0]  # fmt: skip
     return split.args["WIDE_OFFSETS"]
 
 
@@ -621,7 +625,7 @@ def test_decode_wide_offsets(loads, monkeypatch):
     results with them."""
     cache = torch.empty(1, 2100, 2**16, 16, device="meta", dtype=torch.float16)
     keys = cache.transpose(1, 2)[:, :1]
-    assert _decode_wide(keys) and not _decode_wide(keys[:, :, :1000])
+    assert _decode_wide(keys, monkeypatch) and not _decode_wide(keys[:, :, :1000], monkeypatch)
     monkeypatch.setattr(kernels, "INT32_OFFSETS", 1)
     q, k, v = _qkv(2, 4, 2, 1, 45, 16, torch.float16)
     out, lse, _ = kernel_attention(q, k, v, None, 0.25, "none", "bhsd", True, "none")

@@ -948,9 +948,10 @@ def test_registered_after_the_static_quant_pass():
     ids=["token", "tensor", "group"],
 )  # fmt: skip
 def test_compiled_with_the_pass_option_matches_eager(fn):
-    """The `passes` option takes `{standalone=true}`; whether the raised quant runs as an
-    irfuse kernel or the graph is left unchanged, the results are eager's."""
-    x, ub = _inputs()
+    """The `passes` option takes `{standalone=true}`: the standalone quant is raised, runs
+    as an irfuse kernel, and gives eager's results."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+    x, ub = (t.to(device) for t in _inputs())
     args = (x, ub) if fn is per_token_quant_ub else (x,)
     passes = f"raise-rms-norm,raise-fp8-quant,{NAME}{{standalone=true}}"
     compiled = torch.compile(fn, backend="irfuse", options={"inner": "eager", "passes": passes})

@@ -59,6 +59,12 @@ def _norm_quant(x, w, s):
     return static_quant(hf_rms_norm(x, w), s)
 
 
+def _norm_quant_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+    x, w = torch.randn(4, 64, dtype=torch.float16), torch.ones(64, dtype=torch.float16)
+    return x.to(device), w.to(device), torch.tensor([0.05], device=device)
+
+
 def _broken(x, w, s):
     y = _norm_quant(x, w, s)
     torch._dynamo.graph_break()
@@ -77,8 +83,7 @@ def test_explain_reports_afresh_each_time_and_says_when_nothing_compiled():
     under Inductor; and a function with no tensor work says that nothing compiled."""
     import irfuse
 
-    x, w = torch.randn(4, 64, dtype=torch.float16), torch.ones(64, dtype=torch.float16)
-    s = torch.tensor([0.05])
+    x, w, s = _norm_quant_inputs()
     torch._dynamo.reset()
     user_compiled = torch.compile(_norm_quant, backend="irfuse", options={"inner": "eager"})
     expected = user_compiled(x, w, s)
@@ -102,8 +107,7 @@ def test_explain_passes_keyword_inputs_as_kwargs():
     own keyword arguments are options, and a stray one says so."""
     import irfuse
 
-    x, w = torch.randn(4, 64, dtype=torch.float16), torch.ones(64, dtype=torch.float16)
-    s = torch.tensor([0.05])
+    x, w, s = _norm_quant_inputs()
     report = irfuse.explain(_norm_quant, x, kwargs={"w": w, "s": s})
     assert report.fused["fuse-rms-norm-quant"] == 1, str(report)
     with pytest.raises(TypeError, match=r"keyword inputs go in kwargs=\{\.\.\.\}"):

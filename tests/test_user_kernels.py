@@ -544,8 +544,8 @@ def test_dynamic_true_launches_with_the_module_eps_read_at_run_time(monkeypatch)
     effect without a recompile, and every output is kernel_norm's with that eps, to the
     bit; with "static" the norm stays with kernel_norm."""
     monkeypatch.setattr(to_fx, "graph_launch_problem", _on_any_device)
-    block = models.AddNormQuant(64).to(BF16)
-    s = torch.tensor([0.05])
+    block = models.AddNormQuant(64).to(BF16).to(DEVICE)
+    s = torch.tensor([0.05], device=DEVICE)
     kernel = "fused_add_rms_norm/plain/model/static/rounded_sum"
     for graph_launch, how in (("all", GRAPH_LAUNCH), ("static", "its eps is read at run time")):
         reports: list = []
@@ -575,7 +575,7 @@ def test_a_count_past_the_guarded_range_recompiles(monkeypatch):
         lambda x, s: torch.ops.irfuse.static_fp8_quant(x, s),
         backend=_graph_launch_backend("all", reports),
     )
-    s = torch.tensor([0.05])
+    s = torch.tensor([0.05], device=DEVICE)
     x = _inputs("quant/none/model/static", (100, 4096), "")[0]
     for t in (16, 33, 100):
         xt = x[:t].clone()
