@@ -109,19 +109,28 @@ shards)
     # the tests compile far more than they run: N processes share the GPU and the 16 cores
     # (kernels and Triton's cache on disk are written atomically). A test that times
     # something may be disturbed by the others: rerun a failure alone before believing it.
+    # The shards' files stay in $work (8 files at most come back from $OUT): their logs
+    # are joined into $OUT/shards.log at the end, which SHARD_LIMIT must leave time for.
     n=${2:-6}
-    "${PYTEST[@]}" --collect-only tests 2>&1 | grep '::' > "$OUT/ids.txt"
-    echo "$(wc -l < "$OUT/ids.txt") tests in $n shards"
-    awk -v n="$n" -v out="$OUT" '{ print > (out "/shard" (NR % n) ".ids") }' "$OUT/ids.txt"
+    work=/tmp/irfuse-shards
+    rm -rf "$work" && mkdir -p "$work"
+    "${PYTEST[@]}" --collect-only tests 2>&1 | grep '::' > "$work/ids.txt"
+    echo "$(wc -l < "$work/ids.txt") tests in $n shards"
+    awk -v n="$n" -v out="$work" '{ print > (out "/shard" (NR % n) ".ids") }' "$work/ids.txt"
     for ((i = 0; i < n; i++)); do
-        mapfile -t ids < "$OUT/shard$i.ids"
-        step "shard$i" "${SHARD_LIMIT:-540}" "${PYTEST[@]}" -vv -rfE --tb=short "${ids[@]}" &
+        mapfile -t ids < "$work/shard$i.ids"
+        # -vv (past -q) names each test as it ends: a shard cut off still shows its failures
+        (OUT=$work step "shard$i" "${SHARD_LIMIT:-540}" "${PYTEST[@]}" -vv -rfE --tb=short \
+            "${ids[@]}") &
     done
     wait
-    # -v names each test as it ends: a shard cut off by its limit still shows its failures
-    cat "$OUT"/shard*.log | grep -E '^(FAILED|ERROR) |::.* (FAILED|ERROR)' | sort -u \
+    for ((i = 0; i < n; i++)); do
+        echo "===== shard $i"
+        grep -v '^DEBUG ' "$work/shard$i.log"  # (the captured logs of failures: noise)
+    done > "$OUT/shards.log"
+    grep -E '::.* (FAILED|ERROR)' "$OUT/shards.log" | sed 's/ *\[ *[0-9]*%\]$//' | sort -u \
         > "$OUT/failures.txt"
-    echo "$(wc -l < "$OUT/failures.txt") failures and errors (failures.txt)"
+    echo "$(wc -l < "$OUT/failures.txt") failures and errors (failures.txt; shards.log)"
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
