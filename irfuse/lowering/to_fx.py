@@ -147,8 +147,9 @@ def export_to_fx(imported: ImportedGraph, plan: list[Lowered], graph_launch: str
             for old, new in zip(origin.inputs, inputs, strict=True):
                 if old is not new:
                     if graph_launch == "eager":
-                        new = relaid.get((old, new)) or _in_layout_of(graph, old, new)
-                        relaid[old, new] = new
+                        if (old, new) not in relaid:
+                            relaid[old, new] = _in_layout_of(graph, old, new)
+                        new = relaid[old, new]
                     for node in origin.nodes:
                         node.replace_input_with(old, new)
             for result, node in zip(op.results, origin.results, strict=True):
@@ -201,10 +202,10 @@ def _in_layout_of(graph: fx.Graph, old: fx.Node, new: fx.Node) -> fx.Node:
     before, after = old.meta.get("val"), new.meta.get("val")
     if not isinstance(before, torch.Tensor):
         return new
-    if isinstance(after, torch.Tensor):
-        if after.stride() == before.stride() or (after.is_contiguous() and before.is_contiguous()):
-            return new
-    elif before.is_contiguous():
+    if isinstance(after, torch.Tensor) and after.stride() == before.stride():
+        return new
+    row_major = after.is_contiguous() if isinstance(after, torch.Tensor) else True
+    if row_major and before.is_contiguous():
         return new
     order = sorted(range(before.dim()), key=lambda d: -before.stride(d))
     with graph.inserting_after(new):
