@@ -412,6 +412,11 @@ def test_a_graph_with_torch_cond_still_fuses():
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
 
 
+def _is_a_python_float(node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.dim() == 0 and val.dtype == torch.float64
+
+
 def test_a_scale_computed_on_the_host_in_a_device_graph_is_refused():
     """A scale computed from a Python float (`x / (scale * 2)` under dynamic=True) stays on
     the host while x is on the GPU: refused with the reason (it was raised, and the fused
@@ -423,7 +428,12 @@ def test_a_scale_computed_on_the_host_in_a_device_graph_is_refused():
         return (y / (scale * 2.0)).clamp(-448.0, 448.0).to(FP8)
 
     x, _, w, _ = _norm_inputs()
-    gm = captured_graph(norm_quant, x.cpu(), w.cpu(), 0.05, dynamic=True)
+    with torch._dynamo.config.patch(specialize_float=False):
+        gm = captured_graph(norm_quant, x.cpu(), w.cpu(), 0.05, dynamic=True)
+    # the float reaches the graph as a 0-d float64 input, unless torch folds it in (2.11 did:
+    # the chain is then refused as scaled by a constant)
+    if not any(_is_a_python_float(n) for n in gm.graph.find_nodes(op="placeholder")):
+        pytest.skip(f"torch {torch.__version__} specializes the Python float: no host scale")
     report = transform_graph(placed_on_gpu(gm).graph, Options.from_dict({"inner": "eager"}))
     reason = HOST_SCALE.format(what="scale")
     assert reason in [r["reason"] for r in report.rejected], str(report)

@@ -1,0 +1,129 @@
+"""Launch configs of one norm / quant kernel side by side: the generated kernel alone at
+each (tile columns, num_warps), against Inductor's kernel of the same PyTorch and the
+config irfuse picks (how runtime.launch_config's tables are chosen).
+
+    python bench/launch_sweep.py --form standalone|norm --schemes static per_token nvfp4
+        [--hidden 4096 7168] [--tokens 4096 16384] [--tiles 1024 2048 4096] [--warps 2 4 8 16]
+
+`--form standalone` is the quant alone (quant/none/model/SCHEME), `norm` rms_norm + the
+quant with no residual (rms_norm/plain/model/SCHEME, what `torch.ops.irfuse.rms_norm`
+then a quant fuse to). A tile only applies to kernels that tile rows (runtime.ROW_TILES);
+the others take whole rows and only their warps vary. Every candidate runs over rotating
+inputs (common.compare). Appends a table to RESULTS.md: each time as a ratio to
+Inductor's (above 1: faster than Inductor), the best config marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch._inductor.config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import append_results, compare  # noqa: E402
+from quant_schemes import fused_torch, quant_torch  # noqa: E402
+
+import irfuse.lowering.runtime as runtime  # noqa: E402
+from irfuse.lowering.kernel_spec import KernelSpec  # noqa: E402
+
+
+@contextlib.contextmanager
+def launched_as(block: int, num_warps: int) -> Iterator[None]:
+    """Every norm launch made inside takes (block, num_warps)."""
+    chosen = runtime.launch_config
+    runtime.launch_config = lambda *args, **kwargs: (block, num_warps)
+    try:
+        yield
+    finally:
+        runtime.launch_config = chosen
+
+
+def kernel_at(spec: str, block: int | None, num_warps: int | None) -> Callable[..., object]:
+    """The kernel of `spec` called directly, at (block, num_warps) or irfuse's choice."""
+
+    def run(x, w, s):
+        weight = None if spec.startswith("quant/") else w
+        scale = s if "static" in spec or "nvfp4" in spec else None
+        if block is None:
+            return torch.ops.irfuse.kernel_norm(x, None, weight, scale, 1e-6, spec)
+        with launched_as(block, num_warps):
+            return torch.ops.irfuse.kernel_norm(x, None, weight, scale, 1e-6, spec)
+
+    return run
+
+
+def configs(spec: KernelSpec, hidden: int, tiles: list[int], warps: list[int]):
+    """(block, num_warps) pairs: tiles x warps for a kernel that tiles rows, whole rows
+    (the next power of two of `hidden`) x warps for the others."""
+    whole_row = runtime.next_power_of_2(hidden)
+    blocks = [t for t in tiles if t <= whole_row] if spec.row_tiles else [whole_row]
+    return [(b, w) for b in blocks for w in warps if w * 32 <= b]
+
+
+def sweep_one(form: str, scheme: str, hidden: int, tokens: int, args) -> list[str]:
+    spec_text = f"quant/none/model/{scheme}" if form == "standalone" else (
+        f"rms_norm/plain/model/{scheme}")  # fmt: skip
+    spec = KernelSpec.decode(spec_text)
+    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
+    s = torch.tensor([0.05 if scheme == "static" else 100.0], device="cuda")
+    if form == "standalone":
+        torch_fn = lambda x, w, s: quant_torch(scheme, x, s)  # noqa: E731
+    else:
+        torch_fn = lambda x, w, s: fused_torch(scheme, x, None, w, s)  # noqa: E731
+    torch._dynamo.reset()
+    candidates = {"inductor": torch.compile(torch_fn, dynamic=False), "irfuse's": kernel_at(
+        spec_text, None, None)}  # fmt: skip
+    chosen = runtime.launch_config(tokens, hidden, spec.quant, spec.row_tiles,
+                                   norm=spec.producer != "quant")  # fmt: skip
+    for block, num_warps in configs(spec, hidden, args.tiles, args.warps):
+        candidates[f"{block}x{num_warps}w"] = kernel_at(spec_text, block, num_warps)
+    # every config computes the same bytes as irfuse's choice
+    expected = [t.view(torch.uint8) if t.dtype.itemsize == 1 else t
+                for t in candidates["irfuse's"](x, w, s)]  # fmt: skip
+    for name, fn in candidates.items():
+        if name != "inductor":
+            got = [t.view(torch.uint8) if t.dtype.itemsize == 1 else t for t in fn(x, w, s)]
+            assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), name
+    times = compare(candidates, args.rounds, (x, w, s))
+    ratios = {name: times["inductor"] / t for name, t in times.items() if name != "inductor"}
+    best = max((n for n in ratios if n != "irfuse's"), key=ratios.get)
+    cells = [f"{n} {r:.3f}x" + (" **best**" if n == best else "") for n, r in ratios.items()]
+    row = [form, scheme, str(hidden), str(tokens), f"{chosen[0]}x{chosen[1]}w",
+           f"{times['inductor']:.2f}", "; ".join(cells)]  # fmt: skip
+    print(row, flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--form", choices=["standalone", "norm"], required=True)
+    parser.add_argument("--schemes", nargs="+", default=["static"])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[4096, 7168])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--tiles", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch._dynamo.config.cache_size_limit = 256
+    rows = [
+        sweep_one(args.form, scheme, hidden, tokens, args)
+        for scheme in args.schemes
+        for hidden in args.hidden
+        for tokens in args.tokens
+    ]
+    print(append_results(
+        f"launch configs, {args.form} (kernel alone, bf16), each x Inductor's time",
+        ["form", "scheme", "hidden", "T", "irfuse's config", "Inductor us", "config: x Inductor"],
+        rows,
+        notes="Tile columns x warps; irfuse's = the config launch_config picks.",
+    ))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
