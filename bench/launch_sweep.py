@@ -79,17 +79,18 @@ def sweep_one(form: str, scheme: str, hidden: int, tokens: int, args) -> list[st
     torch._dynamo.reset()
     candidates = {"inductor": torch.compile(torch_fn, dynamic=False), "irfuse's": kernel_at(
         spec_text, None, None)}  # fmt: skip
-    chosen = runtime.launch_config(tokens, hidden, spec.quant, spec.row_tiles,
-                                   norm=spec.producer != "quant")  # fmt: skip
+    chosen = runtime.spec_launch_config(spec, tokens, hidden)
     for block, num_warps in configs(spec, hidden, args.tiles, args.warps):
         candidates[f"{block}x{num_warps}w"] = kernel_at(spec_text, block, num_warps)
-    # every config computes the same bytes as irfuse's choice
-    expected = [t.view(torch.uint8) if t.dtype.itemsize == 1 else t
-                for t in candidates["irfuse's"](x, w, s)]  # fmt: skip
+    # every config computes what irfuse's choice does: the same bytes for a quant alone; a
+    # norm's sum of squares adds up in an order that follows the warps, so a rare rstd,
+    # and the fp8 byte or scale of that row, may be a step off
+    expected = candidates["irfuse's"](x, w, s)
     for name, fn in candidates.items():
         if name != "inductor":
-            got = [t.view(torch.uint8) if t.dtype.itemsize == 1 else t for t in fn(x, w, s)]
-            assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), name
+            for got, want in zip(fn(x, w, s), expected, strict=True):
+                differ = int((got.view(torch.uint8) != want.view(torch.uint8)).sum())
+                assert differ <= (0 if form == "standalone" else got.numel() // 1000), name
     times = compare(candidates, args.rounds, (x, w, s))
     ratios = {name: times["inductor"] / t for name, t in times.items() if name != "inductor"}
     best = max((n for n in ratios if n != "irfuse's"), key=ratios.get)

@@ -12,6 +12,7 @@ import irfuse.kernels.quant as quant_pieces
 import irfuse.ops as ref
 from irfuse.lowering import runtime
 from irfuse.lowering.kernel_cache import load_kernel
+from irfuse.lowering.kernel_spec import KernelSpec
 from irfuse.lowering.runtime import kernel_norm
 from irfuse.ops.quant import (
     alloc_nvfp4_scales,
@@ -140,6 +141,27 @@ def test_epilogue_matches_unfused_reference(producer, mode, scheme):
     q, scales, q_ref, scales_ref = _run(producer, mode, scheme, 5, 128, dtype)
     if scales_ref is not None and scheme != "nvfp4":
         torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("scheme", ["static", "per_group 64", "nvfp4", "per_tensor"])
+def test_rows_split_into_tiles_match_the_reference(scheme, monkeypatch):
+    """Rows of 320 columns in tiles of 128 (the last one partial): each program finds its
+    row and tile from one index over the tiles in memory order (per_tensor's phase 2 from
+    the last row back), and every tile is written once, where the reference puts it."""
+    chosen, tiled = runtime.launch_config, []
+
+    def tiles_of_128(n_rows, n_cols, scheme="none", row_tiles=False, *flags):
+        tiled.append(row_tiles)
+        return (128, 1) if row_tiles else chosen(n_rows, n_cols, scheme, row_tiles, *flags)
+
+    monkeypatch.setattr(runtime, "launch_config", tiles_of_128)
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 5, 320, dtype)
+    assert any(tiled), "no launch split its rows into tiles"
+    if scales_ref is not None and scheme != "nvfp4":
+        torch.testing.assert_close(scales, scales_ref, rtol=1e-6, atol=0)
+    if scheme == "nvfp4":  # the swizzled block scales byte for byte
+        assert torch.equal(scales.view(torch.uint8), scales_ref.view(torch.uint8))
 
 
 @pytest.mark.parametrize("mode", ["plain", "gemma"])
@@ -301,6 +323,26 @@ def test_nvfp4_tiles_over_many_rows_divide_the_row():
     assert runtime.launch_config(4096, 4096, "nvfp4", row_tiles=True) == (2048, 2)
     assert runtime.launch_config(4096, 7168, "nvfp4", row_tiles=True) == (1024, 2)
     assert runtime.launch_config(16, 4096, "nvfp4", row_tiles=True) == (1024, 4)
+
+
+def test_only_a_norm_without_a_residual_takes_the_plain_norm_warps():
+    """rms_norm + static / per-token fp8 over many rows runs few warps (runtime.
+    PLAIN_NORM_WARPS); the add's kernel (7 bytes an element), a norm that also writes its
+    value, few rows, and other schemes keep launch_config's other rules."""
+    config = runtime.spec_launch_config
+    for scheme, h in (("static", 4096), ("static", 7168), ("per_token", 7168)):
+        warps = runtime.PLAIN_NORM_WARPS[scheme][h > 4096]
+        block = runtime.next_power_of_2(h)
+        plain = KernelSpec("rms_norm", "plain", scheme)
+        assert config(plain, 4096, h) == (block, warps)
+        add = KernelSpec("fused_add_rms_norm", "plain", scheme)
+        kept = KernelSpec("rms_norm", "plain", scheme, keep_value=True)
+        assert (
+            config(add, 4096, h) == config(kept, 4096, h) == runtime.launch_config(4096, h, scheme)
+        )
+        assert config(plain, 16, h) == runtime.launch_config(16, h, scheme)
+    nvfp4 = KernelSpec("rms_norm", "plain", "nvfp4")
+    assert config(nvfp4, 4096, 4096) == runtime.launch_config(4096, 4096, "nvfp4")
 
 
 @pytest.mark.parametrize("scheme", ["per_token", "per_token ub", "per_token in_dtype"])

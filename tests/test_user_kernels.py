@@ -288,8 +288,7 @@ def test_a_launch_the_sampled_row_counts_agree_on_is_the_same_at_every_count():
             for n_cols in (64, 2880, 4096, 7168, 8192):
 
                 def choice(rows, spec=spec, n_cols=n_cols):
-                    tiles, norm = spec.row_tiles, spec.producer != "quant"
-                    config = runtime.launch_config(rows, n_cols, spec.quant, tiles, norm)
+                    config = runtime.spec_launch_config(spec, rows, n_cols)
                     return config, runtime.runs_two_pass(spec, rows, n_cols)
 
                 changes = [rows for rows in range(2, 5000) if choice(rows) != choice(rows - 1)]

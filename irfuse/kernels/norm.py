@@ -36,8 +36,19 @@ ROWS_LAST_FIRST = (
 )
 WHOLE_ROW = "    col_start = 0  # the whole row\n"
 # Without a row-wide reduction a row splits into tiles, so that a few rows still fill the
-# GPU (one program per row leaves most SMs idle below ~100 rows).
-ROW_TILE = "    col_start = tl.program_id(1) * BLOCK  # one tile of the row\n"
+# GPU (one program per row leaves most SMs idle below ~100 rows). The grid is rows x tiles,
+# and programs start in grid order (axis 0 fastest): read as one index over the tiles in
+# memory order, programs that run together read adjacent tiles, not a column of tiles one
+# row apart.
+TILE_INDEX = "    tile = tl.program_id(0).to(tl.int64) + tl.program_id(1) * tl.num_programs(0)\n"
+ROW_TILES_IN_ORDER = TILE_INDEX + "    row = tile // tl.num_programs(1)\n"
+ROW_TILES_LAST_FIRST = (
+    TILE_INDEX
+    + "    row = tl.num_programs(0) - 1 - tile // tl.num_programs(1)  # last rows first\n"
+)
+ROW_TILE = (
+    "    col_start = (tile % tl.num_programs(1)).to(tl.int32) * BLOCK  # one tile of the row\n"
+)
 
 # The residual's row, loaded before x's own norm (a sandwich's) so that its load is in
 # flight during that reduction.

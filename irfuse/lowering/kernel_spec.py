@@ -227,9 +227,13 @@ def _row_body(spec: KernelSpec) -> str:
     """The body of a row (or row tile) per program: producer, then the quant epilogue."""
     value_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"  # what a quant reads
     _, preload, store = quant_pieces.epilogue(spec.quant, spec.producer == "quant", value_dtype)
-    rows = norm.ROWS_LAST_FIRST if spec.per_tensor else norm.ROWS_IN_ORDER
-    columns = norm.ROW_TILE if spec.row_tiles else norm.WHOLE_ROW
-    body = rows + columns + norm.LOAD_ROW
+    if spec.row_tiles:
+        rows = norm.ROW_TILES_LAST_FIRST if spec.per_tensor else norm.ROW_TILES_IN_ORDER
+        body = rows + norm.ROW_TILE
+    else:
+        rows = norm.ROWS_LAST_FIRST if spec.per_tensor else norm.ROWS_IN_ORDER
+        body = rows + norm.WHOLE_ROW
+    body += norm.LOAD_ROW
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload

@@ -67,14 +67,21 @@ def cdiv(a: int, b: int) -> int:
 
 
 def launch_config(
-    n_rows: int, n_cols: int, scheme: str = "none", row_tiles: bool = False, norm: bool = False
+    n_rows: int,
+    n_cols: int,
+    scheme: str = "none",
+    row_tiles: bool = False,
+    norm: bool = False,
+    plain_norm: bool = False,
 ) -> tuple[int, int]:
     """(BLOCK, num_warps) for rows of `n_cols` elements, chosen by measurement on H200
     (bench/RESULTS.md): 16 warps from 4096 columns (32 for few rows of 8192+), except that
     from 1024 rows an epilogue with its own amax reduction runs best with fewer (4096
     columns: 4 for per-token, 8 for per-group; 16 cost ~30% there, but win at few rows;
     per-token rows padded to a power of two, as 7168 is, run best with 16). Kernels that
-    tile rows (`row_tiles`) take their tile from ROW_TILES (NORM_ROW_TILES for a `norm`)."""
+    tile rows (`row_tiles`) take their tile from ROW_TILES (NORM_ROW_TILES for a `norm`).
+    A `plain_norm` (rms_norm with no residual) + static or per-token fp8 over many rows
+    runs best with few warps (PLAIN_NORM_WARPS)."""
     block = next_power_of_2(n_cols)
     kind = scheme.split()[0]
     if row_tiles:
@@ -84,6 +91,8 @@ def launch_config(
             tile //= 2
         return (tile, num_warps) if block >= tile else (block, max(1, min(num_warps, block // 128)))
     many_rows = n_rows >= MANY_ROWS
+    if plain_norm and many_rows and kind in PLAIN_NORM_WARPS and block <= 8192:
+        return block, PLAIN_NORM_WARPS[kind][block > 4096]
     if many_rows and kind == "per_token" and block != n_cols and block >= 8192:
         return block, 16
     if many_rows and kind in ("per_token", "nvfp4", "amax"):
@@ -95,6 +104,15 @@ def launch_config(
     return block, max(4, min(16, block // 256))
 
 
+# rms_norm (no residual) + quant from MANY_ROWS rows: (warps up to 4096 columns, warps
+# for 8192). It moves 3 bytes an element (the add's kernel 7), so more rows in flight beat
+# wider programs. H100, kernel alone over rotating inputs against Inductor (bench/
+# launch_sweep.py, RESULTS.md, thirtieth session), at 4096 / 16384 rows: static 4096
+# columns 1.25x / 1.23x Inductor at 2 warps (16: 1.14x / 1.11x), 7168 1.27x / 1.21x at 4
+# (16: 1.19x / 1.15x); per-token 7168 1.67x / 1.46x at 4 (16: 1.63x / 1.40x), 4096 at 4
+# as before. nvfp4 keeps its warps (4, 8), already the best or within 1.5%.
+PLAIN_NORM_WARPS = {"static": (2, 4), "per_token": (4, 4)}
+
 # Row tiles of the standalone static / per-tensor / per-group / nvfp4 kernels: (below this
 # many rows, tile columns, num_warps), first match. Measured on H200 at hidden 4096 and
 # 7168 from 1 to 16384 rows (bench/RESULTS.md): tiles fill the GPU at few rows and avoid
@@ -102,7 +120,9 @@ def launch_config(
 # columns, nvfp4 over many rows with 2048-column tiles where they divide the row (4096:
 # 3-7% faster; 7168 keeps 1024).
 ROW_TILES = {
-    "static": ((64, 1024, 8), (1024, 2048, 8), (math.inf, 2048, 4)),
+    # many rows: 1024 columns (H100, thirtieth session, tiles read in memory order:
+    # 0.986x-0.996x Inductor at 4096 / 7168 x 4096 / 16384, against 0.969x-0.992x at 2048)
+    "static": ((64, 1024, 8), (1024, 2048, 8), (math.inf, 1024, 4)),
     # phase 2 (a static quant by phase 1's scale): whole rows from 64, which re-read what
     # phase 1 left in L2 (rows last first; tiles would go column by column)
     "per_tensor": ((64, 1024, 8), (1024, MAX_COLS, 16), (math.inf, MAX_COLS, 4)),
@@ -126,6 +146,14 @@ NORM_ROW_TILES = {"per_tensor": ((AMAX_ROW_SLOTS + 1, 1024, 4), (math.inf, 1024,
 TWO_PASS_MIN_ROWS = 256
 TWO_PASS_MIN_BLOCK = 8192
 TWO_PASS_WARPS = 8
+
+
+def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int, int]:
+    """launch_config for `spec`'s kernel over [n_rows, n_cols] (a two-pass kernel then
+    takes TWO_PASS_WARPS)."""
+    norm = spec.producer != "quant"
+    plain_norm = spec.producer == "rms_norm" and not spec.keep_value  # 3 bytes an element
+    return launch_config(n_rows, n_cols, spec.quant, spec.row_tiles, norm, plain_norm)
 
 
 def runs_two_pass(spec: KernelSpec, n_rows: int, n_cols: int) -> bool:
@@ -477,9 +505,7 @@ def norm_launch(
     use for them). `config` (BLOCK, num_warps) overrides launch_config (for sweeps). Also
     what Inductor's wrapper is given to launch it (user_kernels.py), from fake tensors."""
     n_rows, n_cols = x2.shape
-    block, num_warps = config or launch_config(
-        n_rows, n_cols, spec.quant, spec.row_tiles, norm=spec.producer != "quant"
-    )
+    block, num_warps = config or spec_launch_config(spec, n_rows, n_cols)
     if spec.two_pass and not config:
         num_warps = TWO_PASS_WARPS
     two_d = scales2.dim() > 1
