@@ -7,6 +7,8 @@
 #     bash bench/gpu_session.sh rerun   # the norm / quant tables bench's measurement fixes
 #                                       # left to redo
 #     bash bench/gpu_session.sh rerun-attention  # and the attention ones
+#     bash bench/gpu_session.sh configs # the add kernel's warps swept (launch_sweep.py),
+#                                       # the no-residual and standalone tables re-timed
 #     bash bench/gpu_session.sh suite   # the suite but for the two files below
 #     bash bench/gpu_session.sh epilogues         # tests/test_quant_epilogues.py
 #     bash bench/gpu_session.sh attention-kernel  # tests/test_attention_kernel.py
@@ -93,6 +95,17 @@ rerun-attention)
     step attention 380 python3 bench/attention.py --only 0 1 2 3 4 5 6
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
+configs)
+    # the add's kernel at each warps over rotating inputs (its 16 warps were chosen with
+    # inputs in L2), then the norm tables with this session's launch configs
+    step configs-add 200 python3 bench/launch_sweep.py --form add \
+        --schemes static per_token "per_group 128" nvfp4 --warps 2 4 8 16
+    step no-residual 200 python3 bench/quant_schemes.py --no-residual \
+        --schemes static per_token --hidden 4096 7168 --tokens 4096 16384
+    step standalone 120 python3 bench/quant_schemes.py --standalone \
+        --schemes static --hidden 4096 7168 --tokens 4096 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 suite)
     # the whole suite takes three calls on an H100 (2026-12-06: 380 s reached 77% of what
     # suite and epilogues run, 170 s 37% of the attention kernel tests)
@@ -134,7 +147,7 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "suite | epilogues | attention-kernel | shards [N] | hf" >&2
+        "configs | suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac

@@ -2,15 +2,17 @@
 each (tile columns, num_warps), against Inductor's kernel of the same PyTorch and the
 config irfuse picks (how runtime.launch_config's tables are chosen).
 
-    python bench/launch_sweep.py --form standalone|norm --schemes static per_token nvfp4
+    python bench/launch_sweep.py --form standalone|norm|add --schemes static per_token nvfp4
         [--hidden 4096 7168] [--tokens 4096 16384] [--tiles 1024 2048 4096] [--warps 2 4 8 16]
 
 `--form standalone` is the quant alone (quant/none/model/SCHEME), `norm` rms_norm + the
 quant with no residual (rms_norm/plain/model/SCHEME, what `torch.ops.irfuse.rms_norm`
-then a quant fuse to). A tile only applies to kernels that tile rows (runtime.ROW_TILES);
-the others take whole rows and only their warps vary. Every candidate runs over rotating
-inputs (common.compare). Appends a table to RESULTS.md: each time as a ratio to
-Inductor's (above 1: faster than Inductor), the best config marked.
+then a quant fuse to), `add` add + rms_norm + the quant (fused_add_rms_norm/plain/model/
+SCHEME, from `torch.ops.irfuse.fused_add_rms_norm`). A tile only applies to kernels that
+tile rows (runtime.ROW_TILES); the others take whole rows and only their warps vary.
+Every candidate runs over rotating inputs (common.compare). Appends a table to RESULTS.md:
+each time as a ratio to Inductor's (above 1: faster than Inductor), the best config
+marked.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from quant_schemes import fused_torch, quant_torch  # noqa: E402
 import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.lowering.kernel_spec import KernelSpec  # noqa: E402
 
+# each form's kernel spec, but for its scheme
+PRODUCERS = {
+    "standalone": "quant/none/model",
+    "norm": "rms_norm/plain/model",
+    "add": "fused_add_rms_norm/plain/model",
+}
+
 
 @contextlib.contextmanager
 def launched_as(block: int, num_warps: int) -> Iterator[None]:
@@ -46,13 +55,13 @@ def launched_as(block: int, num_warps: int) -> Iterator[None]:
 def kernel_at(spec: str, block: int | None, num_warps: int | None) -> Callable[..., object]:
     """The kernel of `spec` called directly, at (block, num_warps) or irfuse's choice."""
 
-    def run(x, w, s):
+    def run(x, r, w, s):
         weight = None if spec.startswith("quant/") else w
         scale = s if "static" in spec or "nvfp4" in spec else None
         if block is None:
-            return torch.ops.irfuse.kernel_norm(x, None, weight, scale, 1e-6, spec)
+            return torch.ops.irfuse.kernel_norm(x, r, weight, scale, 1e-6, spec)
         with launched_as(block, num_warps):
-            return torch.ops.irfuse.kernel_norm(x, None, weight, scale, 1e-6, spec)
+            return torch.ops.irfuse.kernel_norm(x, r, weight, scale, 1e-6, spec)
 
     return run
 
@@ -66,16 +75,16 @@ def configs(spec: KernelSpec, hidden: int, tiles: list[int], warps: list[int]):
 
 
 def sweep_one(form: str, scheme: str, hidden: int, tokens: int, args) -> list[str]:
-    spec_text = f"quant/none/model/{scheme}" if form == "standalone" else (
-        f"rms_norm/plain/model/{scheme}")  # fmt: skip
+    spec_text = f"{PRODUCERS[form]}/{scheme}"
     spec = KernelSpec.decode(spec_text)
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
+    r = torch.randn_like(x) if form == "add" else None
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
     s = torch.tensor([0.05 if scheme == "static" else 100.0], device="cuda")
     if form == "standalone":
-        torch_fn = lambda x, w, s: quant_torch(scheme, x, s)  # noqa: E731
+        torch_fn = lambda x, r, w, s: quant_torch(scheme, x, s)  # noqa: E731
     else:
-        torch_fn = lambda x, w, s: fused_torch(scheme, x, None, w, s)  # noqa: E731
+        torch_fn = lambda x, r, w, s: fused_torch(scheme, x, r, w, s)  # noqa: E731
     torch._dynamo.reset()
     candidates = {"inductor": torch.compile(torch_fn, dynamic=False), "irfuse's": kernel_at(
         spec_text, None, None)}  # fmt: skip
@@ -85,13 +94,13 @@ def sweep_one(form: str, scheme: str, hidden: int, tokens: int, args) -> list[st
     # every config computes what irfuse's choice does: the same bytes for a quant alone; a
     # norm's sum of squares adds up in an order that follows the warps, so a rare rstd,
     # and the fp8 byte or scale of that row, may be a step off
-    expected = candidates["irfuse's"](x, w, s)
+    expected = candidates["irfuse's"](x, r, w, s)
     for name, fn in candidates.items():
         if name != "inductor":
-            for got, want in zip(fn(x, w, s), expected, strict=True):
+            for got, want in zip(fn(x, r, w, s), expected, strict=True):
                 differ = int((got.view(torch.uint8) != want.view(torch.uint8)).sum())
                 assert differ <= (0 if form == "standalone" else got.numel() // 1000), name
-    times = compare(candidates, args.rounds, (x, w, s))
+    times = compare(candidates, args.rounds, (x, r, w, s))
     ratios = {name: times["inductor"] / t for name, t in times.items() if name != "inductor"}
     best = max((n for n in ratios if n != "irfuse's"), key=ratios.get)
     cells = [f"{n} {r:.3f}x" + (" **best**" if n == best else "") for n, r in ratios.items()]
@@ -103,7 +112,7 @@ def sweep_one(form: str, scheme: str, hidden: int, tokens: int, args) -> list[st
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--form", choices=["standalone", "norm"], required=True)
+    parser.add_argument("--form", choices=list(PRODUCERS), required=True)
     parser.add_argument("--schemes", nargs="+", default=["static"])
     parser.add_argument("--hidden", type=int, nargs="+", default=[4096, 7168])
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
