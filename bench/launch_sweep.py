@@ -77,6 +77,11 @@ def configs(spec: KernelSpec, hidden: int, tiles: list[int], warps: list[int]):
 def sweep_one(form: str, scheme: str, hidden: int, tokens: int, args) -> list[str]:
     spec_text = f"{PRODUCERS[form]}/{scheme}"
     spec = KernelSpec.decode(spec_text)
+    # launched_as gives every launch of the call the swept config: a per-tensor quant's
+    # phase 1 would take phase 2's tile, and norm_launch gives a two-pass kernel its own warps
+    if spec.quant.split()[0] == "per_tensor" or runtime.runs_two_pass(spec, tokens, hidden):
+        raise SystemExit(f"{spec_text} at {tokens} x {hidden}: not swept (two launches, or "
+                         "two-pass warps that the sweep does not set)")  # fmt: skip
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r = torch.randn_like(x) if form == "add" else None
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)

@@ -40,7 +40,7 @@ WHOLE_ROW = "    col_start = 0  # the whole row\n"
 # and programs start in grid order (axis 0 fastest): read as one index over the tiles in
 # memory order, programs that run together read adjacent tiles, not a column of tiles one
 # row apart.
-TILE_INDEX = "    tile = tl.program_id(0).to(tl.int64) + tl.program_id(1) * tl.num_programs(0)\n"
+TILE_INDEX = "    tile = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)\n"
 ROW_TILES_IN_ORDER = TILE_INDEX + "    row = tile // tl.num_programs(1)\n"
 ROW_TILES_LAST_FIRST = (
     TILE_INDEX

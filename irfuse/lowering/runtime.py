@@ -124,7 +124,8 @@ ROW_TILES = {
     # 0.986x-0.996x Inductor at 4096 / 7168 x 4096 / 16384, against 0.969x-0.992x at 2048)
     "static": ((64, 1024, 8), (1024, 2048, 8), (math.inf, 1024, 4)),
     # phase 2 (a static quant by phase 1's scale): whole rows from 64, which re-read what
-    # phase 1 left in L2 (rows last first; tiles would go column by column)
+    # phase 1 left in L2, rows last first (chosen when tiles were read a column of tiles
+    # at a time; not re-measured since tiles go in memory order)
     "per_tensor": ((64, 1024, 8), (1024, MAX_COLS, 16), (math.inf, MAX_COLS, 4)),
     "per_group": ((64, 1024, 8), (math.inf, 1024, 2)),
     "nvfp4": ((64, 1024, 4), (math.inf, 2048, 2)),
@@ -149,8 +150,8 @@ TWO_PASS_WARPS = 8
 
 
 def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int, int]:
-    """launch_config for `spec`'s kernel over [n_rows, n_cols] (a two-pass kernel then
-    takes TWO_PASS_WARPS)."""
+    """launch_config for `spec`'s kernel over [n_rows, n_cols] (norm_launch then gives a
+    two-pass kernel TWO_PASS_WARPS)."""
     norm = spec.producer != "quant"
     plain_norm = spec.producer == "rms_norm" and not spec.keep_value  # 3 bytes an element
     return launch_config(n_rows, n_cols, spec.quant, spec.row_tiles, norm, plain_norm)
