@@ -18,9 +18,8 @@ marked.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,27 +40,17 @@ PRODUCERS = {
 }
 
 
-@contextlib.contextmanager
-def launched_as(block: int, num_warps: int) -> Iterator[None]:
-    """Every norm launch made inside takes (block, num_warps)."""
-    chosen = runtime.launch_config
-    runtime.launch_config = lambda *args, **kwargs: (block, num_warps)
-    try:
-        yield
-    finally:
-        runtime.launch_config = chosen
-
-
-def kernel_at(spec: str, block: int | None, num_warps: int | None) -> Callable[..., object]:
-    """The kernel of `spec` called directly, at (block, num_warps) or irfuse's choice."""
+def kernel_at(spec: KernelSpec, config: tuple[int, int] | None) -> Callable[..., object]:
+    """The kernel of `spec` launched directly, at `config` (block, num_warps) or, with
+    None, at irfuse's choice (what kernel_norm runs)."""
 
     def run(x, r, w, s):
-        weight = None if spec.startswith("quant/") else w
-        scale = s if "static" in spec or "nvfp4" in spec else None
-        if block is None:
-            return torch.ops.irfuse.kernel_norm(x, r, weight, scale, 1e-6, spec)
-        with launched_as(block, num_warps):
-            return torch.ops.irfuse.kernel_norm(x, r, weight, scale, 1e-6, spec)
+        weight = None if spec.producer == "quant" else w
+        scale = s if spec.quant.split()[0] in ("static", "nvfp4") else None
+        outputs = runtime.allocate_outputs(spec, x, r is not None)
+        launched = runtime.single_launch(spec, x, r, weight, scale, outputs, 1e-6, config=config)
+        runtime.run_launch(*launched)
+        return outputs
 
     return run
 
@@ -77,11 +66,10 @@ def configs(spec: KernelSpec, hidden: int, tiles: list[int], warps: list[int]):
 def sweep_one(form: str, scheme: str, hidden: int, tokens: int, args) -> list[str]:
     spec_text = f"{PRODUCERS[form]}/{scheme}"
     spec = KernelSpec.decode(spec_text)
-    # launched_as gives every launch of the call the swept config: a per-tensor quant's
-    # phase 1 would take phase 2's tile, and norm_launch gives a two-pass kernel its own warps
-    if spec.quant.split()[0] == "per_tensor" or runtime.runs_two_pass(spec, tokens, hidden):
+    # a per-tensor quant has two launches; a two-pass kernel's own warps are norm_launch's
+    if spec.per_tensor or runtime.runs_two_pass(spec, tokens, hidden):
         raise SystemExit(f"{spec_text} at {tokens} x {hidden}: not swept (two launches, or "
-                         "two-pass warps that the sweep does not set)")  # fmt: skip
+                         "two-pass warps that launch_config does not give)")  # fmt: skip
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     r = torch.randn_like(x) if form == "add" else None
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
@@ -92,10 +80,10 @@ def sweep_one(form: str, scheme: str, hidden: int, tokens: int, args) -> list[st
         torch_fn = lambda x, r, w, s: fused_torch(scheme, x, r, w, s)  # noqa: E731
     torch._dynamo.reset()
     candidates = {"inductor": torch.compile(torch_fn, dynamic=False), "irfuse's": kernel_at(
-        spec_text, None, None)}  # fmt: skip
+        spec, None)}  # fmt: skip
     chosen = runtime.spec_launch_config(spec, tokens, hidden)
     for block, num_warps in configs(spec, hidden, args.tiles, args.warps):
-        candidates[f"{block}x{num_warps}w"] = kernel_at(spec_text, block, num_warps)
+        candidates[f"{block}x{num_warps}w"] = kernel_at(spec, (block, num_warps))
     # every config computes what irfuse's choice does: the same bytes for a quant alone; a
     # norm's sum of squares adds up in an order that follows the warps, so a rare rstd,
     # and the fp8 byte or scale of that row, may be a step off

@@ -409,9 +409,10 @@ def single_launch(
     eps: float,
     x_weight: torch.Tensor | None = None,
     x_eps: float = 0.0,
+    config: tuple[int, int] | None = None,
 ) -> tuple[KernelSpec, NormLaunch]:
     """The kernel that computes `spec` (any but a per-tensor quant) in one launch into
-    `outputs` (allocate_outputs'), and that launch."""
+    `outputs` (allocate_outputs'), and that launch (at `config`, for sweeps: norm_launch)."""
     out, residual_out, scales, value = outputs
     x2, residual2, weight, residual_out2, out2 = _row_views(x, residual, weight, out, residual_out)
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
@@ -425,7 +426,7 @@ def single_launch(
         spec = _two_pass(spec)
     launch = norm_launch(
         spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps,
-        x_weight=_contiguous(x_weight), x_eps=x_eps,
+        config, _contiguous(x_weight), x_eps,
     )  # fmt: skip
     return spec, launch
 
