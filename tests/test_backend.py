@@ -428,8 +428,7 @@ def test_a_scale_computed_on_the_host_in_a_device_graph_is_refused():
         return (y / (scale * 2.0)).clamp(-448.0, 448.0).to(FP8)
 
     x, _, w, _ = _norm_inputs()
-    with torch._dynamo.config.patch(specialize_float=False):
-        gm = captured_graph(norm_quant, x.cpu(), w.cpu(), 0.05, dynamic=True)
+    gm = captured_graph(norm_quant, x.cpu(), w.cpu(), 0.05, dynamic=True)
     # the float reaches the graph as a 0-d float64 input, unless torch folds it in (2.11 did:
     # the chain is then refused as scaled by a constant)
     if not any(_is_a_python_float(n) for n in gm.graph.find_nodes(op="placeholder")):
