@@ -7,8 +7,8 @@
 #     bash bench/gpu_session.sh rerun   # the norm / quant tables bench's measurement fixes
 #                                       # left to redo
 #     bash bench/gpu_session.sh rerun-attention  # and the attention ones
-#     bash bench/gpu_session.sh configs # the add kernel's warps swept (launch_sweep.py),
-#                                       # the no-residual and standalone tables re-timed
+#     bash bench/gpu_session.sh per-token  # per-token fp8's division without a per-element
+#                                       # test: the kernel alone, the tables, its GPU tests
 #     bash bench/gpu_session.sh suite   # the suite but for the two files below
 #     bash bench/gpu_session.sh epilogues         # tests/test_quant_epilogues.py
 #     bash bench/gpu_session.sh attention-kernel  # tests/test_attention_kernel.py
@@ -95,16 +95,20 @@ rerun-attention)
     step attention 380 python3 bench/attention.py --only 0 1 2 3 4 5 6
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
-configs)
-    # the add's kernel at each warps over rotating inputs (its 16 warps were chosen with
-    # inputs in L2), then the norm tables with this session's launch configs
-    step configs-add 200 python3 bench/launch_sweep.py --form add \
-        --schemes static per_token "per_group 128" nvfp4 --warps 2 4 8 16
-    step no-residual 200 python3 bench/quant_schemes.py --no-residual \
-        --schemes static per_token --hidden 4096 7168 --tokens 4096 16384
-    step standalone 120 python3 bench/quant_schemes.py --standalone \
-        --schemes static --hidden 4096 7168 --tokens 4096 16384
+per-token)
+    # the per-token epilogue divides rows whose every correction is finite without div_by's
+    # per-element test (quant.FINITE_ROW): its kernel alone at each warps, the no-residual,
+    # add and standalone tables, then the tests that cover it
+    step sweep-norm 150 python3 bench/launch_sweep.py --form norm --schemes per_token \
+        --warps 2 4 8 16
+    step no-residual 100 python3 bench/quant_schemes.py --no-residual --schemes per_token \
+        --hidden 4096 7168 --tokens 4096 16384
+    step add-norm 100 python3 bench/quant_schemes.py --schemes per_token --hidden 4096 7168 \
+        --tokens 1 4096 16384
+    step standalone 100 python3 bench/quant_schemes.py --standalone --schemes per_token \
+        --hidden 4096 7168 --tokens 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step per-token-tests 220 "${PYTEST[@]}" -rfE tests -k "per_token or div or token"
     ;;
 suite)
     # the whole suite takes three calls on an H100 (2026-12-06: 380 s reached 77% of what
@@ -147,7 +151,7 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "configs | suite | epilogues | attention-kernel | shards [N] | hf" >&2
+        "per-token | suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac

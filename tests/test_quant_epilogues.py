@@ -281,6 +281,32 @@ def test_a_nan_makes_its_nvfp4_block_scale_nan_and_its_codes_zero(producer):
     assert torch.equal(sf.nan_to_num(), sf_ref.nan_to_num())
 
 
+@pytest.mark.parametrize("bound", [None, 1.0])
+def test_per_token_rows_with_no_finite_correction_take_div_by(bound):
+    """A per-token row divides without div_by's per-element test only where every
+    correction is finite (quant.FINITE_ROW). The other rows keep div_by's: an infinite
+    value (s = inf: the finite values quantize to 0, the infinite ones to NaN; under a
+    bound they saturate), values whose quotient by a bounded scale overflows (saturated
+    to +-448), and a zero row,
+    beside an ordinary one; each row's bytes and scale are the reference's."""
+    x = torch.randn(5, 64, device=DEVICE) * 10
+    x[1, 3], x[1, 9] = float("inf"), -float("inf")
+    x[2] *= 1e37  # / (min(amax, 1) / 448) overflows fp32 under the bound
+    x[3] = 0
+    x[4, :32] = float("inf")
+    scale = None if bound is None else torch.tensor([bound], device=DEVICE)
+    q, _, scales, _ = kernel_norm(x, None, None, scale, 0.0, "quant/none/model/per_token")
+    q_ref, scales_ref = reference_quant("per_token", x, scale)
+    torch.testing.assert_close(scales, scales_ref, rtol=0, atol=0, equal_nan=True)
+    nan = q_ref.float().isnan()
+    assert torch.equal(q.float().isnan(), nan)
+    assert torch.equal(q.view(torch.uint8)[~nan], q_ref.view(torch.uint8)[~nan])
+    if bound is None:  # s = inf
+        assert nan[1].any() and not nan[0].any() and not q[1, :3].float().any()
+    else:  # the infinities and the overflowing quotients saturate
+        assert (q[2].float().abs() == 448).all() and q[1, [3, 9]].float().tolist() == [448, -448]
+
+
 def test_in_dtype_takes_no_upper_bound():
     x = torch.randn(2, 64, device=DEVICE)
     with pytest.raises(ValueError, match="takes no scale"):
@@ -641,10 +667,44 @@ def divide(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr):
 """
 
 
+DIV_FINITE_KERNEL = """
+import triton
+import triton.language as tl
+{helper}
+
+@triton.jit
+def divide(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    b = tl.load(b_ptr + cols)
+    a = tl.load(a_ptr + cols)
+    tl.store(out_ptr + cols, div_finite(a, b, tl.math.div_rn(1.0, b), INTERPRET))
+"""
+
+
+def test_div_finite_is_correctly_rounded_division_of_finite_quotients():
+    """div_finite (div_by without its test, on the GPU in PTX) equals IEEE division bit
+    for bit for finite a, a finite positive b (a scale) and a normal or zero quotient,
+    signed zeros included."""
+    g = torch.Generator().manual_seed(1)
+    n = 4096
+    a = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g))
+    b = torch.rand(n, generator=g) * torch.exp2(torch.randint(-20, 20, (n,), generator=g)) + 1e-9
+    a[:2] = torch.tensor([0.0, -0.0])
+    divide = load_kernel("divide", DIV_FINITE_KERNEL.format(helper=quant_pieces.DIV_FINITE))
+    out = torch.empty(n, device=DEVICE)
+    divide[(1,)](a.to(DEVICE), b.to(DEVICE), out, BLOCK=n, INTERPRET=DEVICE == "cpu")
+    expected = a / b
+    compared = (expected.abs() >= torch.finfo(torch.float32).tiny) | (expected == 0)
+    assert compared.sum() > n * 0.9
+    got = out.cpu()[compared].view(torch.int32)
+    assert torch.equal(got, expected[compared].view(torch.int32))
+
+
 @pytest.mark.parametrize("form", ["DIV_BY", "DIV_BY_BOUNDED", "DIV_BY_RANGED"])
 def test_div_by_is_correctly_rounded_division(form):
     """The quant epilogues divide through `div_by` (reciprocal + fma correction): it must
-    equal IEEE division bit for bit wherever the quotient is normal, specials included."""
+    equal IEEE division bit for bit wherever the quotient is normal, specials and
+    quotients that overflow included."""
     g = torch.Generator().manual_seed(0)
     n = 4096
     a = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g))
@@ -655,12 +715,20 @@ def test_div_by_is_correctly_rounded_division(form):
     a[len(special) : 2 * len(special)] = special
     b[2 * len(special) : 3 * len(special)] = 0.0  # a / 0: +-inf, NaN for 0 / 0
     a[2 * len(special) : 3 * len(special)] = special
+    huge = torch.tensor([3e38, -3e38, 1e36, 2e33, -1e34, 1e20, 1.0])  # over 1e-5: inf
+    b[3 * len(special) : 4 * len(special)] = 1e-5
+    a[3 * len(special) : 4 * len(special)] = huge
     divide = load_kernel("divide", DIV_BY_KERNEL.format(helper=getattr(quant_pieces, form)))
     out = torch.empty(n, device=DEVICE)
     divide[(1,)](a.to(DEVICE), b.to(DEVICE), out, BLOCK=n)
     expected = a / b
     compared = expected.abs() >= torch.finfo(torch.float32).tiny  # normal quotients
     compared |= (expected == 0) | ~expected.isfinite()
+    if form == "DIV_BY_BOUNDED":  # q itself from 2^127, within an ulp (fp8 saturates)
+        near_max = expected.isfinite() & (expected.abs() >= 2.0**127)
+        assert near_max.any()
+        torch.testing.assert_close(out.cpu()[near_max], expected[near_max], rtol=2**-23, atol=0)
+        compared &= ~near_max
     got, expected = out.cpu()[compared], expected[compared]
     assert compared.sum() > n * 0.9
     assert torch.equal(got.isnan(), expected.isnan())

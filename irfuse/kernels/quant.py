@@ -8,7 +8,8 @@ program: `row`, `cols` = `col_start` + arange(BLOCK), `mask`, masked lanes hold 
 `out_ptr`, and its scales to `scale_out_ptr` (at `row * scale_out_row_stride + i *
 scale_out_col_stride`; nvfp4 uses the swizzled layout). Divisions are correctly rounded,
 as the reference divides: by a scale shared by a row or a group, through `div_by` (one
-product and two fmas per element, not a division).
+product and two fmas per element, not a division, and a test for what they miss), or
+for a per-token row that needs no test (FINITE_ROW) `div_finite`.
 """
 
 import functools
@@ -67,7 +68,9 @@ def amax_of(v, axis: tl.constexpr):
 # that ran fastest in an A/B on H200 (bench/RESULTS.md, fifth session):
 # - DIV_BY tests the correction for NaN (fused norm + per-token: 5.7% faster than
 #   DIV_BY_RANGED; the default, attention included);
-# - DIV_BY_BOUNDED tests a against a bound set once per scale, so the test comes first
+# - DIV_BY_BOUNDED tests a against a bound set once per scale (|a| < |b| * 2^127: a
+#   finite q; quotients from 2^127 to the largest float, far above fp8's 448, are q,
+#   within an ulp), so the test comes first
 #   and the compiler predicates the correction instead of selecting (standalone quants:
 #   per-token 11%, per-group 16% faster than DIV_BY_RANGED; 4-5% slower fused);
 # - DIV_BY_RANGED tests q's range (twice DIV_BY's instructions, yet fused norm +
@@ -84,7 +87,8 @@ DIV_BY_BOUNDED = """
 def div_by(a, b, inv_b):
     q = a * inv_b
     corrected = tl.fma(tl.fma(q, b, -a), -inv_b, q)
-    bound = tl.where(tl.abs(b) < float("inf"), tl.where(b != 0, float("inf"), -1.0), -1.0)
+    # |a| / |b| < 2^127: q is finite (above, q is within an ulp and saturates in fp8)
+    bound = tl.where((tl.abs(b) < float("inf")) & (b != 0), tl.abs(b) * 2.0**127, -1.0)
     return tl.where(tl.abs(a) < bound, corrected, q)
 """
 DIV_BY_RANGED = """
@@ -93,6 +97,23 @@ def div_by(a, b, inv_b):
     q = a * inv_b
     corrected = tl.fma(tl.fma(-q, b, a), inv_b, q)
     return tl.where((q != 0) & (tl.abs(q) < float("inf")), corrected, q)
+"""
+
+# div_by without its test, for a row whose every correction is finite (FINITE_ROW): the
+# same correctly rounded quotient in three instructions. On the GPU the negations are
+# PTX neg.f32, which ptxas folds into the fmas; Triton's `-a` is `0 - a` (not foldable:
+# it differs at zero), one more instruction an element.
+DIV_FINITE = """
+@triton.jit
+def div_finite(a, b, inv_b, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        q = a * inv_b
+        return tl.fma(tl.fma(q, b, -a), -inv_b, q)
+    return tl.inline_asm_elementwise(
+        "{ .reg .f32 q, r, n; mul.rn.f32 q, $1, $3; neg.f32 n, $1; fma.rn.f32 r, q, $2, n; "
+        "neg.f32 n, $3; fma.rn.f32 $0, r, n, q; }",
+        "=r,r,r,r", [a, b, inv_b], dtype=tl.float32, is_pure=True, pack=1,
+    )
 """
 
 # 2^ceil(log2(s)) for positive normal s, on the bits (exact, unlike log2/exp2).
@@ -157,6 +178,11 @@ PER_TOKEN_SCALES = {
 }
 STORE_TOKEN_SCALE = "    tl.store(scale_out_ptr + row * scale_out_row_stride, s)\n"
 PER_TOKEN_QUANT = "to_fp8(div_by(v, s, inv_s), INTERPRET)"
+# Every quotient of the row, |v| <= row_amax, has a finite correction in div_by (a finite
+# q, a finite nonzero s): then div_finite gives the same bytes without the per-element
+# test. A NaN or infinite amax or scale, a zero scale (in_dtype's of a tiny row) or an
+# overflowing quotient (a scale bound far below the amax) takes div_by.
+FINITE_ROW = '(row_amax * inv_s < 2.0**120) & (s < float("inf"))'
 
 
 def per_token(scheme: str, value_dtype: str) -> tuple[str, str]:
@@ -167,10 +193,15 @@ def per_token(scheme: str, value_dtype: str) -> tuple[str, str]:
     formula, preload, scale = PER_TOKEN_SCALES[scheme]
     store = (
         f"\n    # epilogue: dynamic per-token fp8, {formula}\n"
-        "    amax = amax_of(v, 0)\n"
+        "    row_amax = amax_of(v, 0)\n"
+        "    amax = row_amax\n"
         + scale.format(value_dtype=value_dtype)
         + STORE_TOKEN_SCALE
         + "    inv_s = tl.math.div_rn(1.0, s)\n"
+        + f"    if {FINITE_ROW}:  # no per-element test (div_finite)\n"
+        + "    "
+        + STORE.format(value="to_fp8(div_finite(v, s, inv_s, INTERPRET), INTERPRET)")
+        + "    else:\n    "
         + STORE.format(value=PER_TOKEN_QUANT)
     )
     return preload, store
@@ -379,7 +410,7 @@ def epilogue(
     if kind == "static":
         return fp8_helpers, *(STATIC_DIV if options == ["div"] else STATIC)
     if kind == "per_token":
-        return fp8_helpers, *per_token(scheme, value_dtype)
+        return fp8_helpers + DIV_FINITE, *per_token(scheme, value_dtype)
     if kind == "nvfp4":
         return fp8_helpers + NVFP4_HELPERS, *NVFP4
     if kind == "per_group":

@@ -9,8 +9,13 @@ func.func @f(%x: tensor<?x256xbf16>, %w: tensor<256xbf16>) -> (tensor<?x256xf8E4
 // CHECK:      # %q = irfuse.rms_norm -> kernel irfuse_rms_norm_per_token_in_dtype_fp8
 // CHECK:      Fuses: rms_norm + per_token in_dtype fp8 quant.
 // CHECK:      # epilogue: dynamic per-token fp8, s = dtype(amax / 448), in the value's dtype, no lower bound
-// CHECK-NEXT: amax = amax_of(v, 0)
+// CHECK-NEXT: row_amax = amax_of(v, 0)
+// CHECK-NEXT: amax = row_amax
 // CHECK-NEXT: s = round_each(tl.math.div_rn(amax, 448.0), model_dtype, INTERPRET)
+// CHECK:      if (row_amax * inv_s < 2.0**120) & (s < float("inf")):
+// CHECK-NEXT: div_finite(v, s, inv_s, INTERPRET)
+// CHECK-NEXT: else:
+// CHECK-NEXT: div_by(v, s, inv_s)
 // CHECK:      # %g = irfuse.quant -> kernel irfuse_quant_per_group128_in_dtype_fp8
 // CHECK:      # epilogue: per-group fp8, groups of 128: s = dtype(amax / 448), in the value's dtype, no lower bound
 // CHECK:      s = round_each(tl.math.div_rn(amax_of(groups, 1), 448.0), model_dtype, INTERPRET)
