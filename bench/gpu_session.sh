@@ -9,6 +9,9 @@
 #     bash bench/gpu_session.sh rerun-attention  # and the attention ones
 #     bash bench/gpu_session.sh per-token  # per-token fp8's division without a per-element
 #                                       # test: the kernel alone, the tables, its GPU tests
+#     bash bench/gpu_session.sh coverage  # the issue's sizes not yet timed over rotating
+#                                       # inputs: per-group and per-tensor without a residual
+#                                       # and alone, hidden 8192
 #     bash bench/gpu_session.sh suite   # the suite but for the two files below
 #     bash bench/gpu_session.sh epilogues         # tests/test_quant_epilogues.py
 #     bash bench/gpu_session.sh attention-kernel  # tests/test_attention_kernel.py
@@ -110,6 +113,19 @@ per-token)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step per-token-tests 220 "${PYTEST[@]}" -rfE tests -k "per_token or div or token"
     ;;
+coverage)
+    # the cells of issue 3's speed table (hidden 4096 / 7168 / 8192, from 4096 tokens) that
+    # no run over rotating inputs has timed yet
+    step no-residual 130 python3 bench/quant_schemes.py --no-residual \
+        --schemes "per_group 128" per_tensor --hidden 4096 7168 8192 --tokens 4096 16384
+    step standalone 130 python3 bench/quant_schemes.py --standalone \
+        --schemes "per_group 128" per_tensor --hidden 4096 7168 8192 --tokens 4096 16384
+    step add-8192 120 python3 bench/quant_schemes.py --hidden 8192 --tokens 4096 16384 \
+        --schemes static per_token "per_group 128" nvfp4 per_tensor
+    step no-residual-8192 80 python3 bench/quant_schemes.py --no-residual --hidden 8192 \
+        --tokens 4096 16384 --schemes static per_token nvfp4
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 suite)
     # the whole suite takes three calls on an H100 (2026-12-06: 380 s reached 77% of what
     # suite and epilogues run, 170 s 37% of the attention kernel tests)
@@ -151,7 +167,7 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "per-token | suite | epilogues | attention-kernel | shards [N] | hf" >&2
+        "per-token | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac

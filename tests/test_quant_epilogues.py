@@ -352,12 +352,13 @@ def test_nvfp4_tiles_over_many_rows_divide_the_row():
 
 
 def test_only_a_norm_without_a_residual_takes_the_plain_norm_warps():
-    """rms_norm + static / per-token fp8 over many rows runs few warps (runtime.
-    PLAIN_NORM_WARPS); the add's kernel (7 bytes an element), a norm that also writes its
-    value, few rows, and other schemes keep launch_config's other rules."""
+    """rms_norm + static / per-token / per-group fp8 over many rows runs few warps
+    (runtime.PLAIN_NORM_WARPS); the add's kernel (7 bytes an element), a norm that also
+    writes its value, few rows, and other schemes keep launch_config's other rules."""
     config = runtime.spec_launch_config
-    for scheme, h in (("static", 4096), ("static", 7168), ("per_token", 7168)):
-        warps = runtime.PLAIN_NORM_WARPS[scheme][h > 4096]
+    cases = (("static", 4096), ("static", 7168), ("per_token", 7168), ("per_group 128", 7168))
+    for scheme, h in cases:
+        warps = runtime.PLAIN_NORM_WARPS[scheme.split()[0]][h > 4096]
         block = runtime.next_power_of_2(h)
         plain = KernelSpec("rms_norm", "plain", scheme)
         assert config(plain, 4096, h) == (block, warps)

@@ -80,8 +80,8 @@ def launch_config(
     columns: 4 for per-token, 8 for per-group; 16 cost ~30% there, but win at few rows;
     per-token rows padded to a power of two, as 7168 is, run best with 16). Kernels that
     tile rows (`row_tiles`) take their tile from ROW_TILES (NORM_ROW_TILES for a `norm`).
-    A `plain_norm` (rms_norm with no residual) + static or per-token fp8 over many rows
-    runs best with few warps (PLAIN_NORM_WARPS)."""
+    A `plain_norm` (rms_norm with no residual) + static, per-token or per-group fp8 over
+    many rows runs best with few warps (PLAIN_NORM_WARPS)."""
     block = next_power_of_2(n_cols)
     kind = scheme.split()[0]
     if row_tiles:
@@ -110,8 +110,11 @@ def launch_config(
 # launch_sweep.py, RESULTS.md, thirtieth session), at 4096 / 16384 rows: static 4096
 # columns 1.25x / 1.23x Inductor at 2 warps (16: 1.14x / 1.11x), 7168 1.27x / 1.21x at 4
 # (16: 1.19x / 1.15x); per-token 7168 1.67x / 1.46x at 4 (16: 1.63x / 1.40x), 4096 at 4
-# as before. nvfp4 keeps its warps (4, 8), already the best or within 1.5%.
-PLAIN_NORM_WARPS = {"static": (2, 4), "per_token": (4, 4)}
+# as before. nvfp4 keeps its warps (4, 8), already the best or within 1.5%. Per-group
+# (groups of 128; thirty-first session): 8 warps at 4096 as before (1.63x Inductor at 4096
+# rows), 8 for 8192 (16 before): 7168 1.50x / 1.52x (16: 1.42x / 1.40x), 8192 1.59x /
+# 1.64x (16: 1.52x / 1.51x) at 4096 / 16384 rows.
+PLAIN_NORM_WARPS = {"static": (2, 4), "per_token": (4, 4), "per_group": (8, 8)}
 
 # Row tiles of the standalone static / per-tensor / per-group / nvfp4 kernels: (below this
 # many rows, tile columns, num_warps), first match. Measured on H200 at hidden 4096 and
