@@ -62,8 +62,11 @@ def amax_of(v, axis: tl.constexpr):
 # (Markstein's theorem; quotients in the subnormal range, which could differ, quantize to
 # zero in fp8 anyway). The correction is q - (q * b - a) * inv_b, the minus carried by
 # inv_b: a zero a then keeps its sign (q + (a - q * b) * inv_b gives +0 for a = -0, and a
-# negated fma is folded back into that form by the compiler). Where the correction does
-# not hold (an infinite or NaN a, a zero or infinite b) q already is the quotient.
+# negated fma is folded back into that form by the compiler). `a * -1.0` is -a exactly
+# and becomes a negated operand of the fma; Triton's `-a` is `0 - a`, which differs at
+# zero, so it stays an instruction an element (1 of ~27 per element in a standalone
+# per-group kernel, sm_90 SASS). Where the correction does not hold (an infinite or NaN
+# a, a zero or infinite b) q already is the quotient.
 # Three forms, bit for bit the same, which compile differently; each kernel takes the one
 # that ran fastest in an A/B on H200 (bench/RESULTS.md, fifth session):
 # - DIV_BY tests the correction for NaN (fused norm + per-token: 5.7% faster than
@@ -79,14 +82,14 @@ DIV_BY = """
 @triton.jit
 def div_by(a, b, inv_b):
     q = a * inv_b
-    corrected = tl.fma(tl.fma(q, b, -a), -inv_b, q)
+    corrected = tl.fma(tl.fma(q, b, a * -1.0), -inv_b, q)
     return tl.where(corrected == corrected, corrected, q)
 """
 DIV_BY_BOUNDED = """
 @triton.jit
 def div_by(a, b, inv_b):
     q = a * inv_b
-    corrected = tl.fma(tl.fma(q, b, -a), -inv_b, q)
+    corrected = tl.fma(tl.fma(q, b, a * -1.0), -inv_b, q)
     # |a| / |b| < 2^127: q is finite (above, q is within an ulp and saturates in fp8)
     bound = tl.where((tl.abs(b) < float("inf")) & (b != 0), tl.abs(b) * 2.0**127, -1.0)
     return tl.where(tl.abs(a) < bound, corrected, q)
@@ -100,20 +103,12 @@ def div_by(a, b, inv_b):
 """
 
 # div_by without its test, for a row whose every correction is finite (FINITE_ROW): the
-# same correctly rounded quotient in three instructions. On the GPU the negations are
-# PTX neg.f32, which ptxas folds into the fmas; Triton's `-a` is `0 - a` (not foldable:
-# it differs at zero), one more instruction an element.
+# same correctly rounded quotient in three instructions an element.
 DIV_FINITE = """
 @triton.jit
-def div_finite(a, b, inv_b, INTERPRET: tl.constexpr):
-    if INTERPRET:
-        q = a * inv_b
-        return tl.fma(tl.fma(q, b, -a), -inv_b, q)
-    return tl.inline_asm_elementwise(
-        "{ .reg .f32 q, r, n; mul.rn.f32 q, $1, $3; neg.f32 n, $1; fma.rn.f32 r, q, $2, n; "
-        "neg.f32 n, $3; fma.rn.f32 $0, r, n, q; }",
-        "=r,r,r,r", [a, b, inv_b], dtype=tl.float32, is_pure=True, pack=1,
-    )
+def div_finite(a, b, inv_b):
+    q = a * inv_b
+    return tl.fma(tl.fma(q, b, a * -1.0), -inv_b, q)
 """
 
 # 2^ceil(log2(s)) for positive normal s, on the bits (exact, unlike log2/exp2).
@@ -200,7 +195,7 @@ def per_token(scheme: str, value_dtype: str) -> tuple[str, str]:
         + "    inv_s = tl.math.div_rn(1.0, s)\n"
         + f"    if {FINITE_ROW}:  # no per-element test (div_finite)\n"
         + "    "
-        + STORE.format(value="to_fp8(div_finite(v, s, inv_s, INTERPRET), INTERPRET)")
+        + STORE.format(value="to_fp8(div_finite(v, s, inv_s), INTERPRET)")
         + "    else:\n    "
         + STORE.format(value=PER_TOKEN_QUANT)
     )
