@@ -1,6 +1,7 @@
 """Attention + nvfp4 of the [B*S, H*D] output: irfuse's fused kernel against SDPA (cuDNN)
 followed by irfuse's standalone nvfp4 quant (what a graph calling irfuse.ops.nvfp4_quant
-on SDPA's output runs), bf16, under CUDA graphs, medians of alternating rounds.
+on SDPA's output runs), bf16, under CUDA graphs, medians of alternating rounds. Appends
+its table to RESULTS.md.
 
     python bench/attention_nvfp4.py [--rounds 3]
 """
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import compare  # noqa: E402
+from common import append_results, compare  # noqa: E402
 
 from irfuse.lowering.attention import kernel_attention  # noqa: E402
 from irfuse.lowering.runtime import kernel_norm  # noqa: E402
@@ -52,15 +53,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    rows = []
     for b, h, s, d, causal in SHAPES:
         t = bench_shape(b, h, s, d, causal, args.rounds)
-        print(
-            f"B{b} H{h} S{s} D{d}{' causal' if causal else ''}: "
-            + ", ".join(f"{name} {us:.1f} us" for name, us in t.items())
-            + f"; fused vs SDPA + nvfp4 {t['sdpa+nvfp4'] / t['fused']:.3f}x; "
-            f"epilogue cost {t['fused'] / t['kernel_bf16'] - 1:+.1%}",
-            flush=True,
-        )
+        rows.append([
+            f"B{b} H{h} S{s} D{d}{' causal' if causal else ''}",
+            *(f"{t[name]:.1f}" for name in ("sdpa+nvfp4", "fused", "kernel_bf16")),
+            f"{t['sdpa+nvfp4'] / t['fused']:.3f}x",
+            f"{t['fused'] / t['kernel_bf16'] - 1:+.1%}",
+        ])  # fmt: skip
+        print(rows[-1], flush=True)
+    header = ["shape", "SDPA + nvfp4 us", "fused us", "kernel alone (bf16 out) us",
+              "fused vs SDPA + nvfp4", "epilogue cost"]  # fmt: skip
+    notes = ("SDPA + nvfp4: cuDNN's attention, then irfuse's standalone nvfp4 quant of its "
+             "[B*S, H*D] output; fused: irfuse's attention kernel with the nvfp4 epilogue; "
+             "epilogue cost: fused against the same kernel writing bf16.")  # fmt: skip
+    print(append_results("attention + nvfp4 (bf16, q/k/v laid out [B, S, H, D])", header,
+                         rows, notes))  # fmt: skip
 
 
 if __name__ == "__main__":
