@@ -13,11 +13,19 @@ tile rows (runtime.ROW_TILES); the others take whole rows and only their warps v
 Every candidate runs over rotating inputs (common.compare). Appends a table to RESULTS.md:
 each time as a ratio to Inductor's (above 1: faster than Inductor), the best config
 marked.
+
+    python bench/launch_sweep.py --form norm --schemes "per_group 128" \
+        --divisions DIV_BY DIV_BY_BOUNDED DIV_BY_RANGED
+
+`--divisions` compares, instead of configs, the kernel at irfuse's config with each form
+of `div_by` (irfuse/kernels/quant.py: the same bits, compiled differently) in place of
+the one the kernel takes.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +37,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare  # noqa: E402
 from quant_schemes import fused_torch, quant_torch  # noqa: E402
 
+import irfuse.kernels.quant as quant_pieces  # noqa: E402
 import irfuse.lowering.runtime as runtime  # noqa: E402
-from irfuse.lowering.kernel_spec import KernelSpec  # noqa: E402
+from irfuse.lowering.kernel_cache import load_kernel  # noqa: E402
+from irfuse.lowering.kernel_spec import KernelSpec, kernel_source  # noqa: E402
+
+DIVISIONS = ("DIV_BY", "DIV_BY_BOUNDED", "DIV_BY_RANGED")
 
 # each form's kernel spec, but for its scheme
 PRODUCERS = {
@@ -40,16 +52,36 @@ PRODUCERS = {
 }
 
 
-def kernel_at(spec: KernelSpec, config: tuple[int, int] | None) -> Callable[..., object]:
+@functools.cache
+def with_division(spec: KernelSpec, division: str):
+    """`spec`'s kernel compiled with quant.`division` as its div_by."""
+    source = kernel_source(spec)
+    taken = [form for form in DIVISIONS if getattr(quant_pieces, form) in source]
+    if len(taken) != 1:
+        raise SystemExit(f"{spec.encode()}: no single div_by to replace ({taken})")
+    source = source.replace(getattr(quant_pieces, taken[0]), getattr(quant_pieces, division))
+    return load_kernel(spec.name, source)
+
+
+def kernel_at(
+    spec: KernelSpec, config: tuple[int, int] | None, division: str | None = None
+) -> Callable[..., object]:
     """The kernel of `spec` launched directly, at `config` (block, num_warps) or, with
-    None, at irfuse's choice (what kernel_norm runs)."""
+    None, at irfuse's choice (what kernel_norm runs); with `division`, compiled with
+    that form of div_by."""
 
     def run(x, r, w, s):
         weight = None if spec.producer == "quant" else w
         scale = s if spec.quant.split()[0] in ("static", "nvfp4") else None
         outputs = runtime.allocate_outputs(spec, x, r is not None)
-        launched = runtime.single_launch(spec, x, r, weight, scale, outputs, 1e-6, config=config)
-        runtime.run_launch(*launched)
+        launched, launch = runtime.single_launch(
+            spec, x, r, weight, scale, outputs, 1e-6, config=config
+        )
+        if division is None:
+            runtime.run_launch(launched, launch)
+        else:
+            kernel = with_division(launched, division)
+            kernel[launch.grid](*launch.args, num_warps=launch.num_warps)
         return outputs
 
     return run
@@ -82,17 +114,23 @@ def sweep_one(form: str, scheme: str, hidden: int, tokens: int, args) -> list[st
     candidates = {"inductor": torch.compile(torch_fn, dynamic=False), "irfuse's": kernel_at(
         spec, None)}  # fmt: skip
     chosen = runtime.spec_launch_config(spec, tokens, hidden)
-    for block, num_warps in configs(spec, hidden, args.tiles, args.warps):
-        candidates[f"{block}x{num_warps}w"] = kernel_at(spec, (block, num_warps))
+    if args.divisions:
+        for division in args.divisions:
+            candidates[division] = kernel_at(spec, None, division)
+    else:
+        for block, num_warps in configs(spec, hidden, args.tiles, args.warps):
+            candidates[f"{block}x{num_warps}w"] = kernel_at(spec, (block, num_warps))
     # every config computes what irfuse's choice does: the same bytes for a quant alone; a
     # norm's sum of squares adds up in an order that follows the warps, so a rare rstd,
-    # and the fp8 byte or scale of that row, may be a step off
+    # and the fp8 byte or scale of that row, may be a step off (the forms of div_by: the
+    # same bytes, at the same config)
+    exact = form == "standalone" or args.divisions
     expected = candidates["irfuse's"](x, r, w, s)
     for name, fn in candidates.items():
         if name != "inductor":
             for got, want in zip(fn(x, r, w, s), expected, strict=True):
                 differ = int((got.view(torch.uint8) != want.view(torch.uint8)).sum())
-                assert differ <= (0 if form == "standalone" else got.numel() // 1000), name
+                assert differ <= (0 if exact else got.numel() // 1000), name
     times = compare(candidates, args.rounds, (x, r, w, s))
     ratios = {name: times["inductor"] / t for name, t in times.items() if name != "inductor"}
     best = max((n for n in ratios if n != "irfuse's"), key=ratios.get)
@@ -111,6 +149,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--tiles", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--divisions", nargs="+", choices=DIVISIONS, default=[])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch._dynamo.config.cache_size_limit = 256
@@ -120,11 +159,14 @@ def main() -> None:
         for hidden in args.hidden
         for tokens in args.tokens
     ]
+    what = "forms of div_by" if args.divisions else "launch configs"
     print(append_results(
-        f"launch configs, {args.form} (kernel alone, bf16), each x Inductor's time",
-        ["form", "scheme", "hidden", "T", "irfuse's config", "Inductor us", "config: x Inductor"],
+        f"{what}, {args.form} (kernel alone, bf16), each x Inductor's time",
+        ["form", "scheme", "hidden", "T", "irfuse's config", "Inductor us",
+         "candidate: x Inductor"],
         rows,
-        notes="Tile columns x warps; irfuse's = the config launch_config picks.",
+        notes="Tile columns x warps; irfuse's = the config launch_config picks, with the "
+        "div_by the kernel takes (quant.epilogue).",
     ))  # fmt: skip
 
 
