@@ -8,7 +8,8 @@
 #                                       # left to redo
 #     bash bench/gpu_session.sh rerun-attention  # and the attention ones
 #     bash bench/gpu_session.sh div-fold  # the tables the thirty-first session's last
-#                                       # changes should move, not yet timed (run shards first)
+#                                       # changes should move, not yet timed (run shards
+#                                       # first), and two probes
 #     bash bench/gpu_session.sh coverage  # the sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -102,15 +103,15 @@ div-fold)
     # not timed when committed (thirty-first session): div_by's negation folded into its fma
     # (standalone per-group and per-token, static `x / scale`), and rms_norm + per-group's
     # 8 warps at 8192 lanes; whether fused per-group's DIV_BY_RANGED (chosen when div_by's
-    # negation cost an instruction) still beats the other forms; attention + nvfp4 now
-    # appends its table
+    # negation cost an instruction) still beats the other forms; whether nvfp4 gains from
+    # whole blocks a thread (nvfp4_layout_probe.py)
     step no-residual 130 python3 bench/quant_schemes.py --no-residual \
         --schemes "per_group 128" per_token --hidden 4096 7168 8192 --tokens 4096 16384
     step standalone 130 python3 bench/quant_schemes.py --standalone \
         --schemes "per_group 128" per_token --hidden 4096 7168 --tokens 4096 16384
     step divisions 150 python3 bench/launch_sweep.py --form norm --schemes "per_group 128" \
         --hidden 4096 7168 --divisions DIV_BY DIV_BY_BOUNDED DIV_BY_RANGED
-    step attention-nvfp4 200 python3 bench/attention_nvfp4.py
+    step nvfp4-probe 120 python3 bench/nvfp4_layout_probe.py --hidden 4096 7168 8192
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 coverage)
