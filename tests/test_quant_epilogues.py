@@ -307,6 +307,46 @@ def test_per_token_rows_with_no_finite_correction_take_div_by(bound):
         assert (q[2].float().abs() == 448).all() and q[1, [3, 9]].float().tolist() == [448, -448]
 
 
+@pytest.mark.parametrize("producer", ["quant", "rms_norm", "fused_add_rms_norm"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_rows_of_special_values_match_the_reference(producer, scheme):
+    """Rows of the values kernels take other paths for, beside an ordinary one: an inf and
+    a -inf, 1e36 (quotients that overflow fp32 under a bound or a small static scale),
+    1e-30, zeros. Every byte and scale is the reference's, NaN where it is NaN (bf16;
+    fp16 for `in_dtype`, whose scale rounds to the value's dtype)."""
+    dtype = torch.float16 if "in_dtype" in scheme else torch.bfloat16
+    big, small = (1e3, 1e-6) if dtype == torch.float16 else (1e36, 1e-30)
+    x, residual, w = _inputs(6, 128, torch.float32)
+    x[1, 5], x[1, 7] = float("inf"), -float("inf")
+    x[2] *= big
+    x[3] *= small
+    x[4], residual[4] = 0.0, 0.0
+    x, residual, w = x.to(dtype), residual.to(dtype), w.to(dtype)
+    mode = "none" if producer == "quant" else "plain"
+    y_ref, _ = _reference_producer(producer, mode, x, residual, w, 1e-6)
+    scale = _scale_input(scheme, y_ref)
+    if scheme == "nvfp4":  # of the finite values (an inf amax gives a zero global scale)
+        finite = y_ref.float().abs().nan_to_num(posinf=0.0)
+        scale = (448 * 6 / finite.amax()).reshape(1)
+    kernel_scheme = scheme.replace(" ub", "")
+    q, _, scales, _ = kernel_norm(
+        x, residual if producer in ADDS else None, w if producer != "quant" else None, scale,
+        1e-6, _kernel(producer, mode, kernel_scheme),
+    )  # fmt: skip
+    q_ref, scales_ref = reference_quant(kernel_scheme, y_ref, scale)
+    if q.dtype == torch.uint8:  # nvfp4's codes
+        assert torch.equal(q, q_ref)
+    else:
+        nan = q_ref.float().isnan()
+        assert torch.equal(q.float().isnan(), nan)
+        assert torch.equal(q.view(torch.uint8)[~nan], q_ref.view(torch.uint8)[~nan])
+    if scales_ref is not None:
+        if scales_ref.dtype == torch.float32:
+            torch.testing.assert_close(scales, scales_ref, rtol=0, atol=0, equal_nan=True)
+        else:
+            assert torch.equal(scales.view(torch.uint8), scales_ref.view(torch.uint8))
+
+
 def test_in_dtype_takes_no_upper_bound():
     x = torch.randn(2, 64, device=DEVICE)
     with pytest.raises(ValueError, match="takes no scale"):
