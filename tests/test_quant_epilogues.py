@@ -695,7 +695,7 @@ def test_nvfp4_scale_buffer_is_zeroed_only_where_it_pads(m, n, zeroed):
         assert not scales.any()
 
 
-DIV_BY_KERNEL = """
+DIVIDE_KERNEL = """
 import triton
 import triton.language as tl
 {helper}
@@ -704,21 +704,16 @@ import triton.language as tl
 def divide(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     b = tl.load(b_ptr + cols)
-    tl.store(out_ptr + cols, div_by(tl.load(a_ptr + cols), b, tl.math.div_rn(1.0, b)))
+    tl.store(out_ptr + cols, {function}(tl.load(a_ptr + cols), b, tl.math.div_rn(1.0, b)))
 """
 
 
-DIV_FINITE_KERNEL = """
-import triton
-import triton.language as tl
-{helper}
-
-@triton.jit
-def divide(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr):
-    cols = tl.arange(0, BLOCK)
-    b = tl.load(b_ptr + cols)
-    tl.store(out_ptr + cols, div_finite(tl.load(a_ptr + cols), b, tl.math.div_rn(1.0, b)))
-"""
+def _divide(helper: str, function: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`function(a, b, 1 / b)` of quant.py's `helper`, run as a kernel."""
+    divide = load_kernel("divide", DIVIDE_KERNEL.format(helper=helper, function=function))
+    out = torch.empty(a.numel(), device=DEVICE)
+    divide[(1,)](a.to(DEVICE), b.to(DEVICE), out, BLOCK=a.numel())
+    return out.cpu()
 
 
 def test_div_finite_is_correctly_rounded_division_of_finite_quotients():
@@ -730,13 +725,11 @@ def test_div_finite_is_correctly_rounded_division_of_finite_quotients():
     a = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g))
     b = torch.rand(n, generator=g) * torch.exp2(torch.randint(-20, 20, (n,), generator=g)) + 1e-9
     a[:2] = torch.tensor([0.0, -0.0])
-    divide = load_kernel("divide", DIV_FINITE_KERNEL.format(helper=quant_pieces.DIV_FINITE))
-    out = torch.empty(n, device=DEVICE)
-    divide[(1,)](a.to(DEVICE), b.to(DEVICE), out, BLOCK=n)
+    out = _divide(quant_pieces.DIV_FINITE, "div_finite", a, b)
     expected = a / b
     compared = (expected.abs() >= torch.finfo(torch.float32).tiny) | (expected == 0)
     assert compared.sum() > n * 0.9
-    got = out.cpu()[compared].view(torch.int32)
+    got = out[compared].view(torch.int32)
     assert torch.equal(got, expected[compared].view(torch.int32))
 
 
@@ -758,18 +751,16 @@ def test_div_by_is_correctly_rounded_division(form):
     huge = torch.tensor([3e38, -3e38, 1e36, 2e33, -1e34, 1e20, 1.0])  # over 1e-5: inf
     b[3 * len(special) : 4 * len(special)] = 1e-5
     a[3 * len(special) : 4 * len(special)] = huge
-    divide = load_kernel("divide", DIV_BY_KERNEL.format(helper=getattr(quant_pieces, form)))
-    out = torch.empty(n, device=DEVICE)
-    divide[(1,)](a.to(DEVICE), b.to(DEVICE), out, BLOCK=n)
+    out = _divide(getattr(quant_pieces, form), "div_by", a, b)
     expected = a / b
     compared = expected.abs() >= torch.finfo(torch.float32).tiny  # normal quotients
     compared |= (expected == 0) | ~expected.isfinite()
     if form == "DIV_BY_BOUNDED":  # q itself from 2^127, within an ulp (fp8 saturates)
         near_max = expected.isfinite() & (expected.abs() >= 2.0**127)
         assert near_max.any()
-        torch.testing.assert_close(out.cpu()[near_max], expected[near_max], rtol=2**-23, atol=0)
+        torch.testing.assert_close(out[near_max], expected[near_max], rtol=2**-23, atol=0)
         compared &= ~near_max
-    got, expected = out.cpu()[compared], expected[compared]
+    got, expected = out[compared], expected[compared]
     assert compared.sum() > n * 0.9
     assert torch.equal(got.isnan(), expected.isnan())
     finite = ~expected.isnan()
