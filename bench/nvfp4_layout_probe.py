@@ -17,6 +17,7 @@ of squares adds up in another order, so 1 byte in 1000 may differ. Appends a tab
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -79,6 +80,11 @@ def probe_source(threads: int, passes: int) -> str:
     )
 
 
+@functools.cache
+def probe_kernel(threads: int, passes: int):
+    return load_kernel(SPEC.name, probe_source(threads, passes))
+
+
 def launcher(probe: bool):
     def run(x, r, w, s):
         outputs = runtime.allocate_outputs(SPEC, x, False)
@@ -91,7 +97,7 @@ def launcher(probe: bool):
         passes = block // (8 * threads)
         if passes < 2 or passes % 2:
             raise SystemExit(f"{block} columns x {launch.num_warps} warps: no whole blocks")
-        kernel = load_kernel(SPEC.name, probe_source(threads, passes))
+        kernel = probe_kernel(threads, passes)
         kernel[launch.grid](*launch.args, num_warps=launch.num_warps)
         return outputs
 

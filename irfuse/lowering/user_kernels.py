@@ -15,9 +15,9 @@ token count the launch is computed at every row count where launch_config, the r
 tiles or the two-pass choice change (SAMPLE_ROWS). Where all of them agree but for the
 grid's rows (an add + norm + static fp8, or an unquantized norm, at hidden 4096), one
 graph serves every count. Otherwise (a per-token quant's warps drop from 1024 rows, as do
-a norm + static fp8's without a residual) the graph takes the
-launch of the count it was compiled at, and guards on the range of counts that launch
-alike: dynamo recompiles beyond it. A dynamic per-tensor quant's two launches go
+a norm + static fp8's without a residual) the graph takes the launch of the count it was
+compiled at, and guards on the range of counts that launch alike: dynamo recompiles
+beyond it. A dynamic per-tensor quant's two launches go
 through graph_launch.insert_launches, at static shapes.
 """
 
