@@ -7,9 +7,8 @@
 #     bash bench/gpu_session.sh rerun   # the norm / quant tables bench's measurement fixes
 #                                       # left to redo
 #     bash bench/gpu_session.sh rerun-attention  # and the attention ones
-#     bash bench/gpu_session.sh div-fold  # the tables the thirty-first session's last
-#                                       # changes should move, not yet timed (run shards
-#                                       # first), and two probes
+#     bash bench/gpu_session.sh per-group-div  # fused per-group's division form, end
+#                                       # to end, with its GPU tests
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -99,19 +98,16 @@ rerun-attention)
     step attention 380 python3 bench/attention.py --only 0 1 2 3 4 5 6
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
-div-fold)
-    # not timed when committed (thirty-first session): div_by's negation folded into its fma
-    # (standalone per-group and per-token, static `x / scale`), and rms_norm + per-group's
-    # 8 warps at 8192 lanes; whether fused per-group's DIV_BY_RANGED (chosen when div_by's
-    # negation cost an instruction) still beats the other forms; whether nvfp4 gains from
-    # whole blocks a thread (nvfp4_layout_probe.py)
+per-group-div)
+    # not timed end to end when committed (thirty-second session): fused per-group's
+    # DIV_BY_BOUNDED (the kernel alone 6%-8% faster than DIV_BY_RANGED's, removed) with
+    # its GPU tests; the per-group rows of issue 3's table it moves
+    step per-group-tests 200 "${PYTEST[@]}" tests/test_quant_epilogues.py tests/test_kernels.py \
+        tests/test_sm90_ptx.py tests/test_backend.py -k "per_group or div"
     step no-residual 130 python3 bench/quant_schemes.py --no-residual \
-        --schemes "per_group 128" per_token --hidden 4096 7168 8192 --tokens 4096 16384
-    step standalone 130 python3 bench/quant_schemes.py --standalone \
-        --schemes "per_group 128" per_token --hidden 4096 7168 --tokens 4096 16384
-    step divisions 150 python3 bench/launch_sweep.py --form norm --schemes "per_group 128" \
-        --hidden 4096 7168 --divisions DIV_BY DIV_BY_BOUNDED DIV_BY_RANGED
-    step nvfp4-probe 120 python3 bench/nvfp4_layout_probe.py --hidden 4096 7168 8192
+        --schemes "per_group 128" --hidden 4096 7168 8192 --tokens 4096 16384
+    step divisions 90 python3 bench/launch_sweep.py --form norm --schemes "per_group 128" \
+        --hidden 8192 --divisions DIV_BY DIV_BY_BOUNDED
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 coverage)
@@ -168,7 +164,7 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "div-fold | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
+        "per-group-div | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac

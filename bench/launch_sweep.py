@@ -15,7 +15,7 @@ each time as a ratio to Inductor's (above 1: faster than Inductor), the best con
 marked.
 
     python bench/launch_sweep.py --form norm --schemes "per_group 128" \
-        --divisions DIV_BY DIV_BY_BOUNDED DIV_BY_RANGED
+        --divisions DIV_BY DIV_BY_BOUNDED
 
 `--divisions` compares, instead of configs, the kernel at irfuse's config with each form
 of `div_by` (irfuse/kernels/quant.py: the same bits, compiled differently) in place of
@@ -42,7 +42,7 @@ import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.lowering.kernel_cache import load_kernel  # noqa: E402
 from irfuse.lowering.kernel_spec import KernelSpec, kernel_source  # noqa: E402
 
-DIVISIONS = ("DIV_BY", "DIV_BY_BOUNDED", "DIV_BY_RANGED")
+DIVISIONS = ("DIV_BY", "DIV_BY_BOUNDED")
 
 # each form's kernel spec, but for its scheme
 PRODUCERS = {

@@ -67,17 +67,17 @@ def amax_of(v, axis: tl.constexpr):
 # zero, so it stays an instruction an element (1 of ~27 per element in a standalone
 # per-group kernel, sm_90 SASS). Where the correction does not hold (an infinite or NaN
 # a, a zero or infinite b) q already is the quotient.
-# Three forms, bit for bit the same, which compile differently; each kernel takes the one
-# that ran fastest in an A/B on H200 (bench/RESULTS.md, fifth session):
-# - DIV_BY tests the correction for NaN (fused norm + per-token: 5.7% faster than
-#   DIV_BY_RANGED; the default, attention included);
+# Two forms, bit for bit the same, which compile differently; each kernel takes the one
+# that ran fastest in an A/B (bench/RESULTS.md):
+# - DIV_BY tests the correction for NaN (the default, attention included; fused norm and
+#   add + norm with static or per-group: within 0.7% of DIV_BY_BOUNDED, H100, thirty-
+#   second session);
 # - DIV_BY_BOUNDED tests a against a bound set once per scale (|a| < |b| * 2^127: a
 #   finite q; quotients from 2^127 to the largest float, far above fp8's 448, are q,
-#   within an ulp), so the test comes first
-#   and the compiler predicates the correction instead of selecting (standalone quants:
-#   per-token 11%, per-group 16% faster than DIV_BY_RANGED; 4-5% slower fused);
-# - DIV_BY_RANGED tests q's range (twice DIV_BY's instructions, yet fused norm +
-#   per-group runs 1.5-5% faster with it than with either other form).
+#   within an ulp), so the test comes first and the compiler predicates the correction
+#   instead of selecting (standalone quants: per-token 11%, per-group 16% faster than
+#   a form that tested q's range, H200; rms_norm + per-group without a residual: 6%-8%
+#   faster than that form and 1%-1.5% faster than DIV_BY, H100).
 DIV_BY = """
 @triton.jit
 def div_by(a, b, inv_b):
@@ -93,13 +93,6 @@ def div_by(a, b, inv_b):
     # |a| / |b| < 2^127: q is finite (above, q is within an ulp and saturates in fp8)
     bound = tl.where((tl.abs(b) < float("inf")) & (b != 0), tl.abs(b) * 2.0**127, -1.0)
     return tl.where(tl.abs(a) < bound, corrected, q)
-"""
-DIV_BY_RANGED = """
-@triton.jit
-def div_by(a, b, inv_b):
-    q = a * inv_b
-    corrected = tl.fma(tl.fma(-q, b, a), inv_b, q)
-    return tl.where((q != 0) & (tl.abs(q) < float("inf")), corrected, q)
 """
 
 # div_by without its test, for a row whose every correction is finite (FINITE_ROW): the
@@ -387,14 +380,11 @@ def epilogue(
     scheme: str, standalone: bool = False, value_dtype: str = "model_dtype"
 ) -> tuple[str, str, str]:
     """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax, or for
-    `amax` (phase 1 of per_tensor); `standalone`: the quant is the whole kernel (the
-    form of div_by depends on it, see DIV_BY); `value_dtype`: the dtype of the value
+    `amax` (phase 1 of per_tensor); `standalone`: the quant is the whole kernel (it and
+    the scheme pick the form of div_by, see DIV_BY); `value_dtype`: the dtype of the value
     quantized, as the kernel names it (`per_token in_dtype` rounds its scale to it)."""
     kind, *options = scheme.split()
-    if standalone:
-        division = DIV_BY_BOUNDED
-    else:
-        division = DIV_BY_RANGED if kind == "per_group" else DIV_BY
+    division = DIV_BY_BOUNDED if standalone or kind == "per_group" else DIV_BY
     fp8_helpers = ROUND_TO_E4M3 + NAN_MAX + division
     if kind == "none":
         return "", *NONE
