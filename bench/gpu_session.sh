@@ -9,6 +9,7 @@
 #     bash bench/gpu_session.sh rerun-attention  # and the attention ones
 #     bash bench/gpu_session.sh per-group-div  # fused per-group's division form, end
 #                                       # to end, with its GPU tests
+#     bash bench/gpu_session.sh tiles   # the tiled kernels' GPU tests, and the grid probe
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -110,6 +111,15 @@ per-group-div)
         --hidden 8192 --divisions DIV_BY DIV_BY_BOUNDED
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
+tiles)
+    # the tiled kernels (standalone static / per-group / nvfp4 / per-tensor, phase 2 after
+    # a plain norm) with their GPU tests, and whether a (tiles, rows) grid beats their
+    # unsigned 32-bit division (thirty-second session: 0%-4% on nvfp4 at 7168 wide)
+    step tiled-tests 200 "${PYTEST[@]}" tests \
+        -k "standalone or per_tensor or tile or quant_alone or nvfp4"
+    step tile-probe 130 python3 bench/tile_index_probe.py --hidden 4096 7168 8192
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 coverage)
     # the cells of issue 3's speed table (hidden 4096 / 7168 / 8192, from 4096 tokens) the
     # other stages leave out (first timed over rotating inputs in the thirty-first session)
@@ -164,7 +174,7 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "per-group-div | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
+        "per-group-div | tiles | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac
