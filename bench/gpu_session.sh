@@ -9,6 +9,7 @@
 #     bash bench/gpu_session.sh rerun-attention  # and the attention ones
 #     bash bench/gpu_session.sh per-group-div  # fused per-group's division form, end
 #                                       # to end, with its GPU tests
+#     bash bench/gpu_session.sh div-finite  # per-token's div_finite, plain vs inline PTX
 #     bash bench/gpu_session.sh tiles   # the tiled kernels' GPU tests, and the grid probe
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
@@ -111,6 +112,16 @@ per-group-div)
         --hidden 8192 --divisions DIV_BY DIV_BY_BOUNDED
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
+div-finite)
+    # per-token without a residual at 7168 wide ran 6% slower in the thirty-second session
+    # than in the thirty-first, which timed div_finite in inline PTX: both forms, one
+    # machine, and the table again
+    step div-finite 150 python3 bench/launch_sweep.py --form norm --schemes per_token \
+        --hidden 4096 7168 --divisions DIV_FINITE_PTX
+    step no-residual 100 python3 bench/quant_schemes.py --no-residual --schemes per_token \
+        --hidden 4096 7168 --tokens 4096 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 tiles)
     # the tiled kernels (standalone static / per-group / nvfp4 / per-tensor, phase 2 after
     # a plain norm) with their GPU tests, and whether a (tiles, rows) grid beats their
@@ -174,7 +185,7 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "per-group-div | tiles | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
+        "per-group-div | div-finite | tiles | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac
