@@ -69,15 +69,15 @@ def amax_of(v, axis: tl.constexpr):
 # a, a zero or infinite b) q already is the quotient.
 # Two forms, bit for bit the same, which compile differently; each kernel takes the one
 # that ran fastest in an A/B (bench/RESULTS.md):
-# - DIV_BY tests the correction for NaN (the default, attention included; fused norm and
-#   add + norm with static or per-group: within 0.7% of DIV_BY_BOUNDED, H100, thirty-
-#   second session);
+# - DIV_BY tests the correction for NaN (the default, attention included; add + norm
+#   with static or per-group, and norm + static: within 0.7% of DIV_BY_BOUNDED, H100,
+#   thirty-second session);
 # - DIV_BY_BOUNDED tests a against a bound set once per scale (|a| < |b| * 2^127: a
 #   finite q; quotients from 2^127 to the largest float, far above fp8's 448, are q,
 #   within an ulp), so the test comes first and the compiler predicates the correction
 #   instead of selecting (standalone quants: per-token 11%, per-group 16% faster than
-#   a form that tested q's range, H200; rms_norm + per-group without a residual: 6%-8%
-#   faster than that form and 1%-1.5% faster than DIV_BY, H100).
+#   a form that tested q's range, H200; rms_norm + per-group without a residual: 5%-8%
+#   faster than that form and 0.3%-1.8% faster than DIV_BY, H100).
 DIV_BY = """
 @triton.jit
 def div_by(a, b, inv_b):
