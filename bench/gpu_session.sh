@@ -9,7 +9,8 @@
 #     bash bench/gpu_session.sh rerun-attention  # and the attention ones
 #     bash bench/gpu_session.sh per-group-div  # fused per-group's division form, end
 #                                       # to end, with its GPU tests
-#     bash bench/gpu_session.sh div-finite  # per-token's div_finite, plain vs inline PTX
+#     bash bench/gpu_session.sh per-token  # per-token's div_finite back in PTX: its GPU
+#                                       # tests, and every per-token table of issue 3
 #     bash bench/gpu_session.sh tiles   # the tiled kernels' GPU tests, and the grid probe
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
@@ -112,13 +113,17 @@ per-group-div)
         --hidden 8192 --divisions DIV_BY DIV_BY_BOUNDED
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
-div-finite)
-    # per-token without a residual at 7168 wide ran 6% slower in the thirty-second session
-    # than in the thirty-first, which timed div_finite in inline PTX: both forms, one
-    # machine, and the table again
-    step div-finite 150 python3 bench/launch_sweep.py --form norm --schemes per_token \
-        --hidden 4096 7168 --divisions DIV_FINITE_PTX
-    step no-residual 100 python3 bench/quant_schemes.py --no-residual --schemes per_token \
+per-token)
+    # per-token's div_finite in inline PTX again (the plain-Triton form ran 7%-8% slower
+    # without a residual at hidden 7168, thirty-third session): its GPU tests, and the
+    # per-token tables of issue 3 (without a residual, after add + rms_norm, alone)
+    step per-token-tests 200 "${PYTEST[@]}" tests/test_quant_epilogues.py tests/test_kernels.py \
+        tests/test_sm90_ptx.py tests/test_backend.py -k "per_token or div"
+    step no-residual 130 python3 bench/quant_schemes.py --no-residual --schemes per_token \
+        --hidden 4096 7168 8192 --tokens 4096 16384
+    step add-norm 100 python3 bench/quant_schemes.py --schemes per_token \
+        --hidden 4096 7168 --tokens 4096 16384
+    step standalone 100 python3 bench/quant_schemes.py --standalone --schemes per_token \
         --hidden 4096 7168 --tokens 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
@@ -185,7 +190,7 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "per-group-div | div-finite | tiles | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
+        "per-group-div | per-token | tiles | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac

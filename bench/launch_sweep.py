@@ -19,10 +19,7 @@ marked.
 
 `--divisions` compares, instead of configs, the kernel at irfuse's config with each form
 of `div_by` (irfuse/kernels/quant.py: the same bits, compiled differently) in place of
-the one the kernel takes. `DIV_FINITE_PTX` instead replaces per-token's `div_finite` by
-the inline-PTX form the thirty-first session timed (rms_norm + per-token without a
-residual at 7168 wide ran 6% faster with it then than the plain form did in the next
-session, on another H100).
+the one the kernel takes.
 """
 
 from __future__ import annotations
@@ -46,17 +43,6 @@ from irfuse.lowering.kernel_cache import load_kernel  # noqa: E402
 from irfuse.lowering.kernel_spec import KernelSpec, kernel_source  # noqa: E402
 
 DIVISIONS = ("DIV_BY", "DIV_BY_BOUNDED")
-# div_finite as the thirty-first session timed it: one element an asm block, GPU only
-DIV_FINITE_PTX = """
-@triton.jit
-def div_finite(a, b, inv_b):
-    return tl.inline_asm_elementwise(
-        "{ .reg .f32 q, r, n; mul.rn.f32 q, $1, $3; neg.f32 n, $1; fma.rn.f32 r, q, $2, n; "
-        "neg.f32 n, $3; fma.rn.f32 $0, r, n, q; }",
-        "=r,r,r,r", [a, b, inv_b], dtype=tl.float32, is_pure=True, pack=1,
-    )
-"""
-
 # each form's kernel spec, but for its scheme
 PRODUCERS = {
     "standalone": "quant/none/model",
@@ -67,13 +53,8 @@ PRODUCERS = {
 
 @functools.cache
 def with_division(spec: KernelSpec, division: str):
-    """`spec`'s kernel compiled with quant.`division` as its div_by (DIV_FINITE_PTX: as
-    its div_finite)."""
+    """`spec`'s kernel compiled with quant.`division` as its div_by."""
     source = kernel_source(spec)
-    if division == "DIV_FINITE_PTX":
-        if quant_pieces.DIV_FINITE not in source:
-            raise SystemExit(f"{spec.encode()}: no div_finite to replace")
-        return load_kernel(spec.name, source.replace(quant_pieces.DIV_FINITE, DIV_FINITE_PTX))
     taken = [form for form in DIVISIONS if getattr(quant_pieces, form) in source]
     if len(taken) != 1:
         raise SystemExit(f"{spec.encode()}: no single div_by to replace ({taken})")
@@ -167,8 +148,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--tiles", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     parser.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8, 16])
-    forms = (*DIVISIONS, "DIV_FINITE_PTX")
-    parser.add_argument("--divisions", nargs="+", choices=forms, default=[])
+    parser.add_argument("--divisions", nargs="+", choices=DIVISIONS, default=[])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch._dynamo.config.cache_size_limit = 256

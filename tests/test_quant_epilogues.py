@@ -701,25 +701,27 @@ import triton.language as tl
 {helper}
 
 @triton.jit
-def divide(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr):
+def divide(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     b = tl.load(b_ptr + cols)
-    tl.store(out_ptr + cols, {function}(tl.load(a_ptr + cols), b, tl.math.div_rn(1.0, b)))
+    tl.store(out_ptr + cols, {call}(tl.load(a_ptr + cols), b, tl.math.div_rn(1.0, b){more}))
 """
 
 
 def _divide(helper: str, function: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """`function(a, b, 1 / b)` of quant.py's `helper`, run as a kernel."""
-    divide = load_kernel("divide", DIVIDE_KERNEL.format(helper=helper, function=function))
+    """`function(a, b, 1 / b)` of quant.py's `helper`, run as a kernel (div_finite also
+    takes INTERPRET: its GPU form is PTX)."""
+    more = ", INTERPRET" if function == "div_finite" else ""
+    divide = load_kernel("divide", DIVIDE_KERNEL.format(helper=helper, call=function, more=more))
     out = torch.empty(a.numel(), device=DEVICE)
-    divide[(1,)](a.to(DEVICE), b.to(DEVICE), out, BLOCK=a.numel())
+    divide[(1,)](a.to(DEVICE), b.to(DEVICE), out, BLOCK=a.numel(), INTERPRET=DEVICE == "cpu")
     return out.cpu()
 
 
 def test_div_finite_is_correctly_rounded_division_of_finite_quotients():
-    """div_finite (div_by without its test) equals IEEE division bit for bit for finite
-    a, a finite positive b (a scale) and a normal or zero quotient, signed zeros
-    included."""
+    """div_finite (div_by without its test, on the GPU in PTX) equals IEEE division bit
+    for bit for finite a, a finite positive b (a scale) and a normal or zero quotient,
+    signed zeros included."""
     g = torch.Generator().manual_seed(1)
     n = 4096
     a = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g))

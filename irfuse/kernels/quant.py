@@ -96,12 +96,21 @@ def div_by(a, b, inv_b):
 """
 
 # div_by without its test, for a row whose every correction is finite (FINITE_ROW): the
-# same correctly rounded quotient in three instructions an element.
+# same correctly rounded quotient in three instructions an element. On the GPU in PTX, one
+# element an asm block: written in Triton it compiles to fewer instructions, yet rms_norm +
+# per-token without a residual ran 7%-8% slower with it at hidden 7168 (the same at 4096;
+# H100, bench/launch_sweep.py --divisions DIV_FINITE_PTX, thirty-third session).
 DIV_FINITE = """
 @triton.jit
-def div_finite(a, b, inv_b):
-    q = a * inv_b
-    return tl.fma(tl.fma(q, b, a * -1.0), -inv_b, q)
+def div_finite(a, b, inv_b, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        q = a * inv_b
+        return tl.fma(tl.fma(q, b, a * -1.0), -inv_b, q)
+    return tl.inline_asm_elementwise(
+        "{ .reg .f32 q, r, n; mul.rn.f32 q, $1, $3; neg.f32 n, $1; fma.rn.f32 r, q, $2, n; "
+        "neg.f32 n, $3; fma.rn.f32 $0, r, n, q; }",
+        "=r,r,r,r", [a, b, inv_b], dtype=tl.float32, is_pure=True, pack=1,
+    )
 """
 
 # 2^ceil(log2(s)) for positive normal s, on the bits (exact, unlike log2/exp2).
@@ -188,7 +197,7 @@ def per_token(scheme: str, value_dtype: str) -> tuple[str, str]:
         + "    inv_s = tl.math.div_rn(1.0, s)\n"
         + f"    if {FINITE_ROW}:  # no per-element test (div_finite)\n"
         + "    "
-        + STORE.format(value="to_fp8(div_finite(v, s, inv_s), INTERPRET)")
+        + STORE.format(value="to_fp8(div_finite(v, s, inv_s, INTERPRET), INTERPRET)")
         + "    else:\n    "
         + STORE.format(value=PER_TOKEN_QUANT)
     )

@@ -13,7 +13,7 @@ func.func @f(%x: tensor<?x256xbf16>, %w: tensor<256xbf16>) -> (tensor<?x256xf8E4
 // CHECK-NEXT: amax = row_amax
 // CHECK-NEXT: s = round_each(tl.math.div_rn(amax, 448.0), model_dtype, INTERPRET)
 // CHECK:      if (row_amax * inv_s < 2.0**120) & (s < float("inf")):
-// CHECK-NEXT: div_finite(v, s, inv_s)
+// CHECK-NEXT: div_finite(v, s, inv_s, INTERPRET)
 // CHECK-NEXT: else:
 // CHECK-NEXT: div_by(v, s, inv_s)
 // CHECK:      # %g = irfuse.quant -> kernel irfuse_quant_per_group128_in_dtype_fp8
