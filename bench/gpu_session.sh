@@ -11,7 +11,8 @@
 #                                       # to end, with its GPU tests
 #     bash bench/gpu_session.sh per-token  # per-token's div_finite back in PTX: its GPU
 #                                       # tests, and every per-token table of issue 3
-#     bash bench/gpu_session.sh tiles   # the tiled kernels' GPU tests, and the grid probe
+#     bash bench/gpu_session.sh tiles   # the tiled kernels' GPU tests, the grid probe and
+#                                       # the flat static probe
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -134,6 +135,9 @@ tiles)
     step tiled-tests 200 "${PYTEST[@]}" tests \
         -k "standalone or per_tensor or tile or quant_alone or nvfp4"
     step tile-probe 130 python3 bench/tile_index_probe.py --hidden 4096 7168 8192
+    # standalone static at 0.987x-0.998x Inductor: whether Inductor's flat form closes it
+    # (prepared in the thirty-third session, not yet run)
+    step static-flat 90 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 coverage)
