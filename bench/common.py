@@ -3,6 +3,7 @@ rounds under CUDA graphs (ANCHORS.md), medians reported, tables appended to RESU
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import statistics
@@ -85,6 +86,15 @@ def compare(
         for name, fn in candidates.items():
             samples[name].append(time_us(fn))
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def sizes_parser(hidden: list[int], rounds: int) -> argparse.ArgumentParser:
+    """The probes' arguments: --hidden (default `hidden`), --tokens (4096 16384), --rounds."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hidden", type=int, nargs="+", default=hidden)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser
 
 
 def environment() -> str:

@@ -16,7 +16,6 @@ of squares adds up in another order, so 1 byte in 1000 may differ. Appends a tab
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results, compare  # noqa: E402
+from common import append_results, compare, sizes_parser  # noqa: E402
 from quant_schemes import fused_torch  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
@@ -123,10 +122,7 @@ def probe_one(hidden: int, tokens: int, rounds: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--hidden", type=int, nargs="+", default=[4096, 7168])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = sizes_parser([4096, 7168], rounds=3)
     args = parser.parse_args()
     rows = [probe_one(h, t, args.rounds) for h in args.hidden for t in args.tokens]
     print(append_results(

@@ -12,7 +12,6 @@ inputs. It writes the same bytes (checked).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results, compare  # noqa: E402
+from common import append_results, compare, sizes_parser  # noqa: E402
 from quant_schemes import quant_torch  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
@@ -73,19 +72,15 @@ def probe_one(hidden: int, tokens: int, rounds: int) -> list[str]:
     want = candidates["generated"](x, s).view(torch.uint8)
     assert torch.equal(candidates["flat"](x, s).view(torch.uint8), want)
     times = compare(candidates, rounds, (x, s))
-    row = [str(hidden), str(tokens), f"{block}x{num_warps}w", f"{times['inductor']:.2f}",
-           f"{times['generated']:.2f}", f"{times['flat']:.2f}",
-           f"{times['inductor'] / times['generated']:.3f}x",
-           f"{times['inductor'] / times['flat']:.3f}x"]  # fmt: skip
+    row = [str(hidden), str(tokens), f"{block}x{num_warps}w"]
+    row += [f"{times[name]:.2f}" for name in candidates]
+    row += [f"{times['inductor'] / times[name]:.3f}x" for name in ("generated", "flat")]
     print(row, flush=True)
     return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--hidden", type=int, nargs="+", default=[4096, 7168, 8192])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = sizes_parser([4096, 7168, 8192], rounds=5)
     args = parser.parse_args()
     rows = [probe_one(h, t, args.rounds) for h in args.hidden for t in args.tokens]
     print(append_results(

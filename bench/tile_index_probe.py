@@ -17,7 +17,6 @@ the same bytes; appends a table.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results, compare  # noqa: E402
+from common import append_results, compare, sizes_parser  # noqa: E402
 from quant_schemes import quant_torch  # noqa: E402
 
 import irfuse.kernels.norm as norm_pieces  # noqa: E402
@@ -86,11 +85,8 @@ def probe_one(scheme: str, hidden: int, tokens: int, rounds: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = sizes_parser([4096, 7168], rounds=3)
     parser.add_argument("--schemes", nargs="+", default=["static", "per_group 128", "nvfp4"])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[4096, 7168])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384])
-    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     rows = [probe_one(scheme, h, t, args.rounds)
             for scheme in args.schemes for h in args.hidden for t in args.tokens]  # fmt: skip
