@@ -99,7 +99,7 @@ def div_by(a, b, inv_b):
 # same correctly rounded quotient in three instructions an element. On the GPU in PTX, one
 # element an asm block: written in Triton it compiles to fewer instructions, yet rms_norm +
 # per-token without a residual ran 7%-8% slower with it at hidden 7168 (the same at 4096;
-# H100, bench/launch_sweep.py --divisions DIV_FINITE_PTX, thirty-third session).
+# an A/B on one H100, bench/RESULTS.md, thirty-third session).
 DIV_FINITE = """
 @triton.jit
 def div_finite(a, b, inv_b, INTERPRET: tl.constexpr):
