@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -101,11 +98,10 @@ def variant_kernel(epilogue: str, loads: str, pack: int, polys: int):
 
 
 def compile_only() -> None:
+    from sass import OPCODE, disassemble
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
-    opcode = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", re.M)
     consts = dict(HEAD_DIM=128, HEAD_DIM_V=128, BLOCK_D=128, BLOCK_DV=128, BLOCK_M=128,
                   BLOCK_N=128, CAUSAL=0, MASK=0, KEY_MASK=False, HAS_LSE=False,
                   WIDE_OFFSETS=False, SWEEPS=False, INTERPRET=False)  # fmt: skip
@@ -126,12 +122,7 @@ def compile_only() -> None:
                 sig[p] = "fp32" if p in ("sm_scale", "mask_hidden") else "i32"
         compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
                                   options={"num_warps": 8, "num_stages": 3})  # fmt: skip
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-            cubin.write(compiled.asm["cubin"])
-            cubin.flush()
-            sass = subprocess.run([str(nvdisasm), "-c", cubin.name], capture_output=True,
-                                  text=True, check=True).stdout  # fmt: skip
-        ops = collections.Counter(opcode.findall(sass))
+        ops = collections.Counter(OPCODE.findall(disassemble(compiled.asm["cubin"])))
         print(f"{variant or 'generated'}: {sum(ops.values())} SASS instructions, "
               f"{compiled.metadata.shared} B shared; " +
               ", ".join(f"{k} {n}" for k, n in ops.most_common(8)))  # fmt: skip
@@ -156,13 +147,10 @@ def bench_shape(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> li
     v = torch.randn_like(k)
     mode = "top_left" if causal else "none"
 
-    def ours(q, k, v, loader=None):
-        run = functools.partial(lowering.kernel_attention, q, k, v, None, d**-0.5, mode,
-                                "bs_hd", False, "none")  # fmt: skip
-        if loader is None:
-            return run()[0]
+    def ours(q, k, v, loader=lowering.prefill_kernel):  # loader: the prefill's kernels
         with mock.patch.object(lowering, "prefill_kernel", loader):
-            return run()[0]
+            return lowering.kernel_attention(q, k, v, None, d**-0.5, mode, "bs_hd", False,
+                                             "none")[0]  # fmt: skip
 
     def cudnn(q, k, v):
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
@@ -172,9 +160,8 @@ def bench_shape(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> li
     base = ours(q, k, v).float()
     errors = {}
     for pack, polys in VARIANTS:
-        loader = functools.partial(lambda e, lo, p, n: variant_kernel(e, lo, p, n),
-                                   p=pack, n=polys)  # fmt: skip
         name = f"{polys}/{pack} cubic"
+        loader = functools.partial(variant_kernel, pack=pack, polys=polys)
         candidates[name] = functools.partial(ours, loader=loader)
         errors[name] = (candidates[name](q, k, v).float() - base).abs().max().item()
     times = compare(candidates, rounds, (q, k, v))

@@ -43,6 +43,7 @@ from irfuse.lowering.kernel_cache import load_kernel  # noqa: E402
 from irfuse.lowering.kernel_spec import KernelSpec, kernel_source  # noqa: E402
 
 DIVISIONS = ("DIV_BY", "DIV_BY_BOUNDED")
+
 # each form's kernel spec, but for its scheme
 PRODUCERS = {
     "standalone": "quant/none/model",

@@ -48,6 +48,17 @@ def signature(fn, kernel: str, dtype: str) -> dict[str, str]:
     return sig
 
 
+def disassemble(cubin_bytes: bytes) -> str:
+    """sm_90 SASS of a cubin, by the nvdisasm that Triton's NVIDIA backend ships."""
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(cubin_bytes)
+        cubin.flush()
+        return subprocess.run(
+            [str(nvdisasm), "-c", cubin.name], capture_output=True, text=True, check=True
+        ).stdout
+
+
 def sass(kernel: str, block: int, warps: int, dtype: str) -> str:
     fn = runtime.compiled_kernel(runtime.decode(kernel))
     sig = signature(fn, kernel, dtype)
@@ -63,13 +74,7 @@ def sass(kernel: str, block: int, warps: int, dtype: str) -> str:
         target=GPUTarget("cuda", 90, 32),
         options={"num_warps": warps},
     )
-    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-        cubin.write(compiled.asm["cubin"])
-        cubin.flush()
-        return subprocess.run(
-            [str(nvdisasm), "-c", cubin.name], capture_output=True, text=True, check=True
-        ).stdout
+    return disassemble(compiled.asm["cubin"])
 
 
 def main() -> None:
