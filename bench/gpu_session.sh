@@ -13,6 +13,7 @@
 #                                       # tests, and every per-token table of issue 3
 #     bash bench/gpu_session.sh tiles   # the tiled kernels' GPU tests, the grid probe and
 #                                       # the flat static probe
+#     bash bench/gpu_session.sh gluon   # the Gluon prefill probe (FA3's order of products)
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -36,12 +37,13 @@ python3 -m pip install -q --no-index --no-deps .whl/*.whl
 python3 -m pip install -q --no-deps --no-build-isolation -e .
 nvidia-smi --query-gpu=name,power.draw,utilization.gpu --format=csv > "$OUT/gpu.txt" 2>&1
 
-step() {  # step NAME LIMIT_S COMMAND...: run it, log it, say how it ended
+step() {  # step NAME LIMIT_S COMMAND...: run it, log it, say how it ended (its status)
     local name=$1 limit=$2
     shift 2
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
     echo "$name: exit $rc ($(tail -n 1 "$OUT/$name.log"))"
+    return $rc
 }
 
 PYTEST=(python3 -m pytest --import-mode=importlib -q -p no:cacheprovider)
@@ -140,6 +142,17 @@ tiles)
     step static-flat 90 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
+gluon)
+    # each variant checked in its own process first (a wrong mbarrier phase hangs it)
+    passed=()
+    for variant in gluon gluon-ws "gluon-ws 3 stages"; do
+        step "check-${variant// /-}" 60 python3 bench/attention_gluon_probe.py --check "$variant" \
+            && passed+=("$variant")
+    done
+    [ ${#passed[@]} -gt 0 ] && step gluon 240 python3 bench/attention_gluon_probe.py \
+        --variants "${passed[@]}"
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 coverage)
     # the cells of issue 3's speed table (hidden 4096 / 7168 / 8192, from 4096 tokens) the
     # other stages leave out (first timed over rotating inputs in the thirty-first session)
@@ -194,7 +207,7 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "per-group-div | per-token | tiles | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
+        "per-group-div | per-token | tiles | gluon | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac
