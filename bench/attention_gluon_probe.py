@@ -1,5 +1,6 @@
 """Probe: does a prefill written in Gluon, with its tensor-core products scheduled by hand,
-close the non-causal gap to cuDNN that Triton 3.6's schedule leaves (bench/RESULTS.md)?
+close the gap to cuDNN that Triton 3.6's schedule leaves (non-causal head dim 128: 0.865x,
+bench/RESULTS.md)?
 
 Triton 3.6 waits on every QK product with `wgmma.wait_group 0`, which also waits on the
 P@V product still in flight, so the softmax never runs beside a product of its own warp
@@ -10,10 +11,10 @@ QK is issued together with the previous tile's P@V, the kernel waits for the QK 
 stream through TMA into rings of STAGES tiles, each tile with its mbarrier; one
 `thread_barrier` an iteration frees the slots the two warp groups are done with.
 
-Non-causal, no mask, Sq = Skv a multiple of the tiles, q / k / v contiguous [B, H, S, D]
-(a 2-D TMA view [B*H*S, D]): enough to time the schedule, not a kernel irfuse lowers to.
-Gluon does not run in the interpreter; `--compile-only` compiles it for sm_90 on a machine
-without a GPU and counts its SASS instructions.
+Causal top-left or no mask, Sq = Skv a multiple of the tiles, q / k / v contiguous
+[B, H, S, D] (a 2-D TMA view [B*H*S, D]): enough to time the schedule, not a kernel
+irfuse lowers to. Gluon does not run in the interpreter; `--compile-only` compiles the
+variants for sm_90 on a machine without a GPU and counts their SASS instructions.
 
     python bench/attention_gluon_probe.py --check NAME   # one variant against SDPA
     python bench/attention_gluon_probe.py [--compile-only] [--variants NAME...] [--rounds 5]
@@ -57,10 +58,34 @@ def load_kv(desc, ring, bars, slot, row, pred):
 
 
 @gluon.jit
+def query_block(seq, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """The program's first query row and its number of key tiles; causal programs run the
+    longest first."""
+    block = gl.program_id(0)
+    if CAUSAL:
+        block = gl.num_programs(0) - 1 - block
+        return block * ROWS, (block + 1) * ROWS // BLOCK_N
+    return block * ROWS, seq // BLOCK_N
+
+
+@gluon.jit
+def causal_mask(s, j, n_tiles, q_start, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """Key tile j's scores, those of keys after their query at -inf when causal: only the
+    program's last tile holds the diagonal (the tiles are as long as its query rows)."""
+    if CAUSAL:
+        if j == n_tiles - 1:
+            layout: gl.constexpr = s.type.layout
+            rows = q_start + gl.arange(0, s.shape[0], layout=gl.SliceLayout(1, layout))
+            cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+            s = gl.where(cols[None, :] <= rows[:, None], s, -float("inf"))
+    return s
+
+
+@gluon.jit
 def gluon_prefill(
     q_desc, k_desc, v_desc, o_desc, seq, qk_scale,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-    STAGES: gl.constexpr, num_warps: gl.constexpr,
+    STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -72,9 +97,9 @@ def gluon_prefill(
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-    q_row = gl.program_id(1) * seq + gl.program_id(0) * BLOCK_M
+    q_start, n_tiles = query_block(seq, BLOCK_M, BLOCK_N, CAUSAL)
+    q_row = gl.program_id(1) * seq + q_start
     kv_row = gl.program_id(1) * seq
-    n_tiles = seq // BLOCK_N
 
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
     k_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
@@ -99,7 +124,7 @@ def gluon_prefill(
     mbarrier.wait(k_bars.index(0), 0)
     s = warpgroup_mma(q_smem, k_ring.index(0).permute((1, 0)), zero_s, use_acc=False,
                       is_async=True)  # fmt: skip
-    s = warpgroup_mma_wait(0, deps=(s,))
+    s = causal_mask(warpgroup_mma_wait(0, deps=(s,)), 0, n_tiles, q_start, BLOCK_N, CAUSAL)
     gl.thread_barrier()  # both warp groups are done with K slot 0
     load_kv(k_desc, k_ring, k_bars, 0, kv_row + STAGES * BLOCK_N, STAGES < n_tiles)
     m_i = gl.max(s, 1) * qk_scale
@@ -117,7 +142,7 @@ def gluon_prefill(
                           use_acc=False, is_async=True)  # fmt: skip
         mbarrier.wait(v_bars.index(prev), ((j - 1) // STAGES) & 1)
         acc = warpgroup_mma(p_op, v_ring.index(prev), acc, is_async=True)
-        s = warpgroup_mma_wait(1, deps=(s,))
+        s = causal_mask(warpgroup_mma_wait(1, deps=(s,)), j, n_tiles, q_start, BLOCK_N, CAUSAL)
         # the softmax of tile j, beside P@V of tile j - 1
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         alpha = gl.exp2(m_i - m_new)
@@ -164,8 +189,9 @@ def ws_loader(k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_free, v_free, 
 
 @gluon.jit
 def ws_consumer(q_desc, o_desc, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready, k_free,
-                v_free, q_row, n_tiles, qk_scale, BLOCK_M: gl.constexpr,
-                BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+                v_free, q_row, q_start, n_tiles, qk_scale, BLOCK_M: gl.constexpr,
+                BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                CAUSAL: gl.constexpr):  # fmt: skip
     """One warp group's BLOCK_M query rows: the schedule of gluon_prefill, its slots freed
     by mbarrier arrivals instead of a CTA-wide barrier."""
     dtype: gl.constexpr = q_desc.dtype
@@ -185,7 +211,7 @@ def ws_consumer(q_desc, o_desc, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
     mbarrier.wait(k_ready.index(0), 0)
     s = warpgroup_mma(q_smem, k_ring.index(0).permute((1, 0)), zero_s, use_acc=False,
                       is_async=True)  # fmt: skip
-    s = warpgroup_mma_wait(0, deps=(s,))
+    s = causal_mask(warpgroup_mma_wait(0, deps=(s,)), 0, n_tiles, q_start, BLOCK_N, CAUSAL)
     mbarrier.arrive(k_free.index(0))
     m_i = gl.max(s, 1) * qk_scale
     p = gl.exp2(s * qk_scale - m_i[:, None])
@@ -201,7 +227,7 @@ def ws_consumer(q_desc, o_desc, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
                           use_acc=False, is_async=True)  # fmt: skip
         mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
         acc = warpgroup_mma(p_op, v_ring.index(prev), acc, is_async=True)
-        s = warpgroup_mma_wait(1, deps=(s,))
+        s = causal_mask(warpgroup_mma_wait(1, deps=(s,)), j, n_tiles, q_start, BLOCK_N, CAUSAL)
         mbarrier.arrive(k_free.index(slot))
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         alpha = gl.exp2(m_i - m_new)
@@ -228,14 +254,14 @@ def ws_consumer(q_desc, o_desc, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
 def gluon_prefill_ws(
     q_desc, k_desc, v_desc, o_desc, seq, qk_scale,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-    STAGES: gl.constexpr, num_warps: gl.constexpr,
+    STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     """FA3's layout of warps: two consumer warp groups (the default partition and a
     worker, BLOCK_M rows each) and one producer warp issuing the TMA loads."""
     dtype: gl.constexpr = q_desc.dtype
-    q_row = gl.program_id(1) * seq + gl.program_id(0) * 2 * BLOCK_M
+    q_start, n_tiles = query_block(seq, 2 * BLOCK_M, BLOCK_N, CAUSAL)
+    q_row = gl.program_id(1) * seq + q_start
     kv_row = gl.program_id(1) * seq
-    n_tiles = seq // BLOCK_N
     q_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, HEAD_DIM], q_desc.layout)
     k_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
     v_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
@@ -254,11 +280,12 @@ def gluon_prefill_ws(
     gl.warp_specialize(
         [
             (ws_consumer, (q_desc, o_desc, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
-                           k_ready, v_ready, k_free, v_free, q_row, n_tiles, qk_scale,
-                           BLOCK_M, BLOCK_N, HEAD_DIM, STAGES)),
+                           k_ready, v_ready, k_free, v_free, q_row, q_start, n_tiles,
+                           qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL)),
             (ws_consumer, (q_desc, o_desc, q_smem.index(1), q_bars.index(1), k_ring, v_ring,
-                           k_ready, v_ready, k_free, v_free, q_row + BLOCK_M, n_tiles,
-                           qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES)),
+                           k_ready, v_ready, k_free, v_free, q_row + BLOCK_M,
+                           q_start + BLOCK_M, n_tiles, qk_scale, BLOCK_M, BLOCK_N,
+                           HEAD_DIM, STAGES, CAUSAL)),
             (ws_loader, (k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_free, v_free,
                          kv_row, n_tiles, BLOCK_N, STAGES)),
         ],
@@ -283,17 +310,19 @@ def tma_view(t: torch.Tensor, rows: int) -> TensorDescriptor:
                             [rows, t.shape[-1]], layout)  # fmt: skip
 
 
-def launch(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def launch(name: str, causal: bool, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Variant `name` over contiguous [B, H, S, D] inputs, causal top-left or no mask."""
     kernel, warps, block_m, stages = VARIANTS[name]
     b, h, s, d = q.shape
     block_n = BLOCK_N
-    assert s % ROWS == 0 and s % block_n == 0 and s // block_n >= stages
+    assert s % ROWS == 0 and s % block_n == 0 and (causal or s // block_n >= stages)
     out = torch.empty_like(q)
     descs = [tma_view(q, block_m), tma_view(k, block_n), tma_view(v, block_n),
              tma_view(out, block_m)]  # fmt: skip
     kernel[(s // ROWS, b * h)](
-        *descs, s, d**-0.5 * math.log2(math.e), block_m, block_n, d, stages, num_warps=warps
-    )
+        *descs, s, d**-0.5 * math.log2(math.e), block_m, block_n, d, stages, causal,
+        num_warps=warps,
+    )  # fmt: skip
     return out
 
 
@@ -312,7 +341,7 @@ def compile_only() -> None:
                     ("o_desc", block_m))}  # fmt: skip
             sig |= {"seq": "i32", "qk_scale": "fp32"}
             consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d, STAGES=stages,
-                          num_warps=warps)  # fmt: skip
+                          CAUSAL=True, num_warps=warps)  # fmt: skip
             sig |= {arg: "constexpr" for arg in consts}
             compiled = triton.compile(
                 GluonASTSource(kernel, sig, consts),
@@ -325,58 +354,61 @@ def compile_only() -> None:
                   ", ".join(f"{k} {n}" for k, n in ops.most_common(10)))  # fmt: skip
 
 
-SHAPES = [  # (B, H, S, D): issue 4's non-causal prefill shapes
-    (4, 32, 4096, 128),
-    (4, 32, 4096, 64),
+SHAPES = [  # (B, H, S, D, causal): issue 4's prefill shapes
+    (4, 32, 4096, 128, False),
+    (4, 32, 4096, 128, True),
+    (1, 32, 16384, 128, True),
+    (8, 16, 1024, 64, True),
+    (4, 32, 4096, 64, False),
 ]
 
 
-def bench_shape(b: int, h: int, s: int, d: int, rounds: int) -> list[str]:
+def bench_shape(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[str]:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from irfuse.lowering import attention as lowering
 
     q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in "qkv")
+    mode = "top_left" if causal else "none"
 
-    def generated(q, k, v):
-        return lowering.kernel_attention(q, k, v, None, d**-0.5, "none", "bs_hd", False,
-                                         "none")[0]  # fmt: skip
+    def generated(q, k, v):  # writes [B, S, H*D]: viewed as [B, H, S, D] to compare
+        out = lowering.kernel_attention(q, k, v, None, d**-0.5, mode, "bs_hd", False, "none")
+        return out[0].view(b, s, h, d).transpose(1, 2)
 
     def cudnn(q, k, v):
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-    reference = cudnn(q, k, v).float()
-    # generated writes [B, S, H*D]; gluon writes [B, H, S, D]
-    generated_error = (generated(q, k, v).float().view(b, s, h, d).transpose(1, 2)
-                       - reference).abs().max().item()  # fmt: skip
     candidates = {"cuDNN": cudnn, "generated": generated}
-    candidates |= {name: functools.partial(launch, name) for name in VARIANTS}
-    errors = [f"{generated_error:.2g}"]
-    errors += [f"{(candidates[n](q, k, v).float() - reference).abs().max().item():.2g}"
-               for n in VARIANTS]  # fmt: skip
+    candidates |= {name: functools.partial(launch, name, causal) for name in VARIANTS}
+    reference = cudnn(q, k, v).float()
+    errors = [f"{(candidates[n](q, k, v).float() - reference).abs().max().item():.2g}"
+              for n in list(candidates)[1:]]  # fmt: skip
     times = compare(candidates, rounds, (q, k, v))
-    flops = 4 * b * h * s * s * d
+    flops = 4 * b * h * s * s * d / (2 if causal else 1)
     cells = [f"{times[n]:.1f} ({flops / times[n] / 1e6:.0f})" for n in candidates]
-    ratios = [f"{times['cuDNN'] / times[n]:.3f}x" for n in candidates if n != "cuDNN"]
-    row = [f"B{b} H{h} S{s} D{d}", *cells, *ratios, " / ".join(errors)]
+    ratios = [f"{times['cuDNN'] / times[n]:.3f}x" for n in list(candidates)[1:]]
+    label = f"B{b} H{h} S{s} D{d}{' causal' if causal else ''}"
+    row = [label, *cells, *ratios, " / ".join(errors)]
     print(row, flush=True)
     return row
 
 
 def check(name: str) -> None:
-    """One variant against SDPA's math backend on small shapes; exits non-zero past bf16's
-    tolerance (run it under `timeout`: a wrong mbarrier phase hangs the kernel)."""
+    """One variant against SDPA's math backend on small shapes, causal and not; exits
+    non-zero past bf16's tolerance (run it under `timeout`: a wrong mbarrier phase hangs
+    the kernel)."""
     import torch.nn.functional as F
 
     worst = 0.0
-    for d in (64, 128):
+    for d, causal in ((64, False), (128, False), (64, True), (128, True)):
         q, k, v = (torch.randn(2, 3, 1024, d, device="cuda", dtype=torch.bfloat16)
                    for _ in "qkv")  # fmt: skip
-        reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-        error = (launch(name, q, k, v).float() - reference).abs().max().item()
-        print(f"{name} D{d}: max |out - reference| {error:.3g}", flush=True)
+        reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                   is_causal=causal)  # fmt: skip
+        error = (launch(name, causal, q, k, v).float() - reference).abs().max().item()
+        print(f"{name} D{d} causal {causal}: max |out - reference| {error:.3g}", flush=True)
         worst = max(worst, error)
     sys.exit(0 if worst < 2e-2 else 1)
 
@@ -389,8 +421,8 @@ def on_gpu(rounds: int, variants: list[str]) -> None:
     header = ["shape", "cuDNN us (TFLOP/s)", *names, *[f"{n} x cuDNN" for n in names],
               f"max |out - cuDNN's| {' / '.join(names)}"]  # fmt: skip
     append_results(
-        "non-causal prefill in Gluon, QK waited alone and the softmax beside P@V (probe), "
-        "bf16, us (TFLOP/s)", header, rows,
+        "prefill in Gluon, QK waited alone and the softmax beside P@V (probe), bf16, us "
+        "(TFLOP/s)", header, rows,
         f"bench/attention_gluon_probe.py: {ROWS} query rows a program, {BLOCK_N} keys a "
         f"tile, 2 K / V stages unless named; gluon: {WARPS} warps; gluon-ws: two consumer "
         "warp groups and a producer warp.",
