@@ -188,12 +188,27 @@ def ws_loader(k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_free, v_free, 
 
 
 @gluon.jit
+def take_turn(turn, round, PINGPONG: gl.constexpr):
+    """Ping-pong: wait until the other warp group has issued its products of this round."""
+    if PINGPONG:
+        mbarrier.wait(turn, round & 1)
+
+
+@gluon.jit
+def pass_turn(turn, PINGPONG: gl.constexpr):
+    if PINGPONG:
+        mbarrier.arrive(turn)
+
+
+@gluon.jit
 def ws_consumer(q_desc, o_desc, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready, k_free,
-                v_free, q_row, q_start, n_tiles, qk_scale, BLOCK_M: gl.constexpr,
-                BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                CAUSAL: gl.constexpr):  # fmt: skip
+                v_free, my_turn, other_turn, q_row, q_start, n_tiles, qk_scale,
+                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
     """One warp group's BLOCK_M query rows: the schedule of gluon_prefill, its slots freed
-    by mbarrier arrivals instead of a CTA-wide barrier."""
+    by mbarrier arrivals instead of a CTA-wide barrier. With PINGPONG the two warp groups
+    issue their products in turns (FA3's warp scheduler barrier), so that one's softmax
+    runs while the other's products hold the tensor cores."""
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
@@ -209,8 +224,10 @@ def ws_consumer(q_desc, o_desc, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     mbarrier.wait(q_bar, 0)
     mbarrier.wait(k_ready.index(0), 0)
+    take_turn(my_turn, 0, PINGPONG)
     s = warpgroup_mma(q_smem, k_ring.index(0).permute((1, 0)), zero_s, use_acc=False,
                       is_async=True)  # fmt: skip
+    pass_turn(other_turn, PINGPONG)
     s = causal_mask(warpgroup_mma_wait(0, deps=(s,)), 0, n_tiles, q_start, BLOCK_N, CAUSAL)
     mbarrier.arrive(k_free.index(0))
     m_i = gl.max(s, 1) * qk_scale
@@ -223,10 +240,12 @@ def ws_consumer(q_desc, o_desc, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
         slot = j % STAGES
         prev = (j - 1) % STAGES
         mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+        mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+        take_turn(my_turn, j, PINGPONG)
         s = warpgroup_mma(q_smem, k_ring.index(slot).permute((1, 0)), zero_s,
                           use_acc=False, is_async=True)  # fmt: skip
-        mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
         acc = warpgroup_mma(p_op, v_ring.index(prev), acc, is_async=True)
+        pass_turn(other_turn, PINGPONG)
         s = causal_mask(warpgroup_mma_wait(1, deps=(s,)), j, n_tiles, q_start, BLOCK_N, CAUSAL)
         mbarrier.arrive(k_free.index(slot))
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
@@ -241,7 +260,9 @@ def ws_consumer(q_desc, o_desc, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
 
     last = (n_tiles - 1) % STAGES
     mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
+    take_turn(my_turn, n_tiles, PINGPONG)
     acc = warpgroup_mma(p_op, v_ring.index(last), acc, is_async=True)
+    pass_turn(other_turn, PINGPONG)
     acc = warpgroup_mma_wait(0, deps=(acc,))
     acc = acc / gl.convert_layout(l_i, o_rows)[:, None]
     q_smem.store(acc.to(dtype))
@@ -254,7 +275,8 @@ def ws_consumer(q_desc, o_desc, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
 def gluon_prefill_ws(
     q_desc, k_desc, v_desc, o_desc, seq, qk_scale,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-    STAGES: gl.constexpr, CAUSAL: gl.constexpr, num_warps: gl.constexpr,
+    STAGES: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr,
+    num_warps: gl.constexpr,
 ):  # fmt: skip
     """FA3's layout of warps: two consumer warp groups (the default partition and a
     worker, BLOCK_M rows each) and one producer warp issuing the TMA loads."""
@@ -277,15 +299,20 @@ def gluon_prefill_ws(
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(k_free.index(i), count=2)  # one arrival from each consumer
         mbarrier.init(v_free.index(i), count=2)
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(turns.index(i), count=1)
+    pass_turn(turns.index(0), PINGPONG)  # the first warp group issues first
     gl.warp_specialize(
         [
             (ws_consumer, (q_desc, o_desc, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
-                           k_ready, v_ready, k_free, v_free, q_row, q_start, n_tiles,
-                           qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL)),
+                           k_ready, v_ready, k_free, v_free, turns.index(0),
+                           turns.index(1), q_row, q_start, n_tiles, qk_scale, BLOCK_M,
+                           BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PINGPONG)),
             (ws_consumer, (q_desc, o_desc, q_smem.index(1), q_bars.index(1), k_ring, v_ring,
-                           k_ready, v_ready, k_free, v_free, q_row + BLOCK_M,
-                           q_start + BLOCK_M, n_tiles, qk_scale, BLOCK_M, BLOCK_N,
-                           HEAD_DIM, STAGES, CAUSAL)),
+                           k_ready, v_ready, k_free, v_free, turns.index(1),
+                           turns.index(0), q_row + BLOCK_M, q_start + BLOCK_M, n_tiles,
+                           qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, PINGPONG)),
             (ws_loader, (k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_free, v_free,
                          kv_row, n_tiles, BLOCK_N, STAGES)),
         ],
@@ -295,10 +322,11 @@ def gluon_prefill_ws(
 
 
 ROWS = 128  # query rows a program: two warp groups of 64
-VARIANTS = {  # name: kernel, num_warps, rows of its q / out blocks, K / V stages
-    "gluon": (gluon_prefill, WARPS, ROWS, 2),
-    "gluon-ws": (gluon_prefill_ws, 4, ROWS // 2, 2),
-    "gluon-ws 3 stages": (gluon_prefill_ws, 4, ROWS // 2, 3),
+VARIANTS = {  # name: kernel, num_warps, rows of its q / out blocks, its other constexprs
+    "gluon": (gluon_prefill, WARPS, ROWS, dict(STAGES=2)),
+    "gluon-ws": (gluon_prefill_ws, 4, ROWS // 2, dict(STAGES=2, PINGPONG=False)),
+    "gluon-ws 3 stages": (gluon_prefill_ws, 4, ROWS // 2, dict(STAGES=3, PINGPONG=False)),
+    "gluon-ws ping-pong": (gluon_prefill_ws, 4, ROWS // 2, dict(STAGES=2, PINGPONG=True)),
 }
 
 
@@ -312,16 +340,16 @@ def tma_view(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 def launch(name: str, causal: bool, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """Variant `name` over contiguous [B, H, S, D] inputs, causal top-left or no mask."""
-    kernel, warps, block_m, stages = VARIANTS[name]
+    kernel, warps, block_m, options = VARIANTS[name]
     b, h, s, d = q.shape
     block_n = BLOCK_N
-    assert s % ROWS == 0 and s % block_n == 0 and (causal or s // block_n >= stages)
+    assert s % ROWS == 0 and s % block_n == 0 and (causal or s // block_n >= options["STAGES"])
     out = torch.empty_like(q)
     descs = [tma_view(q, block_m), tma_view(k, block_n), tma_view(v, block_n),
              tma_view(out, block_m)]  # fmt: skip
     kernel[(s // ROWS, b * h)](
-        *descs, s, d**-0.5 * math.log2(math.e), block_m, block_n, d, stages, causal,
-        num_warps=warps,
+        *descs, s, d**-0.5 * math.log2(math.e), BLOCK_M=block_m, BLOCK_N=block_n,
+        HEAD_DIM=d, CAUSAL=causal, num_warps=warps, **options,
     )  # fmt: skip
     return out
 
@@ -333,15 +361,15 @@ def compile_only() -> None:
     from triton.runtime.jit import mangle_type
 
     block_n = BLOCK_N
-    for name, (kernel, warps, block_m, stages) in VARIANTS.items():
+    for name, (kernel, warps, block_m, options) in VARIANTS.items():
         for d in (64, 128):
             t = torch.empty(1024, 1, 1, d, dtype=torch.bfloat16)
             sig = {arg: mangle_type(tma_view(t, rows)) for arg, rows in
                    (("q_desc", block_m), ("k_desc", block_n), ("v_desc", block_n),
                     ("o_desc", block_m))}  # fmt: skip
             sig |= {"seq": "i32", "qk_scale": "fp32"}
-            consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d, STAGES=stages,
-                          CAUSAL=True, num_warps=warps)  # fmt: skip
+            consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d, CAUSAL=True,
+                          num_warps=warps, **options)  # fmt: skip
             sig |= {arg: "constexpr" for arg in consts}
             compiled = triton.compile(
                 GluonASTSource(kernel, sig, consts),
@@ -425,7 +453,8 @@ def on_gpu(rounds: int, variants: list[str]) -> None:
         "(TFLOP/s)", header, rows,
         f"bench/attention_gluon_probe.py: {ROWS} query rows a program, {BLOCK_N} keys a "
         f"tile, 2 K / V stages unless named; gluon: {WARPS} warps; gluon-ws: two consumer "
-        "warp groups and a producer warp.",
+        "warp groups and a producer warp; ping-pong: the consumers issue their products in "
+        "turns.",
     )  # fmt: skip
 
 
