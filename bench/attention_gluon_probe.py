@@ -17,7 +17,8 @@ irfuse lowers to. Gluon does not run in the interpreter; `--compile-only` compil
 variants for sm_90 on a machine without a GPU and counts their SASS instructions.
 
     python bench/attention_gluon_probe.py --check NAME   # one variant against SDPA
-    python bench/attention_gluon_probe.py [--compile-only] [--variants NAME...] [--rounds 5]
+    python bench/attention_gluon_probe.py [--compile-only] [--variants NAME...]
+        [--shapes I...] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -441,10 +442,10 @@ def check(name: str) -> None:
     sys.exit(0 if worst < 2e-2 else 1)
 
 
-def on_gpu(rounds: int, variants: list[str]) -> None:
+def on_gpu(rounds: int, variants: list[str], shapes: list[int]) -> None:
     for name in set(VARIANTS) - set(variants):
         del VARIANTS[name]
-    rows = [bench_shape(*shape, rounds) for shape in SHAPES]
+    rows = [bench_shape(*SHAPES[i], rounds) for i in shapes]
     names = ["generated", *VARIANTS]
     header = ["shape", "cuDNN us (TFLOP/s)", *names, *[f"{n} x cuDNN" for n in names],
               f"max |out - cuDNN's| {' / '.join(names)}"]  # fmt: skip
@@ -463,6 +464,8 @@ if __name__ == "__main__":
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--check", choices=VARIANTS)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--shapes", nargs="+", type=int, default=list(range(len(SHAPES))),
+                        help="indices into SHAPES")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.compile_only:
@@ -470,4 +473,4 @@ if __name__ == "__main__":
     elif args.check:
         check(args.check)
     else:
-        on_gpu(args.rounds, args.variants)
+        on_gpu(args.rounds, args.variants, args.shapes)

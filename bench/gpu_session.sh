@@ -146,7 +146,7 @@ gluon)
     # each variant checked in its own process first (a wrong mbarrier phase hangs it)
     passed=()
     for variant in gluon gluon-ws "gluon-ws 3 stages" "gluon-ws ping-pong"; do
-        step "check-${variant// /-}" 50 python3 bench/attention_gluon_probe.py --check "$variant" \
+        step "check-${variant// /-}" 45 python3 bench/attention_gluon_probe.py --check "$variant" \
             && passed+=("$variant")
     done
     [ ${#passed[@]} -gt 0 ] && step gluon 220 python3 bench/attention_gluon_probe.py \
