@@ -448,7 +448,7 @@ def on_gpu(rounds: int, variants: list[str], shapes: list[int]) -> None:
     rows = [bench_shape(*SHAPES[i], rounds) for i in shapes]
     names = ["generated", *VARIANTS]
     header = ["shape", "cuDNN us (TFLOP/s)", *names, *[f"{n} x cuDNN" for n in names],
-              f"max |out - cuDNN's| {' / '.join(names)}"]  # fmt: skip
+              f"max abs(out - cuDNN's), {' / '.join(names)}"]  # fmt: skip
     append_results(
         "prefill in Gluon, QK waited alone and the softmax beside P@V (probe), bf16, us "
         "(TFLOP/s)", header, rows,
