@@ -20,17 +20,20 @@ variant for sm_90 on a machine without a GPU and counts its SASS instructions.
 from __future__ import annotations
 
 import argparse
-import collections
 import functools
 import sys
 from pathlib import Path
 from unittest import mock
 
-import torch
-import triton
-
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results, compare  # noqa: E402
+from common import (  # noqa: E402
+    PREFILL_SHAPES,
+    append_results,
+    compare,
+    cudnn_attention,
+    prefill_flops,
+    prefill_inputs,
+)
 
 from irfuse.kernels import attention as pieces  # noqa: E402
 from irfuse.lowering import attention as lowering  # noqa: E402
@@ -98,8 +101,7 @@ def variant_kernel(epilogue: str, loads: str, pack: int, polys: int):
 
 
 def compile_only() -> None:
-    from sass import OPCODE, disassemble
-    from triton.backends.compiler import GPUTarget
+    from sass import compile_sm90, mix
     from triton.compiler import ASTSource
 
     consts = dict(HEAD_DIM=128, HEAD_DIM_V=128, BLOCK_D=128, BLOCK_DV=128, BLOCK_M=128,
@@ -120,31 +122,12 @@ def compile_only() -> None:
                 sig[p] = "*bf16" if p == "out_ptr" else "*fp32"
             else:
                 sig[p] = "fp32" if p in ("sm_scale", "mask_hidden") else "i32"
-        compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": 8, "num_stages": 3})  # fmt: skip
-        ops = collections.Counter(OPCODE.findall(disassemble(compiled.asm["cubin"])))
-        print(f"{variant or 'generated'}: {sum(ops.values())} SASS instructions, "
-              f"{compiled.metadata.shared} B shared; " +
-              ", ".join(f"{k} {n}" for k, n in ops.most_common(8)))  # fmt: skip
-
-
-SHAPES = [  # (B, H, S, D, causal): issue 4's prefill shapes
-    (4, 32, 4096, 128, True),
-    (4, 32, 4096, 128, False),
-    (1, 32, 16384, 128, True),
-    (8, 16, 1024, 64, True),
-    (4, 32, 4096, 64, False),
-]
+        compiled = compile_sm90(ASTSource(fn, sig, consts), num_warps=8, num_stages=3)
+        print(f"{variant or 'generated'}: {mix(compiled, 8)}")
 
 
 def bench_shape(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[str]:
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    # q as its projection leaves it ([B, S, H, D] memory), k and v as a KV cache holds them
-    q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    k = torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
+    q, k, v = prefill_inputs(b, h, s, d)
     mode = "top_left" if causal else "none"
 
     def ours(q, k, v, loader=lowering.prefill_kernel):  # loader: the prefill's kernels
@@ -152,10 +135,7 @@ def bench_shape(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> li
             return lowering.kernel_attention(q, k, v, None, d**-0.5, mode, "bs_hd", False,
                                              "none")[0]  # fmt: skip
 
-    def cudnn(q, k, v):
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
+    cudnn = cudnn_attention(causal)
     candidates = {"cuDNN": cudnn, "generated": ours}
     base = ours(q, k, v).float()
     errors = {}
@@ -165,7 +145,7 @@ def bench_shape(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> li
         candidates[name] = functools.partial(ours, loader=loader)
         errors[name] = (candidates[name](q, k, v).float() - base).abs().max().item()
     times = compare(candidates, rounds, (q, k, v))
-    flops = 4 * b * h * s * s * d / (2 if causal else 1)
+    flops = prefill_flops(b, h, s, d, causal)
     cells = [f"{times['cuDNN']:.1f} ({flops / times['cuDNN'] / 1e6:.0f})"]
     cells += [f"{times[n]:.1f} ({times['cuDNN'] / times[n]:.3f}x)" for n in candidates
               if n != "cuDNN"]  # fmt: skip
@@ -176,9 +156,9 @@ def bench_shape(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> li
 
 
 def on_gpu(rounds: int) -> None:
-    rows = [bench_shape(*shape, rounds) for shape in SHAPES]
+    rows = [bench_shape(*shape, rounds) for shape in PREFILL_SHAPES]
     header = ["shape", "cuDNN us (TFLOP/s)", "generated (x cuDNN)",
-              *[f"{n}/{p} cubic" for p, n in VARIANTS], "max |out - generated's|"]  # fmt: skip
+              *[f"{n}/{p} cubic" for p, n in VARIANTS], "max abs(out - generated's)"]  # fmt: skip
     append_results(
         "prefill with part of the full tiles' exponentials on the FMA pipe (probe), bf16, "
         "us (x cuDNN)", header, rows,

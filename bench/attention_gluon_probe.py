@@ -31,7 +31,6 @@ their SASS instructions; `--check` compares one with irfuse's reference ops.
 from __future__ import annotations
 
 import argparse
-import collections
 import functools
 import math
 import sys
@@ -51,7 +50,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results, compare  # noqa: E402
+from common import (  # noqa: E402
+    PREFILL_SHAPES,
+    append_results,
+    compare,
+    cudnn_attention,
+    prefill_flops,
+    prefill_inputs,
+)
 
 BLOCK_M = 64  # query rows a consumer warp group; a program has two
 BLOCK_N = 128
@@ -322,8 +328,7 @@ def launch(name: str, causal: str, q, k, v, epilogue: str = "none", scale=None,
 def compile_only() -> None:
     """Each variant compiled for sm_90 (bottom-right causal, lse and the static epilogue:
     every branch), with its SASS instruction mix."""
-    from sass import OPCODE, disassemble
-    from triton.backends.compiler import GPUTarget
+    from sass import compile_sm90, mix
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
@@ -340,52 +345,28 @@ def compile_only() -> None:
                           CAUSAL=2, PINGPONG=pingpong, HAS_LSE=True, EPILOGUE=1,
                           num_warps=4)  # fmt: skip
             sig |= {arg: "constexpr" for arg in consts}
-            compiled = triton.compile(
-                GluonASTSource(gluon_prefill_ws, sig, consts),
-                target=GPUTarget("cuda", 90, 32),
-                options={"num_warps": 4},
-            )
-            ops = collections.Counter(OPCODE.findall(disassemble(compiled.asm["cubin"])))
-            print(f"{name} D{d}: {sum(ops.values())} SASS instructions, "
-                  f"{compiled.metadata.shared} B shared; " +
-                  ", ".join(f"{k} {n}" for k, n in ops.most_common(10)))  # fmt: skip
-
-
-SHAPES = [  # (B, H, S, D, causal): issue 4's prefill shapes
-    (4, 32, 4096, 128, False),
-    (4, 32, 4096, 128, True),
-    (1, 32, 16384, 128, True),
-    (8, 16, 1024, 64, True),
-    (4, 32, 4096, 64, False),
-]
+            compiled = compile_sm90(GluonASTSource(gluon_prefill_ws, sig, consts), num_warps=4)
+            print(f"{name} D{d}: {mix(compiled)}")
 
 
 def bench_shape(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[str]:
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     from irfuse.lowering import attention as lowering
 
-    # q as its projection leaves it ([B, S, H, D] memory), k and v as a KV cache holds them
-    q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in "kv")
+    q, k, v = prefill_inputs(b, h, s, d)
     mode = "top_left" if causal else "none"
 
     def generated(q, k, v):  # [B, S, H*D], as the Gluon variants write it
         return lowering.kernel_attention(q, k, v, None, d**-0.5, mode, "bs_hd", False,
                                          "none")[0]  # fmt: skip
 
-    def cudnn(q, k, v):
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
+    cudnn = cudnn_attention(causal)
     candidates = {"cuDNN": cudnn, "generated": generated}
     candidates |= {name: functools.partial(launch, name, mode) for name in VARIANTS}
     reference = cudnn(q, k, v).transpose(1, 2).reshape(b, s, h * d).float()
     errors = [f"{(candidates[n](q, k, v).float() - reference).abs().max().item():.2g}"
               for n in list(candidates)[1:]]  # fmt: skip
     times = compare(candidates, rounds, (q, k, v))
-    flops = 4 * b * h * s * s * d / (2 if causal else 1)
+    flops = prefill_flops(b, h, s, d, causal)
     cells = [f"{times[n]:.1f} ({flops / times[n] / 1e6:.0f})" for n in candidates]
     ratios = [f"{times['cuDNN'] / times[n]:.3f}x" for n in list(candidates)[1:]]
     label = f"B{b} H{h} S{s} D{d}{' causal' if causal else ''}"
@@ -440,7 +421,7 @@ def check(name: str) -> None:
 def on_gpu(rounds: int, variants: list[str], shapes: list[int]) -> None:
     for name in set(VARIANTS) - set(variants):
         del VARIANTS[name]
-    rows = [bench_shape(*SHAPES[i], rounds) for i in shapes]
+    rows = [bench_shape(*PREFILL_SHAPES[i], rounds) for i in shapes]
     names = ["generated", *VARIANTS]
     header = ["shape", "cuDNN us (TFLOP/s)", *names, *[f"{n} x cuDNN" for n in names],
               f"max abs(out - cuDNN's), {' / '.join(names)}"]  # fmt: skip
@@ -459,8 +440,9 @@ if __name__ == "__main__":
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--check", choices=VARIANTS)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--shapes", nargs="+", type=int, default=list(range(len(SHAPES))),
-                        help="indices into SHAPES")  # fmt: skip
+    parser.add_argument("--shapes", nargs="+", type=int,
+                        default=list(range(len(PREFILL_SHAPES))),
+                        help="indices into common.PREFILL_SHAPES")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.compile_only:

@@ -26,6 +26,38 @@ L2_PASSES = 3
 MAX_COPIES = 64
 
 
+PREFILL_SHAPES = [  # (B, H, S, D, causal): issue 4's prefill shapes
+    (4, 32, 4096, 128, True),
+    (4, 32, 4096, 128, False),
+    (1, 32, 16384, 128, True),
+    (8, 16, 1024, 64, True),
+    (4, 32, 4096, 64, False),
+]
+
+
+def prefill_inputs(b: int, h: int, s: int, d: int) -> tuple[torch.Tensor, ...]:
+    """bf16 q, k, v [B, H, S, D]: q as its projection leaves it ([B, S, H, D] memory), k and
+    v as a KV cache holds them."""
+    q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in "kv")
+    return q, k, v
+
+
+def cudnn_attention(causal: bool) -> Callable[..., torch.Tensor]:
+    """SDPA through cuDNN, causal top-left or no mask: the prefill probes' anchor."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return attention
+
+
+def prefill_flops(b: int, h: int, s: int, d: int, causal: bool) -> float:
+    return 4 * b * h * s * s * d / (2 if causal else 1)
+
+
 def time_us(fn: Callable[[], object]) -> float:
     """One timing of `fn` in microseconds, replayed from a CUDA graph."""
     return triton.testing.do_bench_cudagraph(fn, rep=50) * 1e3

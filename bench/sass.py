@@ -59,6 +59,18 @@ def disassemble(cubin_bytes: bytes) -> str:
         ).stdout
 
 
+def compile_sm90(source: ASTSource, **options: int):
+    """`source` (a Triton or Gluon ASTSource) compiled for sm_90, on any machine."""
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def mix(compiled, top: int = 10) -> str:
+    """A compiled kernel's SASS instruction count, shared memory and commonest opcodes."""
+    ops = collections.Counter(OPCODE.findall(disassemble(compiled.asm["cubin"])))
+    common = ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
+    return f"{sum(ops.values())} SASS instructions, {compiled.metadata.shared} B shared; {common}"
+
+
 def sass(kernel: str, block: int, warps: int, dtype: str) -> str:
     fn = runtime.compiled_kernel(runtime.decode(kernel))
     sig = signature(fn, kernel, dtype)
@@ -69,11 +81,7 @@ def sass(kernel: str, block: int, warps: int, dtype: str) -> str:
         for name, kind in sig.items()
         if kind not in ("constexpr", "fp32")
     }
-    compiled = triton.compile(
-        ASTSource(fn, sig, constants, attrs=divisible),
-        target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": warps},
-    )
+    compiled = compile_sm90(ASTSource(fn, sig, constants, attrs=divisible), num_warps=warps)
     return disassemble(compiled.asm["cubin"])
 
 
