@@ -64,6 +64,8 @@ BLOCK_N = 128
 STAGES = 2
 WS_CONSUMER_REGS = gl.constexpr(240)  # the second consumer warp group's registers (setmaxnreg)
 EPILOGUES = ("none", "static")
+GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
+             torch.float8_e4m3fn: gl.float8e4nv}  # fmt: skip
 CAUSAL = {"none": 0, "top_left": 1, "bottom_right": 2}
 
 
@@ -298,8 +300,7 @@ VARIANTS = {"gluon-ws": False, "gluon-ws ping-pong": True}  # name: PINGPONG
 def tma_view(t: torch.Tensor, rows: int) -> TensorDescriptor:
     """The 4-D TMA view of `t` [B, S, H, D] (last dim contiguous), `rows` a block."""
     block = [1, rows, 1, t.shape[-1]]
-    dtype = gl.float8e4nv if t.dtype == torch.float8_e4m3fn else gl.bfloat16
-    layout = gl.NVMMASharedLayout.get_default_for(block, dtype)
+    layout = gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype])
     return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
 
@@ -382,6 +383,7 @@ CHECKS = [  # (D, causal, Hq, Hkv, Sq, Skv, epilogue, lse): the forms irfuse low
     (128, "bottom_right", 4, 4, 200, 1031, "static", True),
     (64, "bottom_right", 4, 4, 300, 129, "none", True),  # 171 rows see no key
     (128, "none", 2, 2, 7, 4096, "none", False),
+    (128, "top_left", 4, 4, 1031, 1031, "static", True),  # fp16 (below)
 ]
 
 
@@ -392,10 +394,10 @@ def check(name: str) -> None:
     from irfuse.lowering.attention import _reference
 
     failed = False
-    for d, causal, hq, hkv, sq, skv, epilogue, lse in CHECKS:
-        q = torch.randn(2, sq, hq, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        k, v = (torch.randn(2, hkv, skv, d, device="cuda", dtype=torch.bfloat16)
-                for _ in "kv")  # fmt: skip
+    for case, (d, causal, hq, hkv, sq, skv, epilogue, lse) in enumerate(CHECKS):
+        dtype = torch.float16 if case == len(CHECKS) - 1 else torch.bfloat16
+        q = torch.randn(2, sq, hq, d, device="cuda", dtype=dtype).transpose(1, 2)
+        k, v = (torch.randn(2, hkv, skv, d, device="cuda", dtype=dtype) for _ in "kv")
         scale = torch.tensor([0.02], device="cuda")
         want, want_lse, _ = _reference(q, k, v, scale, d**-0.5, causal, "bs_hd", lse,
                                        epilogue, None, None)  # fmt: skip
@@ -412,7 +414,7 @@ def check(name: str) -> None:
             lse_error = (got_lse[finite] - want_lse[finite]).abs().max().item()
             ok &= lse_error < 1e-3
             note += f", lse {lse_error:.3g}"
-        print(f"{name} D{d} {causal} H{hq}/{hkv} S{sq}x{skv} {epilogue}: {note}"
+        print(f"{name} {dtype} D{d} {causal} H{hq}/{hkv} S{sq}x{skv} {epilogue}: {note}"
               f"{'' if ok else ' FAILED'}", flush=True)  # fmt: skip
         failed |= not ok
     sys.exit(1 if failed else 0)
