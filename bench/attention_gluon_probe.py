@@ -49,6 +49,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+# Triton 3.9 (the CPU's) renamed Gluon's TMA copies; 3.6 (the GPU's) has the old names only
+tma_load = getattr(tma, "async_load", tma.async_copy_global_to_shared)
+tma_store = getattr(tma, "async_store", tma.async_copy_shared_to_global)
+
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     PREFILL_SHAPES,
@@ -74,8 +78,7 @@ def load_kv(desc, ring, bars, slot, batch, row, kv_head, pred):
     """TMA of one key (or value) tile into its ring slot, completing on the slot's barrier
     (rows past the sequence read as zeros)."""
     mbarrier.expect(bars.index(slot), desc.block_type.nbytes, pred=pred)
-    tma.async_copy_global_to_shared(desc, [batch, row, kv_head, 0], bars.index(slot),
-                                    ring.index(slot), pred=pred)  # fmt: skip
+    tma_load(desc, [batch, row, kv_head, 0], bars.index(slot), ring.index(slot), pred=pred)
 
 
 @gluon.jit
@@ -171,7 +174,7 @@ def ws_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready, 
         first_masked = seq_kv // BLOCK_N
 
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [batch, q_start, head, 0], q_bar, q_smem)
+    tma_load(q_desc, [batch, q_start, head, 0], q_bar, q_smem)
     q_tile = q_smem.reshape([BLOCK_M, HEAD_DIM])
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     mbarrier.wait(q_bar, 0)
@@ -231,7 +234,7 @@ def ws_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready, 
         out = gl.minimum(gl.maximum(out.to(dtype).to(gl.float32) * inv, -448.0), 448.0)
     o_smem.reshape([BLOCK_M, HEAD_DIM]).store(out.to(o_desc.dtype))
     fence_async_shared()
-    tma.async_copy_shared_to_global(o_desc, [batch, q_start, head, 0], o_smem)
+    tma_store(o_desc, [batch, q_start, head, 0], o_smem)
     tma.store_wait(0)
 
 
