@@ -144,10 +144,11 @@ tiles)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 gluon)
-    # each variant checked in its own process first (a wrong mbarrier phase hangs it)
+    # each variant checked in its own process first (a wrong mbarrier phase hangs it; its
+    # seven cases compile seven specialisations)
     passed=()
     for variant in gluon-ws "gluon-ws ping-pong"; do
-        step "check-${variant// /-}" 45 python3 bench/attention_gluon_probe.py --check "$variant" \
+        step "check-${variant// /-}" 120 python3 bench/attention_gluon_probe.py --check "$variant" \
             && passed+=("$variant")
     done
     [ ${#passed[@]} -gt 0 ] && step gluon 220 python3 bench/attention_gluon_probe.py \
