@@ -6,7 +6,8 @@
 Candidates, timed in one process under CUDA graphs, alternating over rounds (medians):
 SDPA alone (the backend it picked, read from its kernels' names: cuDNN by default on
 H100/H200 where it takes the shape), irfuse's kernel alone (bf16 out; with a mask and no
---static-cache, as a direct call: no mask summary computed ahead), the block
+--static-cache, as a direct call: no mask summary computed ahead), the same with the Gluon
+prefill off (the Triton kernel: where the Gluon one does not run, the same), the block
 (SDPA -> [B,S,H*D] -> fp8 quant) compiled by Inductor, by irfuse with attention=irfuse
 (fused kernel) and by irfuse with attention=auto (its measured choice). --dynamic
 compiles the blocks with the batch and key count dynamic (mark_dynamic), as a decode
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare  # noqa: E402
 
-from irfuse.lowering import autotune  # noqa: E402
+from irfuse.lowering import attention_gluon, autotune  # noqa: E402
 from irfuse.lowering.attention import kernel_attention  # noqa: E402
 from irfuse.pipeline import capture_reports  # noqa: E402
 
@@ -139,6 +140,12 @@ def attention_fused(reports) -> bool:
     return any(report.fused.get("fuse-attention-quant") for report in reports)
 
 
+def triton_prefill(*args):
+    """kernel_attention with the Gluon prefill off (irfuse/lowering/attention_gluon.py)."""
+    with mock.patch.object(attention_gluon, "ENABLED", False):
+        return kernel_attention(*args)
+
+
 def bench_shape(
     shape, rounds: int, block=block, masked: str | None = None, dynamic: bool = False
 ) -> tuple[dict[str, float], str, str]:
@@ -202,6 +209,8 @@ def bench_shape(
         "sdpa": sdpa,
         "irfuse_kernel": lambda q, k, v, s, m: kernel_attention(
             q, k, v, None, d**-0.5, mode, "bs_hd", False, "none", m, summary),
+        "triton_kernel": lambda q, k, v, s, m: triton_prefill(
+            q, k, v, None, d**-0.5, mode, "bs_hd", False, "none", m, summary),
         "inductor_block": lambda q, k, v, s, m: inductor(q, k, v, s, causal, m),
         "irfuse_fused_block": lambda q, k, v, s, m: fused(q, k, v, s, causal, m),
         "irfuse_auto_block": lambda q, k, v, s, m: auto(q, k, v, s, causal, m),
@@ -248,6 +257,7 @@ def main() -> None:
             name, f"{times['sdpa']:.1f} ({tflops['sdpa']:.0f}) {backend}",
             f"{times['irfuse_kernel']:.1f} ({tflops['irfuse_kernel']:.0f})",
             f"{times['sdpa'] / times['irfuse_kernel']:.3f}x",
+            f"{times['sdpa'] / times['triton_kernel']:.3f}x",
             f"{times['inductor_block']:.1f}", f"{times['irfuse_fused_block']:.1f}",
             f"{times['irfuse_auto_block']:.1f} ({choice})",
             f"{times['inductor_block'] / times['irfuse_auto_block']:.3f}x",
@@ -275,8 +285,8 @@ def main() -> None:
     text = append_results(
         f"attention (+ {what}), bf16, us (TFLOP/s)",
         ["shape", "SDPA (its backend)", "irfuse kernel",
-         "kernel vs SDPA", "SDPA+quant (Inductor)", "irfuse fused", "irfuse auto (choice)",
-         "auto vs Inductor"],
+         "kernel vs SDPA", "Triton kernel vs SDPA", "SDPA+quant (Inductor)", "irfuse fused",
+         "irfuse auto (choice)", "auto vs Inductor"],
         rows,
         notes="decode rows count flops the same way (Sq = 1).",
         raw=raw, json_path=args.json,

@@ -35,6 +35,7 @@ import functools
 import math
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 import triton
@@ -355,13 +356,15 @@ def compile_only() -> None:
 
 def bench_shape(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[str]:
     from irfuse.lowering import attention as lowering
+    from irfuse.lowering import attention_gluon
 
     q, k, v = prefill_inputs(b, h, s, d)
     mode = "top_left" if causal else "none"
 
-    def generated(q, k, v):  # [B, S, H*D], as the Gluon variants write it
-        return lowering.kernel_attention(q, k, v, None, d**-0.5, mode, "bs_hd", False,
-                                         "none")[0]  # fmt: skip
+    def generated(q, k, v):  # [B, S, H*D], as the Gluon variants write it; the Triton kernel
+        with mock.patch.object(attention_gluon, "ENABLED", False):
+            return lowering.kernel_attention(q, k, v, None, d**-0.5, mode, "bs_hd", False,
+                                             "none")[0]  # fmt: skip
 
     cudnn = cudnn_attention(causal)
     candidates = {"cuDNN": cudnn, "generated": generated}

@@ -15,6 +15,8 @@
 #                                       # the flat static probe
 #     bash bench/gpu_session.sh gluon   # the Gluon prefill probe (FA3's order of products):
 #                                       # its checks against the reference ops, then timed
+#     bash bench/gpu_session.sh gluon-port  # the Gluon prefill in the lowering: its GPU
+#                                       # tests, by query length, issue 4's prefill table
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -153,6 +155,15 @@ gluon)
     done
     [ ${#passed[@]} -gt 0 ] && step gluon 220 python3 bench/attention_gluon_probe.py \
         --variants "${passed[@]}"
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+gluon-port)
+    # the Gluon prefill in irfuse's lowering: its GPU tests, its speed by query length
+    # against the Triton kernel and cuDNN at head dim 64, and issue 4's head-dim-64 and
+    # short GQA rows (head dim 128 by length: thirty-fifth session, bench/RESULTS.md)
+    step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py
+    step prefill-paths-64 150 python3 bench/prefill_paths.py --head-dim 64
+    step attention 200 python3 bench/attention.py --only 3 4 6
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 coverage)

@@ -21,6 +21,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from irfuse.kernels import attention as pieces
+from irfuse.kernels import attention_gluon as gluon_pieces
 from irfuse.kernels import quant as quant_pieces
 from irfuse.kernels.attention import (
     DECODE_MAX_ROWS,
@@ -34,6 +35,7 @@ from irfuse.kernels.attention import (
     uses_decode,
 )
 from irfuse.kernels.norm import MAX_COLS, ROUND_TO, conversions_in
+from irfuse.lowering import attention_gluon
 from irfuse.lowering.graph_launch import COPIED, KernelLaunch
 from irfuse.lowering.kernel_cache import load_kernel
 from irfuse.lowering.registration import runtime_op
@@ -45,6 +47,7 @@ from irfuse.lowering.runtime import (
     next_power_of_2,
     shared_memory_limit,
     sm_count,
+    tma_ok,
 )
 from irfuse.ops._checks import FLOAT_DTYPES, broadcasts_to
 from irfuse.ops.attention import attention as ref_attention
@@ -74,11 +77,12 @@ def kernel_name(epilogue: str) -> str:
     return "irfuse_attention" + _SUFFIX[epilogue]
 
 
-def _module(name: str, fuses: str, how: str, helpers: str, body: str) -> str:
+def _module(name: str, fuses: str, how: str, helpers: str, body: str,
+            pieces_file: str = "attention.py", imports: str = "") -> str:  # fmt: skip
     return (
         f'"""irfuse generated kernel {name}.\n\nFuses: {fuses}.\n{how}; see '
-        'irfuse/kernels/attention.py."""\n\nimport triton\nimport triton.language as tl\n'
-        f"{ROUND_TO}{conversions_in(body)}{helpers}\n{body}"
+        f'irfuse/kernels/{pieces_file}."""\n\nimport triton\nimport triton.language as tl\n'
+        f"{imports}{ROUND_TO}{conversions_in(body)}{helpers}\n{body}"
     )
 
 
@@ -118,6 +122,29 @@ def prefill_source(epilogue: str, loads: str = "pointer") -> str:
     how = "Flash-attention forward" + (", TMA loads" if loads == "tma" else "")
     return _module(prefill_name(epilogue, loads), "attention" + _FUSES[epilogue], how,
                    helpers, body)  # fmt: skip
+
+
+def gluon_prefill_name(epilogue: str, consumers: int) -> str:
+    return f"irfuse_attention_gluon_{consumers}wg" + _SUFFIX[epilogue]
+
+
+def gluon_prefill_source(epilogue: str, consumers: int) -> str:
+    """The sm_90 prefill in Gluon (irfuse/kernels/attention_gluon.py), its query rows
+    split over `consumers` warp groups."""
+    if epilogue not in gluon_pieces.EPILOGUES:
+        raise ValueError(f"no Gluon prefill epilogue {epilogue!r}")
+    preload, store = gluon_pieces.EPILOGUES[epilogue]
+    names = attention_gluon.TMA_COPIES
+    body = (
+        gluon_pieces.HELPERS.format(**names)
+        + gluon_pieces.CONSUMER.format(preload=preload, store=store, **names)
+        + gluon_pieces.kernel(gluon_prefill_name(epilogue, consumers), consumers)
+    )  # fmt: skip
+    helpers = "" if epilogue == "none" else quant_pieces.epilogue(epilogue)[0]
+    how = ("Flash-attention forward for sm_90 in Gluon: QK waited alone, the softmax beside "
+           f"P@V, {consumers} consumer warp groups and a TMA producer warp")  # fmt: skip
+    return _module(gluon_prefill_name(epilogue, consumers), "attention" + _FUSES[epilogue], how,
+                   helpers, body, "attention_gluon.py", gluon_pieces.HEADER)  # fmt: skip
 
 
 MASK_FLAGS_NAME = "irfuse_attention_mask_tile_flags"
@@ -173,6 +200,12 @@ def prefill_kernel(epilogue: str, loads: str) -> Any:
 
 
 @functools.cache
+def gluon_prefill_kernel(epilogue: str, consumers: int) -> Any:
+    return load_kernel(gluon_prefill_name(epilogue, consumers),
+                       gluon_prefill_source(epilogue, consumers))  # fmt: skip
+
+
+@functools.cache
 def mask_tile_flags_kernel() -> Any:
     return load_kernel(MASK_FLAGS_NAME, mask_tile_flags_source())
 
@@ -197,6 +230,9 @@ def attention_source(epilogue: str) -> str:
     parts = [combine_source(epilogue), split_kv_source()]
     if epilogue not in DECODE_ONLY:
         prefills = [prefill_source(epilogue, loads) for loads in ("pointer", "tma")]
+        if epilogue in gluon_pieces.EPILOGUES:
+            prefills += [gluon_prefill_source(epilogue, consumers)
+                         for consumers, _, _ in attention_gluon.CONFIGS.values()]  # fmt: skip
         parts = [*prefills, mask_tile_flags_source(), mask_tiles_source(), *parts]
     return "\n\n".join(parts)
 
@@ -247,7 +283,8 @@ def prefill_config(head_dim: int, seq_q: int, mask_bytes: int = 0) -> dict[str, 
 # 0.92x cuDNN against 0.84x with 128-row tiles; 4096 rows 0.90x against 0.96x).
 SHORT_SEQ = 2048
 # The same for head dim 128 without a mask (causal: 512 rows 0.76x against 0.65x, 1024
-# rows 0.89x against 0.80x; 2048 rows 0.84x against 0.86x).
+# rows 0.89x against 0.80x; 2048 rows 0.84x against 0.86x). On sm_90 the Gluon prefill
+# takes these from attention_gluon.GLUON_MIN_ROWS rows.
 SHORT_SEQ_D128 = 1024
 
 
@@ -320,16 +357,6 @@ def split_config(
         return {**config, "num_warps": 1, "num_stages": 1}
     stages = fit_stages(3 if split_len > 1024 else 2, block_m, block_n, dims, mask_bytes, device)
     return {**config, "num_warps": 4, "num_stages": stages}
-
-
-def tma_ok(*tensors: torch.Tensor) -> bool:
-    """TMA needs 16-byte aligned bases and row/batch/head strides; a broadcast (stride 0,
-    e.g. heads expanded for GQA) has no descriptor."""
-    return all(
-        t.data_ptr() % 16 == 0
-        and all(s * t.element_size() % 16 == 0 and s > 0 for s in t.stride()[:3])
-        for t in tensors
-    )
 
 
 # Row offsets (row * its stride) in the prefill kernel are 32-bit below this.
@@ -699,6 +726,12 @@ def wide_values_config(config: dict, d: int, dv: int, mask_bytes: int, device) -
 def _prefill(
     q, k, v, masking, mask_summary, scale, sm_scale, causal, layout, epilogue, out, lse, scales
 ):
+    mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
+    if attention_gluon.refusal(q, k, v, mask_kind, epilogue) is None:
+        kernel = gluon_prefill_kernel(epilogue, attention_gluon.CONFIGS[q.shape[-1]][0])
+        attention_gluon.launch(kernel, q, k, v, out, layout, lse, scale, sm_scale,
+                               CAUSAL[causal])  # fmt: skip
+        return
     b, h, sq, d = q.shape
     seq_kv, dv = k.shape[2], v.shape[-1]
     if epilogue == "nvfp4":  # bytes: token row stride Hq*Dv/2, head h at h*Dv/2
@@ -707,7 +740,6 @@ def _prefill(
         o_strides = out.stride()[:3]
     else:  # [B, S, H*Dv]: head h starts at column h*Dv
         o_strides = (out.stride(0), dv, out.stride(1))
-    mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     mask_bytes = _mask_bytes(masking)
     # tiles span the next power of two of a head dim; configs go by their widths
     tile_d, tile_dv = next_power_of_2(d), next_power_of_2(dv)

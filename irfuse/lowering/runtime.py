@@ -190,6 +190,16 @@ def shared_memory_limit(device: torch.device) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
+def tma_ok(*tensors: torch.Tensor) -> bool:
+    """TMA needs 16-byte aligned bases and row/batch/head strides; a broadcast (stride 0,
+    e.g. heads expanded for GQA) has no descriptor."""
+    return all(
+        t.data_ptr() % 16 == 0
+        and all(s * t.element_size() % 16 == 0 and s > 0 for s in t.stride()[:3])
+        for t in tensors
+    )
+
+
 def allocate_outputs(
     spec: KernelSpec, x: torch.Tensor, has_residual: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,264 @@
+"""Gluon source of the Hopper (sm_90) prefill: flash attention with its tensor-core
+products ordered by hand, as FA3 orders them.
+
+Triton 3.6 waits on every QK product with `wgmma.wait_group 0`, which also waits on the
+P@V product still in flight, so the softmax never runs beside a product of its own warp
+group, and its TMA pipeline keeps the warp groups in lockstep with CTA-wide barriers
+(head dim 128: 0.87x-0.91x cuDNN). Gluon, Triton's lower-level language (explicit
+layouts, shared memory, mbarriers, async wgmma, warp specialization), lets the kernel:
+
+- issue each key tile's QK together with the previous tile's P@V, wait for the QK alone
+  (`warpgroup_mma_wait(1)`) and run the softmax while P@V holds the tensor cores;
+- split a program's query rows over consumer warp groups (64 rows each: two at head dim
+  128 with 240 registers, three at head dim 64 with 160, as FA3) and give a producer warp
+  (24 registers) the TMA loads of K and V, into rings whose slots the consumers free by
+  mbarrier arrivals.
+
+q, k, v and the output are 4-D TMA views [B, S, H, D] of any strides but the last (q as
+its projection leaves it; the output [B, Sq, Hq, D], which both of irfuse's layouts
+store), GQA maps query head h to kv head h // group, ragged lengths read zeros past the
+end (TMA) and mask those keys in the last tile, causal is top-left or bottom-right (rows
+that see no key give 0 and lse -inf). The epilogue is one of EPILOGUES; its quant helpers
+are the @triton.jit ones of irfuse/kernels/quant.py (Gluon calls them).
+
+The placeholders: {tma_load} / {tma_store} (Triton 3.9 renamed Gluon's TMA copies), the
+epilogue's {preload} and {store}; `kernel` writes KERNEL's.
+"""
+
+HEADER = """
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+"""
+
+HELPERS = """
+
+@gluon.jit
+def load_kv(desc, ring, bars, slot, batch, row, kv_head):
+    # one key (or value) tile into its ring slot, completing on the slot's barrier (rows
+    # past the sequence read as zeros)
+    mbarrier.expect(bars.index(slot), desc.block_type.nbytes)
+    tma.{tma_load}(desc, [batch, row, kv_head, 0], bars.index(slot), ring.index(slot))
+
+
+@gluon.jit
+def key_tiles(seq_q, seq_kv, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    # the program's first query row, its key tiles (at least one) and how far the keys a
+    # query sees run past its row (Skv - Sq bottom-right, else 0); causal programs run the
+    # longest first
+    block = gl.program_id(0)
+    offset = seq_kv - seq_q if CAUSAL == 2 else 0
+    if CAUSAL != 0:
+        block = gl.num_programs(0) - 1 - block
+        seen = gl.minimum(block * ROWS + ROWS + offset, seq_kv)
+        return block * ROWS, gl.maximum(gl.cdiv(seen, BLOCK_N), 1), offset
+    return block * ROWS, gl.cdiv(seq_kv, BLOCK_N), offset
+
+
+@gluon.jit
+def mask_tile(s, j, first_masked, q_start, offset, seq_kv, BLOCK_N: gl.constexpr,
+              CAUSAL: gl.constexpr):
+    # key tile j's scores, -inf where the key is past the sequence or (causal) after what
+    # its query sees; tiles before `first_masked`, which every row sees in full, untouched
+    if j >= first_masked:
+        layout: gl.constexpr = s.type.layout
+        rows = q_start + gl.arange(0, s.shape[0], layout=gl.SliceLayout(1, layout))
+        cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+        keep = cols[None, :] < seq_kv
+        if CAUSAL != 0:
+            keep = keep & (cols[None, :] <= rows[:, None] + offset)
+        s = gl.where(keep, s, -float("inf"))
+    return s
+
+
+@gluon.jit
+def softmax_step(s, m_i, qk_scale):
+    # the new row max (base 2), the factor that rescales the old state to it and the
+    # tile's probabilities; rows that have seen no key yet (max -inf) give 0s, not NaNs
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    m_use = gl.where(m_new == -float("inf"), 0.0, m_new)
+    return m_new, gl.exp2(m_i - m_use), gl.exp2(s * qk_scale - m_use[:, None])
+
+
+@gluon.jit
+def kv_producer(k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_free, v_free, batch,
+                kv_head, n_tiles, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    # the producer warp: each K and V tile into its slot once both consumers freed it
+    for j in range(n_tiles):
+        slot = j % STAGES
+        freed = ((j // STAGES) & 1) ^ 1  # the phase that frees tile j - STAGES
+        mbarrier.wait(k_free.index(slot), freed, pred=j >= STAGES)
+        load_kv(k_desc, k_ring, k_ready, slot, batch, j * BLOCK_N, kv_head)
+        mbarrier.wait(v_free.index(slot), freed, pred=j >= STAGES)
+        load_kv(v_desc, v_ring, v_ready, slot, batch, j * BLOCK_N, kv_head)
+"""
+
+CONSUMER = """
+
+@gluon.jit
+def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
+                  k_free, v_free, lse_ptr, scale_ptr, batch, head, q_start, seq_q, seq_kv,
+                  offset, n_tiles, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                  HAS_LSE: gl.constexpr):
+    # one warp group's BLOCK_M query rows: each key tile's QK issued with the previous
+    # tile's P@V, the QK alone waited for, the softmax beside P@V
+    dtype: gl.constexpr = q_desc.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
+    )
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
+    )
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+{preload}    # tiles before this one every row of the warp group sees in full
+    if CAUSAL != 0:
+        first_masked = gl.minimum(gl.maximum(q_start + offset + 1, 0) // BLOCK_N,
+                                  seq_kv // BLOCK_N)
+    else:
+        first_masked = seq_kv // BLOCK_N
+
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    tma.{tma_load}(q_desc, [batch, q_start, head, 0], q_bar, q_smem)
+    q_tile = q_smem.reshape([BLOCK_M, HEAD_DIM])
+    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_ready.index(0), 0)
+    s = warpgroup_mma(q_tile, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
+                      zero_s, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=(s,))
+    mbarrier.arrive(k_free.index(0))
+    s = mask_tile(s, 0, first_masked, q_start, offset, seq_kv, BLOCK_N, CAUSAL)
+    m_i, _, p = softmax_step(s, gl.full([BLOCK_M], -float("inf"), gl.float32,
+                                        gl.SliceLayout(1, s_layout)), qk_scale)
+    l_i = gl.sum(p, 1)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+
+    for j in range(1, n_tiles):
+        slot = j % STAGES
+        prev = (j - 1) % STAGES
+        mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+        mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+        s = warpgroup_mma(q_tile, k_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
+                          zero_s, use_acc=False, is_async=True)
+        acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc,
+                            is_async=True)
+        s = warpgroup_mma_wait(1, deps=(s,))  # the QK alone: P@V stays in flight
+        mbarrier.arrive(k_free.index(slot))
+        s = mask_tile(s, j, first_masked, q_start, offset, seq_kv, BLOCK_N, CAUSAL)
+        m_i, alpha, p = softmax_step(s, m_i, qk_scale)
+        l_i = l_i * alpha + gl.sum(p, 1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(v_free.index(prev))
+        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+
+    last = (n_tiles - 1) % STAGES
+    mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
+    acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc,
+                        is_async=True)
+    acc = warpgroup_mma_wait(0, deps=(acc,))
+    # rows that saw no key (bottom-right, Sq > Skv) give 0 and lse -inf
+    seen = l_i > 0
+    if HAS_LSE:
+        rows = q_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+        lse = gl.where(seen, (m_i + gl.log2(l_i)) * 0.6931471805599453, -float("inf"))
+        # lse [B, Hq, Sq]: program_id(1) is batch * Hq + head
+        gl.store(lse_ptr + gl.program_id(1).to(gl.int64) * seq_q + rows, lse,
+                 mask=rows < seq_q)
+    o = acc / gl.convert_layout(gl.where(seen, l_i, 1.0), o_rows)[:, None]
+{store}    o_smem.reshape([BLOCK_M, HEAD_DIM]).store(o)
+    fence_async_shared()
+    tma.{tma_store}(o_desc, [batch, q_start, head, 0], o_smem)  # rows past Sq are not written
+    tma.store_wait(0)
+"""
+
+KERNEL = """
+
+@gluon.jit
+def {name}(
+    q_desc, k_desc, v_desc, o_desc, lse_ptr, scale_ptr, seq_q, seq_kv, n_heads, group,
+    qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+    STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LSE: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr,
+):
+    # grid (query blocks of {consumers} * BLOCK_M rows, B * Hq): {consumers} consumer warp
+    # groups (the default partition and workers) and a producer warp
+    batch = gl.program_id(1) // n_heads
+    head = gl.program_id(1) % n_heads
+    q_start, n_tiles, offset = key_tiles(seq_q, seq_kv, {consumers} * BLOCK_M, BLOCK_N, CAUSAL)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [{consumers}] + q_desc.block_type.shape,
+                                       q_desc.layout)
+    o_smem = gl.allocate_shared_memory(o_desc.dtype, [{consumers}] + o_desc.block_type.shape,
+                                       o_desc.layout)
+    k_ring = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape,
+                                       k_desc.layout)
+    v_ring = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape,
+                                       v_desc.layout)
+    q_bars = gl.allocate_shared_memory(gl.int64, [{consumers}, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range({consumers}):
+        mbarrier.init(q_bars.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_free.index(i), count={consumers})  # one arrival from each consumer
+        mbarrier.init(v_free.index(i), count={consumers})
+    gl.warp_specialize(
+        [
+{partitions}            (kv_producer, (k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_free,
+                           v_free, batch, head // group, n_tiles, BLOCK_N, STAGES)),
+        ],
+        [{worker_warps}1],
+        [{worker_regs}PRODUCER_REGS],
+    )
+"""
+
+# Consumer `{i}` of KERNEL's partitions: query rows from q_start + {i} * BLOCK_M.
+PARTITION = """            (rows_consumer, (q_desc, o_desc, q_smem.index({i}), o_smem.index({i}),
+                             q_bars.index({i}), k_ring, v_ring, k_ready, v_ready, k_free, v_free,
+                             lse_ptr, scale_ptr, batch, head, q_start + {i} * BLOCK_M, seq_q,
+                             seq_kv, offset, n_tiles, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
+                             STAGES, CAUSAL, HAS_LSE)),
+"""
+
+
+def kernel(name: str, consumers: int) -> str:
+    """KERNEL with `consumers` consumer warp groups: the default partition, then workers of
+    4 warps with CONSUMER_REGS registers each; the producer warp last."""
+    return KERNEL.format(
+        name=name, consumers=consumers,
+        partitions="".join(PARTITION.format(i=i) for i in range(consumers)),
+        worker_warps="4, " * (consumers - 1), worker_regs="CONSUMER_REGS, " * (consumers - 1),
+    )  # fmt: skip
+
+
+# (preload, store) of each epilogue, on the output `o` (fp32) before it goes to shared
+# memory; the quant ones round it to the model dtype first, as the unfused quant reads it
+# (on the GPU the fp8 cast saturates to +-448 and keeps NaN: to_fp8).
+EPILOGUES = {
+    "none": ("", "    o = o.to(o_desc.dtype)  # epilogue: store in the output dtype\n"),
+    "static": (
+        "    inv_scale = gl.div_rn(1.0, gl.load(scale_ptr))  # static fp8 scale, loaded early\n",
+        "    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o * (1 / scale)))\n"
+        "    o = to_fp8(round_to(o, dtype, False) * inv_scale, False)\n",
+    ),
+    "static div": (
+        "    out_scale = gl.load(scale_ptr)  # static fp8 scale, loaded early\n"
+        "    inv_scale = gl.div_rn(1.0, out_scale)\n",
+        "    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)),\n"
+        "    # divided correctly rounded as the graph's division\n"
+        "    o = to_fp8(div_by(round_to(o, dtype, False), out_scale, inv_scale), False)\n",
+    ),
+}

@@ -1,0 +1,116 @@
+"""When kernel_attention's prefill runs the Gluon kernel (irfuse/kernels/attention_gluon.py),
+and its launch.
+
+It runs on sm_90 (H100, H200) for head dims 64 and 128 (q, k and v alike) in bf16 /
+fp16 without an explicit mask, from GLUON_MIN_ROWS query rows, ending with no quant or
+the static fp8 one, where TMA can view q, k and v (refusal says why not); the Triton
+kernels run the rest, and everything in the interpreter. Set IRFUSE_GLUON_PREFILL=0 to
+run the Triton prefill everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import tma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from irfuse.kernels import attention_gluon as pieces
+from irfuse.kernels.attention import MAX_GRID_YZ
+from irfuse.lowering.runtime import INTERPRET, cdiv, tma_ok
+
+ENABLED = os.environ.get("IRFUSE_GLUON_PREFILL", "1") != "0"
+
+BLOCK_M = 64  # query rows a consumer warp group
+BLOCK_N = 128
+PRODUCER_REGS = 24
+# head dim: (consumer warp groups, their registers (setmaxnreg), K / V stages), as FA3
+# runs them on Hopper: at 128 two groups of 240 registers (2 x 64 KB of K / V beside q's
+# and the output's 64 KB), at 64 three of 160
+CONFIGS = {128: (2, 240, 2), 64: (3, 160, 2)}
+# Query rows from which it runs, by head dim. Head dim 128: it beat the Triton kernel at
+# every length timed (H100, 512 to 4096 rows, 1.05x-1.15x; bench/RESULTS.md), the
+# shortest 512; below, the Triton kernel's 64-row tiles (twice the programs).
+GLUON_MIN_ROWS = {128: 512, 64: 512}
+EPILOGUES = tuple(pieces.EPILOGUES)
+# Gluon's TMA copies, as this Triton names them (3.9 renamed 3.6's)
+TMA_COPIES = (
+    {"tma_load": "async_load", "tma_store": "async_store"}
+    if hasattr(tma, "async_load")
+    else {"tma_load": "async_copy_global_to_shared", "tma_store": "async_copy_shared_to_global"}
+)
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
+              torch.float8_e4m3fn: gl.float8e4nv}  # fmt: skip
+
+
+@functools.cache
+def _is_sm90(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
+
+
+def refusal(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_kind: int, epilogue: str
+) -> str | None:
+    """Why the Gluon prefill does not run q, k, v (4-D [B, H, S, D], checked by
+    kernel_attention) with a mask of `mask_kind` (0: none) and `epilogue`, or None if it
+    does."""
+    if not ENABLED:
+        return "IRFUSE_GLUON_PREFILL=0"
+    if INTERPRET or q.device.type != "cuda" or not _is_sm90(q.device.index or 0):
+        return "not on an sm_90 GPU"
+    return input_refusal(q, k, v, mask_kind, epilogue)
+
+
+def input_refusal(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_kind: int, epilogue: str
+) -> str | None:
+    """refusal's reasons but the machine's."""
+    if mask_kind:
+        return "an explicit mask"
+    if epilogue not in EPILOGUES:
+        return f"the {epilogue} epilogue"
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        return f"{q.dtype}"
+    if q.shape[-1] != v.shape[-1] or q.shape[-1] not in CONFIGS:
+        return f"head dims {q.shape[-1]} / {v.shape[-1]}"
+    if q.shape[2] < GLUON_MIN_ROWS[q.shape[-1]] or k.shape[2] == 0:
+        return f"{q.shape[2]} query rows, {k.shape[2]} keys"
+    if q.shape[0] * q.shape[1] > MAX_GRID_YZ:
+        return f"{q.shape[0] * q.shape[1]} heads"
+    if not tma_ok(q, k, v):  # the output _allocate makes always is
+        return "strides or bases TMA cannot view"
+    return None
+
+
+@functools.cache
+def _shared_layout(block: tuple[int, ...], dtype: torch.dtype) -> gl.NVMMASharedLayout:
+    return gl.NVMMASharedLayout.get_default_for(list(block), _GL_DTYPES[dtype])
+
+
+def _view(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """The TMA view of `t` [B, S, H, D] (last dim contiguous), blocks of `rows` rows."""
+    block = (1, rows, 1, t.shape[-1])
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), list(block),
+                            _shared_layout(block, t.dtype))  # fmt: skip
+
+
+def launch(kernel, q, k, v, out, layout: str, lse, scale, sm_scale: float, causal: int) -> None:
+    """The Gluon prefill over q [B, Hq, Sq, D], k, v [B, Hkv, Skv, D] (refusal None),
+    into `out` ([B, Sq, Hq*D] for bs_hd, the transpose of [B, Sq, Hq, D] for bhsd) and
+    `lse` [B, Hq, Sq] (empty: not asked for); `causal`: 0 none, 1 top-left, 2
+    bottom-right. `kernel`: the one with CONFIGS[D]'s consumers."""
+    b, h, sq, d = q.shape
+    consumers, registers, stages = CONFIGS[d]
+    rows = out.view(b, sq, h, d) if layout == "bs_hd" else out.transpose(1, 2)
+    views = (_view(q.transpose(1, 2), BLOCK_M), _view(k.transpose(1, 2), BLOCK_N),
+             _view(v.transpose(1, 2), BLOCK_N), _view(rows, BLOCK_M))  # fmt: skip
+    kernel[(cdiv(sq, consumers * BLOCK_M), b * h)](
+        *views, lse if lse.numel() else out, scale if scale is not None else out, sq,
+        k.shape[2], h, h // k.shape[1], sm_scale * math.log2(math.e), BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N, HEAD_DIM=d, STAGES=stages, CAUSAL=causal, HAS_LSE=lse.numel() > 0,
+        CONSUMER_REGS=registers, PRODUCER_REGS=PRODUCER_REGS, num_warps=4,
+    )  # fmt: skip
