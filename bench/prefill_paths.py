@@ -35,8 +35,8 @@ TOKENS, HEADS = 16384, 32
 
 
 def irfuse_prefill(gluon: bool, mode: str, epilogue: str, d: int):
-    """kernel_attention on the Gluon path at any length, or with it off."""
-    patch = {"GLUON_MIN_ROWS": {d: 1}} if gluon else {"ENABLED": False}
+    """kernel_attention on the Gluon path at any length, causal or not, or with it off."""
+    patch = {"GLUON_MIN_ROWS": {(d, True): 1, (d, False): 1}} if gluon else {"ENABLED": False}
 
     def run(q, k, v, scale):
         with mock.patch.multiple(attention_gluon, **patch):

@@ -107,9 +107,9 @@ def test_refusal_off_sm90(monkeypatch):
     """Off an sm_90 GPU (here: the CPU, or the interpreter) the Triton kernels run, and
     IRFUSE_GLUON_PREFILL=0 runs them everywhere."""
     q, k, v = _qkv_on("cpu", sq=1100, skv=1100)
-    assert attention_gluon.refusal(q, k, v, 0, "none") == "not on an sm_90 GPU"
+    assert attention_gluon.refusal(q, k, v, False, 0, "none") == "not on an sm_90 GPU"
     monkeypatch.setattr(attention_gluon, "ENABLED", False)
-    assert attention_gluon.refusal(q, k, v, 0, "none") == "IRFUSE_GLUON_PREFILL=0"
+    assert attention_gluon.refusal(q, k, v, False, 0, "none") == "IRFUSE_GLUON_PREFILL=0"
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,10 @@ def test_refusal_off_sm90(monkeypatch):
         ("mask", "an explicit mask"),
         ("nvfp4", "the nvfp4 epilogue"),
         ("fp32", "torch.float32"),
+        ("causal", None),
         ("d64", None),
+        ("d64 causal", "causal at head dim 64 (the Triton kernel is faster)"),
+        ("d64 short", "2047 query rows, 2048 keys"),
         ("d96", "head dims 96 / 96"),
         ("dv64", "head dims 128 / 64"),
         ("short", "511 query rows, 2048 keys"),
@@ -128,10 +131,12 @@ def test_refusal_off_sm90(monkeypatch):
         ("expanded heads", "strides or bases TMA cannot view"),
     ],
 )
-def test_what_it_leaves_to_the_triton_kernels(case, reason):
-    """The inputs the Gluon prefill refuses, and why (tensors on the meta device: only
-    their shapes, dtypes and strides are read)."""
-    shapes = {"d64": {"d": 64}, "d96": {"d": 96}, "short": {"sq": 511}, "no keys": {"skv": 0},
+def test_what_it_leaves_to_the_triton_kernels(case, reason, monkeypatch):
+    """The inputs the Gluon prefill refuses, and why (tensors on the meta device, taken
+    for an sm_90 GPU's: only their shapes, dtypes and strides are read)."""
+    monkeypatch.setattr(attention_gluon, "on_sm90", lambda device: True)
+    shapes = {"d64": {"d": 64}, "d64 causal": {"d": 64}, "d64 short": {"d": 64, "sq": 2047},
+              "d96": {"d": 96}, "short": {"sq": 511}, "no keys": {"skv": 0},
               "fp32": {"dtype": torch.float32}}  # fmt: skip
     q, k, v = _qkv_on("meta", **shapes.get(case, {}))
     if case == "dv64":
@@ -143,7 +148,8 @@ def test_what_it_leaves_to_the_triton_kernels(case, reason):
         k = k[:, :1].expand(1, 4, 2048, 128)
     mask_kind = 1 if case == "mask" else 0
     epilogue = "nvfp4" if case == "nvfp4" else "none"
-    assert attention_gluon.input_refusal(q, k, v, mask_kind, epilogue) == reason
+    causal = case in ("causal", "d64 causal")
+    assert attention_gluon.refusal(q, k, v, causal, mask_kind, epilogue) == reason
 
 
 needs_sm90 = pytest.mark.skipif(not SM90, reason="needs an sm_90 GPU (H100, H200)")
@@ -155,10 +161,9 @@ GPU_CASES = [  # (epilogue, causal, Hq, Hkv, Sq, Skv, layout, lse, dtype, head d
     ("none", "top_left", 4, 4, 2048, 2048, "bs_hd", True, torch.float16, 128),
     ("static", "none", 2, 2, 1025, 7, "bs_hd", True, torch.bfloat16, 128),  # keys short of a tile
     ("none", "top_left", 8, 2, 517, 517, "bs_hd", True, torch.bfloat16, 128),  # the shortest
-    ("none", "none", 4, 4, 1031, 1031, "bs_hd", True, torch.bfloat16, 64),
-    ("static", "bottom_right", 8, 2, 700, 1500, "bhsd", True, torch.float16, 64),
-    ("static div", "top_left", 4, 1, 2048, 2048, "bs_hd", False, torch.bfloat16, 64),
-    ("none", "bottom_right", 4, 4, 1000, 600, "bs_hd", True, torch.bfloat16, 64),
+    ("none", "none", 4, 4, 2051, 2051, "bs_hd", True, torch.bfloat16, 64),
+    ("static", "none", 8, 2, 2048, 1500, "bhsd", True, torch.float16, 64),
+    ("static div", "none", 4, 1, 2100, 3000, "bs_hd", False, torch.bfloat16, 64),
 ]
 
 
@@ -245,3 +250,22 @@ def test_gpu_refused_inputs_run_the_triton_kernel(monkeypatch):
     torch.testing.assert_close(out, want, atol=1.6e-2, rtol=1.6e-2)
     want, _ = ref.attention(q[:, :, :500], k, v, None, 128**-0.5, "top_left", False)
     torch.testing.assert_close(short, want, atol=1.6e-2, rtol=1.6e-2)
+
+
+@pytest.mark.cuda
+@needs_sm90
+@pytest.mark.parametrize(("causal", "sq", "skv"), [("top_left", 700, 700),
+                                                   ("bottom_right", 1000, 1500)])  # fmt: skip
+def test_gpu_warp_groups_past_their_diagonal_free_their_tiles(causal, sq, skv, monkeypatch):
+    """Causal at head dim 64 (run here though the Triton kernel takes it by default):
+    three warp groups of 64 rows, the first two stopping up to two key tiles before the
+    program's last, free those tiles' slots for the producer (else it hangs) and match
+    the reference."""
+    monkeypatch.setattr(attention_gluon, "GLUON_MIN_ROWS", {(64, True): 1})
+    q, k, v = _gpu_inputs(4, 2, sq, skv, torch.bfloat16, d=64)
+    calls = _counting_launches(monkeypatch)
+    out, lse, _ = kernel_attention(q, k, v, None, 0.125, causal, "bhsd", True, "none")
+    assert calls == [1]
+    want, want_lse = ref.attention(q, k, v, None, 0.125, causal, True)
+    torch.testing.assert_close(out, want, atol=1.6e-2, rtol=1.6e-2)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)

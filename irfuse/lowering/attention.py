@@ -727,7 +727,7 @@ def _prefill(
     q, k, v, masking, mask_summary, scale, sm_scale, causal, layout, epilogue, out, lse, scales
 ):
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
-    if attention_gluon.refusal(q, k, v, mask_kind, epilogue) is None:
+    if attention_gluon.refusal(q, k, v, causal != "none", mask_kind, epilogue) is None:
         kernel = gluon_prefill_kernel(epilogue, attention_gluon.CONFIGS[q.shape[-1]][0])
         attention_gluon.launch(kernel, q, k, v, out, layout, lse, scale, sm_scale,
                                CAUSAL[causal])  # fmt: skip

@@ -1,8 +1,8 @@
 """When kernel_attention's prefill runs the Gluon kernel (irfuse/kernels/attention_gluon.py),
 and its launch.
 
-It runs on sm_90 (H100, H200) for head dims 64 and 128 (q, k and v alike) in bf16 /
-fp16 without an explicit mask, from GLUON_MIN_ROWS query rows, ending with no quant or
+It runs on sm_90 (H100, H200) for head dims 128 and (not causal) 64, q, k and v alike,
+in bf16 / fp16 without an explicit mask, from GLUON_MIN_ROWS query rows, ending with no quant or
 the static fp8 one, where TMA can view q, k and v (refusal says why not); the Triton
 kernels run the rest, and everything in the interpreter. Set IRFUSE_GLUON_PREFILL=0 to
 run the Triton prefill everywhere.
@@ -32,10 +32,13 @@ PRODUCER_REGS = 24
 # runs them on Hopper: at 128 two groups of 240 registers (2 x 64 KB of K / V beside q's
 # and the output's 64 KB), at 64 three of 160
 CONFIGS = {128: (2, 240, 2), 64: (3, 160, 2)}
-# Query rows from which it runs, by head dim. Head dim 128: it beat the Triton kernel at
-# every length timed (H100, 512 to 4096 rows, 1.05x-1.15x; bench/RESULTS.md), the
-# shortest 512; below, the Triton kernel's 64-row tiles (twice the programs).
-GLUON_MIN_ROWS = {128: 512, 64: 512}
+# (head dim, causal): query rows from which it runs (H100, bench/RESULTS.md, 512 to 4096
+# rows, thirty-fifth session). Head dim 128: it beat the Triton kernel at every length
+# timed (1.05x-1.15x), the shortest 512; below, the Triton kernel's 64-row tiles (twice
+# the programs). Head dim 64 without a causal mask: 1.10x-1.13x from 2048 rows, even
+# below. Causal at head dim 64 its 192-row programs lost to the Triton kernel from 0.57x
+# at 512 rows to 0.99x at 2048 (1.02x at 4096): the Triton kernel runs it.
+GLUON_MIN_ROWS = {(128, False): 512, (128, True): 512, (64, False): 2048}
 EPILOGUES = tuple(pieces.EPILOGUES)
 # Gluon's TMA copies, as this Triton names them (3.9 renamed 3.6's)
 TMA_COPIES = (
@@ -52,23 +55,27 @@ def _is_sm90(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index) == (9, 0)
 
 
+def on_sm90(device: torch.device) -> bool:
+    """Whether `device` is an sm_90 GPU (H100, H200) the kernel runs on (not the
+    interpreter)."""
+    return not INTERPRET and device.type == "cuda" and _is_sm90(device.index or 0)
+
+
 def refusal(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_kind: int, epilogue: str
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    mask_kind: int,
+    epilogue: str,
 ) -> str | None:
     """Why the Gluon prefill does not run q, k, v (4-D [B, H, S, D], checked by
-    kernel_attention) with a mask of `mask_kind` (0: none) and `epilogue`, or None if it
-    does."""
+    kernel_attention), `causal` or not, with a mask of `mask_kind` (0: none) and
+    `epilogue`, or None if it does."""
     if not ENABLED:
         return "IRFUSE_GLUON_PREFILL=0"
-    if INTERPRET or q.device.type != "cuda" or not _is_sm90(q.device.index or 0):
+    if not on_sm90(q.device):
         return "not on an sm_90 GPU"
-    return input_refusal(q, k, v, mask_kind, epilogue)
-
-
-def input_refusal(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_kind: int, epilogue: str
-) -> str | None:
-    """refusal's reasons but the machine's."""
     if mask_kind:
         return "an explicit mask"
     if epilogue not in EPILOGUES:
@@ -77,7 +84,10 @@ def input_refusal(
         return f"{q.dtype}"
     if q.shape[-1] != v.shape[-1] or q.shape[-1] not in CONFIGS:
         return f"head dims {q.shape[-1]} / {v.shape[-1]}"
-    if q.shape[2] < GLUON_MIN_ROWS[q.shape[-1]] or k.shape[2] == 0:
+    min_rows = GLUON_MIN_ROWS.get((q.shape[-1], causal))
+    if min_rows is None:
+        return f"causal at head dim {q.shape[-1]} (the Triton kernel is faster)"
+    if q.shape[2] < min_rows or k.shape[2] == 0:
         return f"{q.shape[2]} query rows, {k.shape[2]} keys"
     if q.shape[0] * q.shape[1] > MAX_GRID_YZ:
         return f"{q.shape[0] * q.shape[1]} heads"
