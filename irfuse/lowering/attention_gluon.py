@@ -2,10 +2,10 @@
 and its launch.
 
 It runs on sm_90 (H100, H200) for head dims 128 and (not causal) 64, q, k and v alike,
-in bf16 / fp16 without an explicit mask, from GLUON_MIN_ROWS query rows, ending with no quant or
-the static fp8 one, where TMA can view q, k and v (refusal says why not); the Triton
-kernels run the rest, and everything in the interpreter. Set IRFUSE_GLUON_PREFILL=0 to
-run the Triton prefill everywhere.
+in bf16 / fp16 without an explicit mask, from GLUON_MIN_ROWS query rows, ending with no
+quant or the static fp8 one, where TMA can view q, k and v (refusal says why not); the
+Triton kernels run the rest, and everything in the interpreter. Set
+IRFUSE_GLUON_PREFILL=0 to run the Triton prefill everywhere.
 """
 
 from __future__ import annotations
