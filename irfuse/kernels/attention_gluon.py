@@ -118,12 +118,16 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready
     )
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
-{preload}    # tiles before this one every row of the warp group sees in full
+{preload}    # tiles before this one every row of the warp group sees in full; causal, its rows
+    # see no key past tile `my_tiles` (the program's later rows may: n_tiles)
     if CAUSAL != 0:
         first_masked = gl.minimum(gl.maximum(q_start + offset + 1, 0) // BLOCK_N,
                                   seq_kv // BLOCK_N)
+        visible = gl.minimum(q_start + BLOCK_M + offset, seq_kv)
+        my_tiles = gl.maximum(gl.cdiv(gl.maximum(visible, 0), BLOCK_N), 1)
     else:
         first_masked = seq_kv // BLOCK_N
+        my_tiles = n_tiles
 
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
     tma.{tma_load}(q_desc, [batch, q_start, head, 0], q_bar, q_smem)
@@ -142,7 +146,7 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready
     p_op = gl.convert_layout(p.to(dtype), p_layout)
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
 
-    for j in range(1, n_tiles):
+    for j in range(1, my_tiles):
         slot = j % STAGES
         prev = (j - 1) % STAGES
         mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
@@ -161,11 +165,12 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready
         mbarrier.arrive(v_free.index(prev))
         acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
 
-    last = (n_tiles - 1) % STAGES
-    mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
+    last = (my_tiles - 1) % STAGES
+    mbarrier.wait(v_ready.index(last), ((my_tiles - 1) // STAGES) & 1)
     acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc,
                         is_async=True)
     acc = warpgroup_mma_wait(0, deps=(acc,))
+    mbarrier.arrive(v_free.index(last))  # the producer may load more (causal: later rows')
     # rows that saw no key (bottom-right, Sq > Skv) give 0 and lse -inf
     seen = l_i > 0
     if HAS_LSE:
@@ -178,6 +183,15 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready
 {store}    o_smem.reshape([BLOCK_M, HEAD_DIM]).store(o)
     fence_async_shared()
     tma.{tma_store}(o_desc, [batch, q_start, head, 0], o_smem)  # rows past Sq are not written
+    if CAUSAL != 0:
+        # the tiles past this warp group's rows, freed unread in order once loaded (each
+        # arrival counts toward that tile's phase of its slot)
+        for j in range(my_tiles, n_tiles):
+            slot = j % STAGES
+            mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+            mbarrier.arrive(k_free.index(slot))
+            mbarrier.wait(v_ready.index(slot), (j // STAGES) & 1)
+            mbarrier.arrive(v_free.index(slot))
     tma.store_wait(0)
 """
 
