@@ -16,6 +16,7 @@
 #     bash bench/gpu_session.sh gluon-port  # the Gluon prefill in the lowering: its GPU
 #                                       # tests, by query length, issue 4's prefill table
 #     bash bench/gpu_session.sh gluon-causal  # its GPU tests, head dim 64 by length
+#     bash bench/gpu_session.sh gluon-sweep  # Gluon configs by length, head dims 64, 128
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -158,6 +159,17 @@ gluon-causal)
     # slot left unfreed hangs the kernel) head dim 64 by length
     step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py \
         && step prefill-paths-64 150 python3 bench/prefill_paths.py --head-dim 64
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+gluon-sweep)
+    # Gluon configs (consumers:registers:stages:block_n) by length, no epilogue: head dim
+    # 64 (causal runs the Triton kernel: can 64-key tiles or two consumers win it back?)
+    # and 128 (64-key tiles in three stages); all compile for sm_90 without spills but
+    # 3:160:2:128, irfuse's head-dim-64 one (56-72 B of stack)
+    step sweep-64 240 python3 bench/prefill_paths.py --head-dim 64 --no-epilogues \
+        --seqs 1024 4096 --configs 3:160:2:128 3:160:3:64 2:240:2:128
+    step sweep-128 150 python3 bench/prefill_paths.py --no-epilogues --seqs 1024 4096 \
+        --configs 2:240:2:128 2:240:3:64
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 coverage)

@@ -3,11 +3,15 @@ cuDNN, by query length, so that GLUON_MIN_ROWS (irfuse/lowering/attention_gluon.
 measured.
 
     python bench/prefill_paths.py [--head-dim 128] [--seqs 512 1024 2048 4096] [--rounds 5]
+        [--configs 2:240:2:128 ...] [--no-epilogues] [--compile-only]
 
 Each row holds B*S at 16384 query rows over 32 heads (a 4096-token prefill of batch 4,
 cut shorter or longer), causal top-left and not, bf16, no epilogue, q laid out as its
 projection leaves it, the output [B, S, H*D]; then the static fp8 epilogue at the
-longest length. The Gluon column runs it at any length (GLUON_MIN_ROWS lifted).
+longest length. The Gluon columns run it at any length (GLUON_MIN_ROWS lifted), one per
+config (`--configs`: consumer warp groups, their registers, K / V stages, keys a tile;
+default irfuse's); `--compile-only` compiles the configs for sm_90 on any machine and
+prints their registers, spills and shared memory.
 """
 
 from __future__ import annotations
@@ -34,9 +38,21 @@ from irfuse.lowering.attention import kernel_attention  # noqa: E402
 TOKENS, HEADS = 16384, 32
 
 
-def irfuse_prefill(gluon: bool, mode: str, epilogue: str, d: int):
-    """kernel_attention on the Gluon path at any length, causal or not, or with it off."""
-    patch = {"GLUON_MIN_ROWS": {(d, True): 1, (d, False): 1}} if gluon else {"ENABLED": False}
+def parse_config(text: str) -> attention_gluon.GluonConfig:
+    """ "consumers:registers:stages:block_n", e.g. 2:240:2:128."""
+    return attention_gluon.GluonConfig(*map(int, text.split(":")))
+
+
+def label(config: attention_gluon.GluonConfig) -> str:
+    return ":".join(map(str, config))
+
+
+def irfuse_prefill(config, mode: str, epilogue: str, d: int):
+    """kernel_attention on the Gluon path with `config` at any length, causal or not, or
+    (config None) with it off."""
+    patch = {"ENABLED": False}
+    if config is not None:
+        patch = {"GLUON_MIN_ROWS": {(d, True): 1, (d, False): 1}, "CONFIGS": {d: config}}
 
     def run(q, k, v, scale):
         with mock.patch.multiple(attention_gluon, **patch):
@@ -46,28 +62,43 @@ def irfuse_prefill(gluon: bool, mode: str, epilogue: str, d: int):
     return run
 
 
-def bench_row(s: int, d: int, causal: bool, epilogue: str, rounds: int) -> list[str]:
+def bench_row(s: int, d: int, causal: bool, epilogue: str, configs: list, rounds: int) -> list:
     b = max(1, TOKENS // s)
     q, k, v = prefill_inputs(b, HEADS, s, d)
     scale = torch.tensor([0.02], device="cuda")
     mode = "top_left" if causal else "none"
     cudnn = cudnn_attention(causal)
     candidates = {"cuDNN": lambda q, k, v, scale: cudnn(q, k, v),
-                  "Triton": irfuse_prefill(False, mode, epilogue, d),
-                  "Gluon": irfuse_prefill(True, mode, epilogue, d)}  # fmt: skip
-    # both irfuse paths against each other (the reference ops' own test is the suite's)
-    same = (candidates["Gluon"](q, k, v, scale).float()
-            - candidates["Triton"](q, k, v, scale).float()).abs().max().item()  # fmt: skip
+                  "Triton": irfuse_prefill(None, mode, epilogue, d)}  # fmt: skip
+    gluons = [f"Gluon {label(config)}" for config in configs]
+    candidates |= {name: irfuse_prefill(config, mode, epilogue, d)
+                   for name, config in zip(gluons, configs, strict=True)}  # fmt: skip
+    # the irfuse paths against each other (the reference ops' own test is the suite's)
+    triton_out = candidates["Triton"](q, k, v, scale).float()
+    same = [(candidates[name](q, k, v, scale).float() - triton_out).abs().max().item()
+            for name in gluons]  # fmt: skip
     times = compare(candidates, rounds, (q, k, v, scale))
     flops = prefill_flops(b, HEADS, s, d, causal)
     cells = [f"{times[n]:.1f} ({flops / times[n] / 1e6:.0f})" for n in candidates]
-    label = f"B{b} H{HEADS} S{s} D{d}{' causal' if causal else ''}"
-    label += "" if epilogue == "none" else f" + {epilogue} fp8"
-    row = [label, *cells, f"{times['cuDNN'] / times['Triton']:.3f}x",
-           f"{times['cuDNN'] / times['Gluon']:.3f}x",
-           f"{times['Triton'] / times['Gluon']:.3f}x", f"{same:.3g}"]  # fmt: skip
+    name = f"B{b} H{HEADS} S{s} D{d}{' causal' if causal else ''}"
+    name += "" if epilogue == "none" else f" + {epilogue} fp8"
+    row = [name, *cells, f"{times['cuDNN'] / times['Triton']:.3f}x",
+           *[f"{times['cuDNN'] / times[n]:.3f}x" for n in gluons],
+           *[f"{times['Triton'] / times[n]:.3f}x" for n in gluons],
+           " / ".join(f"{x:.3g}" for x in same)]  # fmt: skip
     print(row, flush=True)
     return row
+
+
+def compile_only(d: int, configs: list) -> None:
+    """Each config compiled for sm_90 (causal and not, no epilogue): registers, stack
+    (spills) and shared memory, as cuobjdump reads them. Run it without TRITON_INTERPRET."""
+    from sass import resources
+
+    for config in configs:
+        for causal in (0, 1):
+            compiled = attention_gluon.compile_sm90("none", d, causal, config)
+            print(f"D{d} {label(config)} causal={causal}: {resources(compiled)}", flush=True)
 
 
 def main() -> None:
@@ -75,21 +106,34 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seqs", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--head-dim", type=int, choices=[64, 128], default=128)
+    parser.add_argument("--configs", type=parse_config, nargs="+", default=None,
+                        help="Gluon configs consumers:registers:stages:block_n (default: "
+                        "irfuse's for the head dim)")  # fmt: skip
+    parser.add_argument("--compile-only", action="store_true")
+    parser.add_argument("--no-epilogues", action="store_true")
     args = parser.parse_args()
     d = args.head_dim
-    rows = [bench_row(s, d, causal, "none", args.rounds)
+    configs = args.configs or [attention_gluon.CONFIGS[d]]
+    if args.compile_only:
+        compile_only(d, configs)
+        return
+    rows = [bench_row(s, d, causal, "none", configs, args.rounds)
             for s in args.seqs for causal in (True, False)]  # fmt: skip
-    rows += [bench_row(max(args.seqs), d, causal, epilogue, args.rounds)
-             for epilogue in ("static", "static div") for causal in (True, False)]  # fmt: skip
+    epilogues = () if args.no_epilogues else ("static", "static div")
+    rows += [bench_row(max(args.seqs), d, causal, epilogue, configs, args.rounds)
+             for epilogue in epilogues for causal in (True, False)]  # fmt: skip
+    gluons = [f"Gluon {label(config)}" for config in configs]
     append_results(
         f"head-dim-{d} prefill by query length: irfuse's Gluon kernel vs its Triton kernel vs "
         "cuDNN, bf16, us (TFLOP/s)",
-        ["shape", "cuDNN", "irfuse Triton", "irfuse Gluon", "Triton x cuDNN", "Gluon x cuDNN",
-         "Gluon x Triton", "max abs(Gluon - Triton)"],
+        ["shape", "cuDNN", "irfuse Triton", *gluons, "Triton x cuDNN",
+         *[f"{n} x cuDNN" for n in gluons], *[f"{n} x Triton" for n in gluons],
+         "max abs(Gluon - Triton)"],
         rows,
         "bench/prefill_paths.py: B*S = 16384 query rows, 32 heads; q laid out as its "
-        "projection leaves it, the output [B, S, H*D]; the Gluon kernel at every length "
-        "(GLUON_MIN_ROWS lifted); the quant rows' outputs fp8 (cuDNN's bf16).",
+        "projection leaves it, the output [B, S, H*D]; Gluon configs consumers:registers:"
+        "stages:block_n, each at every length (GLUON_MIN_ROWS lifted); the quant rows' "
+        "outputs fp8 (cuDNN's bf16).",
     )  # fmt: skip
 
 

@@ -64,6 +64,19 @@ def compile_sm90(source: ASTSource, **options: int):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
+def resources(compiled) -> str:
+    """A compiled kernel's registers, stack (spills) and shared memory, by cuobjdump."""
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", cubin.name],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+    found = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", usage))
+    return (f"{found.get('REG')} registers, {found.get('STACK')} B stack, "
+            f"{compiled.metadata.shared} B shared")  # fmt: skip
+
+
 def mix(compiled, top: int = 10) -> str:
     """A compiled kernel's SASS instruction count, shared memory and commonest opcodes."""
     ops = collections.Counter(OPCODE.findall(disassemble(compiled.asm["cubin"])))

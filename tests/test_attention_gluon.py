@@ -27,28 +27,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # are compiled in a process of their own, as for a GPU.
 COMPILE = """
 import json, sys
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon._runtime import GluonASTSource
-from triton.runtime.jit import mangle_type
-from irfuse.lowering import attention, attention_gluon
+from irfuse.lowering import attention_gluon
 
-ptx = {}
-for epilogue, causal, d in json.loads(sys.argv[1]):
-    consumers, registers, stages = attention_gluon.CONFIGS[d]
-    t = torch.empty(2, 1024, 4, d, dtype=torch.bfloat16)
-    out = t if epilogue == "none" else torch.empty_like(t, dtype=torch.float8_e4m3fn)
-    views = (("q_desc", t, 64), ("k_desc", t, 128), ("v_desc", t, 128), ("o_desc", out, 64))
-    sig = {arg: mangle_type(attention_gluon._view(x, rows)) for arg, x, rows in views}
-    sig |= {"lse_ptr": "*fp32", "scale_ptr": "*fp32", "seq_q": "i32", "seq_kv": "i32",
-            "n_heads": "i32", "group": "i32", "qk_scale": "fp32"}
-    consts = dict(BLOCK_M=64, BLOCK_N=128, HEAD_DIM=d, STAGES=stages, CAUSAL=causal,
-                  HAS_LSE=True, CONSUMER_REGS=registers, PRODUCER_REGS=24, num_warps=4)
-    sig |= {arg: "constexpr" for arg in consts}
-    source = GluonASTSource(attention.gluon_prefill_kernel(epilogue, consumers), sig, consts)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": 4})
-    ptx[f"{epilogue} {d}"] = compiled.asm["ptx"]
+ptx = {f"{epilogue} {d}": attention_gluon.compile_sm90(epilogue, d, causal).asm["ptx"]
+       for epilogue, causal, d in json.loads(sys.argv[1])}
 print(json.dumps(ptx))
 """
 CASES = [
@@ -78,7 +60,7 @@ def test_generated_source_compiles_for_sm90_in_fa3_order(epilogue, d, sm90_ptx):
     waited for alone while P@V stays in flight, registers moved to the consumers, 4-D TMA
     views; the quant ones cast with saturation."""
     ptx = sm90_ptx[f"{epilogue} {d}"]
-    registers = attention_gluon.CONFIGS[d][1]
+    registers = attention_gluon.CONFIGS[d].registers
     assert "wgmma.wait_group.sync.aligned 1;" in ptx
     assert re.search(rf"setmaxnreg.inc.sync.aligned.u32\s+{registers};", ptx)
     assert "cp.async.bulk.tensor.4d" in ptx

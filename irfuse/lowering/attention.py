@@ -231,8 +231,8 @@ def attention_source(epilogue: str) -> str:
     if epilogue not in DECODE_ONLY:
         prefills = [prefill_source(epilogue, loads) for loads in ("pointer", "tma")]
         if epilogue in gluon_pieces.EPILOGUES:
-            prefills += [gluon_prefill_source(epilogue, consumers)
-                         for consumers, _, _ in attention_gluon.CONFIGS.values()]  # fmt: skip
+            prefills += [gluon_prefill_source(epilogue, config.consumers)
+                         for config in attention_gluon.CONFIGS.values()]  # fmt: skip
         parts = [*prefills, mask_tile_flags_source(), mask_tiles_source(), *parts]
     return "\n\n".join(parts)
 
@@ -728,7 +728,7 @@ def _prefill(
 ):
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     if attention_gluon.refusal(q, k, v, causal != "none", mask_kind, epilogue) is None:
-        kernel = gluon_prefill_kernel(epilogue, attention_gluon.CONFIGS[q.shape[-1]][0])
+        kernel = gluon_prefill_kernel(epilogue, attention_gluon.CONFIGS[q.shape[-1]].consumers)
         attention_gluon.launch(kernel, q, k, v, out, layout, lse, scale, sm_scale,
                                CAUSAL[causal])  # fmt: skip
         return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from typing import NamedTuple
 
 import torch
 from triton.experimental.gluon import language as gl
@@ -26,12 +27,19 @@ from irfuse.lowering.runtime import INTERPRET, cdiv, tma_ok
 ENABLED = os.environ.get("IRFUSE_GLUON_PREFILL", "1") != "0"
 
 BLOCK_M = 64  # query rows a consumer warp group
-BLOCK_N = 128
 PRODUCER_REGS = 24
-# head dim: (consumer warp groups, their registers (setmaxnreg), K / V stages), as FA3
-# runs them on Hopper: at 128 two groups of 240 registers (2 x 64 KB of K / V beside q's
-# and the output's 64 KB), at 64 three of 160
-CONFIGS = {128: (2, 240, 2), 64: (3, 160, 2)}
+
+
+class GluonConfig(NamedTuple):
+    consumers: int  # warp groups of BLOCK_M query rows
+    registers: int  # each consumer's (setmaxnreg)
+    stages: int  # of the K / V rings
+    block_n: int  # keys a tile
+
+
+# By head dim, as FA3 runs them on Hopper: at 128 two consumers of 240 registers (2 x 64
+# KB of K / V beside q's and the output's 64 KB), at 64 three of 160.
+CONFIGS = {128: GluonConfig(2, 240, 2, 128), 64: GluonConfig(3, 160, 2, 128)}
 # (head dim, causal): query rows from which it runs (H100, bench/RESULTS.md, 512 to 4096
 # rows, thirty-fifth session). Head dim 128: it beat the Triton kernel at every length
 # timed (1.05x-1.15x), the shortest 512; below, the Triton kernel's 64-row tiles (twice
@@ -114,13 +122,47 @@ def launch(kernel, q, k, v, out, layout: str, lse, scale, sm_scale: float, causa
     `lse` [B, Hq, Sq] (empty: not asked for); `causal`: 0 none, 1 top-left, 2
     bottom-right. `kernel`: the one with CONFIGS[D]'s consumers."""
     b, h, sq, d = q.shape
-    consumers, registers, stages = CONFIGS[d]
+    config = CONFIGS[d]
     rows = out.view(b, sq, h, d) if layout == "bs_hd" else out.transpose(1, 2)
-    views = (_view(q.transpose(1, 2), BLOCK_M), _view(k.transpose(1, 2), BLOCK_N),
-             _view(v.transpose(1, 2), BLOCK_N), _view(rows, BLOCK_M))  # fmt: skip
-    kernel[(cdiv(sq, consumers * BLOCK_M), b * h)](
+    views = (_view(q.transpose(1, 2), BLOCK_M), _view(k.transpose(1, 2), config.block_n),
+             _view(v.transpose(1, 2), config.block_n), _view(rows, BLOCK_M))  # fmt: skip
+    kernel[(cdiv(sq, config.consumers * BLOCK_M), b * h)](
         *views, lse if lse.numel() else out, scale if scale is not None else out, sq,
-        k.shape[2], h, h // k.shape[1], sm_scale * math.log2(math.e), BLOCK_M=BLOCK_M,
-        BLOCK_N=BLOCK_N, HEAD_DIM=d, STAGES=stages, CAUSAL=causal, HAS_LSE=lse.numel() > 0,
-        CONSUMER_REGS=registers, PRODUCER_REGS=PRODUCER_REGS, num_warps=4,
+        k.shape[2], h, h // k.shape[1], sm_scale * math.log2(math.e),
+        **_constants(config, d, causal, lse.numel() > 0),
     )  # fmt: skip
+
+
+def _constants(config: GluonConfig, head_dim: int, causal: int, has_lse: bool) -> dict:
+    """The kernel's constexpr arguments (num_warps: the default partition's)."""
+    return dict(BLOCK_M=BLOCK_M, BLOCK_N=config.block_n, HEAD_DIM=head_dim,
+                STAGES=config.stages, CAUSAL=causal, HAS_LSE=has_lse,
+                CONSUMER_REGS=config.registers, PRODUCER_REGS=PRODUCER_REGS,
+                num_warps=4)  # fmt: skip
+
+
+def compile_sm90(epilogue: str, head_dim: int, causal: int, config: GluonConfig | None = None):
+    """The kernel for `epilogue` compiled for sm_90 on any machine (Gluon has no
+    interpreter: the CPU's tests and probes check what it compiles to), bf16 in, lse
+    asked for, `config` (default CONFIGS[head_dim]). Its @triton.jit helpers must not be
+    interpreted: call it in a process without TRITON_INTERPRET."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from irfuse.lowering.attention import gluon_prefill_kernel
+
+    config = config or CONFIGS[head_dim]
+    rows = torch.empty(2, 1024, 4, head_dim, dtype=torch.bfloat16)
+    out = rows if epilogue == "none" else torch.empty_like(rows, dtype=torch.float8_e4m3fn)
+    views = (("q_desc", rows, BLOCK_M), ("k_desc", rows, config.block_n),
+             ("v_desc", rows, config.block_n), ("o_desc", out, BLOCK_M))  # fmt: skip
+    sig = {arg: mangle_type(_view(t, block)) for arg, t, block in views}
+    sig |= {"lse_ptr": "*fp32", "scale_ptr": "*fp32", "seq_q": "i32", "seq_kv": "i32",
+            "n_heads": "i32", "group": "i32", "qk_scale": "fp32"}  # fmt: skip
+    consts = _constants(config, head_dim, causal, True)
+    sig |= {arg: "constexpr" for arg in consts}
+    kernel = gluon_prefill_kernel(epilogue, config.consumers)
+    return triton.compile(GluonASTSource(kernel, sig, consts),
+                          target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})  # fmt: skip
