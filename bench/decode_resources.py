@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import re
-import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from irfuse.lowering.attention import split_kv_kernel
+sys.path.insert(0, str(Path(__file__).parent))
+from sass import resources as kernel_resources  # noqa: E402
+
+from irfuse.lowering.attention import split_kv_kernel  # noqa: E402
 
 CONSTEXPRS = ("HEAD_DIM", "HEAD_DIM_V", "BLOCK_D", "BLOCK_DV", "BLOCK_M", "BLOCK_N", "CAUSAL",
               "MASK", "KEY_MASK", "SUMMARY", "SUMMARY_BLOCK_N", "WIDE_OFFSETS",
@@ -73,19 +74,9 @@ def resources(
         target=GPUTarget("cuda", 90, 32),
         options={"num_warps": 4, "num_stages": stages},
     )
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-        cubin.write(compiled.asm["cubin"])
-        cubin.flush()
-        usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", cubin.name],
-                               capture_output=True, text=True, check=True).stdout  # fmt: skip
-    registers, stack = (re.search(rf"{key}:(\d+)", usage) for key in ("REG", "STACK"))
     return (
         f"head dim {head_dim}, {block_m}x{block_n} tiles, {stages} stages, mask {mask}"
-        f"{', 64-bit offsets' if wide else ''}: "
-        f"shared {compiled.metadata.shared / 1024:.0f} KB, "
-        f"{registers.group(1) if registers else '?'} registers, "
-        f"{stack.group(1) if stack else '?'} bytes of stack per thread"
+        f"{', 64-bit offsets' if wide else ''}: {kernel_resources(compiled)}"
     )
 
 
