@@ -275,3 +275,25 @@ def test_gpu_inductor_launches_the_decode_from_its_wrapper(epilogue):
     assert torch.equal(_bits(q_got).flatten(), _bits(out).flatten())
     if scales_got is not None:
         assert torch.equal(_bits(scales_got).flatten(), _bits(scales).flatten())
+
+
+def test_the_report_names_the_prefill_kernel(monkeypatch):
+    """A prefill's launch line names the kernel its runtime op runs at those shapes: the
+    Gluon one on sm_90 (taken here for one), else the Triton one and why."""
+    from irfuse.lowering import attention_gluon
+    from irfuse.lowering.attention import prefill_note
+
+    prefill = [(2, 4, 1024, 128), (2, 2, 1024, 128), (2, 2, 1024, 128)]
+    decode = [(2, 4, 1, 128), (2, 2, 1024, 128), (2, 2, 1024, 128)]
+    assert prefill_note(*_fakes(prefill, "cuda"), "top_left", False, "static") == (
+        "its prefill: the Triton kernel (not on an sm_90 GPU)"
+    )
+    monkeypatch.setattr(attention_gluon, "on_sm90", lambda device: True)
+    assert prefill_note(*_fakes(prefill, "cuda"), "top_left", False, "static") == (
+        "its prefill: irfuse_attention_gluon_2wg_static_fp8 (Gluon, sm_90)"
+    )
+    assert prefill_note(*_fakes(prefill, "cuda"), "none", True, "none") == (
+        "its prefill: the Triton kernel (an explicit mask)"
+    )
+    assert prefill_note(*_fakes(decode, "cuda"), "none", False, "none") is None
+    assert prefill_note(*_fakes(prefill, "cpu"), "none", False, "none") is None

@@ -573,6 +573,22 @@ def graph_launch_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> s
     return None
 
 
+def prefill_note(q, k, v, causal: str, has_mask: bool, epilogue: str) -> str | None:
+    """Which prefill kernel kernel_attention runs on tensors like the fake q, k, v (for
+    the report's launches; its runtime op decides per call), or None where it runs none
+    or that is not known when the graph compiles (decode, fp32, symbolic shapes, not on
+    the GPU)."""
+    if q.device.type != "cuda" or not all(isinstance(n, int) for t in (q, k, v) for n in t.shape):
+        return None
+    if runs_reference(q) or uses_decode(q.shape[2], q.shape[1], k.shape[1]):
+        return None
+    why = attention_gluon.refusal(q, k, v, causal != "none", int(has_mask), epilogue)
+    if why is not None:
+        return f"its prefill: the Triton kernel ({why})"
+    consumers = attention_gluon.CONFIGS[q.shape[-1]].consumers
+    return f"its prefill: {gluon_prefill_name(epilogue, consumers)} (Gluon, sm_90)"
+
+
 def graph_launches(
     q,
     k,

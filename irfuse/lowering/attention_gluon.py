@@ -66,7 +66,8 @@ def _is_sm90(device_index: int) -> bool:
 def on_sm90(device: torch.device) -> bool:
     """Whether `device` is an sm_90 GPU (H100, H200) the kernel runs on (not the
     interpreter)."""
-    return not INTERPRET and device.type == "cuda" and _is_sm90(device.index or 0)
+    cuda = not INTERPRET and device.type == "cuda" and torch.cuda.is_available()
+    return cuda and _is_sm90(device.index or 0)
 
 
 def refusal(

@@ -29,7 +29,7 @@ from irfuse.dialects.irfuse import (
 )
 from irfuse.lowering.attention import graph_launch_problem as attention_graph_problem
 from irfuse.lowering.attention import graph_launches as attention_graph_launches
-from irfuse.lowering.attention import summary_graph_launches, summary_graph_problem
+from irfuse.lowering.attention import prefill_note, summary_graph_launches, summary_graph_problem
 from irfuse.lowering.graph_launch import NodeInserter, insert_launches, leading_sizes
 from irfuse.lowering.kernel_spec import AttentionKernel, KernelSpec
 from irfuse.lowering.runtime import INTERPRET  # (and registers torch.ops.irfuse.kernel_norm)
@@ -336,7 +336,8 @@ def _lower_attention(
         problem = lowered
     nodes = _call(graph, anchor, torch.ops.irfuse.kernel_attention.default, args, indices)
     results = [_flattened(graph, n, r) for n, r in zip(nodes[1:], op.results, strict=True)]
-    return results, f"torch.ops.irfuse.kernel_attention ({problem})"
+    note = prefill_note(q, k, v, op.causal.data, mask_args[0] is not None, spec.epilogue)
+    return results, f"torch.ops.irfuse.kernel_attention ({problem}{f'; {note}' if note else ''})"
 
 
 def lower_attention_in_graph(
