@@ -582,7 +582,7 @@ def prefill_note(q, k, v, causal: str, has_mask: bool, epilogue: str) -> str | N
         return None
     if runs_reference(q) or uses_decode(q.shape[2], q.shape[1], k.shape[1]):
         return None
-    why = attention_gluon.refusal(q, k, v, causal != "none", int(has_mask), epilogue)
+    why = attention_gluon.refusal(q, k, v, causal != "none", int(has_mask), epilogue, False)
     if why is not None:
         return f"its prefill: the Triton kernel ({why})"
     consumers = attention_gluon.CONFIGS[q.shape[-1]].consumers

@@ -22,7 +22,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from irfuse.kernels import attention_gluon as pieces
 from irfuse.kernels.attention import MAX_GRID_YZ
-from irfuse.lowering.runtime import INTERPRET, cdiv, tma_ok
+from irfuse.lowering.runtime import INTERPRET, cdiv, tma_ok, tma_strides_ok
 
 ENABLED = os.environ.get("IRFUSE_GLUON_PREFILL", "1") != "0"
 
@@ -77,10 +77,12 @@ def refusal(
     causal: bool,
     mask_kind: int,
     epilogue: str,
+    addresses: bool = True,
 ) -> str | None:
     """Why the Gluon prefill does not run q, k, v (4-D [B, H, S, D], checked by
     kernel_attention), `causal` or not, with a mask of `mask_kind` (0: none) and
-    `epilogue`, or None if it does."""
+    `epilogue`, or None if it does. `addresses`: whether to check the tensors' bases too
+    (a graph's fake tensors have none: compiling, their data_ptr raises)."""
     if not ENABLED:
         return "IRFUSE_GLUON_PREFILL=0"
     if not on_sm90(q.device):
@@ -100,7 +102,7 @@ def refusal(
         return f"{q.shape[2]} query rows, {k.shape[2]} keys"
     if q.shape[0] * q.shape[1] > MAX_GRID_YZ:
         return f"{q.shape[0] * q.shape[1]} heads"
-    if not tma_ok(q, k, v):  # the output _allocate makes always is
+    if not (tma_ok if addresses else tma_strides_ok)(q, k, v):  # (the output always is)
         return "strides or bases TMA cannot view"
     return None
 

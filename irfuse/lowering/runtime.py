@@ -190,14 +190,17 @@ def shared_memory_limit(device: torch.device) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
-def tma_ok(*tensors: torch.Tensor) -> bool:
-    """TMA needs 16-byte aligned bases and row/batch/head strides; a broadcast (stride 0,
-    e.g. heads expanded for GQA) has no descriptor."""
+def tma_strides_ok(*tensors: torch.Tensor) -> bool:
+    """TMA needs 16-byte aligned row/batch/head strides; a broadcast (stride 0, e.g. heads
+    expanded for GQA) has no descriptor."""
     return all(
-        t.data_ptr() % 16 == 0
-        and all(s * t.element_size() % 16 == 0 and s > 0 for s in t.stride()[:3])
-        for t in tensors
+        all(s * t.element_size() % 16 == 0 and s > 0 for s in t.stride()[:3]) for t in tensors
     )
+
+
+def tma_ok(*tensors: torch.Tensor) -> bool:
+    """tma_strides_ok, and 16-byte aligned bases."""
+    return tma_strides_ok(*tensors) and all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def allocate_outputs(
