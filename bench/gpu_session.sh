@@ -13,9 +13,8 @@
 #                                       # tests, and every per-token table of issue 3
 #     bash bench/gpu_session.sh tiles   # the tiled kernels' GPU tests, the grid probe and
 #                                       # the flat static probe
-#     bash bench/gpu_session.sh gluon-port  # the Gluon prefill in the lowering: its GPU
-#                                       # tests, by query length, issue 4's prefill table
-#     bash bench/gpu_session.sh gluon-causal  # its GPU tests, head dim 64 by length
+#     bash bench/gpu_session.sh gluon   # the Gluon prefill: its GPU tests, by length at
+#                                       # both head dims, issue 4's prefill rows
 #     bash bench/gpu_session.sh gluon-sweep  # Gluon configs by length, head dims 64, 128
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
@@ -145,20 +144,13 @@ tiles)
     step static-flat 90 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
-gluon-port)
-    # the Gluon prefill in irfuse's lowering: its GPU tests, its speed by query length
-    # against the Triton kernel and cuDNN at head dim 64, and issue 4's head-dim-64 and
-    # short GQA rows (head dim 128 by length: thirty-fifth session, bench/RESULTS.md)
-    step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py
-    step prefill-paths-64 150 python3 bench/prefill_paths.py --head-dim 64
-    step attention 200 python3 bench/attention.py --only 3 4 6
-    cp bench/RESULTS.md "$OUT/RESULTS.md"
-    ;;
-gluon-causal)
-    # causal warp groups stop at their own diagonal: the GPU tests, then (they passed: a
-    # slot left unfreed hangs the kernel) head dim 64 by length
+gluon)
+    # the Gluon prefill: its GPU tests, then (they passed: a slot left unfreed hangs the
+    # kernel) by length at both head dims, and issue 4's prefill rows
     step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py \
-        && step prefill-paths-64 150 python3 bench/prefill_paths.py --head-dim 64
+        && step prefill-paths 120 python3 bench/prefill_paths.py --no-epilogues \
+        && step prefill-paths-64 120 python3 bench/prefill_paths.py --head-dim 64 \
+            --no-epilogues && step attention 180 python3 bench/attention.py --only 0 1 2 3 4 6
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 gluon-sweep)
@@ -226,7 +218,8 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "per-group-div | per-token | tiles | gluon | coverage | suite | epilogues | attention-kernel | shards [N] | hf" >&2
+        "per-group-div | per-token | tiles | gluon | gluon-sweep | coverage | suite | epilogues |" \
+        "attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac
