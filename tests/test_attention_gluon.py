@@ -20,7 +20,6 @@ from irfuse.lowering.attention import gluon_prefill_source, kernel_attention
 from tests.helpers import assert_fp8_close
 
 SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # Gluon calls no interpreted function, and this process's Triton interprets: the kernels

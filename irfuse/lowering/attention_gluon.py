@@ -60,14 +60,14 @@ _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
 
 @functools.cache
 def _is_sm90(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index) == (9, 0)
+    # (a graph's fake CUDA tensors may be compiled on a machine without a GPU)
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device_index) == (9, 0)
 
 
 def on_sm90(device: torch.device) -> bool:
     """Whether `device` is an sm_90 GPU (H100, H200) the kernel runs on (not the
     interpreter)."""
-    cuda = not INTERPRET and device.type == "cuda" and torch.cuda.is_available()
-    return cuda and _is_sm90(device.index or 0)
+    return not INTERPRET and device.type == "cuda" and _is_sm90(device.index or 0)
 
 
 def refusal(
