@@ -15,7 +15,8 @@
 #                                       # the flat static probe
 #     bash bench/gpu_session.sh gluon   # the Gluon prefill: its GPU tests, by length at
 #                                       # both head dims, issue 4's prefill rows
-#     bash bench/gpu_session.sh gluon-sweep  # Gluon configs by length, head dims 64, 128
+#     bash bench/gpu_session.sh gluon-sweep  # Gluon configs by length, head dims 64, 128,
+#                                       # and how attention=auto times its candidates
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -154,14 +155,20 @@ gluon)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 gluon-sweep)
-    # Gluon configs (consumers:registers:stages:block_n) by length, no epilogue: head dim
-    # 64 (causal runs the Triton kernel: can 64-key tiles or two consumers win it back?)
-    # and 128 (64-key tiles in three stages); all compile for sm_90 without spills but
-    # 3:160:2:128, irfuse's head-dim-64 one (56-72 B of stack)
-    step sweep-64 240 python3 bench/prefill_paths.py --head-dim 64 --no-epilogues \
-        --seqs 1024 4096 --configs 3:160:2:128 3:160:3:64 2:240:2:128
-    step sweep-128 150 python3 bench/prefill_paths.py --no-epilogues --seqs 1024 4096 \
-        --configs 2:240:2:128 2:240:3:64
+    # Gluon configs (consumers:registers:stages:block_n[:heads a sweep]) by length, no
+    # epilogue, after the Gluon GPU tests (a slot left unfreed hangs the kernel): head dim
+    # 64 causal (the Triton kernel runs it: do the diagonal stop, sweeps of heads, 64-key
+    # tiles or two consumers win it back?) on issue 4's B8 H16 S1024 and by length; head
+    # dim 128 short (sweeps, 64-key tiles); how attention=auto times its candidates
+    step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py \
+        && step sweep-64-issue 90 python3 bench/prefill_paths.py --head-dim 64 \
+            --no-epilogues --tokens 8192 --heads 16 --seqs 1024 \
+            --configs 3:160:2:128 3:160:2:128:1 3:160:3:64 2:240:2:128 \
+        && step auto-timing 100 python3 bench/auto_timing.py \
+        && step sweep-64 120 python3 bench/prefill_paths.py --head-dim 64 --no-epilogues \
+            --seqs 512 1024 2048 --configs 3:160:2:128 3:160:2:128:1 3:160:3:64 2:240:2:128 \
+        && step sweep-128 100 python3 bench/prefill_paths.py --no-epilogues \
+            --seqs 512 1024 2048 --configs 2:240:2:128 2:240:2:128:16 2:240:3:64
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 coverage)

@@ -3,13 +3,15 @@ cuDNN, by query length, so that GLUON_MIN_ROWS (irfuse/lowering/attention_gluon.
 measured.
 
     python bench/prefill_paths.py [--head-dim 128] [--seqs 512 1024 2048 4096] [--rounds 5]
-        [--configs 2:240:2:128 ...] [--no-epilogues] [--compile-only]
+        [--configs 2:240:2:128 ...] [--tokens 16384] [--heads 32] [--no-epilogues]
+        [--compile-only]
 
-Each row holds B*S at 16384 query rows over 32 heads (a 4096-token prefill of batch 4,
-cut shorter or longer), causal top-left and not, bf16, no epilogue, q laid out as its
-projection leaves it, the output [B, S, H*D]; then the static fp8 epilogue at the
+Each row holds B*S at 16384 query rows (--tokens) over 32 heads (--heads): a 4096-token
+prefill of batch 4, cut shorter or longer, causal top-left and not, bf16, no epilogue,
+q laid out as its projection leaves it, the output [B, S, H*D]; then the static fp8 epilogue at the
 longest length. The Gluon columns run it at any length (GLUON_MIN_ROWS lifted), one per
-config (`--configs`: consumer warp groups, their registers, K / V stages, keys a tile;
+config (`--configs`: consumer warp groups, their registers, K / V stages, keys a tile,
+and optionally the heads a sweep, 1 for one head at a time, else irfuse's choice;
 default irfuse's); `--compile-only` compiles the configs for sm_90 on any machine and
 prints their registers, spills and shared memory.
 """
@@ -17,8 +19,10 @@ prints their registers, spills and shared memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
+from typing import NamedTuple
 from unittest import mock
 
 import torch
@@ -32,39 +36,55 @@ from common import (  # noqa: E402
     prefill_inputs,
 )
 
-from irfuse.lowering import attention_gluon  # noqa: E402
+from irfuse.lowering import attention, attention_gluon  # noqa: E402
 from irfuse.lowering.attention import kernel_attention  # noqa: E402
 
 TOKENS, HEADS = 16384, 32
 
 
-def parse_config(text: str) -> attention_gluon.GluonConfig:
-    """ "consumers:registers:stages:block_n", e.g. 2:240:2:128."""
-    return attention_gluon.GluonConfig(*map(int, text.split(":")))
+class Variant(NamedTuple):
+    config: attention_gluon.GluonConfig
+    heads_per_sweep: int | None  # forced (1: one head at a time), else irfuse's choice
 
 
-def label(config: attention_gluon.GluonConfig) -> str:
-    return ":".join(map(str, config))
+def parse_config(text: str) -> Variant:
+    """ "consumers:registers:stages:block_n[:heads_per_sweep]", e.g. 2:240:2:128."""
+    numbers = list(map(int, text.split(":")))
+    return Variant(attention_gluon.GluonConfig(*numbers[:4]), (numbers[4:] or [None])[0])
 
 
-def irfuse_prefill(config, mode: str, epilogue: str, d: int):
-    """kernel_attention on the Gluon path with `config` at any length, causal or not, or
-    (config None) with it off."""
-    patch = {"ENABLED": False}
-    if config is not None:
-        patch = {"GLUON_MIN_ROWS": {(d, True): 1, (d, False): 1}, "CONFIGS": {d: config}}
+def label(variant: Variant) -> str:
+    return ":".join(map(str, [*variant.config] + [variant.heads_per_sweep] * (
+        variant.heads_per_sweep is not None)))  # fmt: skip
+
+
+def irfuse_prefill(variant: Variant | None, mode: str, epilogue: str, d: int):
+    """kernel_attention on the Gluon path with `variant` at any length, causal or not, or
+    (variant None) with it off."""
+    patches = [mock.patch.object(attention_gluon, "ENABLED", False)]
+    if variant is not None:
+        patches = [mock.patch.multiple(attention_gluon, CONFIGS={d: variant.config},
+                                       GLUON_MIN_ROWS={(d, True): 1, (d, False): 1})]  # fmt: skip
+        if variant.heads_per_sweep is not None:
+            sweep = variant.heads_per_sweep
+            patches.append(mock.patch.object(attention, "heads_per_sweep", lambda *a: sweep))
 
     def run(q, k, v, scale):
-        with mock.patch.multiple(attention_gluon, **patch):
+        with contextlib.ExitStack() as stack:
+            for patch in patches:
+                stack.enter_context(patch)
             return kernel_attention(q, k, v, scale if epilogue != "none" else None, d**-0.5,
                                     mode, "bs_hd", False, epilogue)[0]  # fmt: skip
 
     return run
 
 
-def bench_row(s: int, d: int, causal: bool, epilogue: str, configs: list, rounds: int) -> list:
-    b = max(1, TOKENS // s)
-    q, k, v = prefill_inputs(b, HEADS, s, d)
+def bench_row(
+    s: int, d: int, causal: bool, epilogue: str, configs: list, rounds: int, tokens: int,
+    heads: int,
+) -> list:  # fmt: skip
+    b = max(1, tokens // s)
+    q, k, v = prefill_inputs(b, heads, s, d)
     scale = torch.tensor([0.02], device="cuda")
     mode = "top_left" if causal else "none"
     cudnn = cudnn_attention(causal)
@@ -78,9 +98,9 @@ def bench_row(s: int, d: int, causal: bool, epilogue: str, configs: list, rounds
     same = [(candidates[name](q, k, v, scale).float() - triton_out).abs().max().item()
             for name in gluons]  # fmt: skip
     times = compare(candidates, rounds, (q, k, v, scale))
-    flops = prefill_flops(b, HEADS, s, d, causal)
+    flops = prefill_flops(b, heads, s, d, causal)
     cells = [f"{times[n]:.1f} ({flops / times[n] / 1e6:.0f})" for n in candidates]
-    name = f"B{b} H{HEADS} S{s} D{d}{' causal' if causal else ''}"
+    name = f"B{b} H{heads} S{s} D{d}{' causal' if causal else ''}"
     name += "" if epilogue == "none" else f" + {epilogue} fp8"
     row = [name, *cells, f"{times['cuDNN'] / times['Triton']:.3f}x",
            *[f"{times['cuDNN'] / times[n]:.3f}x" for n in gluons],
@@ -95,10 +115,10 @@ def compile_only(d: int, configs: list) -> None:
     (spills) and shared memory, as cuobjdump reads them. Run it without TRITON_INTERPRET."""
     from sass import resources
 
-    for config in configs:
+    for variant in configs:
         for causal in (0, 1):
-            compiled = attention_gluon.compile_sm90("none", d, causal, config)
-            print(f"D{d} {label(config)} causal={causal}: {resources(compiled)}", flush=True)
+            compiled = attention_gluon.compile_sm90("none", d, causal, variant.config)
+            print(f"D{d} {label(variant)} causal={causal}: {resources(compiled)}", flush=True)
 
 
 def main() -> None:
@@ -109,18 +129,21 @@ def main() -> None:
     parser.add_argument("--configs", type=parse_config, nargs="+", default=None,
                         help="Gluon configs consumers:registers:stages:block_n (default: "
                         "irfuse's for the head dim)")  # fmt: skip
+    parser.add_argument("--tokens", type=int, default=TOKENS, help="B * S of each row")
+    parser.add_argument("--heads", type=int, default=HEADS)
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--no-epilogues", action="store_true")
     args = parser.parse_args()
     d = args.head_dim
-    configs = args.configs or [attention_gluon.CONFIGS[d]]
+    configs = args.configs or [Variant(attention_gluon.CONFIGS[d], None)]
     if args.compile_only:
         compile_only(d, configs)
         return
-    rows = [bench_row(s, d, causal, "none", configs, args.rounds)
+    sizes = (args.rounds, args.tokens, args.heads)
+    rows = [bench_row(s, d, causal, "none", configs, *sizes)
             for s in args.seqs for causal in (True, False)]  # fmt: skip
     epilogues = () if args.no_epilogues else ("static", "static div")
-    rows += [bench_row(max(args.seqs), d, causal, epilogue, configs, args.rounds)
+    rows += [bench_row(max(args.seqs), d, causal, epilogue, configs, *sizes)
              for epilogue in epilogues for causal in (True, False)]  # fmt: skip
     gluons = [f"Gluon {label(config)}" for config in configs]
     append_results(
@@ -130,10 +153,10 @@ def main() -> None:
          *[f"{n} x cuDNN" for n in gluons], *[f"{n} x Triton" for n in gluons],
          "max abs(Gluon - Triton)"],
         rows,
-        "bench/prefill_paths.py: B*S = 16384 query rows, 32 heads; q laid out as its "
-        "projection leaves it, the output [B, S, H*D]; Gluon configs consumers:registers:"
-        "stages:block_n, each at every length (GLUON_MIN_ROWS lifted); the quant rows' "
-        "outputs fp8 (cuDNN's bf16).",
+        f"bench/prefill_paths.py: B*S = {args.tokens} query rows, {args.heads} heads; q laid "
+        "out as its projection leaves it, the output [B, S, H*D]; Gluon configs consumers:"
+        "registers:stages:block_n[:heads a sweep, else irfuse's choice], each at every "
+        "length (GLUON_MIN_ROWS lifted); the quant rows' outputs fp8 (cuDNN's bf16).",
     )  # fmt: skip
 
 

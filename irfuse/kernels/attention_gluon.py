@@ -52,14 +52,36 @@ def load_kv(desc, ring, bars, slot, batch, row, kv_head):
 
 
 @gluon.jit
-def key_tiles(seq_q, seq_kv, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    # the program's first query row, its key tiles (at least one) and how far the keys a
-    # query sees run past its row (Skv - Sq bottom-right, else 0); causal programs run the
-    # longest first
-    block = gl.program_id(0)
+def program_block(seq_q, heads_per_sweep, ROWS: gl.constexpr, CAUSAL: gl.constexpr,
+                  SWEEPS: gl.constexpr):
+    # the program's query block and batch * Hq + head. A grid of (blocks, heads) runs one
+    # head's blocks at a time; a 1-D grid (SWEEPS) runs sweeps over `heads_per_sweep`
+    # heads block by block, so that a few waves of causal blocks start with the longest
+    # of all the sweep's heads (whose keys and values stay in L2)
+    if SWEEPS:
+        n_blocks = gl.cdiv(seq_q, ROWS)
+        program = gl.program_id(0)
+        sweep_start = program // (heads_per_sweep * n_blocks) * heads_per_sweep
+        sweep_heads = gl.minimum(heads_per_sweep, gl.num_programs(0) // n_blocks - sweep_start)
+        in_sweep = program - sweep_start * n_blocks
+        block = in_sweep // sweep_heads
+        batch_head = sweep_start + in_sweep % sweep_heads
+    else:
+        n_blocks = gl.num_programs(0)
+        block = gl.program_id(0)
+        batch_head = gl.program_id(1)
+    if CAUSAL != 0:  # causal blocks grow with their index: the longest first
+        block = n_blocks - 1 - block
+    return block, batch_head
+
+
+@gluon.jit
+def key_tiles(block, seq_q, seq_kv, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
+              CAUSAL: gl.constexpr):
+    # query block `block`'s first row, its key tiles (at least one) and how far the keys a
+    # query sees run past its row (Skv - Sq bottom-right, else 0)
     offset = seq_kv - seq_q if CAUSAL == 2 else 0
     if CAUSAL != 0:
-        block = gl.num_programs(0) - 1 - block
         seen = gl.minimum(block * ROWS + ROWS + offset, seq_kv)
         return block * ROWS, gl.maximum(gl.cdiv(seen, BLOCK_N), 1), offset
     return block * ROWS, gl.cdiv(seq_kv, BLOCK_N), offset
@@ -107,10 +129,10 @@ CONSUMER = """
 
 @gluon.jit
 def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
-                  k_free, v_free, lse_ptr, scale_ptr, batch, head, q_start, seq_q, seq_kv,
-                  offset, n_tiles, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                  HAS_LSE: gl.constexpr):
+                  k_free, v_free, lse_ptr, scale_ptr, batch_head, batch, head, q_start,
+                  seq_q, seq_kv, offset, n_tiles, qk_scale, BLOCK_M: gl.constexpr,
+                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                  CAUSAL: gl.constexpr, HAS_LSE: gl.constexpr):
     # one warp group's BLOCK_M query rows: each key tile's QK issued with the previous
     # tile's P@V, the QK alone waited for, the softmax beside P@V
     dtype: gl.constexpr = q_desc.dtype
@@ -180,8 +202,8 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready
     if HAS_LSE:
         rows = q_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
         lse = gl.where(seen, (m_i + gl.log2(l_i)) * 0.6931471805599453, -float("inf"))
-        # lse [B, Hq, Sq]: program_id(1) is batch * Hq + head
-        gl.store(lse_ptr + gl.program_id(1).to(gl.int64) * seq_q + rows, lse,
+        # lse [B, Hq, Sq]
+        gl.store(lse_ptr + batch_head.to(gl.int64) * seq_q + rows, lse,
                  mask=rows < seq_q)
     o = acc / gl.convert_layout(gl.where(seen, l_i, 1.0), o_rows)[:, None]
 {store}    o_smem.reshape([BLOCK_M, HEAD_DIM]).store(o)
@@ -204,15 +226,20 @@ KERNEL = """
 @gluon.jit
 def {name}(
     q_desc, k_desc, v_desc, o_desc, lse_ptr, scale_ptr, seq_q, seq_kv, n_heads, group,
-    qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-    STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LSE: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    heads_per_sweep, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LSE: gl.constexpr,
+    SWEEPS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    num_warps: gl.constexpr,
 ):
-    # grid (query blocks of {consumers} * BLOCK_M rows, B * Hq): {consumers} consumer warp
-    # groups (the default partition and workers) and a producer warp
-    batch = gl.program_id(1) // n_heads
-    head = gl.program_id(1) % n_heads
-    q_start, n_tiles, offset = key_tiles(seq_q, seq_kv, {consumers} * BLOCK_M, BLOCK_N, CAUSAL)
+    # a program: a query block of {consumers} * BLOCK_M rows of one (batch, head) (grid
+    # (blocks, B * Hq), or 1-D in sweeps), run by {consumers} consumer warp groups (the
+    # default partition and workers) and a producer warp
+    block, batch_head = program_block(seq_q, heads_per_sweep, {consumers} * BLOCK_M, CAUSAL,
+                                      SWEEPS)
+    batch = batch_head // n_heads
+    head = batch_head % n_heads
+    q_start, n_tiles, offset = key_tiles(block, seq_q, seq_kv, {consumers} * BLOCK_M, BLOCK_N,
+                                         CAUSAL)
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [{consumers}] + q_desc.block_type.shape,
                                        q_desc.layout)
     o_smem = gl.allocate_shared_memory(o_desc.dtype, [{consumers}] + o_desc.block_type.shape,
@@ -246,9 +273,9 @@ def {name}(
 # Consumer `{i}` of KERNEL's partitions: query rows from q_start + {i} * BLOCK_M.
 PARTITION = """            (rows_consumer, (q_desc, o_desc, q_smem.index({i}), o_smem.index({i}),
                              q_bars.index({i}), k_ring, v_ring, k_ready, v_ready, k_free, v_free,
-                             lse_ptr, scale_ptr, batch, head, q_start + {i} * BLOCK_M, seq_q,
-                             seq_kv, offset, n_tiles, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM,
-                             STAGES, CAUSAL, HAS_LSE)),
+                             lse_ptr, scale_ptr, batch_head, batch, head,
+                             q_start + {i} * BLOCK_M, seq_q, seq_kv, offset, n_tiles, qk_scale,
+                             BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, HAS_LSE)),
 """
 
 

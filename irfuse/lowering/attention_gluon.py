@@ -28,6 +28,8 @@ ENABLED = os.environ.get("IRFUSE_GLUON_PREFILL", "1") != "0"
 
 BLOCK_M = 64  # query rows a consumer warp group
 PRODUCER_REGS = 24
+# Every config's consumers take about all of an SM's 64K registers: one program an SM.
+PROGRAMS_PER_SM = 1
 
 
 class GluonConfig(NamedTuple):
@@ -119,36 +121,54 @@ def _view(t: torch.Tensor, rows: int) -> TensorDescriptor:
                             _shared_layout(block, t.dtype))  # fmt: skip
 
 
-def launch(kernel, q, k, v, out, layout: str, lse, scale, sm_scale: float, causal: int) -> None:
+def programs(q: torch.Tensor) -> int:
+    """The programs the kernel runs over q [B, Hq, Sq, D]: one a query block and head."""
+    b, h, sq, d = q.shape
+    return cdiv(sq, CONFIGS[d].consumers * BLOCK_M) * b * h
+
+
+def launch(
+    kernel, q, k, v, out, layout: str, lse, scale, sm_scale: float, causal: int,
+    heads_per_sweep: int = 1,
+) -> None:  # fmt: skip
     """The Gluon prefill over q [B, Hq, Sq, D], k, v [B, Hkv, Skv, D] (refusal None),
     into `out` ([B, Sq, Hq*D] for bs_hd, the transpose of [B, Sq, Hq, D] for bhsd) and
     `lse` [B, Hq, Sq] (empty: not asked for); `causal`: 0 none, 1 top-left, 2
-    bottom-right. `kernel`: the one with CONFIGS[D]'s consumers."""
+    bottom-right; `heads_per_sweep` > 1 runs the blocks of that many heads together
+    (irfuse/lowering/attention.py's heads_per_sweep). `kernel`: the one with CONFIGS[D]'s
+    consumers."""
     b, h, sq, d = q.shape
     config = CONFIGS[d]
     rows = out.view(b, sq, h, d) if layout == "bs_hd" else out.transpose(1, 2)
     views = (_view(q.transpose(1, 2), BLOCK_M), _view(k.transpose(1, 2), config.block_n),
              _view(v.transpose(1, 2), config.block_n), _view(rows, BLOCK_M))  # fmt: skip
-    kernel[(cdiv(sq, config.consumers * BLOCK_M), b * h)](
+    blocks, sweeps = cdiv(sq, config.consumers * BLOCK_M), heads_per_sweep > 1
+    kernel[(blocks * b * h,) if sweeps else (blocks, b * h)](
         *views, lse if lse.numel() else out, scale if scale is not None else out, sq,
-        k.shape[2], h, h // k.shape[1], sm_scale * math.log2(math.e),
-        **_constants(config, d, causal, lse.numel() > 0),
+        k.shape[2], h, h // k.shape[1], heads_per_sweep, sm_scale * math.log2(math.e),
+        **_constants(config, d, causal, lse.numel() > 0, sweeps),
     )  # fmt: skip
 
 
-def _constants(config: GluonConfig, head_dim: int, causal: int, has_lse: bool) -> dict:
+def _constants(
+    config: GluonConfig, head_dim: int, causal: int, has_lse: bool, sweeps: bool
+) -> dict:
     """The kernel's constexpr arguments (num_warps: the default partition's)."""
     return dict(BLOCK_M=BLOCK_M, BLOCK_N=config.block_n, HEAD_DIM=head_dim,
-                STAGES=config.stages, CAUSAL=causal, HAS_LSE=has_lse,
+                STAGES=config.stages, CAUSAL=causal, HAS_LSE=has_lse, SWEEPS=sweeps,
                 CONSUMER_REGS=config.registers, PRODUCER_REGS=PRODUCER_REGS,
                 num_warps=4)  # fmt: skip
 
 
-def compile_sm90(epilogue: str, head_dim: int, causal: int, config: GluonConfig | None = None):
+def compile_sm90(
+    epilogue: str, head_dim: int, causal: int, config: GluonConfig | None = None,
+    sweeps: bool = False,
+):  # fmt: skip
     """The kernel for `epilogue` compiled for sm_90 on any machine (Gluon has no
     interpreter: the CPU's tests and probes check what it compiles to), bf16 in, lse
-    asked for, `config` (default CONFIGS[head_dim]). Its @triton.jit helpers must not be
-    interpreted: call it in a process without TRITON_INTERPRET."""
+    asked for, `config` (default CONFIGS[head_dim]), its grid in sweeps or not. Its
+    @triton.jit helpers must not be interpreted: call it in a process without
+    TRITON_INTERPRET."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -163,8 +183,9 @@ def compile_sm90(epilogue: str, head_dim: int, causal: int, config: GluonConfig 
              ("v_desc", rows, config.block_n), ("o_desc", out, BLOCK_M))  # fmt: skip
     sig = {arg: mangle_type(_view(t, block)) for arg, t, block in views}
     sig |= {"lse_ptr": "*fp32", "scale_ptr": "*fp32", "seq_q": "i32", "seq_kv": "i32",
-            "n_heads": "i32", "group": "i32", "qk_scale": "fp32"}  # fmt: skip
-    consts = _constants(config, head_dim, causal, True)
+            "n_heads": "i32", "group": "i32", "heads_per_sweep": "i32",
+            "qk_scale": "fp32"}  # fmt: skip
+    consts = _constants(config, head_dim, causal, True, sweeps)
     sig |= {arg: "constexpr" for arg in consts}
     kernel = gluon_prefill_kernel(epilogue, config.consumers)
     return triton.compile(GluonASTSource(kernel, sig, consts),
