@@ -155,20 +155,22 @@ gluon)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 gluon-sweep)
-    # Gluon configs (consumers:registers:stages:block_n[:heads a sweep]) by length, no
-    # epilogue, after the Gluon GPU tests (a slot left unfreed hangs the kernel): head dim
-    # 64 causal (the Triton kernel runs it: do the diagonal stop, sweeps of heads, 64-key
-    # tiles or two consumers win it back?) on issue 4's B8 H16 S1024 and by length; head
-    # dim 128 short (sweeps, 64-key tiles); how attention=auto times its candidates
+    # Gluon variants (consumers:registers:stages:block_n[:s<heads a sweep>][:p<persistent>])
+    # by length, no epilogue, after the Gluon GPU tests (a slot left unfreed hangs the
+    # kernel): head dim 64 causal (the Triton kernel runs it: do the diagonal stop, sweeps
+    # of heads, a persistent grid, 64-key tiles or two consumers win it back?) on issue 4's
+    # B8 H16 S1024 and by length; head dim 128 short; how attention=auto times its
+    # candidates
     step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py \
-        && step sweep-64-issue 90 python3 bench/prefill_paths.py --head-dim 64 \
-            --no-epilogues --tokens 8192 --heads 16 --seqs 1024 \
-            --configs 3:160:2:128 3:160:2:128:1 3:160:3:64 2:240:2:128 \
+        && step sweep-64-issue 100 python3 bench/prefill_paths.py --head-dim 64 \
+            --no-epilogues --tokens 8192 --heads 16 --seqs 1024 --configs 3:160:2:128:p0 \
+            3:160:2:128:s1:p0 3:160:2:128:p1 3:160:3:64:p1 2:240:2:128:p1 \
         && step auto-timing 100 python3 bench/auto_timing.py \
         && step sweep-64 120 python3 bench/prefill_paths.py --head-dim 64 --no-epilogues \
-            --seqs 512 1024 2048 --configs 3:160:2:128 3:160:2:128:1 3:160:3:64 2:240:2:128 \
+            --seqs 512 1024 2048 --configs 3:160:2:128:p0 3:160:2:128:p1 3:160:3:64:p1 \
+            2:240:2:128:p1 \
         && step sweep-128 100 python3 bench/prefill_paths.py --no-epilogues \
-            --seqs 512 1024 2048 --configs 2:240:2:128 2:240:2:128:16 2:240:3:64
+            --seqs 512 1024 2048 --configs 2:240:2:128:p0 2:240:2:128:p1 2:240:3:64:p1
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 coverage)

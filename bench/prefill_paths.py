@@ -8,12 +8,13 @@ measured.
 
 Each row holds B*S at 16384 query rows (--tokens) over 32 heads (--heads): a 4096-token
 prefill of batch 4, cut shorter or longer, causal top-left and not, bf16, no epilogue,
-q laid out as its projection leaves it, the output [B, S, H*D]; then the static fp8 epilogue at the
-longest length. The Gluon columns run it at any length (GLUON_MIN_ROWS lifted), one per
-config (`--configs`: consumer warp groups, their registers, K / V stages, keys a tile,
-and optionally the heads a sweep, 1 for one head at a time, else irfuse's choice;
-default irfuse's); `--compile-only` compiles the configs for sm_90 on any machine and
-prints their registers, spills and shared memory.
+q laid out as its projection leaves it, the output [B, S, H*D]; then the static fp8
+epilogue at the longest length. The Gluon columns run it at any length (GLUON_MIN_ROWS
+lifted), one per config (`--configs`: consumer warp groups, their registers, K / V
+stages, keys a tile, then optionally s<heads a sweep> (s1: one head at a time) and p1 /
+p0 (persistent or a program a work item), else irfuse's choices; default irfuse's
+config); `--compile-only` compiles the configs for sm_90 on any machine and prints their
+registers, spills and shared memory.
 """
 
 from __future__ import annotations
@@ -45,17 +46,21 @@ TOKENS, HEADS = 16384, 32
 class Variant(NamedTuple):
     config: attention_gluon.GluonConfig
     heads_per_sweep: int | None  # forced (1: one head at a time), else irfuse's choice
+    persistent: bool | None  # forced, else irfuse's choice (attention_gluon.PERSISTENT)
 
 
 def parse_config(text: str) -> Variant:
-    """ "consumers:registers:stages:block_n[:heads_per_sweep]", e.g. 2:240:2:128."""
-    numbers = list(map(int, text.split(":")))
-    return Variant(attention_gluon.GluonConfig(*numbers[:4]), (numbers[4:] or [None])[0])
+    """ "consumers:registers:stages:block_n[:s<heads a sweep>][:p<0 or 1>]", e.g.
+    2:240:2:128 or 3:160:2:128:s1:p1."""
+    numbers, options = text.split(":")[:4], dict((o[0], int(o[1:])) for o in text.split(":")[4:])
+    persistent = bool(options["p"]) if "p" in options else None
+    return Variant(attention_gluon.GluonConfig(*map(int, numbers)), options.get("s"), persistent)
 
 
 def label(variant: Variant) -> str:
-    return ":".join(map(str, [*variant.config] + [variant.heads_per_sweep] * (
-        variant.heads_per_sweep is not None)))  # fmt: skip
+    options = [] if variant.heads_per_sweep is None else [f"s{variant.heads_per_sweep}"]
+    options += [] if variant.persistent is None else [f"p{int(variant.persistent)}"]
+    return ":".join(map(str, [*variant.config, *options]))
 
 
 def irfuse_prefill(variant: Variant | None, mode: str, epilogue: str, d: int):
@@ -68,6 +73,9 @@ def irfuse_prefill(variant: Variant | None, mode: str, epilogue: str, d: int):
         if variant.heads_per_sweep is not None:
             sweep = variant.heads_per_sweep
             patches.append(mock.patch.object(attention, "heads_per_sweep", lambda *a: sweep))
+        if variant.persistent is not None:
+            persistent = dict.fromkeys(attention_gluon.PERSISTENT, variant.persistent)
+            patches.append(mock.patch.object(attention_gluon, "PERSISTENT", persistent))
 
     def run(q, k, v, scale):
         with contextlib.ExitStack() as stack:
@@ -135,7 +143,7 @@ def main() -> None:
     parser.add_argument("--no-epilogues", action="store_true")
     args = parser.parse_args()
     d = args.head_dim
-    configs = args.configs or [Variant(attention_gluon.CONFIGS[d], None)]
+    configs = args.configs or [Variant(attention_gluon.CONFIGS[d], None, None)]
     if args.compile_only:
         compile_only(d, configs)
         return
@@ -155,7 +163,8 @@ def main() -> None:
         rows,
         f"bench/prefill_paths.py: B*S = {args.tokens} query rows, {args.heads} heads; q laid "
         "out as its projection leaves it, the output [B, S, H*D]; Gluon configs consumers:"
-        "registers:stages:block_n[:heads a sweep, else irfuse's choice], each at every "
+        "registers:stages:block_n[:s<heads a sweep>][:p<persistent>] (else irfuse's "
+        "choices), each at every "
         "length (GLUON_MIN_ROWS lifted); the quant rows' outputs fp8 (cuDNN's bf16).",
     )  # fmt: skip
 

@@ -4,6 +4,7 @@ reference ops."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -28,18 +29,17 @@ COMPILE = """
 import json, sys
 from irfuse.lowering import attention_gluon
 
-ptx = {f"{epilogue} {d} {sweeps}": attention_gluon.compile_sm90(
-           epilogue, d, causal, sweeps=sweeps).asm["ptx"]
-       for epilogue, causal, d, sweeps in json.loads(sys.argv[1])}
+ptx = {f"{epilogue} {d}": attention_gluon.compile_sm90(epilogue, d, causal).asm["ptx"]
+       for epilogue, causal, d in json.loads(sys.argv[1])}
 print(json.dumps(ptx))
 """
 CASES = [
-    ("none", 0, 128, False),
-    ("static", 2, 128, False),
-    ("static div", 1, 128, True),
-    ("none", 1, 64, True),
-    ("static", 0, 64, False),
-]  # (epilogue, causal, head dim, grid in sweeps)
+    ("none", 0, 128),
+    ("static", 2, 128),
+    ("static div", 1, 128),
+    ("none", 1, 64),
+    ("static", 0, 64),
+]  # (epilogue, causal, head dim)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +54,12 @@ def sm90_ptx(tmp_path_factory) -> dict[str, str]:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize(("epilogue", "d", "sweeps"), [(e, d, sw) for e, _, d, sw in CASES])
-def test_generated_source_compiles_for_sm90_in_fa3_order(epilogue, d, sweeps, sm90_ptx):
+@pytest.mark.parametrize(("epilogue", "d"), [(epilogue, d) for epilogue, _, d in CASES])
+def test_generated_source_compiles_for_sm90_in_fa3_order(epilogue, d, sm90_ptx):
     """Each epilogue's kernel compiles for sm_90 with what makes it fast: the QK product
     waited for alone while P@V stays in flight, registers moved to the consumers, 4-D TMA
     views; the quant ones cast with saturation."""
-    ptx = sm90_ptx[f"{epilogue} {d} {sweeps}"]
+    ptx = sm90_ptx[f"{epilogue} {d}"]
     registers = attention_gluon.CONFIGS[d].registers
     assert "wgmma.wait_group.sync.aligned 1;" in ptx
     assert re.search(rf"setmaxnreg.inc.sync.aligned.u32\s+{registers};", ptx)
@@ -255,15 +255,23 @@ def test_gpu_warp_groups_past_their_diagonal_free_their_tiles(causal, sq, skv, m
 
 @pytest.mark.cuda
 @needs_sm90
+@pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize(("causal", "hq", "hkv", "sq", "skv", "d"), [
     ("top_left", 4, 4, 1100, 1100, 128),
     ("bottom_right", 4, 2, 900, 1300, 64),
+    ("none", 4, 1, 1000, 700, 64),
 ])  # fmt: skip
-def test_gpu_sweeps_of_heads_match_the_reference(causal, hq, hkv, sq, skv, d, monkeypatch):
-    """The grid in sweeps of 3 heads block by block (the 8 heads: sweeps of 3, 3 and 2),
-    each program finding its block and head, lse included."""
+def test_gpu_work_items_in_sweeps_and_persistent_match_the_reference(
+    causal, hq, hkv, sq, skv, d, persistent, monkeypatch
+):
+    """The work items in sweeps of 3 heads block by block (the 8 heads: sweeps of 3, 3
+    and 2), a program each or persistent (5 programs striding over them, the producer
+    loading an item's rows and keys while the consumers end the last): each item finds
+    its block and head, and the rings their phases, lse included."""
     monkeypatch.setattr(kernels, "heads_per_sweep", lambda *args: 3)
-    monkeypatch.setattr(attention_gluon, "GLUON_MIN_ROWS", {(d, True): 1})
+    monkeypatch.setattr(attention_gluon, "GLUON_MIN_ROWS", {(d, causal != "none"): 1})
+    monkeypatch.setattr(attention_gluon, "PERSISTENT", collections.defaultdict(lambda: persistent))
+    monkeypatch.setattr(attention_gluon, "sm_count", lambda device: 5)
     q, k, v = _gpu_inputs(hq, hkv, sq, skv, torch.bfloat16, d=d)
     sweeps, launch = [], attention_gluon.launch
     monkeypatch.setattr(attention_gluon, "launch", lambda *a: sweeps.append(a[-1]) or launch(*a))

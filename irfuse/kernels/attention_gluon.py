@@ -13,7 +13,12 @@ layouts, shared memory, mbarriers, async wgmma, warp specialization), lets the k
   128 with 240 registers, three at head dim 64 with 160, as FA3) and give a producer warp
   (24 registers) the TMA loads of K and V, into rings whose slots the consumers free by
   mbarrier arrivals; causal, each warp group stops at its own rows' diagonal and frees
-  the later tiles (which the program's later rows read) unread.
+  the later tiles (which the program's later rows read) unread;
+- run a list of work items a program (query blocks of one batch and head: one each, or
+  persistent, a program an SM striding over all), the producer loading the next item's
+  query rows and keys while the consumers end the last one, whose output store they
+  wait for only when they next store; items go in sweeps of heads block by block,
+  causal the longest first.
 
 On an H100 it runs head dim 128 at 0.97x-1.02x cuDNN from 2048 rows (bench/RESULTS.md,
 thirty-fifth session).
@@ -52,39 +57,27 @@ def load_kv(desc, ring, bars, slot, batch, row, kv_head):
 
 
 @gluon.jit
-def program_block(seq_q, heads_per_sweep, ROWS: gl.constexpr, CAUSAL: gl.constexpr,
-                  SWEEPS: gl.constexpr):
-    # the program's query block and batch * Hq + head. A grid of (blocks, heads) runs one
-    # head's blocks at a time; a 1-D grid (SWEEPS) runs sweeps over `heads_per_sweep`
-    # heads block by block, so that a few waves of causal blocks start with the longest
-    # of all the sweep's heads (whose keys and values stay in L2)
-    if SWEEPS:
-        n_blocks = gl.cdiv(seq_q, ROWS)
-        program = gl.program_id(0)
-        sweep_start = program // (heads_per_sweep * n_blocks) * heads_per_sweep
-        sweep_heads = gl.minimum(heads_per_sweep, gl.num_programs(0) // n_blocks - sweep_start)
-        in_sweep = program - sweep_start * n_blocks
-        block = in_sweep // sweep_heads
-        batch_head = sweep_start + in_sweep % sweep_heads
-    else:
-        n_blocks = gl.num_programs(0)
-        block = gl.program_id(0)
-        batch_head = gl.program_id(1)
-    if CAUSAL != 0:  # causal blocks grow with their index: the longest first
-        block = n_blocks - 1 - block
-    return block, batch_head
-
-
-@gluon.jit
-def key_tiles(block, seq_q, seq_kv, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
-              CAUSAL: gl.constexpr):
-    # query block `block`'s first row, its key tiles (at least one) and how far the keys a
-    # query sees run past its row (Skv - Sq bottom-right, else 0)
+def work_item(item, n_items, seq_q, seq_kv, n_heads, heads_per_sweep, ROWS: gl.constexpr,
+              BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    # work item `item` of `n_items` (query blocks of ROWS rows x B * Hq): its batch, head,
+    # batch * Hq + head, first query row, key tiles (at least one) and how far the keys a
+    # query sees run past its row (Skv - Sq bottom-right, else 0). Items run in sweeps
+    # over `heads_per_sweep` heads block by block (1: one head's blocks at a time), so
+    # that causal blocks, which grow with their index, start with the longest of all the
+    # sweep's heads (whose keys and values stay in L2)
+    n_blocks = gl.cdiv(seq_q, ROWS)
+    sweep_start = item // (heads_per_sweep * n_blocks) * heads_per_sweep
+    sweep_heads = gl.minimum(heads_per_sweep, n_items // n_blocks - sweep_start)
+    in_sweep = item - sweep_start * n_blocks
+    block = in_sweep // sweep_heads
+    batch_head = sweep_start + in_sweep % sweep_heads
     offset = seq_kv - seq_q if CAUSAL == 2 else 0
+    n_tiles = gl.cdiv(seq_kv, BLOCK_N)
     if CAUSAL != 0:
+        block = n_blocks - 1 - block
         seen = gl.minimum(block * ROWS + ROWS + offset, seq_kv)
-        return block * ROWS, gl.maximum(gl.cdiv(seen, BLOCK_N), 1), offset
-    return block * ROWS, gl.cdiv(seq_kv, BLOCK_N), offset
+        n_tiles = gl.maximum(gl.cdiv(seen, BLOCK_N), 1)
+    return batch_head // n_heads, batch_head % n_heads, batch_head, block * ROWS, n_tiles, offset
 
 
 @gluon.jit
@@ -113,28 +106,47 @@ def softmax_step(s, m_i, qk_scale):
 
 
 @gluon.jit
-def kv_producer(k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_free, v_free, batch,
-                kv_head, n_tiles, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    # the producer warp: each K and V tile into its slot once both consumers freed it
-    for j in range(n_tiles):
-        slot = j % STAGES
-        freed = ((j // STAGES) & 1) ^ 1  # the phase that frees tile j - STAGES
-        mbarrier.wait(k_free.index(slot), freed, pred=j >= STAGES)
-        load_kv(k_desc, k_ring, k_ready, slot, batch, j * BLOCK_N, kv_head)
-        mbarrier.wait(v_free.index(slot), freed, pred=j >= STAGES)
-        load_kv(v_desc, v_ring, v_ready, slot, batch, j * BLOCK_N, kv_head)
+def producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_ready, q_free, k_ready,
+             v_ready, k_free, v_free, seq_q, seq_kv, n_heads, group, heads_per_sweep, n_items,
+             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+             CONSUMERS: gl.constexpr, CAUSAL: gl.constexpr):
+    # the producer warp, over the program's items: each consumer's query rows once it is
+    # done with its last ones, then each K and V tile into its slot once every consumer
+    # freed it (tile: the ring's count over the items, which sets its slots and phases)
+    tile = 0
+    count = 0
+    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+        batch, head, _, q_start, n_tiles, _ = work_item(
+            item, n_items, seq_q, seq_kv, n_heads, heads_per_sweep, CONSUMERS * BLOCK_M,
+            BLOCK_N, CAUSAL)
+        for i in gl.static_range(CONSUMERS):
+            mbarrier.wait(q_free.index(i), (count & 1) ^ 1, pred=count > 0)
+            mbarrier.expect(q_ready.index(i), q_desc.block_type.nbytes)
+            tma.{tma_load}(q_desc, [batch, q_start + i * BLOCK_M, head, 0], q_ready.index(i),
+                           q_smem.index(i))
+        for j in range(n_tiles):
+            slot = (tile + j) % STAGES
+            freed = (((tile + j) // STAGES) & 1) ^ 1  # the phase that frees the slot's last
+            mbarrier.wait(k_free.index(slot), freed, pred=tile + j >= STAGES)
+            load_kv(k_desc, k_ring, k_ready, slot, batch, j * BLOCK_N, head // group)
+            mbarrier.wait(v_free.index(slot), freed, pred=tile + j >= STAGES)
+            load_kv(v_desc, v_ring, v_ready, slot, batch, j * BLOCK_N, head // group)
+        tile += n_tiles
+        count += 1
 """
 
 CONSUMER = """
 
 @gluon.jit
-def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
-                  k_free, v_free, lse_ptr, scale_ptr, batch_head, batch, head, q_start,
-                  seq_q, seq_kv, offset, n_tiles, qk_scale, BLOCK_M: gl.constexpr,
-                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                  CAUSAL: gl.constexpr, HAS_LSE: gl.constexpr):
-    # one warp group's BLOCK_M query rows: each key tile's QK issued with the previous
-    # tile's P@V, the QK alone waited for, the softmax beside P@V
+def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_ready, q_free, k_ring, v_ring, k_ready,
+                  v_ready, k_free, v_free, lse_ptr, scale_ptr, seq_q, seq_kv, n_heads,
+                  heads_per_sweep, n_items, qk_scale, ROWS_FROM: gl.constexpr,
+                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                  STAGES: gl.constexpr, CONSUMERS: gl.constexpr, CAUSAL: gl.constexpr,
+                  HAS_LSE: gl.constexpr):
+    # one warp group's BLOCK_M query rows (from ROWS_FROM in each of the program's items):
+    # each key tile's QK issued with the previous tile's P@V, the QK alone waited for, the
+    # softmax beside P@V
     dtype: gl.constexpr = q_desc.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
@@ -144,80 +156,91 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_bar, k_ring, v_ring, k_ready
     )
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
-{preload}    # tiles before this one every row of the warp group sees in full; causal, its rows
-    # see no key past tile `my_tiles` (the program's later rows may: n_tiles)
-    if CAUSAL != 0:
-        first_masked = gl.minimum(gl.maximum(q_start + offset + 1, 0) // BLOCK_N,
-                                  seq_kv // BLOCK_N)
-        visible = gl.minimum(q_start + BLOCK_M + offset, seq_kv)
-        my_tiles = gl.maximum(gl.cdiv(gl.maximum(visible, 0), BLOCK_N), 1)
-    else:
-        first_masked = seq_kv // BLOCK_N
-        my_tiles = n_tiles
-
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.{tma_load}(q_desc, [batch, q_start, head, 0], q_bar, q_smem)
     q_tile = q_smem.reshape([BLOCK_M, HEAD_DIM])
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
-    mbarrier.wait(q_bar, 0)
-    mbarrier.wait(k_ready.index(0), 0)
-    s = warpgroup_mma(q_tile, k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
-                      zero_s, use_acc=False, is_async=True)
-    s = warpgroup_mma_wait(0, deps=(s,))
-    mbarrier.arrive(k_free.index(0))
-    s = mask_tile(s, 0, first_masked, q_start, offset, seq_kv, BLOCK_N, CAUSAL)
-    m_i, _, p = softmax_step(s, gl.full([BLOCK_M], -float("inf"), gl.float32,
-                                        gl.SliceLayout(1, s_layout)), qk_scale)
-    l_i = gl.sum(p, 1)
-    p_op = gl.convert_layout(p.to(dtype), p_layout)
-    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+{preload}    tile = 0  # the K / V ring's count over the items (the producer's)
+    count = 0
+    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+        batch, head, batch_head, q_start, n_tiles, offset = work_item(
+            item, n_items, seq_q, seq_kv, n_heads, heads_per_sweep, CONSUMERS * BLOCK_M,
+            BLOCK_N, CAUSAL)
+        q_start += ROWS_FROM
+        # tiles before this one every row of the warp group sees in full; causal, its
+        # rows see no key past tile `my_tiles` (the item's later rows may: n_tiles)
+        if CAUSAL != 0:
+            first_masked = gl.minimum(gl.maximum(q_start + offset + 1, 0) // BLOCK_N,
+                                      seq_kv // BLOCK_N)
+            visible = gl.minimum(q_start + BLOCK_M + offset, seq_kv)
+            my_tiles = gl.maximum(gl.cdiv(gl.maximum(visible, 0), BLOCK_N), 1)
+        else:
+            first_masked = seq_kv // BLOCK_N
+            my_tiles = n_tiles
 
-    for j in range(1, my_tiles):
-        slot = j % STAGES
-        prev = (j - 1) % STAGES
-        mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
-        mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+        mbarrier.wait(q_ready, count & 1)
+        slot = tile % STAGES
+        mbarrier.wait(k_ready.index(slot), (tile // STAGES) & 1)
         s = warpgroup_mma(q_tile, k_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
                           zero_s, use_acc=False, is_async=True)
-        acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc,
-                            is_async=True)
-        s = warpgroup_mma_wait(1, deps=(s,))  # the QK alone: P@V stays in flight
+        s = warpgroup_mma_wait(0, deps=(s,))
         mbarrier.arrive(k_free.index(slot))
-        s = mask_tile(s, j, first_masked, q_start, offset, seq_kv, BLOCK_N, CAUSAL)
-        m_i, alpha, p = softmax_step(s, m_i, qk_scale)
-        l_i = l_i * alpha + gl.sum(p, 1)
+        s = mask_tile(s, 0, first_masked, q_start, offset, seq_kv, BLOCK_N, CAUSAL)
+        m_i, _, p = softmax_step(s, gl.full([BLOCK_M], -float("inf"), gl.float32,
+                                            gl.SliceLayout(1, s_layout)), qk_scale)
+        l_i = gl.sum(p, 1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
-        acc = warpgroup_mma_wait(0, deps=(acc,))
-        mbarrier.arrive(v_free.index(prev))
-        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+        acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
 
-    last = (my_tiles - 1) % STAGES
-    mbarrier.wait(v_ready.index(last), ((my_tiles - 1) // STAGES) & 1)
-    acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc,
-                        is_async=True)
-    acc = warpgroup_mma_wait(0, deps=(acc,))
-    mbarrier.arrive(v_free.index(last))  # the producer may load more (causal: later rows')
-    # rows that saw no key (bottom-right, Sq > Skv) give 0 and lse -inf
-    seen = l_i > 0
-    if HAS_LSE:
-        rows = q_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
-        lse = gl.where(seen, (m_i + gl.log2(l_i)) * 0.6931471805599453, -float("inf"))
-        # lse [B, Hq, Sq]
-        gl.store(lse_ptr + batch_head.to(gl.int64) * seq_q + rows, lse,
-                 mask=rows < seq_q)
-    o = acc / gl.convert_layout(gl.where(seen, l_i, 1.0), o_rows)[:, None]
-{store}    o_smem.reshape([BLOCK_M, HEAD_DIM]).store(o)
-    fence_async_shared()
-    tma.{tma_store}(o_desc, [batch, q_start, head, 0], o_smem)  # rows past Sq are not written
-    if CAUSAL != 0:
-        # the tiles past this warp group's rows, freed unread in order once loaded (each
-        # arrival counts toward that tile's phase of its slot)
-        for j in range(my_tiles, n_tiles):
-            slot = j % STAGES
-            mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+        for j in range(1, my_tiles):
+            slot = (tile + j) % STAGES
+            prev = (tile + j - 1) % STAGES
+            mbarrier.wait(k_ready.index(slot), ((tile + j) // STAGES) & 1)
+            mbarrier.wait(v_ready.index(prev), ((tile + j - 1) // STAGES) & 1)
+            s = warpgroup_mma(q_tile,
+                              k_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
+                              zero_s, use_acc=False, is_async=True)
+            acc = warpgroup_mma(p_op, v_ring.index(prev).reshape([BLOCK_N, HEAD_DIM]), acc,
+                                is_async=True)
+            s = warpgroup_mma_wait(1, deps=(s,))  # the QK alone: P@V stays in flight
             mbarrier.arrive(k_free.index(slot))
-            mbarrier.wait(v_ready.index(slot), (j // STAGES) & 1)
-            mbarrier.arrive(v_free.index(slot))
+            s = mask_tile(s, j, first_masked, q_start, offset, seq_kv, BLOCK_N, CAUSAL)
+            m_i, alpha, p = softmax_step(s, m_i, qk_scale)
+            l_i = l_i * alpha + gl.sum(p, 1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            mbarrier.arrive(v_free.index(prev))
+            acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+        mbarrier.arrive(q_free)  # every QK done: the producer may load the next rows
+
+        last = (tile + my_tiles - 1) % STAGES
+        mbarrier.wait(v_ready.index(last), ((tile + my_tiles - 1) // STAGES) & 1)
+        acc = warpgroup_mma(p_op, v_ring.index(last).reshape([BLOCK_N, HEAD_DIM]), acc,
+                            is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(v_free.index(last))  # the producer may load more
+        # rows that saw no key (bottom-right, Sq > Skv) give 0 and lse -inf
+        seen = l_i > 0
+        if HAS_LSE:
+            rows = q_start + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+            lse = gl.where(seen, (m_i + gl.log2(l_i)) * 0.6931471805599453, -float("inf"))
+            # lse [B, Hq, Sq]
+            gl.store(lse_ptr + batch_head.to(gl.int64) * seq_q + rows, lse, mask=rows < seq_q)
+        o = acc / gl.convert_layout(gl.where(seen, l_i, 1.0), o_rows)[:, None]
+{store}        tma.store_wait(0)  # the last item's output has left o_smem
+        o_smem.reshape([BLOCK_M, HEAD_DIM]).store(o)
+        fence_async_shared()
+        # rows past Sq are not written
+        tma.{tma_store}(o_desc, [batch, q_start, head, 0], o_smem)
+        if CAUSAL != 0:
+            # the tiles past this warp group's rows, freed unread in order once loaded
+            # (each arrival counts toward that tile's phase of its slot)
+            for j in range(my_tiles, n_tiles):
+                slot = (tile + j) % STAGES
+                mbarrier.wait(k_ready.index(slot), ((tile + j) // STAGES) & 1)
+                mbarrier.arrive(k_free.index(slot))
+                mbarrier.wait(v_ready.index(slot), ((tile + j) // STAGES) & 1)
+                mbarrier.arrive(v_free.index(slot))
+        tile += n_tiles
+        count += 1
     tma.store_wait(0)
 """
 
@@ -226,20 +249,14 @@ KERNEL = """
 @gluon.jit
 def {name}(
     q_desc, k_desc, v_desc, o_desc, lse_ptr, scale_ptr, seq_q, seq_kv, n_heads, group,
-    heads_per_sweep, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+    heads_per_sweep, n_items, qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
     HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LSE: gl.constexpr,
-    SWEEPS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-    num_warps: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
-    # a program: a query block of {consumers} * BLOCK_M rows of one (batch, head) (grid
-    # (blocks, B * Hq), or 1-D in sweeps), run by {consumers} consumer warp groups (the
-    # default partition and workers) and a producer warp
-    block, batch_head = program_block(seq_q, heads_per_sweep, {consumers} * BLOCK_M, CAUSAL,
-                                      SWEEPS)
-    batch = batch_head // n_heads
-    head = batch_head % n_heads
-    q_start, n_tiles, offset = key_tiles(block, seq_q, seq_kv, {consumers} * BLOCK_M, BLOCK_N,
-                                         CAUSAL)
+    # a program runs work items program_id, + num_programs, ... of `n_items` (query blocks
+    # of {consumers} * BLOCK_M rows of one batch and head): {consumers} consumer warp groups
+    # (the default partition and workers) and a producer warp, which loads the next item's
+    # rows and keys while the consumers end the last one
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [{consumers}] + q_desc.block_type.shape,
                                        q_desc.layout)
     o_smem = gl.allocate_shared_memory(o_desc.dtype, [{consumers}] + o_desc.block_type.shape,
@@ -248,13 +265,15 @@ def {name}(
                                        k_desc.layout)
     v_ring = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape,
                                        v_desc.layout)
-    q_bars = gl.allocate_shared_memory(gl.int64, [{consumers}, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [{consumers}, 1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [{consumers}, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range({consumers}):
-        mbarrier.init(q_bars.index(i), count=1)
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_free.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
@@ -262,20 +281,23 @@ def {name}(
         mbarrier.init(v_free.index(i), count={consumers})
     gl.warp_specialize(
         [
-{partitions}            (kv_producer, (k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_free,
-                           v_free, batch, head // group, n_tiles, BLOCK_N, STAGES)),
+{partitions}            (producer, (q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_ready, q_free,
+                        k_ready, v_ready, k_free, v_free, seq_q, seq_kv, n_heads, group,
+                        heads_per_sweep, n_items, BLOCK_M, BLOCK_N, STAGES, {consumers},
+                        CAUSAL)),
         ],
         [{worker_warps}1],
         [{worker_regs}PRODUCER_REGS],
     )
 """
 
-# Consumer `{i}` of KERNEL's partitions: query rows from q_start + {i} * BLOCK_M.
+# Consumer `{i}` of KERNEL's partitions: each item's query rows from {i} * BLOCK_M.
 PARTITION = """            (rows_consumer, (q_desc, o_desc, q_smem.index({i}), o_smem.index({i}),
-                             q_bars.index({i}), k_ring, v_ring, k_ready, v_ready, k_free, v_free,
-                             lse_ptr, scale_ptr, batch_head, batch, head,
-                             q_start + {i} * BLOCK_M, seq_q, seq_kv, offset, n_tiles, qk_scale,
-                             BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, CAUSAL, HAS_LSE)),
+                             q_ready.index({i}), q_free.index({i}), k_ring, v_ring, k_ready,
+                             v_ready, k_free, v_free, lse_ptr, scale_ptr, seq_q, seq_kv,
+                             n_heads, heads_per_sweep, n_items, qk_scale, {i} * BLOCK_M,
+                             BLOCK_M, BLOCK_N, HEAD_DIM, STAGES, {consumers}, CAUSAL,
+                             HAS_LSE)),
 """
 
 
@@ -284,7 +306,7 @@ def kernel(name: str, consumers: int) -> str:
     4 warps with CONSUMER_REGS registers each; the producer warp last."""
     return KERNEL.format(
         name=name, consumers=consumers,
-        partitions="".join(PARTITION.format(i=i) for i in range(consumers)),
+        partitions="".join(PARTITION.format(i=i, consumers=consumers) for i in range(consumers)),
         worker_warps="4, " * (consumers - 1), worker_regs="CONSUMER_REGS, " * (consumers - 1),
     )  # fmt: skip
 
@@ -293,17 +315,17 @@ def kernel(name: str, consumers: int) -> str:
 # memory; the quant ones round it to the model dtype first, as the unfused quant reads it
 # (on the GPU the fp8 cast saturates to +-448 and keeps NaN: to_fp8).
 EPILOGUES = {
-    "none": ("", "    o = o.to(o_desc.dtype)  # epilogue: store in the output dtype\n"),
+    "none": ("", "        o = o.to(o_desc.dtype)  # epilogue: store in the output dtype\n"),
     "static": (
         "    inv_scale = gl.div_rn(1.0, gl.load(scale_ptr))  # static fp8 scale, loaded early\n",
-        "    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o * (1 / scale)))\n"
-        "    o = to_fp8(round_to(o, dtype, False) * inv_scale, False)\n",
+        "        # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o * (1 / scale)))\n"
+        "        o = to_fp8(round_to(o, dtype, False) * inv_scale, False)\n",
     ),
     "static div": (
         "    out_scale = gl.load(scale_ptr)  # static fp8 scale, loaded early\n"
         "    inv_scale = gl.div_rn(1.0, out_scale)\n",
-        "    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)),\n"
-        "    # divided correctly rounded as the graph's division\n"
-        "    o = to_fp8(div_by(round_to(o, dtype, False), out_scale, inv_scale), False)\n",
+        "        # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)),\n"
+        "        # divided correctly rounded as the graph's division\n"
+        "        o = to_fp8(div_by(round_to(o, dtype, False), out_scale, inv_scale), False)\n",
     ),
 }

@@ -745,7 +745,7 @@ def _prefill(
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     if attention_gluon.refusal(q, k, v, causal != "none", mask_kind, epilogue) is None:
         kernel = gluon_prefill_kernel(epilogue, attention_gluon.CONFIGS[q.shape[-1]].consumers)
-        sweep = heads_per_sweep(q, k, v, causal != "none", attention_gluon.programs(q),
+        sweep = heads_per_sweep(q, k, v, causal != "none", attention_gluon.work_items(q),
                                 attention_gluon.PROGRAMS_PER_SM)  # fmt: skip
         attention_gluon.launch(kernel, q, k, v, out, layout, lse, scale, sm_scale,
                                CAUSAL[causal], sweep)  # fmt: skip

@@ -21,8 +21,8 @@ from triton.experimental.gluon.language.nvidia.hopper import tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from irfuse.kernels import attention_gluon as pieces
-from irfuse.kernels.attention import MAX_GRID_YZ
-from irfuse.lowering.runtime import INTERPRET, cdiv, tma_ok, tma_strides_ok
+from irfuse.kernels.attention import MAX_GRID_X
+from irfuse.lowering.runtime import INTERPRET, cdiv, sm_count, tma_ok, tma_strides_ok
 
 ENABLED = os.environ.get("IRFUSE_GLUON_PREFILL", "1") != "0"
 
@@ -30,6 +30,9 @@ BLOCK_M = 64  # query rows a consumer warp group
 PRODUCER_REGS = 24
 # Every config's consumers take about all of an SM's 64K registers: one program an SM.
 PROGRAMS_PER_SM = 1
+# (head dim, causal): whether a program an SM strides over the work items (persistent),
+# else a program an item
+PERSISTENT = {(128, False): False, (128, True): False, (64, False): False, (64, True): False}
 
 
 class GluonConfig(NamedTuple):
@@ -102,8 +105,8 @@ def refusal(
         return f"causal at head dim {q.shape[-1]} (the Triton kernel is faster)"
     if q.shape[2] < min_rows or k.shape[2] == 0:
         return f"{q.shape[2]} query rows, {k.shape[2]} keys"
-    if q.shape[0] * q.shape[1] > MAX_GRID_YZ:
-        return f"{q.shape[0] * q.shape[1]} heads"
+    if work_items(q) > MAX_GRID_X:
+        return f"{work_items(q)} query blocks x heads"
     if not (tma_ok if addresses else tma_strides_ok)(q, k, v):  # (the output always is)
         return "strides or bases TMA cannot view"
     return None
@@ -121,8 +124,8 @@ def _view(t: torch.Tensor, rows: int) -> TensorDescriptor:
                             _shared_layout(block, t.dtype))  # fmt: skip
 
 
-def programs(q: torch.Tensor) -> int:
-    """The programs the kernel runs over q [B, Hq, Sq, D]: one a query block and head."""
+def work_items(q: torch.Tensor) -> int:
+    """The kernel's work items over q [B, Hq, Sq, D]: query blocks x heads."""
     b, h, sq, d = q.shape
     return cdiv(sq, CONFIGS[d].consumers * BLOCK_M) * b * h
 
@@ -134,41 +137,36 @@ def launch(
     """The Gluon prefill over q [B, Hq, Sq, D], k, v [B, Hkv, Skv, D] (refusal None),
     into `out` ([B, Sq, Hq*D] for bs_hd, the transpose of [B, Sq, Hq, D] for bhsd) and
     `lse` [B, Hq, Sq] (empty: not asked for); `causal`: 0 none, 1 top-left, 2
-    bottom-right; `heads_per_sweep` > 1 runs the blocks of that many heads together
-    (irfuse/lowering/attention.py's heads_per_sweep). `kernel`: the one with CONFIGS[D]'s
-    consumers."""
+    bottom-right; its items in sweeps of `heads_per_sweep` heads (irfuse/lowering/
+    attention.py's heads_per_sweep), persistent where PERSISTENT says. `kernel`: the one
+    with CONFIGS[D]'s consumers."""
     b, h, sq, d = q.shape
     config = CONFIGS[d]
     rows = out.view(b, sq, h, d) if layout == "bs_hd" else out.transpose(1, 2)
     views = (_view(q.transpose(1, 2), BLOCK_M), _view(k.transpose(1, 2), config.block_n),
              _view(v.transpose(1, 2), config.block_n), _view(rows, BLOCK_M))  # fmt: skip
-    blocks, sweeps = cdiv(sq, config.consumers * BLOCK_M), heads_per_sweep > 1
-    kernel[(blocks * b * h,) if sweeps else (blocks, b * h)](
+    items = work_items(q)
+    programs = min(items, sm_count(q.device)) if PERSISTENT[d, causal != 0] else items
+    kernel[(programs,)](
         *views, lse if lse.numel() else out, scale if scale is not None else out, sq,
-        k.shape[2], h, h // k.shape[1], heads_per_sweep, sm_scale * math.log2(math.e),
-        **_constants(config, d, causal, lse.numel() > 0, sweeps),
+        k.shape[2], h, h // k.shape[1], heads_per_sweep, items, sm_scale * math.log2(math.e),
+        **_constants(config, d, causal, lse.numel() > 0),
     )  # fmt: skip
 
 
-def _constants(
-    config: GluonConfig, head_dim: int, causal: int, has_lse: bool, sweeps: bool
-) -> dict:
+def _constants(config: GluonConfig, head_dim: int, causal: int, has_lse: bool) -> dict:
     """The kernel's constexpr arguments (num_warps: the default partition's)."""
     return dict(BLOCK_M=BLOCK_M, BLOCK_N=config.block_n, HEAD_DIM=head_dim,
-                STAGES=config.stages, CAUSAL=causal, HAS_LSE=has_lse, SWEEPS=sweeps,
+                STAGES=config.stages, CAUSAL=causal, HAS_LSE=has_lse,
                 CONSUMER_REGS=config.registers, PRODUCER_REGS=PRODUCER_REGS,
                 num_warps=4)  # fmt: skip
 
 
-def compile_sm90(
-    epilogue: str, head_dim: int, causal: int, config: GluonConfig | None = None,
-    sweeps: bool = False,
-):  # fmt: skip
+def compile_sm90(epilogue: str, head_dim: int, causal: int, config: GluonConfig | None = None):
     """The kernel for `epilogue` compiled for sm_90 on any machine (Gluon has no
     interpreter: the CPU's tests and probes check what it compiles to), bf16 in, lse
-    asked for, `config` (default CONFIGS[head_dim]), its grid in sweeps or not. Its
-    @triton.jit helpers must not be interpreted: call it in a process without
-    TRITON_INTERPRET."""
+    asked for, `config` (default CONFIGS[head_dim]). Its @triton.jit helpers must not be
+    interpreted: call it in a process without TRITON_INTERPRET."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -183,9 +181,9 @@ def compile_sm90(
              ("v_desc", rows, config.block_n), ("o_desc", out, BLOCK_M))  # fmt: skip
     sig = {arg: mangle_type(_view(t, block)) for arg, t, block in views}
     sig |= {"lse_ptr": "*fp32", "scale_ptr": "*fp32", "seq_q": "i32", "seq_kv": "i32",
-            "n_heads": "i32", "group": "i32", "heads_per_sweep": "i32",
+            "n_heads": "i32", "group": "i32", "heads_per_sweep": "i32", "n_items": "i32",
             "qk_scale": "fp32"}  # fmt: skip
-    consts = _constants(config, head_dim, causal, True, sweeps)
+    consts = _constants(config, head_dim, causal, True)
     sig |= {arg: "constexpr" for arg in consts}
     kernel = gluon_prefill_kernel(epilogue, config.consumers)
     return triton.compile(GluonASTSource(kernel, sig, consts),
