@@ -17,6 +17,7 @@
 #                                       # both head dims, issue 4's prefill rows
 #     bash bench/gpu_session.sh gluon-sweep  # Gluon configs by length, head dims 64, 128,
 #                                       # and how attention=auto times its candidates
+#     bash bench/gpu_session.sh plans     # the Gluon prefill's plans: tests, issue 4's rows
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -173,6 +174,26 @@ gluon-sweep)
             --seqs 512 1024 2048 --configs 2:240:2:128:p0 2:240:2:128:p1 2:240:3:64:p1
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
+plans)
+    # the Gluon prefill's plans (irfuse/lowering/attention_gluon.py): its GPU tests, then
+    # issue 4's B8 H16 S1024 D64 causal by variant (two consumers persistent in snake
+    # order, the default, against a program an item and three consumers), issue 4's
+    # attention rows with the plans, persistent or not at head dim 128, and head dim 64 by
+    # length; RESULTS.md copied after each step
+    step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py || exit 1
+    step issue-64 60 python3 bench/prefill_paths.py --head-dim 64 --no-epilogues \
+        --tokens 8192 --heads 16 --seqs 1024 --configs 2:240:2:128 2:240:2:128:p0 \
+        3:160:2:128:p1
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step attention 240 python3 bench/attention.py --only 3 1 4 6 0 2
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step paths-128 90 python3 bench/prefill_paths.py --no-epilogues --seqs 512 1024 4096 \
+        --configs 2:240:2:128:p0 2:240:2:128:p1
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step paths-64 60 python3 bench/prefill_paths.py --head-dim 64 --no-epilogues \
+        --seqs 512 1024 2048
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 coverage)
     # the cells of issue 3's speed table (hidden 4096 / 7168 / 8192, from 4096 tokens) the
     # other stages leave out (first timed over rotating inputs in the thirty-first session)
@@ -227,8 +248,8 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "per-group-div | per-token | tiles | gluon | gluon-sweep | coverage | suite | epilogues |" \
-        "attention-kernel | shards [N] | hf" >&2
+        "per-group-div | per-token | tiles | gluon | gluon-sweep | plans | coverage | suite |" \
+        "epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,6 @@
 """Head-dim-128 (or 64) prefill: irfuse's Gluon kernel against its Triton kernel and
-cuDNN, by query length, so that GLUON_MIN_ROWS (irfuse/lowering/attention_gluon.py) is
-measured.
+cuDNN, by query length, so that the Gluon kernel's plans (irfuse/lowering/attention_gluon.py)
+are measured.
 
     python bench/prefill_paths.py [--head-dim 128] [--seqs 512 1024 2048 4096] [--rounds 5]
         [--configs 2:240:2:128 ...] [--tokens 16384] [--heads 32] [--no-epilogues]
@@ -9,7 +9,7 @@ measured.
 Each row holds B*S at 16384 query rows (--tokens) over 32 heads (--heads): a 4096-token
 prefill of batch 4, cut shorter or longer, causal top-left and not, bf16, no epilogue,
 q laid out as its projection leaves it, the output [B, S, H*D]; then the static fp8
-epilogue at the longest length. The Gluon columns run it at any length (GLUON_MIN_ROWS
+epilogue at the longest length. The Gluon columns run it at any length (PLANS' lengths
 lifted), one per config (`--configs`: consumer warp groups, their registers, K / V
 stages, keys a tile, then optionally s<heads a sweep> (s1: one head at a time) and p1 /
 p0 (persistent or a program a work item), else irfuse's choices; default irfuse's
@@ -46,7 +46,7 @@ TOKENS, HEADS = 16384, 32
 class Variant(NamedTuple):
     config: attention_gluon.GluonConfig
     heads_per_sweep: int | None  # forced (1: one head at a time), else irfuse's choice
-    persistent: bool | None  # forced, else irfuse's choice (attention_gluon.PERSISTENT)
+    persistent: bool | None  # forced, else irfuse's plan's (attention_gluon.PLANS), or not
 
 
 def parse_config(text: str) -> Variant:
@@ -63,19 +63,21 @@ def label(variant: Variant) -> str:
     return ":".join(map(str, [*variant.config, *options]))
 
 
-def irfuse_prefill(variant: Variant | None, mode: str, epilogue: str, d: int):
+def irfuse_prefill(variant: Variant | None, mode: str, epilogue: str, d: int, rows: int):
     """kernel_attention on the Gluon path with `variant` at any length, causal or not, or
-    (variant None) with it off."""
+    (variant None) with it off (q of `rows` query rows)."""
     patches = [mock.patch.object(attention_gluon, "ENABLED", False)]
     if variant is not None:
-        patches = [mock.patch.multiple(attention_gluon, CONFIGS={d: variant.config},
-                                       GLUON_MIN_ROWS={(d, True): 1, (d, False): 1})]  # fmt: skip
+        causal = mode != "none"
+        persistent = variant.persistent
+        if persistent is None:  # irfuse's plan's at this length, else not
+            planned = attention_gluon.plan(d, causal, rows)
+            persistent = planned is not None and planned.persistent
+        only = attention_gluon.Plan(1, variant.config, persistent)
+        patches = [mock.patch.dict(attention_gluon.PLANS, {(d, causal): (only,)})]
         if variant.heads_per_sweep is not None:
             sweep = variant.heads_per_sweep
             patches.append(mock.patch.object(attention, "heads_per_sweep", lambda *a: sweep))
-        if variant.persistent is not None:
-            persistent = dict.fromkeys(attention_gluon.PERSISTENT, variant.persistent)
-            patches.append(mock.patch.object(attention_gluon, "PERSISTENT", persistent))
 
     def run(q, k, v, scale):
         with contextlib.ExitStack() as stack:
@@ -97,9 +99,9 @@ def bench_row(
     mode = "top_left" if causal else "none"
     cudnn = cudnn_attention(causal)
     candidates = {"cuDNN": lambda q, k, v, scale: cudnn(q, k, v),
-                  "Triton": irfuse_prefill(None, mode, epilogue, d)}  # fmt: skip
+                  "Triton": irfuse_prefill(None, mode, epilogue, d, s)}  # fmt: skip
     gluons = [f"Gluon {label(config)}" for config in configs]
-    candidates |= {name: irfuse_prefill(config, mode, epilogue, d)
+    candidates |= {name: irfuse_prefill(config, mode, epilogue, d, s)
                    for name, config in zip(gluons, configs, strict=True)}  # fmt: skip
     # the irfuse paths against each other (the reference ops' own test is the suite's)
     triton_out = candidates["Triton"](q, k, v, scale).float()
@@ -143,7 +145,7 @@ def main() -> None:
     parser.add_argument("--no-epilogues", action="store_true")
     args = parser.parse_args()
     d = args.head_dim
-    configs = args.configs or [Variant(attention_gluon.CONFIGS[d], None, None)]
+    configs = args.configs or [Variant(attention_gluon.PLANS[d, False][-1].config, None, None)]
     if args.compile_only:
         compile_only(d, configs)
         return
@@ -165,7 +167,7 @@ def main() -> None:
         "out as its projection leaves it, the output [B, S, H*D]; Gluon configs consumers:"
         "registers:stages:block_n[:s<heads a sweep>][:p<persistent>] (else irfuse's "
         "choices), each at every "
-        "length (GLUON_MIN_ROWS lifted); the quant rows' outputs fp8 (cuDNN's bf16).",
+        "length (PLANS' lengths lifted); the quant rows' outputs fp8 (cuDNN's bf16).",
     )  # fmt: skip
 
 

@@ -4,7 +4,6 @@ reference ops."""
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import re
@@ -60,7 +59,7 @@ def test_generated_source_compiles_for_sm90_in_fa3_order(epilogue, d, sm90_ptx):
     waited for alone while P@V stays in flight, registers moved to the consumers, 4-D TMA
     views; the quant ones cast with saturation."""
     ptx = sm90_ptx[f"{epilogue} {d}"]
-    registers = attention_gluon.CONFIGS[d].registers
+    registers = attention_gluon.PLANS[d, False][-1].config.registers
     assert "wgmma.wait_group.sync.aligned 1;" in ptx
     assert re.search(rf"setmaxnreg.inc.sync.aligned.u32\s+{registers};", ptx)
     assert "cp.async.bulk.tensor.4d" in ptx
@@ -103,8 +102,9 @@ def test_refusal_off_sm90(monkeypatch):
         ("fp32", "torch.float32"),
         ("causal", None),
         ("d64", None),
-        ("d64 causal", "causal at head dim 64 (the Triton kernel is faster)"),
-        ("d64 short", "2047 query rows, 2048 keys"),
+        ("d64 causal", None),
+        ("d64 short", "511 query rows, 2048 keys"),
+        ("unplanned", "causal at head dim 64 (the Triton kernel is faster)"),
         ("d96", "head dims 96 / 96"),
         ("dv64", "head dims 128 / 64"),
         ("short", "511 query rows, 2048 keys"),
@@ -117,7 +117,10 @@ def test_what_it_leaves_to_the_triton_kernels(case, reason, monkeypatch):
     """The inputs the Gluon prefill refuses, and why (tensors on the meta device, taken
     for an sm_90 GPU's: only their shapes, dtypes and strides are read)."""
     monkeypatch.setattr(attention_gluon, "on_sm90", lambda device: True)
-    shapes = {"d64": {"d": 64}, "d64 causal": {"d": 64}, "d64 short": {"d": 64, "sq": 2047},
+    if case == "unplanned":
+        monkeypatch.delitem(attention_gluon.PLANS, (64, True))
+    shapes = {"d64": {"d": 64}, "d64 causal": {"d": 64}, "d64 short": {"d": 64, "sq": 511},
+              "unplanned": {"d": 64},
               "d96": {"d": 96}, "short": {"sq": 511}, "no keys": {"skv": 0},
               "fp32": {"dtype": torch.float32}}  # fmt: skip
     q, k, v = _qkv_on("meta", **shapes.get(case, {}))
@@ -130,7 +133,7 @@ def test_what_it_leaves_to_the_triton_kernels(case, reason, monkeypatch):
         k = k[:, :1].expand(1, 4, 2048, 128)
     mask_kind = 1 if case == "mask" else 0
     epilogue = "nvfp4" if case == "nvfp4" else "none"
-    causal = case in ("causal", "d64 causal")
+    causal = case in ("causal", "d64 causal", "unplanned")
     assert attention_gluon.refusal(q, k, v, causal, mask_kind, epilogue) == reason
 
 
@@ -146,6 +149,8 @@ GPU_CASES = [  # (epilogue, causal, Hq, Hkv, Sq, Skv, layout, lse, dtype, head d
     ("none", "none", 4, 4, 2051, 2051, "bs_hd", True, torch.bfloat16, 64),
     ("static", "none", 8, 2, 2048, 1500, "bhsd", True, torch.float16, 64),
     ("static div", "none", 4, 1, 2100, 3000, "bs_hd", False, torch.bfloat16, 64),
+    ("none", "top_left", 4, 4, 1031, 1031, "bs_hd", True, torch.bfloat16, 64),  # two consumers
+    ("static", "bottom_right", 8, 2, 700, 900, "bhsd", True, torch.float16, 64),
 ]
 
 
@@ -239,11 +244,12 @@ def test_gpu_refused_inputs_run_the_triton_kernel(monkeypatch):
 @pytest.mark.parametrize(("causal", "sq", "skv"), [("top_left", 700, 700),
                                                    ("bottom_right", 1000, 1500)])  # fmt: skip
 def test_gpu_warp_groups_past_their_diagonal_free_their_tiles(causal, sq, skv, monkeypatch):
-    """Causal at head dim 64 (run here though the Triton kernel takes it by default):
+    """Causal at head dim 64 with three consumers (two by default), a program an item:
     three warp groups of 64 rows, the first two stopping up to two key tiles before the
     program's last, free those tiles' slots for the producer (else it hangs) and match
     the reference."""
-    monkeypatch.setattr(attention_gluon, "GLUON_MIN_ROWS", {(64, True): 1})
+    three = attention_gluon.Plan(1, attention_gluon.THREE_NARROW, False)
+    monkeypatch.setitem(attention_gluon.PLANS, (64, True), (three,))
     q, k, v = _gpu_inputs(4, 2, sq, skv, torch.bfloat16, d=64)
     calls = _counting_launches(monkeypatch)
     out, lse, _ = kernel_attention(q, k, v, None, 0.125, causal, "bhsd", True, "none")
@@ -269,8 +275,9 @@ def test_gpu_work_items_in_sweeps_and_persistent_match_the_reference(
     loading an item's rows and keys while the consumers end the last): each item finds
     its block and head, and the rings their phases, lse included."""
     monkeypatch.setattr(kernels, "heads_per_sweep", lambda *args: 3)
-    monkeypatch.setattr(attention_gluon, "GLUON_MIN_ROWS", {(d, causal != "none"): 1})
-    monkeypatch.setattr(attention_gluon, "PERSISTENT", collections.defaultdict(lambda: persistent))
+    config = attention_gluon.plan(d, causal != "none", sq).config
+    only = attention_gluon.Plan(1, config, persistent)
+    monkeypatch.setitem(attention_gluon.PLANS, (d, causal != "none"), (only,))
     monkeypatch.setattr(attention_gluon, "sm_count", lambda device: 5)
     q, k, v = _gpu_inputs(hq, hkv, sq, skv, torch.bfloat16, d=d)
     sweeps, launch = [], attention_gluon.launch

@@ -9,19 +9,20 @@ layouts, shared memory, mbarriers, async wgmma, warp specialization), lets the k
 
 - issue each key tile's QK together with the previous tile's P@V, wait for the QK alone
   (`warpgroup_mma_wait(1)`) and run the softmax while P@V holds the tensor cores;
-- split a program's query rows over consumer warp groups (64 rows each: two at head dim
-  128 with 240 registers, three at head dim 64 with 160, as FA3) and give a producer warp
-  (24 registers) the TMA loads of K and V, into rings whose slots the consumers free by
+- split a program's query rows over consumer warp groups (64 rows each: two with 240
+  registers, or three with 160, as FA3 runs head dim 64) and give a producer warp (24
+  registers) the TMA loads of q, K and V, into rings whose slots the consumers free by
   mbarrier arrivals; causal, each warp group stops at its own rows' diagonal and frees
   the later tiles (which the program's later rows read) unread;
 - run a list of work items a program (query blocks of one batch and head: one each, or
-  persistent, a program an SM striding over all), the producer loading the next item's
-  query rows and keys while the consumers end the last one, whose output store they
-  wait for only when they next store; items go in sweeps of heads block by block,
-  causal the longest first.
+  persistent, a program an SM taking them in snake order), the producer loading the
+  next item's query rows and keys while the consumers end the last one, whose output
+  store they wait for only when they next store; items go in sweeps of heads block by
+  block, causal the longest first.
 
-On an H100 it runs head dim 128 at 0.97x-1.02x cuDNN from 2048 rows (bench/RESULTS.md,
-thirty-fifth session).
+On an H100 it runs head dim 128 at 0.97x-1.02x cuDNN from 2048 rows, and persistent
+without a causal mask from 512 (bench/RESULTS.md, thirty-fifth and thirty-sixth
+sessions).
 
 q, k, v and the output are 4-D TMA views [B, S, H, D] of any strides but the last (q as
 its projection leaves it; the output [B, Sq, Hq, D], which both of irfuse's layouts
@@ -54,6 +55,23 @@ def load_kv(desc, ring, bars, slot, batch, row, kv_head):
     # past the sequence read as zeros)
     mbarrier.expect(bars.index(slot), desc.block_type.nbytes)
     tma.{tma_load}(desc, [batch, row, kv_head, 0], bars.index(slot), ring.index(slot))
+
+
+@gluon.jit
+def round_item(r):
+    # the work item a program runs in round r: r * G + its index in even rounds, r * G +
+    # G - 1 - its index in odd ones (G programs), a snake, so that items in order of cost
+    # (causal: the longest first) even out over the programs
+    programs = gl.num_programs(0)
+    index = gl.program_id(0)
+    return r * programs + index + (r % 2) * (programs - 1 - 2 * index)
+
+
+@gluon.jit
+def program_rounds(n_items):
+    # the rounds this program runs: every full one, and the last if its item is there
+    full = n_items // gl.num_programs(0)
+    return full + (round_item(full) < n_items).to(gl.int32)
 
 
 @gluon.jit
@@ -115,9 +133,9 @@ def producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_ready, q_free, k_
     # freed it (tile: the ring's count over the items, which sets its slots and phases)
     tile = 0
     count = 0
-    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+    for r in range(program_rounds(n_items)):
         batch, head, _, q_start, n_tiles, _ = work_item(
-            item, n_items, seq_q, seq_kv, n_heads, heads_per_sweep, CONSUMERS * BLOCK_M,
+            round_item(r), n_items, seq_q, seq_kv, n_heads, heads_per_sweep, CONSUMERS * BLOCK_M,
             BLOCK_N, CAUSAL)
         for i in gl.static_range(CONSUMERS):
             mbarrier.wait(q_free.index(i), (count & 1) ^ 1, pred=count > 0)
@@ -160,9 +178,9 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_ready, q_free, k_ring, v_rin
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
 {preload}    tile = 0  # the K / V ring's count over the items (the producer's)
     count = 0
-    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+    for r in range(program_rounds(n_items)):
         batch, head, batch_head, q_start, n_tiles, offset = work_item(
-            item, n_items, seq_q, seq_kv, n_heads, heads_per_sweep, CONSUMERS * BLOCK_M,
+            round_item(r), n_items, seq_q, seq_kv, n_heads, heads_per_sweep, CONSUMERS * BLOCK_M,
             BLOCK_N, CAUSAL)
         q_start += ROWS_FROM
         # tiles before this one every row of the warp group sees in full; causal, its
@@ -253,8 +271,8 @@ def {name}(
     HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_LSE: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
-    # a program runs work items program_id, + num_programs, ... of `n_items` (query blocks
-    # of {consumers} * BLOCK_M rows of one batch and head): {consumers} consumer warp groups
+    # a program runs a work item a round (round_item) of `n_items` (query blocks of
+    # {consumers} * BLOCK_M rows of one batch and head): {consumers} consumer warp groups
     # (the default partition and workers) and a producer warp, which loads the next item's
     # rows and keys while the consumers end the last one
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [{consumers}] + q_desc.block_type.shape,

@@ -231,8 +231,8 @@ def attention_source(epilogue: str) -> str:
     if epilogue not in DECODE_ONLY:
         prefills = [prefill_source(epilogue, loads) for loads in ("pointer", "tma")]
         if epilogue in gluon_pieces.EPILOGUES:
-            prefills += [gluon_prefill_source(epilogue, config.consumers)
-                         for config in attention_gluon.CONFIGS.values()]  # fmt: skip
+            consumers = sorted({config.consumers for config in attention_gluon.configs()})
+            prefills += [gluon_prefill_source(epilogue, n) for n in consumers]
         parts = [*prefills, mask_tile_flags_source(), mask_tiles_source(), *parts]
     return "\n\n".join(parts)
 
@@ -284,7 +284,7 @@ def prefill_config(head_dim: int, seq_q: int, mask_bytes: int = 0) -> dict[str, 
 SHORT_SEQ = 2048
 # The same for head dim 128 without a mask (causal: 512 rows 0.76x against 0.65x, 1024
 # rows 0.89x against 0.80x; 2048 rows 0.84x against 0.86x). On sm_90 the Gluon prefill
-# takes these from attention_gluon.GLUON_MIN_ROWS rows.
+# takes these from attention_gluon.PLANS' rows.
 SHORT_SEQ_D128 = 1024
 
 
@@ -585,8 +585,10 @@ def prefill_note(q, k, v, causal: str, has_mask: bool, epilogue: str) -> str | N
     why = attention_gluon.refusal(q, k, v, causal != "none", int(has_mask), epilogue, False)
     if why is not None:
         return f"its prefill: the Triton kernel ({why})"
-    consumers = attention_gluon.CONFIGS[q.shape[-1]].consumers
-    return f"its prefill: {gluon_prefill_name(epilogue, consumers)} (Gluon, sm_90)"
+    chosen = attention_gluon.plan(q.shape[-1], causal != "none", q.shape[2])
+    assert chosen is not None  # (refusal says why not)
+    name = gluon_prefill_name(epilogue, chosen.config.consumers)
+    return f"its prefill: {name} (Gluon, sm_90{', persistent' if chosen.persistent else ''})"
 
 
 def graph_launches(
@@ -744,11 +746,13 @@ def _prefill(
 ):
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
     if attention_gluon.refusal(q, k, v, causal != "none", mask_kind, epilogue) is None:
-        kernel = gluon_prefill_kernel(epilogue, attention_gluon.CONFIGS[q.shape[-1]].consumers)
-        sweep = heads_per_sweep(q, k, v, causal != "none", attention_gluon.work_items(q),
+        chosen = attention_gluon.plan(q.shape[-1], causal != "none", q.shape[2])
+        kernel = gluon_prefill_kernel(epilogue, chosen.config.consumers)
+        items = attention_gluon.work_items(q, chosen.config)
+        sweep = heads_per_sweep(q, k, v, causal != "none", items,
                                 attention_gluon.PROGRAMS_PER_SM)  # fmt: skip
         attention_gluon.launch(kernel, q, k, v, out, layout, lse, scale, sm_scale,
-                               CAUSAL[causal], sweep)  # fmt: skip
+                               CAUSAL[causal], chosen, sweep)  # fmt: skip
         return
     b, h, sq, d = q.shape
     seq_kv, dv = k.shape[2], v.shape[-1]

@@ -2,7 +2,7 @@
 and its launch.
 
 It runs on sm_90 (H100, H200) for head dims 128 and (not causal) 64, q, k and v alike,
-in bf16 / fp16 without an explicit mask, from GLUON_MIN_ROWS query rows, ending with no
+in bf16 / fp16 without an explicit mask, by PLANS' query lengths, ending with no
 quant or the static fp8 one, where TMA can view q, k and v (refusal says why not); the
 Triton kernels run the rest, and everything in the interpreter. Set
 IRFUSE_GLUON_PREFILL=0 to run the Triton prefill everywhere.
@@ -30,9 +30,6 @@ BLOCK_M = 64  # query rows a consumer warp group
 PRODUCER_REGS = 24
 # Every config's consumers take about all of an SM's 64K registers: one program an SM.
 PROGRAMS_PER_SM = 1
-# (head dim, causal): whether a program an SM strides over the work items (persistent),
-# else a program an item
-PERSISTENT = {(128, False): False, (128, True): False, (64, False): False, (64, True): False}
 
 
 class GluonConfig(NamedTuple):
@@ -42,16 +39,46 @@ class GluonConfig(NamedTuple):
     block_n: int  # keys a tile
 
 
-# By head dim, as FA3 runs them on Hopper: at 128 two consumers of 240 registers (2 x 64
-# KB of K / V beside q's and the output's 64 KB), at 64 three of 160.
-CONFIGS = {128: GluonConfig(2, 240, 2, 128), 64: GluonConfig(3, 160, 2, 128)}
-# (head dim, causal): query rows from which it runs (H100, bench/RESULTS.md, 512 to 4096
-# rows, thirty-fifth session). Head dim 128: it beat the Triton kernel at every length
-# timed (1.05x-1.15x), the shortest 512; below, the Triton kernel's 64-row tiles (twice
-# the programs). Head dim 64 without a causal mask: 1.10x-1.13x from 2048 rows, even
-# below. Causal at head dim 64 its 192-row programs lost to the Triton kernel from 0.57x
-# at 512 rows to 0.99x at 2048 (1.02x at 4096): the Triton kernel runs it.
-GLUON_MIN_ROWS = {(128, False): 512, (128, True): 512, (64, False): 2048}
+class Plan(NamedTuple):
+    min_rows: int  # query rows from which it runs
+    config: GluonConfig
+    persistent: bool  # a program an SM striding over the work items, else one an item
+
+
+# FA3's configs on Hopper: at head dim 128 two consumers of 240 registers (2 x 64 KB of K
+# / V beside q's and the output's 64 KB), at 64 three of 160; at head dim 64 two of 240
+# won below 2048 rows (bench/RESULTS.md, thirty-sixth session).
+TWO_WIDE, THREE_NARROW = GluonConfig(2, 240, 2, 128), GluonConfig(3, 160, 2, 128)
+# (head dim, causal): the plans by query length (the last whose min_rows q reaches; none:
+# the Triton kernel runs it). H100, bench/RESULTS.md, 512 to 4096 rows, thirty-fifth and
+# thirty-sixth sessions:
+# - head dim 128 beat the Triton kernel at every length timed, the shortest 512 (below,
+#   the Triton kernel's 64-row tiles: twice the programs); persistent without a causal
+#   mask, 1.06x-1.14x a program an item (0.97x-1.02x cuDNN from 512 rows);
+# - head dim 64 without a causal mask, persistent: 1.12x the Triton kernel at 512 and
+#   1024 rows with two consumers, 1.15x at 2048 with three;
+# - causal, persistent programs ran items of like lengths, a round of items apart (0.82x
+#   a program an item at head dim 128, 512 rows); they now take them in snake order.
+PLANS: dict[tuple[int, bool], tuple[Plan, ...]] = {
+    (128, False): (Plan(512, TWO_WIDE, True),),
+    (128, True): (Plan(512, TWO_WIDE, False),),
+    (64, False): (Plan(512, TWO_WIDE, True), Plan(2048, THREE_NARROW, True)),
+    (64, True): (Plan(512, TWO_WIDE, True),),
+}
+
+
+def plan(head_dim: int, causal: bool, rows: int) -> Plan | None:
+    """The plan for `rows` query rows at `head_dim`, causal or not; None: the Triton
+    kernel runs it."""
+    reached = [p for p in PLANS.get((head_dim, causal), ()) if rows >= p.min_rows]
+    return reached[-1] if reached else None
+
+
+def configs() -> set[GluonConfig]:
+    """Every config a plan runs."""
+    return {p.config for plans in PLANS.values() for p in plans}
+
+
 EPILOGUES = tuple(pieces.EPILOGUES)
 # Gluon's TMA copies, as this Triton names them (3.9 renamed 3.6's)
 TMA_COPIES = (
@@ -98,15 +125,16 @@ def refusal(
         return f"the {epilogue} epilogue"
     if q.dtype not in (torch.bfloat16, torch.float16):
         return f"{q.dtype}"
-    if q.shape[-1] != v.shape[-1] or q.shape[-1] not in CONFIGS:
-        return f"head dims {q.shape[-1]} / {v.shape[-1]}"
-    min_rows = GLUON_MIN_ROWS.get((q.shape[-1], causal))
-    if min_rows is None:
-        return f"causal at head dim {q.shape[-1]} (the Triton kernel is faster)"
-    if q.shape[2] < min_rows or k.shape[2] == 0:
+    d = q.shape[-1]
+    if d != v.shape[-1] or not (PLANS.get((d, False)) or PLANS.get((d, True))):
+        return f"head dims {d} / {v.shape[-1]}"
+    if not PLANS.get((d, causal)):
+        return f"{'causal' if causal else 'no mask'} at head dim {d} (the Triton kernel is faster)"
+    chosen = plan(d, causal, q.shape[2])
+    if chosen is None or k.shape[2] == 0:
         return f"{q.shape[2]} query rows, {k.shape[2]} keys"
-    if work_items(q) > MAX_GRID_X:
-        return f"{work_items(q)} query blocks x heads"
+    if work_items(q, chosen.config) > MAX_GRID_X:
+        return f"{work_items(q, chosen.config)} query blocks x heads"
     if not (tma_ok if addresses else tma_strides_ok)(q, k, v):  # (the output always is)
         return "strides or bases TMA cannot view"
     return None
@@ -124,29 +152,29 @@ def _view(t: torch.Tensor, rows: int) -> TensorDescriptor:
                             _shared_layout(block, t.dtype))  # fmt: skip
 
 
-def work_items(q: torch.Tensor) -> int:
-    """The kernel's work items over q [B, Hq, Sq, D]: query blocks x heads."""
-    b, h, sq, d = q.shape
-    return cdiv(sq, CONFIGS[d].consumers * BLOCK_M) * b * h
+def work_items(q: torch.Tensor, config: GluonConfig) -> int:
+    """The kernel's work items over q [B, Hq, Sq, D] with `config`: query blocks x heads."""
+    b, h, sq, _ = q.shape
+    return cdiv(sq, config.consumers * BLOCK_M) * b * h
 
 
 def launch(
     kernel, q, k, v, out, layout: str, lse, scale, sm_scale: float, causal: int,
-    heads_per_sweep: int = 1,
+    chosen: Plan, heads_per_sweep: int = 1,
 ) -> None:  # fmt: skip
     """The Gluon prefill over q [B, Hq, Sq, D], k, v [B, Hkv, Skv, D] (refusal None),
     into `out` ([B, Sq, Hq*D] for bs_hd, the transpose of [B, Sq, Hq, D] for bhsd) and
     `lse` [B, Hq, Sq] (empty: not asked for); `causal`: 0 none, 1 top-left, 2
-    bottom-right; its items in sweeps of `heads_per_sweep` heads (irfuse/lowering/
-    attention.py's heads_per_sweep), persistent where PERSISTENT says. `kernel`: the one
-    with CONFIGS[D]'s consumers."""
+    bottom-right; by the `chosen` plan (`kernel`: the one with its consumers), its items
+    in sweeps of `heads_per_sweep` heads (irfuse/lowering/attention.py's
+    heads_per_sweep)."""
     b, h, sq, d = q.shape
-    config = CONFIGS[d]
+    config = chosen.config
     rows = out.view(b, sq, h, d) if layout == "bs_hd" else out.transpose(1, 2)
     views = (_view(q.transpose(1, 2), BLOCK_M), _view(k.transpose(1, 2), config.block_n),
              _view(v.transpose(1, 2), config.block_n), _view(rows, BLOCK_M))  # fmt: skip
-    items = work_items(q)
-    programs = min(items, sm_count(q.device)) if PERSISTENT[d, causal != 0] else items
+    items = work_items(q, config)
+    programs = min(items, sm_count(q.device)) if chosen.persistent else items
     kernel[(programs,)](
         *views, lse if lse.numel() else out, scale if scale is not None else out, sq,
         k.shape[2], h, h // k.shape[1], heads_per_sweep, items, sm_scale * math.log2(math.e),
@@ -165,8 +193,9 @@ def _constants(config: GluonConfig, head_dim: int, causal: int, has_lse: bool) -
 def compile_sm90(epilogue: str, head_dim: int, causal: int, config: GluonConfig | None = None):
     """The kernel for `epilogue` compiled for sm_90 on any machine (Gluon has no
     interpreter: the CPU's tests and probes check what it compiles to), bf16 in, lse
-    asked for, `config` (default CONFIGS[head_dim]). Its @triton.jit helpers must not be
-    interpreted: call it in a process without TRITON_INTERPRET."""
+    asked for, `config` (default: the plan's for the longest non-causal rows). Its
+    @triton.jit helpers must not be interpreted: call it in a process without
+    TRITON_INTERPRET."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -174,7 +203,7 @@ def compile_sm90(epilogue: str, head_dim: int, causal: int, config: GluonConfig 
 
     from irfuse.lowering.attention import gluon_prefill_kernel
 
-    config = config or CONFIGS[head_dim]
+    config = config or PLANS[head_dim, False][-1].config
     rows = torch.empty(2, 1024, 4, head_dim, dtype=torch.bfloat16)
     out = rows if epilogue == "none" else torch.empty_like(rows, dtype=torch.float8_e4m3fn)
     views = (("q_desc", rows, BLOCK_M), ("k_desc", rows, config.block_n),
