@@ -185,7 +185,7 @@ plans)
         --tokens 8192 --heads 16 --seqs 1024 --configs 2:240:2:128 2:240:2:128:p0 \
         3:160:2:128:p1
     cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step attention 240 python3 bench/attention.py --only 3 1 4 6 0 2
+    step attention 180 python3 bench/attention.py --only 3 1 4 6
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step paths-128 90 python3 bench/prefill_paths.py --no-epilogues --seqs 512 1024 4096 \
         --configs 2:240:2:128:p0 2:240:2:128:p1
