@@ -102,9 +102,8 @@ def test_refusal_off_sm90(monkeypatch):
         ("fp32", "torch.float32"),
         ("causal", None),
         ("d64", None),
-        ("d64 causal", None),
+        ("d64 causal", "causal at head dim 64 (the Triton kernel is faster)"),
         ("d64 short", "511 query rows, 2048 keys"),
-        ("unplanned", "causal at head dim 64 (the Triton kernel is faster)"),
         ("d96", "head dims 96 / 96"),
         ("dv64", "head dims 128 / 64"),
         ("short", "511 query rows, 2048 keys"),
@@ -117,10 +116,7 @@ def test_what_it_leaves_to_the_triton_kernels(case, reason, monkeypatch):
     """The inputs the Gluon prefill refuses, and why (tensors on the meta device, taken
     for an sm_90 GPU's: only their shapes, dtypes and strides are read)."""
     monkeypatch.setattr(attention_gluon, "on_sm90", lambda device: True)
-    if case == "unplanned":
-        monkeypatch.delitem(attention_gluon.PLANS, (64, True))
     shapes = {"d64": {"d": 64}, "d64 causal": {"d": 64}, "d64 short": {"d": 64, "sq": 511},
-              "unplanned": {"d": 64},
               "d96": {"d": 96}, "short": {"sq": 511}, "no keys": {"skv": 0},
               "fp32": {"dtype": torch.float32}}  # fmt: skip
     q, k, v = _qkv_on("meta", **shapes.get(case, {}))
@@ -133,7 +129,7 @@ def test_what_it_leaves_to_the_triton_kernels(case, reason, monkeypatch):
         k = k[:, :1].expand(1, 4, 2048, 128)
     mask_kind = 1 if case == "mask" else 0
     epilogue = "nvfp4" if case == "nvfp4" else "none"
-    causal = case in ("causal", "d64 causal", "unplanned")
+    causal = case in ("causal", "d64 causal")
     assert attention_gluon.refusal(q, k, v, causal, mask_kind, epilogue) == reason
 
 
@@ -149,8 +145,8 @@ GPU_CASES = [  # (epilogue, causal, Hq, Hkv, Sq, Skv, layout, lse, dtype, head d
     ("none", "none", 4, 4, 2051, 2051, "bs_hd", True, torch.bfloat16, 64),
     ("static", "none", 8, 2, 2048, 1500, "bhsd", True, torch.float16, 64),
     ("static div", "none", 4, 1, 2100, 3000, "bs_hd", False, torch.bfloat16, 64),
-    ("none", "top_left", 4, 4, 1031, 1031, "bs_hd", True, torch.bfloat16, 64),  # two consumers
-    ("static", "bottom_right", 8, 2, 700, 900, "bhsd", True, torch.float16, 64),
+    ("none", "none", 4, 4, 1031, 1031, "bs_hd", True, torch.bfloat16, 64),  # two consumers
+    ("static", "none", 8, 2, 700, 900, "bhsd", True, torch.float16, 64),
 ]
 
 
@@ -244,7 +240,8 @@ def test_gpu_refused_inputs_run_the_triton_kernel(monkeypatch):
 @pytest.mark.parametrize(("causal", "sq", "skv"), [("top_left", 700, 700),
                                                    ("bottom_right", 1000, 1500)])  # fmt: skip
 def test_gpu_warp_groups_past_their_diagonal_free_their_tiles(causal, sq, skv, monkeypatch):
-    """Causal at head dim 64 with three consumers (two by default), a program an item:
+    """Causal at head dim 64 (the Triton kernel runs it by default), three consumers, a
+    program an item:
     three warp groups of 64 rows, the first two stopping up to two key tiles before the
     program's last, free those tiles' slots for the producer (else it hangs) and match
     the reference."""

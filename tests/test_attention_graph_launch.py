@@ -292,7 +292,12 @@ def test_the_report_names_the_prefill_kernel(monkeypatch):
     )
     monkeypatch.setattr(attention_gluon, "on_sm90", lambda device: True)
     assert prefill_note(*_fakes(prefill, "cuda"), "top_left", False, "static") == (
-        "its prefill: irfuse_attention_gluon_2wg_static_fp8 (Gluon, sm_90)"
+        "its prefill: irfuse_attention_gluon_2wg_static_fp8 (Gluon, sm_90, persistent)"
+    )
+    one_each = attention_gluon.Plan(512, attention_gluon.TWO_WIDE, False)
+    monkeypatch.setitem(attention_gluon.PLANS, (128, True), (one_each,))
+    assert prefill_note(*_fakes(prefill, "cuda"), "top_left", False, "none") == (
+        "its prefill: irfuse_attention_gluon_2wg (Gluon, sm_90)"
     )
     assert prefill_note(*_fakes(prefill, "cuda"), "none", True, "none") == (
         "its prefill: the Triton kernel (an explicit mask)"

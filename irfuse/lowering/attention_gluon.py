@@ -50,20 +50,19 @@ class Plan(NamedTuple):
 # won below 2048 rows (bench/RESULTS.md, thirty-sixth session).
 TWO_WIDE, THREE_NARROW = GluonConfig(2, 240, 2, 128), GluonConfig(3, 160, 2, 128)
 # (head dim, causal): the plans by query length (the last whose min_rows q reaches; none:
-# the Triton kernel runs it). H100, bench/RESULTS.md, 512 to 4096 rows, thirty-fifth and
+# the Triton kernel runs it). bench/RESULTS.md, 512 to 4096 rows, thirty-fifth and
 # thirty-sixth sessions:
 # - head dim 128 beat the Triton kernel at every length timed, the shortest 512 (below,
-#   the Triton kernel's 64-row tiles: twice the programs); persistent without a causal
-#   mask, 1.06x-1.14x a program an item (0.97x-1.02x cuDNN from 512 rows);
-# - head dim 64 without a causal mask, persistent: 1.12x the Triton kernel at 512 and
-#   1024 rows with two consumers, 1.15x at 2048 with three;
-# - causal, persistent programs ran items of like lengths, a round of items apart (0.82x
-#   a program an item at head dim 128, 512 rows); they now take them in snake order.
+#   the Triton kernel's 64-row tiles: twice the programs). Persistent, 1.05x-1.17x a
+#   program an item, causal 1.07x-1.18x (H200: 0.93x-1.08x cuDNN);
+# - head dim 64 without a causal mask, persistent: 1.10x-1.12x the Triton kernel at 512
+#   and 1024 rows with two consumers (H100), 1.15x-1.18x at 2048 with three;
+# - causal head dim 64 lost: three consumers 0.61x-0.99x the Triton kernel (512 to 2048
+#   rows), two persistent 0.99x (issue 4's B8 H16 S1024), a program an item 0.85x.
 PLANS: dict[tuple[int, bool], tuple[Plan, ...]] = {
     (128, False): (Plan(512, TWO_WIDE, True),),
-    (128, True): (Plan(512, TWO_WIDE, False),),
+    (128, True): (Plan(512, TWO_WIDE, True),),
     (64, False): (Plan(512, TWO_WIDE, True), Plan(2048, THREE_NARROW, True)),
-    (64, True): (Plan(512, TWO_WIDE, True),),
 }
 
 
