@@ -20,9 +20,8 @@ layouts, shared memory, mbarriers, async wgmma, warp specialization), lets the k
   store they wait for only when they next store; items go in sweeps of heads block by
   block, causal the longest first.
 
-On an H100 it runs head dim 128 at 0.97x-1.02x cuDNN from 2048 rows, and persistent
-without a causal mask from 512 (bench/RESULTS.md, thirty-fifth and thirty-sixth
-sessions).
+Persistent, it runs head dim 128 at 0.93x-1.08x cuDNN from 512 rows (H200,
+bench/RESULTS.md, thirty-sixth session).
 
 q, k, v and the output are 4-D TMA views [B, S, H, D] of any strides but the last (q as
 its projection leaves it; the output [B, Sq, Hq, D], which both of irfuse's layouts
