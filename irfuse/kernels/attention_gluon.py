@@ -127,17 +127,17 @@ def producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_ready, q_free, k_
              v_ready, k_free, v_free, seq_q, seq_kv, n_heads, group, heads_per_sweep, n_items,
              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
              CONSUMERS: gl.constexpr, CAUSAL: gl.constexpr):
-    # the producer warp, over the program's items: each consumer's query rows once it is
-    # done with its last ones, then each K and V tile into its slot once every consumer
-    # freed it (tile: the ring's count over the items, which sets its slots and phases)
+    # the producer warp, over the program's items (one a round r): each consumer's query
+    # rows once it is done with its last ones, then each K and V tile into its slot once
+    # every consumer freed it (tile: the ring's count over the items, which sets its slots
+    # and phases)
     tile = 0
-    count = 0
     for r in range(program_rounds(n_items)):
         batch, head, _, q_start, n_tiles, _ = work_item(
             round_item(r), n_items, seq_q, seq_kv, n_heads, heads_per_sweep, CONSUMERS * BLOCK_M,
             BLOCK_N, CAUSAL)
         for i in gl.static_range(CONSUMERS):
-            mbarrier.wait(q_free.index(i), (count & 1) ^ 1, pred=count > 0)
+            mbarrier.wait(q_free.index(i), (r & 1) ^ 1, pred=r > 0)
             mbarrier.expect(q_ready.index(i), q_desc.block_type.nbytes)
             tma.{tma_load}(q_desc, [batch, q_start + i * BLOCK_M, head, 0], q_ready.index(i),
                            q_smem.index(i))
@@ -149,7 +149,6 @@ def producer(q_desc, k_desc, v_desc, q_smem, k_ring, v_ring, q_ready, q_free, k_
             mbarrier.wait(v_free.index(slot), freed, pred=tile + j >= STAGES)
             load_kv(v_desc, v_ring, v_ready, slot, batch, j * BLOCK_N, head // group)
         tile += n_tiles
-        count += 1
 """
 
 CONSUMER = """
@@ -176,7 +175,6 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_ready, q_free, k_ring, v_rin
     q_tile = q_smem.reshape([BLOCK_M, HEAD_DIM])
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
 {preload}    tile = 0  # the K / V ring's count over the items (the producer's)
-    count = 0
     for r in range(program_rounds(n_items)):
         batch, head, batch_head, q_start, n_tiles, offset = work_item(
             round_item(r), n_items, seq_q, seq_kv, n_heads, heads_per_sweep, CONSUMERS * BLOCK_M,
@@ -193,7 +191,7 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_ready, q_free, k_ring, v_rin
             first_masked = seq_kv // BLOCK_N
             my_tiles = n_tiles
 
-        mbarrier.wait(q_ready, count & 1)
+        mbarrier.wait(q_ready, r & 1)
         slot = tile % STAGES
         mbarrier.wait(k_ready.index(slot), (tile // STAGES) & 1)
         s = warpgroup_mma(q_tile, k_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
@@ -257,7 +255,6 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_ready, q_free, k_ring, v_rin
                 mbarrier.wait(v_ready.index(slot), ((tile + j) // STAGES) & 1)
                 mbarrier.arrive(v_free.index(slot))
         tile += n_tiles
-        count += 1
     tma.store_wait(0)
 """
 

@@ -42,7 +42,7 @@ class GluonConfig(NamedTuple):
 class Plan(NamedTuple):
     min_rows: int  # query rows from which it runs
     config: GluonConfig
-    persistent: bool  # a program an SM striding over the work items, else one an item
+    persistent: bool  # a program an SM taking the work items in turn, else one an item
 
 
 # FA3's configs on Hopper: at head dim 128 two consumers of 240 registers (2 x 64 KB of K
