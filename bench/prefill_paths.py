@@ -166,8 +166,8 @@ def main() -> None:
         f"bench/prefill_paths.py: B*S = {args.tokens} query rows, {args.heads} heads; q laid "
         "out as its projection leaves it, the output [B, S, H*D]; Gluon configs consumers:"
         "registers:stages:block_n[:s<heads a sweep>][:p<persistent>] (else irfuse's "
-        "choices), each at every "
-        "length (PLANS' lengths lifted); the quant rows' outputs fp8 (cuDNN's bf16).",
+        "choices), each at every length (PLANS' lengths lifted); the quant rows' outputs fp8 "
+        "(cuDNN's bf16).",
     )  # fmt: skip
 
 

@@ -582,11 +582,9 @@ def prefill_note(q, k, v, causal: str, has_mask: bool, epilogue: str) -> str | N
         return None
     if runs_reference(q) or uses_decode(q.shape[2], q.shape[1], k.shape[1]):
         return None
-    why = attention_gluon.refusal(q, k, v, causal != "none", int(has_mask), epilogue, False)
-    if why is not None:
-        return f"its prefill: the Triton kernel ({why})"
-    chosen = attention_gluon.plan(q.shape[-1], causal != "none", q.shape[2])
-    assert chosen is not None  # (refusal says why not)
+    chosen = attention_gluon.choice(q, k, v, causal != "none", int(has_mask), epilogue, False)
+    if isinstance(chosen, str):
+        return f"its prefill: the Triton kernel ({chosen})"
     name = gluon_prefill_name(epilogue, chosen.config.consumers)
     return f"its prefill: {name} (Gluon, sm_90{', persistent' if chosen.persistent else ''})"
 
@@ -745,8 +743,8 @@ def _prefill(
     q, k, v, masking, mask_summary, scale, sm_scale, causal, layout, epilogue, out, lse, scales
 ):
     mask, mask_strides, mask_kind, key_mask, mask_hidden = masking
-    if attention_gluon.refusal(q, k, v, causal != "none", mask_kind, epilogue) is None:
-        chosen = attention_gluon.plan(q.shape[-1], causal != "none", q.shape[2])
+    chosen = attention_gluon.choice(q, k, v, causal != "none", mask_kind, epilogue)
+    if not isinstance(chosen, str):
         kernel = gluon_prefill_kernel(epilogue, chosen.config.consumers)
         items = attention_gluon.work_items(q, chosen.config)
         sweep = heads_per_sweep(q, k, v, causal != "none", items,

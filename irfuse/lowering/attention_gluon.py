@@ -3,7 +3,7 @@ and its launch.
 
 It runs on sm_90 (H100, H200) for head dims 128 and (not causal) 64, q, k and v alike,
 in bf16 / fp16 without an explicit mask, by PLANS' query lengths, ending with no
-quant or the static fp8 one, where TMA can view q, k and v (refusal says why not); the
+quant or the static fp8 one, where TMA can view q, k and v (choice says why not); the
 Triton kernels run the rest, and everything in the interpreter. Set
 IRFUSE_GLUON_PREFILL=0 to run the Triton prefill everywhere.
 """
@@ -101,7 +101,7 @@ def on_sm90(device: torch.device) -> bool:
     return not INTERPRET and device.type == "cuda" and _is_sm90(device.index or 0)
 
 
-def refusal(
+def choice(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -109,11 +109,11 @@ def refusal(
     mask_kind: int,
     epilogue: str,
     addresses: bool = True,
-) -> str | None:
-    """Why the Gluon prefill does not run q, k, v (4-D [B, H, S, D], checked by
-    kernel_attention), `causal` or not, with a mask of `mask_kind` (0: none) and
-    `epilogue`, or None if it does. `addresses`: whether to check the tensors' bases too
-    (a graph's fake tensors have none: compiling, their data_ptr raises)."""
+) -> Plan | str:
+    """The plan the Gluon prefill runs q, k, v (4-D [B, H, S, D], checked by
+    kernel_attention) by, `causal` or not, with a mask of `mask_kind` (0: none) and
+    `epilogue`, or why it does not run them. `addresses`: whether to check the tensors'
+    bases too (a graph's fake tensors have none: compiling, their data_ptr raises)."""
     if not ENABLED:
         return "IRFUSE_GLUON_PREFILL=0"
     if not on_sm90(q.device):
@@ -132,11 +132,26 @@ def refusal(
     chosen = plan(d, causal, q.shape[2])
     if chosen is None or k.shape[2] == 0:
         return f"{q.shape[2]} query rows, {k.shape[2]} keys"
-    if work_items(q, chosen.config) > MAX_GRID_X:
-        return f"{work_items(q, chosen.config)} query blocks x heads"
+    items = work_items(q, chosen.config)
+    if items > MAX_GRID_X:
+        return f"{items} query blocks x heads"
     if not (tma_ok if addresses else tma_strides_ok)(q, k, v):  # (the output always is)
         return "strides or bases TMA cannot view"
-    return None
+    return chosen
+
+
+def refusal(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    mask_kind: int,
+    epilogue: str,
+    addresses: bool = True,
+) -> str | None:
+    """Why the Gluon prefill does not run q, k, v (choice's reason), or None if it does."""
+    chosen = choice(q, k, v, causal, mask_kind, epilogue, addresses)
+    return chosen if isinstance(chosen, str) else None
 
 
 @functools.cache
@@ -161,7 +176,7 @@ def launch(
     kernel, q, k, v, out, layout: str, lse, scale, sm_scale: float, causal: int,
     chosen: Plan, heads_per_sweep: int = 1,
 ) -> None:  # fmt: skip
-    """The Gluon prefill over q [B, Hq, Sq, D], k, v [B, Hkv, Skv, D] (refusal None),
+    """The Gluon prefill over q [B, Hq, Sq, D], k, v [B, Hkv, Skv, D] (choice a plan),
     into `out` ([B, Sq, Hq*D] for bs_hd, the transpose of [B, Sq, Hq, D] for bhsd) and
     `lse` [B, Hq, Sq] (empty: not asked for); `causal`: 0 none, 1 top-left, 2
     bottom-right; by the `chosen` plan (`kernel`: the one with its consumers), its items
