@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from triton.experimental.gluon import language as gl
@@ -140,17 +140,9 @@ def choice(
     return chosen
 
 
-def refusal(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    causal: bool,
-    mask_kind: int,
-    epilogue: str,
-    addresses: bool = True,
-) -> str | None:
-    """Why the Gluon prefill does not run q, k, v (choice's reason), or None if it does."""
-    chosen = choice(q, k, v, causal, mask_kind, epilogue, addresses)
+def refusal(*args: Any, **kwargs: Any) -> str | None:
+    """Why the Gluon prefill does not run choice's arguments, or None if it does."""
+    chosen = choice(*args, **kwargs)
     return chosen if isinstance(chosen, str) else None
 
 
