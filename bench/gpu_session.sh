@@ -18,6 +18,8 @@
 #     bash bench/gpu_session.sh gluon-sweep  # Gluon configs by length, head dims 64, 128,
 #                                       # and how attention=auto times its candidates
 #     bash bench/gpu_session.sh plans     # the Gluon prefill's plans: tests, issue 4's rows
+#     bash bench/gpu_session.sh issue-4   # the Gluon GPU tests, then every row of issue 4's
+#                                       # attention table (prefill and decode)
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -194,6 +196,13 @@ plans)
         --seqs 512 1024 2048
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
+issue-4)
+    # the Gluon GPU tests (a slot left unfreed hangs the kernel: nothing after a failure),
+    # then issue 4's shapes in bench/attention.py, the decode and the short GQA prefill
+    step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py || exit 1
+    step attention 400 python3 bench/attention.py --only 0 1 2 3 4 5 6
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 coverage)
     # the cells of issue 3's speed table (hidden 4096 / 7168 / 8192, from 4096 tokens) the
     # other stages leave out (first timed over rotating inputs in the thirty-first session)
@@ -248,8 +257,8 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "per-group-div | per-token | tiles | gluon | gluon-sweep | plans | coverage | suite |" \
-        "epilogues | attention-kernel | shards [N] | hf" >&2
+        "per-group-div | per-token | tiles | gluon | gluon-sweep | plans | issue-4 | coverage |" \
+        "suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
 esac
