@@ -18,8 +18,8 @@
 #     bash bench/gpu_session.sh gluon-sweep  # Gluon configs by length, head dims 64, 128,
 #                                       # and how attention=auto times its candidates
 #     bash bench/gpu_session.sh plans     # the Gluon prefill's plans: tests, issue 4's rows
-#     bash bench/gpu_session.sh issue-4   # the Gluon GPU tests, then every row of issue 4's
-#                                       # attention table (prefill and decode)
+#     bash bench/gpu_session.sh issue-4   # the Gluon GPU tests, the epilogue's cost, then
+#                                       # every row of issue 4's attention table
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -198,9 +198,12 @@ plans)
     ;;
 issue-4)
     # the Gluon GPU tests (a slot left unfreed hangs the kernel: nothing after a failure),
-    # then issue 4's shapes in bench/attention.py, the decode and the short GQA prefill
+    # then what the static fp8 epilogue costs (bench/epilogue_cost.py), then issue 4's
+    # shapes in bench/attention.py, the decode and the short GQA prefill
     step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py || exit 1
-    step attention 400 python3 bench/attention.py --only 0 1 2 3 4 5 6
+    step epilogue-cost 90 python3 bench/epilogue_cost.py
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step attention 330 python3 bench/attention.py --only 3 0 1 2 4 5 6
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 coverage)

@@ -92,16 +92,19 @@ def {name}(
         sweep_heads = tl.minimum(heads_per_sweep, tl.num_programs(0) // n_blocks - sweep_start)
         in_sweep = program - sweep_start * n_blocks
         start_m = in_sweep // sweep_heads
-        batch_head = (sweep_start + in_sweep % sweep_heads).to(tl.int64)
+        batch_head = sweep_start + in_sweep % sweep_heads
     else:  # a grid of (blocks, heads): one head's blocks at a time
         n_blocks = tl.num_programs(0)
         start_m = tl.program_id(0)
-        batch_head = tl.program_id(1).to(tl.int64)
+        batch_head = tl.program_id(1)
     if CAUSAL != 0 or MASK != 0:  # causal blocks (and what a 4-D mask usually is, causal
         # with padding) grow with their index: the longest first, or they finish last
         start_m = n_blocks - 1 - start_m
-    batch = batch_head // n_heads
-    head = batch_head % n_heads
+    # divided in 32 bits (a grid index fits; a 64-bit division is a ~100-instruction call),
+    # then widened for the offsets
+    batch = (batch_head // n_heads).to(tl.int64)
+    head = (batch_head % n_heads).to(tl.int64)
+    batch_head = batch_head.to(tl.int64)
     kv_head = head // group
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
