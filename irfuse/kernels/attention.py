@@ -281,7 +281,9 @@ MASKED_SOFTMAX = """        visible = cols[None, :] < kv_end
 
 PREFILL_FINISH = """
     seen = l_i > 0
-    acc = acc / tl.where(seen, l_i, 1.0)[:, None]
+    # a reciprocal a row, then a multiply an element (a division an element also issues
+    # its predicated rescale for huge divisors: an instruction more)
+    acc = acc * (1.0 / tl.where(seen, l_i, 1.0))[:, None]
     if HAS_LSE:
         lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
                        float("-inf"))

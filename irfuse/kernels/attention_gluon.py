@@ -239,7 +239,8 @@ def rows_consumer(q_desc, o_desc, q_smem, o_smem, q_ready, q_free, k_ring, v_rin
             lse = gl.where(seen, (m_i + gl.log2(l_i)) * 0.6931471805599453, -float("inf"))
             # lse [B, Hq, Sq]
             gl.store(lse_ptr + batch_head.to(gl.int64) * seq_q + rows, lse, mask=rows < seq_q)
-        o = acc / gl.convert_layout(gl.where(seen, l_i, 1.0), o_rows)[:, None]
+        # a reciprocal a row, a multiply an element (not a division an element)
+        o = acc * gl.convert_layout(1.0 / gl.where(seen, l_i, 1.0), o_rows)[:, None]
 {store}        tma.store_wait(0)  # the last item's output has left o_smem
         o_smem.reshape([BLOCK_M, HEAD_DIM]).store(o)
         fence_async_shared()
