@@ -21,6 +21,9 @@
 #     bash bench/gpu_session.sh issue-4   # the Gluon GPU tests, the epilogue's cost, causal
 #                                       # head dim 64 on 64-key tiles, then every row of
 #                                       # issue 4's attention table
+#     bash bench/gpu_session.sh issue-4-check  # after a kernel change: the Gluon GPU tests,
+#                                       # the Triton prefill's main GPU tests, the epilogue's
+#                                       # cost, issue 4's two causal rows
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -212,6 +215,15 @@ issue-4)
     step attention 300 python3 bench/attention.py --only 3 0 1 2 4 5 6
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
+issue-4-check)
+    step gluon-tests 150 "${PYTEST[@]}" tests/test_attention_gluon.py || exit 1
+    step attention-tests 240 "${PYTEST[@]}" -rfE tests/test_attention_kernel.py \
+        -k "test_gpu_attention or prefill_epilogues or sweeps_over_heads"
+    step epilogue-cost 90 python3 bench/epilogue_cost.py
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step attention 120 python3 bench/attention.py --only 3 0
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 coverage)
     # the cells of issue 3's speed table (hidden 4096 / 7168 / 8192, from 4096 tokens) the
     # other stages leave out (first timed over rotating inputs in the thirty-first session)
@@ -266,7 +278,8 @@ shards)
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
-        "per-group-div | per-token | tiles | gluon | gluon-sweep | plans | issue-4 | coverage |" \
+        "per-group-div | per-token | tiles | gluon | gluon-sweep | plans | issue-4 |" \
+        "issue-4-check | coverage |" \
         "suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
