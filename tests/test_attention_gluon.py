@@ -196,6 +196,30 @@ def test_gpu_gluon_prefill_matches_reference(epilogue, causal, hq, hkv, sq, skv,
 
 @pytest.mark.cuda
 @needs_sm90
+@pytest.mark.parametrize("scale", [0.02, 3.0, 1e-35])  # 1e-35: beyond the reciprocal pair
+@pytest.mark.parametrize(("causal", "d", "dtype", "gluon"), [
+    ("none", 128, torch.bfloat16, True),
+    ("top_left", 128, torch.float16, True),
+    ("none", 64, torch.bfloat16, True),  # three consumers
+    ("top_left", 64, torch.bfloat16, False),  # the Triton kernel
+])  # fmt: skip
+def test_gpu_static_div_divides_the_output_as_the_graph_does(causal, d, dtype, gluon, scale,
+                                                              monkeypatch):  # fmt: skip
+    """`static div` quantizes each kernel's own output byte for byte as the graph's
+    division, clamp and cast do (the reciprocal pair where it is exact for every value of
+    the dtype, div_by beyond its range), on both prefill kernels."""
+    q, k, v = _gpu_inputs(4, 4, 2048, 2048, dtype, d=d)
+    s = torch.tensor([scale], device="cuda")
+    calls = _counting_launches(monkeypatch)
+    o, _, _ = kernel_attention(q, k, v, None, d**-0.5, causal, "bs_hd", False, "none")
+    got, _, _ = kernel_attention(q, k, v, s, d**-0.5, causal, "bs_hd", False, "static div")
+    assert calls == ([1, 1] if gluon else [])
+    want = (o.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+@pytest.mark.cuda
+@needs_sm90
 def test_gpu_gluon_prefill_replays_in_a_cuda_graph(monkeypatch):
     """Captured in a CUDA graph (its TMA views are kernel parameters, built at capture)
     and replayed over new inputs in the same buffers."""

@@ -338,9 +338,20 @@ EPILOGUES = {
     ),
     "static div": (
         "    out_scale = gl.load(scale_ptr)  # static fp8 scale, loaded early\n"
-        "    inv_scale = gl.div_rn(1.0, out_scale)\n",
+        "    zh, zl = reciprocal_pair(out_scale, gl.div_rn(1.0, out_scale))  # ~ 1 / scale\n"
+        "    # the significands of the dtype's values, over the warp group's 128 threads\n"
+        "    steps = gl.arange(0, 128 if dtype == gl.bfloat16 else 1024,\n"
+        "                      layout=gl.BlockedLayout([1], [32], [4], [0]))\n"
+        "    by_pair = pair_is_exact(out_scale, gl.div_rn(1.0, out_scale), zh, zl, steps)\n",
         "        # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)),\n"
-        "        # divided correctly rounded as the graph's division\n"
-        "        o = to_fp8(div_by(round_to(o, dtype, False), out_scale, inv_scale), False)\n",
+        "        # divided correctly rounded as the graph's division: by the reciprocal pair\n"
+        "        # where it divides every value of the dtype so, else through div_by\n"
+        "        o = round_to(o, dtype, False)\n"
+        "        if by_pair:\n"
+        "            o = div_by_pair(o, zh, zl)\n"
+        "        else:  # (the scale loaded again: fewer registers live over the loop)\n"
+        "            out_scale = gl.load(scale_ptr)\n"
+        "            o = div_by(o, out_scale, gl.div_rn(1.0, out_scale))\n"
+        "        o = to_fp8(o, False)\n",
     ),
 }

@@ -95,6 +95,42 @@ def div_by(a, b, inv_b):
     return tl.where(tl.abs(a) < bound, corrected, q)
 """
 
+# Division by one scale for a whole kernel (attention's static fp8 of an `x / s` graph) in
+# two instructions an element, div_by's five: a / b = fma(a, zh, a * zl), zh + zl ~ 1 / b
+# (Brisebarre, Muller and Raina's method for a divisor known in advance). zh is RN(1 / b)
+# moved toward zero where it rounded away, so that zl has its sign: infinities and signed
+# zeros come out as division gives them. It is correctly rounded for most b, not every b:
+# pair_is_exact divides every significand of the value's bits (8 for bf16: steps of 128;
+# 11 for fp16: 1024) in one binade both ways, and a kernel keeps div_by where they
+# differ. Other binades follow by scaling while the quotient and a * zl stay normal:
+# quotients below 2^-100 quantize to 0 and above 448 saturate, so fp8 never sees the
+# difference. b's exponent is held to [-100, 100] (so is the binade's, its significands
+# exact); else div_by.
+RECIPROCAL_PAIR = """
+@triton.jit
+def reciprocal_pair(b, inv_b):
+    away = tl.fma(-b, inv_b, 1.0) < 0  # |RN(1 / b)| > 1 / |b|: one ulp toward zero
+    zh = tl.where(away, (inv_b.to(tl.int32, bitcast=True) - 1).to(tl.float32, bitcast=True),
+                  inv_b)
+    return zh, tl.fma(-b, zh, 1.0) * zh
+
+
+@triton.jit
+def div_by_pair(a, zh, zl):
+    return tl.fma(a, zh, a * zl)
+
+
+@triton.jit
+def pair_is_exact(b, inv_b, zh, zl, steps):
+    # steps: 0 .. 2^(BITS - 1) - 1 (the caller's arange, in its layout)
+    exponent = (b.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    usual = (exponent >= 27) & (exponent <= 227)  # 2^-100 to 2^100
+    binade = (tl.where(usual, exponent, 127) << 23).to(tl.float32, bitcast=True)
+    a = (steps + steps.shape[0]).to(tl.float32) * (binade * (0.5 / steps.shape[0]))
+    same = div_by_pair(a, zh, zl) == div_by(a, b, inv_b)
+    return usual & (tl.min(same.to(tl.int32), 0) == 1)
+"""
+
 # div_by without its test, for a row whose every correction is finite (FINITE_ROW): the
 # same correctly rounded quotient in three instructions an element. On the GPU in PTX, one
 # element an asm block: written in Triton it compiles to fewer instructions, yet rms_norm +
