@@ -73,19 +73,18 @@ def measure(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[s
     }  # fmt: skip
     times = compare(candidates, rounds, (q, k, v, scale))
     name = f"B{b} H{h} S{s} D{d}{' causal' if causal else ''}"
-    return [name, *(f"{t:.1f}" for t in times.values()),
-            kernels(lambda: fused(q, k, v, scale, causal)),
-            kernels(lambda: inductor(q, k, v, scale, causal))]  # fmt: skip
+    row = [name, *(f"{t:.1f}" for t in times.values()),
+           kernels(lambda: fused(q, k, v, scale, causal)),
+           kernels(lambda: inductor(q, k, v, scale, causal))]  # fmt: skip
+    print(row, flush=True)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    rows = []
-    for shape in SHAPES:
-        rows.append(measure(*shape, args.rounds))
-        print(rows[-1], flush=True)
+    rounds = parser.parse_args().rounds
+    rows = [measure(*shape, rounds) for shape in SHAPES]
     append_results(
         "attention's static fp8 epilogue: the kernel alone and in the fused block, bf16 in, us",
         ["shape", "cuDNN", "kernel, bf16 out", "kernel, fp8 out", "kernel, fp8 out, divided",
