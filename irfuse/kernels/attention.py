@@ -296,8 +296,7 @@ PREFILL_PRELOAD = {
     "none": "",
     "static": "    inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))  # static fp8 scale\n",
     "static div": "    out_scale = tl.load(scale_ptr)  # static fp8 scale\n"
-    "    inv_scale = tl.math.div_rn(1.0, out_scale)\n"
-    "    zh, zl = reciprocal_pair(out_scale, inv_scale)  # 1 / scale ~ zh + zl\n",
+    "    inv_scale = tl.math.div_rn(1.0, out_scale)\n",
     "nvfp4": "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale\n",
 }
 
@@ -313,20 +312,10 @@ PREFILL_EPILOGUE = {
 """,
     "static div": """
     # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)), divided
-    # correctly rounded as the graph's division: by the reciprocal pair where it divides
-    # every value of the model dtype so, else through div_by
+    # correctly rounded as the graph's division (div_by: the Gluon kernel's reciprocal
+    # pair, checked a program, did not pay in this kernel's short programs)
     o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
-    if model_dtype == tl.bfloat16:  # the significands of the dtype's values
-        by_pair = pair_is_exact(out_scale, inv_scale, zh, zl, tl.arange(0, 128))
-    elif model_dtype == tl.float16:
-        by_pair = pair_is_exact(out_scale, inv_scale, zh, zl, tl.arange(0, 1024))
-    else:
-        by_pair = False
-    if by_pair:
-        o = div_by_pair(o, zh, zl)
-    else:
-        o = div_by(o, out_scale, inv_scale)
-    tl.store(out_ptrs, to_fp8(o, INTERPRET), mask=store_ok)
+    tl.store(out_ptrs, to_fp8(div_by(o, out_scale, inv_scale), INTERPRET), mask=store_ok)
 """,
     "nvfp4": """
     # epilogue: nvfp4 of the [B*Sq, Hq*Dv] output (blocks of 16 never straddle heads):
