@@ -103,9 +103,10 @@ def rotated(fn: Callable[..., object], input_sets: list[tuple]) -> Callable[[], 
 def compare(
     candidates: dict[str, Callable[..., object]], rounds: int = 5, inputs: tuple | None = None
 ) -> dict[str, float]:
-    """Median time (us) of each candidate, alternating candidates round by round. With
-    `inputs`, candidates take them as arguments and are timed over rotating copies
-    (input_copies)."""
+    """Median time (us) of each candidate, alternating candidates round by round, each
+    round starting one candidate further on (so that none always runs last, after the
+    others have heated the GPU). With `inputs`, candidates take them as arguments and are
+    timed over rotating copies (input_copies)."""
     if inputs is not None:
         output_bytes = max(_bytes(fn(*inputs)) for fn in candidates.values())
         input_sets = input_copies(inputs, output_bytes)
@@ -114,9 +115,11 @@ def compare(
         fn()
     torch.cuda.synchronize()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            samples[name].append(time_us(fn))
+    names = list(candidates)
+    for turn in range(rounds):
+        start = turn % len(names)
+        for name in names[start:] + names[:start]:
+            samples[name].append(time_us(candidates[name]))
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
