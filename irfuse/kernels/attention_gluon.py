@@ -28,7 +28,10 @@ its projection leaves it; the output [B, Sq, Hq, D], which both of irfuse's layo
 store), GQA maps query head h to kv head h // group, ragged lengths read zeros past the
 end (TMA) and mask those keys in the last tile, causal is top-left or bottom-right (rows
 that see no key give 0 and lse -inf). The epilogue is one of EPILOGUES; its quant helpers
-are the @triton.jit ones of irfuse/kernels/quant.py (Gluon calls them).
+are the @triton.jit ones of irfuse/kernels/quant.py (Gluon calls them). `static div`
+divides by quant.py's reciprocal pair where its check, once a program, finds it correctly
+rounded for every value of the dtype (as fast as a multiply by 1 / scale on B4 H32 S4096
+D128 causal, H100, thirty-seventh session), else through div_by's correction.
 
 The placeholders: {tma_load} / {tma_store} (Triton 3.9 renamed Gluon's TMA copies), the
 epilogue's {preload} and {store}; `kernel` writes KERNEL's.
