@@ -206,8 +206,9 @@ def test_gpu_gluon_prefill_matches_reference(epilogue, causal, hq, hkv, sq, skv,
 def test_gpu_static_div_divides_the_output_as_the_graph_does(causal, d, dtype, gluon, scale,
                                                               monkeypatch):  # fmt: skip
     """`static div` quantizes each kernel's own output byte for byte as the graph's
-    division, clamp and cast do (the reciprocal pair where it is exact for every value of
-    the dtype, div_by beyond its range), on both prefill kernels."""
+    division, clamp and cast do, on both prefill kernels (Gluon's: the reciprocal pair
+    where it is exact for every value of the dtype, div_by beyond its range; the Triton
+    kernel's: div_by)."""
     q, k, v = _gpu_inputs(4, 4, 2048, 2048, dtype, d=d)
     s = torch.tensor([scale], device="cuda")
     calls = _counting_launches(monkeypatch)

@@ -341,12 +341,13 @@ EPILOGUES = {
     ),
     "static div": (
         "    out_scale = gl.load(scale_ptr)  # static fp8 scale, loaded early\n"
-        "    zh, zl = reciprocal_pair(out_scale, gl.div_rn(1.0, out_scale))  # ~ 1 / scale\n"
+        "    inv_scale = gl.div_rn(1.0, out_scale)\n"
+        "    zh, zl = reciprocal_pair(out_scale, inv_scale)  # zh + zl ~ 1 / scale\n"
         "    # the significands of the dtype's values (bf16 or fp16, the dtypes this kernel\n"
         "    # takes), over the warp group's 128 threads\n"
         "    steps = gl.arange(0, 128 if dtype == gl.bfloat16 else 1024,\n"
         "                      layout=gl.BlockedLayout([1], [32], [4], [0]))\n"
-        "    by_pair = pair_is_exact(out_scale, gl.div_rn(1.0, out_scale), zh, zl, steps)\n",
+        "    by_pair = pair_is_exact(out_scale, inv_scale, zh, zl, steps)\n",
         "        # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)),\n"
         "        # divided correctly rounded as the graph's division: by the reciprocal pair\n"
         "        # where it divides every value of the dtype so, else through div_by\n"
