@@ -3,7 +3,10 @@ runs: the kernel alone with a bf16 output and with the fp8 one (times 1 / scale,
 divided by the scale correctly rounded: "static div", what the block's division fuses
 to), bench/attention.py's block compiled by irfuse (attention="irfuse") and by Inductor,
 and cuDNN SDPA alone, on the same inputs (timed as bench/attention.py times them); then
-the GPU kernels each block launches, from the profiler.
+the GPU kernels each block launches, from the profiler. The scale is calibrated (the
+output's amax / 448), as a checkpoint's is: `static div` multiplies by its reciprocal where
+that quantizes as the division does (FP8_MULTIPLY_CHECK); "divided by 0.02" times the
+correction it takes for a scale where that does not hold (0.5 / 0.02 is an fp8 tie).
 
     python bench/epilogue_cost.py [--rounds 5]
 
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention import block  # noqa: E402
+from attention import block, calibrated_scale  # noqa: E402
 from common import append_results, compare  # noqa: E402
 
 from irfuse.lowering.attention import kernel_attention  # noqa: E402
@@ -55,7 +58,8 @@ def measure(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[s
     q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     k = torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    scale = torch.tensor([0.02], device="cuda")
+    scale = calibrated_scale(q, k, v, causal)
+    tie = torch.tensor([0.02], device="cuda")
     mode = "top_left" if causal else "none"
     inductor = torch.compile(block, dynamic=False)
     fused = torch.compile(block, backend="irfuse", dynamic=False,
@@ -68,11 +72,13 @@ def measure(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[s
             q, k, v, s, d**-0.5, mode, "bs_hd", False, "static"),
         "kernel, fp8 out, divided": lambda q, k, v, s: kernel_attention(
             q, k, v, s, d**-0.5, mode, "bs_hd", False, "static div"),
+        "kernel, fp8 out, divided by 0.02": lambda q, k, v, s: kernel_attention(
+            q, k, v, tie, d**-0.5, mode, "bs_hd", False, "static div"),
         "irfuse block": lambda q, k, v, s: fused(q, k, v, s, causal),
         "Inductor block": lambda q, k, v, s: inductor(q, k, v, s, causal),
     }  # fmt: skip
     times = compare(candidates, rounds, (q, k, v, scale))
-    name = f"B{b} H{h} S{s} D{d}{' causal' if causal else ''}"
+    name = f"B{b} H{h} S{s} D{d}{' causal' if causal else ''} (scale {scale.item():.4g})"
     row = [name, *(f"{t:.1f}" for t in times.values()),
            kernels(lambda: fused(q, k, v, scale, causal)),
            kernels(lambda: inductor(q, k, v, scale, causal))]  # fmt: skip
@@ -88,7 +94,7 @@ def main() -> None:
     append_results(
         "attention's static fp8 epilogue: the kernel alone and in the fused block, bf16 in, us",
         ["shape", "cuDNN", "kernel, bf16 out", "kernel, fp8 out", "kernel, fp8 out, divided",
-         "irfuse block",
+         "kernel, fp8 out, divided by 0.02", "irfuse block",
          "Inductor block", "irfuse block's kernels (us)", "Inductor block's kernels (us)"],
         rows,
         "bench/epilogue_cost.py: q laid out as its projection leaves it, k and v as a cache "
