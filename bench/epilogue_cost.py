@@ -4,9 +4,7 @@ divided by the scale correctly rounded: "static div", what the block's division 
 to), bench/attention.py's block compiled by irfuse (attention="irfuse") and by Inductor,
 and cuDNN SDPA alone, on the same inputs (timed as bench/attention.py times them); then
 the GPU kernels each block launches, from the profiler. The scale is calibrated (the
-output's amax / 448), as a checkpoint's is: `static div` multiplies by its reciprocal where
-that quantizes as the division does (FP8_MULTIPLY_CHECK); "divided by 0.02" times the
-correction it takes for a scale where that does not hold (0.5 / 0.02 is an fp8 tie).
+output's amax / 448), as a checkpoint's is.
 
     python bench/epilogue_cost.py [--rounds 5]
 
@@ -59,7 +57,6 @@ def measure(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[s
     k = torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     scale = calibrated_scale(q, k, v, causal)
-    tie = torch.tensor([0.02], device="cuda")
     mode = "top_left" if causal else "none"
     inductor = torch.compile(block, dynamic=False)
     fused = torch.compile(block, backend="irfuse", dynamic=False,
@@ -72,8 +69,6 @@ def measure(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[s
             q, k, v, s, d**-0.5, mode, "bs_hd", False, "static"),
         "kernel, fp8 out, divided": lambda q, k, v, s: kernel_attention(
             q, k, v, s, d**-0.5, mode, "bs_hd", False, "static div"),
-        "kernel, fp8 out, divided by 0.02": lambda q, k, v, s: kernel_attention(
-            q, k, v, tie, d**-0.5, mode, "bs_hd", False, "static div"),
         "irfuse block": lambda q, k, v, s: fused(q, k, v, s, causal),
         "Inductor block": lambda q, k, v, s: inductor(q, k, v, s, causal),
     }  # fmt: skip
@@ -94,7 +89,7 @@ def main() -> None:
     append_results(
         "attention's static fp8 epilogue: the kernel alone and in the fused block, bf16 in, us",
         ["shape", "cuDNN", "kernel, bf16 out", "kernel, fp8 out", "kernel, fp8 out, divided",
-         "kernel, fp8 out, divided by 0.02", "irfuse block",
+         "irfuse block",
          "Inductor block", "irfuse block's kernels (us)", "Inductor block's kernels (us)"],
         rows,
         "bench/epilogue_cost.py: q laid out as its projection leaves it, k and v as a cache "

@@ -300,17 +300,6 @@ PREFILL_PRELOAD = {
     "nvfp4": "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale\n",
 }
 
-# After SCORES_SETUP (model_dtype known), before the key loop.
-PREFILL_EPILOGUE_SETUP = {
-    "static div": """
-    # whether multiplying by 1 / scale quantizes every value of the model dtype as the
-    # division does (fp32 values: never)
-    by_multiply = multiply_quantizes_as_division(
-        out_scale, tl.arange(0, 16),
-        8 if model_dtype == tl.bfloat16 else (11 if model_dtype == tl.float16 else 24))
-""",
-}
-
 PREFILL_EPILOGUE = {
     "none": """
     # epilogue: store in the output dtype
@@ -322,14 +311,11 @@ PREFILL_EPILOGUE = {
     tl.store(out_ptrs, to_fp8(o * inv_scale, INTERPRET), mask=store_ok)
 """,
     "static div": """
-    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)), quantized
-    # as the graph's division does: by a multiply where that is exact in fp8 for every
-    # value (FP8_MULTIPLY_CHECK), else through div_by
+    # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)), divided
+    # correctly rounded as the graph's division (div_by: the Gluon kernel's reciprocal
+    # pair, checked a program, did not pay in this kernel's short programs)
     o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
-    if by_multiply:
-        tl.store(out_ptrs, to_fp8(o * inv_scale, INTERPRET), mask=store_ok)
-    else:
-        tl.store(out_ptrs, to_fp8(div_by(o, out_scale, inv_scale), INTERPRET), mask=store_ok)
+    tl.store(out_ptrs, to_fp8(div_by(o, out_scale, inv_scale), INTERPRET), mask=store_ok)
 """,
     "nvfp4": """
     # epilogue: nvfp4 of the [B*Sq, Hq*Dv] output (blocks of 16 never straddle heads):

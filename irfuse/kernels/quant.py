@@ -95,34 +95,42 @@ def div_by(a, b, inv_b):
     return tl.where(tl.abs(a) < bound, corrected, q)
 """
 
-# Division by one scale for a whole kernel as a multiply by its reciprocal, where that
-# quantizes every value of the model dtype as the division does (attention's `static div`:
-# one instruction an element against div_by's five, a check a program). fp8(RN(a / b))
-# and fp8(RN(a * RN(1 / b))) both lie within 2^-22 |a / b| of a / b, so they differ only
-# where a / b lies that close to one of e4m3's rounding boundaries, the midpoints M = m 2^k
-# (m = 1, 3, ..., 31: subnormal and normal ones alike; 464, above the clamp, is harmless).
-# That needs an a within 2^-22 |a| of M b. With B b's 24-bit significand, M b is m B
-# (an integer of L <= 29 bits) times a power of two, and a value of BITS significant bits
-# (8 for bf16, 11 for fp16) a multiple of 2^(L - BITS) near it; so where every m B lies
-# farther than 2^(L - 21) from such a multiple, the multiply is exact in fp8. It holds for
-# most b (all but ~1% for bf16, ~3% for fp16), never for b with few significant bits (3.0,
-# 0.75): those, and b's exponent beyond [-100, 100] (where the product or the reciprocal
-# could leave the normal range), take div_by.
-FP8_MULTIPLY_CHECK = """
+# Division by one scale for a whole kernel in two instructions an element, div_by's five:
+# a / b = fma(a, zh, a * zl), zh + zl ~ 1 / b (Brisebarre, Muller and Raina's method for a
+# divisor known in advance). The Gluon prefill's static fp8 of an `x / s` graph divides
+# so (H100, B4 H32 S4096 D128 causal: its block within 0.2% of a multiply by 1 / s, 2.3%
+# slower through div_by); in the Triton prefill's short programs the check below cost what
+# the pair saved. zh is RN(1 / b) moved toward zero where it rounded away, so that zl has
+# its sign: infinities and signed zeros come out as division gives them. It is correctly
+# rounded for most b, not every b: pair_is_exact divides every significand of the value's
+# bits (8 for bf16: steps of 128; 11 for fp16: 1024) in one binade both ways, and a kernel
+# keeps div_by where they differ. Other binades follow by scaling while the quotient and
+# a * zl stay normal: quotients below 2^-100 quantize to 0 and above 448 saturate, so fp8
+# never sees the difference. b's exponent is held to [-100, 100] (so is the binade's, its
+# significands exact); else div_by.
+RECIPROCAL_PAIR = """
 @triton.jit
-def multiply_quantizes_as_division(b, odd, BITS: tl.constexpr):
-    # odd: 0 .. 15 (the caller's arange, in its layout)
-    bits = b.to(tl.int32, bitcast=True)
-    exponent = (bits >> 23) & 0xFF
+def reciprocal_pair(b, inv_b):
+    away = tl.fma(-b, inv_b, 1.0) < 0  # |RN(1 / b)| > 1 / |b|: one ulp toward zero
+    zh = tl.where(away, (inv_b.to(tl.int32, bitcast=True) - 1).to(tl.float32, bitcast=True),
+                  inv_b)
+    return zh, tl.fma(-b, zh, 1.0) * zh
+
+
+@triton.jit
+def div_by_pair(a, zh, zl):
+    return tl.fma(a, zh, a * zl)
+
+
+@triton.jit
+def pair_is_exact(b, inv_b, zh, zl, steps):
+    # steps: 0 .. 2^(BITS - 1) - 1 (the caller's arange, in its layout)
+    exponent = (b.to(tl.int32, bitcast=True) >> 23) & 0xFF
     usual = (exponent >= 27) & (exponent <= 227)  # 2^-100 to 2^100
-    product = (2 * odd + 1) * ((bits & 0x7FFFFF) | 0x800000)  # m B, below 2^29
-    length = 24 + (product >= 1 << 24).to(tl.int32)  # m B's bit length: 24 to 29
-    for i in tl.static_range(25, 29):
-        length += (product >= 1 << i).to(tl.int32)
-    grid = 1 << (length - BITS)  # the spacing of BITS-bit values in m B's binade
-    below = product & (grid - 1)
-    near = tl.minimum(below, grid - below) <= (1 << (length - 21))
-    return usual & (tl.max(near.to(tl.int32), 0) == 0)
+    binade = (tl.where(usual, exponent, 127) << 23).to(tl.float32, bitcast=True)
+    a = (steps + steps.shape[0]).to(tl.float32) * (binade * (0.5 / steps.shape[0]))
+    same = div_by_pair(a, zh, zl) == div_by(a, b, inv_b)
+    return usual & (tl.min(same.to(tl.int32), 0) == 1)
 """
 
 # div_by without its test, for a row whose every correction is finite (FINITE_ROW): the

@@ -115,12 +115,10 @@ def prefill_source(epilogue: str, loads: str = "pointer") -> str:
         pieces.PREFILL_SIGNATURE.format(name=prefill_name(epilogue, loads),
                                         head_cols=pieces.HEAD_COLS)
         + pieces.PREFILL_PRELOAD[epilogue] + pieces.Q_LOAD[loads] + pieces.SCORES_SETUP
-        + pieces.PREFILL_EPILOGUE_SETUP.get(epilogue, "")
         + pieces.PREFILL_SETUP
         + loops + pieces.PREFILL_FINISH + pieces.PREFILL_EPILOGUE[epilogue]
     )  # fmt: skip
     helpers = "" if epilogue == "none" else quant_pieces.epilogue(epilogue)[0]
-    helpers += quant_pieces.FP8_MULTIPLY_CHECK if epilogue == "static div" else ""
     how = "Flash-attention forward" + (", TMA loads" if loads == "tma" else "")
     return _module(prefill_name(epilogue, loads), "attention" + _FUSES[epilogue], how,
                    helpers, body)  # fmt: skip
@@ -143,7 +141,7 @@ def gluon_prefill_source(epilogue: str, consumers: int) -> str:
         + gluon_pieces.kernel(gluon_prefill_name(epilogue, consumers), consumers)
     )  # fmt: skip
     helpers = "" if epilogue == "none" else quant_pieces.epilogue(epilogue)[0]
-    helpers += quant_pieces.FP8_MULTIPLY_CHECK if epilogue == "static div" else ""
+    helpers += quant_pieces.RECIPROCAL_PAIR if epilogue == "static div" else ""
     how = ("Flash-attention forward for sm_90 in Gluon: QK waited alone, the softmax beside "
            f"P@V, {consumers} consumer warp groups and a TMA producer warp")  # fmt: skip
     return _module(gluon_prefill_name(epilogue, consumers), "attention" + _FUSES[epilogue], how,
