@@ -123,11 +123,16 @@ def test_epilogues_match_unfused_quant(scheme, hq, hkv, sq, skv, loads):
                        dequant(scheme, q_ref, scales_ref, scale, rows, n))  # fmt: skip
 
 
-@pytest.mark.parametrize("scale", [0.01, 3.0, 1e-35])
-def test_static_div_epilogue_divides_the_output_as_the_graph_does(scale, loads):
+# bf16 divides by the reciprocal pair where its check passes (0.01), else through div_by
+# (0.0071062189526855946: the pair misses a bf16 quotient), fp16 through div_by
+@pytest.mark.parametrize(("scale", "dtype"), [
+    (0.01, torch.float16), (3.0, torch.float16), (1e-35, torch.float16),
+    (0.01, torch.bfloat16), (0.0071062189526855946, torch.bfloat16),
+])  # fmt: skip
+def test_static_div_epilogue_divides_the_output_as_the_graph_does(scale, dtype, loads):
     """`static div` quantizes the kernel's own output byte for byte as the graph's
     division, clamp and cast do (the GPU's Gluon kernel: test_attention_gluon.py)."""
-    q, k, v = _qkv(2, 2, 2, 70, 33, 32, torch.float16)
+    q, k, v = _qkv(2, 2, 2, 70, 33, 32, dtype)
     s = torch.tensor([scale], device=DEVICE)
     o, _, _ = kernel_attention(q, k, v, None, 0.25, "bottom_right", "bs_hd", False, "none")
     got, _, _ = kernel_attention(q, k, v, s, 0.25, "bottom_right", "bs_hd", False, "static div")

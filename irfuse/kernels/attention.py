@@ -303,6 +303,8 @@ PREFILL_PRELOAD = {
 PREFILL_EPILOGUE = {
     "none": """
     # epilogue: store in the output dtype
+    if INTERPRET:  # the interpreter's cast to bf16 truncates; round_to rounds to nearest
+        acc = round_to(acc, out_ptr.dtype.element_ty, INTERPRET)
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=store_ok)
 """,
     "static": """
@@ -312,10 +314,20 @@ PREFILL_EPILOGUE = {
 """,
     "static div": """
     # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)), divided
-    # correctly rounded as the graph's division (div_by: the Gluon kernel's reciprocal
-    # pair, checked a program, did not pay in this kernel's short programs)
+    # correctly rounded as the graph's division: a bf16 output by the reciprocal pair
+    # where it divides every bf16 value so (checked over one warp's lanes: no barrier),
+    # else through div_by (fp16's 1024 significands cost more to check than the pair saves
+    # in this kernel's short programs)
     o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
-    tl.store(out_ptrs, to_fp8(div_by(o, out_scale, inv_scale), INTERPRET), mask=store_ok)
+    if model_dtype == tl.bfloat16:
+        zh, zl = reciprocal_pair(out_scale, inv_scale)
+        if pair_is_exact(out_scale, inv_scale, zh, zl, tl.arange(0, 32), 128):
+            o = div_by_pair(o, zh, zl)
+        else:
+            o = div_by(o, out_scale, inv_scale)
+    else:
+        o = div_by(o, out_scale, inv_scale)
+    tl.store(out_ptrs, to_fp8(o, INTERPRET), mask=store_ok)
 """,
     "nvfp4": """
     # epilogue: nvfp4 of the [B*Sq, Hq*Dv] output (blocks of 16 never straddle heads):

@@ -345,9 +345,9 @@ EPILOGUES = {
         "    zh, zl = reciprocal_pair(out_scale, inv_scale)  # zh + zl ~ 1 / scale\n"
         "    # the significands of the dtype's values (bf16 or fp16, the dtypes this kernel\n"
         "    # takes), over the warp group's 128 threads\n"
-        "    steps = gl.arange(0, 128 if dtype == gl.bfloat16 else 1024,\n"
-        "                      layout=gl.BlockedLayout([1], [32], [4], [0]))\n"
-        "    by_pair = pair_is_exact(out_scale, inv_scale, zh, zl, steps)\n",
+        "    lanes = gl.arange(0, 128, layout=gl.BlockedLayout([1], [32], [4], [0]))\n"
+        "    by_pair = pair_is_exact(out_scale, inv_scale, zh, zl, lanes,\n"
+        "                            128 if dtype == gl.bfloat16 else 1024)\n",
         "        # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)),\n"
         "        # divided correctly rounded as the graph's division: by the reciprocal pair\n"
         "        # where it divides every value of the dtype so, else through div_by\n"

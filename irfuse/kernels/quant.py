@@ -123,13 +123,18 @@ def div_by_pair(a, zh, zl):
 
 
 @triton.jit
-def pair_is_exact(b, inv_b, zh, zl, steps):
-    # steps: 0 .. 2^(BITS - 1) - 1 (the caller's arange, in its layout)
+def pair_is_exact(b, inv_b, zh, zl, lanes, SIGNIFICANDS: tl.constexpr):
+    # SIGNIFICANDS: 2^(BITS - 1); lanes: the caller's arange (in its layout) dividing it,
+    # each lane checking SIGNIFICANDS / lanes of them (a warp's 32 lanes reduce without a
+    # barrier)
     exponent = (b.to(tl.int32, bitcast=True) >> 23) & 0xFF
     usual = (exponent >= 27) & (exponent <= 227)  # 2^-100 to 2^100
     binade = (tl.where(usual, exponent, 127) << 23).to(tl.float32, bitcast=True)
-    a = (steps + steps.shape[0]).to(tl.float32) * (binade * (0.5 / steps.shape[0]))
-    same = div_by_pair(a, zh, zl) == div_by(a, b, inv_b)
+    same = lanes >= 0
+    for turn in tl.static_range(SIGNIFICANDS // lanes.shape[0]):
+        steps = lanes + (turn * lanes.shape[0] + SIGNIFICANDS)
+        a = steps.to(tl.float32) * (binade * (0.5 / SIGNIFICANDS))
+        same = same & (div_by_pair(a, zh, zl) == div_by(a, b, inv_b))
     return usual & (tl.min(same.to(tl.int32), 0) == 1)
 """
 

@@ -119,6 +119,7 @@ def prefill_source(epilogue: str, loads: str = "pointer") -> str:
         + loops + pieces.PREFILL_FINISH + pieces.PREFILL_EPILOGUE[epilogue]
     )  # fmt: skip
     helpers = "" if epilogue == "none" else quant_pieces.epilogue(epilogue)[0]
+    helpers += quant_pieces.RECIPROCAL_PAIR if epilogue == "static div" else ""
     how = "Flash-attention forward" + (", TMA loads" if loads == "tma" else "")
     return _module(prefill_name(epilogue, loads), "attention" + _FUSES[epilogue], how,
                    helpers, body)  # fmt: skip
