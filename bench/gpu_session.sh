@@ -23,6 +23,8 @@
 #     bash bench/gpu_session.sh issue-4-check  # after a kernel change: the Gluon GPU tests,
 #                                       # the Triton prefill's main GPU tests, the epilogue's
 #                                       # cost, issue 4's two causal rows
+#     bash bench/gpu_session.sh issue-4-quick  # the static div tests, the epilogue's
+#                                       # cost, issue 4's head-dim-64 causal row
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
@@ -219,6 +221,16 @@ issue-4-check)
     step attention-tests 170 "${PYTEST[@]}" -rfE tests/test_attention_kernel.py \
         -k "test_gpu_attention or prefill_epilogues or sweeps_over_heads"
     ;;
+issue-4-quick)
+    # after a change to the static div epilogue, in little device time: both kernels'
+    # static div bytes, the epilogue's cost, issue 4's head-dim-64 causal row
+    step static-div-tests 120 "${PYTEST[@]}" -rfE tests/test_attention_gluon.py -k static_div \
+        || exit 1
+    step epilogue-cost 120 python3 bench/epilogue_cost.py
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step attention 100 python3 bench/attention.py --only 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 coverage)
     # the cells of issue 3's speed table (hidden 4096 / 7168 / 8192, from 4096 tokens) the
     # other stages leave out (first timed over rotating inputs in the thirty-first session)
@@ -274,7 +286,7 @@ shards)
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
         "per-group-div | per-token | tiles | gluon | gluon-sweep | plans | issue-4 |" \
-        "issue-4-check | coverage |" \
+        "issue-4-check | issue-4-quick | coverage |" \
         "suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;
