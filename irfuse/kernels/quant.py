@@ -99,9 +99,11 @@ def div_by(a, b, inv_b):
 # a / b = fma(a, zh, a * zl), zh + zl ~ 1 / b (Brisebarre, Muller and Raina's method for a
 # divisor known in advance). The Gluon prefill's static fp8 of an `x / s` graph divides
 # so (H100, B4 H32 S4096 D128 causal: its block within 0.2% of a multiply by 1 / s, 2.3%
-# slower through div_by); in the Triton prefill's short programs the check below cost what
-# the pair saved. zh is RN(1 / b) moved toward zero where it rounded away, so that zl has
-# its sign: infinities and signed zeros come out as division gives them. It is correctly
+# slower through div_by); the Triton prefill's bf16 one too, its check over one warp's 32
+# lanes (a check over all 128 threads, a barrier, cost what the pair saved in its short
+# programs, thirty-seventh session). zh is RN(1 / b) moved toward zero where it rounded
+# away, so that zl has its sign: infinities and signed zeros come out as division gives
+# them. It is correctly
 # rounded for most b, not every b: pair_is_exact divides every significand of the value's
 # bits (8 for bf16: steps of 128; 11 for fp16: 1024) in one binade both ways, and a kernel
 # keeps div_by where they differ. Other binades follow by scaling while the quotient and
