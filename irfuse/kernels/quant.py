@@ -103,10 +103,10 @@ def div_by(a, b, inv_b):
 # lanes (a check over all 128 threads, a barrier, cost what the pair saved in its short
 # programs, thirty-seventh session). zh is RN(1 / b) moved toward zero where it rounded
 # away, so that zl has its sign: infinities and signed zeros come out as division gives
-# them. It is correctly
-# rounded for most b, not every b: pair_is_exact divides every significand of the value's
-# bits (8 for bf16: steps of 128; 11 for fp16: 1024) in one binade both ways, and a kernel
-# keeps div_by where they differ. Other binades follow by scaling while the quotient and
+# them. It is correctly rounded for most b, not every b (bf16: all but about 2 in 10^5
+# random scales): pair_is_exact divides every significand of the value's bits (8 for
+# bf16: steps of 128; 11 for fp16: 1024) in one binade both ways, and a kernel keeps
+# div_by where they differ. Other binades follow by scaling while the quotient and
 # a * zl stay normal: quotients below 2^-100 quantize to 0 and above 448 saturate, so fp8
 # never sees the difference. b's exponent is held to [-100, 100] (so is the binade's, its
 # significands exact); else div_by.
