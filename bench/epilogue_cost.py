@@ -6,7 +6,7 @@ and cuDNN SDPA alone, on the same inputs (timed as bench/attention.py times them
 the GPU kernels each block launches, from the profiler. The scale is calibrated (the
 output's amax / 448), as a checkpoint's is.
 
-    python bench/epilogue_cost.py [--rounds 5]
+    python bench/epilogue_cost.py [--rounds 5] [--only I ...]
 
 Probe: on an H200, B8 H16 S1024 D64 causal ran 62.3 us as the kernel alone and 65.2 us
 as the fused block (thirty-sixth session), where the fp8 output writes half the bytes of
@@ -29,7 +29,7 @@ from common import append_results, compare  # noqa: E402
 
 from irfuse.lowering.attention import kernel_attention  # noqa: E402
 
-SHAPES = [  # (B, H, S, D, causal)
+SHAPES = [  # (B, H, S, D, causal); --only I selects
     (8, 16, 1024, 64, True),
     (4, 32, 4096, 128, True),
 ]
@@ -84,8 +84,11 @@ def measure(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[s
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
-    rounds = parser.parse_args().rounds
-    rows = [measure(*shape, rounds) for shape in SHAPES]
+    parser.add_argument("--only", type=int, nargs="+", default=None,
+                        help="indices into SHAPES")  # fmt: skip
+    args = parser.parse_args()
+    shapes = [SHAPES[i] for i in args.only] if args.only else SHAPES
+    rows = [measure(*shape, args.rounds) for shape in shapes]
     append_results(
         "attention's static fp8 epilogue: the kernel alone and in the fused block, bf16 in, us",
         ["shape", "cuDNN", "kernel, bf16 out", "kernel, fp8 out", "kernel, fp8 out, divided",
