@@ -315,9 +315,10 @@ PREFILL_EPILOGUE = {
     "static div": """
     # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)), divided
     # correctly rounded as the graph's division: a bf16 output by the reciprocal pair
-    # where it divides every bf16 value so (checked over one warp's lanes: no barrier),
-    # else through div_by (fp16's 1024 significands cost more to check than the pair saves
-    # in this kernel's short programs)
+    # where it divides every bf16 value so (checked over one warp's lanes: no barrier;
+    # within 1.3% of a multiply on B8 H16 S1024 D64 causal, div_by 3.1%-3.3%, H100), else
+    # through div_by; fp16 through div_by (its 1024 significands would take 32 turns a
+    # lane to check; not timed)
     o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
     if model_dtype == tl.bfloat16:
         zh, zl = reciprocal_pair(out_scale, inv_scale)
