@@ -6,7 +6,7 @@ and cuDNN SDPA alone, on the same inputs (timed as bench/attention.py times them
 the GPU kernels each block launches, from the profiler. The scale is calibrated (the
 output's amax / 448), as a checkpoint's is.
 
-    python bench/epilogue_cost.py [--rounds 5] [--only I ...]
+    python bench/epilogue_cost.py [--rounds 5] [--only I ...] [--dtype bfloat16|float16]
 
 Probe: on an H200, B8 H16 S1024 D64 causal ran 62.3 us as the kernel alone and 65.2 us
 as the fused block (thirty-sixth session), where the fp8 output writes half the bytes of
@@ -50,11 +50,12 @@ def kernels(fn, calls: int = 10) -> str:
     return "; ".join(f"{name} {us:.1f}" for name, us in totals.items())
 
 
-def measure(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[str]:
+def measure(b: int, h: int, s: int, d: int, causal: bool, rounds: int,
+            dtype: torch.dtype) -> list[str]:  # fmt: skip
     """The shape's row: the candidates' medians, then each block's kernels."""
     torch._dynamo.reset()
-    q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    k = torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(b, s, h, d, device="cuda", dtype=dtype).transpose(1, 2)
+    k = torch.randn(b, h, s, d, device="cuda", dtype=dtype)
     v = torch.randn_like(k)
     scale = calibrated_scale(q, k, v, causal)
     mode = "top_left" if causal else "none"
@@ -63,7 +64,7 @@ def measure(b: int, h: int, s: int, d: int, causal: bool, rounds: int) -> list[s
                           options={"attention": "irfuse"})  # fmt: skip
     candidates = {
         "cuDNN": lambda q, k, v, s: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
-        "kernel, bf16 out": lambda q, k, v, s: kernel_attention(
+        "kernel, 16-bit out": lambda q, k, v, s: kernel_attention(
             q, k, v, None, d**-0.5, mode, "bs_hd", False, "none"),
         "kernel, fp8 out": lambda q, k, v, s: kernel_attention(
             q, k, v, s, d**-0.5, mode, "bs_hd", False, "static"),
@@ -86,12 +87,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", type=int, nargs="+", default=None,
                         help="indices into SHAPES")  # fmt: skip
+    parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
     shapes = [SHAPES[i] for i in args.only] if args.only else SHAPES
-    rows = [measure(*shape, args.rounds) for shape in shapes]
+    rows = [measure(*shape, args.rounds, dtype) for shape in shapes]
+    short = {"bfloat16": "bf16", "float16": "fp16"}[args.dtype]
     append_results(
-        "attention's static fp8 epilogue: the kernel alone and in the fused block, bf16 in, us",
-        ["shape", "cuDNN", "kernel, bf16 out", "kernel, fp8 out", "kernel, fp8 out, divided",
+        f"attention's static fp8 epilogue: the kernel alone and in the fused block, {short} "
+        "in, us",
+        ["shape", "cuDNN", f"kernel, {short} out", "kernel, fp8 out", "kernel, fp8 out, divided",
          "irfuse block",
          "Inductor block", "irfuse block's kernels (us)", "Inductor block's kernels (us)"],
         rows,

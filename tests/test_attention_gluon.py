@@ -203,13 +203,13 @@ def test_gpu_gluon_prefill_matches_reference(epilogue, causal, hq, hkv, sq, skv,
     ("top_left", 128, torch.float16, True),
     ("none", 64, torch.bfloat16, True),  # three consumers
     ("top_left", 64, torch.bfloat16, False),  # the Triton kernel
+    ("top_left", 64, torch.float16, False),
 ])  # fmt: skip
 def test_gpu_static_div_divides_the_output_as_the_graph_does(causal, d, dtype, gluon, scale,
                                                               monkeypatch):  # fmt: skip
     """`static div` quantizes each kernel's own output byte for byte as the graph's
     division, clamp and cast do, on both prefill kernels (the reciprocal pair where it is
-    exact for every value of the dtype, div_by elsewhere; the Triton kernel divides fp16
-    through div_by)."""
+    exact for every value of the dtype, div_by elsewhere)."""
     q, k, v = _gpu_inputs(4, 4, 2048, 2048, dtype, d=d)
     s = torch.tensor([scale], device="cuda")
     calls = _counting_launches(monkeypatch)

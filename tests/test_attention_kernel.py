@@ -123,10 +123,12 @@ def test_epilogues_match_unfused_quant(scheme, hq, hkv, sq, skv, loads):
                        dequant(scheme, q_ref, scales_ref, scale, rows, n))  # fmt: skip
 
 
-# bf16 divides by the reciprocal pair where its check passes (0.01), else through div_by
-# (0.0071062189526855946: the pair misses a bf16 quotient), fp16 through div_by
+# divided by the reciprocal pair where its check passes (0.01, 3.0), else through div_by
+# (1e-35: beyond the pair's range; 0.0071062189526855946: the pair misses a bf16 quotient,
+# so an fp16 one)
 @pytest.mark.parametrize(("scale", "dtype"), [
     (0.01, torch.float16), (3.0, torch.float16), (1e-35, torch.float16),
+    (0.0071062189526855946, torch.float16),
     (0.01, torch.bfloat16), (0.0071062189526855946, torch.bfloat16),
 ])  # fmt: skip
 def test_static_div_epilogue_divides_the_output_as_the_graph_does(scale, dtype, loads):

@@ -314,18 +314,15 @@ PREFILL_EPILOGUE = {
 """,
     "static div": """
     # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)), divided
-    # correctly rounded as the graph's division: a bf16 output by the reciprocal pair
-    # where it divides every bf16 value so (checked over one warp's lanes: no barrier;
-    # within 1.3% of a multiply on B8 H16 S1024 D64 causal, div_by 3.1%-3.3%, H100), else
-    # through div_by; fp16 through div_by (its 1024 significands would take 32 turns a
-    # lane to check; not timed)
+    # correctly rounded as the graph's division: by the reciprocal pair where it divides
+    # every value of the dtype so (its significands checked over one warp's lanes, no
+    # barrier: bf16's 128 in 4 turns a lane, fp16's 1024 in 32; bf16 within 1.3% of a
+    # multiply on B8 H16 S1024 D64 causal, div_by 3.1%-3.3%, H100), else through div_by
     o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
-    if model_dtype == tl.bfloat16:
-        zh, zl = reciprocal_pair(out_scale, inv_scale)
-        if pair_is_exact(out_scale, inv_scale, zh, zl, tl.arange(0, 32), 128):
-            o = div_by_pair(o, zh, zl)
-        else:
-            o = div_by(o, out_scale, inv_scale)
+    zh, zl = reciprocal_pair(out_scale, inv_scale)
+    significands: tl.constexpr = 128 if model_dtype == tl.bfloat16 else 1024
+    if pair_is_exact(out_scale, inv_scale, zh, zl, tl.arange(0, 32), significands):
+        o = div_by_pair(o, zh, zl)
     else:
         o = div_by(o, out_scale, inv_scale)
     tl.store(out_ptrs, to_fp8(o, INTERPRET), mask=store_ok)
