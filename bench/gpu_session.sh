@@ -223,10 +223,12 @@ issue-4-check)
     ;;
 issue-4-quick)
     # after a change to the static div epilogue, in little device time: both kernels'
-    # static div bytes, the epilogue's cost, issue 4's head-dim-64 causal row
+    # static div bytes, the epilogue's cost (and fp16's at head dim 64 causal), issue 4's
+    # head-dim-64 causal row
     step static-div-tests 120 "${PYTEST[@]}" -rfE tests/test_attention_gluon.py -k static_div \
         || exit 1
     step epilogue-cost 120 python3 bench/epilogue_cost.py
+    step epilogue-cost-fp16 90 python3 bench/epilogue_cost.py --only 0 --dtype float16
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step attention 100 python3 bench/attention.py --only 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
