@@ -315,13 +315,15 @@ PREFILL_EPILOGUE = {
     "static div": """
     # epilogue: static per-tensor fp8 of the output, q = fp8(clamp(o / scale)), divided
     # correctly rounded as the graph's division: by the reciprocal pair where it divides
-    # every value of the dtype so (its significands checked over one warp's lanes, no
-    # barrier: bf16's 128 in 4 turns a lane, fp16's 1024 in 32; bf16 within 1.3% of a
-    # multiply on B8 H16 S1024 D64 causal, div_by 3.1%-3.3%, H100), else through div_by
+    # every value of the dtype so, else through div_by. The check runs over bf16's 128
+    # significands on one warp's lanes (4 turns a lane, no barrier: 1.3% over a multiply
+    # on B8 H16 S1024 D64 causal, div_by 3.1%-3.3%) and over fp16's 1024 on 128 lanes, 8
+    # turns and a barrier (3.0%, against div_by's 4.3% and one warp's 32 turns' 6.5%; H100)
     o = round_to(acc, model_dtype, INTERPRET)  # what the unfused quant would read
     zh, zl = reciprocal_pair(out_scale, inv_scale)
     significands: tl.constexpr = 128 if model_dtype == tl.bfloat16 else 1024
-    if pair_is_exact(out_scale, inv_scale, zh, zl, tl.arange(0, 32), significands):
+    lanes: tl.constexpr = 32 if model_dtype == tl.bfloat16 else 128
+    if pair_is_exact(out_scale, inv_scale, zh, zl, tl.arange(0, lanes), significands):
         o = div_by_pair(o, zh, zl)
     else:
         o = div_by(o, out_scale, inv_scale)
