@@ -99,17 +99,18 @@ def div_by(a, b, inv_b):
 # a / b = fma(a, zh, a * zl), zh + zl ~ 1 / b (Brisebarre, Muller and Raina's method for a
 # divisor known in advance). The Gluon prefill's static fp8 of an `x / s` graph divides
 # so (H100, B4 H32 S4096 D128 causal: its block within 0.2% of a multiply by 1 / s, 2.3%
-# slower through div_by); the Triton prefill's bf16 one too, its check over one warp's 32
-# lanes (a check over all 128 threads, a barrier, cost what the pair saved in its short
-# programs, thirty-seventh session). zh is RN(1 / b) moved toward zero where it rounded
-# away, so that zl has its sign: infinities and signed zeros come out as division gives
-# them. It is correctly rounded for most b, not every b (bf16: all but about 2 in 10^5
-# random scales): pair_is_exact divides every significand of the value's bits (8 for
-# bf16: steps of 128; 11 for fp16: 1024) in one binade both ways, and a kernel keeps
-# div_by where they differ. Other binades follow by scaling while the quotient and
-# a * zl stay normal: quotients below 2^-100 quantize to 0 and above 448 saturate, so fp8
-# never sees the difference. b's exponent is held to [-100, 100] (so is the binade's, its
-# significands exact); else div_by.
+# slower through div_by); so does the Triton prefill's, checking bf16 over one warp's 32
+# lanes (over all 128 threads, a barrier, it cost what the pair saved in its short
+# programs) and fp16 over 128 threads (over one warp, 32 turns a lane, it cost more than
+# div_by). zh is RN(1 / b) moved toward zero where it rounded away, so that zl has its
+# sign: infinities and signed zeros come out as division gives them. It is correctly
+# rounded for most b, not every b (bf16: all but about 2 in 10^5 random scales):
+# pair_is_exact divides every significand of the value's bits (8 for bf16: steps of 128;
+# 11 for fp16: 1024) in one binade both ways, and a kernel keeps div_by where they
+# differ. Other binades follow by scaling while the quotient and a * zl stay normal:
+# quotients below 2^-100 quantize to 0 and above 448 saturate, so fp8 never sees the
+# difference. b's exponent is held to [-100, 100] (so is the binade's, its significands
+# exact); else div_by.
 RECIPROCAL_PAIR = """
 @triton.jit
 def reciprocal_pair(b, inv_b):
