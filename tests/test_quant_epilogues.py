@@ -610,16 +610,18 @@ import triton.language as tl
 {helpers}
 
 @triton.jit
-def codes(e_ptr, out_ptr, BLOCK: tl.constexpr):
-    cols = tl.arange(0, BLOCK)
-    tl.store(out_ptr + cols, e2m1_code(tl.load(e_ptr + cols)) & 15)
+def code_bytes(e_ptr, out_ptr, ROWS: tl.constexpr, INTERPRET: tl.constexpr):
+    e = tl.reshape(tl.load(e_ptr + tl.arange(0, ROWS * 16)), (ROWS, 16))
+    codes = tl.reshape(e2m1_bytes(e, INTERPRET), (ROWS * 8,))
+    tl.store(out_ptr + tl.arange(0, ROWS * 8), codes)
 """
 
 
-def test_e2m1_code_matches_the_reference_one_ulp_around_every_threshold():
-    """The e2m1 code (arithmetic on the fp32 value, no compares) against the reference's
-    compares: every grid point and threshold, one ulp either side, both signs, zeros,
-    subnormals, saturation, infinities and NaN, plus random values."""
+def test_e2m1_codes_match_the_reference_one_ulp_around_every_threshold():
+    """The e2m1 codes (arithmetic on the fp32 value, no compares; on the GPU packed eight
+    at a time by prmt) against the reference's compares: every grid point and threshold,
+    one ulp either side, both signs, zeros, subnormals, saturation, infinities and NaN,
+    plus random values."""
     points = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 7.0]
     exact = torch.tensor(points)
     around = [exact, exact.nextafter(torch.tensor(0.0)), exact.nextafter(torch.tensor(9.0))]
@@ -627,16 +629,18 @@ def test_e2m1_code_matches_the_reference_one_ulp_around_every_threshold():
     g = torch.Generator().manual_seed(0)
     values = torch.cat([*around, specials, 8 * torch.rand(1024 - 3 * 15 - 8, generator=g)])
     e = torch.cat([values, -values])
-    codes = load_kernel("codes", E2M1_KERNEL.format(helpers=quant_pieces.epilogue("nvfp4")[0]))
-    out = torch.empty(e.numel(), dtype=torch.int32, device=DEVICE)
-    codes[(1,)](e.to(DEVICE), out, BLOCK=e.numel())
-    expected = ref.quant.e2m1_codes(e).to(torch.int32)
+    kernel = load_kernel("code_bytes",
+                         E2M1_KERNEL.format(helpers=quant_pieces.epilogue("nvfp4")[0]))  # fmt: skip
+    out = torch.empty(e.numel() // 2, dtype=torch.uint8, device=DEVICE)
+    kernel[(1,)](e.to(DEVICE), out, ROWS=e.numel() // 16, INTERPRET=runtime.INTERPRET)
+    got = torch.stack([out & 15, out >> 4], dim=-1).reshape(-1).cpu()  # even: low nibble
+    expected = ref.quant.e2m1_codes(e)
     # a NaN's sign bit: the reference drops it, as the kernels' e = v * inv has none on
-    # the GPU (canonical NaN; in the interpreter nvfp4_blocks clears it); e2m1_code keeps
+    # the GPU (canonical NaN; in the interpreter nvfp4_blocks clears it); e2m1_bytes keeps
     # it, for a NaN loaded as it is (this test's): the code is 0 either way (8: -0)
     negative_nan = e.isnan() & e.signbit()
-    assert torch.equal(out.cpu()[~negative_nan], expected[~negative_nan])
-    assert bool(negative_nan.any()) and bool((out.cpu()[negative_nan] & 7 == 0).all())
+    assert torch.equal(got[~negative_nan], expected[~negative_nan])
+    assert bool(negative_nan.any()) and bool((got[negative_nan] & 7 == 0).all())
 
 
 def test_nvfp4_block_scales_match_the_reference_across_magnitudes():

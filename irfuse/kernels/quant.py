@@ -315,16 +315,54 @@ PER_GROUP = (
 # with a trivial code, bench/RESULTS.md): each one saved per element counts.
 NVFP4_HELPERS = """
 @triton.jit
-def e2m1_code(e):
+def e2m1_index(e):
     # |e| rounded onto {0, .5, 1, 1.5, 2, 3, 4, 6} (RNE, saturating at 6, NaN -> 0) as its
-    # index 0-7 in the low byte, the sign in bit 3 (bits from 8 up are left over: the
+    # index 0-7 in the low byte of an fp32's bits (bits from 8 up are left over: the
     # packing drops them). The index is piecewise linear and concave in |e|: min(2a,
     # a + 2, a / 2 + 4), each line rounded to an integer by adding 2^23 in one operation
     # (ties to the even index: the even grid point), whose low byte then holds it.
     a = tl.minimum(tl.abs(e), 6.0, propagate_nan=tl.PropagateNan.ALL)  # inf -> 6, NaN kept
     index = tl.minimum(tl.minimum(a * 2.0 + 8388608.0, a + 8388610.0), a * 0.5 + 8388612.0)
-    index = tl.maximum(index, 8388608.0)  # NaN (the only value left below 2^23) -> 0
-    return index.to(tl.int32, bitcast=True) | ((e.to(tl.int32, bitcast=True) >> 28) & 8)
+    return tl.maximum(index, 8388608.0).to(tl.int32, bitcast=True)  # NaN (below 2^23) -> 0
+
+
+@triton.jit
+def e2m1_bytes(e, INTERPRET: tl.constexpr):
+    # e [R, 16] as e2m1 codes (e2m1_index, the sign in bit 3), two per byte (the even
+    # element in the low nibble): [R, 8] uint8
+    if INTERPRET:
+        index = e2m1_index(e)
+        code = index | ((e.to(tl.int32, bitcast=True) >> 28) & 8)
+        # byte = even + (odd << 4), truncated: the codes' bits from 8 (even), 4 (odd) drop
+        pairs = tl.reshape(code, (code.shape[0], 8, 2)) << (tl.arange(0, 2) * 4)[None, None, :]
+        return tl.sum(pairs, axis=2).to(tl.uint8)
+    # On the GPU, 8 elements' bytes at once, by prmt: first the signs, e's top bytes each
+    # widened to 0x00 / 0xFF (4 even ones in one word, 4 odd ones in another), then the
+    # indices' low bytes, likewise; 15 instructions where a sign an element and a byte a
+    # pair take 23. Signs first, so that e's registers are free before the indices are
+    # computed: gathering both at the end held 8 registers more (72), a program an SM
+    # fewer at 8 warps (bench/RESULTS.md, forty-first session).
+    e_even, e_odd = tl.split(tl.reshape(e, (e.shape[0], 8, 2)))
+    signs = tl.inline_asm_elementwise(
+        "{ .reg .b32 lo, hi, even, odd; "
+        "prmt.b32 lo, $1, $2, 0x00fb; prmt.b32 hi, $3, $4, 0x00fb; "
+        "prmt.b32 even, lo, hi, 0x5410; "
+        "prmt.b32 lo, $5, $6, 0x00fb; prmt.b32 hi, $7, $8, 0x00fb; "
+        "prmt.b32 odd, lo, hi, 0x5410; "
+        "lop3.b32 $0, even, odd, 0x08080808, 0xe4; }",
+        "=r" + ",r" * 8, [e_even, e_odd], dtype=tl.uint8, is_pure=True, pack=4,
+    )
+    index_even, index_odd = tl.split(tl.reshape(e2m1_index(e), (e.shape[0], 8, 2)))
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 lo, hi, even, odd; "
+        "prmt.b32 lo, $1, $2, 0x0040; prmt.b32 hi, $3, $4, 0x0040; "
+        "prmt.b32 even, lo, hi, 0x5410; "
+        "prmt.b32 lo, $5, $6, 0x0040; prmt.b32 hi, $7, $8, 0x0040; "
+        "prmt.b32 odd, lo, hi, 0x5410; shl.b32 odd, odd, 4; "
+        "and.b32 lo, $9, 0x88888888; "
+        "lop3.b32 $0, even, odd, lo, 0xfe; }",
+        "=r" + ",r" * 9, [index_even, index_odd, signs], dtype=tl.uint8, is_pure=True, pack=4,
+    )
 
 
 @triton.jit
@@ -340,10 +378,7 @@ def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
     e = blocks * inv[:, None]
     if INTERPRET:  # the GPU's NaN is 0x7FFFFFFF; numpy's keeps an operand's sign
         e = tl.where(e != e, float("nan"), e)
-    code = e2m1_code(e)
-    # byte = even + (odd << 4), truncated: the codes' bits from 8 (even) and 4 (odd) drop
-    pairs = tl.reshape(code, (code.shape[0], 8, 2)) << (tl.arange(0, 2) * 4)[None, None, :]
-    return tl.sum(pairs, axis=2).to(tl.uint8), sf.to(tl.uint8, bitcast=True)
+    return e2m1_bytes(e, INTERPRET), sf.to(tl.uint8, bitcast=True)
 
 
 @triton.jit
