@@ -342,6 +342,9 @@ def e2m1_bytes(e, INTERPRET: tl.constexpr):
     # pair take 23. Signs first, so that e's registers are free before the indices are
     # computed: gathering both at the end held 8 registers more (72), a program an SM
     # fewer at 8 warps (bench/RESULTS.md, forty-first session).
+    # (prmt selector 0x00fb: the widened top bytes of its two words, 0x0040: their low
+    # bytes, 0x5410: the low halves of two words; lop3 0xe4: (a & c) | (b & ~c), bit 3 of
+    # each byte from the even word, the rest from the odd one; 0xfe: a | b | c)
     e_even, e_odd = tl.split(tl.reshape(e, (e.shape[0], 8, 2)))
     signs = tl.inline_asm_elementwise(
         "{ .reg .b32 lo, hi, even, odd; "
