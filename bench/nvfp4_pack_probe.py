@@ -31,8 +31,8 @@ from irfuse.lowering.kernel_cache import load_kernel  # noqa: E402
 from irfuse.lowering.kernel_spec import KernelSpec, kernel_source  # noqa: E402
 
 SPECS = {"norm": "rms_norm/plain/model/nvfp4", "standalone": "quant/none/model/nvfp4"}
-GATHERED = "    if INTERPRET:\n        index = e2m1_index(e)"
-PREVIOUS = "    if True:  # the previous packing, on the GPU too\n        index = e2m1_index(e)"
+GATHERED = "    if INTERPRET:\n        code = e2m1_code(e)"
+PREVIOUS = "    if True:  # the previous packing, on the GPU too\n        code = e2m1_code(e)"
 
 
 @functools.cache

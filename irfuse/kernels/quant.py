@@ -327,12 +327,17 @@ def e2m1_index(e):
 
 
 @triton.jit
+def e2m1_code(e):
+    # e2m1_index with e's sign in bit 3
+    return e2m1_index(e) | ((e.to(tl.int32, bitcast=True) >> 28) & 8)
+
+
+@triton.jit
 def e2m1_bytes(e, INTERPRET: tl.constexpr):
-    # e [R, 16] as e2m1 codes (e2m1_index, the sign in bit 3), two per byte (the even
-    # element in the low nibble): [R, 8] uint8
+    # e [R, 16] as e2m1 codes (e2m1_code), two per byte (the even element in the low
+    # nibble): [R, 8] uint8
     if INTERPRET:
-        index = e2m1_index(e)
-        code = index | ((e.to(tl.int32, bitcast=True) >> 28) & 8)
+        code = e2m1_code(e)
         # byte = even + (odd << 4), truncated: the codes' bits from 8 (even), 4 (odd) drop
         pairs = tl.reshape(code, (code.shape[0], 8, 2)) << (tl.arange(0, 2) * 4)[None, None, :]
         return tl.sum(pairs, axis=2).to(tl.uint8)
