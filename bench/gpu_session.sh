@@ -28,6 +28,9 @@
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
+#     bash bench/gpu_session.sh nvfp4   # nvfp4 with whole blocks a thread: its GPU tests,
+#                                       # the layout probe, issue 3's rms_norm + nvfp4 rows
+#     bash bench/gpu_session.sh nvfp4-more  # and its add + rms_norm and standalone rows
 #     bash bench/gpu_session.sh suite   # the suite but for the two files below
 #     bash bench/gpu_session.sh epilogues         # tests/test_quant_epilogues.py
 #     bash bench/gpu_session.sh attention-kernel  # tests/test_attention_kernel.py
@@ -246,6 +249,27 @@ coverage)
         --tokens 4096 16384 --schemes static per_token nvfp4
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
+nvfp4)
+    # nvfp4 kernels holding whole blocks a thread (quant.NVFP4_COLS): the nvfp4 GPU tests
+    # (the attention ones: its decode combine takes the same layout), the probe against the
+    # previous layout, then issue 3's rms_norm + nvfp4 rows end to end (nvfp4-more: the rest)
+    step nvfp4-tests 200 "${PYTEST[@]}" tests/test_quant_epilogues.py tests/test_kernels.py \
+        tests/test_attention_kernel.py tests/test_attention_fusion.py -k "nvfp4 or e2m1"
+    step layout-probe 100 python3 bench/nvfp4_layout_probe.py
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step no-residual 200 python3 bench/quant_schemes.py --no-residual --schemes nvfp4 \
+        --hidden 4096 7168 8192 --tokens 1 16 256 4096 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+nvfp4-more)
+    # issue 3's add + rms_norm + nvfp4 and standalone nvfp4 rows end to end
+    step add-norm 250 python3 bench/quant_schemes.py --schemes nvfp4 \
+        --hidden 4096 7168 8192 --tokens 1 16 256 4096 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step standalone 250 python3 bench/quant_schemes.py --standalone --schemes nvfp4 \
+        --hidden 4096 7168 8192 --tokens 1 16 256 4096 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
 suite)
     # the whole suite takes three calls on an H100 (2026-12-06: 380 s reached 77% of what
     # suite and epilogues run, 170 s 37% of the attention kernel tests)
@@ -288,7 +312,7 @@ shards)
 *)
     echo "usage: bash bench/gpu_session.sh tests | bench | torchao | rerun | rerun-attention |" \
         "per-group-div | per-token | tiles | gluon | gluon-sweep | plans | issue-4 |" \
-        "issue-4-check | issue-4-quick | coverage |" \
+        "issue-4-check | issue-4-quick | coverage | nvfp4 | nvfp4-more |" \
         "suite | epilogues | attention-kernel | shards [N] | hf" >&2
     exit 2
     ;;

@@ -1,6 +1,6 @@
 """PTX of generated norm kernels compiled for an H100 (sm_90), on any machine: Triton
 compiles down to PTX without a GPU. Run as a script (`python -m tests.sm90_ptx
-SPEC:DTYPE[:BLOCK:WARPS] ...`: JSON {arg: ptx} on stdout) in a process without
+SPEC:DTYPE[:BLOCK:WARPS[:aligned]] ...`: JSON {arg: ptx} on stdout) in a process without
 TRITON_INTERPRET, under which Triton's own library functions (tl.sum's combine) are
 interpreter wrappers the compiler rejects."""
 
@@ -21,18 +21,23 @@ CONSTEXPRS = {"BLOCK": 8192, "HAS_SCALE": False, "INTERPRET": False}
 NUM_WARPS = 16
 
 
-def ptx(spec_text: str, dtype: str, block: str = "", warps: str = "") -> str:
-    """The PTX of kernel_norm's kernel `spec_text` on `dtype` rows (fp8 out), a program
-    of `block` columns (8192) and `warps` warps (NUM_WARPS)."""
+def ptx(spec_text: str, dtype: str, block: str = "", warps: str = "", aligned: str = "") -> str:
+    """The PTX of kernel_norm's kernel `spec_text` on `dtype` rows (fp8 out, or nvfp4's
+    bytes), a program of `block` columns (8192) and `warps` warps (NUM_WARPS); `aligned`:
+    with its pointers and integers divisible by 16, as a launch on aligned rows specialises
+    them (then its loads vectorise)."""
     spec = KernelSpec.decode(spec_text)
     kernel = load_kernel(spec.name, kernel_source(spec))
     signature = {}
     for name in kernel.arg_names:
+        nvfp4 = spec.quant == "nvfp4"
         fp32_pointer = name in ("scale_ptr", "scale_out_ptr") or (
             name == "weight_ptr" and spec.weight_mode == "gemma"
         )
         if name in CONSTEXPRS:
             signature[name] = "constexpr"
+        elif nvfp4 and name in ("out_ptr", "scale_out_ptr"):  # packed codes, e4m3 bytes
+            signature[name] = "*u8"
         elif fp32_pointer:
             signature[name] = "*fp32"
         elif name == "out_ptr" and spec.quant != "none":
@@ -43,8 +48,12 @@ def ptx(spec_text: str, dtype: str, block: str = "", warps: str = "") -> str:
             signature[name] = "fp32" if name in ("eps", "x_eps") else "i32"
     constexprs = {**CONSTEXPRS, "BLOCK": int(block or CONSTEXPRS["BLOCK"])}
     options = {"num_warps": int(warps or NUM_WARPS)}
-    return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=SM90,
-                          options=options).asm["ptx"]  # fmt: skip
+    names = list(signature)
+    divisible = [(names.index(name),) for name, kind in signature.items()
+                 if aligned and (kind.startswith("*") or kind == "i32")]  # fmt: skip
+    attrs = {arg: [["tt.divisibility", 16]] for arg in divisible}
+    source = ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=SM90, options=options).asm["ptx"]
 
 
 if __name__ == "__main__":

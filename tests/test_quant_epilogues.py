@@ -391,6 +391,19 @@ def test_nvfp4_tiles_over_many_rows_divide_the_row():
     assert runtime.launch_config(16, 4096, "nvfp4", row_tiles=True) == (1024, 4)
 
 
+def test_nvfp4_over_many_rows_launches_a_warp_per_512_columns_at_most():
+    """nvfp4 kernels lay a row out as [BLOCK // 16, 2, 8] so that a thread holds whole
+    blocks: over many rows, BLOCK // 16 >= 32 * num_warps; a few rows keep their warps."""
+    for rows in (runtime.MANY_ROWS, 16384):
+        for cols in (64, 512, 1024, 2048, 4096, 7168, 8192, 16384):
+            for tiles in (False, True):
+                block, warps = runtime.launch_config(rows, cols, "nvfp4", row_tiles=tiles)
+                assert warps == 1 or block // 16 >= 32 * warps, (rows, cols, tiles)
+    assert runtime.launch_config(4096, 1024, "nvfp4") == (1024, 2)
+    assert runtime.launch_config(4096, 1024, "per_token") == (1024, 4)
+    assert runtime.launch_config(1, 4096, "nvfp4") == (4096, 16)
+
+
 def test_only_a_norm_without_a_residual_takes_the_plain_norm_warps():
     """rms_norm + static / per-token / per-group fp8 over many rows runs few warps
     (runtime.PLAIN_NORM_WARPS); the add's kernel (7 bytes an element), a norm that also

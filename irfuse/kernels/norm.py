@@ -22,7 +22,7 @@ def {name}(
 """
 
 # The body's start, after `row` and `col_start` are set.
-LOAD_ROW = """    cols = col_start + tl.arange(0, BLOCK)
+LOAD_ROW = """    cols = col_start + {cols}
     mask = cols < n_cols
     model_dtype = x_ptr.dtype.element_ty
     v = widened(tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0), INTERPRET)
@@ -81,7 +81,7 @@ RMS_NORM = """
     # rms_norm over the row (variance on the fp32 value); the result rounds to norm_dtype
     norm_dtype = {norm_dtype}
     # eps in fp32 whatever the launcher passed (Inductor's wrapper passes floats as fp64)
-    rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + tl.cast(eps, tl.float32))
+    rstd = tl.rsqrt(tl.sum(v * v) / n_cols + tl.cast(eps, tl.float32))
 """
 
 # Phase 1 of a per-tensor quant after a plain norm keeps each row's rstd for phase 2
@@ -123,7 +123,7 @@ NORM_X = """
     # rms_norm of x first ({mode} weight), rounded to the model dtype as the graph's norm
     # leaves it for the residual add (a sandwich's first norm)
     x_w = tl.load(x_weight_ptr + cols, mask=mask, other=0.0)
-    x_rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + tl.cast(x_eps, tl.float32))
+    x_rstd = tl.rsqrt(tl.sum(v * v) / n_cols + tl.cast(x_eps, tl.float32))
 """
 
 

@@ -4,7 +4,8 @@ scales of torchao, outside it: PER_TOKEN_SCALES, GROUP_SCALES).
 An epilogue is a pair: a preload, emitted with the kernel's first loads so that its
 latency overlaps theirs (it matters for a handful of rows), and a store, which takes `v`
 (fp32, already rounded to the producer's output dtype; a row or a tile of one per
-program: `row`, `cols` = `col_start` + arange(BLOCK), `mask`, masked lanes hold 0) to
+program: `row`, `cols` = `col_start` + row_columns(scheme): arange(BLOCK), or for nvfp4
+[BLOCK // 16, 2, 8]; `mask`, masked lanes hold 0) to
 `out_ptr`, and its scales to `scale_out_ptr` (at `row * scale_out_row_stride + i *
 scale_out_col_stride`; nvfp4 uses the swizzled layout). Divisions are correctly rounded,
 as the reference divides: by a scale shared by a row or a group, through `div_by` (one
@@ -334,12 +335,13 @@ def e2m1_code(e):
 
 @triton.jit
 def e2m1_bytes(e, INTERPRET: tl.constexpr):
-    # e [R, 16] as e2m1 codes (e2m1_code), two per byte (the even element in the low
-    # nibble): [R, 8] uint8
+    # e [R, 2K] as e2m1 codes (e2m1_code), two per byte (the even element in the low
+    # nibble): [R, K] uint8 (K a multiple of 4)
     if INTERPRET:
         code = e2m1_code(e)
         # byte = even + (odd << 4), truncated: the codes' bits from 8 (even), 4 (odd) drop
-        pairs = tl.reshape(code, (code.shape[0], 8, 2)) << (tl.arange(0, 2) * 4)[None, None, :]
+        pairs = tl.reshape(code, (code.shape[0], code.shape[1] // 2, 2))
+        pairs = pairs << (tl.arange(0, 2) * 4)[None, None, :]
         return tl.sum(pairs, axis=2).to(tl.uint8)
     # On the GPU, 8 elements' bytes at once, by prmt: first the signs, e's top bytes each
     # widened to 0x00 / 0xFF (4 even ones in one word, 4 odd ones in another), then the
@@ -350,7 +352,7 @@ def e2m1_bytes(e, INTERPRET: tl.constexpr):
     # (prmt selector 0x00fb: the widened top bytes of its two words, 0x0040: their low
     # bytes, 0x5410: the low halves of two words; lop3 0xe4: (a & c) | (b & ~c), bit 3 of
     # each byte from the even word, the rest from the odd one; 0xfe: a | b | c)
-    e_even, e_odd = tl.split(tl.reshape(e, (e.shape[0], 8, 2)))
+    e_even, e_odd = tl.split(tl.reshape(e, (e.shape[0], e.shape[1] // 2, 2)))
     signs = tl.inline_asm_elementwise(
         "{ .reg .b32 lo, hi, even, odd; "
         "prmt.b32 lo, $1, $2, 0x00fb; prmt.b32 hi, $3, $4, 0x00fb; "
@@ -360,7 +362,8 @@ def e2m1_bytes(e, INTERPRET: tl.constexpr):
         "lop3.b32 $0, even, odd, 0x08080808, 0xe4; }",
         "=r" + ",r" * 8, [e_even, e_odd], dtype=tl.uint8, is_pure=True, pack=4,
     )
-    index_even, index_odd = tl.split(tl.reshape(e2m1_index(e), (e.shape[0], 8, 2)))
+    index = tl.reshape(e2m1_index(e), (e.shape[0], e.shape[1] // 2, 2))
+    index_even, index_odd = tl.split(index)
     return tl.inline_asm_elementwise(
         "{ .reg .b32 lo, hi, even, odd; "
         "prmt.b32 lo, $1, $2, 0x0040; prmt.b32 hi, $3, $4, 0x0040; "
@@ -374,19 +377,40 @@ def e2m1_bytes(e, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
-    amax = amax_of(blocks, 1)  # a NaN makes the block's scale NaN, its codes 0
+def nvfp4_scales(amax, global_scale, INTERPRET: tl.constexpr):
+    # a block's scale from its amax (a NaN makes it NaN, and its codes 0): the e4m3
+    # scale and the multiplier of its values, inv = SF != 0 ? global_scale / SF : 0
     # / 6 correctly rounded by div_by (0.16666667 = RN(1/6)): no division per block
     sf = to_fp8(div_by(global_scale * amax, 6.0, 0.16666666666666666), INTERPRET)
     sf_value = sf.to(tl.float32)
     if INTERPRET:  # its cast back reads NaN's byte (0x7F) as a number
         sf_value = tl.where((sf.to(tl.uint8, bitcast=True) & 0x7F) == 0x7F, float("nan"), sf_value)
     safe = tl.where(sf_value != 0, sf_value, 1.0)
-    inv = tl.where(sf_value != 0, tl.math.div_rn(global_scale, safe), 0.0)
-    e = blocks * inv[:, None]
+    return sf, tl.where(sf_value != 0, tl.math.div_rn(global_scale, safe), 0.0)
+
+
+@triton.jit
+def e2m1_of(e, INTERPRET: tl.constexpr):
+    # e [R, 2K] as bytes [R, K] (e2m1_bytes), NaN's codes 0
     if INTERPRET:  # the GPU's NaN is 0x7FFFFFFF; numpy's keeps an operand's sign
         e = tl.where(e != e, float("nan"), e)
-    return e2m1_bytes(e, INTERPRET), sf.to(tl.uint8, bitcast=True)
+    return e2m1_bytes(e, INTERPRET)
+
+
+@triton.jit
+def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
+    sf, inv = nvfp4_scales(amax_of(blocks, 1), global_scale, INTERPRET)
+    return e2m1_of(blocks * inv[:, None], INTERPRET), sf.to(tl.uint8, bitcast=True)
+
+
+@triton.jit
+def nvfp4_halves(halves, global_scale, INTERPRET: tl.constexpr):
+    # nvfp4 of blocks held as halves [2R, 8] (NVFP4_COLS: row h * R + r is half h of
+    # block r): the packed bytes [2R, 4] (in the same order) and the scale bytes [R]
+    blocks = tl.reshape(halves, (2, halves.shape[0] // 2, 8))
+    sf, inv = nvfp4_scales(tl.reduce(amax_of(blocks, 2), 0, nan_max), global_scale, INTERPRET)
+    e = tl.reshape(blocks * inv[None, :, None], (halves.shape[0], 8))
+    return e2m1_of(e, INTERPRET), sf.to(tl.uint8, bitcast=True)
 
 
 @triton.jit
@@ -396,15 +420,36 @@ def nvfp4_scale_offset(row, k, n_cols):
     return tile * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4 + (k & 3)
 """
 
+# nvfp4 rows are loaded as halves of blocks, [BLOCK // 8, 8]: row h * R + r holds half h
+# of block r (R = BLOCK // 16 blocks). Triton lays a [rows, 8] load out 8 contiguous
+# columns a thread, threads and then warps down the rows, so that while R is a multiple of
+# the program's threads (BLOCK // 16 >= 32 * num_warps: launch_config over many rows) a
+# thread holds both halves of its blocks: a block's amax and scale stay in its thread,
+# computed once (sm_90 SASS: 72 instructions a thread fewer at 4096 x 4 warps, 848 against
+# 920). Read in memory order, a block spans two threads, which both compute its scale and
+# exchange its amax by a shuffle. (A [R, 2, 8] load does the same on Triton 3.6 but not on
+# 3.9, which orders the two axes of equal contiguity the other way.)
+NVFP4_COLS = (
+    "(tl.arange(0, BLOCK // 8)[:, None] % (BLOCK // 16)) * 16"
+    " + (tl.arange(0, BLOCK // 8)[:, None] // (BLOCK // 16)) * 8 + tl.arange(0, 8)[None, :]"
+)
+
+
+def row_columns(scheme: str) -> str:
+    """The columns of a row (tile) a program loads, from `col_start`, for an epilogue of
+    `scheme`: arange(BLOCK), or nvfp4's NVFP4_COLS."""
+    return NVFP4_COLS if scheme == "nvfp4" else "tl.arange(0, BLOCK)"
+
+
 NVFP4 = (
     "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale, loaded early\n",
     """
-    # epilogue: nvfp4, blocks of 16 (nvfp4_blocks), block scales swizzled 128x4
-    packed, sf = nvfp4_blocks(tl.reshape(v, (BLOCK // 16, 16)), global_scale, INTERPRET)
-    # stored as [BLOCK // 8, 4]: the 4 bytes a thread packs go out without a shuffle
-    quads = col_start // 2 + tl.arange(0, BLOCK // 8)[:, None] * 4 + tl.arange(0, 4)[None, :]
-    tl.store(out_ptr + row * out_row_stride + quads, tl.reshape(packed, (BLOCK // 8, 4)),
-             mask=quads < n_cols // 2)
+    # epilogue: nvfp4, blocks of 16 (nvfp4_halves), block scales swizzled 128x4
+    packed, sf = nvfp4_halves(v, global_scale, INTERPRET)
+    half = tl.arange(0, BLOCK // 8)[:, None]  # half h * (BLOCK // 16) + r: 4 bytes of block r
+    pairs = col_start // 2 + (half % (BLOCK // 16)) * 8 + (half // (BLOCK // 16)) * 4
+    pairs += tl.arange(0, 4)[None, :]
+    tl.store(out_ptr + row * out_row_stride + pairs, packed, mask=pairs < n_cols // 2)
     k = col_start // 16 + tl.arange(0, BLOCK // 16)
     tl.store(scale_out_ptr + nvfp4_scale_offset(row, k, n_cols), sf, mask=k < n_cols // 16)
 """,

@@ -233,7 +233,7 @@ def _row_body(spec: KernelSpec) -> str:
     else:
         rows = norm.ROWS_LAST_FIRST if spec.per_tensor else norm.ROWS_IN_ORDER
         body = rows + norm.WHOLE_ROW
-    body += norm.LOAD_ROW
+    body += norm.LOAD_ROW.format(cols=quant_pieces.row_columns(spec.quant))
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload

@@ -81,7 +81,25 @@ def launch_config(
     per-token rows padded to a power of two, as 7168 is, run best with 16). Kernels that
     tile rows (`row_tiles`) take their tile from ROW_TILES (NORM_ROW_TILES for a `norm`).
     A `plain_norm` (rms_norm with no residual) + static, per-token or per-group fp8 over
-    many rows runs best with few warps (PLAIN_NORM_WARPS)."""
+    many rows runs best with few warps (PLAIN_NORM_WARPS). nvfp4 over many rows takes at
+    most a warp per 512 columns, so that a thread holds whole blocks (quant.NVFP4_COLS);
+    over a few rows, where the latency of a row counts, they keep their warps, and a block's
+    halves may sit in two warps."""
+    block, num_warps = _launch_config(n_rows, n_cols, scheme, row_tiles, norm, plain_norm)
+    if scheme == "nvfp4" and n_rows >= MANY_ROWS:
+        num_warps = min(num_warps, max(1, block // 512))
+    return block, num_warps
+
+
+def _launch_config(
+    n_rows: int,
+    n_cols: int,
+    scheme: str = "none",
+    row_tiles: bool = False,
+    norm: bool = False,
+    plain_norm: bool = False,
+) -> tuple[int, int]:
+    """launch_config before nvfp4's cap on warps."""
     block = next_power_of_2(n_cols)
     kind = scheme.split()[0]
     if row_tiles:

@@ -26,7 +26,7 @@ func.func @gemma_sandwich(%x: tensor<?x64xbf16>, %r: tensor<?x64xbf16>, %w1: ten
 // TRITON:      def irfuse_normed_add_rounded_rms_norm_gemmaw_per_token_fp8(
 // TRITON:        residual = widened(tl.load(residual_row + cols
 // TRITON:        x_w = tl.load(x_weight_ptr + cols
-// TRITON-NEXT:   x_rstd = tl.rsqrt(tl.sum(v * v, axis=0) / n_cols + tl.cast(x_eps, tl.float32))
+// TRITON-NEXT:   x_rstd = tl.rsqrt(tl.sum(v * v) / n_cols + tl.cast(x_eps, tl.float32))
 // TRITON-NEXT:   v = round_to(v * x_rstd * (1.0 + widened(x_w, INTERPRET)), model_dtype, INTERPRET)
 // TRITON:        # residual add
 
