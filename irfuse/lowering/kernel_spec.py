@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import textwrap
 from dataclasses import dataclass
 
 from irfuse.kernels import norm
@@ -207,10 +208,7 @@ def launched_kernels(spec: KernelSpec) -> tuple[KernelSpec, ...]:
 def kernel_source(spec: KernelSpec) -> str:
     helpers, _, _ = quant_pieces.epilogue(spec.quant, spec.producer == "quant")
     if spec.two_pass:
-        if (spec.producer, parse_scheme(spec.quant)[0]) != ("quant", "per_token"):
-            raise ValueError(f"no two-pass kernel for {spec.describe()}")
-        body = quant_pieces.per_token_two_pass(spec.quant)
-        how = "One row per program, in two passes over its quarters"
+        body, how = _two_pass_body(spec)
     else:
         body = _row_body(spec)
         how = "A tile of a row per program" if spec.row_tiles else "One row per program"
@@ -221,6 +219,31 @@ def kernel_source(spec: KernelSpec) -> str:
         f"{norm.ROUND_TO}{norm.conversions_in(body)}{helpers}\n"
         f"{norm.SIGNATURE.format(name=spec.name)}{body}"
     )
+
+
+def _two_pass_body(spec: KernelSpec) -> tuple[str, str]:
+    """The body of a two-pass kernel (a row per program), and how it runs: standalone
+    per-token (quant.PER_TOKEN_TWO_PASS), or rms_norm without a residual + nvfp4 chunk by
+    chunk (norm.TWO_PASS_NORM)."""
+    kind = parse_scheme(spec.quant)[0]
+    if (spec.producer, kind) == ("quant", "per_token"):
+        body = quant_pieces.per_token_two_pass(spec.quant)
+        return body, "One row per program, in two passes over its quarters"
+    if (spec.producer, kind) != ("rms_norm", "nvfp4"):
+        raise ValueError(f"no two-pass kernel for {spec.describe()}")
+    value_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
+    _, preload, store = quant_pieces.epilogue(spec.quant, False, value_dtype)
+    lanes = quant_pieces.row_columns(spec.quant)
+    chunk = (
+        norm.COLUMNS.format(cols="lanes") + norm.LOAD_X + norm.PRELOAD_WEIGHT
+        + norm.weighted(spec.weight_mode)
+        + (norm.STORE_VALUE if spec.keep_value else "") + store
+    )  # fmt: skip
+    head = norm.TWO_PASS_NORM.format(
+        lanes=lanes, norm_dtype=value_dtype, preload=preload.rstrip("\n")
+    )
+    body = head + textwrap.indent(chunk.strip("\n"), "    ") + "\n"
+    return body, "One row per program, in two passes over its chunks of BLOCK columns"
 
 
 def _row_body(spec: KernelSpec) -> str:

@@ -168,11 +168,20 @@ NORM_ROW_TILES = {"per_tensor": ((AMAX_ROW_SLOTS + 1, 1024, 4), (math.inf, 1024,
 TWO_PASS_MIN_ROWS = 256
 TWO_PASS_MIN_BLOCK = 8192
 TWO_PASS_WARPS = 8
+# rms_norm + nvfp4 without a residual, over many rows whose width pads by an eighth or more
+# to a power of two (7168, 5120, 2880): chunks of 1024 columns, 2 warps (whole blocks a
+# thread, quant.NVFP4_COLS), in two passes (norm.TWO_PASS_NORM).
+NORM_TWO_PASS_CHUNK = 1024
+NORM_TWO_PASS_WARPS = 2
 
 
 def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int, int]:
-    """launch_config for `spec`'s kernel over [n_rows, n_cols] (norm_launch then gives a
-    two-pass kernel TWO_PASS_WARPS)."""
+    """launch_config for `spec`'s kernel over [n_rows, n_cols]; a two-pass kernel's
+    (a row per program)."""
+    if spec.two_pass and spec.producer == "rms_norm":
+        return NORM_TWO_PASS_CHUNK, NORM_TWO_PASS_WARPS
+    if spec.two_pass:
+        return next_power_of_2(n_cols), TWO_PASS_WARPS
     norm = spec.producer != "quant"
     plain_norm = spec.producer == "rms_norm" and not spec.keep_value  # 3 bytes an element
     return launch_config(n_rows, n_cols, spec.quant, spec.row_tiles, norm, plain_norm)
@@ -181,6 +190,9 @@ def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int,
 def runs_two_pass(spec: KernelSpec, n_rows: int, n_cols: int) -> bool:
     """Whether `spec` over [n_rows, n_cols] runs its two-pass variant."""
     block = next_power_of_2(n_cols)
+    if spec.producer == "rms_norm" and spec.quant == "nvfp4":
+        padded = (block - n_cols) * 8 >= block  # an eighth of the lanes or more masked
+        return n_rows >= MANY_ROWS and n_cols > NORM_TWO_PASS_CHUNK and padded
     return (
         spec.producer == "quant"
         and spec.quant.split()[0] == "per_token"
@@ -542,8 +554,6 @@ def norm_launch(
     what Inductor's wrapper is given to launch it (user_kernels.py), from fake tensors."""
     n_rows, n_cols = x2.shape
     block, num_warps = config or spec_launch_config(spec, n_rows, n_cols)
-    if spec.two_pass and not config:
-        num_warps = TWO_PASS_WARPS
     two_d = scales2.dim() > 1
     args = (
         x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
@@ -556,7 +566,8 @@ def norm_launch(
         0 if value2 is None else value2.stride(0), eps, x_eps, block, scale is not None,
         INTERPRET,
     )  # fmt: skip
-    return NormLaunch((n_rows, cdiv(n_cols, block)), num_warps, args)
+    tiles = 1 if spec.two_pass else cdiv(n_cols, block)  # a two-pass program runs a row
+    return NormLaunch((n_rows, tiles), num_warps, args)
 
 
 @torch.library.register_fake("irfuse::kernel_norm")
