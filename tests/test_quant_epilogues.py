@@ -450,13 +450,14 @@ def test_two_pass_per_token_is_bit_exact(monkeypatch, scheme):
 def test_nvfp4_norm_runs_two_passes_over_rows_that_pad_badly():
     """rms_norm + nvfp4 over many rows that pad by an eighth or more (7168 in 8192) runs
     chunk by chunk in two passes; rows that fill their power of two, few rows, a residual
-    add or another scheme run one pass."""
+    add, a kernel that also stores the normalised value or another scheme run one pass."""
     nvfp4 = KernelSpec("rms_norm", "plain", "nvfp4")
     assert runtime.runs_two_pass(nvfp4, 4096, 7168) and runtime.runs_two_pass(nvfp4, 4096, 2880)
     assert not runtime.runs_two_pass(nvfp4, 4096, 8192)
     assert not runtime.runs_two_pass(nvfp4, 4096, 7680)  # 1/16 of 8192 masked
     assert not runtime.runs_two_pass(nvfp4, runtime.MANY_ROWS - 1, 7168)
     for other in (KernelSpec("fused_add_rms_norm", "plain", "nvfp4"),
+                  KernelSpec("rms_norm", "plain", "nvfp4", keep_value=True),
                   KernelSpec("rms_norm", "plain", "per_group 128")):  # fmt: skip
         assert not runtime.runs_two_pass(other, 4096, 7168)
     two_pass = dataclasses.replace(nvfp4, two_pass=True)

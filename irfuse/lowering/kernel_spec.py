@@ -229,15 +229,14 @@ def _two_pass_body(spec: KernelSpec) -> tuple[str, str]:
     if (spec.producer, kind) == ("quant", "per_token"):
         body = quant_pieces.per_token_two_pass(spec.quant)
         return body, "One row per program, in two passes over its quarters"
-    if (spec.producer, kind) != ("rms_norm", "nvfp4"):
+    if (spec.producer, kind) != ("rms_norm", "nvfp4") or spec.keep_value:
         raise ValueError(f"no two-pass kernel for {spec.describe()}")
     value_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
     _, preload, store = quant_pieces.epilogue(spec.quant, False, value_dtype)
     lanes = quant_pieces.row_columns(spec.quant)
     chunk = (
         norm.COLUMNS.format(cols="lanes") + norm.LOAD_X + norm.PRELOAD_WEIGHT
-        + norm.weighted(spec.weight_mode)
-        + (norm.STORE_VALUE if spec.keep_value else "") + store
+        + norm.weighted(spec.weight_mode) + store
     )  # fmt: skip
     head = norm.TWO_PASS_NORM.format(
         lanes=lanes, norm_dtype=value_dtype, preload=preload.rstrip("\n")

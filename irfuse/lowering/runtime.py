@@ -168,9 +168,9 @@ NORM_ROW_TILES = {"per_tensor": ((AMAX_ROW_SLOTS + 1, 1024, 4), (math.inf, 1024,
 TWO_PASS_MIN_ROWS = 256
 TWO_PASS_MIN_BLOCK = 8192
 TWO_PASS_WARPS = 8
-# rms_norm + nvfp4 without a residual, over many rows whose width pads by an eighth or more
-# to a power of two (7168, 5120, 2880): chunks of 1024 columns, 2 warps (whole blocks a
-# thread, quant.NVFP4_COLS), in two passes (norm.TWO_PASS_NORM).
+# rms_norm + nvfp4 without a residual (nor a stored value), over many rows whose width pads
+# by an eighth or more to a power of two (7168, 5120, 2880): chunks of 1024 columns, 2
+# warps (whole blocks a thread, quant.NVFP4_COLS), in two passes (norm.TWO_PASS_NORM).
 NORM_TWO_PASS_CHUNK = 1024
 NORM_TWO_PASS_WARPS = 2
 
@@ -190,7 +190,7 @@ def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int,
 def runs_two_pass(spec: KernelSpec, n_rows: int, n_cols: int) -> bool:
     """Whether `spec` over [n_rows, n_cols] runs its two-pass variant."""
     block = next_power_of_2(n_cols)
-    if spec.producer == "rms_norm" and spec.quant == "nvfp4":
+    if spec.producer == "rms_norm" and spec.quant == "nvfp4" and not spec.keep_value:
         padded = (block - n_cols) * 8 >= block  # an eighth of the lanes or more masked
         return n_rows >= MANY_ROWS and n_cols > NORM_TWO_PASS_CHUNK and padded
     return (
