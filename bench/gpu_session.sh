@@ -254,13 +254,13 @@ nvfp4)
     # two passes at 7168: the nvfp4 GPU tests (the attention decode's too: its combine takes
     # the same layout), the probe against the previous layout, then issue 3's rms_norm +
     # nvfp4 rows end to end (nvfp4-more: the rest)
-    step nvfp4-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py -k "nvfp4 or e2m1"
-    step nvfp4-attention 90 "${PYTEST[@]}" tests/test_attention_kernel.py \
+    step nvfp4-tests 120 "${PYTEST[@]}" tests/test_quant_epilogues.py -k "nvfp4 or e2m1"
+    step nvfp4-attention 60 "${PYTEST[@]}" tests/test_attention_kernel.py \
         tests/test_attention_fusion.py -k "nvfp4 and (epilogues_match or direct)"
-    step layout-probe 100 python3 bench/nvfp4_layout_probe.py
+    step layout-probe 90 python3 bench/nvfp4_layout_probe.py
     cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step no-residual 130 python3 bench/quant_schemes.py --no-residual --schemes nvfp4 \
-        --hidden 4096 7168 8192 --tokens 1 4096 16384 --rounds 3
+    step no-residual 90 python3 bench/quant_schemes.py --no-residual --schemes nvfp4 \
+        --hidden 4096 7168 8192 --tokens 4096 16384 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 nvfp4-more)
