@@ -82,44 +82,38 @@ def launch_config(
     tile rows (`row_tiles`) take their tile from ROW_TILES (NORM_ROW_TILES for a `norm`).
     A `plain_norm` (rms_norm with no residual) + static, per-token or per-group fp8 over
     many rows runs best with few warps (PLAIN_NORM_WARPS). nvfp4 over many rows takes at
-    most a warp per 512 columns, so that a thread holds whole blocks (quant.NVFP4_COLS);
-    over a few rows, where the latency of a row counts, they keep their warps, and a block's
-    halves may sit in two warps."""
-    block, num_warps = _launch_config(n_rows, n_cols, scheme, row_tiles, norm, plain_norm)
-    if scheme == "nvfp4" and n_rows >= MANY_ROWS:
-        num_warps = min(num_warps, max(1, block // 512))
-    return block, num_warps
-
-
-def _launch_config(
-    n_rows: int,
-    n_cols: int,
-    scheme: str = "none",
-    row_tiles: bool = False,
-    norm: bool = False,
-    plain_norm: bool = False,
-) -> tuple[int, int]:
-    """launch_config before nvfp4's cap on warps."""
+    most a warp per 512 columns (whole_nvfp4_blocks)."""
     block = next_power_of_2(n_cols)
     kind = scheme.split()[0]
+    many_rows = n_rows >= MANY_ROWS
     if row_tiles:
         tiles = NORM_ROW_TILES[kind] if norm else ROW_TILES[kind]
         _, tile, num_warps = next(t for t in tiles if n_rows < t[0])
         if kind == "nvfp4" and tile > 1024 and n_cols % tile:  # 1024 beats ragged 2048
             tile //= 2
-        return (tile, num_warps) if block >= tile else (block, max(1, min(num_warps, block // 128)))
-    many_rows = n_rows >= MANY_ROWS
+        if block < tile:
+            tile, num_warps = block, max(1, min(num_warps, block // 128))
+        return tile, whole_nvfp4_blocks(kind, many_rows, tile, num_warps)
     if plain_norm and many_rows and kind in PLAIN_NORM_WARPS and block <= 8192:
         return block, PLAIN_NORM_WARPS[kind][block > 4096]
     if many_rows and kind == "per_token" and block != n_cols and block >= 8192:
         return block, 16
     if many_rows and kind in ("per_token", "nvfp4", "amax"):
-        return block, max(4, min(16, block // 1024))
+        return block, whole_nvfp4_blocks(kind, many_rows, block, max(4, min(16, block // 1024)))
     if many_rows and kind == "per_group":
         return block, max(4, min(16, block // 512))
     if block >= 8192 and not many_rows:
         return block, 32
     return block, max(4, min(16, block // 256))
+
+
+def whole_nvfp4_blocks(kind: str, many_rows: bool, block: int, num_warps: int) -> int:
+    """`num_warps`, or for nvfp4 over many rows at most a warp per 512 columns, so that a
+    thread holds whole blocks (quant.NVFP4_COLS). Over a few rows, where the latency of a
+    row counts, nvfp4 keeps its warps, and a block's halves may sit in two warps."""
+    if kind == "nvfp4" and many_rows:
+        return min(num_warps, max(1, block // 512))
+    return num_warps
 
 
 # rms_norm (no residual) + quant from MANY_ROWS rows: (warps up to 4096 columns, warps
