@@ -28,8 +28,8 @@
 #     bash bench/gpu_session.sh coverage  # the issue's sizes the other stages leave out:
 #                                       # per-group and per-tensor without a residual and
 #                                       # alone, hidden 8192
-#     bash bench/gpu_session.sh nvfp4   # nvfp4 with whole blocks a thread: its GPU tests,
-#                                       # the layout probe, issue 3's rms_norm + nvfp4 rows
+#     bash bench/gpu_session.sh nvfp4   # nvfp4 with whole blocks a thread: the nvfp4 GPU
+#                                       # tests, the layout probe, rms_norm + nvfp4 rows
 #     bash bench/gpu_session.sh nvfp4-more  # and its add + rms_norm and standalone rows
 #     bash bench/gpu_session.sh suite   # the suite but for the two files below
 #     bash bench/gpu_session.sh epilogues         # tests/test_quant_epilogues.py
@@ -250,10 +250,9 @@ coverage)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 nvfp4)
-    # nvfp4 kernels holding whole blocks a thread (quant.NVFP4_COLS) and rms_norm + nvfp4 in
-    # two passes at 7168: the nvfp4 GPU tests (the attention decode's too: its combine takes
-    # the same layout), the probe against the previous layout, then issue 3's rms_norm +
-    # nvfp4 rows end to end (nvfp4-more: the rest)
+    # rms_norm + nvfp4 holding whole blocks a thread at 4096 columns (quant.WHOLE_BLOCKS):
+    # the nvfp4 GPU tests (the attention's epilogues too), the layout probe, then issue 3's
+    # rms_norm + nvfp4 rows end to end (nvfp4-more: the rest)
     step nvfp4-tests 120 "${PYTEST[@]}" tests/test_quant_epilogues.py -k "nvfp4 or e2m1"
     step nvfp4-attention 60 "${PYTEST[@]}" tests/test_attention_kernel.py \
         tests/test_attention_fusion.py -k "nvfp4 and (epilogues_match or direct)"

@@ -3,7 +3,6 @@ against the unfused reference ops (irfuse.ops) on the same inputs."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -13,7 +12,7 @@ import irfuse.kernels.quant as quant_pieces
 import irfuse.ops as ref
 from irfuse.lowering import runtime
 from irfuse.lowering.kernel_cache import load_kernel
-from irfuse.lowering.kernel_spec import KernelSpec
+from irfuse.lowering.kernel_spec import KernelSpec, kernel_source
 from irfuse.lowering.runtime import kernel_norm
 from irfuse.ops.quant import (
     alloc_nvfp4_scales,
@@ -392,17 +391,16 @@ def test_nvfp4_tiles_over_many_rows_divide_the_row():
     assert runtime.launch_config(16, 4096, "nvfp4", row_tiles=True) == (1024, 4)
 
 
-def test_nvfp4_over_many_rows_launches_a_warp_per_512_columns_at_most():
-    """nvfp4 kernels load a row as halves of blocks so that a thread holds whole blocks:
-    over many rows, BLOCK // 16 >= 32 * num_warps; a few rows keep their warps."""
-    for rows in (runtime.MANY_ROWS, 16384):
-        for cols in (64, 512, 1024, 2048, 4096, 7168, 8192, 16384):
-            for tiles in (False, True):
-                block, warps = runtime.launch_config(rows, cols, "nvfp4", row_tiles=tiles)
-                assert warps == 1 or block // 16 >= 32 * warps, (rows, cols, tiles)
-    assert runtime.launch_config(4096, 1024, "nvfp4") == (1024, 2)
-    assert runtime.launch_config(4096, 1024, "per_token") == (1024, 4)
-    assert runtime.launch_config(1, 4096, "nvfp4") == (4096, 16)
+@pytest.mark.parametrize("mode", ["plain", "gemma"])
+def test_nvfp4_norm_of_4096_columns_holds_whole_blocks_and_matches_the_reference(mode):
+    """rms_norm + nvfp4 rows of 4096 columns load as halves of blocks (quant.WHOLE_BLOCKS:
+    each thread holds whole blocks); the bytes dequantize as the reference's and the block
+    scales are the reference's."""
+    spec = KernelSpec("rms_norm", mode, "nvfp4")
+    assert f"if {quant_pieces.WHOLE_BLOCKS}:" in kernel_source(spec)
+    assert runtime.launch_config(3, 4096, "nvfp4")[0] == 4096
+    _, scales, _, scales_ref = _run("rms_norm", mode, "nvfp4", 3, 4096, torch.bfloat16)
+    assert torch.equal(scales, scales_ref)
 
 
 def test_only_a_norm_without_a_residual_takes_the_plain_norm_warps():
@@ -445,56 +443,6 @@ def test_two_pass_per_token_is_bit_exact(monkeypatch, scheme):
     assert [s.two_pass for s in launched] == [True]
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
     assert torch.equal(scales, scales_ref)
-
-
-def test_nvfp4_norm_runs_two_passes_over_rows_that_pad_badly():
-    """rms_norm + nvfp4 over many rows that pad by an eighth or more (7168 in 8192) runs
-    chunk by chunk in two passes; rows that fill their power of two, few rows, a residual
-    add, a kernel that also stores the normalised value or another scheme run one pass."""
-    nvfp4 = KernelSpec("rms_norm", "plain", "nvfp4")
-    assert runtime.runs_two_pass(nvfp4, 4096, 7168) and runtime.runs_two_pass(nvfp4, 4096, 2880)
-    assert not runtime.runs_two_pass(nvfp4, 4096, 8192)
-    assert not runtime.runs_two_pass(nvfp4, 4096, 7680)  # 1/16 of 8192 masked
-    assert not runtime.runs_two_pass(nvfp4, runtime.MANY_ROWS - 1, 7168)
-    for other in (KernelSpec("fused_add_rms_norm", "plain", "nvfp4"),
-                  KernelSpec("rms_norm", "plain", "nvfp4", keep_value=True),
-                  KernelSpec("rms_norm", "plain", "per_group 128")):  # fmt: skip
-        assert not runtime.runs_two_pass(other, 4096, 7168)
-    two_pass = dataclasses.replace(nvfp4, two_pass=True)
-    assert runtime.spec_launch_config(two_pass, 4096, 7168) == (1024, 2)
-
-
-@pytest.mark.parametrize("mode", ["plain", "gemma"])
-def test_two_pass_nvfp4_norm_matches_the_reference(monkeypatch, mode):
-    """The two-pass rms_norm + nvfp4 (chunks of 64 columns here: rows of 208 in four, the
-    last ragged) matches the unfused reference, its block scales included."""
-    monkeypatch.setattr(runtime, "MANY_ROWS", 16)
-    monkeypatch.setattr(runtime, "NORM_TWO_PASS_CHUNK", 64)
-    monkeypatch.setattr(runtime, "NORM_TWO_PASS_WARPS", 1)
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
-    )
-    q, scales, q_ref, scales_ref = _run("rms_norm", mode, "nvfp4", 19, 208, torch.bfloat16)
-    assert [s.two_pass for s in launched] == [True]
-    assert torch.equal(scales, scales_ref)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("h", [7168, 2880])
-def test_gpu_two_pass_nvfp4_norm_at_model_sizes(monkeypatch, h, dtype):
-    """The two-pass rms_norm + nvfp4 at its own launch (chunks of 1024 columns, 2 warps)
-    over many rows of DeepSeek's 7168 and of 2880 (the last chunk ragged)."""
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
-    )
-    q, scales, q_ref, scales_ref = _run("rms_norm", "plain", "nvfp4", 1100, h, dtype)
-    assert [s.two_pass for s in launched] == [True]
-    assert (scales.view(torch.uint8) == scales_ref.view(torch.uint8)).float().mean() > 0.999
 
 
 @pytest.mark.parametrize("scheme", ["per_tensor", "per_tensor in_dtype"])

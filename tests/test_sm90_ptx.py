@@ -31,22 +31,17 @@ COMPILED = [
     "rms_norm/plain/model/per_group 64 in_dtype:bf16",
     "fused_add_rms_norm/plain/model/per_token in_dtype:fp16",
 ]
-# nvfp4 kernels and the same norm without a quant, on aligned rows at their launch configs
-# over many rows (whole blocks a thread: quant.NVFP4_COLS)
+# rms_norm + nvfp4 on aligned rows of 4096 columns at its launch over many rows (4 warps:
+# whole blocks a thread, quant.WHOLE_BLOCKS), and the same norm without a quant
 ALIGNED = ":aligned"
-NVFP4 = {  # kernel: the same norm without a quant
-    "rms_norm/plain/model/nvfp4:bf16:4096:4" + ALIGNED: "rms_norm/plain/model/none:bf16:4096:4",
-    "fused_add_rms_norm/plain/model/nvfp4:fp16:8192:8"
-    + ALIGNED: "fused_add_rms_norm/plain/model/none:fp16:8192:8",
-    "quant/none/model/nvfp4:bf16:2048:2" + ALIGNED: None,
-}
+NVFP4 = {"rms_norm/plain/model/nvfp4:bf16:4096:4": "rms_norm/plain/model/none:bf16:4096:4"}
 
 
 @pytest.fixture(scope="module")
 def ptx_of() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     args = [f"{spec}:{dtype}" for spec in SPECS for dtype in DTYPES] + COMPILED
-    args += [*NVFP4, *(plain + ALIGNED for plain in NVFP4.values() if plain)]
+    args += [arg + ALIGNED for pair in NVFP4.items() for arg in pair]
     run = subprocess.run([sys.executable, "-m", "tests.sm90_ptx", *args], env=env,
                          cwd=Path(__file__).parent.parent, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
@@ -121,10 +116,12 @@ def test_the_plain_weight_step_multiplies_16_bit_pairs(dtype, ptx_of):
 
 @pytest.mark.parametrize("arg", NVFP4)
 def test_nvfp4_blocks_stay_in_one_thread(arg, ptx_of):
-    """nvfp4 kernels hold each block of 16 in one thread: its amax takes no shuffle and its
-    scale (a division) is computed once. Their shuffles are the norm's sum of squares, as
-    in the same norm without a quant; the standalone quant has none. (Loaded in memory
-    order, each block spans two threads: a shuffle a block and each scale twice.)"""
-    shuffles = len(re.findall(r"shfl\.sync", ptx_of[arg]))
-    plain = NVFP4[arg] and ptx_of[NVFP4[arg] + ALIGNED]
-    assert shuffles == (len(re.findall(r"shfl\.sync", plain)) if plain else 0)
+    """rms_norm + nvfp4 over rows of 4096 columns holds each block of 16 in one thread:
+    its amax takes no shuffle and its scale (a division) is computed once. Its shuffles
+    are the norm's sum of squares, as in the same norm without a quant. (Loaded in memory
+    order, each block spans two threads: a shuffle a block, and each scale twice.)"""
+
+    def shuffles(ptx: str) -> int:
+        return len(re.findall(r"shfl\.sync", ptx))
+
+    assert shuffles(ptx_of[arg + ALIGNED]) == shuffles(ptx_of[NVFP4[arg] + ALIGNED])

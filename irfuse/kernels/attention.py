@@ -582,13 +582,13 @@ def {name}(
     batch = row // seq_q
     token = row % seq_q
     col_start = 0  # the whole row
-    cols = col_start + {cols}
+    cols = col_start + tl.arange(0, BLOCK)
     mask = cols < n_cols
     head = cols // HEAD_DIM_V
     slot = ((batch * n_heads + head) * seq_q + token) * num_splits
-{preload}    m = tl.full(cols.shape, float("-inf"), tl.float32)
-    total = tl.zeros(cols.shape, tl.float32)
-    acc = tl.zeros(cols.shape, tl.float32)
+{preload}    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK], tl.float32)
     for split in range(num_splits):  # merge the slices' softmax states (base 2)
         m_split = tl.load(part_state_ptr + (slot + split) * 2, mask=mask, other=float("-inf"))
         l_split = tl.load(part_state_ptr + (slot + split) * 2 + 1, mask=mask, other=0.0)

@@ -22,13 +22,11 @@ def {name}(
 """
 
 # The body's start, after `row` and `col_start` are set.
-COLUMNS = """    cols = col_start + {cols}
+LOAD_ROW = """    cols = col_start + {cols}
     mask = cols < n_cols
+    model_dtype = x_ptr.dtype.element_ty
+    v = widened(tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0), INTERPRET)
 """
-LOAD_X = """    x_row = x_ptr + row * x_row_stride
-    v = widened(tl.load(x_row + cols, mask=mask, other=0.0), INTERPRET)
-"""
-LOAD_ROW = COLUMNS + "    model_dtype = x_ptr.dtype.element_ty\n" + LOAD_X
 
 ROWS_IN_ORDER = "    row = tl.program_id(0).to(tl.int64)\n"
 # Phase 2 of a per-tensor quant re-reads what phase 1 just read: the rows phase 1 read
@@ -84,30 +82,6 @@ RMS_NORM = """
     norm_dtype = {norm_dtype}
     # eps in fp32 whatever the launcher passed (Inductor's wrapper passes floats as fp64)
     rstd = tl.rsqrt(tl.sum(v * v) / n_cols + tl.cast(eps, tl.float32))
-"""
-
-# rms_norm (no residual) of a row whose width pads badly to a power of two (7168 in 8192
-# lanes: an eighth of each thread's instructions on masked lanes, where a kernel is bound
-# by its instructions, as with nvfp4), a chunk of BLOCK columns at a time, in two passes:
-# the sum of squares, then the chunks read again (from cache, as pass 1 asked) for the
-# norm, its weight and the epilogue (runtime.runs_two_pass). `{lanes}`: a chunk's columns
-# from its start; the loop's body follows, indented by the caller.
-TWO_PASS_NORM = """    row = tl.program_id(0).to(tl.int64)
-    model_dtype = x_ptr.dtype.element_ty
-    lanes = {lanes}
-    # pass 1: the row's sum of squares (fp32), chunk by chunk, added up once at the end
-    squares = tl.zeros(lanes.shape, tl.float32)
-    for col_start in range(0, n_cols, BLOCK):
-        cols = col_start + lanes
-        v = widened(tl.load(x_ptr + row * x_row_stride + cols, mask=cols < n_cols, other=0.0,
-                            eviction_policy="evict_last"), INTERPRET)
-        squares += v * v
-    norm_dtype = {norm_dtype}
-    # eps in fp32 whatever the launcher passed (Inductor's wrapper passes floats as fp64)
-    rstd = tl.rsqrt(tl.sum(squares) / n_cols + tl.cast(eps, tl.float32))
-{preload}
-    # pass 2: each chunk again, normalised, weighted and quantized
-    for col_start in range(0, n_cols, BLOCK):
 """
 
 # Phase 1 of a per-tensor quant after a plain norm keeps each row's rstd for phase 2

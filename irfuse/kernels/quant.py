@@ -4,8 +4,8 @@ scales of torchao, outside it: PER_TOKEN_SCALES, GROUP_SCALES).
 An epilogue is a pair: a preload, emitted with the kernel's first loads so that its
 latency overlaps theirs (it matters for a handful of rows), and a store, which takes `v`
 (fp32, already rounded to the producer's output dtype; a row or a tile of one per
-program: `row`, `cols` = `col_start` + row_columns(scheme): arange(BLOCK), or for nvfp4
-[BLOCK // 16, 2, 8]; `mask`, masked lanes hold 0) to
+program: `row`, `cols` = `col_start` + row_columns(...): arange(BLOCK), or an nvfp4
+row's halves of blocks; `mask`, masked lanes hold 0) to
 `out_ptr`, and its scales to `scale_out_ptr` (at `row * scale_out_row_stride + i *
 scale_out_col_stride`; nvfp4 uses the swizzled layout). Divisions are correctly rounded,
 as the reference divides: by a scale shared by a row or a group, through `div_by` (one
@@ -14,6 +14,7 @@ for a per-token row that needs no test (FINITE_ROW) `div_finite`.
 """
 
 import functools
+import textwrap
 
 # Rounds fp32 onto the e4m3 grid (RNE) so that the interpreter's fp32->fp8 cast, which
 # is wrong for subnormals and mantissa carries (TOOLCHAIN.md), sees exact values. On the
@@ -404,56 +405,87 @@ def nvfp4_blocks(blocks, global_scale, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def nvfp4_halves(halves, global_scale, INTERPRET: tl.constexpr):
-    # nvfp4 of blocks held as halves [2R, 8] (NVFP4_COLS: row h * R + r is half h of
-    # block r): the packed bytes [2R, 4] (in the same order) and the scale bytes [R]
-    blocks = tl.reshape(halves, (2, halves.shape[0] // 2, 8))
-    sf, inv = nvfp4_scales(tl.reduce(amax_of(blocks, 2), 0, nan_max), global_scale, INTERPRET)
-    e = tl.reshape(blocks * inv[None, :, None], (halves.shape[0], 8))
-    return e2m1_of(e, INTERPRET), sf.to(tl.uint8, bitcast=True)
-
-
-@triton.jit
 def nvfp4_scale_offset(row, k, n_cols):
     # the byte of block scale (row, k) in the swizzled 128x4 layout (NUMERICS.md)
     tile = (row >> 7) * ((n_cols + 63) // 64) + (k >> 2)
     return tile * 512 + (row & 31) * 16 + ((row >> 5) & 3) * 4 + (k & 3)
 """
 
-# nvfp4 rows are loaded as halves of blocks, [BLOCK // 8, 8]: row h * R + r holds half h
-# of block r (R = BLOCK // 16 blocks). Triton lays a [rows, 8] load out 8 contiguous
-# columns a thread, threads and then warps down the rows, so that while R is a multiple of
-# the program's threads (BLOCK // 16 >= 32 * num_warps: launch_config over many rows) a
-# thread holds both halves of its blocks: a block's amax and scale stay in its thread,
-# computed once (sm_90 SASS: 72 instructions a thread fewer at 4096 x 4 warps, 848 against
-# 920). Read in memory order, a block spans two threads, which both compute its scale and
-# exchange its amax by a shuffle. (A [R, 2, 8] load does the same on Triton 3.6 but not on
-# 3.9, which orders the two axes of equal contiguity the other way.)
-NVFP4_COLS = (
-    "(tl.arange(0, BLOCK // 8)[:, None] % (BLOCK // 16)) * 16"
-    " + (tl.arange(0, BLOCK // 8)[:, None] // (BLOCK // 16)) * 8 + tl.arange(0, 8)[None, :]"
+# rms_norm + nvfp4 rows of 4096 columns load as halves of blocks, [BLOCK // 8, 8]: row
+# h * R + r holds half h of block r (R = BLOCK // 16 blocks). Triton lays a [rows, 8] load
+# out 8 contiguous columns a thread, threads and then warps down the rows, so that where R
+# is a multiple of the program's threads (4096 columns, 4 warps) a thread holds both
+# halves of its blocks: a block's amax and scale stay in its thread, computed once (sm_90
+# SASS: 848 instructions a thread against 920). In memory order, a block spans two
+# threads, which both compute its scale and exchange its amax by a shuffle. On an H100
+# the halves ran 1.04x at 4096 columns, but 0.96x-0.98x at 8192 (8 warps) and in the
+# standalone quant's 2048-column tiles (each load covering half of each of 32 sectors):
+# only WHOLE_BLOCKS takes them (bench/RESULTS.md, forty-second session). (A [R, 2, 8]
+# load does the same on Triton 3.6 but not on 3.9, which orders its two axes of equal
+# contiguity the other way.)
+WHOLE_BLOCKS = "BLOCK == 4096"
+NVFP4_HALVES = (
+    "(tl.arange(0, BLOCK // 8)[:, None] % (BLOCK // 16)) * 16\n"
+    "        + (tl.arange(0, BLOCK // 8)[:, None] // (BLOCK // 16)) * 8"
+    " + tl.arange(0, 8)[None, :]"
 )
+NVFP4_HALVES_HELPER = """
+@triton.jit
+def nvfp4_halves(halves, global_scale, INTERPRET: tl.constexpr):
+    # nvfp4 of blocks held as halves [2R, 8] (NVFP4_HALVES: row h * R + r is half h of
+    # block r): the packed bytes [2R, 4] (in the same order) and the scale bytes [R]
+    blocks = tl.reshape(halves, (2, halves.shape[0] // 2, 8))
+    sf, inv = nvfp4_scales(tl.reduce(amax_of(blocks, 2), 0, nan_max), global_scale, INTERPRET)
+    e = tl.reshape(blocks * inv[None, :, None], (halves.shape[0], 8))
+    return e2m1_of(e, INTERPRET), sf.to(tl.uint8, bitcast=True)
+"""
 
 
-def row_columns(scheme: str) -> str:
-    """The columns of a row (tile) a program loads, from `col_start`, for an epilogue of
-    `scheme`: arange(BLOCK), or nvfp4's NVFP4_COLS."""
-    return NVFP4_COLS if scheme == "nvfp4" else "tl.arange(0, BLOCK)"
+def row_columns(whole_blocks: bool) -> str:
+    """The columns of a row (tile) a program loads, from `col_start`: arange(BLOCK), or
+    for an nvfp4 epilogue on `whole_blocks` the halves of blocks where WHOLE_BLOCKS."""
+    if not whole_blocks:
+        return "tl.arange(0, BLOCK)"
+    return (
+        f"(  # halves of blocks (quant.WHOLE_BLOCKS)\n        {NVFP4_HALVES}\n"
+        f"        if {WHOLE_BLOCKS} else tl.arange(0, BLOCK)\n    )"
+    )
 
 
-NVFP4 = (
-    "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale, loaded early\n",
-    """
-    # epilogue: nvfp4, blocks of 16 (nvfp4_halves), block scales swizzled 128x4
-    packed, sf = nvfp4_halves(v, global_scale, INTERPRET)
+NVFP4_PRELOAD = "    global_scale = tl.load(scale_ptr)  # nvfp4 global scale, loaded early\n"
+NVFP4_BLOCKS = """    blocks = tl.reshape(v, (BLOCK // 16, 16))
+    packed, sf = nvfp4_blocks(blocks, global_scale, INTERPRET)
+    # stored as [BLOCK // 8, 4]: the 4 bytes a thread packs go out without a shuffle
+    quads = col_start // 2 + tl.arange(0, BLOCK // 8)[:, None] * 4 + tl.arange(0, 4)[None, :]
+    tl.store(out_ptr + row * out_row_stride + quads, tl.reshape(packed, (BLOCK // 8, 4)),
+             mask=quads < n_cols // 2)
+"""
+NVFP4_HALVES_STORE = """    packed, sf = nvfp4_halves(v, global_scale, INTERPRET)
     half = tl.arange(0, BLOCK // 8)[:, None]  # half h * (BLOCK // 16) + r: 4 bytes of block r
     pairs = col_start // 2 + (half % (BLOCK // 16)) * 8 + (half // (BLOCK // 16)) * 4
     pairs += tl.arange(0, 4)[None, :]
     tl.store(out_ptr + row * out_row_stride + pairs, packed, mask=pairs < n_cols // 2)
-    k = col_start // 16 + tl.arange(0, BLOCK // 16)
+"""
+NVFP4_SCALES_STORE = """    k = col_start // 16 + tl.arange(0, BLOCK // 16)
     tl.store(scale_out_ptr + nvfp4_scale_offset(row, k, n_cols), sf, mask=k < n_cols // 16)
-""",
-)
+"""
+
+
+def nvfp4_store(whole_blocks: bool) -> str:
+    """The nvfp4 epilogue's store: blocks of 16 of a row in memory order, or with
+    `whole_blocks` (row_columns) of its halves where WHOLE_BLOCKS."""
+    head = "\n    # epilogue: nvfp4, blocks of 16 (nvfp4_blocks), block scales swizzled 128x4\n"
+    if not whole_blocks:
+        return head + NVFP4_BLOCKS + NVFP4_SCALES_STORE
+    return (
+        head.replace("(nvfp4_blocks)", "(nvfp4_blocks, or nvfp4_halves)")
+        + f"    if {WHOLE_BLOCKS}:  # the row as halves of blocks (row_columns)\n"
+        + textwrap.indent(NVFP4_HALVES_STORE, "    ")
+        + "    else:\n"
+        + textwrap.indent(NVFP4_BLOCKS, "    ")
+        + NVFP4_SCALES_STORE
+    )
+
 
 UE8M0 = "    s = ceil_pow2(s)  # ue8m0: power-of-two scales\n"
 
@@ -520,12 +552,16 @@ TILEABLE = ("static", "per_group", "nvfp4", "per_tensor")
 
 
 def epilogue(
-    scheme: str, standalone: bool = False, value_dtype: str = "model_dtype"
+    scheme: str,
+    standalone: bool = False,
+    value_dtype: str = "model_dtype",
+    whole_blocks: bool = False,
 ) -> tuple[str, str, str]:
     """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax, or for
     `amax` (phase 1 of per_tensor); `standalone`: the quant is the whole kernel (it and
     the scheme pick the form of div_by, see DIV_BY); `value_dtype`: the dtype of the value
-    quantized, as the kernel names it (`per_token in_dtype` rounds its scale to it)."""
+    quantized, as the kernel names it (`per_token in_dtype` rounds its scale to it);
+    `whole_blocks`: nvfp4 on a row loaded by row_columns(True)."""
     kind, *options = scheme.split()
     division = DIV_BY_BOUNDED if standalone or kind == "per_group" else DIV_BY
     fp8_helpers = ROUND_TO_E4M3 + NAN_MAX + division
@@ -540,7 +576,8 @@ def epilogue(
     if kind == "per_token":
         return fp8_helpers + DIV_FINITE, *per_token(scheme, value_dtype)
     if kind == "nvfp4":
-        return fp8_helpers + NVFP4_HELPERS, *NVFP4
+        helpers = fp8_helpers + NVFP4_HELPERS + (NVFP4_HALVES_HELPER if whole_blocks else "")
+        return helpers, NVFP4_PRELOAD, nvfp4_store(whole_blocks)
     if kind == "per_group":
         group, ue8m0, in_dtype = int(options[0]), "ue8m0" in options, "in_dtype" in options
         formula = "2^ceil(log2(max(amax, 1e-10) / 448))" if ue8m0 else "max(amax, 1e-10) / 448"

@@ -190,8 +190,7 @@ def combine_source(epilogue: str) -> str:
     if epilogue not in EPILOGUES:
         raise ValueError(f"no attention epilogue {epilogue!r}")
     helpers, preload, store = quant_pieces.epilogue(epilogue, value_dtype="MODEL_DTYPE")
-    cols = quant_pieces.row_columns(epilogue)
-    body = pieces.COMBINE.format(name=combine_name(epilogue), cols=cols, preload=preload) + store
+    body = pieces.COMBINE.format(name=combine_name(epilogue), preload=preload) + store
     fuses = "merge of split-KV attention states" + _FUSES[epilogue]
     return _module(combine_name(epilogue), fuses, "One token row per program", helpers, body)
 

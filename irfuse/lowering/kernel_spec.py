@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import textwrap
 from dataclasses import dataclass
 
 from irfuse.kernels import norm
@@ -205,10 +204,22 @@ def launched_kernels(spec: KernelSpec) -> tuple[KernelSpec, ...]:
     return per_tensor_phases(spec) if spec.per_tensor else (spec,)
 
 
+def whole_nvfp4_blocks(spec: KernelSpec) -> bool:
+    """Whether `spec`'s kernel loads nvfp4 rows as halves of blocks where that ran faster
+    (quant.WHOLE_BLOCKS): rms_norm + nvfp4 without a residual, storing only the quant."""
+    nvfp4 = parse_scheme(spec.quant)[0] == "nvfp4"
+    return nvfp4 and spec.producer == "rms_norm" and not spec.keep_value
+
+
 def kernel_source(spec: KernelSpec) -> str:
-    helpers, _, _ = quant_pieces.epilogue(spec.quant, spec.producer == "quant")
+    helpers, _, _ = quant_pieces.epilogue(
+        spec.quant, spec.producer == "quant", whole_blocks=whole_nvfp4_blocks(spec)
+    )
     if spec.two_pass:
-        body, how = _two_pass_body(spec)
+        if (spec.producer, parse_scheme(spec.quant)[0]) != ("quant", "per_token"):
+            raise ValueError(f"no two-pass kernel for {spec.describe()}")
+        body = quant_pieces.per_token_two_pass(spec.quant)
+        how = "One row per program, in two passes over its quarters"
     else:
         body = _row_body(spec)
         how = "A tile of a row per program" if spec.row_tiles else "One row per program"
@@ -221,41 +232,20 @@ def kernel_source(spec: KernelSpec) -> str:
     )
 
 
-def _two_pass_body(spec: KernelSpec) -> tuple[str, str]:
-    """The body of a two-pass kernel (a row per program), and how it runs: standalone
-    per-token (quant.PER_TOKEN_TWO_PASS), or rms_norm without a residual + nvfp4 chunk by
-    chunk (norm.TWO_PASS_NORM)."""
-    kind = parse_scheme(spec.quant)[0]
-    if (spec.producer, kind) == ("quant", "per_token"):
-        body = quant_pieces.per_token_two_pass(spec.quant)
-        return body, "One row per program, in two passes over its quarters"
-    if (spec.producer, kind) != ("rms_norm", "nvfp4") or spec.keep_value:
-        raise ValueError(f"no two-pass kernel for {spec.describe()}")
-    value_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
-    _, preload, store = quant_pieces.epilogue(spec.quant, False, value_dtype)
-    lanes = quant_pieces.row_columns(spec.quant)
-    chunk = (
-        norm.COLUMNS.format(cols="lanes") + norm.LOAD_X + norm.PRELOAD_WEIGHT
-        + norm.weighted(spec.weight_mode) + store
-    )  # fmt: skip
-    head = norm.TWO_PASS_NORM.format(
-        lanes=lanes, norm_dtype=value_dtype, preload=preload.rstrip("\n")
-    )
-    body = head + textwrap.indent(chunk.strip("\n"), "    ") + "\n"
-    return body, "One row per program, in two passes over its chunks of BLOCK columns"
-
-
 def _row_body(spec: KernelSpec) -> str:
     """The body of a row (or row tile) per program: producer, then the quant epilogue."""
     value_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"  # what a quant reads
-    _, preload, store = quant_pieces.epilogue(spec.quant, spec.producer == "quant", value_dtype)
+    whole_blocks = whole_nvfp4_blocks(spec)
+    _, preload, store = quant_pieces.epilogue(
+        spec.quant, spec.producer == "quant", value_dtype, whole_blocks
+    )
     if spec.row_tiles:
         rows = norm.ROW_TILES_LAST_FIRST if spec.per_tensor else norm.ROW_TILES_IN_ORDER
         body = rows + norm.ROW_TILE
     else:
         rows = norm.ROWS_LAST_FIRST if spec.per_tensor else norm.ROWS_IN_ORDER
         body = rows + norm.WHOLE_ROW
-    body += norm.LOAD_ROW.format(cols=quant_pieces.row_columns(spec.quant))
+    body += norm.LOAD_ROW.format(cols=quant_pieces.row_columns(whole_blocks))
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload

@@ -81,39 +81,27 @@ def launch_config(
     per-token rows padded to a power of two, as 7168 is, run best with 16). Kernels that
     tile rows (`row_tiles`) take their tile from ROW_TILES (NORM_ROW_TILES for a `norm`).
     A `plain_norm` (rms_norm with no residual) + static, per-token or per-group fp8 over
-    many rows runs best with few warps (PLAIN_NORM_WARPS). nvfp4 over many rows takes at
-    most a warp per 512 columns (whole_nvfp4_blocks)."""
+    many rows runs best with few warps (PLAIN_NORM_WARPS)."""
     block = next_power_of_2(n_cols)
     kind = scheme.split()[0]
-    many_rows = n_rows >= MANY_ROWS
     if row_tiles:
         tiles = NORM_ROW_TILES[kind] if norm else ROW_TILES[kind]
         _, tile, num_warps = next(t for t in tiles if n_rows < t[0])
         if kind == "nvfp4" and tile > 1024 and n_cols % tile:  # 1024 beats ragged 2048
             tile //= 2
-        if block < tile:
-            tile, num_warps = block, max(1, min(num_warps, block // 128))
-        return tile, whole_nvfp4_blocks(kind, many_rows, tile, num_warps)
+        return (tile, num_warps) if block >= tile else (block, max(1, min(num_warps, block // 128)))
+    many_rows = n_rows >= MANY_ROWS
     if plain_norm and many_rows and kind in PLAIN_NORM_WARPS and block <= 8192:
         return block, PLAIN_NORM_WARPS[kind][block > 4096]
     if many_rows and kind == "per_token" and block != n_cols and block >= 8192:
         return block, 16
     if many_rows and kind in ("per_token", "nvfp4", "amax"):
-        return block, whole_nvfp4_blocks(kind, many_rows, block, max(4, min(16, block // 1024)))
+        return block, max(4, min(16, block // 1024))
     if many_rows and kind == "per_group":
         return block, max(4, min(16, block // 512))
     if block >= 8192 and not many_rows:
         return block, 32
     return block, max(4, min(16, block // 256))
-
-
-def whole_nvfp4_blocks(kind: str, many_rows: bool, block: int, num_warps: int) -> int:
-    """`num_warps`, or for nvfp4 over many rows at most a warp per 512 columns, so that a
-    thread holds whole blocks (quant.NVFP4_COLS). Over a few rows, where the latency of a
-    row counts, nvfp4 keeps its warps, and a block's halves may sit in two warps."""
-    if kind == "nvfp4" and many_rows:
-        return min(num_warps, max(1, block // 512))
-    return num_warps
 
 
 # rms_norm (no residual) + quant from MANY_ROWS rows: (warps up to 4096 columns, warps
@@ -162,20 +150,11 @@ NORM_ROW_TILES = {"per_tensor": ((AMAX_ROW_SLOTS + 1, 1024, 4), (math.inf, 1024,
 TWO_PASS_MIN_ROWS = 256
 TWO_PASS_MIN_BLOCK = 8192
 TWO_PASS_WARPS = 8
-# rms_norm + nvfp4 without a residual (nor a stored value), over many rows whose width pads
-# by an eighth or more to a power of two (7168, 5120, 2880): chunks of 1024 columns, 2
-# warps (whole blocks a thread, quant.NVFP4_COLS), in two passes (norm.TWO_PASS_NORM).
-NORM_TWO_PASS_CHUNK = 1024
-NORM_TWO_PASS_WARPS = 2
 
 
 def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int, int]:
-    """launch_config for `spec`'s kernel over [n_rows, n_cols]; a two-pass kernel's
-    (a row per program)."""
-    if spec.two_pass and spec.producer == "rms_norm":
-        return NORM_TWO_PASS_CHUNK, NORM_TWO_PASS_WARPS
-    if spec.two_pass:
-        return next_power_of_2(n_cols), TWO_PASS_WARPS
+    """launch_config for `spec`'s kernel over [n_rows, n_cols] (norm_launch then gives a
+    two-pass kernel TWO_PASS_WARPS)."""
     norm = spec.producer != "quant"
     plain_norm = spec.producer == "rms_norm" and not spec.keep_value  # 3 bytes an element
     return launch_config(n_rows, n_cols, spec.quant, spec.row_tiles, norm, plain_norm)
@@ -184,9 +163,6 @@ def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int,
 def runs_two_pass(spec: KernelSpec, n_rows: int, n_cols: int) -> bool:
     """Whether `spec` over [n_rows, n_cols] runs its two-pass variant."""
     block = next_power_of_2(n_cols)
-    if spec.producer == "rms_norm" and spec.quant == "nvfp4" and not spec.keep_value:
-        padded = (block - n_cols) * 8 >= block  # an eighth of the lanes or more masked
-        return n_rows >= MANY_ROWS and n_cols > NORM_TWO_PASS_CHUNK and padded
     return (
         spec.producer == "quant"
         and spec.quant.split()[0] == "per_token"
@@ -548,6 +524,8 @@ def norm_launch(
     what Inductor's wrapper is given to launch it (user_kernels.py), from fake tensors."""
     n_rows, n_cols = x2.shape
     block, num_warps = config or spec_launch_config(spec, n_rows, n_cols)
+    if spec.two_pass and not config:
+        num_warps = TWO_PASS_WARPS
     two_d = scales2.dim() > 1
     args = (
         x2, x2 if residual2 is None else residual2, x2 if weight is None else weight,
@@ -560,8 +538,7 @@ def norm_launch(
         0 if value2 is None else value2.stride(0), eps, x_eps, block, scale is not None,
         INTERPRET,
     )  # fmt: skip
-    tiles = 1 if spec.two_pass else cdiv(n_cols, block)  # a two-pass program runs a row
-    return NormLaunch((n_rows, tiles), num_warps, args)
+    return NormLaunch((n_rows, cdiv(n_cols, block)), num_warps, args)
 
 
 @torch.library.register_fake("irfuse::kernel_norm")
