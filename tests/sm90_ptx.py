@@ -29,8 +29,8 @@ def ptx(spec_text: str, dtype: str, block: str = "", warps: str = "", aligned: s
     spec = KernelSpec.decode(spec_text)
     kernel = load_kernel(spec.name, kernel_source(spec))
     signature = {}
+    nvfp4 = spec.quant == "nvfp4"
     for name in kernel.arg_names:
-        nvfp4 = spec.quant == "nvfp4"
         fp32_pointer = name in ("scale_ptr", "scale_out_ptr") or (
             name == "weight_ptr" and spec.weight_mode == "gemma"
         )

@@ -648,7 +648,7 @@ def test_e2m1_codes_match_the_reference_one_ulp_around_every_threshold():
     got = torch.stack([out & 15, out >> 4], dim=-1).reshape(-1).cpu()  # even: low nibble
     expected = ref.quant.e2m1_codes(e)
     # a NaN's sign bit: the reference drops it, as the kernels' e = v * inv has none on
-    # the GPU (canonical NaN; in the interpreter nvfp4_blocks clears it); e2m1_bytes keeps
+    # the GPU (canonical NaN; in the interpreter e2m1_of clears it); e2m1_bytes keeps
     # it, for a NaN loaded as it is (this test's): the code is 0 either way (8: -0)
     negative_nan = e.isnan() & e.signbit()
     assert torch.equal(got[~negative_nan], expected[~negative_nan])

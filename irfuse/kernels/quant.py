@@ -474,11 +474,12 @@ NVFP4_SCALES_STORE = """    k = col_start // 16 + tl.arange(0, BLOCK // 16)
 def nvfp4_store(whole_blocks: bool) -> str:
     """The nvfp4 epilogue's store: blocks of 16 of a row in memory order, or with
     `whole_blocks` (row_columns) of its halves where WHOLE_BLOCKS."""
-    head = "\n    # epilogue: nvfp4, blocks of 16 (nvfp4_blocks), block scales swizzled 128x4\n"
+    helpers = "nvfp4_blocks, or nvfp4_halves" if whole_blocks else "nvfp4_blocks"
+    head = f"\n    # epilogue: nvfp4, blocks of 16 ({helpers}), block scales swizzled 128x4\n"
     if not whole_blocks:
         return head + NVFP4_BLOCKS + NVFP4_SCALES_STORE
     return (
-        head.replace("(nvfp4_blocks)", "(nvfp4_blocks, or nvfp4_halves)")
+        head
         + f"    if {WHOLE_BLOCKS}:  # the row as halves of blocks (row_columns)\n"
         + textwrap.indent(NVFP4_HALVES_STORE, "    ")
         + "    else:\n"
