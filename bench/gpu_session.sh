@@ -31,6 +31,8 @@
 #     bash bench/gpu_session.sh nvfp4   # nvfp4 with whole blocks a thread: the nvfp4 GPU
 #                                       # tests, the layout probe, rms_norm + nvfp4 rows
 #     bash bench/gpu_session.sh nvfp4-more  # and its add + rms_norm and standalone rows
+#     bash bench/gpu_session.sh pieces  # rms_norm + nvfp4 rows held in pieces (7168): the
+#                                       # nvfp4 GPU tests, the pieces probe, its rows
 #     bash bench/gpu_session.sh suite   # the suite but for the two files below
 #     bash bench/gpu_session.sh epilogues         # tests/test_quant_epilogues.py
 #     bash bench/gpu_session.sh attention-kernel  # tests/test_attention_kernel.py
@@ -257,6 +259,18 @@ nvfp4)
     step nvfp4-attention 60 "${PYTEST[@]}" tests/test_attention_kernel.py \
         tests/test_attention_fusion.py -k "nvfp4 and (epilogues_match or direct)"
     step layout-probe 90 python3 bench/nvfp4_layout_probe.py
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step no-residual 90 python3 bench/quant_schemes.py --no-residual --schemes nvfp4 \
+        --hidden 4096 7168 8192 --tokens 4096 16384 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+pieces)
+    # rms_norm + nvfp4 over rows of a few pieces of 1024 columns (kernel_spec.pieces_body):
+    # the nvfp4 GPU tests (1031 x 7168 runs the pieces), the probe, then issue 3's rms_norm
+    # + nvfp4 rows end to end
+    step nvfp4-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py -k "nvfp4 or e2m1"
+    step pieces-probe 200 python3 bench/nvfp4_pieces_probe.py --hidden 6144 7168 8192 \
+        --tokens 1 16 64 256 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step no-residual 90 python3 bench/quant_schemes.py --no-residual --schemes nvfp4 \
         --hidden 4096 7168 8192 --tokens 4096 16384 --rounds 3

@@ -3,6 +3,7 @@ against the unfused reference ops (irfuse.ops) on the same inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -401,6 +402,52 @@ def test_nvfp4_norm_of_4096_columns_holds_whole_blocks_and_matches_the_reference
     assert runtime.launch_config(3, 4096, "nvfp4")[0] == 4096
     _, scales, _, scales_ref = _run("rms_norm", mode, "nvfp4", 3, 4096, torch.bfloat16)
     assert torch.equal(scales, scales_ref)
+
+
+@pytest.mark.parametrize(
+    "mode,pieces,dtype",
+    [
+        ("plain", 6, torch.bfloat16),
+        ("gemma", 5, torch.float16),
+        ("fp32", 7, torch.bfloat16),
+        ("plain", 8, torch.float16),
+    ],
+)
+def test_nvfp4_norm_in_pieces_matches_the_reference(monkeypatch, mode, pieces, dtype):
+    """rms_norm + nvfp4 over rows of a few pieces that are not a power of two runs the
+    kernel in pieces (runtime.pieces_of; pieces of 64 columns here, to keep the interpreter
+    quick): every block's bytes and scale where the reference puts them, across pieces."""
+    monkeypatch.setattr(runtime, "PIECE_COLS", 64)
+    launched = []
+    real = runtime.run_launch
+    monkeypatch.setattr(
+        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
+    )
+    _, scales, _, scales_ref = _run("rms_norm", mode, "nvfp4", 5, 64 * pieces, dtype)
+    assert [spec.pieces for spec in launched] == [pieces]
+    assert torch.equal(scales, scales_ref)
+
+
+def test_only_rows_of_a_few_pieces_run_the_nvfp4_norm_in_pieces():
+    """The kernel in pieces takes rms_norm + nvfp4 without a residual over rows of 5, 6,
+    7 or 8 pieces of 1024 columns; 4096 columns (whole blocks a thread), a row off the
+    pieces, an add, a kept value or another scheme keep the row in one BLOCK."""
+    norm = KernelSpec("rms_norm", "plain", "nvfp4")
+    pieces = [runtime.pieces_of(norm, 1024 * k) for k in range(1, 10)]
+    assert pieces == [0, 0, 0, 0, 5, 6, 7, 8, 0]
+    assert runtime.pieces_of(norm, 7168 + 16) == 0
+    others = (
+        KernelSpec("fused_add_rms_norm", "plain", "nvfp4"),
+        KernelSpec("rms_norm", "plain", "nvfp4", keep_value=True),
+        KernelSpec("rms_norm", "plain", "per_group 128"),
+        KernelSpec("quant", "none", "nvfp4"),
+    )
+    assert all(runtime.pieces_of(spec, 7168) == 0 for spec in others)
+    in_pieces = dataclasses.replace(norm, pieces=7)
+    assert runtime.spec_launch_config(in_pieces, 1, 7168) == (1024, 4)
+    assert "(each row as 7 pieces)" in in_pieces.describe()
+    source = kernel_source(in_pieces)
+    assert source.count("normed_nvfp4_piece(v") == 7 and "mask" not in source.split("piece =")[1]
 
 
 def test_only_a_norm_without_a_residual_takes_the_plain_norm_warps():

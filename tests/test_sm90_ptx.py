@@ -35,13 +35,19 @@ COMPILED = [
 # whole blocks a thread, quant.WHOLE_BLOCKS), and the same norm without a quant
 ALIGNED = ":aligned"
 NVFP4 = {"rms_norm/plain/model/nvfp4:bf16:4096:4": "rms_norm/plain/model/none:bf16:4096:4"}
+# rms_norm + nvfp4 over rows of 7168 columns in 7 pieces of 1024 (runtime.pieces_of), and
+# the same norm over one piece without a quant
+IN_PIECES = (
+    "rms_norm/plain/model/nvfp4:bf16:1024:4:aligned:7",
+    "rms_norm/plain/model/none:bf16:1024:4:aligned",
+)
 
 
 @pytest.fixture(scope="module")
 def ptx_of() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     args = [f"{spec}:{dtype}" for spec in SPECS for dtype in DTYPES] + COMPILED
-    args += [arg + ALIGNED for pair in NVFP4.items() for arg in pair]
+    args += [arg + ALIGNED for pair in NVFP4.items() for arg in pair] + list(IN_PIECES)
     run = subprocess.run([sys.executable, "-m", "tests.sm90_ptx", *args], env=env,
                          cwd=Path(__file__).parent.parent, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
@@ -125,3 +131,17 @@ def test_nvfp4_blocks_stay_in_one_thread(arg, ptx_of):
         return len(re.findall(r"shfl\.sync", ptx))
 
     assert shuffles(ptx_of[arg + ALIGNED]) == shuffles(ptx_of[NVFP4[arg] + ALIGNED])
+
+
+def test_nvfp4_pieces_store_their_scales_without_a_barrier(ptx_of):
+    """rms_norm + nvfp4 in pieces stores each piece's block scales from the threads that
+    computed them (quant.NVFP4_SCALES_IN_PLACE): its only barriers are those of the norm's
+    one reduction over the row, as in a norm of one piece without a quant. (tl.store moved
+    each piece's scales through shared memory first: two barriers a piece.)"""
+
+    def barriers(ptx: str) -> int:
+        return len(re.findall(r"bar\.sync", ptx))
+
+    in_pieces, norm_alone = (ptx_of[arg] for arg in IN_PIECES)
+    assert barriers(in_pieces) == barriers(norm_alone) > 0
+    assert len(re.findall(r"st\.global\.b8", in_pieces)) == 7  # a piece's scales, once each

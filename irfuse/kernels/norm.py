@@ -84,6 +84,41 @@ RMS_NORM = """
     rstd = tl.rsqrt(tl.sum(v * v) / n_cols + tl.cast(eps, tl.float32))
 """
 
+# rms_norm + nvfp4 over a row of a few BLOCK-wide pieces that is not a power of two
+# (7168 = 7 x 1024; kernel_spec.pieces_body): each piece is held in registers of its own,
+# so that no lane pads the row (a BLOCK of 8192 lanes spends an eighth of its work on
+# columns 7168 to 8191, and this kernel is bound by its instructions). n_cols is exactly
+# the pieces (runtime.pieces_of), so nothing is masked.
+PIECES_ROW = """    row = tl.program_id(0).to(tl.int64)
+    model_dtype = x_ptr.dtype.element_ty
+    piece = tl.arange(0, BLOCK)  # a piece's columns: the row is {pieces} pieces, none padded
+"""
+PIECE_LOAD = (
+    "    v{i} = widened(tl.load(x_ptr + row * x_row_stride + {i} * BLOCK + piece), INTERPRET)\n"
+)
+PIECE_WEIGHT = "    w{i} = tl.load(weight_ptr + {i} * BLOCK + piece)  # loaded early\n"
+PIECES_NORM = """
+    # rms_norm over the row (variance on the fp32 value, its squares summed piece by
+    # piece, then over the piece); each piece's result rounds to norm_dtype
+    norm_dtype = {norm_dtype}
+    squares = ({squares})
+    rstd = tl.rsqrt(tl.sum(squares) / n_cols + tl.cast(eps, tl.float32))
+"""
+# A piece's weight step and epilogue, as a helper the kernel calls once a piece.
+PIECE_EPILOGUE = """
+@triton.jit
+def {name}(
+    v, w, rstd, row, col_start, n_cols: tl.constexpr, out_ptr, out_row_stride, scale_out_ptr,
+    global_scale, model_dtype: tl.constexpr, norm_dtype: tl.constexpr, BLOCK: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    # columns col_start to col_start + BLOCK of a row (all n_cols of them in range)
+{weighted}{store}"""
+PIECE_CALL = (
+    "    {name}(v{i}, w{i}, rstd, row, {i} * BLOCK, {pieces} * BLOCK, out_ptr, out_row_stride,\n"
+    "        scale_out_ptr, global_scale, model_dtype, norm_dtype, BLOCK, INTERPRET)\n"
+)
+
 # Phase 1 of a per-tensor quant after a plain norm keeps each row's rstd for phase 2
 # (quant.AMAX_ROW_SLOTS: where the stats buffer's per-row part starts), which then
 # normalises tiles of the row without the row's reduction.

@@ -470,6 +470,28 @@ NVFP4_SCALES_STORE = """    k = col_start // 16 + tl.arange(0, BLOCK // 16)
     tl.store(scale_out_ptr + nvfp4_scale_offset(row, k, n_cols), sf, mask=k < n_cols // 16)
 """
 
+# A block's scale stored by the threads that computed it (in memory order the two threads
+# of a block both hold it, and both store the byte): tl.store would first move the bytes
+# to a layout of its own through shared memory, with two barriers, on every call; a
+# `pieces` kernel (kernel_spec.pieces_body) stores a row's scales piece by piece.
+NVFP4_SCALES_IN_PLACE = """    k = col_start // 16 + tl.arange(0, BLOCK // 16)
+    store_in_place(scale_out_ptr + nvfp4_scale_offset(row, k, n_cols), sf, k < n_cols // 16,
+                   INTERPRET)
+"""
+STORE_IN_PLACE = """
+@triton.jit
+def store_in_place(pointers, value, mask, INTERPRET: tl.constexpr):
+    # tl.store of bytes, each by the threads that hold it, in the layout it has
+    if INTERPRET:
+        tl.store(pointers, value, mask=mask)
+    else:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b8 [$1], $2; mov.b32 $0, 0; }",
+            "=r,l,r,r", [pointers.to(tl.int64), value.to(tl.int32), mask.to(tl.int32)],
+            dtype=tl.int32, is_pure=False, pack=1,
+        )
+"""
+
 
 def nvfp4_store(whole_blocks: bool) -> str:
     """The nvfp4 epilogue's store: blocks of 16 of a row in memory order, or with

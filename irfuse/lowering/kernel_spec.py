@@ -29,6 +29,9 @@ class KernelSpec:
     norm_out: str = "model"  # model: the norm rounds to the input dtype | fp32: it does not
     keep_value: bool = False  # with a quant: also store the unquantized value
     two_pass: bool = False  # per-token over wide rows (a launch-time choice, not encoded)
+    # rms_norm + nvfp4 over a row of this many BLOCK-wide pieces (a launch-time choice, not
+    # encoded: runtime.pieces_of); 0: the row in one BLOCK
+    pieces: int = 0
     rounded_sum: bool = False  # fused_add_rms_norm: the norm reads the sum in the model dtype
     # fused_add_rms_norm with rounded_sum: x is first normalised with its own weight (of
     # weight_mode) and eps (x_weight_ptr, x_eps: a sandwich's first norm)
@@ -46,6 +49,7 @@ class KernelSpec:
         out = "_f32out" if self.norm_out == "fp32" else ""
         keep = "_keep" if self.keep_value else ""
         two_pass = "_two_pass" if self.two_pass else ""
+        two_pass += f"_{self.pieces}_pieces" if self.pieces else ""
         producer = "add_rounded_rms_norm" if self.rounded_sum else self.producer
         producer = f"normed_{producer}" if self.normed_x else producer
         return f"irfuse_{producer}{mode}{out}{suffix}{keep}{two_pass}"
@@ -151,6 +155,7 @@ class KernelSpec:
             parts.append(f"{self.quant} fp8 quant")
         text = " + ".join(parts)
         text += " (the unquantized value kept too)" if self.keep_value else ""
+        text += f" (each row as {self.pieces} pieces)" if self.pieces else ""
         return text + " (two passes over each row)" if self.two_pass else text
 
 
@@ -204,18 +209,27 @@ def launched_kernels(spec: KernelSpec) -> tuple[KernelSpec, ...]:
     return per_tensor_phases(spec) if spec.per_tensor else (spec,)
 
 
-def whole_nvfp4_blocks(spec: KernelSpec) -> bool:
-    """Whether `spec`'s kernel loads nvfp4 rows as halves of blocks where that ran faster
-    (quant.WHOLE_BLOCKS): rms_norm + nvfp4 without a residual, storing only the quant."""
+def plain_norm_nvfp4(spec: KernelSpec) -> bool:
+    """Whether `spec` is rms_norm + nvfp4 without a residual, storing only the quant: the
+    one kernel bound by its instructions, not by memory, whose row may load as halves of
+    blocks (quant.WHOLE_BLOCKS) or as pieces (runtime.pieces_of)."""
     nvfp4 = parse_scheme(spec.quant)[0] == "nvfp4"
     return nvfp4 and spec.producer == "rms_norm" and not spec.keep_value
 
 
+PIECE_EPILOGUE_NAME = "normed_nvfp4_piece"
+
+
 def kernel_source(spec: KernelSpec) -> str:
+    whole_blocks = plain_norm_nvfp4(spec) and not spec.pieces
     helpers, _, _ = quant_pieces.epilogue(
-        spec.quant, spec.producer == "quant", whole_blocks=whole_nvfp4_blocks(spec)
+        spec.quant, spec.producer == "quant", whole_blocks=whole_blocks
     )
-    if spec.two_pass:
+    piece_helper = _piece_epilogue(spec) if spec.pieces else ""  # it calls conversions too
+    if spec.pieces:
+        body = _pieces_body(spec)
+        how = f"One row per program, held as {spec.pieces} pieces of BLOCK columns"
+    elif spec.two_pass:
         if (spec.producer, parse_scheme(spec.quant)[0]) != ("quant", "per_token"):
             raise ValueError(f"no two-pass kernel for {spec.describe()}")
         body = quant_pieces.per_token_two_pass(spec.quant)
@@ -227,15 +241,15 @@ def kernel_source(spec: KernelSpec) -> str:
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
         f'{how}; see irfuse/kernels for the pieces."""\n\n'
         "import triton\nimport triton.language as tl\n"
-        f"{norm.ROUND_TO}{norm.conversions_in(body)}{helpers}\n"
+        f"{norm.ROUND_TO}{norm.conversions_in(body + piece_helper)}{helpers}{piece_helper}\n"
         f"{norm.SIGNATURE.format(name=spec.name)}{body}"
     )
 
 
 def _row_body(spec: KernelSpec) -> str:
     """The body of a row (or row tile) per program: producer, then the quant epilogue."""
-    value_dtype = "tl.float32" if spec.norm_out == "fp32" else "model_dtype"  # what a quant reads
-    whole_blocks = whole_nvfp4_blocks(spec)
+    value_dtype = _value_dtype(spec)
+    whole_blocks = plain_norm_nvfp4(spec)
     _, preload, store = quant_pieces.epilogue(
         spec.quant, spec.producer == "quant", value_dtype, whole_blocks
     )
@@ -270,3 +284,35 @@ def _row_body(spec: KernelSpec) -> str:
     if spec.keep_value:
         body += norm.STORE_VALUE
     return body + store
+
+
+def _value_dtype(spec: KernelSpec) -> str:
+    """The dtype of the value a quant reads, as the kernel names it."""
+    return "tl.float32" if spec.norm_out == "fp32" else "model_dtype"
+
+
+def _piece_epilogue(spec: KernelSpec) -> str:
+    """The helper a `pieces` kernel calls on each piece: the weight step, then nvfp4."""
+    if not plain_norm_nvfp4(spec) or spec.two_pass:
+        raise ValueError(f"no kernel in pieces for {spec.describe()}")
+    store = quant_pieces.nvfp4_store(False).replace(
+        quant_pieces.NVFP4_SCALES_STORE, quant_pieces.NVFP4_SCALES_IN_PLACE
+    )
+    weighted = norm.weighted(spec.weight_mode)
+    helper = norm.PIECE_EPILOGUE.format(name=PIECE_EPILOGUE_NAME, weighted=weighted, store=store)
+    return quant_pieces.STORE_IN_PLACE + helper
+
+
+def _pieces_body(spec: KernelSpec) -> str:
+    """rms_norm + nvfp4 over a row held as `spec.pieces` pieces of BLOCK columns: every
+    piece loaded, the row's rstd, then each piece's weight step and epilogue."""
+    _, preload, _ = quant_pieces.epilogue(spec.quant, False, _value_dtype(spec))
+    pieces = range(spec.pieces)
+    body = norm.PIECES_ROW.format(pieces=spec.pieces)
+    body += "".join(norm.PIECE_LOAD.format(i=i) for i in pieces)
+    body += "".join(norm.PIECE_WEIGHT.format(i=i) for i in pieces) + preload
+    lines = (" + ".join(f"v{i} * v{i}" for i in pieces[j : j + 4]) for j in pieces[::4])
+    squares = "\n        + ".join(lines)
+    body += norm.PIECES_NORM.format(norm_dtype=_value_dtype(spec), squares=squares)
+    call = norm.PIECE_CALL.format
+    return body + "".join(call(name=PIECE_EPILOGUE_NAME, i=i, pieces=spec.pieces) for i in pieces)

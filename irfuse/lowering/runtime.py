@@ -21,7 +21,12 @@ import triton
 from irfuse.kernels.norm import MAX_COLS
 from irfuse.kernels.quant import AMAX_ROW_SLOTS, AMAX_SLOTS, parse_scheme
 from irfuse.lowering.kernel_cache import load_kernel
-from irfuse.lowering.kernel_spec import KernelSpec, kernel_source, per_tensor_phases
+from irfuse.lowering.kernel_spec import (
+    KernelSpec,
+    kernel_source,
+    per_tensor_phases,
+    plain_norm_nvfp4,
+)
 from irfuse.lowering.registration import runtime_op
 from irfuse.ops.quant import FP8_MIN_SCALE, alloc_group_scales, alloc_nvfp4_scales
 
@@ -152,9 +157,41 @@ TWO_PASS_MIN_BLOCK = 8192
 TWO_PASS_WARPS = 8
 
 
+# rms_norm + nvfp4 without a residual (kernel_spec.plain_norm_nvfp4) over rows of PIECES
+# pieces of PIECE_COLS columns (5120 to 8192), at any row count: a program of
+# PIECES_WARPS warps holds its row as pieces, 8 columns a thread in each, none padded
+# (kernel_spec.pieces_body). As one BLOCK, 7168 columns take 8192 lanes: 920 SASS
+# instructions a thread for 28 columns, against 1400 for 56 in pieces (96 registers;
+# 8192: 920 for 32 against 1552 for 64, in 120). On an H100, kernel alone, x one BLOCK
+# (bench/RESULTS.md, forty-third session): 5120 1.46x / 1.55x at 4096 / 16384 rows; 6144
+# 1.10x-1.34x, 7168 1.06x-1.18x, 8192 1.02x-1.10x from 1 to 16384 rows. 4096 columns
+# keep the halves of blocks (quant.WHOLE_BLOCKS): 4 pieces ran 1.04x / 0.95x them at
+# 4096 / 16384 rows. (Pieces of 2048 columns, 8 warps, ran 2%-5% faster up to 256 rows of
+# 6144 or 8192, and 0.96x-1.00x these at 4096 and 16384.)
+PIECE_COLS = 1024
+PIECES_WARPS = 4
+PIECES = (5, 6, 7, 8)  # 3072 (in 4096 lanes) not yet timed
+
+
+def pieces_of(spec: KernelSpec, n_cols: int) -> int:
+    """How many pieces of PIECE_COLS columns `spec`'s kernel holds a row of `n_cols` in
+    (0: the row in one BLOCK)."""
+    pieces = n_cols // PIECE_COLS
+    if not plain_norm_nvfp4(spec) or n_cols != pieces * PIECE_COLS or pieces not in PIECES:
+        return 0
+    return pieces
+
+
+@functools.cache
+def _in_pieces(spec: KernelSpec, pieces: int) -> KernelSpec:
+    return dataclasses.replace(spec, pieces=pieces)
+
+
 def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int, int]:
     """launch_config for `spec`'s kernel over [n_rows, n_cols] (norm_launch then gives a
-    two-pass kernel TWO_PASS_WARPS)."""
+    two-pass kernel TWO_PASS_WARPS); a kernel in pieces takes PIECE_COLS, PIECES_WARPS."""
+    if spec.pieces:
+        return PIECE_COLS, PIECES_WARPS
     norm = spec.producer != "quant"
     plain_norm = spec.producer == "rms_norm" and not spec.keep_value  # 3 bytes an element
     return launch_config(n_rows, n_cols, spec.quant, spec.row_tiles, norm, plain_norm)
@@ -440,6 +477,8 @@ def single_launch(
     value2 = value.view(-1, x2.shape[1]) if spec.keep_value else None
     if runs_two_pass(spec, *x2.shape):
         spec = _two_pass(spec)
+    if pieces := pieces_of(spec, x2.shape[1]):
+        spec = _in_pieces(spec, pieces)
     launch = norm_launch(
         spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps,
         config, _contiguous(x_weight), x_eps,
@@ -538,7 +577,8 @@ def norm_launch(
         0 if value2 is None else value2.stride(0), eps, x_eps, block, scale is not None,
         INTERPRET,
     )  # fmt: skip
-    return NormLaunch((n_rows, cdiv(n_cols, block)), num_warps, args)
+    tiles = 1 if spec.pieces else cdiv(n_cols, block)  # a kernel in pieces: the whole row
+    return NormLaunch((n_rows, tiles), num_warps, args)
 
 
 @torch.library.register_fake("irfuse::kernel_norm")
