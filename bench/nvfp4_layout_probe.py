@@ -20,11 +20,9 @@ import functools
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare, sizes_parser  # noqa: E402
-from quant_schemes import fused_torch  # noqa: E402
+from quant_schemes import assert_bytes_agree, nvfp4_norm_case, nvfp4_norm_launcher  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.kernels import quant as quant_pieces  # noqa: E402
@@ -43,28 +41,14 @@ def forced_kernel(layout: str):
     return load_kernel(SPEC.name, source.replace(quant_pieces.WHOLE_BLOCKS, LAYOUTS[layout]))
 
 
-def launcher(layout: str):
-    def run(x, w, s):
-        outputs = runtime.allocate_outputs(SPEC, x, False)
-        _, launch = runtime.single_launch(SPEC, x, None, w, s, outputs, 1e-6)
-        forced_kernel(layout)[launch.grid](*launch.args, num_warps=launch.num_warps)
-        return outputs[0], outputs[2]
-
-    return run
-
-
 def probe_one(hidden: int, tokens: int, rounds: int) -> list[str]:
-    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
-    s = torch.tensor([100.0], device="cuda")
-    torch._dynamo.reset()
-    compiled = torch.compile(lambda x, w, s: fused_torch("nvfp4", x, None, w, s), dynamic=False)
-    candidates = {"inductor": compiled} | {layout: launcher(layout) for layout in LAYOUTS}
-    got, want = candidates["whole blocks"](x, w, s), candidates["memory order"](x, w, s)
-    for a, b in zip(got, want, strict=True):
-        same = (a.view(torch.uint8) == b.view(torch.uint8)).float().mean().item()
-        assert same >= 0.999, (hidden, tokens, same)
-    times = compare(candidates, rounds, (x, w, s))
+    inputs, compiled = nvfp4_norm_case(hidden, tokens)
+    # the row in one BLOCK (runtime.pieces_of would hold 7168 or 8192 as pieces)
+    layouts = {layout: nvfp4_norm_launcher(SPEC, forced_kernel(layout)) for layout in LAYOUTS}
+    candidates = {"inductor": compiled} | layouts
+    want = candidates["memory order"](*inputs)
+    assert_bytes_agree(candidates["whole blocks"](*inputs), want, (hidden, tokens))
+    times = compare(candidates, rounds, inputs)
     old, new = times["memory order"], times["whole blocks"]
     block, warps = runtime.spec_launch_config(SPEC, tokens, hidden)
     row = [str(hidden), str(tokens), f"{block}x{warps}w", f"{times['inductor']:.2f}",

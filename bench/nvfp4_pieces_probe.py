@@ -21,11 +21,9 @@ import functools
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare, sizes_parser  # noqa: E402
-from quant_schemes import fused_torch  # noqa: E402
+from quant_schemes import assert_bytes_agree, nvfp4_norm_case, nvfp4_norm_launcher  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.kernels import quant as quant_pieces  # noqa: E402
@@ -45,45 +43,23 @@ def scales_in_place_kernel():
     return load_kernel(SPEC.name, source.replace(imports, imports + quant_pieces.STORE_IN_PLACE))
 
 
-def launcher(spec: KernelSpec, kernel=None, config: tuple[int, int] | None = None):
-    """`spec`'s launch (as norm_launch makes it, at `config`) of `kernel` (default:
-    `spec`'s own)."""
-
-    def run(x, w, s):
-        out, _, scales, _ = runtime.allocate_outputs(SPEC, x, False)
-        launch = runtime.norm_launch(spec, x, None, w, s, out, None, scales.view(torch.uint8),
-                                     None, 1e-6, config)  # fmt: skip
-        (kernel or runtime.compiled_kernel(spec))[launch.grid](
-            *launch.args, num_warps=launch.num_warps
-        )
-        return out, scales
-
-    return run
-
-
 def probe_one(hidden: int, tokens: int, rounds: int) -> list[str]:
-    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
-    s = torch.tensor([100.0], device="cuda")
-    torch._dynamo.reset()
-    compiled = torch.compile(lambda x, w, s: fused_torch("nvfp4", x, None, w, s), dynamic=False)
+    inputs, compiled = nvfp4_norm_case(hidden, tokens)
     candidates = {
         "inductor": compiled,
-        "one block": launcher(SPEC),
-        "in place": launcher(SPEC, scales_in_place_kernel()),
+        "one block": nvfp4_norm_launcher(SPEC),
+        "in place": nvfp4_norm_launcher(SPEC, scales_in_place_kernel()),
     }
     pieces = hidden // runtime.PIECE_COLS
     if hidden == pieces * runtime.PIECE_COLS and 2 < pieces <= 8:
-        candidates["pieces"] = launcher(dataclasses.replace(SPEC, pieces=pieces))
+        candidates["pieces"] = nvfp4_norm_launcher(dataclasses.replace(SPEC, pieces=pieces))
     if hidden % 2048 == 0 and 2 < hidden // 2048 <= 4:
         wide = dataclasses.replace(SPEC, pieces=hidden // 2048)
-        candidates["pieces of 2048"] = launcher(wide, config=(2048, 8))
-    want = candidates["one block"](x, w, s)
+        candidates["pieces of 2048"] = nvfp4_norm_launcher(wide, config=(2048, 8))
+    want = candidates["one block"](*inputs)
     for name in candidates.keys() - {"inductor", "one block"}:
-        for a, b in zip(candidates[name](x, w, s), want, strict=True):
-            same = (a.view(torch.uint8) == b.view(torch.uint8)).float().mean().item()
-            assert same >= 0.999, (name, hidden, tokens, same)
-    times = compare(candidates, rounds, (x, w, s))
+        assert_bytes_agree(candidates[name](*inputs), want, (name, hidden, tokens))
+    times = compare(candidates, rounds, inputs)
     old = times["one block"]
     block, warps = runtime.spec_launch_config(SPEC, tokens, hidden)
     row = [str(hidden), str(tokens), f"{block}x{warps}w", f"{times['inductor']:.2f}",

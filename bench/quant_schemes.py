@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ import torch._inductor.config
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare  # noqa: E402
 
+import irfuse.lowering.runtime as runtime  # noqa: E402
 import irfuse.ops as ref  # noqa: E402
 from irfuse.ops.quant import e2m1_codes, swizzle_block_scales  # noqa: E402
 from irfuse.pipeline import capture_reports  # noqa: E402
@@ -157,6 +159,41 @@ def fused_irfuse(scheme, x, residual, weight, scale, keep_value=False):
         y, h = ref.fused_add_rms_norm(x, residual, weight, 1e-6)
         residual_out = (h,)
     return (*quant_irfuse(scheme, y, scale), *residual_out, *((y,) if keep_value else ()))
+
+
+def nvfp4_norm_case(hidden: int, tokens: int) -> tuple[tuple, Callable]:
+    """The nvfp4 probes' inputs, bf16 x [tokens, hidden], its weight and a global scale,
+    and their anchor: Inductor's rms_norm + nvfp4 of them."""
+    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
+    s = torch.tensor([100.0], device="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, w, s: fused_torch("nvfp4", x, None, w, s), dynamic=False)
+    return (x, w, s), compiled
+
+
+def nvfp4_norm_launcher(spec, kernel=None, config: tuple[int, int] | None = None) -> Callable:
+    """rms_norm + nvfp4 (x, w, s) -> (codes, scales) by `kernel` (default: `spec`'s own),
+    launched as runtime.norm_launch launches `spec` (at `config`): a probe's candidate."""
+
+    def run(x, w, s):
+        out, _, scales, _ = runtime.allocate_outputs(spec, x, False)
+        launch = runtime.norm_launch(spec, x, None, w, s, out, None, scales.view(torch.uint8),
+                                     None, 1e-6, config)  # fmt: skip
+        (kernel or runtime.compiled_kernel(spec))[launch.grid](
+            *launch.args, num_warps=launch.num_warps
+        )
+        return out, scales
+
+    return run
+
+
+def assert_bytes_agree(got: tuple, want: tuple, what: tuple) -> None:
+    """Two nvfp4 results (codes, scales) that add a norm's squares in other orders agree
+    on at least 99.9% of their bytes (a byte may differ where a sum's last bit does)."""
+    for a, b in zip(got, want, strict=True):
+        same = (a.view(torch.uint8) == b.view(torch.uint8)).float().mean().item()
+        assert same >= 0.999, (*what, same)
 
 
 NOTES = {

@@ -158,19 +158,19 @@ TWO_PASS_WARPS = 8
 
 
 # rms_norm + nvfp4 without a residual (kernel_spec.plain_norm_nvfp4) over rows of PIECES
-# pieces of PIECE_COLS columns (5120 to 8192), at any row count: a program of
+# pieces of PIECE_COLS columns (3072, 5120 to 8192), at any row count: a program of
 # PIECES_WARPS warps holds its row as pieces, 8 columns a thread in each, none padded
 # (kernel_spec.pieces_body). As one BLOCK, 7168 columns take 8192 lanes: 920 SASS
 # instructions a thread for 28 columns, against 1400 for 56 in pieces (96 registers;
 # 8192: 920 for 32 against 1552 for 64, in 120). On an H100, kernel alone, x one BLOCK
-# (bench/RESULTS.md, forty-third session): 5120 1.46x / 1.55x at 4096 / 16384 rows; 6144
-# 1.10x-1.34x, 7168 1.06x-1.18x, 8192 1.02x-1.10x from 1 to 16384 rows. 4096 columns
-# keep the halves of blocks (quant.WHOLE_BLOCKS): 4 pieces ran 1.04x / 0.95x them at
-# 4096 / 16384 rows. (Pieces of 2048 columns, 8 warps, ran 2%-5% faster up to 256 rows of
-# 6144 or 8192, and 0.96x-1.00x these at 4096 and 16384.)
+# (bench/RESULTS.md, forty-third session): 5120 1.46x / 1.55x at 4096 / 16384 rows;
+# 3072 1.09x-1.19x, 6144 1.10x-1.34x, 7168 1.06x-1.18x, 8192 1.02x-1.10x from 1 to 16384
+# rows. 4096 columns keep the halves of blocks (quant.WHOLE_BLOCKS): 4 pieces ran 1.04x /
+# 0.95x them at 4096 / 16384 rows. (Pieces of 2048 columns, 8 warps, ran 2%-5% faster up
+# to 256 rows of 6144 or 8192, and 0.96x-1.00x these at 4096 and 16384.)
 PIECE_COLS = 1024
 PIECES_WARPS = 4
-PIECES = (5, 6, 7, 8)  # 3072 (in 4096 lanes) not yet timed
+PIECES = (3, 5, 6, 7, 8)
 
 
 def pieces_of(spec: KernelSpec, n_cols: int) -> int:
