@@ -12,8 +12,9 @@ two could take it from their sum towards the larger. Each probe program runs `R`
 a loop and loads row i + 1 before it computes row i (16 registers more at 32 columns a
 thread; ptxas takes about 127). Also the generated kernel compiled with maxnreg=56, which
 fits it without spilling (9 programs of 128 threads an SM instead of 8). Token counts
-must divide by R. Every candidate must write the generated kernel's bytes. Appends a
-table.
+must divide by R. Every candidate must write the generated kernel's bytes. Rows run in
+one BLOCK, as the probe found them (rms_norm + nvfp4 at 7168 and 8192 columns now runs
+in pieces: bench/nvfp4_pieces_probe.py). Appends a table.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def probe_kernel(spec: KernelSpec, rows: int):
 def launcher(spec: KernelSpec, rows: int, maxnreg: int | None = None):
     def run(x, w, s):
         outputs = runtime.allocate_outputs(spec, x, False)
-        _, launch = runtime.single_launch(spec, x, None, w, s, outputs, 1e-6)
+        config = runtime.spec_launch_config(spec, *x.shape)  # the row in one BLOCK, not pieces
+        _, launch = runtime.single_launch(spec, x, None, w, s, outputs, 1e-6, config=config)
         if maxnreg:  # the generated kernel, its registers capped
             kernel = runtime.compiled_kernel(spec)
             kernel[launch.grid](*launch.args, num_warps=launch.num_warps, maxnreg=maxnreg)

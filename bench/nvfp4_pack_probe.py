@@ -6,7 +6,8 @@ kernel alone over rotating inputs, beside Inductor, in one process.
         [--tokens 4096 16384]
 
 `norm` is rms_norm + nvfp4 without a residual (rms_norm/plain/model/nvfp4), `standalone`
-the quant alone (quant/none/model/nvfp4); both at the launch config irfuse picks. In
+the quant alone (quant/none/model/nvfp4); both at the launch config irfuse picks for a
+row in one BLOCK (rms_norm + nvfp4 at 7168 and 8192 columns now runs in pieces). In
 sm_90 SASS (Triton 3.6, bench/sass.py) the gathers take 920 instructions a thread
 against 952 (norm, 4096 columns x 4 warps, and 8192 x 8) and 760 against 792 (standalone,
 2048 x 2), in the same 64 and 56 registers. (Gathering the signs with the indices, after
@@ -46,7 +47,8 @@ def launcher(spec: KernelSpec, previous: bool):
     def run(x, w, s):
         outputs = runtime.allocate_outputs(spec, x, False)
         weight = w if spec.producer != "quant" else None
-        _, launch = runtime.single_launch(spec, x, None, weight, s, outputs, 1e-6)
+        config = runtime.spec_launch_config(spec, *x.shape)  # the row in one BLOCK, not pieces
+        _, launch = runtime.single_launch(spec, x, None, weight, s, outputs, 1e-6, config=config)
         kernel = previous_kernel(spec) if previous else runtime.compiled_kernel(spec)
         kernel[launch.grid](*launch.args, num_warps=launch.num_warps)
         return outputs[0], outputs[2]

@@ -446,6 +446,11 @@ def test_only_rows_of_a_few_pieces_run_the_nvfp4_norm_in_pieces():
     in_pieces = dataclasses.replace(norm, pieces=7)
     assert runtime.spec_launch_config(in_pieces, 1, 7168) == (1024, 4)
     assert "(each row as 7 pieces)" in in_pieces.describe()
+    x, w, s = torch.zeros(2, 3072), torch.ones(3072), torch.ones(1)
+    outputs = runtime.allocate_outputs(norm, x, False)
+    assert runtime.single_launch(norm, x, None, w, s, outputs, 1e-6)[0].pieces == 3
+    swept, launch = runtime.single_launch(norm, x, None, w, s, outputs, 1e-6, config=(4096, 8))
+    assert swept.pieces == 0 and launch.grid == (2, 1)  # a sweep's config: one BLOCK
     source = kernel_source(in_pieces)
     assert source.count("normed_nvfp4_piece(v") == 7 and "mask" not in source.split("piece =")[1]
 

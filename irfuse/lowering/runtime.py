@@ -465,7 +465,8 @@ def single_launch(
     config: tuple[int, int] | None = None,
 ) -> tuple[KernelSpec, NormLaunch]:
     """The kernel that computes `spec` (any but a per-tensor quant) in one launch into
-    `outputs` (allocate_outputs'), and that launch (at `config`, for sweeps: norm_launch)."""
+    `outputs` (allocate_outputs'), and that launch (at `config`, for sweeps: norm_launch;
+    a `config` launches the row in one BLOCK or in tiles, never in pieces)."""
     out, residual_out, scales, value = outputs
     x2, residual2, weight, residual_out2, out2 = _row_views(x, residual, weight, out, residual_out)
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
@@ -477,7 +478,7 @@ def single_launch(
     value2 = value.view(-1, x2.shape[1]) if spec.keep_value else None
     if runs_two_pass(spec, *x2.shape):
         spec = _two_pass(spec)
-    if pieces := pieces_of(spec, x2.shape[1]):
+    if config is None and (pieces := pieces_of(spec, x2.shape[1])):
         spec = _in_pieces(spec, pieces)
     launch = norm_launch(
         spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps,
