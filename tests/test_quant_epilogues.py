@@ -430,23 +430,30 @@ def test_nvfp4_norm_in_pieces_matches_the_reference(monkeypatch, mode, pieces, d
 
 def test_only_rows_of_a_few_pieces_run_the_nvfp4_norm_in_pieces():
     """The kernel in pieces takes rms_norm + nvfp4 without a residual over rows of 3, 5,
-    6, 7 or 8 pieces of 1024 columns; 4096 columns (whole blocks a thread), a row off the
-    pieces, an add, a kept value or another scheme keep the row in one BLOCK."""
+    6, 7 or 8 pieces of 1024 columns of 16-bit values; 4096 columns (whole blocks a
+    thread), a row off the pieces, fp32 values, an add, a kept value or another scheme keep
+    the row in one BLOCK."""
     norm = KernelSpec("rms_norm", "plain", "nvfp4")
-    pieces = [runtime.pieces_of(norm, 1024 * k) for k in range(1, 10)]
+    bf16 = torch.bfloat16
+    pieces = [runtime.pieces_of(norm, 1024 * k, bf16) for k in range(1, 10)]
     assert pieces == [0, 0, 3, 0, 5, 6, 7, 8, 0]
-    assert runtime.pieces_of(norm, 7168 + 16) == 0
+    assert runtime.pieces_of(norm, 7168, torch.float16) == 7
+    assert (
+        runtime.pieces_of(norm, 7168 + 16, bf16)
+        == runtime.pieces_of(norm, 7168, torch.float32)
+        == 0
+    )
     others = (
         KernelSpec("fused_add_rms_norm", "plain", "nvfp4"),
         KernelSpec("rms_norm", "plain", "nvfp4", keep_value=True),
         KernelSpec("rms_norm", "plain", "per_group 128"),
         KernelSpec("quant", "none", "nvfp4"),
     )
-    assert all(runtime.pieces_of(spec, 7168) == 0 for spec in others)
+    assert all(runtime.pieces_of(spec, 7168, bf16) == 0 for spec in others)
     in_pieces = dataclasses.replace(norm, pieces=7)
     assert runtime.spec_launch_config(in_pieces, 1, 7168) == (1024, 4)
     assert "(each row as 7 pieces)" in in_pieces.describe()
-    x, w, s = torch.zeros(2, 3072), torch.ones(3072), torch.ones(1)
+    x, w, s = torch.zeros(2, 3072, dtype=bf16), torch.ones(3072, dtype=bf16), torch.ones(1)
     outputs = runtime.allocate_outputs(norm, x, False)
     assert runtime.single_launch(norm, x, None, w, s, outputs, 1e-6)[0].pieces == 3
     swept, launch = runtime.single_launch(norm, x, None, w, s, outputs, 1e-6, config=(4096, 8))

@@ -157,8 +157,8 @@ TWO_PASS_MIN_BLOCK = 8192
 TWO_PASS_WARPS = 8
 
 
-# rms_norm + nvfp4 without a residual (kernel_spec.plain_norm_nvfp4) over rows of PIECES
-# pieces of PIECE_COLS columns (3072, 5120 to 8192), at any row count: a program of
+# rms_norm + nvfp4 without a residual (kernel_spec.plain_norm_nvfp4) over 16-bit rows of
+# PIECES pieces of PIECE_COLS columns (3072, 5120 to 8192), at any row count: a program of
 # PIECES_WARPS warps holds its row as pieces, 8 columns a thread in each, none padded
 # (kernel_spec.pieces_body). As one BLOCK, 7168 columns take 8192 lanes: 920 SASS
 # instructions a thread for 28 columns, against 1400 for 56 in pieces (96 registers;
@@ -173,11 +173,17 @@ PIECES_WARPS = 4
 PIECES = (3, 5, 6, 7, 8)
 
 
-def pieces_of(spec: KernelSpec, n_cols: int) -> int:
-    """How many pieces of PIECE_COLS columns `spec`'s kernel holds a row of `n_cols` in
-    (0: the row in one BLOCK)."""
+def pieces_of(spec: KernelSpec, n_cols: int, dtype: torch.dtype) -> int:
+    """How many pieces of PIECE_COLS columns `spec`'s kernel holds a row of `n_cols`
+    `dtype` values in (0: the row in one BLOCK). Only 16-bit rows: fp32 ones, untimed,
+    would take 145 registers a thread at 8 pieces against 120."""
     pieces = n_cols // PIECE_COLS
-    if not plain_norm_nvfp4(spec) or n_cols != pieces * PIECE_COLS or pieces not in PIECES:
+    if (
+        not plain_norm_nvfp4(spec)
+        or dtype not in (torch.bfloat16, torch.float16)
+        or n_cols != pieces * PIECE_COLS
+        or pieces not in PIECES
+    ):
         return 0
     return pieces
 
@@ -478,7 +484,7 @@ def single_launch(
     value2 = value.view(-1, x2.shape[1]) if spec.keep_value else None
     if runs_two_pass(spec, *x2.shape):
         spec = _two_pass(spec)
-    if config is None and (pieces := pieces_of(spec, x2.shape[1])):
+    if config is None and (pieces := pieces_of(spec, x2.shape[1], x2.dtype)):
         spec = _in_pieces(spec, pieces)
     launch = norm_launch(
         spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps,
