@@ -493,20 +493,22 @@ def store_in_place(pointers, value, mask, INTERPRET: tl.constexpr):
 """
 
 
-def nvfp4_store(whole_blocks: bool) -> str:
+def nvfp4_store(whole_blocks: bool, scales_in_place: bool = False) -> str:
     """The nvfp4 epilogue's store: blocks of 16 of a row in memory order, or with
-    `whole_blocks` (row_columns) of its halves where WHOLE_BLOCKS."""
+    `whole_blocks` (row_columns) of its halves where WHOLE_BLOCKS; `scales_in_place`: the
+    block scales stored by NVFP4_SCALES_IN_PLACE, not by tl.store."""
     helpers = "nvfp4_blocks, or nvfp4_halves" if whole_blocks else "nvfp4_blocks"
     head = f"\n    # epilogue: nvfp4, blocks of 16 ({helpers}), block scales swizzled 128x4\n"
+    scales = NVFP4_SCALES_IN_PLACE if scales_in_place else NVFP4_SCALES_STORE
     if not whole_blocks:
-        return head + NVFP4_BLOCKS + NVFP4_SCALES_STORE
+        return head + NVFP4_BLOCKS + scales
     return (
         head
         + f"    if {WHOLE_BLOCKS}:  # the row as halves of blocks (row_columns)\n"
         + textwrap.indent(NVFP4_HALVES_STORE, "    ")
         + "    else:\n"
         + textwrap.indent(NVFP4_BLOCKS, "    ")
-        + NVFP4_SCALES_STORE
+        + scales
     )
 
 

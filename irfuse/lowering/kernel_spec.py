@@ -295,9 +295,7 @@ def _piece_epilogue(spec: KernelSpec) -> str:
     """The helper a `pieces` kernel calls on each piece: the weight step, then nvfp4."""
     if not plain_norm_nvfp4(spec) or spec.two_pass:
         raise ValueError(f"no kernel in pieces for {spec.describe()}")
-    store = quant_pieces.nvfp4_store(False).replace(
-        quant_pieces.NVFP4_SCALES_STORE, quant_pieces.NVFP4_SCALES_IN_PLACE
-    )
+    store = quant_pieces.nvfp4_store(whole_blocks=False, scales_in_place=True)
     weighted = norm.weighted(spec.weight_mode)
     helper = norm.PIECE_EPILOGUE.format(name=PIECE_EPILOGUE_NAME, weighted=weighted, store=store)
     return quant_pieces.STORE_IN_PLACE + helper
