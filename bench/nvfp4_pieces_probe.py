@@ -9,9 +9,9 @@ one-BLOCK kernel with its block scales stored by the threads that hold them
 Every candidate runs at every width and row count given (irfuse takes the pieces where
 runtime.pieces_of says). sm_90 SASS (Triton 3.6, bench/sass.py), instructions a thread:
 7168 columns in one BLOCK (8 warps) 920 for 28 columns, in pieces 1400 for 56 (96
-registers); 8192 in one BLOCK 920 for 32, in pieces 1552 for 64 (120 registers). The two add the
-norm's squares in another order, so a byte may differ where a sum's last bit does; the
-probe checks that they agree on at least 99.9% of the bytes. Appends a table.
+registers); 8192 in one BLOCK 920 for 32, in pieces 1552 for 64 (120 registers). The two
+add the norm's squares in another order, so a byte may differ where a sum's last bit
+does; the probe checks that they agree on at least 99.9% of the bytes. Appends a table.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """PTX of generated norm kernels compiled for an H100 (sm_90), on any machine: Triton
 compiles down to PTX without a GPU. Run as a script (`python -m tests.sm90_ptx
-SPEC:DTYPE[:BLOCK:WARPS[:aligned[:PIECES]]] ...`: JSON {arg: ptx} on stdout) in a process without
-TRITON_INTERPRET, under which Triton's own library functions (tl.sum's combine) are
+SPEC:DTYPE[:BLOCK:WARPS[:aligned[:PIECES]]] ...`: JSON {arg: ptx} on stdout) in a process
+without TRITON_INTERPRET, under which Triton's own library functions (tl.sum's combine) are
 interpreter wrappers the compiler rejects."""
 
 from __future__ import annotations

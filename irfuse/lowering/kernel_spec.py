@@ -225,8 +225,9 @@ def kernel_source(spec: KernelSpec) -> str:
     helpers, _, _ = quant_pieces.epilogue(
         spec.quant, spec.producer == "quant", whole_blocks=whole_blocks
     )
-    piece_helper = _piece_epilogue(spec) if spec.pieces else ""  # it calls conversions too
+    piece_helper = ""  # a `pieces` kernel's helper: it calls conversions too
     if spec.pieces:
+        piece_helper = _piece_epilogue(spec)
         body = _pieces_body(spec)
         how = f"One row per program, held as {spec.pieces} pieces of BLOCK columns"
     elif spec.two_pass:
@@ -293,7 +294,7 @@ def _value_dtype(spec: KernelSpec) -> str:
 
 def _piece_epilogue(spec: KernelSpec) -> str:
     """The helper a `pieces` kernel calls on each piece: the weight step, then nvfp4."""
-    if not plain_norm_nvfp4(spec) or spec.two_pass:
+    if not plain_norm_nvfp4(spec):
         raise ValueError(f"no kernel in pieces for {spec.describe()}")
     store = quant_pieces.nvfp4_store(whole_blocks=False, scales_in_place=True)
     weighted = norm.weighted(spec.weight_mode)
@@ -304,11 +305,10 @@ def _piece_epilogue(spec: KernelSpec) -> str:
 def _pieces_body(spec: KernelSpec) -> str:
     """rms_norm + nvfp4 over a row held as `spec.pieces` pieces of BLOCK columns: every
     piece loaded, the row's rstd, then each piece's weight step and epilogue."""
-    _, preload, _ = quant_pieces.epilogue(spec.quant, False, _value_dtype(spec))
     pieces = range(spec.pieces)
     body = norm.PIECES_ROW.format(pieces=spec.pieces)
     body += "".join(norm.PIECE_LOAD.format(i=i) for i in pieces)
-    body += "".join(norm.PIECE_WEIGHT.format(i=i) for i in pieces) + preload
+    body += "".join(norm.PIECE_WEIGHT.format(i=i) for i in pieces) + quant_pieces.NVFP4_PRELOAD
     lines = (" + ".join(f"v{i} * v{i}" for i in pieces[j : j + 4]) for j in pieces[::4])
     squares = "\n        + ".join(lines)
     body += norm.PIECES_NORM.format(norm_dtype=_value_dtype(spec), squares=squares)
