@@ -31,6 +31,8 @@
 #     bash bench/gpu_session.sh nvfp4   # nvfp4 with whole blocks a thread: the nvfp4 GPU
 #                                       # tests, the layout probe, rms_norm + nvfp4 rows
 #     bash bench/gpu_session.sh nvfp4-more  # and its add + rms_norm and standalone rows
+#     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
+#                                       # column tiles as halves: tests, probe, its rows
 #     bash bench/gpu_session.sh pieces  # rms_norm + nvfp4 rows held in pieces (7168): the
 #                                       # nvfp4 GPU tests, the pieces probe, its rows
 #     bash bench/gpu_session.sh suite   # the suite but for the two files below
@@ -274,6 +276,18 @@ pieces)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step no-residual 90 python3 bench/quant_schemes.py --no-residual --schemes nvfp4 \
         --hidden 4096 7168 8192 --tokens 4096 16384 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+standalone-halves)
+    # the standalone nvfp4 quant's 1024-column tiles as halves of blocks
+    # (quant.QUANT_WHOLE_BLOCKS): the nvfp4 GPU tests, the layout probe, issue 3's
+    # standalone nvfp4 rows end to end
+    step nvfp4-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py -k "nvfp4 or e2m1"
+    step layout-probe 140 python3 bench/nvfp4_layout_probe.py --standalone \
+        --hidden 4096 7168 --tokens 16 4096 16384 --rounds 5
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step standalone 250 python3 bench/quant_schemes.py --standalone --schemes nvfp4 \
+        --hidden 4096 7168 8192 --tokens 1 16 256 4096 16384
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 nvfp4-more)

@@ -404,6 +404,19 @@ def test_nvfp4_norm_of_4096_columns_holds_whole_blocks_and_matches_the_reference
     assert torch.equal(scales, scales_ref)
 
 
+@pytest.mark.parametrize("rows", [3, 64])
+def test_standalone_nvfp4_holds_whole_blocks_in_1024_column_tiles(rows):
+    """The standalone nvfp4 quant loads its 1024-column tiles as halves of blocks
+    (quant.QUANT_WHOLE_BLOCKS), at few rows (4 warps) and many (2 warps), a ragged last
+    tile among them (2880 columns): bytes and block scales are the reference's."""
+    assert f"if {quant_pieces.QUANT_WHOLE_BLOCKS}:" in kernel_source(
+        KernelSpec("quant", "none", "nvfp4")
+    )
+    assert runtime.launch_config(rows, 2880, "nvfp4", row_tiles=True)[0] == 1024
+    q, scales, q_ref, scales_ref = _run("quant", "none", "nvfp4", rows, 2880, torch.bfloat16)
+    assert torch.equal(q, q_ref) and torch.equal(scales, scales_ref)
+
+
 @pytest.mark.parametrize(
     "mode,pieces,dtype",
     [

@@ -422,8 +422,11 @@ def nvfp4_scale_offset(row, k, n_cols):
 # standalone quant's 2048-column tiles (each load covering half of each of 32 sectors):
 # only WHOLE_BLOCKS takes them (bench/RESULTS.md, forty-second session). (A [R, 2, 8]
 # load does the same on Triton 3.6 but not on 3.9, which orders its two axes of equal
-# contiguity the other way.)
+# contiguity the other way.) The standalone quant's 1024-column tiles (rows of 7168, 2
+# warps, whole blocks a thread) ran 1.027x / 1.023x as halves at 4096 / 16384 rows:
+# QUANT_WHOLE_BLOCKS. Each is a condition on BLOCK that the kernel tests statically.
 WHOLE_BLOCKS = "BLOCK == 4096"
+QUANT_WHOLE_BLOCKS = "BLOCK == 1024"
 NVFP4_HALVES = (
     "(tl.arange(0, BLOCK // 8)[:, None] % (BLOCK // 16)) * 16\n"
     "        + (tl.arange(0, BLOCK // 8)[:, None] // (BLOCK // 16)) * 8"
@@ -441,14 +444,15 @@ def nvfp4_halves(halves, global_scale, INTERPRET: tl.constexpr):
 """
 
 
-def row_columns(whole_blocks: bool) -> str:
+def row_columns(whole_blocks: str | None) -> str:
     """The columns of a row (tile) a program loads, from `col_start`: arange(BLOCK), or
-    for an nvfp4 epilogue on `whole_blocks` the halves of blocks where WHOLE_BLOCKS."""
+    for an nvfp4 epilogue the halves of blocks where the condition `whole_blocks` holds
+    (WHOLE_BLOCKS, QUANT_WHOLE_BLOCKS)."""
     if not whole_blocks:
         return "tl.arange(0, BLOCK)"
     return (
         f"(  # halves of blocks (quant.WHOLE_BLOCKS)\n        {NVFP4_HALVES}\n"
-        f"        if {WHOLE_BLOCKS} else tl.arange(0, BLOCK)\n    )"
+        f"        if {whole_blocks} else tl.arange(0, BLOCK)\n    )"
     )
 
 
@@ -493,9 +497,9 @@ def store_in_place(pointers, value, mask, INTERPRET: tl.constexpr):
 """
 
 
-def nvfp4_store(whole_blocks: bool, scales_in_place: bool = False) -> str:
-    """The nvfp4 epilogue's store: blocks of 16 of a row in memory order, or with
-    `whole_blocks` (row_columns) of its halves where WHOLE_BLOCKS; `scales_in_place`: the
+def nvfp4_store(whole_blocks: str | None, scales_in_place: bool = False) -> str:
+    """The nvfp4 epilogue's store: blocks of 16 of a row in memory order, or of its
+    halves (row_columns) where the condition `whole_blocks` holds; `scales_in_place`: the
     block scales stored by NVFP4_SCALES_IN_PLACE, not by tl.store."""
     helpers = "nvfp4_blocks, or nvfp4_halves" if whole_blocks else "nvfp4_blocks"
     head = f"\n    # epilogue: nvfp4, blocks of 16 ({helpers}), block scales swizzled 128x4\n"
@@ -504,7 +508,7 @@ def nvfp4_store(whole_blocks: bool, scales_in_place: bool = False) -> str:
         return head + NVFP4_BLOCKS + scales
     return (
         head
-        + f"    if {WHOLE_BLOCKS}:  # the row as halves of blocks (row_columns)\n"
+        + f"    if {whole_blocks}:  # the row as halves of blocks (row_columns)\n"
         + textwrap.indent(NVFP4_HALVES_STORE, "    ")
         + "    else:\n"
         + textwrap.indent(NVFP4_BLOCKS, "    ")
@@ -580,13 +584,13 @@ def epilogue(
     scheme: str,
     standalone: bool = False,
     value_dtype: str = "model_dtype",
-    whole_blocks: bool = False,
+    whole_blocks: str | None = None,
 ) -> tuple[str, str, str]:
     """(helpers, preload, store) for a quant scheme in `#irfuse.quant` syntax, or for
     `amax` (phase 1 of per_tensor); `standalone`: the quant is the whole kernel (it and
     the scheme pick the form of div_by, see DIV_BY); `value_dtype`: the dtype of the value
     quantized, as the kernel names it (`per_token in_dtype` rounds its scale to it);
-    `whole_blocks`: nvfp4 on a row loaded by row_columns(True)."""
+    `whole_blocks`: nvfp4 on a row loaded by row_columns(whole_blocks)."""
     kind, *options = scheme.split()
     division = DIV_BY_BOUNDED if standalone or kind == "per_group" else DIV_BY
     fp8_helpers = ROUND_TO_E4M3 + NAN_MAX + division

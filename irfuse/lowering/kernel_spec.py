@@ -220,8 +220,19 @@ def plain_norm_nvfp4(spec: KernelSpec) -> bool:
 PIECE_EPILOGUE_NAME = "normed_nvfp4_piece"
 
 
+def whole_blocks_of(spec: KernelSpec) -> str | None:
+    """The condition on BLOCK under which `spec`'s kernel loads its row as halves of nvfp4
+    blocks (quant.row_columns): rms_norm + nvfp4 in one BLOCK (quant.WHOLE_BLOCKS), the
+    standalone nvfp4 quant (quant.QUANT_WHOLE_BLOCKS); None for every other kernel."""
+    if plain_norm_nvfp4(spec) and not spec.pieces:
+        return quant_pieces.WHOLE_BLOCKS
+    if spec.producer == "quant" and parse_scheme(spec.quant)[0] == "nvfp4":
+        return quant_pieces.QUANT_WHOLE_BLOCKS
+    return None
+
+
 def kernel_source(spec: KernelSpec) -> str:
-    whole_blocks = plain_norm_nvfp4(spec) and not spec.pieces
+    whole_blocks = whole_blocks_of(spec)
     helpers, _, _ = quant_pieces.epilogue(
         spec.quant, spec.producer == "quant", whole_blocks=whole_blocks
     )
@@ -250,7 +261,7 @@ def kernel_source(spec: KernelSpec) -> str:
 def _row_body(spec: KernelSpec) -> str:
     """The body of a row (or row tile) per program: producer, then the quant epilogue."""
     value_dtype = _value_dtype(spec)
-    whole_blocks = plain_norm_nvfp4(spec)
+    whole_blocks = whole_blocks_of(spec)
     _, preload, store = quant_pieces.epilogue(
         spec.quant, spec.producer == "quant", value_dtype, whole_blocks
     )
@@ -296,7 +307,7 @@ def _piece_epilogue(spec: KernelSpec) -> str:
     """The helper a `pieces` kernel calls on each piece: the weight step, then nvfp4."""
     if not plain_norm_nvfp4(spec):
         raise ValueError(f"no kernel in pieces for {spec.describe()}")
-    store = quant_pieces.nvfp4_store(whole_blocks=False, scales_in_place=True)
+    store = quant_pieces.nvfp4_store(whole_blocks=None, scales_in_place=True)
     weighted = norm.weighted(spec.weight_mode)
     helper = norm.PIECE_EPILOGUE.format(name=PIECE_EPILOGUE_NAME, weighted=weighted, store=store)
     return quant_pieces.STORE_IN_PLACE + helper
