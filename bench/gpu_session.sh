@@ -31,6 +31,8 @@
 #     bash bench/gpu_session.sh nvfp4   # nvfp4 with whole blocks a thread: the nvfp4 GPU
 #                                       # tests, the layout probe, rms_norm + nvfp4 rows
 #     bash bench/gpu_session.sh nvfp4-more  # and its add + rms_norm and standalone rows
+#     bash bench/gpu_session.sh rows    # rms_norm + nvfp4 / per-token, several rows a
+#                                       # program: the probe, its rows, wrapper tests
 #     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
 #                                       # column tiles as halves: tests, probe, its rows
 #     bash bench/gpu_session.sh pieces  # rms_norm + nvfp4 rows held in pieces (7168): the
@@ -280,15 +282,29 @@ pieces)
     ;;
 standalone-halves)
     # the standalone nvfp4 quant's 1024-column tiles as halves of blocks
-    # (quant.QUANT_WHOLE_BLOCKS): the nvfp4 GPU tests, the layout probe, issue 3's
-    # standalone nvfp4 rows end to end
-    step nvfp4-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py -k "nvfp4 or e2m1"
-    step layout-probe 140 python3 bench/nvfp4_layout_probe.py --standalone \
-        --hidden 4096 7168 --tokens 16 4096 16384 --rounds 5
+    # (quant.QUANT_WHOLE_BLOCKS): the nvfp4 GPU tests, the layout probe, the tiles at
+    # hidden 4096 and 8192 (1024 as halves against 2048), issue 3's standalone nvfp4 rows
+    step nvfp4-tests 120 "${PYTEST[@]}" tests/test_quant_epilogues.py -k "nvfp4 or e2m1"
+    step layout-probe 120 python3 bench/nvfp4_layout_probe.py --standalone \
+        --hidden 7168 4096 --tokens 16 4096 16384 --rounds 5
     cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step standalone 250 python3 bench/quant_schemes.py --standalone --schemes nvfp4 \
-        --hidden 4096 7168 8192 --tokens 1 16 256 4096 16384
+    step tiles 100 python3 bench/launch_sweep.py --form standalone --schemes nvfp4 \
+        --hidden 4096 8192 --tokens 4096 16384 --tiles 1024 2048 --warps 2
     cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step standalone 230 python3 bench/quant_schemes.py --standalone --schemes nvfp4 \
+        --hidden 4096 7168 8192 --tokens 1 16 256 4096 16384 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+rows)
+    # rms_norm + nvfp4 / per-token at several rows a program (runtime.rows_per_program_of):
+    # the probe by rows a program, issue 3's rows end to end, the wrapper's GPU tests
+    step rows-probe 200 python3 bench/norm_rows_probe.py --hidden 4096 \
+        --tokens 4096 8192 16384 --rows 8 16
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step no-residual 130 python3 bench/quant_schemes.py --no-residual \
+        --schemes per_token nvfp4 --hidden 4096 --tokens 4096 8192 16384
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step wrapper-tests 120 "${PYTEST[@]}" tests/test_user_kernels.py -k "gpu"
     ;;
 nvfp4-more)
     # issue 3's add + rms_norm + nvfp4 and standalone nvfp4 rows end to end

@@ -418,6 +418,68 @@ def test_standalone_nvfp4_holds_whole_blocks_in_1024_column_tiles(rows):
 
 
 @pytest.mark.parametrize(
+    "scheme,mode,dtype",
+    [
+        ("nvfp4", "plain", torch.bfloat16),
+        ("nvfp4", "gemma", torch.float16),
+        ("per_token ub", "plain", torch.bfloat16),
+        ("per_token", "fp32", torch.float16),
+    ],
+)
+def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
+    monkeypatch, scheme, mode, dtype
+):
+    """rms_norm + nvfp4 or per-token over many rows runs several rows a program
+    (runtime.rows_per_program_of; 64-column rows from 16 here, to keep the interpreter
+    quick): the reference's results, and the bytes of a program a row."""
+    monkeypatch.setattr(runtime, "ROWS_COLS", 64)
+    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
+    launched = []
+    real = runtime.run_launch
+    monkeypatch.setattr(
+        runtime,
+        "run_launch",
+        lambda spec, launch: (
+            launched.append((spec.rows_per_program, launch.grid)),
+            real(spec, launch),
+        ),
+    )
+    got = _run("rms_norm", mode, scheme, 24, 64, dtype)[:2]
+    assert launched == [(8, (3, 1))]
+    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
+    one_a_program = _run("rms_norm", mode, scheme, 24, 64, dtype)[:2]
+    assert launched[1:] == [(0, (24, 1))]
+    for a, b in zip(got, one_a_program, strict=True):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_program():
+    """rms_norm (no residual) + nvfp4 or per-token, 4096 columns, from ROWS_MIN_ROWS to
+    ROWS_MAX_ROWS rows that ROWS_PER_PROGRAM divides; a sweep's explicit config keeps a
+    row a program."""
+    rows_of = runtime.rows_per_program_of
+    norm = KernelSpec("rms_norm", "plain", "per_token")
+    assert rows_of(norm, 4096, 4096) == runtime.ROWS_PER_PROGRAM == 8
+    assert rows_of(KernelSpec("rms_norm", "gemma", "nvfp4"), 8192, 4096) == 8
+    assert [rows_of(norm, t, 4096) for t in (2048, 4100, 16384)] == [0, 0, 0]
+    assert rows_of(norm, 4096, 7168) == 0
+    for other in (
+        KernelSpec("rms_norm", "plain", "static"),
+        KernelSpec("fused_add_rms_norm", "plain", "per_token"),
+        KernelSpec("rms_norm", "plain", "per_token", keep_value=True),
+        KernelSpec("quant", "none", "nvfp4"),
+    ):
+        assert rows_of(other, 4096, 4096) == 0, other
+    x = torch.zeros(4096, 4096, dtype=torch.bfloat16)
+    outputs = runtime.allocate_outputs(norm, x, False)
+    spec, launch = runtime.single_launch(norm, x, None, x[0], None, outputs, 1e-6)
+    assert (spec.rows_per_program, launch.grid) == (8, (512, 1))
+    config = runtime.spec_launch_config(norm, 4096, 4096)
+    spec, launch = runtime.single_launch(norm, x, None, x[0], None, outputs, 1e-6, config=config)
+    assert (spec.rows_per_program, launch.grid) == (0, (4096, 1))
+
+
+@pytest.mark.parametrize(
     "mode,pieces,dtype",
     [
         ("plain", 3, torch.bfloat16),

@@ -257,6 +257,25 @@ def test_a_launch_that_changes_with_the_token_count_is_guarded_to_its_range(
             assert torch.equal(_bits(out), _bits(expected[index])), (t, index)
 
 
+def test_several_rows_a_program_launch_from_the_graph_only_at_a_static_count(monkeypatch):
+    """A norm + quant that runs several rows a program (runtime.rows_per_program_of; 64
+    columns from 16 rows here) launches its programs' grid from the graph at a static
+    token count, with kernel_norm's bits; at a symbolic count it stays with kernel_norm."""
+    monkeypatch.setattr(runtime, "ROWS_COLS", 64)
+    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
+    kernel = "rms_norm/plain/model/per_token"
+    inputs = _inputs(kernel, (24, 64), "w")
+    module = _graph_launch(kernel, inputs, [0, 2])
+    assert isinstance(module, fx.GraphModule), module
+    got, expected = module(*inputs), _kernel_norm(inputs, kernel)
+    for out, index in zip(got, [0, 2], strict=True):
+        assert torch.equal(_bits(out), _bits(expected[index])), index
+    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", SAMPLE_ROWS[1])  # a sampled count's
+    monkeypatch.setattr(runtime, "ROWS_PER_PROGRAM", 1)  # launch runs several rows
+    why = _graph_launch(kernel, _inputs(kernel, (SAMPLE_ROWS[1], 64), "w"), [0, 2], dynamic_dims=1)
+    assert why == "its programs run several rows each, as many as a symbolic token count divides"
+
+
 def test_a_launch_whose_layout_follows_the_token_count_keeps_kernel_norm():
     """Column-major group scales have the token count as a stride: no range of counts
     launches alike, so the norm stays with kernel_norm."""

@@ -29,6 +29,20 @@ LOAD_ROW = """    cols = col_start + {cols}
 """
 
 ROWS_IN_ORDER = "    row = tl.program_id(0).to(tl.int64)\n"
+# Several rows a program (kernel_spec._rows_body): the first row's load, then a loop over
+# the rows that loads row i + 1 before it computes row i (none after the last).
+ROWS_OF_A_PROGRAM = (
+    "    first_row = tl.program_id(0).to(tl.int64) * {rows}  # {rows} rows a program\n"
+    "    x_next = tl.load(x_ptr + first_row * x_row_stride + cols, mask=mask, other=0.0)\n"
+)
+NEXT_ROW = """    for i in range({rows}):
+        row = first_row + i
+        x_row = x_next
+        # the next row's load in flight while this row computes
+        x_next = tl.load(x_ptr + (row + 1) * x_row_stride + cols, mask=mask & (i + 1 < {rows}),
+                         other=0.0)
+        v = widened(x_row, INTERPRET)
+"""
 # Phase 2 of a per-tensor quant re-reads what phase 1 just read: the rows phase 1 read
 # last are the ones still in L2, so they go first.
 ROWS_LAST_FIRST = (

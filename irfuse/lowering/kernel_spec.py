@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import textwrap
 from dataclasses import dataclass
 
 from irfuse.kernels import norm
@@ -32,6 +33,10 @@ class KernelSpec:
     # rms_norm + nvfp4 over a row of this many BLOCK-wide pieces (a launch-time choice, not
     # encoded: runtime.pieces_of); 0: the row in one BLOCK
     pieces: int = 0
+    # rms_norm + a quant, no residual: this many rows a program, each row's successor
+    # loaded while it computes (a launch-time choice, not encoded:
+    # runtime.rows_per_program_of); 0: a program a row
+    rows_per_program: int = 0
     rounded_sum: bool = False  # fused_add_rms_norm: the norm reads the sum in the model dtype
     # fused_add_rms_norm with rounded_sum: x is first normalised with its own weight (of
     # weight_mode) and eps (x_weight_ptr, x_eps: a sandwich's first norm)
@@ -50,6 +55,7 @@ class KernelSpec:
         keep = "_keep" if self.keep_value else ""
         two_pass = "_two_pass" if self.two_pass else ""
         two_pass += f"_{self.pieces}_pieces" if self.pieces else ""
+        two_pass += f"_{self.rows_per_program}_rows" if self.rows_per_program else ""
         producer = "add_rounded_rms_norm" if self.rounded_sum else self.producer
         producer = f"normed_{producer}" if self.normed_x else producer
         return f"irfuse_{producer}{mode}{out}{suffix}{keep}{two_pass}"
@@ -156,6 +162,8 @@ class KernelSpec:
         text = " + ".join(parts)
         text += " (the unquantized value kept too)" if self.keep_value else ""
         text += f" (each row as {self.pieces} pieces)" if self.pieces else ""
+        if self.rows_per_program:
+            text += f" ({self.rows_per_program} rows a program, the next one's load in flight)"
         return text + " (two passes over each row)" if self.two_pass else text
 
 
@@ -246,6 +254,9 @@ def kernel_source(spec: KernelSpec) -> str:
             raise ValueError(f"no two-pass kernel for {spec.describe()}")
         body = quant_pieces.per_token_two_pass(spec.quant)
         how = "One row per program, in two passes over its quarters"
+    elif spec.rows_per_program:
+        body = _rows_body(spec)
+        how = f"{spec.rows_per_program} rows per program, each next row loaded early"
     else:
         body = _row_body(spec)
         how = "A tile of a row per program" if spec.row_tiles else "One row per program"
@@ -296,6 +307,23 @@ def _row_body(spec: KernelSpec) -> str:
     if spec.keep_value:
         body += norm.STORE_VALUE
     return body + store
+
+
+def _rows_body(spec: KernelSpec) -> str:
+    """rms_norm + a quant without a residual, `spec.rows_per_program` rows a program: the
+    weight and the quant's preload loaded once, then the rows in a loop, each row's
+    successor loaded before the row computes (norm.NEXT_ROW)."""
+    if spec.producer != "rms_norm" or spec.keep_value or spec.per_tensor:
+        raise ValueError(f"no kernel of several rows a program for {spec.describe()}")
+    value_dtype = _value_dtype(spec)
+    whole_blocks = whole_blocks_of(spec)
+    _, preload, store = quant_pieces.epilogue(spec.quant, False, value_dtype, whole_blocks)
+    load_row = norm.LOAD_ROW.format(cols=quant_pieces.row_columns(whole_blocks))
+    head = norm.WHOLE_ROW + load_row[: load_row.index("    v = widened(")]
+    head += norm.ROWS_OF_A_PROGRAM.format(rows=spec.rows_per_program)
+    row = norm.RMS_NORM.format(norm_dtype=value_dtype) + norm.weighted(spec.weight_mode) + store
+    loop = norm.NEXT_ROW.format(rows=spec.rows_per_program) + textwrap.indent(row, "    ")
+    return head + norm.PRELOAD_WEIGHT + preload + loop
 
 
 def _value_dtype(spec: KernelSpec) -> str:

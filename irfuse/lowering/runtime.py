@@ -193,6 +193,42 @@ def _in_pieces(spec: KernelSpec, pieces: int) -> KernelSpec:
     return dataclasses.replace(spec, pieces=pieces)
 
 
+# rms_norm + nvfp4 or per-token fp8 without a residual over ROWS_MIN_ROWS or more rows of
+# ROWS_COLS columns (a multiple of ROWS_PER_PROGRAM rows; from a count of its own, or at
+# static shapes, when Inductor's wrapper launches it): a program runs ROWS_PER_PROGRAM
+# rows, loading row i + 1 before it computes row i (kernel_spec._rows_body), the weight
+# once. At 4096 x 4096 a program a row launches about 4 waves of programs, each loading
+# then computing as many instructions as its bytes take to move; on an H100 (bench/
+# RESULTS.md, forty-first session) 8 rows a program ran 1.079x (nvfp4) and 1.040x
+# (per-token) there, and nothing at 16384 rows (0.997x-0.998x).
+ROWS_PER_PROGRAM = 8
+ROWS_COLS = 4096
+ROWS_MIN_ROWS = 4096
+ROWS_MAX_ROWS = 16384  # from here, a program a row again
+ROWS_SCHEMES = ("nvfp4", "per_token")
+
+
+def rows_per_program_of(spec: KernelSpec, n_rows: int, n_cols: int) -> int:
+    """How many rows a program of `spec`'s kernel runs over [n_rows, n_cols] (0: one,
+    the generated kernel's own form)."""
+    if (
+        spec.producer != "rms_norm"
+        or spec.keep_value
+        or parse_scheme(spec.quant)[0] not in ROWS_SCHEMES
+        or not isinstance(n_rows, int)
+        or n_cols != ROWS_COLS
+        or not ROWS_MIN_ROWS <= n_rows < ROWS_MAX_ROWS
+        or n_rows % ROWS_PER_PROGRAM
+    ):
+        return 0
+    return ROWS_PER_PROGRAM
+
+
+@functools.cache
+def _in_rows(spec: KernelSpec, rows: int) -> KernelSpec:
+    return dataclasses.replace(spec, rows_per_program=rows)
+
+
 def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int, int]:
     """launch_config for `spec`'s kernel over [n_rows, n_cols] (norm_launch then gives a
     two-pass kernel TWO_PASS_WARPS); a kernel in pieces takes PIECE_COLS, PIECES_WARPS."""
@@ -472,7 +508,8 @@ def single_launch(
 ) -> tuple[KernelSpec, NormLaunch]:
     """The kernel that computes `spec` (any but a per-tensor quant) in one launch into
     `outputs` (allocate_outputs'), and that launch (at `config`, for sweeps: norm_launch;
-    a `config` launches the row in one BLOCK or in tiles, never in pieces)."""
+    a `config` launches the row in one BLOCK or in tiles, never in pieces, a row a
+    program)."""
     out, residual_out, scales, value = outputs
     x2, residual2, weight, residual_out2, out2 = _row_views(x, residual, weight, out, residual_out)
     if spec.quant == "nvfp4":  # the kernel writes the swizzled block scales byte by byte
@@ -486,6 +523,8 @@ def single_launch(
         spec = _two_pass(spec)
     if config is None and (pieces := pieces_of(spec, x2.shape[1], x2.dtype)):
         spec = _in_pieces(spec, pieces)
+    if config is None and (rows := rows_per_program_of(spec, *x2.shape)):
+        spec = _in_rows(spec, rows)
     launch = norm_launch(
         spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps,
         config, _contiguous(x_weight), x_eps,
@@ -585,7 +624,8 @@ def norm_launch(
         INTERPRET,
     )  # fmt: skip
     tiles = 1 if spec.pieces else cdiv(n_cols, block)  # a kernel in pieces: the whole row
-    return NormLaunch((n_rows, tiles), num_warps, args)
+    programs = n_rows // spec.rows_per_program if spec.rows_per_program else n_rows
+    return NormLaunch((programs, tiles), num_warps, args)
 
 
 @torch.library.register_fake("irfuse::kernel_norm")

@@ -129,7 +129,7 @@ def _sample(spec: KernelSpec, inputs: tuple) -> _Sample:
     x, residual, weight, x_weight, scale = inputs
     outputs = allocate_outputs(spec, x, residual is not None)
     launched, launch = single_launch(spec, x, residual, weight, scale, outputs, 0.0, x_weight)
-    return _Sample(launch.grid[0], launched, launch, inputs, outputs)
+    return _Sample(math.prod(x.shape[:-1]), launched, launch, inputs, outputs)
 
 
 def _samples(spec: KernelSpec, fakes: tuple) -> list[_Sample] | str:
@@ -313,6 +313,8 @@ def _lower_launches(
         return "its launch depends on the token count"
     samples, bounds = in_range
     sample = samples[0]
+    if sample.spec.rows_per_program and not isinstance(rows_val, int):
+        return "its programs run several rows each, as many as a symbolic token count divides"
     if _reads_a_copy(sample.arg, sample.inputs):
         return COPIED
     # an absent input is passed as x, never read (the kernel has no use for it)
@@ -348,7 +350,9 @@ def _lower_launches(
             tensor_args[name] = insert(make, (sizes, strides), kwargs, fake)
     args = dict(zip(KERNEL_PARAMS, sample.launch.args, strict=True))
     args |= {**tensor_args, **scalars}
-    call = insert_kernel_call(insert, compiled_kernel(sample.spec), (rows, sample.launch.grid[1]),
+    # the grid: a program a row (several at a static count: sample.spec.rows_per_program)
+    grid = (sample.launch.grid[0] if isinstance(rows, int) else rows, sample.launch.grid[1])
+    call = insert_kernel_call(insert, compiled_kernel(sample.spec), grid,
                               sample.launch.num_warps, NUM_STAGES, args, written)  # fmt: skip
     results = call.meta["val"]
     ends = []
