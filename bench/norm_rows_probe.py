@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare, sizes_parser  # noqa: E402
-from quant_schemes import fused_torch  # noqa: E402
+from quant_schemes import norm_quant_case  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.lowering.kernel_spec import KernelSpec  # noqa: E402
@@ -47,11 +47,7 @@ def launcher(spec: KernelSpec, rows: int):
 
 def probe_one(scheme: str, hidden: int, tokens: int, rows: list[int], rounds: int) -> list[str]:
     spec = KernelSpec.decode(f"rms_norm/plain/model/{scheme}")
-    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
-    s = torch.tensor([100.0 if scheme == "nvfp4" else 0.05], device="cuda")
-    torch._dynamo.reset()
-    inductor = torch.compile(lambda x, w, s: fused_torch(scheme, x, None, w, s), dynamic=False)
+    (x, w, s), inductor = norm_quant_case(scheme, hidden, tokens)
     candidates = {"inductor": inductor, "a row": launcher(spec, 0)}
     candidates |= {f"{r} rows": launcher(spec, r) for r in rows}
     expected = candidates["a row"](x, w, s)

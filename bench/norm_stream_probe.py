@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare, sizes_parser  # noqa: E402
-from quant_schemes import assert_bytes_agree, fused_torch  # noqa: E402
+from quant_schemes import assert_bytes_agree, norm_quant_case  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.lowering.kernel_cache import load_kernel  # noqa: E402
@@ -100,11 +100,7 @@ def launcher(spec: KernelSpec, stages: int = 0, warps: int = 0):
 
 def probe_one(scheme, hidden, tokens, stages, warps, rounds) -> list[str]:
     spec = KernelSpec.decode(f"rms_norm/plain/model/{scheme}")
-    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
-    s = torch.tensor([100.0 if scheme == "nvfp4" else 0.05], device="cuda")
-    torch._dynamo.reset()
-    inductor = torch.compile(lambda x, w, s: fused_torch(scheme, x, None, w, s), dynamic=False)
+    (x, w, s), inductor = norm_quant_case(scheme, hidden, tokens)
     streamed = [(st, wp) for st in stages for wp in warps]
     names = [f"S{st} {wp}w" for st, wp in streamed]
     candidates = {"copy": lambda x, w, s: x.clone(), "inductor": inductor,

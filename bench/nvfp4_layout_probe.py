@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare, sizes_parser  # noqa: E402
 from quant_schemes import (  # noqa: E402
     assert_bytes_agree,
-    nvfp4_norm_case,
+    norm_quant_case,
     nvfp4_norm_launcher,
     quant_torch,
 )
@@ -53,7 +53,7 @@ def forced_kernel(spec: KernelSpec, layout: str):
 
 def probe_one(hidden: int, tokens: int, rounds: int, standalone: bool) -> list[str]:
     spec = SPECS[standalone]
-    (x, w, s), compiled = nvfp4_norm_case(hidden, tokens)
+    (x, w, s), compiled = norm_quant_case("nvfp4", hidden, tokens)
     inputs = (x, None if standalone else w, s)
     if standalone:
         compiled = torch.compile(lambda x, _, s: quant_torch("nvfp4", x, s), dynamic=False)

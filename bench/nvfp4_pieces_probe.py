@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare, sizes_parser  # noqa: E402
-from quant_schemes import assert_bytes_agree, nvfp4_norm_case, nvfp4_norm_launcher  # noqa: E402
+from quant_schemes import assert_bytes_agree, norm_quant_case, nvfp4_norm_launcher  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.kernels import quant as quant_pieces  # noqa: E402
@@ -44,7 +44,7 @@ def scales_in_place_kernel():
 
 
 def probe_one(hidden: int, tokens: int, rounds: int) -> list[str]:
-    inputs, compiled = nvfp4_norm_case(hidden, tokens)
+    inputs, compiled = norm_quant_case("nvfp4", hidden, tokens)
     candidates = {
         "inductor": compiled,
         "one block": nvfp4_norm_launcher(SPEC),

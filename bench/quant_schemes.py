@@ -161,14 +161,15 @@ def fused_irfuse(scheme, x, residual, weight, scale, keep_value=False):
     return (*quant_irfuse(scheme, y, scale), *residual_out, *((y,) if keep_value else ()))
 
 
-def nvfp4_norm_case(hidden: int, tokens: int) -> tuple[tuple, Callable]:
-    """The nvfp4 probes' inputs, bf16 x [tokens, hidden], its weight and a global scale,
-    and their anchor: Inductor's rms_norm + nvfp4 of them."""
+def norm_quant_case(scheme: str, hidden: int, tokens: int) -> tuple[tuple, Callable]:
+    """The norm probes' inputs, bf16 x [tokens, hidden], its weight and a scale (nvfp4's
+    global scale, or a per-token upper bound), and their anchor: Inductor's rms_norm +
+    the quant of them."""
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
-    s = torch.tensor([100.0], device="cuda")
+    s = torch.tensor([100.0 if scheme == "nvfp4" else 0.05], device="cuda")
     torch._dynamo.reset()
-    compiled = torch.compile(lambda x, w, s: fused_torch("nvfp4", x, None, w, s), dynamic=False)
+    compiled = torch.compile(lambda x, w, s: fused_torch(scheme, x, None, w, s), dynamic=False)
     return (x, w, s), compiled
 
 
