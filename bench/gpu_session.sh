@@ -298,11 +298,11 @@ standalone-halves)
 rows)
     # rms_norm + nvfp4 / per-token at several rows a program (runtime.rows_per_program_of):
     # the probe by rows a program, issue 3's rows end to end (through the graph launch)
-    step rows-probe 120 python3 bench/norm_rows_probe.py --hidden 4096 \
-        --tokens 4096 8192 --rows 8
+    step rows-probe 80 python3 bench/norm_rows_probe.py --hidden 4096 \
+        --tokens 4096 8192 --rows 8 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step no-residual 130 python3 bench/quant_schemes.py --no-residual \
-        --schemes per_token nvfp4 --hidden 4096 --tokens 4096 8192 16384 --rounds 3
+    step no-residual 90 python3 bench/quant_schemes.py --no-residual \
+        --schemes per_token nvfp4 --hidden 4096 --tokens 4096 8192 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 nvfp4-more)

@@ -18,7 +18,9 @@ graph serves every count. Otherwise (a per-token quant's warps drop from 1024 ro
 a norm + static fp8's without a residual) the graph takes the launch of the count it was
 compiled at, and guards on the range of counts that launch alike: dynamo recompiles
 beyond it. A dynamic per-tensor quant's two launches go
-through graph_launch.insert_launches, at static shapes.
+through graph_launch.insert_launches, at static shapes. A kernel of several rows a
+program (runtime.rows_per_program_of, which needs a count they divide) launches from the
+graph only at a static count.
 """
 
 from __future__ import annotations
