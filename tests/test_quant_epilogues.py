@@ -454,15 +454,20 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
 
 
 def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_program():
-    """rms_norm (no residual) + nvfp4 or per-token, 4096 columns, from ROWS_MIN_ROWS to
-    ROWS_MAX_ROWS rows that ROWS_PER_PROGRAM divides; a sweep's explicit config keeps a
-    row a program."""
-    rows_of = runtime.rows_per_program_of
+    """rms_norm (no residual) + nvfp4 or per-token, 16-bit rows of 4096 columns, from
+    ROWS_MIN_ROWS to ROWS_MAX_ROWS rows that ROWS_PER_PROGRAM divides; a sweep's explicit
+    config keeps a row a program."""
+    bf16 = torch.bfloat16
+
+    def rows_of(spec, n_rows, n_cols, dtype=bf16):
+        return runtime.rows_per_program_of(spec, n_rows, n_cols, dtype)
+
     norm = KernelSpec("rms_norm", "plain", "per_token")
     assert rows_of(norm, 4096, 4096) == runtime.ROWS_PER_PROGRAM == 8
-    assert rows_of(KernelSpec("rms_norm", "gemma", "nvfp4"), 8184, 4096) == 8
+    assert rows_of(KernelSpec("rms_norm", "gemma", "nvfp4"), 8184, 4096, torch.float16) == 8
     assert [rows_of(norm, t, 4096) for t in (2048, 4100, 8192, 16384)] == [0, 0, 0, 0]
     assert rows_of(norm, 4096, 7168) == 0
+    assert rows_of(norm, 4096, 4096, torch.float32) == 0
     for other in (
         KernelSpec("rms_norm", "plain", "static"),
         KernelSpec("fused_add_rms_norm", "plain", "per_token"),

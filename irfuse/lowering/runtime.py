@@ -194,7 +194,7 @@ def _in_pieces(spec: KernelSpec, pieces: int) -> KernelSpec:
 
 
 # rms_norm + nvfp4 or per-token fp8 without a residual over ROWS_MIN_ROWS to ROWS_MAX_ROWS
-# rows of ROWS_COLS columns (a multiple of ROWS_PER_PROGRAM rows; from a count of its
+# 16-bit rows of ROWS_COLS columns (a multiple of ROWS_PER_PROGRAM rows; from a count of its
 # own, or at static shapes, when Inductor's wrapper launches it): a program runs
 # ROWS_PER_PROGRAM rows, loading row i + 1 before it computes row i (kernel_spec.
 # _rows_body), the weight once. At 4096 x 4096 a program a row launches about 4 waves of
@@ -210,11 +210,12 @@ ROWS_MAX_ROWS = 8192  # from here, a program a row again
 ROWS_SCHEMES = ("nvfp4", "per_token")
 
 
-def rows_per_program_of(spec: KernelSpec, n_rows: int, n_cols: int) -> int:
-    """How many rows a program of `spec`'s kernel runs over [n_rows, n_cols] (0: one,
-    the generated kernel's own form)."""
+def rows_per_program_of(spec: KernelSpec, n_rows: int, n_cols: int, dtype: torch.dtype) -> int:
+    """How many rows a program of `spec`'s kernel runs over [n_rows, n_cols] of `dtype`
+    values (0: one, the generated kernel's own form). Only 16-bit rows, as timed."""
     if (
-        spec.producer != "rms_norm"
+        dtype not in (torch.bfloat16, torch.float16)
+        or spec.producer != "rms_norm"
         or spec.keep_value
         or parse_scheme(spec.quant)[0] not in ROWS_SCHEMES
         or not isinstance(n_rows, int)
@@ -525,7 +526,7 @@ def single_launch(
         spec = _two_pass(spec)
     if config is None and (pieces := pieces_of(spec, x2.shape[1], x2.dtype)):
         spec = _in_pieces(spec, pieces)
-    if config is None and (rows := rows_per_program_of(spec, *x2.shape)):
+    if config is None and (rows := rows_per_program_of(spec, *x2.shape, x2.dtype)):
         spec = _in_rows(spec, rows)
     launch = norm_launch(
         spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps,
