@@ -36,9 +36,8 @@ def launcher(spec: KernelSpec, rows: int):
 
     def run(x, w, s):
         outputs = runtime.allocate_outputs(spec, x, False)
-        out, _, scales, _ = outputs
-        scales = scales.view(torch.uint8) if spec.quant == "nvfp4" else scales.view(-1, 1)
-        launch = runtime.norm_launch(spec, x, None, w, s, out, None, scales, None, 1e-6)
+        config = runtime.spec_launch_config(spec, *x.shape)  # keeps `rows`, as a sweep does
+        _, launch = runtime.single_launch(spec, x, None, w, s, outputs, 1e-6, config=config)
         runtime.run_launch(spec, launch)
         return outputs[0], outputs[2]
 

@@ -21,12 +21,16 @@ def {name}(
 ):
 """
 
-# The body's start, after `row` and `col_start` are set.
-LOAD_ROW = """    cols = col_start + {cols}
+# The body's start, after `col_start` is set: the row's columns, then (once `row` is set)
+# its load.
+ROW_COLUMNS = """    cols = col_start + {cols}
     mask = cols < n_cols
     model_dtype = x_ptr.dtype.element_ty
-    v = widened(tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0), INTERPRET)
 """
+LOAD_ROW = (
+    "    v = widened(tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0), "
+    "INTERPRET)\n"
+)  # fmt: skip
 
 ROWS_IN_ORDER = "    row = tl.program_id(0).to(tl.int64)\n"
 # Several rows a program (kernel_spec._rows_body): the first row's load, then a loop over

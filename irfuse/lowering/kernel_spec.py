@@ -282,7 +282,7 @@ def _row_body(spec: KernelSpec) -> str:
     else:
         rows = norm.ROWS_LAST_FIRST if spec.per_tensor else norm.ROWS_IN_ORDER
         body = rows + norm.WHOLE_ROW
-    body += norm.LOAD_ROW.format(cols=quant_pieces.row_columns(whole_blocks))
+    body += norm.ROW_COLUMNS.format(cols=quant_pieces.row_columns(whole_blocks)) + norm.LOAD_ROW
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
     body += preload
@@ -318,8 +318,7 @@ def _rows_body(spec: KernelSpec) -> str:
     value_dtype = _value_dtype(spec)
     whole_blocks = whole_blocks_of(spec)
     _, preload, store = quant_pieces.epilogue(spec.quant, False, value_dtype, whole_blocks)
-    load_row = norm.LOAD_ROW.format(cols=quant_pieces.row_columns(whole_blocks))
-    head = norm.WHOLE_ROW + load_row[: load_row.index("    v = widened(")]
+    head = norm.WHOLE_ROW + norm.ROW_COLUMNS.format(cols=quant_pieces.row_columns(whole_blocks))
     head += norm.ROWS_OF_A_PROGRAM.format(rows=spec.rows_per_program)
     row = norm.RMS_NORM.format(norm_dtype=value_dtype) + norm.weighted(spec.weight_mode) + store
     loop = norm.NEXT_ROW.format(rows=spec.rows_per_program) + textwrap.indent(row, "    ")
