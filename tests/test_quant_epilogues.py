@@ -453,6 +453,37 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "scheme,mode,dtype,rows",
+    [
+        ("nvfp4", "plain", torch.bfloat16, 4096),
+        ("nvfp4", "gemma", torch.float16, 8184),
+        ("per_token", "plain", torch.bfloat16, 4096),
+        ("per_token ub", "fp32", torch.float16, 6000),
+    ],
+)
+def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
+    monkeypatch, scheme, mode, dtype, rows
+):
+    """The several-rows-a-program kernels at the sizes they run (4096 columns): the
+    reference's results, and the bytes of a program a row."""
+    launched = []
+    real = runtime.run_launch
+    monkeypatch.setattr(
+        runtime,
+        "run_launch",
+        lambda spec, launch: (launched.append(spec.rows_per_program), real(spec, launch)),
+    )
+    got = _run("rms_norm", mode, scheme, rows, 4096, dtype)[:2]
+    assert launched == [runtime.ROWS_PER_PROGRAM]
+    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
+    one_a_program = _run("rms_norm", mode, scheme, rows, 4096, dtype)[:2]
+    assert launched[1:] == [0]
+    for a, b in zip(got, one_a_program, strict=True):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
 def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_program():
     """rms_norm (no residual) + nvfp4 or per-token, 16-bit rows of 4096 columns, from
     ROWS_MIN_ROWS to ROWS_MAX_ROWS rows that ROWS_PER_PROGRAM divides; a sweep's explicit
