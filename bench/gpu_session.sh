@@ -32,7 +32,10 @@
 #                                       # tests, the layout probe, rms_norm + nvfp4 rows
 #     bash bench/gpu_session.sh nvfp4-more  # and its add + rms_norm and standalone rows
 #     bash bench/gpu_session.sh rows    # rms_norm + nvfp4 / per-token, several rows a
-#                                       # program: the probe, its rows end to end
+#                                       # program: its GPU tests, the probe, its rows end
+#                                       # to end
+#     bash bench/gpu_session.sh static-flat  # the standalone static quant in Inductor's
+#                                       # flat form, beside the generated kernel
 #     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
 #                                       # column tiles as halves: tests, probe, its rows
 #     bash bench/gpu_session.sh pieces  # rms_norm + nvfp4 rows held in pieces (7168): the
@@ -309,6 +312,11 @@ rows)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step no-residual 90 python3 bench/quant_schemes.py --no-residual \
         --schemes per_token nvfp4 --hidden 4096 --tokens 4096 8192 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+static-flat)
+    # standalone static at 0.989x-0.998x Inductor: whether Inductor's flat form closes it
+    step static-flat 90 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 nvfp4-more)
