@@ -300,8 +300,9 @@ standalone-halves)
     ;;
 rows)
     # rms_norm + nvfp4 / per-token at several rows a program (runtime.rows_per_program_of):
-    # its GPU tests, the probe by rows a program (at 4096 columns, then per-token at 8192
-    # (nvfp4 runs in pieces there): does it carry over?), issue 3's rows end to end (through the graph launch)
+    # its GPU tests, the probe by rows a program (at 4096 columns, then per-token at 8192,
+    # where nvfp4 runs in pieces: does it carry over?), issue 3's rows end to end (through
+    # the graph launch)
     step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
         tests/test_user_kernels.py -k "several_rows or rows_a_program"
     step rows-probe 150 python3 bench/norm_rows_probe.py --hidden 4096 \
