@@ -301,8 +301,8 @@ standalone-halves)
 rows)
     # rms_norm + nvfp4 / per-token at several rows a program (runtime.rows_per_program_of):
     # its GPU tests, the probe by rows a program (at 4096 columns, then per-token at 8192,
-    # where nvfp4 runs in pieces: does it carry over?), issue 3's rows end to end (through
-    # the graph launch)
+    # nvfp4 in pieces at 7168 and 8192: does it carry over?), issue 3's rows end to end
+    # (through the graph launch)
     step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
         tests/test_user_kernels.py -k "several_rows or rows_a_program"
     step rows-probe 150 python3 bench/norm_rows_probe.py --hidden 4096 \
@@ -310,6 +310,9 @@ rows)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step rows-probe-8192 80 python3 bench/norm_rows_probe.py --hidden 8192 \
         --schemes per_token --tokens 4096 8192 --rows 4 8 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step rows-probe-pieces 100 python3 bench/norm_rows_probe.py --hidden 7168 8192 \
+        --schemes nvfp4 --tokens 4096 8192 --rows 4 8 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step no-residual 90 python3 bench/quant_schemes.py --no-residual \
         --schemes per_token nvfp4 --hidden 4096 --tokens 4096 8192 --rounds 3

@@ -10,6 +10,8 @@ A program a row loads its row, then computes it: programs that start together lo
 together, then compute together. R rows a program hold the next row's load in flight
 while one computes (about 120 registers against 64-72, so half the programs an SM).
 Token counts must divide by R. Every candidate must write the bytes of a program a row.
+Rows that irfuse holds in pieces (rms_norm + nvfp4 at 7168 or 8192 columns:
+runtime.pieces_of) are held in pieces at every R.
 (The forty-first session's version of this probe built the loop by editing the
 generated source, and also timed the kernel at maxnreg=56: no change.) Appends a table.
 """
@@ -31,14 +33,18 @@ from irfuse.lowering.kernel_spec import KernelSpec  # noqa: E402
 
 
 def launcher(spec: KernelSpec, rows: int):
-    """`spec`'s kernel at `rows` rows a program (0: a row a program)."""
-    spec = dataclasses.replace(spec, rows_per_program=rows)
+    """`spec`'s kernel at `rows` rows a program (0: a row a program), in pieces where
+    irfuse holds such rows in pieces (runtime.pieces_of)."""
 
     def run(x, w, s):
-        outputs = runtime.allocate_outputs(spec, x, False)
-        config = runtime.spec_launch_config(spec, *x.shape)  # keeps `rows`, as a sweep does
-        _, launch = runtime.single_launch(spec, x, None, w, s, outputs, 1e-6, config=config)
-        runtime.run_launch(spec, launch)
+        pieces = runtime.pieces_of(spec, x.shape[1], x.dtype)
+        spec_of_x = dataclasses.replace(spec, pieces=pieces, rows_per_program=rows)
+        outputs = runtime.allocate_outputs(spec_of_x, x, False)
+        config = runtime.spec_launch_config(spec_of_x, *x.shape)  # keeps `rows`, as a sweep does
+        launched, launch = runtime.single_launch(
+            spec_of_x, x, None, w, s, outputs, 1e-6, config=config
+        )
+        runtime.run_launch(launched, launch)
         return outputs[0], outputs[2]
 
     return run

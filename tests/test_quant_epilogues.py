@@ -455,19 +455,23 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
 
 @pytest.mark.cuda
 @pytest.mark.parametrize(
-    "scheme,mode,dtype,rows",
+    "scheme,mode,dtype,rows,hidden",
     [
-        ("nvfp4", "plain", torch.bfloat16, 4096),
-        ("nvfp4", "gemma", torch.float16, 8184),
-        ("per_token", "plain", torch.bfloat16, 4096),
-        ("per_token ub", "fp32", torch.float16, 6000),
+        ("nvfp4", "plain", torch.bfloat16, 4096, 4096),
+        ("nvfp4", "gemma", torch.float16, 8184, 4096),
+        ("per_token", "plain", torch.bfloat16, 4096, 4096),
+        ("per_token ub", "fp32", torch.float16, 6000, 4096),
+        ("nvfp4", "plain", torch.bfloat16, 4096, 7168),
+        ("nvfp4", "fp32", torch.float16, 4104, 8192),
     ],
 )
 def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
-    monkeypatch, scheme, mode, dtype, rows
+    monkeypatch, scheme, mode, dtype, rows, hidden
 ):
-    """The several-rows-a-program kernels at the sizes they run (4096 columns): the
-    reference's results, and the bytes of a program a row."""
+    """The several-rows-a-program kernels at the sizes they run (4096 columns; nvfp4 in
+    pieces at 7168 and 8192, where runtime.ROWS_COLS is set to take them): the reference's
+    results, and the bytes of a program a row."""
+    monkeypatch.setattr(runtime, "ROWS_COLS", hidden)
     launched = []
     real = runtime.run_launch
     monkeypatch.setattr(
@@ -475,10 +479,10 @@ def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
         "run_launch",
         lambda spec, launch: (launched.append(spec.rows_per_program), real(spec, launch)),
     )
-    got = _run("rms_norm", mode, scheme, rows, 4096, dtype)[:2]
+    got = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
     assert launched == [runtime.ROWS_PER_PROGRAM]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
-    one_a_program = _run("rms_norm", mode, scheme, rows, 4096, dtype)[:2]
+    one_a_program = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
     assert launched[1:] == [0]
     for a, b in zip(got, one_a_program, strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
@@ -537,6 +541,31 @@ def test_nvfp4_norm_in_pieces_matches_the_reference(monkeypatch, mode, pieces, d
     _, scales, _, scales_ref = _run("rms_norm", mode, "nvfp4", 5, 64 * pieces, dtype)
     assert [spec.pieces for spec in launched] == [pieces]
     assert torch.equal(scales, scales_ref)
+
+
+@pytest.mark.parametrize(
+    "mode,pieces,dtype", [("plain", 3, torch.bfloat16), ("gemma", 7, torch.float16)]
+)
+def test_nvfp4_norm_in_pieces_of_several_rows_a_program_matches_a_row_a_program(
+    monkeypatch, mode, pieces, dtype
+):
+    """rms_norm + nvfp4 in pieces, several rows a program (kernel_spec._pieces_body; its
+    rows' width taken by runtime.rows_per_program_of here, 64-column pieces, to keep the
+    interpreter quick): the reference's results, and the bytes of a program a row."""
+    monkeypatch.setattr(runtime, "PIECE_COLS", 64)
+    monkeypatch.setattr(runtime, "ROWS_COLS", 64 * pieces)
+    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
+    launched = []
+    real = runtime.run_launch
+    monkeypatch.setattr(
+        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
+    )
+    got = _run("rms_norm", mode, "nvfp4", 24, 64 * pieces, dtype)[:2]
+    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
+    one_a_program = _run("rms_norm", mode, "nvfp4", 24, 64 * pieces, dtype)[:2]
+    assert [(spec.pieces, spec.rows_per_program) for spec in launched] == [(pieces, 8), (pieces, 0)]
+    for a, b in zip(got, one_a_program, strict=True):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
 def test_only_rows_of_a_few_pieces_run_the_nvfp4_norm_in_pieces():

@@ -35,9 +35,10 @@ LOAD_ROW = (
 ROWS_IN_ORDER = "    row = tl.program_id(0).to(tl.int64)\n"
 # Several rows a program (kernel_spec._rows_body): the first row's load, then a loop over
 # the rows that loads row i + 1 before it computes row i (none after the last).
+FIRST_ROW = "    first_row = tl.program_id(0).to(tl.int64) * {rows}  # {rows} rows a program\n"
 ROWS_OF_A_PROGRAM = (
-    "    first_row = tl.program_id(0).to(tl.int64) * {rows}  # {rows} rows a program\n"
-    "    x_next = tl.load(x_ptr + first_row * x_row_stride + cols, mask=mask, other=0.0)\n"
+    FIRST_ROW
+    + "    x_next = tl.load(x_ptr + first_row * x_row_stride + cols, mask=mask, other=0.0)\n"
 )
 NEXT_ROW = """    for i in range({rows}):
         row = first_row + i
@@ -107,13 +108,25 @@ RMS_NORM = """
 # so that no lane pads the row (a BLOCK of 8192 lanes spends an eighth of its work on
 # columns 7168 to 8191, and this kernel is bound by its instructions). n_cols is exactly
 # the pieces (runtime.pieces_of), so nothing is masked.
-PIECES_ROW = """    row = tl.program_id(0).to(tl.int64)
-    model_dtype = x_ptr.dtype.element_ty
+PIECE_COLUMNS = """    model_dtype = x_ptr.dtype.element_ty
     piece = tl.arange(0, BLOCK)  # a piece's columns: the row is {pieces} pieces, none padded
 """
 PIECE_LOAD = (
     "    v{i} = widened(tl.load(x_ptr + row * x_row_stride + {i} * BLOCK + piece), INTERPRET)\n"
 )
+# Several rows a program in pieces (kernel_spec._pieces_body): the first row's pieces
+# loaded, then a loop over the rows that loads row i + 1's before it computes row i.
+PIECE_FIRST_LOAD = (
+    "    x{i}_next = tl.load(x_ptr + first_row * x_row_stride + {i} * BLOCK + piece)\n"
+)
+PIECES_NEXT_ROW = """    for i in range({rows}):
+        row = first_row + i
+        more = i + 1 < {rows}  # the next row's pieces in flight while this row computes
+"""
+PIECE_NEXT_LOAD = """        v{i} = widened(x{i}_next, INTERPRET)
+        x{i}_next = tl.load(x_ptr + (row + 1) * x_row_stride + {i} * BLOCK + piece, mask=more,
+                            other=0.0)
+"""
 PIECE_WEIGHT = "    w{i} = tl.load(weight_ptr + {i} * BLOCK + piece)  # loaded early\n"
 PIECES_NORM = """
     # rms_norm over the row (variance on the fp32 value, its squares summed piece by
