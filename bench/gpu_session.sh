@@ -300,22 +300,22 @@ standalone-halves)
     ;;
 rows)
     # rms_norm + nvfp4 / per-token at several rows a program (runtime.rows_per_program_of):
-    # its GPU tests, the probe by rows a program (at 4096 columns, then per-token at 8192,
-    # nvfp4 in pieces at 7168 and 8192: does it carry over?), issue 3's rows end to end
-    # (through the graph launch)
+    # its GPU tests, the probe by rows a program and warps at 4096 columns, issue 3's rows
+    # end to end (through the graph launch), then the probe of nvfp4 in pieces at 7168 and
+    # 8192 and of per-token at 8192 (does it carry over?)
     step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
         tests/test_user_kernels.py -k "several_rows or rows_a_program"
-    step rows-probe 150 python3 bench/norm_rows_probe.py --hidden 4096 \
-        --tokens 4096 8192 16384 --rows 4 8 --rounds 3
+    step rows-probe 200 python3 bench/norm_rows_probe.py --hidden 4096 \
+        --tokens 4096 8192 16384 --rows 4 8 --warps 8 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step rows-probe-8192 80 python3 bench/norm_rows_probe.py --hidden 8192 \
-        --schemes per_token --tokens 4096 8192 --rows 4 8 --rounds 3
+    step no-residual 90 python3 bench/quant_schemes.py --no-residual \
+        --schemes per_token nvfp4 --hidden 4096 --tokens 4096 8192 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step rows-probe-pieces 100 python3 bench/norm_rows_probe.py --hidden 7168 8192 \
         --schemes nvfp4 --tokens 4096 8192 --rows 4 8 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step no-residual 90 python3 bench/quant_schemes.py --no-residual \
-        --schemes per_token nvfp4 --hidden 4096 --tokens 4096 8192 --rounds 3
+    step rows-probe-8192 80 python3 bench/norm_rows_probe.py --hidden 8192 \
+        --schemes per_token --tokens 4096 8192 --rows 4 8 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 static-flat)

@@ -4,7 +4,7 @@ runtime.rows_per_program_of says), against a program a row, kernel alone over ro
 inputs, beside Inductor, in one process.
 
     python bench/norm_rows_probe.py [--schemes nvfp4 per_token] [--rows 4 8 16]
-        [--hidden 4096] [--tokens 4096 8192 16384]
+        [--warps 8] [--hidden 4096] [--tokens 4096 8192 16384]
 
 A program a row loads its row, then computes it: programs that start together load
 together, then compute together. R rows a program hold the next row's load in flight
@@ -32,15 +32,17 @@ import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.lowering.kernel_spec import KernelSpec  # noqa: E402
 
 
-def launcher(spec: KernelSpec, rows: int):
-    """`spec`'s kernel at `rows` rows a program (0: a row a program), in pieces where
-    irfuse holds such rows in pieces (runtime.pieces_of)."""
+def launcher(spec: KernelSpec, rows: int, warps: int | None):
+    """`spec`'s kernel at `rows` rows a program (0: a row a program) and `warps` warps
+    (None: irfuse's), in pieces where irfuse holds such rows in pieces
+    (runtime.pieces_of)."""
 
     def run(x, w, s):
         pieces = runtime.pieces_of(spec, x.shape[1], x.dtype)
         spec_of_x = dataclasses.replace(spec, pieces=pieces, rows_per_program=rows)
         outputs = runtime.allocate_outputs(spec_of_x, x, False)
-        config = runtime.spec_launch_config(spec_of_x, *x.shape)  # keeps `rows`, as a sweep does
+        block, irfuse_warps = runtime.spec_launch_config(spec_of_x, *x.shape)
+        config = (block, warps or irfuse_warps)  # a config keeps `rows`, as a sweep does
         launched, launch = runtime.single_launch(
             spec_of_x, x, None, w, s, outputs, 1e-6, config=config
         )
@@ -50,21 +52,32 @@ def launcher(spec: KernelSpec, rows: int):
     return run
 
 
-def probe_one(scheme: str, hidden: int, tokens: int, rows: list[int], rounds: int) -> list[str]:
+def candidate_names(rows: list[int], warps: list[int]) -> dict[str, tuple[int, int | None]]:
+    """Each candidate's column name and (rows a program, warps), but a row a program at
+    irfuse's warps (the baseline)."""
+    names = {}
+    for r in [0, *rows]:
+        for w in [None, *warps]:
+            if (r, w) != (0, None):
+                names[f"{f'{r} rows' if r else 'a row'}{f' {w}w' if w else ''}"] = (r, w)
+    return names
+
+
+def probe_one(
+    scheme: str, hidden: int, tokens: int, names: dict[str, tuple[int, int | None]], rounds: int
+) -> list[str]:
     spec = KernelSpec.decode(f"rms_norm/plain/model/{scheme}")
     (x, w, s), inductor = norm_quant_case(scheme, hidden, tokens)
-    candidates = {"inductor": inductor, "a row": launcher(spec, 0)}
-    candidates |= {f"{r} rows": launcher(spec, r) for r in rows}
+    candidates = {"inductor": inductor, "a row": launcher(spec, 0, None)}
+    candidates |= {name: launcher(spec, r, warps) for name, (r, warps) in names.items()}
     expected = candidates["a row"](x, w, s)
-    for name in [f"{r} rows" for r in rows]:
+    for name in names:
         got = candidates[name](x, w, s)
         for a, b in zip(got, expected, strict=True):
             assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (scheme, name)
     times = compare(candidates, rounds, (x, w, s))
     row = [scheme, str(hidden), str(tokens), f"{times['inductor']:.2f}", f"{times['a row']:.2f}"]
-    row += [
-        f"{times[n]:.2f} ({times['a row'] / times[n]:.3f}x)" for n in [f"{r} rows" for r in rows]
-    ]
+    row += [f"{times[n]:.2f} ({times['a row'] / times[n]:.3f}x)" for n in names]
     print(row, flush=True)
     return row
 
@@ -73,17 +86,19 @@ def main() -> None:
     parser = sizes_parser([4096], rounds=5)
     parser.add_argument("--schemes", nargs="+", default=["nvfp4", "per_token"])
     parser.add_argument("--rows", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--warps", type=int, nargs="*", default=[])
     args = parser.parse_args()
-    rows = [probe_one(sc, h, t, args.rows, args.rounds) for sc in args.schemes
+    names = candidate_names(args.rows, args.warps)
+    rows = [probe_one(sc, h, t, names, args.rounds) for sc in args.schemes
             for h in args.hidden for t in args.tokens]  # fmt: skip
     print(append_results(
         "rms_norm + quant, rows a program with the next row's load in flight (probe), "
         "kernel alone, bf16, us (x a row a program)",
-        ["scheme", "hidden", "T", "Inductor", "a row a program",
-         *(f"{r} rows" for r in args.rows)],
+        ["scheme", "hidden", "T", "Inductor", "a row a program", *names],
         rows,
         notes="bench/norm_rows_probe.py: `R rows`: the generated kernel at R rows a program "
-        "(kernel_spec._rows_body), loading row i + 1 before computing row i.",
+        "(kernel_spec._rows_body), loading row i + 1 before computing row i; `W w`: at W "
+        "warps (else irfuse's).",
     ))  # fmt: skip
 
 
