@@ -517,6 +517,11 @@ def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_prog
     config = runtime.spec_launch_config(norm, 4096, 4096)
     spec, launch = runtime.single_launch(norm, x, None, x[0], None, outputs, 1e-6, config=config)
     assert (spec.rows_per_program, launch.grid) == (0, (4096, 1))
+    in_rows = dataclasses.replace(norm, rows_per_program=8)  # as a probe passes it
+    x = torch.zeros(4100, 4096, dtype=torch.bfloat16)
+    outputs = runtime.allocate_outputs(norm, x, False)
+    with pytest.raises(ValueError, match="4100 rows for programs of 8 rows each"):
+        runtime.single_launch(in_rows, x, None, x[0], None, outputs, 1e-6, config=config)
 
 
 @pytest.mark.parametrize(

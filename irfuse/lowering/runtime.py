@@ -627,6 +627,8 @@ def norm_launch(
         INTERPRET,
     )  # fmt: skip
     tiles = 1 if spec.pieces else cdiv(n_cols, block)  # a kernel in pieces: the whole row
+    if spec.rows_per_program and n_rows % spec.rows_per_program:  # its last rows unwritten
+        raise ValueError(f"{n_rows} rows for programs of {spec.rows_per_program} rows each")
     programs = n_rows // spec.rows_per_program if spec.rows_per_program else n_rows
     return NormLaunch((programs, tiles), num_warps, args)
 
