@@ -42,12 +42,22 @@ IN_PIECES = (
     "rms_norm/plain/model/none:bf16:1024:4:aligned",
 )
 
+# rms_norm + nvfp4 / per-token at 8 rows a program (runtime.rows_per_program_of) beside
+# the same kernel at a row a program: 4096 columns at 4 warps (4 loads of 16 bytes a
+# thread a row), and nvfp4 in 7 pieces (one load a piece)
+SEVERAL_ROWS = {
+    "rms_norm/plain/model/nvfp4:bf16:4096:4:aligned:0:8": 4,
+    "rms_norm/plain/model/per_token:fp16:4096:4:aligned:0:8": 4,
+    "rms_norm/plain/model/nvfp4:bf16:1024:4:aligned:7:8": 7,
+}
+
 
 @pytest.fixture(scope="module")
 def ptx_of() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     args = [f"{spec}:{dtype}" for spec in SPECS for dtype in DTYPES] + COMPILED
     args += [arg + ALIGNED for pair in NVFP4.items() for arg in pair] + list(IN_PIECES)
+    args += [*SEVERAL_ROWS, *(a_row_a_program(arg) for arg in SEVERAL_ROWS)]
     run = subprocess.run([sys.executable, "-m", "tests.sm90_ptx", *args], env=env,
                          cwd=Path(__file__).parent.parent, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
@@ -145,3 +155,21 @@ def test_nvfp4_pieces_store_their_scales_without_a_barrier(ptx_of):
     in_pieces, norm_alone = (ptx_of[arg] for arg in IN_PIECES)
     assert barriers(in_pieces) == barriers(norm_alone) > 0
     assert len(re.findall(r"st\.global\.b8", in_pieces)) == 7  # a piece's scales, once each
+
+
+def a_row_a_program(arg: str) -> str:
+    """The sm90_ptx argument of `arg`'s kernel at a row a program."""
+    return arg.removesuffix(":8").removesuffix(":0")
+
+
+@pytest.mark.parametrize("arg", SEVERAL_ROWS)
+def test_several_rows_load_the_next_row_before_the_reduction(arg, ptx_of):
+    """A program of several rows issues the next row's loads (vectorised, 16 bytes each)
+    before the first row's reduction (its first barrier), on top of the loads a program
+    of one row issues there: its row and the weight (and nothing is loaded twice)."""
+
+    def loads_before_the_reduction(ptx: str) -> int:
+        return len(re.findall(r"ld\.global\.v4", ptx.split("bar.sync", 1)[0]))
+
+    one_row = loads_before_the_reduction(ptx_of[a_row_a_program(arg)])
+    assert loads_before_the_reduction(ptx_of[arg]) == one_row + SEVERAL_ROWS[arg]
