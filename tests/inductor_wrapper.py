@@ -87,6 +87,10 @@ def _norm_flattened_per_token(x, w):
     return (yf / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), scale
 
 
+def _norm_per_token(x, w):
+    return torch.ops.irfuse.per_token_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6))
+
+
 def _norm_per_tensor(x, w):
     return torch.ops.irfuse.per_tensor_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6))
 
@@ -180,6 +184,17 @@ def _expected_per_tensor(x, w) -> list[dict]:
     return expected
 
 
+def _several_rows_a_program(x, w) -> str:
+    """The wrapper of a norm + per-token quant over a token count marked dynamic that
+    runs several rows a program (over 256 columns from 64 to 255 rows here, thresholds
+    SAMPLE_ROWS holds)."""
+    x = x.clone()
+    torch._dynamo.mark_dynamic(x, 0)
+    limits = {"ROWS_COLS": x.shape[1], "ROWS_MIN_ROWS": 64, "ROWS_MAX_ROWS": 256}
+    with mock.patch.multiple(runtime, **limits):
+        return _wrapper(_norm_per_token, x, w)
+
+
 def main() -> None:
     _lift_gpu_checks()
     torch._inductor.config.fx_graph_cache = False
@@ -198,6 +213,7 @@ def main() -> None:
         ),
         "per-tensor": (_wrapper(_norm_per_tensor, x, w), _expected_per_tensor(x, w)),
         "symbolic rows": (_wrapper(_norm_static_fp8, marked, w, s), []),
+        "symbolic rows, several a program": (_several_rows_a_program(x[:100], w), []),
         "dynamic=True": (_wrapper(_NormTwice().to(bf16), x, x, s, dynamic=True), []),
         "flattened per-token": (_wrapper(_norm_flattened_per_token, x.view(6, 100, 256), w), []),
         "sandwich": (_wrapper(models.gemma_sandwich_quant, x, x.flip(0), w, w.flip(0), s), []),

@@ -6,8 +6,9 @@ attention + static fp8 (split-KV slices, then the combine), the same beside a pa
 (the mask summary's two kernels first), rms_norm + dynamic per-tensor
 fp8 over 600 rows (the amax into zero-filled atomic slots, then the quant) and rms_norm +
 static fp8 over a token count marked dynamic, HF's RMSNorm module under `dynamic=True`
-(its eps an input), a [B, S, K] norm whose per-token quant reads it flattened, and a
-Gemma sandwich (norm, add, norm + static fp8).
+(its eps an input), a [B, S, K] norm whose per-token quant reads it flattened, a
+Gemma sandwich (norm, add, norm + static fp8), and rms_norm + per-token fp8 of several
+rows a program over a token count marked dynamic.
 Each kernel call of the wrapper is checked against the launches the runtime op computes
 for the same inputs: the kernels in order, their arguments other than tensors, grids,
 and the buffers passed from one to the next.
@@ -140,7 +141,16 @@ def test_a_symbolic_token_count_sizes_the_grid_and_the_output(wrappers):
     assert re.search(output, code), code
 
 
-def test_a_quant_of_flattened_hidden_states_launches_into_the_flattened_buffers(wrappers):
+def test_a_symbolic_token_count_sizes_a_grid_of_several_rows_a_program(wrappers):
+    """A kernel of several rows a program (runtime.rows_per_program_of) over a symbolic
+    token count: its grid is the count over 8 rounded up, and the count is its n_rows."""
+    code = wrappers["symbolic rows, several a program"]["code"]
+    ((name, args),) = _calls(code)
+    assert name == "irfuse_rms_norm_per_token_fp8_8_rows"
+    rows = args[-4]  # n_rows, the kernel's last parameter: the token count's symbol
+    assert re.fullmatch(r"s\d+", rows), args
+    assert args[-3] == f"(7 + {rows}) // 8", args  # the grid's x
+
     """A [6, 100, 256] norm whose per-token quant reads it as [600, 256]: one kernel call,
     its outputs allocated as the graph's [600, ...] (the view back is a reinterpretation,
     no call in the wrapper)."""

@@ -418,20 +418,21 @@ def test_standalone_nvfp4_holds_whole_blocks_in_1024_column_tiles(rows):
 
 
 @pytest.mark.parametrize(
-    "scheme,mode,dtype",
+    "scheme,mode,dtype,rows",
     [
-        ("nvfp4", "plain", torch.bfloat16),
-        ("nvfp4", "gemma", torch.float16),
-        ("per_token ub", "plain", torch.bfloat16),
-        ("per_token", "fp32", torch.float16),
+        ("nvfp4", "plain", torch.bfloat16, 21),
+        ("nvfp4", "gemma", torch.float16, 17),
+        ("per_token ub", "plain", torch.bfloat16, 24),
+        ("per_token", "fp32", torch.float16, 23),
     ],
 )
 def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
-    monkeypatch, scheme, mode, dtype
+    monkeypatch, scheme, mode, dtype, rows
 ):
     """rms_norm + nvfp4 or per-token over many rows runs several rows a program
     (runtime.rows_per_program_of; 64-column rows from 16 here, to keep the interpreter
-    quick): the reference's results, and the bytes of a program a row."""
+    quick), the last program what is left (5, 1, 8 or 7 rows): the reference's results,
+    and the bytes of a program a row."""
     monkeypatch.setattr(runtime, "ROWS_COLS", 64)
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
     launched = []
@@ -444,11 +445,11 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
             real(spec, launch),
         ),
     )
-    got = _run("rms_norm", mode, scheme, 24, 64, dtype)[:2]
+    got = _run("rms_norm", mode, scheme, rows, 64, dtype)[:2]
     assert launched == [(8, (3, 1))]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
-    one_a_program = _run("rms_norm", mode, scheme, 24, 64, dtype)[:2]
-    assert launched[1:] == [(0, (24, 1))]
+    one_a_program = _run("rms_norm", mode, scheme, rows, 64, dtype)[:2]
+    assert launched[1:] == [(0, (rows, 1))]
     for a, b in zip(got, one_a_program, strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
@@ -460,9 +461,9 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
         ("nvfp4", "plain", torch.bfloat16, 4096, 4096),
         ("nvfp4", "gemma", torch.float16, 8184, 4096),
         ("per_token", "plain", torch.bfloat16, 4096, 4096),
-        ("per_token ub", "fp32", torch.float16, 6000, 4096),
-        ("nvfp4", "plain", torch.bfloat16, 4096, 7168),
-        ("nvfp4", "fp32", torch.float16, 4104, 8192),
+        ("per_token ub", "fp32", torch.float16, 6001, 4096),
+        ("nvfp4", "plain", torch.bfloat16, 4097, 7168),
+        ("nvfp4", "fp32", torch.float16, 4103, 8192),
     ],
 )
 def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
@@ -490,8 +491,8 @@ def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
 
 def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_program():
     """rms_norm (no residual) + nvfp4 or per-token, 16-bit rows of 4096 columns, from
-    ROWS_MIN_ROWS to ROWS_MAX_ROWS rows that ROWS_PER_PROGRAM divides; a sweep's explicit
-    config keeps a row a program."""
+    ROWS_MIN_ROWS to ROWS_MAX_ROWS rows (the last program runs what is left, told n_rows);
+    a sweep's explicit config keeps a row a program."""
     bf16 = torch.bfloat16
 
     def rows_of(spec, n_rows, n_cols, dtype=bf16):
@@ -500,7 +501,7 @@ def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_prog
     norm = KernelSpec("rms_norm", "plain", "per_token")
     assert rows_of(norm, 4096, 4096) == runtime.ROWS_PER_PROGRAM == 8
     assert rows_of(KernelSpec("rms_norm", "gemma", "nvfp4"), 8184, 4096, torch.float16) == 8
-    assert [rows_of(norm, t, 4096) for t in (2048, 4100, 8192, 16384)] == [0, 0, 0, 0]
+    assert [rows_of(norm, t, 4096) for t in (2048, 4095, 4100, 8191, 8192)] == [0, 0, 8, 8, 0]
     assert rows_of(norm, 4096, 7168) == 0
     assert rows_of(norm, 4096, 4096, torch.float32) == 0
     for other in (
@@ -517,11 +518,10 @@ def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_prog
     config = runtime.spec_launch_config(norm, 4096, 4096)
     spec, launch = runtime.single_launch(norm, x, None, x[0], None, outputs, 1e-6, config=config)
     assert (spec.rows_per_program, launch.grid) == (0, (4096, 1))
-    in_rows = dataclasses.replace(norm, rows_per_program=8)  # as a probe passes it
-    x = torch.zeros(4100, 4096, dtype=torch.bfloat16)
+    x = torch.zeros(4100, 4096, dtype=torch.bfloat16)  # the last program: 4 rows
     outputs = runtime.allocate_outputs(norm, x, False)
-    with pytest.raises(ValueError, match="4100 rows for programs of 8 rows each"):
-        runtime.single_launch(in_rows, x, None, x[0], None, outputs, 1e-6, config=config)
+    spec, launch = runtime.single_launch(norm, x, None, x[0], None, outputs, 1e-6)
+    assert (spec.rows_per_program, launch.grid, launch.args[-1]) == (8, (513, 1), 4100)
 
 
 @pytest.mark.parametrize(
@@ -556,7 +556,8 @@ def test_nvfp4_norm_in_pieces_of_several_rows_a_program_matches_a_row_a_program(
 ):
     """rms_norm + nvfp4 in pieces, several rows a program (kernel_spec._pieces_body; its
     rows' width taken by runtime.rows_per_program_of here, 64-column pieces, to keep the
-    interpreter quick): the reference's results, and the bytes of a program a row."""
+    interpreter quick), 19 rows (3 in the last program): the reference's results, and the
+    bytes of a program a row."""
     monkeypatch.setattr(runtime, "PIECE_COLS", 64)
     monkeypatch.setattr(runtime, "ROWS_COLS", 64 * pieces)
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
@@ -565,9 +566,9 @@ def test_nvfp4_norm_in_pieces_of_several_rows_a_program_matches_a_row_a_program(
     monkeypatch.setattr(
         runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
     )
-    got = _run("rms_norm", mode, "nvfp4", 24, 64 * pieces, dtype)[:2]
+    got = _run("rms_norm", mode, "nvfp4", 19, 64 * pieces, dtype)[:2]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
-    one_a_program = _run("rms_norm", mode, "nvfp4", 24, 64 * pieces, dtype)[:2]
+    one_a_program = _run("rms_norm", mode, "nvfp4", 19, 64 * pieces, dtype)[:2]
     assert [(spec.pieces, spec.rows_per_program) for spec in launched] == [(pieces, 8), (pieces, 0)]
     for a, b in zip(got, one_a_program, strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))

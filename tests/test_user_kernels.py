@@ -257,23 +257,40 @@ def test_a_launch_that_changes_with_the_token_count_is_guarded_to_its_range(
             assert torch.equal(_bits(out), _bits(expected[index])), (t, index)
 
 
-def test_several_rows_a_program_launch_from_the_graph_only_at_a_static_count(monkeypatch):
+def test_several_rows_a_program_launch_from_the_graph(monkeypatch):
     """A norm + quant that runs several rows a program (runtime.rows_per_program_of; 64
-    columns from 16 rows here) launches its programs' grid from the graph at a static
-    token count, with kernel_norm's bits; at a symbolic count it stays with kernel_norm."""
+    columns from 64 to 255 rows here, both sampled thresholds) launches its programs' grid
+    from the graph, the last program running what is left: at a static token count, and
+    at a symbolic one (its grid and n_rows read from the count), with kernel_norm's bits at
+    every count of its range."""
     monkeypatch.setattr(runtime, "ROWS_COLS", 64)
-    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
+    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 64)
+    monkeypatch.setattr(runtime, "ROWS_MAX_ROWS", 256)
     kernel = "rms_norm/plain/model/per_token"
-    inputs = _inputs(kernel, (24, 64), "w")
-    module = _graph_launch(kernel, inputs, [0, 2])
-    assert isinstance(module, fx.GraphModule), module
-    got, expected = module(*inputs), _kernel_norm(inputs, kernel)
-    for out, index in zip(got, [0, 2], strict=True):
-        assert torch.equal(_bits(out), _bits(expected[index])), index
-    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", SAMPLE_ROWS[1])  # a sampled count's
-    monkeypatch.setattr(runtime, "ROWS_PER_PROGRAM", 1)  # launch runs several rows
-    why = _graph_launch(kernel, _inputs(kernel, (SAMPLE_ROWS[1], 64), "w"), [0, 2], dynamic_dims=1)
-    assert why == "its programs run several rows each, as many as a symbolic token count divides"
+    launched = []
+    real = runtime.run_launch
+    monkeypatch.setattr(
+        runtime,
+        "run_launch",
+        lambda spec, launch: (launched.append(spec.rows_per_program), real(spec, launch)),
+    )
+    inputs = _inputs(kernel, (70, 64), "w")
+    static = _graph_launch(kernel, inputs, [0, 2])
+    symbolic = _graph_launch(kernel, inputs, [0, 2], dynamic_dims=1)
+    assert isinstance(static, fx.GraphModule) and isinstance(symbolic, fx.GraphModule)
+    for module, rows in ((static, 70), (symbolic, 70), (symbolic, 97), (symbolic, 64)):
+        inputs = _inputs(kernel, (rows, 64), "w")
+        got, expected = module(*inputs), _kernel_norm(inputs, kernel)
+        assert launched[-1] == 8  # kernel_norm's own launch
+        for out, index in zip(got, [0, 2], strict=True):
+            assert torch.equal(_bits(out), _bits(expected[index])), (rows, index)
+    grids = [
+        n.kwargs["grid"][0][0]
+        for module in (static, symbolic)
+        for n in module.graph.nodes
+        if "triton_kernel_wrapper" in str(n.target)
+    ]
+    assert grids[0] == 9 and isinstance(grids[1], fx.Node)  # 70 rows: 8 programs of 8, 1 of 6
 
 
 def test_a_launch_whose_layout_follows_the_token_count_keeps_kernel_norm():
@@ -405,6 +422,36 @@ def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t, h):
         assert scales.stride() == scales_ref.stride() and torch.equal(scales, scales_ref)
     if scheme == "static":
         assert_fp8_close(q, ref.static_fp8_quant(ref.rms_norm(x, w, 1e-6), s), s)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "scheme,dynamic", [("per_token", False), ("nvfp4", False), ("per_token", True)]
+)
+def test_gpu_several_rows_a_program_launch_from_the_wrapper(scheme, dynamic):
+    """Compiled by Inductor over 4100 rows of 4096 columns (runtime.rows_per_program_of:
+    8 rows a program, 4 in the last), static or marked dynamic (then one graph serves 6001
+    rows too; nvfp4's padded scales keep kernel_norm at a symbolic count): the rows
+    kernel is a call in the wrapper, with kernel_norm's bits."""
+    fn = _norm_chain(scheme)
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="irfuse")
+    kernel = f"rms_norm/plain/model/{scheme}"
+    for t in (4100, 6001) if dynamic else (4100,):
+        x, _, w, *_ = _inputs("rms_norm/plain/model/none", (t, 4096), "w")
+        s = torch.tensor([2.0], device=DEVICE)
+        if scheme == "nvfp4":
+            s = (448 * 6 / ref.rms_norm(x, w, 1e-6).float().abs().amax()).reshape(1)
+        if dynamic:
+            torch._dynamo.mark_dynamic(x, 0)
+        with torch._inductor.config.patch(fx_graph_cache=False):
+            (q, scales), codes = run_and_get_code(compiled, x, w, s)
+        if t == 4100:  # (6001 rows: the same graph, no new code)
+            assert "kernel_norm" not in codes[0] and "_8_rows" in codes[0], codes[0]
+        else:
+            assert not codes, "recompiled"
+        q_ref, _, scales_ref, _ = kernel_norm(x, None, w, s, 1e-6, kernel)
+        assert torch.equal(_bits(q), _bits(q_ref)) and torch.equal(scales, scales_ref), t
 
 
 @pytest.mark.cuda

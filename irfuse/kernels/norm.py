@@ -17,9 +17,10 @@ def {name}(
     x_ptr, residual_ptr, weight_ptr, x_weight_ptr, scale_ptr, out_ptr, residual_out_ptr,
     scale_out_ptr, value_ptr, n_cols, x_row_stride, residual_row_stride, out_row_stride,
     residual_out_row_stride, scale_out_row_stride, scale_out_col_stride, value_row_stride, eps,
-    x_eps, BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,
+    x_eps, BLOCK: tl.constexpr, HAS_SCALE: tl.constexpr, INTERPRET: tl.constexpr,{rows_param}
 ):
 """
+ROWS_PARAM = " n_rows,"  # a kernel of several rows a program: how many rows in all
 
 # The body's start, after `col_start` is set: the row's columns, then (once `row` is set)
 # its load.
@@ -34,18 +35,23 @@ LOAD_ROW = (
 
 ROWS_IN_ORDER = "    row = tl.program_id(0).to(tl.int64)\n"
 # Several rows a program (kernel_spec._rows_body): the first row's load, then a loop over
-# the rows that loads row i + 1 before it computes row i (none after the last).
-FIRST_ROW = "    first_row = tl.program_id(0).to(tl.int64) * {rows}  # {rows} rows a program\n"
+# the rows that loads row i + 1 before it computes row i. The last program runs what is
+# left of the n_rows rows (a parameter of these kernels alone); each program's last row
+# loads itself again (from cache: a masked load of no row needs a scalar mask, which
+# Triton's interpreter refuses).
+FIRST_ROW = (
+    "    first_row = tl.program_id(0).to(tl.int64) * {rows}  # {rows} rows a program\n"
+    "    last_row = tl.minimum(first_row + {rows}, n_rows) - 1  # fewer in the last program\n"
+)
 ROWS_OF_A_PROGRAM = (
     FIRST_ROW
     + "    x_next = tl.load(x_ptr + first_row * x_row_stride + cols, mask=mask, other=0.0)\n"
 )
-NEXT_ROW = """    for i in range({rows}):
-        row = first_row + i
+NEXT_ROW = """    for row in range(first_row, last_row + 1):
         x_row = x_next
         # the next row's load in flight while this row computes
-        x_next = tl.load(x_ptr + (row + 1) * x_row_stride + cols, mask=mask & (i + 1 < {rows}),
-                         other=0.0)
+        next_row = tl.minimum(row + 1, last_row)
+        x_next = tl.load(x_ptr + next_row * x_row_stride + cols, mask=mask, other=0.0)
         v = widened(x_row, INTERPRET)
 """
 # Phase 2 of a per-tensor quant re-reads what phase 1 just read: the rows phase 1 read
@@ -119,13 +125,11 @@ PIECE_LOAD = (
 PIECE_FIRST_LOAD = (
     "    x{i}_next = tl.load(x_ptr + first_row * x_row_stride + {i} * BLOCK + piece)\n"
 )
-PIECES_NEXT_ROW = """    for i in range({rows}):
-        row = first_row + i
-        more = i + 1 < {rows}  # the next row's pieces in flight while this row computes
+PIECES_NEXT_ROW = """    for row in range(first_row, last_row + 1):
+        next_row = tl.minimum(row + 1, last_row)  # its pieces in flight while this row computes
 """
 PIECE_NEXT_LOAD = """        v{i} = widened(x{i}_next, INTERPRET)
-        x{i}_next = tl.load(x_ptr + (row + 1) * x_row_stride + {i} * BLOCK + piece, mask=more,
-                            other=0.0)
+        x{i}_next = tl.load(x_ptr + next_row * x_row_stride + {i} * BLOCK + piece)
 """
 PIECE_WEIGHT = "    w{i} = tl.load(weight_ptr + {i} * BLOCK + piece)  # loaded early\n"
 PIECES_NORM = """

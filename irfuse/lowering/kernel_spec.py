@@ -263,12 +263,13 @@ def kernel_source(spec: KernelSpec) -> str:
     else:
         body = _row_body(spec)
         how = "A tile of a row per program" if spec.row_tiles else "One row per program"
+    rows_param = norm.ROWS_PARAM if spec.rows_per_program else ""
     return (
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
         f'{how}; see irfuse/kernels for the pieces."""\n\n'
         "import triton\nimport triton.language as tl\n"
         f"{norm.ROUND_TO}{norm.conversions_in(body + piece_helper)}{helpers}{piece_helper}\n"
-        f"{norm.SIGNATURE.format(name=spec.name)}{body}"
+        f"{norm.SIGNATURE.format(name=spec.name, rows_param=rows_param)}{body}"
     )
 
 
@@ -324,7 +325,7 @@ def _rows_body(spec: KernelSpec) -> str:
     head = norm.WHOLE_ROW + norm.ROW_COLUMNS.format(cols=quant_pieces.row_columns(whole_blocks))
     head += norm.ROWS_OF_A_PROGRAM.format(rows=spec.rows_per_program)
     row = norm.RMS_NORM.format(norm_dtype=value_dtype) + norm.weighted(spec.weight_mode) + store
-    loop = norm.NEXT_ROW.format(rows=spec.rows_per_program) + textwrap.indent(row, "    ")
+    loop = norm.NEXT_ROW + textwrap.indent(row, "    ")
     return head + norm.PRELOAD_WEIGHT + preload + loop
 
 
@@ -361,5 +362,5 @@ def _pieces_body(spec: KernelSpec) -> str:
         return norm.ROWS_IN_ORDER + columns + loads + weights + row
     first_loads = "".join(norm.PIECE_FIRST_LOAD.format(i=i) for i in pieces)
     next_loads = "".join(norm.PIECE_NEXT_LOAD.format(i=i) for i in pieces)
-    loop = norm.PIECES_NEXT_ROW.format(rows=rows) + next_loads + textwrap.indent(row, "    ")
+    loop = norm.PIECES_NEXT_ROW + next_loads + textwrap.indent(row, "    ")
     return norm.FIRST_ROW.format(rows=rows) + columns + first_loads + weights + loop

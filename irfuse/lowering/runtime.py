@@ -194,10 +194,9 @@ def _in_pieces(spec: KernelSpec, pieces: int) -> KernelSpec:
 
 
 # rms_norm + nvfp4 or per-token fp8 without a residual over ROWS_MIN_ROWS to ROWS_MAX_ROWS
-# 16-bit rows of ROWS_COLS columns (a multiple of ROWS_PER_PROGRAM rows; from a count of its
-# own, or at static shapes, when Inductor's wrapper launches it): a program runs
-# ROWS_PER_PROGRAM rows, loading row i + 1 before it computes row i (kernel_spec.
-# _rows_body), the weight once. At 4096 x 4096 a program a row launches about 4 waves of
+# 16-bit rows of ROWS_COLS columns: a program runs ROWS_PER_PROGRAM rows (the last what is
+# left), loading row i + 1 before it computes row i (kernel_spec._rows_body), the weight
+# once. At 4096 x 4096 a program a row launches about 4 waves of
 # programs that each load, then compute about as many instructions as their bytes take
 # to move. On an H100 (bench/RESULTS.md, forty-first session) the same loop, built by a
 # probe from the generated source, ran 1.079x (nvfp4, before its halves of blocks) and
@@ -221,7 +220,6 @@ def rows_per_program_of(spec: KernelSpec, n_rows: int, n_cols: int, dtype: torch
         or not isinstance(n_rows, int)
         or n_cols != ROWS_COLS
         or not ROWS_MIN_ROWS <= n_rows < ROWS_MAX_ROWS
-        or n_rows % ROWS_PER_PROGRAM
     ):
         return 0
     return ROWS_PER_PROGRAM
@@ -589,6 +587,12 @@ KERNEL_PARAMS = (
     "scale_out_col_stride", "value_row_stride", "eps", "x_eps", "BLOCK", "HAS_SCALE",
     "INTERPRET",
 )  # fmt: skip
+ROWS_PARAMS = ("n_rows",)  # after them, in a kernel of several rows a program
+
+
+def kernel_params(spec: KernelSpec) -> tuple[str, ...]:
+    """The parameters of `spec`'s kernel, in order."""
+    return KERNEL_PARAMS + ROWS_PARAMS if spec.rows_per_program else KERNEL_PARAMS
 
 
 def norm_launch(
@@ -627,10 +631,10 @@ def norm_launch(
         INTERPRET,
     )  # fmt: skip
     tiles = 1 if spec.pieces else cdiv(n_cols, block)  # a kernel in pieces: the whole row
-    if spec.rows_per_program and n_rows % spec.rows_per_program:  # its last rows unwritten
-        raise ValueError(f"{n_rows} rows for programs of {spec.rows_per_program} rows each")
-    programs = n_rows // spec.rows_per_program if spec.rows_per_program else n_rows
-    return NormLaunch((programs, tiles), num_warps, args)
+    if not spec.rows_per_program:
+        return NormLaunch((n_rows, tiles), num_warps, args)
+    programs = cdiv(n_rows, spec.rows_per_program)  # the last runs what is left
+    return NormLaunch((programs, tiles), num_warps, (*args, n_rows))
 
 
 @torch.library.register_fake("irfuse::kernel_norm")

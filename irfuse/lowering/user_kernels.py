@@ -19,8 +19,8 @@ a norm + static fp8's without a residual) the graph takes the launch of the coun
 compiled at, and guards on the range of counts that launch alike: dynamo recompiles
 beyond it. A dynamic per-tensor quant's two launches go
 through graph_launch.insert_launches, at static shapes. A kernel of several rows a
-program (runtime.rows_per_program_of, which needs a count they divide) launches from the
-graph only at a static count.
+program (runtime.rows_per_program_of) takes the count, and launches a program per so many
+of its rows (rounded up).
 """
 
 from __future__ import annotations
@@ -53,10 +53,14 @@ from irfuse.lowering.runtime import (
     NORM_ROW_TILES,
     NUM_STAGES,
     ROW_TILES,
+    ROWS_MAX_ROWS,
+    ROWS_MIN_ROWS,
     TWO_PASS_MIN_ROWS,
     NormLaunch,
     allocate_outputs,
+    cdiv,
     compiled_kernel,
+    kernel_params,
     per_tensor_launches,
     single_launch,
     stored_params,
@@ -76,7 +80,7 @@ def _sample_rows() -> tuple[int, ...]:
     and 2^20. None of the counts above a threshold is a multiple of 128, so that every
     range holds one where a buffer sized by rows rounded up (nvfp4's swizzled scales)
     differs from one sized by the rows (_layout)."""
-    thresholds = {MANY_ROWS, TWO_PASS_MIN_ROWS}
+    thresholds = {MANY_ROWS, TWO_PASS_MIN_ROWS, ROWS_MIN_ROWS, ROWS_MAX_ROWS}
     for tiles in (*ROW_TILES.values(), *NORM_ROW_TILES.values()):
         thresholds |= {int(limit) for limit, *_ in tiles if limit != math.inf}
     around = {t + step for t in thresholds for step in (-1, 1)}
@@ -247,7 +251,8 @@ def _agree(samples: list[_Sample]) -> bool:
             return False
         if other.launch.grid[1] != first.launch.grid[1]:
             return False
-        for a, b in zip(first.launch.args, other.launch.args, strict=True):
+        shared = len(KERNEL_PARAMS)  # not n_rows, which a kernel of several rows a program takes
+        for a, b in zip(first.launch.args[:shared], other.launch.args[:shared], strict=True):
             if not isinstance(a, torch.Tensor) and a != b:
                 return False
     return True
@@ -315,8 +320,6 @@ def _lower_launches(
         return "its launch depends on the token count"
     samples, bounds = in_range
     sample = samples[0]
-    if sample.spec.rows_per_program and not isinstance(rows_val, int):
-        return "its programs run several rows each, as many as a symbolic token count divides"
     if _reads_a_copy(sample.arg, sample.inputs):
         return COPIED
     # an absent input is passed as x, never read (the kernel has no use for it)
@@ -350,10 +353,19 @@ def _lower_launches(
         else:
             make = torch.ops.aten.empty_strided.default
             tensor_args[name] = insert(make, (sizes, strides), kwargs, fake)
-    args = dict(zip(KERNEL_PARAMS, sample.launch.args, strict=True))
+    args = dict(zip(kernel_params(sample.spec), sample.launch.args, strict=True))
     args |= {**tensor_args, **scalars}
-    # the grid: a program a row (several at a static count: sample.spec.rows_per_program)
-    grid = (sample.launch.grid[0] if isinstance(rows, int) else rows, sample.launch.grid[1])
+    # the grid: a program a row, or a program of several (sample.spec.rows_per_program)
+    programs = sample.launch.grid[0]
+    if not isinstance(rows, int):
+        programs = rows
+        if per_program := sample.spec.rows_per_program:  # (rows + R - 1) // R, and its rows
+            args["n_rows"] = rows
+            more = insert(operator.add, (rows, per_program - 1), {}, rows_val + per_program - 1)
+            programs = insert(
+                operator.floordiv, (more, per_program), {}, cdiv(rows_val, per_program)
+            )
+    grid = (programs, sample.launch.grid[1])
     call = insert_kernel_call(insert, compiled_kernel(sample.spec), grid,
                               sample.launch.num_warps, NUM_STAGES, args, written)  # fmt: skip
     results = call.meta["val"]
