@@ -9,9 +9,9 @@ inputs, beside Inductor, in one process.
 A program a row loads its row, then computes it: programs that start together load
 together, then compute together. R rows a program hold the next row's load in flight
 while one computes (about 120 registers against 64-72, so half the programs an SM).
-The last program runs what is left of R rows. Every candidate must write the bytes of a program a row.
-Rows that irfuse holds in pieces (rms_norm + nvfp4 at 7168 or 8192 columns:
-runtime.pieces_of) are held in pieces at every R.
+The last program runs what is left of R rows. Every candidate must write the bytes of a
+program a row. Rows that irfuse holds in pieces (rms_norm + nvfp4 at 7168 or 8192
+columns: runtime.pieces_of) are held in pieces at every R.
 (The forty-first session's version of this probe built the loop by editing the
 generated source, and also timed the kernel at maxnreg=56: no change.) Appends a table.
 """
