@@ -559,7 +559,8 @@ def run_launch(spec: KernelSpec, launch: NormLaunch) -> None:
 @dataclasses.dataclass(frozen=True)
 class NormLaunch:
     """One launch of a norm / quant kernel: its grid, warps and arguments in the order of
-    the kernel's parameters (KERNEL_PARAMS)."""
+    the kernel's parameters (kernel_params: KERNEL_PARAMS, then n_rows in a kernel of
+    several rows a program)."""
 
     grid: tuple[int, int]
     num_warps: int

@@ -12,15 +12,15 @@ launches the kernel from its generated wrapper, as it launches its own.
 The launch is the one `kernel_norm` would make (runtime.single_launch, run on fake
 tensors), so both paths run the same kernel with the same arguments. With a symbolic
 token count the launch is computed at every row count where launch_config, the row
-tiles or the two-pass choice change (SAMPLE_ROWS). Where all of them agree but for the
-grid's rows (an add + norm + static fp8, or an unquantized norm, at hidden 4096), one
-graph serves every count. Otherwise (a per-token quant's warps drop from 1024 rows, as do
-a norm + static fp8's without a residual) the graph takes the launch of the count it was
-compiled at, and guards on the range of counts that launch alike: dynamo recompiles
-beyond it. A dynamic per-tensor quant's two launches go
-through graph_launch.insert_launches, at static shapes. A kernel of several rows a
-program (runtime.rows_per_program_of) takes the count, and launches a program per so many
-of its rows (rounded up).
+tiles, the two-pass choice or that of several rows a program change (SAMPLE_ROWS).
+Where all of them agree but for the grid's rows (an add + norm + static fp8, or an
+unquantized norm, at hidden 4096), one graph serves every count. Otherwise (a
+per-token quant's warps drop from 1024 rows, as do a norm + static fp8's without a
+residual) the graph takes the launch of the count it was compiled at, and guards on the
+range of counts that launch alike: dynamo recompiles beyond it. A dynamic per-tensor
+quant's two launches go through graph_launch.insert_launches, at static shapes. A kernel
+of several rows a program (runtime.rows_per_program_of) takes the count, and launches a
+program per so many of its rows (rounded up).
 """
 
 from __future__ import annotations
@@ -244,7 +244,8 @@ def _guard_rows(rows: Any, lo: int, hi: float) -> str:
 
 
 def _agree(samples: list[_Sample]) -> bool:
-    """Whether the samples launch alike but for their grid's rows."""
+    """Whether the samples launch alike but for their grid's rows (and n_rows, the count
+    a kernel of several rows a program takes)."""
     first = samples[0]
     for other in samples[1:]:
         if (other.spec, other.launch.num_warps) != (first.spec, first.launch.num_warps):
