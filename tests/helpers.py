@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import irfuse.ops as ref
+from irfuse.lowering import runtime
 from irfuse.ops.quant import (
     nvfp4_scale_shape,
     per_group_fp8_quant_in_dtype,
@@ -91,3 +92,16 @@ def assert_quant_close(scheme: str, got: torch.Tensor, expected: torch.Tensor) -
     tol = NVFP4_TOL if scheme == "nvfp4" else FP8_TOL
     span = expected.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
     torch.testing.assert_close(got / span, expected / span, atol=tol, rtol=tol)
+
+
+def recorded_launches(monkeypatch) -> list[tuple]:
+    """(spec, launch) of every kernel_norm launch from here on (runtime.run_launch), each
+    still run."""
+    launched: list[tuple] = []
+    real = runtime.run_launch
+    monkeypatch.setattr(
+        runtime,
+        "run_launch",
+        lambda spec, launch: (launched.append((spec, launch)), real(spec, launch)),
+    )
+    return launched

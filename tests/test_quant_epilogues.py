@@ -26,6 +26,7 @@ from tests.helpers import (
     dequant,
     dtype_step,
     garbage_nvfp4_scales,
+    recorded_launches,
     reference_quant,
 )
 
@@ -435,21 +436,12 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
     and the bytes of a program a row."""
     monkeypatch.setattr(runtime, "ROWS_COLS", 64)
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime,
-        "run_launch",
-        lambda spec, launch: (
-            launched.append((spec.rows_per_program, launch.grid)),
-            real(spec, launch),
-        ),
-    )
+    launched = recorded_launches(monkeypatch)
     got = _run("rms_norm", mode, scheme, rows, 64, dtype)[:2]
-    assert launched == [(8, (3, 1))]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
     one_a_program = _run("rms_norm", mode, scheme, rows, 64, dtype)[:2]
-    assert launched[1:] == [(0, (rows, 1))]
+    grids = [(spec.rows_per_program, launch.grid) for spec, launch in launched]
+    assert grids == [(8, (3, 1)), (0, (rows, 1))]
     for a, b in zip(got, one_a_program, strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
@@ -473,18 +465,11 @@ def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
     pieces at 7168 and 8192, where runtime.ROWS_COLS is set to take them): the reference's
     results, and the bytes of a program a row."""
     monkeypatch.setattr(runtime, "ROWS_COLS", hidden)
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime,
-        "run_launch",
-        lambda spec, launch: (launched.append(spec.rows_per_program), real(spec, launch)),
-    )
+    launched = recorded_launches(monkeypatch)
     got = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
-    assert launched == [runtime.ROWS_PER_PROGRAM]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
     one_a_program = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
-    assert launched[1:] == [0]
+    assert [spec.rows_per_program for spec, _ in launched] == [runtime.ROWS_PER_PROGRAM, 0]
     for a, b in zip(got, one_a_program, strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
@@ -538,13 +523,9 @@ def test_nvfp4_norm_in_pieces_matches_the_reference(monkeypatch, mode, pieces, d
     kernel in pieces (runtime.pieces_of; pieces of 64 columns here, to keep the interpreter
     quick): every block's bytes and scale where the reference puts them, across pieces."""
     monkeypatch.setattr(runtime, "PIECE_COLS", 64)
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
-    )
+    launched = recorded_launches(monkeypatch)
     _, scales, _, scales_ref = _run("rms_norm", mode, "nvfp4", 5, 64 * pieces, dtype)
-    assert [spec.pieces for spec in launched] == [pieces]
+    assert [spec.pieces for spec, _ in launched] == [pieces]
     assert torch.equal(scales, scales_ref)
 
 
@@ -561,15 +542,14 @@ def test_nvfp4_norm_in_pieces_of_several_rows_a_program_matches_a_row_a_program(
     monkeypatch.setattr(runtime, "PIECE_COLS", 64)
     monkeypatch.setattr(runtime, "ROWS_COLS", 64 * pieces)
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
-    )
+    launched = recorded_launches(monkeypatch)
     got = _run("rms_norm", mode, "nvfp4", 19, 64 * pieces, dtype)[:2]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
     one_a_program = _run("rms_norm", mode, "nvfp4", 19, 64 * pieces, dtype)[:2]
-    assert [(spec.pieces, spec.rows_per_program) for spec in launched] == [(pieces, 8), (pieces, 0)]
+    assert [(spec.pieces, spec.rows_per_program) for spec, _ in launched] == [
+        (pieces, 8),
+        (pieces, 0),
+    ]
     for a, b in zip(got, one_a_program, strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
@@ -638,14 +618,10 @@ def test_two_pass_per_token_is_bit_exact(monkeypatch, scheme):
     spec = runtime.decode("quant/none/model/per_token")
     assert runtime.runs_two_pass(spec, 37, 100) and not runtime.runs_two_pass(spec, 37, 128)
     assert not runtime.runs_two_pass(spec, 15, 100)
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
-    )
+    launched = recorded_launches(monkeypatch)
     dtype = torch.bfloat16 if scheme == "per_token in_dtype" else torch.float32
     q, scales, q_ref, scales_ref = _run("quant", "none", scheme, 37, 100, dtype)
-    assert [s.two_pass for s in launched] == [True]
+    assert [spec.two_pass for spec, _ in launched] == [True]
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
     assert torch.equal(scales, scales_ref)
 
@@ -672,11 +648,7 @@ def test_per_tensor_phase_2_normalises_with_phase_1_rstd(monkeypatch, rows, prod
     with the rstd phase 1 kept: its bytes are exactly the per-tensor quant of the value
     phase 1 stored, with that value's scale."""
     monkeypatch.setattr(runtime, "NORM_ROW_TILES", {"per_tensor": ((math.inf, 16, 1),)})
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
-    )
+    launched = recorded_launches(monkeypatch)
     x, residual, w = _inputs(rows, 40, torch.float32)
     kernel = _kernel(producer, "plain", "per_tensor").replace(
         "/per_tensor", "/per_tensor/keep_value"
@@ -684,7 +656,10 @@ def test_per_tensor_phase_2_normalises_with_phase_1_rstd(monkeypatch, rows, prod
     q, _, scale, value = kernel_norm(
         x, residual if producer in ADDS else None, w, None, 1e-6, kernel
     )
-    assert [(s.quant, s.row_tiles) for s in launched] == [("amax", False), ("per_tensor", True)]
+    assert [(spec.quant, spec.row_tiles) for spec, _ in launched] == [
+        ("amax", False),
+        ("per_tensor", True),
+    ]
     torch.testing.assert_close(
         value, _reference_producer(producer, "plain", x, residual, w, 1e-6)[0]
     )
@@ -712,14 +687,10 @@ def test_rounded_sum_normalises_the_sum_the_graph_rounded():
 def test_per_tensor_of_one_row_runs_the_per_token_kernel(monkeypatch, producer, mode, option):
     """One row: the per-token kernel computes the per-tensor scale (same formula), in one
     launch; bytes as the reference."""
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime, "run_launch", lambda spec, launch: (launched.append(spec), real(spec, launch))
-    )
+    launched = recorded_launches(monkeypatch)
     dtype = torch.bfloat16 if option else torch.float32
     q, scales, q_ref, scales_ref = _run(producer, mode, f"per_tensor{option}", 1, 256, dtype)
-    assert [spec.quant for spec in launched] == [f"per_token{option}"]
+    assert [spec.quant for spec, _ in launched] == [f"per_token{option}"]
     assert scales.shape == (1,) and torch.equal(scales, scales_ref)
     assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
 

@@ -24,7 +24,7 @@ from irfuse.lowering.runtime import kernel_norm
 from irfuse.lowering.user_kernels import SAMPLE_ROWS, graph_launch_problem, lower_norm_in_graph
 from irfuse.pipeline import Options, capture_reports, transform_graph
 from tests import models
-from tests.helpers import assert_close, assert_fp8_close
+from tests.helpers import assert_close, assert_fp8_close, recorded_launches
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BF16 = torch.bfloat16
@@ -267,13 +267,7 @@ def test_several_rows_a_program_launch_from_the_graph(monkeypatch):
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 64)
     monkeypatch.setattr(runtime, "ROWS_MAX_ROWS", 256)
     kernel = "rms_norm/plain/model/per_token"
-    launched = []
-    real = runtime.run_launch
-    monkeypatch.setattr(
-        runtime,
-        "run_launch",
-        lambda spec, launch: (launched.append(spec.rows_per_program), real(spec, launch)),
-    )
+    launched = recorded_launches(monkeypatch)
     inputs = _inputs(kernel, (70, 64), "w")
     static = _graph_launch(kernel, inputs, [0, 2])
     symbolic = _graph_launch(kernel, inputs, [0, 2], dynamic_dims=1)
@@ -281,7 +275,7 @@ def test_several_rows_a_program_launch_from_the_graph(monkeypatch):
     for module, rows in ((static, 70), (symbolic, 70), (symbolic, 97), (symbolic, 64)):
         inputs = _inputs(kernel, (rows, 64), "w")
         got, expected = module(*inputs), _kernel_norm(inputs, kernel)
-        assert launched[-1] == 8  # kernel_norm's own launch
+        assert launched[-1][0].rows_per_program == 8  # kernel_norm's own launch
         for out, index in zip(got, [0, 2], strict=True):
             assert torch.equal(_bits(out), _bits(expected[index])), (rows, index)
     grids = [
