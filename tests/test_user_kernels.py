@@ -4,6 +4,7 @@ graph launch runs the kernel kernel_norm would, with the same arguments."""
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 import subprocess
@@ -297,15 +298,34 @@ def test_a_launch_whose_layout_follows_the_token_count_keeps_kernel_norm():
 
 
 @pytest.mark.parametrize("rows", [1024, 4096])
-def test_nvfp4_scales_padded_past_the_token_count_keep_kernel_norm(rows):
+def test_nvfp4_scales_padded_past_the_token_count_are_sized_by_it(rows):
     """The swizzled nvfp4 scales have the token count rounded up to 128 rows. From 1024
     rows the range's sampled counts were all multiples of 128, so the graph allocated
     them with the token count's rows and the kernel wrote past them at 1030 rows; a
-    sample one above each threshold now tells the two apart."""
+    sample one above each threshold tells the two apart, and the graph allocates them
+    with the count rounded up (zero-filled: a symbolic count may pad)."""
     kernel = "rms_norm/plain/model/nvfp4"
-    inputs = _inputs(kernel, (rows, 2048), "w")
-    why = _graph_launch(kernel, inputs, [0, 2], dynamic_dims=1)
-    assert why == "its launch depends on the token count"
+    inputs = _inputs(kernel, (rows, 2048), "ws")
+    module = _graph_launch(kernel, inputs, [0, 2], dynamic_dims=1)
+    assert isinstance(module, fx.GraphModule), module
+    (scales,) = [n for n in module.graph.nodes if n.target == torch.ops.aten.full.default]
+    size = scales.args[0][0]
+    assert size.target == operator.mul and size.args[1] == 128, size
+
+
+def test_nvfp4_scales_at_a_symbolic_count_match_kernel_norm():
+    """rms_norm + nvfp4 launched from the graph at a symbolic token count, run at counts
+    that pad the swizzled scales by different amounts: kernel_norm's bytes, padding and
+    all."""
+    kernel = "rms_norm/plain/model/nvfp4"
+    module = _graph_launch(kernel, _inputs(kernel, (70, 64), "ws"), [0, 2], dynamic_dims=1)
+    assert isinstance(module, fx.GraphModule), module
+    for rows in (70, 65, 129, 255):
+        inputs = _inputs(kernel, (rows, 64), "ws")
+        got, expected = module(*inputs), _kernel_norm(inputs, kernel)
+        for out, index in zip(got, [0, 2], strict=True):
+            assert out.shape == expected[index].shape, (rows, index)
+            assert torch.equal(_bits(out), _bits(expected[index])), (rows, index)
 
 
 def test_a_launch_the_sampled_row_counts_agree_on_is_the_same_at_every_count():
@@ -420,14 +440,13 @@ def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t, h):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize(
-    "scheme,dynamic", [("per_token", False), ("nvfp4", False), ("per_token", True)]
-)
+@pytest.mark.parametrize("scheme", ["per_token", "nvfp4"])
+@pytest.mark.parametrize("dynamic", [False, True])
 def test_gpu_several_rows_a_program_launch_from_the_wrapper(scheme, dynamic):
     """Compiled by Inductor over 4100 rows of 4096 columns (runtime.rows_per_program_of:
     8 rows a program, 4 in the last), static or marked dynamic (then one graph serves 6001
-    rows too; nvfp4's padded scales keep kernel_norm at a symbolic count): the rows
-    kernel is a call in the wrapper, with kernel_norm's bits."""
+    rows too, nvfp4's scales padded to 6016): the rows kernel is a call in the wrapper,
+    with kernel_norm's bits."""
     fn = _norm_chain(scheme)
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend="irfuse")

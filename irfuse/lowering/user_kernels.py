@@ -72,6 +72,10 @@ OUTPUT_PARAMS = ("out_ptr", "residual_out_ptr", "scale_out_ptr", "value_ptr")  #
 # lower_norm_in_graph's inputs, in INPUT_PARAMS' order
 NormInputs = tuple[fx.Node, fx.Node | None, fx.Node | None, fx.Node | None, fx.Node | None]
 ROWS = "rows"  # a buffer dimension that is the token count
+# one that is the token count rounded up to SCALE_ROW_TILE: the swizzled nvfp4 scales'
+# (ops.quant.nvfp4_scale_shape)
+PADDED_ROWS = "rows, rounded up"
+SCALE_ROW_TILE = 128
 GRAPH_LAUNCH = "launched by Inductor's wrapper"
 
 
@@ -186,8 +190,9 @@ def _rows_problem(t: torch.Tensor) -> str | None:
 
 
 def _layout(samples: list[_Sample], name: str) -> tuple[list, list[int]] | None:
-    """(shape, strides) of a buffer argument over the samples: each dim a size, or ROWS
-    where it is the row count; None where its layout depends on the rows otherwise."""
+    """(shape, strides) of a buffer argument over the samples: each dim a size, ROWS
+    where it is the row count, or PADDED_ROWS where it is that rounded up to
+    SCALE_ROW_TILE; None where its layout depends on the rows otherwise."""
     tensors = [s.arg(name) for s in samples]
     if any(t.stride() != tensors[0].stride() or t.dim() != tensors[0].dim() for t in tensors):
         return None
@@ -197,6 +202,11 @@ def _layout(samples: list[_Sample], name: str) -> tuple[list, list[int]] | None:
             shape.append(size)
         elif all(t.shape[dim] == s.rows for t, s in zip(tensors, samples, strict=True)):
             shape.append(ROWS)
+        elif all(
+            t.shape[dim] == cdiv(s.rows, SCALE_ROW_TILE) * SCALE_ROW_TILE
+            for t, s in zip(tensors, samples, strict=True)
+        ):
+            shape.append(PADDED_ROWS)
         else:
             return None
     return shape, list(tensors[0].stride())
@@ -337,6 +347,14 @@ def _lower_launches(
 
     insert = NodeInserter(graph, anchor)
     lead, rows = leading_sizes(insert, inputs[0])  # sizes, or nodes for them
+    at = {ROWS: (rows, rows_val)}  # (size, fake size) of each placeholder dim
+    if any(PADDED_ROWS in layout[0] for layout in layouts.values()):  # type: ignore[index]
+        padded_val = cdiv(rows_val, SCALE_ROW_TILE) * SCALE_ROW_TILE  # (a symbolic count)
+        tiles = _cdiv_rows(insert, rows, rows_val, SCALE_ROW_TILE)
+        at[PADDED_ROWS] = (
+            insert(operator.mul, (tiles, SCALE_ROW_TILE), {}, padded_val),
+            padded_val,
+        )
     # the swizzled nvfp4 scales are zero-filled where their layout pads (alloc_nvfp4_scales)
     zeroed = spec.quant == "nvfp4" and nvfp4_scales_padded(rows_val, x.shape[-1])
     for name in OUTPUT_PARAMS:  # each buffer as the kernel indexes it (absent: x, unused)
@@ -345,9 +363,9 @@ def _lower_launches(
             continue
         shape, strides = layouts[name]  # type: ignore[misc]
         dtype = sample.arg(name).dtype
-        fake = x.new_empty_strided([rows_val if d == ROWS else d for d in shape], strides,
+        fake = x.new_empty_strided([at[d][1] if d in at else d for d in shape], strides,
                                    dtype=dtype)  # fmt: skip
-        sizes = [rows if d == ROWS else d for d in shape]
+        sizes = [at[d][0] if d in at else d for d in shape]
         kwargs = {"dtype": dtype, "device": x.device}
         if zeroed and name == "scale_out_ptr":  # (Inductor lowers `full`, not `zeros`)
             tensor_args[name] = insert(torch.ops.aten.full.default, (sizes, 0), kwargs, fake)
@@ -360,12 +378,9 @@ def _lower_launches(
     programs = sample.launch.grid[0]
     if not isinstance(rows, int):
         programs = rows
-        if per_program := sample.spec.rows_per_program:  # (rows + R - 1) // R, and its rows
+        if per_program := sample.spec.rows_per_program:  # and the count, as n_rows
             args["n_rows"] = rows
-            more = insert(operator.add, (rows, per_program - 1), {}, rows_val + per_program - 1)
-            programs = insert(
-                operator.floordiv, (more, per_program), {}, cdiv(rows_val, per_program)
-            )
+            programs = _cdiv_rows(insert, rows, rows_val, per_program)
     grid = (programs, sample.launch.grid[1])
     call = insert_kernel_call(insert, compiled_kernel(sample.spec), grid,
                               sample.launch.num_warps, NUM_STAGES, args, written)  # fmt: skip
@@ -386,6 +401,12 @@ def _lower_launches(
             end = insert(torch.ops.aten.view.default, (end, [*lead, want.shape[-1]]), {}, want)
         ends.append(end)
     return insert.nodes, ends, how
+
+
+def _cdiv_rows(insert: NodeInserter, rows: fx.Node, rows_val: Any, n: int) -> fx.Node:
+    """Nodes computing (rows + n - 1) // n from the symbolic count `rows`."""
+    more = insert(operator.add, (rows, n - 1), {}, rows_val + n - 1)
+    return insert(operator.floordiv, (more, n), {}, cdiv(rows_val, n))
 
 
 def _lower_per_tensor(
