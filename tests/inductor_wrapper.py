@@ -91,6 +91,10 @@ def _norm_per_token(x, w):
     return torch.ops.irfuse.per_token_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6))
 
 
+def _norm_nvfp4(x, w, s):
+    return torch.ops.irfuse.nvfp4_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6), s)
+
+
 def _norm_per_tensor(x, w):
     return torch.ops.irfuse.per_tensor_fp8_quant(torch.ops.irfuse.rms_norm(x, w, 1e-6))
 
@@ -214,6 +218,7 @@ def main() -> None:
         "per-tensor": (_wrapper(_norm_per_tensor, x, w), _expected_per_tensor(x, w)),
         "symbolic rows": (_wrapper(_norm_static_fp8, marked, w, s), []),
         "symbolic rows, several a program": (_several_rows_a_program(x[:100], w), []),
+        "symbolic rows, nvfp4": (_wrapper(_norm_nvfp4, marked, w, s), []),
         "dynamic=True": (_wrapper(_NormTwice().to(bf16), x, x, s, dynamic=True), []),
         "flattened per-token": (_wrapper(_norm_flattened_per_token, x.view(6, 100, 256), w), []),
         "sandwich": (_wrapper(models.gemma_sandwich_quant, x, x.flip(0), w, w.flip(0), s), []),

@@ -7,8 +7,9 @@ attention + static fp8 (split-KV slices, then the combine), the same beside a pa
 fp8 over 600 rows (the amax into zero-filled atomic slots, then the quant) and rms_norm +
 static fp8 over a token count marked dynamic, HF's RMSNorm module under `dynamic=True`
 (its eps an input), a [B, S, K] norm whose per-token quant reads it flattened, a
-Gemma sandwich (norm, add, norm + static fp8), and rms_norm + per-token fp8 of several
-rows a program over a token count marked dynamic.
+Gemma sandwich (norm, add, norm + static fp8), and over a token count marked dynamic
+rms_norm + per-token fp8 of several rows a program and rms_norm + nvfp4 (its scales
+padded).
 Each kernel call of the wrapper is checked against the launches the runtime op computes
 for the same inputs: the kernels in order, their arguments other than tensors, grids,
 and the buffers passed from one to the next.
@@ -151,6 +152,22 @@ def test_a_symbolic_token_count_sizes_a_grid_of_several_rows_a_program(wrappers)
     assert re.fullmatch(r"s\d+", rows), args
     assert args[-3] == f"(7 + {rows}) // 8", args  # the grid's x
 
+
+def test_a_symbolic_token_count_sizes_the_padded_nvfp4_scales(wrappers):
+    """rms_norm + nvfp4 over a symbolic token count: the swizzled scales' buffer has the
+    count rounded up to 128 rows, and is filled before the kernel writes it."""
+    code = wrappers["symbolic rows, nvfp4"]["code"]
+    ((name, args),) = _calls(code)
+    assert name == "irfuse_rms_norm_nvfp4", args
+    rows = args[-3]  # the grid's x: the token count's symbol
+    scales = args[KERNEL_PARAMS.index("scale_out_ptr")]
+    padded = rf"{scales} = empty_strided_\w+\(\(128\*\(\(127 \+ {rows}\) // 128\), 16\)"
+    assert re.search(padded, code), code
+    fill, launch = (code.index(f"({scales}, {rows})"), code.index(f"{name}_0.run("))
+    assert fill < launch, code
+
+
+def test_a_quant_of_flattened_hidden_states_launches_into_the_flattened_buffers(wrappers):
     """A [6, 100, 256] norm whose per-token quant reads it as [600, 256]: one kernel call,
     its outputs allocated as the graph's [600, ...] (the view back is a reinterpretation,
     no call in the wrapper)."""
