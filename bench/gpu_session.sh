@@ -304,7 +304,7 @@ rows)
     # end to end (through the graph launch), then the probe of nvfp4 in pieces at 7168 and
     # 8192 and of per-token at 8192 (does it carry over?)
     step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
-        tests/test_user_kernels.py -k "several_rows or rows_a_program"
+        tests/test_user_kernels.py -k "several_rows or rows_a_program or nvfp4_scales"
     step rows-probe 200 python3 bench/norm_rows_probe.py --hidden 4096 \
         --tokens 4096 8192 16384 --rows 4 8 --warps 8 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
