@@ -437,6 +437,7 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
     monkeypatch.setattr(runtime, "ROWS_COLS", 64)
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
     launched = recorded_launches(monkeypatch)
+    monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4", "per_token"))  # nvfp4's too
     got = _run("rms_norm", mode, scheme, rows, 64, dtype)[:2]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
     one_a_program = _run("rms_norm", mode, scheme, rows, 64, dtype)[:2]
@@ -466,6 +467,7 @@ def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
     results, and the bytes of a program a row."""
     monkeypatch.setattr(runtime, "ROWS_COLS", hidden)
     launched = recorded_launches(monkeypatch)
+    monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4", "per_token"))  # nvfp4's too
     got = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
     one_a_program = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
@@ -475,7 +477,7 @@ def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
 
 
 def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_program():
-    """rms_norm (no residual) + nvfp4 or per-token, 16-bit rows of 4096 columns, from
+    """rms_norm (no residual) + per-token, 16-bit rows of 4096 columns, from
     ROWS_MIN_ROWS to ROWS_MAX_ROWS rows (the last program runs what is left, told n_rows);
     a sweep's explicit config keeps a row a program."""
     bf16 = torch.bfloat16
@@ -485,7 +487,8 @@ def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_prog
 
     norm = KernelSpec("rms_norm", "plain", "per_token")
     assert rows_of(norm, 4096, 4096) == runtime.ROWS_PER_PROGRAM == 8
-    assert rows_of(KernelSpec("rms_norm", "gemma", "nvfp4"), 8184, 4096, torch.float16) == 8
+    assert rows_of(KernelSpec("rms_norm", "gemma", "per_token"), 8184, 4096, torch.float16) == 8
+    assert rows_of(KernelSpec("rms_norm", "plain", "nvfp4"), 4096, 4096) == 0  # timed: none
     assert [rows_of(norm, t, 4096) for t in (2048, 4095, 4100, 8191, 8192)] == [0, 0, 8, 8, 0]
     assert rows_of(norm, 4096, 7168) == 0
     assert rows_of(norm, 4096, 4096, torch.float32) == 0
@@ -542,6 +545,7 @@ def test_nvfp4_norm_in_pieces_of_several_rows_a_program_matches_a_row_a_program(
     monkeypatch.setattr(runtime, "PIECE_COLS", 64)
     monkeypatch.setattr(runtime, "ROWS_COLS", 64 * pieces)
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
+    monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4", "per_token"))  # nvfp4's too
     launched = recorded_launches(monkeypatch)
     got = _run("rms_norm", mode, "nvfp4", 19, 64 * pieces, dtype)[:2]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.fx as fx
 from functorch.compile import make_boxed_func
+from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
@@ -442,11 +443,12 @@ def test_gpu_inductor_launches_the_fused_kernel_from_its_wrapper(scheme, t, h):
 @pytest.mark.cuda
 @pytest.mark.parametrize("scheme", ["per_token", "nvfp4"])
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_gpu_several_rows_a_program_launch_from_the_wrapper(scheme, dynamic):
+def test_gpu_several_rows_a_program_launch_from_the_wrapper(monkeypatch, scheme, dynamic):
     """Compiled by Inductor over 4100 rows of 4096 columns (runtime.rows_per_program_of:
     8 rows a program, 4 in the last), static or marked dynamic (then one graph serves 6001
     rows too, nvfp4's scales padded to 6016): the rows kernel is a call in the wrapper,
     with kernel_norm's bits."""
+    monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4", "per_token"))  # nvfp4's too
     fn = _norm_chain(scheme)
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend="irfuse")
@@ -458,12 +460,14 @@ def test_gpu_several_rows_a_program_launch_from_the_wrapper(scheme, dynamic):
             s = (448 * 6 / ref.rms_norm(x, w, 1e-6).float().abs().amax()).reshape(1)
         if dynamic:
             torch._dynamo.mark_dynamic(x, 0)
-        with torch._inductor.config.patch(fx_graph_cache=False):
-            (q, scales), codes = run_and_get_code(compiled, x, w, s)
-        if t == 4100:  # (6001 rows: the same graph, no new code)
-            assert "kernel_norm" not in codes[0] and "_8_rows" in codes[0], codes[0]
-        else:
-            assert not codes, "recompiled"
+        if t == 4100:
+            with torch._inductor.config.patch(fx_graph_cache=False):
+                (q, scales), (code,) = run_and_get_code(compiled, x, w, s)  # (resets dynamo)
+            assert "kernel_norm" not in code and "_8_rows" in code, code
+            graphs = counters["stats"]["unique_graphs"]
+        else:  # 6001 rows: the same graph
+            q, scales = compiled(x, w, s)
+            assert counters["stats"]["unique_graphs"] == graphs, "recompiled"
         q_ref, _, scales_ref, _ = kernel_norm(x, None, w, s, 1e-6, kernel)
         assert torch.equal(_bits(q), _bits(q_ref)) and torch.equal(scales, scales_ref), t
 

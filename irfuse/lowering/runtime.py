@@ -193,20 +193,22 @@ def _in_pieces(spec: KernelSpec, pieces: int) -> KernelSpec:
     return dataclasses.replace(spec, pieces=pieces)
 
 
-# rms_norm + nvfp4 or per-token fp8 without a residual over ROWS_MIN_ROWS to ROWS_MAX_ROWS
+# rms_norm + per-token fp8 (ROWS_SCHEMES) without a residual over ROWS_MIN_ROWS to ROWS_MAX_ROWS
 # 16-bit rows of ROWS_COLS columns: a program runs ROWS_PER_PROGRAM rows (the last what is
 # left), loading row i + 1 before it computes row i (kernel_spec._rows_body), the weight
 # once. At 4096 x 4096 a program a row launches about 4 waves of programs that each
 # load, then compute about as many instructions as their bytes take to move. On an H100
 # (bench/RESULTS.md, forty-first session) the same loop, built by a probe from the
 # generated source, ran 1.079x (nvfp4, before its halves of blocks) and 1.040x
-# (per-token) at 4096 x 4096, and 0.997x-0.998x at 16384 rows; not yet timed in this
-# generated form, nor between those counts, so it stops short of 8192.
+# (per-token) at 4096 x 4096, and 0.997x-0.998x at 16384 rows. The generated form, kernel
+# alone on an H100 (forty-fifth session): per-token 1.021x at 4096 rows, 0.996x at 8192;
+# nvfp4 1.005x and 0.948x, so only per-token runs it (kernel_spec keeps nvfp4's form, in
+# pieces too, for norm_rows_probe).
 ROWS_PER_PROGRAM = 8
 ROWS_COLS = 4096
 ROWS_MIN_ROWS = 4096
 ROWS_MAX_ROWS = 8192  # from here, a program a row again
-ROWS_SCHEMES = ("nvfp4", "per_token")
+ROWS_SCHEMES = ("per_token",)
 
 
 def rows_per_program_of(spec: KernelSpec, n_rows: int, n_cols: int, dtype: torch.dtype) -> int:
