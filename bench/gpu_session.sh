@@ -34,6 +34,9 @@
 #     bash bench/gpu_session.sh rows    # rms_norm + nvfp4 / per-token, several rows a
 #                                       # program: its GPU tests, the probe, its rows end
 #                                       # to end
+#     bash bench/gpu_session.sh rows-next  # what rows left: its dynamic wrapper tests, the
+#                                       # probe at 2 / 8 warps, pieces at several rows,
+#                                       # the flat static probe
 #     bash bench/gpu_session.sh static-flat  # the standalone static quant in Inductor's
 #                                       # flat form, beside the generated kernel
 #     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
@@ -316,6 +319,21 @@ rows)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step rows-probe-8192 80 python3 bench/norm_rows_probe.py --hidden 8192 \
         --schemes per_token --tokens 4096 8192 --rows 4 8 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+rows-next)
+    # what the rows stage left: the marked-dynamic wrapper tests as fixed, the probe at 2
+    # and 8 warps (other warps' bytes checked to 99.9%), nvfp4 in pieces at several rows a
+    # program, then the flat static probe
+    step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
+        tests/test_user_kernels.py -k "several_rows or rows_a_program or nvfp4_scales"
+    step rows-probe 150 python3 bench/norm_rows_probe.py --hidden 4096 \
+        --tokens 4096 8192 --rows 8 --warps 2 8 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step rows-probe-pieces 100 python3 bench/norm_rows_probe.py --hidden 7168 8192 \
+        --schemes nvfp4 --tokens 4096 8192 --rows 4 8 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step static-flat 90 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 static-flat)

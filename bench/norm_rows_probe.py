@@ -9,9 +9,11 @@ inputs, beside Inductor, in one process.
 A program a row loads its row, then computes it: programs that start together load
 together, then compute together. R rows a program hold the next row's load in flight
 while one computes (about 120 registers against 64-72, so half the programs an SM).
-The last program runs what is left of R rows. Every candidate must write the bytes of a
-program a row. Rows that irfuse holds in pieces (rms_norm + nvfp4 at 7168 or 8192
-columns: runtime.pieces_of) are held in pieces at every R.
+The last program runs what is left of R rows. Every candidate at irfuse's warps must
+write the bytes of a program a row; one at other warps adds a row's squares in another
+order, so a byte may differ where a sum's last bit does (at most 0.1%). Rows that irfuse
+holds in pieces (rms_norm + nvfp4 at 7168 or 8192 columns: runtime.pieces_of) are held
+in pieces at every R.
 (The forty-first session's version of this probe built the loop by editing the
 generated source, and also timed the kernel at maxnreg=56: no change.) Appends a table.
 """
@@ -26,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import append_results, compare, sizes_parser  # noqa: E402
-from quant_schemes import norm_quant_case  # noqa: E402
+from quant_schemes import assert_bytes_agree, norm_quant_case  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.lowering.kernel_spec import KernelSpec  # noqa: E402
@@ -71,10 +73,13 @@ def probe_one(
     candidates = {"inductor": inductor, "a row": launcher(spec, 0, None)}
     candidates |= {name: launcher(spec, r, warps) for name, (r, warps) in names.items()}
     expected = candidates["a row"](x, w, s)
-    for name in names:
+    for name, (_, warps) in names.items():
         got = candidates[name](x, w, s)
-        for a, b in zip(got, expected, strict=True):
-            assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (scheme, name)
+        if warps is None:
+            for a, b in zip(got, expected, strict=True):
+                assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (scheme, name)
+        else:  # other warps add a row's squares in another order
+            assert_bytes_agree(got, expected, (scheme, name))
     times = compare(candidates, rounds, (x, w, s))
     row = [scheme, str(hidden), str(tokens), f"{times['inductor']:.2f}", f"{times['a row']:.2f}"]
     row += [f"{times[n]:.2f} ({times['a row'] / times[n]:.3f}x)" for n in names]
