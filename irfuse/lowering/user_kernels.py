@@ -55,6 +55,7 @@ from irfuse.lowering.runtime import (
     ROW_TILES,
     ROWS_MAX_ROWS,
     ROWS_MIN_ROWS,
+    ROWS_PARAMS,
     TWO_PASS_MIN_ROWS,
     NormLaunch,
     allocate_outputs,
@@ -65,17 +66,16 @@ from irfuse.lowering.runtime import (
     single_launch,
     stored_params,
 )
-from irfuse.ops.quant import nvfp4_scales_padded
+from irfuse.ops.quant import NVFP4_SCALE_ROWS, nvfp4_scales_padded, round_up
 
 INPUT_PARAMS = ("x_ptr", "residual_ptr", "weight_ptr", "x_weight_ptr", "scale_ptr")
 OUTPUT_PARAMS = ("out_ptr", "residual_out_ptr", "scale_out_ptr", "value_ptr")  # kernel_norm's
 # lower_norm_in_graph's inputs, in INPUT_PARAMS' order
 NormInputs = tuple[fx.Node, fx.Node | None, fx.Node | None, fx.Node | None, fx.Node | None]
 ROWS = "rows"  # a buffer dimension that is the token count
-# one that is the token count rounded up to SCALE_ROW_TILE: the swizzled nvfp4 scales'
+# one that is the token count rounded up to NVFP4_SCALE_ROWS: the swizzled nvfp4 scales'
 # (ops.quant.nvfp4_scale_shape)
 PADDED_ROWS = "rows, rounded up"
-SCALE_ROW_TILE = 128
 GRAPH_LAUNCH = "launched by Inductor's wrapper"
 
 
@@ -192,7 +192,7 @@ def _rows_problem(t: torch.Tensor) -> str | None:
 def _layout(samples: list[_Sample], name: str) -> tuple[list, list[int]] | None:
     """(shape, strides) of a buffer argument over the samples: each dim a size, ROWS
     where it is the row count, or PADDED_ROWS where it is that rounded up to
-    SCALE_ROW_TILE; None where its layout depends on the rows otherwise."""
+    NVFP4_SCALE_ROWS; None where its layout depends on the rows otherwise."""
     tensors = [s.arg(name) for s in samples]
     if any(t.stride() != tensors[0].stride() or t.dim() != tensors[0].dim() for t in tensors):
         return None
@@ -203,7 +203,7 @@ def _layout(samples: list[_Sample], name: str) -> tuple[list, list[int]] | None:
         elif all(t.shape[dim] == s.rows for t, s in zip(tensors, samples, strict=True)):
             shape.append(ROWS)
         elif all(
-            t.shape[dim] == cdiv(s.rows, SCALE_ROW_TILE) * SCALE_ROW_TILE
+            t.shape[dim] == round_up(s.rows, NVFP4_SCALE_ROWS)
             for t, s in zip(tensors, samples, strict=True)
         ):
             shape.append(PADDED_ROWS)
@@ -262,9 +262,9 @@ def _agree(samples: list[_Sample]) -> bool:
             return False
         if other.launch.grid[1] != first.launch.grid[1]:
             return False
-        shared = len(KERNEL_PARAMS)  # not n_rows, which a kernel of several rows a program takes
-        for a, b in zip(first.launch.args[:shared], other.launch.args[:shared], strict=True):
-            if not isinstance(a, torch.Tensor) and a != b:
+        params = kernel_params(first.spec)
+        for name, a, b in zip(params, first.launch.args, other.launch.args, strict=True):
+            if name not in ROWS_PARAMS and not isinstance(a, torch.Tensor) and a != b:
                 return False
     return True
 
@@ -349,10 +349,10 @@ def _lower_launches(
     lead, rows = leading_sizes(insert, inputs[0])  # sizes, or nodes for them
     at = {ROWS: (rows, rows_val)}  # (size, fake size) of each placeholder dim
     if any(PADDED_ROWS in layout[0] for layout in layouts.values()):  # type: ignore[index]
-        padded_val = cdiv(rows_val, SCALE_ROW_TILE) * SCALE_ROW_TILE  # (a symbolic count)
-        tiles = _cdiv_rows(insert, rows, rows_val, SCALE_ROW_TILE)
+        padded_val = round_up(rows_val, NVFP4_SCALE_ROWS)  # (a symbolic count)
+        tiles = _cdiv_rows(insert, rows, rows_val, NVFP4_SCALE_ROWS)
         at[PADDED_ROWS] = (
-            insert(operator.mul, (tiles, SCALE_ROW_TILE), {}, padded_val),
+            insert(operator.mul, (tiles, NVFP4_SCALE_ROWS), {}, padded_val),
             padded_val,
         )
     # the swizzled nvfp4 scales are zero-filled where their layout pads (alloc_nvfp4_scales)

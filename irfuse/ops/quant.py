@@ -17,6 +17,7 @@ from ._checks import (
 FP8_MIN_SCALE = 1.0 / (FP8_MAX * 512.0)
 GROUP_EPS = 1e-10
 NVFP4_BLOCK = 16
+NVFP4_SCALE_ROWS = 128  # the swizzled block scales' tile of rows (128x4), which rows pad to
 E2M1_MAX = 6.0
 # Magnitudes of the e2m1 codes 0..7 (bit 3 of a nibble is the sign).
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -36,7 +37,7 @@ def div_const(t: torch.Tensor, c: float) -> torch.Tensor:
     return t / torch.full((), c, dtype=t.dtype, device=t.device)
 
 
-def _round_up(a, b):  # works on ints and SymInts
+def round_up(a, b):  # works on ints and SymInts
     return (a + b - 1) // b * b
 
 
@@ -234,7 +235,7 @@ def _check_nvfp4(x: torch.Tensor, global_scale: torch.Tensor) -> None:
 
 def nvfp4_scale_shape(m, n) -> tuple:
     """Shape of the int32 swizzled block-scale tensor for an [m, n] input."""
-    return (_round_up(m, 128), _round_up(n // NVFP4_BLOCK, 4) // 4)
+    return (round_up(m, NVFP4_SCALE_ROWS), round_up(n // NVFP4_BLOCK, 4) // 4)
 
 
 def alloc_nvfp4_scales(m: int, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -252,7 +253,7 @@ def nvfp4_scales_padded(m, n) -> bool:
     """Whether the swizzled layout of an [m, n] input pads (True for symbolic sizes:
     fake tensors take no guard)."""
     symbolic = not (isinstance(m, int) and isinstance(n, int))
-    return symbolic or bool(m % 128 or (n // NVFP4_BLOCK) % 4)
+    return symbolic or bool(m % NVFP4_SCALE_ROWS or (n // NVFP4_BLOCK) % 4)
 
 
 def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
@@ -281,7 +282,7 @@ def e2m1_values(codes: torch.Tensor) -> torch.Tensor:
 def swizzle_block_scales(sf: torch.Tensor) -> torch.Tensor:
     """Lay out e4m3 block scales ``[m, n/16]`` as the zero-padded int32 "swizzled 128x4"."""
     m, kb = sf.shape
-    mp, kp = _round_up(m, 128), _round_up(kb, 4)
+    mp, kp = round_up(m, NVFP4_SCALE_ROWS), round_up(kb, 4)
     padded = torch.zeros((mp, kp), dtype=torch.uint8, device=sf.device)
     padded[:m, :kb] = sf.view(torch.uint8)
     # r = rb*128 + r2*32 + r1, k = kc*4 + k1 -> offset ((rb*KC + kc)*32 + r1)*16 + r2*4 + k1
