@@ -5,7 +5,8 @@ PyTorch is flat: one index over the whole contiguous tensor in 32 bits, unmasked
 the block divides it. The probe is that flat form written by hand with the generated
 kernel's arithmetic (x times the correctly rounded 1 / scale, saturating fp8 cast), at
 the generated kernel's tile and warps, timed beside both, kernel alone over rotating
-inputs. It writes the same bytes (checked).
+inputs. It writes the same bytes (checked). Beside it, `one row`: the generated kernel
+itself over the tensor viewed as one row (its tile index and masks kept).
 
     python bench/static_flat_probe.py [--hidden 4096 7168 8192] [--tokens 4096 16384]
 """
@@ -39,12 +40,19 @@ def static_flat(x_ptr, scale_ptr, out_ptr, n, BLOCK: tl.constexpr, EVEN: tl.cons
         tl.store(out_ptr + offs, (x * inv_scale).to(tl.float8e4nv), mask=offs < n)
 
 
-def generated(spec: KernelSpec):
+def generated(spec: KernelSpec, config: tuple[int, int] | None = None, one_row: bool = False):
+    """The generated kernel, or (`one_row`) the same kernel over the tensor viewed as one
+    row, at `config` (the tile and warps it takes for the tensor's own rows): flat but for
+    the kernel's tile arithmetic and masks."""
+
     def run(x, s):
-        outputs = runtime.allocate_outputs(spec, x, False)
-        launched, launch = runtime.single_launch(spec, x, None, None, s, outputs, 1e-6)
+        x2 = x.view(1, -1) if one_row else x
+        outputs = runtime.allocate_outputs(spec, x2, False)
+        launched, launch = runtime.single_launch(
+            spec, x2, None, None, s, outputs, 1e-6, config=config
+        )
         runtime.run_launch(launched, launch)
-        return outputs[0]
+        return outputs[0].view(x.shape)
 
     return run
 
@@ -68,13 +76,15 @@ def probe_one(hidden: int, tokens: int, rounds: int) -> list[str]:
     torch._dynamo.reset()
     inductor = torch.compile(lambda x, s: quant_torch("static", x, s), dynamic=False)
     candidates = {"inductor": inductor, "generated": generated(spec),
+                  "one row": generated(spec, (block, num_warps), one_row=True),
                   "flat": flat(block, num_warps)}  # fmt: skip
     want = candidates["generated"](x, s).view(torch.uint8)
-    assert torch.equal(candidates["flat"](x, s).view(torch.uint8), want)
+    for name in ("one row", "flat"):
+        assert torch.equal(candidates[name](x, s).view(torch.uint8), want), name
     times = compare(candidates, rounds, (x, s))
     row = [str(hidden), str(tokens), f"{block}x{num_warps}w"]
     row += [f"{times[name]:.2f}" for name in candidates]
-    row += [f"{times['inductor'] / times[name]:.3f}x" for name in ("generated", "flat")]
+    row += [f"{times['inductor'] / times[name]:.3f}x" for name in ("generated", "one row", "flat")]
     print(row, flush=True)
     return row
 
@@ -85,11 +95,12 @@ def main() -> None:
     rows = [probe_one(h, t, args.rounds) for h in args.hidden for t in args.tokens]
     print(append_results(
         "standalone static fp8, flat like Inductor's (probe), kernel alone, bf16, us",
-        ["hidden", "T", "tile x warps", "Inductor", "generated", "flat", "generated vs Inductor",
-         "flat vs Inductor"], rows,
-        notes="bench/static_flat_probe.py: the generated kernel's arithmetic in Inductor's "
-        "flat form (one 32-bit index, no masks where the block divides the tensor), at the "
-        "generated kernel's tile and warps.",
+        ["hidden", "T", "tile x warps", "Inductor", "generated", "one row", "flat",
+         "generated vs Inductor", "one row vs Inductor", "flat vs Inductor"], rows,
+        notes="bench/static_flat_probe.py: `one row`: the generated kernel over the tensor "
+        "viewed as one row; `flat`: its arithmetic in Inductor's flat form (one 32-bit "
+        "index, no masks where the block divides the tensor); both at the generated "
+        "kernel's tile and warps.",
     ))  # fmt: skip
 
 
