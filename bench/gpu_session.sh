@@ -34,9 +34,8 @@
 #     bash bench/gpu_session.sh rows    # rms_norm + nvfp4 / per-token, several rows a
 #                                       # program: its GPU tests, the probe, its rows end
 #                                       # to end
-#     bash bench/gpu_session.sh rows-next  # what rows left: its dynamic wrapper tests, the
-#                                       # probe at 2 / 8 warps, pieces at several rows,
-#                                       # the flat static probe
+#     bash bench/gpu_session.sh rows-warps  # per-token's rows at 8 warps: its GPU tests,
+#                                       # its rows end to end; the flat static probe
 #     bash bench/gpu_session.sh static-flat  # the standalone static quant in Inductor's
 #                                       # flat form, beside the generated kernel
 #     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
@@ -304,8 +303,8 @@ standalone-halves)
 rows)
     # rms_norm + nvfp4 / per-token at several rows a program (runtime.rows_per_program_of):
     # its GPU tests, the probe by rows a program and warps at 4096 columns, issue 3's rows
-    # end to end (through the graph launch), then the probe of nvfp4 in pieces at 7168 and
-    # 8192 and of per-token at 8192 (does it carry over?)
+    # end to end (through the graph launch), then the probe of per-token at 8192 (does it
+    # carry over?)
     step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
         tests/test_user_kernels.py -k "several_rows or rows_a_program or nvfp4_scales"
     step rows-probe 200 python3 bench/norm_rows_probe.py --hidden 4096 \
@@ -314,26 +313,20 @@ rows)
     step no-residual 90 python3 bench/quant_schemes.py --no-residual \
         --schemes per_token nvfp4 --hidden 4096 --tokens 4096 8192 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step rows-probe-pieces 100 python3 bench/norm_rows_probe.py --hidden 7168 8192 \
-        --schemes nvfp4 --tokens 4096 8192 --rows 4 8 --rounds 3
-    cp bench/RESULTS.md "$OUT/RESULTS.md"
     step rows-probe-8192 80 python3 bench/norm_rows_probe.py --hidden 8192 \
         --schemes per_token --tokens 4096 8192 --rows 4 8 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
-rows-next)
-    # what the rows stage left: the marked-dynamic wrapper tests as fixed, the probe at 2
-    # and 8 warps (other warps' bytes checked to 99.9%), nvfp4 in pieces at several rows a
-    # program, then the flat static probe
+rows-warps)
+    # per-token at 8 rows a program on ROWS_WARPS (8) warps: its GPU tests (and the
+    # marked-dynamic wrapper tests), issue 3's per-token rows without a residual end to
+    # end, then the flat static probe
     step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
         tests/test_user_kernels.py -k "several_rows or rows_a_program or nvfp4_scales"
-    step rows-probe 150 python3 bench/norm_rows_probe.py --hidden 4096 \
-        --tokens 4096 8192 --rows 8 --warps 2 8 --rounds 3
+    step no-residual 90 python3 bench/quant_schemes.py --no-residual \
+        --schemes per_token --hidden 4096 --tokens 1024 4096 8192 16384 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step rows-probe-pieces 100 python3 bench/norm_rows_probe.py --hidden 7168 8192 \
-        --schemes nvfp4 --tokens 4096 8192 --rows 4 8 --rounds 3
-    cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step static-flat 90 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
+    step static-flat 120 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 static-flat)

@@ -12,8 +12,9 @@ while one computes (about 120 registers against 64-72, so half the programs an S
 The last program runs what is left of R rows. Every candidate at irfuse's warps must
 write the bytes of a program a row; one at other warps adds a row's squares in another
 order, so a byte may differ where a sum's last bit does (at most 0.1%). Rows that irfuse
-holds in pieces (rms_norm + nvfp4 at 7168 or 8192 columns: runtime.pieces_of) are held
-in pieces at every R.
+holds in pieces (rms_norm + nvfp4 at 7168 or 8192 columns: runtime.pieces_of) are held in
+pieces a row a program, in one BLOCK at R rows (several rows in pieces ran 0.75x-0.87x a
+row a program, forty-sixth session, and are no longer built).
 (The forty-first session's version of this probe built the loop by editing the
 generated source, and also timed the kernel at maxnreg=56: no change.) Appends a table.
 """
@@ -35,12 +36,11 @@ from irfuse.lowering.kernel_spec import KernelSpec  # noqa: E402
 
 
 def launcher(spec: KernelSpec, rows: int, warps: int | None):
-    """`spec`'s kernel at `rows` rows a program (0: a row a program) and `warps` warps
-    (None: irfuse's), in pieces where irfuse holds such rows in pieces
-    (runtime.pieces_of)."""
+    """`spec`'s kernel at `rows` rows a program (0: a row a program, in pieces where irfuse
+    holds such rows in pieces: runtime.pieces_of) and `warps` warps (None: irfuse's)."""
 
     def run(x, w, s):
-        pieces = runtime.pieces_of(spec, x.shape[1], x.dtype)
+        pieces = 0 if rows else runtime.pieces_of(spec, x.shape[1], x.dtype)
         spec_of_x = dataclasses.replace(spec, pieces=pieces, rows_per_program=rows)
         outputs = runtime.allocate_outputs(spec_of_x, x, False)
         block, irfuse_warps = runtime.spec_launch_config(spec_of_x, *x.shape)

@@ -455,23 +455,24 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
         ("nvfp4", "gemma", torch.float16, 8184, 4096),
         ("per_token", "plain", torch.bfloat16, 4096, 4096),
         ("per_token ub", "fp32", torch.float16, 6001, 4096),
-        ("nvfp4", "plain", torch.bfloat16, 4097, 7168),
-        ("nvfp4", "fp32", torch.float16, 4103, 8192),
     ],
 )
 def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
     monkeypatch, scheme, mode, dtype, rows, hidden
 ):
-    """The several-rows-a-program kernels at the sizes they run (4096 columns; nvfp4 in
-    pieces at 7168 and 8192, where runtime.ROWS_COLS is set to take them): the reference's
-    results, and the bytes of a program a row."""
-    monkeypatch.setattr(runtime, "ROWS_COLS", hidden)
+    """The several-rows-a-program kernels at the sizes they run (4096 columns): the
+    reference's results at ROWS_WARPS warps; at a program a row's warps (the same order of
+    a row's squares), the bytes of a program a row."""
     launched = recorded_launches(monkeypatch)
     monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4", "per_token"))  # nvfp4's too
+    _run("rms_norm", mode, scheme, rows, hidden, dtype)
+    one_row_warps = runtime.launch_config(rows, hidden, scheme, norm=True, plain_norm=True)[1]
+    monkeypatch.setattr(runtime, "ROWS_WARPS", one_row_warps)
     got = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
     one_a_program = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
-    assert [spec.rows_per_program for spec, _ in launched] == [runtime.ROWS_PER_PROGRAM, 0]
+    warps = [(spec.rows_per_program, launch.num_warps) for spec, launch in launched]
+    assert warps == [(8, runtime.ROWS_WARPS), (8, one_row_warps), (0, one_row_warps)]
     for a, b in zip(got, one_a_program, strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
@@ -502,7 +503,7 @@ def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_prog
     x = torch.zeros(4096, 4096, dtype=torch.bfloat16)
     outputs = runtime.allocate_outputs(norm, x, False)
     spec, launch = runtime.single_launch(norm, x, None, x[0], None, outputs, 1e-6)
-    assert (spec.rows_per_program, launch.grid) == (8, (512, 1))
+    assert (spec.rows_per_program, launch.grid, launch.num_warps) == (8, (512, 1), 8)
     config = runtime.spec_launch_config(norm, 4096, 4096)
     spec, launch = runtime.single_launch(norm, x, None, x[0], None, outputs, 1e-6, config=config)
     assert (spec.rows_per_program, launch.grid) == (0, (4096, 1))
@@ -532,37 +533,11 @@ def test_nvfp4_norm_in_pieces_matches_the_reference(monkeypatch, mode, pieces, d
     assert torch.equal(scales, scales_ref)
 
 
-@pytest.mark.parametrize(
-    "mode,pieces,dtype", [("plain", 3, torch.bfloat16), ("gemma", 7, torch.float16)]
-)
-def test_nvfp4_norm_in_pieces_of_several_rows_a_program_matches_a_row_a_program(
-    monkeypatch, mode, pieces, dtype
-):
-    """rms_norm + nvfp4 in pieces, several rows a program (kernel_spec._pieces_body; its
-    rows' width taken by runtime.rows_per_program_of here, 64-column pieces, to keep the
-    interpreter quick), 19 rows (3 in the last program): the reference's results, and the
-    bytes of a program a row."""
-    monkeypatch.setattr(runtime, "PIECE_COLS", 64)
-    monkeypatch.setattr(runtime, "ROWS_COLS", 64 * pieces)
-    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
-    monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4", "per_token"))  # nvfp4's too
-    launched = recorded_launches(monkeypatch)
-    got = _run("rms_norm", mode, "nvfp4", 19, 64 * pieces, dtype)[:2]
-    monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
-    one_a_program = _run("rms_norm", mode, "nvfp4", 19, 64 * pieces, dtype)[:2]
-    assert [(spec.pieces, spec.rows_per_program) for spec, _ in launched] == [
-        (pieces, 8),
-        (pieces, 0),
-    ]
-    for a, b in zip(got, one_a_program, strict=True):
-        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
-
-
-def test_only_rows_of_a_few_pieces_run_the_nvfp4_norm_in_pieces():
+def test_only_rows_of_a_few_pieces_run_the_nvfp4_norm_in_pieces(monkeypatch):
     """The kernel in pieces takes rms_norm + nvfp4 without a residual over rows of 3, 5,
     6, 7 or 8 pieces of 1024 columns of 16-bit values; 4096 columns (whole blocks a
     thread), a row off the pieces, fp32 values, an add, a kept value or another scheme keep
-    the row in one BLOCK."""
+    the row in one BLOCK. A row in pieces is a program's only row (several in pieces lost)."""
     norm = KernelSpec("rms_norm", "plain", "nvfp4")
     bf16 = torch.bfloat16
     pieces = [runtime.pieces_of(norm, 1024 * k, bf16) for k in range(1, 10)]
@@ -590,6 +565,17 @@ def test_only_rows_of_a_few_pieces_run_the_nvfp4_norm_in_pieces():
     assert swept.pieces == 0 and launch.grid == (2, 1)  # a sweep's config: one BLOCK
     source = kernel_source(in_pieces)
     assert source.count("normed_nvfp4_piece(v") == 7 and "mask" not in source.split("piece =")[1]
+    with pytest.raises(ValueError, match="no kernel of several rows a program in pieces"):
+        kernel_source(dataclasses.replace(in_pieces, rows_per_program=8))  # it lost: none
+    monkeypatch.setattr(runtime, "ROWS_COLS", 7168)  # rows of pieces: never several a program
+    monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4",))
+    assert runtime.rows_per_program_of(norm, 4096, 7168, bf16) == 8
+    assert runtime.rows_per_program_of(in_pieces, 4096, 7168, bf16) == 0
+    x = torch.zeros(4096, 7168, dtype=bf16)
+    launched = runtime.single_launch(
+        norm, x, None, x[0], s, runtime.allocate_outputs(norm, x, False), 1e-6
+    )[0]
+    assert (launched.pieces, launched.rows_per_program) == (7, 0)
 
 
 def test_only_a_norm_without_a_residual_takes_the_plain_norm_warps():

@@ -42,13 +42,12 @@ IN_PIECES = (
     "rms_norm/plain/model/none:bf16:1024:4:aligned",
 )
 
-# rms_norm + nvfp4 / per-token at 8 rows a program (runtime.rows_per_program_of) beside
-# the same kernel at a row a program: 4096 columns at 4 warps (4 loads of 16 bytes a
-# thread a row), and nvfp4 in 7 pieces (one load a piece)
+# rms_norm + per-token / nvfp4 at 8 rows a program (runtime.rows_per_program_of) beside
+# the same kernel at a row a program, over 4096 columns: per-token at ROWS_WARPS (8) warps
+# (2 loads of 16 bytes a thread a row), nvfp4 at 4 (4 loads)
 SEVERAL_ROWS = {
+    "rms_norm/plain/model/per_token:fp16:4096:8:aligned:0:8": 2,
     "rms_norm/plain/model/nvfp4:bf16:4096:4:aligned:0:8": 4,
-    "rms_norm/plain/model/per_token:fp16:4096:4:aligned:0:8": 4,
-    "rms_norm/plain/model/nvfp4:bf16:1024:4:aligned:7:8": 7,
 }
 
 

@@ -39,13 +39,10 @@ ROWS_IN_ORDER = "    row = tl.program_id(0).to(tl.int64)\n"
 # left of the n_rows rows (a parameter of these kernels alone); each program's last row
 # loads itself again (from cache: a masked load of no row needs a scalar mask, which
 # Triton's interpreter refuses).
-FIRST_ROW = (
+ROWS_OF_A_PROGRAM = (
     "    first_row = tl.program_id(0).to(tl.int64) * {rows}  # {rows} rows a program\n"
     "    last_row = tl.minimum(first_row + {rows}, n_rows) - 1  # fewer in the last program\n"
-)
-ROWS_OF_A_PROGRAM = (
-    FIRST_ROW
-    + "    x_next = tl.load(x_ptr + first_row * x_row_stride + cols, mask=mask, other=0.0)\n"
+    "    x_next = tl.load(x_ptr + first_row * x_row_stride + cols, mask=mask, other=0.0)\n"
 )
 NEXT_ROW = """    for row in range(first_row, last_row + 1):
         x_row = x_next
@@ -120,17 +117,6 @@ PIECE_COLUMNS = """    model_dtype = x_ptr.dtype.element_ty
 PIECE_LOAD = (
     "    v{i} = widened(tl.load(x_ptr + row * x_row_stride + {i} * BLOCK + piece), INTERPRET)\n"
 )
-# Several rows a program in pieces (kernel_spec._pieces_body): the first row's pieces
-# loaded, then a loop over the rows that loads row i + 1's before it computes row i.
-PIECE_FIRST_LOAD = (
-    "    x{i}_next = tl.load(x_ptr + first_row * x_row_stride + {i} * BLOCK + piece)\n"
-)
-PIECES_NEXT_ROW = """    for row in range(first_row, last_row + 1):
-        next_row = tl.minimum(row + 1, last_row)  # its pieces in flight while this row computes
-"""
-PIECE_NEXT_LOAD = """        v{i} = widened(x{i}_next, INTERPRET)
-        x{i}_next = tl.load(x_ptr + next_row * x_row_stride + {i} * BLOCK + piece)
-"""
 PIECE_WEIGHT = "    w{i} = tl.load(weight_ptr + {i} * BLOCK + piece)  # loaded early\n"
 PIECES_NORM = """
     # rms_norm over the row (variance on the fp32 value, its squares summed piece by

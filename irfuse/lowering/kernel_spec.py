@@ -249,9 +249,6 @@ def kernel_source(spec: KernelSpec) -> str:
         piece_helper = _piece_epilogue(spec)
         body = _pieces_body(spec)
         how = f"One row per program, held as {spec.pieces} pieces of BLOCK columns"
-        if spec.rows_per_program:
-            how = f"{spec.rows_per_program} rows per program, each next row loaded early, "
-            how += f"each held as {spec.pieces} pieces of BLOCK columns"
     elif spec.two_pass:
         if (spec.producer, parse_scheme(spec.quant)[0]) != ("quant", "per_token"):
             raise ValueError(f"no two-pass kernel for {spec.describe()}")
@@ -346,9 +343,11 @@ def _piece_epilogue(spec: KernelSpec) -> str:
 
 def _pieces_body(spec: KernelSpec) -> str:
     """rms_norm + nvfp4 over a row held as `spec.pieces` pieces of BLOCK columns: every
-    piece loaded, the row's rstd, then each piece's weight step and epilogue. At
-    `spec.rows_per_program` rows a program, the weights are loaded once and the rows run
-    in a loop, each row's successor loaded before the row computes."""
+    piece loaded, the row's rstd, then each piece's weight step and epilogue. (Several
+    rows a program in pieces ran 0.75x-0.87x a row a program on an H100: runtime's
+    ROWS_PER_PROGRAM comment.)"""
+    if spec.rows_per_program:
+        raise ValueError(f"no kernel of several rows a program in pieces: {spec.describe()}")
     pieces = range(spec.pieces)
     columns = norm.PIECE_COLUMNS.format(pieces=spec.pieces)
     weights = "".join(norm.PIECE_WEIGHT.format(i=i) for i in pieces) + quant_pieces.NVFP4_PRELOAD
@@ -357,10 +356,5 @@ def _pieces_body(spec: KernelSpec) -> str:
     row = norm.PIECES_NORM.format(norm_dtype=_value_dtype(spec), squares=squares)
     call = norm.PIECE_CALL.format
     row += "".join(call(name=PIECE_EPILOGUE_NAME, i=i, pieces=spec.pieces) for i in pieces)
-    if not (rows := spec.rows_per_program):
-        loads = "".join(norm.PIECE_LOAD.format(i=i) for i in pieces)
-        return norm.ROWS_IN_ORDER + columns + loads + weights + row
-    first_loads = "".join(norm.PIECE_FIRST_LOAD.format(i=i) for i in pieces)
-    next_loads = "".join(norm.PIECE_NEXT_LOAD.format(i=i) for i in pieces)
-    loop = norm.PIECES_NEXT_ROW + next_loads + textwrap.indent(row, "    ")
-    return norm.FIRST_ROW.format(rows=rows) + columns + first_loads + weights + loop
+    loads = "".join(norm.PIECE_LOAD.format(i=i) for i in pieces)
+    return norm.ROWS_IN_ORDER + columns + loads + weights + row

@@ -202,9 +202,13 @@ def _in_pieces(spec: KernelSpec, pieces: int) -> KernelSpec:
 # generated source, ran 1.079x (nvfp4, before its halves of blocks) and 1.040x
 # (per-token) at 4096 x 4096, and 0.997x-0.998x at 16384 rows. The generated form, kernel
 # alone on an H100 (forty-fifth session): per-token 1.021x at 4096 rows, 0.996x at 8192;
-# nvfp4 1.005x and 0.948x, so only per-token runs it (kernel_spec keeps nvfp4's form, in
-# pieces too, for norm_rows_probe).
+# nvfp4 1.005x and 0.948x, so only per-token runs it (kernel_spec keeps the form generic;
+# norm_rows_probe times nvfp4's). At ROWS_WARPS warps (forty-sixth session, same probe):
+# per-token 1.052x / 1.010x a row a program at 4096 / 8192 rows, against 1.023x / 0.993x
+# at 4 (2 warps: 0.993x / 0.962x); nvfp4 1.000x / 0.951x. nvfp4 in pieces (7168, 8192)
+# at 4 or 8 rows a program ran 0.75x-0.87x a row a program: no such kernel is built.
 ROWS_PER_PROGRAM = 8
+ROWS_WARPS = 8
 ROWS_COLS = 4096
 ROWS_MIN_ROWS = 4096
 ROWS_MAX_ROWS = 8192  # from here, a program a row again
@@ -218,6 +222,7 @@ def rows_per_program_of(spec: KernelSpec, n_rows: int, n_cols: int, dtype: torch
         dtype not in (torch.bfloat16, torch.float16)
         or spec.producer != "rms_norm"
         or spec.keep_value
+        or spec.pieces
         or parse_scheme(spec.quant)[0] not in ROWS_SCHEMES
         or not isinstance(n_rows, int)
         or n_cols != ROWS_COLS
@@ -234,9 +239,12 @@ def _in_rows(spec: KernelSpec, rows: int) -> KernelSpec:
 
 def spec_launch_config(spec: KernelSpec, n_rows: int, n_cols: int) -> tuple[int, int]:
     """launch_config for `spec`'s kernel over [n_rows, n_cols] (norm_launch then gives a
-    two-pass kernel TWO_PASS_WARPS); a kernel in pieces takes PIECE_COLS, PIECES_WARPS."""
+    two-pass kernel TWO_PASS_WARPS); a kernel in pieces takes PIECE_COLS, PIECES_WARPS, one
+    of several rows a program ROWS_WARPS."""
     if spec.pieces:
         return PIECE_COLS, PIECES_WARPS
+    if spec.rows_per_program:
+        return next_power_of_2(n_cols), ROWS_WARPS
     norm = spec.producer != "quant"
     plain_norm = spec.producer == "rms_norm" and not spec.keep_value  # 3 bytes an element
     return launch_config(n_rows, n_cols, spec.quant, spec.row_tiles, norm, plain_norm)
