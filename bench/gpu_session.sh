@@ -328,6 +328,14 @@ rows-warps)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step static-flat 120 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
     cp bench/RESULTS.md "$OUT/RESULTS.md"
+    # whether the range (4096 to 8191 rows of 4096 columns) should grow: more rows, and
+    # 8192 columns
+    step rows-probe-more 90 python3 bench/norm_rows_probe.py --schemes per_token \
+        --hidden 4096 --tokens 12288 16384 --rows 8 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step rows-probe-8192 90 python3 bench/norm_rows_probe.py --schemes per_token \
+        --hidden 8192 --tokens 4096 8192 --rows 4 8 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 static-flat)
     # standalone static at 0.989x-0.998x Inductor: whether Inductor's flat form closes it
