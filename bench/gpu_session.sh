@@ -320,7 +320,7 @@ rows)
 rows-warps)
     # per-token at 8 rows a program on ROWS_WARPS (8) warps: its GPU tests (and the
     # marked-dynamic wrapper tests), issue 3's per-token rows without a residual end to
-    # end, then the flat static probe
+    # end, the flat static probe, then the rows probe at more rows and at 8192 columns
     step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
         tests/test_user_kernels.py -k "several_rows or rows_a_program or nvfp4_scales"
     step no-residual 90 python3 bench/quant_schemes.py --no-residual \
