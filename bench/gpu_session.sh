@@ -35,7 +35,8 @@
 #                                       # program: its GPU tests, the probe, its rows end
 #                                       # to end
 #     bash bench/gpu_session.sh rows-warps  # per-token's rows at 8 warps: its GPU tests,
-#                                       # its rows end to end; the flat static probe
+#                                       # its rows end to end, the probe at more rows and
+#                                       # 8192 columns; the flat static probe
 #     bash bench/gpu_session.sh static-flat  # the standalone static quant in Inductor's
 #                                       # flat form, beside the generated kernel
 #     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
@@ -326,8 +327,6 @@ rows-warps)
     step no-residual 90 python3 bench/quant_schemes.py --no-residual \
         --schemes per_token --hidden 4096 --tokens 1024 4096 8192 16384 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step static-flat 120 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
-    cp bench/RESULTS.md "$OUT/RESULTS.md"
     # whether the range (4096 to 8191 rows of 4096 columns) should grow: more rows, and
     # 8192 columns
     step rows-probe-more 90 python3 bench/norm_rows_probe.py --schemes per_token \
@@ -335,6 +334,8 @@ rows-warps)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step rows-probe-8192 90 python3 bench/norm_rows_probe.py --schemes per_token \
         --hidden 8192 --tokens 4096 8192 --rows 4 8 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step static-flat 120 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 static-flat)
