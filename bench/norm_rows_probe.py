@@ -9,12 +9,13 @@ inputs, beside Inductor, in one process.
 A program a row loads its row, then computes it: programs that start together load
 together, then compute together. R rows a program hold the next row's load in flight
 while one computes (about 120 registers against 64-72, so half the programs an SM).
-The last program runs what is left of R rows. Every candidate at irfuse's warps must
-write the bytes of a program a row; one at other warps adds a row's squares in another
-order, so a byte may differ where a sum's last bit does (at most 0.1%). Rows that irfuse
-holds in pieces (rms_norm + nvfp4 at 7168 or 8192 columns: runtime.pieces_of) are held in
-pieces a row a program, in one BLOCK at R rows (several rows in pieces ran 0.75x-0.87x a
-row a program, forty-sixth session, and are no longer built).
+The last program runs what is left of R rows. Every candidate at a program a row's warps
+must write its bytes; one at other warps (irfuse runs several rows on runtime.ROWS_WARPS)
+adds a row's squares in another order, so a byte may differ where a sum's last bit does
+(at most 0.1%). Rows that irfuse holds in pieces (rms_norm + nvfp4 at 7168 or 8192
+columns: runtime.pieces_of) are held in pieces a row a program, in one BLOCK at R rows
+(several rows in pieces ran 0.75x-0.87x a row a program, forty-sixth session, and are no
+longer built).
 (The forty-first session's version of this probe built the loop by editing the
 generated source, and also timed the kernel at maxnreg=56: no change.) Appends a table.
 """
@@ -35,16 +36,22 @@ import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.lowering.kernel_spec import KernelSpec  # noqa: E402
 
 
+def config_of(spec: KernelSpec, rows: int, warps: int | None, x: torch.Tensor):
+    """(the spec, its (BLOCK, warps)) of `spec`'s kernel over `x` at `rows` rows a program
+    (0: a row a program, in pieces where irfuse holds such rows in pieces:
+    runtime.pieces_of) and `warps` warps (None: irfuse's for that form)."""
+    pieces = 0 if rows else runtime.pieces_of(spec, x.shape[1], x.dtype)
+    spec_of_x = dataclasses.replace(spec, pieces=pieces, rows_per_program=rows)
+    block, irfuse_warps = runtime.spec_launch_config(spec_of_x, *x.shape)
+    return spec_of_x, (block, warps or irfuse_warps)
+
+
 def launcher(spec: KernelSpec, rows: int, warps: int | None):
-    """`spec`'s kernel at `rows` rows a program (0: a row a program, in pieces where irfuse
-    holds such rows in pieces: runtime.pieces_of) and `warps` warps (None: irfuse's)."""
+    """`spec`'s kernel at `rows` rows a program and `warps` warps (config_of)."""
 
     def run(x, w, s):
-        pieces = 0 if rows else runtime.pieces_of(spec, x.shape[1], x.dtype)
-        spec_of_x = dataclasses.replace(spec, pieces=pieces, rows_per_program=rows)
+        spec_of_x, config = config_of(spec, rows, warps, x)  # a config keeps `rows`
         outputs = runtime.allocate_outputs(spec_of_x, x, False)
-        block, irfuse_warps = runtime.spec_launch_config(spec_of_x, *x.shape)
-        config = (block, warps or irfuse_warps)  # a config keeps `rows`, as a sweep does
         launched, launch = runtime.single_launch(
             spec_of_x, x, None, w, s, outputs, 1e-6, config=config
         )
@@ -73,9 +80,10 @@ def probe_one(
     candidates = {"inductor": inductor, "a row": launcher(spec, 0, None)}
     candidates |= {name: launcher(spec, r, warps) for name, (r, warps) in names.items()}
     expected = candidates["a row"](x, w, s)
-    for name, (_, warps) in names.items():
+    a_row_warps = config_of(spec, 0, None, x)[1][1]
+    for name, (rows, warps) in names.items():
         got = candidates[name](x, w, s)
-        if warps is None:
+        if config_of(spec, rows, warps, x)[1][1] == a_row_warps:
             for a, b in zip(got, expected, strict=True):
                 assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), (scheme, name)
         else:  # other warps add a row's squares in another order

@@ -466,13 +466,14 @@ def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
     launched = recorded_launches(monkeypatch)
     monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4", "per_token"))  # nvfp4's too
     _run("rms_norm", mode, scheme, rows, hidden, dtype)
+    rows_warps = runtime.ROWS_WARPS
     one_row_warps = runtime.launch_config(rows, hidden, scheme, norm=True, plain_norm=True)[1]
     monkeypatch.setattr(runtime, "ROWS_WARPS", one_row_warps)
     got = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 1 << 30)
     one_a_program = _run("rms_norm", mode, scheme, rows, hidden, dtype)[:2]
     warps = [(spec.rows_per_program, launch.num_warps) for spec, launch in launched]
-    assert warps == [(8, runtime.ROWS_WARPS), (8, one_row_warps), (0, one_row_warps)]
+    assert warps == [(8, rows_warps), (8, one_row_warps), (0, one_row_warps)]
     for a, b in zip(got, one_a_program, strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
