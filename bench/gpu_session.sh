@@ -34,9 +34,8 @@
 #     bash bench/gpu_session.sh rows    # rms_norm + nvfp4 / per-token, several rows a
 #                                       # program: its GPU tests, the probe, its rows end
 #                                       # to end
-#     bash bench/gpu_session.sh rows-warps  # per-token's rows at 8 warps: its GPU tests,
-#                                       # its rows end to end, the probe at more rows and
-#                                       # 8192 columns; the flat static probe
+#     bash bench/gpu_session.sh rows-more  # per-token's rows at 8 warps: its GPU tests,
+#                                       # the probe at more rows and at 8192 columns
 #     bash bench/gpu_session.sh static-flat  # the standalone static quant in Inductor's
 #                                       # flat form, beside the generated kernel
 #     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
@@ -318,24 +317,17 @@ rows)
         --schemes per_token --tokens 4096 8192 --rows 4 8 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
-rows-warps)
-    # per-token at 8 rows a program on ROWS_WARPS (8) warps: its GPU tests (and the
-    # marked-dynamic wrapper tests), issue 3's per-token rows without a residual end to
-    # end, the flat static probe, then the rows probe at more rows and at 8192 columns
+rows-more)
+    # per-token's 8 rows a program on ROWS_WARPS (8) warps: its GPU tests (and the
+    # marked-dynamic wrapper tests), then whether its range (4096 to 8191 rows of 4096
+    # columns) should grow: the probe at more rows, and at 8192 columns
     step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
         tests/test_user_kernels.py -k "several_rows or rows_a_program or nvfp4_scales"
-    step no-residual 90 python3 bench/quant_schemes.py --no-residual \
-        --schemes per_token --hidden 4096 --tokens 1024 4096 8192 16384 --rounds 3
-    cp bench/RESULTS.md "$OUT/RESULTS.md"
-    # whether the range (4096 to 8191 rows of 4096 columns) should grow: more rows, and
-    # 8192 columns
     step rows-probe-more 90 python3 bench/norm_rows_probe.py --schemes per_token \
-        --hidden 4096 --tokens 12288 16384 --rows 8 --rounds 3
+        --hidden 4096 --tokens 8192 12288 16384 --rows 8 --warps 4 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step rows-probe-8192 90 python3 bench/norm_rows_probe.py --schemes per_token \
-        --hidden 8192 --tokens 4096 8192 --rows 4 8 --rounds 3
-    cp bench/RESULTS.md "$OUT/RESULTS.md"
-    step static-flat 120 python3 bench/static_flat_probe.py --hidden 4096 7168 8192
+        --hidden 8192 --tokens 4096 8192 --rows 4 8 --warps 4 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 static-flat)
