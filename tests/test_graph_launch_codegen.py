@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from irfuse.lowering.runtime import KERNEL_PARAMS
+from irfuse.lowering.runtime import KERNEL_PARAMS, ROWS_WARPS
 
 WRAPPER_SCRIPT = Path(__file__).parent / "inductor_wrapper.py"
 # On a GPU machine the GPU tests compile and run the real wrappers; this CPU stand-in
@@ -144,13 +144,15 @@ def test_a_symbolic_token_count_sizes_the_grid_and_the_output(wrappers):
 
 def test_a_symbolic_token_count_sizes_a_grid_of_several_rows_a_program(wrappers):
     """A kernel of several rows a program (runtime.rows_per_program_of) over a symbolic
-    token count: its grid is the count over 8 rounded up, and the count is its n_rows."""
+    token count: its grid is the count over 8 rounded up, the count is its n_rows, and it
+    runs on ROWS_WARPS warps."""
     code = wrappers["symbolic rows, several a program"]["code"]
     ((name, args),) = _calls(code)
     assert name == "irfuse_rms_norm_per_token_fp8_8_rows"
     rows = args[-4]  # n_rows, the kernel's last parameter: the token count's symbol
     assert re.fullmatch(r"s\d+", rows), args
     assert args[-3] == f"(7 + {rows}) // 8", args  # the grid's x
+    assert re.findall(r"'num_warps': (\d+)", code) == [str(ROWS_WARPS)], code
 
 
 def test_a_symbolic_token_count_sizes_the_padded_nvfp4_scales(wrappers):
