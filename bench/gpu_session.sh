@@ -35,7 +35,8 @@
 #                                       # program: its GPU tests, the probe, its rows end
 #                                       # to end
 #     bash bench/gpu_session.sh rows-more  # per-token's rows at 8 warps: its GPU tests,
-#                                       # the probe at more rows and at 8192 columns
+#                                       # the probe at more rows and at 8192 columns,
+#                                       # Inductor's standalone static kernel's source
 #     bash bench/gpu_session.sh static-flat  # the standalone static quant in Inductor's
 #                                       # flat form, beside the generated kernel
 #     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
@@ -328,6 +329,10 @@ rows-more)
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step rows-probe-8192 90 python3 bench/norm_rows_probe.py --schemes per_token \
         --hidden 8192 --tokens 4096 8192 --rows 4 8 --warps 4 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    # Inductor's standalone static quant, which its flat form alone does not explain
+    step static-inductor 60 python3 bench/static_flat_probe.py --hidden 4096 --tokens 4096 \
+        --show-inductor --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 static-flat)
