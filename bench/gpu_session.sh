@@ -37,6 +37,8 @@
 #     bash bench/gpu_session.sh rows-more  # per-token's rows at 8 warps: its GPU tests,
 #                                       # the probe at more rows and at 8192 columns,
 #                                       # Inductor's standalone static kernel's source
+#     bash bench/gpu_session.sh rows-8192  # per-token's rows a program at 8192 columns:
+#                                       # its tests, end to end; static at other configs
 #     bash bench/gpu_session.sh static-flat  # the standalone static quant in Inductor's
 #                                       # flat form, beside the generated kernel
 #     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
@@ -333,6 +335,25 @@ rows-more)
     # Inductor's standalone static quant, which its flat form alone does not explain
     step static-inductor 60 python3 bench/static_flat_probe.py --hidden 4096 --tokens 4096 \
         --show-inductor --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+rows-8192)
+    # per-token's 8 rows a program extended to 8192 columns (1.025x / 1.016x a row a
+    # program kernel alone at 4096 / 8192 rows): its GPU tests, end to end against a row a
+    # program (runtime.ROWS_COLS patched back to 4096 alone), then the standalone static
+    # quant at other tiles and warps (Inductor's kernel autotunes 1024x4 against 512x8)
+    step rows-tests 150 "${PYTEST[@]}" tests/test_quant_epilogues.py \
+        tests/test_user_kernels.py -k "several_rows or rows_a_program"
+    E2E=(--no-residual --schemes per_token --hidden 8192 --tokens 2048 4096 6144 8192
+         --rounds 5)
+    step e2e-8192-rows 90 python3 bench/quant_schemes.py "${E2E[@]}"
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step e2e-8192-a-row 90 python3 -c "import runpy; import irfuse.lowering.runtime as r
+r.ROWS_COLS = (4096,)  # argparse reads sys.argv[1:]: the arguments below
+runpy.run_path('bench/quant_schemes.py', run_name='__main__')" "${E2E[@]}"
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step static-configs 150 python3 bench/static_flat_probe.py --hidden 4096 7168 8192 \
+        --configs 512x8 1024x8 2048x8 512x4 2048x4 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 static-flat)

@@ -10,11 +10,14 @@ itself over the tensor viewed as one row (its tile index and masks kept), where 
 row's tiles fit the grid's y axis (65535).
 
     python bench/static_flat_probe.py [--hidden 4096 7168 8192] [--tokens 4096 16384]
-        [--show-inductor]
+        [--show-inductor] [--configs 512x8 2048x8]
 
 On an H100 (forty-sixth session) the flat kernel ran 0.978x-0.996x Inductor, below the
 generated one (0.987x-0.997x): Inductor's kernel of the same form is faster than this
-one. `--show-inductor` prints its source (its hints and config are the next lead).
+one. `--show-inductor` prints its source (its hints and config are the next lead). It is the
+same arithmetic (but a division), flat and unmasked, autotuned between two configs: 1024
+columns on 4 warps (the generated kernel's) and 512 on 8. `--configs TILExWARPS ...` times
+the generated kernel at those (and any other) tiles and warps beside the rest.
 """
 
 from __future__ import annotations
@@ -78,7 +81,9 @@ def flat(block: int, num_warps: int):
     return run
 
 
-def probe_one(hidden: int, tokens: int, rounds: int, show_inductor: bool) -> list[str]:
+def probe_one(
+    hidden: int, tokens: int, rounds: int, show_inductor: bool, configs: list[str]
+) -> list[str]:
     spec = KernelSpec.decode("quant/none/model/static")
     block, num_warps = runtime.spec_launch_config(spec, tokens, hidden)
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
@@ -88,6 +93,9 @@ def probe_one(hidden: int, tokens: int, rounds: int, show_inductor: bool) -> lis
     candidates = {"inductor": inductor, "generated": generated(spec),
                   "one row": generated(spec, (block, num_warps), one_row=True),
                   "flat": flat(block, num_warps)}  # fmt: skip
+    for config in configs:  # the generated kernel at other tiles and warps
+        tile, warps = map(int, config.split("x"))
+        candidates[config] = generated(spec, (tile, warps))
     if x.numel() // block > GRID_Y_MAX:  # one row's tiles go down the grid's y axis
         del candidates["one row"]
     if show_inductor:  # its kernel's source and launch config, for what the flat one lacks
@@ -96,7 +104,7 @@ def probe_one(hidden: int, tokens: int, rounds: int, show_inductor: bool) -> lis
     for name in candidates.keys() - {"inductor", "generated"}:
         assert torch.equal(candidates[name](x, s).view(torch.uint8), want), name
     times = compare(candidates, rounds, (x, s))
-    names = ("inductor", "generated", "one row", "flat")
+    names = ("inductor", "generated", "one row", "flat", *configs)
     row = [str(hidden), str(tokens), f"{block}x{num_warps}w"]
     row += [f"{times[name]:.2f}" if name in times else "-" for name in names]
     row += [f"{times['inductor'] / times[n]:.3f}x" if n in times else "-" for n in names[1:]]
@@ -107,17 +115,19 @@ def probe_one(hidden: int, tokens: int, rounds: int, show_inductor: bool) -> lis
 def main() -> None:
     parser = sizes_parser([4096, 7168, 8192], rounds=5)
     parser.add_argument("--show-inductor", action="store_true", help="print its wrapper")
+    parser.add_argument("--configs", nargs="*", default=[], help="TILExWARPS, e.g. 512x8")
     args = parser.parse_args()
-    rows = [probe_one(h, t, args.rounds, args.show_inductor) for h in args.hidden
-            for t in args.tokens]  # fmt: skip
+    rows = [probe_one(h, t, args.rounds, args.show_inductor, args.configs)
+            for h in args.hidden for t in args.tokens]  # fmt: skip
+    vs = [f"{name} vs Inductor" for name in ("generated", "one row", "flat", *args.configs)]
     print(append_results(
         "standalone static fp8, flat like Inductor's (probe), kernel alone, bf16, us",
         ["hidden", "T", "tile x warps", "Inductor", "generated", "one row", "flat",
-         "generated vs Inductor", "one row vs Inductor", "flat vs Inductor"], rows,
+         *args.configs, *vs], rows,
         notes="bench/static_flat_probe.py: `one row`: the generated kernel over the tensor "
         "viewed as one row; `flat`: its arithmetic in Inductor's flat form (one 32-bit "
         "index, no masks where the block divides the tensor); both at the generated "
-        "kernel's tile and warps.",
+        "kernel's tile and warps; `TxW`: the generated kernel at tile T, W warps.",
     ))  # fmt: skip
 
 

@@ -194,7 +194,7 @@ def _several_rows_a_program(x, w) -> str:
     SAMPLE_ROWS holds)."""
     x = x.clone()
     torch._dynamo.mark_dynamic(x, 0)
-    limits = {"ROWS_COLS": x.shape[1], "ROWS_MIN_ROWS": 64, "ROWS_MAX_ROWS": 256}
+    limits = {"ROWS_COLS": (x.shape[1],), "ROWS_MIN_ROWS": 64, "ROWS_MAX_ROWS": 256}
     with mock.patch.multiple(runtime, **limits):
         return _wrapper(_norm_per_token, x, w)
 

@@ -434,7 +434,7 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
     (runtime.rows_per_program_of; 64-column rows from 16 here, to keep the interpreter
     quick), the last program what is left (5, 1, 8 or 7 rows): the reference's results,
     and the bytes of a program a row."""
-    monkeypatch.setattr(runtime, "ROWS_COLS", 64)
+    monkeypatch.setattr(runtime, "ROWS_COLS", (64,))
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 16)
     launched = recorded_launches(monkeypatch)
     monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4", "per_token"))  # nvfp4's too
@@ -455,12 +455,14 @@ def test_norm_quant_of_several_rows_a_program_matches_a_row_a_program(
         ("nvfp4", "gemma", torch.float16, 8184, 4096),
         ("per_token", "plain", torch.bfloat16, 4096, 4096),
         ("per_token ub", "fp32", torch.float16, 6001, 4096),
+        ("per_token", "plain", torch.bfloat16, 5000, 8192),
+        ("per_token", "gemma", torch.float16, 8191, 8192),
     ],
 )
 def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
     monkeypatch, scheme, mode, dtype, rows, hidden
 ):
-    """The several-rows-a-program kernels at the sizes they run (4096 columns): the
+    """The several-rows-a-program kernels at the sizes they run (4096, 8192 columns): the
     reference's results at ROWS_WARPS warps; at a program a row's warps (the same order of
     a row's squares), the bytes of a program a row."""
     launched = recorded_launches(monkeypatch)
@@ -478,8 +480,8 @@ def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
-def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_program():
-    """rms_norm (no residual) + per-token, 16-bit rows of 4096 columns, from
+def test_only_plain_norms_over_many_rows_of_4096_or_8192_columns_run_several_rows_a_program():
+    """rms_norm (no residual) + per-token, 16-bit rows of 4096 or 8192 columns, from
     ROWS_MIN_ROWS to ROWS_MAX_ROWS rows (the last program runs what is left, told n_rows);
     a sweep's explicit config keeps a row a program."""
     bf16 = torch.bfloat16
@@ -492,6 +494,7 @@ def test_only_plain_norms_over_many_rows_of_4096_columns_run_several_rows_a_prog
     assert rows_of(KernelSpec("rms_norm", "gemma", "per_token"), 8184, 4096, torch.float16) == 8
     assert rows_of(KernelSpec("rms_norm", "plain", "nvfp4"), 4096, 4096) == 0  # timed: none
     assert [rows_of(norm, t, 4096) for t in (2048, 4095, 4100, 8191, 8192)] == [0, 0, 8, 8, 0]
+    assert [rows_of(norm, t, 8192) for t in (4095, 4096, 8191, 8192)] == [0, 8, 8, 0]
     assert rows_of(norm, 4096, 7168) == 0
     assert rows_of(norm, 4096, 4096, torch.float32) == 0
     for other in (
@@ -568,7 +571,7 @@ def test_only_rows_of_a_few_pieces_run_the_nvfp4_norm_in_pieces(monkeypatch):
     assert source.count("normed_nvfp4_piece(v") == 7 and "mask" not in source.split("piece =")[1]
     with pytest.raises(ValueError, match="no kernel of several rows a program in pieces"):
         kernel_source(dataclasses.replace(in_pieces, rows_per_program=8))  # it lost: none
-    monkeypatch.setattr(runtime, "ROWS_COLS", 7168)  # rows of pieces: never several a program
+    monkeypatch.setattr(runtime, "ROWS_COLS", (7168,))  # rows of pieces: never several a program
     monkeypatch.setattr(runtime, "ROWS_SCHEMES", ("nvfp4",))
     assert runtime.rows_per_program_of(norm, 4096, 7168, bf16) == 8
     assert runtime.rows_per_program_of(in_pieces, 4096, 7168, bf16) == 0

@@ -265,7 +265,7 @@ def test_several_rows_a_program_launch_from_the_graph(monkeypatch):
     from the graph, the last program running what is left: at a static token count, and
     at a symbolic one (its grid and n_rows read from the count), with kernel_norm's bits at
     every count of its range."""
-    monkeypatch.setattr(runtime, "ROWS_COLS", 64)
+    monkeypatch.setattr(runtime, "ROWS_COLS", (64,))
     monkeypatch.setattr(runtime, "ROWS_MIN_ROWS", 64)
     monkeypatch.setattr(runtime, "ROWS_MAX_ROWS", 256)
     kernel = "rms_norm/plain/model/per_token"

@@ -209,7 +209,7 @@ def _in_pieces(spec: KernelSpec, pieces: int) -> KernelSpec:
 # at 4 or 8 rows a program ran 0.75x-0.87x a row a program: no such kernel is built.
 ROWS_PER_PROGRAM = 8
 ROWS_WARPS = 8
-ROWS_COLS = 4096
+ROWS_COLS = (4096, 8192)
 ROWS_MIN_ROWS = 4096
 ROWS_MAX_ROWS = 8192  # from here, a program a row again
 ROWS_SCHEMES = ("per_token",)
@@ -225,7 +225,7 @@ def rows_per_program_of(spec: KernelSpec, n_rows: int, n_cols: int, dtype: torch
         or spec.pieces
         or parse_scheme(spec.quant)[0] not in ROWS_SCHEMES
         or not isinstance(n_rows, int)
-        or n_cols != ROWS_COLS
+        or n_cols not in ROWS_COLS
         or not ROWS_MIN_ROWS <= n_rows < ROWS_MAX_ROWS
     ):
         return 0
