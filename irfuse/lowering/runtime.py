@@ -207,6 +207,8 @@ def _in_pieces(spec: KernelSpec, pieces: int) -> KernelSpec:
 # per-token 1.052x / 1.010x a row a program at 4096 / 8192 rows, against 1.023x / 0.993x
 # at 4 (2 warps: 0.993x / 0.962x); nvfp4 1.000x / 0.951x. nvfp4 in pieces (7168, 8192)
 # at 4 or 8 rows a program ran 0.75x-0.87x a row a program: no such kernel is built.
+# Forty-seventh session, same probe: per-token at 4096 columns beyond the range, 1.002x /
+# 0.993x at 12288 / 16384 rows; at 8192 columns, 1.025x / 1.016x at 4096 / 8192 rows.
 ROWS_PER_PROGRAM = 8
 ROWS_WARPS = 8
 ROWS_COLS = (4096, 8192)
