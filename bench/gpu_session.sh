@@ -39,6 +39,7 @@
 #                                       # Inductor's standalone static kernel's source
 #     bash bench/gpu_session.sh rows-8192  # per-token's rows a program at 8192 columns:
 #                                       # its tests, end to end; static at other configs
+#     bash bench/gpu_session.sh per-tensor-l2  # dynamic per-tensor with L2 eviction hints
 #     bash bench/gpu_session.sh static-flat  # the standalone static quant in Inductor's
 #                                       # flat form, beside the generated kernel
 #     bash bench/gpu_session.sh standalone-halves  # the standalone nvfp4 quant's 1024-
@@ -354,6 +355,13 @@ runpy.run_path('bench/quant_schemes.py', run_name='__main__')" "${E2E[@]}"
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     step static-configs 150 python3 bench/static_flat_probe.py --hidden 4096 7168 8192 \
         --configs 512x8 1024x8 2048x8 512x4 2048x4 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+per-tensor-l2)
+    # dynamic per-tensor fp8 (48%-62% of a copy: it reads its input twice) with L2
+    # eviction hints, standalone and after rms_norm
+    step per-tensor-l2 240 python3 bench/per_tensor_l2_probe.py --hidden 4096 8192 \
+        --tokens 2048 4096 8192 16384 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 static-flat)
