@@ -1,8 +1,8 @@
 """PTX of generated norm kernels compiled for an H100 (sm_90), on any machine: Triton
 compiles down to PTX without a GPU. Run as a script (`python -m tests.sm90_ptx
-SPEC:DTYPE[:BLOCK:WARPS[:aligned[:PIECES[:ROWS]]]] ...`: JSON {arg: ptx} on stdout) in a process
-without TRITON_INTERPRET, under which Triton's own library functions (tl.sum's combine) are
-interpreter wrappers the compiler rejects."""
+SPEC:DTYPE[:BLOCK:WARPS[:aligned[:PIECES[:ROWS[:full]]]]] ...`: JSON {arg: ptx} on
+stdout) in a process without TRITON_INTERPRET, under which Triton's own library functions
+(tl.sum's combine) are interpreter wrappers the compiler rejects."""
 
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ NUM_WARPS = 16
 
 def ptx(
     spec_text: str, dtype: str, block: str = "", warps: str = "", aligned: str = "",
-    pieces: str = "", rows: str = "",
+    pieces: str = "", rows: str = "", full: str = "",
 ) -> str:  # fmt: skip
     """The PTX of kernel_norm's kernel `spec_text` on `dtype` rows (fp8 out, or nvfp4's
     bytes), a program of `block` columns (8192) and `warps` warps (NUM_WARPS); `aligned`:
     with its pointers and integers divisible by 16, as a launch on aligned rows specialises
     them (then its loads vectorise); `pieces`: the kernel holding a row in that many
     pieces of `block` columns (runtime.pieces_of); `rows`: that many rows a program
-    (runtime.rows_per_program_of)."""
+    (runtime.rows_per_program_of); `full`: n_cols as BLOCK (runtime.full_block_of)."""
     spec = dataclasses.replace(
-        KernelSpec.decode(spec_text), pieces=int(pieces or 0), rows_per_program=int(rows or 0)
-    )
+        KernelSpec.decode(spec_text), pieces=int(pieces or 0), rows_per_program=int(rows or 0),
+        full_block=bool(full),
+    )  # fmt: skip
     kernel = load_kernel(spec.name, kernel_source(spec))
     signature = {}
     nvfp4 = spec.quant == "nvfp4"

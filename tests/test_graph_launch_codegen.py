@@ -124,7 +124,10 @@ def test_dynamic_true_reads_the_module_eps_in_the_wrapper(wrappers):
     as both kernels' eps, beside a symbolic token count."""
     code = wrappers["dynamic=True"]["code"]
     calls = _calls(code)
-    assert [name for name, _ in calls] == ["irfuse_add_rounded_rms_norm_static_div_fp8"] * 2, code
+    # rows of 256 columns: n_cols as BLOCK (runtime.full_block_of)
+    assert [name for name, _ in calls] == [
+        "irfuse_add_rounded_rms_norm_static_div_fp8_full_block"
+    ] * 2, code
     reads = re.findall(r"(\w+) = arg\d+_1\.item\(\)", code)
     assert len(reads) == 1, code
     for _, args in calls:
@@ -135,7 +138,7 @@ def test_dynamic_true_reads_the_module_eps_in_the_wrapper(wrappers):
 def test_a_symbolic_token_count_sizes_the_grid_and_the_output(wrappers):
     code = wrappers["symbolic rows"]["code"]
     ((name, args),) = _calls(code)
-    assert name == "irfuse_rms_norm_static_fp8"
+    assert name == "irfuse_rms_norm_static_fp8_full_block"
     rows = args[-3]  # the grid's x: the token count's symbol
     assert re.fullmatch(r"s\d+", rows), args
     output = rf"empty_strided_\w+\(\({rows}, 256\), \(256, 1\), torch.float8_e4m3fn\)"
@@ -148,7 +151,7 @@ def test_a_symbolic_token_count_sizes_a_grid_of_several_rows_a_program(wrappers)
     runs on ROWS_WARPS warps."""
     code = wrappers["symbolic rows, several a program"]["code"]
     ((name, args),) = _calls(code)
-    assert name == "irfuse_rms_norm_per_token_fp8_8_rows"
+    assert name == "irfuse_rms_norm_per_token_fp8_8_rows_full_block"
     rows = args[-4]  # n_rows, the kernel's last parameter: the token count's symbol
     assert re.fullmatch(r"s\d+", rows), args
     assert args[-3] == f"(7 + {rows}) // 8", args  # the grid's x
@@ -160,7 +163,7 @@ def test_a_symbolic_token_count_sizes_the_padded_nvfp4_scales(wrappers):
     count rounded up to 128 rows, and is filled before the kernel writes it."""
     code = wrappers["symbolic rows, nvfp4"]["code"]
     ((name, args),) = _calls(code)
-    assert name == "irfuse_rms_norm_nvfp4", args
+    assert name == "irfuse_rms_norm_nvfp4_full_block", args
     rows = args[-3]  # the grid's x: the token count's symbol
     scales = args[KERNEL_PARAMS.index("scale_out_ptr")]
     padded = rf"{scales} = empty_strided_\w+\(\(128\*\(\(127 \+ {rows}\) // 128\), 16\)"
@@ -175,7 +178,7 @@ def test_a_quant_of_flattened_hidden_states_launches_into_the_flattened_buffers(
     no call in the wrapper)."""
     code = wrappers["flattened per-token"]["code"]
     ((name, args),) = _calls(code)
-    assert name == "irfuse_rms_norm_per_token_fp8" and "kernel_norm" not in code
+    assert name == "irfuse_rms_norm_per_token_fp8_full_block" and "kernel_norm" not in code
     out, scales = args[KERNEL_PARAMS.index("out_ptr")], args[KERNEL_PARAMS.index("scale_out_ptr")]
     assert re.search(rf"{out} = empty_strided_\w+\(\(600, 256\), \(256, 1\), torch.float8", code)
     assert re.search(rf"{scales} = empty_strided_\w+\(\(600, 1\), \(1, 1\), torch.float32", code)
@@ -187,7 +190,7 @@ def test_a_sandwich_launches_with_both_weights(wrappers):
     call, reading each norm's weight (two inputs) and x and the residual in place."""
     code = wrappers["sandwich"]["code"]
     ((name, args),) = _calls(code)
-    assert name == "irfuse_normed_add_rounded_rms_norm_gemmaw_static_div_fp8", code
+    assert name == "irfuse_normed_add_rounded_rms_norm_gemmaw_static_div_fp8_full_block", code
     assert "kernel_norm" not in code
     inputs = [args[KERNEL_PARAMS.index(p)] for p in ("x_ptr", "residual_ptr", "weight_ptr",
                                                        "x_weight_ptr")]  # fmt: skip
@@ -199,7 +202,7 @@ def test_a_sandwich_compiled_dynamic_reads_both_module_eps_in_the_wrapper(wrappe
     (`.item()`, no device sync) and passes them as the kernel's eps and x_eps."""
     code = wrappers["sandwich dynamic=True"]["code"]
     ((name, args),) = _calls(code)
-    assert name == "irfuse_normed_add_rounded_rms_norm_gemmaw_static_div_fp8", code
+    assert name == "irfuse_normed_add_rounded_rms_norm_gemmaw_static_div_fp8_full_block", code
     reads = re.findall(r"(\w+) = arg\d+_1\.item\(\)", code)
     assert len(reads) == 2, code
     eps, x_eps = args[KERNEL_PARAMS.index("eps")], args[KERNEL_PARAMS.index("x_eps")]

@@ -480,6 +480,61 @@ def test_gpu_norm_quant_of_several_rows_a_program_at_its_sizes(
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
+@pytest.mark.parametrize(
+    "producer,mode,scheme",
+    [
+        ("rms_norm", "plain", "nvfp4"),
+        ("fused_add_rms_norm", "gemma", "per_group 64"),
+        ("rms_norm", "fp32", "per_token"),
+        ("quant", "none", "per_token"),
+    ],
+)
+def test_rows_of_exactly_block_columns_take_n_cols_as_block(producer, mode, scheme):
+    """A program of a whole row of exactly BLOCK columns takes n_cols as the constant
+    BLOCK (runtime.full_block_of, norm.FULL_BLOCK): the same bytes as the kernel that
+    reads n_cols, launched alike (5 rows of 64 columns)."""
+    x, residual, w = _inputs(5, 64, torch.bfloat16, gemma=mode == "gemma")
+    residual = residual if producer == "fused_add_rms_norm" else None
+    w = None if producer == "quant" else w
+    scale = torch.tensor([100.0], device=DEVICE) if scheme == "nvfp4" else None
+    spec = KernelSpec(producer, mode, scheme)
+    results = []
+    for full in (True, False):
+        outputs = runtime.allocate_outputs(spec, x, residual is not None)
+        launched, launch = runtime.single_launch(spec, x, residual, w, scale, outputs, 1e-6)
+        assert launched.full_block and "    n_cols = BLOCK  #" in kernel_source(launched)
+        runtime.run_launch(dataclasses.replace(launched, full_block=full), launch)
+        results.append([t.view(torch.uint8) for t in outputs if t.numel()])
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_only_whole_rows_of_exactly_block_columns_take_n_cols_as_block():
+    """Rows narrower than their BLOCK, a standalone quant's row tiles, rows in pieces and
+    in two passes keep reading n_cols; kernel_source refuses n_cols as BLOCK for them."""
+    bf16 = torch.bfloat16
+
+    def full(spec, n_rows, n_cols, config=None):
+        x = torch.zeros(n_rows, n_cols, dtype=bf16)
+        outputs = runtime.allocate_outputs(spec, x, False)
+        scale = torch.ones(1) if spec.quant in ("nvfp4", "static") else None
+        w = None if spec.producer == "quant" else x[0]
+        return runtime.single_launch(spec, x, None, w, scale, outputs, 1e-6, config=config)[0]
+
+    norm = KernelSpec("rms_norm", "plain", "per_token")
+    assert full(norm, 3, 64).full_block and not full(norm, 3, 48).full_block
+    assert not full(norm, 3, 64, config=(128, 4)).full_block  # a sweep's wider BLOCK
+    assert full(norm, 4096, 4096).rows_per_program == 8 and full(norm, 4096, 4096).full_block
+    assert not full(KernelSpec("quant", "none", "static"), 3, 64).full_block  # row tiles
+    in_pieces = full(KernelSpec("rms_norm", "plain", "nvfp4"), 2, 7168)
+    assert in_pieces.pieces == 7 and not in_pieces.full_block
+    two_pass = full(KernelSpec("quant", "none", "per_token"), 512, 7168)
+    assert two_pass.two_pass and not two_pass.full_block
+    for spec in (in_pieces, two_pass, KernelSpec("quant", "none", "static")):
+        with pytest.raises(ValueError, match="n_cols is BLOCK only where"):
+            kernel_source(dataclasses.replace(spec, full_block=True))
+
+
 def test_only_plain_norms_over_many_rows_of_4096_or_8192_columns_run_several_rows_a_program():
     """rms_norm (no residual) + per-token, 16-bit rows of 4096 or 8192 columns, from
     ROWS_MIN_ROWS to ROWS_MAX_ROWS rows (the last program runs what is left, told n_rows);

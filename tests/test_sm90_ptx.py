@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from irfuse.lowering.runtime import KERNEL_PARAMS
 from tests.sm90_ptx import CONSTEXPRS, NUM_WARPS
 
 SPECS = [
@@ -50,6 +51,18 @@ SEVERAL_ROWS = {
     "rms_norm/plain/model/nvfp4:bf16:4096:4:aligned:0:8": 4,
 }
 
+# rms_norm + nvfp4 / per-token (8 rows a program) over rows of exactly 4096 columns,
+# reading n_cols, each beside the same kernel taking it as BLOCK (runtime.full_block_of)
+READS_N_COLS = (
+    "rms_norm/plain/model/nvfp4:bf16:4096:4:aligned",
+    "rms_norm/plain/model/per_token:fp16:4096:8:aligned:0:8",
+)
+
+
+def full_block(arg: str) -> str:
+    """The sm90_ptx argument of `arg`'s kernel taking n_cols as BLOCK."""
+    return arg + ":0" * (7 - len(arg.split(":"))) + ":full"
+
 
 @pytest.fixture(scope="module")
 def ptx_of() -> dict[str, str]:
@@ -57,6 +70,7 @@ def ptx_of() -> dict[str, str]:
     args = [f"{spec}:{dtype}" for spec in SPECS for dtype in DTYPES] + COMPILED
     args += [arg + ALIGNED for pair in NVFP4.items() for arg in pair] + list(IN_PIECES)
     args += [*SEVERAL_ROWS, *(a_row_a_program(arg) for arg in SEVERAL_ROWS)]
+    args += [*READS_N_COLS, *map(full_block, READS_N_COLS)]
     run = subprocess.run([sys.executable, "-m", "tests.sm90_ptx", *args], env=env,
                          cwd=Path(__file__).parent.parent, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
@@ -172,3 +186,14 @@ def test_several_rows_load_the_next_row_before_the_reduction(arg, ptx_of):
 
     one_row = loads_before_the_reduction(ptx_of[a_row_a_program(arg)])
     assert loads_before_the_reduction(ptx_of[arg]) == one_row + SEVERAL_ROWS[arg]
+
+
+@pytest.mark.parametrize("arg", READS_N_COLS)
+def test_rows_of_exactly_block_columns_never_read_n_cols(arg, ptx_of):
+    """Over rows of exactly BLOCK columns the kernel takes n_cols as the constant BLOCK
+    (norm.FULL_BLOCK): its masks, the mean's divisor and nvfp4's scale offsets fold, so
+    that it never reads the parameter, and the masks' comparisons are gone."""
+    param = f"_param_{KERNEL_PARAMS.index('n_cols')}]"
+    full = ptx_of[full_block(arg)]
+    assert param in ptx_of[arg] and param not in full
+    assert len(re.findall(r"setp\.", full)) < len(re.findall(r"setp\.", ptx_of[arg]))

@@ -37,6 +37,9 @@ class KernelSpec:
     # loaded while it computes (a launch-time choice, not encoded:
     # runtime.rows_per_program_of); 0: a program a row
     rows_per_program: int = 0
+    # a row of exactly BLOCK columns, a program a row (a launch-time choice, not encoded:
+    # runtime.full_block_of): the kernel takes n_cols as the constant BLOCK
+    full_block: bool = False
     rounded_sum: bool = False  # fused_add_rms_norm: the norm reads the sum in the model dtype
     # fused_add_rms_norm with rounded_sum: x is first normalised with its own weight (of
     # weight_mode) and eps (x_weight_ptr, x_eps: a sandwich's first norm)
@@ -56,6 +59,7 @@ class KernelSpec:
         two_pass = "_two_pass" if self.two_pass else ""
         two_pass += f"_{self.pieces}_pieces" if self.pieces else ""
         two_pass += f"_{self.rows_per_program}_rows" if self.rows_per_program else ""
+        two_pass += "_full_block" if self.full_block else ""
         producer = "add_rounded_rms_norm" if self.rounded_sum else self.producer
         producer = f"normed_{producer}" if self.normed_x else producer
         return f"irfuse_{producer}{mode}{out}{suffix}{keep}{two_pass}"
@@ -162,6 +166,7 @@ class KernelSpec:
         text = " + ".join(parts)
         text += " (the unquantized value kept too)" if self.keep_value else ""
         text += f" (each row as {self.pieces} pieces)" if self.pieces else ""
+        text += " (rows of exactly BLOCK columns)" if self.full_block else ""
         if self.rows_per_program:
             text += f" ({self.rows_per_program} rows a program, the next one's load in flight)"
         return text + " (two passes over each row)" if self.two_pass else text
@@ -260,6 +265,10 @@ def kernel_source(spec: KernelSpec) -> str:
     else:
         body = _row_body(spec)
         how = "A tile of a row per program" if spec.row_tiles else "One row per program"
+    if spec.full_block and (spec.pieces or spec.two_pass or spec.row_tiles):
+        raise ValueError(
+            f"n_cols is BLOCK only where a program has a whole row in one BLOCK: {spec.describe()}"
+        )
     rows_param = norm.ROWS_PARAM if spec.rows_per_program else ""
     return (
         f'"""irfuse generated kernel {spec.name}.\n\nFuses: {spec.describe()}.\n'
@@ -282,7 +291,7 @@ def _row_body(spec: KernelSpec) -> str:
         body = rows + norm.ROW_TILE
     else:
         rows = norm.ROWS_LAST_FIRST if spec.per_tensor else norm.ROWS_IN_ORDER
-        body = rows + norm.WHOLE_ROW
+        body = rows + norm.WHOLE_ROW + (norm.FULL_BLOCK if spec.full_block else "")
     body += norm.ROW_COLUMNS.format(cols=quant_pieces.row_columns(whole_blocks)) + norm.LOAD_ROW
     if spec.producer != "quant":
         body += norm.PRELOAD_WEIGHT
@@ -319,7 +328,8 @@ def _rows_body(spec: KernelSpec) -> str:
     value_dtype = _value_dtype(spec)
     whole_blocks = whole_blocks_of(spec)
     _, preload, store = quant_pieces.epilogue(spec.quant, False, value_dtype, whole_blocks)
-    head = norm.WHOLE_ROW + norm.ROW_COLUMNS.format(cols=quant_pieces.row_columns(whole_blocks))
+    head = norm.WHOLE_ROW + (norm.FULL_BLOCK if spec.full_block else "")
+    head += norm.ROW_COLUMNS.format(cols=quant_pieces.row_columns(whole_blocks))
     head += norm.ROWS_OF_A_PROGRAM.format(rows=spec.rows_per_program)
     row = norm.RMS_NORM.format(norm_dtype=value_dtype) + norm.weighted(spec.weight_mode) + store
     loop = norm.NEXT_ROW + textwrap.indent(row, "    ")
