@@ -37,6 +37,8 @@
 #     bash bench/gpu_session.sh rows-more  # per-token's rows at 8 warps: its GPU tests,
 #                                       # the probe at more rows and at 8192 columns,
 #                                       # Inductor's standalone static kernel's source
+#     bash bench/gpu_session.sh full-block  # n_cols as BLOCK over rows of exactly BLOCK
+#                                       # columns: its GPU tests, its probe
 #     bash bench/gpu_session.sh rows-8192  # per-token's rows a program at 8192 columns:
 #                                       # its tests, end to end; static at other configs
 #     bash bench/gpu_session.sh per-tensor-l2  # dynamic per-tensor with L2 eviction hints
@@ -336,6 +338,22 @@ rows-more)
     # Inductor's standalone static quant, which its flat form alone does not explain
     step static-inductor 60 python3 bench/static_flat_probe.py --hidden 4096 --tokens 4096 \
         --show-inductor --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    ;;
+full-block)
+    # rows of exactly BLOCK columns take n_cols as BLOCK (KernelSpec.full_block; sm_90
+    # SASS, rms_norm + nvfp4 4096: 792 instructions a thread against 848): the GPU tests of
+    # the norm / quant kernels and of Inductor's wrappers that launch them, then the probe
+    # against the kernel reading n_cols, without and with the residual add
+    step full-block-tests 300 "${PYTEST[@]}" -rfE tests/test_quant_epilogues.py \
+        tests/test_user_kernels.py tests/test_kernels.py -m cuda
+    step full-block-tests-cpu-form 120 "${PYTEST[@]}" -rfE tests/test_quant_epilogues.py \
+        -k "block_columns or several_rows"
+    step full-block 200 python3 bench/full_block_probe.py --hidden 4096 8192 \
+        --tokens 1024 4096 16384 --rounds 3
+    cp bench/RESULTS.md "$OUT/RESULTS.md"
+    step full-block-add 90 python3 bench/full_block_probe.py --add --schemes nvfp4 \
+        --hidden 4096 8192 --tokens 4096 16384 --rounds 3
     cp bench/RESULTS.md "$OUT/RESULTS.md"
     ;;
 rows-8192)
