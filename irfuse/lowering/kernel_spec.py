@@ -37,8 +37,9 @@ class KernelSpec:
     # loaded while it computes (a launch-time choice, not encoded:
     # runtime.rows_per_program_of); 0: a program a row
     rows_per_program: int = 0
-    # a row of exactly BLOCK columns, a program a row (a launch-time choice, not encoded:
-    # runtime.full_block_of): the kernel takes n_cols as the constant BLOCK
+    # rows of exactly BLOCK columns, each whole in a program (one or several rows a
+    # program; a launch-time choice, not encoded: runtime.full_block_of): the kernel takes
+    # n_cols as the constant BLOCK
     full_block: bool = False
     rounded_sum: bool = False  # fused_add_rms_norm: the norm reads the sum in the model dtype
     # fused_add_rms_norm with rounded_sum: x is first normalised with its own weight (of
