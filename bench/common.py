@@ -132,6 +132,23 @@ def sizes_parser(hidden: list[int], rounds: int) -> argparse.ArgumentParser:
     return parser
 
 
+def copy_share_row(
+    head: list[str], times: dict[str, float], names: list[str], baseline: str, moved: int,
+    copied: int,
+) -> list[str]:  # fmt: skip
+    """A probe's row, printed: `head`, x.clone()'s and Inductor's times, then for each of
+    `names` `us (x baseline, share of a copy's bandwidth)`: `moved` bytes in its time,
+    against the clone's `copied` bytes (read and written) in times["copy"]."""
+    copy_rate = copied / times["copy"]
+    row = [*head, f"{times['copy']:.2f}", f"{times['inductor']:.2f}"]
+    row += [
+        f"{times[n]:.2f} ({times[baseline] / times[n]:.3f}x, {moved / times[n] / copy_rate:.0%})"
+        for n in names
+    ]
+    print(row, flush=True)
+    return row
+
+
 def environment() -> str:
     return (
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results, compare, sizes_parser  # noqa: E402
+from common import append_results, compare, copy_share_row, sizes_parser  # noqa: E402
 from quant_schemes import fused_torch  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
@@ -61,16 +61,14 @@ def probe_one(scheme: str, add: bool, hidden: int, tokens: int, rounds: int) -> 
     times = compare(candidates, rounds, (x, r, w, s))
     # x (and the residual) read, the outputs (the quant's, its scales, the sum) written
     moved = x.numel() * (4 if add else 2) + sum(t.numel() * t.element_size() for t in expected)
-    copy_rate = 2 * x.numel() * 2 / times["copy"]
-
-    def cell(name: str) -> str:
-        share = moved / times[name] / copy_rate
-        return f"{times[name]:.2f} ({times['reads n_cols'] / times[name]:.3f}x, {share:.0%})"
-
-    row = [scheme, str(hidden), str(tokens), f"{times['copy']:.2f}", f"{times['inductor']:.2f}"]
-    row += [cell(name) for name in CANDIDATES]
-    print(row, flush=True)
-    return row
+    return copy_share_row(
+        [scheme, str(hidden), str(tokens)],
+        times,
+        list(CANDIDATES),
+        "reads n_cols",
+        moved,
+        4 * x.numel(),
+    )
 
 
 def main() -> None:

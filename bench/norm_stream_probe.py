@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results, compare, sizes_parser  # noqa: E402
+from common import append_results, compare, copy_share_row, sizes_parser  # noqa: E402
 from quant_schemes import assert_bytes_agree, norm_quant_case  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
@@ -117,16 +117,14 @@ def probe_one(scheme, hidden, tokens, stages, warps, rounds) -> list[str]:
             assert_bytes_agree(got, expected, (scheme, name))
     times = compare(candidates, rounds, (x, w, s))
     moved = x.numel() * 2 + sum(t.numel() * t.element_size() for t in expected)
-    copy_rate = 2 * x.numel() * 2 / times["copy"]
-
-    def cell(name: str) -> str:
-        share = moved / times[name] / copy_rate
-        return f"{times[name]:.2f} ({times['generated'] / times[name]:.3f}x, {share:.0%})"
-
-    row = [scheme, str(hidden), str(tokens), f"{times['copy']:.2f}", f"{times['inductor']:.2f}"]
-    row += [cell(n) for n in ["generated", *names]]
-    print(row, flush=True)
-    return row
+    return copy_share_row(
+        [scheme, str(hidden), str(tokens)],
+        times,
+        ["generated", *names],
+        "generated",
+        moved,
+        4 * x.numel(),
+    )
 
 
 def main() -> None:

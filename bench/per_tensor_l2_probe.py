@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import append_results, compare, sizes_parser  # noqa: E402
-from quant_schemes import fused_torch, quant_torch  # noqa: E402
+from common import append_results, compare, copy_share_row, sizes_parser  # noqa: E402
+from quant_schemes import norm_quant_case, quant_torch  # noqa: E402
 
 import irfuse.lowering.runtime as runtime  # noqa: E402
 from irfuse.lowering.kernel_cache import load_kernel  # noqa: E402
@@ -83,14 +83,9 @@ def launcher(spec: KernelSpec, hints: str | None = None):
 
 def probe_one(form: str, hidden: int, tokens: int, rounds: int) -> list[str]:
     spec = KernelSpec.decode(SPECS[form])
-    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(hidden, device="cuda", dtype=torch.bfloat16)
-    s = torch.tensor([1.0], device="cuda")  # unused: the scale is the tensor's
-    torch._dynamo.reset()
-    if form == "norm":
-        inductor = torch.compile(lambda x, w, s: fused_torch("per_tensor", x, None, w, s))
-    else:
-        inductor = torch.compile(lambda x, w, s: quant_torch("per_tensor", x, s))
+    (x, w, s), inductor = norm_quant_case("per_tensor", hidden, tokens)  # s: unused
+    if form == "standalone":
+        inductor = torch.compile(lambda x, w, s: quant_torch("per_tensor", x, s), dynamic=False)
     candidates = {"copy": lambda x, w, s: x.clone(), "inductor": inductor,
                   "generated": launcher(spec)}  # fmt: skip
     candidates |= {name: launcher(spec, name) for name in HINTS}
@@ -100,16 +95,14 @@ def probe_one(form: str, hidden: int, tokens: int, rounds: int) -> list[str]:
             assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), (form, name)
     times = compare(candidates, rounds, (x, w, s))
     moved = x.numel() * 2 + sum(t.numel() * t.element_size() for t in expected)
-    copy_rate = 2 * x.numel() * 2 / times["copy"]
-
-    def cell(name: str) -> str:
-        share = moved / times[name] / copy_rate
-        return f"{times[name]:.2f} ({times['generated'] / times[name]:.3f}x, {share:.0%})"
-
-    row = [form, str(hidden), str(tokens), f"{times['copy']:.2f}", f"{times['inductor']:.2f}"]
-    row += [cell(name) for name in ("generated", *HINTS)]
-    print(row, flush=True)
-    return row
+    return copy_share_row(
+        [form, str(hidden), str(tokens)],
+        times,
+        ["generated", *HINTS],
+        "generated",
+        moved,
+        4 * x.numel(),
+    )
 
 
 def main() -> None:
