@@ -1,7 +1,7 @@
 """Instruction mix of a generated norm / quant kernel in sm_90 SASS, compiled on the CPU.
 
     python bench/sass.py "quant/none/model/per_token" [--block 8192] [--warps 4]
-        [--dtype bf16] [--dump PATH]
+        [--dtype bf16] [--dump PATH] [--full-block]
 
 Runs anywhere Triton's NVIDIA backend is installed (its wheel ships ptxas and nvdisasm;
 no GPU needed), so that a change to the generated source can be checked for what it costs
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import inspect
 import re
 import subprocess
@@ -84,8 +85,9 @@ def mix(compiled, top: int = 10) -> str:
     return f"{sum(ops.values())} SASS instructions, {compiled.metadata.shared} B shared; {common}"
 
 
-def sass(kernel: str, block: int, warps: int, dtype: str) -> str:
-    fn = runtime.compiled_kernel(runtime.decode(kernel))
+def sass(kernel: str, block: int, warps: int, dtype: str, full_block: bool = False) -> str:
+    spec = dataclasses.replace(runtime.decode(kernel), full_block=full_block)
+    fn = runtime.compiled_kernel(spec)
     sig = signature(fn, kernel, dtype)
     constants = {"BLOCK": block, "HAS_SCALE": False, "INTERPRET": False}
     names = list(sig)
@@ -105,8 +107,9 @@ def main() -> None:
     parser.add_argument("--warps", type=int, default=2)
     parser.add_argument("--dtype", choices=sorted(POINTERS), default="bf16")
     parser.add_argument("--dump", type=Path, default=None, help="write the SASS here")
+    parser.add_argument("--full-block", action="store_true", help="n_cols as BLOCK")
     args = parser.parse_args()
-    text = sass(args.kernel, args.block, args.warps, args.dtype)
+    text = sass(args.kernel, args.block, args.warps, args.dtype, args.full_block)
     if args.dump:
         args.dump.write_text(text)
     ops = collections.Counter(OPCODE.findall(text))
