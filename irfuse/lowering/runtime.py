@@ -234,12 +234,14 @@ def rows_per_program_of(spec: KernelSpec, n_rows: int, n_cols: int, dtype: torch
     return ROWS_PER_PROGRAM
 
 
-def full_block_of(spec: KernelSpec, n_cols: int, block: int) -> bool:
-    """Whether `spec`'s kernel at BLOCK `block` takes n_cols as the constant BLOCK
-    (norm.FULL_BLOCK): a program a whole row (or several), of exactly `block` columns
-    known when the kernel is chosen."""
-    whole_rows = not (spec.pieces or spec.two_pass or spec.row_tiles)
-    return whole_rows and isinstance(n_cols, int) and n_cols == block
+def full_block_of(spec: KernelSpec, n_cols: int, config: tuple[int, int] | None = None) -> bool:
+    """Whether `spec`'s kernel (at `config`, else its own launch) takes n_cols as the
+    constant BLOCK (norm.FULL_BLOCK): a program a whole row (or several), of exactly
+    BLOCK columns known when the kernel is chosen."""
+    if spec.pieces or spec.two_pass or spec.row_tiles or not isinstance(n_cols, int):
+        return False
+    # a whole row's BLOCK is its columns' next power of two (launch_config)
+    return n_cols == (config[0] if config else next_power_of_2(n_cols))
 
 
 @functools.cache
@@ -551,7 +553,7 @@ def single_launch(
         spec = _in_pieces(spec, pieces)
     if config is None and (rows := rows_per_program_of(spec, *x2.shape, x2.dtype)):
         spec = _in_rows(spec, rows)
-    if full_block_of(spec, x2.shape[1], (config or spec_launch_config(spec, *x2.shape))[0]):
+    if full_block_of(spec, x2.shape[1], config):
         spec = _full_block(spec)
     launch = norm_launch(
         spec, x2, residual2, weight, scale, out2, residual_out2, scales2, value2, eps,
